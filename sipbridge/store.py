@@ -1,0 +1,250 @@
+"""SQLite store: the durable record of every call (and, in later issues, campaigns and results).
+
+One `Store` per supervisor process owns one connection. SQLite serialises writers anyway, so a lock around
+the connection is simpler and safer than a pool; callers on the asyncio loop use `asyncio.to_thread` for
+anything slow. WAL mode lets `sipbridge calls export` read while the supervisor writes.
+
+Schema versions live in `PRAGMA user_version` and migrate forward in order at open.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import sqlite3
+import threading
+import time
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+log = logging.getLogger(__name__)
+
+Direction = Literal["inbound", "outbound", "http"]
+
+# Each entry upgrades the schema from version i to i + 1. Never edit a released entry; append a new one.
+_MIGRATIONS: tuple[str, ...] = (
+    """
+    CREATE TABLE calls (
+        id            TEXT PRIMARY KEY,
+        direction     TEXT NOT NULL CHECK (direction IN ('inbound', 'outbound', 'http')),
+        local_uri     TEXT,
+        remote_uri    TEXT,
+        remote_addr   TEXT,
+        worker        INTEGER,
+        state         TEXT NOT NULL DEFAULT 'active' CHECK (state IN ('active', 'ended')),
+        outcome       TEXT,
+        reason        TEXT,
+        sip_status    INTEGER,
+        created_at    REAL NOT NULL,
+        answered_at   REAL,
+        ended_at      REAL,
+        variables     TEXT NOT NULL DEFAULT '{}',
+        results       TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX calls_created ON calls (created_at);
+    CREATE TABLE call_events (
+        call_id  TEXT NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
+        t        REAL NOT NULL,
+        kind     TEXT NOT NULL,
+        data     TEXT NOT NULL DEFAULT '{}'
+    );
+    CREATE INDEX call_events_call ON call_events (call_id, t);
+    """,
+)
+
+SCHEMA_VERSION = len(_MIGRATIONS)
+
+
+class StoreError(Exception):
+    """The database cannot be opened or is from a newer sipbridge."""
+
+
+@dataclass(frozen=True)
+class CallRecord:
+    id: str
+    direction: str
+    remote_uri: str | None
+    state: str
+    outcome: str | None
+    reason: str | None
+    sip_status: int | None
+    created_at: float
+    answered_at: float | None
+    ended_at: float | None
+    variables: dict[str, Any]
+    results: dict[str, Any]
+
+
+class Store:
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._lock = threading.Lock()
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            # check_same_thread=False: the lock below, not the creating thread, guards the connection.
+            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
+        except (OSError, sqlite3.Error) as exc:
+            raise StoreError(f"cannot open SQLite database {path}: {exc}") from exc
+        try:
+            self._db.row_factory = sqlite3.Row
+            self._db.execute("PRAGMA journal_mode = WAL")
+            self._db.execute("PRAGMA foreign_keys = ON")
+            self._db.execute("PRAGMA busy_timeout = 5000")
+            self._migrate()
+        except sqlite3.DatabaseError as exc:
+            self._db.close()
+            raise StoreError(f"{path} is not a usable SQLite database: {exc}") from exc
+
+    def _migrate(self) -> None:
+        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        if version > SCHEMA_VERSION:
+            raise StoreError(
+                f"{self.path} has schema version {version}, newer than this sipbridge ({SCHEMA_VERSION})"
+            )
+        for target in range(version, SCHEMA_VERSION):
+            # executescript() commits on its own, so the transaction is spelled out inside the script:
+            # a migration and its version bump land together or not at all.
+            with self._lock:
+                self._db.executescript(
+                    f"BEGIN IMMEDIATE;\n{_MIGRATIONS[target]}\nPRAGMA user_version = {target + 1};\nCOMMIT;"
+                )
+            log.info("store %s migrated to schema version %d", self.path, target + 1)
+
+    @contextmanager
+    def _transaction(self) -> Iterator[sqlite3.Connection]:
+        with self._lock:
+            self._db.execute("BEGIN IMMEDIATE")
+            try:
+                yield self._db
+            except BaseException:
+                self._db.execute("ROLLBACK")
+                raise
+            self._db.execute("COMMIT")
+
+    @property
+    def schema_version(self) -> int:
+        with self._lock:
+            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+
+    def close(self) -> None:
+        with self._lock:
+            self._db.close()
+
+    # ------------------------------------------------------------------------------------ calls
+
+    def create_call(
+        self,
+        direction: Direction,
+        *,
+        remote_uri: str | None = None,
+        local_uri: str | None = None,
+        remote_addr: str | None = None,
+        worker: int | None = None,
+        variables: dict[str, Any] | None = None,
+        call_id: str | None = None,
+        now: float | None = None,
+    ) -> str:
+        call_id = call_id or uuid.uuid4().hex
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO calls (id, direction, local_uri, remote_uri, remote_addr, worker, created_at,"
+                " variables) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                (
+                    call_id,
+                    direction,
+                    local_uri,
+                    remote_uri,
+                    remote_addr,
+                    worker,
+                    time.time() if now is None else now,
+                    json.dumps(variables or {}),
+                ),
+            )
+        return call_id
+
+    def add_event(self, call_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "INSERT INTO call_events (call_id, t, kind, data) VALUES (?, ?, ?, ?)",
+                (call_id, time.time(), kind, json.dumps(data or {})),
+            )
+
+    def mark_answered(self, call_id: str, now: float | None = None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE calls SET answered_at = ? WHERE id = ? AND answered_at IS NULL",
+                (time.time() if now is None else now, call_id),
+            )
+
+    def end_call(
+        self,
+        call_id: str,
+        outcome: str,
+        *,
+        reason: str | None = None,
+        sip_status: int | None = None,
+        results: dict[str, Any] | None = None,
+        now: float | None = None,
+    ) -> bool:
+        """Close a call once; a second end (e.g. BYE racing a worker crash) is ignored and returns False."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE calls SET state = 'ended', outcome = ?, reason = ?, sip_status = ?, ended_at = ?,"
+                " results = COALESCE(?, results) WHERE id = ? AND state = 'active'",
+                (
+                    outcome,
+                    reason,
+                    sip_status,
+                    time.time() if now is None else now,
+                    None if results is None else json.dumps(results),
+                    call_id,
+                ),
+            )
+            return cursor.rowcount == 1
+
+    def fail_unfinished(self, reason: str) -> int:
+        """Record calls left active by a previous process (crash, kill -9) as failed: never silently lost."""
+        with self._transaction() as db:
+            cursor = db.execute(
+                "UPDATE calls SET state = 'ended', outcome = 'failed', reason = ?, ended_at = ?"
+                " WHERE state = 'active'",
+                (reason, time.time()),
+            )
+            return cursor.rowcount
+
+    def get_call(self, call_id: str) -> CallRecord | None:
+        with self._lock:
+            row = self._db.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
+        return None if row is None else _call_from_row(row)
+
+    def list_calls(self, *, limit: int = 100) -> list[CallRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM calls ORDER BY created_at DESC LIMIT ?", (limit,)
+            ).fetchall()
+        return [_call_from_row(row) for row in rows]
+
+    def count_active_calls(self) -> int:
+        with self._lock:
+            return int(self._db.execute("SELECT COUNT(*) FROM calls WHERE state = 'active'").fetchone()[0])
+
+
+def _call_from_row(row: sqlite3.Row) -> CallRecord:
+    return CallRecord(
+        id=row["id"],
+        direction=row["direction"],
+        remote_uri=row["remote_uri"],
+        state=row["state"],
+        outcome=row["outcome"],
+        reason=row["reason"],
+        sip_status=row["sip_status"],
+        created_at=row["created_at"],
+        answered_at=row["answered_at"],
+        ended_at=row["ended_at"],
+        variables=json.loads(row["variables"]),
+        results=json.loads(row["results"]),
+    )

@@ -1,0 +1,187 @@
+"""Config loading: every kind of bad input names the key path and the file line."""
+
+from __future__ import annotations
+
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from sipbridge.config import (
+    SECRET_MASK,
+    ConfigError,
+    default_config_text,
+    dump_masked_yaml,
+    load_config,
+    masked_dict,
+    schema_markdown,
+)
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "cfg.yaml"
+    path.write_text(textwrap.dedent(text).lstrip("\n"), encoding="utf-8")
+    return path
+
+
+def issues_of(
+    path: Path | None, overrides: tuple[str, ...] = (), env: dict[str, str] | None = None
+) -> list[str]:
+    with pytest.raises(ConfigError) as info:
+        load_config(path, overrides, env=env or {})
+    return [str(issue) for issue in info.value.issues]
+
+
+def test_embedded_default_is_config_default_yaml() -> None:
+    assert (ROOT / "config" / "default.yaml").read_text(encoding="utf-8") == default_config_text()
+    loaded = load_config(None, env={})
+    assert loaded.source == "<embedded default>"
+    assert loaded.config.engine.kind == "espeak"
+    assert loaded.config.http.bearer_token is None
+
+
+@pytest.mark.parametrize("name", ["default.yaml", "production.example.yaml"])
+def test_shipped_configs_are_valid(name: str) -> None:
+    env = {"SIPBRIDGE_HTTP_TOKEN": "t0k3n", "SIP_TRUNK_PASSWORD": "pw", "LLM_API_KEY": "k"}
+    loaded = load_config(ROOT / "config" / name, env=env)
+    assert loaded.config.sip.max_calls >= 1
+
+
+# Table of (yaml text, expected "source: key: message" fragment). Line numbers are 1-based file lines.
+BAD_CONFIGS = [
+    ("sip:\n  port: 5060\n  colour: blue\n", "cfg.yaml:3: sip.colour: unknown key"),
+    ("sip:\n  port: fivethousand\n", "cfg.yaml:2: sip.port: Input should be a valid integer"),
+    ("sip:\n  port: 70000\n", "cfg.yaml:2: sip.port: Input should be less than or equal to 65535"),
+    ("http:\n  bind: 127.0.0.1\n  port: -1\n", "cfg.yaml:3: http.port:"),
+    ("sip:\n  codecs: [PCMU, OPUS]\n", "cfg.yaml:2: sip.codecs[1]: Input should be 'PCMU', 'PCMA' or 'G722'"),
+    (
+        "sip:\n  allowed_sources:\n    - 10.0.0.0/8\n    - not-a-net\n",
+        "cfg.yaml:2: sip.allowed_sources: 'not-a-net'",
+    ),
+    ("engine:\n  kind: piper\n", "cfg.yaml:2: engine.kind: Input should be 'dia2' or 'espeak'"),
+    ("engine:\n  dia2:\n    dtype: float16\n", "cfg.yaml:3: engine.dia2.dtype:"),
+    ("vad:\n  min_turn_ms: 5000\n  max_turn_ms: 4000\n", "cfg.yaml:1: vad: max_turn_ms must be greater"),
+    (
+        "media:\n  rtp_port_min: 5000\n  rtp_port_max: 4000\n",
+        "cfg.yaml:1: media: rtp_port_max must be greater",
+    ),
+    (
+        "sip:\n  trunk:\n    register: true\n    username: u\n",
+        "cfg.yaml:2: sip.trunk: register is on but registrar",
+    ),
+    (
+        "sip:\n  trunk:\n    registrar: carrier.example\n",
+        "cfg.yaml:3: sip.trunk.registrar: must be a SIP URI",
+    ),
+    ("http:\n  bind: 0.0.0.0\n", "cfg.yaml:1: http: bearer_token must be set when binding the non-loopback"),
+    ("agent:\n  kind: webhook\n", "cfg.yaml:1: agent: kind is webhook but webhook.url is not set"),
+    ("vad: [1, 2]\n", "cfg.yaml:1: vad: Input should be a valid dictionary"),
+    ("nosuchsection: 1\n", "cfg.yaml:1: nosuchsection: unknown key"),
+    ("sip:\n  port: 5060\n  port: 5061\n", "cfg.yaml:3: sip.port: key given twice"),
+    ("sip:\n  port: [\n", "cfg.yaml:3: not valid YAML"),
+    ("- just\n- a list\n", "cfg.yaml:1: the top level must be a mapping"),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD_CONFIGS)
+def test_bad_config_names_key_and_line(tmp_path: Path, text: str, expected: str) -> None:
+    problems = issues_of(write(tmp_path, text))
+    assert any(expected in problem for problem in problems), problems
+    # The file path is part of the location so an operator knows which file to open.
+    assert all(str(tmp_path) in problem for problem in problems), problems
+
+
+def test_all_problems_reported_at_once(tmp_path: Path) -> None:
+    problems = issues_of(write(tmp_path, "sip:\n  port: x\nhttp:\n  port: y\n  extra: 1\n"))
+    assert len(problems) == 3, problems
+
+
+def test_env_substitution_and_missing_variable(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        sip:
+          trunk:
+            register: true
+            registrar: sip:carrier.example
+            username: ${TRUNK_USER}
+            password: ${TRUNK_PASS}
+        http:
+          port: ${HTTP_PORT:-9090}
+        """,
+    )
+    loaded = load_config(path, env={"TRUNK_USER": "alice", "TRUNK_PASS": "s3cret"})
+    trunk = loaded.config.sip.trunk
+    assert trunk.username == "alice"
+    assert trunk.password is not None and trunk.password.get_secret_value() == "s3cret"
+    # ${VAR:-default} applies when unset; the substituted string is then validated as an int.
+    assert loaded.config.http.port == 9090
+
+    problems = issues_of(path, env={"TRUNK_USER": "alice"})
+    assert problems == [f"{path}:6: sip.trunk.password: environment variable TRUNK_PASS is not set"]
+
+
+def test_secrets_are_masked(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        sip:
+          trunk: {register: true, registrar: "sip:c.example", username: u, password: "${P}"}
+        http: {bearer_token: tok-123}
+        agent: {llm: {api_key: key-456}}
+        """,
+    )
+    config = load_config(path, env={"P": "pw-789"}).config
+    text = dump_masked_yaml(config)
+    for secret in ("pw-789", "tok-123", "key-456"):
+        assert secret not in text
+        assert secret not in repr(config)
+    masked = masked_dict(config)
+    assert masked["sip"]["trunk"]["password"] == SECRET_MASK
+    assert masked["sip"]["trunk"]["register"] is True
+    assert masked["http"]["bearer_token"] == SECRET_MASK
+
+
+def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
+    path = write(tmp_path, "http:\n  port: 8080\n")
+    loaded = load_config(path, ["http.port=9000", "sip.codecs=[PCMA, PCMU]", "vad.backend=webrtc"], env={})
+    assert loaded.config.http.port == 9000
+    assert loaded.config.sip.codecs == ["PCMA", "PCMU"]
+    assert loaded.config.vad.backend == "webrtc"
+
+    assert issues_of(path, ("http.port=abc",)) == [
+        "--set: http.port: Input should be a valid integer, unable to parse string as an integer (got 'abc')"
+    ]
+    assert issues_of(path, ("http.nope=1",)) == ["--set: http.nope: unknown key"]
+    assert issues_of(path, ("http.port.deeper=1",)) == [
+        "--set: http.port: is not a section, cannot set a key inside it"
+    ]
+    assert "not of the form dotted.key=value" in issues_of(path, ("http.port",))[0]
+
+
+def test_unreadable_file(tmp_path: Path) -> None:
+    problems = issues_of(tmp_path / "missing.yaml")
+    assert "cannot read config file" in problems[0] and "missing.yaml" in problems[0]
+    (tmp_path / "bin.yaml").write_bytes(b"\xff\xfe\x00bad")
+    assert "not UTF-8" in issues_of(tmp_path / "bin.yaml")[0]
+
+
+def test_workers_follow_the_pjsua2_cap() -> None:
+    for max_calls, workers in [(1, 1), (4, 1), (5, 2), (8, 2), (9, 3), (100, 25)]:
+        config = load_config(None, [f"sip.max_calls={max_calls}"], env={}).config
+        assert config.sip.workers == workers
+
+
+def test_schema_reference_is_current() -> None:
+    """config/SCHEMA.md is generated; this fails when a key changes and the doc was not regenerated."""
+    text = schema_markdown()
+    assert (ROOT / "config" / "SCHEMA.md").read_text(encoding="utf-8") == text
+    for key in (
+        "`sip.trunk.register`",
+        "`engine.dia2.cfg_scale`",
+        "`vad.stop_hangover_ms`",
+        "`http.bearer_token`",
+    ):
+        assert key in text

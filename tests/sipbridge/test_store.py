@@ -1,0 +1,72 @@
+"""The SQLite store against a real database file."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+import pytest
+
+from sipbridge.store import SCHEMA_VERSION, Store, StoreError
+
+
+def test_call_lifecycle(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    call_id = store.create_call("inbound", remote_uri="sip:a@127.0.0.1", variables={"name": "Jo"}, now=100.0)
+    store.mark_answered(call_id, now=101.0)
+    store.add_event(call_id, "dtmf", {"digit": "5"})
+    assert store.count_active_calls() == 1
+    assert store.end_call(
+        call_id, "completed", reason="caller hung up", sip_status=200, results={"x": 1}, now=130.0
+    )
+    # A second end (BYE racing a worker crash) must not overwrite the first outcome.
+    assert not store.end_call(call_id, "failed", reason="worker died")
+    record = store.get_call(call_id)
+    assert record is not None
+    assert (record.state, record.outcome, record.reason, record.sip_status) == (
+        "ended", "completed", "caller hung up", 200,
+    )  # fmt: skip
+    assert (record.created_at, record.answered_at, record.ended_at) == (100.0, 101.0, 130.0)
+    assert record.variables == {"name": "Jo"} and record.results == {"x": 1}
+    assert store.count_active_calls() == 0
+    store.close()
+
+
+def test_reopen_keeps_data_and_fails_unfinished(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    done = store.create_call("outbound")
+    store.end_call(done, "busy", sip_status=486)
+    open_call = store.create_call("inbound")
+    store.close()
+
+    store = Store(path)
+    assert store.schema_version == SCHEMA_VERSION
+    assert store.fail_unfinished("supervisor restarted") == 1
+    failed = store.get_call(open_call)
+    assert failed is not None and failed.outcome == "failed" and failed.reason == "supervisor restarted"
+    kept = store.get_call(done)
+    assert kept is not None and kept.outcome == "busy"
+    assert [c.id for c in store.list_calls()] == [open_call, done]
+
+
+def test_bad_direction_rejected(tmp_path: Path) -> None:
+    store = Store(tmp_path / "s.sqlite3")
+    with pytest.raises(sqlite3.IntegrityError):
+        store.create_call("sideways")  # type: ignore[arg-type]
+
+
+def test_newer_schema_is_refused(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    db = sqlite3.connect(path)
+    db.execute(f"PRAGMA user_version = {SCHEMA_VERSION + 1}")
+    db.close()
+    with pytest.raises(StoreError, match="newer than this sipbridge"):
+        Store(path)
+
+
+def test_not_a_database(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    path.write_bytes(b"garbage" * 1000)
+    with pytest.raises(StoreError, match="not a usable SQLite database"):
+        Store(path)

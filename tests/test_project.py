@@ -1,0 +1,65 @@
+"""Project-wide rules that a reviewer would otherwise have to check by eye."""
+
+from __future__ import annotations
+
+import ast
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def imported_modules(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text(encoding="utf-8"), filename=str(path))
+    names: set[str] = set()
+    for node in ast.walk(tree):
+        if isinstance(node, ast.Import):
+            names.update(alias.name.split(".")[0] for alias in node.names)
+        elif isinstance(node, ast.ImportFrom) and node.module and node.level == 0:
+            names.add(node.module.split(".")[0])
+    return names
+
+
+def test_imports_go_one_way() -> None:
+    """sipbridge -> dia2, audio. dia2, audio and bench never import sipbridge; dia2 never imports audio."""
+    forbidden = {"dia2": {"sipbridge", "audio"}, "audio": {"sipbridge", "dia2"}, "bench": {"sipbridge"}}
+    offenders = []
+    for package, banned in forbidden.items():
+        for path in sorted((ROOT / package).rglob("*.py")):
+            bad = imported_modules(path) & banned
+            if bad:
+                offenders.append(f"{path.relative_to(ROOT)} imports {sorted(bad)}")
+    assert offenders == []
+
+
+def test_dia2_imports_only_what_the_gpu_image_has() -> None:
+    """dia2/ and the GPU benchmarks (bench/dia2*.py) import only what the GPU image has at module level.
+
+    That image has torch, transformers, safetensors, numpy, tokenizers and huggingface_hub; no installs.
+    """
+    allowed = {"torch", "transformers", "safetensors", "numpy", "tokenizers", "huggingface_hub", "dia2"}
+    stdlib = set(sys.stdlib_module_names)
+    offenders = []
+    for pattern in ("dia2/**/*.py", "bench/dia2*.py"):
+        for path in sorted(ROOT.glob(pattern)):
+            # Only module-level imports matter for importability; lazy imports inside functions are allowed.
+            tree = ast.parse(path.read_text(encoding="utf-8"))
+            top = [n for n in tree.body if isinstance(n, ast.Import | ast.ImportFrom)]
+            for node in top:
+                mods = [a.name for a in node.names] if isinstance(node, ast.Import) else [node.module or ""]
+                if isinstance(node, ast.ImportFrom) and node.level > 0:
+                    continue
+                for mod in mods:
+                    head = mod.split(".")[0]
+                    if head not in stdlib and head not in allowed and head != "__future__":
+                        offenders.append(f"{path.relative_to(ROOT)}: {mod}")
+    assert offenders == []
+
+
+def test_ruff_clean() -> None:
+    ruff = shutil.which("ruff", path=str(Path(sys.executable).parent)) or shutil.which("ruff")
+    assert ruff is not None, "ruff is a dev dependency: install with deploy/setup.sh --dev"
+    result = subprocess.run([ruff, "check", "."], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stdout + result.stderr
