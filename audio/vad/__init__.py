@@ -1,0 +1,29 @@
+"""Voice activity detection: frame classifiers (webrtc, Silero) and the turn segmenter built on them."""
+
+from audio.vad.backends import FrameClassifier, SileroVad, WebRtcVad, make_classifier, silero_model_path
+from audio.vad.segmenter import (
+    SegmenterState,
+    SpeechStart,
+    TurnDropped,
+    TurnEnd,
+    TurnSegmenter,
+    VadEvent,
+    VadSettings,
+    make_segmenter,
+)
+
+__all__ = [
+    "FrameClassifier",
+    "SegmenterState",
+    "SileroVad",
+    "SpeechStart",
+    "TurnDropped",
+    "TurnEnd",
+    "TurnSegmenter",
+    "VadEvent",
+    "VadSettings",
+    "WebRtcVad",
+    "make_classifier",
+    "make_segmenter",
+    "silero_model_path",
+]
