@@ -29,6 +29,8 @@ from pydantic import (
     model_validator,
 )
 
+from audio.vad.segmenter import VadSettings
+
 KeyPath = tuple[str | int, ...]
 
 # The pjsua2 wheel is compiled with PJSUA_MAX_CALLS = 4: one worker process holds at most this many calls.
@@ -177,6 +179,18 @@ class VadConfig(_Section):
         if self.max_turn_ms <= self.min_turn_ms:
             raise ValueError("max_turn_ms must be greater than min_turn_ms")
         return self
+
+    def segmenter_settings(self) -> VadSettings:
+        """The audio toolkit's settings for the turn segmenter (barge-in is the call's concern, not VAD's)."""
+        return VadSettings(
+            backend=self.backend,
+            aggressiveness=self.aggressiveness,
+            threshold=self.threshold,
+            start_hangover_ms=self.start_hangover_ms,
+            stop_hangover_ms=self.stop_hangover_ms,
+            min_turn_ms=self.min_turn_ms,
+            max_turn_ms=self.max_turn_ms,
+        )
 
 
 # ------------------------------------------------------------------------------------------ engine

@@ -185,3 +185,17 @@ def test_schema_reference_is_current() -> None:
         "`http.bearer_token`",
     ):
         assert key in text
+
+
+def test_vad_section_maps_onto_the_segmenter_settings() -> None:
+    """Same names and same defaults on both sides: the YAML keys are what audio/vad documents."""
+    from dataclasses import fields
+
+    from audio.vad import VadSettings
+
+    config = load_config(None, ["vad.backend=webrtc", "vad.stop_hangover_ms=700"], env={}).config
+    settings = config.vad.segmenter_settings()
+    assert settings.backend == "webrtc" and settings.stop_hangover_ms == 700
+    defaults = load_config(None, env={}).config.vad.segmenter_settings()
+    assert defaults == VadSettings()
+    assert {f.name for f in fields(VadSettings)} <= set(type(config.vad).model_fields)
