@@ -1,4 +1,4 @@
-"""CUDA runs of the fixture cases (skipped without a GPU; the lead runs these on the lent machine).
+"""CUDA runs of the fixture cases (skipped without a GPU; bench/dia2_gpu_parity.py runs them anywhere).
 
 float32 on CUDA must reproduce the CPU reference tokens; bfloat16 may differ, so it only reports the
 agreement (run with ``-s`` to see it) and checks that the outputs are well formed.
@@ -6,16 +6,10 @@ agreement (run with ``-s`` to see it) and checks that the outputs are well forme
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import Any
-
-import numpy as np
 import pytest
 import torch
 
-from dia2.runtime import Dia2
-
-from .conftest import GENERATION_CASES, options_for, prefix_speakers
+from dia2.reference import ReferenceFixture, step_token_agreement
 
 pytestmark = [
     pytest.mark.gpu,
@@ -23,32 +17,13 @@ pytestmark = [
 ]
 
 
-def _run_cases(fixture_dir: Path, inputs: dict[str, Any], dtype: str) -> dict[str, Any]:
-    rt = Dia2.from_pretrained(
-        fixture_dir, device="cuda", dtype=dtype, mimi=fixture_dir / inputs["mimi"]["path"]
-    )
-    speakers = prefix_speakers(fixture_dir, inputs)
-    plan = rt.prefix_plan(speakers[0], speakers[1] if len(speakers) > 1 else None)
-    out = {}
-    for name in GENERATION_CASES:
-        case = inputs["cases"][name]
-        prefix = plan if case["generation_config"]["prefix"] else None
-        out[name] = rt.generate(case["script"], prefix=prefix, options=options_for(case), trace=True)
-    return out
-
-
 @pytest.mark.parametrize("dtype", ["float32", "bfloat16"])
-def test_cuda_cases(
-    fixture_dir: Path, inputs: dict[str, Any], ref_arrays: dict[str, np.ndarray], dtype: str
-) -> None:
-    results = _run_cases(fixture_dir, inputs, dtype)
+def test_cuda_cases(reference: ReferenceFixture, dtype: str) -> None:
+    results = reference.run_cases(reference.load_runtime("cuda", dtype))
     for name, res in results.items():
-        ours = np.stack([t.numpy() for t in res.trace.step_tokens])
-        ref = ref_arrays[f"{name}_step_tokens"]
-        n = min(len(ours), len(ref))
-        agree = float((ours[:n] == ref[:n]).mean()) if n else 0.0
-        print(f"[{dtype}] {name}: steps {len(ours)} vs {len(ref)}, step-token agreement {agree:.4f}")
+        agreement = step_token_agreement(res, reference.arrays[f"{name}_step_tokens"])
+        print(f"[{dtype}] {name}: {agreement}")
         assert res.audio_tokens.min() >= 0 and res.audio_tokens.max() < 2048
         assert torch.isfinite(res.waveform).all()
         if dtype == "float32":
-            np.testing.assert_array_equal(ours, ref, err_msg=f"cuda float32 {name}")
+            assert agreement["exact"], f"cuda float32 {name}: {agreement}"

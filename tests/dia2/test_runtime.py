@@ -13,8 +13,6 @@ from dia2.prefix import PrefixPlan
 from dia2.runtime import Dia2
 from dia2.sampling import SamplingParams
 
-from .conftest import options_for
-
 SCRIPT = "[S1] Hello, this is a verification call."
 
 
@@ -29,12 +27,15 @@ def test_seed_reproduces_a_sampled_run(runtime: Dia2) -> None:
 
 
 def test_on_step_hook_sees_every_step(
-    runtime: Dia2, inputs: dict[str, Any], ref_json: dict[str, Any]
+    runtime: Dia2,
+    inputs: dict[str, Any],
+    ref_json: dict[str, Any],
+    case_options: dict[str, GenerationOptions],
 ) -> None:
     seen: list[int] = []
     runtime.generate(
         inputs["cases"]["capped"]["script"],
-        options=options_for(inputs["cases"]["capped"]),
+        options=case_options["capped"],
         on_step=seen.append,
         decode=False,
     )
@@ -42,10 +43,14 @@ def test_on_step_hook_sees_every_step(
 
 
 def test_include_prefix_audio_keeps_prefix(
-    runtime: Dia2, inputs: dict[str, Any], prefix_plan: PrefixPlan, ref_arrays: dict[str, np.ndarray]
+    runtime: Dia2,
+    inputs: dict[str, Any],
+    prefix_plan: PrefixPlan,
+    ref_arrays: dict[str, np.ndarray],
+    case_options: dict[str, GenerationOptions],
 ) -> None:
     case = inputs["cases"]["prefix"]
-    base = options_for(case)
+    base = case_options["prefix"]
     opts = GenerationOptions(**{**base.__dict__, "include_prefix_audio": True})
     res = runtime.generate(case["script"], prefix=prefix_plan, options=opts, decode=False)
     assert res.details.crop_frames == 0
@@ -53,10 +58,10 @@ def test_include_prefix_audio_keeps_prefix(
 
 
 def test_consistent_positions_option_is_off_by_default(
-    runtime: Dia2, inputs: dict[str, Any], prefix_plan: PrefixPlan
+    runtime: Dia2, inputs: dict[str, Any], prefix_plan: PrefixPlan, case_options: dict[str, GenerationOptions]
 ) -> None:
     case = inputs["cases"]["prefix"]
-    base = options_for(case)
+    base = case_options["prefix"]
     assert base.prefix_consistent_positions is False
     opts = GenerationOptions(**{**base.__dict__, "prefix_consistent_positions": True, "max_steps": 5})
     res = runtime.generate(case["script"], prefix=prefix_plan, options=opts, trace=True, decode=False)
@@ -67,10 +72,10 @@ def test_consistent_positions_option_is_off_by_default(
 
 
 def test_bfloat16_on_cpu_runs_the_greedy_case(
-    fixture_dir: Any, inputs: dict[str, Any], runtime: Dia2
+    fixture_dir: Any, inputs: dict[str, Any], runtime: Dia2, case_options: dict[str, GenerationOptions]
 ) -> None:
     bf16 = Dia2(runtime.config, _bf16_model(fixture_dir), runtime.tokenizer, runtime.mimi)
-    res = bf16.generate(inputs["cases"]["greedy"]["script"], options=options_for(inputs["cases"]["greedy"]))
+    res = bf16.generate(inputs["cases"]["greedy"]["script"], options=case_options["greedy"])
     assert res.audio_tokens.dtype == torch.long
     assert res.audio_tokens.shape[0] == 32
     assert torch.isfinite(res.waveform).all()
