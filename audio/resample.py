@@ -20,7 +20,7 @@ import numpy as np
 import numpy.typing as npt
 import soxr
 
-__all__ = ["LatencyStats", "StreamResampler", "measure_latency"]
+__all__ = ["FirResampler", "LatencyStats", "StreamResampler", "make_resampler", "measure_latency"]
 
 log = logging.getLogger(__name__)
 
@@ -128,3 +128,135 @@ class StreamResampler:
         """Drop all buffered input and filter state (e.g. on barge-in)."""
         # A new stream is cheaper to reason about than soxr's clear() and costs ~20 µs.
         self._stream = self._new_stream()
+
+
+class FirResampler:
+    """Low-latency streaming resampler for rational ratios: a polyphase linear-phase FIR.
+
+    Same interface and the same time alignment as :class:`StreamResampler` (an impulse at input sample ``n``
+    peaks at output ``n * out_rate / in_rate``; ``flush`` returns the tail), but every output sample leaves
+    as soon as the input it depends on has arrived: no block buffering. For telephony the lag is the filter's
+    group delay, ~4.5 ms for 24 kHz -> 8 kHz, against soxr's 74 ms worst case, which matters in a reply
+    path budgeted at ~150 ms from text to first audio.
+
+    The filter is a Kaiser-window low-pass at the lower of the two Nyquist rates with ``transition_hz`` of
+    roll-off ending there and ``stopband_db`` of rejection (80 dB: aliases of out-of-band energy land below
+    the G.711 noise floor). Output equals feeding the whole signal at once up to float rounding.
+    """
+
+    def __init__(
+        self,
+        in_rate: int,
+        out_rate: int,
+        *,
+        dtype: str = "float32",
+        transition_hz: float = 550.0,
+        stopband_db: float = 80.0,
+    ) -> None:
+        from scipy.signal import firwin, kaiser_beta  # filter design only; the stream itself is numpy
+
+        if in_rate <= 0 or out_rate <= 0:
+            raise ValueError(f"sample rates must be positive, got {in_rate} -> {out_rate}")
+        if dtype not in _DTYPES:
+            raise ValueError(f"dtype must be one of {_DTYPES}, got {dtype!r}")
+        g = int(np.gcd(in_rate, out_rate))
+        self.in_rate, self.out_rate, self.dtype = in_rate, out_rate, np.dtype(dtype)
+        self._up, self._down = out_rate // g, in_rate // g
+        up, down = self._up, self._down
+        fs_up = in_rate * up
+        nyquist = min(in_rate, out_rate) / 2.0
+        # Kaiser's estimate of the length for this attenuation and transition width (in upsampled samples).
+        width = 2.0 * np.pi * transition_hz / fs_up
+        estimate = int(np.ceil((stopband_db - 7.95) / (2.285 * width))) + 1
+        # Group delay (n_taps - 1) / 2 must be a whole number of *output* samples for exact time alignment.
+        self._delay_out = int(np.ceil((estimate - 1) / (2 * down)))
+        self._delay_up = self._delay_out * down
+        n_taps = 2 * self._delay_up + 1
+        taps = firwin(
+            n_taps, nyquist - transition_hz / 2.0, window=("kaiser", kaiser_beta(stopband_db)), fs=fs_up
+        )
+        taps *= up  # zero-stuffing by `up` divides the passband gain by `up`
+        self._taps_per_phase = -(-n_taps // up)
+        padded = np.zeros(self._taps_per_phase * up)
+        padded[:n_taps] = taps
+        # phase p uses taps p, p + up, p + 2 up, ...; reversed so a window of input (oldest first) dots it.
+        self._phases = np.ascontiguousarray(padded.reshape(self._taps_per_phase, up).T[:, ::-1])
+        self.reset()
+
+    @property
+    def latency_samples(self) -> int:
+        """Worst lag of an output sample behind the input that completes it, in output samples."""
+        return self._delay_out + -(-self._up // self._down)
+
+    @property
+    def latency(self) -> LatencyStats:
+        lag = self.latency_samples
+        first_input = (self._delay_up // self._up) + 1
+        return LatencyStats(worst=lag, mean=float(self._delay_up / self._down), first_output=first_input)
+
+    def reset(self) -> None:
+        """Drop all buffered input and filter state (e.g. on barge-in)."""
+        # History starts as zeros before sample 0, exactly as a one-shot convolution sees it.
+        self._buf = np.zeros(self._taps_per_phase - 1, dtype=np.float64)
+        self._buf_start = -(self._taps_per_phase - 1)  # absolute input index of _buf[0]
+        self._received = 0
+        self._next_out = 0
+
+    def _emit(self, last_out: int) -> npt.NDArray[np.float64]:
+        """Compute outputs _next_out .. last_out (inclusive) from the buffered input."""
+        if last_out < self._next_out:
+            return np.zeros(0)
+        k = np.arange(self._next_out, last_out + 1)
+        n = k * self._down + self._delay_up
+        base, phase = n // self._up, n % self._up
+        windows = np.lib.stride_tricks.sliding_window_view(self._buf, self._taps_per_phase)
+        rows = windows[base - (self._taps_per_phase - 1) - self._buf_start]
+        out = np.einsum("kt,kt->k", rows, self._phases[phase])
+        self._next_out = last_out + 1
+        # Keep only the input the next output still needs.
+        keep_from = (self._next_out * self._down + self._delay_up) // self._up - (self._taps_per_phase - 1)
+        drop = keep_from - self._buf_start
+        if drop > 0:
+            self._buf = self._buf[drop:]
+            self._buf_start = keep_from
+        return out
+
+    def _ready_until(self, available: int) -> int:
+        """Last output index whose newest input sample index is < available."""
+        # need (k * down + delay_up) // up <= available - 1
+        return ((available - 1) * self._up + self._up - 1 - self._delay_up) // self._down
+
+    def _to_output(self, y: npt.NDArray[np.float64]) -> npt.NDArray[np.generic]:
+        if self.dtype == np.int16:
+            return np.clip(np.rint(y), -32768, 32767).astype(np.int16)
+        return y.astype(np.float32)
+
+    def process(self, chunk: npt.ArrayLike) -> npt.NDArray[np.generic]:
+        x = np.asarray(chunk)
+        if x.dtype != self.dtype:
+            raise TypeError(f"resampler expects {self.dtype} chunks, got {x.dtype}")
+        if x.ndim != 1:
+            raise ValueError(f"resampler expects mono 1-D chunks, got shape {x.shape}")
+        self._buf = np.concatenate([self._buf, x.astype(np.float64)])
+        self._received += len(x)
+        return self._to_output(self._emit(self._ready_until(self._received)))
+
+    def flush(self) -> npt.NDArray[np.generic]:
+        """Return the rest of the stream (as if it were followed by silence) and start a fresh stream."""
+        total_out = -(-self._received * self._up // self._down)
+        last = total_out - 1
+        need = (last * self._down + self._delay_up) // self._up + 1  # inputs needed, zeros after the end
+        if need > self._received:
+            self._buf = np.concatenate([self._buf, np.zeros(need - self._received)])
+        out = self._to_output(self._emit(last))
+        self.reset()
+        return out
+
+
+def make_resampler(
+    in_rate: int, out_rate: int, *, dtype: str = "float32", low_latency: bool = True
+) -> FirResampler | StreamResampler:
+    """The call path's resampler: the FIR (milliseconds of lag) unless ``low_latency`` is off (soxr HQ)."""
+    if low_latency:
+        return FirResampler(in_rate, out_rate, dtype=dtype)
+    return StreamResampler(in_rate, out_rate, dtype=dtype)
