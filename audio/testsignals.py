@@ -1,4 +1,4 @@
-"""Test speech with known boundaries: espeak-ng utterances placed in silence, noise and noise bursts.
+"""Test speech with known boundaries: espeak-ng utterances placed in silence, noise, noise bursts and tones.
 
 Used by tests/audio and bench/vad_quality.py (and usable by end-to-end call tests). espeak-ng runs as a
 subprocess (``apt-get install espeak-ng``); its robotic voice is well articulated, so it tests *boundaries*,
@@ -71,6 +71,7 @@ class Scene:
     sample_rate: int
     turns: list[tuple[float, float]] = field(default_factory=list)  # speech extent of each utterance
     bursts: list[tuple[float, float]] = field(default_factory=list)  # noise bursts (must not become turns)
+    tones: list[tuple[float, float, float]] = field(default_factory=list)  # (start, end, Hz) of each tone
 
     def int16(self) -> npt.NDArray[np.int16]:
         return (np.clip(self.audio, -1.0, 32767 / 32768) * 32768).astype(np.int16)
@@ -86,6 +87,7 @@ class SceneBuilder:
         self._len = 0
         self._turns: list[tuple[float, float]] = []
         self._bursts: list[tuple[float, float]] = []
+        self._tones: list[tuple[float, float, float]] = []
 
     def _ms(self, samples: int) -> float:
         return 1000.0 * samples / self.sample_rate
@@ -121,11 +123,31 @@ class SceneBuilder:
         self._append(x.astype(np.float32))
         return self
 
+    def tone(self, freq_hz: float, ms: float, amplitude: float = 0.3) -> SceneBuilder:
+        """A steady sine tone (a voicemail beep), 2 ms raised-cosine ramps so it starts without a click."""
+        if not 0 < freq_hz < self.sample_rate / 2:
+            raise ValueError(f"tone frequency {freq_hz} Hz is not below Nyquist ({self.sample_rate / 2} Hz)")
+        n = round(ms * self.sample_rate / 1000)
+        x = amplitude * np.sin(2 * np.pi * freq_hz * np.arange(n) / self.sample_rate)
+        ramp = min(n // 2, self.sample_rate // 500)
+        fade = 0.5 - 0.5 * np.cos(np.linspace(0.0, np.pi, ramp))
+        x[:ramp] *= fade
+        x[n - ramp :] *= fade[::-1]
+        self._tones.append((self._ms(self._len), self._ms(self._len + n), float(freq_hz)))
+        self._append(x.astype(np.float32))
+        return self
+
     def build(self, noise_rms: float = 0.0) -> Scene:
         audio = np.concatenate(self._pieces) if self._pieces else np.zeros(0, dtype=np.float32)
         if noise_rms > 0:
             audio = audio + (self._rng.standard_normal(len(audio)) * noise_rms).astype(np.float32)
-        return Scene(audio.astype(np.float32), self.sample_rate, list(self._turns), list(self._bursts))
+        return Scene(
+            audio.astype(np.float32),
+            self.sample_rate,
+            list(self._turns),
+            list(self._bursts),
+            list(self._tones),
+        )
 
 
 def telephone_band(scene: Scene) -> Scene:
@@ -138,4 +160,4 @@ def telephone_band(scene: Scene) -> Scene:
         x = soxr.resample(x, scene.sample_rate, 8000, quality="HQ").astype(np.float32)
     pcm = (np.clip(x, -1.0, 32767 / 32768) * 32768).astype(np.int16)
     decoded = g711.ulaw_decode(g711.ulaw_encode(pcm)).astype(np.float32) / 32768.0
-    return Scene(decoded, 8000, list(scene.turns), list(scene.bursts))
+    return Scene(decoded, 8000, list(scene.turns), list(scene.bursts), list(scene.tones))

@@ -1,0 +1,416 @@
+"""Answering-machine detection (AMD): is the callee who picked up a person or a voicemail greeting?
+
+Streaming, like Asterisk's ``AMD()`` application, on the callee's 20 ms int16 frames from the moment of
+answer. A person says something short ("Hello?", "HR, this is Dana") and then waits for us; a machine plays a
+long greeting and then a beep. So the rules, checked after every frame, are (first match wins):
+
+* **beep**: a steady tone (``audio.beep``) → machine. Only machines beep.
+* **phrase**: the optional ASR hook's transcript contains a voicemail phrase ("leave a message", "after the
+  tone", ...) → machine.
+* **initial silence**: nothing said for ``initial_silence_ms`` → ``initial_silence_decision`` (Asterisk says
+  machine: some machines wait before the greeting; a person who picked up and said nothing is rarer).
+* **long greeting**: ``greeting_ms`` of speech in the greeting → machine.
+* **long word**: one unbroken speech run of ``maximum_word_length_ms`` → machine.
+* **max words**: ``maximum_number_of_words`` words → machine. A word is a speech run of at least
+  ``min_word_length_ms`` ended by ``between_words_silence_ms`` of silence; with the Silero VAD a "word" is
+  really a phrase, since Silero bridges the short gaps between words.
+* **after-greeting silence**: speech, then ``after_greeting_silence_ms`` of silence → human (they said
+  hello and are waiting for us to talk).
+* **too long**: ``total_analysis_ms`` without any of the above → not_sure.
+
+Speech/silence comes from the project VAD (``audio.vad``: Silero by default, robust to line noise; or
+webrtc) or from frame energy (mean |sample| above ``silence_threshold``, as Asterisk does; cheapest, but line
+noise reads as speech). Time is counted in frames, so the detector never looks at a wall clock.
+
+After a machine decision, :meth:`AnsweringMachineDetector.wait_for_beep` gives a :class:`BeepWaiter` that says
+when to start the voicemail message: right after the beep ends, or, when no beep comes, once the greeting has
+been followed by ``no_beep_timeout_ms`` of silence (or ``max_beep_wait_ms`` has passed in any case).
+
+docs/DIALER.md ("AMD") has the measured accuracy and why the defaults are what they are.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import re
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from audio.beep import Beep, BeepDetector, BeepSettings
+from audio.vad.backends import FrameClassifier, make_classifier
+
+__all__ = [
+    "DEFAULT_MACHINE_PHRASES",
+    "AmdSettings",
+    "AnsweringMachineDetector",
+    "BeepWaiter",
+    "Decision",
+    "DecisionKind",
+    "MessageCue",
+    "TranscriptSource",
+]
+
+log = logging.getLogger(__name__)
+
+DecisionKind = Literal["human", "machine", "not_sure"]
+# Returns the words recognised in the greeting so far (cheap: it is called every ``asr_poll_ms``).
+TranscriptSource = Callable[[], str]
+
+# Phrases that (nearly) only voicemail greetings say. "you've reached" is left out on purpose: people who
+# answer a business line say it too ("You've reached payroll, this is Dana").
+DEFAULT_MACHINE_PHRASES: tuple[str, ...] = (
+    "leave a message",
+    "leave your message",
+    "leave me a message",
+    "leave a brief message",
+    "after the tone",
+    "after the beep",
+    "at the tone",
+    "not available",
+    "unavailable",
+    "can't take your call",
+    "cannot take your call",
+    "can't come to the phone",
+    "unable to take your call",
+    "voicemail",
+    "voice mail",
+    "mailbox",
+    "record your message",
+    "away from my desk",
+)
+
+_VADS = ("silero", "webrtc", "energy")
+_HYSTERESIS = 0.15  # Silero: speech starts at threshold, continues above threshold - 0.15 (as audio.vad)
+
+
+@dataclass(frozen=True)
+class AmdSettings:
+    """Asterisk ``amd.conf`` names where there is one (initial_silence = initial_silence, greeting = greeting,
+    after_greeting_silence = after_greeting_silence, total_analysis_time = total_analysis_ms, ...)."""
+
+    initial_silence_ms: int = 2500
+    greeting_ms: int = 2500
+    after_greeting_silence_ms: int = 800
+    total_analysis_ms: int = 5000
+    min_word_length_ms: int = 100
+    between_words_silence_ms: int = 50
+    maximum_number_of_words: int = 4
+    maximum_word_length_ms: int = 5000
+    initial_silence_decision: DecisionKind = "machine"
+    vad: str = "silero"  # "silero" | "webrtc" | "energy"
+    vad_threshold: float = 0.5  # silero speech probability
+    vad_aggressiveness: int = 2  # webrtc 0..3
+    silence_threshold: int = 256  # energy: mean |int16 sample| at or below this is silence (Asterisk's)
+    beep_detection: bool = True
+    beep: BeepSettings = field(default_factory=BeepSettings)
+    machine_phrases: tuple[str, ...] = DEFAULT_MACHINE_PHRASES
+    asr_poll_ms: int = 200
+    # Voicemail delivery (BeepWaiter): silence after the greeting with no beep before we speak anyway, and
+    # the longest we wait for a beep at all.
+    no_beep_timeout_ms: int = 2000
+    max_beep_wait_ms: int = 20000
+
+    def __post_init__(self) -> None:
+        positive = (
+            "initial_silence_ms",
+            "greeting_ms",
+            "after_greeting_silence_ms",
+            "total_analysis_ms",
+            "min_word_length_ms",
+            "between_words_silence_ms",
+            "maximum_number_of_words",
+            "maximum_word_length_ms",
+            "asr_poll_ms",
+            "no_beep_timeout_ms",
+            "max_beep_wait_ms",
+        )
+        for name in positive:
+            value = getattr(self, name)
+            if not isinstance(value, int) or isinstance(value, bool) or value <= 0:
+                raise ValueError(f"amd.{name} must be a positive integer, got {value!r}")
+        if self.initial_silence_decision not in ("human", "machine", "not_sure"):
+            raise ValueError(
+                "amd.initial_silence_decision must be 'human', 'machine' or 'not_sure', "
+                f"got {self.initial_silence_decision!r}"
+            )
+        if self.vad not in _VADS:
+            raise ValueError(f"amd.vad must be one of {', '.join(_VADS)}, got {self.vad!r}")
+        if not 0.0 < self.vad_threshold < 1.0:
+            raise ValueError(f"amd.vad_threshold must be in (0, 1), got {self.vad_threshold}")
+        if not 0 <= self.vad_aggressiveness <= 3:
+            raise ValueError(f"amd.vad_aggressiveness must be 0..3, got {self.vad_aggressiveness}")
+        if not 0 <= self.silence_threshold <= 32767:
+            raise ValueError(f"amd.silence_threshold must be 0..32767, got {self.silence_threshold}")
+        if self.maximum_word_length_ms < self.min_word_length_ms:
+            raise ValueError("amd.maximum_word_length_ms must be at least amd.min_word_length_ms")
+        for name in ("initial_silence_ms", "greeting_ms"):
+            if getattr(self, name) > self.total_analysis_ms:
+                raise ValueError(
+                    f"amd.{name} ({getattr(self, name)}) is longer than amd.total_analysis_ms "
+                    f"({self.total_analysis_ms}): that rule could never fire"
+                )
+        if any(not phrase.strip() for phrase in self.machine_phrases):
+            raise ValueError("amd.machine_phrases holds an empty phrase")
+
+
+@dataclass(frozen=True)
+class Decision:
+    kind: DecisionKind
+    reasons: list[str]  # the deciding rule first, then context
+    decided_at_ms: int  # ms of audio analysed when the decision was made
+    initial_silence_ms: int = 0  # silence before the first word
+    speech_ms: int = 0  # speech heard in total
+    words: int = 0
+    beep: Beep | None = None
+    transcript: str | None = None  # last transcript from the ASR hook, if any
+
+
+@dataclass(frozen=True)
+class MessageCue:
+    """When to start playing the voicemail message (ms from the start of the stream)."""
+
+    at_ms: int
+    reason: Literal["beep", "greeting_end", "timeout"]
+    beep: Beep | None = None
+
+
+def _normalise(text: str) -> str:
+    text = text.lower().replace("’", "'")
+    return " ".join(re.sub(r"[^a-z0-9' ]+", " ", text).split())
+
+
+class _FrameAnalysis:
+    """Per-frame speech/silence and beep events, shared by the detector and the beep waiter."""
+
+    def __init__(self, settings: AmdSettings, sample_rate: int, frame_ms: int) -> None:
+        self.settings = settings
+        self.sample_rate = sample_rate
+        self.frame_ms = frame_ms
+        self.frame_samples = sample_rate * frame_ms // 1000
+        self.classifier: FrameClassifier | None = None
+        if settings.vad != "energy":
+            self.classifier = make_classifier(
+                settings.vad, sample_rate, aggressiveness=settings.vad_aggressiveness
+            )
+        self.beeps = BeepDetector(sample_rate, frame_ms, settings.beep) if settings.beep_detection else None
+        self.voiced = False
+        self.frames = 0
+
+    @property
+    def now_ms(self) -> int:
+        return self.frames * self.frame_ms
+
+    def step(self, frame: npt.NDArray[np.int16]) -> Beep | None:
+        if frame.shape != (self.frame_samples,) or frame.dtype != np.int16:
+            raise ValueError(
+                f"expected {self.frame_samples} int16 samples ({self.frame_ms} ms at {self.sample_rate} Hz), "
+                f"got {frame.dtype} {frame.shape}"
+            )
+        self.frames += 1
+        if self.classifier is None:
+            self.voiced = float(np.mean(np.abs(frame.astype(np.int32)))) > self.settings.silence_threshold
+        else:
+            p = self.classifier.speech_prob(frame)
+            threshold = self.settings.vad_threshold
+            self.voiced = p >= (max(0.01, threshold - _HYSTERESIS) if self.voiced else threshold)
+        return self.beeps.process(frame) if self.beeps is not None else None
+
+
+class AnsweringMachineDetector:
+    """One per answered call. Feed the callee's frames to :meth:`process` until it returns a Decision."""
+
+    def __init__(
+        self,
+        settings: AmdSettings | None = None,
+        sample_rate: int = 8000,
+        frame_ms: int = 20,
+        transcript: TranscriptSource | None = None,
+    ) -> None:
+        self.settings = settings or AmdSettings()
+        self._audio = _FrameAnalysis(self.settings, sample_rate, frame_ms)
+        self._transcript_source = transcript
+        self._phrases = tuple(_normalise(p) for p in self.settings.machine_phrases)
+        self._asr_every = max(1, math.ceil(self.settings.asr_poll_ms / frame_ms))
+        self._frame_ms = frame_ms
+        self.decision: Decision | None = None
+        # Asterisk's counters, all in ms.
+        self._silence = 0
+        self._consecutive_voice = 0
+        self._voice = 0
+        self._words = 0
+        self._in_word = False
+        self._in_initial_silence = True
+        self._in_greeting = False
+        self._initial_silence = 0
+        self._beep: Beep | None = None
+        self._transcript: str | None = None
+
+    @property
+    def now_ms(self) -> int:
+        return self._audio.now_ms
+
+    def process(self, frame: npt.NDArray[np.int16]) -> Decision | None:
+        """Analyse one frame; returns the decision once, on the frame that makes it, else None. Frames fed
+        after the decision still advance the VAD and beep detector (for :meth:`wait_for_beep`)."""
+        beep = self._audio.step(frame)
+        if beep is not None:
+            self._beep = beep
+        if self.decision is not None:
+            return None
+        decision = self._rules(beep)
+        if decision is not None:
+            self.decision = decision
+            log.info(
+                "AMD %s after %d ms: %s", decision.kind, decision.decided_at_ms, "; ".join(decision.reasons)
+            )
+        return decision
+
+    def finish(self) -> Decision:
+        """The stream ended (hang-up, or the caller stops analysing): the decision made, or not_sure."""
+        if self.decision is None:
+            self.decision = self._decide(
+                "not_sure", f"audio ended after {self.now_ms} ms before any rule decided"
+            )
+        return self.decision
+
+    def wait_for_beep(self) -> BeepWaiter:
+        """Continue on this stream, waiting for the moment to leave a message; feed the waiter from now on."""
+        return BeepWaiter(self._audio, self._beep, heard_speech=self._voice > 0)
+
+    # ------------------------------------------------------------------------------------------ rules
+
+    def _decide(self, kind: DecisionKind, reason: str) -> Decision:
+        context = [
+            f"initial silence {self._initial_silence if not self._in_initial_silence else self._silence} ms",
+            f"speech {self._voice} ms in {self._words} word(s)",
+        ]
+        return Decision(
+            kind=kind,
+            reasons=[reason, *context],
+            decided_at_ms=self.now_ms,
+            initial_silence_ms=self._initial_silence if not self._in_initial_silence else self._silence,
+            speech_ms=self._voice,
+            words=self._words,
+            beep=self._beep,
+            transcript=self._transcript,
+        )
+
+    def _rules(self, beep: Beep | None) -> Decision | None:
+        s = self.settings
+        ms = self._frame_ms
+        if beep is not None:
+            return self._decide("machine", f"beep at {beep.start_ms} ms ({beep.freq_hz:.0f} Hz)")
+        phrase = self._machine_phrase()
+        if phrase is not None:
+            return self._decide("machine", f"voicemail phrase {phrase!r} in greeting")
+
+        if not self._audio.voiced:
+            self._silence += ms
+            if self._in_word and self._silence >= s.between_words_silence_ms:
+                self._in_word = False
+                self._consecutive_voice = 0
+            if self._in_initial_silence and self._silence >= s.initial_silence_ms:
+                return self._decide(
+                    s.initial_silence_decision,
+                    f"initial silence {self._silence} ms >= {s.initial_silence_ms}",
+                )
+            if self._in_greeting and self._silence >= s.after_greeting_silence_ms:
+                return self._decide(
+                    "human",
+                    f"short greeting ({self._voice} ms) then {self._silence} ms silence "
+                    f">= {s.after_greeting_silence_ms}",
+                )
+        else:
+            self._consecutive_voice += ms
+            self._voice += ms
+            if self._consecutive_voice >= s.min_word_length_ms:
+                if not self._in_word:
+                    self._in_word = True
+                    self._words += 1
+                    if self._words >= s.maximum_number_of_words:
+                        return self._decide("machine", f"{self._words} words >= maximum_number_of_words")
+                if self._in_initial_silence:
+                    self._initial_silence = self._silence
+                    self._in_initial_silence = False
+                self._in_greeting = True
+                self._silence = 0
+            if self._consecutive_voice >= s.maximum_word_length_ms:
+                return self._decide(
+                    "machine", f"one word of {self._consecutive_voice} ms >= {s.maximum_word_length_ms}"
+                )
+            if self._in_greeting and self._voice >= s.greeting_ms:
+                return self._decide(
+                    "machine", f"long greeting: {self._voice} ms of speech >= {s.greeting_ms}"
+                )
+
+        if self.now_ms >= s.total_analysis_ms:
+            return self._decide("not_sure", f"no rule decided within total_analysis_ms {s.total_analysis_ms}")
+        return None
+
+    def _machine_phrase(self) -> str | None:
+        if self._transcript_source is None or self._audio.frames % self._asr_every:
+            return None
+        text = self._transcript_source()
+        if not text:
+            return None
+        self._transcript = text
+        said = f" {_normalise(text)} "
+        for phrase in self._phrases:
+            if f" {phrase} " in said:
+                return phrase
+        return None
+
+
+class BeepWaiter:
+    """After a machine decision: tells when to start the message. Made by ``wait_for_beep``."""
+
+    def __init__(self, audio: _FrameAnalysis, beep: Beep | None, heard_speech: bool) -> None:
+        self._audio = audio
+        self.settings = audio.settings
+        self._started_ms = audio.now_ms
+        self._silence = 0
+        self._heard_speech = heard_speech
+        self.cue: MessageCue | None = None
+        # The beep that made the decision may already have ended (frames fed to the detector after its
+        # decision): then the message can go now, unless another tone is sounding at this moment.
+        detector = audio.beeps
+        self._pending_now: Beep | None = None
+        if beep is not None and detector is not None and detector.beeps and not detector.in_tone:
+            self._pending_now = detector.beeps[-1]
+
+    def process(self, frame: npt.NDArray[np.int16] | None = None) -> MessageCue | None:
+        """Feed the next frame (``None`` only to ask about a beep that has already ended). Returns the cue
+        once; after that, None."""
+        if self.cue is not None:
+            return None
+        if self._pending_now is not None:
+            return self._cue(self._audio.now_ms, "beep", self._pending_now)
+        if frame is None:
+            return None
+        beep = self._audio.step(frame)
+        if beep is not None and beep.end_ms is not None:
+            return self._cue(beep.end_ms, "beep", beep)
+        s = self.settings
+        tone = self._audio.beeps is not None and self._audio.beeps.in_tone
+        if self._audio.voiced or tone:
+            self._heard_speech = self._heard_speech or self._audio.voiced
+            self._silence = 0
+        else:
+            self._silence += self._audio.frame_ms
+            if self._silence >= s.no_beep_timeout_ms:
+                return self._cue(self._audio.now_ms, "greeting_end", None)
+        if self._audio.now_ms - self._started_ms >= s.max_beep_wait_ms:
+            return self._cue(self._audio.now_ms, "timeout", None)
+        return None
+
+    def _cue(
+        self, at_ms: int, reason: Literal["beep", "greeting_end", "timeout"], beep: Beep | None
+    ) -> MessageCue:
+        self.cue = MessageCue(at_ms=at_ms, reason=reason, beep=beep)
+        log.info("voicemail message cue at %d ms (%s)", at_ms, reason)
+        return self.cue

@@ -1,0 +1,143 @@
+"""A labelled answering-machine test set from espeak-ng: what a callee sends in the first seconds.
+
+* **human**: a short answer ("Hello?", "HR, this is Dana.") after 0.2-1.0 s of pick-up silence, then silence
+  (the person waits for us to talk).
+* **machine**: a long voicemail greeting, then (half of them) a beep of 440-1400 Hz lasting 200-500 ms after
+  0.3-0.9 s of silence, then silence (the recorder runs). One machine greeting is deliberately short
+  ("Hi, this is Sam. Leave a message.", ~2 s) because real ones are: it is the hard case for timing rules.
+
+Every case is built at 16 kHz with stationary white noise at a chosen level, then put through the telephone
+band (300-3400 Hz, 8 kHz, µ-law round trip: ``testsignals.telephone_band``). The truth (kind, speech extents,
+beep start/end/frequency) is exact because we place every piece. Used by tests/audio/test_amd.py and
+bench/amd_accuracy.py.
+"""
+
+from __future__ import annotations
+
+import functools
+import itertools
+from dataclasses import dataclass
+from typing import Literal
+
+import numpy as np
+import numpy.typing as npt
+
+from audio.testsignals import Scene, SceneBuilder, espeak, telephone_band
+
+__all__ = [
+    "BEEPS",
+    "HUMAN_ANSWERS",
+    "MACHINE_GREETINGS",
+    "NOISE_RMS",
+    "VOICES",
+    "AmdCase",
+    "build_cases",
+    "human_case",
+    "machine_case",
+]
+
+HUMAN_ANSWERS = (
+    "Hello?",
+    "HR, this is Dana.",
+    "Yes?",
+    "Acme payroll, how can I help?",
+    "Hello, this is Mark speaking.",
+    "Good morning, human resources.",
+    "Hi, who's calling?",
+)
+MACHINE_GREETINGS = (
+    "Hi, you've reached the HR department of Acme Corporation. We can't take your call right now. "
+    "Please leave a message after the tone.",
+    "Hello, you have reached the voicemail of Dana Smith. I am not available at the moment. "
+    "Please leave your name and number and I will call you back.",
+    "Thank you for calling Globex payroll. Our office hours are nine to five, Monday through Friday. "
+    "Please leave a message and we will return your call.",
+    "The person you are calling is not available. At the tone, please record your message.",
+    "Hi, this is Sam. Leave a message.",
+)
+VOICES = (("en-us", 150), ("en-gb", 175), ("en-us+f3", 130), ("en-gb-scotland", 200), ("en-us+m3", 165))
+# (Hz, ms, amplitude): common voicemail beeps; amplitude 0.1-0.4 is -20..-8 dBFS peak.
+BEEPS = ((1000.0, 300, 0.3), (440.0, 500, 0.2), (850.0, 200, 0.4), (1400.0, 250, 0.1))
+NOISE_RMS = {"clean": 0.0, "noise-50dBFS": 0.003, "noise-40dBFS": 0.01, "noise-30dBFS": 0.03}
+
+_RATE = 16000  # scenes are built wideband, then band-limited to the telephone's 8 kHz
+
+
+@dataclass(frozen=True)
+class AmdCase:
+    name: str
+    kind: Literal["human", "machine"]
+    scene: Scene  # 8 kHz telephone band; scene.turns = speech extents, scene.tones = the beep if any
+    noise: str
+    greeting_end_ms: float  # end of the last speech (the greeting, or the human's answer)
+
+    @property
+    def beep(self) -> tuple[float, float, float] | None:
+        return self.scene.tones[0] if self.scene.tones else None
+
+    def frames(self, frame_ms: int = 20) -> list[npt.NDArray[np.int16]]:
+        """The scene as whole int16 frames (a partial last frame is dropped)."""
+        pcm = self.scene.int16()
+        n = self.scene.sample_rate * frame_ms // 1000
+        return [pcm[i : i + n] for i in range(0, len(pcm) - n + 1, n)]
+
+
+@functools.lru_cache(maxsize=256)
+def _speech(text: str, voice: str, speed: int) -> npt.NDArray[np.float32]:
+    x = espeak(text, _RATE, voice=voice, speed=speed)
+    x.flags.writeable = False  # shared by every case that uses it
+    return x
+
+
+def human_case(
+    text: str,
+    voice: str = "en-us",
+    speed: int = 150,
+    noise: str = "clean",
+    seed: int = 0,
+    tail_ms: float = 3000,
+) -> AmdCase:
+    rng = np.random.default_rng(seed)
+    b = SceneBuilder(_RATE, seed=seed).silence(float(rng.uniform(200, 1000)))
+    b.speech(_speech(text, voice, speed), gain=float(rng.uniform(0.5, 1.0))).silence(tail_ms)
+    scene = telephone_band(b.build(NOISE_RMS[noise]))
+    return AmdCase(f"human/{text}/{voice}@{speed}/{noise}", "human", scene, noise, scene.turns[-1][1])
+
+
+def machine_case(
+    text: str,
+    voice: str = "en-us",
+    speed: int = 150,
+    noise: str = "clean",
+    beep: tuple[float, float, float] | None = (1000.0, 300, 0.3),
+    seed: int = 0,
+    tail_ms: float = 2000,
+) -> AmdCase:
+    rng = np.random.default_rng(seed)
+    b = SceneBuilder(_RATE, seed=seed).silence(float(rng.uniform(200, 800)))
+    b.speech(_speech(text, voice, speed), gain=float(rng.uniform(0.5, 1.0)))
+    if beep is not None:
+        freq, ms, amplitude = beep
+        b.silence(float(rng.uniform(300, 900))).tone(freq, ms, amplitude)
+    b.silence(tail_ms)
+    scene = telephone_band(b.build(NOISE_RMS[noise]))
+    tag = "no-beep" if beep is None else f"beep{beep[0]:.0f}Hz{beep[1]}ms"
+    return AmdCase(
+        f"machine/{text[:24]}/{voice}@{speed}/{tag}/{noise}", "machine", scene, noise, scene.turns[-1][1]
+    )
+
+
+def build_cases(noises: tuple[str, ...] = tuple(NOISE_RMS), quick: bool = False) -> list[AmdCase]:
+    """The full set: every human answer and every machine greeting in every voice (machines once without a
+    beep and once with one of BEEPS, cycled), at every noise level. ``quick`` keeps two voices."""
+    voices = VOICES[:2] if quick else VOICES
+    cases: list[AmdCase] = []
+    seed = itertools.count()
+    beeps = itertools.cycle(BEEPS)
+    for noise in noises:
+        for (voice, speed), text in itertools.product(voices, HUMAN_ANSWERS):
+            cases.append(human_case(text, voice, speed, noise, seed=next(seed)))
+        for (voice, speed), text in itertools.product(voices, MACHINE_GREETINGS):
+            cases.append(machine_case(text, voice, speed, noise, beep=None, seed=next(seed)))
+            cases.append(machine_case(text, voice, speed, noise, beep=next(beeps), seed=next(seed)))
+    return cases

@@ -1,0 +1,222 @@
+"""The campaign file: one YAML document describing one outbound campaign.
+
+Strict like the deployment config (``sipbridge/config.py``, whose loading helpers are reused): unknown keys,
+wrong types and bad values are errors naming the dotted key path and the file line; ``${ENV_VAR}`` works in
+strings; every problem is reported at once. Relative paths (``contacts``, ``agent.flow``) are relative to the
+campaign file's folder, so a campaign folder can be moved as a whole. Example::
+
+    name: verify-2025-q1
+    caller_id: "+14155550100"
+    agent: {kind: script, flow: flows/employment_verification.yaml}
+    limits: {concurrency: 6, calls_per_second: 1}
+    window:
+      start: "09:00"
+      end: "17:00"
+      days: [mon, tue, wed, thu, fri]
+      holidays: [2025-12-25, 2026-01-01]
+    default_region: US
+    default_timezone: America/New_York
+    retry:
+      busy: {delay_minutes: 10, max_attempts: 3}
+      no_answer: {delay_minutes: 60, max_attempts: 4}
+    voicemail: {action: leave_message, message: "Hello, this is Acme calling to verify ..."}
+    amd: {greeting_ms: 2500}
+    contacts: contacts.csv
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from audio.amd import AmdSettings
+from sipbridge.config import (
+    ConfigError,
+    ConfigIssue,
+    _Origins,
+    _parse_yaml,
+    _substitute_env,
+    _validation_issues,
+)
+from sipbridge.dialer.numbers import NumberError, normalize_e164
+from sipbridge.dialer.retry import RetryPolicy
+from sipbridge.dialer.window import CallingWindow, resolve_timezone
+
+__all__ = [
+    "AgentSection",
+    "AmdSection",
+    "Campaign",
+    "LimitsSection",
+    "LoadedCampaign",
+    "VoicemailSection",
+    "load_campaign",
+]
+
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+
+class AgentSection(_Section):
+    kind: Literal["script", "webhook", "llm"] = Field("script", description="Who decides what the bot says.")
+    flow: Path | None = Field(None, description="Flow YAML for kind script (relative to the campaign file).")
+
+    @model_validator(mode="after")
+    def _flow_for_script(self) -> AgentSection:
+        if self.kind == "script" and self.flow is None:
+            raise ValueError("kind is script but flow is not set")
+        return self
+
+
+class LimitsSection(_Section):
+    concurrency: int = Field(4, ge=1, le=1024, description="Calls of this campaign at once.")
+    calls_per_second: float = Field(1.0, gt=0, le=100, description="Call attempts started per second.")
+    ring_timeout_s: float = Field(30.0, gt=0, le=300, description="Give up ringing (no-answer) after this.")
+
+
+class VoicemailSection(_Section):
+    action: Literal["leave_message", "hangup"] = Field(
+        "leave_message", description="On a machine: play `message` after the beep, or hang up (and retry)."
+    )
+    message: str | None = Field(None, description="Text spoken after the beep.")
+
+    @model_validator(mode="after")
+    def _message_for_leave(self) -> VoicemailSection:
+        if self.action == "leave_message" and not (self.message or "").strip():
+            raise ValueError("action is leave_message but message is empty")
+        return self
+
+
+class AmdSection(_Section):
+    """Answering-machine detection; keys are audio.amd.AmdSettings' (docs/DIALER.md explains them)."""
+
+    enabled: bool = Field(True, description="Off: every answered call is treated as a person.")
+    initial_silence_ms: int = 2500
+    greeting_ms: int = 2500
+    after_greeting_silence_ms: int = 800
+    total_analysis_ms: int = 5000
+    min_word_length_ms: int = 100
+    between_words_silence_ms: int = 50
+    maximum_number_of_words: int = 4
+    maximum_word_length_ms: int = 5000
+    initial_silence_decision: Literal["human", "machine", "not_sure"] = "machine"
+    vad: Literal["silero", "webrtc", "energy"] = "silero"
+    beep_detection: bool = True
+    machine_phrases: tuple[str, ...] | None = Field(None, description="Null: audio.amd's built-in list.")
+    no_beep_timeout_ms: int = 2000
+    max_beep_wait_ms: int = 20000
+
+    @model_validator(mode="after")
+    def _valid_for_amd(self) -> AmdSection:
+        self.to_settings()  # AmdSettings' own checks, reported at this key path
+        return self
+
+    def to_settings(self) -> AmdSettings:
+        known = {f.name for f in fields(AmdSettings)}
+        values: dict[str, Any] = {
+            k: v
+            for k, v in self.model_dump().items()
+            if k in known and not (k == "machine_phrases" and v is None)
+        }
+        return AmdSettings(**values)
+
+
+class Campaign(_Section):
+    name: str = Field(description="Campaign id (letters, digits, . _ -): the key of its state in SQLite.")
+    trunk: str = Field("default", description="Which configured trunk places the calls.")
+    caller_id: str = Field(description="Caller ID with its country code (+...); stored as E.164.")
+    agent: AgentSection = Field(description="What runs on a call answered by a person.")
+    limits: LimitsSection = Field(default_factory=LimitsSection)
+    window: CallingWindow = Field(
+        default_factory=CallingWindow, description="Local calling hours per callee."
+    )
+    default_region: str | None = Field(None, description="ISO country for contacts written nationally.")
+    default_timezone: str | None = Field(None, description="IANA zone for contacts without one.")
+    retry: RetryPolicy = Field(default_factory=RetryPolicy)
+    # No voicemail section: hang up on machines (and retry per retry.answered_machine) rather than guess a
+    # message.
+    voicemail: VoicemailSection = Field(default_factory=lambda: VoicemailSection(action="hangup"))
+    amd: AmdSection = Field(default_factory=AmdSection)
+    contacts: Path = Field(description="Contacts CSV (relative to the campaign file).")
+
+    @field_validator("name")
+    @classmethod
+    def _name(cls, value: str) -> str:
+        if not _NAME.match(value):
+            raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("caller_id")
+    @classmethod
+    def _caller_id(cls, value: str) -> str:
+        try:
+            return normalize_e164(value)
+        except NumberError as exc:
+            raise ValueError(f"not a dialable E.164 number: {exc.reason}") from None
+
+    @field_validator("default_timezone")
+    @classmethod
+    def _zone(cls, value: str | None) -> str | None:
+        if value is not None:
+            resolve_timezone(value)
+        return value
+
+    @field_validator("default_region")
+    @classmethod
+    def _region(cls, value: str | None) -> str | None:
+        if value is None:
+            return None
+        try:
+            normalize_e164("+1 201 555 0123", value)  # validates the region code the same way rows use it
+        except NumberError as exc:
+            raise ValueError(exc.reason) from None
+        return value.upper()
+
+
+@dataclass(frozen=True)
+class LoadedCampaign:
+    campaign: Campaign
+    source: str
+    contacts_path: Path  # resolved against the campaign file's folder
+    flow_path: Path | None
+
+
+def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedCampaign:
+    """Read and validate a campaign file. Raises ConfigError listing every problem (key path + line)."""
+    env = os.environ if env is None else env
+    origin = str(path)
+    try:
+        text = Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read campaign file: {exc.strerror}", origin)]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue("", "campaign file is not UTF-8 text", origin)]) from exc
+    issues: list[ConfigIssue] = []
+    origins = _Origins()
+    data = _parse_yaml(text, origin, origins, issues)
+    if not issues:
+        data = _substitute_env(data, (), env, origins, issues)
+    if issues:
+        raise ConfigError(issues)
+    try:
+        campaign = Campaign.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(list(_validation_issues(exc, origins))) from None
+    base = Path(path).resolve().parent
+    contacts = campaign.contacts if campaign.contacts.is_absolute() else base / campaign.contacts
+    if not contacts.is_file():
+        raise ConfigError(
+            [ConfigIssue("contacts", f"no such file: {contacts}", origins.source_of(("contacts",)))]
+        )
+    flow = campaign.agent.flow
+    if flow is not None and not flow.is_absolute():
+        flow = base / flow
+    return LoadedCampaign(campaign=campaign, source=origin, contacts_path=contacts, flow_path=flow)

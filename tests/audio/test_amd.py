@@ -1,0 +1,251 @@
+"""Answering-machine detection and beep detection on espeak-ng calls through the telephone band."""
+
+from __future__ import annotations
+
+import dataclasses
+import itertools
+
+import numpy as np
+import numpy.typing as npt
+import pytest
+
+from audio.amd import AmdSettings, AnsweringMachineDetector, Decision, MessageCue
+from audio.amd_testset import BEEPS, AmdCase, human_case, machine_case
+from audio.beep import Beep, BeepDetector, BeepSettings
+from audio.testsignals import SceneBuilder, telephone_band
+
+GREETING = MACHINE = (
+    "Hi, you've reached the HR department of Acme Corporation. We can't take your call right now. "
+    "Please leave a message after the tone."
+)
+FRAME = 160
+
+
+def run(case: AmdCase, settings: AmdSettings | None = None, **kwargs: object) -> tuple[Decision, int]:
+    """Decision and the index of the frame that made it."""
+    amd = AnsweringMachineDetector(settings, **kwargs)  # type: ignore[arg-type]
+    for i, frame in enumerate(case.frames()):
+        decision = amd.process(frame)
+        if decision is not None:
+            return decision, i
+    return amd.finish(), len(case.frames())
+
+
+def message_cue(case: AmdCase, settings: AmdSettings | None = None) -> tuple[Decision, MessageCue | None]:
+    amd = AnsweringMachineDetector(settings)
+    frames = case.frames()
+    decision, index = run(case, settings)
+    # Replay: run() used its own detector; redo it here to keep the stream in one detector.
+    for frame in frames[: index + 1]:
+        amd.process(frame)
+    waiter = amd.wait_for_beep()
+    cue = waiter.process(None)
+    for frame in frames[index + 1 :]:
+        cue = cue or waiter.process(frame)
+    return decision, cue
+
+
+@pytest.mark.parametrize(
+    ("text", "voice", "speed", "noise"),
+    [
+        ("Hello?", "en-us", 150, "clean"),
+        ("HR, this is Dana.", "en-gb", 175, "noise-40dBFS"),
+        ("Yes?", "en-us+f3", 130, "noise-30dBFS"),
+        ("Acme payroll, how can I help?", "en-us+m3", 165, "noise-50dBFS"),
+    ],
+)
+def test_human_answer_is_human(text: str, voice: str, speed: int, noise: str) -> None:
+    case = human_case(text, voice, speed, noise, seed=7)
+    decision, _ = run(case)
+    assert decision.kind == "human", decision.reasons
+    assert decision.reasons[0].startswith("short greeting")
+    # Decided after the answer ended plus the after-greeting silence, not before.
+    assert case.greeting_end_ms + 800 - 60 <= decision.decided_at_ms <= case.greeting_end_ms + 800 + 200
+    assert decision.decided_at_ms <= AmdSettings().total_analysis_ms
+
+
+@pytest.mark.parametrize(
+    ("voice", "speed", "noise"), [("en-us", 150, "clean"), ("en-gb", 175, "noise-30dBFS")]
+)
+def test_long_greeting_is_machine(voice: str, speed: int, noise: str) -> None:
+    case = machine_case(GREETING, voice, speed, noise, beep=None, seed=3)
+    decision, _ = run(case)
+    assert decision.kind == "machine", decision.reasons
+    assert decision.reasons[0].startswith("long greeting")
+    start = case.scene.turns[0][0]
+    # greeting_ms of speech after the greeting started (VAD onset lag ~60 ms, frame rounding).
+    assert start + 2500 <= decision.decided_at_ms <= start + 2500 + 200
+    assert decision.speech_ms >= 2500 and decision.initial_silence_ms == pytest.approx(start, abs=120)
+
+
+@pytest.mark.parametrize(
+    ("beep", "noise"),
+    list(zip(BEEPS, ["clean", "noise-50dBFS", "noise-40dBFS", "noise-30dBFS"], strict=True)),
+)
+def test_beep_found_within_40ms_and_message_starts_after_it(
+    beep: tuple[float, float, float], noise: str
+) -> None:
+    case = machine_case(GREETING, "en-us", 150, noise, beep=beep, seed=11)
+    start, end, freq = case.scene.tones[0]
+    detector = BeepDetector()
+    reports = [b for b in map(detector.process, case.frames()) if b is not None]
+    assert len(reports) == 2  # once at min_ms, once at its end
+    early, done = reports
+    assert early.end_ms is None and abs(early.start_ms - start) <= 40
+    assert done.end_ms is not None and abs(done.end_ms - end) <= 40
+    assert done.freq_hz == pytest.approx(freq, abs=5)
+    assert detector.beeps == [done]
+    decision, cue = message_cue(case)
+    assert decision.kind == "machine"
+    assert cue is not None and cue.reason == "beep"
+    assert end - 40 <= cue.at_ms <= end + 40
+
+
+def test_no_beep_in_speech_noise_and_bursts() -> None:
+    cases = [
+        human_case(text, voice, speed, noise, seed=i)
+        for i, (text, (voice, speed), noise) in enumerate(
+            zip(
+                ["Good morning, human resources.", "Hello, this is Mark speaking.", "Hi, who's calling?"],
+                [("en-us+f3", 130), ("en-gb-scotland", 200), ("en-us", 150)],
+                ["clean", "noise-40dBFS", "noise-30dBFS"],
+                strict=True,
+            )
+        )
+    ]
+    cases.append(machine_case(GREETING, "en-us+m3", 165, "clean", beep=None, seed=5))
+    for case in cases:
+        detector = BeepDetector()
+        assert [b for b in map(detector.process, case.frames()) if b is not None] == [], case.name
+    b = SceneBuilder(16000, seed=1).silence(300).burst(600, 0.1).silence(300).burst(500, 0.1, "brown")
+    noise_only = telephone_band(b.silence(300).build(noise_rms=0.01))
+    pcm = noise_only.int16()
+    detector = BeepDetector()
+    assert all(detector.process(pcm[i : i + FRAME]) is None for i in range(0, len(pcm) - FRAME + 1, FRAME))
+
+
+def test_tones_that_are_not_beeps() -> None:
+    def tone(freq: float, ms: int, amplitude: float = 0.3) -> list[npt.NDArray[np.int16]]:
+        x = amplitude * np.sin(2 * np.pi * freq * np.arange(ms * 8) / 8000)
+        pcm = (x * 32767).astype(np.int16)
+        return [pcm[i : i + FRAME] for i in range(0, len(pcm) - FRAME + 1, FRAME)]
+
+    silence = [np.zeros(FRAME, np.int16)] * 5
+    for frames in (
+        tone(1000, 100),
+        tone(200, 400),
+        tone(3000, 400),
+        tone(1000, 6000),
+        tone(1000, 400, 0.003),
+    ):
+        detector = BeepDetector()
+        for frame in [*frames, *silence]:
+            detector.process(frame)
+        assert detector.beeps == []
+    detector = BeepDetector()
+    two = [detector.process(f) for f in [*tone(1000, 300), *tone(1300, 300), *silence]]
+    assert [(b.start_ms, b.end_ms) for b in two if b is not None and b.end_ms] == [(0, 300), (300, 600)]
+
+
+def test_initial_silence_rule() -> None:
+    case = human_case("Hello?", seed=1)
+    silent = dataclasses.replace(case, scene=dataclasses.replace(case.scene, audio=case.scene.audio * 0))
+    decision, _ = run(silent)
+    assert (decision.kind, decision.decided_at_ms) == ("machine", 2500)
+    assert decision.reasons[0] == "initial silence 2500 ms >= 2500"
+    decision, _ = run(silent, AmdSettings(initial_silence_decision="not_sure"))
+    assert decision.kind == "not_sure"
+
+
+def test_asr_phrase_hook_catches_a_short_machine_greeting() -> None:
+    case = machine_case("Hi, this is Sam. Leave a message.", "en-gb", 175, "clean", beep=None, seed=2)
+    assert run(case)[0].kind == "human"  # too short for the timing rules: the known weak spot
+    heard = itertools.chain(["", "Hi, this is Sam."], itertools.repeat("Hi, this is Sam. Leave a message."))
+    decision, _ = run(case, transcript=lambda: next(heard))
+    assert decision.kind == "machine"
+    assert decision.reasons[0] == "voicemail phrase 'leave a message' in greeting"
+    assert decision.transcript == "Hi, this is Sam. Leave a message."
+
+
+def test_no_beep_message_waits_for_the_end_of_the_greeting() -> None:
+    case = machine_case(GREETING, "en-us", 150, "noise-40dBFS", beep=None, seed=9)
+    decision, cue = message_cue(case)
+    assert decision.kind == "machine"
+    assert cue is not None and cue.reason == "greeting_end"
+    # no_beep_timeout_ms (2000) of silence after the greeting, give or take the VAD's offset lag.
+    assert case.greeting_end_ms + 2000 <= cue.at_ms <= case.greeting_end_ms + 2000 + 200
+
+
+def test_decisions_stay_within_total_analysis_and_are_reported_once() -> None:
+    settings = AmdSettings(total_analysis_ms=3000, greeting_ms=3000, initial_silence_ms=3000)
+    amd = AnsweringMachineDetector(settings)
+    case = machine_case("Hello? " * 12, "en-us", 150, "clean", beep=None, seed=1)  # short words, pauses
+    decisions = [d for d in map(amd.process, case.frames()) if d is not None]
+    assert len(decisions) == 1 and decisions[0].decided_at_ms <= 3000
+    assert amd.finish() is decisions[0]
+
+
+def test_finish_before_a_decision_is_not_sure() -> None:
+    amd = AnsweringMachineDetector()
+    for frame in human_case("Hello?", seed=1).frames()[:20]:
+        assert amd.process(frame) is None
+    decision = amd.finish()
+    assert decision.kind == "not_sure" and decision.decided_at_ms == 400
+    assert "audio ended after 400 ms" in decision.reasons[0]
+
+
+def test_energy_vad_on_a_clean_line() -> None:
+    assert run(human_case("Hello?", seed=4), AmdSettings(vad="energy"))[0].kind == "human"
+
+
+def test_bad_frames() -> None:
+    amd = AnsweringMachineDetector()
+    with pytest.raises(ValueError, match="expected 160 int16 samples"):
+        amd.process(np.zeros(80, np.int16))
+    with pytest.raises(ValueError, match="expected 160 int16 samples"):
+        amd.process(np.zeros(160, np.float32))  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"greeting_ms": 0}, "amd.greeting_ms must be a positive integer"),
+        ({"total_analysis_ms": -5}, "amd.total_analysis_ms must be a positive integer"),
+        ({"min_word_length_ms": 1.5}, "amd.min_word_length_ms must be a positive integer"),
+        ({"maximum_number_of_words": True}, "amd.maximum_number_of_words must be a positive integer"),
+        ({"greeting_ms": 6000}, "amd.greeting_ms .6000. is longer than amd.total_analysis_ms"),
+        ({"initial_silence_ms": 5001}, "amd.initial_silence_ms .5001. is longer"),
+        ({"initial_silence_decision": "fax"}, "amd.initial_silence_decision must be"),
+        ({"vad": "silence"}, "amd.vad must be one of silero, webrtc, energy"),
+        ({"vad_threshold": 1.0}, "amd.vad_threshold must be in"),
+        ({"vad_aggressiveness": 4}, "amd.vad_aggressiveness must be 0..3"),
+        ({"silence_threshold": -1}, "amd.silence_threshold must be 0..32767"),
+        ({"maximum_word_length_ms": 50}, "amd.maximum_word_length_ms must be at least"),
+        ({"machine_phrases": ("leave a message", " ")}, "empty phrase"),
+    ],
+)
+def test_settings_validation(kwargs: dict[str, object], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        AmdSettings(**kwargs)  # type: ignore[arg-type]
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"min_freq_hz": 2000, "max_freq_hz": 400}, "beep.min_freq_hz must be > 0 and below"),
+        ({"min_ms": 0}, "beep.min_ms must be > 0"),
+        ({"min_ms": 300, "max_ms": 200}, "beep.max_ms .200. must be greater"),
+        ({"tonality": 1.0}, "beep.tonality must be in"),
+        ({"max_drift_hz": 0}, "beep.max_drift_hz must be > 0"),
+        ({"min_level_dbfs": 3}, "beep.min_level_dbfs must be < 0"),
+    ],
+)
+def test_beep_settings_validation(kwargs: dict[str, object], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        BeepSettings(**kwargs)  # type: ignore[arg-type]
+
+
+def test_beep_detector_rejects_band_above_nyquist() -> None:
+    with pytest.raises(ValueError, match="Nyquist"):
+        BeepDetector(8000, 20, BeepSettings(max_freq_hz=4500))
+    assert Beep(100, 1000.0, 400).duration_ms == 300
