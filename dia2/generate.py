@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 
 import torch
 
+from .frame import depformer_codes
 from .model import DecoderCache, DepformerCache, Dia2Model
 from .prefix import PrefixPlan
 from .sampling import SamplingParams, cfg_filter, mask_audio_specials, sample
@@ -305,7 +306,6 @@ def _generate_frames(
 ) -> tuple[int | None, int]:
     ids = loop.ids
     model = loop.model
-    depth = model.depformer.depth
     audio = loop.audio
     first_word_frame: int | None = None
     eos_cutoff: int | None = None
@@ -333,14 +333,16 @@ def _generate_frames(
 
         token = _choose(cb0_logits, opts.audio, opts, generator, audio_specials=specials)
         audio[0, t + 1] = token[0]
-        prev = token.expand(BRANCHES)
-        main_text = loop.step_tokens[:, 0].clone()
-        second_text = loop.step_tokens[:, 1].clone()
-        for stage in range(depth):
-            logits = model.depformer(stage, prev, hidden, loop.dep_cache, main_text, second_text)
-            token = _choose(logits, opts.audio, opts, generator)
-            audio[stage + 1, t + 1] = token[0]
-            prev = token.expand(BRANCHES)
+
+        def choose(stage: int, logits: torch.Tensor, t: int = t) -> torch.Tensor:
+            picked = _choose(logits[0], opts.audio, opts, generator)
+            audio[stage + 1, t + 1] = picked[0]
+            return picked
+
+        depformer_codes(
+            model, hidden, token, loop.dep_cache, loop.step_tokens[:, 0].clone(),
+            loop.step_tokens[:, 1].clone(), BRANCHES, choose,
+        )
         last_step = t
         if eos_cutoff is None and state.end_step is not None:
             # Let every codebook's delay run out and leave room for the last word's padding.

@@ -31,6 +31,8 @@ from __future__ import annotations
 import logging
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from types import SimpleNamespace
+from typing import Any
 
 import torch
 from torch import nn
@@ -225,8 +227,17 @@ class StreamingMimiDecoder:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         self.model = model
         config = model.config
-        decoder = model.decoder
-        param = next(decoder.parameters())
+        # transformers >= 5.2x nests the decoder side in a MimiDecoderModel (upsample, decoder_transformer,
+        # decoder_seanet); earlier versions (the GPU image's 5.17, 4.57) keep those parts on MimiModel
+        # itself, with ``model.decoder`` being the SEANet decoder.
+        decoder: Any = model.decoder
+        if not hasattr(decoder, "decoder_transformer"):
+            decoder = SimpleNamespace(
+                upsample=getattr(model, "upsample", None),
+                decoder_transformer=model.decoder_transformer,
+                decoder_seanet=model.decoder,
+            )
+        param = next(model.decoder.parameters())
         self.device: torch.device = param.device
         self.dtype: torch.dtype = param.dtype
         self.batch_size = int(batch_size)

@@ -222,6 +222,31 @@ class DecoderAttention(nn.Module):
         out = _attend(q, keys, values, valid)
         return self.o_proj(out.transpose(1, 2).reshape(b, self.heads * self.head_dim))
 
+    def forward_many(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        keys: torch.Tensor,
+        values: torch.Tensor,
+        cache_index: torch.Tensor,
+        valid: torch.Tensor,
+    ) -> torch.Tensor:
+        """``T`` frames at once (prefill): ``x [B, T, D]``, ``cache_index [B, T]``, ``valid [B, 1, T, S]``.
+
+        Kept apart from :meth:`forward` so the one-frame path (the one the parity tests pin) is untouched.
+        """
+        b, t, _ = x.shape
+        q = self.q_norm(self.q_proj(x).view(b, t, self.heads, self.head_dim)).transpose(1, 2)
+        k = self.k_norm(self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)).transpose(1, 2)
+        v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        idx = cache_index.view(b, 1, t, 1).expand(-1, keys.shape[1], -1, keys.shape[3])
+        keys.scatter_(2, idx, k.to(keys.dtype))
+        values.scatter_(2, idx, v.to(values.dtype))
+        out = _attend(q, keys, values, valid)
+        return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
+
 
 class DecoderLayer(nn.Module):
     def __init__(self, config: Dia2Config) -> None:
@@ -298,6 +323,39 @@ class MainDecoder(nn.Module):
         valid = (slots[None, :] <= cache_index[:, None])[:, None, None, :]
         for i, layer in enumerate(self.layers):
             x = x + layer.attn(
+                layer.pre_norm(x), cos, sin, cache.keys[i], cache.values[i], cache_index, valid
+            )
+            x = x + layer.mlp(layer.post_norm(x))
+        hidden = self.norm(x)
+        return DecoderStepOutput(
+            hidden=hidden,
+            action_logits=self.action_head(hidden).float(),
+            cb0_logits=self.cb0_head(hidden).float(),
+        )
+
+
+    def prefill(
+        self,
+        tokens: torch.Tensor,
+        positions: torch.Tensor,
+        cache_index: torch.Tensor,
+        cache: DecoderCache,
+    ) -> DecoderStepOutput:
+        """``T`` known frames in one causal forward: ``tokens [B, T, C]``, ``positions``/``cache_index
+        [B, T]``. Frame i of row b attends to slots ``<= cache_index[b, i]`` (earlier turns plus frames
+        0..i of this call), which is what T single steps would see; outputs are ``[B, T, ...]``.
+
+        Used to ingest a turn whose text and audio are all known (voice prefix, caller audio, re-warm).
+        """
+        dtype = self.norm.weight.dtype
+        b, t, c = tokens.shape
+        x = self.embed(tokens.reshape(b * t, c)).view(b, t, -1)
+        cos = self.rope_cos[positions].to(dtype)[:, None]  # [B, 1, T, Dh]
+        sin = self.rope_sin[positions].to(dtype)[:, None]
+        slots = torch.arange(cache.max_steps, device=tokens.device)
+        valid = (slots[None, None, :] <= cache_index[:, :, None])[:, None]  # [B, 1, T, S]
+        for i, layer in enumerate(self.layers):
+            x = x + layer.attn.forward_many(
                 layer.pre_norm(x), cos, sin, cache.keys[i], cache.values[i], cache_index, valid
             )
             x = x + layer.mlp(layer.post_norm(x))

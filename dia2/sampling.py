@@ -12,7 +12,16 @@ from dataclasses import dataclass
 
 import torch
 
-__all__ = ["SamplingParams", "cfg_filter", "mask_audio_specials", "sample"]
+__all__ = [
+    "RowSampling",
+    "SamplingParams",
+    "cfg_filter",
+    "cfg_filter_rows",
+    "mask_audio_specials",
+    "mask_audio_specials_rows",
+    "sample",
+    "sample_rows",
+]
 
 
 @dataclass(frozen=True)
@@ -83,3 +92,71 @@ def sample(logits: torch.Tensor, params: SamplingParams, generator: torch.Genera
         draw = torch.multinomial(top_p, 1, generator=generator)
         return top_i.gather(-1, draw).squeeze(-1)
     return torch.multinomial(probs, 1, generator=generator).squeeze(-1)
+
+
+@dataclass
+class RowSampling:
+    """Per-call sampling parameters as device tensors ``[N]``, so one captured graph serves calls with
+    different settings. ``temperature <= 0`` is greedy; ``top_k <= 0`` (or above ``max_top_k``) keeps the
+    engine's ``max_top_k`` best ids; ``cfg_scale == 1`` turns the guidance filter off for that call."""
+
+    temperature: torch.Tensor  # [N] float32
+    top_k: torch.Tensor  # [N] long
+
+    @classmethod
+    def allocate(cls, n: int, device: torch.device) -> RowSampling:
+        return cls(torch.zeros(n, device=device), torch.ones(n, dtype=torch.long, device=device))
+
+    def set_row(self, row: int, params: SamplingParams) -> None:
+        self.temperature[row] = float(params.temperature)
+        self.top_k[row] = int(params.top_k)
+
+    def rows(self, n: int) -> RowSampling:
+        return RowSampling(self.temperature[:n], self.top_k[:n])
+
+
+def cfg_filter_rows(logits: torch.Tensor, scale: torch.Tensor, filter_k: int) -> torch.Tensor:
+    """Batched :func:`cfg_filter`: ``logits [N, 2, V]`` (per call: conditional, unconditional) and
+    ``scale [N]`` → ``[N, V]``. Same threshold rule (last of the unsorted top-k); calls whose scale is 1
+    get their conditional logits unfiltered, as the one-call loop does."""
+    cond = logits[:, 0].float()
+    if logits.shape[1] < 2 or filter_k <= 0:
+        return cond
+    guided = torch.lerp(logits[:, 1].float(), cond, scale.view(-1, 1).float())
+    k = min(filter_k, guided.shape[-1])
+    threshold = torch.topk(guided, k=k, dim=-1, sorted=False).values[..., -1:]
+    filtered = torch.where(guided >= threshold, cond, torch.full_like(cond, float("-inf")))
+    return torch.where((scale != 1.0).view(-1, 1), filtered, cond)
+
+
+def sample_rows(
+    logits: torch.Tensor, params: RowSampling, max_top_k: int, generator: torch.Generator | None
+) -> torch.Tensor:
+    """One id per row of ``logits [N, V]`` with per-row temperature / top-k, entirely on the device.
+
+    The draw is exponential-race (``argmax(p / E)``, ``E ~ Exp(1)``), which picks id i with probability
+    p_i like ``torch.multinomial`` but needs no host sync and is CUDA-graph capturable. Greedy rows take
+    the argmax of the logits, exactly as :func:`sample` does.
+    """
+    logits = logits.float()
+    greedy = logits.argmax(dim=-1)
+    temp = params.temperature.clamp_min(1e-6).view(-1, 1)
+    probs = torch.softmax(logits / temp, dim=-1)
+    probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)
+    k = min(max_top_k, probs.shape[-1])
+    top_p, top_i = torch.topk(probs, k, dim=-1)
+    rank = torch.arange(k, device=logits.device).view(1, -1)
+    limit = torch.where((params.top_k <= 0) | (params.top_k > k), k, params.top_k).view(-1, 1)
+    top_p = torch.where(rank < limit, top_p, torch.zeros_like(top_p))
+    noise = torch.empty_like(top_p).exponential_(generator=generator)
+    draw = (top_p / noise).argmax(dim=-1, keepdim=True)
+    sampled = top_i.gather(-1, draw).squeeze(-1)
+    return torch.where(params.temperature <= 0, greedy, sampled)
+
+
+def mask_audio_specials_rows(logits: torch.Tensor, audio_pad: int, audio_bos: int) -> torch.Tensor:
+    """In-graph twin of :func:`mask_audio_specials` (no Python-side index checks on device data)."""
+    vocab = logits.shape[-1]
+    ids = torch.arange(vocab, device=logits.device)
+    special = (ids == audio_pad) | (ids == audio_bos)
+    return torch.where(special, torch.finfo(logits.dtype).min, logits)

@@ -67,3 +67,32 @@ def parse_script(text: str, encoder: WordEncoder, ids: TokenIds, frame_rate: flo
         if match.end() == match.start():  # cannot happen with this pattern; guards an endless loop
             pos += 1
     return entries
+
+
+class ScriptStream:
+    """Incremental :func:`parse_script` for text that arrives in pieces (an LLM's deltas).
+
+    ``feed`` returns the entries of the words completed so far; a word counts as complete once
+    whitespace follows it (outside a ``<break .../>`` tag) or the text is finished. The entries are
+    exactly those :func:`parse_script` gives for the whole text, in the same order.
+    """
+
+    def __init__(self, encoder: WordEncoder, ids: TokenIds, frame_rate: float) -> None:
+        self._encoder, self._ids, self._rate = encoder, ids, frame_rate
+        self._text = ""
+        self._emitted = 0
+
+    def feed(self, delta: str = "", *, final: bool = False) -> list[Entry]:
+        self._text += delta
+        text = self._text.replace("\u2019", "'")
+        if final:
+            complete = text
+        else:
+            cut = max(text.rfind(" "), text.rfind("\n"), text.rfind("\t"))
+            complete = text[: cut + 1] if cut >= 0 else ""
+            if complete.rfind("<") > complete.rfind(">"):  # inside a break tag: wait for its end
+                complete = complete[: complete.rfind("<")]
+        entries = parse_script(complete.strip(), self._encoder, self._ids, self._rate)
+        new = entries[self._emitted :]
+        self._emitted = len(entries)
+        return new

@@ -51,6 +51,9 @@ class MachineState:
     end_step: int | None = None
     consumption_times: list[int] = field(default_factory=list)
     transcript: list[tuple[str, int]] = field(default_factory=list)
+    # Streaming text in (our extension, off for a whole script): while more words are promised, an
+    # empty queue means "wait" (pad, no end of script) instead of "done".
+    awaiting_text: bool = False
 
     def tokens_ahead(self, count: int) -> tuple[int, ...]:
         """Pieces of the ``count``-th upcoming entry that has any (pauses are skipped)."""
@@ -127,6 +130,8 @@ class StateMachine:
         ids = self.ids
         if action != ids.new_word:
             return action, False
+        if not state.entries and state.awaiting_text:
+            return ids.pad, False  # the next words have not arrived yet: hold, don't end the turn
         if not state.entries:
             # Script exhausted: one last new-word marker on the second stream, then pads forever.
             out = ids.new_word if self.second_stream_ahead and state.end_step is None else ids.pad

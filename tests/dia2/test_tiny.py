@@ -131,6 +131,17 @@ def test_names_and_shapes_match_the_published_checkpoints() -> None:
     assert n_params(one_b) == 1_076_244_736
 
 
+def test_presets_have_the_published_shapes() -> None:
+    """dia2.presets (used by bench/dia2_speed.py) equals the shapes pinned above."""
+    from dia2.presets import preset_config, preset_dict
+
+    two_b = expected_tensor_shapes(preset_dict("2b"))
+    assert two_b == expected_tensor_shapes(_production_config(28, 2048, 4, [0, 1, 2, 3] + [4] * 27))
+    assert n_params(two_b) == 1_919_556_608
+    assert n_params(expected_tensor_shapes(preset_dict("1b"))) == 1_076_244_736
+    assert preset_config("2b").depth == 31
+
+
 def test_minimal_checkpoint_tensors(minimal_ckpt: Path) -> None:
     shapes = read_shapes(minimal_ckpt / "model.safetensors")
     assert shapes == MINIMAL_EXPECTED

@@ -1,0 +1,308 @@
+"""Speed of the Dia2 conversation engine (issue 4): full Dia2-2B shapes, random bf16 weights, CUDA.
+
+    python bench/dia2_speed.py --out speed.json            # GPU, Dia2-2B shapes (about 5 minutes on an H100)
+    python bench/dia2_speed.py --tiny --out tiny.json      # CPU smoke test on the tiny fixture checkpoint
+
+Reports (JSON): ms/frame and frames/s for one call with CFG on and off; time to first audio (TTFA:
+``speak()`` called → first 24 kHz chunk ready on the host) p50/p95 over 20 turns on a call with a warm
+30 s context; turn ingest ms per second of caller audio (Mimi encode + one prefill); per-call frames/s
+and p95 TTFA at 1, 8, 32, 64, 128 concurrent calls; peak GPU memory. Weights are random, so the words
+the model "says" mean nothing; every number here is a function of shapes only (TTFA is 18 steps by
+construction of the delay pattern, whatever the weights).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import logging
+import math
+import platform
+import statistics
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from dia2.engine import AudioChunk, CallState, Engine, EngineOptions, SpeakOptions
+from dia2.mimi import MimiCodec
+from dia2.model import Dia2Model
+from dia2.prefix import PrefixWord
+from dia2.presets import preset_config
+from dia2.state_machine import TokenIds
+
+logger = logging.getLogger("dia2_speed")
+ROOT = Path(__file__).resolve().parents[1]
+REPLY = " ".join(["[S1] Thank you for calling, let me check that booking for you right away."] * 6)
+
+
+class HashEncoder:
+    """Stand-in tokenizer for random weights: 1-3 pieces per word, ids in the text vocabulary."""
+
+    def __init__(self, vocab: int) -> None:
+        self.vocab = vocab
+
+    def encode(self, text: str) -> list[int]:
+        h = sum(ord(c) * 31**i for i, c in enumerate(text)) % 1_000_003
+        return [16 + (h + i * 7919) % (self.vocab - 16) for i in range(1 + len(text) % 3)]
+
+
+def build(args: argparse.Namespace) -> tuple[Dia2Model, TokenIds, Any, MimiCodec, str]:
+    if args.tiny:
+        from dia2.reference import ReferenceFixture
+
+        ref = ReferenceFixture.load(ROOT / "tests" / "fixtures" / "dia2-tiny")
+        rt = ref.load_runtime(args.device, "float32")
+        return rt.model, rt.ids, rt.tokenizer, rt.mimi, "tiny fixture (float32)"
+    from transformers import MimiConfig, MimiModel
+
+    config = preset_config(args.preset)
+    torch.manual_seed(0)
+    with torch.device(args.device):
+        model = Dia2Model(config).to(torch.bfloat16)
+    model.reset_buffers()
+    model.eval()
+    mimi_model = MimiModel(MimiConfig()).to(args.device).eval()  # kyutai/mimi shapes, random weights
+    mimi = MimiCodec(mimi_model, num_codebooks=config.data.num_codebooks)
+    d = config.data
+    ids = TokenIds(
+        new_word=d.text_new_word_token_id, pad=d.text_pad_token_id, bos=1, zero=d.text_zero_token_id,
+        spk1=49152 % d.text_vocab_size, spk2=49153 % d.text_vocab_size,
+        audio_pad=d.audio_pad_token_id, audio_bos=d.audio_bos_token_id,
+    )
+    return model, ids, HashEncoder(d.text_vocab_size), mimi, f"Dia2-{args.preset.upper()} shapes, random bf16"
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def words_for(seconds: float) -> list[PrefixWord]:
+    return [PrefixWord("word", 0.4 * i + 0.05, 0.4 * i + 0.35) for i in range(int(seconds / 0.4))]
+
+
+def noise(seconds: float, gen: torch.Generator) -> torch.Tensor:
+    return 0.1 * torch.randn(int(24000 * seconds), generator=gen)
+
+
+class Turn:
+    """A reply whose first chunk time is recorded."""
+
+    def __init__(self) -> None:
+        self.start = time.perf_counter()
+        self.first: float | None = None
+        self.chunks = 0
+
+    def __call__(self, chunk: AudioChunk | None) -> None:
+        if chunk is not None:
+            self.chunks += 1
+            if self.first is None:
+                self.first = time.perf_counter()
+
+    @property
+    def ttfa_ms(self) -> float | None:
+        return None if self.first is None else 1000 * (self.first - self.start)
+
+
+def start_reply(engine: Engine, call: CallState, opts: SpeakOptions) -> Turn:
+    turn = Turn()
+    # More text "promised" forever: the reply never ends by itself, like an LLM still talking.
+    engine.speak(call, REPLY, turn, opts, more_text=True)
+    return turn
+
+
+def frames_per_second(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> dict[str, float]:
+    opened = [engine.open_call() for _ in range(calls)]
+    for call in opened:
+        start_reply(engine, call, opts)
+    for _ in range(10):
+        engine.step()
+    sync(engine.device)
+    t0 = time.perf_counter()
+    for _ in range(steps):
+        engine.step()
+    sync(engine.device)
+    ms = 1000 * (time.perf_counter() - t0) / steps
+    for call in opened:
+        engine.close_call(call)
+    return {"calls": calls, "ms_per_frame": ms, "frames_per_s_per_call": 1000 / ms}
+
+
+def pct(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, max(0, math.ceil(q * len(ordered)) - 1))]
+
+
+def ttfa_warm(
+    engine: Engine, opts: SpeakOptions, context_s: float, turns: int, caller_s: float
+) -> dict[str, Any]:
+    gen = torch.Generator().manual_seed(1)
+    call = engine.open_call()
+    engine.set_voice(call, noise(min(context_s, 10.0), gen), words_for(min(context_s, 10.0)))
+    remaining = context_s - min(context_s, 10.0)
+    if remaining > 0:
+        engine.user_spoke(call, noise(remaining, gen), words_for(remaining))
+    warm_frames = call.frames
+    ttfa, ingest = [], []
+    for _ in range(turns):
+        audio = noise(caller_s, gen)
+        sync(engine.device)
+        t0 = time.perf_counter()
+        engine.user_spoke(call, audio, words_for(caller_s))
+        sync(engine.device)
+        ingest.append(1000 * (time.perf_counter() - t0) / caller_s)
+        turn = start_reply(engine, call, opts)
+        while turn.first is None:
+            engine.step()
+        ttfa.append(turn.ttfa_ms or 0.0)
+        for _ in range(4):  # a few more frames, then the caller barges in
+            engine.step()
+        engine.cancel(call)
+    engine.close_call(call)
+    return {
+        "context_frames_at_start": warm_frames,
+        "turns": turns,
+        "caller_seconds_per_turn": caller_s,
+        "ttfa_ms": ttfa,
+        "ttfa_p50_ms": statistics.median(ttfa),
+        "ttfa_p95_ms": pct(ttfa, 0.95),
+        "ingest_ms_per_s": ingest,
+        "ingest_ms_per_s_median": statistics.median(ingest),
+    }
+
+
+def concurrency(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> dict[str, Any]:
+    """All calls speaking; each step one call (round robin) barges in and starts a new reply."""
+    gen = torch.Generator().manual_seed(2)
+    opened = [engine.open_call() for _ in range(calls)]
+    for call in opened:
+        engine.user_spoke(call, noise(2.0, gen), words_for(2.0))
+    turns = {call.slot: start_reply(engine, call, opts) for call in opened}
+    for _ in range(20):
+        engine.step()
+    restart_every = max(1, 40 // calls)
+    ttfa: list[float] = []
+    sync(engine.device)
+    t0 = time.perf_counter()
+    for i in range(steps):
+        if i % restart_every == 0 and i < steps - 30:
+            call = opened[(i // restart_every) % calls]
+            engine.cancel(call)
+            turns[call.slot] = start_reply(engine, call, opts)
+            turns[call.slot].restarted = True  # type: ignore[attr-defined]
+        engine.step()
+        for turn in turns.values():
+            if getattr(turn, "restarted", False) and turn.first is not None:
+                ttfa.append(turn.ttfa_ms or 0.0)
+                turn.restarted = False  # type: ignore[attr-defined]
+    sync(engine.device)
+    ms = 1000 * (time.perf_counter() - t0) / steps
+    for call in opened:
+        engine.close_call(call)
+    return {
+        "calls": calls,
+        "ms_per_step": ms,
+        "frames_per_s_per_call": 1000 / ms,
+        "ttfa_samples": len(ttfa),
+        "ttfa_p50_ms": statistics.median(ttfa) if ttfa else None,
+        "ttfa_p95_ms": pct(ttfa, 0.95) if ttfa else None,
+    }
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--out", type=Path, required=True)
+    p.add_argument("--tiny", action="store_true", help="tiny fixture checkpoint (CPU smoke test)")
+    p.add_argument("--preset", default="2b", choices=["2b", "1b"])
+    p.add_argument("--device", default=None)
+    p.add_argument("--calls", default="1,8,32,64,128")
+    p.add_argument("--no-graphs", action="store_true")
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
+    if args.tiny:
+        torch.set_num_threads(1)
+        args.calls = "1,2,4" if args.calls == "1,8,32,64,128" else args.calls
+    device = torch.device(args.device)
+    counts = [int(c) for c in args.calls.split(",")]
+    steps = 40 if args.tiny else 100
+    context_s, turns, caller_s = (4.0, 3, 1.0) if args.tiny else (30.0, 20, 2.0)
+    opts = SpeakOptions()  # production defaults: text T=0.6/50, audio T=0.8/50, CFG 2.0
+    t_build = time.perf_counter()
+    model, ids, encoder, mimi, what = build(args)
+    result: dict[str, Any] = {
+        "model": what,
+        "device": (
+            torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"
+        ),
+        "torch": torch.__version__,
+        "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
+        "command": "python " + " ".join(sys.argv),
+        "sampling": {"text": [0.6, 50], "audio": [0.8, 50], "cfg_scale": 2.0},
+    }
+    logger.info("model ready in %.1f s", time.perf_counter() - t_build)
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    common = {"cuda_graphs": not args.no_graphs, "seed": 0}
+    args.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after every section, so a run cut short still leaves its numbers
+        args.out.write_text(json.dumps(result, indent=2) + "\n")
+
+    # One call, CFG off: its own engine with one row per call.
+    t0 = time.perf_counter()
+    solo = Engine(model, ids, encoder, mimi, EngineOptions(capacity=1, cfg=False, **common))
+    result["capture_s_cfg_off"] = time.perf_counter() - t0
+    result["one_call_cfg_off"] = frames_per_second(solo, 1, steps, SpeakOptions(cfg_scale=1.0))
+    logger.info("1 call, CFG off: %s", result["one_call_cfg_off"])
+    save()
+    del solo
+
+    t0 = time.perf_counter()
+    engine = Engine(model, ids, encoder, mimi, EngineOptions(capacity=max(counts), cfg=True, **common))
+    result["capture_s"] = time.perf_counter() - t0
+    result["buckets"] = engine.buckets
+    result["graphs_captured"] = sorted(engine._graphs)
+    result["graph_errors"] = engine.graph_errors
+    result["one_call_cfg_on"] = frames_per_second(engine, 1, steps, opts)
+    logger.info("1 call: %s", result["one_call_cfg_on"])
+    save()
+    result["ttfa_warm_context"] = ttfa_warm(engine, opts, context_s, turns, caller_s)
+    warm = result["ttfa_warm_context"]
+    logger.info("TTFA p50 %.1f p95 %.1f ms, ingest %.1f ms/s", warm["ttfa_p50_ms"], warm["ttfa_p95_ms"],
+                warm["ingest_ms_per_s_median"])
+    save()
+    result["concurrency"] = []
+    for n in counts:
+        row = concurrency(engine, n, steps + 2 * n // 8, opts)
+        logger.info("%d calls: %s", n, row)
+        result["concurrency"].append(row)
+        save()
+    if device.type == "cuda":
+        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+    save()
+
+    one = result["one_call_cfg_on"]
+    w = result["ttfa_warm_context"]
+    print(f"{what} on {result['device']}")
+    print(f"1 call CFG on : {one['ms_per_frame']:.2f} ms/frame, {one['frames_per_s_per_call']:.1f} frames/s")
+    off = result["one_call_cfg_off"]
+    print(f"1 call CFG off: {off['ms_per_frame']:.2f} ms/frame, {off['frames_per_s_per_call']:.1f} frames/s")
+    print(f"TTFA warm: p50 {w['ttfa_p50_ms']:.1f} ms, p95 {w['ttfa_p95_ms']:.1f} ms; "
+          f"ingest {w['ingest_ms_per_s_median']:.1f} ms per s of audio")
+    for row in result["concurrency"]:
+        print(f"{row['calls']:4d} calls: {row['frames_per_s_per_call']:.1f} frames/s per call, "
+              f"TTFA p95 {row['ttfa_p95_ms']} ms")
+    if "peak_gpu_memory_gib" in result:
+        print(f"peak GPU memory {result['peak_gpu_memory_gib']:.1f} GiB")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,131 @@
+"""asyncio face of the engine: one :class:`Conversation` per phone call.
+
+Every method may be called from the supervisor's event loop; the work itself runs on the engine thread
+(:meth:`dia2.engine.Engine.start`), reached through :meth:`Engine.submit` (thread-safe). Audio comes back
+as an async iterator of :class:`~dia2.engine.AudioChunk` (1920 float32 samples at 24 kHz each)::
+
+    engine = Engine(tts.model, tts.ids, tts.tokenizer, tts.mimi, EngineOptions(capacity=64))
+    engine.start()
+    conv = await Conversation.open(engine)
+    await conv.set_voice(voice_wav, 24000, voice_words)
+    await conv.user_spoke(caller_pcm, 8000, caller_words)
+    async for chunk in conv.speak(llm_deltas()):   # str or AsyncIterable[str]
+        send(chunk.pcm)
+    conv.cancel()                                  # barge-in: the iterator ends, no further chunk
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+from .engine import AudioChunk, CallState, Engine, SpeakOptions
+from .prefix import PrefixWord
+from .wavfile import resample_linear
+
+__all__ = ["Conversation", "ConversationState"]
+
+SUPPORTED_RATES = (8000, 16000, 24000)
+
+
+@dataclass(frozen=True)
+class ConversationState:
+    slot: int
+    context_steps: int  # frames of history in the KV cache
+    max_context_steps: int
+    speaking: bool
+    reply_chunks: int
+    segments: list[tuple[str, int, int]]  # ("voice" | "user" | "reply", first frame, end frame)
+    dropped_turns: int
+    words_waiting: int
+    awaiting_text: bool
+
+
+class Conversation:
+    def __init__(self, engine: Engine, call: CallState) -> None:
+        self._engine = engine
+        self._call = call
+        self._replies = 0  # reply counter: cancel() ends the current one at once, on this side too
+        self._cancelled = -1
+
+    @classmethod
+    async def open(cls, engine: Engine) -> Conversation:
+        call = await asyncio.wrap_future(engine.submit(engine.open_call))
+        return cls(engine, call)
+
+    async def _run(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
+        return await asyncio.wrap_future(self._engine.submit(lambda: fn(*args, **kwargs)))
+
+    @staticmethod
+    def _to_24k(audio: torch.Tensor, sample_rate: int) -> torch.Tensor:
+        if sample_rate not in SUPPORTED_RATES:
+            raise ValueError(f"sample_rate must be one of {SUPPORTED_RATES}, got {sample_rate}")
+        audio = torch.as_tensor(audio, dtype=torch.float32).reshape(-1)
+        return audio if sample_rate == 24000 else resample_linear(audio, sample_rate, 24000)
+
+    async def set_voice(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> None:
+        """The AI's voice (speaker 1): audio and its words with timings. Resets the conversation."""
+        await self._run(self._engine.set_voice, self._call, self._to_24k(audio, sample_rate), words)
+
+    async def user_spoke(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> None:
+        """The caller's turn (8/16/24 kHz mono float, words timed from the start of ``audio``)."""
+        await self._run(self._engine.user_spoke, self._call, self._to_24k(audio, sample_rate), words)
+
+    async def speak(
+        self, text: str | AsyncIterable[str], options: SpeakOptions | None = None
+    ) -> AsyncIterator[AudioChunk]:
+        """Speak ``text`` (whole, or deltas as they come from an LLM); yields chunks until the reply ends
+        or :meth:`cancel` is called. Closing the iterator early cancels the reply."""
+        loop = asyncio.get_running_loop()
+        chunks: asyncio.Queue[AudioChunk | None] = asyncio.Queue()
+        engine, call = self._engine, self._call
+
+        def sink(item: AudioChunk | None) -> None:
+            loop.call_soon_threadsafe(chunks.put_nowait, item)
+
+        self._replies += 1
+        reply = self._replies
+        streamed = not isinstance(text, str)
+        await self._run(engine.speak, call, None if streamed else text, sink, options, more_text=streamed)
+        feeder = None
+        if streamed:
+            assert not isinstance(text, str)
+            feeder = asyncio.ensure_future(self._feed(text))
+        try:
+            while (item := await chunks.get()) is not None and self._cancelled != reply:
+                yield item
+        finally:
+            if feeder is not None:
+                feeder.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await feeder
+            engine.submit(lambda: engine.cancel(call))
+
+    async def _feed(self, deltas: AsyncIterable[str]) -> None:
+        engine, call = self._engine, self._call
+        try:
+            async for delta in deltas:
+                engine.submit(lambda d=delta: engine.push_text(call, d))
+        finally:
+            engine.submit(lambda: engine.push_text(call, "", final=True))
+
+    def cancel(self) -> None:
+        """Barge-in. Thread-safe; the reply's iterator ends and its rows are free from the next step."""
+        self._cancelled = self._replies  # chunks already queued on this side are dropped too
+        engine, call = self._engine, self._call
+        engine.submit(lambda: engine.cancel(call))
+
+    async def reset(self) -> None:
+        """Forget all turns (keeps and re-warms the voice)."""
+        await self._run(self._engine.reset, self._call)
+
+    async def state(self) -> ConversationState:
+        return ConversationState(**await self._run(self._engine.describe, self._call))
+
+    async def close(self) -> None:
+        await self._run(self._engine.close_call, self._call)

@@ -1,0 +1,653 @@
+"""The conversation engine: many calls advance together, one batched frame per step.
+
+One :class:`Engine` owns the model, the static frame buffers (``dia2/frame.py``), one streaming Mimi
+decoder row per call and, on CUDA, the captured graphs. Each call (a :class:`CallState`) owns a *slot*:
+its ``branches`` rows of the KV cache, its ring of recent frames, its Mimi row. The host side of a call
+is its text state machine, its history (every known frame and the text input of every step) and the
+turn in progress.
+
+Threading: all methods named without a leading ``submit`` run on the *engine thread* (or, in tests and
+the benchmark, on the caller's thread with no engine thread at all). :meth:`Engine.start` runs the
+loop in its own thread: GPU work and the per-frame host sync then never block the asyncio loop of the
+SIP supervisor, and ``dia2.conversation`` talks to it through :meth:`Engine.submit` (thread-safe) and
+per-turn sinks that hop back with ``loop.call_soon_threadsafe``. See docs/DIA2.md for why a thread and
+not an asyncio task.
+
+Conversation model (docs/DIA2.md has the full story): steps and aligned frames advance together.
+Between turns a call's cache holds exactly the steps ``0 .. frames - 1``; a turn that ingests ``n``
+known frames (voice prefix, caller audio) feeds steps ``frames .. frames + n - 1`` in one prefill; a
+spoken turn starts at step ``frames``, forces the codes of frames it already knows, and ends with its
+last complete frame, so the next turn starts where the history is fully known.
+"""
+
+from __future__ import annotations
+
+import bisect
+import concurrent.futures
+import logging
+import queue
+import threading
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from .frame import RING, FrameBuffers, FrameConstants, depformer_phase, main_phase
+from .model import DecoderCache, Dia2Model
+from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
+from .sampling import SamplingParams
+from .script import ScriptStream, WordEncoder
+from .state_machine import Entry, MachineState, StateMachine, TokenIds
+
+__all__ = ["AudioChunk", "CallState", "Engine", "EngineOptions", "SpeakOptions"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+MIMI_PRIME_FRAMES = 17  # known frames decoded (and discarded) before a reply's first frame
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    capacity: int = 8  # calls held at once (each keeps its KV cache between turns)
+    cfg: bool = True  # run the unconditional branch (2 rows per call); False halves the rows
+    max_context_steps: int | None = None  # cache slots per call; None → config.runtime.max_context_steps
+    reply_reserve_steps: int = 250  # room a spoken turn must have before it starts (20 s)
+    max_reply_steps: int = 1000  # a reply never runs longer than this many steps
+    buckets: tuple[int, ...] = DEFAULT_BUCKETS
+    cfg_filter_k: int = 50
+    max_top_k: int = 64  # per-call top_k is capped here (static shapes)
+    initial_padding: int = 2
+    max_padding: int = 6
+    cuda_graphs: bool = True  # capture on CUDA; CPU always runs the same code eagerly
+    seed: int | None = None
+
+
+@dataclass(frozen=True)
+class SpeakOptions:
+    text: SamplingParams = field(default_factory=lambda: SamplingParams(0.6, 50))
+    audio: SamplingParams = field(default_factory=lambda: SamplingParams(0.8, 50))
+    cfg_scale: float = 2.0
+
+
+@dataclass
+class AudioChunk:
+    """One Mimi frame of a reply: 1920 float32 samples at 24 kHz in [-1, 1] (CPU)."""
+
+    pcm: torch.Tensor
+    codes: torch.Tensor  # [K] the frame's codes
+    frame: int  # index of the frame in the call's history
+    step: int  # engine step that completed it
+
+
+Sink = Callable[[AudioChunk | None], None]  # None marks the end of the turn
+
+
+@dataclass
+class _Turn:
+    """A reply in progress."""
+
+    start_frame: int
+    steps: int
+    options: SpeakOptions
+    sink: Sink
+    script: ScriptStream | None
+    mimi_reset_frame: int
+    end_step: int | None = None
+    cancelled: bool = False
+    chunks: int = 0
+
+
+@dataclass
+class CallState:
+    """Host side of one call. ``text[t]`` is the text input (main, second) of step t; ``codes`` holds
+    every known aligned frame ``[K, frames]``; ``segments`` are (kind, first frame, end frame)."""
+
+    slot: int
+    machine: MachineState
+    codes: torch.Tensor
+    text: list[tuple[int, int]]
+    segments: list[tuple[str, int, int]] = field(default_factory=list)
+    voice: tuple[torch.Tensor, list[Entry], list[int]] | None = None
+    turn: _Turn | None = None
+    dropped_segments: int = 0
+    closed: bool = False
+
+    @property
+    def frames(self) -> int:
+        return int(self.codes.shape[1])
+
+
+class Engine:
+    def __init__(
+        self,
+        model: Dia2Model,
+        ids: TokenIds,
+        encoder: WordEncoder,
+        mimi: Any,
+        options: EngineOptions | None = None,
+        *,
+        second_stream_ahead: int | None = None,
+    ) -> None:
+        """``mimi`` is a :class:`dia2.mimi.MimiCodec` (encode caller audio, stream-decode replies)."""
+        from .mimi_stream import MimiStreamState, StreamingMimiDecoder
+
+        self.model, self.ids, self.encoder, self.mimi = model, ids, encoder, mimi
+        self.options = opts = options or EngineOptions()
+        config = model.config
+        self.device = model.device
+        self.branches = 2 if opts.cfg else 1
+        self.num_codebooks = config.data.num_codebooks
+        self.delays = list(config.data.delay_pattern)
+        self.max_delay = max(self.delays)
+        if self.max_delay + 2 > RING:
+            raise ValueError(f"delays up to {self.max_delay} need a ring longer than {RING}")
+        self.max_steps = min(opts.max_context_steps or config.runtime.max_context_steps,
+                             model.transformer.rope_length)
+        self.frame_rate = float(mimi.sample_rate) / float(mimi.frame_size)
+        self.machine = StateMachine(
+            ids,
+            second_stream_ahead=config.data.second_stream_ahead if second_stream_ahead is None
+            else second_stream_ahead,
+            max_padding=opts.max_padding,
+            initial_padding=opts.initial_padding,
+        )
+        self.buf = FrameBuffers.allocate(model, opts.capacity, self.branches, self.max_steps, mimi.frame_size)
+        self.consts = FrameConstants(
+            ids, torch.tensor(self.delays, dtype=torch.long, device=self.device),
+            opts.cfg_filter_k, opts.max_top_k,
+        )
+        self.buckets = sorted({b for b in opts.buckets if b < opts.capacity} | {opts.capacity})
+        # One Mimi decoder object per bucket, all over views of one state (so a call keeps its row).
+        master = StreamingMimiDecoder(mimi.model, batch_size=opts.capacity)
+        self._mimi: dict[int, StreamingMimiDecoder] = {}
+        for b in self.buckets:
+            dec = master if b == opts.capacity else StreamingMimiDecoder(mimi.model, batch_size=b)
+            if dec is not master:
+                s = master.state
+                dec.state = MimiStreamState(
+                    offset=s.offset[:b], fresh=s.fresh[:b],
+                    conv_history=[t[:b] for t in s.conv_history], convtr_tail=[t[:b] for t in s.convtr_tail],
+                    keys=[t[:b] for t in s.keys], values=[t[:b] for t in s.values],
+                )
+            self._mimi[b] = dec
+        self._mimi_master = master
+        self._overlap = model.depformer.text_embed is None
+        self._cuda = self.device.type == "cuda"
+        self._gen: torch.Generator | None = None
+        if not self._cuda:
+            self._gen = torch.Generator(device=self.device)
+            self._gen.manual_seed(opts.seed if opts.seed is not None else 0)
+        elif opts.seed is not None:
+            torch.cuda.manual_seed(opts.seed)
+        pin = self._cuda
+        r = opts.capacity * self.branches
+        self._host_action = torch.zeros(opts.capacity, dtype=torch.long, pin_memory=pin)
+        self._host_text = torch.zeros(r, 2, dtype=torch.long, pin_memory=pin)
+        self._host_pcm = torch.zeros(opts.capacity, mimi.frame_size, pin_memory=pin)
+        self._host_codes = torch.zeros(opts.capacity, self.num_codebooks, dtype=torch.long, pin_memory=pin)
+        self.calls: dict[int, CallState] = {}
+        self.steps_run = 0
+        self._graphs: dict[int, tuple[Any, Any, Any]] = {}
+        self.graph_errors: list[str] = []
+        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
+            queue.SimpleQueue()
+        )
+        self._wake = threading.Event()
+        self._stop = False
+        self._thread: threading.Thread | None = None
+        if self._cuda and opts.cuda_graphs:
+            self._capture_all()
+
+    # ---------------------------------------------------------------------------------------------
+    # Threading
+    # ---------------------------------------------------------------------------------------------
+
+    def start(self) -> None:
+        """Run the engine loop in a daemon thread (idempotent)."""
+        if self._thread is None:
+            self._thread = threading.Thread(target=self._run, name="dia2-engine", daemon=True)
+            self._thread.start()
+
+    def stop(self) -> None:
+        self._stop = True
+        self._wake.set()
+        if self._thread is not None:
+            self._thread.join()
+            self._thread = None
+
+    def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
+        """Run ``fn()`` on the engine thread between two steps; thread-safe, returns a future."""
+        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
+        if self._thread is None:
+            raise RuntimeError("engine thread not started (call start(), or call the methods directly)")
+        self._commands.put((fn, fut))
+        self._wake.set()
+        return fut
+
+    def _run(self) -> None:
+        with torch.inference_mode():
+            while not self._stop:
+                self._drain_commands()
+                if not self.step():
+                    self._wake.wait()
+                    self._wake.clear()
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                fn, fut = self._commands.get_nowait()
+            except queue.Empty:
+                return
+            if fut.set_running_or_notify_cancel():
+                try:
+                    fut.set_result(fn())
+                except BaseException as exc:  # the caller gets it through the future
+                    logger.exception("engine command failed")
+                    fut.set_exception(exc)
+
+    # ---------------------------------------------------------------------------------------------
+    # Calls
+    # ---------------------------------------------------------------------------------------------
+
+    def open_call(self) -> CallState:
+        used = {c.slot for c in self.calls.values()}
+        free = [s for s in range(self.options.capacity) if s not in used]
+        if not free:
+            raise RuntimeError(f"engine is full ({self.options.capacity} calls)")
+        call = CallState(
+            slot=free[0],
+            machine=self.machine.new_state([]),
+            codes=torch.zeros(self.num_codebooks, 0, dtype=torch.long),
+            text=[(self.ids.bos, self.ids.pad)],
+        )
+        self.calls[call.slot] = call
+        return call
+
+    def close_call(self, call: CallState) -> None:
+        self.cancel(call)
+        self._finish_turn(call)
+        call.closed = True
+        self.calls.pop(call.slot, None)
+
+    def set_voice(self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord]) -> None:
+        """The AI's voice: mono 24 kHz audio and its words (speaker 1). Resets the call."""
+        codes = self.mimi.encode(audio.float()).cpu()
+        entries, steps = words_to_entries(words, self.encoder, "[S1]", self.frame_rate)
+        # Upstream's +3 "legacy" shift of speaker 1's forced word starts, kept for the voice prefix.
+        call.voice = (codes, entries, [s + SPEAKER1_STEP_OFFSET for s in steps])
+        self.reset(call)
+
+    def reset(self, call: CallState) -> None:
+        """Forget every turn; keep the voice (re-warmed)."""
+        self.cancel(call)
+        self._finish_turn(call)
+        call.machine = self.machine.new_state([])
+        call.codes = torch.zeros(self.num_codebooks, 0, dtype=torch.long)
+        call.text = [(self.ids.bos, self.ids.pad)]
+        call.segments = []
+        if call.voice is not None:
+            codes, entries, steps = call.voice
+            self._ingest(call, "voice", codes, entries, steps)
+
+    def user_spoke(self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord]) -> None:
+        """The caller's turn: mono 24 kHz audio and its words (speaker 2, times relative to the audio)."""
+        codes = self.mimi.encode(audio.float()).cpu()
+        entries, steps = words_to_entries(words, self.encoder, "[S2]", self.frame_rate)
+        self.ingest_codes(call, codes, entries, steps)
+
+    def ingest_codes(
+        self, call: CallState, codes: torch.Tensor, entries: list[Entry], steps: list[int], kind: str = "user"
+    ) -> None:
+        if call.turn is not None:
+            raise RuntimeError("a reply is in progress: cancel it before ingesting the caller's turn")
+        self._ensure_room(call, codes.shape[1] + 1)
+        self._ingest(call, kind, codes.cpu(), entries, steps)
+
+    def speak(
+        self,
+        call: CallState,
+        text: str | None,
+        sink: Sink,
+        options: SpeakOptions | None = None,
+        *,
+        more_text: bool = False,
+    ) -> None:
+        """Start a reply. With ``more_text`` the text is incomplete: :meth:`push_text` adds to it and
+        ``push_text(..., final=True)`` closes it; until then an empty word queue waits, never ends."""
+        if call.turn is not None:
+            raise RuntimeError("a reply is already in progress on this call")
+        opts = options or SpeakOptions()
+        self._ensure_room(call, self.options.reply_reserve_steps)
+        script = ScriptStream(self.encoder, self.ids, self.frame_rate)
+        state = call.machine
+        state.entries.clear()
+        state.awaiting_text = more_text
+        # A reply starts like upstream's generation: fresh padding counters, no end of script yet.
+        state.padding_budget = state.forced_padding = self.options.initial_padding
+        state.end_step = None
+        start = call.frames
+        call.turn = _Turn(
+            start_frame=start, steps=0, options=opts, sink=sink, script=script,
+            mimi_reset_frame=max(start - MIMI_PRIME_FRAMES, 0),
+        )
+        self._feed_script(call, text or "", final=not more_text)
+        self._load_row(call, active=True)
+
+    def push_text(self, call: CallState, delta: str, *, final: bool = False) -> None:
+        turn = call.turn
+        if turn is None or turn.script is None:
+            return  # the reply ended or was cancelled: late text is dropped
+        self._feed_script(call, delta, final=final)
+
+    def cancel(self, call: CallState) -> None:
+        """Barge-in: no further chunk for this reply; its rows stop advancing from the next step."""
+        if call.turn is not None:
+            call.turn.cancelled = True
+            self._finish_turn(call)
+
+    # ---------------------------------------------------------------------------------------------
+    # One step for every speaking call
+    # ---------------------------------------------------------------------------------------------
+
+    def speaking(self) -> list[CallState]:
+        return [c for c in self.calls.values() if c.turn is not None]
+
+    def step(self) -> bool:
+        """Advance every speaking call by one frame. Returns False when no call is speaking."""
+        calls = self.speaking()
+        if not calls:
+            return False
+        with torch.inference_mode():
+            n = self.buckets[bisect.bisect_left(self.buckets, max(c.slot for c in calls) + 1)]
+            first = self.max_delay - 1  # the frame decoded at step t is t - first
+            reset = [c.slot for c in calls if c.turn and self._step_of(c) - first == c.turn.mimi_reset_frame]
+            if reset:
+                mask = torch.zeros(self.options.capacity, dtype=torch.bool)
+                mask[reset] = True
+                self._mimi_master.reset(mask.to(self.device))
+            self._run_main(n)
+            if self._cuda:
+                self._host_action[:n].copy_(self.buf.action[:n], non_blocking=True)
+                done_main = torch.cuda.Event()
+                done_main.record()
+            if self._overlap:
+                self._run_depformer(n)
+            if self._cuda:
+                done_main.synchronize()
+                actions = self._host_action[:n].tolist()
+            else:
+                actions = self.buf.action[:n].tolist()
+            for call in calls:
+                self._advance_text(call, actions[call.slot])
+            r = n * self.branches
+            self.buf.text_in[:r].copy_(self._host_text[:r], non_blocking=self._cuda)
+            if not self._overlap:
+                self._run_depformer(n)
+            self._host_pcm[:n].copy_(self.buf.pcm[:n], non_blocking=self._cuda)
+            self._host_codes[:n].copy_(self.buf.emitted[:n], non_blocking=self._cuda)
+            if self._cuda:
+                torch.cuda.current_stream().synchronize()
+            self.steps_run += 1
+            for call in calls:
+                self._after_step(call)
+        return True
+
+    def _step_of(self, call: CallState) -> int:
+        assert call.turn is not None
+        return call.turn.start_frame + call.turn.steps
+
+    def _run_main(self, n: int) -> None:
+        if n in self._graphs:
+            self._graphs[n][0].replay()
+        else:
+            main_phase(self.model, self.buf.view(n), self.consts, self._gen)
+
+    def _run_depformer(self, n: int) -> None:
+        graphs = self._graphs.get(n)
+        if graphs is None:
+            depformer_phase(self.model, self.buf.view(n), self.consts, self._gen)
+        else:
+            graphs[1].replay()
+        if graphs is not None and graphs[2] is not None:
+            graphs[2].replay()
+        else:
+            self._decode_audio(n)
+
+    def _decode_audio(self, n: int) -> None:
+        view = self.buf.view(n)
+        pcm = self._mimi[n].decode_frame(view.emitted.unsqueeze(-1))
+        view.pcm.copy_(pcm.clamp(-1.0, 1.0))
+
+    def _advance_text(self, call: CallState, action: int) -> None:
+        turn = call.turn
+        assert turn is not None
+        t = self._step_of(call)
+        out = self.machine.process(t, call.machine, action)
+        call.text.append((out.main, out.second))
+        rows = slice(call.slot * self.branches, (call.slot + 1) * self.branches)
+        self._host_text[rows, 0] = out.main
+        self._host_text[rows, 1] = out.second
+
+    def _after_step(self, call: CallState) -> None:
+        turn = call.turn
+        assert turn is not None
+        t = self._step_of(call)
+        turn.steps += 1
+        frame = t - self.max_delay + 1
+        if frame >= turn.start_frame and not turn.cancelled:
+            codes = self._host_codes[call.slot].clone()
+            call.codes = torch.cat([call.codes, codes.view(-1, 1)], dim=1)
+            turn.chunks += 1
+            turn.sink(AudioChunk(self._host_pcm[call.slot].clone(), codes, frame, t))
+        if turn.end_step is None and call.machine.end_step is not None:
+            turn.end_step = call.machine.end_step
+        finished = (
+            (turn.end_step is not None and t + 1 >= turn.end_step + self.max_delay + self.machine.max_padding)
+            or turn.steps >= self.options.max_reply_steps
+            or t + 2 >= self.max_steps
+        )
+        if finished:
+            self._finish_turn(call)
+
+    def _finish_turn(self, call: CallState) -> None:
+        """End the reply: history keeps its complete frames, the cache is rewound to them."""
+        turn = call.turn
+        if turn is None:
+            return
+        call.turn = None
+        end = call.frames  # frames emitted so far are exactly the complete ones
+        del call.text[end + 1 :]
+        if end > turn.start_frame:
+            call.segments.append(("reply", turn.start_frame, end))
+        call.machine.entries.clear()
+        call.machine.pending_tokens.clear()
+        call.machine.lookahead_tokens.clear()
+        call.machine.awaiting_text = False
+        self.buf.active[call.slot] = False
+        turn.script = None
+        turn.sink(None)
+
+    def _feed_script(self, call: CallState, delta: str, *, final: bool) -> None:
+        turn = call.turn
+        assert turn is not None and turn.script is not None
+        call.machine.entries.extend(turn.script.feed(delta, final=final))
+        if final:
+            call.machine.awaiting_text = False
+
+    # ---------------------------------------------------------------------------------------------
+    # Rows, ingest, context policy
+    # ---------------------------------------------------------------------------------------------
+
+    def _load_row(self, call: CallState, *, active: bool) -> None:
+        """Point the call's device rows at its history: next step = ``frames``, ring = last frames."""
+        buf, s, br = self.buf, call.slot, self.branches
+        a = call.frames
+        rows = slice(s * br, (s + 1) * br)
+        buf.step[s] = a
+        buf.known[s] = a
+        buf.positions[rows] = a
+        buf.cache_index[rows] = a
+        ring = torch.zeros(self.num_codebooks, RING, dtype=torch.long)
+        lo = max(0, a - RING)
+        if a > lo:
+            idx = torch.arange(lo, a)
+            ring[:, idx % RING] = call.codes[:, lo:a]
+        buf.ring[s].copy_(ring.to(self.device))
+        main, second = call.text[a]
+        self._host_text[rows, 0], self._host_text[rows, 1] = main, second
+        buf.text_in[rows] = torch.tensor([main, second], device=self.device)
+        if call.turn is not None:
+            o = call.turn.options
+            buf.cfg_scale[s] = o.cfg_scale
+            buf.text.set_row(s, o.text)
+            buf.audio.set_row(s, o.audio)
+        buf.active[s] = active
+
+    def _step_tokens(self, call: CallState, start: int, stop: int) -> torch.Tensor:
+        """Decoder inputs ``[branches, stop - start, C]`` of known steps (text recorded, audio known)."""
+        steps = torch.arange(start, stop).view(-1, 1)
+        frames = steps - torch.tensor(self.delays).view(1, -1)  # [T, K]
+        safe = frames.clamp(min=0, max=max(call.frames - 1, 0))
+        audio = call.codes.t()[safe, torch.arange(self.num_codebooks)] if call.frames else torch.zeros_like(
+            frames
+        )
+        audio = torch.where(frames < 0, torch.full_like(audio, self.ids.audio_bos), audio)
+        text = torch.tensor(call.text[start:stop], dtype=torch.long).view(-1, 2)
+        cond = torch.cat([text, audio], dim=1)
+        rows = [cond]
+        if self.branches > 1:
+            uncond = cond.clone()
+            uncond[:, 0], uncond[:, 1] = self.ids.zero, self.ids.pad
+            rows.append(uncond)
+        return torch.stack(rows)
+
+    def _prefill(self, call: CallState, start: int, stop: int) -> Any:
+        if stop <= start:
+            return None
+        tokens = self._step_tokens(call, start, stop).to(self.device)
+        br = self.branches
+        pos = torch.arange(start, stop, device=self.device).view(1, -1).expand(br, -1)
+        rows = slice(call.slot * br, (call.slot + 1) * br)
+        cache = DecoderCache(self.buf.cache.keys[:, rows], self.buf.cache.values[:, rows])
+        with torch.inference_mode():
+            return self.model.transformer.prefill(tokens, pos, pos, cache)
+
+    def _ingest(
+        self, call: CallState, kind: str, codes: torch.Tensor, entries: list[Entry], steps: list[int]
+    ) -> Any:
+        """Known frames (and their forced words) into history and cache, in one prefill."""
+        a0, n = call.frames, int(codes.shape[1])
+        state = call.machine
+        state.entries.clear()
+        state.entries.extend(entries)
+        forced = {a0 + s for s in steps}
+        for t in range(a0, a0 + n):
+            token = self.ids.new_word if t in forced else self.ids.pad
+            out = self.machine.process(t, state, token, forced=True)
+            call.text.append((out.main, out.second))
+        # Words whose forced start lies past the audio are dropped, not spoken by the next reply.
+        state.entries.clear()
+        call.codes = torch.cat([call.codes, codes.to(torch.long)], dim=1)
+        call.segments.append((kind, a0, a0 + n))
+        return self._prefill(call, a0, a0 + n)
+
+    def _ensure_room(self, call: CallState, need: int) -> None:
+        """Context policy: keep the voice, drop the oldest turns until ``need`` more steps fit, re-warm."""
+        limit = self.max_steps - 1
+        keep = list(call.segments)
+        voice = [s for s in keep if s[0] == "voice"]
+        # Never reserve more than half of what the voice leaves, so some history always survives; a
+        # reply longer than its reserve still runs on until the cache is full.
+        need = min(need, (limit - sum(s[2] - s[1] for s in voice)) // 2)
+        if call.frames + need <= limit:
+            return
+        rest = [s for s in keep if s[0] != "voice"]
+        total = sum(s[2] - s[1] for s in keep)
+        while rest and total + need > limit:
+            dropped = rest.pop(0)
+            total -= dropped[2] - dropped[1]
+            call.dropped_segments += 1
+        kept = voice + rest
+        codes = [call.codes[:, a:b] for _, a, b in kept]
+        text = [t for _, a, b in kept for t in call.text[a:b]] + [call.text[call.frames]]
+        if not text[:-1]:
+            text = [(self.ids.bos, self.ids.pad)]
+        segments, at = [], 0
+        for kind, a, b in kept:
+            segments.append((kind, at, at + b - a))
+            at += b - a
+        call.codes = torch.cat(codes, dim=1) if codes else call.codes[:, :0]
+        call.text, call.segments = text, segments
+        logger.info("call %d: context full, re-warmed %d frames (%d turns dropped so far)",
+                    call.slot, call.frames, call.dropped_segments)
+        self._prefill(call, 0, call.frames)
+        if need <= 0 or call.frames + need > limit:
+            raise RuntimeError(f"context of {self.max_steps} steps cannot hold the voice and a turn")
+
+    # ---------------------------------------------------------------------------------------------
+    # CUDA graphs
+    # ---------------------------------------------------------------------------------------------
+
+    def _capture_all(self) -> None:
+        """Capture the frame graphs of every bucket once (main step; depformer; Mimi decode), then clear
+        the buffers the warm-up touched. A failed capture leaves that part eager (logged, reported)."""
+        pool = torch.cuda.graph_pool_handle()
+        self.buf.active.fill_(True)
+        self.graph_errors = []
+        with torch.inference_mode():
+            for n in self.buckets:
+                view = self.buf.view(n)
+                side = torch.cuda.Stream()
+                side.wait_stream(torch.cuda.current_stream())
+                with torch.cuda.stream(side):
+                    for _ in range(2):  # warm-up: lazy inits, cuBLAS handles, allocator
+                        main_phase(self.model, view, self.consts, None)
+                        depformer_phase(self.model, view, self.consts, None)
+                        self._decode_audio(n)
+                torch.cuda.current_stream().wait_stream(side)
+                try:
+                    g_main, g_dep = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g_main, pool=pool):
+                        main_phase(self.model, view, self.consts, None)
+                    with torch.cuda.graph(g_dep, pool=pool):
+                        depformer_phase(self.model, view, self.consts, None)
+                except RuntimeError as exc:
+                    logger.exception("frame graph capture failed for %d calls; running eagerly", n)
+                    self.graph_errors.append(f"frame[{n}]: {exc}")
+                    continue
+                g_mimi: Any = torch.cuda.CUDAGraph()
+                try:
+                    with torch.cuda.graph(g_mimi, pool=pool):
+                        self._decode_audio(n)
+                except RuntimeError as exc:
+                    logger.exception("Mimi graph capture failed for %d calls; decoding eagerly", n)
+                    self.graph_errors.append(f"mimi[{n}]: {exc}")
+                    g_mimi = None
+                self._graphs[n] = (g_main, g_dep, g_mimi)
+                logger.info("captured frame graphs for %d calls", n)
+        torch.cuda.synchronize()
+        for t in (self.buf.step, self.buf.known, self.buf.positions, self.buf.cache_index, self.buf.ring):
+            t.zero_()
+        self.buf.active.fill_(False)
+        self._mimi_master.reset()
+
+    # ---------------------------------------------------------------------------------------------
+    # Introspection
+    # ---------------------------------------------------------------------------------------------
+
+    def describe(self, call: CallState) -> dict[str, Any]:
+        turn = call.turn
+        return {
+            "slot": call.slot,
+            "context_steps": call.frames,
+            "max_context_steps": self.max_steps,
+            "speaking": turn is not None,
+            "reply_chunks": turn.chunks if turn else 0,
+            "segments": list(call.segments),
+            "dropped_turns": call.dropped_segments,
+            "words_waiting": len(call.machine.entries),
+            "awaiting_text": call.machine.awaiting_text,
+        }
+

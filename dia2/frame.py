@@ -1,0 +1,214 @@
+"""One batched Dia2 frame on static device buffers: the part of a step that runs on the GPU.
+
+A frame for ``N`` calls (``R = N * branches`` decoder rows; branch 1 is the unconditional CFG row) is
+two phases, each a plain function over :class:`FrameBuffers` so that it can be captured once as a
+CUDA graph and replayed, or run eagerly on the CPU (same code):
+
+* :func:`main_phase`: audio inputs from each call's ring of recent frames, the decoder step, CFG filter
+  and on-device sampling of the action and of codebook 0.
+* :func:`depformer_phase`: the 31 depformer stages (sampling each codebook on device), the ring writes,
+  the completed frame's codes for the Mimi decoder, and the per-call step counters.
+
+Between the two the host reads the action (the only device→host sync of a frame), runs the text state
+machine and writes the next text tokens; when the depformer does not read the frame's text (Dia2-2B:
+``depformer.text_embedding = false``) the depformer phase is queued before that sync and overlaps it.
+
+Per-call timeline (see docs/DIA2.md, "Conversation model"): ``step[n]`` is the next step t, which reads
+delayed column t (codebook k = aligned frame ``t - delay[k]``, BOS before 0) and writes column t + 1.
+Frames below ``known[n]`` are already known (the caller's audio, an earlier turn): the sampled code is
+replaced by the known one (teacher forcing), so a reply continues the conversation instead of
+re-inventing its last 1.4 s. ``ring[n, k, f % W]`` holds frame f of codebook k for the last W frames.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, fields
+
+import torch
+
+from .model import DecoderCache, DepformerCache, Dia2Model
+from .sampling import RowSampling, cfg_filter_rows, mask_audio_specials_rows, sample_rows
+from .state_machine import TokenIds
+
+__all__ = ["RING", "FrameBuffers", "depformer_codes", "depformer_phase", "main_phase"]
+
+RING = 32  # frames kept per call on the device; must exceed the largest delay + 1
+
+
+def depformer_codes(
+    model: Dia2Model,
+    hidden: torch.Tensor,
+    first: torch.Tensor,
+    cache: DepformerCache,
+    main_text: torch.Tensor,
+    second_text: torch.Tensor,
+    branches: int,
+    choose: Callable[[int, torch.Tensor], torch.Tensor],
+) -> torch.Tensor:
+    """Run the depformer's stages for ``N`` calls: ``first [N]`` is codebook 0's token, ``hidden [R, D]``.
+
+    ``choose(stage, logits [N, branches, V])`` returns the token ``[N]`` of codebook ``stage + 1`` (it may
+    sample, force a known code and record it); that token is the next stage's input in every branch.
+    Shared by the one-call loop in ``generate.py`` and the batched engine. Returns the last token.
+    """
+    prev = first
+    for stage in range(model.depformer.depth):
+        logits = model.depformer(
+            stage, prev.repeat_interleave(branches), hidden, cache, main_text, second_text
+        )
+        prev = choose(stage, logits.view(-1, branches, logits.shape[-1]))
+    return prev
+
+
+@dataclass
+class FrameBuffers:
+    """Every tensor a frame reads or writes, preallocated for ``capacity`` calls (static storage).
+
+    :meth:`view` gives the same buffers for the first ``n`` calls (views, not copies), which is what a
+    bucket's graph is captured on.
+    """
+
+    branches: int
+    text_in: torch.Tensor  # [R, 2] text tokens of the next step (host writes; both branches = cond text)
+    tokens: torch.Tensor  # [R, C] decoder inputs
+    positions: torch.Tensor  # [R] rotary position of the next step
+    cache_index: torch.Tensor  # [R] cache slot of the next step
+    step: torch.Tensor  # [N] next step t
+    known: torch.Tensor  # [N] frames below this are known (forced)
+    active: torch.Tensor  # [N] bool: this call advances this frame
+    ring: torch.Tensor  # [N, K, RING] recent aligned frames
+    cfg_scale: torch.Tensor  # [N] float32
+    text: RowSampling
+    audio: RowSampling
+    hidden: torch.Tensor  # [R, D] decoder output (phase 1 → phase 2)
+    code: torch.Tensor  # [N] token of codebook 0 as fed to the depformer
+    action: torch.Tensor  # [N] sampled action (0 stay, 1 new word)
+    emitted: torch.Tensor  # [N, K] codes of frame t - max_delay + 1, complete after this step
+    pcm: torch.Tensor  # [N, frame_size] decoded audio of ``emitted``
+    cache: DecoderCache
+    dep_cache: DepformerCache
+
+    @classmethod
+    def allocate(
+        cls, model: Dia2Model, capacity: int, branches: int, max_steps: int, frame_size: int
+    ) -> FrameBuffers:
+        cfg = model.config
+        dev = model.device
+        r = capacity * branches
+        k = cfg.data.num_codebooks
+        return cls(
+            branches=branches,
+            text_in=torch.zeros(r, 2, dtype=torch.long, device=dev),
+            tokens=torch.zeros(r, cfg.data.channels, dtype=torch.long, device=dev),
+            positions=torch.zeros(r, dtype=torch.long, device=dev),
+            cache_index=torch.zeros(r, dtype=torch.long, device=dev),
+            step=torch.zeros(capacity, dtype=torch.long, device=dev),
+            known=torch.zeros(capacity, dtype=torch.long, device=dev),
+            active=torch.zeros(capacity, dtype=torch.bool, device=dev),
+            ring=torch.zeros(capacity, k, RING, dtype=torch.long, device=dev),
+            cfg_scale=torch.ones(capacity, device=dev),
+            text=RowSampling.allocate(capacity, dev),
+            audio=RowSampling.allocate(capacity, dev),
+            hidden=torch.zeros(r, cfg.model.decoder.n_embd, dtype=model.dtype, device=dev),
+            code=torch.zeros(capacity, dtype=torch.long, device=dev),
+            action=torch.zeros(capacity, dtype=torch.long, device=dev),
+            emitted=torch.zeros(capacity, k, dtype=torch.long, device=dev),
+            pcm=torch.zeros(capacity, frame_size, device=dev),
+            cache=model.allocate_decoder_cache(r, max_steps),
+            dep_cache=model.allocate_depformer_cache(r),
+        )
+
+    def view(self, n: int) -> FrameBuffers:
+        r = n * self.branches
+        out = {}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if f.name == "branches":
+                out[f.name] = value
+            elif isinstance(value, RowSampling):
+                out[f.name] = value.rows(n)
+            elif isinstance(value, DecoderCache):
+                out[f.name] = DecoderCache(value.keys[:, :r], value.values[:, :r])
+            elif isinstance(value, DepformerCache):
+                out[f.name] = DepformerCache(value.keys[:, :r], value.values[:, :r])
+            elif f.name in ("text_in", "tokens", "positions", "cache_index", "hidden"):
+                out[f.name] = value[:r]
+            else:
+                out[f.name] = value[:n]
+        return FrameBuffers(**out)
+
+    @property
+    def capacity(self) -> int:
+        return int(self.step.shape[0])
+
+
+@dataclass(frozen=True)
+class FrameConstants:
+    ids: TokenIds
+    delays: torch.Tensor  # [K] long, on the device
+    cfg_filter_k: int
+    max_top_k: int
+
+
+def _write_code(buf: FrameBuffers, consts: FrameConstants, k: int, token: torch.Tensor) -> torch.Tensor:
+    """Store codebook k's token for frame ``step + 1 - delay[k]``; returns the token the frame really
+    has (the known code where that frame is known, else ``token``)."""
+    frame = buf.step + 1 - consts.delays[k]
+    slot = frame.remainder(RING).view(-1, 1)
+    row = buf.ring[:, k]
+    old = row.gather(1, slot).squeeze(1)
+    forced = (frame < buf.known) & (frame >= 0)
+    keep = forced | (frame < 0) | ~buf.active
+    row.scatter_(1, slot, torch.where(keep, old, token).view(-1, 1))
+    return torch.where(forced, old, token)
+
+
+def main_phase(
+    model: Dia2Model, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None
+) -> None:
+    """Decoder step for every row, then the action and codebook 0, sampled on the device."""
+    ids = consts.ids
+    n, br = buf.step.shape[0], buf.branches
+    frames = buf.step.view(-1, 1) - consts.delays.view(1, -1)  # [N, K]
+    codes = buf.ring.gather(2, frames.remainder(RING).unsqueeze(-1)).squeeze(-1)
+    audio_in = torch.where(frames < 0, torch.full_like(codes, ids.audio_bos), codes)
+    buf.tokens[:, 2:] = audio_in.repeat_interleave(br, dim=0)
+    buf.tokens[:, :2] = buf.text_in
+    if br > 1:
+        # The unconditional branch never sees the script.
+        view = buf.tokens.view(n, br, -1)
+        view[:, 1:, 0] = ids.zero
+        view[:, 1:, 1] = ids.pad
+    out = model.transformer(buf.tokens, buf.positions, buf.cache_index, buf.cache)
+    buf.hidden.copy_(out.hidden)
+    action_logits = cfg_filter_rows(out.action_logits.view(n, br, -1), buf.cfg_scale, consts.cfg_filter_k)
+    buf.action.copy_(sample_rows(action_logits, buf.text, consts.max_top_k, gen))
+    cb0 = cfg_filter_rows(out.cb0_logits.view(n, br, -1), buf.cfg_scale, consts.cfg_filter_k)
+    cb0 = mask_audio_specials_rows(cb0, ids.audio_pad, ids.audio_bos)
+    token = sample_rows(cb0, buf.audio, consts.max_top_k, gen)
+    buf.code.copy_(_write_code(buf, consts, 0, token))
+
+
+def depformer_phase(
+    model: Dia2Model, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None
+) -> None:
+    """Codebooks 1..K-1, the completed frame's codes, and the step counters of active calls."""
+
+    def choose(stage: int, logits: torch.Tensor) -> torch.Tensor:
+        picked = cfg_filter_rows(logits, buf.cfg_scale, consts.cfg_filter_k)
+        return _write_code(buf, consts, stage + 1, sample_rows(picked, buf.audio, consts.max_top_k, gen))
+
+    depformer_codes(
+        model, buf.hidden, buf.code, buf.dep_cache, buf.text_in[:, 0], buf.text_in[:, 1],
+        buf.branches, choose,
+    )
+    # Frame t + 1 - max_delay has every codebook now (codebook k of frame f is written at f + delay[k] - 1).
+    done = buf.step + 1 - consts.delays.max()
+    slot = done.remainder(RING).view(-1, 1, 1).expand(-1, buf.ring.shape[1], 1)
+    buf.emitted.copy_(buf.ring.gather(2, slot).squeeze(-1))
+    inc = buf.active.long()
+    buf.step.add_(inc)
+    rows = inc.repeat_interleave(buf.branches)
+    buf.positions.add_(rows)
+    buf.cache_index.add_(rows)

@@ -1,0 +1,243 @@
+"""The streaming, batched conversation engine on the tiny fixture checkpoint (CPU, eager).
+
+Every test drives the real engine (``Engine.step`` on this thread, or its thread through the asyncio
+``Conversation``); nothing of the engine is mocked, and no test waits on time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator
+
+import pytest
+import torch
+
+from dia2.conversation import Conversation
+from dia2.engine import AudioChunk, CallState, Engine, EngineOptions, SpeakOptions
+from dia2.reference import ReferenceFixture
+from dia2.runtime import Dia2, GenerationResult
+from dia2.sampling import SamplingParams
+
+GREEDY = SamplingParams(0.0, 1)
+SCRIPT_A = "[S1] Hello, this is a verification call. [S2] Yes, speaking."
+SCRIPT_B = "[S1] Thanks for taking my call. [S2] Sure, go ahead."
+
+
+def greedy(cfg_scale: float = 1.0) -> SpeakOptions:
+    return SpeakOptions(text=GREEDY, audio=GREEDY, cfg_scale=cfg_scale)
+
+
+def make_engine(runtime: Dia2, **kw: object) -> Engine:
+    opts = {"capacity": 4, "max_reply_steps": 160, "reply_reserve_steps": 40, **kw}
+    return Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, EngineOptions(**opts))
+
+
+def run_until_quiet(engine: Engine) -> int:
+    steps = 0
+    while engine.step():
+        steps += 1
+    return steps
+
+
+def reply(engine: Engine, call: CallState, text: str, options: SpeakOptions) -> list[AudioChunk]:
+    chunks: list[AudioChunk | None] = []
+    engine.speak(call, text, chunks.append, options)
+    run_until_quiet(engine)
+    assert chunks and chunks[-1] is None and all(c is not None for c in chunks[:-1])
+    return [c for c in chunks if c is not None]
+
+
+def codes_of(chunks: list[AudioChunk]) -> torch.Tensor:
+    return torch.stack([c.codes for c in chunks], dim=1)
+
+
+@pytest.fixture(scope="module")
+def engine(runtime: Dia2) -> Engine:
+    return make_engine(runtime)
+
+
+@pytest.mark.parametrize("case", ["greedy", "cfg"])
+def test_streaming_equals_non_streaming_generation(
+    engine: Engine, reference: ReferenceFixture, case_results: dict[str, GenerationResult], case: str
+) -> None:
+    """Same tokens as the parity loop, token for token; the streamed audio equals its one-shot decode."""
+    opts = reference.options(case)
+    call = engine.open_call()
+    try:
+        chunks = reply(engine, call, reference.inputs["cases"][case]["script"],
+                       SpeakOptions(opts.text, opts.audio, opts.cfg_scale))
+    finally:
+        engine.close_call(call)
+    expected = case_results[case]
+    assert torch.equal(codes_of(chunks), expected.audio_tokens)
+    assert [c.frame for c in chunks] == list(range(len(chunks)))
+    pcm = torch.cat([c.pcm for c in chunks])
+    err = (pcm - expected.waveform).abs().max() / expected.waveform.abs().max()
+    assert err < 1e-5
+
+
+def _converse(engine: Engine, call: CallState, reference: ReferenceFixture) -> None:
+    voice, caller = reference.prefix_speakers()
+    engine.set_voice(call, voice.audio, voice.words)
+    engine.user_spoke(call, caller.audio, caller.words)
+    reply(engine, call, "[S1] Sure, one moment.", greedy())
+
+
+def test_incremental_turns_equal_a_full_rewarm(runtime: Dia2, reference: ReferenceFixture) -> None:
+    """Voice, caller, reply, caller again, each ingested incrementally, leave the same cache and logits
+    as one prefill of the whole recorded history into a fresh call."""
+    engine = make_engine(runtime, capacity=2)
+    call = engine.open_call()
+    _converse(engine, call, reference)
+    caller = reference.prefix_speakers()[1]
+    codes = runtime.mimi.encode(caller.audio).cpu()
+    before = call.frames
+    last = engine._ingest(call, "user", codes, *_entries(engine, caller))
+    n = call.frames
+    assert n == before + codes.shape[1]
+    assert [s[0] for s in call.segments] == ["voice", "user", "reply", "user"]
+
+    fresh = engine.open_call()
+    fresh.codes, fresh.text = call.codes.clone(), list(call.text)
+    full = engine._prefill(fresh, 0, n)
+    torch.testing.assert_close(full.action_logits[:, before:], last.action_logits, rtol=0, atol=1e-5)
+    torch.testing.assert_close(full.cb0_logits[:, before:], last.cb0_logits, rtol=0, atol=1e-5)
+    rows = engine.branches
+    keys = engine.buf.cache.keys
+    a, b = keys[:, : rows, :, :n], keys[:, rows : 2 * rows, :, :n]
+    torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
+
+    # And the next reply of both calls is the same.
+    one = reply(engine, call, "[S1] Okay.", greedy())
+    two = reply(engine, fresh, "[S1] Okay.", greedy())
+    assert torch.equal(codes_of(one), codes_of(two))
+
+
+def _entries(engine: Engine, speaker: object) -> tuple[list, list[int]]:
+    from dia2.prefix import words_to_entries
+
+    return words_to_entries(speaker.words, engine.encoder, "[S2]", engine.frame_rate)  # type: ignore[attr-defined]
+
+
+def test_cancel_stops_within_one_frame(runtime: Dia2) -> None:
+    engine = make_engine(runtime, capacity=2)
+    a, b = engine.open_call(), engine.open_call()
+    got_a: list[AudioChunk | None] = []
+    got_b: list[AudioChunk | None] = []
+    engine.speak(a, SCRIPT_A, got_a.append, greedy())
+    engine.speak(b, SCRIPT_B, got_b.append, greedy())
+    while len(got_a) < 3:
+        assert engine.step()
+    engine.cancel(a)
+    assert got_a[-1] is None and len(got_a) == 4  # 3 chunks, then the end marker, at once
+    assert not bool(engine.buf.active[a.slot]) and engine.speaking() == [b]
+    frames_a = a.frames
+    b_before = len(got_b)
+    assert engine.step()
+    assert len(got_a) == 4 and a.frames == frames_a  # no chunk and no step for the cancelled call
+    assert len(got_b) == b_before + 1
+    run_until_quiet(engine)
+    assert got_b[-1] is None and len(got_b) > b_before + 10
+    # The cancelled call keeps exactly the frames it produced, and can speak again.
+    assert a.segments[-1] == ("reply", 0, 3)
+    again = reply(engine, a, "[S1] Go on.", greedy())
+    assert again[0].frame == 3
+
+
+def test_batched_rows_equal_calls_run_alone(runtime: Dia2) -> None:
+    """Two calls at different steps, different texts and CFG settings, one batch: each call gets the
+    tokens it gets alone."""
+    alone_a = reply(engine_a := make_engine(runtime), engine_a.open_call(), SCRIPT_A, greedy(2.0))
+    alone_b = reply(engine_b := make_engine(runtime), engine_b.open_call(), SCRIPT_B, greedy(1.0))
+
+    engine = make_engine(runtime)
+    engine.open_call()  # slot 0 stays idle: idle rows inside the bucket must not disturb the others
+    a, b = engine.open_call(), engine.open_call()
+    got_a: list[AudioChunk | None] = []
+    got_b: list[AudioChunk | None] = []
+    engine.speak(a, SCRIPT_A, got_a.append, greedy(2.0))
+    for _ in range(5):
+        engine.step()
+    engine.speak(b, SCRIPT_B, got_b.append, greedy(1.0))
+    run_until_quiet(engine)
+    assert torch.equal(codes_of([c for c in got_a if c]), codes_of(alone_a))
+    assert torch.equal(codes_of([c for c in got_b if c]), codes_of(alone_b))
+
+
+def test_streamed_text_in_time_equals_whole_text(runtime: Dia2) -> None:
+    """Words pushed one at a time, each before the state machine needs it (2 words of look-ahead),
+    give the same tokens as the whole text; and a reply waits (pads) while more text is promised."""
+    engine = make_engine(runtime)
+    whole = reply(engine, engine.open_call(), SCRIPT_A, greedy())
+
+    call = engine.open_call()
+    words = SCRIPT_A.split(" ")
+    got: list[AudioChunk | None] = []
+    engine.speak(call, " ".join(words[:3]) + " ", got.append, greedy(), more_text=True)
+    pushed = 3
+    while engine.step():
+        # "In time": the queue never runs below the look-ahead while words remain.
+        while pushed < len(words) and len(call.machine.entries) < 3:
+            last = pushed == len(words) - 1
+            engine.push_text(call, words[pushed] + ("" if last else " "), final=last)
+            pushed += 1
+    assert torch.equal(codes_of([c for c in got if c]), codes_of(whole))
+
+    # Text that stops coming: the reply holds instead of ending, then ends once the text is closed.
+    late = engine.open_call()
+    got2: list[AudioChunk | None] = []
+    engine.speak(late, "[S1] Hello ", got2.append, greedy(), more_text=True)
+    for _ in range(120):
+        assert engine.step()
+    assert late.turn is not None and late.machine.end_step is None and got2[-1] is not None
+    engine.push_text(late, "there.", final=True)
+    run_until_quiet(engine)
+    assert got2[-1] is None and late.turn is None
+
+
+def test_long_call_keeps_working(runtime: Dia2, reference: ReferenceFixture) -> None:
+    """max_context_steps policy: the voice stays, the oldest turns go, the call goes on."""
+    engine = make_engine(runtime, capacity=1, reply_reserve_steps=60, max_reply_steps=60)
+    call = engine.open_call()
+    voice, caller = reference.prefix_speakers()
+    engine.set_voice(call, voice.audio, voice.words)
+    voice_frames = call.frames
+    for _ in range(5):
+        engine.user_spoke(call, caller.audio[: 24000], caller.words[:2])
+        chunks = reply(engine, call, "[S1] Yes, I understand.", greedy())
+        assert len(chunks) > 5
+        assert call.frames < engine.max_steps
+        assert call.segments[0] == ("voice", 0, voice_frames)
+    assert call.dropped_segments > 0
+
+
+def test_conversation_async_api(runtime: Dia2) -> None:
+    """The asyncio face over the engine thread: whole text, streamed deltas, barge-in."""
+    engine = make_engine(runtime)
+    direct = reply(engine, engine.open_call(), SCRIPT_A, greedy())
+    engine.start()
+
+    async def deltas() -> AsyncIterator[str]:
+        for word in SCRIPT_A.split(" "):
+            yield word + " "
+
+    async def main() -> None:
+        conv = await Conversation.open(engine)
+        whole = [c async for c in conv.speak(SCRIPT_A, greedy())]
+        assert torch.equal(codes_of(whole), codes_of(direct))
+        streamed = [c async for c in conv.speak(deltas(), greedy())]
+        assert len(streamed) > 10
+        got = []
+        async for chunk in conv.speak(SCRIPT_B, greedy()):
+            got.append(chunk)
+            if len(got) == 2:
+                conv.cancel()
+        assert len(got) == 2
+        state = await conv.state()
+        assert not state.speaking and state.segments[-1][0] == "reply"
+        await conv.close()
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
