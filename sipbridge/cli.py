@@ -91,11 +91,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_OK
 
     setup_logging(loaded.config.logging.level, json_format=loaded.config.logging.json_format)
-    from sipbridge.supervisor import Supervisor  # imported late: uvicorn/fastapi are only needed to run
+    # imported late: uvicorn/fastapi/pjsua2 are only needed to run
+    from sipbridge.supervisor import StartupError, Supervisor
 
     try:
         asyncio.run(Supervisor(loaded).run())
-    except StoreError as exc:
+    except (StoreError, StartupError) as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
     except OSError as exc:

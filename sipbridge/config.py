@@ -329,7 +329,11 @@ class HttpConfig(_Section):
 class StorageConfig(_Section):
     sqlite_path: Path = Field(Path("var/sipbridge.sqlite3"), description="SQLite database (created).")
     recordings_dir: Path = Field(Path("var/recordings"), description="Call recordings (created).")
-    record_calls: bool = Field(False, description="Write a WAV per call side into recordings_dir.")
+    record_calls: bool = Field(
+        False,
+        description="Record each call into recordings_dir/<call id>/: call.wav (stereo: caller left, bot"
+        " right) and one WAV per turn.",
+    )
 
 
 # ------------------------------------------------------------------------------------------ dialer

@@ -54,6 +54,23 @@ _MIGRATIONS: tuple[str, ...] = (
     );
     CREATE INDEX call_events_call ON call_events (call_id, t);
     """,
+    # 2: conversation turns, recording path and negotiated codec (issue 5).
+    """
+    CREATE TABLE turns (
+        call_id     TEXT NOT NULL REFERENCES calls (id) ON DELETE CASCADE,
+        idx         INTEGER NOT NULL,
+        who         TEXT NOT NULL CHECK (who IN ('caller', 'bot')),
+        text        TEXT NOT NULL DEFAULT '',
+        start_ms    INTEGER,
+        end_ms      INTEGER,
+        audio_path  TEXT,
+        interrupted INTEGER NOT NULL DEFAULT 0,
+        created_at  REAL NOT NULL,
+        PRIMARY KEY (call_id, idx)
+    );
+    ALTER TABLE calls ADD COLUMN codec TEXT;
+    ALTER TABLE calls ADD COLUMN recording_path TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -77,6 +94,20 @@ class CallRecord:
     ended_at: float | None
     variables: dict[str, Any]
     results: dict[str, Any]
+    worker: int | None = None
+    codec: str | None = None
+    recording_path: str | None = None
+
+
+@dataclass(frozen=True)
+class TurnRecord:
+    idx: int
+    who: str
+    text: str
+    start_ms: int | None
+    end_ms: int | None
+    audio_path: str | None
+    interrupted: bool
 
 
 class Store:
@@ -206,6 +237,53 @@ class Store:
             )
             return cursor.rowcount == 1
 
+    def set_call_media(self, call_id: str, *, codec: str | None, recording_path: str | None) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE calls SET codec = ?, recording_path = ? WHERE id = ?",
+                (codec, recording_path, call_id),
+            )
+
+    def add_turn(
+        self,
+        call_id: str,
+        who: Literal["caller", "bot"],
+        text: str,
+        *,
+        start_ms: int | None,
+        end_ms: int | None,
+        audio_path: str | None = None,
+        interrupted: bool = False,
+    ) -> int:
+        """Append a turn; returns its index within the call (0, 1, ...)."""
+        with self._transaction() as db:
+            row = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE call_id = ?", (call_id,))
+            idx = int(row.fetchone()[0])
+            db.execute(
+                "INSERT INTO turns (call_id, idx, who, text, start_ms, end_ms, audio_path, interrupted,"
+                " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                (call_id, idx, who, text, start_ms, end_ms, audio_path, int(interrupted), time.time()),
+            )
+        return idx
+
+    def list_turns(self, call_id: str) -> list[TurnRecord]:
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT * FROM turns WHERE call_id = ? ORDER BY idx", (call_id,)
+            ).fetchall()
+        return [
+            TurnRecord(
+                idx=r["idx"],
+                who=r["who"],
+                text=r["text"],
+                start_ms=r["start_ms"],
+                end_ms=r["end_ms"],
+                audio_path=r["audio_path"],
+                interrupted=bool(r["interrupted"]),
+            )
+            for r in rows
+        ]
+
     def fail_unfinished(self, reason: str) -> int:
         """Record calls left active by a previous process (crash, kill -9) as failed: never silently lost."""
         with self._transaction() as db:
@@ -247,4 +325,7 @@ def _call_from_row(row: sqlite3.Row) -> CallRecord:
         ended_at=row["ended_at"],
         variables=json.loads(row["variables"]),
         results=json.loads(row["results"]),
+        worker=row["worker"],
+        codec=row["codec"],
+        recording_path=row["recording_path"],
     )

@@ -15,6 +15,7 @@ import contextlib
 import logging
 import signal
 import socket
+import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
@@ -22,11 +23,21 @@ from typing import Any
 
 import uvicorn
 
+from sipbridge import frames as f
+from sipbridge.agents import Agent, AgentError, make_agent
+from sipbridge.asr import AsrError, Transcriber
 from sipbridge.config import Config, LoadedConfig
+from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
+from sipbridge.session import CallSession
+from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
 
 log = logging.getLogger(__name__)
+
+
+class StartupError(Exception):
+    """A component could not start (engine, ASR model, agent flow, SIP worker); the message says which."""
 
 
 class _EmbeddedServer(uvicorn.Server):
@@ -59,6 +70,13 @@ class Supervisor:
     started_at: float = field(default_factory=time.monotonic)
     store: Store | None = None
     http_port: int | None = None
+    engine: Engine | None = None
+    asr: Transcriber | None = None
+    agent: Agent | None = None
+    pool: WorkerPool | None = None
+    sessions: dict[str, CallSession] = field(default_factory=dict)
+    _closing: set[asyncio.Task[None]] = field(default_factory=set)
+    _loop: asyncio.AbstractEventLoop | None = None
 
     @property
     def config(self) -> Config:
@@ -66,7 +84,13 @@ class Supervisor:
 
     def health_sources(self) -> Mapping[str, Any]:
         def process() -> dict[str, Any]:
-            return {"uptime_s": round(time.monotonic() - self.started_at, 3), "config": self.loaded.source}
+            return {
+                "uptime_s": round(time.monotonic() - self.started_at, 3),
+                "config": self.loaded.source,
+                # Leak checks: a finished call leaves no thread and no task behind.
+                "threads": sorted(t.name for t in threading.enumerate()),
+                "tasks": len(asyncio.all_tasks(self._loop)) if self._loop else 0,
+            }
 
         def store() -> dict[str, Any]:
             if self.store is None:
@@ -78,7 +102,82 @@ class Supervisor:
                 "active_calls": self.store.count_active_calls(),
             }
 
-        return {"process": process, "store": store}
+        return {
+            "process": process,
+            "store": store,
+            "sip": lambda: self.pool.health() if self.pool else {"ok": False},
+            "engine": lambda: self.engine.health() if self.engine else {"ok": False},
+            "asr": lambda: self.asr.health() if self.asr else {"ok": False},
+            "calls": lambda: {"active": len(self.sessions)},
+        }
+
+    # ------------------------------------------------------------------------------ call routing
+
+    def _on_worker_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
+        assert self.store is not None and self.engine and self.agent and self.asr
+        if isinstance(frame, f.CallStarted):
+            session = CallSession(frame, worker, self.config, self.store, self.engine, self.agent, self.asr)
+            self.sessions[frame.call_id] = session
+            worker.calls.add(frame.call_id)
+            session.open()
+        elif isinstance(frame, f.CallEnded):
+            worker.calls.discard(frame.call_id)
+            ended = self.sessions.pop(frame.call_id, None)
+            if ended is not None:
+                self._close_session(ended, frame, None)
+        elif isinstance(frame, f.CallRejected):
+            call_id = self.store.create_call(
+                "inbound", remote_uri=frame.remote_uri, remote_addr=frame.remote_addr, worker=worker.index
+            )
+            self.store.end_call(call_id, "rejected", reason=frame.reason, sip_status=frame.code)
+        elif isinstance(frame, f.Registration):
+            worker.registration = frame
+        else:
+            call_id = getattr(frame, "call_id", None)
+            found = self.sessions.get(call_id) if isinstance(call_id, str) else None
+            if found is not None:
+                found.handle(frame)
+
+    def _on_worker_lost(self, worker: WorkerHandle, call_ids: set[str], reason: str) -> None:
+        for call_id in call_ids:
+            session = self.sessions.pop(call_id, None)
+            if session is not None:
+                self._close_session(session, None, reason)
+
+    def _close_session(self, session: CallSession, ended: f.CallEnded | None, lost: str | None) -> None:
+        task = asyncio.create_task(session.close(ended, lost), name=f"close-{session.call_id[:8]}")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def _start_components(self) -> None:
+        cfg = self.config
+        try:
+            self.agent = make_agent(cfg.agent)
+            self.engine = make_engine(cfg.engine)
+            await self.engine.start()
+            self.asr = Transcriber(cfg.asr)
+            await self.asr.start()
+            self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost)
+            await self.pool.start()
+        except (AgentError, EngineError, AsrError, WorkerStartError) as exc:
+            raise StartupError(str(exc)) from exc
+        ports = ", ".join(str(p) for p in self.pool.ports())
+        log.info(
+            "sip listening on %s port(s) %s (%d worker(s))", cfg.sip.bind_address, ports, cfg.sip.workers
+        )
+
+    async def _stop_components(self) -> None:
+        if self.pool is not None:
+            await self.pool.stop()
+        for session in list(self.sessions.values()):
+            self._close_session(session, None, "supervisor stopped while the call was active")
+        self.sessions.clear()
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        if self.engine is not None:
+            await self.engine.close()
+        if self.asr is not None:
+            self.asr.close()
 
     def request_stop(self, reason: str) -> None:
         if not self.stop_event.is_set():
@@ -97,9 +196,21 @@ class Supervisor:
             log.warning("recorded %d call(s) left active by a previous run as failed", failed)
         cfg.storage.recordings_dir.mkdir(parents=True, exist_ok=True)
         log.info("store open: %s (schema %d)", cfg.storage.sqlite_path, self.store.schema_version)
-
-        sock = bind_tcp(cfg.http.bind, cfg.http.port)
+        # HTTP binds first: a busy port fails in milliseconds, before any worker process exists.
+        try:
+            sock = bind_tcp(cfg.http.bind, cfg.http.port)
+        except OSError:
+            self.store.close()
+            raise
         self.http_port = sock.getsockname()[1]
+        self._loop = loop
+        try:
+            await self._start_components()
+        except BaseException:
+            await self._stop_components()
+            sock.close()
+            self.store.close()
+            raise
         server = _EmbeddedServer(
             uvicorn.Config(
                 create_app(self.health_sources()), log_config=None, lifespan="off", access_log=False
@@ -121,5 +232,6 @@ class Supervisor:
         server.should_exit = True
         await http_task
         sock.close()
+        await self._stop_components()
         self.store.close()
         log.info("stopped cleanly")

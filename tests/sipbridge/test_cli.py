@@ -84,6 +84,7 @@ def run_args(tmp_path: Path, *extra: str) -> list[str]:
     return [
         "run",
         "--set", "http.port=0",
+        "--set", "sip.port=0",
         "--set", f"storage.sqlite_path={tmp_path / 'db' / 'sipbridge.sqlite3'}",
         "--set", f"storage.recordings_dir={tmp_path / 'rec'}",
         *extra,

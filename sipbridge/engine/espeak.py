@@ -1,0 +1,136 @@
+"""espeak-ng as a speech engine: a subprocess per utterance, its WAV streamed from stdout as it is written.
+
+Robotic but intelligible, needs no GPU or weights, starts speaking in a few milliseconds: the default engine
+and the one end-to-end tests check words with. It has no conversation context, so `user_spoke` is a no-op.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import shutil
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+from sipbridge.config import EspeakEngineConfig
+from sipbridge.engine.base import Chunk, EngineError, TextSource, text_pieces
+
+log = logging.getLogger(__name__)
+
+ESPEAK_RATE = 22050  # espeak-ng's only output rate
+_WAV_HEADER = 44  # espeak-ng writes a canonical 44-byte header with "unknown length" sizes
+_READ_BYTES = 2 * 441  # 20 ms per read keeps the first chunk early
+
+
+@dataclass
+class EspeakSession:
+    call_id: str
+    engine: EspeakEngine
+    sample_rate: int = ESPEAK_RATE
+    _proc: asyncio.subprocess.Process | None = None
+    _cancelled: bool = False
+    _closed: bool = False
+    turns_heard: list[str] = field(default_factory=list)
+
+    def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: str) -> None:
+        self.turns_heard.append(words)  # no context model; kept for health/debugging only
+
+    async def speak(self, text: TextSource) -> AsyncIterator[Chunk]:
+        self._cancelled = False
+        async for piece in text_pieces(text):
+            if self._cancelled or self._closed:
+                return
+            if not piece.strip():
+                continue
+            async for chunk in self._speak_one(piece):
+                yield chunk
+
+    async def _speak_one(self, text: str) -> AsyncIterator[Chunk]:
+        cfg = self.engine.config
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.engine.exe,
+                "-v",
+                cfg.voice,
+                "-s",
+                str(cfg.words_per_minute),
+                "--stdout",
+                "--",
+                text,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot run espeak-ng: {exc}") from exc
+        self._proc = proc
+        assert proc.stdout is not None
+        try:
+            header = await proc.stdout.readexactly(_WAV_HEADER)
+            if header[:4] != b"RIFF" or header[36:40] != b"data":
+                raise EngineError("espeak-ng wrote something that is not a WAV stream")
+            carry = b""
+            while not self._cancelled:
+                data = await proc.stdout.read(_READ_BYTES)
+                if not data:
+                    break
+                data = carry + data
+                usable = len(data) // 2 * 2
+                carry = data[usable:]
+                if usable:
+                    yield np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+        except asyncio.IncompleteReadError:
+            if not self._cancelled:
+                assert proc.stderr is not None
+                err = (await proc.stderr.read()).decode(errors="replace").strip()
+                raise EngineError(f"espeak-ng failed: {err or 'no output'}") from None
+        finally:
+            self._proc = None
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            await proc.wait()
+
+    def cancel(self) -> None:
+        self._cancelled = True
+        proc = self._proc
+        if proc is not None and proc.returncode is None:
+            with contextlib.suppress(ProcessLookupError):
+                proc.kill()
+
+    async def close(self) -> None:
+        self.cancel()
+        self._closed = True
+        self.engine.sessions.pop(self.call_id, None)
+
+
+@dataclass
+class EspeakEngine:
+    config: EspeakEngineConfig
+    name: str = "espeak"
+    sample_rate: int = ESPEAK_RATE
+    exe: str = ""
+    sessions: dict[str, EspeakSession] = field(default_factory=dict)
+
+    async def start(self) -> None:
+        exe = shutil.which("espeak-ng")
+        if exe is None:
+            raise EngineError("espeak-ng is not installed (apt-get install -y espeak-ng)")
+        self.exe = exe
+        log.info("engine espeak ready (%s, voice %s)", exe, self.config.voice)
+
+    def open_session(self, call_id: str) -> EspeakSession:
+        session = EspeakSession(call_id, self)
+        self.sessions[call_id] = session
+        return session
+
+    def health(self) -> dict[str, Any]:
+        return {"ok": bool(self.exe), "kind": self.name, "sessions": len(self.sessions)}
+
+    async def close(self) -> None:
+        for session in list(self.sessions.values()):
+            await session.close()

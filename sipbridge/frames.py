@@ -1,0 +1,220 @@
+"""Typed frames and events that cross between a SIP media worker and the supervisor.
+
+The type says what an interruption does to it (Pipecat's rule): `droppable` frames (queued bot audio) are
+thrown away by barge-in; every other frame (call state, turns, DTMF, hang-up, control) must be delivered.
+Each frame is a frozen dataclass; `pcm` carries raw int16 little-endian samples and travels outside the JSON
+header on the IPC channel (sipbridge/sip/ipc.py), so audio is never base64-encoded.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+from typing import Any, ClassVar
+
+
+@dataclass(frozen=True)
+class Frame:
+    droppable: ClassVar[bool] = False
+
+
+# ------------------------------------------------------------------------------ worker -> supervisor
+
+
+@dataclass(frozen=True)
+class WorkerReady(Frame):
+    """First frame on a worker's connection: who it is and which ports it actually bound."""
+
+    index: int
+    pid: int
+    sip_udp_port: int
+    sip_tcp_port: int | None
+
+
+@dataclass(frozen=True)
+class Registration(Frame):
+    """Trunk registration state changed (REGISTER answered, refreshed, or failed)."""
+
+    index: int
+    registered: bool
+    code: int
+    reason: str
+    expires_s: int
+
+
+@dataclass(frozen=True)
+class CallRejected(Frame):
+    """An INVITE we refused before any call existed (source not allowed, worker full)."""
+
+    remote_addr: str
+    remote_uri: str
+    code: int
+    reason: str
+
+
+@dataclass(frozen=True)
+class CallStarted(Frame):
+    """Answered, media active: the supervisor may speak from now on."""
+
+    call_id: str
+    remote_uri: str
+    local_uri: str
+    remote_addr: str
+    codec: str
+    sip_call_id: str
+
+
+@dataclass(frozen=True)
+class SpeechStarted(Frame):
+    call_id: str
+    t_ms: int  # call media time (ms since media became active)
+
+
+@dataclass(frozen=True)
+class TurnEnded(Frame):
+    """A caller turn, boundaries in call media time, with its 8 kHz audio."""
+
+    call_id: str
+    start_ms: int
+    end_ms: int
+    reason: str
+    pcm: bytes = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True)
+class TurnDropped(Frame):
+    call_id: str
+    start_ms: int
+    end_ms: int
+
+
+@dataclass(frozen=True)
+class BargeIn(Frame):
+    """The worker already dropped queued interruptible audio; the supervisor cancels generation."""
+
+    call_id: str
+    t_ms: int
+    utterance: int
+    dropped_ms: int
+
+
+@dataclass(frozen=True)
+class Dtmf(Frame):
+    call_id: str
+    digit: str
+
+
+@dataclass(frozen=True)
+class PlaybackDone(Frame):
+    """The last frame of an utterance went out (or it was cut by barge-in)."""
+
+    call_id: str
+    utterance: int
+    start_ms: int
+    end_ms: int
+    interrupted: bool
+    underruns: int
+
+
+@dataclass(frozen=True)
+class CallEnded(Frame):
+    call_id: str
+    sip_status: int
+    reason: str
+    by: str  # "remote", "local", "watchdog", "error"
+    rx_frames: int
+    tx_frames: int
+    underruns: int
+
+
+# ------------------------------------------------------------------------------ supervisor -> worker
+
+
+@dataclass(frozen=True)
+class PlayAudio(Frame):
+    """8 kHz bot audio for one utterance; any length, the worker cuts it into ptime frames."""
+
+    droppable: ClassVar[bool] = True
+    call_id: str
+    utterance: int
+    interruptible: bool
+    pcm: bytes = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True)
+class EndOfUtterance(Frame):
+    """No more audio for this utterance: PlaybackDone follows when its last frame is played."""
+
+    call_id: str
+    utterance: int
+
+
+@dataclass(frozen=True)
+class CancelUtterances(Frame):
+    """Drop these utterances' queued audio and any of their audio still in flight (barge-in, hang-up)."""
+
+    call_id: str
+    utterances: list[int]
+
+
+@dataclass(frozen=True)
+class Hangup(Frame):
+    call_id: str
+    code: int = 200
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Shutdown(Frame):
+    reason: str = ""
+
+
+@dataclass(frozen=True)
+class Ping(Frame):
+    """IPC latency probe, echoed by the worker: `t` is when the supervisor sent it, `t_echo` when the worker
+    read it (both `time.monotonic_ns`, one clock for every process of the host)."""
+
+    t: int
+    t_echo: int = 0
+    pcm: bytes = dataclasses.field(default=b"", repr=False)
+
+
+FRAME_TYPES: dict[str, type[Frame]] = {
+    cls.__name__: cls
+    for cls in (
+        WorkerReady,
+        Registration,
+        CallRejected,
+        CallStarted,
+        SpeechStarted,
+        TurnEnded,
+        TurnDropped,
+        BargeIn,
+        Dtmf,
+        PlaybackDone,
+        CallEnded,
+        PlayAudio,
+        EndOfUtterance,
+        CancelUtterances,
+        Hangup,
+        Shutdown,
+        Ping,
+    )
+}
+
+
+def to_header(frame: Frame) -> tuple[dict[str, Any], bytes]:
+    """Split a frame into its JSON-able fields and its binary payload."""
+    fields = {f.name: getattr(frame, f.name) for f in dataclasses.fields(frame) if f.name != "pcm"}
+    fields["type"] = type(frame).__name__
+    return fields, getattr(frame, "pcm", b"")
+
+
+def from_header(fields: dict[str, Any], blob: bytes) -> Frame:
+    name = fields.pop("type", None)
+    cls = FRAME_TYPES.get(str(name))
+    if cls is None:
+        raise ValueError(f"unknown frame type {name!r}")
+    if any(f.name == "pcm" for f in dataclasses.fields(cls)):
+        fields["pcm"] = blob
+    return cls(**fields)

@@ -1,0 +1,145 @@
+"""The bot's side of a call in the worker: queued utterances, played one 20 ms frame per clock tick.
+
+Three threads touch a `PlaybackQueue`: the IPC reader pushes audio, PJSIP's media clock thread pops one frame
+per tick (`pop` must stay a few microseconds: it only moves bytes under a lock), and the worker's media thread
+drops interruptible audio on barge-in. All state sits behind one lock; no call into it blocks.
+
+Utterances play in id order. An utterance whose audio has not caught up with playback (the engine is slower
+than real time, or the first chunk is late) plays silence for that tick, counted as an underrun; silence
+between utterances is not an underrun.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections import deque
+from dataclasses import dataclass, field
+
+
+@dataclass
+class Utterance:
+    id: int
+    interruptible: bool
+    frames: deque[bytes] = field(default_factory=deque)
+    partial: bytearray = field(default_factory=bytearray)
+    ended: bool = False  # EndOfUtterance seen: no more audio will come
+    started_tick: int | None = None
+    underruns: int = 0
+
+
+@dataclass(frozen=True)
+class Finished:
+    """An utterance left the queue: played out, or cut."""
+
+    utterance: int
+    start_tick: int
+    end_tick: int
+    interrupted: bool
+    underruns: int
+
+
+@dataclass
+class PlaybackQueue:
+    frame_bytes: int
+    silence: bytes = b""
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+    _queue: deque[Utterance] = field(default_factory=deque)
+    _by_id: dict[int, Utterance] = field(default_factory=dict)
+    _cancelled: set[int] = field(default_factory=set)
+    _finished: list[Finished] = field(default_factory=list)
+    tick: int = 0
+    underruns: int = 0
+    frames_played: int = 0
+
+    def __post_init__(self) -> None:
+        self.silence = bytes(self.frame_bytes)
+
+    # ---------------------------------------------------------------------------- IPC reader thread
+
+    def push(self, utterance: int, interruptible: bool, pcm: bytes) -> None:
+        with self._lock:
+            utt = self._get(utterance, interruptible)
+            if utt is None:
+                return
+            utt.partial += pcm
+            n = self.frame_bytes
+            whole = len(utt.partial) // n * n
+            for pos in range(0, whole, n):
+                utt.frames.append(bytes(utt.partial[pos : pos + n]))
+            del utt.partial[:whole]
+
+    def end(self, utterance: int) -> None:
+        with self._lock:
+            utt = self._get(utterance, True)
+            if utt is None:
+                return
+            if utt.partial:
+                utt.frames.append(bytes(utt.partial) + bytes(self.frame_bytes - len(utt.partial)))
+                utt.partial.clear()
+            utt.ended = True
+
+    def _get(self, utterance: int, interruptible: bool) -> Utterance | None:
+        if utterance in self._cancelled:
+            return None  # audio still in flight when the utterance was cut
+        utt = self._by_id.get(utterance)
+        if utt is None:
+            utt = Utterance(utterance, interruptible)
+            self._by_id[utterance] = utt
+            self._queue.append(utt)
+        return utt
+
+    # -------------------------------------------------------------------------- media clock thread
+
+    def pop(self) -> bytes:
+        """The next frame to send; silence when nothing is due."""
+        with self._lock:
+            self.tick += 1
+            while self._queue:
+                utt = self._queue[0]
+                if utt.started_tick is None:
+                    utt.started_tick = self.tick
+                if utt.frames:
+                    self.frames_played += 1
+                    return utt.frames.popleft()
+                if utt.ended:
+                    self._retire(utt, interrupted=False)
+                    continue
+                utt.underruns += 1
+                self.underruns += 1
+                return self.silence
+            return self.silence
+
+    def _retire(self, utt: Utterance, *, interrupted: bool) -> None:
+        self._queue.remove(utt)
+        del self._by_id[utt.id]
+        start = utt.started_tick if utt.started_tick is not None else self.tick
+        self._finished.append(Finished(utt.id, start, self.tick, interrupted, utt.underruns))
+
+    # -------------------------------------------------------------------------------- media thread
+
+    def interruptible_playing(self) -> bool:
+        """True while the utterance now at the head is interruptible and has audio queued or coming."""
+        with self._lock:
+            return bool(self._queue) and self._queue[0].interruptible
+
+    def cancel(
+        self, utterances: list[int] | None = None, *, interruptible_only: bool = False
+    ) -> tuple[list[int], int]:
+        """Drop utterances (all queued ones when `utterances` is None); returns their ids, frames dropped."""
+        with self._lock:
+            if utterances is None:
+                targets = [u for u in self._queue if u.interruptible or not interruptible_only]
+            else:
+                targets = [self._by_id[i] for i in utterances if i in self._by_id]
+                self._cancelled.update(utterances)
+            dropped = 0
+            for utt in targets:
+                dropped += len(utt.frames)
+                self._cancelled.add(utt.id)
+                self._retire(utt, interrupted=True)
+            return [u.id for u in targets], dropped
+
+    def take_finished(self) -> list[Finished]:
+        with self._lock:
+            done, self._finished = self._finished, []
+            return done

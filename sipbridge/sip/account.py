@@ -1,0 +1,67 @@
+"""The worker's SIP account: which INVITEs it takes (source allow-list) and the trunk registration."""
+
+from __future__ import annotations
+
+import ipaddress
+from typing import TYPE_CHECKING
+
+import pjsua2 as pj
+
+from sipbridge.sip.settings import WorkerSettings
+
+if TYPE_CHECKING:
+    from sipbridge.sip.worker import Worker
+
+
+class SourceFilter:
+    """`sip.allowed_sources` as networks; `allows("127.0.0.1:5070")` (PJSIP's `srcAddress` form)."""
+
+    def __init__(self, cidrs: list[str]) -> None:
+        self.networks = [ipaddress.ip_network(c, strict=False) for c in cidrs]
+
+    def allows(self, address: str) -> bool:
+        host = address
+        if host.startswith("["):  # [v6]:port
+            host = host[1 : host.index("]")]
+        elif host.count(":") == 1:  # v4:port
+            host = host.rsplit(":", 1)[0]
+        try:
+            ip = ipaddress.ip_address(host)
+        except ValueError:
+            return False
+        return any(ip in net for net in self.networks)
+
+
+def account_config(settings: WorkerSettings, sip_port: int) -> pj.AccountConfig:
+    cfg = pj.AccountConfig()
+    host = settings.public_address
+    cfg.idUri = f"sip:sipbridge@{host}:{sip_port}"
+    trunk = settings.trunk
+    if trunk is not None:
+        registrar_host = trunk.registrar.split(":", 1)[1]
+        cfg.idUri = f"sip:{trunk.username}@{registrar_host}"
+        cfg.regConfig.registrarUri = trunk.registrar
+        cfg.regConfig.timeoutSec = trunk.expiry_s
+        cfg.regConfig.retryIntervalSec = 30
+        cred = pj.AuthCredInfo("digest", trunk.realm, trunk.username, 0, trunk.password)
+        cfg.sipConfig.authCreds.append(cred)
+    else:
+        cfg.regConfig.registrarUri = ""
+    media = cfg.mediaConfig.transportConfig
+    media.boundAddress = settings.bind_address
+    media.publicAddress = settings.public_address
+    media.port = settings.rtp_port
+    media.portRange = settings.rtp_port_range
+    return cfg
+
+
+class BridgeAccount(pj.Account):
+    def __init__(self, worker: Worker) -> None:
+        super().__init__()
+        self.worker = worker
+
+    def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
+        self.worker.on_incoming(self, prm)
+
+    def onRegState(self, prm: pj.OnRegStateParam) -> None:
+        self.worker.on_reg_state(prm)

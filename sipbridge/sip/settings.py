@@ -1,0 +1,106 @@
+"""What a media worker needs to know, derived once from the deployment config by the supervisor.
+
+A worker never reads the YAML itself: the supervisor hands it this JSON on stdin (not argv, so the trunk
+password never shows in `ps`), which also keeps each worker's port and RTP range decided in one place.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sipbridge.config import CALLS_PER_WORKER, Config
+
+
+@dataclass(frozen=True)
+class TrunkSettings:
+    registrar: str
+    username: str
+    password: str
+    realm: str
+    expiry_s: int
+
+
+@dataclass(frozen=True)
+class WorkerSettings:
+    index: int
+    ipc_path: str
+    bind_address: str
+    public_address: str
+    sip_port: int  # 0 = any free port
+    transports: list[str]
+    max_calls: int
+    rtp_port: int  # first RTP port of this worker's slice of the media range
+    rtp_port_range: int
+    codecs: list[str]
+    allowed_sources: list[str]
+    user_agent: str
+    clock_rate: int
+    ptime_ms: int
+    jitter_buffer_ms: int
+    dead_media_timeout_s: float
+    vad: dict[str, Any]
+    barge_in_min_ms: int
+    recordings_dir: str | None
+    log_level: str
+    log_json: bool
+    trunk: TrunkSettings | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self))
+
+    @classmethod
+    def from_json(cls, text: str) -> WorkerSettings:
+        data = json.loads(text)
+        trunk = data.pop("trunk")
+        return cls(**data, trunk=TrunkSettings(**trunk) if trunk else None)
+
+
+def worker_settings(config: Config, index: int, ipc_path: str, sip_port: int | None = None) -> WorkerSettings:
+    """`sip_port` overrides the configured one: a respawned worker takes the port its predecessor bound."""
+    sip, media = config.sip, config.media
+    workers = sip.workers
+    # Each worker gets its own slice of the RTP range so two pjsua2 processes never race for a port.
+    span = (media.rtp_port_max - media.rtp_port_min + 1) // workers
+    trunk = None
+    # One registration per deployment: worker 0 registers; the others are reached directly (or, later,
+    # through the SIP front), so the registrar never forks INVITEs over several contacts.
+    if sip.trunk.register_ and index == 0:
+        assert sip.trunk.registrar and sip.trunk.username and sip.trunk.password
+        trunk = TrunkSettings(
+            registrar=sip.trunk.registrar,
+            username=sip.trunk.username,
+            password=sip.trunk.password.get_secret_value(),
+            realm=sip.trunk.realm,
+            expiry_s=sip.trunk.expiry_s,
+        )
+    return WorkerSettings(
+        index=index,
+        ipc_path=ipc_path,
+        bind_address=sip.bind_address,
+        public_address=sip.public_address or sip.bind_address,
+        sip_port=sip_port if sip_port is not None else (sip.port + index if sip.port else 0),
+        transports=list(sip.transports),
+        max_calls=min(CALLS_PER_WORKER, sip.max_calls - index * CALLS_PER_WORKER),
+        rtp_port=media.rtp_port_min + index * span,
+        rtp_port_range=span,
+        codecs=list(sip.codecs),
+        allowed_sources=list(sip.allowed_sources),
+        user_agent=sip.user_agent,
+        clock_rate=media.clock_rate,
+        ptime_ms=media.ptime_ms,
+        jitter_buffer_ms=media.jitter_buffer_ms,
+        dead_media_timeout_s=media.dead_media_timeout_s,
+        vad=dataclasses.asdict(config.vad.segmenter_settings()),
+        barge_in_min_ms=config.vad.barge_in_min_ms,
+        recordings_dir=str(Path(config.storage.recordings_dir).resolve())
+        if config.storage.record_calls
+        else None,
+        log_level=config.logging.level,
+        log_json=config.logging.json_format,
+        trunk=trunk,
+    )

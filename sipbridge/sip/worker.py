@@ -1,0 +1,436 @@
+"""A SIP media worker process: one pjsua2 Endpoint, at most 4 calls, spawned by the supervisor.
+
+    python -m sipbridge.sip.worker        (settings as JSON on stdin; see sipbridge/sip/settings.py)
+
+Threads (every one that touches pjsua2 is PJSIP's own or registered):
+
+| thread | runs | touches pjsua2 |
+|---|---|---|
+| main (registered) | `libHandleEvents` loop: SIP callbacks, commands, watchdog, pjsua2 objects | yes |
+| PJSIP media clock | `CallPort` frame callbacks: push rx bytes, pop playback frames | (is PJSIP's) |
+| PJSIP media ioqueue | RTP receive, `onDtmfDigit` (posts to the inbox) | (is PJSIP's) |
+| media | inbox consumer: VAD turns, barge-in, recording, PlaybackDone/CallEnded events | no |
+| ipc-reader | supervisor frames: audio into playback queues, commands to the main thread | no |
+
+Queues: `inbox` (clock/ioqueue/main -> media thread) and `commands` (ipc-reader/media -> main thread), both
+`queue.SimpleQueue`, so no PJSIP thread ever waits on Python work.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import queue
+import signal
+import sys
+import threading
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import pjsua2 as pj
+
+from audio.vad import VadSettings, make_segmenter
+from sipbridge import frames as f
+from sipbridge.logs import setup_logging
+from sipbridge.media.inbound import Inbound
+from sipbridge.media.playback import PlaybackQueue
+from sipbridge.media.recorder import StereoRecorder
+from sipbridge.sip.account import BridgeAccount, SourceFilter, account_config
+from sipbridge.sip.call import RX, TX, BridgeCall, CallPort, CallSlot
+from sipbridge.sip.ipc import ChannelClosed, SyncChannel
+from sipbridge.sip.settings import WorkerSettings
+
+log = logging.getLogger("sipbridge.worker")
+
+_CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
+_WATCHDOG_PERIOD_S = 0.5
+
+
+class _PjLogWriter(pj.LogWriter):
+    def write(self, entry: pj.LogEntry) -> None:
+        log.warning("pjsip: %s", entry.msg.strip())
+
+
+class StartupError(Exception):
+    """The worker could not bind its ports or start PJSIP."""
+
+
+@dataclass
+class Worker:
+    settings: WorkerSettings
+    channel: SyncChannel
+    inbox: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    commands: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    calls: dict[str, CallSlot] = field(default_factory=dict)  # main thread writes; readers look up
+    inbound: dict[str, Inbound] = field(default_factory=dict)  # media thread only
+    stopping: bool = False
+    sip_udp_port: int = 0
+    sip_tcp_port: int | None = None
+    ep: pj.Endpoint | None = None
+    account: BridgeAccount | None = None
+
+    def __post_init__(self) -> None:
+        self.sources = SourceFilter(self.settings.allowed_sources)
+        self.frame_bytes = self.settings.clock_rate * 20 // 1000 * 2
+
+    # ------------------------------------------------------------------------------------ set-up
+
+    def start_endpoint(self) -> None:
+        s = self.settings
+        ep = pj.Endpoint()
+        ep.libCreate()
+        cfg = pj.EpConfig()
+        cfg.uaConfig.maxCalls = s.max_calls
+        cfg.uaConfig.userAgent = s.user_agent
+        # SIP callbacks on our main thread (polled), so creating/dropping pjsua2 objects happens there.
+        cfg.uaConfig.threadCnt = 0
+        cfg.uaConfig.mainThreadOnly = True
+        # PJSIP's own log: errors and warnings only, through Python logging (the writer is kept alive on
+        # self: PJSIP holds a raw pointer to it).
+        self._log_writer = _PjLogWriter()
+        cfg.logConfig.writer = self._log_writer
+        cfg.logConfig.level = 2
+        cfg.logConfig.consoleLevel = 2
+        cfg.logConfig.msgLogging = 0
+        cfg.medConfig.noVad = True  # send every frame: the caller hears real silence, RTP stays at 50/s
+        cfg.medConfig.ecTailLen = 0
+        cfg.medConfig.clockRate = s.clock_rate
+        cfg.medConfig.sndClockRate = s.clock_rate
+        cfg.medConfig.ptime = s.ptime_ms
+        cfg.medConfig.jbInit = s.jitter_buffer_ms
+        ep.libInit(cfg)
+        self.ep = ep
+        try:
+            tcfg = pj.TransportConfig()
+            tcfg.port = s.sip_port
+            tcfg.boundAddress = s.bind_address
+            tcfg.publicAddress = s.public_address
+            udp = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
+            self.sip_udp_port = int(ep.transportGetInfo(udp).localName.rsplit(":", 1)[1])
+            if "tcp" in s.transports:
+                tcfg.port = self.sip_udp_port
+                tcp = ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tcfg)
+                self.sip_tcp_port = int(ep.transportGetInfo(tcp).localName.rsplit(":", 1)[1])
+        except pj.Error as exc:
+            raise StartupError(
+                f"cannot bind SIP {s.bind_address}:{s.sip_port} ({exc.info().strip()})"
+            ) from None
+        ep.libStart()
+        ep.audDevManager().setNullDev()  # no sound card: a null port clocks the conference bridge
+        wanted = {_CODEC_IDS[c]: 255 - i for i, c in enumerate(s.codecs)}
+        for codec in ep.codecEnum2():
+            name = "/".join(codec.codecId.split("/")[:2])
+            ep.codecSetPriority(codec.codecId, wanted.get(name, 0))
+        self.account = BridgeAccount(self)
+        self.account.create(account_config(s, self.sip_udp_port), True)
+
+    # ------------------------------------------------------------------ PJSIP callbacks (main thread)
+
+    def on_incoming(self, account: BridgeAccount, prm: pj.OnIncomingCallParam) -> None:
+        call = BridgeCall(self, account, prm.callId)
+        slot_id = uuid.uuid4().hex
+        call.slot_id = slot_id
+        info = call.getInfo()
+        slot = CallSlot(
+            call_id=slot_id,
+            pj_call=call,
+            remote_uri=info.remoteUri,
+            local_uri=info.localUri,
+            remote_addr=prm.rdata.srcAddress,
+            sip_call_id=info.callIdString,
+        )
+        self.calls[slot_id] = slot  # keep a Python reference or SWIG frees the Call
+        op = pj.CallOpParam()
+        if not self.sources.allows(slot.remote_addr):
+            slot.rejected = True
+            op.statusCode = 403
+            call.hangup(op)
+            log.warning("rejected INVITE from %s (%s): source not allowed", slot.remote_addr, slot.remote_uri)
+            self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 403, "source not allowed"))
+            return
+        op.statusCode = 200
+        call.answer(op)
+        log.info("call %s answered: %s from %s", slot_id, slot.remote_uri, slot.remote_addr)
+
+    def on_media_state(self, slot_id: str) -> None:
+        slot = self.calls.get(slot_id)
+        if slot is None or slot.port is not None:
+            return
+        info = slot.pj_call.getInfo()
+        for media in info.media:
+            if media.type == pj.PJMEDIA_TYPE_AUDIO and media.status == pj.PJSUA_CALL_MEDIA_ACTIVE:
+                self._connect_media(slot, media.index)
+                return
+
+    def _connect_media(self, slot: CallSlot, index: int) -> None:
+        call_media = slot.pj_call.getAudioMedia(index)
+        codec = slot.pj_call.getStreamInfo(index).codecName
+        slot.media_index = index
+        slot.playback = PlaybackQueue(self.frame_bytes)
+        record = self.settings.recordings_dir is not None
+        # Announce the call before any media event of it can be emitted (the media thread sees "open"
+        # only after this send), so the supervisor always learns of a call first.
+        self.emit(
+            f.CallStarted(
+                slot.call_id, slot.remote_uri, slot.local_uri, slot.remote_addr, codec, slot.sip_call_id
+            )
+        )
+        slot.started = True
+        self.inbox.put(("open", slot.call_id, slot.playback))
+        fmt = pj.MediaFormatAudio()
+        fmt.type = pj.PJMEDIA_TYPE_AUDIO
+        fmt.clockRate = self.settings.clock_rate
+        fmt.channelCount = 1
+        fmt.bitsPerSample = 16
+        fmt.frameTimeUsec = 20000
+        port = CallPort(slot.call_id, self.inbox, slot.playback, record)
+        port.createPort(f"call-{slot.call_id[:8]}", fmt)
+        call_media.startTransmit(port)
+        port.startTransmit(call_media)
+        slot.port = port
+        slot.rx_changed_at = time.monotonic()
+        log.info("call %s media up: %s", slot.call_id, codec)
+
+    def on_disconnected(self, slot_id: str, code: int, reason: str) -> None:
+        self.commands.put(("retire", slot_id, code, reason))
+
+    def on_reg_state(self, prm: pj.OnRegStateParam) -> None:
+        assert self.account is not None
+        active = bool(self.account.getInfo().regIsActive)
+        level = logging.INFO if active else logging.WARNING
+        log.log(level, "trunk registration: %s %s (expires %ss)", prm.code, prm.reason, prm.expiration)
+        self.emit(f.Registration(self.settings.index, active, int(prm.code), str(prm.reason), prm.expiration))
+
+    # -------------------------------------------------------------------------------- main loop
+
+    def run(self) -> None:
+        assert self.ep is not None
+        media = threading.Thread(target=self._media_loop, name="media", daemon=True)
+        reader = threading.Thread(target=self._reader_loop, name="ipc-reader", daemon=True)
+        media.start()
+        reader.start()
+        self.emit(f.WorkerReady(self.settings.index, os.getpid(), self.sip_udp_port, self.sip_tcp_port))
+        log.info(
+            "worker %d ready pid=%d sip udp %s:%d%s",
+            self.settings.index,
+            os.getpid(),
+            self.settings.bind_address,
+            self.sip_udp_port,
+            f" tcp {self.sip_tcp_port}" if self.sip_tcp_port else "",
+        )
+        next_watchdog = time.monotonic()
+        while not self.stopping:
+            self.ep.libHandleEvents(10)
+            self._drain_commands()
+            now = time.monotonic()
+            if now >= next_watchdog:
+                self._watchdog(now)
+                next_watchdog = now + _WATCHDOG_PERIOD_S
+        self._shutdown(media)
+
+    def _drain_commands(self) -> None:
+        while True:
+            try:
+                command = self.commands.get_nowait()
+            except queue.Empty:
+                return
+            kind = command[0]
+            if kind == "retire":
+                self._retire(*command[1:])
+            elif kind == "hangup":
+                self._hangup(command[1], "local", command[2], command[3])
+            elif kind == "shutdown":
+                log.info("worker %d shutting down: %s", self.settings.index, command[1])
+                self.stopping = True
+
+    def _hangup(self, slot_id: str, by: str, code: int = 200, reason: str = "") -> None:
+        slot = self.calls.get(slot_id)
+        if slot is None or slot.hangup_by is not None:
+            return
+        slot.hangup_by = by
+        slot.hangup_reason = reason
+        op = pj.CallOpParam()
+        op.statusCode = code
+        try:
+            slot.pj_call.hangup(op)
+        except pj.Error as exc:
+            log.warning("call %s: hangup failed: %s", slot_id, exc.info().strip())
+
+    def _retire(self, slot_id: str, code: int, reason: str) -> None:
+        slot = self.calls.pop(slot_id, None)
+        if slot is None:
+            return
+        # Dropping the port and Call here (main thread, registered) runs their C++ destructors safely.
+        slot.port = None
+        slot.pj_call = None  # type: ignore[assignment]
+        if slot.rejected or not slot.started:
+            if not slot.rejected:
+                self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, code, reason))
+            return
+        by = slot.hangup_by or "remote"
+        self.inbox.put(("close", slot_id, (code, slot.hangup_reason or reason, by)))
+        log.info("call %s ended by %s: %d %s", slot_id, by, code, reason)
+
+    def _watchdog(self, now: float) -> None:
+        for slot in list(self.calls.values()):
+            if slot.port is None or slot.hangup_by is not None:
+                continue
+            try:
+                packets = slot.pj_call.getStreamStat(slot.media_index).rtcp.rxStat.pkt
+            except pj.Error:
+                continue
+            if packets != slot.rx_packets:
+                slot.rx_packets = packets
+                slot.rx_changed_at = now
+            elif now - slot.rx_changed_at > self.settings.dead_media_timeout_s:
+                log.warning("call %s: no RTP for %.1f s, hanging up", slot.call_id, now - slot.rx_changed_at)
+                self._hangup(slot.call_id, "watchdog", 200, "no media")
+
+    def _shutdown(self, media: threading.Thread) -> None:
+        assert self.ep is not None
+        # Order verified in the recipes: hang up, let BYEs and callbacks run, drop every port and Call on
+        # this (registered) thread, then the account, then libDestroy.
+        self.ep.hangupAllCalls()
+        deadline = time.monotonic() + 2.0
+        while self.calls and time.monotonic() < deadline:
+            self.ep.libHandleEvents(10)
+            self._drain_commands()
+        for slot_id in list(self.calls):
+            self._retire(slot_id, 503, "worker shutting down")
+        self.inbox.put(("stop", "", None))
+        media.join(timeout=5)
+        self.calls.clear()
+        if self.account is not None:
+            self.account.shutdown()
+            self.account = None
+        self.ep.libDestroy()
+        self.ep = None
+        self.channel.close()
+
+    # ------------------------------------------------------------------------------ media thread
+
+    def _media_loop(self) -> None:
+        while True:
+            kind, call_id, payload = self.inbox.get()
+            try:
+                if kind == RX:
+                    ib = self.inbound.get(call_id)
+                    if ib is not None:
+                        ib.on_frame(payload)
+                        self._emit_finished(ib)
+                elif kind == TX:
+                    ib = self.inbound.get(call_id)
+                    if ib is not None:
+                        ib.on_bot_frame(payload)
+                elif kind == "open":
+                    self.inbound[call_id] = self._new_inbound(call_id, payload)
+                elif kind == "close":
+                    self._close_inbound(call_id, *payload)
+                elif kind == "dtmf":
+                    log.info("call %s: DTMF %s", call_id, payload)
+                    self.emit(f.Dtmf(call_id, str(payload)))
+                elif kind == "stop":
+                    return
+            except ChannelClosed:
+                self.commands.put(("shutdown", "supervisor channel closed"))
+                return
+            except Exception:
+                # A bug in one call's media must not take the other calls down: end that call.
+                log.exception("call %s: media error, hanging up", call_id)
+                self.commands.put(("hangup", call_id, 500, "media error"))
+
+    def _new_inbound(self, call_id: str, playback: PlaybackQueue) -> Inbound:
+        s = self.settings
+        recorder = None
+        if s.recordings_dir is not None:
+            recorder = StereoRecorder(Path(s.recordings_dir) / call_id / "call.wav", s.clock_rate)
+        return Inbound(
+            call_id=call_id,
+            segmenter=make_segmenter(VadSettings(**s.vad), s.clock_rate),
+            playback=playback,
+            emit=self.emit,
+            barge_in_min_ms=s.barge_in_min_ms,
+            recorder=recorder,
+        )
+
+    def _emit_finished(self, ib: Inbound) -> None:
+        for done in ib.playback.take_finished():
+            self.emit(
+                f.PlaybackDone(
+                    ib.call_id,
+                    done.utterance,
+                    done.start_tick * 20,
+                    done.end_tick * 20,
+                    done.interrupted,
+                    done.underruns,
+                )
+            )
+
+    def _close_inbound(self, call_id: str, code: int, reason: str, by: str) -> None:
+        ib = self.inbound.pop(call_id, None)
+        if ib is None:
+            return
+        for frame in ib.close():
+            self.emit(frame)
+        ib.playback.cancel()
+        self._emit_finished(ib)
+        pb = ib.playback
+        self.emit(f.CallEnded(call_id, code, reason, by, ib.frames, pb.frames_played, pb.underruns))
+
+    # ------------------------------------------------------------------------------ ipc reader
+
+    def _reader_loop(self) -> None:
+        while True:
+            try:
+                frame = self.channel.recv()
+            except ChannelClosed:
+                self.commands.put(("shutdown", "supervisor channel closed"))
+                return
+            if isinstance(frame, f.PlayAudio):
+                slot = self.calls.get(frame.call_id)
+                if slot is not None and slot.playback is not None:
+                    slot.playback.push(frame.utterance, frame.interruptible, frame.pcm)
+            elif isinstance(frame, f.EndOfUtterance):
+                slot = self.calls.get(frame.call_id)
+                if slot is not None and slot.playback is not None:
+                    slot.playback.end(frame.utterance)
+            elif isinstance(frame, f.CancelUtterances):
+                slot = self.calls.get(frame.call_id)
+                if slot is not None and slot.playback is not None:
+                    slot.playback.cancel(frame.utterances)
+            elif isinstance(frame, f.Hangup):
+                self.commands.put(("hangup", frame.call_id, frame.code, frame.reason))
+            elif isinstance(frame, f.Shutdown):
+                self.commands.put(("shutdown", frame.reason or "supervisor asked"))
+            elif isinstance(frame, f.Ping):
+                self.channel.send(f.Ping(frame.t, time.monotonic_ns(), frame.pcm))
+
+    def emit(self, frame: f.Frame) -> None:
+        self.channel.send(frame)
+
+
+def main() -> int:
+    settings = WorkerSettings.from_json(sys.stdin.read())
+    setup_logging(settings.log_level, json_format=settings.log_json)
+    channel = SyncChannel.connect(settings.ipc_path)
+    worker = Worker(settings, channel)
+    # A terminal's Ctrl+C or a service manager's SIGTERM may reach the worker directly: shut down in order
+    # (hang up, BYE, libDestroy) instead of dying mid-call.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(
+            sig, lambda signum, _frame: worker.commands.put(("shutdown", signal.Signals(signum).name))
+        )
+    try:
+        worker.start_endpoint()
+    except StartupError as exc:
+        log.error("worker %d: %s", settings.index, exc)
+        return 1
+    worker.run()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

