@@ -24,7 +24,7 @@ from typing import Any
 
 import numpy as np
 
-from audio.resample import StreamResampler
+from audio.resample import make_resampler
 from audio.wav import write_wav
 from sipbridge import frames as f
 from sipbridge.agents import Agent, AgentCall, Reply
@@ -287,7 +287,8 @@ class CallSession:
     async def _generate(self, utt: Utterance) -> None:
         assert self.engine_session is not None
         session = self.engine_session
-        resampler = StreamResampler(session.sample_rate, self.rate)
+        # The low-latency FIR: soxr's stream would hold back up to 74 ms of every reply (docs/AUDIO.md).
+        resampler = make_resampler(session.sample_rate, self.rate)
         t0 = time.monotonic()
         first = True
 
