@@ -16,7 +16,7 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Literal
+from typing import Any, Generic, Literal, TypeVar
 
 import yaml
 from pydantic import (
@@ -397,7 +397,7 @@ class ConfigError(Exception):
 
 
 @dataclass
-class _Origins:
+class Origins:
     """Where each key path was written: file line, or an override."""
 
     lines: dict[KeyPath, str] = field(default_factory=dict)
@@ -423,7 +423,7 @@ class _UniqueKeyLoader(yaml.SafeLoader):
 
 
 def _walk_nodes(
-    node: yaml.Node, path: KeyPath, origin: str, origins: _Origins, issues: list[ConfigIssue]
+    node: yaml.Node, path: KeyPath, origin: str, origins: Origins, issues: list[ConfigIssue]
 ) -> None:
     origins.lines[path] = f"{origin}:{node.start_mark.line + 1}"
     if isinstance(node, yaml.MappingNode):
@@ -449,7 +449,7 @@ _ENV_REF = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)(?::-([^}]*))?\}")
 
 
 def _substitute_env(
-    value: Any, path: KeyPath, env: Mapping[str, str], origins: _Origins, issues: list[ConfigIssue]
+    value: Any, path: KeyPath, env: Mapping[str, str], origins: Origins, issues: list[ConfigIssue]
 ) -> Any:
     if isinstance(value, dict):
         return {k: _substitute_env(v, (*path, k), env, origins, issues) for k, v in value.items()}
@@ -472,7 +472,7 @@ def _substitute_env(
     return _ENV_REF.sub(replace, value)
 
 
-def _parse_yaml(text: str, origin: str, origins: _Origins, issues: list[ConfigIssue]) -> dict[str, Any]:
+def _parse_yaml(text: str, origin: str, origins: Origins, issues: list[ConfigIssue]) -> dict[str, Any]:
     try:
         node = yaml.compose(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -507,7 +507,7 @@ def parse_override(override: str) -> tuple[KeyPath, Any]:
     return path, value
 
 
-def _apply_override(data: dict[str, Any], path: KeyPath, value: Any, origins: _Origins) -> list[ConfigIssue]:
+def _apply_override(data: dict[str, Any], path: KeyPath, value: Any, origins: Origins) -> list[ConfigIssue]:
     node: dict[str, Any] = data
     for depth, part in enumerate(path[:-1]):
         child = node.setdefault(str(part), {})
@@ -534,25 +534,42 @@ class LoadedConfig:
     source: str  # file path or "<embedded default>"
 
 
-def load_config(
-    path: str | os.PathLike[str] | None = None,
+ModelT = TypeVar("ModelT", bound=BaseModel)
+
+
+@dataclass(frozen=True)
+class LoadedYaml(Generic[ModelT]):
+    """A validated model and where each of its keys came from (for errors found after validation)."""
+
+    model: ModelT
+    origins: Origins
+
+
+def read_yaml_text(path: str | os.PathLike[str], what: str) -> str:
+    try:
+        return Path(path).read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError([ConfigIssue("", f"cannot read {what}: {exc.strerror}", str(path))]) from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError([ConfigIssue("", f"{what} is not UTF-8 text", str(path))]) from exc
+
+
+def load_yaml_model(
+    model: type[ModelT],
+    text: str,
+    origin: str,
+    *,
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
-) -> LoadedConfig:
-    """Read, substitute, override and validate a config. Raises ConfigError listing every problem."""
+) -> LoadedYaml[ModelT]:
+    """Parse, substitute `${ENV}`, apply `--set` overrides and validate any of our YAML files.
+
+    Every problem is collected and raised as one ConfigError whose issues name the key path and file line.
+    The deployment config and campaign files both load through here.
+    """
     env = os.environ if env is None else env
     issues: list[ConfigIssue] = []
-    origins = _Origins()
-    if path is None:
-        origin, text = "<embedded default>", default_config_text()
-    else:
-        origin = str(path)
-        try:
-            text = Path(path).read_text(encoding="utf-8")
-        except OSError as exc:
-            raise ConfigError([ConfigIssue("", f"cannot read config file: {exc.strerror}", origin)]) from exc
-        except UnicodeDecodeError as exc:
-            raise ConfigError([ConfigIssue("", "config file is not UTF-8 text", origin)]) from exc
+    origins = Origins()
     data = _parse_yaml(text, origin, origins, issues)
     if issues:
         raise ConfigError(issues)
@@ -563,13 +580,26 @@ def load_config(
     if issues:
         raise ConfigError(issues)
     try:
-        config = Config.model_validate(data)
+        return LoadedYaml(model.model_validate(data), origins)
     except ValidationError as exc:
         raise ConfigError(list(_validation_issues(exc, origins))) from None
-    return LoadedConfig(config=config, source=origin)
 
 
-def _validation_issues(exc: ValidationError, origins: _Origins) -> Iterator[ConfigIssue]:
+def load_config(
+    path: str | os.PathLike[str] | None = None,
+    overrides: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> LoadedConfig:
+    """Read, substitute, override and validate a config. Raises ConfigError listing every problem."""
+    if path is None:
+        origin, text = "<embedded default>", default_config_text()
+    else:
+        origin, text = str(path), read_yaml_text(path, "config file")
+    loaded = load_yaml_model(Config, text, origin, overrides=overrides, env=env)
+    return LoadedConfig(config=loaded.model, source=origin)
+
+
+def _validation_issues(exc: ValidationError, origins: Origins) -> Iterator[ConfigIssue]:
     for error in exc.errors():
         loc: KeyPath = tuple(part for part in error["loc"] if isinstance(part, str | int))
         kind = error["type"]

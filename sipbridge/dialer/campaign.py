@@ -33,16 +33,14 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from audio.amd import AmdSettings
 from sipbridge.config import (
     ConfigError,
     ConfigIssue,
-    _Origins,
-    _parse_yaml,
-    _substitute_env,
-    _validation_issues,
+    load_yaml_model,
+    read_yaml_text,
 )
 from sipbridge.dialer.numbers import NumberError, normalize_e164
 from sipbridge.dialer.retry import RetryPolicy
@@ -191,25 +189,9 @@ class LoadedCampaign:
 
 def load_campaign(path: str | os.PathLike[str], env: Mapping[str, str] | None = None) -> LoadedCampaign:
     """Read and validate a campaign file. Raises ConfigError listing every problem (key path + line)."""
-    env = os.environ if env is None else env
     origin = str(path)
-    try:
-        text = Path(path).read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError([ConfigIssue("", f"cannot read campaign file: {exc.strerror}", origin)]) from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError([ConfigIssue("", "campaign file is not UTF-8 text", origin)]) from exc
-    issues: list[ConfigIssue] = []
-    origins = _Origins()
-    data = _parse_yaml(text, origin, origins, issues)
-    if not issues:
-        data = _substitute_env(data, (), env, origins, issues)
-    if issues:
-        raise ConfigError(issues)
-    try:
-        campaign = Campaign.model_validate(data)
-    except ValidationError as exc:
-        raise ConfigError(list(_validation_issues(exc, origins))) from None
+    loaded = load_yaml_model(Campaign, read_yaml_text(path, "campaign file"), origin, env=env)
+    campaign, origins = loaded.model, loaded.origins
     base = Path(path).resolve().parent
     contacts = campaign.contacts if campaign.contacts.is_absolute() else base / campaign.contacts
     if not contacts.is_file():
