@@ -33,7 +33,7 @@ from typing import Any
 
 import torch
 
-from .frame import RING, FrameBuffers, FrameConstants, depformer_phase, main_phase
+from .frame import RING, FrameBuffers, FrameConstants, depformer_phase, finish_phase, main_phase
 from .model import DecoderCache, Dia2Model
 from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
 from .sampling import SamplingParams
@@ -61,6 +61,13 @@ class EngineOptions:
     initial_padding: int = 2
     max_padding: int = 6
     cuda_graphs: bool = True  # capture on CUDA; CPU always runs the same code eagerly
+    # Layers/stages through dia2/fused.py's shared functions; None → on CUDA, off on CPU.
+    fused: bool | None = None
+    compile: bool = True  # torch.compile the fused functions (CUDA only; needs Triton)
+    skip_lead_in: bool = True  # no depformer on steps whose codebook 1..K-1 codes are all known
+    # Attention reads only the first L cache slots, L the smallest of these covering every row of the
+    # step's bucket (one main graph per batch bucket and length); the full length is always added.
+    kv_buckets: tuple[int, ...] = (128, 256, 512, 1024)
     seed: int | None = None
 
 
@@ -175,6 +182,20 @@ class Engine:
         self._mimi_master = master
         self._overlap = model.depformer.text_embed is None
         self._cuda = self.device.type == "cuda"
+        # Smallest delay of codebooks 1..K-1: a step t whose frame t + 1 - this is still known (or
+        # negative) writes no depformer code that is kept (see frame.finish_phase).
+        self._dep_min_delay = min(self.delays[1:]) if len(self.delays) > 1 else 0
+        self.fused = None
+        use_fused = opts.fused if opts.fused is not None else self._cuda
+        if use_fused:
+            from .fused import FusedFrame
+
+            self.fused = FusedFrame(model, self.consts, self.branches, compile=opts.compile and self._cuda)
+        self.lead_steps = 0
+        self.kv_buckets = sorted({b for b in opts.kv_buckets if 0 < b < self.max_steps} | {self.max_steps})
+        # Host mirror of each slot's next cache slot (never below the device's): picks the step's length.
+        self._host_index = [0] * opts.capacity
+        self._main_graphs: dict[tuple[int, int], Any] = {}
         self._gen: torch.Generator | None = None
         if not self._cuda:
             self._gen = torch.Generator(device=self.device)
@@ -189,7 +210,7 @@ class Engine:
         self._host_codes = torch.zeros(opts.capacity, self.num_codebooks, dtype=torch.long, pin_memory=pin)
         self.calls: dict[int, CallState] = {}
         self.steps_run = 0
-        self._graphs: dict[int, tuple[Any, Any, Any]] = {}
+        self._graphs: dict[int, tuple[Any, Any, Any, Any]] = {}
         self.graph_errors: list[str] = []
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
             queue.SimpleQueue()
@@ -367,13 +388,17 @@ class Engine:
                 mask = torch.zeros(self.options.capacity, dtype=torch.bool)
                 mask[reset] = True
                 self._mimi_master.reset(mask.to(self.device))
-            self._run_main(n)
+            need = max(self._host_index[:n]) + 1
+            kv_len = self.kv_buckets[bisect.bisect_left(self.kv_buckets, need)]
+            self._run_main(n, kv_len)
+            lead = self.options.skip_lead_in and all(self._in_lead_in(c) for c in calls)
+            self.lead_steps += lead
             if self._cuda:
                 self._host_action[:n].copy_(self.buf.action[:n], non_blocking=True)
                 done_main = torch.cuda.Event()
                 done_main.record()
             if self._overlap:
-                self._run_depformer(n)
+                self._run_depformer(n, lead)
             if self._cuda:
                 done_main.synchronize()
                 actions = self._host_action[:n].tolist()
@@ -384,13 +409,14 @@ class Engine:
             r = n * self.branches
             self.buf.text_in[:r].copy_(self._host_text[:r], non_blocking=self._cuda)
             if not self._overlap:
-                self._run_depformer(n)
+                self._run_depformer(n, lead)
             self._host_pcm[:n].copy_(self.buf.pcm[:n], non_blocking=self._cuda)
             self._host_codes[:n].copy_(self.buf.emitted[:n], non_blocking=self._cuda)
             if self._cuda:
                 torch.cuda.current_stream().synchronize()
             self.steps_run += 1
             for call in calls:
+                self._host_index[call.slot] += 1
                 self._after_step(call)
         return True
 
@@ -398,18 +424,30 @@ class Engine:
         assert call.turn is not None
         return call.turn.start_frame + call.turn.steps
 
-    def _run_main(self, n: int) -> None:
-        if n in self._graphs:
-            self._graphs[n][0].replay()
-        else:
-            main_phase(self.model, self.buf.view(n), self.consts, self._gen)
+    def _in_lead_in(self, call: CallState) -> bool:
+        """True while every codebook 1..K-1 code this step writes is of a known frame (or before 0):
+        the first 17 steps of a reply (Dia2-2B), which then need only the main decoder."""
+        assert call.turn is not None
+        # start_frame >= 0, so this also covers frames before 0 (a first turn without history).
+        return self._step_of(call) + 1 - self._dep_min_delay < call.turn.start_frame
 
-    def _run_depformer(self, n: int) -> None:
+    def _run_main(self, n: int, kv_len: int | None = None) -> None:
+        kv_len = kv_len or self.max_steps
+        graph = self._main_graphs.get((n, kv_len))
+        if graph is not None:
+            graph.replay()
+        else:
+            main_phase(self.model, self.buf.view(n), self.consts, self._gen, self.fused, kv_len)
+
+    def _run_depformer(self, n: int, lead: bool = False) -> None:
         graphs = self._graphs.get(n)
         if graphs is None:
-            depformer_phase(self.model, self.buf.view(n), self.consts, self._gen)
+            if lead:
+                finish_phase(self.buf.view(n), self.consts)
+            else:
+                depformer_phase(self.model, self.buf.view(n), self.consts, self._gen, self.fused)
         else:
-            graphs[1].replay()
+            graphs[3 if lead else 1].replay()
         if graphs is not None and graphs[2] is not None:
             graphs[2].replay()
         else:
@@ -489,6 +527,7 @@ class Engine:
         buf.known[s] = a
         buf.positions[rows] = a
         buf.cache_index[rows] = a
+        self._host_index[s] = a
         ring = torch.zeros(self.num_codebooks, RING, dtype=torch.long)
         lo = max(0, a - RING)
         if a > lo:
@@ -603,16 +642,27 @@ class Engine:
                 side.wait_stream(torch.cuda.current_stream())
                 with torch.cuda.stream(side):
                     for _ in range(2):  # warm-up: lazy inits, cuBLAS handles, allocator
-                        main_phase(self.model, view, self.consts, None)
-                        depformer_phase(self.model, view, self.consts, None)
+                        main_phase(self.model, view, self.consts, None, self.fused)
+                        depformer_phase(self.model, view, self.consts, None, self.fused)
+                        finish_phase(view, self.consts)
                         self._decode_audio(n)
+                    for kv_len in self.kv_buckets:
+                        main_phase(self.model, view, self.consts, None, self.fused, kv_len)
                 torch.cuda.current_stream().wait_stream(side)
                 try:
-                    g_main, g_dep = torch.cuda.CUDAGraph(), torch.cuda.CUDAGraph()
+                    g_main, g_dep, g_lead = (torch.cuda.CUDAGraph() for _ in range(3))
                     with torch.cuda.graph(g_main, pool=pool):
-                        main_phase(self.model, view, self.consts, None)
+                        main_phase(self.model, view, self.consts, None, self.fused)
                     with torch.cuda.graph(g_dep, pool=pool):
-                        depformer_phase(self.model, view, self.consts, None)
+                        depformer_phase(self.model, view, self.consts, None, self.fused)
+                    with torch.cuda.graph(g_lead, pool=pool):
+                        finish_phase(view, self.consts)
+                    for kv_len in self.kv_buckets[:-1]:
+                        g = torch.cuda.CUDAGraph()
+                        with torch.cuda.graph(g, pool=pool):
+                            main_phase(self.model, view, self.consts, None, self.fused, kv_len)
+                        self._main_graphs[(n, kv_len)] = g
+                    self._main_graphs[(n, self.max_steps)] = g_main
                 except RuntimeError as exc:
                     logger.exception("frame graph capture failed for %d calls; running eagerly", n)
                     self.graph_errors.append(f"frame[{n}]: {exc}")
@@ -625,11 +675,12 @@ class Engine:
                     logger.exception("Mimi graph capture failed for %d calls; decoding eagerly", n)
                     self.graph_errors.append(f"mimi[{n}]: {exc}")
                     g_mimi = None
-                self._graphs[n] = (g_main, g_dep, g_mimi)
+                self._graphs[n] = (g_main, g_dep, g_mimi, g_lead)
                 logger.info("captured frame graphs for %d calls", n)
         torch.cuda.synchronize()
         for t in (self.buf.step, self.buf.known, self.buf.positions, self.buf.cache_index, self.buf.ring):
             t.zero_()
+        self._host_index = [0] * self.options.capacity
         self.buf.active.fill_(False)
         self._mimi_master.reset()
 

@@ -24,6 +24,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields
+from typing import TYPE_CHECKING
 
 import torch
 
@@ -31,7 +32,10 @@ from .model import DecoderCache, DepformerCache, Dia2Model
 from .sampling import RowSampling, cfg_filter_rows, mask_audio_specials_rows, sample_rows
 from .state_machine import TokenIds
 
-__all__ = ["RING", "FrameBuffers", "depformer_codes", "depformer_phase", "main_phase"]
+if TYPE_CHECKING:
+    from .fused import FusedFrame
+
+__all__ = ["RING", "FrameBuffers", "depformer_codes", "depformer_phase", "finish_phase", "main_phase"]
 
 RING = 32  # frames kept per call on the device; must exceed the largest delay + 1
 
@@ -165,9 +169,21 @@ def _write_code(buf: FrameBuffers, consts: FrameConstants, k: int, token: torch.
 
 
 def main_phase(
-    model: Dia2Model, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None
+    model: Dia2Model,
+    buf: FrameBuffers,
+    consts: FrameConstants,
+    gen: torch.Generator | None,
+    fused: FusedFrame | None = None,
+    kv_len: int | None = None,
 ) -> None:
-    """Decoder step for every row, then the action and codebook 0, sampled on the device."""
+    """Decoder step for every row, then the action and codebook 0, sampled on the device.
+
+    ``kv_len`` limits attention to the first ``kv_len`` cache slots (every row's next slot must lie
+    below it): masked slots contribute nothing, so the result is the same while a step under load
+    reads a fraction of the 1500-slot cache instead of all of it."""
+    cache = buf.cache
+    if kv_len is not None and kv_len < cache.max_steps:
+        cache = DecoderCache(cache.keys[..., :kv_len, :], cache.values[..., :kv_len, :])
     ids = consts.ids
     n, br = buf.step.shape[0], buf.branches
     frames = buf.step.view(-1, 1) - consts.delays.view(1, -1)  # [N, K]
@@ -180,7 +196,10 @@ def main_phase(
         view = buf.tokens.view(n, br, -1)
         view[:, 1:, 0] = ids.zero
         view[:, 1:, 1] = ids.pad
-    out = model.transformer(buf.tokens, buf.positions, buf.cache_index, buf.cache)
+    if fused is not None:
+        out = fused.main(buf.tokens, buf.positions, buf.cache_index, cache)
+    else:
+        out = model.transformer(buf.tokens, buf.positions, buf.cache_index, cache)
     buf.hidden.copy_(out.hidden)
     action_logits = cfg_filter_rows(out.action_logits.view(n, br, -1), buf.cfg_scale, consts.cfg_filter_k)
     buf.action.copy_(sample_rows(action_logits, buf.text, consts.max_top_k, gen))
@@ -191,18 +210,39 @@ def main_phase(
 
 
 def depformer_phase(
-    model: Dia2Model, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None
+    model: Dia2Model,
+    buf: FrameBuffers,
+    consts: FrameConstants,
+    gen: torch.Generator | None,
+    fused: FusedFrame | None = None,
 ) -> None:
-    """Codebooks 1..K-1, the completed frame's codes, and the step counters of active calls."""
+    """Codebooks 1..K-1, the completed frame's codes, and the step counters of active calls.
+
+    ``fused`` (``dia2/fused.py``) runs the same stages as one function per stage (optionally compiled);
+    without it the model's modules run stage by stage."""
 
     def choose(stage: int, logits: torch.Tensor) -> torch.Tensor:
         picked = cfg_filter_rows(logits, buf.cfg_scale, consts.cfg_filter_k)
         return _write_code(buf, consts, stage + 1, sample_rows(picked, buf.audio, consts.max_top_k, gen))
 
-    depformer_codes(
-        model, buf.hidden, buf.code, buf.dep_cache, buf.text_in[:, 0], buf.text_in[:, 1],
-        buf.branches, choose,
-    )
+    if fused is not None:
+        fused.depformer(buf, consts, gen)
+    else:
+        depformer_codes(
+            model, buf.hidden, buf.code, buf.dep_cache, buf.text_in[:, 0], buf.text_in[:, 1],
+            buf.branches, choose,
+        )
+    finish_phase(buf, consts)
+
+
+def finish_phase(buf: FrameBuffers, consts: FrameConstants) -> None:
+    """End of a frame without the depformer: the completed frame's codes and the step counters.
+
+    On its own this is the whole second phase of a *lead-in* step: when every codebook 1..K-1 code a
+    step would write belongs to a frame that is already known (forced) or before frame 0, the 31
+    depformer stages only compute values that are thrown away, so the engine skips them (see
+    ``Engine.step``); codebook 0 is sampled in :func:`main_phase` as usual.
+    """
     # Frame t + 1 - max_delay has every codebook now (codebook k of frame f is written at f + delay[k] - 1).
     done = buf.step + 1 - consts.delays.max()
     slot = done.remainder(RING).view(-1, 1, 1).expand(-1, buf.ring.shape[1], 1)

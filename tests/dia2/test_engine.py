@@ -241,3 +241,29 @@ def test_conversation_async_api(runtime: Dia2) -> None:
         asyncio.run(main())
     finally:
         engine.stop()
+
+
+@pytest.mark.parametrize("fused", [False, True])
+@pytest.mark.parametrize("case", ["greedy", "cfg"])
+def test_lead_in_skip_and_fused_path_keep_tokens(
+    runtime: Dia2, reference: ReferenceFixture, case_results: dict[str, GenerationResult], case: str,
+    fused: bool,
+) -> None:
+    """Skipping the depformer on lead-in steps, the layer/stage functions of dia2/fused.py (run eagerly
+    here, compiled on CUDA) and length-bucketed attention all keep the parity loop's tokens."""
+    opts = reference.options(case)
+    results = {}
+    for skip in (False, True):
+        # The fused run also reads the cache through short length buckets (attention over fewer slots).
+        kv = {"kv_buckets": (8, 16, 32, 64)} if fused else {}
+        eng = make_engine(runtime, fused=fused, skip_lead_in=skip, **kv)
+        call = eng.open_call()
+        chunks = reply(eng, call, reference.inputs["cases"][case]["script"],
+                       SpeakOptions(opts.text, opts.audio, opts.cfg_scale))
+        results[skip] = (codes_of(chunks), torch.cat([c.pcm for c in chunks]), eng.lead_steps)
+    expected = case_results[case]
+    for skip, (codes, pcm, lead) in results.items():
+        assert torch.equal(codes, expected.audio_tokens), skip
+        assert lead == (17 if skip else 0)
+        err = (pcm - expected.waveform).abs().max() / expected.waveform.abs().max()
+        assert err < 1e-5

@@ -32,6 +32,13 @@ FIXTURE_CANDIDATES = [
 ]
 
 
+def _decoder_transformer(model: MimiModel) -> torch.nn.Module:
+    """The decoder's transformer in either transformers layout: nested under ``model.decoder`` (5.2x)
+    or on the model itself (5.17, the GPU image), as ``dia2.mimi_stream`` accepts both."""
+    nested = getattr(model.decoder, "decoder_transformer", None)
+    return nested if nested is not None else model.decoder_transformer
+
+
 def tiny_random_mimi(seed: int = 0, **overrides: object) -> MimiModel:
     """Tiny random Mimi whose every part visibly shapes the output.
 
@@ -63,7 +70,7 @@ def tiny_random_mimi(seed: int = 0, **overrides: object) -> MimiModel:
                 module._embed = None
             if type(module).__name__ == "MimiLayerScale":
                 module.scale.uniform_(0.5, 1.0)
-        for layer in model.decoder.decoder_transformer.layers:
+        for layer in _decoder_transformer(model).layers:
             for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj, layer.self_attn.v_proj):
                 proj.weight.mul_(4.0)
     return model
@@ -150,7 +157,7 @@ def test_tolerance_detects_missing_state(models: dict[str, MimiModel]) -> None:
     naive = torch.cat([one_shot(model, codes[..., i : i + 1]) for i in range(codes.shape[-1])], dim=-1)
     assert rel_err(naive, ref) > 100 * TOL
 
-    tconf = model.decoder.decoder_transformer.config
+    tconf = _decoder_transformer(model).config
     try:
         tconf.sliding_window = 11  # off by one step
         off_by_one = one_shot(model, codes)

@@ -1,0 +1,309 @@
+"""The frame's math as plain functions over weight tensors, so that one compiled artifact serves every
+main-decoder layer and every depformer stage.
+
+Why: a Dia2-2B frame is latency-bound, not bandwidth-bound (docs/PERFORMANCE.md, "Per-phase
+breakdown"): eager PyTorch issues ~50 small kernels per transformer layer (RMSNorm alone is several,
+rotate-half RoPE another five per tensor) and ~35 per sampled codebook, about 9,000 per frame, and even
+inside a CUDA graph each costs a few microseconds. Written as functions that take the weights as
+*arguments*, the 28 main layers share one compiled function and the 31 depformer stages (4 layers
+each, different weight groups) share another; Inductor fuses the element-wise chains into a handful of
+Triton kernels, and the result is captured in the engine's frame graphs like the eager code.
+
+Only pure functions are compiled. Everything that writes into a persistent buffer (the KV caches, the
+ring of recent frames) stays eager, so no compiled function mutates its inputs (mutating a graph input
+makes Inductor copy the whole buffer back). The math is the model's (``dia2/model.py``,
+``dia2/sampling.py``, ``dia2/frame.py``), op for op; uncompiled (the CPU test) it gives the same tokens
+as the modules, and compiled it differs only in float rounding order.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any
+
+import torch
+import torch.nn.functional as F
+
+from .model import DecoderCache, DecoderStepOutput, Dia2Model, apply_rope
+
+if TYPE_CHECKING:
+    from .frame import FrameBuffers, FrameConstants
+
+__all__ = ["FusedFrame"]
+
+logger = logging.getLogger(__name__)
+
+_ACT: dict[str, Callable[[torch.Tensor], torch.Tensor]] = {
+    "silu": F.silu,
+    "swish": F.silu,
+    "swiglu": F.silu,
+    "gelu": F.gelu,
+    "geglu": F.gelu,
+    "relu": F.relu,
+    "linear": lambda x: x,
+}
+
+
+def _attention_in(
+    eps: float, heads: int, kv_heads: int, head_dim: int, fused_qkv: bool
+) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """Pre-attention half of a layer: norm, q/k/v projections, QK-norm, RoPE → ``q, k, v [B, H, 1, Dh]``."""
+
+    def attention_in(
+        x: torch.Tensor, w: Sequence[torch.Tensor], cos: torch.Tensor, sin: torch.Tensor
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        b = x.shape[0]
+        h = F.rms_norm(x, (x.shape[-1],), w[0], eps)
+        if fused_qkv:  # depformer: one [q; k; v] matrix
+            qkv = F.linear(h, w[1]).view(b, 1, 3, heads, head_dim)
+            q, k, v = qkv[:, :, 0], qkv[:, :, 1], qkv[:, :, 2]
+            qn, kn = w[2], w[3]
+        else:  # main decoder: separate matrices (GQA: fewer k/v heads)
+            q = F.linear(h, w[1]).view(b, 1, heads, head_dim)
+            k = F.linear(h, w[2]).view(b, 1, kv_heads, head_dim)
+            v = F.linear(h, w[3]).view(b, 1, kv_heads, head_dim)
+            qn, kn = w[4], w[5]
+        q = F.rms_norm(q, (head_dim,), qn, eps).transpose(1, 2)
+        k = F.rms_norm(k, (head_dim,), kn, eps).transpose(1, 2)
+        v = v.transpose(1, 2)
+        return apply_rope(q, cos, sin), apply_rope(k, cos, sin), v
+
+    return attention_in
+
+
+def _attention_out(
+    eps: float, heads: int, head_dim: int, hidden: int, act_gate: str, act_up: str
+) -> Callable[..., torch.Tensor]:
+    """Post-attention half: output projection, residual, norm, gated MLP, residual."""
+    gate_fn, up_fn = _ACT[act_gate], _ACT[act_up]
+
+    def attention_out(
+        x: torch.Tensor, attn: torch.Tensor, wo_attn: torch.Tensor, post: torch.Tensor,
+        wi: torch.Tensor, wo: torch.Tensor,
+    ) -> torch.Tensor:
+        b = x.shape[0]
+        x = x + F.linear(attn.transpose(1, 2).reshape(b, heads * head_dim), wo_attn)
+        h = F.rms_norm(x, (x.shape[-1],), post, eps)
+        proj = F.linear(h, wi).unflatten(-1, (2, hidden))
+        return x + F.linear(gate_fn(proj[..., 0, :]) * up_fn(proj[..., 1, :]), wo)
+
+    return attention_out
+
+
+def _stage_in(branches: int) -> Callable[..., torch.Tensor]:
+    def stage_in(
+        hidden: torch.Tensor, prev: torch.Tensor, w_in: torch.Tensor, table: torch.Tensor,
+        extra: torch.Tensor,
+    ) -> torch.Tensor:
+        # Same association as the module: depformer_in(hidden) + (token embedding [+ text embedding]).
+        return F.linear(hidden, w_in) + (F.embedding(prev.repeat_interleave(branches), table) + extra)
+
+    return stage_in
+
+
+def _head_sample(
+    eps: float, branches: int, vocab_limit: int, filter_k: int, max_top_k: int
+) -> Callable[..., torch.Tensor]:
+    """Final norm, codebook head, CFG candidate filter and top-k sampling: ``sampling.cfg_filter_rows``
+    and ``sampling.sample_rows`` in one function, with the exponential noise passed in (drawn eagerly
+    once per frame, so the compiled code holds no RNG state)."""
+
+    def head_sample(
+        x: torch.Tensor, norm: torch.Tensor, head: torch.Tensor, scale: torch.Tensor,
+        temperature: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor,
+    ) -> torch.Tensor:
+        logits = F.linear(F.rms_norm(x, (x.shape[-1],), norm, eps), head).float()[:, :vocab_limit]
+        logits = logits.view(-1, branches, vocab_limit)
+        cond = logits[:, 0]
+        if branches > 1 and filter_k > 0:
+            guided = torch.lerp(logits[:, 1], cond, scale.view(-1, 1).float())
+            k = min(filter_k, vocab_limit)
+            threshold = torch.topk(guided, k=k, dim=-1, sorted=False).values[..., -1:]
+            filtered = torch.where(guided >= threshold, cond, torch.full_like(cond, float("-inf")))
+            cond = torch.where((scale != 1.0).view(-1, 1), filtered, cond)
+        greedy = cond.argmax(dim=-1)
+        probs = torch.softmax(cond / temperature.clamp_min(1e-6).view(-1, 1), dim=-1)
+        probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)
+        k = min(max_top_k, vocab_limit)
+        top_p, top_i = torch.topk(probs, k, dim=-1)
+        rank = torch.arange(k, device=x.device).view(1, -1)
+        limit = torch.where((top_k <= 0) | (top_k > k), k, top_k).view(-1, 1)
+        top_p = torch.where(rank < limit, top_p, torch.zeros_like(top_p))
+        draw = (top_p / noise).argmax(dim=-1, keepdim=True)
+        sampled = top_i.gather(-1, draw).squeeze(-1)
+        return torch.where(temperature <= 0, greedy, sampled)
+
+    return head_sample
+
+
+def _code_update(ring_len: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``frame._write_code`` without the store: returns (flat ring index, value to store, token the
+    frame really has). The caller scatters eagerly (no compiled mutation)."""
+
+    def code_update(
+        ring: torch.Tensor, step: torch.Tensor, known: torch.Tensor, active: torch.Tensor,
+        delay: torch.Tensor, k: torch.Tensor, token: torch.Tensor,
+    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        frame = step + 1 - delay
+        index = (k * ring_len + frame.remainder(ring_len)).view(-1, 1)
+        old = ring.gather(1, index).squeeze(1)
+        forced = (frame < known) & (frame >= 0)
+        keep = forced | (frame < 0) | ~active
+        return index, torch.where(keep, old, token).view(-1, 1), torch.where(forced, old, token)
+
+    return code_update
+
+
+class FusedFrame:
+    """The main decoder step and the depformer stages of :mod:`dia2.frame` over flat weight lists.
+
+    ``compile=True`` wraps the pure pieces in ``torch.compile`` (CUDA: Inductor/Triton); the first
+    call of each shape compiles, so the engine runs its warm-up before capturing graphs. Calls that
+    differ only in which weights they get (layer i, stage s) reuse one artifact.
+    """
+
+    def __init__(self, model: Dia2Model, consts: FrameConstants, branches: int, *, compile: bool) -> None:
+        cfg = model.config
+        eps = cfg.model.normalization_layer_epsilon
+        dec, dep = cfg.model.decoder, cfg.model.depformer
+        self.model, self.consts, self.branches = model, consts, branches
+        main, depf = model.transformer, model.depformer
+        self.main_w = [
+            (
+                (lay.pre_norm.weight, lay.attn.q_proj.weight, lay.attn.k_proj.weight, lay.attn.v_proj.weight,
+                 lay.attn.q_norm.weight, lay.attn.k_norm.weight),
+                (lay.attn.o_proj.weight, lay.post_norm.weight, lay.mlp.wi.weight, lay.mlp.wo.weight),
+            )
+            for lay in main.layers
+        ]
+        self.dep_w: list[dict[str, Any]] = []
+        for stage in range(depf.depth):
+            g = depf.schedule[stage]
+            layers = [
+                (
+                    (lay.pre_norm.weight, lay.self_attention.in_proj[g].weight,
+                     lay.self_attention.q_norm.weight, lay.self_attention.k_norm.weight),
+                    (lay.self_attention.out_proj[g].weight, lay.post_norm.weight, lay.mlp.wi.weight,
+                     lay.mlp.wo.weight),
+                )
+                for lay in depf.layers
+            ]
+            self.dep_w.append({
+                "in": depf.depformer_in[g].weight, "table": depf.audio_embeds[stage].weight,
+                "head": depf.logits[stage].weight, "layers": layers,
+            })
+        dev = model.device
+        depth = depf.depth
+        # Per-stage constants as separate tensors (not views of one table): a compiled function then
+        # sees identical metadata at every stage.
+        self.stage_k = [torch.tensor(s + 1, device=dev) for s in range(depth)]
+        self.stage_delay = [consts.delays[s + 1].clone() for s in range(depth)]
+        self.stage_valid = [
+            (torch.arange(depth, device=dev) <= s).view(1, 1, 1, -1) for s in range(depth)
+        ]
+        self.dep_rope = dep.apply_rope
+        self.text_embed = depf.text_embed
+        self.depth = depth
+        mlp_acts = cfg.model.mlp_activations
+        fns: dict[str, Callable[..., Any]] = {
+            "main_in": _attention_in(eps, dec.gqa_query_heads, dec.kv_heads, dec.gqa_head_dim, False),
+            "main_out": _attention_out(eps, dec.gqa_query_heads, dec.gqa_head_dim, dec.n_hidden, *mlp_acts),
+            "dep_in": _attention_in(eps, dep.gqa_query_heads, dep.gqa_query_heads, dep.gqa_head_dim, True),
+            "dep_out": _attention_out(
+                eps, dep.gqa_query_heads, dep.gqa_head_dim, dep.n_hidden, *dep.mlp_activations
+            ),
+            "stage_in": _stage_in(branches),
+            "head_sample": _head_sample(
+                eps, branches, depf.vocab_limit, consts.cfg_filter_k, consts.max_top_k
+            ),
+            "code_update": _code_update(consts_ring_len()),
+        }
+        if compile:
+            import torch._dynamo as dynamo
+
+            # Bucket sizes 1..capacity: after the second size Dynamo marks the batch dynamic, so each
+            # function compiles about three times in all; the limit only needs to clear that.
+            dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
+            fns = {name: torch.compile(fn, fullgraph=True) for name, fn in fns.items()}
+        self.fn = fns
+
+    # ---------------------------------------------------------------------------------------------
+
+    def main(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
+    ) -> DecoderStepOutput:
+        """``MainDecoder.forward`` with the layers through the shared functions."""
+        tr = self.model.transformer
+        dtype = tr.norm.weight.dtype
+        x = tr.embed(tokens)
+        cos = tr.rope_cos[positions].to(dtype)[:, None, None, :]
+        sin = tr.rope_sin[positions].to(dtype)[:, None, None, :]
+        slots = torch.arange(cache.max_steps, device=tokens.device)
+        valid = (slots[None, :] <= cache_index[:, None])[:, None, None, :]
+        idx = cache_index.view(-1, 1, 1, 1)
+        attn_in, attn_out = self.fn["main_in"], self.fn["main_out"]
+        for i, (w_in, w_out) in enumerate(self.main_w):
+            q, k, v = attn_in(x, w_in, cos, sin)
+            keys, values = cache.keys[i], cache.values[i]
+            keys.scatter_(2, idx.expand(-1, keys.shape[1], 1, keys.shape[3]), k.to(keys.dtype))
+            values.scatter_(2, idx.expand(-1, values.shape[1], 1, values.shape[3]), v.to(values.dtype))
+            a = F.scaled_dot_product_attention(
+                q, keys, values, attn_mask=valid, scale=1.0, enable_gqa=q.shape[1] != keys.shape[1]
+            )
+            x = attn_out(x, a, *w_out)
+        hidden = tr.norm(x)
+        return DecoderStepOutput(
+            hidden=hidden,
+            action_logits=tr.action_head(hidden).float(),
+            cb0_logits=tr.cb0_head(hidden).float(),
+        )
+
+    def depformer(
+        self, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None = None
+    ) -> None:
+        """Codebooks 1..K-1 for every call of ``buf`` (``frame.depformer_phase``'s stage loop)."""
+        depf = self.model.depformer
+        n = buf.step.shape[0]
+        dtype = buf.hidden.dtype
+        k = min(consts.max_top_k, depf.vocab_limit)
+        # One draw of Exp(1) noise for all stages (one kernel instead of 31).
+        noise = torch.empty(self.depth, n, k, device=buf.hidden.device).exponential_(generator=gen)
+        extra0 = torch.zeros((), dtype=dtype, device=buf.hidden.device)
+        if self.text_embed is not None:
+            extra0 = self.text_embed(buf.text_in[:, 0], buf.text_in[:, 1])
+        zero = torch.zeros((), dtype=dtype, device=buf.hidden.device)
+        ring = buf.ring.view(n, -1)
+        cache = buf.dep_cache
+        f = self.fn
+        prev = buf.code
+        for s, w in enumerate(self.dep_w):
+            x = f["stage_in"](buf.hidden, prev, w["in"], w["table"], extra0 if s == 0 else zero)
+            cos = depf.rope_cos[s].to(dtype) if self.dep_rope else None
+            sin = depf.rope_sin[s].to(dtype) if self.dep_rope else None
+            for i, (w_in, w_out) in enumerate(w["layers"]):
+                if cos is None:
+                    q, kk, v = f["dep_in"](x, w_in, torch.ones((), dtype=dtype, device=x.device),
+                                           torch.zeros((), dtype=dtype, device=x.device))
+                else:
+                    q, kk, v = f["dep_in"](x, w_in, cos, sin)
+                cache.keys[i][:, :, s : s + 1] = kk
+                cache.values[i][:, :, s : s + 1] = v
+                a = F.scaled_dot_product_attention(
+                    q, cache.keys[i], cache.values[i], attn_mask=self.stage_valid[s], scale=1.0
+                )
+                x = f["dep_out"](x, a, *w_out)
+            token = f["head_sample"](
+                x, depf.norm.weight, w["head"], buf.cfg_scale, buf.audio.temperature, buf.audio.top_k,
+                noise[s],
+            )
+            index, store, prev = f["code_update"](
+                ring, buf.step, buf.known, buf.active, self.stage_delay[s], self.stage_k[s], token
+            )
+            ring.scatter_(1, index, store)
+
+
+def consts_ring_len() -> int:
+    from .frame import RING
+
+    return RING
