@@ -84,8 +84,8 @@ _INVITE = """
       s=-
       c=IN IP[media_ip_type] [media_ip]
       t=0 0
-      m=audio [media_port] RTP/AVP {pt} 101
-      a=rtpmap:{pt} {codec}/8000
+      m=audio [media_port] RTP/AVP {pts} 101
+      {rtpmaps}
       a=rtpmap:101 telephone-event/8000
       a=fmtp:101 0-15
       a=ptime:20
@@ -143,6 +143,9 @@ _RECV_BYE = """
 """
 
 
+_PT = {"PCMU": 0, "PCMA": 8, "G722": 9}
+
+
 def sipp_scenario(
     *,
     audio: Path | None = None,
@@ -154,10 +157,18 @@ def sipp_scenario(
     expect: int = 200,
     timeout_ms: int = 30000,
     user: str = "bridge",
+    ack_delay_ms: int = 0,
+    offer: list[str] | None = None,
 ) -> str:
-    pt = {"PCMU": 0, "PCMA": 8}[codec]
+    """`offer` lists the codecs of the SDP offer in order (default: just `codec`); `codec` is what
+    `rtp_stream` sends. `ack_delay_ms` holds the ACK back, as a slow or distant caller would."""
+    pt = _PT[codec]
     parts = ['<?xml version="1.0" encoding="ISO-8859-1" ?>', '<scenario name="sipbridge test caller">']
-    parts.append(_INVITE.format(user=user, pt=pt, codec=codec))
+    names = offer or [codec]
+    pts = " ".join(str(_PT[c]) for c in names)
+    # G.722's RTP clock is 8000 although it samples at 16 kHz (RFC 3551's historical error).
+    rtpmaps = "\n      ".join(f"a=rtpmap:{_PT[c]} {c}/8000" for c in names)
+    parts.append(_INVITE.format(user=user, pts=pts, rtpmaps=rtpmaps))
     parts.append('  <recv response="100" optional="true"/>')
     parts.append('  <recv response="180" optional="true"/>')
     if expect != 200:
@@ -166,6 +177,8 @@ def sipp_scenario(
         parts.append("</scenario>")
         return "\n".join(parts)
     parts.append('  <recv response="200" rtd="true"/>')
+    if ack_delay_ms:
+        parts.append(f'  <pause milliseconds="{ack_delay_ms}"/>')
     parts.append(_ACK.format(user=user))
     if audio is not None:
         parts.append(f'  <nop><action><exec rtp_stream="{audio},1,{pt}"/></action></nop>')

@@ -250,6 +250,55 @@ def test_dtmf_reaches_the_agent_and_caller_bye_cleans_up(tmp_path: Path) -> None
         assert bridge.stop() == 0
 
 
+def test_hangup_before_the_callers_ack_waits_for_it(tmp_path: Path) -> None:
+    """An agent that hangs up on answer, a caller whose ACK comes 1 s after our 200 OK: the BYE must follow
+    the ACK, never before it (the caller would drop it). PJSIP 2.15 already holds such a BYE back until the
+    ACK; this guards that. Also: G.722 offered but not configured -> PCMU."""
+    flow = {"greeting": {"say": " ", "hangup": True}}  # nothing to say: hang up as soon as the call is up
+    bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, flow)})
+    try:
+        sipp = Sipp.call(
+            sipp_scenario(hangup="bridge", ack_delay_ms=1000, offer=["G722", "PCMU"], timeout_ms=10000),
+            bridge.port, work=tmp_path / "sipp", media_port=free_media_port(),
+        )  # fmt: skip
+        assert sipp.wait(30) == 0, sipp.errors()  # SIPp saw the BYE after its ACK and answered it
+        bridge.wait_log(r"recorded: completed \(local")
+        (call,) = bridge.calls()
+        assert call["codec"] == "PCMU" and call["sip_status"] == 200
+    finally:
+        assert bridge.stop() == 0
+
+
+def test_g722_is_negotiated_when_configured_and_offered(tmp_path: Path) -> None:
+    """G.722 is answered when configured and offered; the conference clock stays at 8 kHz (PJSIP
+    resamples the 16 kHz codec). The wheel's PJSIP answers in the *caller's* order among the codecs we
+    enable (PJMEDIA_SDP_NEG_PREFER_REMOTE_CODEC_ORDER=1, not settable through pjsua2), so the caller lists
+    G.722 first here, as G.722 phones do."""
+    bridge = Bridge.start(
+        tmp_path / "bridge",
+        {"agent": script_agent(tmp_path, DTMF_FLOW), "sip": {"codecs": ["G722", "PCMU"]}},
+    )
+    try:
+        media_port = free_media_port()
+        with RtpSniffer({media_port}) as sniffer:
+            sipp = Sipp.call(
+                sipp_scenario(hangup="caller", talk_ms=2000, offer=["G722", "PCMU"]),
+                bridge.port, work=tmp_path / "sipp", media_port=media_port,
+            )  # fmt: skip
+            assert sipp.wait(30) == 0, sipp.errors()
+        bridge.wait_log(r"recorded: completed")
+        (call,) = bridge.calls()
+        assert call["codec"] == "G722"
+        bot = sniffer.sent_to(media_port)
+        assert bot and {p.pt for p in bot} == {9}
+        assert {len(p.payload) for p in bot} == {160}  # 20 ms at 64 kbit/s
+        rate = (len(bot) - 1) / (bot[-1].t - bot[0].t)
+        assert 48.5 < rate < 51.5, rate
+        bridge.logged(r"media up: G722")
+    finally:
+        assert bridge.stop() == 0
+
+
 def test_unknown_source_is_rejected_403_and_dead_media_ends_a_call(tmp_path: Path) -> None:
     bridge = Bridge.start(tmp_path / "b1", {"sip": {"allowed_sources": ["10.0.0.0/8"]}})
     try:
@@ -548,6 +597,67 @@ def test_trunk_registration_with_digest_auth_shows_in_healthz(tmp_path: Path) ->
         assert health["sip"]["registration"]["registered"] is True and health["status"] == "ok"
         bridge.logged(r"trunk registration: 200 OK")
         assert "s3cret" not in "\n".join(bridge.proc.seen)
+    finally:
+        if registrar.poll() is None:
+            registrar.kill()
+            registrar.wait()
+        assert bridge.stop() == 0
+
+
+_REG_OK = """
+  <recv request="REGISTER"/>
+  <send>
+    <![CDATA[
+      SIP/2.0 200 OK
+      [last_Via:]
+      [last_From:]
+      [last_To:];tag=reg[call_number]
+      [last_Call-ID:]
+      [last_CSeq:]
+      [last_Contact:];expires=8
+      Expires: 8
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+
+def test_trunk_registration_is_refreshed_before_expiry_and_a_failure_shows(tmp_path: Path) -> None:
+    """The registrar grants 8 s instead of the 60 s asked for (registrars may shorten it): PJSIP must
+    refresh before those run out; the third REGISTER is refused and /healthz and the log say so."""
+    import subprocess
+    from datetime import datetime
+
+    from .peers import SIPP, free_udp_port
+
+    port = free_udp_port()
+    head, tail = REGISTRAR.split("[last_Contact:];expires=60\n      Expires: 60")
+    scenario = head + "[last_Contact:];expires=8\n      Expires: 8" + tail
+    refused = _REG_OK.replace("200 OK", "403 Forbidden").replace(
+        "      [last_Contact:];expires=8\n      Expires: 8\n", ""
+    )
+    scenario = scenario.replace("</scenario>", _REG_OK + refused + "</scenario>")
+    (tmp_path / "reg.xml").write_text(scenario)
+    registrar = subprocess.Popen(
+        [SIPP, "-sf", str(tmp_path / "reg.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
+         "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file", str(tmp_path / "err.log")],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+    )  # fmt: skip
+    trunk = {"register": True, "registrar": f"sip:127.0.0.1:{port}", "username": "bridge",
+             "password": "s3cret", "expiry_s": 60}  # fmt: skip
+    bridge = Bridge.start(tmp_path / "bridge", {"sip": {"port": 0, "trunk": trunk}})
+    try:
+        assert registrar.wait(30) == 0, registrar.stderr.read() if registrar.stderr else ""
+        bridge.logged(r"trunk registration: 403 Forbidden")
+        oks = [line for line in bridge.proc.seen if "trunk registration: 200 OK" in line]
+        assert len(oks) == 2, oks
+        stamps = [datetime.fromisoformat(line.split()[0].replace("Z", "+00:00")) for line in oks]
+        refresh_s = (stamps[1] - stamps[0]).total_seconds()
+        record_result("registration", {"granted_expiry_s": 8, "refresh_after_s": refresh_s})
+        # PJSIP refreshes delayBeforeRefreshSec (5 s) before the granted expiry.
+        assert 1.0 < refresh_s < 8.0, refresh_s
+        health = bridge.health()
+        assert health["sip"]["registration"]["registered"] is False and health["status"] != "ok", health
     finally:
         if registrar.poll() is None:
             registrar.kill()
