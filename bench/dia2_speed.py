@@ -121,11 +121,13 @@ def frames_per_second(engine: Engine, calls: int, steps: int, opts: SpeakOptions
     opened = [engine.open_call() for _ in range(calls)]
     for call in opened:
         start_reply(engine, call, opts)
-    for _ in range(10):
+    # Past the lead-in (lane steps), then full steps only: frames/s counts full steps.
+    while engine.steps_run < 10 or any(engine._in_lead_in(c) for c in opened):
         engine.step()
     sync(engine.device)
+    full0 = engine.steps_run
     t0 = time.perf_counter()
-    for _ in range(steps):
+    while engine.steps_run < full0 + steps:
         engine.step()
     sync(engine.device)
     ms = 1000 * (time.perf_counter() - t0) / steps
@@ -189,9 +191,13 @@ def concurrency(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> d
     restart_every = max(1, 40 // calls)
     ttfa: list[float] = []
     sync(engine.device)
+    # Restarts are paced by *full* steps (every speaking call advances one frame per full step); lane
+    # steps for lead-ins run in between as the engine's scheduler allows. frames/s per call = full steps/s.
+    full0, lane0, restarted_at = engine.steps_run, engine.lane_steps, -1
     t0 = time.perf_counter()
-    for i in range(steps):
-        if i % restart_every == 0 and i < steps - 30:
+    while (i := engine.steps_run - full0) < steps:
+        if i % restart_every == 0 and i < steps - 30 and i != restarted_at:
+            restarted_at = i
             call = opened[(i // restart_every) % calls]
             engine.cancel(call)
             turns[call.slot] = start_reply(engine, call, opts)
@@ -203,12 +209,14 @@ def concurrency(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> d
                 turn.restarted = False  # type: ignore[attr-defined]
     sync(engine.device)
     ms = 1000 * (time.perf_counter() - t0) / steps
+    lane_steps = engine.lane_steps - lane0
     for call in opened:
         engine.close_call(call)
     return {
         "calls": calls,
         "ms_per_step": ms,
         "frames_per_s_per_call": 1000 / ms,
+        "lane_steps": lane_steps,
         "ttfa_samples": len(ttfa),
         "ttfa_p50_ms": statistics.median(ttfa) if ttfa else None,
         "ttfa_p95_ms": pct(ttfa, 0.95) if ttfa else None,
@@ -223,6 +231,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--calls", default="1,8,32,64,128")
     p.add_argument("--no-graphs", action="store_true")
+    p.add_argument("--no-lane", action="store_true", help="lead-in in line (no lane steps): the old policy")
+    p.add_argument("--no-overlap", action="store_true", help="Mimi decode in line, not on a second stream")
+    p.add_argument("--no-first-chunk-first", action="store_true",
+                   help="lane steps up to the rate budget even while a call waits for its first chunk")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -249,7 +261,8 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("model ready in %.1f s", time.perf_counter() - t_build)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    common = {"cuda_graphs": not args.no_graphs, "seed": 0}
+    common = {"cuda_graphs": not args.no_graphs, "seed": 0, "lead_in_lane": not args.no_lane,
+              "overlap_mimi": not args.no_overlap, "first_chunk_first": not args.no_first_chunk_first}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every section, so a run cut short still leaves its numbers
@@ -298,7 +311,7 @@ def main(argv: list[str] | None = None) -> int:
           f"ingest {w['ingest_ms_per_s_median']:.1f} ms per s of audio")
     for row in result["concurrency"]:
         print(f"{row['calls']:4d} calls: {row['frames_per_s_per_call']:.1f} frames/s per call, "
-              f"TTFA p95 {row['ttfa_p95_ms']} ms")
+              f"TTFA p50 {row['ttfa_p50_ms']} p95 {row['ttfa_p95_ms']} ms, {row['lane_steps']} lane steps")
     if "peak_gpu_memory_gib" in result:
         print(f"peak GPU memory {result['peak_gpu_memory_gib']:.1f} GiB")
     return 0

@@ -24,16 +24,18 @@ from __future__ import annotations
 
 import bisect
 import concurrent.futures
+import contextlib
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
 
-from .frame import RING, FrameBuffers, FrameConstants, depformer_phase, finish_phase, main_phase
+from .frame import RING, FrameBuffers, FrameConstants, depformer_phase, finish_phase, lane_phase, main_phase
 from .model import DecoderCache, Dia2Model
 from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
 from .sampling import SamplingParams
@@ -68,6 +70,21 @@ class EngineOptions:
     # Attention reads only the first L cache slots, L the smallest of these covering every row of the
     # step's bucket (one main graph per batch bucket and length); the full length is always added.
     kv_buckets: tuple[int, ...] = (128, 256, 512, 1024)
+    # Lead-in lane (needs skip_lead_in): calls in a reply's lead-in also get main-only steps of their own
+    # rows (a small batch), between the batch's full steps, as many as the other speaking calls' real-time
+    # slack allows (each keeps >= min_call_fps full steps per second). docs/DIA2.md, "Lead-in lane".
+    lead_in_lane: bool = True
+    lane_capacity: int = 8  # calls per lane step; more calls in lead-in ride the full steps only
+    min_call_fps: float = 15.0  # real time (12.5) + 20 %: the rate every speaking call is kept above
+    # Fixed lane steps between two full steps instead of the timed budget (deterministic tests).
+    lane_steps_per_full: int | None = None
+    # A call whose lead-in just ended gets the next full step at once (its first chunk). Measured on
+    # the H100 under heavy barge-in churn this caps lane steps near one per full step (docs/PERFORMANCE.md,
+    # "Lead-in lane"); False leaves the full step to the rate budget (not yet measured on the GPU).
+    first_chunk_first: bool = True
+    # CUDA: the streaming Mimi decode of a step's frame runs on a second stream, beside the next step's
+    # main decoder; its chunks go out as soon as it is done (docs/DIA2.md, "Mimi on a second stream").
+    overlap_mimi: bool = True
     seed: int | None = None
 
 
@@ -91,6 +108,11 @@ class AudioChunk:
 Sink = Callable[[AudioChunk | None], None]  # None marks the end of the turn
 
 
+def _ema(old: float | None, new: float, alpha: float = 0.3) -> float:
+    """Moving average of a step's wall time (the scheduler's estimate)."""
+    return new if old is None else (1 - alpha) * old + alpha * new
+
+
 @dataclass
 class _Turn:
     """A reply in progress."""
@@ -101,6 +123,10 @@ class _Turn:
     sink: Sink
     script: ScriptStream | None
     mimi_reset_frame: int
+    # Lane mode: the Mimi row is reset and primed with the known frames once, when the lead-in ends
+    # (the full steps of the lead-in decode whatever their row holds), instead of at the reply's start.
+    prime_at_lead_end: bool = False
+    lead_done: bool = False
     end_step: int | None = None
     cancelled: bool = False
     chunks: int = 0
@@ -160,7 +186,10 @@ class Engine:
             max_padding=opts.max_padding,
             initial_padding=opts.initial_padding,
         )
-        self.buf = FrameBuffers.allocate(model, opts.capacity, self.branches, self.max_steps, mimi.frame_size)
+        # One spare call entry: the lane's padding entries point there (frame.lane_phase).
+        self.buf = FrameBuffers.allocate(
+            model, opts.capacity, self.branches, self.max_steps, mimi.frame_size, spare=1
+        )
         self.consts = FrameConstants(
             ids, torch.tensor(self.delays, dtype=torch.long, device=self.device),
             opts.cfg_filter_k, opts.max_top_k,
@@ -180,8 +209,34 @@ class Engine:
                 )
             self._mimi[b] = dec
         self._mimi_master = master
-        self._overlap = model.depformer.text_embed is None
+        self._mimi_rows: dict[int, StreamingMimiDecoder] = {}  # per slot, over the master's row (priming)
+        # Priming graph (CUDA): a 1-row scratch decoder is reset, decodes the slot's 17 known frames
+        # (gathered from its ring on the device) and its state is copied into the master's row.
+        self._prime_dec = StreamingMimiDecoder(mimi.model, batch_size=1)
+        self._prime_slot = torch.zeros(1, dtype=torch.long, device=self.device)
+        self._prime_graph: Any = None
         self._cuda = self.device.type == "cuda"
+        # Lead-in lane: small buffers (their KV cache is a per-step gather of the master's rows).
+        self.lane_on = opts.lead_in_lane and opts.skip_lead_in
+        lane_cap = max(1, min(opts.lane_capacity, opts.capacity))
+        self.lane_buckets = sorted({b for b in opts.buckets if b < lane_cap} | {lane_cap})
+        self.lane = FrameBuffers.allocate(model, lane_cap, self.branches, 1, mimi.frame_size)
+        self.lane_slots = torch.full((lane_cap,), opts.capacity, dtype=torch.long, device=self.device)
+        self._lane_graphs: dict[tuple[int, int], Any] = {}
+        self.lane_steps = 0
+        self._lane_since_full = 0
+        self._last_full_start = 0.0
+        self._full_ms: float | None = None  # moving averages of a full / lane step's wall time
+        self._lane_ms: float | None = None
+        # Mimi on a second stream (CUDA): its input is a copy of the step's codes, so the next step may
+        # overwrite ``emitted`` while the decode still runs.
+        self._mimi_in = torch.zeros(opts.capacity, self.num_codebooks, dtype=torch.long, device=self.device)
+        self._mimi_stream: Any = None
+        if self._cuda and opts.overlap_mimi:
+            self._mimi_stream = torch.cuda.Stream()
+        self._mimi_done: Any = None  # event: the last decode (and its copy to the host) finished
+        self._pending: list[tuple[_Turn, int, AudioChunk]] = []  # chunks whose audio is still being decoded
+        self._overlap = model.depformer.text_embed is None
         # Smallest delay of codebooks 1..K-1: a step t whose frame t + 1 - this is still known (or
         # negative) writes no depformer code that is kept (see frame.finish_phase).
         self._dep_min_delay = min(self.delays[1:]) if len(self.delays) > 1 else 0
@@ -351,7 +406,7 @@ class Engine:
         start = call.frames
         call.turn = _Turn(
             start_frame=start, steps=0, options=opts, sink=sink, script=script,
-            mimi_reset_frame=max(start - MIMI_PRIME_FRAMES, 0),
+            mimi_reset_frame=max(start - MIMI_PRIME_FRAMES, 0), prime_at_lead_end=self.lane_on,
         )
         self._feed_script(call, text or "", final=not more_text)
         self._load_row(call, active=True)
@@ -363,7 +418,9 @@ class Engine:
         self._feed_script(call, delta, final=final)
 
     def cancel(self, call: CallState) -> None:
-        """Barge-in: no further chunk for this reply; its rows stop advancing from the next step."""
+        """Barge-in: no further chunk for this reply; its rows stop advancing from the next step.
+        A chunk whose frame the last step produced (audio still decoding) is delivered first."""
+        self._flush_audio()
         if call.turn is not None:
             call.turn.cancelled = True
             self._finish_turn(call)
@@ -376,49 +433,252 @@ class Engine:
         return [c for c in self.calls.values() if c.turn is not None]
 
     def step(self) -> bool:
-        """Advance every speaking call by one frame. Returns False when no call is speaking."""
+        """Advance the speaking calls by one step: a full step (every speaking call one frame), or a
+        lane step (only calls in their lead-in, main-only). Returns False when no call is speaking."""
         calls = self.speaking()
         if not calls:
+            self._flush_audio()
             return False
         with torch.inference_mode():
-            n = self.buckets[bisect.bisect_left(self.buckets, max(c.slot for c in calls) + 1)]
-            first = self.max_delay - 1  # the frame decoded at step t is t - first
-            reset = [c.slot for c in calls if c.turn and self._step_of(c) - first == c.turn.mimi_reset_frame]
-            if reset:
-                mask = torch.zeros(self.options.capacity, dtype=torch.bool)
-                mask[reset] = True
-                self._mimi_master.reset(mask.to(self.device))
-            need = max(self._host_index[:n]) + 1
-            kv_len = self.kv_buckets[bisect.bisect_left(self.kv_buckets, need)]
-            self._run_main(n, kv_len)
-            lead = self.options.skip_lead_in and all(self._in_lead_in(c) for c in calls)
-            self.lead_steps += lead
-            if self._cuda:
-                self._host_action[:n].copy_(self.buf.action[:n], non_blocking=True)
-                done_main = torch.cuda.Event()
-                done_main.record()
-            if self._overlap:
-                self._run_depformer(n, lead)
-            if self._cuda:
-                done_main.synchronize()
-                actions = self._host_action[:n].tolist()
+            lane = self._lane_calls(calls)
+            if lane and self._lane_allowed(calls, lane):
+                t0 = time.perf_counter()
+                self._lane_step(lane)
+                self._lane_ms = _ema(self._lane_ms, 1000 * (time.perf_counter() - t0))
             else:
-                actions = self.buf.action[:n].tolist()
-            for call in calls:
-                self._advance_text(call, actions[call.slot])
-            r = n * self.branches
-            self.buf.text_in[:r].copy_(self._host_text[:r], non_blocking=self._cuda)
-            if not self._overlap:
-                self._run_depformer(n, lead)
-            self._host_pcm[:n].copy_(self.buf.pcm[:n], non_blocking=self._cuda)
-            self._host_codes[:n].copy_(self.buf.emitted[:n], non_blocking=self._cuda)
-            if self._cuda:
-                torch.cuda.current_stream().synchronize()
-            self.steps_run += 1
-            for call in calls:
-                self._host_index[call.slot] += 1
-                self._after_step(call)
+                t0 = time.perf_counter()
+                self._last_full_start = t0
+                self._lane_since_full = 0
+                self._full_step(calls)
+                self._full_ms = _ema(self._full_ms, 1000 * (time.perf_counter() - t0))
+            self._prime_finished_lead_ins(calls)
+            if self._mimi_stream is None:
+                self._flush_audio()
         return True
+
+    # --- scheduler ---------------------------------------------------------------------------------
+
+    def _lane_calls(self, calls: list[CallState]) -> list[CallState]:
+        """Calls that get lane steps: in their lead-in, lane on, oldest reply first, up to capacity."""
+        if not self.lane_on:
+            return []
+        lead = [c for c in calls if self._in_lead_in(c)]
+        lead.sort(key=lambda c: (c.turn.steps if c.turn else 0), reverse=True)
+        return lead[: self.lane.capacity]
+
+    def _lane_allowed(self, calls: list[CallState], lane: list[CallState]) -> bool:
+        """The real-time bound: a lane step runs only if every other speaking call still gets its next
+        full step in time. Full steps must start at least ``min_call_fps`` times a second, so a lane
+        step may start only while (now + its expected time) stays inside the current full-step period."""
+        if len(lane) == len(calls):
+            return True  # nobody else is waiting: lead-in calls alone, the cheapest step for them
+        if self.options.first_chunk_first and any(
+            c.turn is not None and c.turn.lead_done and c.turn.chunks == 0 for c in calls
+        ):
+            return False  # a call's lead-in is over: its first chunk is the next full step, run it now
+        fixed = self.options.lane_steps_per_full
+        if fixed is not None:
+            allowed = self._lane_since_full < fixed
+        elif self._full_ms is None:
+            allowed = False  # no full step measured yet: one first
+        else:
+            lane_ms = self._lane_ms if self._lane_ms is not None else self._full_ms
+            period = 1.0 / self.options.min_call_fps
+            deadline = self._last_full_start + period
+            # 1.25: margin for jitter (host work between steps, a slower step than the average).
+            allowed = time.perf_counter() + 1.25 * lane_ms / 1000 <= deadline
+        if allowed:
+            self._lane_since_full += 1
+        return allowed
+
+    # --- a full step ------------------------------------------------------------------------------
+
+    def _full_step(self, calls: list[CallState]) -> None:
+        n = self.buckets[bisect.bisect_left(self.buckets, max(c.slot for c in calls) + 1)]
+        first = self.max_delay - 1  # the frame decoded at step t is t - first
+        reset = [
+            c.slot for c in calls
+            if c.turn and not c.turn.prime_at_lead_end and self._step_of(c) - first == c.turn.mimi_reset_frame
+        ]
+        need = max(self._host_index[:n]) + 1
+        kv_len = self.kv_buckets[bisect.bisect_left(self.kv_buckets, need)]
+        self._run_main(n, kv_len)
+        # Without the lane, a step whose every call is in its lead-in skips the depformer.
+        lead = self.options.skip_lead_in and not self.lane_on and all(self._in_lead_in(c) for c in calls)
+        self.lead_steps += lead
+        if self._cuda:
+            self._host_action[:n].copy_(self.buf.action[:n], non_blocking=True)
+            done_main = torch.cuda.Event()
+            done_main.record()
+        if self._overlap:
+            self._run_depformer(n, lead)
+        # The previous step's audio (decoding beside this step's main decoder) goes out now.
+        self._flush_audio()
+        if self._cuda:
+            done_main.synchronize()
+            actions = self._host_action[:n].tolist()
+        else:
+            actions = self.buf.action[:n].tolist()
+        for call in calls:
+            self._advance_text(call, actions[call.slot])
+        r = n * self.branches
+        self.buf.text_in[:r].copy_(self._host_text[:r], non_blocking=self._cuda)
+        if not self._overlap:
+            self._run_depformer(n, lead)
+        self._decode_step_audio(n, reset)
+        self._host_codes[:n].copy_(self.buf.emitted[:n], non_blocking=self._cuda)
+        if self._cuda:
+            torch.cuda.current_stream().synchronize()
+        self.steps_run += 1
+        for call in calls:
+            self._host_index[call.slot] += 1
+            self._after_step(call)
+
+    def _decode_step_audio(self, n: int, reset: list[int]) -> None:
+        """Mimi decode of the step's completed frames. On the second stream (CUDA, ``overlap_mimi``) it
+        waits only for this step's codes (copied to ``_mimi_in``, so the next step may rewrite
+        ``emitted``) and runs beside the next step's main decoder; :meth:`_flush_audio` hands the chunks
+        out once its event fires. Otherwise it runs in line, as before."""
+        self._flush_audio()  # the host copy of the previous decode is taken before this one overwrites it
+        side = self._mimi_stream
+        cur = torch.cuda.current_stream() if self._cuda else None
+        if side is not None and cur is not None and self._mimi_done is not None:
+            cur.wait_event(self._mimi_done)  # the previous decode has read _mimi_in (long done by now)
+        self._mimi_in[:n].copy_(self.buf.emitted[:n])
+        if side is None or cur is None:
+            self._reset_mimi(reset)
+            self._run_mimi(n)
+            self._host_pcm[:n].copy_(self.buf.pcm[:n], non_blocking=self._cuda)
+            return
+        codes_ready = torch.cuda.Event()
+        codes_ready.record(cur)
+        with torch.cuda.stream(side):
+            side.wait_event(codes_ready)
+            self._reset_mimi(reset)
+            self._run_mimi(n)
+            self._host_pcm[:n].copy_(self.buf.pcm[:n], non_blocking=True)
+            done = torch.cuda.Event()
+            done.record(side)
+        self._mimi_done = done
+
+    def _reset_mimi(self, slots: list[int]) -> None:
+        if slots:
+            mask = torch.zeros(self.options.capacity, dtype=torch.bool)
+            mask[slots] = True
+            self._mimi_master.reset(mask.to(self.device))
+
+    def _run_mimi(self, n: int) -> None:
+        graphs = self._graphs.get(n)
+        if graphs is not None and graphs[2] is not None:
+            graphs[2].replay()
+        else:
+            self._decode_audio(n)
+
+    def _flush_audio(self) -> None:
+        """Hand out the chunks whose audio was decoding (waits for that decode if it still runs)."""
+        if not self._pending:
+            return
+        if self._mimi_done is not None:
+            self._mimi_done.synchronize()
+        pending, self._pending = self._pending, []
+        for turn, slot, chunk in pending:
+            if turn.cancelled:
+                continue
+            chunk.pcm = self._host_pcm[slot].clone()
+            turn.sink(chunk)
+
+    # --- a lane step ------------------------------------------------------------------------------
+
+    def _lane_step(self, lane: list[CallState]) -> None:
+        """One main-only step for the lead-in calls ``lane`` only (``frame.lane_phase``)."""
+        m = self.lane_buckets[bisect.bisect_left(self.lane_buckets, len(lane))]
+        slots = [c.slot for c in lane] + [self.options.capacity] * (m - len(lane))
+        self.lane_slots[:m].copy_(torch.tensor(slots, dtype=torch.long), non_blocking=False)
+        need = max(self._host_index[c.slot] for c in lane) + 1
+        kv_len = self.kv_buckets[bisect.bisect_left(self.kv_buckets, need)]
+        graph = self._lane_graphs.get((m, kv_len))
+        if graph is not None:
+            graph.replay()
+        else:
+            lane_phase(self.model, self.buf, self.lane.view(m), self.lane_slots[:m], self.consts, self._gen,
+                       self.fused, kv_len)
+        if self._cuda:
+            self._host_action[:m].copy_(self.lane.action[:m], non_blocking=True)
+            done_main = torch.cuda.Event()
+            done_main.record()
+        self._flush_audio()  # audio of the last full step, decoding meanwhile
+        if self._cuda:
+            done_main.synchronize()
+            actions = self._host_action[:m].tolist()
+        else:
+            actions = self.lane.action[:m].tolist()
+        for i, call in enumerate(lane):
+            self._advance_text(call, actions[i])
+        r = self.options.capacity * self.branches
+        self.buf.text_in[:r].copy_(self._host_text[:r], non_blocking=self._cuda)
+        if self._cuda:
+            torch.cuda.current_stream().synchronize()
+        self.lane_steps += 1
+        self.lead_steps += 1
+        for call in lane:
+            self._host_index[call.slot] += 1
+            self._after_step(call)
+
+    def _prime_finished_lead_ins(self, calls: list[CallState]) -> None:
+        """Lane mode: a call whose lead-in just ended gets its Mimi row reset and fed the known frames
+        the in-line path would have decoded during the lead-in (up to ``MIMI_PRIME_FRAMES``), in one
+        multi-frame decode, on the Mimi stream (after any decode that touched the row)."""
+        for call in calls:
+            turn = call.turn
+            if turn is None or not turn.prime_at_lead_end or turn.lead_done or self._in_lead_in(call):
+                continue
+            turn.lead_done = True
+            codes = call.codes[:, turn.mimi_reset_frame : turn.start_frame]
+            side = self._mimi_stream
+            if side is not None:
+                side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side) if side is not None else contextlib.nullcontext():
+                if self._prime_graph is not None and codes.shape[1] == MIMI_PRIME_FRAMES:
+                    # One graph replay, no host copy: the codes come from the ring (a kernel fill of
+                    # the slot index keeps several primes in one step ordered on this stream).
+                    self._prime_slot.fill_(call.slot)
+                    self._prime_graph.replay()
+                    continue
+                dec = self._mimi_row(call.slot)  # eager: CPU, or a first reply with < 17 known frames
+                dec.reset()
+                if codes.shape[1]:
+                    dec.decode_frame(codes.unsqueeze(0).to(self.device))
+
+    def _prime_body(self) -> None:
+        """Reset the scratch row, decode frames ``known - 17 .. known - 1`` of ``_prime_slot`` (still in
+        its ring: a lead-in writes only frames >= known, 15+ steps away from wrapping onto these), and
+        copy the scratch state into the master's row of that slot."""
+        dec = self._prime_dec
+        dec.reset()
+        slot = self._prime_slot
+        frames = self.buf.known.index_select(0, slot) - MIMI_PRIME_FRAMES + torch.arange(
+            MIMI_PRIME_FRAMES, device=self.device
+        )
+        ring = self.buf.ring.index_select(0, slot)  # [1, K, RING]
+        codes = ring.gather(2, frames.remainder(RING).view(1, 1, -1).expand(1, ring.shape[1], -1))
+        dec.decode_frame(codes)
+        for dst, src in zip(self._mimi_master.state.tensors(), dec.state.tensors(), strict=True):
+            dst.index_copy_(0, slot, src)
+
+    def _mimi_row(self, slot: int) -> Any:
+        dec = self._mimi_rows.get(slot)
+        if dec is None:
+            from .mimi_stream import MimiStreamState, StreamingMimiDecoder
+
+            dec = StreamingMimiDecoder(self.mimi.model, batch_size=1)
+            s, r = self._mimi_master.state, slice(slot, slot + 1)
+            dec.state = MimiStreamState(
+                offset=s.offset[r], fresh=s.fresh[r],
+                conv_history=[t[r] for t in s.conv_history], convtr_tail=[t[r] for t in s.convtr_tail],
+                keys=[t[r] for t in s.keys], values=[t[r] for t in s.values],
+            )
+            self._mimi_rows[slot] = dec
+        return dec
 
     def _step_of(self, call: CallState) -> int:
         assert call.turn is not None
@@ -448,15 +708,10 @@ class Engine:
                 depformer_phase(self.model, self.buf.view(n), self.consts, self._gen, self.fused)
         else:
             graphs[3 if lead else 1].replay()
-        if graphs is not None and graphs[2] is not None:
-            graphs[2].replay()
-        else:
-            self._decode_audio(n)
 
     def _decode_audio(self, n: int) -> None:
-        view = self.buf.view(n)
-        pcm = self._mimi[n].decode_frame(view.emitted.unsqueeze(-1))
-        view.pcm.copy_(pcm.clamp(-1.0, 1.0))
+        pcm = self._mimi[n].decode_frame(self._mimi_in[:n].unsqueeze(-1))
+        self.buf.pcm[:n].copy_(pcm.clamp(-1.0, 1.0))
 
     def _advance_text(self, call: CallState, action: int) -> None:
         turn = call.turn
@@ -478,7 +733,8 @@ class Engine:
             codes = self._host_codes[call.slot].clone()
             call.codes = torch.cat([call.codes, codes.view(-1, 1)], dim=1)
             turn.chunks += 1
-            turn.sink(AudioChunk(self._host_pcm[call.slot].clone(), codes, frame, t))
+            # The audio is filled in by _flush_audio once the decode is done (at once on the CPU path).
+            self._pending.append((turn, call.slot, AudioChunk(self._host_pcm[call.slot], codes, frame, t)))
         if turn.end_step is None and call.machine.end_step is not None:
             turn.end_step = call.machine.end_step
         finished = (
@@ -494,6 +750,7 @@ class Engine:
         turn = call.turn
         if turn is None:
             return
+        self._flush_audio()  # the last chunks before the end marker
         call.turn = None
         end = call.frames  # frames emitted so far are exactly the complete ones
         del call.text[end + 1 :]
@@ -633,6 +890,9 @@ class Engine:
         """Capture the frame graphs of every bucket once (main step; depformer; Mimi decode), then clear
         the buffers the warm-up touched. A failed capture leaves that part eager (logged, reported)."""
         pool = torch.cuda.graph_pool_handle()
+        # The Mimi graphs replay on their own stream beside the frame graphs: a pool of their own, so
+        # the two never share scratch memory.
+        mimi_pool = torch.cuda.graph_pool_handle()
         self.buf.active.fill_(True)
         self.graph_errors = []
         with torch.inference_mode():
@@ -669,7 +929,7 @@ class Engine:
                     continue
                 g_mimi: Any = torch.cuda.CUDAGraph()
                 try:
-                    with torch.cuda.graph(g_mimi, pool=pool):
+                    with torch.cuda.graph(g_mimi, pool=mimi_pool):
                         self._decode_audio(n)
                 except RuntimeError as exc:
                     logger.exception("Mimi graph capture failed for %d calls; decoding eagerly", n)
@@ -677,12 +937,56 @@ class Engine:
                     g_mimi = None
                 self._graphs[n] = (g_main, g_dep, g_mimi, g_lead)
                 logger.info("captured frame graphs for %d calls", n)
+            if self.lane_on:
+                self._capture_lane(pool)
+                self._capture_prime(mimi_pool)
         torch.cuda.synchronize()
         for t in (self.buf.step, self.buf.known, self.buf.positions, self.buf.cache_index, self.buf.ring):
             t.zero_()
         self._host_index = [0] * self.options.capacity
         self.buf.active.fill_(False)
+        self.lane_slots.fill_(self.options.capacity)
         self._mimi_master.reset()
+
+    def _capture_prime(self, pool: Any) -> None:
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side):
+            for _ in range(2):
+                self._prime_body()
+        torch.cuda.current_stream().wait_stream(side)
+        try:
+            g = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(g, pool=pool):
+                self._prime_body()
+            self._prime_graph = g
+        except RuntimeError as exc:
+            logger.exception("Mimi priming graph capture failed; priming eagerly")
+            self.graph_errors.append(f"prime: {exc}")
+
+    def _capture_lane(self, pool: Any) -> None:
+        """Lane graphs: one per (lane bucket, KV length), captured on real slots 0..m-1."""
+        for m in self.lane_buckets:
+            self.lane_slots[:m].copy_(torch.arange(m, device=self.device))
+            args = (self.model, self.buf, self.lane.view(m), self.lane_slots[:m], self.consts, None,
+                    self.fused)
+            side = torch.cuda.Stream()
+            side.wait_stream(torch.cuda.current_stream())
+            with torch.cuda.stream(side):
+                for kv_len in self.kv_buckets:
+                    lane_phase(*args, kv_len)
+            torch.cuda.current_stream().wait_stream(side)
+            try:
+                for kv_len in self.kv_buckets:
+                    g = torch.cuda.CUDAGraph()
+                    with torch.cuda.graph(g, pool=pool):
+                        lane_phase(*args, kv_len)
+                    self._lane_graphs[(m, kv_len)] = g
+            except RuntimeError as exc:
+                logger.exception("lane graph capture failed for %d calls; running eagerly", m)
+                self.graph_errors.append(f"lane[{m}]: {exc}")
+                self._lane_graphs = {k: v for k, v in self._lane_graphs.items() if k[0] != m}
+        logger.info("captured lane graphs for %s calls", self.lane_buckets)
 
     # ---------------------------------------------------------------------------------------------
     # Introspection

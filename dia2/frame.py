@@ -23,7 +23,7 @@ re-inventing its last 1.4 s. ``ring[n, k, f % W]`` holds frame f of codebook k f
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields
+from dataclasses import dataclass, fields, replace
 from typing import TYPE_CHECKING
 
 import torch
@@ -35,7 +35,9 @@ from .state_machine import TokenIds
 if TYPE_CHECKING:
     from .fused import FusedFrame
 
-__all__ = ["RING", "FrameBuffers", "depformer_codes", "depformer_phase", "finish_phase", "main_phase"]
+__all__ = [
+    "RING", "FrameBuffers", "depformer_codes", "depformer_phase", "finish_phase", "lane_phase", "main_phase",
+]
 
 RING = 32  # frames kept per call on the device; must exceed the largest delay + 1
 
@@ -95,10 +97,15 @@ class FrameBuffers:
 
     @classmethod
     def allocate(
-        cls, model: Dia2Model, capacity: int, branches: int, max_steps: int, frame_size: int
+        cls, model: Dia2Model, capacity: int, branches: int, max_steps: int, frame_size: int,
+        *, spare: int = 0,
     ) -> FrameBuffers:
+        """``spare`` extra call entries (not in any :meth:`view`, no KV-cache rows) for the per-call
+        and per-row state: :func:`lane_phase` points its padding entries there."""
         cfg = model.config
         dev = model.device
+        cache_rows = capacity * branches
+        capacity += spare
         r = capacity * branches
         k = cfg.data.num_codebooks
         return cls(
@@ -119,7 +126,7 @@ class FrameBuffers:
             action=torch.zeros(capacity, dtype=torch.long, device=dev),
             emitted=torch.zeros(capacity, k, dtype=torch.long, device=dev),
             pcm=torch.zeros(capacity, frame_size, device=dev),
-            cache=model.allocate_decoder_cache(r, max_steps),
+            cache=model.allocate_decoder_cache(cache_rows, max_steps),
             dep_cache=model.allocate_depformer_cache(r),
         )
 
@@ -252,3 +259,61 @@ def finish_phase(buf: FrameBuffers, consts: FrameConstants) -> None:
     rows = inc.repeat_interleave(buf.branches)
     buf.positions.add_(rows)
     buf.cache_index.add_(rows)
+
+
+# Per-call and per-row state a lane step reads from / writes back to the master buffers.
+_LANE_CALL_FIELDS = ("step", "known", "active", "ring", "cfg_scale")
+_LANE_ROW_FIELDS = ("text_in", "positions", "cache_index")
+
+
+def lane_phase(
+    model: Dia2Model,
+    master: FrameBuffers,
+    lane: FrameBuffers,
+    slots: torch.Tensor,
+    consts: FrameConstants,
+    gen: torch.Generator | None,
+    fused: FusedFrame | None,
+    kv_len: int,
+) -> None:
+    """A main-only (lead-in) step for the calls ``master[slots]`` alone, on the small ``lane`` buffers.
+
+    Why: under load a new reply's 17 lead-in steps would otherwise each cost a full batch step; here they
+    cost a main step at the lane's batch size. Each lane entry gathers its call's state (step, known
+    frames, ring, positions, cache index, text, sampling) from the master buffers, runs
+    :func:`main_phase` + :func:`finish_phase` (the depformer codes of a lead-in step are all discarded,
+    see :func:`finish_phase`) and writes the state back, so the call ends exactly where a step in the
+    batch (or alone) would have left it. The KV cache rows are gathered over the first ``kv_len`` slots
+    (every lane row's next slot lies below it), and only the one slot each row wrote is scattered back.
+
+    Padding entries carry the master's spare slot index (``master`` allocated with ``spare=1``: never
+    active, position and cache index 0): they read the last real cache row and write their one K/V slot
+    into its slot ``max_steps - 1``, which no step or prefill ever uses (a turn ends by step
+    ``max_steps - 2``, the context policy keeps history below ``max_steps - 1``), so they disturb nothing.
+    """
+    br = master.branches
+    cache = master.cache
+    rows = (slots.view(-1, 1) * br + torch.arange(br, device=slots.device)).view(-1)
+    for name in _LANE_CALL_FIELDS:
+        getattr(lane, name).copy_(getattr(master, name).index_select(0, slots))
+    for name in _LANE_ROW_FIELDS:
+        getattr(lane, name).copy_(getattr(master, name).index_select(0, rows))
+    for dst, src in ((lane.text, master.text), (lane.audio, master.audio)):
+        dst.temperature.copy_(src.temperature.index_select(0, slots))
+        dst.top_k.copy_(src.top_k.index_select(0, slots))
+    cache_rows = rows.clamp(max=cache.keys.shape[1] - 1)
+    keys = cache.keys[:, :, :, :kv_len].index_select(1, cache_rows)
+    values = cache.values[:, :, :, :kv_len].index_select(1, cache_rows)
+    view = replace(lane, cache=DecoderCache(keys, values))
+    written = lane.cache_index.clone()  # the slot each row writes this step (before the counters move)
+    main_phase(model, view, consts, gen, fused)
+    finish_phase(lane, consts)
+    live = lane.active.repeat_interleave(br)
+    target = torch.where(live, written, torch.full_like(written, cache.max_steps - 1))
+    every = torch.arange(rows.shape[0], device=rows.device)
+    cache.keys[:, cache_rows, :, target] = keys[:, every, :, written]
+    cache.values[:, cache_rows, :, target] = values[:, every, :, written]
+    for name in ("step", "ring"):
+        getattr(master, name).index_copy_(0, slots, getattr(lane, name))
+    for name in ("positions", "cache_index"):
+        getattr(master, name).index_copy_(0, rows, getattr(lane, name))

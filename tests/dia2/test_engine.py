@@ -267,3 +267,72 @@ def test_lead_in_skip_and_fused_path_keep_tokens(
         assert lead == (17 if skip else 0)
         err = (pcm - expected.waveform).abs().max() / expected.waveform.abs().max()
         assert err < 1e-5
+
+
+def _pcm_err(got: list[AudioChunk], want: list[AudioChunk]) -> float:
+    a, b = torch.cat([c.pcm for c in got]), torch.cat([c.pcm for c in want])
+    return float((a - b).abs().max() / b.abs().max())
+
+
+@pytest.mark.parametrize("fused", [False, True])
+def test_lead_in_lane_keeps_every_call_exact(runtime: Dia2, reference: ReferenceFixture, fused: bool) -> None:
+    """A reply that starts while another call speaks runs its lead-in as lane steps (its own rows,
+    main-only) between the batch's full steps: it reaches its first chunk after at most 6 full steps
+    instead of 18, yields the tokens it yields alone (and the same audio, its Mimi row primed at the
+    lead-in's end), and the call already speaking is unaffected token for token."""
+    caller = reference.prefix_speakers()[1]
+    kv = {"kv_buckets": (8, 16, 32, 64), "fused": True} if fused else {}
+
+    def setup(engine: Engine) -> tuple[CallState, CallState]:
+        a, b = engine.open_call(), engine.open_call()
+        engine.user_spoke(b, caller.audio, caller.words)  # b has history: its Mimi row is primed
+        return a, b
+
+    ref = make_engine(runtime, lead_in_lane=False, **kv)  # the in-line path, each call alone
+    a0, b0 = setup(ref)
+    alone_a = reply(ref, a0, SCRIPT_A, greedy(2.0))
+    alone_b = reply(ref, b0, SCRIPT_B, greedy(1.0))
+    assert b0.segments[-1][1] > 17
+
+    engine = make_engine(runtime, lane_steps_per_full=3, **kv)
+    a, b = setup(engine)
+    got_a: list[AudioChunk | None] = []
+    got_b: list[AudioChunk | None] = []
+    engine.speak(a, SCRIPT_A, got_a.append, greedy(2.0))
+    while len(got_a) < 4:
+        assert engine.step()
+    full0, lane0 = engine.steps_run, engine.lane_steps
+    engine.speak(b, SCRIPT_B, got_b.append, greedy(1.0))
+    while not got_b:
+        assert engine.step()
+    # The 17 lead-in steps: at most 3 lane steps per full step (b rides the full steps too); the full
+    # step after them completes frame 0. In line it would be 18 full steps.
+    full, lane = engine.steps_run - full0, engine.lane_steps - lane0
+    assert full <= 6 and lane + full - 1 == 17
+    run_until_quiet(engine)
+    chunks_a = [c for c in got_a if c is not None]
+    chunks_b = [c for c in got_b if c is not None]
+    assert torch.equal(codes_of(chunks_a), codes_of(alone_a))
+    assert torch.equal(codes_of(chunks_b), codes_of(alone_b))
+    assert _pcm_err(chunks_a, alone_a) < 1e-5
+    assert _pcm_err(chunks_b, alone_b) < 1e-4  # primed in one multi-frame decode: float rounding only
+
+
+def test_priming_graph_body_equals_eager_priming(runtime: Dia2, reference: ReferenceFixture) -> None:
+    """The CUDA priming graph's body (codes gathered from the ring, scratch row copied into the slot)
+    leaves the Mimi row exactly as the eager priming from the host history does."""
+    engine = make_engine(runtime)
+    engine.open_call()
+    call = engine.open_call()
+    caller = reference.prefix_speakers()[1]
+    engine.user_spoke(call, caller.audio, caller.words)
+    engine.speak(call, "[S1] Hello there.", lambda chunk: None, greedy())
+    while engine._in_lead_in(call):
+        engine.step()  # the step that ends the lead-in primes the row (eagerly on the CPU)
+    eager = [t[call.slot].clone() for t in engine._mimi_master.state.tensors()]
+    engine.cancel(call)
+    engine._prime_slot.fill_(call.slot)
+    with torch.inference_mode():
+        engine._prime_body()
+    for a, b in zip(eager, [t[call.slot] for t in engine._mimi_master.state.tensors()], strict=True):
+        assert torch.equal(a, b)
