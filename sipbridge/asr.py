@@ -24,6 +24,7 @@ from sipbridge.config import AsrConfig
 log = logging.getLogger(__name__)
 
 _WHISPER_RATE = 16000
+TimedWord = tuple[str, float, float]  # word, start s, end s
 
 
 class AsrError(Exception):
@@ -83,10 +84,18 @@ class Transcriber:
     async def transcribe(self, pcm: npt.NDArray[np.int16], rate: int) -> str:
         if self._model is None or len(pcm) == 0:
             return ""
-        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, pcm, rate)
+        text, _ = await asyncio.get_running_loop().run_in_executor(self._pool, self._run, pcm, rate, False)
+        return text
 
-    def _run(self, pcm: npt.NDArray[np.int16], rate: int) -> str:
-        audio = pcm.astype(np.float32) / 32768.0
+    async def transcribe_words(self, pcm: npt.NDArray[Any], rate: int) -> tuple[str, list[TimedWord]]:
+        """Text and (word, start s, end s) in the audio's time. Word timestamps cost ~30 % more decode time,
+        so only callers that use them (an engine that conditions on timed words: dia2) ask for them."""
+        if self._model is None or len(pcm) == 0:
+            return "", []
+        return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, pcm, rate, True)
+
+    def _run(self, pcm: npt.NDArray[Any], rate: int, words: bool) -> tuple[str, list[TimedWord]]:
+        audio = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
         if rate != _WHISPER_RATE:
             audio = soxr.resample(audio, rate, _WHISPER_RATE, quality="HQ").astype(np.float32)
         segments, _ = self._model.transcribe(
@@ -95,9 +104,17 @@ class Transcriber:
             beam_size=1,
             vad_filter=False,
             condition_on_previous_text=False,
+            word_timestamps=words,
         )
+        segments = list(segments)  # the generator decodes lazily: run it here, on the ASR thread
         self.turns += 1
-        return " ".join(s.text.strip() for s in segments).strip()
+        timed = [
+            (w.word.strip(), float(w.start), float(w.end))
+            for seg in segments
+            for w in (seg.words or [])
+            if w.word.strip()
+        ]
+        return " ".join(seg.text.strip() for seg in segments).strip(), timed
 
     def health(self) -> dict[str, Any]:
         loaded = self._model is not None or self.config.backend == "none"

@@ -52,7 +52,45 @@ def build_parser() -> argparse.ArgumentParser:
     _add_config_args(check)
 
     sub.add_parser("config-reference", help="print the reference of every config key (Markdown)")
+
+    calls = sub.add_parser("calls", help="recorded calls")
+    calls_sub = calls.add_subparsers(dest="calls_command", required=True, metavar="ACTION")
+    export = calls_sub.add_parser(
+        "export", help="every call with its agent results (outcome, captured fields)"
+    )
+    _add_config_args(export)
+    export.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (csv)")
+    export.add_argument("--out", "-o", metavar="FILE", help="write here instead of stdout")
+    export.add_argument(
+        "--db", metavar="FILE", help="SQLite database (default: the config's storage.sqlite_path)"
+    )
     return parser
+
+
+def _export_calls(args: argparse.Namespace, loaded: LoadedConfig) -> int:
+    from pathlib import Path
+
+    from sipbridge.export import export_calls
+    from sipbridge.store import Store
+
+    path = Path(args.db) if args.db else loaded.config.storage.sqlite_path
+    if not path.is_file():
+        print(f"no database at {path}", file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        store = Store(path)
+    except StoreError as exc:
+        print(str(exc), file=sys.stderr)
+        return EXIT_FAILURE
+    try:
+        text = export_calls(store, args.format)
+    finally:
+        store.close()
+    if args.out:
+        Path(args.out).write_text(text, encoding="utf-8")
+    else:
+        sys.stdout.write(text)
+    return EXIT_OK
 
 
 def _load(args: argparse.Namespace) -> LoadedConfig:
@@ -84,6 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as error:
         _print_config_errors(error)
         return EXIT_CONFIG
+
+    if args.command == "calls":
+        return _export_calls(args, loaded)
 
     if args.command == "check-config":
         sys.stdout.write(f"# {loaded.source}: valid\n")

@@ -97,7 +97,13 @@ class SipConfig(_Section):
         ["127.0.0.0/8", "::1/128"],
         description="CIDRs allowed to send INVITEs; anything else is answered 403.",
     )
-    codecs: list[Codec] = Field(["PCMU", "PCMA"], min_length=1, description="Codecs in priority order.")
+    codecs: list[Codec] = Field(
+        ["PCMU", "PCMA"],
+        min_length=1,
+        description="Codecs enabled, in priority order for the offers we make. An answer to a caller's offer "
+        "uses the caller's first codec among those enabled (PJSIP's compile-time SDP negotiation preference "
+        "in the pjsua2 wheel), so this order does not reorder answers.",
+    )
     user_agent: str = Field("sipbridge", description="User-Agent header.")
     trunk: TrunkConfig = Field(default_factory=TrunkConfig)
 
@@ -143,7 +149,36 @@ class MediaConfig(_Section):
     ptime_ms: Literal[10, 20, 30, 40] = Field(20, description="Packet time of the audio we send.")
     rtp_port_min: int = Field(40000, ge=1024, le=65535, description="First RTP port of the media range.")
     rtp_port_max: int = Field(40999, ge=1024, le=65535, description="Last RTP port of the media range.")
-    jitter_buffer_ms: int = Field(60, ge=0, le=1000, description="Target jitter buffer depth.")
+    # PJSIP's adaptive receive jitter buffer. Its prefetch delays every caller frame before VAD and barge-in
+    # hear it, so it is kept low; it grows by itself (up to jitter_buffer_max_prefetch_ms) on jittery links.
+    jitter_buffer_ms: int = Field(
+        20,
+        ge=0,
+        le=1000,
+        description="Initial prefetch (pjsua jbInit). Lower: caller audio reaches VAD/barge-in sooner; "
+        "higher: fewer early underruns on a jittery trunk. 20 ms = one packet.",
+    )
+    jitter_buffer_min_ms: int = Field(
+        0,
+        ge=0,
+        le=1000,
+        description="Least prefetch the adaptive buffer shrinks to (jbMinPre; PJSIP's default is 60). "
+        "0 suits loopback/LAN trunks and lets barge-in cut within ~60 ms; raise it (40-60) where packets "
+        "arrive in bursts, at the cost of that much extra delay on every caller frame.",
+    )
+    jitter_buffer_max_prefetch_ms: int = Field(
+        200,
+        ge=0,
+        le=2000,
+        description="Most prefetch the buffer grows to under jitter (jbMaxPre): bounds the added delay.",
+    )
+    jitter_buffer_max_ms: int = Field(
+        500,
+        ge=20,
+        le=5000,
+        description="Buffer capacity (jbMax); packets beyond it are discarded (PJSIP's progressive discard, "
+        "which this pjsua2 wheel cannot change: jbDiscardAlgo is not settable from Python).",
+    )
     dead_media_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="End the call when no RTP arrives for this long."
     )
@@ -152,6 +187,10 @@ class MediaConfig(_Section):
     def _port_range(self) -> MediaConfig:
         if self.rtp_port_max <= self.rtp_port_min:
             raise ValueError("rtp_port_max must be greater than rtp_port_min")
+        if not self.jitter_buffer_min_ms <= self.jitter_buffer_ms <= self.jitter_buffer_max_prefetch_ms:
+            raise ValueError("jitter buffer: need min_ms <= jitter_buffer_ms <= max_prefetch_ms")
+        if self.jitter_buffer_max_prefetch_ms >= self.jitter_buffer_max_ms:
+            raise ValueError("jitter_buffer_max_prefetch_ms must be below jitter_buffer_max_ms")
         return self
 
 
@@ -171,7 +210,12 @@ class VadConfig(_Section):
     min_turn_ms: int = Field(200, ge=0, le=10000, description="Shorter turns are dropped as noise.")
     max_turn_ms: int = Field(30000, ge=1000, le=300000, description="Longer turns are cut here.")
     barge_in_min_ms: int = Field(
-        200, ge=0, le=5000, description="Caller speech this long during playback interrupts it."
+        200,
+        ge=0,
+        le=5000,
+        description="Caller speech this long during playback interrupts it, timed from the sound's energy "
+        "onset. Above 0 the VAD must also confirm speech, so noise bursts shorter than this never "
+        "interrupt; 0 cuts on the energy onset alone (any sound interrupts, fastest cut).",
     )
 
     @model_validator(mode="after")
@@ -259,7 +303,9 @@ class WebhookAgentConfig(_Section):
     url: str | None = Field(None, description="Where each turn is POSTed as JSON.")
     timeout_s: float = Field(3.0, gt=0, le=60, description="Per-request timeout.")
     retries: int = Field(1, ge=0, le=5, description="Retries after a failed request.")
-    hmac_secret: SecretStr | None = Field(None, description="Signs each request body (header X-Signature).")
+    hmac_secret: SecretStr | None = Field(
+        None, description="Signs each request body: header `X-Sipbridge-Signature: sha256=<hex HMAC>`."
+    )
 
 
 class LlmAgentConfig(_Section):
@@ -268,6 +314,17 @@ class LlmAgentConfig(_Section):
     api_key: SecretStr | None = Field(None, description="API key; use `${ENV_VAR}`.")
     system_prompt: str = Field("You are a polite phone assistant.", description="System prompt.")
     temperature: float = Field(0.3, ge=0.0, le=2.0, description="LLM sampling temperature.")
+    max_tokens: int = Field(200, ge=1, le=8192, description="Longest reply, tokens.")
+    timeout_s: float = Field(
+        5.0, gt=0, le=120, description="Connect/first-token timeout; the fallback line is said after it."
+    )
+    tools: list[Literal["hang_up", "transfer", "send_dtmf", "set_result", "end_call"]] = Field(
+        ["hang_up", "set_result", "end_call"],
+        description="Actions offered to the model as functions (docs/AGENTS.md).",
+    )
+    transfer_target: str | None = Field(
+        None, description="SIP URI the `transfer` function may REFER to when the model names none."
+    )
 
 
 class AgentConfig(_Section):
@@ -295,6 +352,20 @@ class AgentConfig(_Section):
 # -------------------------------------------------------------------------------------------- http
 
 
+class HttpLimitsConfig(_Section):
+    """Limits of the conversation API (docs/HTTP_API.md); a request over one gets a 4xx naming it."""
+
+    max_upload_bytes: int = Field(
+        10_000_000, ge=1_000, le=1_000_000_000, description="Largest audio upload (413 above)."
+    )
+    max_audio_s: float = Field(60.0, gt=0, le=3600, description="Longest audio upload, s (413 above).")
+    max_text_chars: int = Field(2000, ge=1, le=1_000_000, description="Longest text to speak (413 above).")
+    max_conversations: int = Field(
+        16, ge=1, le=1024, description="Conversations open at once over HTTP (429 above)."
+    )
+    max_voices: int = Field(64, ge=1, le=10_000, description="Named voices /upload_voice keeps (429 above).")
+
+
 class HttpConfig(_Section):
     """The HTTP API (health, metrics, conversation API) served by the supervisor."""
 
@@ -303,6 +374,7 @@ class HttpConfig(_Section):
     bearer_token: SecretStr | None = Field(
         None, description="Required on every endpoint but health; use `${ENV_VAR}`. Null = no auth."
     )
+    limits: HttpLimitsConfig = Field(default_factory=HttpLimitsConfig)
 
     @field_validator("bind")
     @classmethod
@@ -472,7 +544,13 @@ def _substitute_env(
     return _ENV_REF.sub(replace, value)
 
 
-def _parse_yaml(text: str, origin: str, origins: Origins, issues: list[ConfigIssue]) -> dict[str, Any]:
+def _parse_yaml(
+    text: str,
+    origin: str,
+    origins: Origins,
+    issues: list[ConfigIssue],
+    loader: type[yaml.SafeLoader] = yaml.SafeLoader,
+) -> dict[str, Any]:
     try:
         node = yaml.compose(text, Loader=_UniqueKeyLoader)
     except yaml.YAMLError as exc:
@@ -486,7 +564,7 @@ def _parse_yaml(text: str, origin: str, origins: Origins, issues: list[ConfigIss
         issues.append(ConfigIssue("", "the top level must be a mapping of sections", f"{origin}:1"))
         return {}
     _walk_nodes(node, (), origin, origins, issues)
-    data = yaml.load(text, Loader=yaml.SafeLoader)
+    data = yaml.load(text, Loader=loader)  # always a SafeLoader (subclass)
     return data if isinstance(data, dict) else {}
 
 
@@ -561,16 +639,18 @@ def load_yaml_model(
     *,
     overrides: Sequence[str] = (),
     env: Mapping[str, str] | None = None,
+    loader: type[yaml.SafeLoader] = yaml.SafeLoader,
 ) -> LoadedYaml[ModelT]:
     """Parse, substitute `${ENV}`, apply `--set` overrides and validate any of our YAML files.
 
     Every problem is collected and raised as one ConfigError whose issues name the key path and file line.
-    The deployment config and campaign files both load through here.
+    The deployment config, campaign and flow files load through here. `loader` is a SafeLoader subclass
+    (flow files read `yes`/`no` as words, not booleans).
     """
     env = os.environ if env is None else env
     issues: list[ConfigIssue] = []
     origins = Origins()
-    data = _parse_yaml(text, origin, origins, issues)
+    data = _parse_yaml(text, origin, origins, issues, loader)
     if issues:
         raise ConfigError(issues)
     data = _substitute_env(data, (), env, origins, issues)

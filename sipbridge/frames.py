@@ -96,6 +96,8 @@ class BargeIn(Frame):
     t_ms: int
     utterance: int
     dropped_ms: int
+    onset_ms: int | None = None  # media time the caller's sound began (the energy onset)
+    decided_at: float | None = None  # the worker's time.monotonic() of the decision: the drop is in effect
 
 
 @dataclass(frozen=True)
@@ -114,6 +116,16 @@ class PlaybackDone(Frame):
     end_ms: int
     interrupted: bool
     underruns: int
+
+
+@dataclass(frozen=True)
+class TransferStatus(Frame):
+    """Progress of a REFER we sent: 202 when accepted, then the transferee's final status (NOTIFY)."""
+
+    call_id: str
+    code: int
+    reason: str
+    final: bool
 
 
 @dataclass(frozen=True)
@@ -165,6 +177,22 @@ class Hangup(Frame):
 
 
 @dataclass(frozen=True)
+class Transfer(Frame):
+    """Blind transfer: send REFER with Refer-To `target` (a SIP URI); TransferStatus reports progress."""
+
+    call_id: str
+    target: str
+
+
+@dataclass(frozen=True)
+class SendDtmf(Frame):
+    """Send keypad digits to the remote party (RFC 2833 events), e.g. to get through an IVR."""
+
+    call_id: str
+    digits: str
+
+
+@dataclass(frozen=True)
 class Shutdown(Frame):
     reason: str = ""
 
@@ -192,11 +220,14 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         BargeIn,
         Dtmf,
         PlaybackDone,
+        TransferStatus,
         CallEnded,
         PlayAudio,
         EndOfUtterance,
         CancelUtterances,
         Hangup,
+        Transfer,
+        SendDtmf,
         Shutdown,
         Ping,
     )

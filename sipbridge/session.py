@@ -27,7 +27,7 @@ import numpy as np
 from audio.resample import make_resampler
 from audio.wav import write_wav
 from sipbridge import frames as f
-from sipbridge.agents import Agent, AgentCall, Reply
+from sipbridge.agents import Action, Agent, AgentCall, Reply, TextStream, Turn
 from sipbridge.asr import Transcriber
 from sipbridge.config import Config
 from sipbridge.engine import Engine, EngineError, EngineSession
@@ -72,6 +72,9 @@ class CallSession:
     _turn_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
     _hangup_sent: bool = False
+    _silence: asyncio.Task[None] | None = None  # the armed silence timer (Reply.silence_timeout_s)
+    _silence_timeout_s: float | None = None
+    _caller_speaking: bool = False  # between SpeechStarted and the end of that turn
 
     @property
     def call_id(self) -> str:
@@ -106,7 +109,13 @@ class CallSession:
         self.store.set_call_media(
             s.call_id, codec=s.codec, recording_path=str(turn_dir / "call.wav") if turn_dir else None
         )
-        self.agent_call = AgentCall(s.call_id, s.remote_uri)
+        self.agent_call = AgentCall(
+            s.call_id,
+            s.remote_uri,
+            direction="inbound",
+            variables={"sip_call_id": s.sip_call_id, "remote_uri": s.remote_uri, "local_uri": s.local_uri},
+        )
+        self.store.set_agent_results(s.call_id, agent=self.agent.name)
         try:
             self.engine_session = self.engine.open_session(s.call_id)
         except EngineError as exc:
@@ -182,6 +191,13 @@ class CallSession:
     def handle(self, frame: f.Frame) -> None:
         if self.ended.is_set():
             return
+        if isinstance(frame, f.TurnEnded | f.SpeechStarted | f.Dtmf):
+            self._disarm_silence()  # the caller is active: no silence turn
+            self._caller_speaking = isinstance(frame, f.SpeechStarted)
+        elif isinstance(frame, f.TurnDropped):
+            self._caller_speaking = False
+            if self._silence_timeout_s is not None:
+                self._arm_silence(self._silence_timeout_s)  # noise only: keep waiting for a real answer
         if isinstance(frame, f.TurnEnded):
             self._spawn(self._on_turn(frame, time.monotonic()), "turn")
         elif isinstance(frame, f.BargeIn):
@@ -190,6 +206,8 @@ class CallSession:
             self._on_playback_done(frame)
         elif isinstance(frame, f.Dtmf):
             self._spawn(self._on_dtmf(frame.digit), "dtmf")
+        elif isinstance(frame, f.TransferStatus):
+            self._on_transfer_status(frame)
         elif isinstance(frame, f.SpeechStarted):
             log.debug("call %s: caller speech at %d ms", self.call_id, frame.t_ms)
 
@@ -204,9 +222,16 @@ class CallSession:
         async with self._turn_lock:  # turns are answered in the order they were spoken
             pcm = np.frombuffer(turn.pcm, dtype=np.int16)
             t0 = time.monotonic()
-            words = await self.asr.transcribe(pcm, self.rate)
-            t_asr = time.monotonic()
-            self.engine_session.user_spoke(pcm, self.rate, words)
+            # An engine that conditions on timed words (dia2) gets ASR's word timestamps instead of the
+            # text spread evenly; the others do not pay the extra decode time.
+            if getattr(self.engine, "wants_word_timings", False):
+                words, timed = await self.asr.transcribe_words(pcm, self.rate)
+                t_asr = time.monotonic()
+                self.engine_session.user_spoke(pcm, self.rate, timed if timed else words)
+            else:
+                words = await self.asr.transcribe(pcm, self.rate)
+                t_asr = time.monotonic()
+                self.engine_session.user_spoke(pcm, self.rate, words)
             audio_path = None
             turn_dir = self._turn_dir()
             if turn_dir is not None:
@@ -230,7 +255,10 @@ class CallSession:
                 turn.reason,
                 words,
             )
-            reply = await self._ask_agent(self.agent.on_turn(self.agent_call, words))
+            caller_turn = Turn(
+                "speech", words, start_ms=turn.start_ms, end_ms=turn.end_ms, asr_ms=(t_asr - t0) * 1000
+            )
+            reply = await self._ask_agent(self.agent.on_turn(self.agent_call, caller_turn))
             t_agent = time.monotonic()
             if reply is not None:
                 utt = self.say(reply)
@@ -244,7 +272,7 @@ class CallSession:
     async def _on_dtmf(self, digit: str) -> None:
         assert self.agent_call is not None
         self.store.add_event(self.call_id, "dtmf", {"digit": digit})
-        reply = await self._ask_agent(self.agent.on_dtmf(self.agent_call, digit))
+        reply = await self._ask_agent(self.agent.on_turn(self.agent_call, Turn("dtmf", dtmf=digit)))
         if reply is not None:
             self.say(reply)
 
@@ -263,6 +291,7 @@ class CallSession:
     # -------------------------------------------------------------------------------- speaking
 
     def say(self, reply: Reply) -> Utterance:
+        self._apply_now(reply.actions)
         utt = Utterance(self.next_utterance, reply, time.monotonic())
         self.next_utterance += 1
         self.utterances[utt.id] = utt
@@ -313,6 +342,10 @@ class CallSession:
         if not utt.cancelled:
             send(resampler.flush())
             self.worker.send(f.EndOfUtterance(self.call_id, utt.id))
+        if isinstance(utt.reply.text, TextStream):
+            self._apply_now(utt.reply.text.actions)  # an LLM's function calls arrive after its text
+            if utt.reply.text.first_piece_at is not None and utt.turn_ended_at is not None:
+                utt.timing["agent_first_text_ms"] = (utt.reply.text.first_piece_at - utt.turn_ended_at) * 1000
         utt.timing["engine_total_ms"] = (time.monotonic() - t0) * 1000
         if utt.timing.get("turn_to_first_audio_ms") is not None:
             log.info(
@@ -341,7 +374,15 @@ class CallSession:
         self.store.add_event(
             self.call_id,
             "barge_in",
-            {"t_ms": frame.t_ms, "utterance": frame.utterance, "dropped_ms": frame.dropped_ms},
+            {
+                "t_ms": frame.t_ms,
+                "utterance": frame.utterance,
+                "dropped_ms": frame.dropped_ms,
+                # The caller's sound onset (media ms) and the worker's monotonic decision time: tests put
+                # these next to wire timestamps to split the cut into decision lag and drop time.
+                "onset_ms": frame.onset_ms,
+                "decided_at": frame.decided_at,
+            },
         )
         log.info(
             "call %s: barge-in at %d ms, utterance %d cut (%d ms dropped)",
@@ -364,7 +405,7 @@ class CallSession:
         self.store.add_turn(
             self.call_id,
             "bot",
-            utt.reply.text,
+            utt.reply.spoken_text,
             start_ms=frame.start_ms,
             end_ms=frame.end_ms,
             audio_path=audio_path,
@@ -374,5 +415,80 @@ class CallSession:
             self.store.add_event(self.call_id, "latency", {"utterance": utt.id, **utt.timing})
         if frame.underruns:
             log.warning("call %s: utterance %d had %d underruns", self.call_id, utt.id, frame.underruns)
-        if utt.reply.hangup:
+        self._after_playback(utt.reply, frame.interrupted)
+
+    # ------------------------------------------------------------------------------ agent actions
+
+    def _apply_now(self, actions: tuple[Action, ...] | list[Action]) -> None:
+        """Result fields and the outcome are stored as soon as the agent sets them (a crash keeps them)."""
+        call = self.agent_call
+        changed = False
+        for action in actions:
+            if call is None:
+                break
+            if action.kind == "set_result":
+                call.results[action.arg] = action.value
+                if action.arg == "outcome":  # the outcome without ending the call (e.g. before a transfer)
+                    call.outcome = str(action.value)
+                changed = True
+            elif action.kind == "end":
+                call.outcome = action.arg
+                changed = True
+        if changed and call is not None:
+            self.store.set_agent_results(self.call_id, results=call.results, outcome=call.outcome)
+
+    def _after_playback(self, reply: Reply, interrupted: bool = False) -> None:
+        """Actions that wait until the caller has heard the reply carrying them."""
+        ends = reply.hangup
+        for action in reply.all_actions():
+            if action.kind == "send_dtmf":
+                self.store.add_event(self.call_id, "send_dtmf", {"digits": action.arg})
+                self.worker.send(f.SendDtmf(self.call_id, action.arg))
+            elif action.kind == "transfer":
+                self.store.add_event(self.call_id, "transfer", {"target": action.arg})
+                self.worker.send(f.Transfer(self.call_id, action.arg))
+                return  # the call ends when the transfer is accepted (TransferStatus)
+            elif action.kind in ("hangup", "end"):
+                ends = True
+        if ends:
             self.hangup(200, "agent ended the call")
+        elif reply.silence_timeout_s is not None and not self.utterances and not interrupted:
+            # Cut by barge-in means the caller is talking: their turn, not silence, comes next.
+            if not self._caller_speaking:
+                self._arm_silence(reply.silence_timeout_s)
+
+    def _on_transfer_status(self, frame: f.TransferStatus) -> None:
+        self.store.add_event(self.call_id, "transfer_status", {"code": frame.code, "reason": frame.reason})
+        # PJSIP reports the REFER's 202 as "100 Accepted", then the transferee's progress (NOTIFY sipfrag):
+        # anything below 300 means the far end took the transfer, so a blind transfer is done.
+        if frame.code < 300:
+            self.hangup(200, f"transferred ({frame.code} {frame.reason})")
+        else:
+            log.warning("call %s: transfer failed: %d %s", self.call_id, frame.code, frame.reason)
+            self.say(Reply(self.config.agent.fallback_line))
+
+    def _arm_silence(self, timeout_s: float) -> None:
+        self._disarm_silence()
+        self._silence_timeout_s = timeout_s
+        self._silence = asyncio.create_task(self._silence_turn(timeout_s), name=f"silence-{self.call_id[:8]}")
+        self._tasks.add(self._silence)
+        self._silence.add_done_callback(self._task_done)
+
+    def _disarm_silence(self) -> None:
+        if self._silence is not None:
+            self._silence.cancel()
+            self._silence = None
+        self._silence_timeout_s = None
+
+    async def _silence_turn(self, timeout_s: float) -> None:
+        await asyncio.sleep(timeout_s)
+        self._silence = None
+        self._silence_timeout_s = None
+        assert self.agent_call is not None
+        self.store.add_event(self.call_id, "silence", {"timeout_s": timeout_s})
+        async with self._turn_lock:
+            reply = await self._ask_agent(
+                self.agent.on_turn(self.agent_call, Turn("silence", silent_s=timeout_s))
+            )
+        if reply is not None:
+            self.say(reply)

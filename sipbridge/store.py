@@ -71,6 +71,14 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN codec TEXT;
     ALTER TABLE calls ADD COLUMN recording_path TEXT;
     """,
+    # 3: agent results (issue 7): which agent handled the call and its verdict; captured fields go to the
+    # existing `results` JSON column, written as they are captured so a crash mid-call keeps them.
+    """
+    ALTER TABLE calls ADD COLUMN agent TEXT;
+    ALTER TABLE calls ADD COLUMN agent_outcome TEXT;
+    ALTER TABLE calls ADD COLUMN results_at REAL;
+    CREATE INDEX calls_agent_outcome ON calls (agent_outcome);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -97,6 +105,8 @@ class CallRecord:
     worker: int | None = None
     codec: str | None = None
     recording_path: str | None = None
+    agent: str | None = None
+    agent_outcome: str | None = None
 
 
 @dataclass(frozen=True)
@@ -244,6 +254,22 @@ class Store:
                 (codec, recording_path, call_id),
             )
 
+    def set_agent_results(
+        self,
+        call_id: str,
+        *,
+        agent: str | None = None,
+        results: dict[str, Any] | None = None,
+        outcome: str | None = None,
+    ) -> None:
+        """Record the agent of a call, its captured fields (the whole dict) and its outcome; None keeps."""
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE calls SET agent = COALESCE(?, agent), results = COALESCE(?, results),"
+                " agent_outcome = COALESCE(?, agent_outcome), results_at = ? WHERE id = ?",
+                (agent, None if results is None else json.dumps(results), outcome, time.time(), call_id),
+            )
+
     def add_turn(
         self,
         call_id: str,
@@ -306,6 +332,12 @@ class Store:
             ).fetchall()
         return [_call_from_row(row) for row in rows]
 
+    def all_calls(self) -> list[CallRecord]:
+        """Every call, oldest first (exports)."""
+        with self._lock:
+            rows = self._db.execute("SELECT * FROM calls ORDER BY created_at, id").fetchall()
+        return [_call_from_row(row) for row in rows]
+
     def count_active_calls(self) -> int:
         with self._lock:
             return int(self._db.execute("SELECT COUNT(*) FROM calls WHERE state = 'active'").fetchone()[0])
@@ -328,4 +360,6 @@ def _call_from_row(row: sqlite3.Row) -> CallRecord:
         worker=row["worker"],
         codec=row["codec"],
         recording_path=row["recording_path"],
+        agent=row["agent"],
+        agent_outcome=row["agent_outcome"],
     )

@@ -19,6 +19,7 @@ import threading
 import time
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import uvicorn
@@ -29,6 +30,7 @@ from sipbridge.asr import AsrError, Transcriber
 from sipbridge.config import Config, LoadedConfig
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
+from sipbridge.http.service import ConversationService
 from sipbridge.session import CallSession
 from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
@@ -75,6 +77,8 @@ class Supervisor:
     agent: Agent | None = None
     pool: WorkerPool | None = None
     sessions: dict[str, CallSession] = field(default_factory=dict)
+    # HTTP conversations (sipbridge/http): sessions of the same engine as the calls, so they share its batch.
+    conversations: ConversationService | None = None
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
 
@@ -109,6 +113,7 @@ class Supervisor:
             "engine": lambda: self.engine.health() if self.engine else {"ok": False},
             "asr": lambda: self.asr.health() if self.asr else {"ok": False},
             "calls": lambda: {"active": len(self.sessions)},
+            "conversations": lambda: self.conversations.health() if self.conversations else {"ok": True},
         }
 
     # ------------------------------------------------------------------------------ call routing
@@ -153,10 +158,11 @@ class Supervisor:
         cfg = self.config
         try:
             self.agent = make_agent(cfg.agent)
-            self.engine = make_engine(cfg.engine)
-            await self.engine.start()
+            # ASR first: the dia2 engine transcribes a voice prefix that came without its transcript.
             self.asr = Transcriber(cfg.asr)
             await self.asr.start()
+            self.engine = make_engine(cfg.engine, self.asr, Path(cfg.storage.sqlite_path).parent)
+            await self.engine.start()
             self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost)
             await self.pool.start()
         except (AgentError, EngineError, AsrError, WorkerStartError) as exc:
@@ -174,6 +180,8 @@ class Supervisor:
         self.sessions.clear()
         if self._closing:
             await asyncio.gather(*self._closing, return_exceptions=True)
+        if self.conversations is not None:
+            await self.conversations.close()
         if self.engine is not None:
             await self.engine.close()
         if self.asr is not None:
@@ -211,11 +219,10 @@ class Supervisor:
             sock.close()
             self.store.close()
             raise
-        server = _EmbeddedServer(
-            uvicorn.Config(
-                create_app(self.health_sources()), log_config=None, lifespan="off", access_log=False
-            )
-        )
+        assert self.engine is not None
+        self.conversations = ConversationService(self.engine, self.asr, cfg.http.limits)
+        app = create_app(self.health_sources(), self.conversations, cfg.http)
+        server = _EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
         http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         host = f"[{cfg.http.bind}]" if ":" in cfg.http.bind else cfg.http.bind
         log.info("http listening on http://%s:%d (GET /healthz)", host, self.http_port)

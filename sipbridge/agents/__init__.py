@@ -2,7 +2,16 @@
 
 from __future__ import annotations
 
-from sipbridge.agents.base import Agent, AgentCall, AgentError, Reply
+from sipbridge.agents.base import (
+    Action,
+    Agent,
+    AgentCall,
+    AgentError,
+    AgentTurnError,
+    Reply,
+    TextStream,
+    Turn,
+)
 from sipbridge.config import AgentConfig
 
 
@@ -15,7 +24,23 @@ def make_agent(config: AgentConfig) -> Agent:
         from sipbridge.agents.script import ScriptAgent, load_flow
 
         return ScriptAgent(load_flow(config.script.flow), config.greeting)
-    raise AgentError(f"agent.kind {config.kind!r} is not available in this version (echo, script are)")
+    if config.kind == "webhook":
+        from sipbridge.agents.webhook import WebhookAgent
+
+        return WebhookAgent(config.webhook)
+    from sipbridge.agents.llm import LlmAgent
+
+    return LlmAgent(config.llm, config.greeting)
 
 
-__all__ = ["Agent", "AgentCall", "AgentError", "Reply", "make_agent"]
+__all__ = [
+    "Action",
+    "Agent",
+    "AgentCall",
+    "AgentError",
+    "AgentTurnError",
+    "Reply",
+    "TextStream",
+    "Turn",
+    "make_agent",
+]

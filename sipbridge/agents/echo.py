@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from sipbridge.agents.base import AgentCall, Reply
+from sipbridge.agents.base import AgentCall, Reply, Turn
 
 
 @dataclass
@@ -15,11 +15,12 @@ class EchoAgent:
     async def greeting(self, call: AgentCall) -> Reply | None:
         return Reply(self.greeting_text)
 
-    async def on_turn(self, call: AgentCall, words: str) -> Reply | None:
-        return Reply(f"You said: {words}" if words else "Sorry, I did not catch that.")
-
-    async def on_dtmf(self, call: AgentCall, digit: str) -> Reply | None:
-        return Reply(f"You pressed {digit}.")
+    async def on_turn(self, call: AgentCall, turn: Turn) -> Reply | None:
+        if turn.kind == "dtmf":
+            return Reply(f"You pressed {turn.dtmf}.")
+        if turn.kind == "silence":
+            return None
+        return Reply(f"You said: {turn.words}" if turn.words else "Sorry, I did not catch that.")
 
     async def on_end(self, call: AgentCall) -> None:
         return None

@@ -1,6 +1,12 @@
-"""A YAML-scripted agent: a greeting, one reply per caller turn (picked by keyword or in order), a hang-up.
+"""The `script` agent: a YAML flow decides every reply, no network, no model.
 
-Flow file (agent.script.flow; config/flows/ has examples):
+Two flow formats:
+
+- state flows (`states:`; sipbridge/agents/flow.py has the format, config/flows/ the shipped ones): prompts
+  templated from call variables, expected answers, retries and re-prompts, silence timeouts, branches,
+  captured result fields, an outcome; validated at load time;
+- the first format (`turns:`), kept for simple scripts: a greeting, one reply per caller turn (picked by
+  keyword or in order), DTMF replies, a hang-up:
 
     greeting: Hello, this is the verification line.      # or {say: ..., interruptible: false}
     turns:                                               # the reply to the caller's 1st, 2nd, ... turn
@@ -20,13 +26,27 @@ Keywords match whole words, case-insensitive, so "no" does not match "know".
 from __future__ import annotations
 
 import re
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from sipbridge.agents.base import AgentCall, AgentError, Reply
+from sipbridge.agents.base import Action, AgentCall, AgentError, Reply, Turn
+from sipbridge.agents.flow import (
+    RESUME,
+    FlowLoader,
+    State,
+    StateFlow,
+    has_phrase,
+    load_state_flow,
+    parse_answer,
+    read_flow_text,
+    render,
+    words_of,
+)
+from sipbridge.config import ConfigError, ConfigIssue, load_yaml_model
 
 
 class _Model(BaseModel):
@@ -69,31 +89,27 @@ class Flow(_Model):
         return value
 
 
-class _FlowLoader(yaml.SafeLoader):
-    """YAML 1.1 reads `no`, `yes`, `on`, `off` as booleans; in a flow they are words callers say."""
-
-
-_FlowLoader.yaml_implicit_resolvers = {
-    first: [(tag, regexp) for tag, regexp in resolvers if tag != "tag:yaml.org,2002:bool"]
-    for first, resolvers in yaml.SafeLoader.yaml_implicit_resolvers.items()
-}
-_FlowLoader.add_implicit_resolver(
-    "tag:yaml.org,2002:bool", re.compile(r"^(?:true|True|TRUE|false|False|FALSE)$"), list("tTfF")
-)
-
-
-def load_flow(path: Path) -> Flow:
+def load_flow(path: Path) -> Flow | StateFlow:
+    """A flow file of either format; AgentError naming every problem (key path and line) otherwise."""
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=_FlowLoader)  # a SafeLoader subclass
-    except OSError as exc:
-        raise AgentError(f"agent.script.flow: cannot read {path}: {exc.strerror}") from exc
-    except yaml.YAMLError as exc:
-        raise AgentError(f"agent.script.flow: {path} is not valid YAML: {exc}") from exc
-    try:
-        return Flow.model_validate(data or {})
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(str(p) for p in e['loc'])}: {e['msg']}" for e in exc.errors())
-        raise AgentError(f"agent.script.flow {path}: {problems}") from None
+        text = read_flow_text(path)
+        try:
+            data = yaml.load(text, Loader=FlowLoader)  # a SafeLoader subclass
+        except yaml.YAMLError as exc:
+            raise AgentError(f"agent.script.flow: {path} is not valid YAML: {exc}") from exc
+        if isinstance(data, dict) and "states" in data:
+            return load_state_flow(text, str(path))
+        return load_yaml_model(Flow, text, str(path), loader=FlowLoader).model
+    except ConfigError as exc:
+        raise FlowError(path, exc.issues) from None
+
+
+class FlowError(AgentError):
+    """A flow file is unusable; `issues` name each problem's key path and file line."""
+
+    def __init__(self, path: Path, issues: list[ConfigIssue]) -> None:
+        self.issues = issues
+        super().__init__(f"agent.script.flow {path}: " + "; ".join(str(i) for i in issues))
 
 
 def _words(text: str) -> set[str]:
@@ -103,30 +119,151 @@ def _words(text: str) -> set[str]:
 class ScriptAgent:
     name = "script"
 
-    def __init__(self, flow: Flow, default_greeting: str) -> None:
+    def __init__(self, flow: Flow | StateFlow, default_greeting: str) -> None:
         self.flow = flow
         self.default_greeting = default_greeting
 
     async def greeting(self, call: AgentCall) -> Reply | None:
+        if isinstance(self.flow, StateFlow):
+            return _FlowRun(self.flow, call).enter(self.flow.start)
         if self.flow.greeting is not None:
             return self.flow.greeting.reply()
         return Reply(self.default_greeting)
 
-    async def on_turn(self, call: AgentCall, words: str) -> Reply | None:
+    async def on_turn(self, call: AgentCall, turn: Turn) -> Reply | None:
+        if isinstance(self.flow, StateFlow):
+            return _FlowRun(self.flow, call).on_turn(turn)
+        if turn.kind == "dtmf":
+            say = self.flow.dtmf.get(turn.dtmf)
+            return None if say is None else say.reply()
+        if turn.kind == "silence":
+            return None
         index = call.turns
         call.turns += 1
         if index >= len(self.flow.turns):
             return Reply(self.flow.goodbye, hangup=True)
         step = self.flow.turns[index]
-        heard = _words(words)
+        heard = _words(turn.words)
         for branch in step.when:
             if heard & {k.lower() for k in branch.keywords}:
                 return branch.reply()
         return step.reply()
 
-    async def on_dtmf(self, call: AgentCall, digit: str) -> Reply | None:
-        say = self.flow.dtmf.get(digit)
-        return None if say is None else say.reply()
-
     async def on_end(self, call: AgentCall) -> None:
         return None
+
+
+def _with(reply: Reply, before: list[Action]) -> Reply:
+    """The same reply with `before` actions first (results captured by the answer that led to it)."""
+    return Reply(
+        reply.text, reply.interruptible, reply.hangup, (*before, *reply.actions), reply.silence_timeout_s
+    )
+
+
+@dataclass
+class _FlowRun:
+    """One step of a state flow for one call; all memory lives in `call.state` (current, resume, retries)."""
+
+    flow: StateFlow
+    call: AgentCall
+
+    @property
+    def values(self) -> dict[str, Any]:
+        return {**self.flow.variables, **self.call.variables, **self.call.results}
+
+    def enter(self, name: str, prefix: str = "", depth: int = 0) -> Reply:
+        st = self.call.state
+        if name == RESUME:
+            name = st.get("resume") or self.flow.start
+        state = self.flow.states[name]
+        st["current"] = name
+        st["retries"] = 0
+        actions: list[Action] = []
+        for key, value in state.set.items():
+            self.call.results[key] = value  # visible to the templates of this very prompt
+            actions.append(Action.set_result(key, value))
+        if state.outcome is not None and state.end is None:
+            actions.append(Action.set_result("outcome", state.outcome))  # the outcome, the call goes on
+        text = " ".join(p for p in (prefix, render(state.say or "", self.values)) if p)
+        if state.end is not None:
+            actions.append(Action.end(state.end))
+        if state.send_dtmf:
+            actions.append(Action.send_dtmf(state.send_dtmf))
+        if state.transfer:
+            actions.append(Action.transfer(render(state.transfer, self.values)))
+        if state.goto is not None and not state.final and depth < 8:
+            # Say this and go straight on: one reply, the texts joined, every action kept in order.
+            then = self.enter(state.goto, text, depth + 1)
+            return Reply(
+                then.text,
+                interruptible=state.interruptible and then.interruptible,
+                actions=(*actions, *then.actions),
+                silence_timeout_s=then.silence_timeout_s,
+            )
+        return Reply(
+            text,
+            interruptible=state.interruptible,
+            actions=tuple(actions),
+            silence_timeout_s=None if state.final else self._silence_timeout(state),
+        )
+
+    def _silence_timeout(self, state: State) -> float:
+        if state.wait:
+            return state.silence_timeout_s or self.flow.settings.hold_timeout_s
+        return state.silence_timeout_s or self.flow.settings.silence_timeout_s
+
+    def _current(self) -> tuple[str, State]:
+        name = self.call.state.get("current") or self.flow.start
+        return name, self.flow.states[name]
+
+    def on_turn(self, turn: Turn) -> Reply | None:
+        name, state = self._current()
+        if state.final:
+            return None  # already saying goodbye
+        if turn.kind == "silence":
+            if state.wait:
+                return self.enter(state.silence) if state.silence else None
+            limit = self.flow.settings.retries if state.silence_retries is None else state.silence_retries
+            give_up = state.silence or state.no_match
+            return self._retry(state, give_up, "Sorry, I did not hear you.", limit)
+        if turn.kind == "dtmf":
+            goto = self.flow.dtmf.get(turn.dtmf)
+            return None if goto is None else self._jump(name, goto)
+        self.call.turns += 1
+        words = words_of(turn.words)
+        if state.intents and words:
+            for intent in self.flow.intents.values():
+                if has_phrase(words, intent.keywords):
+                    self.call.results.update(intent.set)
+                    extra = [Action.set_result(k, v) for k, v in intent.set.items()]
+                    return _with(self._jump(name, intent.goto), extra)
+        if state.wait:
+            return self.enter(state.next or RESUME)
+        if state.expect is None:
+            return self.enter(state.next) if state.next else None
+        answer, value = parse_answer(state.expect, turn.words)
+        if answer is None:
+            limit = self.flow.settings.retries if state.retries is None else state.retries
+            return self._retry(state, state.no_match, "Sorry, I did not understand.", limit)
+        capture: list[Action] = []
+        if state.capture:
+            self.call.results[state.capture] = value
+            capture.append(Action.set_result(state.capture, value))
+        goto = state.on.get(answer) or state.next
+        if goto is None:
+            return Reply(actions=tuple(capture)) if capture else None
+        return _with(self.enter(goto), capture)
+
+    def _jump(self, current: str, goto: str) -> Reply:
+        if goto != current and not self.flow.states[current].wait:
+            self.call.state["resume"] = current  # "hold on" comes back here
+        return self.enter(goto)
+
+    def _retry(self, state: State, give_up: str | None, sorry: str, limit: int) -> Reply | None:
+        st = self.call.state
+        st["retries"] = st.get("retries", 0) + 1
+        if st["retries"] > limit:
+            return None if give_up is None else self.enter(give_up)
+        prompt = render(state.say or "", self.values)
+        text = render(state.reprompt, self.values) if state.reprompt else f"{sorry} {prompt}"
+        return Reply(text, state.interruptible, silence_timeout_s=self._silence_timeout(state))

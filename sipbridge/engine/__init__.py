@@ -2,18 +2,27 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+from typing import TYPE_CHECKING
+
 from sipbridge.config import EngineConfig
 from sipbridge.engine.base import Engine, EngineError, EngineSession
 
+if TYPE_CHECKING:
+    from sipbridge.asr import Transcriber
 
-def make_engine(config: EngineConfig) -> Engine:
+
+def make_engine(
+    config: EngineConfig, asr: Transcriber | None = None, cache_dir: Path | None = None
+) -> Engine:
+    """`asr` and `cache_dir`: dia2 transcribes a voice prefix that has no transcript (cached by content)."""
     if config.kind == "espeak":
         from sipbridge.engine.espeak import EspeakEngine
 
         return EspeakEngine(config.espeak)
     from sipbridge.engine.dia2 import Dia2Engine
 
-    return Dia2Engine(config.dia2)
+    return Dia2Engine(config.dia2, asr=asr, cache_dir=cache_dir)
 
 
 __all__ = ["Engine", "EngineError", "EngineSession", "make_engine"]

@@ -8,7 +8,8 @@ mid-sentence (`cancel`, barge-in) and is closed when the call ends, which frees 
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Sequence
+from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
@@ -16,6 +17,21 @@ import numpy.typing as npt
 
 TextSource = str | AsyncIterator[str]
 Chunk = npt.NDArray[np.float32]
+# Words of a recording: plain text (an engine that needs timings spreads them evenly) or timed
+# (word, start s, end s) triples, e.g. from an uploaded words JSON.
+Words = str | Sequence[tuple[str, float, float]]
+
+
+@dataclass(frozen=True)
+class SpeakParams:
+    """Per-utterance sampling overrides (the conversation API's cfg_scale/temperature/top_k).
+
+    None keeps the engine's configured value. Engines without sampling (espeak) ignore all three.
+    """
+
+    cfg_scale: float | None = None
+    temperature: float | None = None
+    top_k: int | None = None
 
 
 class EngineError(Exception):
@@ -26,11 +42,26 @@ class EngineSession(Protocol):
     call_id: str
     sample_rate: int
 
-    def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: str) -> None:
-        """The caller's turn: audio at `rate` and its transcript (possibly empty)."""
+    def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> None:
+        """The caller's turn: audio at `rate` and its transcript (possibly empty; timed when the engine has
+        `wants_word_timings = True` and ASR gave timings)."""
 
-    def speak(self, text: TextSource) -> AsyncIterator[Chunk]:
+    def speak(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
         """Mono float32 chunks in [-1, 1] at `sample_rate`; ends when the text is spoken or cancelled."""
+
+    # The conversation API's operations (sipbridge/http): awaited, so their errors reach the client.
+
+    async def hear(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
+        """`user_spoke`, awaited: returns once the turn is in the context; EngineError if it failed."""
+
+    async def set_voice(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
+        """The AI voice of this session (speaker 1) and the words said in it; resets the context."""
+
+    async def reset(self) -> None:
+        """Forget every turn (the voice is kept)."""
+
+    async def state(self) -> dict[str, Any]:
+        """What the session holds (turns, context used, voice set)."""
 
     def cancel(self) -> None:
         """Stop the utterance in progress as soon as possible (its iterator ends)."""

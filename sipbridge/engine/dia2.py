@@ -7,30 +7,41 @@ maps our engine interface onto it:
 * `open_session` is synchronous in our interface, the conversation's `open` is not: the session opens its
   conversation lazily, and every operation waits for the one before it (`_chain`), so `user_spoke`
   (fire-and-forget here) always lands before the `speak` that answers it;
-* caller words come from ASR as text without timings; Dia2 wants `PrefixWord`s with times, so the words
-  are spread evenly over the turn's audio (good enough for context; word timestamps from ASR would be
-  better and cost ~30 % more ASR time);
+* Dia2 wants `PrefixWord`s with times: `wants_word_timings` makes the call session ask ASR for word
+  timestamps (~30 % more ASR time, so only for this engine); plain text (no timings) is spread evenly;
+* a voice prefix configured without its transcript is transcribed at start with the supervisor's ASR
+  (timed words), cached by the WAV's content hash in `voice-transcripts.json` next to the database;
 * chunks come back as 1920-sample float32 tensors at 24 kHz and leave as numpy arrays.
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
+import dataclasses
+import hashlib
+import json
 import logging
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
-from typing import Any
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from sipbridge.config import Dia2EngineConfig
-from sipbridge.engine.base import Chunk, EngineError, TextSource, text_pieces
+from sipbridge.engine.base import Chunk, EngineError, SpeakParams, TextSource, Words, text_pieces
+
+if TYPE_CHECKING:
+    from sipbridge.asr import Transcriber
 
 log = logging.getLogger(__name__)
 
 _DEFAULT_MIMI = "kyutai/mimi"
+# Voice prefix transcripts by "<sha256 of the WAV>:<ASR model>", for this process (the JSON file persists).
+_VOICE_CACHE: dict[str, list[tuple[str, float, float]]] = {}
 
 
 def spread_words(words: str, duration_s: float) -> list[tuple[str, float, float]]:
@@ -42,11 +53,20 @@ def spread_words(words: str, duration_s: float) -> list[tuple[str, float, float]
     return [(w, i * step, (i + 1) * step) for i, w in enumerate(tokens)]
 
 
+def timed_words(words: Words, duration_s: float) -> list[Any]:
+    """Dia2 `PrefixWord`s: timed triples as given, plain text spread evenly over the audio."""
+    from dia2.prefix import PrefixWord
+
+    triples = spread_words(words, duration_s) if isinstance(words, str) else list(words)
+    return [PrefixWord(w, a, b) for w, a, b in triples]
+
+
 @dataclass
 class Dia2Session:
     call_id: str
     engine: Dia2Engine
     sample_rate: int = 24000
+    last_heard: list[Any] = field(default_factory=list)  # PrefixWords of the latest caller turn
     _conv: Any = None
     _chain: asyncio.Task[None] | None = None
     _closed: bool = False
@@ -56,7 +76,10 @@ class Dia2Session:
 
         async def run() -> None:
             if previous is not None:
-                await asyncio.shield(previous)
+                # A failed earlier op was reported to its own waiter (or logged); it must not poison
+                # every later op of the session.
+                with contextlib.suppress(Exception):
+                    await asyncio.shield(previous)
             await op()
 
         self._chain = asyncio.ensure_future(run())
@@ -75,13 +98,17 @@ class Dia2Session:
                 await self._conv.set_voice(audio, rate, words)
         return self._conv
 
-    def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: str) -> None:
+    def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> None:
         import torch
 
-        from dia2.prefix import PrefixWord
-
         audio = torch.from_numpy(pcm.astype(np.float32) / 32768.0)
-        timed = [PrefixWord(w, a, b) for w, a, b in spread_words(words, len(pcm) / rate)]
+        timed = timed_words(words, len(pcm) / rate)
+        self.last_heard = timed
+        log.info(
+            "call %s: dia2 hears %d words (%s), first at %.2f s of %.2f s",
+            self.call_id, len(timed), "spread evenly" if isinstance(words, str) else "asr-timed",
+            timed[0].start if timed else 0.0, len(pcm) / rate,
+        )  # fmt: skip
 
         async def op() -> None:
             conv = await self._conversation()
@@ -94,13 +121,51 @@ class Dia2Session:
         if not task.cancelled() and task.exception() is not None:
             log.error("call %s: dia2 user_spoke failed: %r", self.call_id, task.exception())
 
-    async def speak(self, text: TextSource) -> AsyncIterator[Chunk]:
+    async def _awaited(self, what: str, op: Callable[[Any], Awaitable[None]]) -> None:
+        """Run `op(conversation)` in order after the queued ops and wait for it; errors as EngineError."""
+
+        async def run() -> None:
+            await op(await self._conversation())
+
+        try:
+            await asyncio.shield(self._then(run))
+        except EngineError:
+            raise
+        except Exception as exc:
+            raise EngineError(f"dia2 {what} failed: {exc}") from exc
+
+    async def hear(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
+        import torch
+
+        audio = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))
+        timed = timed_words(words, len(pcm) / rate)
+        await self._awaited("user_spoke", lambda conv: conv.user_spoke(audio, rate, timed))
+
+    async def set_voice(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
+        import torch
+
+        audio = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))
+        timed = timed_words(words, len(pcm) / rate)
+        await self._awaited("set_voice", lambda conv: conv.set_voice(audio, rate, timed))
+
+    async def reset(self) -> None:
+        await self._awaited("reset", lambda conv: conv.reset())
+
+    async def state(self) -> dict[str, Any]:
+        conv = await self._conversation()
+        try:
+            return dataclasses.asdict(await conv.state())
+        except Exception as exc:
+            raise EngineError(f"dia2 state failed: {exc}") from exc
+
+    async def speak(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
         if self._chain is not None:
-            await asyncio.shield(self._chain)
+            with contextlib.suppress(Exception):  # a failed user_spoke was logged; still answer
+                await asyncio.shield(self._chain)
         conv = await self._conversation()
         source: Any = text if isinstance(text, str) else text_pieces(text)
         try:
-            async for chunk in conv.speak(source, self.engine.speak_options):
+            async for chunk in conv.speak(source, self.engine.options_for(params)):
                 yield chunk.pcm.numpy().astype(np.float32, copy=False)
         except EngineError:
             raise
@@ -129,8 +194,11 @@ class Dia2Session:
 @dataclass
 class Dia2Engine:
     config: Dia2EngineConfig
+    asr: Transcriber | None = None  # transcribes a voice prefix without transcript
+    cache_dir: Path | None = None  # where voice-transcripts.json lives (None: memory only)
     name: str = "dia2"
     sample_rate: int = 24000
+    wants_word_timings: bool = True  # caller turns reach user_spoke as ASR-timed words
     sessions: dict[str, Dia2Session] = field(default_factory=dict)
     dia2_engine: Any = None
     speak_options: Any = None
@@ -145,6 +213,7 @@ class Dia2Engine:
             ) from exc
         t0 = time.monotonic()
         await asyncio.to_thread(self._load)
+        await self._load_voice()
         log.info(
             "engine dia2 ready: %s on %s (%s), %d conversations, in %.1f s",
             self.config.model, self.config.device, self.config.dtype, self.config.max_batch,
@@ -155,7 +224,6 @@ class Dia2Engine:
         import torch
 
         from dia2.engine import Engine, EngineOptions, SpeakOptions
-        from dia2.prefix import PrefixWord
         from dia2.runtime import Dia2
         from dia2.sampling import SamplingParams
 
@@ -185,14 +253,77 @@ class Dia2Engine:
         self.speak_options = SpeakOptions(
             audio=SamplingParams(cfg.temperature, cfg.top_k), cfg_scale=cfg.cfg_scale
         )
-        if cfg.voice.prefix_wav is not None:
-            from audio.wav import read_wav
 
-            audio, rate = read_wav(cfg.voice.prefix_wav)
-            words = [
-                PrefixWord(w, a, b) for w, a, b in spread_words(cfg.voice.transcript or "", len(audio) / rate)
-            ]
-            self.voice = (torch.from_numpy(audio), rate, words)
+    async def _load_voice(self) -> None:
+        import torch
+
+        from audio.wav import read_wav
+
+        voice = self.config.voice
+        if voice.prefix_wav is None:
+            return
+        audio, rate = read_wav(voice.prefix_wav)
+        words: Words = voice.transcript or ""
+        if not voice.transcript or not voice.transcript.strip():
+            words = await self._voice_words(voice.prefix_wav, audio, rate)
+        self.voice = (torch.from_numpy(audio), rate, timed_words(words, len(audio) / rate))
+
+    async def _voice_words(self, path: Path, audio: npt.NDArray[np.float32], rate: int) -> Words:
+        """Timed words of the voice prefix from ASR, cached by content hash (and ASR model): a restart or a
+        second supervisor with the same voice does not transcribe it again."""
+        if self.asr is None or self.asr.config.backend == "none":
+            log.warning("engine dia2: voice %s has no transcript and no ASR to make one", path)
+            return ""
+        key = f"{hashlib.sha256(path.read_bytes()).hexdigest()}:{self.asr.config.model}"
+        cached = _VOICE_CACHE.get(key)
+        cache_file = self.cache_dir / "voice-transcripts.json" if self.cache_dir is not None else None
+        if cached is None and cache_file is not None and cache_file.is_file():
+            try:
+                entry = json.loads(cache_file.read_text()).get(key)
+            except (OSError, ValueError):
+                entry = None  # a corrupt cache only costs a transcription
+            if entry is not None:
+                cached = [(str(w), float(a), float(b)) for w, a, b in entry["words"]]
+        if cached is None:
+            t0 = time.monotonic()
+            text, cached = await self.asr.transcribe_words(audio, rate)
+            log.info("engine dia2: voice %s transcribed in %.2f s: %r", path, time.monotonic() - t0, text)
+            if cache_file is not None:
+                try:
+                    data = json.loads(cache_file.read_text()) if cache_file.is_file() else {}
+                except (OSError, ValueError):
+                    data = {}
+                data[key] = {"file": str(path), "text": text, "words": cached}
+                cache_file.parent.mkdir(parents=True, exist_ok=True)
+                tmp = cache_file.with_suffix(".tmp")
+                tmp.write_text(json.dumps(data, indent=1))
+                tmp.replace(cache_file)  # atomic: a crash never leaves half a cache
+        else:
+            log.info("engine dia2: voice %s transcript from cache", path)
+        _VOICE_CACHE[key] = cached
+        return cached
+
+    def options_for(self, params: SpeakParams | None) -> Any:
+        """dia2 SpeakOptions for one utterance: the configured ones with the request's overrides.
+
+        Like `Dia2.generate`, a given temperature/top_k applies to the text (action) and audio sampling
+        alike. The engine caps top_k at its `max_top_k` (64, static shapes), and a cfg_scale only acts when
+        the engine was started with CFG (config cfg_scale > 1): otherwise there is no unconditional row.
+        """
+        if params is None or params == SpeakParams():
+            return self.speak_options
+        from dia2.engine import SpeakOptions
+        from dia2.sampling import SamplingParams
+
+        base = self.speak_options
+        temperature = base.audio.temperature if params.temperature is None else params.temperature
+        top_k = base.audio.top_k if params.top_k is None else params.top_k
+        overridden = params.temperature is not None or params.top_k is not None
+        return SpeakOptions(
+            text=SamplingParams(temperature, top_k) if overridden else base.text,
+            audio=SamplingParams(temperature, top_k),
+            cfg_scale=base.cfg_scale if params.cfg_scale is None else params.cfg_scale,
+        )
 
     def open_session(self, call_id: str) -> Dia2Session:
         if self.dia2_engine is None:
@@ -208,6 +339,8 @@ class Dia2Engine:
         return {
             "ok": engine is not None,
             "kind": self.name,
+            "model": self.config.model,
+            "device": self.config.device,
             "sessions": len(self.sessions),
             "rows_in_use": len(engine.calls) if engine is not None else 0,
             "steps_run": engine.steps_run if engine is not None else 0,

@@ -1,7 +1,8 @@
 """espeak-ng as a speech engine: a subprocess per utterance, its WAV streamed from stdout as it is written.
 
 Robotic but intelligible, needs no GPU or weights, starts speaking in a few milliseconds: the default engine
-and the one end-to-end tests check words with. It has no conversation context, so `user_spoke` is a no-op.
+and the one end-to-end tests check words with. It has no conversation context, so `user_spoke` is a no-op,
+a voice recording is only noted (`state`) and the sampling overrides of `SpeakParams` are ignored.
 """
 
 from __future__ import annotations
@@ -18,7 +19,7 @@ import numpy as np
 import numpy.typing as npt
 
 from sipbridge.config import EspeakEngineConfig
-from sipbridge.engine.base import Chunk, EngineError, TextSource, text_pieces
+from sipbridge.engine.base import Chunk, EngineError, SpeakParams, TextSource, Words, text_pieces
 
 log = logging.getLogger(__name__)
 
@@ -36,11 +37,35 @@ class EspeakSession:
     _cancelled: bool = False
     _closed: bool = False
     turns_heard: list[str] = field(default_factory=list)
+    voice_words: str | None = None  # espeak cannot clone a voice; kept so `state` reports it was set
+    replies: int = 0
 
-    def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: str) -> None:
-        self.turns_heard.append(words)  # no context model; kept for health/debugging only
+    def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> None:
+        # No context model; kept for health/debugging only.
+        self.turns_heard.append(words if isinstance(words, str) else " ".join(w for w, _, _ in words))
 
-    async def speak(self, text: TextSource) -> AsyncIterator[Chunk]:
+    async def hear(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
+        self.turns_heard.append(words if isinstance(words, str) else " ".join(w for w, _, _ in words))
+
+    async def set_voice(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
+        self.voice_words = words if isinstance(words, str) else " ".join(w for w, _, _ in words)
+        await self.reset()
+
+    async def reset(self) -> None:
+        self.cancel()
+        self.turns_heard.clear()
+        self.replies = 0
+
+    async def state(self) -> dict[str, Any]:
+        return {
+            "turns": len(self.turns_heard) + self.replies,
+            "user_turns": len(self.turns_heard),
+            "replies": self.replies,
+            "voice_set": self.voice_words is not None,
+        }
+
+    async def speak(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
+        self.replies += 1
         self._cancelled = False
         async for piece in text_pieces(text):
             if self._cancelled or self._closed:
@@ -93,6 +118,13 @@ class EspeakSession:
             if proc.returncode is None:
                 with contextlib.suppress(ProcessLookupError):
                     proc.kill()
+            # Drain the pipes: after a cancel, stdout may hold enough unread audio that its transport paused
+            # reading, so it never sees EOF; asyncio (3.11) completes `wait()` only once every pipe closed,
+            # so an undrained pipe hung the cancelled utterance here forever.
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(Exception):
+                        await pipe.read()
             await proc.wait()
 
     def cancel(self) -> None:

@@ -4,12 +4,21 @@ Runs on the worker's media thread (never on PJSIP's clock thread): one `Inbound`
 caller frame in order. Turn events go to the supervisor; barge-in is decided *here*, next to the playback
 queue, so queued bot audio is dropped within one frame of the decision instead of after an IPC round trip
 and a generation cancel.
+
+Barge-in does not wait for Silero: Silero scores 32 ms windows and needs `start_hangover_ms` of speech
+before it reports a turn, so alone it decides ~60-100 ms after the caller's onset. An energy onset detector
+(`OnsetDetector`, a few µs a frame) sees the onset in the frame it arrives in and dates the barge-in clock
+from there. Noise bursts are kept in check by the minimum: with `barge_in_min_ms` > 0 the sound must last
+that long *and* Silero must have confirmed speech before the bot is cut; only `barge_in_min_ms: 0` cuts on
+the energy onset alone (any sound interrupts: for quiet lines and tests).
 """
 
 from __future__ import annotations
 
+import math
+import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import numpy as np
 
@@ -17,6 +26,42 @@ from audio.vad import SpeechStart, TurnDropped, TurnEnd, TurnSegmenter
 from sipbridge import frames as f
 from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
+
+
+@dataclass
+class OnsetDetector:
+    """Frame-energy onset: "sound started at frame N and is still going", with a tracked noise floor.
+
+    A frame is loud when its RMS is over both `min_rms` (-45 dBFS: quieter than a talker on a phone line,
+    louder than line hiss) and `floor_ratio` × the noise floor (so a noisy line does not look loud all the
+    time). Sound stays "on" through gaps up to `gap_frames` (the pauses between syllables), so one talker's
+    onset is not re-dated mid-word.
+    """
+
+    min_rms: float = 184.0  # -45 dBFS on the int16 scale
+    floor_ratio: float = 4.0  # +12 dB over the noise floor
+    gap_frames: int = 3
+    floor: float = 0.0
+    active_since: int | None = None  # frame index of the current sound's first loud frame
+    quiet: int = 0
+
+    def process(self, samples: np.ndarray, index: int) -> bool:
+        """Feed frame `index`; True while sound is on."""
+        x = samples.astype(np.float32)
+        rms = math.sqrt(float(np.dot(x, x)) / max(1, len(x)))
+        loud = rms > max(self.min_rms, self.floor * self.floor_ratio)
+        if loud:
+            self.quiet = 0
+            if self.active_since is None:
+                self.active_since = index
+            return True
+        # The floor follows quiet frames only: fast down (a line that went quiet), slow up (hiss building).
+        self.floor = rms if rms < self.floor else 0.95 * self.floor + 0.05 * rms
+        if self.active_since is not None:
+            self.quiet += 1
+            if self.quiet > self.gap_frames:
+                self.active_since = None
+        return self.active_since is not None
 
 
 @dataclass
@@ -28,21 +73,24 @@ class Inbound:
     barge_in_min_ms: int
     frame_ms: int = 20
     recorder: StereoRecorder | None = None
+    onset: OnsetDetector = field(default_factory=OnsetDetector)
     speech_t: int | None = None  # start of the caller's current turn, ms
-    barged: bool = False  # this turn already interrupted the bot
+    barged: bool = False  # this sound / turn already interrupted the bot
     frames: int = 0
 
     def on_frame(self, pcm: bytes) -> None:
         """One clock tick of caller audio; b"" (no audio this tick) counts as silence."""
         if len(pcm) != self.segmenter.frame_samples * 2:
             pcm = bytes(self.segmenter.frame_samples * 2)
+        index = self.frames
         self.frames += 1
         if self.recorder is not None:
             self.recorder.caller(pcm)
-        for event in self.segmenter.process(np.frombuffer(pcm, dtype=np.int16)):
+        samples = np.frombuffer(pcm, dtype=np.int16)
+        sounding = self.onset.process(samples, index)
+        for event in self.segmenter.process(samples):
             if isinstance(event, SpeechStart):
                 self.speech_t = event.t
-                self.barged = False
                 self.emit(f.SpeechStarted(self.call_id, event.t))
             elif isinstance(event, TurnEnd):
                 self.speech_t = None
@@ -52,18 +100,32 @@ class Inbound:
             elif isinstance(event, TurnDropped):
                 self.speech_t = None
                 self.emit(f.TurnDropped(self.call_id, event.start, event.end))
-        self._maybe_barge_in()
+        if not sounding and self.speech_t is None:
+            self.barged = False  # the next sound may interrupt the next utterance
+        self._maybe_barge_in(sounding)
 
-    def _maybe_barge_in(self) -> None:
-        if self.speech_t is None or self.barged:
+    def _maybe_barge_in(self, sounding: bool) -> None:
+        if self.barged or not sounding:
             return
         now = self.segmenter.now_ms
-        if now - self.speech_t < self.barge_in_min_ms or not self.playback.interruptible_playing():
+        assert self.onset.active_since is not None
+        onset_ms = self.onset.active_since * self.frame_ms
+        if self.barge_in_min_ms == 0:
+            start = onset_ms  # energy alone: cut in the frame the sound arrives in
+        elif self.speech_t is not None:
+            # Silero confirmed speech; the sound's own onset dates it (Silero's start is late and
+            # lag-corrected only approximately), the earlier of the two when the sound had a gap.
+            start = min(onset_ms, self.speech_t)
+        else:
+            return  # loud but not (yet) speech: a noise burst never cuts the bot on energy alone
+        if now - start < self.barge_in_min_ms or not self.playback.interruptible_playing():
             return
         cut, dropped = self.playback.cancel(interruptible_only=True)
         self.barged = True
         if cut:
-            self.emit(f.BargeIn(self.call_id, now, max(cut), dropped * self.frame_ms))
+            self.emit(
+                f.BargeIn(self.call_id, now, max(cut), dropped * self.frame_ms, onset_ms, time.monotonic())
+            )
 
     def on_bot_frame(self, pcm: bytes) -> None:
         if self.recorder is not None:

@@ -97,5 +97,11 @@ class BridgeCall(pj.Call):
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         self.worker.on_media_state(self.slot_id)
 
+    def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
+        # Only report: the supervisor decides to hang up once the transfer is accepted.
+        self.worker.on_transfer_status(
+            self.slot_id, int(prm.statusCode), str(prm.reason), bool(prm.finalNotify)
+        )
+
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
         self.worker.inbox.put(("dtmf", self.slot_id, prm.digit))

@@ -41,6 +41,9 @@ class WorkerSettings:
     clock_rate: int
     ptime_ms: int
     jitter_buffer_ms: int
+    jitter_buffer_min_ms: int
+    jitter_buffer_max_prefetch_ms: int
+    jitter_buffer_max_ms: int
     dead_media_timeout_s: float
     vad: dict[str, Any]
     barge_in_min_ms: int
@@ -94,6 +97,9 @@ def worker_settings(config: Config, index: int, ipc_path: str, sip_port: int | N
         clock_rate=media.clock_rate,
         ptime_ms=media.ptime_ms,
         jitter_buffer_ms=media.jitter_buffer_ms,
+        jitter_buffer_min_ms=media.jitter_buffer_min_ms,
+        jitter_buffer_max_prefetch_ms=media.jitter_buffer_max_prefetch_ms,
+        jitter_buffer_max_ms=media.jitter_buffer_max_ms,
         dead_media_timeout_s=media.dead_media_timeout_s,
         vad=dataclasses.asdict(config.vad.segmenter_settings()),
         barge_in_min_ms=config.vad.barge_in_min_ms,

@@ -100,7 +100,12 @@ class Worker:
         cfg.medConfig.clockRate = s.clock_rate
         cfg.medConfig.sndClockRate = s.clock_rate
         cfg.medConfig.ptime = s.ptime_ms
+        # The receive jitter buffer's prefetch delays every caller frame before VAD and barge-in hear it
+        # (PJSIP's default minimum is 60 ms); config.MediaConfig documents the trade-off.
         cfg.medConfig.jbInit = s.jitter_buffer_ms
+        cfg.medConfig.jbMinPre = s.jitter_buffer_min_ms
+        cfg.medConfig.jbMaxPre = s.jitter_buffer_max_prefetch_ms
+        cfg.medConfig.jbMax = s.jitter_buffer_max_ms
         ep.libInit(cfg)
         self.ep = ep
         try:
@@ -194,6 +199,10 @@ class Worker:
         slot.rx_changed_at = time.monotonic()
         log.info("call %s media up: %s", slot.call_id, codec)
 
+    def on_transfer_status(self, slot_id: str, code: int, reason: str, final: bool) -> None:
+        log.info("call %s: transfer status %d %s%s", slot_id, code, reason, " (final)" if final else "")
+        self.emit(f.TransferStatus(slot_id, code, reason, final))
+
     def on_disconnected(self, slot_id: str, code: int, reason: str) -> None:
         self.commands.put(("retire", slot_id, code, reason))
 
@@ -242,6 +251,8 @@ class Worker:
                 self._retire(*command[1:])
             elif kind == "hangup":
                 self._hangup(command[1], "local", command[2], command[3])
+            elif kind in ("transfer", "send-dtmf"):
+                self._call_op(kind, command[1], command[2])
             elif kind == "shutdown":
                 log.info("worker %d shutting down: %s", self.settings.index, command[1])
                 self.stopping = True
@@ -252,12 +263,32 @@ class Worker:
             return
         slot.hangup_by = by
         slot.hangup_reason = reason
+        # Before the caller's ACK, PJSIP 2.15 holds the BYE back itself (pjsip_inv_session.pending_bye) and
+        # sends it when the ACK comes: test_hangup_before_the_callers_ack_waits_for_it.
         op = pj.CallOpParam()
         op.statusCode = code
         try:
             slot.pj_call.hangup(op)
         except pj.Error as exc:
             log.warning("call %s: hangup failed: %s", slot_id, exc.info().strip())
+
+    def _call_op(self, kind: str, slot_id: str, arg: str) -> None:
+        """REFER or DTMF for an agent action; a failure is reported, never fatal to the worker."""
+        slot = self.calls.get(slot_id)
+        if slot is None or slot.hangup_by is not None:
+            return
+        try:
+            if kind == "transfer":
+                log.info("call %s: REFER to %s", slot_id, arg)
+                slot.pj_call.xfer(arg, pj.CallOpParam(True))
+            else:
+                log.info("call %s: sending DTMF %s", slot_id, arg)
+                slot.pj_call.dialDtmf(arg)
+        except pj.Error as exc:
+            reason = exc.info().strip()
+            log.warning("call %s: %s failed: %s", slot_id, kind, reason)
+            if kind == "transfer":
+                self.emit(f.TransferStatus(slot_id, 500, reason, True))
 
     def _retire(self, slot_id: str, code: int, reason: str) -> None:
         slot = self.calls.pop(slot_id, None)
@@ -403,6 +434,10 @@ class Worker:
                     slot.playback.cancel(frame.utterances)
             elif isinstance(frame, f.Hangup):
                 self.commands.put(("hangup", frame.call_id, frame.code, frame.reason))
+            elif isinstance(frame, f.Transfer):
+                self.commands.put(("transfer", frame.call_id, frame.target))
+            elif isinstance(frame, f.SendDtmf):
+                self.commands.put(("send-dtmf", frame.call_id, frame.digits))
             elif isinstance(frame, f.Shutdown):
                 self.commands.put(("shutdown", frame.reason or "supervisor asked"))
             elif isinstance(frame, f.Ping):

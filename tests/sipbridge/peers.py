@@ -301,6 +301,9 @@ class RtpPacket:
     payload: bytes
 
 
+SO_TIMESTAMPNS = 35  # Linux <asm-generic/socket.h>; Python's socket module does not export it
+
+
 @dataclass
 class RtpSniffer:
     """Every RTP packet on lo to or from the given UDP ports, with its arrival time."""
@@ -313,6 +316,11 @@ class RtpSniffer:
         self._sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(0x0003))
         self._sock.bind(("lo", 0))
         self._sock.settimeout(0.05)
+        # Kernel receive timestamps: a packet's time is when it crossed lo, not when this thread (on busy
+        # shared cores) got around to reading it. They are CLOCK_REALTIME; shift them onto time.monotonic()
+        # so they compare with the bridge's own monotonic timestamps (one clock for every process).
+        self._sock.setsockopt(socket.SOL_SOCKET, SO_TIMESTAMPNS, 1)
+        self._mono_offset = time.time() - time.monotonic()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
         return self
@@ -325,10 +333,14 @@ class RtpSniffer:
     def _run(self) -> None:
         while not self._stop.is_set():
             try:
-                data, addr = self._sock.recvfrom(65535)
+                data, ancillary, _flags, addr = self._sock.recvmsg(65535, 64)
             except TimeoutError:
                 continue
             t = time.monotonic()
+            for level, kind, value in ancillary:
+                if level == socket.SOL_SOCKET and kind == SO_TIMESTAMPNS and len(value) >= 16:
+                    sec, nsec = struct.unpack("qq", value[:16])
+                    t = sec + nsec / 1e9 - self._mono_offset
             if addr[2] != socket.PACKET_HOST:  # lo shows each packet twice: keep the received copy
                 continue
             if len(data) < 14 + 20 + 8 + 12 or data[12:14] != b"\x08\x00":

@@ -148,27 +148,41 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
         assert bridge.stop() == 0
 
 
+# The interruptible reply is one long steady vowel (espeak-ng phoneme input, ~10 s): every bot packet of it
+# is voiced, so the last voiced packet on the wire is exactly where playback was cut (speech with pauses
+# between words made that ±30 ms).
+STEADY_VOWEL = "[[" + "a:" * 110 + "]]"  # 9.6 s; espeak-ng says nothing for a phoneme word of 120
 BARGE_FLOW = {
     "greeting": {"say": "Hello, this is the help line.", "interruptible": False},
-    "turns": [
-        {
-            "say": "Thank you for calling. I will now read a very long message about opening hours, holidays,"
-            " and the many ways to reach our team by phone, by mail, or in person at the office.",
-        },
-        {"say": "Goodbye.", "hangup": True},
-    ],
+    "turns": [{"say": STEADY_VOWEL}, {"say": "Goodbye.", "hangup": True}],
 }
 
 
-def test_barge_in_cuts_interruptible_speech_but_not_a_protected_one(tmp_path: Path) -> None:
+def noise_burst(ms_: int, rms: float = 4000.0, seed: int = 5) -> np.ndarray:
+    """White noise as loud as speech: trips the energy onset, is not speech."""
+    x = np.random.default_rng(seed).standard_normal(8 * ms_) * rms
+    return np.clip(x, -32767, 32767).astype(np.int16)
+
+
+@pytest.mark.parametrize("min_ms", [0, 200])
+def test_barge_in_cuts_interruptible_speech_but_not_a_protected_one(tmp_path: Path, min_ms: int) -> None:
+    """Caller a talks over the protected greeting (plays through); its reply, a steady vowel, is cut by
+    caller b. With `barge_in_min_ms: 200` a 100 ms noise burst during the vowel must not cut it."""
     bridge = Bridge.start(
-        tmp_path / "bridge", {"agent": script_agent(tmp_path, BARGE_FLOW), "vad": {"barge_in_min_ms": 200}}
+        tmp_path / "bridge", {"agent": script_agent(tmp_path, BARGE_FLOW), "vad": {"barge_in_min_ms": min_ms}}
     )
     try:
         a = caller_audio("Hello there.", lead_s=0.6, tail_s=0.0)
-        b = caller_audio("Hello, I would like some help please.", lead_s=4.0, tail_s=7.0)
-        pcm = np.concatenate([a.pcm, b.pcm])
-        b_on = (len(a.pcm) / 8 + b.speech_ms[0]) / 1000
+        b = caller_audio("Hello, I would like some help please.", lead_s=0.0, tail_s=7.0)
+        silence = np.zeros(8000, np.int16)  # 1 s
+        # The vowel starts ~1-1.5 s after a ends (500 ms hangover, ASR); the burst comes 2.5 s after a,
+        # b 4.5 s after a, both well inside the 9.6 s vowel.
+        burst_ms = 100
+        burst = noise_burst(burst_ms) if min_ms > burst_ms else np.zeros(8 * burst_ms, np.int16)
+        gap = [silence, silence, silence[:4000], burst, silence, silence[: 4000 - 8 * burst_ms]]
+        pcm = np.concatenate([a.pcm, *gap, b.pcm])
+        burst_on = (len(a.pcm) + 2.5 * 8000) / 8000
+        b_on = (len(pcm) - len(b.pcm)) / 8000 + b.speech_ms[0] / 1000
         media_port = free_media_port()
         ulaw = tmp_path / "caller.ulaw"
         from audio import g711
@@ -184,31 +198,45 @@ def test_barge_in_cuts_interruptible_speech_but_not_a_protected_one(tmp_path: Pa
         bot, sent = sniffer.sent_to(media_port), sniffer.sent_from(media_port)
         t0 = sent[0].t
         caller_on = voiced_packets(sent)
-        tb = next(p.t for p in caller_on if p.t - t0 > b_on - 0.1)
+        tb = next(p.t for p in caller_on if p.t - t0 > b_on - 0.1)  # caller b's onset on the wire
         (call,) = bridge.calls()
         turns = bridge.turns(call["id"])
         bots = [t for t in turns if t["who"] == "bot"]
         # The protected greeting played to its end although the caller spoke over it.
         assert bots[0]["interrupted"] == 0 and bots[0]["end_ms"] - bots[0]["start_ms"] > 1500
         assert next(t for t in turns if t["who"] == "caller")["start_ms"] < bots[0]["end_ms"]
-        # The long reply was cut when the caller spoke again.
-        assert bots[1]["interrupted"] == 1
-        cut = [p for p in voiced_packets(bot) if tb <= p.t < tb + 1.5]
-        last_voiced = cut[-1].t if cut else tb
-        cut_ms = ms(tb, last_voiced + 0.02)
+        # The vowel was cut, once, by b (not by the burst).
+        assert bots[1]["interrupted"] == 1, [(t["who"], t["start_ms"], t["end_ms"]) for t in turns]
         (event,) = bridge.events(call["id"], "barge_in")
+        data = json.loads(event["data"])
+        bot_voiced = voiced_packets(bot)
+        vowel = [p for p in bot_voiced if t0 + burst_on - 0.5 <= p.t < tb + 1.5]
+        # The vowel was playing from before the burst until b spoke: no gap (a cut would leave one).
+        assert vowel and vowel[0].t < t0 + burst_on - 0.3, "vowel did not start before the burst"
+        before_b = [p for p in vowel if p.t < tb]
+        assert before_b[-1].t > tb - 0.03
+        assert max(np.diff([p.t for p in before_b])) < 0.045, "bot audio had a gap before b spoke"
+        last_voiced = [p for p in vowel if p.t >= tb][-1] if vowel[-1].t >= tb else before_b[-1]
+        first_silent = next(p for p in bot if p.t > last_voiced.t)
+        cut_ms = ms(tb, last_voiced.t + 0.02)  # the last voiced packet carries 20 ms of audio
+        decided_at = float(data["decided_at"])
+        drop_ms = ms(decided_at, first_silent.t)
         record_result(
-            "barge_in",
+            f"barge_in_min{min_ms}",
             {
-                "barge_in_min_ms": 200,
+                "barge_in_min_ms": min_ms,
                 "bot_audio_after_caller_onset_ms": cut_ms,
-                "bot_audio_after_barge_in_point_ms": round(cut_ms - 200, 1),
-                "dropped_ms": json.loads(event["data"])["dropped_ms"],
+                "bot_audio_after_barge_in_point_ms": round(cut_ms - min_ms, 1),
+                "caller_onset_to_worker_decision_ms": ms(tb, decided_at),
+                "worker_decision_to_first_silent_packet_ms": drop_ms,
+                "dropped_ms": data["dropped_ms"],
+                "noise_burst_ms": burst_ms if min_ms > burst_ms else 0,
             },
         )
-        # Bot audio stops at most 60 ms after the caller's speech reached barge_in_min_ms (plus the 60 ms
-        # receive jitter buffer and one frame: the bridge hears the caller that much after the wire does).
-        assert cut_ms - 200 <= 60 + 60 + 20, cut_ms
+        # The worker's drop is in effect at the next 20 ms tick: silence on the wire within 40 ms.
+        assert -5 <= drop_ms <= 40, drop_ms
+        # On the wire: the issue's 60 ms past the barge-in point (onset + barge_in_min_ms).
+        assert cut_ms <= min_ms + 60, cut_ms
         assert_clean(bridge, bridge.health())
     finally:
         assert bridge.stop() == 0

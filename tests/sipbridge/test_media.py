@@ -138,3 +138,39 @@ def test_outcome_table(by: str, failure: str | None, outcome: str) -> None:
 def test_frames_are_frozen_dataclasses() -> None:
     for cls in f.FRAME_TYPES.values():
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
+
+
+def _inbound(min_ms: int, out: list[f.Frame]) -> Inbound:
+    playback = PlaybackQueue(320)
+    playback.push(1, True, bytes(320) * 500)  # 10 s of interruptible bot audio queued
+    return Inbound("c", make_segmenter(VadSettings(), 8000), playback, out.append, min_ms)
+
+
+@pytest.mark.parametrize("min_ms", [0, 200])
+def test_barge_in_energy_onset_is_immediate_but_a_noise_burst_needs_the_minimum(min_ms: int) -> None:
+    """Energy pre-trigger: with 0 ms the frame the sound arrives in cuts; with 200 ms a 100 ms noise
+    burst (loud, not speech) never does, and speech cuts once it has lasted 200 ms."""
+    out: list[f.Frame] = []
+    ib = _inbound(min_ms, out)
+    for _ in range(10):
+        ib.on_frame(bytes(320))
+    noise = (np.random.default_rng(1).standard_normal(800) * 4000).astype(np.int16)
+    for k in range(5):  # 100 ms
+        ib.on_frame(noise[160 * k : 160 * (k + 1)].tobytes())
+    cuts = [x for x in out if isinstance(x, f.BargeIn)]
+    if min_ms == 0:
+        assert len(cuts) == 1 and cuts[0].onset_ms == 200 and cuts[0].t_ms == 220  # the burst's first frame
+        assert cuts[0].decided_at is not None
+        return
+    assert not cuts
+    for _ in range(40):  # quiet: the burst is over (a dropped non-turn at most)
+        ib.on_frame(bytes(320))
+    speech = (espeak("Hello, I would like some help please.", 8000) * 0.7 * 32767).astype(np.int16)
+    start = int(np.argmax(np.abs(speech) > 1000)) // 160 * 160
+    onset_frame = ib.frames
+    for k in range(start, len(speech) - 160, 160):
+        ib.on_frame(speech[k : k + 160].tobytes())
+    (cut,) = [x for x in out if isinstance(x, f.BargeIn)]
+    assert cut.onset_ms is not None and cut.onset_ms >= onset_frame * 20
+    # Dated from the sound's onset (or Silero's lag-corrected start if a frame earlier), not Silero's event.
+    assert 160 <= cut.t_ms - cut.onset_ms <= 200, cut

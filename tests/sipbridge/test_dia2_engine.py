@@ -1,0 +1,100 @@
+"""The dia2 engine adapter on the tiny checkpoint (CPU) with the bundled whisper tiny.en: a voice prefix
+without transcript is transcribed once (cached by content hash) and caller words reach the conversation with
+ASR word timings, not spread evenly."""
+
+from __future__ import annotations
+
+import asyncio
+import itertools
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sipbridge.asr import Transcriber
+from sipbridge.config import AsrConfig, Dia2EngineConfig
+from sipbridge.engine import dia2 as dia2_engine
+from sipbridge.engine.dia2 import Dia2Engine
+
+from .peers import caller_audio
+
+TINY = Path(__file__).resolve().parents[1] / "fixtures" / "dia2-tiny"
+
+
+@pytest.fixture(scope="module")
+def asr() -> Iterator[Transcriber]:
+    transcriber = Transcriber(AsrConfig())
+    asyncio.run(transcriber.start())
+    yield transcriber
+    transcriber.close()
+
+
+def engine_config(voice: Path) -> Dia2EngineConfig:
+    return Dia2EngineConfig.model_validate(
+        {
+            "model": str(TINY), "device": "cpu", "dtype": "float32", "max_batch": 2,
+            "voice": {"prefix_wav": str(voice)},
+        }
+    )  # fmt: skip
+
+
+def test_asr_word_timings_follow_the_speech(asr: Transcriber) -> None:
+    # 1.2 s of silence first: evenly spread words would start at 0.
+    caller = caller_audio("Hello, I need some help with my account please.", lead_s=1.2, tail_s=0.8)
+    text, words = asyncio.run(asr.transcribe_words(caller.pcm, 8000))
+    assert "help" in text.lower() and len(words) >= 5, (text, words)
+    start_s, end_s = caller.speech_ms[0] / 1000, caller.speech_ms[1] / 1000
+    assert abs(words[0][1] - start_s) < 0.4, (words[0], start_s)
+    assert abs(words[-1][2] - end_s) < 0.5, (words[-1], end_s)
+    assert all(a <= b for _, a, b in words)
+    assert all(w[1] <= v[1] for w, v in itertools.pairwise(words))
+
+
+def test_voice_prefix_without_transcript_is_transcribed_once_and_cached(
+    tmp_path: Path, asr: Transcriber
+) -> None:
+    voice = caller_audio("Thank you for calling the help line.", lead_s=1.2, tail_s=0.5)
+    wav = voice.write_wav(tmp_path / "voice.wav")
+    dia2_engine._VOICE_CACHE.clear()
+
+    async def start_engine() -> Dia2Engine:
+        engine = Dia2Engine(engine_config(wav), asr=asr, cache_dir=tmp_path / "var")
+        await engine.start()
+        return engine
+
+    async def run() -> None:
+        turns = asr.turns
+        engine = await start_engine()
+        try:
+            assert engine.voice is not None
+            _, _, words = engine.voice
+            text = " ".join(w.text for w in words).lower()
+            assert "help" in text or "calling" in text, text
+            assert asr.turns == turns + 1
+            # Timed by ASR: the first word starts after the 1.2 s lead, not at 0 as an even spread would.
+            assert 0.6 < words[0].start < 1.6, words[0]
+            cache = json.loads((tmp_path / "var" / "voice-transcripts.json").read_text())
+            ((key, entry),) = cache.items()
+            assert key.endswith(":bundled:tiny.en") and entry["words"][0][0] == words[0].text
+
+            # Caller turns go in with ASR's timings.
+            session = engine.open_session("call-1")
+            caller = caller_audio("Hello, I need some help please.", lead_s=1.0, tail_s=0.3)
+            _, timed = await asr.transcribe_words(caller.pcm, 8000)
+            session.user_spoke(caller.pcm, 8000, timed)
+            assert [(w.text, w.start, w.end) for w in session.last_heard] == timed
+            assert session.last_heard[0].start > 0.6
+            await session.close()
+        finally:
+            await engine.close()
+        # A restart (fresh process memory) reads the file: no second transcription.
+        dia2_engine._VOICE_CACHE.clear()
+        engine = await start_engine()
+        try:
+            assert engine.voice is not None and asr.turns == turns + 2  # +1: the caller turn above
+            assert [w.text for w in engine.voice[2]] == [w.text for w in words]
+        finally:
+            await engine.close()
+
+    asyncio.run(run())
