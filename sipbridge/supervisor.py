@@ -135,6 +135,8 @@ class Supervisor:
                 "inbound", remote_uri=frame.remote_uri, remote_addr=frame.remote_addr, worker=worker.index
             )
             self.store.end_call(call_id, "rejected", reason=frame.reason, sip_status=frame.code)
+            # Logged after the row is written: tests (and operators) may read the store once they see it.
+            log.info("call %s recorded: rejected (%d, %s)", call_id, frame.code, frame.reason)
         elif isinstance(frame, f.Registration):
             worker.registration = frame
         else:

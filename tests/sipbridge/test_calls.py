@@ -335,6 +335,7 @@ def test_unknown_source_is_rejected_403_and_dead_media_ends_a_call(tmp_path: Pat
         )
         assert sipp.wait(30) == 0, sipp.errors()
         bridge.wait_log(r"rejected INVITE from 127\.0\.0\.1")
+        bridge.wait_log(r"recorded: rejected \(403")  # the supervisor has written the row
         (call,) = bridge.calls()
         assert call["outcome"] == "rejected" and call["sip_status"] == 403
     finally:
