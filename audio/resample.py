@@ -15,6 +15,7 @@ from __future__ import annotations
 import functools
 import logging
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import numpy.typing as npt
@@ -73,6 +74,16 @@ def measure_latency(in_rate: int, out_rate: int, quality: str = "HQ") -> Latency
     )
 
 
+def _checked_chunk(chunk: npt.ArrayLike, dtype: np.dtype[Any]) -> npt.NDArray[np.generic]:
+    x = np.asarray(chunk)
+    if x.dtype != dtype:
+        # Refuse rather than convert: int16 and float32 differ in scale, a silent cast would be wrong.
+        raise TypeError(f"resampler expects {dtype} chunks, got {x.dtype}")
+    if x.ndim != 1:
+        raise ValueError(f"resampler expects mono 1-D chunks, got shape {x.shape}")
+    return x
+
+
 class StreamResampler:
     """One mono stream resampled from ``in_rate`` to ``out_rate``; one instance per call direction.
 
@@ -110,12 +121,7 @@ class StreamResampler:
         return self._latency
 
     def process(self, chunk: npt.ArrayLike) -> npt.NDArray[np.generic]:
-        x = np.asarray(chunk)
-        if x.dtype != self.dtype:
-            # Refuse rather than convert: int16 and float32 differ in scale, a silent cast would be wrong.
-            raise TypeError(f"resampler expects {self.dtype} chunks, got {x.dtype}")
-        if x.ndim != 1:
-            raise ValueError(f"resampler expects mono 1-D chunks, got shape {x.shape}")
+        x = _checked_chunk(chunk, self.dtype)
         return self._stream.resample_chunk(np.ascontiguousarray(x))
 
     def flush(self) -> npt.NDArray[np.generic]:
@@ -232,11 +238,7 @@ class FirResampler:
         return y.astype(np.float32)
 
     def process(self, chunk: npt.ArrayLike) -> npt.NDArray[np.generic]:
-        x = np.asarray(chunk)
-        if x.dtype != self.dtype:
-            raise TypeError(f"resampler expects {self.dtype} chunks, got {x.dtype}")
-        if x.ndim != 1:
-            raise ValueError(f"resampler expects mono 1-D chunks, got shape {x.shape}")
+        x = _checked_chunk(chunk, self.dtype)
         self._buf = np.concatenate([self._buf, x.astype(np.float64)])
         self._received += len(x)
         return self._to_output(self._emit(self._ready_until(self._received)))
