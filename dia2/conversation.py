@@ -12,6 +12,9 @@ as an async iterator of :class:`~dia2.engine.AudioChunk` (1920 float32 samples a
     async for chunk in conv.speak(llm_deltas()):   # str or AsyncIterable[str]
         send(chunk.pcm)
     conv.cancel()                                  # barge-in: the iterator ends, no further chunk
+
+A voice used by many conversations is encoded once (``prompt = await encode_voice(engine, wav, 24000,
+words)``) and set from its codes (``await conv.set_voice_prompt(prompt)``): no Mimi encoder run per use.
 """
 
 from __future__ import annotations
@@ -24,11 +27,11 @@ from typing import Any
 
 import torch
 
-from .engine import AudioChunk, CallState, Engine, SpeakOptions
+from .engine import AudioChunk, CallState, Engine, SpeakOptions, VoicePrompt
 from .prefix import PrefixWord
 from .wavfile import resample_linear
 
-__all__ = ["Conversation", "ConversationState"]
+__all__ = ["Conversation", "ConversationState", "encode_voice"]
 
 SUPPORTED_RATES = (8000, 16000, 24000)
 
@@ -44,6 +47,16 @@ class ConversationState:
     dropped_turns: int
     words_waiting: int
     awaiting_text: bool
+
+
+async def encode_voice(
+    engine: Engine, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]
+) -> VoicePrompt:
+    """Mimi codes of a recording (8/16/24 kHz mono float) and its words, for any number of
+    :meth:`Conversation.set_voice_prompt` / :meth:`Conversation.user_spoke_prompt` calls. The encoder
+    runs on the engine thread, between steps, like every other model call."""
+    audio = Conversation._to_24k(audio, sample_rate)
+    return await asyncio.wrap_future(engine.submit(lambda: engine.encode_voice(audio, 24000, words)))
 
 
 class Conversation:
@@ -71,6 +84,15 @@ class Conversation:
     async def set_voice(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> None:
         """The AI's voice (speaker 1): audio and its words with timings. Resets the conversation."""
         await self._run(self._engine.set_voice, self._call, self._to_24k(audio, sample_rate), words)
+
+    async def set_voice_prompt(self, prompt: VoicePrompt) -> None:
+        """The AI's voice from precomputed codes (:func:`encode_voice`). Resets the conversation; a voice
+        that does not fit the context raises :class:`~dia2.engine.ContextOverflowError`, nothing changed."""
+        await self._run(self._engine.set_voice_prompt, self._call, prompt)
+
+    async def user_spoke_prompt(self, prompt: VoicePrompt) -> None:
+        """The caller's turn from precomputed codes (:func:`encode_voice`)."""
+        await self._run(self._engine.user_spoke_prompt, self._call, prompt)
 
     async def user_spoke(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> None:
         """The caller's turn (8/16/24 kHz mono float, words timed from the start of ``audio``)."""

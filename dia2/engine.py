@@ -41,8 +41,12 @@ from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
 from .sampling import SamplingParams
 from .script import ScriptStream, WordEncoder
 from .state_machine import Entry, MachineState, StateMachine, TokenIds
+from .wavfile import resample_linear
 
-__all__ = ["AudioChunk", "CallState", "Engine", "EngineOptions", "SpeakOptions"]
+__all__ = [
+    "AudioChunk", "CallState", "ContextOverflowError", "Engine", "EngineOptions", "SpeakOptions",
+    "VoicePrompt",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -106,6 +110,35 @@ class AudioChunk:
 
 
 Sink = Callable[[AudioChunk | None], None]  # None marks the end of the turn
+
+
+class ContextOverflowError(ValueError):
+    """Known audio (a voice, a caller turn) that the call's context cannot hold. Raised before the call
+    changes, so the call stays usable (``reset``, another voice, ``speak``)."""
+
+    def __init__(self, what: str, frames: int, max_frames: int, max_context_steps: int, frame_rate: float,
+                 why: str) -> None:
+        self.what, self.frames, self.max_frames = what, frames, max_frames
+        self.max_context_steps = max_context_steps
+        super().__init__(
+            f"{what} of {frames} frames ({frames / frame_rate:.1f} s) does not fit the context: "
+            f"max_context_steps is {max_context_steps}{why}, so a {what} may have at most {max_frames} "
+            f"frames ({max_frames / frame_rate:.1f} s)"
+        )
+
+
+@dataclass(frozen=True)
+class VoicePrompt:
+    """A recording encoded once (:meth:`Engine.encode_voice`): its Mimi codes and timed words. Any call
+    of the engine may use it as its voice (:meth:`Engine.set_voice_prompt`) or as a caller turn
+    (:meth:`Engine.user_spoke_prompt`) without running the Mimi encoder again."""
+
+    codes: torch.Tensor  # [K, frames] long, on the CPU
+    words: tuple[PrefixWord, ...]
+
+    @property
+    def frames(self) -> int:
+        return int(self.codes.shape[1])
 
 
 def _ema(old: float | None, new: float, alpha: float = 0.3) -> float:
@@ -265,6 +298,7 @@ class Engine:
         self._host_codes = torch.zeros(opts.capacity, self.num_codebooks, dtype=torch.long, pin_memory=pin)
         self.calls: dict[int, CallState] = {}
         self.steps_run = 0
+        self.mimi_encodes = 0  # Mimi encoder runs (voices, caller turns): what cached VoicePrompts save
         self._graphs: dict[int, tuple[Any, Any, Any, Any]] = {}
         self.graph_errors: list[str] = []
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
@@ -347,12 +381,43 @@ class Engine:
         call.closed = True
         self.calls.pop(call.slot, None)
 
+    def encode_voice(
+        self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]
+    ) -> VoicePrompt:
+        """Mimi-encode a recording once (mono float audio at any rate, its words timed in seconds); the
+        result is reusable by every call. Runs the model: call it on the engine thread."""
+        audio = torch.as_tensor(audio, dtype=torch.float32).reshape(-1)
+        rate = int(self.mimi.sample_rate)
+        if sample_rate != rate:
+            audio = resample_linear(audio, sample_rate, rate)
+        self.mimi_encodes += 1
+        codes = self.mimi.encode(audio).cpu().to(torch.long)
+        return VoicePrompt(codes, tuple(words))
+
+    @property
+    def max_voice_frames(self) -> int:
+        """The longest voice a call takes: it must leave a reply its reserve (``reply_reserve_steps``)."""
+        return max(self.max_steps - 1 - self.options.reply_reserve_steps, 0)
+
+    def check_voice(self, prompt: VoicePrompt) -> None:
+        """:class:`ContextOverflowError` if ``prompt`` is too long to be a call's voice."""
+        if prompt.frames > self.max_voice_frames:
+            raise ContextOverflowError(
+                "voice", prompt.frames, self.max_voice_frames, self.max_steps, self.frame_rate,
+                f" and a reply needs reply_reserve_steps={self.options.reply_reserve_steps}",
+            )
+
     def set_voice(self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord]) -> None:
         """The AI's voice: mono 24 kHz audio and its words (speaker 1). Resets the call."""
-        codes = self.mimi.encode(audio.float()).cpu()
-        entries, steps = words_to_entries(words, self.encoder, "[S1]", self.frame_rate)
+        self.set_voice_prompt(call, self.encode_voice(audio, int(self.mimi.sample_rate), words))
+
+    def set_voice_prompt(self, call: CallState, prompt: VoicePrompt) -> None:
+        """The AI's voice from precomputed codes (:meth:`encode_voice`). Resets the call. A voice that
+        does not fit raises before anything changes: the call keeps its previous voice and context."""
+        self.check_voice(prompt)
+        entries, steps = words_to_entries(prompt.words, self.encoder, "[S1]", self.frame_rate)
         # Upstream's +3 "legacy" shift of speaker 1's forced word starts, kept for the voice prefix.
-        call.voice = (codes, entries, [s + SPEAKER1_STEP_OFFSET for s in steps])
+        call.voice = (prompt.codes, entries, [s + SPEAKER1_STEP_OFFSET for s in steps])
         self.reset(call)
 
     def reset(self, call: CallState) -> None:
@@ -369,16 +434,28 @@ class Engine:
 
     def user_spoke(self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord]) -> None:
         """The caller's turn: mono 24 kHz audio and its words (speaker 2, times relative to the audio)."""
-        codes = self.mimi.encode(audio.float()).cpu()
-        entries, steps = words_to_entries(words, self.encoder, "[S2]", self.frame_rate)
-        self.ingest_codes(call, codes, entries, steps)
+        self.user_spoke_prompt(call, self.encode_voice(audio, int(self.mimi.sample_rate), words))
+
+    def user_spoke_prompt(self, call: CallState, prompt: VoicePrompt) -> None:
+        """The caller's turn from precomputed codes (:meth:`encode_voice`)."""
+        entries, steps = words_to_entries(prompt.words, self.encoder, "[S2]", self.frame_rate)
+        self.ingest_codes(call, prompt.codes, entries, steps)
 
     def ingest_codes(
         self, call: CallState, codes: torch.Tensor, entries: list[Entry], steps: list[int], kind: str = "user"
     ) -> None:
         if call.turn is not None:
             raise RuntimeError("a reply is in progress: cancel it before ingesting the caller's turn")
-        self._ensure_room(call, codes.shape[1] + 1)
+        n = int(codes.shape[1])
+        # Dropping every turn but the voice is the most room there is; check it before dropping anything.
+        voice = sum(b - a for kind_, a, b in call.segments if kind_ == "voice")
+        most = self.max_steps - 1 - voice
+        if n > most:
+            what = "caller turn" if kind == "user" else kind
+            raise ContextOverflowError(what, n, most, self.max_steps, self.frame_rate,
+                                       f" and the voice holds {voice} frames")
+        # The turn's frames must fit whole (no half-of-the-room cap, unlike a reply's reserve).
+        self._ensure_room(call, min(n + 1, most), keep_half=False)
         self._ingest(call, kind, codes.cpu(), entries, steps)
 
     def speak(
@@ -849,14 +926,16 @@ class Engine:
         call.segments.append((kind, a0, a0 + n))
         return self._prefill(call, a0, a0 + n)
 
-    def _ensure_room(self, call: CallState, need: int) -> None:
+    def _ensure_room(self, call: CallState, need: int, *, keep_half: bool = True) -> None:
         """Context policy: keep the voice, drop the oldest turns until ``need`` more steps fit, re-warm."""
         limit = self.max_steps - 1
         keep = list(call.segments)
         voice = [s for s in keep if s[0] == "voice"]
         # Never reserve more than half of what the voice leaves, so some history always survives; a
-        # reply longer than its reserve still runs on until the cache is full.
-        need = min(need, (limit - sum(s[2] - s[1] for s in voice)) // 2)
+        # reply longer than its reserve still runs on until the cache is full. Known frames (keep_half
+        # False) must fit whole: the caller checked that they fit beside the voice.
+        if keep_half:
+            need = min(need, (limit - sum(s[2] - s[1] for s in voice)) // 2)
         if call.frames + need <= limit:
             return
         rest = [s for s in keep if s[0] != "voice"]

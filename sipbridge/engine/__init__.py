@@ -6,7 +6,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from sipbridge.config import EngineConfig
-from sipbridge.engine.base import Engine, EngineError, EngineSession
+from sipbridge.engine.base import Engine, EngineError, EngineRejected, EngineSession, PreparedVoice
 
 if TYPE_CHECKING:
     from sipbridge.asr import Transcriber
@@ -25,4 +25,4 @@ def make_engine(
     return Dia2Engine(config.dia2, asr=asr, cache_dir=cache_dir)
 
 
-__all__ = ["Engine", "EngineError", "EngineSession", "make_engine"]
+__all__ = ["Engine", "EngineError", "EngineRejected", "EngineSession", "PreparedVoice", "make_engine"]

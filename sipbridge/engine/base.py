@@ -4,6 +4,10 @@ An `Engine` lives in the supervisor for the whole run; each call opens one `Engi
 of the batched conversation state). A session hears what the caller said (`user_spoke`, so a contextual voice
 can answer in context), speaks text or a stream of text as float32 chunks at `sample_rate`, can be cut
 mid-sentence (`cancel`, barge-in) and is closed when the call ends, which frees its engine row.
+
+A recording used many times (the conversation API's named voices) is prepared once with
+`Engine.prepare_voice` and set with `set_prepared_voice` / `hear_prepared`: for Dia2 that skips the Mimi
+encoder on every use; espeak has nothing to prepare (its prepared voice only carries the transcript).
 """
 
 from __future__ import annotations
@@ -38,6 +42,23 @@ class EngineError(Exception):
     """The engine cannot start or failed while speaking; the call using it ends cleanly."""
 
 
+class EngineRejected(ValueError):
+    """The engine refuses an input as given (e.g. a voice longer than Dia2's context allows). Raised before
+    the session changes, so it stays usable: not an engine failure (the conversation API answers 413)."""
+
+
+@dataclass(frozen=True)
+class PreparedVoice:
+    """A recording made ready once for one engine (`Engine.prepare_voice`), set on any number of sessions
+    without redoing that work. `data` is the engine's own form: Dia2 a `dia2.engine.VoicePrompt` (Mimi codes
+    and timed words); espeak None (it cannot clone a voice)."""
+
+    engine: str  # the engine kind that prepared it
+    transcript: str
+    seconds: float
+    data: Any = None
+
+
 class EngineSession(Protocol):
     call_id: str
     sample_rate: int
@@ -56,6 +77,12 @@ class EngineSession(Protocol):
 
     async def set_voice(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
         """The AI voice of this session (speaker 1) and the words said in it; resets the context."""
+
+    async def set_prepared_voice(self, voice: PreparedVoice) -> None:
+        """`set_voice` from a voice prepared by this session's engine; EngineRejected if it does not fit."""
+
+    async def hear_prepared(self, voice: PreparedVoice) -> None:
+        """`hear` from a prepared recording (speaker 2, as context); EngineRejected if it does not fit."""
 
     async def reset(self) -> None:
         """Forget every turn (the voice is kept)."""
@@ -77,6 +104,11 @@ class Engine(Protocol):
     async def start(self) -> None: ...
 
     def open_session(self, call_id: str) -> EngineSession: ...
+
+    async def prepare_voice(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> PreparedVoice:
+        """Do once what setting this recording as a voice costs (Dia2: Mimi-encode it); EngineRejected if it
+        can never be a voice (too long), EngineError if the engine failed."""
+        ...
 
     def health(self) -> dict[str, Any]: ...
 

@@ -11,6 +11,10 @@ maps our engine interface onto it:
   timestamps (~30 % more ASR time, so only for this engine); plain text (no timings) is spread evenly;
 * a voice prefix configured without its transcript is transcribed at start with the supervisor's ASR
   (timed words), cached by the WAV's content hash in `voice-transcripts.json` next to the database;
+* a voice used many times (the configured prefix, the conversation API's named voices) is Mimi-encoded once
+  (`prepare_voice`, a `dia2.engine.VoicePrompt`) and set from its codes; `health` counts encoder runs;
+* a voice or turn longer than the context allows is refused by dia2 (`ContextOverflowError`, a
+  ValueError) before the row changes, and leaves here as `EngineRejected`: the session stays usable;
 * chunks come back as 1920-sample float32 tensors at 24 kHz and leave as numpy arrays.
 """
 
@@ -32,7 +36,16 @@ import numpy as np
 import numpy.typing as npt
 
 from sipbridge.config import Dia2EngineConfig
-from sipbridge.engine.base import Chunk, EngineError, SpeakParams, TextSource, Words, text_pieces
+from sipbridge.engine.base import (
+    Chunk,
+    EngineError,
+    EngineRejected,
+    PreparedVoice,
+    SpeakParams,
+    TextSource,
+    Words,
+    text_pieces,
+)
 
 if TYPE_CHECKING:
     from sipbridge.asr import Transcriber
@@ -59,6 +72,12 @@ def timed_words(words: Words, duration_s: float) -> list[Any]:
 
     triples = spread_words(words, duration_s) if isinstance(words, str) else list(words)
     return [PrefixWord(w, a, b) for w, a, b in triples]
+
+
+def _prompt_of(voice: PreparedVoice) -> Any:
+    if voice.engine != "dia2" or voice.data is None:
+        raise EngineError(f"a voice prepared by the {voice.engine} engine cannot be used by dia2")
+    return voice.data
 
 
 @dataclass
@@ -94,8 +113,7 @@ class Dia2Session:
             except Exception as exc:  # the engine raises plain errors when it is full
                 raise EngineError(f"dia2 cannot open a conversation: {exc}") from exc
             if self.engine.voice is not None:
-                audio, rate, words = self.engine.voice
-                await self._conv.set_voice(audio, rate, words)
+                await self._conv.set_voice_prompt(self.engine.voice.data)
         return self._conv
 
     def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> None:
@@ -127,10 +145,14 @@ class Dia2Session:
         async def run() -> None:
             await op(await self._conversation())
 
+        from dia2.engine import ContextOverflowError
+
         try:
             await asyncio.shield(self._then(run))
         except EngineError:
             raise
+        except ContextOverflowError as exc:  # checked before the row changed: the session is fine
+            raise EngineRejected(str(exc)) from exc
         except Exception as exc:
             raise EngineError(f"dia2 {what} failed: {exc}") from exc
 
@@ -147,6 +169,14 @@ class Dia2Session:
         audio = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))
         timed = timed_words(words, len(pcm) / rate)
         await self._awaited("set_voice", lambda conv: conv.set_voice(audio, rate, timed))
+
+    async def set_prepared_voice(self, voice: PreparedVoice) -> None:
+        prompt = _prompt_of(voice)
+        await self._awaited("set_voice", lambda conv: conv.set_voice_prompt(prompt))
+
+    async def hear_prepared(self, voice: PreparedVoice) -> None:
+        prompt = _prompt_of(voice)
+        await self._awaited("user_spoke", lambda conv: conv.user_spoke_prompt(prompt))
 
     async def reset(self) -> None:
         await self._awaited("reset", lambda conv: conv.reset())
@@ -202,7 +232,7 @@ class Dia2Engine:
     sessions: dict[str, Dia2Session] = field(default_factory=dict)
     dia2_engine: Any = None
     speak_options: Any = None
-    voice: tuple[Any, int, list[Any]] | None = None
+    voice: PreparedVoice | None = None  # the configured prefix, encoded once at start
 
     async def start(self) -> None:
         try:
@@ -255,7 +285,6 @@ class Dia2Engine:
         )
 
     async def _load_voice(self) -> None:
-        import torch
 
         from audio.wav import read_wav
 
@@ -266,7 +295,34 @@ class Dia2Engine:
         words: Words = voice.transcript or ""
         if not voice.transcript or not voice.transcript.strip():
             words = await self._voice_words(voice.prefix_wav, audio, rate)
-        self.voice = (torch.from_numpy(audio), rate, timed_words(words, len(audio) / rate))
+        try:
+            self.voice = await self.prepare_voice(audio, rate, words)
+        except EngineRejected as exc:
+            raise EngineError(f"engine.dia2.voice.prefix_wav {voice.prefix_wav}: {exc}") from exc
+        log.info("engine dia2: voice %s encoded once (%.1f s)", voice.prefix_wav, self.voice.seconds)
+
+    async def prepare_voice(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> PreparedVoice:
+        """Mimi codes and timed words of a recording, computed once on the engine thread; refused
+        (EngineRejected) when it is longer than a voice may be in this engine's context."""
+        import torch
+
+        from dia2.conversation import encode_voice
+        from dia2.engine import ContextOverflowError
+
+        if self.dia2_engine is None:
+            raise EngineError("dia2 engine is not started")
+        audio = torch.from_numpy(np.ascontiguousarray(pcm, dtype=np.float32))
+        seconds = len(pcm) / rate
+        try:
+            prompt = await encode_voice(self.dia2_engine, audio, rate, timed_words(words, seconds))
+        except Exception as exc:
+            raise EngineError(f"dia2 cannot encode the voice: {exc}") from exc
+        try:
+            self.dia2_engine.check_voice(prompt)  # reads constants only: safe off the engine thread
+        except ContextOverflowError as exc:
+            raise EngineRejected(str(exc)) from exc
+        text = words if isinstance(words, str) else " ".join(w for w, _, _ in words)
+        return PreparedVoice(self.name, text, seconds, prompt)
 
     async def _voice_words(self, path: Path, audio: npt.NDArray[np.float32], rate: int) -> Words:
         """Timed words of the voice prefix from ASR, cached by content hash (and ASR model): a restart or a
@@ -344,6 +400,7 @@ class Dia2Engine:
             "sessions": len(self.sessions),
             "rows_in_use": len(engine.calls) if engine is not None else 0,
             "steps_run": engine.steps_run if engine is not None else 0,
+            "mimi_encodes": engine.mimi_encodes if engine is not None else 0,  # voices and caller turns
         }
 
     async def close(self) -> None:

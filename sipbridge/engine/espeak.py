@@ -19,7 +19,15 @@ import numpy as np
 import numpy.typing as npt
 
 from sipbridge.config import EspeakEngineConfig
-from sipbridge.engine.base import Chunk, EngineError, SpeakParams, TextSource, Words, text_pieces
+from sipbridge.engine.base import (
+    Chunk,
+    EngineError,
+    PreparedVoice,
+    SpeakParams,
+    TextSource,
+    Words,
+    text_pieces,
+)
 
 log = logging.getLogger(__name__)
 
@@ -50,6 +58,14 @@ class EspeakSession:
     async def set_voice(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
         self.voice_words = words if isinstance(words, str) else " ".join(w for w, _, _ in words)
         await self.reset()
+
+    # espeak cannot clone a voice: a prepared voice is its transcript only (see EspeakEngine.prepare_voice).
+    async def set_prepared_voice(self, voice: PreparedVoice) -> None:
+        self.voice_words = voice.transcript
+        await self.reset()
+
+    async def hear_prepared(self, voice: PreparedVoice) -> None:
+        self.turns_heard.append(voice.transcript)
 
     async def reset(self) -> None:
         self.cancel()
@@ -159,6 +175,11 @@ class EspeakEngine:
         session = EspeakSession(call_id, self)
         self.sessions[call_id] = session
         return session
+
+    async def prepare_voice(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> PreparedVoice:
+        """Nothing to prepare (no voice cloning, no codec): keeps the transcript, for `state`."""
+        text = words if isinstance(words, str) else " ".join(w for w, _, _ in words)
+        return PreparedVoice(self.name, text, len(pcm) / rate)
 
     def health(self) -> dict[str, Any]:
         return {"ok": bool(self.exe), "kind": self.name, "sessions": len(self.sessions)}

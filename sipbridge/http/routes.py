@@ -23,7 +23,7 @@ from pydantic import BaseModel, Field, ValidationError
 from starlette.websockets import WebSocketDisconnect
 
 from sipbridge.config import HttpConfig
-from sipbridge.engine import EngineError
+from sipbridge.engine import EngineError, EngineRejected
 from sipbridge.engine.base import SpeakParams, Words
 from sipbridge.http.audio_io import (
     MEDIA_TYPES,
@@ -35,7 +35,7 @@ from sipbridge.http.audio_io import (
     decode_upload,
     wav_bytes,
 )
-from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings
+from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice
 
 log = logging.getLogger(__name__)
 
@@ -249,14 +249,25 @@ def build_router(
         words: Annotated[str | None, Form(description='JSON [{"text","start","end"}], seconds')] = None,
         conversation_id: Annotated[str | None, Form()] = None,
         conversation: Annotated[str | None, Query(alias="conversation_id")] = None,
+        voice_name: Annotated[
+            str | None, Form(alias="voice", description="A stored voice (upload_voice) instead of audio")
+        ] = None,
     ) -> dict[str, Any]:
-        """The AI voice (speaker 1) of the conversation: a 5-15 s recording and its words. Resets it."""
+        """The AI voice (speaker 1) of the conversation: a 5-15 s recording and its words, or a voice stored
+        with /upload_voice (its cached codes, no new encoding). Resets it."""
         conv = service.get(conversation or conversation_id)
-        raw, decoded = await read_upload(audio, file)
-        timed = _parse_words(words)
+        upload: tuple[bytes, DecodedAudio, Words | None] | None = None
+        if voice_name is None:
+            raw, decoded = await read_upload(audio, file)
+            upload = (raw, decoded, _parse_words(words))
+        elif voice_name not in service.voices:
+            raise ApiError(404, f"no voice {voice_name!r} (POST /upload_voice first)")
         async with service.busy(conv):
-            voice = await service.make_voice(decoded, raw, transcript, timed, None)
-            await service.run(conv, lambda s: s.set_voice(voice.pcm, PCM_RATE, voice.words))
+            if upload is None:
+                voice: Voice = service.voices[str(voice_name)]  # prepared at upload: nothing to encode
+            else:
+                voice = await service.make_voice(upload[1], upload[0], transcript, upload[2], None)
+            await service.run(conv, lambda s: s.set_prepared_voice(voice.prepared))
             conv.voice = voice
             conv.user_turns = conv.replies = 0
         return {"ok": True, "conversation_id": conv.id, **voice.describe()}
@@ -344,7 +355,8 @@ def build_router(
         transcript: Annotated[str | None, Form()] = None,
         words: Annotated[str | None, Form()] = None,
     ) -> dict[str, Any]:
-        """Store a named voice (audio at 24 kHz and its transcript) for /tts."""
+        """Store a named voice for /tts and /set_voice: its transcript and engine codes (Dia2: Mimi), computed
+        once here, so using it costs no encoding."""
         if name not in service.voices and len(service.voices) >= limits.max_voices:
             raise ApiError(429, f"{limits.max_voices} voices are stored (http.limits.max_voices)")
         raw, decoded = await read_upload(audio, file)
@@ -381,11 +393,11 @@ def build_router(
         try:
             try:
                 if "speaker_1" in chosen:
-                    v = chosen["speaker_1"]
-                    await session.set_voice(v.pcm, PCM_RATE, v.words)
+                    await session.set_prepared_voice(chosen["speaker_1"].prepared)
                 if "speaker_2" in chosen:
-                    v = chosen["speaker_2"]
-                    await session.hear(v.pcm, PCM_RATE, v.words)
+                    await session.hear_prepared(chosen["speaker_2"].prepared)
+            except EngineRejected as exc:
+                raise ApiError(413, f"the engine refused it: {exc}") from exc
             except EngineError as exc:
                 raise ApiError(500, f"engine failed: {exc}") from exc
             return await speak_whole(session, req.text, req.params(), req.format, None)

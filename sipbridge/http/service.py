@@ -8,9 +8,14 @@ Concurrency: one operation at a time per conversation (an `asyncio.Lock`); a sec
 gets 409 instead of queueing behind a WebSocket stream that may wait for text indefinitely. Different
 conversations run in parallel (their generations are batched by the engine).
 
-Failure: when the engine raises, the conversation is rebuilt on a fresh engine session with the last voice
-that was set successfully (its context is cleared), so the next request works instead of hitting the same
-broken state again (e.g. a Dia2 row left with a voice longer than its cache).
+Voices: every recording set as a voice (or stored by name) is prepared once by the engine
+(`Engine.prepare_voice`: Dia2 Mimi-encodes it) and set from that, so a named voice or a restart costs no
+encoder run. An input the engine refuses (`EngineRejected`, e.g. a voice longer than Dia2's context) leaves
+the session as it was and is answered 413.
+
+Failure: when the engine fails (`EngineError`), the conversation is rebuilt on a fresh engine session with
+the last voice that was set successfully (its context is cleared), so the next request cannot meet whatever
+state the failure left behind.
 """
 
 from __future__ import annotations
@@ -31,7 +36,7 @@ import numpy.typing as npt
 
 from sipbridge.asr import Transcriber
 from sipbridge.config import HttpLimitsConfig
-from sipbridge.engine import Engine, EngineError, EngineSession
+from sipbridge.engine import Engine, EngineError, EngineRejected, EngineSession, PreparedVoice
 from sipbridge.engine.base import SpeakParams, TextSource, Words
 from sipbridge.http.audio_io import PCM_RATE, DecodedAudio, OutputEncoder
 
@@ -52,10 +57,11 @@ class ApiError(Exception):
 
 @dataclass(frozen=True)
 class Voice:
-    """A recording with its words, at the engine-facing rate (24 kHz mono float32)."""
+    """A recording with its words, at the engine-facing rate (24 kHz mono float32), prepared once."""
 
     pcm: npt.NDArray[np.float32]
     words: Words
+    prepared: PreparedVoice  # what the engine sets (Dia2: its Mimi codes), computed once
     transcript: str
     sha256: str
     seconds: float
@@ -176,9 +182,9 @@ class ConversationService:
         kept = "no voice"
         if conv.voice is not None:
             try:
-                await conv.session.set_voice(conv.voice.pcm, PCM_RATE, conv.voice.words)
+                await conv.session.set_prepared_voice(conv.voice.prepared)
                 kept = "its voice is kept"
-            except EngineError as again:
+            except (EngineError, EngineRejected) as again:
                 log.warning("http conversation %r: its voice cannot be restored: %s", conv.id, again)
                 conv.voice = None
                 kept = "its voice could not be restored"
@@ -190,6 +196,8 @@ class ConversationService:
         """One engine operation on a held conversation, with recovery on engine failure."""
         try:
             return await op(conv.session)
+        except EngineRejected as exc:  # refused before anything changed: no restart needed
+            raise ApiError(413, f"the engine refused it: {exc}") from exc
         except EngineError as exc:
             raise await self._recover(conv, exc) from exc
 
@@ -228,11 +236,24 @@ class ConversationService:
     async def make_voice(
         self, audio: DecodedAudio, raw: bytes, transcript: str | None, words: Words | None, name: str | None
     ) -> Voice:
+        """The voice with its words (given or ASR) and its engine form (Dia2: Mimi codes), computed once;
+        413 if the engine could never use it as a voice (too long for the context)."""
         resolved = await self.words_for(audio, raw, transcript, words)
         text = resolved if isinstance(resolved, str) else " ".join(w for w, _, _ in resolved)
+        pcm = audio.at(PCM_RATE)
+        t0 = time.monotonic()
+        try:
+            prepared = await self.engine.prepare_voice(pcm, PCM_RATE, resolved)
+        except EngineRejected as exc:
+            raise ApiError(413, f"the voice is too long for the engine: {exc}") from exc
+        except EngineError as exc:
+            raise ApiError(500, f"engine failed: {exc}") from exc
+        log.info("http voice %s: %.1f s prepared in %.0f ms", name or "(conversation)", audio.seconds,
+                 (time.monotonic() - t0) * 1e3)
         return Voice(
-            pcm=audio.at(PCM_RATE),
+            pcm=pcm,
             words=resolved,
+            prepared=prepared,
             transcript=text,
             sha256=hashlib.sha256(raw).hexdigest(),
             seconds=audio.seconds,

@@ -13,7 +13,7 @@ import pytest
 import torch
 
 from dia2.conversation import Conversation
-from dia2.engine import AudioChunk, CallState, Engine, EngineOptions, SpeakOptions
+from dia2.engine import AudioChunk, CallState, ContextOverflowError, Engine, EngineOptions, SpeakOptions
 from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2, GenerationResult
 from dia2.sampling import SamplingParams
@@ -209,6 +209,67 @@ def test_long_call_keeps_working(runtime: Dia2, reference: ReferenceFixture) -> 
         assert call.frames < engine.max_steps
         assert call.segments[0] == ("voice", 0, voice_frames)
     assert call.dropped_segments > 0
+
+
+def test_oversized_voice_is_refused_and_the_call_keeps_working(
+    runtime: Dia2, reference: ReferenceFixture
+) -> None:
+    """A voice longer than the context allows raises a clear ValueError before the call changes: the call
+    keeps its voice and context, resets, takes a new voice and speaks as a fresh call would."""
+    engine = make_engine(runtime, capacity=2)
+    voice, caller = reference.prefix_speakers()
+    call = engine.open_call()
+    engine.set_voice(call, voice.audio, voice.words)
+    engine.user_spoke(call, caller.audio, caller.words)
+    before = (call.frames, list(call.segments))
+    too_long = engine.max_voice_frames + 1
+    big = torch.randn(too_long * runtime.mimi.frame_size, generator=torch.Generator().manual_seed(0)) * 0.1
+    with pytest.raises(ContextOverflowError) as refused:
+        engine.set_voice(call, big, voice.words)
+    assert isinstance(refused.value, ValueError)
+    message = str(refused.value)
+    assert f"voice of {too_long} frames" in message and f"max_context_steps is {engine.max_steps}" in message
+    assert f"at most {engine.max_voice_frames} frames" in message
+    assert (call.frames, call.segments) == before  # nothing changed
+    engine.reset(call)  # used to fail for ever with IndexError
+    assert call.segments == [("voice", 0, before[1][0][2])]
+
+    # A caller turn longer than the whole context is refused the same way, the call unchanged.
+    huge = torch.zeros(engine.max_steps * runtime.mimi.frame_size)
+    with pytest.raises(ContextOverflowError, match=r"caller turn of .* max_context_steps is"):
+        engine.user_spoke(call, huge, caller.words)
+    assert call.segments == [("voice", 0, before[1][0][2])]
+
+    # A new voice, then speech: the same tokens as on a call that never saw the oversized voice.
+    engine.set_voice(call, caller.audio, caller.words)
+    got = reply(engine, call, "[S1] Sure, one moment.", greedy())
+    fresh = engine.open_call()
+    engine.set_voice(fresh, caller.audio, caller.words)
+    assert torch.equal(codes_of(got), codes_of(reply(engine, fresh, "[S1] Sure, one moment.", greedy())))
+
+
+def test_voice_prompt_is_encoded_once(runtime: Dia2, reference: ReferenceFixture) -> None:
+    """A voice encoded once (codes + words) and set on several calls costs one Mimi encoder run and
+    speaks exactly as the voice set from its audio."""
+    engine = make_engine(runtime, capacity=2)
+    voice, caller = reference.prefix_speakers()
+    from_audio = engine.open_call()
+    engine.set_voice(from_audio, voice.audio, voice.words)
+    engine.user_spoke(from_audio, caller.audio, caller.words)
+    expected = codes_of(reply(engine, from_audio, "[S1] Sure, one moment.", greedy()))
+    engine.close_call(from_audio)
+
+    encodes = engine.mimi_encodes
+    prompt = engine.encode_voice(voice.audio, 24000, voice.words)
+    heard = engine.encode_voice(caller.audio, 24000, caller.words)
+    assert engine.mimi_encodes == encodes + 2
+    for _ in range(2):
+        call = engine.open_call()
+        engine.set_voice_prompt(call, prompt)
+        engine.user_spoke_prompt(call, heard)
+        assert torch.equal(codes_of(reply(engine, call, "[S1] Sure, one moment.", greedy())), expected)
+        engine.close_call(call)
+    assert engine.mimi_encodes == encodes + 2  # no encoder run for the calls themselves
 
 
 def test_conversation_async_api(runtime: Dia2) -> None:

@@ -68,7 +68,8 @@ def test_voice_prefix_without_transcript_is_transcribed_once_and_cached(
         engine = await start_engine()
         try:
             assert engine.voice is not None
-            _, _, words = engine.voice
+            words = engine.voice.data.words  # a dia2 VoicePrompt: Mimi codes and timed words
+            assert engine.health()["mimi_encodes"] == 1  # encoded once at start, not once per call
             text = " ".join(w.text for w in words).lower()
             assert "help" in text or "calling" in text, text
             assert asr.turns == turns + 1
@@ -93,7 +94,7 @@ def test_voice_prefix_without_transcript_is_transcribed_once_and_cached(
         engine = await start_engine()
         try:
             assert engine.voice is not None and asr.turns == turns + 2  # +1: the caller turn above
-            assert [w.text for w in engine.voice[2]] == [w.text for w in words]
+            assert [w.text for w in engine.voice.data.words] == [w.text for w in words]
         finally:
             await engine.close()
 

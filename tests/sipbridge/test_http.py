@@ -428,17 +428,29 @@ def test_two_conversations_in_parallel_stay_separate(dia2_api: Api) -> None:
     assert api.get("/healthz").json()["engine"]["rows_in_use"] >= 2
 
 
-def test_engine_failure_is_500_and_the_conversation_recovers(dia2_api: Api) -> None:
-    api, cid = dia2_api, {"conversation_id": "failing"}
-    # 15 s of voice is within http.limits but longer than the tiny model's 160-frame (12.8 s) context.
+def test_oversized_voice_is_413_and_the_conversation_keeps_its_voice(dia2_api: Api) -> None:
+    api, cid = dia2_api, {"conversation_id": "oversized"}
+    voice = encode(speech("Hello, this is my voice.", 24000), 24000, "WAV")
+    assert upload(api, "/set_voice", voice, transcript="Hello, this is my voice.", **cid).status_code == 200
+    before = api.get("/state", params=cid).json()
+    # 15 s of voice is within http.limits but longer than the tiny model's context leaves a voice (160 steps,
+    # less a reply's 40-step reserve: 119 frames, 9.5 s). Dia2 refuses it before the row changes.
     long_voice = encode(np.resize(speech("Hello, this is a voice.", 8000), 8000 * 15), 8000, "WAV")
-    failed = upload(api, "/set_voice", long_voice, transcript="hello", **cid)
-    assert failed.status_code == 500, failed.text
-    assert "engine failed" in failed.json()["detail"] and "restarted" in failed.json()["detail"]
+    refused = upload(api, "/set_voice", long_voice, transcript="hello", **cid)
+    assert refused.status_code == 413, refused.text
+    detail = refused.json()["detail"]
+    assert "max_context_steps is 160" in detail and "at most 119 frames" in detail, detail
+    named = api.post("/upload_voice", files={"audio": ("long.wav", long_voice)}, data={"name": "long"})
+    assert named.status_code == 413 and "max_context_steps" in named.json()["detail"]
+    assert "long" not in [v["name"] for v in api.get("/voices").json()["voices"]]
+    # No restart, the earlier voice and context are still there, and the conversation goes on.
+    state = api.get("/state", params=cid).json()
+    assert state["restarts"] == 0 and state["voice"]["sha256"] == before["voice"]["sha256"]
+    assert state["context_frames"] == before["context_frames"]
     reply = api.generate("Are you still there?", "wav", **cid)
     assert wav_audio(reply.content)[0].size > 0
-    state = api.get("/state", params=cid).json()
-    assert state["restarts"] == 1 and not state["voice_set"] and state["replies"] == 1
+    assert api.post("/reset", json=cid).status_code == 200
+    assert api.get("/state", params=cid).json()["context_frames"] == before["context_frames"]
 
 
 def test_stateless_tts_with_named_voices(dia2_api: Api) -> None:
@@ -460,6 +472,19 @@ def test_stateless_tts_with_named_voices(dia2_api: Api) -> None:
     again = api.post("/tts", json={"text": "[S1] Hello there.", "speaker_1": "one", "speaker_2": "one",
                                    "format": "ulaw", **GREEDY})  # fmt: skip
     assert again.content == spoken.content  # no state carried from one request to the next
+    encodes = api.get("/healthz").json()["engine"]["mimi_encodes"]
+    third = api.post("/tts", json={"text": "[S1] Hello there.", "speaker_1": "one", "speaker_2": "one",
+                                   "format": "ulaw", **GREEDY})  # fmt: skip
+    assert third.content == spoken.content
+    # The stored voice's Mimi codes were computed once, at upload: using it (as speaker 1 and 2, or as a
+    # conversation's voice by name) runs no encoder.
+    cid = {"conversation_id": "named-voice"}
+    assert api.post("/set_voice", data={"voice": "one", **cid}).status_code == 200
+    assert api.get("/healthz").json()["engine"]["mimi_encodes"] == encodes
+    by_name = api.generate("[S1] Hello there.", "pcm16", **cid, **GREEDY).content
+    assert by_name and api.get("/state", params=cid).json()["voice"]["name"] == "one"
+    assert api.post("/set_voice", data={"voice": "nobody", **cid}).status_code == 404
+    assert api.client.delete("/conversations/named-voice").status_code == 200
     unknown = api.post("/tts", json={"text": "hi", "speaker_1": "nobody"})
     assert unknown.status_code == 404 and "nobody" in unknown.json()["detail"]
     assert api.get("/healthz").json()["engine"]["sessions"] == sessions  # the tts session was closed
