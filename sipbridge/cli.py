@@ -53,6 +53,40 @@ def build_parser() -> argparse.ArgumentParser:
 
     sub.add_parser("config-reference", help="print the reference of every config key (Markdown)")
 
+    dial = sub.add_parser(
+        "dial", help="run an outbound campaign in a supervisor of its own (exits when the campaign is done)"
+    )
+    dial.add_argument("campaign_file", metavar="CAMPAIGN.yaml", help="campaign file (docs/DIALER.md)")
+    _add_config_args(dial)
+    dial.add_argument(
+        "--now",
+        metavar="ISO",
+        help="pretend the wall clock starts at this UTC time (calling windows, retries): tests, drills",
+    )
+    dial.add_argument(
+        "--exit-when-idle",
+        action="store_true",
+        help="exit once nothing is due now and no call is up (retries stay scheduled in the database)",
+    )
+
+    campaign = sub.add_parser("campaign", help="inspect and control campaigns stored in the database")
+    campaign_sub = campaign.add_subparsers(dest="campaign_command", required=True, metavar="ACTION")
+    for action, text in (
+        ("status", "contacts per state, attempts per outcome"),
+        ("pause", "stop placing new calls (calls up now finish)"),
+        ("resume", "place calls again"),
+        ("export", "one row per attempt (CSV or JSON)"),
+    ):
+        p = campaign_sub.add_parser(action, help=text)
+        p.add_argument("name", help="campaign name")
+        _add_config_args(p)
+        p.add_argument(
+            "--db", metavar="FILE", help="SQLite database (default: the config's storage.sqlite_path)"
+        )
+        if action == "export":
+            p.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (csv)")
+            p.add_argument("--out", "-o", metavar="FILE", help="write here instead of stdout")
+
     calls = sub.add_parser("calls", help="recorded calls")
     calls_sub = calls.add_subparsers(dest="calls_command", required=True, metavar="ACTION")
     export = calls_sub.add_parser(
@@ -117,6 +151,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "check-config" and args.file and args.config:
         parser.error("give the config file either as FILE or as --config, not both")
 
+    campaign = None
+    if args.command == "dial":
+        from sipbridge.dialer.cli import dial_overrides, load_for_dial
+
+        try:
+            campaign = load_for_dial(args.campaign_file)
+            args.overrides = [*dial_overrides(campaign), *args.overrides]
+            loaded = _load(args)
+            if loaded.config.sip.max_calls < campaign.campaign.limits.concurrency:
+                # Enough workers for the campaign's concurrency (4 calls per worker process).
+                args.overrides.append(f"sip.max_calls={campaign.campaign.limits.concurrency}")
+        except ConfigError as error:
+            _print_config_errors(error)
+            return EXIT_CONFIG
     try:
         loaded = _load(args)
     except ConfigError as error:
@@ -125,6 +173,11 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     if args.command == "calls":
         return _export_calls(args, loaded)
+
+    if args.command == "campaign":
+        from sipbridge.dialer.cli import campaign_command
+
+        return campaign_command(args, loaded)
 
     if args.command == "check-config":
         sys.stdout.write(f"# {loaded.source}: valid\n")
@@ -135,8 +188,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     # imported late: uvicorn/fastapi/pjsua2 are only needed to run
     from sipbridge.supervisor import StartupError, Supervisor
 
+    supervisor = Supervisor(loaded)
+    if campaign is not None:
+        from sipbridge.dialer.cli import clock_from
+
+        supervisor.campaign = campaign
+        supervisor.clock = clock_from(args.now)
+        supervisor.exit_when_idle = args.exit_when_idle
     try:
-        asyncio.run(Supervisor(loaded).run())
+        asyncio.run(supervisor.run())
     except (StoreError, StartupError) as exc:
         log.error("%s", exc)
         return EXIT_FAILURE

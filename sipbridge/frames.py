@@ -139,7 +139,73 @@ class CallEnded(Frame):
     underruns: int
 
 
+@dataclass(frozen=True)
+class CallProgress(Frame):
+    """An outbound call's provisional response (180 Ringing, 183 Session Progress), first of each code."""
+
+    call_id: str
+    code: int
+    reason: str
+    t_ms: int  # ms since the INVITE was sent
+
+
+@dataclass(frozen=True)
+class DialEnded(Frame):
+    """An outbound call that ended before it was answered (no CallStarted/CallEnded for it).
+
+    `event` is set when the attempt ended on our side or without a response (ring_timeout, transport_error,
+    cancelled); otherwise `code` is the callee side's final response."""
+
+    call_id: str
+    code: int
+    reason: str
+    event: str | None
+    ringing_ms: int | None  # first 180/183 after the INVITE
+    duration_ms: int  # INVITE to the end
+
+
+@dataclass(frozen=True)
+class AmdResult(Frame):
+    """Answering-machine decision of an outbound call, made in the worker from the callee's first audio."""
+
+    call_id: str
+    kind: str  # human | machine | not_sure
+    reasons: list[str]
+    decided_at_ms: int  # media ms after the answer
+
+
+@dataclass(frozen=True)
+class MessageCueFrame(Frame):
+    """After a machine decision: when to start the voicemail message (beep end, greeting end, timeout)."""
+
+    call_id: str
+    at_ms: int
+    reason: str
+
+
 # ------------------------------------------------------------------------------ supervisor -> worker
+
+
+@dataclass(frozen=True)
+class Dial(Frame):
+    """Place an outbound call. `call_id` is chosen by the supervisor so the attempt row exists before the
+    INVITE; `amd` holds audio.amd.AmdSettings fields (None: no detection, the callee is taken as a person)."""
+
+    call_id: str
+    target: str  # SIP URI
+    caller_id: str  # E.164; sent as the From user part and in P-Asserted-Identity
+    ring_timeout_s: float
+    amd: dict[str, Any] | None = None
+    variables: dict[str, str] = dataclasses.field(default_factory=dict)
+    campaign: str = ""
+    attempt_id: int = 0
+
+
+@dataclass(frozen=True)
+class CancelDial(Frame):
+    """Stop a call we placed: CANCEL while ringing (outcome cancelled), BYE once answered."""
+
+    call_id: str
 
 
 @dataclass(frozen=True)
@@ -222,6 +288,12 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         PlaybackDone,
         TransferStatus,
         CallEnded,
+        CallProgress,
+        DialEnded,
+        AmdResult,
+        MessageCueFrame,
+        Dial,
+        CancelDial,
         PlayAudio,
         EndOfUtterance,
         CancelUtterances,

@@ -30,6 +30,7 @@ from sipbridge import frames as f
 from sipbridge.agents import Action, Agent, AgentCall, Reply, TextStream, Turn
 from sipbridge.asr import Transcriber
 from sipbridge.config import Config
+from sipbridge.dialer.live import OutboundCall
 from sipbridge.engine import Engine, EngineError, EngineSession
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
@@ -75,6 +76,9 @@ class CallSession:
     _silence: asyncio.Task[None] | None = None  # the armed silence timer (Reply.silence_timeout_s)
     _silence_timeout_s: float | None = None
     _caller_speaking: bool = False  # between SpeechStarted and the end of that turn
+    # A call the dialer placed (None: inbound). Its AMD decision gates the greeting (docs/DIALER.md).
+    outbound: OutboundCall | None = None
+    _voicemail_utterance: int | None = None
 
     @property
     def call_id(self) -> str:
@@ -95,15 +99,21 @@ class CallSession:
 
     def open(self) -> None:
         s = self.start
-        self.store.create_call(
-            "inbound",
-            remote_uri=s.remote_uri,
-            local_uri=s.local_uri,
-            remote_addr=s.remote_addr,
-            worker=self.worker.index,
-            call_id=s.call_id,
-            variables={"sip_call_id": s.sip_call_id},
-        )
+        out = self.outbound
+        variables = {"sip_call_id": s.sip_call_id, "remote_uri": s.remote_uri, "local_uri": s.local_uri}
+        if out is None:
+            self.store.create_call(
+                "inbound",
+                remote_uri=s.remote_uri,
+                local_uri=s.local_uri,
+                remote_addr=s.remote_addr,
+                worker=self.worker.index,
+                call_id=s.call_id,
+                variables={"sip_call_id": s.sip_call_id},
+            )
+        else:
+            # The dialer created the row at the INVITE; the contact's columns become flow variables.
+            variables.update(out.variables)
         self.store.mark_answered(s.call_id)
         turn_dir = self._turn_dir()
         self.store.set_call_media(
@@ -112,8 +122,8 @@ class CallSession:
         self.agent_call = AgentCall(
             s.call_id,
             s.remote_uri,
-            direction="inbound",
-            variables={"sip_call_id": s.sip_call_id, "remote_uri": s.remote_uri, "local_uri": s.local_uri},
+            direction="inbound" if out is None else "outbound",
+            variables=variables,
         )
         self.store.set_agent_results(s.call_id, agent=self.agent.name)
         try:
@@ -122,7 +132,9 @@ class CallSession:
             self._fail(f"engine: {exc}")
             return
         self._spawn(self._speaker(), "speaker")
-        self._spawn(self._greet(), "greeting")
+        if out is None or not out.amd_enabled:
+            self._spawn(self._greet(), "greeting")
+        # else: the bot stays silent until the worker's AmdResult (a person hears us only after deciding)
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=f"{name}-{self.call_id[:8]}")
@@ -165,6 +177,9 @@ class CallSession:
         except Exception:
             # The call is over whatever the store says; never let a bookkeeping error escape into the loop.
             log.exception("call %s: recording its end failed", self.call_id)
+        if self.outbound is not None:
+            # The dialer classifies and stores the attempt (answered: 200 + AMD + message delivered).
+            self.outbound.finish(self.failure or lost_reason)
 
     def _record_end(self, ended: f.CallEnded | None, lost_reason: str | None) -> None:
         if lost_reason is not None:
@@ -191,6 +206,8 @@ class CallSession:
     def handle(self, frame: f.Frame) -> None:
         if self.ended.is_set():
             return
+        if self.outbound is not None and not self.outbound.accepts_turn(frame):
+            return  # the greeting AMD listened to, or a machine's: no agent turn
         if isinstance(frame, f.TurnEnded | f.SpeechStarted | f.Dtmf):
             self._disarm_silence()  # the caller is active: no silence turn
             self._caller_speaking = isinstance(frame, f.SpeechStarted)
@@ -210,6 +227,33 @@ class CallSession:
             self._on_transfer_status(frame)
         elif isinstance(frame, f.SpeechStarted):
             log.debug("call %s: caller speech at %d ms", self.call_id, frame.t_ms)
+        elif isinstance(frame, f.AmdResult):
+            self._on_amd(frame)
+        elif isinstance(frame, f.MessageCueFrame):
+            self._on_message_cue(frame)
+
+    def _on_amd(self, frame: f.AmdResult) -> None:
+        out = self.outbound
+        if out is None:
+            return
+        out.amd_kind, out.amd_at_ms = frame.kind, frame.decided_at_ms
+        data = {"kind": frame.kind, "reasons": frame.reasons, "decided_at_ms": frame.decided_at_ms}
+        self.store.add_event(self.call_id, "amd", data)
+        log.info("call %s: AMD %s at %d ms %s", self.call_id, frame.kind, frame.decided_at_ms, frame.reasons)
+        if frame.kind != "machine":
+            self._spawn(self._greet(), "greeting")
+        elif out.voicemail_message is None:
+            self.hangup(200, "answering machine, no message configured")
+        # else: the worker's MessageCueFrame says when the beep (or the greeting) is over
+
+    def _on_message_cue(self, frame: f.MessageCueFrame) -> None:
+        out = self.outbound
+        if out is None or out.voicemail_message is None or self._voicemail_utterance is not None:
+            return
+        self.store.add_event(self.call_id, "message_cue", {"at_ms": frame.at_ms, "reason": frame.reason})
+        # Not interruptible: a recorder's own noises must not cut the message short.
+        utt = self.say(Reply(out.voicemail_message, interruptible=False, hangup=True))
+        self._voicemail_utterance = utt.id
 
     async def _greet(self) -> None:
         assert self.agent_call is not None
@@ -415,6 +459,11 @@ class CallSession:
             self.store.add_event(self.call_id, "latency", {"utterance": utt.id, **utt.timing})
         if frame.underruns:
             log.warning("call %s: utterance %d had %d underruns", self.call_id, utt.id, frame.underruns)
+        if self.outbound is not None and utt.id == self._voicemail_utterance and not frame.interrupted:
+            self.outbound.message_delivered = True
+            self.store.add_event(
+                self.call_id, "message_delivered", {"start_ms": frame.start_ms, "end_ms": frame.end_ms}
+            )
         self._after_playback(utt.reply, frame.interrupted)
 
     # ------------------------------------------------------------------------------ agent actions

@@ -79,6 +79,51 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN results_at REAL;
     CREATE INDEX calls_agent_outcome ON calls (agent_outcome);
     """,
+    # 4: outbound campaigns (issue 8). A contact is claimed (state dialing + its attempt row) in one
+    # transaction before the INVITE, so a restart knows exactly which attempts were in flight. Times are the
+    # dialer's (injectable) clock, epoch seconds.
+    """
+    CREATE TABLE campaigns (
+        name        TEXT PRIMARY KEY,
+        source      TEXT NOT NULL,
+        status      TEXT NOT NULL CHECK (status IN ('running', 'paused', 'done')),
+        row_issues  TEXT NOT NULL DEFAULT '[]',
+        created_at  REAL NOT NULL,
+        updated_at  REAL NOT NULL
+    );
+    CREATE TABLE contacts (
+        id          INTEGER PRIMARY KEY,
+        campaign    TEXT NOT NULL REFERENCES campaigns (name) ON DELETE CASCADE,
+        row         INTEGER NOT NULL,
+        number      TEXT NOT NULL,
+        timezone    TEXT NOT NULL,
+        name        TEXT NOT NULL DEFAULT '',
+        variables   TEXT NOT NULL DEFAULT '{}',
+        state       TEXT NOT NULL CHECK (state IN ('pending', 'dialing', 'retry', 'final')),
+        attempts    INTEGER NOT NULL DEFAULT 0,
+        next_at     REAL NOT NULL DEFAULT 0,
+        outcome     TEXT,
+        updated_at  REAL NOT NULL,
+        UNIQUE (campaign, number)
+    );
+    CREATE INDEX contacts_due ON contacts (campaign, state, next_at);
+    CREATE TABLE attempts (
+        id          INTEGER PRIMARY KEY,
+        campaign    TEXT NOT NULL REFERENCES campaigns (name) ON DELETE CASCADE,
+        contact_id  INTEGER NOT NULL REFERENCES contacts (id) ON DELETE CASCADE,
+        attempt     INTEGER NOT NULL,
+        call_id     TEXT NOT NULL UNIQUE,
+        started_at  REAL NOT NULL,
+        ringing_ms  INTEGER,
+        ended_at    REAL,
+        sip_code    INTEGER,
+        event       TEXT,
+        amd         TEXT,
+        outcome     TEXT,
+        detail      TEXT NOT NULL DEFAULT '{}',
+        UNIQUE (contact_id, attempt)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -165,6 +210,16 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        """One write transaction for callers that own their tables (the dialer's campaign state)."""
+        with self._transaction() as db:
+            yield db
+
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+        with self._lock:
+            return list(self._db.execute(sql, params))
 
     @property
     def schema_version(self) -> int:

@@ -27,7 +27,10 @@ import uvicorn
 from sipbridge import frames as f
 from sipbridge.agents import Agent, AgentError, make_agent
 from sipbridge.asr import AsrError, Transcriber
-from sipbridge.config import Config, LoadedConfig
+from sipbridge.config import CALLS_PER_WORKER, Config, LoadedConfig
+from sipbridge.dialer.campaign import LoadedCampaign
+from sipbridge.dialer.live import CampaignRunner, Clock
+from sipbridge.dialer.state import CampaignState
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
@@ -81,6 +84,11 @@ class Supervisor:
     conversations: ConversationService | None = None
     _closing: set[asyncio.Task[None]] = field(default_factory=set)
     _loop: asyncio.AbstractEventLoop | None = None
+    # `sipbridge dial`: the campaign this supervisor runs (docs/DIALER.md); the process ends with it.
+    campaign: LoadedCampaign | None = None
+    clock: Clock = field(default_factory=Clock)
+    exit_when_idle: bool = False
+    dialer: CampaignRunner | None = None
 
     @property
     def config(self) -> Config:
@@ -120,8 +128,14 @@ class Supervisor:
 
     def _on_worker_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
         assert self.store is not None and self.engine and self.agent and self.asr
+        if self.dialer is not None and self.dialer.on_frame(frame):
+            if isinstance(frame, f.DialEnded):
+                worker.calls.discard(frame.call_id)
+            return
         if isinstance(frame, f.CallStarted):
             session = CallSession(frame, worker, self.config, self.store, self.engine, self.agent, self.asr)
+            if self.dialer is not None:
+                session.outbound = self.dialer.outbound(frame.call_id)
             self.sessions[frame.call_id] = session
             worker.calls.add(frame.call_id)
             session.open()
@@ -150,6 +164,34 @@ class Supervisor:
             session = self.sessions.pop(call_id, None)
             if session is not None:
                 self._close_session(session, None, reason)
+            elif self.dialer is not None:
+                self.dialer.lost(call_id, reason)  # still ringing when its worker died
+
+    # ------------------------------------------------------------------------------ dialer
+
+    def _send_dial(self, dial: f.Dial) -> int | None:
+        """The least busy connected worker places the call; its slot counts from the INVITE on."""
+        assert self.pool is not None
+        ready = [w for w in self.pool.workers if w.connected.is_set() and len(w.calls) < CALLS_PER_WORKER]
+        if not ready:
+            return None
+        worker = min(ready, key=lambda w: (len(w.calls), w.index))
+        if not worker.send(dial):
+            return None
+        worker.calls.add(dial.call_id)
+        return worker.index
+
+    def _free_slots(self) -> int:
+        if self.pool is None:
+            return 0
+        return sum(
+            max(0, CALLS_PER_WORKER - len(w.calls)) for w in self.pool.workers if w.connected.is_set()
+        )
+
+    def _default_dial_uri(self) -> str:
+        trunk = self.config.sip.trunk
+        host = str(trunk.registrar).split(":", 1)[1] if trunk.registrar else "127.0.0.1"
+        return "sip:{number}@" + host
 
     def _close_session(self, session: CallSession, ended: f.CallEnded | None, lost: str | None) -> None:
         task = asyncio.create_task(session.close(ended, lost), name=f"close-{session.call_id[:8]}")
@@ -188,6 +230,13 @@ class Supervisor:
             await self.engine.close()
         if self.asr is not None:
             self.asr.close()
+
+    async def _run_campaign(self, runner: CampaignRunner) -> None:
+        await runner.run(self.stop_event)
+        # Let answered calls finish their flow before stopping: the campaign ends when its last call does.
+        while runner.on_answer_route and not self.stop_event.is_set():
+            await asyncio.sleep(0.1)
+        self.request_stop(f"campaign {runner.name} finished its work")
 
     def request_stop(self, reason: str) -> None:
         if not self.stop_event.is_set():
@@ -231,13 +280,34 @@ class Supervisor:
         log.info("sipbridge ready (config %s)", self.loaded.source)
 
         stop_task = asyncio.create_task(self.stop_event.wait(), name="stop")
-        done, _ = await asyncio.wait({http_task, stop_task}, return_when=asyncio.FIRST_COMPLETED)
+        waits: set[asyncio.Task[Any]] = {http_task, stop_task}
+        if self.campaign is not None:
+            self.dialer = CampaignRunner(
+                self.campaign,
+                CampaignState(self.store, self.campaign.campaign.name),
+                self._send_dial,
+                self._free_slots,
+                clock=self.clock,
+                default_dial_uri=self._default_dial_uri(),
+                exit_when_idle=self.exit_when_idle,
+            )
+            self.dialer.prepare()
+            dial_task = asyncio.create_task(self._run_campaign(self.dialer), name="dialer")
+            waits.add(dial_task)
+        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
         if http_task in done and not self.stop_event.is_set():
             # The HTTP server ending by itself is a failure (e.g. a crash inside uvicorn): surface it.
             stop_task.cancel()
             http_task.result()
             raise RuntimeError("HTTP server stopped unexpectedly")
 
+        dialer_tasks = waits - {http_task, stop_task}
+        for task in dialer_tasks:
+            task.cancel()  # nothing new is placed while the workers stop
+        for result in await asyncio.gather(*dialer_tasks, return_exceptions=True):
+            if isinstance(result, Exception):
+                log.error("dialer failed: %r", result, exc_info=result)
+        stop_task.cancel()
         server.should_exit = True
         await http_task
         sock.close()

@@ -144,6 +144,11 @@ class Campaign(_Section):
     voicemail: VoicemailSection = Field(default_factory=lambda: VoicemailSection(action="hangup"))
     amd: AmdSection = Field(default_factory=AmdSection)
     contacts: Path = Field(description="Contacts CSV (relative to the campaign file).")
+    dial_uri: str | None = Field(
+        None,
+        description="Request URI template: `{number}` (E.164), `{user}` (without +) and contact columns;"
+        " null: `sip:{number}@` the deployment's trunk registrar host.",
+    )
 
     @field_validator("name")
     @classmethod

@@ -16,6 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 import pjsua2 as pj
 
+from sipbridge import frames as f
 from sipbridge.media.playback import PlaybackQueue
 
 if TYPE_CHECKING:
@@ -80,6 +81,12 @@ class CallSlot:
     rx_packets: int = 0
     rx_changed_at: float = field(default_factory=time.monotonic)
     rejected: bool = False
+    # Outbound (sipbridge/dialer): the Dial that placed the call, INVITE time, first 180/183, why we ended it.
+    dial: f.Dial | None = None
+    invited_at: float = 0.0
+    ringing_ms: int | None = None
+    progress: set[int] = field(default_factory=set)
+    local_event: str | None = None  # ring_timeout | cancelled | transport_error
 
 
 class BridgeCall(pj.Call):
@@ -90,7 +97,10 @@ class BridgeCall(pj.Call):
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         info = self.getInfo()
-        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+        if info.state == pj.PJSIP_INV_STATE_EARLY:
+            # 180/183 of a call we placed: the worker's main loop records the first of each code.
+            self.worker.commands.put(("progress", self.slot_id, int(info.lastStatusCode), info.lastReason))
+        elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             # Never delete a Call inside its own callback: the main loop retires it.
             self.worker.on_disconnected(self.slot_id, info.lastStatusCode, info.lastReason)
 

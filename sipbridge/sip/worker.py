@@ -30,8 +30,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pjsua2 as pj
 
+from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter
+from audio.beep import BeepSettings
 from audio.vad import VadSettings, make_segmenter
 from sipbridge import frames as f
 from sipbridge.logs import setup_logging
@@ -66,6 +69,8 @@ class Worker:
     commands: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     calls: dict[str, CallSlot] = field(default_factory=dict)  # main thread writes; readers look up
     inbound: dict[str, Inbound] = field(default_factory=dict)  # media thread only
+    # Outbound calls under answering-machine detection, then waiting for the beep (media thread only).
+    amd: dict[str, AnsweringMachineDetector | BeepWaiter] = field(default_factory=dict)
     stopping: bool = False
     sip_udp_port: int = 0
     sip_tcp_port: int | None = None
@@ -160,6 +165,55 @@ class Worker:
         call.answer(op)
         log.info("call %s answered: %s from %s", slot_id, slot.remote_uri, slot.remote_addr)
 
+    def dial(self, dial: f.Dial) -> None:
+        """Place an outbound call (main thread). Failures to even send the INVITE end as transport_error."""
+        assert self.account is not None
+        call = BridgeCall(self, self.account)
+        call.slot_id = dial.call_id
+        slot = CallSlot(call_id=dial.call_id, pj_call=call, remote_uri=dial.target, dial=dial)
+        slot.invited_at = time.monotonic()
+        self.calls[dial.call_id] = slot
+        op = pj.CallOpParam(True)
+        # The caller ID goes in the From user part (what most trunks show) and in P-Asserted-Identity
+        # (what trunks that authenticate us by IP read).
+        host = self.settings.public_address or self.settings.bind_address
+        op.txOption.localUri = f"sip:{dial.caller_id}@{host}:{self.sip_udp_port}"
+        pai = pj.SipHeader()
+        pai.hName = "P-Asserted-Identity"
+        pai.hValue = f"<sip:{dial.caller_id}@{host}>"
+        op.txOption.headers.append(pai)
+        try:
+            call.makeCall(dial.target, op)
+        except pj.Error as exc:
+            reason = exc.info().strip()
+            log.warning("call %s: INVITE to %s failed: %s", dial.call_id, dial.target, reason)
+            slot.local_event = "transport_error"
+            self._retire(dial.call_id, 500, reason)
+            return
+        info = call.getInfo()
+        slot.local_uri = info.localUri
+        slot.sip_call_id = info.callIdString
+        log.info("call %s: dialing %s (ring timeout %.0f s)", dial.call_id, dial.target, dial.ring_timeout_s)
+
+    def _on_progress(self, slot_id: str, code: int, reason: str) -> None:
+        slot = self.calls.get(slot_id)
+        if slot is None or slot.dial is None or code in slot.progress or code not in (180, 183):
+            return
+        slot.progress.add(code)
+        t_ms = int((time.monotonic() - slot.invited_at) * 1000)
+        if slot.ringing_ms is None:
+            slot.ringing_ms = t_ms
+        self.emit(f.CallProgress(slot_id, code, reason, t_ms))
+
+    def _cancel(self, slot_id: str, event: str, reason: str) -> None:
+        """End a call we placed: CANCEL before the answer (recorded as `event`), BYE after it."""
+        slot = self.calls.get(slot_id)
+        if slot is None:
+            return
+        if not slot.started and slot.local_event is None:
+            slot.local_event = event
+        self._hangup(slot_id, "local", 487 if not slot.started else 200, reason)
+
     def on_media_state(self, slot_id: str) -> None:
         slot = self.calls.get(slot_id)
         if slot is None or slot.port is not None:
@@ -251,6 +305,12 @@ class Worker:
                 self._retire(*command[1:])
             elif kind == "hangup":
                 self._hangup(command[1], "local", command[2], command[3])
+            elif kind == "dial":
+                self.dial(command[1])
+            elif kind == "progress":
+                self._on_progress(command[1], command[2], command[3])
+            elif kind == "cancel":
+                self._cancel(command[1], "cancelled", command[2])
             elif kind in ("transfer", "send-dtmf"):
                 self._call_op(kind, command[1], command[2])
             elif kind == "shutdown":
@@ -297,6 +357,11 @@ class Worker:
         # Dropping the port and Call here (main thread, registered) runs their C++ destructors safely.
         slot.port = None
         slot.pj_call = None  # type: ignore[assignment]
+        if slot.dial is not None and not slot.started:
+            duration_ms = int((time.monotonic() - slot.invited_at) * 1000)
+            log.info("call %s: not answered: %d %s (%s)", slot_id, code, reason, slot.local_event or "remote")
+            self.emit(f.DialEnded(slot_id, code, reason, slot.local_event, slot.ringing_ms, duration_ms))
+            return
         if slot.rejected or not slot.started:
             if not slot.rejected:
                 self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, code, reason))
@@ -307,6 +372,12 @@ class Worker:
 
     def _watchdog(self, now: float) -> None:
         for slot in list(self.calls.values()):
+            if slot.dial is not None and not slot.started and slot.hangup_by is None:
+                if now - slot.invited_at > slot.dial.ring_timeout_s:
+                    waited = now - slot.invited_at
+                    log.info("call %s: no answer after %.0f s, cancelling", slot.call_id, waited)
+                    self._cancel(slot.call_id, "ring_timeout", "ring timeout")
+                continue
             if slot.port is None or slot.hangup_by is not None:
                 continue
             try:
@@ -329,7 +400,9 @@ class Worker:
         while self.calls and time.monotonic() < deadline:
             self.ep.libHandleEvents(10)
             self._drain_commands()
-        for slot_id in list(self.calls):
+        for slot_id, slot in list(self.calls.items()):
+            if slot.dial is not None and not slot.started and slot.local_event is None:
+                slot.local_event = "cancelled"  # our shutdown, not the callee's 503
             self._retire(slot_id, 503, "worker shutting down")
         self.inbox.put(("stop", "", None))
         media.join(timeout=5)
@@ -352,13 +425,21 @@ class Worker:
                     if ib is not None:
                         ib.on_frame(payload)
                         self._emit_finished(ib)
+                    if call_id in self.amd:
+                        self._amd_frame(call_id, payload)
                 elif kind == TX:
                     ib = self.inbound.get(call_id)
                     if ib is not None:
                         ib.on_bot_frame(payload)
                 elif kind == "open":
                     self.inbound[call_id] = self._new_inbound(call_id, payload)
+                    slot = self.calls.get(call_id)
+                    if slot is not None and slot.dial is not None and slot.dial.amd is not None:
+                        self.amd[call_id] = AnsweringMachineDetector(
+                            _amd_settings(slot.dial.amd), self.settings.clock_rate
+                        )
                 elif kind == "close":
+                    self.amd.pop(call_id, None)
                     self._close_inbound(call_id, *payload)
                 elif kind == "dtmf":
                     log.info("call %s: DTMF %s", call_id, payload)
@@ -372,6 +453,36 @@ class Worker:
                 # A bug in one call's media must not take the other calls down: end that call.
                 log.exception("call %s: media error, hanging up", call_id)
                 self.commands.put(("hangup", call_id, 500, "media error"))
+
+    def _amd_frame(self, call_id: str, pcm: bytes) -> None:
+        """Answering-machine detection on the callee's audio, then the beep wait (media thread).
+
+        Runs here, next to the audio, rather than in the supervisor: the detector needs every 20 ms frame
+        from the answer on, and only its decisions cross the IPC channel."""
+        if len(pcm) == self.frame_bytes:
+            frame = np.frombuffer(pcm, dtype="<i2")
+        else:  # no audio this tick (b""): silence keeps AMD's clock equal to the call's media clock
+            frame = np.zeros(self.frame_bytes // 2, np.int16)
+        state = self.amd[call_id]
+        if isinstance(state, AnsweringMachineDetector):
+            decision = state.process(frame)
+            if decision is None:
+                return
+            self.emit(f.AmdResult(call_id, decision.kind, decision.reasons, decision.decided_at_ms))
+            if decision.kind == "machine":
+                waiter = state.wait_for_beep()
+                self.amd[call_id] = waiter
+                cue = waiter.process(None)  # the beep that decided may already be over
+                if cue is not None:
+                    self.amd.pop(call_id, None)
+                    self.emit(f.MessageCueFrame(call_id, cue.at_ms, cue.reason))
+            else:
+                self.amd.pop(call_id, None)
+            return
+        cue = state.process(frame)
+        if cue is not None:
+            self.amd.pop(call_id, None)
+            self.emit(f.MessageCueFrame(call_id, cue.at_ms, cue.reason))
 
     def _new_inbound(self, call_id: str, playback: PlaybackQueue) -> Inbound:
         s = self.settings
@@ -432,6 +543,10 @@ class Worker:
                 slot = self.calls.get(frame.call_id)
                 if slot is not None and slot.playback is not None:
                     slot.playback.cancel(frame.utterances)
+            elif isinstance(frame, f.Dial):
+                self.commands.put(("dial", frame))
+            elif isinstance(frame, f.CancelDial):
+                self.commands.put(("cancel", frame.call_id, "cancelled by the dialer"))
             elif isinstance(frame, f.Hangup):
                 self.commands.put(("hangup", frame.call_id, frame.code, frame.reason))
             elif isinstance(frame, f.Transfer):
@@ -445,6 +560,16 @@ class Worker:
 
     def emit(self, frame: f.Frame) -> None:
         self.channel.send(frame)
+
+
+def _amd_settings(values: dict[str, Any]) -> AmdSettings:
+    """AmdSettings from the Dial frame's JSON (the nested beep settings arrive as a dict)."""
+    values = dict(values)
+    if isinstance(values.get("beep"), dict):
+        values["beep"] = BeepSettings(**values["beep"])
+    if isinstance(values.get("machine_phrases"), list):
+        values["machine_phrases"] = tuple(values["machine_phrases"])
+    return AmdSettings(**values)
 
 
 def main() -> int:

@@ -1,0 +1,238 @@
+"""Campaign state in SQLite (schema version 4): campaigns, contacts, attempts.
+
+Every change of a contact's state is one transaction, so a supervisor killed at any moment leaves each
+contact in exactly one of: `pending` (never tried), `retry` (due again at `next_at`), `final`, or `dialing`
+with exactly one open attempt (no `ended_at`). `recover()` closes those open attempts at the next start: the
+INVITE may or may not have gone out, so the attempt counts (`cancelled`, per the retry policy) and the contact
+is called again in a *new* attempt — never twice in one attempt, never skipped.
+
+Times are epoch seconds of the dialer's clock (injectable for tests, `Clock`).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sipbridge.dialer.contacts import Contact, RowIssue
+from sipbridge.store import Store
+
+log = logging.getLogger(__name__)
+
+__all__ = ["CampaignState", "Claim", "ContactRow"]
+
+
+@dataclass(frozen=True)
+class ContactRow:
+    id: int
+    row: int
+    number: str
+    timezone: str
+    name: str
+    variables: dict[str, str]
+    state: str
+    attempts: int
+    next_at: float
+    outcome: str | None
+
+
+@dataclass(frozen=True)
+class Claim:
+    """A contact claimed for one attempt: the attempt row exists before the INVITE is sent."""
+
+    contact: ContactRow
+    attempt_id: int
+    attempt: int
+    call_id: str
+
+
+def _contact(row: Any) -> ContactRow:
+    return ContactRow(
+        id=row["id"],
+        row=row["row"],
+        number=row["number"],
+        timezone=row["timezone"],
+        name=row["name"],
+        variables=json.loads(row["variables"]),
+        state=row["state"],
+        attempts=row["attempts"],
+        next_at=row["next_at"],
+        outcome=row["outcome"],
+    )
+
+
+def ts(when: datetime) -> float:
+    return when.timestamp()
+
+
+def utc(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+@dataclass
+class CampaignState:
+    store: Store
+    name: str
+
+    # ------------------------------------------------------------------------------ set-up
+
+    def import_campaign(
+        self, source: str, contacts: Iterable[Contact], issues: list[RowIssue], now: float
+    ) -> tuple[int, bool]:
+        """Create the campaign or resume it: contacts already stored (same number) keep their state, new
+        rows of the CSV are added. Returns (contacts added, resumed)."""
+        added = 0
+        with self.store.transaction() as db:
+            existing = db.execute("SELECT status FROM campaigns WHERE name = ?", (self.name,)).fetchone()
+            issues_json = json.dumps([{"row": i.row, "reason": i.reason} for i in issues])
+            if existing is None:
+                db.execute(
+                    "INSERT INTO campaigns (name, source, status, row_issues, created_at, updated_at)"
+                    " VALUES (?, ?, 'running', ?, ?, ?)",
+                    (self.name, source, issues_json, now, now),
+                )
+            else:
+                db.execute(
+                    "UPDATE campaigns SET source = ?, row_issues = ?, updated_at = ? WHERE name = ?",
+                    (source, issues_json, now, self.name),
+                )
+            for c in contacts:
+                cur = db.execute(
+                    "INSERT OR IGNORE INTO contacts (campaign, row, number, timezone, name, variables, state,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    (self.name, c.row, c.number, c.timezone, c.name, json.dumps(c.variables), now),
+                )
+                added += cur.rowcount
+        return added, existing is not None
+
+    def open_attempts(self) -> list[tuple[ContactRow, int, str]]:
+        """Attempts left open by a run that stopped without recording their end (crash, kill -9)."""
+        rows = self.store.query(
+            "SELECT c.*, a.id AS attempt_id, a.call_id AS call_id FROM attempts a"
+            " JOIN contacts c ON c.id = a.contact_id WHERE a.campaign = ? AND a.ended_at IS NULL",
+            (self.name,),
+        )
+        return [(_contact(r), r["attempt_id"], r["call_id"]) for r in rows]
+
+    # ------------------------------------------------------------------------------ scheduling
+
+    def status(self) -> str | None:
+        rows = self.store.query("SELECT status FROM campaigns WHERE name = ?", (self.name,))
+        return rows[0]["status"] if rows else None
+
+    def set_status(self, status: str, now: float) -> bool:
+        with self.store.transaction() as db:
+            cur = db.execute(
+                "UPDATE campaigns SET status = ?, updated_at = ? WHERE name = ?", (status, now, self.name)
+            )
+            return cur.rowcount == 1
+
+    def due(self, now: float, limit: int) -> list[ContactRow]:
+        rows = self.store.query(
+            "SELECT * FROM contacts WHERE campaign = ? AND state IN ('pending', 'retry') AND next_at <= ?"
+            " ORDER BY next_at, id LIMIT ?",
+            (self.name, now, limit),
+        )
+        return [_contact(r) for r in rows]
+
+    def next_due_at(self) -> float | None:
+        rows = self.store.query(
+            "SELECT MIN(next_at) AS t FROM contacts WHERE campaign = ? AND state IN ('pending', 'retry')",
+            (self.name,),
+        )
+        return rows[0]["t"] if rows and rows[0]["t"] is not None else None
+
+    def defer(self, contact_id: int, until: float, now: float) -> None:
+        """Outside the callee's calling window: not an attempt, just a later start."""
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE contacts SET next_at = ?, updated_at = ?"
+                " WHERE id = ? AND state IN ('pending', 'retry')",
+                (until, now, contact_id),
+            )
+
+    def claim(self, contact: ContactRow, now: float) -> Claim | None:
+        """Take the contact for its next attempt, atomically: None if someone else already did."""
+        call_id = uuid.uuid4().hex
+        with self.store.transaction() as db:
+            cur = db.execute(
+                "UPDATE contacts SET state = 'dialing', attempts = attempts + 1, updated_at = ?"
+                " WHERE id = ? AND state IN ('pending', 'retry') AND attempts = ?",
+                (now, contact.id, contact.attempts),
+            )
+            if cur.rowcount != 1:
+                return None
+            attempt = contact.attempts + 1
+            cur = db.execute(
+                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at)"
+                " VALUES (?, ?, ?, ?, ?)",
+                (self.name, contact.id, attempt, call_id, now),
+            )
+            attempt_id = int(cur.lastrowid or 0)
+        return Claim(contact, attempt_id, attempt, call_id)
+
+    def finish_attempt(
+        self,
+        claim_attempt_id: int,
+        contact_id: int,
+        *,
+        outcome: str,
+        final: bool,
+        next_at: float | None,
+        now: float,
+        sip_code: int | None = None,
+        event: str | None = None,
+        amd: str | None = None,
+        ringing_ms: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """Record the attempt's result and the contact's next state in one transaction."""
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET ended_at = ?, sip_code = ?, event = ?, amd = ?, outcome = ?,"
+                " ringing_ms = ?, detail = ? WHERE id = ? AND ended_at IS NULL",
+                (now, sip_code, event, amd, outcome, ringing_ms, json.dumps(detail or {}), claim_attempt_id),
+            )
+            db.execute(
+                "UPDATE contacts SET state = ?, outcome = ?, next_at = ?, updated_at = ? WHERE id = ?",
+                (
+                    "final" if final else "retry",
+                    outcome,
+                    next_at if next_at is not None else 0,
+                    now,
+                    contact_id,
+                ),
+            )
+
+    # ------------------------------------------------------------------------------ reporting
+
+    def counts(self) -> dict[str, int]:
+        rows = self.store.query(
+            "SELECT state, COUNT(*) AS n FROM contacts WHERE campaign = ? GROUP BY state", (self.name,)
+        )
+        return {r["state"]: r["n"] for r in rows}
+
+    def outcome_counts(self) -> dict[str, int]:
+        rows = self.store.query(
+            "SELECT outcome, COUNT(*) AS n FROM attempts WHERE campaign = ? AND outcome IS NOT NULL"
+            " GROUP BY outcome",
+            (self.name,),
+        )
+        return {r["outcome"]: r["n"] for r in rows}
+
+    def contacts(self) -> list[ContactRow]:
+        rows = self.store.query("SELECT * FROM contacts WHERE campaign = ? ORDER BY id", (self.name,))
+        return [_contact(r) for r in rows]
+
+    def attempts(self) -> list[dict[str, Any]]:
+        rows = self.store.query(
+            "SELECT a.*, c.number, c.name FROM attempts a JOIN contacts c ON c.id = a.contact_id"
+            " WHERE a.campaign = ? ORDER BY a.started_at, a.id",
+            (self.name,),
+        )
+        return [dict(r) for r in rows]

@@ -1,0 +1,244 @@
+"""SIPp as the *callee* of the dialer's calls (UAS scenarios), on loopback.
+
+Each `Callee` is one SIPp process on its own SIP port that answers every INVITE the same way: human (short
+greeting, then an answer), voicemail (long greeting, beep, silence while the message is recorded), or a
+final error (486, 603, 404), or ringing until the dialer CANCELs.
+"""
+
+from __future__ import annotations
+
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from audio import g711
+
+from ..peers import RATE, SIPP, caller_audio, free_media_port, free_udp_port
+
+_HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
+<scenario name="sipbridge test callee">
+{invite}
+  <send><![CDATA[
+SIP/2.0 180 Ringing
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Content-Length: 0
+
+]]></send>
+"""
+
+# The callee's own BYE needs the caller's From (with its tag) as To; SIPp rejects a scenario that captures
+# a variable it never uses, so only scenarios that hang up capture it.
+_INVITE = '  <recv request="INVITE" crlf="true" rrs="true"/>\n'
+_INVITE_KEEP_FROM = """  <recv request="INVITE" crlf="true" rrs="true">
+    <action><ereg regexp=".*" search_in="hdr" header="From:" assign_to="caller"/></action>
+  </recv>
+"""
+
+
+def _head(keep_from: bool = False) -> str:
+    return _HEAD.replace("{invite}\n", _INVITE_KEEP_FROM if keep_from else _INVITE)
+
+
+_FINAL = """  <pause milliseconds="{ring_ms}"/>
+  <send><![CDATA[
+SIP/2.0 {code} {reason}
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+_RING_FOREVER = """  <recv request="CANCEL"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+  <send><![CDATA[
+SIP/2.0 487 Request Terminated
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+CSeq: [cseq] INVITE
+Content-Length: 0
+
+]]></send>
+  <recv request="ACK"/>
+</scenario>
+"""
+
+_ANSWER = """  <pause milliseconds="{ring_ms}"/>
+  <send retrans="500"><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:];tag=[pid]SIPpTag01[call_number]
+[last_Call-ID:]
+[last_CSeq:]
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Content-Type: application/sdp
+Content-Length: [len]
+
+v=0
+o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+]]></send>
+  <recv request="ACK" crlf="true"/>
+"""
+_STREAM = """  <nop><action><exec rtp_stream="{audio},1,0"/></action></nop>
+"""
+
+_WAIT_BYE = """  <recv request="BYE" timeout="{timeout_ms}"/>
+  <send><![CDATA[
+SIP/2.0 200 OK
+[last_Via:]
+[last_From:]
+[last_To:]
+[last_Call-ID:]
+[last_CSeq:]
+Content-Length: 0
+
+]]></send>
+</scenario>
+"""
+
+_SEND_BYE = """  <pause milliseconds="{talk_ms}"/>
+  <send retrans="500"><![CDATA[
+BYE [next_url] SIP/2.0
+Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+From: <sip:callee@[local_ip]:[local_port]>;tag=[pid]SIPpTag01[call_number]
+To: [$caller]
+Call-ID: [call_id]
+CSeq: 2 BYE
+Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+Max-Forwards: 70
+Content-Length: 0
+
+]]></send>
+  <recv response="200" crlf="true"/>
+</scenario>
+"""
+
+
+def error_scenario(code: int, reason: str, ring_ms: int = 200) -> str:
+    return _head() + _FINAL.format(code=code, reason=reason, ring_ms=ring_ms)
+
+
+def ring_scenario() -> str:
+    return _head() + _RING_FOREVER
+
+
+def answer_scenario(
+    audio: Path | None, *, ring_ms: int = 300, talk_ms: int | None = None, timeout_ms: int = 30000
+) -> str:
+    """Answer and stream `audio`; then hang up after `talk_ms`, or (None) wait for the dialer's BYE."""
+    body = _head(keep_from=talk_ms is not None) + _ANSWER.format(ring_ms=ring_ms)
+    if audio is not None:
+        body += _STREAM.format(audio=audio)
+    if talk_ms is None:
+        return body + _WAIT_BYE.format(timeout_ms=timeout_ms)
+    return body + _SEND_BYE.format(talk_ms=talk_ms)
+
+
+@dataclass(frozen=True)
+class VoicemailAudio:
+    path: Path
+    beep_end_s: float  # from the start of the stream (= the answer)
+
+
+def human_audio(work: Path, tail_s: float = 12.0) -> Path:
+    """ "HR, this is Dana." then a pause (waiting for us), then silence: a person answering."""
+    hello = caller_audio("HR, this is Dana.", 0.4, 3.0)
+    answer = caller_audio("Yes, she works here.", 0.0, tail_s)
+    path = work / "human.ulaw"
+    path.write_bytes(bytes(g711.ulaw_encode(np.concatenate([hello.pcm, answer.pcm]))))
+    return path
+
+
+def voicemail_audio(work: Path, tail_s: float = 15.0) -> VoicemailAudio:
+    """A long greeting, a 1 kHz beep, then silence (what a recorder sends while it records)."""
+    greeting = caller_audio(
+        "Hi, you have reached the human resources department of Acme. We are not able to take your call"
+        " right now. Please leave your name, number and a short message after the tone.",
+        0.3,
+        0.5,
+    )
+    t = np.arange(int(0.4 * RATE)) / RATE
+    beep = (0.3 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
+    tail = np.zeros(int(tail_s * RATE), np.int16)
+    pcm = np.concatenate([greeting.pcm.astype(np.int16), beep, tail])
+    path = work / "voicemail.ulaw"
+    path.write_bytes(bytes(g711.ulaw_encode(pcm)))
+    return VoicemailAudio(path, (len(greeting.pcm) + len(beep)) / RATE)
+
+
+@dataclass
+class Callee:
+    proc: subprocess.Popen[bytes]
+    sip_port: int
+    media_port: int
+    work: Path
+
+    @classmethod
+    def start(cls, scenario: str, work: Path, *, calls: int | None = None) -> Callee:
+        work.mkdir(parents=True, exist_ok=True)
+        xml = work / "callee.xml"
+        xml.write_text(scenario)
+        sip_port, media_port = free_udp_port(), free_media_port()
+        args = [
+            SIPP,
+            "-sf",
+            str(xml),
+            "-i",
+            "127.0.0.1",
+            "-p",
+            str(sip_port),
+            "-mi",
+            "127.0.0.1",
+            "-mp",
+            str(media_port),
+            "-nostdin",
+            "-trace_err",
+            "-error_file",
+            str(work / "errors.log"),
+        ]
+        if calls is not None:
+            args += ["-m", str(calls)]
+        proc = subprocess.Popen(
+            args, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
+        )
+        return cls(proc, sip_port, media_port, work)
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            self.proc.kill()
+        self.proc.wait()
+        if self.proc.stderr is not None:
+            self.proc.stderr.close()
+
+    def errors(self) -> str:
+        path = self.work / "errors.log"
+        return path.read_text(errors="replace") if path.exists() else ""

@@ -1,0 +1,243 @@
+"""The live dialer end to end: `sipbridge dial` places real INVITEs through its SIP workers to SIPp callees.
+
+One dial run covers every single-call outcome (human, voicemail with the message after the beep, busy, no
+answer, decline, 404); a second test runs a 20-contact campaign over two workers, kills the supervisor
+mid-campaign and resumes it. Synchronisation is on the processes' log lines and exit, never sleeps.
+"""
+
+from __future__ import annotations
+
+import json
+import signal
+import sqlite3
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from ..peers import RtpSniffer, voiced_packets
+from ..procs import LoggedProcess
+from .callees import (
+    Callee,
+    answer_scenario,
+    error_scenario,
+    human_audio,
+    ring_scenario,
+    voicemail_audio,
+)
+
+ROOT = Path(__file__).resolve().parents[3]
+FLOW = ROOT / "config" / "flows" / "employment_verification.yaml"
+# A Wednesday, 10:00 in New York: inside the default 09:00-17:00 weekday window.
+WEDNESDAY_10_NY = datetime(2026, 1, 7, 15, 0, tzinfo=UTC)
+
+
+def write_config(work: Path, **sip: Any) -> Path:
+    cfg = {
+        "sip": {"port": 0, **sip},
+        "http": {"port": 0},
+        "storage": {
+            "sqlite_path": str(work / "db.sqlite3"),
+            "recordings_dir": str(work / "rec"),
+            "record_calls": False,
+        },
+    }
+    path = work / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def write_campaign(work: Path, contacts: list[dict[str, str]], **overrides: Any) -> Path:
+    columns = list(contacts[0])
+    lines = [",".join(columns)] + [",".join(c[k] for k in columns) for c in contacts]
+    (work / "contacts.csv").write_text("\n".join(lines) + "\n")
+    campaign: dict[str, Any] = {
+        "name": "verify-test",
+        "caller_id": "+14155550100",
+        "agent": {"kind": "script", "flow": str(FLOW)},
+        "limits": {"concurrency": 6, "calls_per_second": 5, "ring_timeout_s": 3},
+        "default_timezone": "America/New_York",
+        "dial_uri": "sip:{user}@127.0.0.1:{port}",
+        "voicemail": {
+            "action": "leave_message",
+            "message": "Hello, this is Acme calling to verify employment. Please call us back.",
+        },
+        "contacts": "contacts.csv",
+    }
+    campaign.update(overrides)
+    path = work / "campaign.yaml"
+    path.write_text(yaml.safe_dump(campaign))
+    return path
+
+
+def dial(work: Path, campaign: Path, config: Path, now: datetime) -> LoggedProcess:
+    return LoggedProcess.start(
+        ["dial", str(campaign), "-c", str(config), "--now", now.isoformat(), "--exit-when-idle"],
+        cwd=work,
+        env={"OMP_NUM_THREADS": "1"},
+    )
+
+
+def db(work: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(work / "db.sqlite3", timeout=10)
+    conn.row_factory = sqlite3.Row
+    return conn
+
+
+def attempts(work: Path) -> list[sqlite3.Row]:
+    with db(work) as conn:
+        return list(
+            conn.execute(
+                "SELECT a.*, c.number, c.state, c.next_at, c.row FROM attempts a"
+                " JOIN contacts c ON c.id = a.contact_id ORDER BY a.started_at, a.id"
+            )
+        )
+
+
+def test_each_callee_gets_its_outcome(tmp_path: Path) -> None:
+    human = Callee.start(answer_scenario(human_audio(tmp_path), talk_ms=9000), tmp_path / "human", calls=1)
+    vm = voicemail_audio(tmp_path)
+    voicemail = Callee.start(answer_scenario(vm.path), tmp_path / "vm", calls=1)
+    callees = {
+        "human": human,
+        "voicemail": voicemail,
+        "busy": Callee.start(error_scenario(486, "Busy Here"), tmp_path / "busy", calls=1),
+        "noanswer": Callee.start(ring_scenario(), tmp_path / "ring", calls=1),
+        "decline": Callee.start(error_scenario(603, "Decline"), tmp_path / "decline", calls=1),
+        "missing": Callee.start(error_scenario(404, "Not Found"), tmp_path / "missing", calls=1),
+    }
+    contacts = [
+        {"number": f"+1201555010{i}", "name": who, "port": str(c.sip_port), "subject_name": "Dana Whitfield"}
+        for i, (who, c) in enumerate(callees.items())
+    ]
+    campaign = write_campaign(tmp_path, contacts)
+    config = write_config(tmp_path, max_calls=8)
+    try:
+        with RtpSniffer({voicemail.media_port}) as sniffer:
+            proc = dial(tmp_path, campaign, config, WEDNESDAY_10_NY)
+            rc = proc.finish(timeout=120)
+            log = "\n".join(proc.seen)
+            assert rc == 0, log
+            from_vm = sniffer.sent_from(voicemail.media_port)
+            to_vm = voiced_packets(sniffer.sent_to(voicemail.media_port))
+    finally:
+        for c in callees.values():
+            c.stop()
+
+    by_name = {r["number"]: r for r in attempts(tmp_path)}
+    outcomes = {c["name"]: by_name[c["number"]]["outcome"] for c in contacts}
+    assert outcomes == {
+        "human": "answered-human",
+        "voicemail": "voicemail-message-left",
+        "busy": "busy",
+        "noanswer": "no-answer",
+        "decline": "rejected",
+        "missing": "invalid-number",
+    }, log
+    rows = {c["name"]: by_name[c["number"]] for c in contacts}
+    assert rows["busy"]["sip_code"] == 486 and rows["busy"]["state"] == "retry"
+    assert rows["noanswer"]["event"] == "ring_timeout" and rows["noanswer"]["ringing_ms"] is not None
+    assert rows["decline"]["state"] == "final" and rows["missing"]["state"] == "final"
+    assert rows["human"]["amd"] == "human" and rows["voicemail"]["amd"] == "machine"
+
+    with db(tmp_path) as conn:
+        events = {
+            r["kind"]: json.loads(r["data"])
+            for r in conn.execute(
+                "SELECT * FROM call_events WHERE call_id = ?", (rows["voicemail"]["call_id"],)
+            )
+        }
+        human_turns = list(
+            conn.execute("SELECT * FROM turns WHERE call_id = ? AND who = 'bot'", (rows["human"]["call_id"],))
+        )
+    assert events["amd"]["kind"] == "machine" and events["message_cue"]["reason"] == "beep"
+    assert "message_delivered" in events
+    # The greeting went to the person, with the contact's columns as flow variables.
+    assert human_turns and "Dana Whitfield" in human_turns[0]["text"], log
+
+    # The message audio reached the recorder only after its beep had ended.
+    assert from_vm and to_vm
+    answer_t = from_vm[0].t
+    first_voiced = to_vm[0].t - answer_t
+    assert first_voiced >= vm.beep_end_s, (first_voiced, vm.beep_end_s)
+
+
+@pytest.mark.parametrize("concurrency", [6])
+def test_campaign_window_cps_and_resume_after_kill(tmp_path: Path, concurrency: int) -> None:
+    answer = Callee.start(answer_scenario(None, ring_ms=200, talk_ms=2500), tmp_path / "answer")
+    busy = Callee.start(error_scenario(486, "Busy Here"), tmp_path / "busy")
+    contacts = [
+        {
+            "number": f"+1201555{1000 + i:04d}",
+            "name": f"c{i}",
+            "port": str((busy if i % 5 == 4 else answer).sip_port),
+        }
+        for i in range(20)
+    ]
+    cps = 4.0
+    campaign = write_campaign(
+        tmp_path,
+        contacts,
+        limits={"concurrency": concurrency, "calls_per_second": cps, "ring_timeout_s": 5},
+        amd={"enabled": False},
+        voicemail={"action": "hangup"},
+    )
+    config = write_config(tmp_path, max_calls=8)
+    # 8 s before 09:00 in New York on a Wednesday: nothing may start before the window opens.
+    window_open = datetime(2026, 1, 7, 14, 0, tzinfo=UTC)
+    start = window_open - timedelta(seconds=8)
+    t0 = time.monotonic()
+    try:
+        first = dial(tmp_path, campaign, config, start)
+        first.wait_for(r"sip listening on \S+ port\(s\) \d+, \d+ \(2 worker", 90)
+        for _ in range(7):  # kill once several attempts are recorded and others are up
+            first.wait_for(r"attempt \d+ recorded", 90)
+        first.proc.send_signal(signal.SIGKILL)
+        first.proc.wait(timeout=30)
+        first_log = "\n".join(first.seen)
+        in_flight = [r for r in attempts(tmp_path) if r["ended_at"] is None]
+
+        second = dial(tmp_path, campaign, config, start + timedelta(seconds=time.monotonic() - t0))
+        rc = second.finish(timeout=150)
+        log = "\n".join(second.seen)
+        assert rc == 0, log
+        log = first_log + "\n----- resumed -----\n" + log
+    finally:
+        answer.stop()
+        busy.stop()
+
+    rows = attempts(tmp_path)
+    with db(tmp_path) as conn:
+        states = {r["number"]: r["state"] for r in conn.execute("SELECT * FROM contacts")}
+    # Every contact is final or has a scheduled retry; every attempt is closed.
+    assert len(states) == 20 and set(states.values()) <= {"final", "retry"}, states
+    assert all(r["ended_at"] is not None and r["outcome"] for r in rows)
+    # Nothing lost: every answering contact was answered exactly once; busy ones are scheduled to retry.
+    answered = [r["number"] for r in rows if r["outcome"] == "answered-human"]
+    expected = sorted(c["number"] for c in contacts if c["port"] == str(answer.sip_port))
+    assert sorted(answered) == expected, log
+    for c in contacts:
+        if c["port"] == str(busy.sip_port):
+            assert states[c["number"]] == "retry"
+    # Attempts interrupted by the kill were closed as cancelled and the contact called again (new attempt).
+    assert in_flight, "the kill should have caught calls in flight"
+    for r in in_flight:
+        closed = next(x for x in rows if x["id"] == r["id"])
+        assert closed["outcome"] == "cancelled"
+        assert any(x["number"] == r["number"] and x["attempt"] == r["attempt"] + 1 for x in rows)
+    # Concurrency: never more than `concurrency` attempts open at once.
+    edges = sorted([(r["started_at"], 1) for r in rows] + [(r["ended_at"], -1) for r in rows])
+    open_now = peak = 0
+    for _, step in edges:
+        open_now += step
+        peak = max(peak, open_now)
+    assert peak <= concurrency
+    # The window: no attempt before 09:00 New York.
+    assert min(r["started_at"] for r in rows) >= window_open.timestamp()
+    # CPS: any k+1 consecutive starts span at least k/cps seconds (bucket of one token), per run.
+    starts = sorted(r["started_at"] for r in rows)
+    for i in range(len(starts) - 4):
+        assert starts[i + 4] - starts[i] >= 3 / cps - 0.05, starts
