@@ -105,14 +105,11 @@ def _export_calls(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from pathlib import Path
 
     from sipbridge.export import export_calls
-    from sipbridge.store import Store
+    from sipbridge.store import open_existing
 
     path = Path(args.db) if args.db else loaded.config.storage.sqlite_path
-    if not path.is_file():
-        print(f"no database at {path}", file=sys.stderr)
-        return EXIT_FAILURE
     try:
-        store = Store(path)
+        store = open_existing(path)
     except StoreError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE

@@ -398,6 +398,13 @@ class Store:
             return int(self._db.execute("SELECT COUNT(*) FROM calls WHERE state = 'active'").fetchone()[0])
 
 
+def open_existing(path: Path) -> Store:
+    """Open a database that must already exist (export and status commands must not create an empty one)."""
+    if not path.is_file():
+        raise StoreError(f"no database at {path}")
+    return Store(path)
+
+
 def _call_from_row(row: sqlite3.Row) -> CallRecord:
     return CallRecord(
         id=row["id"],

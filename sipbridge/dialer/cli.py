@@ -19,7 +19,7 @@ from sipbridge.config import LoadedConfig
 from sipbridge.dialer.campaign import LoadedCampaign, load_campaign
 from sipbridge.dialer.live import Clock
 from sipbridge.dialer.state import CampaignState
-from sipbridge.store import Store, StoreError
+from sipbridge.store import StoreError, open_existing
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -63,11 +63,8 @@ def clock_from(now: str | None) -> Clock:
 
 def campaign_command(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     path = Path(args.db) if args.db else loaded.config.storage.sqlite_path
-    if not path.is_file():
-        print(f"no database at {path}", file=sys.stderr)
-        return EXIT_FAILURE
     try:
-        store = Store(path)
+        store = open_existing(path)
     except StoreError as exc:
         print(str(exc), file=sys.stderr)
         return EXIT_FAILURE
