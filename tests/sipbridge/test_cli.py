@@ -151,3 +151,13 @@ def test_run_with_unusable_database_exits_1(tmp_path: Path) -> None:
     proc = LoggedProcess.start(run_args(tmp_path), cwd=tmp_path)
     assert proc.finish() == 1
     assert any("is not a usable SQLite database" in line for line in proc.seen), proc.seen
+
+
+def test_export_and_campaign_status_refuse_a_missing_database(tmp_path: Path) -> None:
+    missing = tmp_path / "nope.sqlite3"
+    commands = (("calls", "export"), ("campaign", "status", "x"))
+    for args in ((*command, "--db", str(missing)) for command in commands):
+        result = run_cli(*args)
+        assert result.returncode == 1, (args, result.stderr)
+        assert f"no database at {missing}" in result.stderr
+    assert not missing.exists()

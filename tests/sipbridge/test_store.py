@@ -70,3 +70,13 @@ def test_not_a_database(tmp_path: Path) -> None:
     path.write_bytes(b"garbage" * 1000)
     with pytest.raises(StoreError, match="not a usable SQLite database"):
         Store(path)
+
+
+def test_open_existing_never_creates_a_database(tmp_path: Path) -> None:
+    from sipbridge.store import open_existing
+
+    with pytest.raises(StoreError, match="no database at"):
+        open_existing(tmp_path / "missing.sqlite3")
+    assert not (tmp_path / "missing.sqlite3").exists()
+    Store(tmp_path / "s.sqlite3").close()
+    open_existing(tmp_path / "s.sqlite3").close()
