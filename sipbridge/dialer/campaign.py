@@ -93,24 +93,28 @@ class VoicemailSection(_Section):
         return self
 
 
+# One source of defaults: the detector's own (a campaign file only overrides what it names).
+_AMD = AmdSettings()
+
+
 class AmdSection(_Section):
     """Answering-machine detection; keys are audio.amd.AmdSettings' (docs/DIALER.md explains them)."""
 
     enabled: bool = Field(True, description="Off: every answered call is treated as a person.")
-    initial_silence_ms: int = 2500
-    greeting_ms: int = 2500
-    after_greeting_silence_ms: int = 800
-    total_analysis_ms: int = 5000
-    min_word_length_ms: int = 100
-    between_words_silence_ms: int = 50
-    maximum_number_of_words: int = 4
-    maximum_word_length_ms: int = 5000
-    initial_silence_decision: Literal["human", "machine", "not_sure"] = "machine"
-    vad: Literal["silero", "webrtc", "energy"] = "silero"
-    beep_detection: bool = True
+    initial_silence_ms: int = _AMD.initial_silence_ms
+    greeting_ms: int = _AMD.greeting_ms
+    after_greeting_silence_ms: int = _AMD.after_greeting_silence_ms
+    total_analysis_ms: int = _AMD.total_analysis_ms
+    min_word_length_ms: int = _AMD.min_word_length_ms
+    between_words_silence_ms: int = _AMD.between_words_silence_ms
+    maximum_number_of_words: int = _AMD.maximum_number_of_words
+    maximum_word_length_ms: int = _AMD.maximum_word_length_ms
+    initial_silence_decision: Literal["human", "machine", "not_sure"] = _AMD.initial_silence_decision
+    vad: Literal["silero", "webrtc", "energy"] = _AMD.vad
+    beep_detection: bool = _AMD.beep_detection
     machine_phrases: tuple[str, ...] | None = Field(None, description="Null: audio.amd's built-in list.")
-    no_beep_timeout_ms: int = 2000
-    max_beep_wait_ms: int = 20000
+    no_beep_timeout_ms: int = _AMD.no_beep_timeout_ms
+    max_beep_wait_ms: int = _AMD.max_beep_wait_ms
 
     @model_validator(mode="after")
     def _valid_for_amd(self) -> AmdSection:
