@@ -5,7 +5,8 @@ answer. A person says something short ("Hello?", "HR, this is Dana") and then wa
 long greeting and then a beep. So the rules, checked after every frame, are (first match wins):
 
 * **beep**: a steady tone (``audio.beep``) → machine. Only machines beep.
-* **phrase**: the optional ASR hook's transcript contains a voicemail phrase ("leave a message", "after the
+* **phrase**: the words of the greeting so far (ASR, handed over with
+  :meth:`AnsweringMachineDetector.add_transcript`) contain a voicemail phrase ("leave a message", "after the
   tone", ...) → machine.
 * **initial silence**: nothing said for ``initial_silence_ms`` → ``initial_silence_decision`` (Asterisk says
   machine: some machines wait before the greeting; a person who picked up and said nothing is rarer).
@@ -15,8 +16,15 @@ long greeting and then a beep. So the rules, checked after every frame, are (fir
   ``min_word_length_ms`` ended by ``between_words_silence_ms`` of silence; with the Silero VAD a "word" is
   really a phrase, since Silero bridges the short gaps between words.
 * **after-greeting silence**: speech, then ``after_greeting_silence_ms`` of silence → human (they said
-  hello and are waiting for us to talk).
+  hello and are waiting for us to talk). With ``asr`` on, this decision is *held* until a transcript covering
+  the whole greeting has arrived (then the phrase rule has had its chance: a short "Leave me a message." is a
+  machine), for at most ``asr_wait_ms`` and never past ``total_analysis_ms``; without the words in time it is
+  made on timing alone, and its reason says so.
 * **too long**: ``total_analysis_ms`` without any of the above → not_sure.
+
+Words arrive late (an ASR round trip after the audio) and out of band, so the detector never waits for
+them itself: whoever feeds the frames also hands over each transcript (``add_transcript(text, audio_ms)``: the
+words of the stream's first ``audio_ms``) and the rules look at it on the next frame.
 
 Speech/silence comes from the project VAD (``audio.vad``: Silero by default, robust to line noise; or
 webrtc) or from frame energy (mean |sample| above ``silence_threshold``, as Asterisk does; cheapest, but line
@@ -32,9 +40,7 @@ docs/DIALER.md ("AMD") has the measured accuracy and why the defaults are what t
 from __future__ import annotations
 
 import logging
-import math
 import re
-from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Literal
 
@@ -52,14 +58,11 @@ __all__ = [
     "Decision",
     "DecisionKind",
     "MessageCue",
-    "TranscriptSource",
 ]
 
 log = logging.getLogger(__name__)
 
 DecisionKind = Literal["human", "machine", "not_sure"]
-# Returns the words recognised in the greeting so far (cheap: it is called every ``asr_poll_ms``).
-TranscriptSource = Callable[[], str]
 
 # Phrases that (nearly) only voicemail greetings say. "you've reached" is left out on purpose: people who
 # answer a business line say it too ("You've reached payroll, this is Dana").
@@ -109,7 +112,11 @@ class AmdSettings:
     beep_detection: bool = True
     beep: BeepSettings = field(default_factory=BeepSettings)
     machine_phrases: tuple[str, ...] = DEFAULT_MACHINE_PHRASES
-    asr_poll_ms: int = 200
+    # Words from ASR (the phrase rule and the hold of the after-greeting-silence decision). The detector only
+    # reads transcripts; asr_chunk_ms tells whoever runs the ASR how much audio to collect between two.
+    asr: bool = False
+    asr_chunk_ms: int = 500
+    asr_wait_ms: int = 1000
     # Voicemail delivery (BeepWaiter): silence after the greeting with no beep before we speak anyway, and
     # the longest we wait for a beep at all.
     no_beep_timeout_ms: int = 2000
@@ -125,7 +132,8 @@ class AmdSettings:
             "between_words_silence_ms",
             "maximum_number_of_words",
             "maximum_word_length_ms",
-            "asr_poll_ms",
+            "asr_chunk_ms",
+            "asr_wait_ms",
             "no_beep_timeout_ms",
             "max_beep_wait_ms",
         )
@@ -167,7 +175,9 @@ class Decision:
     speech_ms: int = 0  # speech heard in total
     words: int = 0
     beep: Beep | None = None
-    transcript: str | None = None  # last transcript from the ASR hook, if any
+    transcript: str | None = None  # the latest words from ASR, if any
+    transcript_ms: int = 0  # how much of the stream (ms from the start) those words cover
+    held_ms: int = 0  # how long a human decision waited for the words (asr on)
 
 
 @dataclass(frozen=True)
@@ -222,20 +232,15 @@ class _FrameAnalysis:
 
 
 class AnsweringMachineDetector:
-    """One per answered call. Feed the callee's frames to :meth:`process` until it returns a Decision."""
+    """One per answered call. Feed the callee's frames to :meth:`process` until it returns a Decision; with
+    ``settings.asr``, also hand it each transcript of the greeting (:meth:`add_transcript`)."""
 
     def __init__(
-        self,
-        settings: AmdSettings | None = None,
-        sample_rate: int = 8000,
-        frame_ms: int = 20,
-        transcript: TranscriptSource | None = None,
+        self, settings: AmdSettings | None = None, sample_rate: int = 8000, frame_ms: int = 20
     ) -> None:
         self.settings = settings or AmdSettings()
         self._audio = _FrameAnalysis(self.settings, sample_rate, frame_ms)
-        self._transcript_source = transcript
         self._phrases = tuple(_normalise(p) for p in self.settings.machine_phrases)
-        self._asr_every = max(1, math.ceil(self.settings.asr_poll_ms / frame_ms))
         self._frame_ms = frame_ms
         self.decision: Decision | None = None
         # Asterisk's counters, all in ms.
@@ -248,11 +253,32 @@ class AnsweringMachineDetector:
         self._in_greeting = False
         self._initial_silence = 0
         self._beep: Beep | None = None
+        # Words (settings.asr): the latest transcript, the stream ms it covers and when it arrived.
         self._transcript: str | None = None
+        self._transcript_ms = 0
+        self._transcript_at_ms = 0
+        self._unread_transcript = False
+        self._voiced_until_ms = 0  # end of the greeting's last word so far
+        self._hold_since: int | None = None  # when the after-greeting-silence rule first held for words
 
     @property
     def now_ms(self) -> int:
         return self._audio.now_ms
+
+    @property
+    def heard_speech(self) -> bool:
+        return self._voice > 0
+
+    def add_transcript(self, text: str, audio_ms: int) -> None:
+        """The words ASR heard in the stream's first ``audio_ms`` ms; read by the rules on the next frame.
+
+        Each transcript replaces the last (ASR is run on the whole greeting so far, so a word cut at a chunk
+        boundary is heard whole the next time); one covering less audio than the current one is stale."""
+        if audio_ms < self._transcript_ms:
+            return
+        self._transcript, self._transcript_ms = text, audio_ms
+        self._transcript_at_ms = self.now_ms
+        self._unread_transcript = True
 
     def process(self, frame: npt.NDArray[np.int16]) -> Decision | None:
         """Analyse one frame; returns the decision once, on the frame that makes it, else None. Frames fed
@@ -284,11 +310,18 @@ class AnsweringMachineDetector:
 
     # ------------------------------------------------------------------------------------------ rules
 
-    def _decide(self, kind: DecisionKind, reason: str) -> Decision:
+    def _decide(self, kind: DecisionKind, reason: str, held_ms: int = 0) -> Decision:
         context = [
             f"initial silence {self._initial_silence if not self._in_initial_silence else self._silence} ms",
             f"speech {self._voice} ms in {self._words} word(s)",
         ]
+        if self.settings.asr:
+            context.append(
+                "no words from ASR yet"
+                if self._transcript is None
+                else f"words {self._transcript!r} of the first {self._transcript_ms} ms"
+                f" (arrived at {self._transcript_at_ms} ms)"
+            )
         return Decision(
             kind=kind,
             reasons=[reason, *context],
@@ -298,6 +331,8 @@ class AnsweringMachineDetector:
             words=self._words,
             beep=self._beep,
             transcript=self._transcript,
+            transcript_ms=self._transcript_ms,
+            held_ms=held_ms,
         )
 
     def _rules(self, beep: Beep | None) -> Decision | None:
@@ -320,11 +355,12 @@ class AnsweringMachineDetector:
                     f"initial silence {self._silence} ms >= {s.initial_silence_ms}",
                 )
             if self._in_greeting and self._silence >= s.after_greeting_silence_ms:
-                return self._decide(
-                    "human",
+                human = self._human_after_greeting(
                     f"short greeting ({self._voice} ms) then {self._silence} ms silence "
-                    f">= {s.after_greeting_silence_ms}",
+                    f">= {s.after_greeting_silence_ms}"
                 )
+                if human is not None:
+                    return human
         else:
             self._consecutive_voice += ms
             self._voice += ms
@@ -339,6 +375,8 @@ class AnsweringMachineDetector:
                     self._in_initial_silence = False
                 self._in_greeting = True
                 self._silence = 0
+                self._voiced_until_ms = self.now_ms  # the words must cover the greeting up to here
+                self._hold_since = None  # more greeting: a later silence waits for its own words
             if self._consecutive_voice >= s.maximum_word_length_ms:
                 return self._decide(
                     "machine", f"one word of {self._consecutive_voice} ms >= {s.maximum_word_length_ms}"
@@ -352,14 +390,30 @@ class AnsweringMachineDetector:
             return self._decide("not_sure", f"no rule decided within total_analysis_ms {s.total_analysis_ms}")
         return None
 
+    def _human_after_greeting(self, reason: str) -> Decision | None:
+        """Speech then silence says person, but a short voicemail greeting says the same: with words on, hold
+        until the words of the whole greeting are in (the phrase rule then decides machine first)."""
+        s = self.settings
+        if not s.asr:
+            return self._decide("human", reason)
+        if self._hold_since is None:
+            self._hold_since = self.now_ms
+        held = self.now_ms - self._hold_since
+        if self._transcript is not None and self._transcript_ms >= self._voiced_until_ms:
+            return self._decide("human", f"{reason}; no voicemail phrase in its words", held)
+        if held >= s.asr_wait_ms:
+            why = f"no words of the whole greeting within asr_wait_ms {s.asr_wait_ms}"
+            return self._decide("human", f"{reason}; {why}: timing alone", held)
+        if self.now_ms >= s.total_analysis_ms:
+            why = f"total_analysis_ms {s.total_analysis_ms} reached before the words of the whole greeting"
+            return self._decide("human", f"{reason}; {why}: timing alone", held)
+        return None  # hold: the words are on their way
+
     def _machine_phrase(self) -> str | None:
-        if self._transcript_source is None or self._audio.frames % self._asr_every:
+        if not self._unread_transcript or not self._transcript:
             return None
-        text = self._transcript_source()
-        if not text:
-            return None
-        self._transcript = text
-        said = f" {_normalise(text)} "
+        self._unread_transcript = False
+        said = f" {_normalise(self._transcript)} "
         for phrase in self._phrases:
             if f" {phrase} " in said:
                 return phrase

@@ -280,7 +280,7 @@ class EngineConfig(_Section):
 
 
 class AsrConfig(_Section):
-    """Speech recognition of caller turns (faster-whisper)."""
+    """Speech recognition (faster-whisper): caller turns, and greetings for outbound AMD (docs/DIALER.md)."""
 
     backend: Literal["faster-whisper", "none"] = Field("faster-whisper", description="ASR backend.")
     model: str = Field(

@@ -172,6 +172,17 @@ class AmdResult(Frame):
     kind: str  # human | machine | not_sure
     reasons: list[str]
     decided_at_ms: int  # media ms after the answer
+    transcript: str | None = None  # the greeting's words from ASR that the decision saw (amd.asr)
+
+
+@dataclass(frozen=True)
+class AmdAudio(Frame):
+    """The callee's audio while AMD listens (amd.asr), every asr_chunk_ms: the supervisor's ASR transcribes
+    the greeting so far and answers with AmdTranscript. Chunks follow each other without gaps."""
+
+    call_id: str
+    start_ms: int  # media ms after the answer of the chunk's first sample
+    pcm: bytes = dataclasses.field(repr=False)
 
 
 @dataclass(frozen=True)
@@ -203,9 +214,20 @@ class Dial(Frame):
 
 @dataclass(frozen=True)
 class CancelDial(Frame):
-    """Stop a call we placed: CANCEL while ringing (outcome cancelled), BYE once answered."""
+    """Stop a call we placed while it rings: SIP CANCEL, then DialEnded with event cancelled. Ignored once the
+    call is answered (a paused campaign lets answered calls run to their end)."""
 
     call_id: str
+
+
+@dataclass(frozen=True)
+class AmdTranscript(Frame):
+    """The words ASR heard in the callee's first `audio_ms` of audio, for the worker's AMD detector."""
+
+    call_id: str
+    text: str
+    audio_ms: int
+    asr_ms: float  # in the supervisor, from asking the ASR thread to the words (any queueing included)
 
 
 @dataclass(frozen=True)
@@ -291,9 +313,11 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         CallProgress,
         DialEnded,
         AmdResult,
+        AmdAudio,
         MessageCueFrame,
         Dial,
         CancelDial,
+        AmdTranscript,
         PlayAudio,
         EndOfUtterance,
         CancelUtterances,

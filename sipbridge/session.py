@@ -30,6 +30,7 @@ from sipbridge import frames as f
 from sipbridge.agents import Action, Agent, AgentCall, Reply, TextStream, Turn
 from sipbridge.asr import Transcriber
 from sipbridge.config import Config
+from sipbridge.dialer.amd_words import GreetingTranscriber
 from sipbridge.dialer.live import OutboundCall
 from sipbridge.engine import Engine, EngineError, EngineSession
 from sipbridge.outcomes import call_outcome
@@ -79,6 +80,7 @@ class CallSession:
     # A call the dialer placed (None: inbound). Its AMD decision gates the greeting (docs/DIALER.md).
     outbound: OutboundCall | None = None
     _voicemail_utterance: int | None = None
+    _amd_words: GreetingTranscriber | None = None  # the greeting's words for the worker's AMD (amd.asr)
 
     @property
     def call_id(self) -> str:
@@ -227,17 +229,35 @@ class CallSession:
             self._on_transfer_status(frame)
         elif isinstance(frame, f.SpeechStarted):
             log.debug("call %s: caller speech at %d ms", self.call_id, frame.t_ms)
+        elif isinstance(frame, f.AmdAudio):
+            self._on_amd_audio(frame)
         elif isinstance(frame, f.AmdResult):
             self._on_amd(frame)
         elif isinstance(frame, f.MessageCueFrame):
             self._on_message_cue(frame)
 
+    def _on_amd_audio(self, frame: f.AmdAudio) -> None:
+        if self.outbound is None or self.outbound.amd_kind is not None:
+            return
+        if self._amd_words is None:
+            self._amd_words = GreetingTranscriber(
+                self.call_id, self.asr, self.rate, self.worker.send, self._spawn
+            )
+        self._amd_words.add(frame)
+
     def _on_amd(self, frame: f.AmdResult) -> None:
         out = self.outbound
         if out is None:
             return
+        if self._amd_words is not None:
+            self._amd_words.stop()
         out.amd_kind, out.amd_at_ms = frame.kind, frame.decided_at_ms
-        data = {"kind": frame.kind, "reasons": frame.reasons, "decided_at_ms": frame.decided_at_ms}
+        data = {
+            "kind": frame.kind,
+            "reasons": frame.reasons,
+            "decided_at_ms": frame.decided_at_ms,
+            "transcript": frame.transcript,
+        }
         self.store.add_event(self.call_id, "amd", data)
         log.info("call %s: AMD %s at %d ms %s", self.call_id, frame.kind, frame.decided_at_ms, frame.reasons)
         if frame.kind != "machine":

@@ -181,6 +181,10 @@ class Supervisor:
         worker.calls.add(dial.call_id)
         return worker.index
 
+    def _send_to_worker(self, index: int, frame: f.Frame) -> bool:
+        assert self.pool is not None
+        return 0 <= index < len(self.pool.workers) and self.pool.workers[index].send(frame)
+
     def _free_slots(self) -> int:
         if self.pool is None:
             return 0
@@ -290,6 +294,8 @@ class Supervisor:
                 clock=self.clock,
                 default_dial_uri=self._default_dial_uri(),
                 exit_when_idle=self.exit_when_idle,
+                send_to_worker=self._send_to_worker,
+                asr_available=cfg.asr.backend != "none",
             )
             self.dialer.prepare()
             dial_task = asyncio.create_task(self._run_campaign(self.dialer), name="dialer")

@@ -113,6 +113,16 @@ class AmdSection(_Section):
     vad: Literal["silero", "webrtc", "energy"] = _AMD.vad
     beep_detection: bool = _AMD.beep_detection
     machine_phrases: tuple[str, ...] | None = Field(None, description="Null: audio.amd's built-in list.")
+    asr: bool | None = Field(
+        None,
+        description="Words of the greeting from the deployment's ASR: a voicemail phrase makes it a machine,"
+        " and a short greeting's 'human' waits for them (asr_wait_ms). Null: on when the deployment has an"
+        " ASR (asr.backend is not none).",
+    )
+    asr_chunk_ms: int = Field(_AMD.asr_chunk_ms, description="Callee audio sent to the ASR every this often.")
+    asr_wait_ms: int = Field(
+        _AMD.asr_wait_ms, description="Longest a short greeting's 'human' waits for its words."
+    )
     no_beep_timeout_ms: int = _AMD.no_beep_timeout_ms
     max_beep_wait_ms: int = _AMD.max_beep_wait_ms
 
@@ -121,13 +131,16 @@ class AmdSection(_Section):
         self.to_settings()  # AmdSettings' own checks, reported at this key path
         return self
 
-    def to_settings(self) -> AmdSettings:
+    def to_settings(self, asr_available: bool = False) -> AmdSettings:
+        """``asr_available``: the deployment has an ASR (decides ``asr: null``; ``asr: true`` without one is
+        turned off by the dialer, with a warning)."""
         known = {f.name for f in fields(AmdSettings)}
         values: dict[str, Any] = {
             k: v
             for k, v in self.model_dump().items()
             if k in known and not (k == "machine_phrases" and v is None)
         }
+        values["asr"] = asr_available and self.asr is not False
         return AmdSettings(**values)
 
 

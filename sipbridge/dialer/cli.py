@@ -1,7 +1,8 @@
 """`sipbridge dial` helpers and `sipbridge campaign status|pause|resume|export`.
 
 The campaign commands work on the SQLite database alone, so they act on a running `sipbridge dial` from
-another shell: pause/resume flip `campaigns.status`, which the running dialer reads before each pass.
+another shell: pause/resume flip `campaigns.status`, which the running dialer reads before each pass (on
+pause it also CANCELs the calls still ringing; answered calls run to their end).
 """
 
 from __future__ import annotations

@@ -9,6 +9,8 @@
   3. sends a `Dial` frame per claim to the least busy worker.
 Results come back as frames: `DialEnded` (not answered) or, for answered calls, the end of the call's
 `CallSession` (`OutboundCall.finish`). Both go through `classify` → `RetryPolicy.decide` → one transaction.
+While the campaign is paused, calls still ringing get `CancelDial` (SIP CANCEL); such an attempt is recorded
+as cancelled and the contact goes back to pending, to be called after the resume (`CampaignState.release`).
 
 The clock is injected (`Clock`): wall time for windows and retry times, monotonic time for the CPS bucket.
 """
@@ -72,6 +74,7 @@ class OutboundCall:
     amd_kind: str | None = None
     amd_at_ms: int = 0
     message_delivered: bool = False
+    cancelled_by_pause: bool = False  # CancelDial sent because the campaign was paused while it rang
 
     @property
     def call_id(self) -> str:
@@ -104,6 +107,9 @@ class CampaignRunner:
     clock: Clock = field(default_factory=Clock)
     default_dial_uri: str = "sip:{number}@127.0.0.1"  # from the deployment's trunk (supervisor)
     exit_when_idle: bool = False  # stop once nothing is due now and nothing is in flight (tests, cron)
+    # CancelDial to a worker (index, frame) -> sent; the supervisor's pool.
+    send_to_worker: Callable[[int, f.Frame], bool] = lambda index, frame: False
+    asr_available: bool = False  # the deployment has an ASR: `amd.asr: null` turns AMD's words on
     on_answer_route: dict[str, OutboundCall] = field(default_factory=dict)  # call id -> in flight
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _bucket: TokenBucket | None = None
@@ -124,6 +130,10 @@ class CampaignRunner:
         result = load_contacts(self.loaded.contacts_path, c.default_region, c.default_timezone)
         for issue in result.issues:
             log.warning("campaign %s: contacts row skipped: %s", self.name, issue)
+        if c.amd.enabled and c.amd.asr and not self.asr_available:
+            log.warning(
+                "campaign %s: amd.asr is on but the deployment has no ASR: AMD uses timing only", self.name
+            )
         now = ts(self.clock.now())
         added, resumed = self.state.import_campaign(self.loaded.source, result.contacts, result.issues, now)
         if resumed and self.state.status() == "done":
@@ -132,7 +142,11 @@ class CampaignRunner:
             # The INVITE may or may not have left: count the attempt as cancelled and schedule the contact by
             # the retry policy (cancelled: at once by default), as a new attempt.
             decision = c.retry.decide(
-                Outcome.CANCELLED, contact.attempts, utc(now), c.window, contact.timezone
+                Outcome.CANCELLED,
+                self.state.counted_attempts(contact.id, contact.attempts),
+                utc(now),
+                c.window,
+                contact.timezone,
             )
             next_at = ts(decision.next_attempt_at) if decision.next_attempt_at else None
             self.state.finish_attempt(
@@ -179,6 +193,8 @@ class CampaignRunner:
                     if due is None or due > ts(self.clock.now()) + _IDLE_HORIZON_S:
                         log.info("campaign %s idle: %s", self.name, self.state.counts())
                         return
+            elif status == "paused":
+                self._cancel_ringing()
             delay = _IDLE_POLL_S
             assert self._bucket is not None
             if len(self.on_answer_route) < c.limits.concurrency:
@@ -215,6 +231,22 @@ class CampaignRunner:
             self._place(claim)
             room -= 1
 
+    def _cancel_ringing(self) -> None:
+        """Paused: nothing new is dialed (the pass above), and calls not yet answered are cancelled, so a
+        callee does not pick up a campaign that its operator has stopped. Answered calls run to their end."""
+        for out in self.on_answer_route.values():
+            if out.answered or out.cancelled_by_pause or out.worker < 0:
+                continue
+            out.cancelled_by_pause = True
+            sent = self.send_to_worker(out.worker, f.CancelDial(out.call_id))
+            log.info(
+                "campaign %s paused: cancelling the call to %s (attempt %d, %s)",
+                self.name,
+                out.claim.contact.number,
+                out.claim.attempt,
+                "CANCEL sent" if sent else "its worker is gone",
+            )
+
     def _place(self, claim: Claim) -> None:
         c = self.loaded.campaign
         contact = claim.contact
@@ -224,7 +256,7 @@ class CampaignRunner:
             target=self.target_uri(contact.number, variables),
             caller_id=c.caller_id,
             ring_timeout_s=c.limits.ring_timeout_s,
-            amd=_amd_dict(self.loaded) if c.amd.enabled else None,
+            amd=_amd_dict(self.loaded, self.asr_available) if c.amd.enabled else None,
             variables=variables,
             campaign=self.name,
             attempt_id=claim.attempt_id,
@@ -267,12 +299,27 @@ class CampaignRunner:
             out = self.on_answer_route.get(frame.call_id)
             if out is not None and out.ringing_ms is None:
                 out.ringing_ms = frame.t_ms
+                log.info(
+                    "campaign %s: %s ringing (%d after %d ms)",
+                    self.name,
+                    out.claim.contact.number,
+                    frame.code,
+                    frame.t_ms,
+                )
             return out is not None
+        if isinstance(frame, f.CallStarted):
+            out = self.on_answer_route.get(frame.call_id)
+            if out is not None:
+                out.answered = True  # from now on a pause lets the call run to its end
+            return False  # the supervisor still opens the call's session
         if isinstance(frame, f.DialEnded):
             out = self.on_answer_route.get(frame.call_id)
             if out is None:
                 return False
             out.ringing_ms = frame.ringing_ms if frame.ringing_ms is not None else out.ringing_ms
+            if out.cancelled_by_pause and frame.event == "cancelled":
+                self._release(out, frame)
+                return True
             event = frame.event if frame.event in ("ring_timeout", "transport_error", "cancelled") else None
             code = frame.code if 300 <= frame.code <= 699 else None
             if event is None and code is None:
@@ -286,6 +333,33 @@ class CampaignRunner:
             )
             return True
         return False
+
+    def _release(self, out: OutboundCall, frame: f.DialEnded) -> None:
+        self.on_answer_route.pop(out.call_id, None)
+        contact = out.claim.contact
+        self.state.release(
+            out.claim.attempt_id,
+            contact.id,
+            next_at=contact.next_at,
+            now=ts(self.clock.now()),
+            ringing_ms=out.ringing_ms,
+            detail={
+                "reason": "campaign paused while ringing",
+                "code": frame.code,
+                "duration_ms": frame.duration_ms,
+            },
+        )
+        self.state.store.end_call(
+            frame.call_id, Outcome.CANCELLED.value, reason="campaign paused", sip_status=frame.code
+        )
+        # Logged after the transaction: tests and operators may read the store once they see this line.
+        log.info(
+            "campaign %s: %s attempt %d recorded: cancelled (paused while ringing; pending, not counted)",
+            self.name,
+            contact.number,
+            out.claim.attempt,
+        )
+        self._wake.set()
 
     def lost(self, call_id: str, reason: str) -> None:
         """The worker holding a ringing call died."""
@@ -310,7 +384,8 @@ class CampaignRunner:
         outcome = classify(result)
         now_dt = self.clock.now()
         contact = out.claim.contact
-        decision = c.retry.decide(outcome, out.claim.attempt, now_dt, c.window, contact.timezone)
+        attempts = self.state.counted_attempts(contact.id, out.claim.attempt)
+        decision = c.retry.decide(outcome, attempts, now_dt, c.window, contact.timezone)
         next_at = ts(decision.next_attempt_at) if decision.next_attempt_at else None
         self.state.finish_attempt(
             out.claim.attempt_id,
@@ -338,6 +413,6 @@ class CampaignRunner:
         return outcome
 
 
-def _amd_dict(loaded: LoadedCampaign) -> dict[str, Any]:
+def _amd_dict(loaded: LoadedCampaign, asr_available: bool) -> dict[str, Any]:
     """AmdSettings as JSON for the Dial frame (the worker rebuilds it: sipbridge/sip/worker.py)."""
-    return dataclasses.asdict(loaded.campaign.amd.to_settings())
+    return dataclasses.asdict(loaded.campaign.amd.to_settings(asr_available))

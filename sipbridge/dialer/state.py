@@ -1,10 +1,11 @@
 """Campaign state in SQLite (schema version 4): campaigns, contacts, attempts.
 
 Every change of a contact's state is one transaction, so a supervisor killed at any moment leaves each
-contact in exactly one of: `pending` (never tried), `retry` (due again at `next_at`), `final`, or `dialing`
-with exactly one open attempt (no `ended_at`). `recover()` closes those open attempts at the next start: the
-INVITE may or may not have gone out, so the attempt counts (`cancelled`, per the retry policy) and the contact
-is called again in a *new* attempt — never twice in one attempt, never skipped.
+contact in exactly one of: `pending` (never tried, or its attempt was cancelled by a pause: `release`),
+`retry` (due again at `next_at`), `final`, or `dialing` with exactly one open attempt (no `ended_at`).
+`recover()` closes those open attempts at the next start: the INVITE may or may not have gone out, so the
+attempt counts (`cancelled`, per the retry policy) and the contact is called again in a *new* attempt — never
+twice in one attempt, never skipped.
 
 Times are epoch seconds of the dialer's clock (injectable for tests, `Clock`).
 """
@@ -208,6 +209,40 @@ class CampaignState:
                     contact_id,
                 ),
             )
+
+    def release(
+        self,
+        claim_attempt_id: int,
+        contact_id: int,
+        *,
+        next_at: float,
+        now: float,
+        ringing_ms: int | None = None,
+        detail: dict[str, Any] | None = None,
+    ) -> None:
+        """The attempt was cancelled because the campaign was paused while it rang: it is recorded (outcome
+        cancelled, event paused) but the contact goes back to `pending` with the `next_at` it was claimed
+        with (its place in line after a resume), and the attempt does not count against the retry policy's
+        max_attempts (`counted_attempts`)."""
+        with self.store.transaction() as db:
+            db.execute(
+                "UPDATE attempts SET ended_at = ?, event = 'paused', outcome = 'cancelled', ringing_ms = ?,"
+                " detail = ? WHERE id = ? AND ended_at IS NULL",
+                (now, ringing_ms, json.dumps(detail or {}), claim_attempt_id),
+            )
+            db.execute(
+                "UPDATE contacts SET state = 'pending', outcome = 'cancelled', next_at = ?, updated_at = ?"
+                " WHERE id = ?",
+                (next_at, now, contact_id),
+            )
+
+    def counted_attempts(self, contact_id: int, attempts: int) -> int:
+        """`attempts` (every attempt made, numbering the attempt rows) less those a pause cancelled: what the
+        retry policy's max_attempts is compared with."""
+        rows = self.store.query(
+            "SELECT COUNT(*) AS n FROM attempts WHERE contact_id = ? AND event = 'paused'", (contact_id,)
+        )
+        return attempts - int(rows[0]["n"])
 
     # ------------------------------------------------------------------------------ reporting
 

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import numpy.typing as npt
 import pjsua2 as pj
 
 from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter
@@ -71,6 +72,7 @@ class Worker:
     inbound: dict[str, Inbound] = field(default_factory=dict)  # media thread only
     # Outbound calls under answering-machine detection, then waiting for the beep (media thread only).
     amd: dict[str, AnsweringMachineDetector | BeepWaiter] = field(default_factory=dict)
+    greetings: dict[str, GreetingFeed] = field(default_factory=dict)  # AMD audio for the ASR (amd.asr)
     stopping: bool = False
     sip_udp_port: int = 0
     sip_tcp_port: int | None = None
@@ -310,7 +312,9 @@ class Worker:
             elif kind == "progress":
                 self._on_progress(command[1], command[2], command[3])
             elif kind == "cancel":
-                self._cancel(command[1], "cancelled", command[2])
+                slot = self.calls.get(command[1])
+                if slot is not None and not slot.started:  # answered calls run to their end
+                    self._cancel(command[1], "cancelled", command[2])
             elif kind in ("transfer", "send-dtmf"):
                 self._call_op(kind, command[1], command[2])
             elif kind == "shutdown":
@@ -435,11 +439,18 @@ class Worker:
                     self.inbound[call_id] = self._new_inbound(call_id, payload)
                     slot = self.calls.get(call_id)
                     if slot is not None and slot.dial is not None and slot.dial.amd is not None:
-                        self.amd[call_id] = AnsweringMachineDetector(
-                            _amd_settings(slot.dial.amd), self.settings.clock_rate
-                        )
+                        amd = _amd_settings(slot.dial.amd)
+                        self.amd[call_id] = AnsweringMachineDetector(amd, self.settings.clock_rate)
+                        if amd.asr:
+                            rate = self.settings.clock_rate
+                            self.greetings[call_id] = GreetingFeed(rate, amd.asr_chunk_ms * rate // 1000 * 2)
+                elif kind == "amd-words":
+                    detector = self.amd.get(call_id)
+                    if isinstance(detector, AnsweringMachineDetector):
+                        detector.add_transcript(*payload)
                 elif kind == "close":
                     self.amd.pop(call_id, None)
+                    self.greetings.pop(call_id, None)
                     self._close_inbound(call_id, *payload)
                 elif kind == "dtmf":
                     log.info("call %s: DTMF %s", call_id, payload)
@@ -466,9 +477,18 @@ class Worker:
         state = self.amd[call_id]
         if isinstance(state, AnsweringMachineDetector):
             decision = state.process(frame)
+            feed = self.greetings.get(call_id)
             if decision is None:
+                chunk = feed.add(frame, state.heard_speech) if feed is not None else None
+                if chunk is not None:
+                    self.emit(f.AmdAudio(call_id, *chunk))
                 return
-            self.emit(f.AmdResult(call_id, decision.kind, decision.reasons, decision.decided_at_ms))
+            self.greetings.pop(call_id, None)
+            self.emit(
+                f.AmdResult(
+                    call_id, decision.kind, decision.reasons, decision.decided_at_ms, decision.transcript
+                )
+            )
             if decision.kind == "machine":
                 waiter = state.wait_for_beep()
                 self.amd[call_id] = waiter
@@ -545,6 +565,9 @@ class Worker:
                     slot.playback.cancel(frame.utterances)
             elif isinstance(frame, f.Dial):
                 self.commands.put(("dial", frame))
+            elif isinstance(frame, f.AmdTranscript):
+                # To the media thread, which owns the detector; it reads the words on the call's next frame.
+                self.inbox.put(("amd-words", frame.call_id, (frame.text, frame.audio_ms)))
             elif isinstance(frame, f.CancelDial):
                 self.commands.put(("cancel", frame.call_id, "cancelled by the dialer"))
             elif isinstance(frame, f.Hangup):
@@ -560,6 +583,31 @@ class Worker:
 
     def emit(self, frame: f.Frame) -> None:
         self.channel.send(frame)
+
+
+@dataclass
+class GreetingFeed:
+    """The callee's audio under AMD, cut into chunks for the supervisor's ASR (media thread only).
+
+    Nothing is sent before the detector has heard speech (ASR on silence costs a transcription and may
+    invent words); the first chunk then carries everything from the answer on, so the ASR always has the
+    greeting from its start."""
+
+    rate: int
+    chunk_bytes: int
+    pending: bytearray = field(default_factory=bytearray)
+    sent_bytes: int = 0
+
+    def add(self, frame: npt.NDArray[np.int16], heard_speech: bool) -> tuple[int, bytes] | None:
+        """Returns (start ms, pcm) when a chunk is due."""
+        self.pending += frame.tobytes()
+        if not heard_speech or len(self.pending) < self.chunk_bytes:
+            return None
+        start_ms = self.sent_bytes // 2 * 1000 // self.rate
+        chunk = bytes(self.pending)
+        self.sent_bytes += len(chunk)
+        self.pending.clear()
+        return start_ms, chunk
 
 
 def _amd_settings(values: dict[str, Any]) -> AmdSettings:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import itertools
 
 import numpy as np
 import numpy.typing as npt
@@ -12,7 +11,7 @@ import pytest
 from audio.amd import AmdSettings, AnsweringMachineDetector, Decision, MessageCue
 from audio.amd_testset import BEEPS, AmdCase, human_case, machine_case
 from audio.beep import Beep, BeepDetector, BeepSettings
-from audio.testsignals import SceneBuilder, telephone_band
+from audio.testsignals import SceneBuilder, espeak, telephone_band
 
 GREETING = MACHINE = (
     "Hi, you've reached the HR department of Acme Corporation. We can't take your call right now. "
@@ -157,14 +156,131 @@ def test_initial_silence_rule() -> None:
     assert decision.kind == "not_sure"
 
 
-def test_asr_phrase_hook_catches_a_short_machine_greeting() -> None:
-    case = machine_case("Hi, this is Sam. Leave a message.", "en-gb", 175, "clean", beep=None, seed=2)
-    assert run(case)[0].kind == "human"  # too short for the timing rules: the known weak spot
-    heard = itertools.chain(["", "Hi, this is Sam."], itertools.repeat("Hi, this is Sam. Leave a message."))
-    decision, _ = run(case, transcript=lambda: next(heard))
-    assert decision.kind == "machine"
+WORDS = AmdSettings(asr=True)
+SAM = "Hi, this is Sam. Leave a message."
+
+
+def run_with_words(
+    case: AmdCase, words: dict[int, tuple[str, int]], settings: AmdSettings = WORDS
+) -> Decision:
+    """Feed the case; ``words[i]`` = (text, audio_ms) reaches the detector just before frame ``i`` (after
+    frame i-1, at ``i * 20`` ms of audio), as a transcript from the supervisor's ASR would."""
+    amd = AnsweringMachineDetector(settings)
+    for i, frame in enumerate(case.frames()):
+        if i in words:
+            amd.add_transcript(*words[i])
+        decision = amd.process(frame)
+        if decision is not None:
+            return decision
+    return amd.finish()
+
+
+def at(ms: int) -> int:
+    """Index of the frame before which a transcript arriving at `ms` of audio is handed over."""
+    assert ms % 20 == 0
+    return ms // 20
+
+
+def test_short_machine_greeting_is_machine_by_its_words_even_after_the_timing_rule() -> None:
+    case = machine_case(SAM, "en-gb", 175, "clean", beep=None, seed=2)
+    timing = run(case)[0]
+    assert timing.kind == "human"  # too short for the timing rules: the known weak spot
+    # Words arrive late: the complete phrase comes 300 ms after timing alone would have said human.
+    partial = (at(1000), ("Hi, this is", 1000))
+    whole = at(timing.decided_at_ms + 300), (SAM, timing.decided_at_ms - 500)
+    decision = run_with_words(case, dict([partial, whole]))
+    assert decision.kind == "machine", decision.reasons
     assert decision.reasons[0] == "voicemail phrase 'leave a message' in greeting"
-    assert decision.transcript == "Hi, this is Sam. Leave a message."
+    assert decision.decided_at_ms == timing.decided_at_ms + 320  # on the frame after the words came
+    assert decision.transcript == SAM and decision.transcript_ms == timing.decided_at_ms - 500
+    assert f"words {SAM!r} of the first {timing.decided_at_ms - 500} ms" in decision.reasons[-1]
+
+
+def test_human_decision_is_held_until_the_words_cover_the_greeting() -> None:
+    case = human_case("Hello?", seed=7)
+    timing = run(case)[0]
+    t_h = timing.decided_at_ms
+    end = int(case.greeting_end_ms)
+    words = {
+        at(600): ("Hel", 500),  # a partial transcript (the chunk cut the word): not the whole greeting
+        at(t_h + 100): ("", 400),  # stale (covers less than the last one): ignored
+        at(t_h + 200): ("Hello?", end + 240 - end % 20),  # covers the greeting's last word
+    }
+    decision = run_with_words(case, words)
+    assert decision.kind == "human"
+    assert decision.reasons[0] == f"{timing.reasons[0]}; no voicemail phrase in its words".replace(
+        "then 800 ms", "then 1020 ms"
+    )
+    assert (decision.decided_at_ms, decision.held_ms) == (t_h + 220, 220)
+    assert decision.transcript == "Hello?"
+
+
+def test_words_already_in_when_the_silence_rule_fires_cost_no_time() -> None:
+    case = human_case("HR, this is Dana.", "en-gb", 175, seed=3)
+    timing = run(case)[0]
+    covered = timing.decided_at_ms - 300
+    decision = run_with_words(case, {at(covered + 100): ("HR, this is Dana.", covered)})
+    assert (decision.kind, decision.decided_at_ms, decision.held_ms) == ("human", timing.decided_at_ms, 0)
+
+
+@pytest.mark.parametrize("wait_ms", [1000, 400])
+def test_no_words_in_time_decides_on_timing_alone(wait_ms: int) -> None:
+    case = human_case("Hello?", seed=7)
+    t_h = run(case)[0].decided_at_ms
+    decision = run_with_words(case, {}, AmdSettings(asr=True, asr_wait_ms=wait_ms))
+    assert decision.kind == "human"
+    assert (decision.decided_at_ms, decision.held_ms) == (t_h + wait_ms, wait_ms)
+    assert decision.reasons[0].startswith("short greeting")
+    assert decision.reasons[0].endswith(
+        f"no words of the whole greeting within asr_wait_ms {wait_ms}: timing alone"
+    )
+    assert decision.reasons[-1] == "no words from ASR yet" and decision.transcript is None
+
+
+def test_hold_never_goes_past_total_analysis() -> None:
+    case = human_case("Hello?", seed=7)
+    t_h = run(case)[0].decided_at_ms
+    total = t_h + 300
+    settings = AmdSettings(
+        asr=True, total_analysis_ms=total, greeting_ms=min(2500, total), initial_silence_ms=min(2500, total)
+    )
+    decision = run_with_words(case, {}, settings)
+    assert (decision.kind, decision.decided_at_ms, decision.held_ms) == ("human", total, 300)
+    assert decision.reasons[0].endswith(
+        f"total_analysis_ms {total} reached before the words of the whole greeting: timing alone"
+    )
+
+
+def test_long_greeting_stays_machine_on_timing_whatever_the_words() -> None:
+    case = machine_case(GREETING, "en-us", 150, "clean", beep=None, seed=3)
+    timing = run(case)[0]
+    heard = "Hi, you've reached the HR department"
+    decision = run_with_words(case, {at(1500): (heard, 1500)})
+    assert decision.kind == "machine" and decision.reasons[0].startswith("long greeting")
+    assert decision.decided_at_ms == timing.decided_at_ms and decision.transcript == heard
+
+
+def test_more_greeting_during_the_hold_starts_a_new_hold() -> None:
+    """Timing says human after "Hi, this is Sam." and its pause, the words are not in yet, and the greeting
+    goes on: the hold starts again at the next silence (a hold that kept its first start would run out
+    then and say human on timing alone), and the words of the whole greeting make it a machine."""
+    b = SceneBuilder(16000, seed=4).silence(400).speech(espeak("Hi, this is Sam.", 16000), gain=0.8)
+    b.silence(900).speech(espeak("Leave a message.", 16000), gain=0.8).silence(3000)
+    scene = telephone_band(b.build())
+    case = AmdCase("machine/pause", "machine", scene, "clean", scene.turns[-1][1])
+    first_hold = run(case)[0].decided_at_ms  # timing alone: human after the first part
+    assert scene.turns[1][0] < first_hold + 1000  # the second part starts inside the first hold
+    settings = AmdSettings(asr=True, total_analysis_ms=8000)
+    no_words = run_with_words(case, {}, settings)
+    second_hold = no_words.decided_at_ms - 1000
+    assert no_words.kind == "human" and no_words.held_ms == 1000 and second_hold > scene.turns[1][1]
+    words = {
+        at(first_hold + 600): ("Hi, this is Sam.", first_hold),  # late, and only the first part
+        at(second_hold + 300): (SAM, second_hold - 500),
+    }
+    decision = run_with_words(case, words, settings)
+    assert decision.kind == "machine" and decision.reasons[0].startswith("voicemail phrase")
+    assert decision.decided_at_ms == second_hold + 320
 
 
 def test_no_beep_message_waits_for_the_end_of_the_greeting() -> None:
@@ -222,6 +338,8 @@ def test_bad_frames() -> None:
         ({"silence_threshold": -1}, "amd.silence_threshold must be 0..32767"),
         ({"maximum_word_length_ms": 50}, "amd.maximum_word_length_ms must be at least"),
         ({"machine_phrases": ("leave a message", " ")}, "empty phrase"),
+        ({"asr_wait_ms": 0}, "amd.asr_wait_ms must be a positive integer"),
+        ({"asr_chunk_ms": -500}, "amd.asr_chunk_ms must be a positive integer"),
     ],
 )
 def test_settings_validation(kwargs: dict[str, object], error: str) -> None:

@@ -2,7 +2,8 @@
 
 Each `Callee` is one SIPp process on its own SIP port that answers every INVITE the same way: human (short
 greeting, then an answer), voicemail (long greeting, beep, silence while the message is recorded), or a
-final error (486, 603, 404), or ringing until the dialer CANCELs.
+final error (486, 603, 404), or ringing until the dialer CANCELs, or ringing and answering unless the dialer
+CANCELs first.
 """
 
 from __future__ import annotations
@@ -151,6 +152,20 @@ def ring_scenario() -> str:
     return _head() + _RING_FOREVER
 
 
+def ring_then_answer_scenario(audio: Path | None, *, answer_after_ms: int, talk_ms: int) -> str:
+    """Ring; a CANCEL within `answer_after_ms` ends the call (200, 487, ACK), else answer, stream `audio` and
+    hang up after `talk_ms`. The same scenario serves a cancelled call and the redial that follows it."""
+    cancel = _RING_FOREVER.replace(
+        '  <recv request="CANCEL"/>',
+        f'  <recv request="CANCEL" timeout="{answer_after_ms}" ontimeout="answer"/>',
+    ).replace("</scenario>\n", '  <nop next="end"/>\n  <label id="answer"/>\n')
+    answer = _ANSWER.format(ring_ms=0).replace('  <pause milliseconds="0"/>\n', "")
+    if audio is not None:
+        answer += _STREAM.format(audio=audio)
+    bye = _SEND_BYE.format(talk_ms=talk_ms).replace("</scenario>\n", '  <label id="end"/>\n</scenario>\n')
+    return _head(keep_from=True) + cancel + answer + bye
+
+
 def answer_scenario(
     audio: Path | None, *, ring_ms: int = 300, talk_ms: int | None = None, timeout_ms: int = 30000
 ) -> str:
@@ -167,6 +182,12 @@ def answer_scenario(
 class VoicemailAudio:
     path: Path
     beep_end_s: float  # from the start of the stream (= the answer)
+
+
+def greeting_audio(work: Path, text: str, tail_s: float = 12.0) -> Path:
+    """`text` (espeak-ng en-us, 150 wpm) after 0.4 s, then silence: a short answer or a short greeting."""
+    path = work / f"{''.join(c for c in text.lower() if c.isalpha())}.ulaw"
+    return caller_audio(text, 0.4, tail_s).write_ulaw(path)
 
 
 def human_audio(work: Path, tail_s: float = 12.0) -> Path:
@@ -203,7 +224,7 @@ class Callee:
     work: Path
 
     @classmethod
-    def start(cls, scenario: str, work: Path, *, calls: int | None = None) -> Callee:
+    def start(cls, scenario: str, work: Path, *, calls: int | None = None, trace_msg: bool = False) -> Callee:
         work.mkdir(parents=True, exist_ok=True)
         xml = work / "callee.xml"
         xml.write_text(scenario)
@@ -227,6 +248,8 @@ class Callee:
         ]
         if calls is not None:
             args += ["-m", str(calls)]
+        if trace_msg:  # every SIP message SIPp sent and received, for tests that check what reached it
+            args += ["-trace_msg", "-message_file", str(work / "messages.log")]
         proc = subprocess.Popen(
             args, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
         )
@@ -238,6 +261,10 @@ class Callee:
         self.proc.wait()
         if self.proc.stderr is not None:
             self.proc.stderr.close()
+
+    def messages(self) -> str:
+        path = self.work / "messages.log"
+        return path.read_text(errors="replace") if path.exists() else ""
 
     def errors(self) -> str:
         path = self.work / "errors.log"

@@ -81,6 +81,18 @@ def test_minimal_campaign_defaults(tmp_path: Path) -> None:
     assert c.window.days == ("mon", "tue", "wed", "thu", "fri")
 
 
+def test_amd_words_follow_the_deployments_asr_unless_set(tmp_path: Path) -> None:
+    default = load_campaign(write(tmp_path, CALLER_ID_ONLY), env={}).campaign.amd
+    assert default.asr is None
+    assert default.to_settings(asr_available=True).asr and not default.to_settings(asr_available=False).asr
+    assert (default.to_settings().asr_wait_ms, default.to_settings().asr_chunk_ms) == (1000, 500)
+    off = CALLER_ID_ONLY + "amd: {asr: false, asr_wait_ms: 1500}\n"
+    amd = load_campaign(write(tmp_path, off), env={}).campaign.amd
+    assert not amd.to_settings(asr_available=True).asr and amd.to_settings().asr_wait_ms == 1500
+    on = CALLER_ID_ONLY + "amd: {asr: true}\n"
+    assert not load_campaign(write(tmp_path, on), env={}).campaign.amd.to_settings(asr_available=False).asr
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -105,6 +117,7 @@ def test_minimal_campaign_defaults(tmp_path: Path) -> None:
         (CALLER_ID_ONLY + "retry:\n  voicemail: {}\n", "campaign.yaml:6: retry.voicemail: unknown key"),
         (CALLER_ID_ONLY + "voicemail:\n  action: leave_message\n", "voicemail: action is leave_message but"),
         (CALLER_ID_ONLY + "amd:\n  greeting_ms: 9000\n", "amd: amd.greeting_ms (9000) is longer than"),
+        (CALLER_ID_ONLY + "amd: {asr_wait_ms: 0}\n", "amd: amd.asr_wait_ms must be a positive integer"),
         (CALLER_ID_ONLY + "default_timezone: Mars/Base\n", "default_timezone: unknown time zone 'Mars/Base'"),
         (CALLER_ID_ONLY + "default_region: XX\n", "default_region: unknown default region"),
         (CALLER_ID_ONLY.replace('"+14155550100"', "'12'"), "campaign.yaml:2: caller_id: not a dialable"),

@@ -2,7 +2,8 @@
 
 One dial run covers every single-call outcome (human, voicemail with the message after the beep, busy, no
 answer, decline, 404); a second test runs a 20-contact campaign over two workers, kills the supervisor
-mid-campaign and resumes it. Synchronisation is on the processes' log lines and exit, never sleeps.
+mid-campaign and resumes it; a third has AMD decide a short greeting by its words (real ASR); a fourth pauses
+a campaign while a call rings. Synchronisation is on the processes' log lines and exit, never sleeps.
 """
 
 from __future__ import annotations
@@ -10,22 +11,29 @@ from __future__ import annotations
 import json
 import signal
 import sqlite3
+import subprocess
 import time
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import pytest
 import yaml
 
+from audio import g711
+from audio.amd import AnsweringMachineDetector
+
 from ..peers import RtpSniffer, voiced_packets
-from ..procs import LoggedProcess
+from ..procs import SIPBRIDGE, LoggedProcess
 from .callees import (
     Callee,
     answer_scenario,
     error_scenario,
+    greeting_audio,
     human_audio,
     ring_scenario,
+    ring_then_answer_scenario,
     voicemail_audio,
 )
 
@@ -241,3 +249,135 @@ def test_campaign_window_cps_and_resume_after_kill(tmp_path: Path, concurrency: 
     starts = sorted(r["started_at"] for r in rows)
     for i in range(len(starts) - 4):
         assert starts[i + 4] - starts[i] >= 3 / cps - 0.05, starts
+
+
+def amd_events(work: Path) -> dict[str, dict[str, Any]]:
+    """The AMD decision recorded for each outbound call (call id -> event data)."""
+    with db(work) as conn:
+        return {
+            r["call_id"]: json.loads(r["data"])
+            for r in conn.execute("SELECT call_id, data FROM call_events WHERE kind = 'amd'")
+        }
+
+
+def timing_alone(ulaw: Path) -> str:
+    """What AMD decides on this audio without words: the rules of audio/amd.py on the decoded file."""
+    pcm = g711.ulaw_decode(np.frombuffer(ulaw.read_bytes(), np.uint8)).astype(np.int16)
+    amd = AnsweringMachineDetector()
+    for i in range(0, len(pcm) - 159, 160):
+        decision = amd.process(pcm[i : i + 160])
+        if decision is not None:
+            return decision.kind
+    return amd.finish().kind
+
+
+# tiny.en hears this espeak-ng phrase right after 8 kHz u-law (checked for six voices and rates; "leave a
+# message" comes out as "leave my message"), and at 1.1 s of speech it is short enough to pass for a person.
+SHORT_VOICEMAIL = "Leave me a message."
+
+
+def test_words_from_asr_make_a_short_greeting_a_machine(tmp_path: Path) -> None:
+    short_vm = greeting_audio(tmp_path, SHORT_VOICEMAIL)
+    hello = greeting_audio(tmp_path, "Hello?")
+    assert timing_alone(short_vm) == "human"  # the case words are for: timing says person
+    callees = {
+        "machine": Callee.start(answer_scenario(short_vm), tmp_path / "vm", calls=1),
+        "person": Callee.start(answer_scenario(hello, talk_ms=6000), tmp_path / "hello", calls=1),
+    }
+    contacts = [
+        {"number": f"+1201555020{i}", "name": who, "port": str(c.sip_port), "subject_name": "Dana Whitfield"}
+        for i, (who, c) in enumerate(callees.items())
+    ]
+    campaign = write_campaign(tmp_path, contacts, limits={"concurrency": 2, "calls_per_second": 1})
+    try:
+        proc = dial(tmp_path, campaign, write_config(tmp_path, max_calls=4), WEDNESDAY_10_NY)
+        rc = proc.finish(timeout=120)
+        log = "\n".join(proc.seen)
+        assert rc == 0, log
+    finally:
+        for c in callees.values():
+            c.stop()
+
+    rows = {r["number"]: r for r in attempts(tmp_path)}
+    vm, person = (rows[c["number"]] for c in contacts)
+    events = amd_events(tmp_path)
+    assert (vm["amd"], vm["outcome"]) == ("machine", "voicemail-message-left"), log
+    decision = events[vm["call_id"]]
+    assert decision["reasons"][0] == "voicemail phrase 'leave me a message' in greeting", decision
+    # The words are the supervisor's ASR's, logged there as they were sent to the worker.
+    assert "leave me a message" in decision["transcript"].lower(), decision
+    assert "AMD words of the first" in log and repr(decision["transcript"]) in log
+    assert (person["amd"], person["outcome"]) == ("human", "answered-human"), log
+    assert events[person["call_id"]]["reasons"][0].startswith("short greeting"), events[person["call_id"]]
+
+
+def test_pause_cancels_a_ringing_call_and_resume_calls_it_again(tmp_path: Path) -> None:
+    """Two calls up when the campaign is paused: the answered one runs to its end (the callee hangs up), the
+    ringing one is CANCELled, recorded cancelled without counting as a try, and called again on resume."""
+    talking = Callee.start(answer_scenario(None, ring_ms=200, talk_ms=6000), tmp_path / "talking", calls=1)
+    ringing = Callee.start(
+        ring_then_answer_scenario(None, answer_after_ms=5000, talk_ms=2000),
+        tmp_path / "ringing",
+        calls=2,
+        trace_msg=True,
+    )
+    contacts = [
+        {"number": "+12015550300", "name": "talking", "port": str(talking.sip_port)},
+        {"number": "+12015550301", "name": "ringing", "port": str(ringing.sip_port)},
+    ]
+    campaign = write_campaign(
+        tmp_path,
+        contacts,
+        limits={"concurrency": 2, "calls_per_second": 1, "ring_timeout_s": 20},
+        amd={"enabled": False},
+        voicemail={"action": "hangup"},
+    )
+    config = write_config(tmp_path, max_calls=4)
+
+    def campaign_cli(action: str) -> None:
+        # As an operator would, from another shell: the running dial reads the status from SQLite.
+        done = subprocess.run(
+            [*SIPBRIDGE, "campaign", action, "verify-test", "-c", str(config)],
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert done.returncode == 0, done.stderr
+
+    try:
+        proc = dial(tmp_path, campaign, config, WEDNESDAY_10_NY)
+        proc.wait_for(r"\+12015550301 ringing \(180", 90)
+        with db(tmp_path) as conn:
+            answered = [r[0] for r in conn.execute("SELECT answered_at FROM calls ORDER BY created_at")]
+        assert answered[0] is not None and answered[1] is None  # one call talking, one ringing
+        campaign_cli("pause")
+        proc.wait_for(r"\+12015550301 attempt 1 recorded: cancelled \(paused while ringing", 30)
+        by_number = {r["number"]: r for r in attempts(tmp_path)}
+        cancelled = by_number["+12015550301"]
+        assert (cancelled["outcome"], cancelled["event"], cancelled["state"]) == (
+            "cancelled",
+            "paused",
+            "pending",
+        )
+        assert by_number["+12015550300"]["ended_at"] is None  # still talking while paused
+        campaign_cli("resume")
+        rc = proc.finish(timeout=90)
+        log = "\n".join(proc.seen)
+        assert rc == 0, log
+        # The answered callee hung up itself after talking (a BYE from us would have failed its scenario).
+        assert talking.proc.wait(timeout=30) == 0, talking.errors()
+        assert ringing.proc.wait(timeout=30) == 0, ringing.errors()
+    finally:
+        talking.stop()
+        ringing.stop()
+
+    assert "CANCEL sip:" in ringing.messages()  # the ringing call got a SIP CANCEL
+    rows = attempts(tmp_path)
+    [kept] = [r for r in rows if r["number"] == "+12015550300"]
+    assert (kept["outcome"], kept["state"]) == ("answered-human", "final"), log
+    first, second = (r for r in rows if r["number"] == "+12015550301")
+    assert (first["attempt"], first["outcome"], first["event"]) == (1, "cancelled", "paused")
+    assert json.loads(first["detail"])["code"] == 487
+    assert (second["attempt"], second["outcome"], second["state"]) == (2, "answered-human", "final"), log
+    assert second["started_at"] > first["ended_at"]

@@ -49,6 +49,33 @@ def test_open_attempts_are_found_after_a_crash(tmp_path: Path) -> None:
     assert (attempt_id, call_id) == (claim.attempt_id, claim.call_id)
 
 
+def test_an_attempt_cancelled_by_a_pause_is_kept_but_not_counted(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    contact = state.due(100.0, 1)[0]
+    claim = state.claim(contact, 100.0)
+    assert claim is not None
+    state.release(
+        claim.attempt_id,
+        contact.id,
+        next_at=contact.next_at,
+        now=105.0,
+        ringing_ms=40,
+        detail={"reason": "p"},
+    )
+    [row] = [c for c in state.contacts() if c.id == contact.id]
+    assert (row.state, row.outcome, row.attempts, row.next_at) == ("pending", "cancelled", 1, 0.0)
+    assert state.counted_attempts(contact.id, row.attempts) == 0  # the retry policy sees no try yet
+    [attempt] = state.attempts()
+    assert (attempt["outcome"], attempt["event"], attempt["ringing_ms"]) == ("cancelled", "paused", 40)
+    assert attempt["ended_at"] == 105.0
+    # Back in its place in line; the next attempt is numbered 2 (attempt rows stay unique) but counts as
+    # the first.
+    assert state.due(105.0, 3)[0].id == contact.id
+    again = state.claim(state.due(105.0, 1)[0], 106.0)
+    assert again is not None and again.contact.id == contact.id and again.attempt == 2
+    assert state.counted_attempts(contact.id, again.attempt) == 1
+
+
 def test_campaign_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     state = _state(tmp_path)
     claim = state.claim(state.due(100.0, 1)[0], 100.0)
