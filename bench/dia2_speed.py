@@ -94,16 +94,23 @@ def noise(seconds: float, gen: torch.Generator) -> torch.Tensor:
 class Turn:
     """A reply whose first chunk time is recorded."""
 
-    def __init__(self) -> None:
+    def __init__(self, engine: Engine | None = None) -> None:
         self.start = time.perf_counter()
         self.first: float | None = None
         self.chunks = 0
+        # Where a reply's wait goes: engine steps (full / lane) between speak() and the first chunk.
+        self._engine = engine
+        self._at = (engine.steps_run, engine.lane_steps) if engine is not None else (0, 0)
+        self.waited: tuple[int, int] | None = None
 
     def __call__(self, chunk: AudioChunk | None) -> None:
         if chunk is not None:
             self.chunks += 1
             if self.first is None:
                 self.first = time.perf_counter()
+                if self._engine is not None:
+                    eng = self._engine
+                    self.waited = (eng.steps_run - self._at[0], eng.lane_steps - self._at[1])
 
     @property
     def ttfa_ms(self) -> float | None:
@@ -111,7 +118,7 @@ class Turn:
 
 
 def start_reply(engine: Engine, call: CallState, opts: SpeakOptions) -> Turn:
-    turn = Turn()
+    turn = Turn(engine)
     # More text "promised" forever: the reply never ends by itself, like an LLM still talking.
     engine.speak(call, REPLY, turn, opts, more_text=True)
     return turn
@@ -186,10 +193,12 @@ def concurrency(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> d
     for call in opened:
         engine.user_spoke(call, noise(2.0, gen), words_for(2.0))
     turns = {call.slot: start_reply(engine, call, opts) for call in opened}
-    for _ in range(20):
+    # Steady state first: every call past its lead-in (the simultaneous start is not what is measured).
+    while engine.steps_run < 10 or any(engine._in_lead_in(c) for c in opened):
         engine.step()
     restart_every = max(1, 40 // calls)
     ttfa: list[float] = []
+    waits: list[tuple[float, int, int]] = []  # (TTFA ms, full steps, lane steps) per reply
     sync(engine.device)
     # Restarts are paced by *full* steps (every speaking call advances one frame per full step); lane
     # steps for lead-ins run in between as the engine's scheduler allows. frames/s per call = full steps/s.
@@ -206,6 +215,8 @@ def concurrency(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> d
         for turn in turns.values():
             if getattr(turn, "restarted", False) and turn.first is not None:
                 ttfa.append(turn.ttfa_ms or 0.0)
+                full, lane = turn.waited or (0, 0)
+                waits.append((turn.ttfa_ms or 0.0, full, lane))
                 turn.restarted = False  # type: ignore[attr-defined]
     sync(engine.device)
     ms = 1000 * (time.perf_counter() - t0) / steps
@@ -220,6 +231,15 @@ def concurrency(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> d
         "ttfa_samples": len(ttfa),
         "ttfa_p50_ms": statistics.median(ttfa) if ttfa else None,
         "ttfa_p95_ms": pct(ttfa, 0.95) if ttfa else None,
+        # The slowest tenth of the replies: how many full and lane steps each waited for its first chunk.
+        "slowest_replies": [
+            {"ttfa_ms": round(t, 1), "full_steps": f, "lane_steps": ln}
+            for t, f, ln in sorted(waits, reverse=True)[: max(1, len(waits) // 10)]
+        ],
+        "median_wait_steps": {
+            "full": statistics.median(w[1] for w in waits) if waits else None,
+            "lane": statistics.median(w[2] for w in waits) if waits else None,
+        },
     }
 
 
@@ -233,6 +253,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-graphs", action="store_true")
     p.add_argument("--no-lane", action="store_true", help="lead-in in line (no lane steps): the old policy")
     p.add_argument("--no-overlap", action="store_true", help="Mimi decode in line, not on a second stream")
+    p.add_argument("--no-kernels", action="store_true", help="depformer on the compiled torch functions")
     p.add_argument("--no-first-chunk-first", action="store_true",
                    help="lane steps up to the rate budget even while a call waits for its first chunk")
     args = p.parse_args(argv)
@@ -262,7 +283,8 @@ def main(argv: list[str] | None = None) -> int:
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
     common = {"cuda_graphs": not args.no_graphs, "seed": 0, "lead_in_lane": not args.no_lane,
-              "overlap_mimi": not args.no_overlap, "first_chunk_first": not args.no_first_chunk_first}
+              "overlap_mimi": not args.no_overlap, "first_chunk_first": not args.no_first_chunk_first,
+              "kernels": False if args.no_kernels else None}
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every section, so a run cut short still leaves its numbers

@@ -70,6 +70,9 @@ class EngineOptions:
     # Layers/stages through dia2/fused.py's shared functions; None → on CUDA, off on CPU.
     fused: bool | None = None
     compile: bool = True  # torch.compile the fused functions (CUDA only; needs Triton)
+    # Depformer stages on dia2/kernels.py (Triton; 22 launches a stage instead of ~84). Needs the fused
+    # path. None → on where it can run (CUDA + Triton); True insists (CPU: only under TRITON_INTERPRET=1).
+    kernels: bool | None = None
     skip_lead_in: bool = True  # no depformer on steps whose codebook 1..K-1 codes are all known
     # Attention reads only the first L cache slots, L the smallest of these covering every row of the
     # step's bucket (one main graph per batch bucket and length); the full length is always added.
@@ -276,9 +279,18 @@ class Engine:
         self.fused = None
         use_fused = opts.fused if opts.fused is not None else self._cuda
         if use_fused:
-            from .fused import FusedFrame
+            from .fused import FusedFrame, kernels_supported
 
-            self.fused = FusedFrame(model, self.consts, self.branches, compile=opts.compile and self._cuda)
+            kernels = False
+            if opts.kernels is not False:
+                why = kernels_supported(model)
+                if why is not None and opts.kernels:
+                    raise ValueError(
+                        f"EngineOptions.kernels=True, but the depformer kernels cannot run: {why}"
+                    )
+                kernels = why is None and (opts.kernels or self._cuda)
+            self.fused = FusedFrame(model, self.consts, self.branches, compile=opts.compile and self._cuda,
+                                    kernels=kernels, capacity=opts.capacity)
         self.lead_steps = 0
         self.kv_buckets = sorted({b for b in opts.kv_buckets if 0 < b < self.max_steps} | {self.max_steps})
         # Host mirror of each slot's next cache slot (never below the device's): picks the step's length.

@@ -26,11 +26,12 @@ import torch
 import torch.nn.functional as F
 
 from .model import DecoderCache, DecoderStepOutput, Dia2Model, apply_rope
+from .sampling import race_rows
 
 if TYPE_CHECKING:
     from .frame import FrameBuffers, FrameConstants
 
-__all__ = ["FusedFrame"]
+__all__ = ["DepformerKernels", "FusedFrame", "choose_token", "code_update_fn", "kernels_supported"]
 
 logger = logging.getLogger(__name__)
 
@@ -102,19 +103,19 @@ def _stage_in(branches: int) -> Callable[..., torch.Tensor]:
     return stage_in
 
 
-def _head_sample(
-    eps: float, branches: int, vocab_limit: int, filter_k: int, max_top_k: int
+def choose_token(
+    branches: int, vocab_limit: int, filter_k: int, max_top_k: int
 ) -> Callable[..., torch.Tensor]:
-    """Final norm, codebook head, CFG candidate filter and top-k sampling: ``sampling.cfg_filter_rows``
-    and ``sampling.sample_rows`` in one function, with the exponential noise passed in (drawn eagerly
-    once per frame, so the compiled code holds no RNG state)."""
+    """CFG candidate filter and top-k sampling over float32 ``logits [N*branches, >= vocab_limit]``:
+    ``sampling.cfg_filter_rows`` and ``sampling.race_rows`` with the exponential noise ``[N, vocab_limit]``
+    passed in (drawn eagerly once per frame, so compiled code holds no RNG state). Shared with the
+    kernels' tests (dia2/kernels.py implements the same rule)."""
 
-    def head_sample(
-        x: torch.Tensor, norm: torch.Tensor, head: torch.Tensor, scale: torch.Tensor,
-        temperature: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor,
+    def choose(
+        logits: torch.Tensor, scale: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+        noise: torch.Tensor,
     ) -> torch.Tensor:
-        logits = F.linear(F.rms_norm(x, (x.shape[-1],), norm, eps), head).float()[:, :vocab_limit]
-        logits = logits.view(-1, branches, vocab_limit)
+        logits = logits[:, :vocab_limit].reshape(-1, branches, vocab_limit)
         cond = logits[:, 0]
         if branches > 1 and filter_k > 0:
             guided = torch.lerp(logits[:, 1], cond, scale.view(-1, 1).float())
@@ -122,22 +123,28 @@ def _head_sample(
             threshold = torch.topk(guided, k=k, dim=-1, sorted=False).values[..., -1:]
             filtered = torch.where(guided >= threshold, cond, torch.full_like(cond, float("-inf")))
             cond = torch.where((scale != 1.0).view(-1, 1), filtered, cond)
-        greedy = cond.argmax(dim=-1)
-        probs = torch.softmax(cond / temperature.clamp_min(1e-6).view(-1, 1), dim=-1)
-        probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)
-        k = min(max_top_k, vocab_limit)
-        top_p, top_i = torch.topk(probs, k, dim=-1)
-        rank = torch.arange(k, device=x.device).view(1, -1)
-        limit = torch.where((top_k <= 0) | (top_k > k), k, top_k).view(-1, 1)
-        top_p = torch.where(rank < limit, top_p, torch.zeros_like(top_p))
-        draw = (top_p / noise).argmax(dim=-1, keepdim=True)
-        sampled = top_i.gather(-1, draw).squeeze(-1)
-        return torch.where(temperature <= 0, greedy, sampled)
+        return race_rows(cond, temperature, top_k, max_top_k, noise)
+
+    return choose
+
+
+def _head_sample(
+    eps: float, branches: int, vocab_limit: int, filter_k: int, max_top_k: int
+) -> Callable[..., torch.Tensor]:
+    """Final norm, codebook head, then :func:`choose_token`, in one function."""
+    choose = choose_token(branches, vocab_limit, filter_k, max_top_k)
+
+    def head_sample(
+        x: torch.Tensor, norm: torch.Tensor, head: torch.Tensor, scale: torch.Tensor,
+        temperature: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor,
+    ) -> torch.Tensor:
+        logits = F.linear(F.rms_norm(x, (x.shape[-1],), norm, eps), head).float()
+        return choose(logits, scale, temperature, top_k, noise)
 
     return head_sample
 
 
-def _code_update(ring_len: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
+def code_update_fn(ring_len: int) -> Callable[..., tuple[torch.Tensor, torch.Tensor, torch.Tensor]]:
     """``frame._write_code`` without the store: returns (flat ring index, value to store, token the
     frame really has). The caller scatters eagerly (no compiled mutation)."""
 
@@ -163,7 +170,10 @@ class FusedFrame:
     differ only in which weights they get (layer i, stage s) reuse one artifact.
     """
 
-    def __init__(self, model: Dia2Model, consts: FrameConstants, branches: int, *, compile: bool) -> None:
+    def __init__(
+        self, model: Dia2Model, consts: FrameConstants, branches: int, *, compile: bool,
+        kernels: bool = False, capacity: int = 0,
+    ) -> None:
         cfg = model.config
         eps = cfg.model.normalization_layer_epsilon
         dec, dep = cfg.model.decoder, cfg.model.depformer
@@ -217,7 +227,7 @@ class FusedFrame:
             "head_sample": _head_sample(
                 eps, branches, depf.vocab_limit, consts.cfg_filter_k, consts.max_top_k
             ),
-            "code_update": _code_update(consts_ring_len()),
+            "code_update": code_update_fn(consts_ring_len()),
         }
         if compile:
             import torch._dynamo as dynamo
@@ -227,6 +237,9 @@ class FusedFrame:
             dynamo.config.cache_size_limit = max(dynamo.config.cache_size_limit, 64)
             fns = {name: torch.compile(fn, fullgraph=True) for name, fn in fns.items()}
         self.fn = fns
+        self.kernels: DepformerKernels | None = None
+        if kernels:
+            self.kernels = DepformerKernels(model, consts, branches, capacity)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -263,12 +276,15 @@ class FusedFrame:
         self, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None = None
     ) -> None:
         """Codebooks 1..K-1 for every call of ``buf`` (``frame.depformer_phase``'s stage loop)."""
+        if self.kernels is not None:
+            self.kernels.run(buf, gen)
+            return
         depf = self.model.depformer
         n = buf.step.shape[0]
         dtype = buf.hidden.dtype
-        k = min(consts.max_top_k, depf.vocab_limit)
         # One draw of Exp(1) noise for all stages (one kernel instead of 31).
-        noise = torch.empty(self.depth, n, k, device=buf.hidden.device).exponential_(generator=gen)
+        noise = torch.empty(self.depth, n, depf.vocab_limit, device=buf.hidden.device)
+        noise.exponential_(generator=gen)
         extra0 = torch.zeros((), dtype=dtype, device=buf.hidden.device)
         if self.text_embed is not None:
             extra0 = self.text_embed(buf.text_in[:, 0], buf.text_in[:, 1])
@@ -301,6 +317,127 @@ class FusedFrame:
                 ring, buf.step, buf.known, buf.active, self.stage_delay[s], self.stage_k[s], token
             )
             ring.scatter_(1, index, store)
+
+
+def kernels_supported(model: Dia2Model) -> str | None:
+    """Why :class:`DepformerKernels` cannot run this model here (None: it can)."""
+    if model.device.type != "cuda" and not _triton_interpreting():
+        return "needs CUDA (or TRITON_INTERPRET=1)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed"
+    if tuple(model.config.model.depformer.mlp_activations) != ("silu", "linear"):
+        return "the kernels implement the SiLU-gated MLP only"
+    return None
+
+
+def _triton_interpreting() -> bool:
+    import os
+
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+class DepformerKernels:
+    """The depformer stage loop on :mod:`dia2.kernels`: 22 launches per stage (see that module).
+
+    Scratch buffers are allocated once for ``capacity`` calls and sliced per batch bucket, so every
+    captured graph keeps pointing at the same storage. The depformer's own K/V cache lives here too:
+    32 slots per layer (a power of two for the attention kernel; stage s uses slot s).
+    The projection of the decoder's hidden state through ``depformer_in`` depends only on the weight
+    group, not the stage, so it is computed once per frame for every group (Dia2-2B: 5 groups instead
+    of 31 projections).
+    """
+
+    def __init__(self, model: Dia2Model, consts: FrameConstants, branches: int, capacity: int) -> None:
+        from . import kernels
+
+        self.k = kernels
+        cfg = model.config
+        dep = cfg.model.depformer
+        depf = model.depformer
+        self.model, self.branches = model, branches
+        self.eps = cfg.model.normalization_layer_epsilon
+        self.depth = depf.depth
+        self.vocab_limit = depf.vocab_limit
+        self.filter_k = min(consts.cfg_filter_k, depf.vocab_limit)
+        self.top = min(consts.max_top_k, depf.vocab_limit)
+        self.delays = [int(d) for d in consts.delays.tolist()]
+        groups = list(dict.fromkeys(depf.schedule))
+        self.group_of = [groups.index(g) for g in depf.schedule]
+        self.dim = dep.n_embd
+        self.w_in = torch.cat([depf.depformer_in[g].weight for g in groups]).contiguous()
+        self.layers = [
+            (lay.pre_norm.weight, [lay.self_attention.in_proj[g].weight for g in groups],
+             lay.self_attention.q_norm.weight, lay.self_attention.k_norm.weight,
+             [lay.self_attention.out_proj[g].weight for g in groups],
+             lay.post_norm.weight, lay.mlp.wi.weight, lay.mlp.wo.weight)
+            for lay in depf.layers
+        ]
+        self.tables = [depf.audio_embeds[s].weight for s in range(self.depth)]
+        self.heads = [depf.logits[s].weight for s in range(self.depth)]
+        self.final_norm = depf.norm.weight
+        self.text_embed = depf.text_embed
+        dtype, dev = model.dtype, model.device
+        if dep.apply_rope:
+            self.cos = depf.rope_cos.to(dtype).contiguous()
+            self.sin = depf.rope_sin.to(dtype).contiguous()
+        else:
+            self.cos = torch.ones(self.depth, dep.gqa_head_dim, dtype=dtype, device=dev)
+            self.sin = torch.zeros(self.depth, dep.gqa_head_dim, dtype=dtype, device=dev)
+        rows = capacity * branches
+        heads, hd = dep.gqa_query_heads, dep.gqa_head_dim
+        slots = 1 << max(0, (self.depth - 1).bit_length())
+        vocab = depf.logits[0].weight.shape[0]
+
+        def alloc(*shape: int, dt: torch.dtype = dtype) -> torch.Tensor:
+            return torch.zeros(*shape, dtype=dt, device=dev)
+
+        self.x = alloc(rows, self.dim)
+        self.din = alloc(rows, len(groups) * self.dim)
+        self.qkv = alloc(rows, 3 * heads * hd)
+        self.attn = alloc(rows, heads * hd)
+        self.hid = alloc(rows, dep.n_hidden)
+        self.logits = alloc(rows, vocab, dt=torch.float32)
+        self.keys = alloc(dep.n_layer, rows, heads, slots, hd)
+        self.values = alloc(dep.n_layer, rows, heads, slots, hd)
+        self.prev = torch.zeros(capacity, dtype=torch.long, device=dev)
+
+    def run(self, buf: FrameBuffers, gen: torch.Generator | None) -> None:
+        k, eps, br = self.k, self.eps, self.branches
+        n = buf.step.shape[0]
+        r = n * br
+        x, din, qkv, attn, hid, logits = (t[:r] for t in (self.x, self.din, self.qkv, self.attn, self.hid,
+                                                            self.logits))
+        keys, values, prev = self.keys[:, :r], self.values[:, :r], self.prev[:n]
+        noise = torch.empty(self.depth, n, self.vocab_limit, device=x.device).exponential_(generator=gen)
+        k.linear(buf.hidden, self.w_in, din)
+        d = self.dim
+        extra: torch.Tensor | float = 0.0
+        if self.text_embed is not None:
+            extra = self.text_embed(buf.text_in[:, 0], buf.text_in[:, 1])
+        g0 = self.group_of[0]
+        x.copy_(din[:, g0 * d : (g0 + 1) * d] + (F.embedding(buf.code.repeat_interleave(br), self.tables[0])
+                                                  + extra))
+        ring = buf.ring
+        for s in range(self.depth):
+            g = self.group_of[s]
+            for i, (pre, w_qkv, qn, kn, w_o, post, wi, wo) in enumerate(self.layers):
+                k.linear(x, w_qkv[g], qkv, norm=pre, eps=eps)
+                k.attention_stage(qkv, keys[i], values[i], qn, kn, self.cos, self.sin, attn, s, eps)
+                k.linear(attn, w_o[g], x, residual=x)
+                k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True)
+                k.linear(hid, wo, x, residual=x)
+            k.linear(x, self.heads[s], logits, norm=self.final_norm, eps=eps)
+            last = s + 1 == self.depth
+            gn = self.group_of[s + 1] if not last else 0
+            k.sample_stage(
+                logits, buf.cfg_scale, buf.audio.temperature, buf.audio.top_k, noise[s], ring, buf.step,
+                buf.known, buf.active, prev, codebook=s + 1, delay=self.delays[s + 1], branches=br,
+                vocab_limit=self.vocab_limit, filter_k=self.filter_k, top_k_cap=self.top,
+                next_din=None if last else din[:, gn * d : (gn + 1) * d],
+                next_table=None if last else self.tables[s + 1], x=None if last else x,
+            )
 
 
 def consts_ring_len() -> int:

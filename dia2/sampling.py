@@ -134,24 +134,33 @@ def sample_rows(
 ) -> torch.Tensor:
     """One id per row of ``logits [N, V]`` with per-row temperature / top-k, entirely on the device.
 
-    The draw is exponential-race (``argmax(p / E)``, ``E ~ Exp(1)``), which picks id i with probability
-    p_i like ``torch.multinomial`` but needs no host sync and is CUDA-graph capturable. Greedy rows take
-    the argmax of the logits, exactly as :func:`sample` does.
+    The draw is exponential-race (``argmax(p / E)``, ``E ~ Exp(1)`` per id), which picks id i with
+    probability p_i like ``torch.multinomial`` but needs no host sync and is CUDA-graph capturable. Greedy
+    rows take the argmax of the logits, exactly as :func:`sample` does.
     """
+    noise = torch.empty_like(logits, dtype=torch.float32).exponential_(generator=generator)
+    return race_rows(logits, params.temperature, params.top_k, max_top_k, noise)
+
+
+def race_rows(
+    logits: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor, max_top_k: int, noise: torch.Tensor
+) -> torch.Tensor:
+    """:func:`sample_rows` with the Exp(1) draw ``noise [N, V]`` given (one value per id).
+
+    The candidates are the ids whose probability is at least the row's top_k-th largest (``top_k`` <= 0
+    or above ``max_top_k`` → ``max_top_k``); a tie at that boundary keeps every tied id. The rule is
+    stated on values, not on a sort order, so ``dia2/kernels.py`` implements it exactly without a sort."""
     logits = logits.float()
     greedy = logits.argmax(dim=-1)
-    temp = params.temperature.clamp_min(1e-6).view(-1, 1)
-    probs = torch.softmax(logits / temp, dim=-1)
+    probs = torch.softmax(logits / temperature.clamp_min(1e-6).view(-1, 1), dim=-1)
     probs = torch.nan_to_num(probs, nan=0.0, posinf=0.0, neginf=0.0)
     k = min(max_top_k, probs.shape[-1])
-    top_p, top_i = torch.topk(probs, k, dim=-1)
-    rank = torch.arange(k, device=logits.device).view(1, -1)
-    limit = torch.where((params.top_k <= 0) | (params.top_k > k), k, params.top_k).view(-1, 1)
-    top_p = torch.where(rank < limit, top_p, torch.zeros_like(top_p))
-    noise = torch.empty_like(top_p).exponential_(generator=generator)
-    draw = (top_p / noise).argmax(dim=-1, keepdim=True)
-    sampled = top_i.gather(-1, draw).squeeze(-1)
-    return torch.where(params.temperature <= 0, greedy, sampled)
+    best = torch.topk(probs, k, dim=-1).values
+    limit = torch.where((top_k <= 0) | (top_k > k), k, top_k).view(-1, 1)
+    threshold = best.gather(-1, limit - 1)
+    kept = torch.where(probs >= threshold, probs, torch.zeros_like(probs))
+    sampled = (kept / noise[:, : probs.shape[-1]]).argmax(dim=-1)
+    return torch.where(temperature <= 0, greedy, sampled)
 
 
 def mask_audio_specials_rows(logits: torch.Tensor, audio_pad: int, audio_bos: int) -> torch.Tensor:

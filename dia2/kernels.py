@@ -1,0 +1,351 @@
+"""Triton kernels for the depformer: a stage in 22 launches instead of ~84.
+
+Why: at one call a Dia2-2B frame is bound by kernel *count*, not bytes (docs/PERFORMANCE.md,
+"Per-phase breakdown"). The compiled torch path (``dia2/fused.py``) still issues ~84 kernels per
+depformer stage, 2,600 per frame, most of them a few microseconds of launch and tail for a few
+kilobytes of work, plus cuBLAS GEMVs that reach a fraction of the bandwidth at two rows. Here every
+projection is one kernel with its neighbours folded in (RMSNorm in the prologue; the residual add or
+the SwiGLU gate in the epilogue), the attention over the stage's 31 slots is one kernel (QK-norm, RoPE,
+cache write, softmax), and the head's CFG filter, top-k sampling, ring update and the *next* stage's
+input are one kernel per call. Per stage: 4 layers x 5 + head + sample = 22 launches.
+
+The math is :mod:`dia2.fused`'s, rounding included where it is cheap to keep: each projection's fp32
+accumulator is rounded to the weight dtype before the epilogue, as ``F.linear`` then ``+`` would.
+Tested against the torch path on the CPU through Triton's interpreter (``TRITON_INTERPRET=1``,
+tests/dia2/test_kernels.py) and on CUDA (token-exact in float32 on the fixture,
+tests/dia2/test_engine_gpu.py).
+
+This module imports Triton at import time; callers import it only when they use it (CUDA + Triton).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import triton
+import triton.language as tl
+
+__all__ = ["LinearBlocks", "attention_stage", "linear", "sample_stage"]
+
+
+def _interpreting() -> bool:
+    return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+@dataclass(frozen=True)
+class LinearBlocks:
+    """Tile sizes of :func:`linear`: M rows per program (>= 16 for tensor cores; small batches are
+    padded by masking), N outputs per program, K per loop iteration."""
+
+    m: int
+    n: int
+    k: int
+    warps: int = 4
+    stages: int = 3
+
+
+def pick_blocks(m: int, n: int, k: int) -> LinearBlocks:
+    """Memory-bound at small ``m``: many narrow column tiles so every SM streams weights; wider tiles
+    once the batch makes the multiply itself count."""
+    bk = min(256, max(16, triton.next_power_of_2(k)))
+    if _interpreting():  # numpy runs each program in turn: few, large tiles are what is fast there
+        return LinearBlocks(max(16, triton.next_power_of_2(m)), min(4096, triton.next_power_of_2(n)),
+                            max(16, triton.next_power_of_2(k)))
+    if m <= 16:
+        return LinearBlocks(16, 16, bk)
+    if m <= 32:
+        return LinearBlocks(32, 32, min(bk, 128))
+    if m <= 64:
+        return LinearBlocks(64, 32, min(bk, 128))
+    return LinearBlocks(64, 64, min(bk, 64), warps=4, stages=4)
+
+
+@triton.jit
+def _linear_kernel(
+    x_ptr, w_ptr, y_ptr, nw_ptr, res_ptr,
+    M, N, stride_xm, stride_wn, stride_ym, stride_rm, up_offset, eps,
+    K: tl.constexpr, HAS_NORM: tl.constexpr, SWIGLU: tl.constexpr, HAS_RES: tl.constexpr, IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    rk = tl.arange(0, BLOCK_K)
+    m_ok = rm < M
+    n_ok = rn < N
+    wdt = w_ptr.dtype.element_ty
+    if HAS_NORM:
+        # RMSNorm of each input row, recomputed per program: the rows are a few KB and sit in L2.
+        ss = tl.zeros([BLOCK_M], dtype=tl.float32)
+        for k0 in range(0, K, BLOCK_K):
+            ks = k0 + rk
+            xt = tl.load(x_ptr + rm[:, None] * stride_xm + ks[None, :],
+                         mask=m_ok[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
+            ss += tl.sum(xt * xt, axis=1)
+        rstd = 1.0 / tl.sqrt(ss / K + eps)
+    acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    acc_up = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
+    for k0 in range(0, K, BLOCK_K):
+        ks = k0 + rk
+        k_ok = ks < K
+        xt = tl.load(x_ptr + rm[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
+                     other=0.0)
+        if HAS_NORM:
+            nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
+            xt = (xt.to(tl.float32) * rstd[:, None] * nw[None, :]).to(wdt)
+        else:
+            xt = xt.to(wdt)
+        wt = tl.load(w_ptr + rn[:, None] * stride_wn + ks[None, :], mask=n_ok[:, None] & k_ok[None, :],
+                     other=0.0)
+        if IEEE:  # float32 weights: a true float32 product, not TF32
+            acc = tl.dot(xt.to(tl.float32), tl.trans(wt.to(tl.float32)), acc, input_precision="ieee")
+        else:
+            acc = tl.dot(xt, tl.trans(wt), acc)
+        if SWIGLU:
+            ut = tl.load(w_ptr + (rn + up_offset)[:, None] * stride_wn + ks[None, :],
+                         mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            if IEEE:
+                acc_up = tl.dot(xt.to(tl.float32), tl.trans(ut.to(tl.float32)), acc_up,
+                                input_precision="ieee")
+            else:
+                acc_up = tl.dot(xt, tl.trans(ut), acc_up)
+    # Round to the weight dtype first, as F.linear's output would be.
+    out = acc.to(wdt).to(tl.float32)
+    if SWIGLU:
+        up = acc_up.to(wdt).to(tl.float32)
+        out = out / (1.0 + tl.exp(-out)) * up
+    mask = m_ok[:, None] & n_ok[None, :]
+    if HAS_RES:
+        res = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0)
+        out = res.to(tl.float32) + out.to(wdt).to(tl.float32)
+    out = out.to(wdt)
+    tl.store(y_ptr + rm[:, None] * stride_ym + rn[None, :], out.to(y_ptr.dtype.element_ty), mask=mask)
+
+
+def linear(
+    x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, *, norm: torch.Tensor | None = None,
+    eps: float = 1e-6, residual: torch.Tensor | None = None, swiglu: bool = False,
+    blocks: LinearBlocks | None = None,
+) -> torch.Tensor:
+    """``out = [residual +] epilogue(rms_norm(x, norm) @ w.T)``.
+
+    ``swiglu``: ``w`` holds [gate; up] rows and ``out = silu(x @ gate.T) * (x @ up.T)`` (half the rows).
+    ``residual`` may be ``out`` itself (each output tile is read and written by one program only).
+    Rows of ``x``/``out``/``residual`` need unit stride along the last dimension.
+    """
+    m, k = x.shape
+    n = w.shape[0] // 2 if swiglu else w.shape[0]
+    assert w.shape[1] == k and out.shape == (m, n), (x.shape, w.shape, out.shape)
+    assert x.stride(1) == 1 and w.stride(1) == 1 and out.stride(1) == 1
+    b = blocks or pick_blocks(m, n, k)
+    grid = (triton.cdiv(n, b.n), triton.cdiv(m, b.m))
+    res = residual if residual is not None else out
+    _linear_kernel[grid](
+        x, w, out, norm if norm is not None else w, res,
+        m, n, x.stride(0), w.stride(0), out.stride(0), res.stride(0), n, eps, K=k,
+        HAS_NORM=norm is not None, SWIGLU=swiglu, HAS_RES=residual is not None,
+        # Triton's CPU interpreter multiplies bfloat16 tiles wrongly; there the product runs in float32
+        # (exact products of bf16 values, float32 sums: what the tensor cores do too).
+        IEEE=w.dtype == torch.float32 or _interpreting(),
+        BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_K=b.k, num_warps=b.warps, num_stages=b.stages,
+    )
+    return out
+
+
+@triton.jit
+def _attention_kernel(
+    qkv_ptr, kc_ptr, vc_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, out_ptr,
+    stage, eps, stride_qkv, stride_out, stride_cr, stride_ch, stride_cs,
+    HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, SLOTS: tl.constexpr,
+):
+    """One (row, head): QK-RMSNorm, RoPE at position ``stage``, K/V into cache slot ``stage``, softmax
+    attention over slots 0..stage (scale 1.0), output into ``out[row, head]``."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    d = tl.arange(0, BLOCK_HALF)
+    dm = d < HALF
+    dim = 2 * HALF
+    dt = qkv_ptr.dtype.element_ty
+    base = qkv_ptr + row * stride_qkv + head * dim
+    q1 = tl.load(base + d, mask=dm, other=0.0).to(tl.float32)
+    q2 = tl.load(base + HALF + d, mask=dm, other=0.0).to(tl.float32)
+    k1 = tl.load(base + HEADS * dim + d, mask=dm, other=0.0).to(tl.float32)
+    k2 = tl.load(base + HEADS * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
+    v1 = tl.load(base + 2 * HEADS * dim + d, mask=dm, other=0.0)
+    v2 = tl.load(base + 2 * HEADS * dim + HALF + d, mask=dm, other=0.0)
+    qr = 1.0 / tl.sqrt((tl.sum(q1 * q1, axis=0) + tl.sum(q2 * q2, axis=0)) / dim + eps)
+    kr = 1.0 / tl.sqrt((tl.sum(k1 * k1, axis=0) + tl.sum(k2 * k2, axis=0)) / dim + eps)
+    q1 = (q1 * qr * tl.load(qn_ptr + d, mask=dm, other=0.0).to(tl.float32)).to(dt)
+    q2 = (q2 * qr * tl.load(qn_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)).to(dt)
+    k1 = (k1 * kr * tl.load(kn_ptr + d, mask=dm, other=0.0).to(tl.float32)).to(dt)
+    k2 = (k2 * kr * tl.load(kn_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)).to(dt)
+    c1 = tl.load(cos_ptr + stage * dim + d, mask=dm, other=0.0).to(tl.float32)
+    c2 = tl.load(cos_ptr + stage * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
+    s1 = tl.load(sin_ptr + stage * dim + d, mask=dm, other=0.0).to(tl.float32)
+    s2 = tl.load(sin_ptr + stage * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
+    # Rotate-half RoPE: [x1, x2] * cos + [-x2, x1] * sin.
+    rq1 = (q1.to(tl.float32) * c1 - q2.to(tl.float32) * s1).to(dt).to(tl.float32)
+    rq2 = (q2.to(tl.float32) * c2 + q1.to(tl.float32) * s2).to(dt).to(tl.float32)
+    rk1 = (k1.to(tl.float32) * c1 - k2.to(tl.float32) * s1).to(dt)
+    rk2 = (k2.to(tl.float32) * c2 + k1.to(tl.float32) * s2).to(dt)
+    cache = row * stride_cr + head * stride_ch
+    tl.store(kc_ptr + cache + stage * stride_cs + d, rk1, mask=dm)
+    tl.store(kc_ptr + cache + stage * stride_cs + HALF + d, rk2, mask=dm)
+    tl.store(vc_ptr + cache + stage * stride_cs + d, v1, mask=dm)
+    tl.store(vc_ptr + cache + stage * stride_cs + HALF + d, v2, mask=dm)
+    # Earlier stages' keys from the cache; this stage's from registers (no read-after-write).
+    s = tl.arange(0, SLOTS)
+    earlier = (s < stage)[:, None] & dm[None, :]
+    this = (s == stage)[:, None]
+    kp = kc_ptr + cache + s[:, None] * stride_cs + d[None, :]
+    vp = vc_ptr + cache + s[:, None] * stride_cs + d[None, :]
+    key1 = tl.where(this, rk1[None, :], tl.load(kp, mask=earlier, other=0.0)).to(tl.float32)
+    key2 = tl.where(this, rk2[None, :], tl.load(kp + HALF, mask=earlier, other=0.0)).to(tl.float32)
+    val1 = tl.where(this, v1[None, :], tl.load(vp, mask=earlier, other=0.0)).to(tl.float32)
+    val2 = tl.where(this, v2[None, :], tl.load(vp + HALF, mask=earlier, other=0.0)).to(tl.float32)
+    score = tl.sum(key1 * rq1[None, :], axis=1) + tl.sum(key2 * rq2[None, :], axis=1)
+    score = tl.where(s <= stage, score, float("-inf"))
+    p = tl.exp(score - tl.max(score, axis=0))
+    p = p / tl.sum(p, axis=0)
+    o1 = tl.sum(p[:, None] * val1, axis=0)
+    o2 = tl.sum(p[:, None] * val2, axis=0)
+    ob = out_ptr + row * stride_out + head * dim
+    tl.store(ob + d, o1.to(out_ptr.dtype.element_ty), mask=dm)
+    tl.store(ob + HALF + d, o2.to(out_ptr.dtype.element_ty), mask=dm)
+
+
+def attention_stage(
+    qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
+    cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, stage: int, eps: float,
+) -> torch.Tensor:
+    """``qkv [R, 3*H*Dh]`` (q, k, v blocks) → ``out [R, H*Dh]``; ``keys``/``values [R, H, S, Dh]`` (S a
+    power of two > stage) get slot ``stage``; ``cos``/``sin [depth, Dh]``."""
+    rows, heads, slots, dim = keys.shape
+    assert qkv.shape == (rows, 3 * heads * dim) and out.shape == (rows, heads * dim)
+    assert slots == triton.next_power_of_2(slots) and stage < slots and dim % 2 == 0
+    assert keys.stride(3) == 1 and keys.stride() == values.stride()
+    half = dim // 2
+    _attention_kernel[(rows, heads)](
+        qkv, keys, values, q_norm, k_norm, cos, sin, out,
+        stage, eps, qkv.stride(0), out.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
+        HEADS=heads, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), SLOTS=slots, num_warps=4,
+    )
+    return out
+
+
+@triton.jit
+def _kth_largest_key(key, valid, k, lo, hi, ITERS: tl.constexpr):
+    """Largest t in [lo, hi] with at least ``k`` valid keys >= t, i.e. the k-th largest key (int64
+    keys; bisection: ITERS = ceil(log2(hi - lo + 1)) rounds of one compare and one count each)."""
+    for _ in range(ITERS):
+        mid = (lo + hi + 1) // 2
+        enough = tl.sum(tl.where(valid & (key >= mid), 1, 0), axis=0) >= k
+        lo = tl.where(enough, mid, lo)
+        hi = tl.where(enough, hi, mid - 1)
+    return lo
+
+
+@triton.jit
+def _sample_kernel(
+    logits_ptr, scale_ptr, temp_ptr, topk_ptr, noise_ptr,
+    ring_ptr, step_ptr, known_ptr, active_ptr, code_ptr,
+    din_ptr, table_ptr, x_ptr,
+    stride_l, stride_noise, stride_ring_n, ring_k_offset, delay,
+    stride_din, stride_x, dim,
+    BRANCHES: tl.constexpr, VLIM: tl.constexpr, BLOCK_V: tl.constexpr, FILTER_K: tl.constexpr,
+    TOPK: tl.constexpr, RING: tl.constexpr, HAS_NEXT: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """One call: CFG candidate filter, top-k sampling by exponential race, the ring write of the
+    sampled (or known) code, and the next stage's input rows ``din + table[token]``.
+
+    The k-th largest values are found by bisection over the values' bit patterns (no sort): a float's
+    bits, with the non-sign bits flipped for negatives, order like the float."""
+    n = tl.program_id(0)
+    v = tl.arange(0, BLOCK_V)
+    vm = v < VLIM
+    ninf = float("-inf")
+    cond = tl.load(logits_ptr + (n * BRANCHES) * stride_l + v, mask=vm, other=ninf).to(tl.float32)
+    if BRANCHES > 1 and FILTER_K > 0:
+        unc = tl.load(logits_ptr + (n * BRANCHES + 1) * stride_l + v, mask=vm, other=ninf).to(tl.float32)
+        scale = tl.load(scale_ptr + n)
+        # torch.lerp(unc, cond, scale), both of its formulas.
+        diff = cond - unc
+        guided = tl.where(scale < 0.5, unc + scale * diff, cond - diff * (1.0 - scale))
+        bits = guided.to(tl.int32, bitcast=True)
+        key = tl.where(bits >= 0, bits, bits ^ 0x7FFFFFFF).to(tl.int64)
+        lo = tl.full((), -(2**31), tl.int64)
+        hi = tl.full((), 2**31 - 1, tl.int64)
+        threshold = _kth_largest_key(key, vm, FILTER_K, lo, hi, 32)
+        filtered = tl.where(key >= threshold, cond, ninf)
+        cond = tl.where(scale != 1.0, filtered, cond)
+    greedy = tl.argmax(cond, axis=0, tie_break_left=True)
+    temp = tl.load(temp_ptr + n)
+    z = cond / tl.maximum(temp, 1e-6)
+    z = z - tl.max(z, axis=0)
+    e = tl.where(vm, tl.exp(z), 0.0)
+    probs = e / tl.sum(e, axis=0)
+    probs = tl.where(probs == probs, probs, 0.0)  # NaN (every logit -inf) → 0, as nan_to_num
+    k_req = tl.load(topk_ptr + n)
+    limit = tl.where((k_req <= 0) | (k_req > TOPK), TOPK, k_req)
+    pkey = probs.to(tl.int32, bitcast=True).to(tl.int64)  # probabilities are >= 0: bits order like values
+    lo = tl.full((), 0, tl.int64)
+    hi = tl.full((), 0x3F800000, tl.int64)  # the bits of 1.0
+    pthreshold = _kth_largest_key(pkey, vm, limit, lo, hi, 30)
+    noise = tl.load(noise_ptr + n * stride_noise + v, mask=vm, other=1.0)
+    race = tl.where(vm & (pkey >= pthreshold), probs, 0.0) / noise
+    sampled = tl.argmax(race, axis=0, tie_break_left=True)
+    token = tl.where(temp <= 0.0, greedy, sampled).to(tl.int64)
+    # Ring write (frame._write_code): known frames keep their code, others get the sample.
+    frame = tl.load(step_ptr + n) + 1 - delay
+    slot = ((frame % RING) + RING) % RING
+    rp = ring_ptr + n * stride_ring_n + ring_k_offset + slot
+    old = tl.load(rp)
+    forced = (frame < tl.load(known_ptr + n)) & (frame >= 0)
+    active = tl.load(active_ptr + n) != 0
+    keep = forced | (frame < 0) | (active == 0)
+    tl.store(rp, tl.where(keep, old, token))
+    prev = tl.where(forced, old, token)
+    tl.store(code_ptr + n, prev)
+    if HAS_NEXT:
+        dd = tl.arange(0, BLOCK_D)
+        dmask = dd < dim
+        emb = tl.load(table_ptr + prev * dim + dd, mask=dmask, other=0.0).to(tl.float32)
+        for b in tl.static_range(BRANCHES):
+            r = n * BRANCHES + b
+            din = tl.load(din_ptr + r * stride_din + dd, mask=dmask, other=0.0).to(tl.float32)
+            tl.store(x_ptr + r * stride_x + dd, (din + emb).to(x_ptr.dtype.element_ty), mask=dmask)
+
+
+def sample_stage(
+    logits: torch.Tensor, cfg_scale: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+    noise: torch.Tensor, ring: torch.Tensor, step: torch.Tensor, known: torch.Tensor, active: torch.Tensor,
+    code: torch.Tensor, *, codebook: int, delay: int, branches: int, vocab_limit: int, filter_k: int,
+    top_k_cap: int,
+    next_din: torch.Tensor | None = None, next_table: torch.Tensor | None = None,
+    x: torch.Tensor | None = None,
+) -> None:
+    """For each of the ``N`` calls: choose codebook ``codebook``'s token from ``logits [N*branches, V]``
+    (float32; ``noise [N, >= vocab_limit]`` is the Exp(1) draw per id, see ``sampling.race_rows``),
+    write it into ``ring [N, K, RING]`` (long) like ``frame._write_code``, put the frame's
+    real token in ``code [N]`` and, when ``next_din`` is given, the next stage's input
+    ``x[r] = next_din[r] + next_table[code[r // branches]]``."""
+    n = code.shape[0]
+    top = min(top_k_cap, vocab_limit)
+    assert logits.shape[0] == n * branches and logits.stride(1) == 1 and noise.stride(1) == 1
+    assert noise.shape[1] >= vocab_limit
+    assert (ring.is_contiguous() and 0 < filter_k <= vocab_limit) or filter_k == 0
+    has_next = next_din is not None
+    dim = next_table.shape[1] if next_table is not None else 1
+    _sample_kernel[(n,)](
+        logits, cfg_scale, temperature, top_k, noise,
+        ring, step, known, active, code,
+        next_din if has_next else logits, next_table if has_next else logits, x if has_next else logits,
+        logits.stride(0), noise.stride(0), ring.stride(0), codebook * ring.stride(1), delay,
+        next_din.stride(0) if has_next else 0, x.stride(0) if has_next else 0, dim,
+        BRANCHES=branches, VLIM=vocab_limit, BLOCK_V=triton.next_power_of_2(vocab_limit),
+        FILTER_K=filter_k if branches > 1 else 0, TOPK=top, RING=ring.shape[2], HAS_NEXT=has_next,
+        BLOCK_D=triton.next_power_of_2(dim), num_warps=8,
+    )

@@ -1,0 +1,161 @@
+"""dia2/kernels.py: each Triton kernel against the torch math it replaces, and the depformer on the
+kernels against the compiled-path functions of dia2/fused.py (token-exact in float32).
+
+Without CUDA the kernels run in Triton's CPU interpreter (``TRITON_INTERPRET=1``, set below before
+dia2.kernels is imported): the same kernel source, executed with numpy. On CUDA the same tests run
+compiled, and tests/dia2/test_engine_gpu.py checks the engine's default (kernel) path against the
+parity loop.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+if not torch.cuda.is_available():
+    os.environ["TRITON_INTERPRET"] = "1"
+
+from dia2 import kernels
+from dia2.engine import Engine, EngineOptions, SpeakOptions
+from dia2.frame import RING
+from dia2.fused import choose_token, code_update_fn
+from dia2.model import apply_rope
+from dia2.reference import ReferenceFixture
+from dia2.runtime import Dia2
+from dia2.sampling import SamplingParams
+
+DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+TOL = {torch.float32: 2e-6, torch.bfloat16: 2e-2}
+
+
+def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
+    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+@pytest.mark.parametrize("rows", [2, 6, 40])
+def test_linear_prologue_and_epilogues_match_torch(dtype: torch.dtype, rows: int) -> None:
+    gen = torch.Generator().manual_seed(rows)
+    k, n = 48, 40  # not multiples of the tiles: the masks matter
+    x = torch.randn(rows, k, generator=gen).to(DEV, dtype)
+    w = (torch.randn(2 * n, k, generator=gen) / 7).to(DEV, dtype)
+    nw = (torch.rand(k, generator=gen) + 0.5).to(DEV, dtype)
+    res = torch.randn(rows, 2 * n, generator=gen).to(DEV, dtype)
+
+    out = kernels.linear(x, w, torch.empty(rows, 2 * n, dtype=dtype, device=DEV), norm=nw, eps=1e-6)
+    assert _rel(out, F.linear(F.rms_norm(x, (k,), nw, 1e-6), w)) < TOL[dtype]
+    inplace = res.clone()
+    kernels.linear(x, w, inplace, residual=inplace)
+    assert _rel(inplace, res + F.linear(x, w)) < TOL[dtype]
+    gated = kernels.linear(x, w, torch.empty(rows, n, dtype=dtype, device=DEV), swiglu=True)
+    proj = F.linear(x, w).unflatten(-1, (2, n))
+    assert _rel(gated, F.silu(proj[..., 0, :]) * proj[..., 1, :]) < TOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_attention_stage_matches_sdpa_with_cache(dtype: torch.dtype) -> None:
+    """Stage by stage, the kernel's output equals QK-norm + RoPE + SDPA over the slots so far, and the
+    cache holds each stage's rotated key and value."""
+    gen = torch.Generator().manual_seed(3)
+    rows, heads, hd, depth, slots, eps = 4, 2, 8, 5, 8, 1e-5
+    qn = (torch.rand(hd, generator=gen) + 0.5).to(DEV, dtype)
+    kn = (torch.rand(hd, generator=gen) + 0.5).to(DEV, dtype)
+    pos = torch.arange(depth).float()[:, None] / (10.0 ** (torch.arange(hd // 2).float() / hd))[None, :]
+    cos = torch.cat([pos.cos(), pos.cos()], -1).to(DEV, dtype)
+    sin = torch.cat([pos.sin(), pos.sin()], -1).to(DEV, dtype)
+    keys = torch.zeros(rows, heads, slots, hd, dtype=dtype, device=DEV)
+    values = torch.zeros_like(keys)
+    ref_k, ref_v = [], []
+    for s in range(depth):
+        qkv = torch.randn(rows, 3 * heads * hd, generator=gen).to(DEV, dtype)
+        out = kernels.attention_stage(qkv, keys, values, qn, kn, cos, sin,
+                                      torch.empty(rows, heads * hd, dtype=dtype, device=DEV), s, eps)
+        q, k, v = qkv.view(rows, 1, 3, heads, hd).unbind(2)
+        q = apply_rope(F.rms_norm(q, (hd,), qn, eps).transpose(1, 2), cos[s], sin[s])
+        k = apply_rope(F.rms_norm(k, (hd,), kn, eps).transpose(1, 2), cos[s], sin[s])
+        ref_k.append(k)
+        ref_v.append(v.transpose(1, 2))
+        want = F.scaled_dot_product_attention(q, torch.cat(ref_k, 2), torch.cat(ref_v, 2), scale=1.0)
+        assert _rel(out, want.transpose(1, 2).reshape(rows, -1)) < TOL[dtype], s
+        assert _rel(keys[:, :, : s + 1], torch.cat(ref_k, 2)) < TOL[dtype]
+        assert torch.equal(values[:, :, s], v.transpose(1, 2)[:, :, 0])
+
+
+@pytest.mark.parametrize("scale", [1.0, 2.0, 0.3])
+@pytest.mark.parametrize("temperature", [0.0, 0.8])
+def test_sample_stage_matches_head_sample_and_ring_write(scale: float, temperature: float) -> None:
+    """Same logits and noise → the same token as dia2/fused.py's head_sample, the same ring write as
+    code_update (including known frames, frames before 0 and inactive calls), and the next stage's input."""
+    gen = torch.Generator().manual_seed(int(10 * scale + temperature * 3))
+    n, br, vocab, limit, top, depth = 6, 2, 2050, 2048, 64, 4
+    logits = (3 * torch.randn(n * br, vocab, generator=gen)).to(DEV)
+    noise = torch.empty(n, limit).exponential_(generator=gen).to(DEV)
+    cfg = torch.full((n,), scale, device=DEV)
+    temp = torch.full((n,), temperature, device=DEV)
+    top_k = torch.tensor([50, 0, 1, 64, 100, 7], device=DEV)
+    ring = torch.randint(0, limit, (n, depth, RING), generator=gen).to(DEV)
+    step = torch.tensor([30, 30, 5, 40, 18, 60], device=DEV)
+    known = torch.tensor([0, 100, 0, 30, 0, 61], device=DEV)
+    active = torch.tensor([True, True, True, False, True, True], device=DEV)
+    delay, book = 18, 2
+    table = torch.randn(vocab, 8, generator=gen).to(DEV)
+    din = torch.randn(n * br, 8, generator=gen).to(DEV)
+
+    want_ring = ring.clone()
+    token = choose_token(br, limit, 50, top)(logits, cfg, temp, top_k, noise)
+    index, store, prev = code_update_fn(RING)(
+        want_ring.view(n, -1), step, known, active, torch.tensor(delay, device=DEV),
+        torch.tensor(book, device=DEV), token,
+    )
+    want_ring.view(n, -1).scatter_(1, index, store)
+    assert bool((prev != token).any()) and bool((prev == token).any())  # both branches exercised
+
+    code = torch.empty(n, dtype=torch.long, device=DEV)
+    x = torch.empty(n * br, 8, device=DEV)
+    kernels.sample_stage(logits, cfg, temp, top_k, noise, ring, step, known, active, code,
+                         codebook=book, delay=delay, branches=br, vocab_limit=limit, filter_k=50,
+                         top_k_cap=top,
+                         next_din=din, next_table=table, x=x)
+    assert torch.equal(code, prev)
+    assert torch.equal(ring, want_ring)
+    assert torch.equal(x, din + table[prev.repeat_interleave(br)])
+
+
+def _engine(runtime: Dia2, kernels_on: bool) -> Engine:
+    engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
+                    EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, fused=True,
+                                  kernels=kernels_on, seed=7, cuda_graphs=False, lead_in_lane=False))
+    assert (engine.fused is not None and engine.fused.kernels is not None) == kernels_on
+    return engine
+
+
+@pytest.mark.parametrize("case", ["cfg", "sampled"])
+def test_engine_on_kernels_writes_the_same_codes(
+    runtime: Dia2, reference: ReferenceFixture, case: str
+) -> None:
+    """Two engines in lock step, depformer on the kernels vs on the torch functions: after every step
+    the rings of recent frames (every codebook the depformer wrote) are identical, for the fixture's
+    CFG case (greedy) and for production sampling (same seed, so the same noise) over two calls. The
+    interpreter is slow, so: through the lead-in (no depformer) and three full frames past it."""
+    opts = reference.options("cfg")
+    script = reference.inputs["cases"]["cfg"]["script"]
+    speak = SpeakOptions(opts.text, opts.audio, opts.cfg_scale)
+    calls = 1
+    if case == "sampled":
+        speak = SpeakOptions(SamplingParams(0.6, 50), SamplingParams(0.8, 50), 2.0)
+        calls = 2
+    engines = [_engine(runtime, False), _engine(runtime, True)]
+    for engine in engines:
+        for _ in range(calls):
+            engine.speak(engine.open_call(), script, lambda chunk: None, speak)
+    depformer_steps = 0
+    while depformer_steps < 3:
+        for engine in engines:
+            assert engine.step()
+        torch_ring, kernel_ring = (e.buf.ring for e in engines)
+        assert torch.equal(kernel_ring, torch_ring), engines[0].steps_run
+        depformer_steps = engines[0].steps_run - engines[0].lead_steps
+    assert engines[1].steps_run - engines[1].lead_steps == 3
