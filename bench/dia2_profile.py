@@ -77,17 +77,21 @@ def step_ms(engine: Engine, steps: int) -> float:
 
 
 def profile_variant(
-    model: Any, ids: Any, enc: Any, mimi: Any, fused: bool, counts: list[int]
+    model: Any, ids: Any, enc: Any, mimi: Any, variant: str, counts: list[int]
 ) -> dict[str, Any]:
+    """``eager``: the model's modules; ``fused``: dia2/fused.py compiled, depformer on torch;
+    ``kernels``: fused + the depformer on dia2/kernels.py (the CUDA default)."""
+    fused = variant != "eager"
     from dia2_speed import start_reply, ttfa_warm
 
     t0 = time.perf_counter()
     cap = max(counts)
     engine = Engine(model, ids, enc, mimi, EngineOptions(
         capacity=cap, cfg=True, buckets=tuple(counts), seed=0, fused=fused, compile=fused,
+        kernels=variant == "kernels",
     ))
     out: dict[str, Any] = {"startup_s": time.perf_counter() - t0, "graph_errors": engine.graph_errors}
-    logger.info("fused=%s: engine ready in %.1f s", fused, out["startup_s"])
+    logger.info("%s: engine ready in %.1f s", variant, out["startup_s"])
     opts = SpeakOptions()
     for n in counts:
         calls = [engine.open_call() for _ in range(n)]
@@ -117,7 +121,7 @@ def profile_variant(
                 lambda v=view: depformer_phase(engine.model, v, engine.consts, None, engine.fused))
             row["kernels_lead_tail"] = count_kernels(lambda v=view: finish_phase(v, engine.consts))
             row["kernels_mimi"] = count_kernels(lambda m=n: engine._decode_audio(m))
-        logger.info("fused=%s %s", fused, row)
+        logger.info("%s %s", variant, row)
         out[f"calls_{n}"] = row
         for c in calls:
             engine.close_call(c)
@@ -128,7 +132,7 @@ def profile_variant(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--variants", default="eager,fused")
+    p.add_argument("--variants", default="fused,kernels", help="any of eager, fused, kernels")
     p.add_argument("--calls", default="1,64")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
@@ -143,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
     }
     for variant in args.variants.split(","):
         try:
-            result[variant] = profile_variant(model, ids, enc, mimi, variant == "fused", counts)
+            result[variant] = profile_variant(model, ids, enc, mimi, variant, counts)
         except Exception as exc:  # keep the other variant's numbers
             logger.exception("variant %s failed", variant)
             result[variant] = {"error": repr(exc)}
@@ -157,7 +161,7 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for n in counts:
             x = r[f"calls_{n}"]
-            print(f"{variant:6s} {n:4d}  {x['step_ms_lead_in']:7.2f} {x['step_ms_steady']:7.2f} "
+            print(f"{variant:7s} {n:4d}  {x['step_ms_lead_in']:7.2f} {x['step_ms_steady']:7.2f} "
                   f"{x['main_ms']:6.2f} "
                   f"{x['depformer_ms']:6.2f} {x['lead_tail_ms']:6.3f} {x['mimi_ms'] or 0:6.2f} "
                   f"{x['host_and_sync_ms']:6.2f} | {x['kernels_main']['kernels']}/"

@@ -124,6 +124,12 @@ def test_sample_stage_matches_head_sample_and_ring_write(scale: float, temperatu
     assert torch.equal(x, din + table[prev.repeat_interleave(br)])
 
 
+@pytest.fixture(scope="module")
+def here(runtime: Dia2, reference: ReferenceFixture) -> Dia2:
+    """The fixture runtime on the device the kernels run on (CUDA when there is one)."""
+    return runtime if DEV.type == "cpu" else reference.load_runtime("cuda", "float32")
+
+
 def _engine(runtime: Dia2, kernels_on: bool) -> Engine:
     engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
                     EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, fused=True,
@@ -133,9 +139,7 @@ def _engine(runtime: Dia2, kernels_on: bool) -> Engine:
 
 
 @pytest.mark.parametrize("case", ["cfg", "sampled"])
-def test_engine_on_kernels_writes_the_same_codes(
-    runtime: Dia2, reference: ReferenceFixture, case: str
-) -> None:
+def test_engine_on_kernels_writes_the_same_codes(here: Dia2, reference: ReferenceFixture, case: str) -> None:
     """Two engines in lock step, depformer on the kernels vs on the torch functions: after every step
     the rings of recent frames (every codebook the depformer wrote) are identical, for the fixture's
     CFG case (greedy) and for production sampling (same seed, so the same noise) over two calls. The
@@ -147,7 +151,7 @@ def test_engine_on_kernels_writes_the_same_codes(
     if case == "sampled":
         speak = SpeakOptions(SamplingParams(0.6, 50), SamplingParams(0.8, 50), 2.0)
         calls = 2
-    engines = [_engine(runtime, False), _engine(runtime, True)]
+    engines = [_engine(here, False), _engine(here, True)]
     for engine in engines:
         for _ in range(calls):
             engine.speak(engine.open_call(), script, lambda chunk: None, speak)
