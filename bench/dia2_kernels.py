@@ -105,7 +105,7 @@ def main(argv: list[str] | None = None) -> int:
             timings = sorted(timings + [(timed(b), b) for b in launch_candidates(timings[0][1])],
                              key=lambda t: t[0])
             best_us, best = timings[0]
-            default_us = timed(kernels.pick_blocks(rows, n // 2 if swiglu else n, k))
+            default_us = timed(kernels.pick_blocks(rows, n // 2 if swiglu else n, k, n))
             gb = w.numel() * 2 / 1e9
             row = {
                 "shape": name, "rows": rows, "n": n, "k": k, "cublas_us": round(cublas, 2),

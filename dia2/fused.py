@@ -18,6 +18,7 @@ as the modules, and compiled it differs only in float rounding order.
 
 from __future__ import annotations
 
+import itertools
 import logging
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any
@@ -31,7 +32,9 @@ from .sampling import race_rows
 if TYPE_CHECKING:
     from .frame import FrameBuffers, FrameConstants
 
-__all__ = ["DepformerKernels", "FusedFrame", "choose_token", "code_update_fn", "kernels_supported"]
+__all__ = [
+    "DepformerKernels", "FusedFrame", "MainKernels", "choose_token", "code_update_fn", "kernels_supported",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -120,7 +123,7 @@ def choose_token(
         if branches > 1 and filter_k > 0:
             guided = torch.lerp(logits[:, 1], cond, scale.view(-1, 1).float())
             k = min(filter_k, vocab_limit)
-            threshold = torch.topk(guided, k=k, dim=-1, sorted=False).values[..., -1:]
+            threshold = torch.topk(guided, k=k, dim=-1, sorted=True).values[..., -1:]  # k-th largest
             filtered = torch.where(guided >= threshold, cond, torch.full_like(cond, float("-inf")))
             cond = torch.where((scale != 1.0).view(-1, 1), filtered, cond)
         return race_rows(cond, temperature, top_k, max_top_k, noise)
@@ -238,8 +241,10 @@ class FusedFrame:
             fns = {name: torch.compile(fn, fullgraph=True) for name, fn in fns.items()}
         self.fn = fns
         self.kernels: DepformerKernels | None = None
+        self.main_kernels: MainKernels | None = None
         if kernels:
             self.kernels = DepformerKernels(model, consts, branches, capacity)
+            self.main_kernels = MainKernels(model, capacity * branches)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -247,6 +252,8 @@ class FusedFrame:
         self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
     ) -> DecoderStepOutput:
         """``MainDecoder.forward`` with the layers through the shared functions."""
+        if self.main_kernels is not None:
+            return self.main_kernels.run(tokens, positions, cache_index, cache)
         tr = self.model.transformer
         dtype = tr.norm.weight.dtype
         x = tr.embed(tokens)
@@ -438,6 +445,86 @@ class DepformerKernels:
                 next_din=None if last else din[:, gn * d : (gn + 1) * d],
                 next_table=None if last else self.tables[s + 1], x=None if last else x,
             )
+
+
+def stacked_rows(*params: torch.nn.Parameter) -> torch.Tensor:
+    """One ``[sum(rows), in]`` matrix holding ``params`` one after another, without a second copy: the
+    parameters are re-pointed at views of it (same values), so the model and the kernels share memory."""
+    first = params[0]
+    total = sum(p.shape[0] for p in params)
+    base = first.untyped_storage().data_ptr()
+    adjacent = all(p.is_contiguous() and p.untyped_storage().data_ptr() == base for p in params) and all(
+        b.data_ptr() == a.data_ptr() + a.numel() * a.element_size() for a, b in itertools.pairwise(params)
+    )
+    if adjacent:  # already stacked (an earlier engine on the same model did it)
+        return first.data.as_strided((total, first.shape[1]), (first.shape[1], 1))
+    stacked = torch.cat([p.data for p in params]).contiguous()
+    start = 0
+    for p in params:
+        p.data = stacked[start : start + p.shape[0]]
+        start += p.shape[0]
+    return stacked
+
+
+class MainKernels:
+    """The main decoder's 28 layers on :mod:`dia2.kernels`: per layer one projection for q/k/v (RMSNorm
+    folded in), one kernel for QK-norm + RoPE + the cache write, SDPA, and three projections (output +
+    residual, norm + gate/up + SwiGLU, MLP output + residual): 6 launches plus SDPA, instead of ~25.
+
+    The q/k/v weights are stacked into one matrix per layer (the module's three parameters become views
+    of it, no extra memory); activations live in scratch buffers sized for ``rows`` decoder rows, so
+    captured graphs keep pointing at the same storage."""
+
+    def __init__(self, model: Dia2Model, rows: int) -> None:
+        from . import kernels
+
+        self.k = kernels
+        cfg = model.config
+        dec = cfg.model.decoder
+        self.model = model
+        self.eps = cfg.model.normalization_layer_epsilon
+        self.qh, self.kvh, self.hd = dec.gqa_query_heads, dec.kv_heads, dec.gqa_head_dim
+        tr = model.transformer
+        self.layers = [
+            (lay.pre_norm.weight, stacked_rows(lay.attn.q_proj.weight, lay.attn.k_proj.weight,
+                                               lay.attn.v_proj.weight),
+             lay.attn.q_norm.weight, lay.attn.k_norm.weight, lay.attn.o_proj.weight, lay.post_norm.weight,
+             lay.mlp.wi.weight, lay.mlp.wo.weight)
+            for lay in tr.layers
+        ]
+        dtype, dev = model.dtype, model.device
+        self.x = torch.zeros(rows, dec.n_embd, dtype=dtype, device=dev)
+        self.qkv = torch.zeros(rows, (self.qh + 2 * self.kvh) * self.hd, dtype=dtype, device=dev)
+        self.q = torch.zeros(rows, self.qh, self.hd, dtype=dtype, device=dev)
+        self.hid = torch.zeros(rows, dec.n_hidden, dtype=dtype, device=dev)
+
+    def run(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
+    ) -> DecoderStepOutput:
+        k, eps = self.k, self.eps
+        tr = self.model.transformer
+        r = tokens.shape[0]
+        x, qkv, q, hid = self.x[:r], self.qkv[:r], self.q[:r], self.hid[:r]
+        x.copy_(tr.embed(tokens))
+        slots = torch.arange(cache.max_steps, device=tokens.device)
+        valid = (slots[None, :] <= cache_index[:, None])[:, None, None, :]
+        for i, (pre, w_qkv, qn, kn, w_o, post, wi, wo) in enumerate(self.layers):
+            keys, values = cache.keys[i], cache.values[i]
+            k.linear(x, w_qkv, qkv, norm=pre, eps=eps)
+            k.qk_rope_cache(qkv, q, keys, values, qn, kn, tr.rope_cos, tr.rope_sin, positions, cache_index,
+                            eps)
+            a = F.scaled_dot_product_attention(
+                q.unsqueeze(2), keys, values, attn_mask=valid, scale=1.0, enable_gqa=self.qh != self.kvh
+            )
+            k.linear(a.reshape(r, self.qh * self.hd), w_o, x, residual=x)
+            k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True)
+            k.linear(hid, wo, x, residual=x)
+        hidden = tr.norm(x)
+        return DecoderStepOutput(
+            hidden=hidden,
+            action_logits=tr.action_head(hidden).float(),
+            cb0_logits=tr.cb0_head(hidden).float(),
+        )
 
 
 def consts_ring_len() -> int:

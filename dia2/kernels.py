@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["LinearBlocks", "attention_stage", "linear", "sample_stage"]
+__all__ = ["LinearBlocks", "attention_stage", "linear", "qk_rope_cache", "sample_stage"]
 
 
 def _interpreting() -> bool:
@@ -46,14 +46,32 @@ class LinearBlocks:
     stages: int = 3
 
 
-def pick_blocks(m: int, n: int, k: int) -> LinearBlocks:
+# Best tilings at one call (2 rows) on an H100, per (outputs, inputs): bench/dia2_kernels.py,
+# docs/results/2026-11-25-h100-dia2-kernel-tiles.json. (n, k, warps, stages)
+TUNED_SMALL: dict[tuple[int, int], tuple[int, int, int, int]] = {
+    (3072, 1024): (32, 512, 4, 3),  # depformer q/k/v
+    (1024, 1024): (16, 128, 4, 4),  # depformer attention output
+    (3072 * 2, 1024): (32, 256, 4, 3),  # depformer gate/up (SwiGLU: n = rows of w)
+    (1024, 3072): (16, 256, 4, 4),  # depformer MLP output
+    (2050, 1024): (16, 512, 4, 4),  # depformer codebook head
+    (4096, 2048): (32, 512, 4, 4),  # main q/k/v
+    (2048, 2048): (16, 128, 4, 3),  # main attention output
+    (6144 * 2, 2048): (32, 256, 4, 3),  # main gate/up
+    (2048, 6144): (16, 256, 4, 3),  # main MLP output
+}
+
+
+def pick_blocks(m: int, n: int, k: int, w_rows: int | None = None) -> LinearBlocks:
     """Memory-bound at small ``m``: many narrow column tiles so every SM streams weights; wider tiles
-    once the batch makes the multiply itself count."""
+    once the batch makes the multiply itself count. ``w_rows``: rows of the weight (2n for SwiGLU)."""
     bk = min(256, max(16, triton.next_power_of_2(k)))
     if _interpreting():  # numpy runs each program in turn: few, large tiles are what is fast there
         return LinearBlocks(max(16, triton.next_power_of_2(m)), min(4096, triton.next_power_of_2(n)),
                             max(16, triton.next_power_of_2(k)))
     if m <= 16:
+        tuned = TUNED_SMALL.get((w_rows or n, k))
+        if tuned is not None:
+            return LinearBlocks(16, *tuned)
         return LinearBlocks(16, 16, bk)
     if m <= 32:
         return LinearBlocks(32, 32, min(bk, 128))
@@ -140,7 +158,7 @@ def linear(
     n = w.shape[0] // 2 if swiglu else w.shape[0]
     assert w.shape[1] == k and out.shape == (m, n), (x.shape, w.shape, out.shape)
     assert x.stride(1) == 1 and w.stride(1) == 1 and out.stride(1) == 1
-    b = blocks or pick_blocks(m, n, k)
+    b = blocks or pick_blocks(m, n, k, w.shape[0])
     grid = (triton.cdiv(n, b.n), triton.cdiv(m, b.m))
     res = residual if residual is not None else out
     _linear_kernel[grid](
@@ -231,9 +249,76 @@ def attention_stage(
     _attention_kernel[(rows, heads)](
         qkv, keys, values, q_norm, k_norm, cos, sin, out,
         stage, eps, qkv.stride(0), out.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
-        HEADS=heads, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), SLOTS=slots, num_warps=4,
+        HEADS=heads, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), SLOTS=slots, num_warps=2,
     )
     return out
+
+
+@triton.jit
+def _qk_rope_cache_kernel(
+    qkv_ptr, q_ptr, kc_ptr, vc_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, pos_ptr, index_ptr, eps,
+    stride_qkv, stride_q, stride_cr, stride_ch, stride_cs,
+    QH: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+):
+    """Main decoder, one (row, head): QK-RMSNorm and RoPE at the row's position; query heads go to
+    ``q [R, QH, Dh]``, key/value heads into the cache at the row's slot."""
+    row = tl.program_id(0)
+    head = tl.program_id(1)
+    d = tl.arange(0, BLOCK_HALF)
+    dm = d < HALF
+    dim = 2 * HALF
+    dt = qkv_ptr.dtype.element_ty
+    pos = tl.load(pos_ptr + row)
+    c1 = tl.load(cos_ptr + pos * dim + d, mask=dm, other=0.0).to(dt).to(tl.float32)
+    c2 = tl.load(cos_ptr + pos * dim + HALF + d, mask=dm, other=0.0).to(dt).to(tl.float32)
+    s1 = tl.load(sin_ptr + pos * dim + d, mask=dm, other=0.0).to(dt).to(tl.float32)
+    s2 = tl.load(sin_ptr + pos * dim + HALF + d, mask=dm, other=0.0).to(dt).to(tl.float32)
+    is_q = head < QH
+    src = qkv_ptr + row * stride_qkv + head * dim  # q heads, then k heads: contiguous in qkv
+    x1 = tl.load(src + d, mask=dm, other=0.0).to(tl.float32)
+    x2 = tl.load(src + HALF + d, mask=dm, other=0.0).to(tl.float32)
+    r = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / dim + eps)
+    w1 = tl.where(is_q, tl.load(qn_ptr + d, mask=dm, other=0.0), tl.load(kn_ptr + d, mask=dm, other=0.0))
+    w2 = tl.where(is_q, tl.load(qn_ptr + HALF + d, mask=dm, other=0.0),
+                  tl.load(kn_ptr + HALF + d, mask=dm, other=0.0))
+    n1 = (x1 * r * w1.to(tl.float32)).to(dt).to(tl.float32)
+    n2 = (x2 * r * w2.to(tl.float32)).to(dt).to(tl.float32)
+    o1 = (n1 * c1 - n2 * s1).to(dt)
+    o2 = (n2 * c2 + n1 * s2).to(dt)
+    if is_q:
+        dst = q_ptr + row * stride_q + head * dim
+        tl.store(dst + d, o1, mask=dm)
+        tl.store(dst + HALF + d, o2, mask=dm)
+    else:
+        kh = head - QH
+        slot = tl.load(index_ptr + row)
+        at = row * stride_cr + kh * stride_ch + slot * stride_cs
+        tl.store(kc_ptr + at + d, o1, mask=dm)
+        tl.store(kc_ptr + at + HALF + d, o2, mask=dm)
+        vsrc = qkv_ptr + row * stride_qkv + (QH + KVH) * dim + kh * dim
+        tl.store(vc_ptr + at + d, tl.load(vsrc + d, mask=dm, other=0.0), mask=dm)
+        tl.store(vc_ptr + at + HALF + d, tl.load(vsrc + HALF + d, mask=dm, other=0.0), mask=dm)
+
+
+def qk_rope_cache(
+    qkv: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_norm: torch.Tensor,
+    k_norm: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
+    cache_index: torch.Tensor, eps: float,
+) -> torch.Tensor:
+    """``qkv [R, (QH + 2*KVH)*Dh]`` → ``q [R, QH, Dh]`` (normed, rotated) and the rotated key / the value
+    of each row into ``keys``/``values [R, KVH, S, Dh]`` at slot ``cache_index[r]``; ``cos``/``sin``
+    ``[positions, Dh]`` (any float dtype: rounded to the activations' dtype, as the module does)."""
+    rows, qh, dim = q.shape
+    kvh = keys.shape[1]
+    assert qkv.shape == (rows, (qh + 2 * kvh) * dim) and keys.stride() == values.stride()
+    assert keys.stride(3) == 1 and q.stride(2) == 1 and qkv.stride(1) == 1 and dim % 2 == 0
+    half = dim // 2
+    _qk_rope_cache_kernel[(rows, qh + kvh)](
+        qkv, q, keys, values, q_norm, k_norm, cos, sin, positions, cache_index, eps,
+        qkv.stride(0), q.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
+        QH=qh, KVH=kvh, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), num_warps=1,
+    )
+    return q
 
 
 @triton.jit
@@ -347,5 +432,7 @@ def sample_stage(
         next_din.stride(0) if has_next else 0, x.stride(0) if has_next else 0, dim,
         BRANCHES=branches, VLIM=vocab_limit, BLOCK_V=triton.next_power_of_2(vocab_limit),
         FILTER_K=filter_k if branches > 1 else 0, TOPK=top, RING=ring.shape[2], HAS_NEXT=has_next,
-        BLOCK_D=triton.next_power_of_2(dim), num_warps=8,
+        # One warp: the ~60 bisection rounds are each a reduction; inside one warp that is register
+        # shuffles, across warps a shared-memory barrier per round (8 warps measured ~60 us a stage).
+        BLOCK_D=triton.next_power_of_2(dim), num_warps=1,
     )

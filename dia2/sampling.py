@@ -117,14 +117,16 @@ class RowSampling:
 
 def cfg_filter_rows(logits: torch.Tensor, scale: torch.Tensor, filter_k: int) -> torch.Tensor:
     """Batched :func:`cfg_filter`: ``logits [N, 2, V]`` (per call: conditional, unconditional) and
-    ``scale [N]`` → ``[N, V]``. Same threshold rule (last of the unsorted top-k); calls whose scale is 1
-    get their conditional logits unfiltered, as the one-call loop does."""
+    ``scale [N]`` → ``[N, V]``. The threshold is the k-th largest guided value (:func:`cfg_filter` with
+    ``exact_topk=True``): the engine's paths (this, ``fused.choose_token`` and the Triton kernel) keep
+    exactly the best ``filter_k`` on every device, where upstream's rule depends on CUDA's unsorted top-k
+    order. Calls whose scale is 1 get their conditional logits unfiltered, as the one-call loop does."""
     cond = logits[:, 0].float()
     if logits.shape[1] < 2 or filter_k <= 0:
         return cond
     guided = torch.lerp(logits[:, 1].float(), cond, scale.view(-1, 1).float())
     k = min(filter_k, guided.shape[-1])
-    threshold = torch.topk(guided, k=k, dim=-1, sorted=False).values[..., -1:]
+    threshold = torch.topk(guided, k=k, dim=-1, sorted=True).values[..., -1:]
     filtered = torch.where(guided >= threshold, cond, torch.full_like(cond, float("-inf")))
     return torch.where((scale != 1.0).view(-1, 1), filtered, cond)
 

@@ -84,6 +84,36 @@ def test_attention_stage_matches_sdpa_with_cache(dtype: torch.dtype) -> None:
         assert torch.equal(values[:, :, s], v.transpose(1, 2)[:, :, 0])
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_qk_rope_cache_matches_the_main_layer(dtype: torch.dtype) -> None:
+    """Main decoder (GQA): normed, rotated queries out; each row's rotated key and its value land in
+    the cache at that row's slot, nothing else in the cache changes."""
+    gen = torch.Generator().manual_seed(5)
+    rows, qh, kvh, hd, slots, eps = 3, 4, 2, 8, 16, 1e-5
+    qkv = torch.randn(rows, (qh + 2 * kvh) * hd, generator=gen).to(DEV, dtype)
+    qn = (torch.rand(hd, generator=gen) + 0.5).to(DEV, dtype)
+    kn = (torch.rand(hd, generator=gen) + 0.5).to(DEV, dtype)
+    pos = torch.arange(40).float()[:, None] / (10.0 ** (torch.arange(hd // 2).float() / hd))[None, :]
+    cos, sin = torch.cat([pos.cos()] * 2, -1).to(DEV), torch.cat([pos.sin()] * 2, -1).to(DEV)
+    positions = torch.tensor([0, 7, 39], device=DEV)
+    index = torch.tensor([3, 0, 15], device=DEV)
+    keys = torch.randn(rows, kvh, slots, hd, generator=gen).to(DEV, dtype)
+    values = torch.randn(rows, kvh, slots, hd, generator=gen).to(DEV, dtype)
+    want_k, want_v = keys.clone(), values.clone()
+    q = kernels.qk_rope_cache(qkv, torch.empty(rows, qh, hd, dtype=dtype, device=DEV), keys, values, qn, kn,
+                              cos, sin, positions, index, eps)
+    c, s_ = cos[positions].to(dtype)[:, None, :], sin[positions].to(dtype)[:, None, :]
+    q_ref, k_ref, v_ref = qkv.split([qh * hd, kvh * hd, kvh * hd], dim=1)
+    q_ref = apply_rope(F.rms_norm(q_ref.view(rows, qh, hd), (hd,), qn, eps), c, s_)
+    k_ref = apply_rope(F.rms_norm(k_ref.view(rows, kvh, hd), (hd,), kn, eps), c, s_)
+    for r in range(rows):
+        want_k[r, :, index[r]] = k_ref[r]
+        want_v[r, :, index[r]] = v_ref.view(rows, kvh, hd)[r]
+    assert _rel(q, q_ref) < TOL[dtype]
+    assert _rel(keys, want_k) < TOL[dtype]
+    assert torch.equal(values, want_v)
+
+
 @pytest.mark.parametrize("scale", [1.0, 2.0, 0.3])
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_sample_stage_matches_head_sample_and_ring_write(scale: float, temperature: float) -> None:
