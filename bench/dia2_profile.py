@@ -64,7 +64,15 @@ def count_kernels(fn: Any) -> dict[str, float]:
         torch.cuda.synchronize()
     kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
     total = sum(e.device_time for e in kernels) / 1000.0
-    return {"kernels": len(kernels), "kernel_ms": total}
+    by_name: dict[str, list[float]] = {}
+    for e in kernels:
+        by_name.setdefault(e.name[:80], []).append(e.device_time)
+    top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
+    return {
+        "kernels": len(kernels), "kernel_ms": total,
+        # Where the kernel time goes: name → (launches, total ms, mean us), the 12 largest.
+        "top": {name: [len(t), round(sum(t) / 1000, 3), round(sum(t) / len(t), 2)] for name, t in top},
+    }
 
 
 def step_ms(engine: Engine, steps: int) -> float:

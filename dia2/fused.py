@@ -492,6 +492,8 @@ class MainKernels:
              lay.mlp.wi.weight, lay.mlp.wo.weight)
             for lay in tr.layers
         ]
+        self.books = len(tr.audio_embeds)
+        self.tables = stacked_rows(*(e.weight for e in tr.audio_embeds))
         dtype, dev = model.dtype, model.device
         self.x = torch.zeros(rows, dec.n_embd, dtype=dtype, device=dev)
         self.qkv = torch.zeros(rows, (self.qh + 2 * self.kvh) * self.hd, dtype=dtype, device=dev)
@@ -505,16 +507,19 @@ class MainKernels:
         tr = self.model.transformer
         r = tokens.shape[0]
         x, qkv, q, hid = self.x[:r], self.qkv[:r], self.q[:r], self.hid[:r]
-        x.copy_(tr.embed(tokens))
+        x.copy_(tr.text_embed(tokens[:, 0], tokens[:, 1]))
+        k.embed_sum(x, tokens, self.tables, 2, self.books)  # 32 lookups and adds: one kernel, not 64
         slots = torch.arange(cache.max_steps, device=tokens.device)
-        valid = (slots[None, :] <= cache_index[:, None])[:, None, None, :]
+        # An additive mask built once per step: a boolean one is converted inside every SDPA call.
+        bias = torch.where(slots[None, :] <= cache_index[:, None], 0.0, float("-inf")).to(x.dtype)
+        bias = bias[:, None, None, :]
         for i, (pre, w_qkv, qn, kn, w_o, post, wi, wo) in enumerate(self.layers):
             keys, values = cache.keys[i], cache.values[i]
             k.linear(x, w_qkv, qkv, norm=pre, eps=eps)
             k.qk_rope_cache(qkv, q, keys, values, qn, kn, tr.rope_cos, tr.rope_sin, positions, cache_index,
                             eps)
             a = F.scaled_dot_product_attention(
-                q.unsqueeze(2), keys, values, attn_mask=valid, scale=1.0, enable_gqa=self.qh != self.kvh
+                q.unsqueeze(2), keys, values, attn_mask=bias, scale=1.0, enable_gqa=self.qh != self.kvh
             )
             k.linear(a.reshape(r, self.qh * self.hd), w_o, x, residual=x)
             k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True)

@@ -27,7 +27,7 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["LinearBlocks", "attention_stage", "linear", "qk_rope_cache", "sample_stage"]
+__all__ = ["LinearBlocks", "attention_stage", "embed_sum", "linear", "qk_rope_cache", "sample_stage"]
 
 
 def _interpreting() -> bool:
@@ -319,6 +319,36 @@ def qk_rope_cache(
         QH=qh, KVH=kvh, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), num_warps=1,
     )
     return q
+
+
+@triton.jit
+def _embed_sum_kernel(
+    x_ptr, tok_ptr, table_ptr, stride_x, stride_tok, first, vocab, dim,
+    BOOKS: tl.constexpr, BLOCK_D: tl.constexpr,
+):
+    """``x[r] += table[k][tokens[r, first + k]]`` for every codebook k, in order, rounding after each
+    add as the module's chain of ``x = x + embedding(...)`` does."""
+    row = tl.program_id(0)
+    d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
+    dm = d < dim
+    acc = tl.load(x_ptr + row * stride_x + d, mask=dm, other=0.0)
+    for k in tl.static_range(BOOKS):
+        tok = tl.load(tok_ptr + row * stride_tok + first + k)
+        e = tl.load(table_ptr + (k * vocab + tok) * dim + d, mask=dm, other=0.0)
+        acc = (acc.to(tl.float32) + e.to(tl.float32)).to(x_ptr.dtype.element_ty)
+    tl.store(x_ptr + row * stride_x + d, acc, mask=dm)
+
+
+def embed_sum(x: torch.Tensor, tokens: torch.Tensor, tables: torch.Tensor, first: int, books: int) -> None:
+    """Add ``books`` codebook embeddings (``tables [books * vocab, D]``, stacked) into ``x [R, D]``."""
+    rows, dim = x.shape
+    vocab = tables.shape[0] // books
+    assert tables.shape[1] == dim and tables.is_contiguous() and x.stride(1) == 1
+    block = min(1024, triton.next_power_of_2(dim))
+    _embed_sum_kernel[(rows, triton.cdiv(dim, block))](
+        x, tokens, tables, x.stride(0), tokens.stride(0), first, vocab, dim, BOOKS=books, BLOCK_D=block,
+        num_warps=4,
+    )
 
 
 @triton.jit

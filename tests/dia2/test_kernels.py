@@ -114,6 +114,21 @@ def test_qk_rope_cache_matches_the_main_layer(dtype: torch.dtype) -> None:
     assert torch.equal(values, want_v)
 
 
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_embed_sum_equals_the_chain_of_adds(dtype: torch.dtype) -> None:
+    """Bit-exact: the module adds one codebook embedding at a time, rounding after each add."""
+    gen = torch.Generator().manual_seed(9)
+    rows, books, vocab, dim = 3, 5, 11, 40
+    tables = torch.randn(books * vocab, dim, generator=gen).to(DEV, dtype)
+    tokens = torch.randint(0, vocab, (rows, 2 + books), generator=gen).to(DEV)
+    x = torch.randn(rows, dim, generator=gen).to(DEV, dtype)
+    want = x.clone()
+    for k in range(books):
+        want = want + tables[k * vocab + tokens[:, 2 + k]]
+    kernels.embed_sum(x, tokens, tables, 2, books)
+    assert torch.equal(x, want)
+
+
 @pytest.mark.parametrize("scale", [1.0, 2.0, 0.3])
 @pytest.mark.parametrize("temperature", [0.0, 0.8])
 def test_sample_stage_matches_head_sample_and_ring_write(scale: float, temperature: float) -> None:
@@ -168,7 +183,15 @@ def _engine(runtime: Dia2, kernels_on: bool) -> Engine:
     return engine
 
 
-@pytest.mark.parametrize("case", ["cfg", "sampled"])
+@pytest.mark.parametrize("case", [
+    "cfg",
+    # Sampled runs are compared where both paths do the same float arithmetic (the interpreter runs the
+    # kernels' ops in the torch path's order). On CUDA the compiled torch functions and the kernels sum
+    # in different orders (~1e-6 apart), and a sampled draw may part at a near-tie of the top-k or CFG
+    # boundary: there the sampler is checked on given logits (test_sample_stage_*) and the engine greedy.
+    pytest.param("sampled", marks=pytest.mark.skipif(
+        DEV.type == "cuda", reason="bit-identical float arithmetic only in the interpreter")),
+])
 def test_engine_on_kernels_writes_the_same_codes(here: Dia2, reference: ReferenceFixture, case: str) -> None:
     """Two engines in lock step, depformer on the kernels vs on the torch functions: after every step
     the rings of recent frames (every codebook the depformer wrote) are identical, for the fixture's

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import re
 import signal
 import sqlite3
@@ -12,6 +13,7 @@ from typing import Any
 import httpx
 import yaml
 
+from .peers import SniffedCall, call_and_sniff
 from .procs import LoggedProcess
 
 
@@ -77,6 +79,36 @@ class Bridge:
             return list(
                 conn.execute("SELECT * FROM call_events WHERE call_id = ? AND kind = ?", (call_id, kind))
             )
+
+    def latency(self, call_id: str) -> dict[str, Any]:
+        """The timings the bridge measured for the call's last reply (its last `latency` event)."""
+        data: dict[str, Any] = json.loads(self.events(call_id, "latency")[-1]["data"])
+        return data
+
+    def sipp_calls(
+        self,
+        scenarios: dict[str, str],
+        *,
+        work: Path,
+        wait_s: float = 60,
+        sipp_timeout_s: int = 40,
+        recorded: str = "completed",
+    ) -> dict[str, SniffedCall]:
+        """SIPp callers at once (`peers.call_and_sniff`), then the bridge's `recorded: <recorded>` line for
+        each call: its row is written once that is logged."""
+        calls = call_and_sniff(
+            self.sip_ports, scenarios, work=work, wait_s=wait_s, sipp_timeout_s=sipp_timeout_s
+        )
+        for _ in calls:
+            self.wait_log(rf"recorded: {recorded}")
+        return calls
+
+    def sipp_call(
+        self, scenario: str, *, work: Path, wait_s: float = 60, recorded: str = "completed"
+    ) -> SniffedCall:
+        """One SIPp caller: `sipp_calls` with one scenario (its files in `work`/caller)."""
+        (call,) = self.sipp_calls({"caller": scenario}, work=work, wait_s=wait_s, recorded=recorded).values()
+        return call
 
     def logged(self, pattern: str, timeout: float = 30) -> None:
         """A line matching `pattern` was logged already (maybe during start) or is logged within `timeout`."""

@@ -23,6 +23,7 @@ import soxr
 
 from audio import g711
 from audio.testsignals import espeak, speech_extent
+from sipbridge.config import CALLS_PER_WORKER
 
 RATE = 8000
 SIPP = "sipp"
@@ -397,6 +398,64 @@ def voiced_packets(packets: list[RtpPacket], threshold: float = 300.0) -> list[R
         if len(x) and np.sqrt(np.mean(x * x)) > threshold:
             out.append(p)
     return out
+
+
+# ------------------------------------------------------------------------------ call and sniff
+
+
+@dataclass
+class SniffedCall:
+    """One SIPp caller's call as it crossed lo: every RTP packet each way, kernel-timestamped."""
+
+    sipp: Sipp
+    media_port: int
+    bot: list[RtpPacket]  # bridge -> caller
+    sent: list[RtpPacket]  # caller -> bridge
+
+    @property
+    def bot_packets_per_s(self) -> float:
+        return (len(self.bot) - 1) / (self.bot[-1].t - self.bot[0].t)
+
+    @property
+    def caller_stop(self) -> float:
+        """When the caller's last voiced packet ended on the wire (it carries 20 ms of audio)."""
+        return voiced_packets(self.sent)[-1].t + 0.02
+
+    def reply(self) -> list[RtpPacket]:
+        """The bot's voiced packets after the caller stopped talking."""
+        stop = self.caller_stop
+        return [p for p in voiced_packets(self.bot) if p.t > stop]
+
+
+def call_and_sniff(
+    ports: list[int],
+    scenarios: dict[str, str],
+    *,
+    work: Path,
+    wait_s: float = 60,
+    sipp_timeout_s: int = 40,
+) -> dict[str, SniffedCall]:
+    """One SIPp caller per scenario, all at once, the i-th to `ports[i // CALLS_PER_WORKER]` (a bridge's
+    workers one after the other, each full), each one's media port sniffed; returns once every SIPp has
+    exited 0."""
+    media = {name: free_media_port() for name in scenarios}
+    with RtpSniffer(set(media.values())) as sniffer:
+        sipps = {
+            name: Sipp.call(
+                scenario,
+                ports[i // CALLS_PER_WORKER],
+                work=work / name,
+                media_port=media[name],
+                timeout_s=sipp_timeout_s,
+            )
+            for i, (name, scenario) in enumerate(scenarios.items())
+        }
+        for name, sipp in sipps.items():
+            assert sipp.wait(wait_s) == 0, (name, sipp.errors())
+    return {
+        name: SniffedCall(sipp, media[name], sniffer.sent_to(media[name]), sniffer.sent_from(media[name]))
+        for name, sipp in sipps.items()
+    }
 
 
 # ------------------------------------------------------------------------------------------ ASR

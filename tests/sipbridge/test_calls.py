@@ -24,7 +24,6 @@ from .peers import (
     Baresip,
     CallerAudio,
     Ears,
-    RtpSniffer,
     Sipp,
     caller_audio,
     decode_stream,
@@ -88,27 +87,22 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
     try:
         baseline = bridge.health()
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
-        media_port = free_media_port()
-        with RtpSniffer({media_port}) as sniffer:
-            sipp = Sipp.call(
-                sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-                bridge.port, work=tmp_path / "sipp", media_port=media_port,
-            )  # fmt: skip
-            assert sipp.wait(60) == 0, sipp.errors()
-        bridge.wait_log(r"recorded: completed")
-        bot, sent = sniffer.sent_to(media_port), sniffer.sent_from(media_port)
+        wire = bridge.sipp_call(
+            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
+            work=tmp_path / "sipp",
+        )
+        bot = wire.bot
 
         # RTP: our codec only, 50 packets/s, 160 samples each.
         assert bot and {p.pt for p in bot} == {0}
-        rate = (len(bot) - 1) / (bot[-1].t - bot[0].t)
+        rate = wire.bot_packets_per_s
         assert 48.5 < rate < 51.5, rate
         assert {len(p.payload) for p in bot} == {160}
 
-        caller_on = voiced_packets(sent)
-        t_start, t_stop = caller_on[0].t, caller_on[-1].t + 0.02
+        t_start, t_stop = voiced_packets(wire.sent)[0].t, wire.caller_stop
         greeting = ears.hear(decode_stream([p for p in bot if p.t < t_start])[0])
         assert "hello" in greeting and ("help" in greeting or "line" in greeting), greeting
-        reply_packets = [p for p in voiced_packets(bot) if p.t > t_stop]
+        reply_packets = wire.reply()
         reply = ears.hear(decode_stream([p for p in bot if p.t > t_stop])[0])
         assert "recorded" in reply or "goodbye" in reply, reply
 
@@ -123,8 +117,7 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
         end_err = turns[1]["end_ms"] - ms(t0, t_stop)
         assert abs(start_err) <= 150 and abs(end_err) <= 150, (turns[1]["start_ms"], turns[1]["end_ms"])
         assert "help" in turns[1]["text"].lower()
-        latency = bridge.events(call["id"], "latency")
-        reply_timing = json.loads(latency[-1]["data"])
+        reply_timing = bridge.latency(call["id"])
         record_result(
             "conversation",
             {
@@ -183,19 +176,12 @@ def test_barge_in_cuts_interruptible_speech_but_not_a_protected_one(tmp_path: Pa
         pcm = np.concatenate([a.pcm, *gap, b.pcm])
         burst_on = (len(a.pcm) + 2.5 * 8000) / 8000
         b_on = (len(pcm) - len(b.pcm)) / 8000 + b.speech_ms[0] / 1000
-        media_port = free_media_port()
         ulaw = tmp_path / "caller.ulaw"
         from audio import g711
 
         ulaw.write_bytes(bytes(g711.ulaw_encode(pcm)))
-        with RtpSniffer({media_port}) as sniffer:
-            sipp = Sipp.call(
-                sipp_scenario(audio=ulaw, hangup="bridge"), bridge.port, work=tmp_path / "sipp",
-                media_port=media_port,
-            )  # fmt: skip
-            assert sipp.wait(60) == 0, sipp.errors()
-        bridge.wait_log(r"recorded: completed")
-        bot, sent = sniffer.sent_to(media_port), sniffer.sent_from(media_port)
+        wire = bridge.sipp_call(sipp_scenario(audio=ulaw, hangup="bridge"), work=tmp_path / "sipp")
+        bot, sent = wire.bot, wire.sent
         t0 = sent[0].t
         caller_on = voiced_packets(sent)
         tb = next(p.t for p in caller_on if p.t - t0 > b_on - 0.1)  # caller b's onset on the wire
@@ -257,16 +243,13 @@ def test_dtmf_reaches_the_agent_and_caller_bye_cleans_up(tmp_path: Path) -> None
         baseline = bridge.health()
         ulaw = tmp_path / "silence.ulaw"
         ulaw.write_bytes(b"\xff" * 8000 * 5)
-        media_port = free_media_port()
-        sipp = Sipp.call(
+        bridge.sipp_call(
             sipp_scenario(
                 audio=ulaw, dtmf_pcap=Path("/usr/share/sip-tester/dtmf_2833_1.pcap"), dtmf_at_ms=1500,
                 hangup="caller", talk_ms=2500, codec="PCMA",
             ),
-            bridge.port, work=tmp_path / "sipp", media_port=media_port,
+            work=tmp_path / "sipp", recorded=r"completed \(remote",
         )  # fmt: skip
-        assert sipp.wait(60) == 0, sipp.errors()
-        bridge.wait_log(r"recorded: completed \(remote")
         (call,) = bridge.calls()
         assert call["codec"] == "PCMA"
         bridge.logged(rf"sip udp 127\.0\.0\.1:{bridge.port} tcp {bridge.port}")
@@ -285,12 +268,11 @@ def test_hangup_before_the_callers_ack_waits_for_it(tmp_path: Path) -> None:
     flow = {"greeting": {"say": " ", "hangup": True}}  # nothing to say: hang up as soon as the call is up
     bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, flow)})
     try:
-        sipp = Sipp.call(
+        # SIPp exits 0 only if it saw the BYE after its ACK and answered it.
+        bridge.sipp_call(
             sipp_scenario(hangup="bridge", ack_delay_ms=1000, offer=["G722", "PCMU"], timeout_ms=10000),
-            bridge.port, work=tmp_path / "sipp", media_port=free_media_port(),
+            work=tmp_path / "sipp", wait_s=30, recorded=r"completed \(local",
         )  # fmt: skip
-        assert sipp.wait(30) == 0, sipp.errors()  # SIPp saw the BYE after its ACK and answered it
-        bridge.wait_log(r"recorded: completed \(local")
         (call,) = bridge.calls()
         assert call["codec"] == "PCMU" and call["sip_status"] == 200
     finally:
@@ -307,20 +289,16 @@ def test_g722_is_negotiated_when_configured_and_offered(tmp_path: Path) -> None:
         {"agent": script_agent(tmp_path, DTMF_FLOW), "sip": {"codecs": ["G722", "PCMU"]}},
     )
     try:
-        media_port = free_media_port()
-        with RtpSniffer({media_port}) as sniffer:
-            sipp = Sipp.call(
-                sipp_scenario(hangup="caller", talk_ms=2000, offer=["G722", "PCMU"]),
-                bridge.port, work=tmp_path / "sipp", media_port=media_port,
-            )  # fmt: skip
-            assert sipp.wait(30) == 0, sipp.errors()
-        bridge.wait_log(r"recorded: completed")
+        wire = bridge.sipp_call(
+            sipp_scenario(hangup="caller", talk_ms=2000, offer=["G722", "PCMU"]),
+            work=tmp_path / "sipp", wait_s=30,
+        )  # fmt: skip
         (call,) = bridge.calls()
         assert call["codec"] == "G722"
-        bot = sniffer.sent_to(media_port)
+        bot = wire.bot
         assert bot and {p.pt for p in bot} == {9}
         assert {len(p.payload) for p in bot} == {160}  # 20 ms at 64 kbit/s
-        rate = (len(bot) - 1) / (bot[-1].t - bot[0].t)
+        rate = wire.bot_packets_per_s
         assert 48.5 < rate < 51.5, rate
         bridge.logged(r"media up: G722")
     finally:
@@ -343,11 +321,9 @@ def test_unknown_source_is_rejected_403_and_dead_media_ends_a_call(tmp_path: Pat
 
     bridge = Bridge.start(tmp_path / "b2", {"media": {"dead_media_timeout_s": 1.0}})
     try:
-        sipp = Sipp.call(
-            sipp_scenario(hangup="bridge"), bridge.port, work=tmp_path / "sipp2", media_port=free_media_port()
+        bridge.sipp_call(
+            sipp_scenario(hangup="bridge"), work=tmp_path / "sipp2", wait_s=30, recorded="no_media"
         )
-        assert sipp.wait(30) == 0, sipp.errors()
-        bridge.wait_log(r"recorded: no_media")
     finally:
         assert bridge.stop() == 0
 
@@ -391,17 +367,11 @@ def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None
         pids = [w["pid"] for w in baseline["sip"]["workers"]]
         cpu_before = [process_cpu_s(pid) for pid in pids]
         callers = [caller_audio(f"{p}.", lead_s=2.5, tail_s=0.5) for p in PHRASES]
-        media_ports = [free_media_port() for _ in PHRASES]
-        sipps = []
-        with RtpSniffer(set(media_ports)) as sniffer:
-            for i, (caller, media_port) in enumerate(zip(callers, media_ports, strict=True)):
-                scenario = sipp_scenario(audio=caller.write_ulaw(tmp_path / f"c{i}.ulaw"), talk_ms=TALK_MS)
-                port = bridge.sip_ports[i // 4]
-                sipps.append(Sipp.call(scenario, port, work=tmp_path / f"sipp{i}", media_port=media_port))
-            for sipp in sipps:
-                assert sipp.wait(90) == 0, sipp.errors()
-        for _ in PHRASES:
-            bridge.wait_log(r"recorded: completed")
+        scenarios = {
+            f"sipp{i}": sipp_scenario(audio=caller.write_ulaw(tmp_path / f"c{i}.ulaw"), talk_ms=TALK_MS)
+            for i, caller in enumerate(callers)
+        }
+        wires = list(bridge.sipp_calls(scenarios, work=tmp_path, wait_s=90).values())  # 4 per worker
         cpu = sum(process_cpu_s(pid) - before for pid, before in zip(pids, cpu_before, strict=True))
         record_result(
             "media_cpu",
@@ -446,7 +416,7 @@ def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None
             audio, _ = read_wav(reply["audio_path"])
             replies[call_id] = (reply["text"], audio)
         for call_id, i in owner.items():
-            heard = decode_stream(sniffer.sent_to(media_ports[i]))[0]
+            heard = decode_stream(wires[i].bot)[0]
             scores = {other: match(heard, audio) for other, (_, audio) in replies.items()}
             best = max(scores, key=lambda k: scores[k])
             assert scores[call_id] > 0.9, scores
@@ -515,25 +485,19 @@ def test_dia2_engine_speaks_a_call_on_the_tiny_checkpoint(tmp_path: Path) -> Non
     bridge = Bridge.start(tmp_path / "bridge", {"engine": engine, "agent": script_agent(tmp_path, MAIN_FLOW)})
     try:
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
-        media_port = free_media_port()
-        with RtpSniffer({media_port}) as sniffer:
-            sipp = Sipp.call(
-                sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-                bridge.port, work=tmp_path / "sipp", media_port=media_port,
-            )  # fmt: skip
-            assert sipp.wait(90) == 0, sipp.errors()
-        bridge.wait_log(r"recorded: completed")
-        bot, sent = sniffer.sent_to(media_port), sniffer.sent_from(media_port)
-        rate = (len(bot) - 1) / (bot[-1].t - bot[0].t)
+        wire = bridge.sipp_call(
+            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
+            work=tmp_path / "sipp", wait_s=90,
+        )  # fmt: skip
+        bot = wire.bot
+        rate = wire.bot_packets_per_s
         assert 48.5 < rate < 51.5, rate
-        voiced = voiced_packets(bot)
-        caller_on = voiced_packets(sent)
-        t_stop = caller_on[-1].t + 0.02
-        greeting_delay = ms(bot[0].t, voiced[0].t)
-        reply = [p for p in voiced if p.t > t_stop]
+        t_stop = wire.caller_stop
+        greeting_delay = ms(bot[0].t, voiced_packets(bot)[0].t)
+        reply = wire.reply()
         assert greeting_delay < 2000 and reply, greeting_delay
         (call,) = bridge.calls()
-        timing = json.loads(bridge.events(call["id"], "latency")[-1]["data"])
+        timing = bridge.latency(call["id"])
         record_result(
             "dia2_tiny_cpu",
             {
@@ -711,12 +675,11 @@ def test_engine_failure_mid_call_ends_the_call_and_records_it_failed(tmp_path: P
     bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW)}, env=env)
     try:
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
-        sipp = Sipp.call(
+        # SIPp exits 0 only if the bridge hung up (BYE) instead of leaving dead air.
+        bridge.sipp_call(
             sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-            bridge.port, work=tmp_path / "sipp", media_port=free_media_port(),
+            work=tmp_path / "sipp", recorded="failed",
         )  # fmt: skip
-        assert sipp.wait(60) == 0, sipp.errors()  # the bridge hung up (BYE) instead of leaving dead air
-        bridge.wait_log(r"recorded: failed")
         (call,) = bridge.calls()
         assert call["outcome"] == "failed" and "cannot open phoneme data" in call["reason"]
         assert [t["who"] for t in bridge.turns(call["id"])] == ["bot", "caller"]  # nothing heard is lost

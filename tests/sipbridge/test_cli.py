@@ -104,6 +104,7 @@ def test_run_serves_healthz_and_stops_cleanly(tmp_path: Path, sig: signal.Signal
         assert body["store"]["schema_version"] == SCHEMA_VERSION
         assert body["store"]["active_calls"] == 0
         assert body["process"]["config"] == "<embedded default>"
+        assert body["asr"]["warm"] is True  # ready is said once the ASR's warm-up run is over
     finally:
         proc.proc.send_signal(sig)
     assert proc.finish() == 0, "\n".join(proc.seen)

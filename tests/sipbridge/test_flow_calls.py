@@ -18,7 +18,7 @@ from audio.testsignals import espeak, speech_extent
 from audio.wav import read_wav
 
 from .bridge import Bridge
-from .peers import RATE, Ears, RtpSniffer, Sipp, free_media_port, sipp_scenario
+from .peers import RATE, Ears, sipp_scenario
 from .test_calls import assert_clean
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -82,27 +82,16 @@ def test_verification_flow_end_to_end(tmp_path: Path) -> None:
             ),
             "transfer": employer([], 40, tmp_path / "transfer.ulaw"),
         }  # fmt: skip
-        sipps, ports = {}, {}
-        with RtpSniffer(set()) as sniffer:
-            for i, (name, audio) in enumerate(callers.items()):
-                ports[name] = free_media_port()
-                sniffer.ports.add(ports[name])
-                kwargs = {}
-                if name == "transfer":
-                    kwargs = {"dtmf_pcap": Path("/usr/share/sip-tester/dtmf_2833_0.pcap"), "dtmf_at_ms": 1000}
-                scenario = sipp_scenario(audio=audio, hangup="bridge", timeout_ms=70000, user=name, **kwargs)
-                if name == "transfer":
-                    scenario = scenario.replace(
-                        '  <recv request="BYE"', REFER_THEN_BYE + '  <recv request="BYE"'
-                    )
-                port = bridge.sip_ports[i // 4]
-                sipps[name] = Sipp.call(
-                    scenario, port, work=tmp_path / f"sipp-{name}", media_port=ports[name], timeout_s=80
-                )
-            for name, sipp in sipps.items():
-                assert sipp.wait(90) == 0, (name, sipp.errors())
-        for _ in callers:
-            bridge.wait_log(r"recorded: completed")
+        scenarios = {}
+        for name, audio in callers.items():
+            kwargs = {}
+            if name == "transfer":
+                kwargs = {"dtmf_pcap": Path("/usr/share/sip-tester/dtmf_2833_0.pcap"), "dtmf_at_ms": 1000}
+            scenario = sipp_scenario(audio=audio, hangup="bridge", timeout_ms=70000, user=name, **kwargs)
+            if name == "transfer":
+                scenario = scenario.replace('  <recv request="BYE"', REFER_THEN_BYE + '  <recv request="BYE"')
+            scenarios[name] = scenario
+        bridge.sipp_calls(scenarios, work=tmp_path / "sipp", wait_s=90, sipp_timeout_s=80)
 
         by_user = {c["local_uri"].split(":")[1].split("@")[0]: c for c in bridge.calls()}
         results = {name: json.loads(c["results"]) for name, c in by_user.items()}

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .agent_servers import LocalServer, Request
 from .bridge import Bridge
-from .peers import RtpSniffer, Sipp, caller_audio, free_media_port, sipp_scenario, voiced_packets
+from .peers import caller_audio, sipp_scenario
 from .test_calls import assert_clean, ms, record_result
 
 FIRST_TOKEN_S = 0.3  # the "model's" time to first token
@@ -80,18 +80,12 @@ def test_llm_agent_streams_words_to_the_engine_before_the_reply_is_complete(tmp_
         try:
             baseline = bridge.health()
             caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.0, tail_s=9.0)
-            media_port = free_media_port()
-            with RtpSniffer({media_port}) as sniffer:
-                sipp = Sipp.call(
-                    sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-                    bridge.port, work=tmp_path / "sipp", media_port=media_port,
-                )  # fmt: skip
-                assert sipp.wait(60) == 0, sipp.errors()
-            bridge.wait_log(r"recorded: completed")
-            bot, sent = sniffer.sent_to(media_port), sniffer.sent_from(media_port)
-            t_stop = voiced_packets(sent)[-1].t + 0.02
-            reply = [p for p in voiced_packets(bot) if p.t > t_stop]
-            first_audio = reply[0].t
+            wire = bridge.sipp_call(
+                sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
+                work=tmp_path / "sipp",
+            )
+            t_stop = wire.caller_stop
+            first_audio = wire.reply()[0].t
             # Input streaming: the caller heard the first clause while the server still held the rest back.
             assert first_audio < llm.sent["last"] - 0.5, (first_audio, llm.sent)
 
@@ -106,7 +100,7 @@ def test_llm_agent_streams_words_to_the_engine_before_the_reply_is_complete(tmp_
             assert messages[1] == {"role": "assistant", "content": "Hello, this is the help line."}
             assert messages[2]["role"] == "user" and "help" in messages[2]["content"].lower()
             assert {t["function"]["name"] for t in body["tools"]} == {"hang_up", "end_call", "set_result"}
-            timing = json.loads(bridge.events(call["id"], "latency")[-1]["data"])
+            timing = bridge.latency(call["id"])
             record_result(
                 "llm_first_audio",
                 {

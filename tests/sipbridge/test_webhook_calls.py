@@ -16,7 +16,7 @@ from pathlib import Path
 
 from .agent_servers import LocalServer, Request, send_json
 from .bridge import Bridge
-from .peers import RtpSniffer, Sipp, caller_audio, free_media_port, sipp_scenario
+from .peers import caller_audio, sipp_scenario
 from .test_calls import assert_clean
 
 SECRET = "hush"
@@ -62,26 +62,13 @@ def test_webhook_agent_reply_timeout_and_500(tmp_path: Path) -> None:
             baseline = bridge.health()
             caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.0, tail_s=9.0)
             audio = caller.write_ulaw(tmp_path / "caller.ulaw")
-            ports = {name: free_media_port() for name in ("ok", "slow", "broken")}
-            with RtpSniffer(set(ports.values())) as sniffer:
-                sipps = {
-                    name: Sipp.call(
-                        sipp_scenario(
-                            audio=audio,
-                            user=name,
-                            hangup="bridge" if name == "ok" else "caller",
-                            talk_ms=11000,
-                        ),
-                        bridge.port,
-                        work=tmp_path / name,
-                        media_port=port,
-                    )
-                    for name, port in ports.items()
-                }
-                for name, sipp in sipps.items():
-                    assert sipp.wait(60) == 0, (name, sipp.errors())
-            for _ in ports:
-                bridge.wait_log(r"recorded: completed")
+            scenarios = {
+                name: sipp_scenario(
+                    audio=audio, user=name, hangup="bridge" if name == "ok" else "caller", talk_ms=11000
+                )
+                for name in ("ok", "slow", "broken")
+            }
+            wires = bridge.sipp_calls(scenarios, work=tmp_path)
             calls = {c["local_uri"].split(":")[1].split("@")[0]: c for c in bridge.calls()}
 
             # Every request is signed with the shared secret over the exact body.
@@ -101,7 +88,7 @@ def test_webhook_agent_reply_timeout_and_500(tmp_path: Path) -> None:
             )
             assert turn_req["turn"]["kind"] == "speech" and turn_req["turn"]["end_ms"] > 3000
             # send_dtmf: RFC 2833 events (payload type 101) went out to the caller.
-            assert any(p.pt == 101 for p in sniffer.sent_to(ports["ok"]))
+            assert any(p.pt == 101 for p in wires["ok"].bot)
 
             slow = calls["slow"]
             slow_bot = [t["text"] for t in bridge.turns(slow["id"]) if t["who"] == "bot"]

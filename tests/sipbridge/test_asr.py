@@ -1,0 +1,77 @@
+"""The ASR warms itself up: one model run on faint noise right after the load, on the ASR thread, so the first
+caller's transcription is not the model's cold first run. Real faster-whisper (bundled tiny.en) throughout;
+what is checked is which run was which (counters, flags, the log), never how long a run took."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+
+import numpy as np
+import pytest
+
+from sipbridge.asr import Transcriber
+from sipbridge.config import AsrConfig
+
+from .peers import caller_audio
+
+HELLO = "Hello, I need some help with my account please."
+
+
+def test_the_first_transcription_after_start_is_the_models_second_run(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.INFO, logger="sipbridge.asr")
+    asr = Transcriber(AsrConfig())
+    caller = caller_audio(HELLO, lead_s=0.3, tail_s=0.3)
+
+    async def first_call() -> str:
+        await asr.start()
+        # No wait_warm(): a turn that comes while the warm-up still runs queues behind it on the one thread.
+        return await asr.transcribe(caller.pcm, 8000)
+
+    try:
+        text = asyncio.run(first_call())
+        assert "help" in text.lower(), text
+        assert asr.warmed and asr.runs == 2 and asr.turns == 1  # run 1 was the warm-up, not a caller's
+        health = asr.health()
+        assert health["ok"] and health["warm"] and health["warmup_ms"] > 0 and health["turns"] == 1
+        assert len([r for r in caplog.records if r.message.startswith("asr warmed up in")]) == 1
+    finally:
+        asr.close()
+
+
+def test_a_failed_warm_up_is_logged_and_the_asr_still_transcribes(caplog: pytest.LogCaptureFixture) -> None:
+    # Two channels where the model takes one: CTranslate2 itself rejects it (a real model error).
+    asr = Transcriber(AsrConfig(), warmup_pcm=np.zeros((2, 16000), np.float32))
+    caller = caller_audio(HELLO, lead_s=0.3, tail_s=0.3)
+
+    async def first_call() -> str:
+        await asr.start()
+        await asr.wait_warm()  # the supervisor's wait: a failed warm-up must not fail the start
+        return await asr.transcribe(caller.pcm, 8000)
+
+    try:
+        text = asyncio.run(first_call())
+        assert "help" in text.lower(), text
+        assert not asr.warmed and asr.warmup_ms is None and asr.turns == 1
+        health = asr.health()
+        assert health["ok"] and not health["warm"]
+        (record,) = [r for r in caplog.records if r.message.startswith("asr warm-up failed")]
+        assert record.levelno == logging.WARNING and record.exc_info is not None
+    finally:
+        asr.close()
+
+
+def test_no_asr_backend_has_nothing_to_warm() -> None:
+    asr = Transcriber(AsrConfig.model_validate({"backend": "none"}))
+
+    async def start() -> None:
+        await asr.start()
+        await asr.wait_warm()
+
+    try:
+        asyncio.run(start())
+        assert asr.runs == 0 and not asr.warmed and asr.health()["ok"]
+    finally:
+        asr.close()
