@@ -3,6 +3,10 @@
 One model per supervisor, loaded at start. CTranslate2 releases the GIL while decoding, so a transcription
 runs on one dedicated thread (`asyncio.to_thread` on a single-worker executor): turns from several calls
 queue there instead of fighting for the same two cores.
+
+The model's first run after the load is slower than the ones after it (+45-80 ms on the 2-core VM, numbers
+in docs/DIALER.md). The first call's turn or AMD greeting would pay for that, so `start` queues one warm-up
+run on the ASR thread right after the load; whatever comes later queues behind it and finds the model warm.
 """
 
 from __future__ import annotations
@@ -24,6 +28,10 @@ from sipbridge.config import AsrConfig
 log = logging.getLogger(__name__)
 
 _WHISPER_RATE = 16000
+# 1 s of faint noise (about -60 dBFS). tiny.en hears no words in it, yet one run on it takes away the whole
+# first-run cost, also for a first transcription with word timestamps (measured; digital silence did as well).
+_WARMUP_SECONDS = 1.0
+_WARMUP_RMS = 0.001
 TimedWord = tuple[str, float, float]  # word, start s, end s
 
 
@@ -44,6 +52,12 @@ def resolve_model(name: str) -> str:
     return name
 
 
+def warmup_audio() -> npt.NDArray[np.float32]:
+    """What the model hears once before any caller: faint noise at Whisper's rate, the same every start."""
+    noise = np.random.default_rng(0).standard_normal(int(_WARMUP_SECONDS * _WHISPER_RATE)) * _WARMUP_RMS
+    return noise.astype(np.float32)
+
+
 @dataclass
 class Transcriber:
     config: AsrConfig
@@ -51,9 +65,17 @@ class Transcriber:
     _pool: concurrent.futures.ThreadPoolExecutor = field(
         default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
     )
-    turns: int = 0
+    turns: int = 0  # transcriptions asked for by callers (turns, AMD greetings, voice prefixes)
+    runs: int = 0  # model runs, the warm-up included: the first caller transcription is run 2 when warmed
+    warmed: bool = False  # the warm-up run finished; False if it failed (logged) or never ran
+    warmup_ms: float | None = None
+    # What the warm-up feeds the model; a field so that a test can give it audio the model rejects.
+    warmup_pcm: npt.NDArray[np.float32] = field(default_factory=warmup_audio)
+    _warmup: concurrent.futures.Future[None] | None = None
 
     async def start(self) -> None:
+        """Load the model, then queue the warm-up on the ASR thread without waiting for it: the supervisor
+        starts the engine and the SIP workers meanwhile and waits for it last (`wait_warm`)."""
         if self.config.backend == "none":
             return
         path = resolve_model(self.config.model)
@@ -62,6 +84,24 @@ class Transcriber:
         t0 = time.monotonic()
         self._model = await asyncio.get_running_loop().run_in_executor(self._pool, self._load, path)
         log.info("asr %s loaded in %.2f s", self.config.model, time.monotonic() - t0)
+        self._warmup = self._pool.submit(self._warm_up)
+
+    async def wait_warm(self) -> None:
+        """Until the warm-up run has ended (at once without a model). Never raises for a failed warm-up: that
+        costs only the first transcription's speed, so the ASR stays in service."""
+        if self._warmup is not None:
+            await asyncio.wrap_future(self._warmup)
+
+    def _warm_up(self) -> None:
+        t0 = time.monotonic()
+        try:
+            self._decode(self.warmup_pcm, False)
+        except Exception:  # whatever the model raises here, a caller's transcription may still work
+            log.warning("asr warm-up failed; the first transcription will be slower", exc_info=True)
+            return
+        self.warmup_ms = (time.monotonic() - t0) * 1000
+        self.warmed = True
+        log.info("asr warmed up in %.0f ms", self.warmup_ms)
 
     def _load(self, path: str) -> Any:
         try:
@@ -98,6 +138,13 @@ class Transcriber:
         audio = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
         if rate != _WHISPER_RATE:
             audio = soxr.resample(audio, rate, _WHISPER_RATE, quality="HQ").astype(np.float32)
+        result = self._decode(audio, words)
+        self.turns += 1
+        return result
+
+    def _decode(self, audio: npt.NDArray[np.float32], words: bool) -> tuple[str, list[TimedWord]]:
+        """One model run on 16 kHz float audio, on the ASR thread."""
+        self.runs += 1
         segments, _ = self._model.transcribe(
             audio,
             language=self.config.language,
@@ -107,7 +154,6 @@ class Transcriber:
             word_timestamps=words,
         )
         segments = list(segments)  # the generator decodes lazily: run it here, on the ASR thread
-        self.turns += 1
         timed = [
             (w.word.strip(), float(w.start), float(w.end))
             for seg in segments
@@ -118,7 +164,14 @@ class Transcriber:
 
     def health(self) -> dict[str, Any]:
         loaded = self._model is not None or self.config.backend == "none"
-        return {"ok": loaded, "backend": self.config.backend, "model": self.config.model, "turns": self.turns}
+        return {
+            "ok": loaded,
+            "backend": self.config.backend,
+            "model": self.config.model,
+            "turns": self.turns,
+            "warm": self.warmed,
+            "warmup_ms": None if self.warmup_ms is None else round(self.warmup_ms, 1),
+        }
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

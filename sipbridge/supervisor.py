@@ -213,6 +213,10 @@ class Supervisor:
             await self.engine.start()
             self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost)
             await self.pool.start()
+            # The ASR's warm-up has run on its own thread since the model loaded, beside the engine and the
+            # workers starting; waiting for it last means ready (log line, /healthz) is said only once the
+            # first call's transcription will run at full speed, at the least cost to start-up.
+            await self.asr.wait_warm()
         except (AgentError, EngineError, AsrError, WorkerStartError) as exc:
             raise StartupError(str(exc)) from exc
         ports = ", ".join(str(p) for p in self.pool.ports())

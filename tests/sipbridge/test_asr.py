@@ -42,8 +42,8 @@ def test_the_first_transcription_after_start_is_the_models_second_run(
 
 
 def test_a_failed_warm_up_is_logged_and_the_asr_still_transcribes(caplog: pytest.LogCaptureFixture) -> None:
-    # Two channels where the model takes one: CTranslate2 itself rejects it (a real model error).
-    asr = Transcriber(AsrConfig(), warmup_pcm=np.zeros((2, 16000), np.float32))
+    # A 3-D array: faster-whisper's feature extractor itself rejects it (a real error, raised at once).
+    asr = Transcriber(AsrConfig(), warmup_pcm=np.zeros((1, 1, 16000), np.float32))
     caller = caller_audio(HELLO, lead_s=0.3, tail_s=0.3)
 
     async def first_call() -> str:
