@@ -77,12 +77,13 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--rows", default="2")
+    p.add_argument("--only-launch", action="store_true", help="sampler and attention warps only")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dev = torch.device("cuda")
     result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
                               "shapes": []}
-    for rows in (int(r) for r in args.rows.split(",")):
+    for rows in ([] if args.only_launch else [int(r) for r in args.rows.split(",")]):
         for name, n, k, swiglu, norm, res, f32 in SHAPES:
             w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / 32
             x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
@@ -117,10 +118,47 @@ def main(argv: list[str] | None = None) -> int:
             logger.info("%s", row)
             result["shapes"].append(row)
             args.out.write_text(json.dumps(result, indent=2) + "\n")
+    result["sampler"] = sampler_warps(dev)
+    result["attention"] = attention_warps(dev)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    print("sampler (1 call, CFG, T 0.8, top-k 50) us by warps:", result["sampler"])
+    print("depformer attention (2 rows, stage 30) us by warps:", result["attention"])
     for r in result["shapes"]:
         print(f"{r['shape']:9s} rows {r['rows']:3d}: cuBLAS {r['cublas_us']:7.2f} us, "
               f"ours {r['default_us']:7.2f}, best {r['best_us']:7.2f} {r['best']} ({r['best_gb_s']} GB/s)")
     return 0
+
+
+def sampler_warps(dev: torch.device) -> dict[int, float]:
+    """The depformer's per-stage sampler for one call (2 logit rows of 2050), by warps."""
+    gen = torch.Generator(device=dev).manual_seed(0)
+    logits = torch.randn(2, 2050, device=dev, generator=gen) * 3
+    noise = torch.empty(1, 2048, device=dev).exponential_(generator=gen)
+    ring = torch.zeros(1, 32, 32, dtype=torch.long, device=dev)
+    one = torch.ones(1, device=dev)
+    args = (logits, one * 2.0, one * 0.8, torch.full((1,), 50, device=dev), noise, ring,
+            torch.full((1,), 40, device=dev), torch.zeros(1, dtype=torch.long, device=dev),
+            torch.ones(1, dtype=torch.bool, device=dev), torch.zeros(1, dtype=torch.long, device=dev))
+    din = torch.randn(2, 1024, device=dev, dtype=torch.bfloat16)
+    table = torch.randn(2050, 1024, device=dev, dtype=torch.bfloat16)
+    x = torch.empty(2, 1024, device=dev, dtype=torch.bfloat16)
+    out = {}
+    for w in (1, 2, 4, 8, 16):
+        out[w] = round(graph_us(lambda w=w: kernels.sample_stage(
+            *args, codebook=5, delay=18, branches=2, vocab_limit=2048, filter_k=50, top_k_cap=64,
+            next_din=din, next_table=table, x=x, warps=w)), 2)
+    return out
+
+
+def attention_warps(dev: torch.device) -> dict[int, float]:
+    qkv = torch.randn(2, 3072, device=dev, dtype=torch.bfloat16)
+    keys = torch.randn(2, 8, 32, 128, device=dev, dtype=torch.bfloat16)
+    values = torch.randn_like(keys)
+    norm = torch.ones(128, device=dev, dtype=torch.bfloat16)
+    cos = torch.ones(31, 128, device=dev, dtype=torch.bfloat16)
+    out_t = torch.empty(2, 1024, device=dev, dtype=torch.bfloat16)
+    return {w: round(graph_us(lambda w=w: kernels.attention_stage(
+        qkv, keys, values, norm, norm, cos, cos, out_t, 30, 1e-6, warps=w)), 2) for w in (1, 2, 4, 8)}
 
 
 def triton_pow2(n: int) -> int:

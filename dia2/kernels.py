@@ -61,6 +61,11 @@ TUNED_SMALL: dict[tuple[int, int], tuple[int, int, int, int]] = {
 }
 
 
+# The sampler's ~60 bisection rounds are each a reduction over the vocabulary: more warps share the
+# compares, fewer warps avoid a shared-memory barrier per round. bench/dia2_kernels.py times both.
+SAMPLER_WARPS = 4  # H100, one call: 1 → 26.3 us, 2 → 21.2, 4 → 16.8, 8 → 18.3 (bench/dia2_kernels.py)
+
+
 def pick_blocks(m: int, n: int, k: int, w_rows: int | None = None) -> LinearBlocks:
     """Memory-bound at small ``m``: many narrow column tiles so every SM streams weights; wider tiles
     once the batch makes the multiply itself count. ``w_rows``: rows of the weight (2n for SwiGLU)."""
@@ -237,7 +242,7 @@ def _attention_kernel(
 
 def attention_stage(
     qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
-    cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, stage: int, eps: float,
+    cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, stage: int, eps: float, *, warps: int = 1,
 ) -> torch.Tensor:
     """``qkv [R, 3*H*Dh]`` (q, k, v blocks) → ``out [R, H*Dh]``; ``keys``/``values [R, H, S, Dh]`` (S a
     power of two > stage) get slot ``stage``; ``cos``/``sin [depth, Dh]``."""
@@ -249,7 +254,7 @@ def attention_stage(
     _attention_kernel[(rows, heads)](
         qkv, keys, values, q_norm, k_norm, cos, sin, out,
         stage, eps, qkv.stride(0), out.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
-        HEADS=heads, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), SLOTS=slots, num_warps=2,
+        HEADS=heads, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), SLOTS=slots, num_warps=warps,
     )
     return out
 
@@ -406,9 +411,16 @@ def _sample_kernel(
     k_req = tl.load(topk_ptr + n)
     limit = tl.where((k_req <= 0) | (k_req > TOPK), TOPK, k_req)
     pkey = probs.to(tl.int32, bitcast=True).to(tl.int64)  # probabilities are >= 0: bits order like values
-    lo = tl.full((), 0, tl.int64)
-    hi = tl.full((), 0x3F800000, tl.int64)  # the bits of 1.0
-    pthreshold = _kth_largest_key(pkey, vm, limit, lo, hi, 30)
+    # With guidance on, only ~filter_k ids have a probability above 0: when they are no more than the
+    # row's top-k, the limit-th largest key is 0 and every id stays a candidate (zeros never win a race
+    # another id enters), so the second bisection is skipped. That is the production case (50 and 50).
+    nonzero = tl.sum(tl.where(vm & (pkey > 0), 1, 0), axis=0)
+    if nonzero <= limit:
+        pthreshold = tl.full((), 0, tl.int64)
+    else:
+        lo = tl.full((), 0, tl.int64)
+        hi = tl.full((), 0x3F800000, tl.int64)  # the bits of 1.0
+        pthreshold = _kth_largest_key(pkey, vm, limit, lo, hi, 30)
     noise = tl.load(noise_ptr + n * stride_noise + v, mask=vm, other=1.0)
     race = tl.where(vm & (pkey >= pthreshold), probs, 0.0) / noise
     sampled = tl.argmax(race, axis=0, tie_break_left=True)
@@ -440,7 +452,7 @@ def sample_stage(
     code: torch.Tensor, *, codebook: int, delay: int, branches: int, vocab_limit: int, filter_k: int,
     top_k_cap: int,
     next_din: torch.Tensor | None = None, next_table: torch.Tensor | None = None,
-    x: torch.Tensor | None = None,
+    x: torch.Tensor | None = None, warps: int = SAMPLER_WARPS,
 ) -> None:
     """For each of the ``N`` calls: choose codebook ``codebook``'s token from ``logits [N*branches, V]``
     (float32; ``noise [N, >= vocab_limit]`` is the Exp(1) draw per id, see ``sampling.race_rows``),
@@ -462,7 +474,5 @@ def sample_stage(
         next_din.stride(0) if has_next else 0, x.stride(0) if has_next else 0, dim,
         BRANCHES=branches, VLIM=vocab_limit, BLOCK_V=triton.next_power_of_2(vocab_limit),
         FILTER_K=filter_k if branches > 1 else 0, TOPK=top, RING=ring.shape[2], HAS_NEXT=has_next,
-        # One warp: the ~60 bisection rounds are each a reduction; inside one warp that is register
-        # shuffles, across warps a shared-memory barrier per round (8 warps measured ~60 us a stage).
-        BLOCK_D=triton.next_power_of_2(dim), num_warps=1,
+        BLOCK_D=triton.next_power_of_2(dim), num_warps=warps,
     )
