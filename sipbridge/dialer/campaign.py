@@ -146,7 +146,11 @@ class AmdSection(_Section):
 
 class Campaign(_Section):
     name: str = Field(description="Campaign id (letters, digits, . _ -): the key of its state in SQLite.")
-    trunk: str = Field("default", description="Which configured trunk places the calls.")
+    trunk: str = Field(
+        "default",
+        description="Which configured trunk places the calls. A deployment has one trunk (`sip.trunk`), "
+        "named `default`; naming another is an error rather than a silent fallback to it.",
+    )
     caller_id: str = Field(description="Caller ID with its country code (+...); stored as E.164.")
     agent: AgentSection = Field(description="What runs on a call answered by a person.")
     limits: LimitsSection = Field(default_factory=LimitsSection)
@@ -172,6 +176,17 @@ class Campaign(_Section):
     def _name(cls, value: str) -> str:
         if not _NAME.match(value):
             raise ValueError("must be 1-64 letters, digits, '.', '_' or '-', starting with a letter or digit")
+        return value
+
+    @field_validator("trunk")
+    @classmethod
+    def _trunk(cls, value: str) -> str:
+        # Calls must not leave through a trunk the campaign did not name (carrier, caller-ID rules, cost).
+        if value != "default":
+            raise ValueError(
+                f"unknown trunk {value!r}: this deployment has one trunk (config key sip.trunk), "
+                "named 'default'"
+            )
         return value
 
     @field_validator("caller_id")

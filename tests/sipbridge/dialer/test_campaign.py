@@ -118,6 +118,7 @@ def test_amd_words_follow_the_deployments_asr_unless_set(tmp_path: Path) -> None
         (CALLER_ID_ONLY + "voicemail:\n  action: leave_message\n", "voicemail: action is leave_message but"),
         (CALLER_ID_ONLY + "amd:\n  greeting_ms: 9000\n", "amd: amd.greeting_ms (9000) is longer than"),
         (CALLER_ID_ONLY + "amd: {asr_wait_ms: 0}\n", "amd: amd.asr_wait_ms must be a positive integer"),
+        (CALLER_ID_ONLY + "trunk: carrier-b\n", "campaign.yaml:5: trunk: unknown trunk 'carrier-b'"),
         (CALLER_ID_ONLY + "default_timezone: Mars/Base\n", "default_timezone: unknown time zone 'Mars/Base'"),
         (CALLER_ID_ONLY + "default_region: XX\n", "default_region: unknown default region"),
         (CALLER_ID_ONLY.replace('"+14155550100"', "'12'"), "campaign.yaml:2: caller_id: not a dialable"),
