@@ -179,6 +179,23 @@ def linear(
 
 
 @triton.jit
+def _norm_rope(x1, x2, w1, w2, c1, s1, c2, s2, eps, dim, dt):
+    """One head given as its two halves (float32): RMSNorm times its weight, rounded to ``dt`` as the
+    module's norm output is, then rotate-half RoPE (``[x1, x2] * cos + [-x2, x1] * sin``), rounded."""
+    r = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / dim + eps)
+    n1 = (x1 * r * w1.to(tl.float32)).to(dt).to(tl.float32)
+    n2 = (x2 * r * w2.to(tl.float32)).to(dt).to(tl.float32)
+    return (n1 * c1 - n2 * s1).to(dt), (n2 * c2 + n1 * s2).to(dt)
+
+
+@triton.jit
+def _head_lanes(HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
+    """This program's (row, head) and the lanes of half a head."""
+    d = tl.arange(0, BLOCK_HALF)
+    return tl.program_id(0), tl.program_id(1), d, d < HALF
+
+
+@triton.jit
 def _attention_kernel(
     qkv_ptr, kc_ptr, vc_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, out_ptr,
     stage, eps, stride_qkv, stride_out, stride_cr, stride_ch, stride_cs,
@@ -186,10 +203,7 @@ def _attention_kernel(
 ):
     """One (row, head): QK-RMSNorm, RoPE at position ``stage``, K/V into cache slot ``stage``, softmax
     attention over slots 0..stage (scale 1.0), output into ``out[row, head]``."""
-    row = tl.program_id(0)
-    head = tl.program_id(1)
-    d = tl.arange(0, BLOCK_HALF)
-    dm = d < HALF
+    row, head, d, dm = _head_lanes(HALF, BLOCK_HALF)
     dim = 2 * HALF
     dt = qkv_ptr.dtype.element_ty
     base = qkv_ptr + row * stride_qkv + head * dim
@@ -199,21 +213,15 @@ def _attention_kernel(
     k2 = tl.load(base + HEADS * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
     v1 = tl.load(base + 2 * HEADS * dim + d, mask=dm, other=0.0)
     v2 = tl.load(base + 2 * HEADS * dim + HALF + d, mask=dm, other=0.0)
-    qr = 1.0 / tl.sqrt((tl.sum(q1 * q1, axis=0) + tl.sum(q2 * q2, axis=0)) / dim + eps)
-    kr = 1.0 / tl.sqrt((tl.sum(k1 * k1, axis=0) + tl.sum(k2 * k2, axis=0)) / dim + eps)
-    q1 = (q1 * qr * tl.load(qn_ptr + d, mask=dm, other=0.0).to(tl.float32)).to(dt)
-    q2 = (q2 * qr * tl.load(qn_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)).to(dt)
-    k1 = (k1 * kr * tl.load(kn_ptr + d, mask=dm, other=0.0).to(tl.float32)).to(dt)
-    k2 = (k2 * kr * tl.load(kn_ptr + HALF + d, mask=dm, other=0.0).to(tl.float32)).to(dt)
     c1 = tl.load(cos_ptr + stage * dim + d, mask=dm, other=0.0).to(tl.float32)
     c2 = tl.load(cos_ptr + stage * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
     s1 = tl.load(sin_ptr + stage * dim + d, mask=dm, other=0.0).to(tl.float32)
     s2 = tl.load(sin_ptr + stage * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
-    # Rotate-half RoPE: [x1, x2] * cos + [-x2, x1] * sin.
-    rq1 = (q1.to(tl.float32) * c1 - q2.to(tl.float32) * s1).to(dt).to(tl.float32)
-    rq2 = (q2.to(tl.float32) * c2 + q1.to(tl.float32) * s2).to(dt).to(tl.float32)
-    rk1 = (k1.to(tl.float32) * c1 - k2.to(tl.float32) * s1).to(dt)
-    rk2 = (k2.to(tl.float32) * c2 + k1.to(tl.float32) * s2).to(dt)
+    rq1, rq2 = _norm_rope(q1, q2, tl.load(qn_ptr + d, mask=dm, other=0.0),
+                          tl.load(qn_ptr + HALF + d, mask=dm, other=0.0), c1, s1, c2, s2, eps, dim, dt)
+    rq1, rq2 = rq1.to(tl.float32), rq2.to(tl.float32)
+    rk1, rk2 = _norm_rope(k1, k2, tl.load(kn_ptr + d, mask=dm, other=0.0),
+                          tl.load(kn_ptr + HALF + d, mask=dm, other=0.0), c1, s1, c2, s2, eps, dim, dt)
     cache = row * stride_cr + head * stride_ch
     tl.store(kc_ptr + cache + stage * stride_cs + d, rk1, mask=dm)
     tl.store(kc_ptr + cache + stage * stride_cs + HALF + d, rk2, mask=dm)
@@ -267,10 +275,7 @@ def _qk_rope_cache_kernel(
 ):
     """Main decoder, one (row, head): QK-RMSNorm and RoPE at the row's position; query heads go to
     ``q [R, QH, Dh]``, key/value heads into the cache at the row's slot."""
-    row = tl.program_id(0)
-    head = tl.program_id(1)
-    d = tl.arange(0, BLOCK_HALF)
-    dm = d < HALF
+    row, head, d, dm = _head_lanes(HALF, BLOCK_HALF)
     dim = 2 * HALF
     dt = qkv_ptr.dtype.element_ty
     pos = tl.load(pos_ptr + row)
@@ -282,14 +287,10 @@ def _qk_rope_cache_kernel(
     src = qkv_ptr + row * stride_qkv + head * dim  # q heads, then k heads: contiguous in qkv
     x1 = tl.load(src + d, mask=dm, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF + d, mask=dm, other=0.0).to(tl.float32)
-    r = 1.0 / tl.sqrt((tl.sum(x1 * x1, axis=0) + tl.sum(x2 * x2, axis=0)) / dim + eps)
     w1 = tl.where(is_q, tl.load(qn_ptr + d, mask=dm, other=0.0), tl.load(kn_ptr + d, mask=dm, other=0.0))
     w2 = tl.where(is_q, tl.load(qn_ptr + HALF + d, mask=dm, other=0.0),
                   tl.load(kn_ptr + HALF + d, mask=dm, other=0.0))
-    n1 = (x1 * r * w1.to(tl.float32)).to(dt).to(tl.float32)
-    n2 = (x2 * r * w2.to(tl.float32)).to(dt).to(tl.float32)
-    o1 = (n1 * c1 - n2 * s1).to(dt)
-    o2 = (n2 * c2 + n1 * s2).to(dt)
+    o1, o2 = _norm_rope(x1, x2, w1, w2, c1, s1, c2, s2, eps, dim, dt)
     if is_q:
         dst = q_ptr + row * stride_q + head * dim
         tl.store(dst + d, o1, mask=dm)
