@@ -285,6 +285,8 @@ def main(argv: list[str] | None = None) -> int:
     common = {"cuda_graphs": not args.no_graphs, "seed": 0, "lead_in_lane": not args.no_lane,
               "overlap_mimi": not args.no_overlap, "first_chunk_first": not args.no_first_chunk_first,
               "kernels": False if args.no_kernels else None}
+    if args.tiny:  # the fixture's context is 160 steps: a 4 s voice and short replies must fit in it
+        common.update(reply_reserve_steps=40, max_reply_steps=100)
     args.out.parent.mkdir(parents=True, exist_ok=True)
 
     def save() -> None:  # after every section, so a run cut short still leaves its numbers

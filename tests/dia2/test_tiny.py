@@ -237,3 +237,21 @@ def test_seed_changes_weights(minimal_ckpt: Path, tmp_path: Path) -> None:
 def test_unknown_variant(tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="unknown tiny variant"):
         write_tiny_checkpoint(tmp_path, variant="huge")
+
+
+def test_speed_bench_runs_on_the_tiny_fixture(tmp_path: Path) -> None:
+    """bench/dia2_speed.py's CPU smoke mode (docs/PERFORMANCE.md) keeps working: every section writes its
+    numbers, and the reply-wait breakdown is there. Structure only; speed is the bench's job on a GPU."""
+    out = tmp_path / "tiny.json"
+    root = Path(__file__).resolve().parents[2]
+    done = subprocess.run(
+        [sys.executable, str(root / "bench" / "dia2_speed.py"), "--tiny", "--calls", "1,2",
+         "--out", str(out)],
+        cwd=root, capture_output=True, text=True, timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result["one_call_cfg_on"]["frames_per_s_per_call"] > 0
+    assert len(result["ttfa_warm_context"]["ttfa_ms"]) == result["ttfa_warm_context"]["turns"]
+    for row in result["concurrency"]:
+        assert row["ttfa_samples"] >= 1 and row["slowest_replies"][0]["lane_steps"] >= 0
