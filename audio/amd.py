@@ -57,6 +57,7 @@ __all__ = [
     "BeepWaiter",
     "Decision",
     "DecisionKind",
+    "GreetingFeed",
     "MessageCue",
 ]
 
@@ -468,3 +469,29 @@ class BeepWaiter:
         self.cue = MessageCue(at_ms=at_ms, reason=reason, beep=beep)
         log.info("voicemail message cue at %d ms (%s)", at_ms, reason)
         return self.cue
+
+
+@dataclass
+class GreetingFeed:
+    """The callee's audio under AMD, cut into chunks for the supervisor's ASR (the SIP worker's media thread;
+    here rather than in the worker so that bench/amd_accuracy.py --asr replays the same chunking).
+
+    Nothing is sent before the detector has heard speech (ASR on silence costs a transcription and may
+    invent words); the first chunk then carries everything from the answer on, so the ASR always has the
+    greeting from its start."""
+
+    rate: int
+    chunk_bytes: int
+    pending: bytearray = field(default_factory=bytearray)
+    sent_bytes: int = 0
+
+    def add(self, frame: npt.NDArray[np.int16], heard_speech: bool) -> tuple[int, bytes] | None:
+        """Returns (start ms, pcm) when a chunk is due."""
+        self.pending += frame.tobytes()
+        if not heard_speech or len(self.pending) < self.chunk_bytes:
+            return None
+        start_ms = self.sent_bytes // 2 * 1000 // self.rate
+        chunk = bytes(self.pending)
+        self.sent_bytes += len(chunk)
+        self.pending.clear()
+        return start_ms, chunk

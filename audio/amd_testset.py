@@ -5,6 +5,11 @@
 * **machine**: a long voicemail greeting, then (half of them) a beep of 440-1400 Hz lasting 200-500 ms after
   0.3-0.9 s of silence, then silence (the recorder runs). One machine greeting is deliberately short
   ("Hi, this is Sam. Leave a message.", ~2 s) because real ones are: it is the hard case for timing rules.
+* **short machines** (a separate group, ``build_short_machine_cases``, not in ``build_cases`` so that the
+  340-case numbers stay comparable): 1-2 s voicemail greetings without a beep, each saying one of the
+  detector's voicemail phrases. Timing alone takes them for people; only the words can tell. Added for the
+  ASR mode of bench/amd_accuracy.py, because tiny.en hears the one short greeting above ("Leave a message")
+  as "leave my message", which would leave the phrase rule unmeasured.
 
 Every case is built at 16 kHz with stationary white noise at a chosen level, then put through the telephone
 band (300-3400 Hz, 8 kHz, µ-law round trip: ``testsignals.telephone_band``). The truth (kind, speech extents,
@@ -29,9 +34,11 @@ __all__ = [
     "HUMAN_ANSWERS",
     "MACHINE_GREETINGS",
     "NOISE_RMS",
+    "SHORT_MACHINE_GREETINGS",
     "VOICES",
     "AmdCase",
     "build_cases",
+    "build_short_machine_cases",
     "human_case",
     "machine_case",
 ]
@@ -54,6 +61,13 @@ MACHINE_GREETINGS = (
     "Please leave a message and we will return your call.",
     "The person you are calling is not available. At the tone, please record your message.",
     "Hi, this is Sam. Leave a message.",
+)
+# Short voicemail greetings (no beep follows in build_short_machine_cases) whose words hold one of
+# audio.amd.DEFAULT_MACHINE_PHRASES: "leave me a message", "can't take your call", "not available".
+SHORT_MACHINE_GREETINGS = (
+    "Leave me a message.",
+    "Sorry, I can't take your call.",
+    "Hi, it's Dana. I'm not available.",
 )
 VOICES = (("en-us", 150), ("en-gb", 175), ("en-us+f3", 130), ("en-gb-scotland", 200), ("en-us+m3", 165))
 # (Hz, ms, amplitude): common voicemail beeps; amplitude 0.1-0.4 is -20..-8 dBFS peak.
@@ -141,3 +155,17 @@ def build_cases(noises: tuple[str, ...] = tuple(NOISE_RMS), quick: bool = False)
             cases.append(machine_case(text, voice, speed, noise, beep=None, seed=next(seed)))
             cases.append(machine_case(text, voice, speed, noise, beep=next(beeps), seed=next(seed)))
     return cases
+
+
+def build_short_machine_cases(
+    noises: tuple[str, ...] = tuple(NOISE_RMS), quick: bool = False
+) -> list[AmdCase]:
+    """SHORT_MACHINE_GREETINGS in every voice at every noise level, without a beep (the beep would decide
+    them without words). Seeds start at 10000 so that build_cases' cases are untouched by this group."""
+    voices = VOICES[:2] if quick else VOICES
+    seed = itertools.count(10000)
+    return [
+        machine_case(text, voice, speed, noise, beep=None, seed=next(seed))
+        for noise in noises
+        for (voice, speed), text in itertools.product(voices, SHORT_MACHINE_GREETINGS)
+    ]

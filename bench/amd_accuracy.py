@@ -7,8 +7,20 @@ placed (false beeps); and for machines, when the voicemail message would start r
 the greeting end when there is no beep). CPU µs per 20 ms frame. JSON to stdout or --out. Run:
 
     .venv/bin/python bench/amd_accuracy.py [--quick] [--configs default,energy] [--out results.json]
+    .venv/bin/python bench/amd_accuracy.py --asr [--limit N] [--configs default] [--out results.json]
 
-Needs espeak-ng. Does not import sipbridge.
+``--asr`` replays the live words path in audio time (docs/DIALER.md, "Words"): the detector runs with
+``asr`` on; the worker's chunking (``audio.amd.GreetingFeed``: from the first voiced frame, every
+``asr_chunk_ms`` of audio, the first chunk from the answer on) decides when audio goes to the ASR; the real
+bundled faster-whisper tiny.en (``sipbridge.asr.Transcriber``, int8, 1 thread, warmed up as the service
+does) transcribes the whole greeting so far; its transcript is handed to ``add_transcript`` at the audio
+time it would arrive live: the chunk's end plus the transcription time measured for that very call. One ASR
+thread, as live: a chunk that comes while a transcription runs waits, and the next run takes everything
+that came meanwhile (``GreetingTranscriber``). Each config is scored with and without words on the same
+cases, and the cases whose decision the words changed are listed; the short voicemail greetings
+(``build_short_machine_cases``) are scored as a separate group.
+
+Needs espeak-ng; --asr also needs sipbridge's ASR extra (faster-whisper, the bundled model).
 """
 
 from __future__ import annotations
@@ -20,16 +32,20 @@ import logging
 import sys
 import time
 from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from audio.amd import AmdSettings, AnsweringMachineDetector, Decision, MessageCue
-from audio.amd_testset import NOISE_RMS, AmdCase, build_cases
+from audio.amd import AmdSettings, AnsweringMachineDetector, Decision, GreetingFeed, MessageCue
+from audio.amd_testset import NOISE_RMS, AmdCase, build_cases, build_short_machine_cases
 from audio.beep import BeepDetector
+
+if TYPE_CHECKING:
+    from sipbridge.asr import Transcriber
 
 log = logging.getLogger("amd_accuracy")
 
@@ -54,18 +70,86 @@ def _pct(values: list[float], q: float) -> float | None:
     return round(float(np.percentile(values, q)), 1) if values else None
 
 
-def run_case(case: AmdCase, settings: AmdSettings) -> tuple[Decision, MessageCue | None, float, int]:
-    """Decision, message cue (machines decided as machine), CPU seconds, frames processed."""
+@dataclass
+class _Run:
+    """One transcription: the audio it covers, when it started and when its words reach the detector."""
+
+    audio_ms: int
+    start_ms: float
+    arrive_ms: float
+    text: str
+
+
+@dataclass
+class LiveWords:
+    """The live words path for one call, replayed in audio time (module docstring). ``step`` is called after
+    every frame the detector processed without deciding, as the worker's media thread does."""
+
+    asr: Transcriber
+    chunk_ms: int
+    rate: int = 8000
+    feed: GreetingFeed = field(init=False)
+    audio: bytearray = field(default_factory=bytearray)
+    chunk_ends: list[int] = field(default_factory=list)  # stream ms at which each chunk was handed over
+    done_ms: int = 0  # audio (from the answer on) already taken by a transcription
+    busy_until_ms: float = 0.0  # when the one ASR thread is free again
+    runs: list[_Run] = field(default_factory=list)
+    delivered: int = 0
+
+    def __post_init__(self) -> None:
+        self.feed = GreetingFeed(self.rate, self.chunk_ms * self.rate // 1000 * 2)
+
+    def step(self, frame: np.ndarray, amd: AnsweringMachineDetector) -> None:
+        chunk = self.feed.add(frame, amd.heard_speech)
+        if chunk is not None:
+            self.audio += chunk[1]
+            self.chunk_ends.append(amd.now_ms)
+        waiting = [end for end in self.chunk_ends if end > self.done_ms]
+        if waiting and self.busy_until_ms <= amd.now_ms:
+            # The ASR thread takes up the waiting chunks the moment it is free (or the first of them comes),
+            # with all the audio that has come by then. Chunks come only at frame ends and this runs at every
+            # frame end, so that moment is never missed.
+            start = max(self.busy_until_ms, waiting[0])
+            self.done_ms = max(end for end in waiting if end <= start)
+            pcm = np.frombuffer(bytes(self.audio[: self.done_ms * self.rate // 1000 * 2]), dtype="<i2")
+            t0 = time.perf_counter()
+            text = self.asr.transcribe_blocking(pcm, self.rate)
+            asr_ms = (time.perf_counter() - t0) * 1000
+            self.busy_until_ms = start + asr_ms
+            self.runs.append(_Run(self.done_ms, start, start + asr_ms, text))
+
+    def deliver(self, amd: AnsweringMachineDetector) -> None:
+        """Hand over the transcripts that have arrived by now (the worker posts each to the media thread,
+        which gives it to the detector before the next frame)."""
+        while self.delivered < len(self.runs) and self.runs[self.delivered].arrive_ms <= amd.now_ms:
+            run = self.runs[self.delivered]
+            amd.add_transcript(run.text, run.audio_ms)
+            self.delivered += 1
+
+
+def run_case(
+    case: AmdCase, settings: AmdSettings, asr: Transcriber | None = None
+) -> tuple[Decision, MessageCue | None, float, int, LiveWords | None]:
+    """Decision, message cue (machines decided as machine), CPU seconds, frames processed, and the words
+    path when ``asr`` is given (then ``settings.asr`` is on; CPU seconds exclude the transcriptions)."""
     amd = AnsweringMachineDetector(settings)
+    words = LiveWords(asr, settings.asr_chunk_ms) if asr is not None else None
     frames = case.frames()
     decision: Decision | None = None
     cue: MessageCue | None = None
+    asr_s = 0.0
     started = time.perf_counter()
     i = 0
     for i, frame in enumerate(frames):  # noqa: B007 - i is used after the loop
+        if words is not None:
+            words.deliver(amd)
         decision = amd.process(frame)
         if decision is not None:
             break
+        if words is not None:
+            t0 = time.perf_counter()
+            words.step(frame, amd)
+            asr_s += time.perf_counter() - t0
     if decision is None:
         decision = amd.finish()
     if decision.kind == "machine":
@@ -76,7 +160,7 @@ def run_case(case: AmdCase, settings: AmdSettings) -> tuple[Decision, MessageCue
             if cue is not None:
                 break
         i = len(frames) - 1 if cue is None else i
-    return decision, cue, time.perf_counter() - started, len(frames)
+    return decision, cue, time.perf_counter() - started - asr_s, len(frames), words
 
 
 def beep_scan(case: AmdCase) -> list[tuple[int, int | None]]:
@@ -92,7 +176,19 @@ def beep_scan(case: AmdCase) -> list[tuple[int, int | None]]:
     return found
 
 
-def score(cases: list[AmdCase], settings: AmdSettings) -> dict[str, Any]:
+def score(
+    cases: list[AmdCase],
+    settings: AmdSettings,
+    asr: Transcriber | None = None,
+    decisions: dict[str, Decision] | None = None,
+) -> dict[str, Any]:
+    """The numbers for one config; with ``asr``, words on (``settings.asr`` is set here). ``decisions``, if
+    given, receives every case's decision by case name (to list what the words changed)."""
+    if asr is not None:
+        settings = dataclasses.replace(settings, asr=True)
+    asr_ms: list[float] = []
+    held: list[float] = []
+    transcriptions: list[int] = []
     matrix: Counter[tuple[str, str]] = Counter()
     times: dict[str, list[float]] = {"human": [], "machine": []}
     per_noise: dict[str, Counter[str]] = {noise: Counter() for noise in NOISE_RMS}
@@ -105,17 +201,26 @@ def score(cases: list[AmdCase], settings: AmdSettings) -> dict[str, Any]:
     cpu = 0.0
     frames = 0
     for case in cases:
-        decision, cue, seconds, n = run_case(case, settings)
+        decision, cue, seconds, n, words = run_case(case, settings, asr)
         cpu += seconds
         frames += n
+        if decisions is not None:
+            decisions[case.name] = decision
+        if words is not None:
+            asr_ms.extend(run.arrive_ms - run.start_ms for run in words.runs)
+            transcriptions.append(len(words.runs))
+            if decision.kind == "human" and decision.held_ms:
+                held.append(decision.held_ms)
         matrix[(case.kind, decision.kind)] += 1
         times[case.kind].append(decision.decided_at_ms)
         ok = decision.kind == case.kind
         per_noise[case.noise]["correct" if ok else "wrong"] += 1
         reasons[decision.reasons[0].split(":")[0].split(" (")[0].rstrip("0123456789 ms>=")] += 1
         if not ok:
+            words_seen = f" (words {decision.transcript!r})" if decision.transcript is not None else ""
             wrong.append(
                 f"{case.name} -> {decision.kind} at {decision.decided_at_ms} ms: {decision.reasons[0]}"
+                + words_seen
             )
         if case.kind == "machine" and cue is not None:
             cue_reasons[cue.reason] += 1
@@ -126,6 +231,19 @@ def score(cases: list[AmdCase], settings: AmdSettings) -> dict[str, Any]:
                 cue_errors_nobeep.append(cue.at_ms - case.greeting_end_ms)
     total = len(cases)
     correct = matrix[("human", "human")] + matrix[("machine", "machine")]
+    words_stats: dict[str, Any] = {}
+    if asr is not None:
+        words_stats["asr"] = {
+            "transcriptions": len(asr_ms),
+            "per_case_mean": round(float(np.mean(transcriptions)), 2) if transcriptions else None,
+            "transcription_ms": {
+                "p50": _pct(asr_ms, 50),
+                "p95": _pct(asr_ms, 95),
+                "max": round(max(asr_ms), 1) if asr_ms else None,
+            },
+            "humans_held": len(held),
+            "held_ms": {"p50": _pct(held, 50), "max": max(held, default=None)},
+        }
     return {
         "cases": total,
         "accuracy": round(correct / total, 4),
@@ -155,8 +273,57 @@ def score(cases: list[AmdCase], settings: AmdSettings) -> dict[str, Any]:
             },
         },
         "cpu_us_per_frame": round(1e6 * cpu / max(1, frames), 1),
+        **words_stats,
         "wrong": wrong,
     }
+
+
+def flips(cases: list[AmdCase], before: dict[str, Decision], after: dict[str, Decision]) -> list[str]:
+    """The cases whose decision the words changed, with the words and the rule that decided."""
+    changed = []
+    for case in cases:
+        old, new = before[case.name], after[case.name]
+        if old.kind == new.kind:
+            continue
+        mark = "fixed" if new.kind == case.kind else "broken" if old.kind == case.kind else "changed"
+        changed.append(
+            f"{mark}: {case.name}: {old.kind} at {old.decided_at_ms} ms -> {new.kind} at "
+            f"{new.decided_at_ms} ms: {new.reasons[0]} (words {new.transcript!r} of {new.transcript_ms} ms)"
+        )
+    return changed
+
+
+def stratified(cases: list[AmdCase], limit: int) -> list[AmdCase]:
+    """About ``limit`` cases, evenly spread over each (kind, noise, beep or not) group in proportion to its
+    size, so that a subset keeps the full set's mix (build_cases' order is noise, then kind, then voice)."""
+    if limit >= len(cases):
+        return cases
+    groups: dict[tuple[str, str, bool], list[AmdCase]] = {}
+    for case in cases:
+        groups.setdefault((case.kind, case.noise, case.beep is not None), []).append(case)
+    picked: list[AmdCase] = []
+    for group in groups.values():
+        k = max(1, round(limit * len(group) / len(cases)))
+        picked.extend(group[int(i)] for i in np.linspace(0, len(group) - 1, k).round())
+    return picked
+
+
+def load_asr() -> Transcriber:
+    """The service's ASR (bundled tiny.en, int8, one CPU thread), loaded and warmed up as `sipbridge run`
+    does, so that no measured transcription is the model's slower first run."""
+    import asyncio
+
+    from sipbridge.asr import Transcriber
+    from sipbridge.config import AsrConfig
+
+    asr = Transcriber(AsrConfig())
+
+    async def start() -> None:
+        await asr.start()
+        await asr.wait_warm()
+
+    asyncio.run(start())
+    return asr
 
 
 def longest_tone_outside_beeps(case: AmdCase) -> int:
@@ -221,17 +388,27 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     parser.add_argument("--quick", action="store_true", help="two voices instead of five")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help="comma-separated names from CONFIGS")
+    parser.add_argument(
+        "--configs", help="comma-separated names from CONFIGS (default: all; with --asr: default)"
+    )
+    parser.add_argument("--asr", action="store_true", help="also score with words from the real ASR")
+    parser.add_argument("--limit", type=int, help="a stratified subset of about this many cases")
     parser.add_argument("--out", type=Path, help="write the JSON here as well as to stdout")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    names = [name.strip() for name in args.configs.split(",") if name.strip()]
+    configs = args.configs or ("default" if args.asr else ",".join(CONFIGS))
+    names = [name.strip() for name in configs.split(",") if name.strip()]
     unknown = [name for name in names if name not in CONFIGS]
     if unknown:
         parser.error(f"unknown config(s) {unknown}; known: {list(CONFIGS)}")
 
     started = time.perf_counter()
     cases = build_cases(quick=args.quick)
+    if args.limit:
+        cases = stratified(cases, args.limit)
+    short = build_short_machine_cases(quick=args.quick) if args.asr else []
+    if args.limit and short:
+        short = stratified(short, max(1, args.limit * len(short) // 340))
     built = time.perf_counter() - started
     result: dict[str, Any] = {
         "cases": {
@@ -239,17 +416,47 @@ def main(argv: list[str] | None = None) -> int:
             "machine": sum(c.kind == "machine" for c in cases),
             "machine_with_beep": sum(c.beep is not None for c in cases),
             "noise_levels": list(NOISE_RMS),
+            **({"limit": args.limit, "subset": "stratified"} if args.limit else {}),
+            **({"short_machines": len(short)} if args.asr else {}),
         },
         "build_s": round(built, 1),
         "default_settings": {
             k: v for k, v in dataclasses.asdict(AmdSettings()).items() if k not in ("machine_phrases",)
         },
-        "beep_detection": score_beeps(cases),
-        "configs": {},
     }
-    for name in names:
-        result["configs"][name] = score(cases, CONFIGS[name])
-        log.warning("%s: accuracy %.3f", name, result["configs"][name]["accuracy"])
+    if not args.asr:  # the beep detector hears no words: its numbers are the same with them
+        result["beep_detection"] = score_beeps(cases)
+    result["configs"] = {}
+    if args.asr:
+        t0 = time.perf_counter()
+        asr = load_asr()
+        result["asr"] = {
+            "model": asr.config.model,
+            "compute_type": asr.config.compute_type,
+            "cpu_threads": 1,
+            "load_and_warmup_s": round(time.perf_counter() - t0, 1),
+            "words_arrive": "chunk end + the transcription time measured for that call (one ASR thread)",
+        }
+        for name in names:
+            before: dict[str, Decision] = {}
+            after: dict[str, Decision] = {}
+            t0 = time.perf_counter()
+            result["configs"][name] = score(cases, CONFIGS[name], decisions=before)
+            result["configs"][f"{name} + asr"] = score(cases, CONFIGS[name], asr, after)
+            result["configs"][f"{name} + asr"]["wall_s"] = round(time.perf_counter() - t0, 1)
+            result["configs"][f"{name} + asr"]["flipped"] = flips(cases, before, after)
+            if short:
+                before, after = {}, {}
+                result["configs"][f"{name} short machines"] = score(short, CONFIGS[name], decisions=before)
+                result["configs"][f"{name} + asr short machines"] = score(short, CONFIGS[name], asr, after)
+                result["configs"][f"{name} + asr short machines"]["flipped"] = flips(short, before, after)
+            for key in [k for k in result["configs"] if k.startswith(name)]:
+                log.warning("%s: accuracy %.3f", key, result["configs"][key]["accuracy"])
+        asr.close()
+    else:
+        for name in names:
+            result["configs"][name] = score(cases, CONFIGS[name])
+            log.warning("%s: accuracy %.3f", name, result["configs"][name]["accuracy"])
     result["total_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)
     print(text)

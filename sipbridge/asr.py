@@ -124,8 +124,16 @@ class Transcriber:
     async def transcribe(self, pcm: npt.NDArray[np.int16], rate: int) -> str:
         if self._model is None or len(pcm) == 0:
             return ""
-        text, _ = await asyncio.get_running_loop().run_in_executor(self._pool, self._run, pcm, rate, False)
-        return text
+        loop = asyncio.get_running_loop()
+        return await loop.run_in_executor(self._pool, self.transcribe_blocking, pcm, rate)
+
+    def transcribe_blocking(self, pcm: npt.NDArray[np.int16], rate: int) -> str:
+        """`transcribe` on the caller's thread: the same model run (resampling, decode options) for offline
+        tools that replay the live path in audio time (bench/amd_accuracy.py --asr). The service never calls
+        it from the event loop: it would block every call for ~0.3 s."""
+        if self._model is None or len(pcm) == 0:
+            return ""
+        return self._run(pcm, rate, False)[0]
 
     async def transcribe_words(self, pcm: npt.NDArray[Any], rate: int) -> tuple[str, list[TimedWord]]:
         """Text and (word, start s, end s) in the audio's time. Word timestamps cost ~30 % more decode time,

@@ -31,10 +31,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import numpy.typing as npt
 import pjsua2 as pj
 
-from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter
+from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter, GreetingFeed
 from audio.beep import BeepSettings
 from audio.vad import VadSettings, make_segmenter
 from sipbridge import frames as f
@@ -583,31 +582,6 @@ class Worker:
 
     def emit(self, frame: f.Frame) -> None:
         self.channel.send(frame)
-
-
-@dataclass
-class GreetingFeed:
-    """The callee's audio under AMD, cut into chunks for the supervisor's ASR (media thread only).
-
-    Nothing is sent before the detector has heard speech (ASR on silence costs a transcription and may
-    invent words); the first chunk then carries everything from the answer on, so the ASR always has the
-    greeting from its start."""
-
-    rate: int
-    chunk_bytes: int
-    pending: bytearray = field(default_factory=bytearray)
-    sent_bytes: int = 0
-
-    def add(self, frame: npt.NDArray[np.int16], heard_speech: bool) -> tuple[int, bytes] | None:
-        """Returns (start ms, pcm) when a chunk is due."""
-        self.pending += frame.tobytes()
-        if not heard_speech or len(self.pending) < self.chunk_bytes:
-            return None
-        start_ms = self.sent_bytes // 2 * 1000 // self.rate
-        chunk = bytes(self.pending)
-        self.sent_bytes += len(chunk)
-        self.pending.clear()
-        return start_ms, chunk
 
 
 def _amd_settings(values: dict[str, Any]) -> AmdSettings:

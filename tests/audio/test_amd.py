@@ -8,8 +8,22 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 
-from audio.amd import AmdSettings, AnsweringMachineDetector, Decision, MessageCue
-from audio.amd_testset import BEEPS, AmdCase, human_case, machine_case
+from audio.amd import (
+    DEFAULT_MACHINE_PHRASES,
+    AmdSettings,
+    AnsweringMachineDetector,
+    Decision,
+    GreetingFeed,
+    MessageCue,
+)
+from audio.amd_testset import (
+    BEEPS,
+    SHORT_MACHINE_GREETINGS,
+    AmdCase,
+    build_short_machine_cases,
+    human_case,
+    machine_case,
+)
 from audio.beep import Beep, BeepDetector, BeepSettings
 from audio.testsignals import SceneBuilder, espeak, telephone_band
 
@@ -367,3 +381,26 @@ def test_beep_detector_rejects_band_above_nyquist() -> None:
     with pytest.raises(ValueError, match="Nyquist"):
         BeepDetector(8000, 20, BeepSettings(max_freq_hz=4500))
     assert Beep(100, 1000.0, 400).duration_ms == 300
+
+
+def test_greeting_feed_sends_nothing_before_speech_then_chunks_from_the_answer_on() -> None:
+    # The worker's chunking, shared with bench/amd_accuracy.py --asr: 500 ms chunks at 8 kHz.
+    feed = GreetingFeed(8000, 500 * 8 * 2)
+    frames = [np.full(FRAME, i, np.int16) for i in range(60)]  # 1.2 s, each frame tagged with its index
+    chunks = [feed.add(frame, heard_speech=i >= 30) for i, frame in enumerate(frames)]
+    sent = [(i, chunk) for i, chunk in enumerate(chunks) if chunk is not None]
+    # Speech heard at 620 ms: the first chunk then holds all 620 ms from the answer on; the next one 500 ms
+    # later (and nothing more: 1.2 s is not another whole chunk).
+    assert [(i, start, len(pcm)) for i, (start, pcm) in sent] == [
+        (30, 0, 31 * FRAME * 2),
+        (55, 620, 25 * FRAME * 2),
+    ]
+    assert np.frombuffer(sent[1][1][1], "<i2")[0] == 31  # contiguous: chunk 2 starts where chunk 1 ended
+
+
+def test_short_machine_greetings_say_a_voicemail_phrase_and_have_no_beep() -> None:
+    cases = build_short_machine_cases(noises=("clean",), quick=True)
+    assert len(cases) == 6 and all(c.kind == "machine" and c.beep is None for c in cases)
+    for text in SHORT_MACHINE_GREETINGS:
+        said = text.lower().replace(".", "").replace(",", "")
+        assert any(phrase in said for phrase in DEFAULT_MACHINE_PHRASES), text

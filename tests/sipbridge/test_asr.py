@@ -75,3 +75,21 @@ def test_no_asr_backend_has_nothing_to_warm() -> None:
         assert asr.runs == 0 and not asr.warmed and asr.health()["ok"]
     finally:
         asr.close()
+
+
+def test_transcribe_blocking_is_the_same_model_run_on_the_callers_thread() -> None:
+    # Shared with bench/amd_accuracy.py --asr, which replays the live words path in audio time.
+    asr = Transcriber(AsrConfig())
+    caller = caller_audio(HELLO, lead_s=0.3, tail_s=0.3)
+
+    async def both() -> tuple[str, str]:
+        await asr.start()
+        await asr.wait_warm()
+        return await asr.transcribe(caller.pcm, 8000), asr.transcribe_blocking(caller.pcm, 8000)
+
+    try:
+        in_pool, here = asyncio.run(both())
+        assert in_pool == here and "help" in here.lower(), (in_pool, here)
+        assert asr.turns == 2 and asr.transcribe_blocking(caller.pcm[:0], 8000) == "" and asr.turns == 2
+    finally:
+        asr.close()
