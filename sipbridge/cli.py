@@ -107,12 +107,7 @@ def _export_calls(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from sipbridge.export import export_calls
     from sipbridge.store import open_existing
 
-    path = Path(args.db) if args.db else loaded.config.storage.sqlite_path
-    try:
-        store = open_existing(path)
-    except StoreError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILURE
+    store = open_existing(Path(args.db) if args.db else loaded.config.storage.sqlite_path)
     try:
         text = export_calls(store, args.format)
     finally:
@@ -168,13 +163,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         _print_config_errors(error)
         return EXIT_CONFIG
 
-    if args.command == "calls":
-        return _export_calls(args, loaded)
-
-    if args.command == "campaign":
+    if args.command in ("calls", "campaign"):
         from sipbridge.dialer.cli import campaign_command
 
-        return campaign_command(args, loaded)
+        command = _export_calls if args.command == "calls" else campaign_command
+        try:
+            return command(args, loaded)
+        except StoreError as exc:  # e.g. no database at the path: the commands never create one
+            print(str(exc), file=sys.stderr)
+            return EXIT_FAILURE
 
     if args.command == "check-config":
         sys.stdout.write(f"# {loaded.source}: valid\n")

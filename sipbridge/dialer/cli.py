@@ -20,7 +20,7 @@ from sipbridge.config import LoadedConfig
 from sipbridge.dialer.campaign import LoadedCampaign, load_campaign
 from sipbridge.dialer.live import Clock
 from sipbridge.dialer.state import CampaignState
-from sipbridge.store import StoreError, open_existing
+from sipbridge.store import open_existing
 
 EXIT_OK, EXIT_FAILURE = 0, 1
 
@@ -64,11 +64,7 @@ def clock_from(now: str | None) -> Clock:
 
 def campaign_command(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     path = Path(args.db) if args.db else loaded.config.storage.sqlite_path
-    try:
-        store = open_existing(path)
-    except StoreError as exc:
-        print(str(exc), file=sys.stderr)
-        return EXIT_FAILURE
+    store = open_existing(path)  # StoreError (no database there) is reported by sipbridge.cli.main
     try:
         state = CampaignState(store, args.name)
         status = state.status()
