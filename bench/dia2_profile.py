@@ -88,7 +88,8 @@ def profile_variant(
     model: Any, ids: Any, enc: Any, mimi: Any, variant: str, counts: list[int]
 ) -> dict[str, Any]:
     """``eager``: the model's modules; ``fused``: dia2/fused.py compiled, depformer on torch;
-    ``kernels``: fused + the depformer on dia2/kernels.py (the CUDA default)."""
+    ``kernels``: fused + the depformer on dia2/kernels.py (the CUDA default); ``kernels-pdl``: the same
+    with programmatic dependent launch."""
     fused = variant != "eager"
     from dia2_speed import start_reply, ttfa_warm
 
@@ -96,7 +97,7 @@ def profile_variant(
     cap = max(counts)
     engine = Engine(model, ids, enc, mimi, EngineOptions(
         capacity=cap, cfg=True, buckets=tuple(counts), seed=0, fused=fused, compile=fused,
-        kernels=variant == "kernels",
+        kernels=variant.startswith("kernels"), pdl=variant == "kernels-pdl",
     ))
     out: dict[str, Any] = {"startup_s": time.perf_counter() - t0, "graph_errors": engine.graph_errors}
     logger.info("%s: engine ready in %.1f s", variant, out["startup_s"])
@@ -140,7 +141,7 @@ def profile_variant(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument("--variants", default="fused,kernels", help="any of eager, fused, kernels")
+    p.add_argument("--variants", default="fused,kernels", help="any of eager, fused, kernels, kernels-pdl")
     p.add_argument("--calls", default="1,64")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

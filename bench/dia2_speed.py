@@ -254,6 +254,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--no-lane", action="store_true", help="lead-in in line (no lane steps): the old policy")
     p.add_argument("--no-overlap", action="store_true", help="Mimi decode in line, not on a second stream")
     p.add_argument("--no-kernels", action="store_true", help="depformer on the compiled torch functions")
+    p.add_argument("--pdl", action="store_true",
+                   help="Triton kernels with programmatic dependent launch (Hopper; EngineOptions.pdl)")
     p.add_argument("--no-first-chunk-first", action="store_true",
                    help="lane steps up to the rate budget even while a call waits for its first chunk")
     args = p.parse_args(argv)
@@ -284,7 +286,7 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats()
     common = {"cuda_graphs": not args.no_graphs, "seed": 0, "lead_in_lane": not args.no_lane,
               "overlap_mimi": not args.no_overlap, "first_chunk_first": not args.no_first_chunk_first,
-              "kernels": False if args.no_kernels else None}
+              "kernels": False if args.no_kernels else None, "pdl": args.pdl}
     if args.tiny:  # the fixture's context is 160 steps: a 4 s voice and short replies must fit in it
         common.update(reply_reserve_steps=40, max_reply_steps=100)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -296,6 +298,9 @@ def main(argv: list[str] | None = None) -> int:
     t0 = time.perf_counter()
     solo = Engine(model, ids, encoder, mimi, EngineOptions(capacity=1, cfg=False, **common))
     result["capture_s_cfg_off"] = time.perf_counter() - t0
+    dep = solo.fused.kernels if solo.fused is not None else None
+    result["path"] = {"fused": solo.fused is not None, "kernels": dep is not None,
+                      "pdl": bool(dep and dep.pdl)}
     result["one_call_cfg_off"] = frames_per_second(solo, 1, steps, SpeakOptions(cfg_scale=1.0))
     logger.info("1 call, CFG off: %s", result["one_call_cfg_off"])
     save()

@@ -73,6 +73,10 @@ class EngineOptions:
     # Depformer stages on dia2/kernels.py (Triton; 22 launches a stage instead of ~84). Needs the fused
     # path. None → on where it can run (CUDA + Triton); True insists (CPU: only under TRITON_INTERPRET=1).
     kernels: bool | None = None
+    # Launch those kernels with programmatic dependent launch: each starts (and prefetches its weights
+    # into L2) while the previous one finishes (dia2/kernels.py pdl_supported). Needs the kernels on a
+    # Hopper or later GPU. Off by default until it is measured on one (docs/PERFORMANCE.md).
+    pdl: bool = False
     skip_lead_in: bool = True  # no depformer on steps whose codebook 1..K-1 codes are all known
     # Attention reads only the first L cache slots, L the smallest of these covering every row of the
     # step's bucket (one main graph per batch bucket and length); the full length is always added.
@@ -279,18 +283,11 @@ class Engine:
         self.fused = None
         use_fused = opts.fused if opts.fused is not None else self._cuda
         if use_fused:
-            from .fused import FusedFrame, kernels_supported
+            from .fused import FusedFrame
 
-            kernels = False
-            if opts.kernels is not False:
-                why = kernels_supported(model)
-                if why is not None and opts.kernels:
-                    raise ValueError(
-                        f"EngineOptions.kernels=True, but the depformer kernels cannot run: {why}"
-                    )
-                kernels = why is None and (opts.kernels or self._cuda)
+            kernels, pdl = _kernel_choice(opts, model, self._cuda)
             self.fused = FusedFrame(model, self.consts, self.branches, compile=opts.compile and self._cuda,
-                                    kernels=kernels, capacity=opts.capacity)
+                                    kernels=kernels, capacity=opts.capacity, pdl=pdl)
         self.lead_steps = 0
         self.kv_buckets = sorted({b for b in opts.kv_buckets if 0 < b < self.max_steps} | {self.max_steps})
         # Host mirror of each slot's next cache slot (never below the device's): picks the step's length.
@@ -1097,3 +1094,26 @@ class Engine:
             "awaiting_text": call.machine.awaiting_text,
         }
 
+
+def _kernel_choice(opts: EngineOptions, model: Dia2Model, cuda: bool) -> tuple[bool, bool]:
+    """(Triton kernels, programmatic dependent launch) for the fused path. ``kernels=None`` means "where
+    they can run"; ``True`` insists and names what is missing."""
+    from .fused import kernels_supported
+
+    kernels = False
+    if opts.kernels is not False:
+        why = kernels_supported(model)
+        if why is not None and opts.kernels:
+            raise ValueError(f"EngineOptions.kernels=True, but the depformer kernels cannot run: {why}")
+        kernels = why is None and (opts.kernels or cuda)
+    pdl = False
+    if opts.pdl:
+        why = "the Triton kernels are off"
+        if kernels:
+            from .kernels import pdl_supported
+
+            why = pdl_supported(model.device)
+        if why is not None:
+            raise ValueError(f"EngineOptions.pdl=True, but the kernels cannot use PDL: {why}")
+        pdl = True
+    return kernels, pdl

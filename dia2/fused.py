@@ -175,7 +175,7 @@ class FusedFrame:
 
     def __init__(
         self, model: Dia2Model, consts: FrameConstants, branches: int, *, compile: bool,
-        kernels: bool = False, capacity: int = 0,
+        kernels: bool = False, capacity: int = 0, pdl: bool = False,
     ) -> None:
         cfg = model.config
         eps = cfg.model.normalization_layer_epsilon
@@ -243,8 +243,8 @@ class FusedFrame:
         self.kernels: DepformerKernels | None = None
         self.main_kernels: MainKernels | None = None
         if kernels:
-            self.kernels = DepformerKernels(model, consts, branches, capacity)
-            self.main_kernels = MainKernels(model, capacity * branches)
+            self.kernels = DepformerKernels(model, consts, branches, capacity, pdl=pdl)
+            self.main_kernels = MainKernels(model, capacity * branches, pdl=pdl)
 
     # ---------------------------------------------------------------------------------------------
 
@@ -356,10 +356,13 @@ class DepformerKernels:
     of 31 projections).
     """
 
-    def __init__(self, model: Dia2Model, consts: FrameConstants, branches: int, capacity: int) -> None:
+    def __init__(
+        self, model: Dia2Model, consts: FrameConstants, branches: int, capacity: int, *, pdl: bool = False
+    ) -> None:
         from . import kernels
 
         self.k = kernels
+        self.pdl = pdl  # programmatic dependent launch: see kernels.pdl_supported
         cfg = model.config
         dep = cfg.model.depformer
         depf = model.depformer
@@ -411,14 +414,14 @@ class DepformerKernels:
         self.prev = torch.zeros(capacity, dtype=torch.long, device=dev)
 
     def run(self, buf: FrameBuffers, gen: torch.Generator | None) -> None:
-        k, eps, br = self.k, self.eps, self.branches
+        k, eps, br, pdl = self.k, self.eps, self.branches, self.pdl
         n = buf.step.shape[0]
         r = n * br
         x, din, qkv, attn, hid, logits = (t[:r] for t in (self.x, self.din, self.qkv, self.attn, self.hid,
                                                             self.logits))
         keys, values, prev = self.keys[:, :r], self.values[:, :r], self.prev[:n]
         noise = torch.empty(self.depth, n, self.vocab_limit, device=x.device).exponential_(generator=gen)
-        k.linear(buf.hidden, self.w_in, din)
+        k.linear(buf.hidden, self.w_in, din, pdl=pdl)
         d = self.dim
         extra: torch.Tensor | float = 0.0
         if self.text_embed is not None:
@@ -430,12 +433,12 @@ class DepformerKernels:
         for s in range(self.depth):
             g = self.group_of[s]
             for i, (pre, w_qkv, qn, kn, w_o, post, wi, wo) in enumerate(self.layers):
-                k.linear(x, w_qkv[g], qkv, norm=pre, eps=eps)
-                k.attention_stage(qkv, keys[i], values[i], qn, kn, self.cos, self.sin, attn, s, eps)
-                k.linear(attn, w_o[g], x, residual=x)
-                k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True)
-                k.linear(hid, wo, x, residual=x)
-            k.linear(x, self.heads[s], logits, norm=self.final_norm, eps=eps)
+                k.linear(x, w_qkv[g], qkv, norm=pre, eps=eps, pdl=pdl)
+                k.attention_stage(qkv, keys[i], values[i], qn, kn, self.cos, self.sin, attn, s, eps, pdl=pdl)
+                k.linear(attn, w_o[g], x, residual=x, pdl=pdl)
+                k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True, pdl=pdl)
+                k.linear(hid, wo, x, residual=x, pdl=pdl)
+            k.linear(x, self.heads[s], logits, norm=self.final_norm, eps=eps, pdl=pdl)
             last = s + 1 == self.depth
             gn = self.group_of[s + 1] if not last else 0
             k.sample_stage(
@@ -443,7 +446,7 @@ class DepformerKernels:
                 buf.known, buf.active, prev, codebook=s + 1, delay=self.delays[s + 1], branches=br,
                 vocab_limit=self.vocab_limit, filter_k=self.filter_k, top_k_cap=self.top,
                 next_din=None if last else din[:, gn * d : (gn + 1) * d],
-                next_table=None if last else self.tables[s + 1], x=None if last else x,
+                next_table=None if last else self.tables[s + 1], x=None if last else x, pdl=pdl,
             )
 
 
@@ -475,10 +478,11 @@ class MainKernels:
     of it, no extra memory); activations live in scratch buffers sized for ``rows`` decoder rows, so
     captured graphs keep pointing at the same storage."""
 
-    def __init__(self, model: Dia2Model, rows: int) -> None:
+    def __init__(self, model: Dia2Model, rows: int, *, pdl: bool = False) -> None:
         from . import kernels
 
         self.k = kernels
+        self.pdl = pdl
         cfg = model.config
         dec = cfg.model.decoder
         self.model = model
@@ -503,27 +507,27 @@ class MainKernels:
     def run(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
     ) -> DecoderStepOutput:
-        k, eps = self.k, self.eps
+        k, eps, pdl = self.k, self.eps, self.pdl
         tr = self.model.transformer
         r = tokens.shape[0]
         x, qkv, q, hid = self.x[:r], self.qkv[:r], self.q[:r], self.hid[:r]
         x.copy_(tr.text_embed(tokens[:, 0], tokens[:, 1]))
-        k.embed_sum(x, tokens, self.tables, 2, self.books)  # 32 lookups and adds: one kernel, not 64
+        k.embed_sum(x, tokens, self.tables, 2, self.books, pdl=pdl)  # 32 lookups and adds: one kernel, not 64
         slots = torch.arange(cache.max_steps, device=tokens.device)
         # An additive mask built once per step: a boolean one is converted inside every SDPA call.
         bias = torch.where(slots[None, :] <= cache_index[:, None], 0.0, float("-inf")).to(x.dtype)
         bias = bias[:, None, None, :]
         for i, (pre, w_qkv, qn, kn, w_o, post, wi, wo) in enumerate(self.layers):
             keys, values = cache.keys[i], cache.values[i]
-            k.linear(x, w_qkv, qkv, norm=pre, eps=eps)
+            k.linear(x, w_qkv, qkv, norm=pre, eps=eps, pdl=pdl)
             k.qk_rope_cache(qkv, q, keys, values, qn, kn, tr.rope_cos, tr.rope_sin, positions, cache_index,
-                            eps)
+                            eps, pdl=pdl)
             a = F.scaled_dot_product_attention(
                 q.unsqueeze(2), keys, values, attn_mask=bias, scale=1.0, enable_gqa=self.qh != self.kvh
             )
-            k.linear(a.reshape(r, self.qh * self.hd), w_o, x, residual=x)
-            k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True)
-            k.linear(hid, wo, x, residual=x)
+            k.linear(a.reshape(r, self.qh * self.hd), w_o, x, residual=x, pdl=pdl)
+            k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True, pdl=pdl)
+            k.linear(hid, wo, x, residual=x, pdl=pdl)
         hidden = tr.norm(x)
         return DecoderStepOutput(
             hidden=hidden,

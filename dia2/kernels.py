@@ -27,11 +27,59 @@ import torch
 import triton
 import triton.language as tl
 
-__all__ = ["LinearBlocks", "attention_stage", "embed_sum", "linear", "qk_rope_cache", "sample_stage"]
+try:  # Triton >= 3.3: grid dependency control (programmatic dependent launch, Hopper and later)
+    from triton.language.extra.cuda import gdc_launch_dependents, gdc_wait
+except ImportError:  # pragma: no cover - older Triton: pdl_supported() says no
+    gdc_launch_dependents = gdc_wait = None
+
+__all__ = [
+    "LinearBlocks", "attention_stage", "embed_sum", "linear", "pdl_supported", "qk_rope_cache",
+    "sample_stage",
+]
 
 
 def _interpreting() -> bool:
     return os.environ.get("TRITON_INTERPRET", "") == "1"
+
+
+def pdl_supported(device: torch.device) -> str | None:
+    """Why these kernels cannot be launched with programmatic dependent launch here (None: they can).
+
+    With PDL a kernel's programs start while the kernel before it is still finishing: each one prefetches
+    its static weights into L2, then waits (``griddepcontrol.wait``) for the previous kernel's writes and
+    only then lets the next kernel launch, so at most one kernel runs ahead. At one call a depformer
+    projection moves 2-12 MB in ~6.6 us, far under the bandwidth: its start-up and tail are the cost,
+    and overlapping them with the neighbour's is the expected saving. Opt-in (``EngineOptions.pdl``)
+    until measured on a GPU: docs/PERFORMANCE.md says how."""
+    if _interpreting():
+        return "Triton's interpreter has no grid dependency control"
+    if gdc_wait is None:
+        return f"Triton {triton.__version__} has no grid dependency control"
+    if device.type != "cuda" or torch.cuda.get_device_capability(device) < (9, 0):
+        return "programmatic dependent launch needs a Hopper (sm_90) or later GPU"
+    return None
+
+
+def _launch_opts(pdl: bool) -> dict[str, bool]:
+    return {"launch_pdl": True} if pdl else {}
+
+
+@triton.jit
+def _inputs_ready(PDL: tl.constexpr):
+    """Under PDL: wait until the previous kernel's writes are visible, then let the next kernel launch.
+    Every kernel launched with PDL calls this before its first read of another kernel's output and
+    before its first write (so it neither reads early nor overwrites what the previous one still reads);
+    because each waits for its predecessor, the chain orders any kernel after every earlier one."""
+    if PDL:
+        gdc_wait()
+        gdc_launch_dependents()
+
+
+@triton.jit
+def _prefetch_l2(ptrs):
+    """Ask L2 for the 128-byte lines at ``ptrs`` (no registers held, nothing waits on it)."""
+    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
+                              dtype=tl.int32, is_pure=False, pack=1)
 
 
 @dataclass(frozen=True)
@@ -66,6 +114,11 @@ TUNED_SMALL: dict[tuple[int, int], tuple[int, int, int, int]] = {
 SAMPLER_WARPS = 4  # H100, one call: 1 → 26.3 us, 2 → 21.2, 4 → 16.8, 8 → 18.3 (bench/dia2_kernels.py)
 
 
+# A projection prefetches its weights only when they fit L2 (50 MB on an H100) with room to spare: the
+# depformer's (2-12 MB) do, the main decoder's MLP (25-50 MB) would only evict what the next one needs.
+PREFETCH_MAX_BYTES = 16 << 20
+
+
 def pick_blocks(m: int, n: int, k: int, w_rows: int | None = None) -> LinearBlocks:
     """Memory-bound at small ``m``: many narrow column tiles so every SM streams weights; wider tiles
     once the batch makes the multiply itself count. ``w_rows``: rows of the weight (2n for SwiGLU)."""
@@ -91,6 +144,7 @@ def _linear_kernel(
     M, N, stride_xm, stride_wn, stride_ym, stride_rm, up_offset, eps,
     K: tl.constexpr, HAS_NORM: tl.constexpr, SWIGLU: tl.constexpr, HAS_RES: tl.constexpr, IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr, BLOCK_L: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -100,6 +154,14 @@ def _linear_kernel(
     m_ok = rm < M
     n_ok = rn < N
     wdt = w_ptr.dtype.element_ty
+    if PREFETCH:  # the weights are static: fetch this program's rows while the previous kernel runs
+        if pid_m == 0:
+            rows = tl.minimum(rn, N - 1)
+            cols = tl.minimum(tl.arange(0, BLOCK_L) * LINE, K - 1)
+            _prefetch_l2(w_ptr + rows[:, None] * stride_wn + cols[None, :])
+            if SWIGLU:
+                _prefetch_l2(w_ptr + (rows + up_offset)[:, None] * stride_wn + cols[None, :])
+    _inputs_ready(PDL)
     if HAS_NORM:
         # RMSNorm of each input row, recomputed per program: the rows are a few KB and sit in L2.
         ss = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -151,13 +213,15 @@ def _linear_kernel(
 def linear(
     x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, *, norm: torch.Tensor | None = None,
     eps: float = 1e-6, residual: torch.Tensor | None = None, swiglu: bool = False,
-    blocks: LinearBlocks | None = None,
+    blocks: LinearBlocks | None = None, pdl: bool = False,
 ) -> torch.Tensor:
     """``out = [residual +] epilogue(rms_norm(x, norm) @ w.T)``.
 
     ``swiglu``: ``w`` holds [gate; up] rows and ``out = silu(x @ gate.T) * (x @ up.T)`` (half the rows).
     ``residual`` may be ``out`` itself (each output tile is read and written by one program only).
     Rows of ``x``/``out``/``residual`` need unit stride along the last dimension.
+    ``pdl``: launch with programmatic dependent launch (see :func:`pdl_supported`); weights of at most
+    ``PREFETCH_MAX_BYTES`` are prefetched into L2 before the wait.
     """
     m, k = x.shape
     n = w.shape[0] // 2 if swiglu else w.shape[0]
@@ -166,6 +230,7 @@ def linear(
     b = blocks or pick_blocks(m, n, k, w.shape[0])
     grid = (triton.cdiv(n, b.n), triton.cdiv(m, b.m))
     res = residual if residual is not None else out
+    line = max(1, 128 // w.element_size())
     _linear_kernel[grid](
         x, w, out, norm if norm is not None else w, res,
         m, n, x.stride(0), w.stride(0), out.stride(0), res.stride(0), n, eps, K=k,
@@ -174,6 +239,8 @@ def linear(
         # (exact products of bf16 values, float32 sums: what the tensor cores do too).
         IEEE=w.dtype == torch.float32 or _interpreting(),
         BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_K=b.k, num_warps=b.warps, num_stages=b.stages,
+        PDL=pdl, PREFETCH=pdl and w.numel() * w.element_size() <= PREFETCH_MAX_BYTES, LINE=line,
+        BLOCK_L=triton.next_power_of_2(triton.cdiv(k, line)), **_launch_opts(pdl),
     )
     return out
 
@@ -200,9 +267,11 @@ def _attention_kernel(
     qkv_ptr, kc_ptr, vc_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, out_ptr,
     stage, eps, stride_qkv, stride_out, stride_cr, stride_ch, stride_cs,
     HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, SLOTS: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One (row, head): QK-RMSNorm, RoPE at position ``stage``, K/V into cache slot ``stage``, softmax
     attention over slots 0..stage (scale 1.0), output into ``out[row, head]``."""
+    _inputs_ready(PDL)
     row, head, d, dm = _head_lanes(HALF, BLOCK_HALF)
     dim = 2 * HALF
     dt = qkv_ptr.dtype.element_ty
@@ -251,6 +320,7 @@ def _attention_kernel(
 def attention_stage(
     qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
     cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, stage: int, eps: float, *, warps: int = 1,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``qkv [R, 3*H*Dh]`` (q, k, v blocks) → ``out [R, H*Dh]``; ``keys``/``values [R, H, S, Dh]`` (S a
     power of two > stage) get slot ``stage``; ``cos``/``sin [depth, Dh]``."""
@@ -263,6 +333,7 @@ def attention_stage(
         qkv, keys, values, q_norm, k_norm, cos, sin, out,
         stage, eps, qkv.stride(0), out.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
         HEADS=heads, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), SLOTS=slots, num_warps=warps,
+        PDL=pdl, **_launch_opts(pdl),
     )
     return out
 
@@ -271,10 +342,11 @@ def attention_stage(
 def _qk_rope_cache_kernel(
     qkv_ptr, q_ptr, kc_ptr, vc_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, pos_ptr, index_ptr, eps,
     stride_qkv, stride_q, stride_cr, stride_ch, stride_cs,
-    QH: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr,
+    QH: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, PDL: tl.constexpr,
 ):
     """Main decoder, one (row, head): QK-RMSNorm and RoPE at the row's position; query heads go to
     ``q [R, QH, Dh]``, key/value heads into the cache at the row's slot."""
+    _inputs_ready(PDL)
     row, head, d, dm = _head_lanes(HALF, BLOCK_HALF)
     dim = 2 * HALF
     dt = qkv_ptr.dtype.element_ty
@@ -309,7 +381,7 @@ def _qk_rope_cache_kernel(
 def qk_rope_cache(
     qkv: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_norm: torch.Tensor,
     k_norm: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-    cache_index: torch.Tensor, eps: float,
+    cache_index: torch.Tensor, eps: float, *, pdl: bool = False,
 ) -> torch.Tensor:
     """``qkv [R, (QH + 2*KVH)*Dh]`` → ``q [R, QH, Dh]`` (normed, rotated) and the rotated key / the value
     of each row into ``keys``/``values [R, KVH, S, Dh]`` at slot ``cache_index[r]``; ``cos``/``sin``
@@ -323,6 +395,7 @@ def qk_rope_cache(
         qkv, q, keys, values, q_norm, k_norm, cos, sin, positions, cache_index, eps,
         qkv.stride(0), q.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
         QH=qh, KVH=kvh, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), num_warps=1,
+        PDL=pdl, **_launch_opts(pdl),
     )
     return q
 
@@ -330,10 +403,11 @@ def qk_rope_cache(
 @triton.jit
 def _embed_sum_kernel(
     x_ptr, tok_ptr, table_ptr, stride_x, stride_tok, first, vocab, dim,
-    BOOKS: tl.constexpr, BLOCK_D: tl.constexpr,
+    BOOKS: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
 ):
     """``x[r] += table[k][tokens[r, first + k]]`` for every codebook k, in order, rounding after each
     add as the module's chain of ``x = x + embedding(...)`` does."""
+    _inputs_ready(PDL)
     row = tl.program_id(0)
     d = tl.program_id(1) * BLOCK_D + tl.arange(0, BLOCK_D)
     dm = d < dim
@@ -345,7 +419,9 @@ def _embed_sum_kernel(
     tl.store(x_ptr + row * stride_x + d, acc, mask=dm)
 
 
-def embed_sum(x: torch.Tensor, tokens: torch.Tensor, tables: torch.Tensor, first: int, books: int) -> None:
+def embed_sum(
+    x: torch.Tensor, tokens: torch.Tensor, tables: torch.Tensor, first: int, books: int, *, pdl: bool = False,
+) -> None:
     """Add ``books`` codebook embeddings (``tables [books * vocab, D]``, stacked) into ``x [R, D]``."""
     rows, dim = x.shape
     vocab = tables.shape[0] // books
@@ -353,7 +429,7 @@ def embed_sum(x: torch.Tensor, tokens: torch.Tensor, tables: torch.Tensor, first
     block = min(1024, triton.next_power_of_2(dim))
     _embed_sum_kernel[(rows, triton.cdiv(dim, block))](
         x, tokens, tables, x.stride(0), tokens.stride(0), first, vocab, dim, BOOKS=books, BLOCK_D=block,
-        num_warps=4,
+        num_warps=4, PDL=pdl, **_launch_opts(pdl),
     )
 
 
@@ -378,12 +454,14 @@ def _sample_kernel(
     stride_din, stride_x, dim,
     BRANCHES: tl.constexpr, VLIM: tl.constexpr, BLOCK_V: tl.constexpr, FILTER_K: tl.constexpr,
     TOPK: tl.constexpr, RING: tl.constexpr, HAS_NEXT: tl.constexpr, BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """One call: CFG candidate filter, top-k sampling by exponential race, the ring write of the
     sampled (or known) code, and the next stage's input rows ``din + table[token]``.
 
     The k-th largest values are found by bisection over the values' bit patterns (no sort): a float's
     bits, with the non-sign bits flipped for negatives, order like the float."""
+    _inputs_ready(PDL)
     n = tl.program_id(0)
     v = tl.arange(0, BLOCK_V)
     vm = v < VLIM
@@ -453,7 +531,7 @@ def sample_stage(
     code: torch.Tensor, *, codebook: int, delay: int, branches: int, vocab_limit: int, filter_k: int,
     top_k_cap: int,
     next_din: torch.Tensor | None = None, next_table: torch.Tensor | None = None,
-    x: torch.Tensor | None = None, warps: int = SAMPLER_WARPS,
+    x: torch.Tensor | None = None, warps: int = SAMPLER_WARPS, pdl: bool = False,
 ) -> None:
     """For each of the ``N`` calls: choose codebook ``codebook``'s token from ``logits [N*branches, V]``
     (float32; ``noise [N, >= vocab_limit]`` is the Exp(1) draw per id, see ``sampling.race_rows``),
@@ -475,5 +553,5 @@ def sample_stage(
         next_din.stride(0) if has_next else 0, x.stride(0) if has_next else 0, dim,
         BRANCHES=branches, VLIM=vocab_limit, BLOCK_V=triton.next_power_of_2(vocab_limit),
         FILTER_K=filter_k if branches > 1 else 0, TOPK=top, RING=ring.shape[2], HAS_NEXT=has_next,
-        BLOCK_D=triton.next_power_of_2(dim), num_warps=warps,
+        BLOCK_D=triton.next_power_of_2(dim), num_warps=warps, PDL=pdl, **_launch_opts(pdl),
     )

@@ -221,3 +221,86 @@ def test_engine_on_kernels_writes_the_same_codes(here: Dia2, reference: Referenc
         assert torch.equal(kernel_ring, torch_ring), engines[0].steps_run
         depformer_steps = engines[0].steps_run - engines[0].lead_steps
     assert engines[1].steps_run - engines[1].lead_steps == 3
+
+
+def _layer_chain(x: torch.Tensor, w: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor,
+                 scratch: dict[str, torch.Tensor], stages: int, pdl: bool) -> None:
+    """The depformer's per-stage kernel sequence (projection, attention, projection + residual, gated
+    MLP, projection + residual), each kernel reading what the one before wrote."""
+    for s in range(stages):
+        kernels.linear(x, w["qkv"], scratch["qkv"], norm=w["norm"], pdl=pdl)
+        kernels.attention_stage(scratch["qkv"], keys, values, w["qn"], w["kn"], w["cos"], w["sin"],
+                                scratch["attn"], s, 1e-6, pdl=pdl)
+        kernels.linear(scratch["attn"], w["o"], x, residual=x, pdl=pdl)
+        kernels.linear(x, w["wi"], scratch["hid"], norm=w["norm"], swiglu=True, pdl=pdl)
+        kernels.linear(scratch["hid"], w["wo"], x, residual=x, pdl=pdl)
+
+
+@pytest.mark.skipif(DEV.type != "cuda" or kernels.pdl_supported(DEV) is not None,
+                    reason="programmatic dependent launch needs a Hopper GPU")
+def test_pdl_launches_equal_plain_launches_eager_and_in_a_graph() -> None:
+    """Under PDL each kernel starts (and prefetches its weights) while the previous one finishes and
+    waits for its writes before reading: a chain of dependent kernels at the depformer's sizes gives
+    bit-identical results to plain launches, eagerly and replayed from a captured CUDA graph."""
+    gen = torch.Generator().manual_seed(11)
+    rows, dim, heads, hd, hidden, stages = 2, 1024, 8, 128, 3072, 6
+
+    def rnd(*shape: int, scale: float = 1.0) -> torch.Tensor:
+        return (torch.randn(*shape, generator=gen) * scale).to(DEV, torch.bfloat16)
+
+    pos = torch.arange(8).float()[:, None] / (10.0 ** (torch.arange(hd // 2).float() / hd))[None, :]
+    w = {"qkv": rnd(3 * dim, dim, scale=dim**-0.5), "o": rnd(dim, dim, scale=dim**-0.5),
+         "wi": rnd(2 * hidden, dim, scale=dim**-0.5), "wo": rnd(dim, hidden, scale=hidden**-0.5),
+         "norm": rnd(dim).abs() + 0.5, "qn": rnd(hd).abs() + 0.5, "kn": rnd(hd).abs() + 0.5,
+         "cos": torch.cat([pos.cos(), pos.cos()], -1).to(DEV, torch.bfloat16),
+         "sin": torch.cat([pos.sin(), pos.sin()], -1).to(DEV, torch.bfloat16)}
+    x0 = rnd(rows, dim)
+
+    def fresh() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
+        cache = torch.zeros(rows, heads, 8, hd, dtype=torch.bfloat16, device=DEV)
+        scratch = {"qkv": torch.zeros(rows, 3 * dim, dtype=torch.bfloat16, device=DEV),
+                   "attn": torch.zeros(rows, dim, dtype=torch.bfloat16, device=DEV),
+                   "hid": torch.zeros(rows, hidden, dtype=torch.bfloat16, device=DEV)}
+        return x0.clone(), cache, cache.clone(), scratch
+
+    x, keys, values, scratch = fresh()
+    _layer_chain(x, w, keys, values, scratch, stages, pdl=False)
+    want = (x.clone(), keys.clone(), values.clone())
+    x, keys, values, scratch = fresh()
+    _layer_chain(x, w, keys, values, scratch, stages, pdl=True)
+    torch.cuda.synchronize()
+    assert all(torch.equal(a, b) for a, b in zip((x, keys, values), want, strict=True))
+
+    x, keys, values, scratch = fresh()
+    _layer_chain(x, w, keys, values, scratch, stages, pdl=True)  # compiled already; warm the launcher
+    graph = torch.cuda.CUDAGraph()
+    stream = torch.cuda.Stream()
+    stream.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(stream), torch.cuda.graph(graph, stream=stream):
+        _layer_chain(x, w, keys, values, scratch, stages, pdl=True)
+    torch.cuda.current_stream().wait_stream(stream)
+    for _ in range(3):
+        x.copy_(x0)
+        keys.zero_()
+        values.zero_()
+        graph.replay()
+        torch.cuda.synchronize()
+        assert all(torch.equal(a, b) for a, b in zip((x, keys, values), want, strict=True))
+
+
+def test_pdl_option_runs_where_supported_and_names_why_not(here: Dia2) -> None:
+    """``EngineOptions.pdl=True``: where the kernels cannot launch with PDL (the CPU interpreter, older
+    GPUs) building the engine fails and says why; where they can, they do. Off by default."""
+    opts = EngineOptions(capacity=1, max_reply_steps=160, reply_reserve_steps=40, fused=True, kernels=True,
+                         pdl=True, cuda_graphs=False, lead_in_lane=False)
+    why = kernels.pdl_supported(DEV)
+    if why is None:
+        engine = Engine(here.model, here.ids, here.tokenizer, here.mimi, opts)
+        assert engine.fused is not None and engine.fused.kernels is not None and engine.fused.kernels.pdl
+    else:
+        with pytest.raises(ValueError, match="pdl=True") as err:
+            Engine(here.model, here.ids, here.tokenizer, here.mimi, opts)
+        assert why in str(err.value)
+    plain = Engine(here.model, here.ids, here.tokenizer, here.mimi,
+                   EngineOptions(**{**opts.__dict__, "pdl": False}))
+    assert plain.fused is not None and plain.fused.kernels is not None and not plain.fused.kernels.pdl
