@@ -308,7 +308,7 @@ def stratified(cases: list[AmdCase], limit: int) -> list[AmdCase]:
     return picked
 
 
-def load_asr() -> Transcriber:
+def load_asr(temperature_fallback: bool = False) -> Transcriber:
     """The service's ASR (bundled tiny.en, int8, one CPU thread), loaded and warmed up as `sipbridge run`
     does, so that no measured transcription is the model's slower first run."""
     import asyncio
@@ -316,7 +316,7 @@ def load_asr() -> Transcriber:
     from sipbridge.asr import Transcriber
     from sipbridge.config import AsrConfig
 
-    asr = Transcriber(AsrConfig())
+    asr = Transcriber(AsrConfig(temperature_fallback=temperature_fallback))
 
     async def start() -> None:
         await asr.start()
@@ -392,6 +392,8 @@ def main(argv: list[str] | None = None) -> int:
         "--configs", help="comma-separated names from CONFIGS (default: all; with --asr: default)"
     )
     parser.add_argument("--asr", action="store_true", help="also score with words from the real ASR")
+    parser.add_argument("--asr-fallback", action="store_true",
+                        help="with --asr: Whisper's temperature fallback on (asr.temperature_fallback)")
     parser.add_argument("--limit", type=int, help="a stratified subset of about this many cases")
     parser.add_argument("--out", type=Path, help="write the JSON here as well as to stdout")
     args = parser.parse_args(argv)
@@ -429,10 +431,11 @@ def main(argv: list[str] | None = None) -> int:
     result["configs"] = {}
     if args.asr:
         t0 = time.perf_counter()
-        asr = load_asr()
+        asr = load_asr(args.asr_fallback)
         result["asr"] = {
             "model": asr.config.model,
             "compute_type": asr.config.compute_type,
+            "temperature_fallback": asr.config.temperature_fallback,
             "cpu_threads": 1,
             "load_and_warmup_s": round(time.perf_counter() - t0, 1),
             "words_arrive": "chunk end + the transcription time measured for that call (one ASR thread)",

@@ -33,6 +33,8 @@ _WHISPER_RATE = 16000
 _WARMUP_SECONDS = 1.0
 _WARMUP_RMS = 0.001
 TimedWord = tuple[str, float, float]  # word, start s, end s
+# faster-whisper's default schedule, used with `asr.temperature_fallback`.
+_FALLBACK_TEMPERATURES = (0.0, 0.2, 0.4, 0.6, 0.8, 1.0)
 
 
 class AsrError(Exception):
@@ -67,6 +69,7 @@ class Transcriber:
     )
     turns: int = 0  # transcriptions asked for by callers (turns, AMD greetings, voice prefixes)
     runs: int = 0  # model runs, the warm-up included: the first caller transcription is run 2 when warmed
+    redecoded: int = 0  # runs that fell back to a higher temperature (asr.temperature_fallback): each ~1 s
     warmed: bool = False  # the warm-up run finished; False if it failed (logged) or never ran
     warmup_ms: float | None = None
     # What the warm-up feeds the model; a field so that a test can give it audio the model rejects.
@@ -160,8 +163,11 @@ class Transcriber:
             vad_filter=False,
             condition_on_previous_text=False,
             word_timestamps=words,
+            temperature=_FALLBACK_TEMPERATURES if self.config.temperature_fallback else 0.0,
         )
         segments = list(segments)  # the generator decodes lazily: run it here, on the ASR thread
+        if any(seg.temperature > 0 for seg in segments):
+            self.redecoded += 1
         timed = [
             (w.word.strip(), float(w.start), float(w.end))
             for seg in segments
@@ -177,6 +183,7 @@ class Transcriber:
             "backend": self.config.backend,
             "model": self.config.model,
             "turns": self.turns,
+            "redecoded": self.redecoded,
             "warm": self.warmed,
             "warmup_ms": None if self.warmup_ms is None else round(self.warmup_ms, 1),
         }

@@ -290,6 +290,14 @@ class AsrConfig(_Section):
     device: str = Field("cpu", description="cpu or cuda.")
     compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, ...).")
     language: str | None = Field("en", description="Spoken language; null = detect.")
+    # Whisper decodes a segment again at temperatures 0.2 ... 1.0 when its log-probability is low or its
+    # text repeats. On a phone that hits short and noisy turns, and each redo costs a whole decode: a
+    # 0.5 s chunk took 913 ms instead of 172 ms, for the same words (docs/DIALER.md, "Words").
+    temperature_fallback: bool = Field(
+        False,
+        description="Decode low-confidence audio again at higher temperatures (Whisper's default; up to"
+        " ~1 s more per turn on short or noisy audio). Off: one greedy decode per turn.",
+    )
 
 
 # ------------------------------------------------------------------------------------------- agent

@@ -93,3 +93,30 @@ def test_transcribe_blocking_is_the_same_model_run_on_the_callers_thread() -> No
         assert asr.turns == 2 and asr.transcribe_blocking(caller.pcm[:0], 8000) == "" and asr.turns == 2
     finally:
         asr.close()
+
+
+# Speech played backwards: speech-like sound without words. tiny.en's greedy decode of it has a low
+# log-probability (-1.4 against the -1.0 threshold) while its no-speech probability stays low (0.4), which is
+# exactly what makes Whisper decode it again at higher temperatures.
+BABBLE = "Yes, she worked here from two thousand nineteen."
+
+
+@pytest.mark.parametrize("fallback", [False, True])
+def test_temperature_fallback_is_off_unless_configured(fallback: bool) -> None:
+    """Default: one greedy decode per turn, even for audio the model is unsure of. `temperature_fallback`
+    gives Whisper's redo at temperatures 0.2 ... 1.0 (counted in `redecoded`, shown in /healthz)."""
+    asr = Transcriber(AsrConfig(temperature_fallback=fallback))
+    babble = caller_audio(BABBLE, lead_s=0.2, tail_s=0.2).pcm[::-1].copy()
+    clear = caller_audio(HELLO, lead_s=0.3, tail_s=0.3).pcm
+
+    async def run() -> tuple[str, str]:
+        await asr.start()
+        await asr.wait_warm()
+        return await asr.transcribe(babble, 8000), await asr.transcribe(clear, 8000)
+
+    try:
+        _, text = asyncio.run(run())
+        assert "help" in text.lower(), text
+        assert asr.turns == 2 and asr.redecoded == asr.health()["redecoded"] == int(fallback)
+    finally:
+        asr.close()
