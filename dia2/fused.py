@@ -272,12 +272,7 @@ class FusedFrame:
                 q, keys, values, attn_mask=valid, scale=1.0, enable_gqa=q.shape[1] != keys.shape[1]
             )
             x = attn_out(x, a, *w_out)
-        hidden = tr.norm(x)
-        return DecoderStepOutput(
-            hidden=hidden,
-            action_logits=tr.action_head(hidden).float(),
-            cb0_logits=tr.cb0_head(hidden).float(),
-        )
+        return tr.output(x)
 
     def depformer(
         self, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None = None
@@ -528,12 +523,7 @@ class MainKernels:
             k.linear(a.reshape(r, self.qh * self.hd), w_o, x, residual=x, pdl=pdl)
             k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True, pdl=pdl)
             k.linear(hid, wo, x, residual=x, pdl=pdl)
-        hidden = tr.norm(x)
-        return DecoderStepOutput(
-            hidden=hidden,
-            action_logits=tr.action_head(hidden).float(),
-            cb0_logits=tr.cb0_head(hidden).float(),
-        )
+        return tr.output(x)
 
 
 def consts_ring_len() -> int:

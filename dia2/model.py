@@ -302,6 +302,16 @@ class MainDecoder(nn.Module):
             x = x + table(tokens[:, 2 + k])
         return x
 
+    def output(self, x: torch.Tensor) -> DecoderStepOutput:
+        """The last layer's output ``x`` → final norm, the action and codebook-0 heads (float32 logits).
+        Shared by every path through the layers (modules, fused functions, Triton kernels)."""
+        hidden = self.norm(x)
+        return DecoderStepOutput(
+            hidden=hidden,
+            action_logits=self.action_head(hidden).float(),
+            cb0_logits=self.cb0_head(hidden).float(),
+        )
+
     def forward(
         self,
         tokens: torch.Tensor,
@@ -326,12 +336,7 @@ class MainDecoder(nn.Module):
                 layer.pre_norm(x), cos, sin, cache.keys[i], cache.values[i], cache_index, valid
             )
             x = x + layer.mlp(layer.post_norm(x))
-        hidden = self.norm(x)
-        return DecoderStepOutput(
-            hidden=hidden,
-            action_logits=self.action_head(hidden).float(),
-            cb0_logits=self.cb0_head(hidden).float(),
-        )
+        return self.output(x)
 
 
     def prefill(
@@ -359,12 +364,7 @@ class MainDecoder(nn.Module):
                 layer.pre_norm(x), cos, sin, cache.keys[i], cache.values[i], cache_index, valid
             )
             x = x + layer.mlp(layer.post_norm(x))
-        hidden = self.norm(x)
-        return DecoderStepOutput(
-            hidden=hidden,
-            action_logits=self.action_head(hidden).float(),
-            cb0_logits=self.cb0_head(hidden).float(),
-        )
+        return self.output(x)
 
 
 # --------------------------------------------------------------------------------------------------

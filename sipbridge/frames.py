@@ -18,6 +18,13 @@ class Frame:
     droppable: ClassVar[bool] = False
 
 
+@dataclass(frozen=True)
+class CallFrame(Frame):
+    """A frame about one call: the supervisor routes it to that call's session."""
+
+    call_id: str
+
+
 # ------------------------------------------------------------------------------ worker -> supervisor
 
 
@@ -53,10 +60,9 @@ class CallRejected(Frame):
 
 
 @dataclass(frozen=True)
-class CallStarted(Frame):
+class CallStarted(CallFrame):
     """Answered, media active: the supervisor may speak from now on."""
 
-    call_id: str
     remote_uri: str
     local_uri: str
     remote_addr: str
@@ -65,16 +71,14 @@ class CallStarted(Frame):
 
 
 @dataclass(frozen=True)
-class SpeechStarted(Frame):
-    call_id: str
+class SpeechStarted(CallFrame):
     t_ms: int  # call media time (ms since media became active)
 
 
 @dataclass(frozen=True)
-class TurnEnded(Frame):
+class TurnEnded(CallFrame):
     """A caller turn, boundaries in call media time, with its 8 kHz audio."""
 
-    call_id: str
     start_ms: int
     end_ms: int
     reason: str
@@ -82,17 +86,15 @@ class TurnEnded(Frame):
 
 
 @dataclass(frozen=True)
-class TurnDropped(Frame):
-    call_id: str
+class TurnDropped(CallFrame):
     start_ms: int
     end_ms: int
 
 
 @dataclass(frozen=True)
-class BargeIn(Frame):
+class BargeIn(CallFrame):
     """The worker already dropped queued interruptible audio; the supervisor cancels generation."""
 
-    call_id: str
     t_ms: int
     utterance: int
     dropped_ms: int
@@ -101,16 +103,14 @@ class BargeIn(Frame):
 
 
 @dataclass(frozen=True)
-class Dtmf(Frame):
-    call_id: str
+class Dtmf(CallFrame):
     digit: str
 
 
 @dataclass(frozen=True)
-class PlaybackDone(Frame):
+class PlaybackDone(CallFrame):
     """The last frame of an utterance went out (or it was cut by barge-in)."""
 
-    call_id: str
     utterance: int
     start_ms: int
     end_ms: int
@@ -119,18 +119,16 @@ class PlaybackDone(Frame):
 
 
 @dataclass(frozen=True)
-class TransferStatus(Frame):
+class TransferStatus(CallFrame):
     """Progress of a REFER we sent: 202 when accepted, then the transferee's final status (NOTIFY)."""
 
-    call_id: str
     code: int
     reason: str
     final: bool
 
 
 @dataclass(frozen=True)
-class CallEnded(Frame):
-    call_id: str
+class CallEnded(CallFrame):
     sip_status: int
     reason: str
     by: str  # "remote", "local", "watchdog", "error"
@@ -140,23 +138,21 @@ class CallEnded(Frame):
 
 
 @dataclass(frozen=True)
-class CallProgress(Frame):
+class CallProgress(CallFrame):
     """An outbound call's provisional response (180 Ringing, 183 Session Progress), first of each code."""
 
-    call_id: str
     code: int
     reason: str
     t_ms: int  # ms since the INVITE was sent
 
 
 @dataclass(frozen=True)
-class DialEnded(Frame):
+class DialEnded(CallFrame):
     """An outbound call that ended before it was answered (no CallStarted/CallEnded for it).
 
     `event` is set when the attempt ended on our side or without a response (ring_timeout, transport_error,
     cancelled); otherwise `code` is the callee side's final response."""
 
-    call_id: str
     code: int
     reason: str
     event: str | None
@@ -165,10 +161,9 @@ class DialEnded(Frame):
 
 
 @dataclass(frozen=True)
-class AmdResult(Frame):
+class AmdResult(CallFrame):
     """Answering-machine decision of an outbound call, made in the worker from the callee's first audio."""
 
-    call_id: str
     kind: str  # human | machine | not_sure
     reasons: list[str]
     decided_at_ms: int  # media ms after the answer
@@ -176,20 +171,18 @@ class AmdResult(Frame):
 
 
 @dataclass(frozen=True)
-class AmdAudio(Frame):
+class AmdAudio(CallFrame):
     """The callee's audio while AMD listens (amd.asr), every asr_chunk_ms: the supervisor's ASR transcribes
     the greeting so far and answers with AmdTranscript. Chunks follow each other without gaps."""
 
-    call_id: str
     start_ms: int  # media ms after the answer of the chunk's first sample
     pcm: bytes = dataclasses.field(repr=False)
 
 
 @dataclass(frozen=True)
-class MessageCueFrame(Frame):
+class MessageCueFrame(CallFrame):
     """After a machine decision: when to start the voicemail message (beep end, greeting end, timeout)."""
 
-    call_id: str
     at_ms: int
     reason: str
 
@@ -198,11 +191,10 @@ class MessageCueFrame(Frame):
 
 
 @dataclass(frozen=True)
-class Dial(Frame):
+class Dial(CallFrame):
     """Place an outbound call. `call_id` is chosen by the supervisor so the attempt row exists before the
     INVITE; `amd` holds audio.amd.AmdSettings fields (None: no detection, the callee is taken as a person)."""
 
-    call_id: str
     target: str  # SIP URI
     caller_id: str  # E.164; sent as the From user part and in P-Asserted-Identity
     ring_timeout_s: float
@@ -213,70 +205,61 @@ class Dial(Frame):
 
 
 @dataclass(frozen=True)
-class CancelDial(Frame):
+class CancelDial(CallFrame):
     """Stop a call we placed while it rings: SIP CANCEL, then DialEnded with event cancelled. Ignored once the
     call is answered (a paused campaign lets answered calls run to their end)."""
 
-    call_id: str
-
 
 @dataclass(frozen=True)
-class AmdTranscript(Frame):
+class AmdTranscript(CallFrame):
     """The words ASR heard in the callee's first `audio_ms` of audio, for the worker's AMD detector."""
 
-    call_id: str
     text: str
     audio_ms: int
     asr_ms: float  # in the supervisor, from asking the ASR thread to the words (any queueing included)
 
 
 @dataclass(frozen=True)
-class PlayAudio(Frame):
+class PlayAudio(CallFrame):
     """8 kHz bot audio for one utterance; any length, the worker cuts it into ptime frames."""
 
     droppable: ClassVar[bool] = True
-    call_id: str
     utterance: int
     interruptible: bool
     pcm: bytes = dataclasses.field(repr=False)
 
 
 @dataclass(frozen=True)
-class EndOfUtterance(Frame):
+class EndOfUtterance(CallFrame):
     """No more audio for this utterance: PlaybackDone follows when its last frame is played."""
 
-    call_id: str
     utterance: int
 
 
 @dataclass(frozen=True)
-class CancelUtterances(Frame):
+class CancelUtterances(CallFrame):
     """Drop these utterances' queued audio and any of their audio still in flight (barge-in, hang-up)."""
 
-    call_id: str
     utterances: list[int]
 
 
 @dataclass(frozen=True)
-class Hangup(Frame):
-    call_id: str
+class Hangup(CallFrame):
     code: int = 200
     reason: str = ""
 
 
 @dataclass(frozen=True)
-class Transfer(Frame):
+class Transfer(CallFrame):
     """Blind transfer: send REFER with Refer-To `target` (a SIP URI); TransferStatus reports progress."""
 
-    call_id: str
     target: str
 
 
 @dataclass(frozen=True)
-class SendDtmf(Frame):
+class SendDtmf(CallFrame):
     """Send keypad digits to the remote party (RFC 2833 events), e.g. to get through an IVR."""
 
-    call_id: str
     digits: str
 
 

@@ -153,9 +153,8 @@ class Supervisor:
             log.info("call %s recorded: rejected (%d, %s)", call_id, frame.code, frame.reason)
         elif isinstance(frame, f.Registration):
             worker.registration = frame
-        else:
-            call_id = getattr(frame, "call_id", None)
-            found = self.sessions.get(call_id) if isinstance(call_id, str) else None
+        elif isinstance(frame, f.CallFrame):
+            found = self.sessions.get(frame.call_id)
             if found is not None:
                 found.handle(frame)
 

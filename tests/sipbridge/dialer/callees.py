@@ -18,21 +18,39 @@ from audio import g711
 
 from ..peers import RATE, SIPP, caller_audio, free_media_port, free_udp_port
 
+_SDP = """v=0
+o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
+s=-
+c=IN IP[media_ip_type] [media_ip]
+t=0 0
+m=audio [media_port] RTP/AVP 0
+a=rtpmap:0 PCMU/8000
+"""
+
+
+def _response(
+    status: str, *, tag: bool = True, cseq: str = "[last_CSeq:]", contact: bool = False, sdp: bool = False,
+    retrans: bool = False,
+) -> str:
+    """One SIPp `<send>` of a response to the last request: `tag` adds ours to To (every response of the
+    INVITE's dialog; not the BYE's 200, whose To has it already), `cseq` overrides the CSeq line (the 487
+    answers the INVITE after a CANCEL was the last request)."""
+    to = "[last_To:];tag=[pid]SIPpTag01[call_number]" if tag else "[last_To:]"
+    lines = ["[last_Via:]", "[last_From:]", to, "[last_Call-ID:]", cseq]
+    if contact:
+        lines.append("Contact: <sip:[local_ip]:[local_port];transport=[transport]>")
+    if sdp:
+        lines += ["Content-Type: application/sdp", "Content-Length: [len]", "", _SDP]
+    else:
+        lines += ["Content-Length: 0", "", ""]
+    attrs = ' retrans="500"' if retrans else ""
+    return f"  <send{attrs}><![CDATA[\nSIP/2.0 {status}\n" + "\n".join(lines) + "]]></send>\n"
+
+
 _HEAD = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 <scenario name="sipbridge test callee">
 {invite}
-  <send><![CDATA[
-SIP/2.0 180 Ringing
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-Content-Length: 0
-
-]]></send>
-"""
+""" + _response("180 Ringing", contact=True)
 
 # The callee's own BYE needs the caller's From (with its tag) as To; SIPp rejects a scenario that captures
 # a variable it never uses, so only scenarios that hang up capture it.
@@ -47,84 +65,30 @@ def _head(keep_from: bool = False) -> str:
     return _HEAD.replace("{invite}\n", _INVITE_KEEP_FROM if keep_from else _INVITE)
 
 
-_FINAL = """  <pause milliseconds="{ring_ms}"/>
-  <send><![CDATA[
-SIP/2.0 {code} {reason}
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
+_FINAL = (
+    '  <pause milliseconds="{ring_ms}"/>\n'
+    + _response("{code} {reason}")
+    + '  <recv request="ACK"/>\n</scenario>\n'
+)
 
-]]></send>
-  <recv request="ACK"/>
-</scenario>
-"""
+_RING_FOREVER = (
+    '  <recv request="CANCEL"/>\n'
+    + _response("200 OK")
+    + _response("487 Request Terminated", cseq="CSeq: [cseq] INVITE")
+    + '  <recv request="ACK"/>\n</scenario>\n'
+)
 
-_RING_FOREVER = """  <recv request="CANCEL"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-  <send><![CDATA[
-SIP/2.0 487 Request Terminated
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-CSeq: [cseq] INVITE
-Content-Length: 0
-
-]]></send>
-  <recv request="ACK"/>
-</scenario>
-"""
-
-_ANSWER = """  <pause milliseconds="{ring_ms}"/>
-  <send retrans="500"><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:];tag=[pid]SIPpTag01[call_number]
-[last_Call-ID:]
-[last_CSeq:]
-Contact: <sip:[local_ip]:[local_port];transport=[transport]>
-Content-Type: application/sdp
-Content-Length: [len]
-
-v=0
-o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
-s=-
-c=IN IP[media_ip_type] [media_ip]
-t=0 0
-m=audio [media_port] RTP/AVP 0
-a=rtpmap:0 PCMU/8000
-]]></send>
-  <recv request="ACK" crlf="true"/>
-"""
+_ANSWER = (
+    '  <pause milliseconds="{ring_ms}"/>\n'
+    + _response("200 OK", contact=True, sdp=True, retrans=True)
+    + '  <recv request="ACK" crlf="true"/>\n'
+)
 _STREAM = """  <nop><action><exec rtp_stream="{audio},1,0"/></action></nop>
 """
 
-_WAIT_BYE = """  <recv request="BYE" timeout="{timeout_ms}"/>
-  <send><![CDATA[
-SIP/2.0 200 OK
-[last_Via:]
-[last_From:]
-[last_To:]
-[last_Call-ID:]
-[last_CSeq:]
-Content-Length: 0
-
-]]></send>
-</scenario>
-"""
+_WAIT_BYE = (
+    '  <recv request="BYE" timeout="{timeout_ms}"/>\n' + _response("200 OK", tag=False) + "</scenario>\n"
+)
 
 _SEND_BYE = """  <pause milliseconds="{talk_ms}"/>
   <send retrans="500"><![CDATA[
