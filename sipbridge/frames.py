@@ -86,6 +86,16 @@ class TurnEnded(CallFrame):
 
 
 @dataclass(frozen=True)
+class TurnPaused(CallFrame):
+    """The caller's turn so far, `vad.early_asr_ms` into a silence (before the turn ends): the supervisor
+    may transcribe it now. A TurnEnded with the same start and end follows when the caller says no more."""
+
+    start_ms: int
+    end_ms: int
+    pcm: bytes = dataclasses.field(repr=False)
+
+
+@dataclass(frozen=True)
 class TurnDropped(CallFrame):
     start_ms: int
     end_ms: int
@@ -287,6 +297,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         CallStarted,
         SpeechStarted,
         TurnEnded,
+        TurnPaused,
         TurnDropped,
         BargeIn,
         Dtmf,

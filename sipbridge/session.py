@@ -48,9 +48,22 @@ class Utterance:
     reply: Reply
     queued_at: float
     turn_ended_at: float | None = None  # monotonic time the caller turn it answers was detected
-    timing: dict[str, float] = field(default_factory=dict)
+    timing: dict[str, float | bool] = field(default_factory=dict)
     pcm: list[bytes] = field(default_factory=list)  # what was sent (for the bot turn's WAV)
     cancelled: bool = False
+
+
+Transcript = tuple[str, list[tuple[str, float, float]]]  # text, (word, start s, end s) if the engine wants
+
+
+@dataclass
+class EarlyWords:
+    """A transcription started on TurnPaused, before the turn ended (`vad.early_asr_ms`). It is the turn's
+    transcription only if the TurnEnded that follows has the same bounds (the caller said nothing more)."""
+
+    start_ms: int
+    end_ms: int
+    task: asyncio.Task[Transcript | None]  # None: the run failed; the turn transcribes again
 
 
 @dataclass
@@ -81,6 +94,7 @@ class CallSession:
     outbound: OutboundCall | None = None
     _voicemail_utterance: int | None = None
     _amd_words: GreetingTranscriber | None = None  # the greeting's words for the worker's AMD (amd.asr)
+    _early: EarlyWords | None = None  # transcription of the turn so far, from its latest TurnPaused
 
     @property
     def call_id(self) -> str:
@@ -218,7 +232,11 @@ class CallSession:
             if self._silence_timeout_s is not None:
                 self._arm_silence(self._silence_timeout_s)  # noise only: keep waiting for a real answer
         if isinstance(frame, f.TurnEnded):
-            self._spawn(self._on_turn(frame, time.monotonic()), "turn")
+            self._spawn(self._on_turn(frame, time.monotonic(), self._take_early(frame)), "turn")
+        elif isinstance(frame, f.TurnPaused):
+            self._on_pause(frame)
+        elif isinstance(frame, f.TurnDropped):
+            self._early = None  # noise: nothing of it is a turn
         elif isinstance(frame, f.BargeIn):
             self._on_barge_in(frame)
         elif isinstance(frame, f.PlaybackDone):
@@ -281,21 +299,45 @@ class CallSession:
         if reply is not None:
             self.say(reply)
 
-    async def _on_turn(self, turn: f.TurnEnded, detected_at: float) -> None:
+    async def _transcribe(self, pcm: np.ndarray[Any, Any]) -> Transcript:
+        # An engine that conditions on timed words (dia2) gets ASR's word timestamps instead of the text
+        # spread evenly; the others do not pay the extra decode time.
+        if getattr(self.engine, "wants_word_timings", False):
+            return await self.asr.transcribe_words(pcm, self.rate)
+        return await self.asr.transcribe(pcm, self.rate), []
+
+    async def _transcribe_early(self, pcm: np.ndarray[Any, Any]) -> Transcript | None:
+        try:
+            return await self._transcribe(pcm)
+        except Exception as exc:  # the turn's end transcribes again; a speculative run must not end the call
+            log.warning("call %s: early transcription failed: %r", self.call_id, exc)
+            return None
+
+    def _on_pause(self, frame: f.TurnPaused) -> None:
+        """Transcribe the turn so far while the stop hangover runs: if the caller says no more, the words
+        are (nearly) ready when TurnEnded comes. A newer pause replaces an older one (its run finishes on
+        the ASR thread anyway; only the newest can match)."""
+        pcm = np.frombuffer(frame.pcm, dtype=np.int16)
+        task = asyncio.create_task(self._transcribe_early(pcm), name=f"early-asr-{self.call_id[:8]}")
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
+        self._early = EarlyWords(frame.start_ms, frame.end_ms, task)
+
+    def _take_early(self, turn: f.TurnEnded) -> EarlyWords | None:
+        early, self._early = self._early, None
+        if early is not None and (early.start_ms, early.end_ms) == (turn.start_ms, turn.end_ms):
+            return early
+        return None
+
+    async def _on_turn(self, turn: f.TurnEnded, detected_at: float, early: EarlyWords | None = None) -> None:
         assert self.agent_call is not None and self.engine_session is not None
         async with self._turn_lock:  # turns are answered in the order they were spoken
             pcm = np.frombuffer(turn.pcm, dtype=np.int16)
             t0 = time.monotonic()
-            # An engine that conditions on timed words (dia2) gets ASR's word timestamps instead of the
-            # text spread evenly; the others do not pay the extra decode time.
-            if getattr(self.engine, "wants_word_timings", False):
-                words, timed = await self.asr.transcribe_words(pcm, self.rate)
-                t_asr = time.monotonic()
-                self.engine_session.user_spoke(pcm, self.rate, timed if timed else words)
-            else:
-                words = await self.asr.transcribe(pcm, self.rate)
-                t_asr = time.monotonic()
-                self.engine_session.user_spoke(pcm, self.rate, words)
+            early_words = await early.task if early is not None else None
+            words, timed = early_words if early_words is not None else await self._transcribe(pcm)
+            t_asr = time.monotonic()
+            self.engine_session.user_spoke(pcm, self.rate, timed if timed else words)
             audio_path = None
             turn_dir = self._turn_dir()
             if turn_dir is not None:
@@ -328,9 +370,10 @@ class CallSession:
                 utt = self.say(reply)
                 utt.turn_ended_at = detected_at
                 utt.timing.update(
-                    asr_ms=(t_asr - t0) * 1000,
+                    asr_ms=(t_asr - t0) * 1000,  # with an early transcription: only what was left of it
                     agent_ms=(t_agent - t_asr) * 1000,
                     wait_ms=(t0 - detected_at) * 1000,
+                    early_asr=early_words is not None,
                 )
 
     async def _on_dtmf(self, digit: str) -> None:

@@ -3,6 +3,7 @@
 from audio.vad.backends import FrameClassifier, SileroVad, WebRtcVad, make_classifier, silero_model_path
 from audio.vad.segmenter import (
     SegmenterState,
+    SpeechPaused,
     SpeechStart,
     TurnDropped,
     TurnEnd,
@@ -16,6 +17,7 @@ __all__ = [
     "FrameClassifier",
     "SegmenterState",
     "SileroVad",
+    "SpeechPaused",
     "SpeechStart",
     "TurnDropped",
     "TurnEnd",

@@ -10,7 +10,12 @@ returns events:
   ``end == time the event was emitted - stop_hangover_ms`` (rounded up to whole frames). ``pcm`` holds the
   samples from ``start`` to ``end``;
 * :class:`TurnDropped` instead of TurnEnd when the turn was shorter than ``min_turn_ms`` (a cough, a click,
-  a noise burst): a consumer that paused playback on SpeechStart resumes it.
+  a noise burst): a consumer that paused playback on SpeechStart resumes it;
+* :class:`SpeechPaused` (only with ``pause_ms`` set) once ``pause_ms`` of non-speech follows speech inside a
+  turn: the turn *so far*, exactly what TurnEnd will carry if the caller says nothing more. A consumer can
+  start the slow work (ASR) during the rest of the hangover and keep the result when a TurnEnd with the same
+  ``start``/``end`` follows; speech after the pause makes the next TurnEnd's ``end`` later (and a later pause
+  sends another SpeechPaused).
 
 All times are integer milliseconds from the first frame of the stream, on 20 ms frame boundaries.
 
@@ -38,6 +43,7 @@ from audio.vad.backends import FrameClassifier, make_classifier
 
 __all__ = [
     "SegmenterState",
+    "SpeechPaused",
     "SpeechStart",
     "TurnDropped",
     "TurnEnd",
@@ -61,6 +67,7 @@ class VadSettings:
     stop_hangover_ms: int = 500  # silence that ends a turn
     min_turn_ms: int = 200  # shorter turns are dropped as noise
     max_turn_ms: int = 30000  # a turn this long is ended by force
+    pause_ms: int | None = None  # silence inside a turn that sends SpeechPaused; None: never
 
     def __post_init__(self) -> None:
         if self.backend not in ("silero", "webrtc"):
@@ -74,6 +81,8 @@ class VadSettings:
                 raise ValueError(f"vad.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_turn_ms <= self.min_turn_ms:
             raise ValueError("vad.max_turn_ms must be greater than vad.min_turn_ms")
+        if self.pause_ms is not None and not 0 <= self.pause_ms < self.stop_hangover_ms:
+            raise ValueError(f"vad pause_ms must be in [0, stop_hangover_ms), got {self.pause_ms}")
 
 
 @dataclass(frozen=True)
@@ -95,7 +104,14 @@ class TurnDropped:
     end: int
 
 
-VadEvent = SpeechStart | TurnEnd | TurnDropped
+@dataclass(frozen=True)
+class SpeechPaused:
+    start: int  # ms, as TurnEnd.start
+    end: int  # ms: end of the last speech frame so far
+    pcm: npt.NDArray[np.int16] = field(repr=False)  # samples [start, end), as TurnEnd.pcm would hold now
+
+
+VadEvent = SpeechStart | TurnEnd | TurnDropped | SpeechPaused
 _NONE: tuple[VadEvent, ...] = ()
 
 
@@ -112,6 +128,7 @@ class SegmenterState:
     turn_frames: list[npt.NDArray[np.int16]] = field(default_factory=list)  # every frame since turn_start
     last_speech: int = 0  # frame index of the turn's latest speech frame
     silence: int = 0  # consecutive non-speech frames inside the turn
+    paused: bool = False  # SpeechPaused was sent for the current silence run
 
 
 class TurnSegmenter:
@@ -131,6 +148,8 @@ class TurnSegmenter:
         self._start_frames = max(1, math.ceil(settings.start_hangover_ms / frame_ms))
         self._stop_frames = max(1, math.ceil(settings.stop_hangover_ms / frame_ms))
         self._max_frames = max(1, math.ceil(settings.max_turn_ms / frame_ms))
+        pause = settings.pause_ms
+        self._pause_frames = None if pause is None else max(1, math.ceil(pause / frame_ms))
         self._onset_lag = round(classifier.onset_lag_ms / frame_ms)
         self._offset_lag = min(round(classifier.offset_lag_ms / frame_ms), self._stop_frames - 1)
         self._on = settings.threshold
@@ -187,6 +206,7 @@ class TurnSegmenter:
         if p >= self._off:
             st.last_speech = i
             st.silence = 0
+            st.paused = False
         else:
             st.silence += 1
             # Silence is counted from the lag-corrected end, so the event comes stop_hangover after it.
@@ -194,6 +214,16 @@ class TurnSegmenter:
                 return (self._close("silence"),)
         if i + 1 - st.turn_start >= self._max_frames:
             return (self._close("max_turn"),)
+        if (
+            self._pause_frames is not None
+            and not st.paused
+            and st.silence > 0
+            and st.silence + self._offset_lag >= self._pause_frames
+        ):
+            st.paused = True
+            start, end, frames = self._span(self._offset_lag)
+            if end - start >= self.settings.min_turn_ms:
+                return (SpeechPaused(start=start, end=end, pcm=np.concatenate(frames)),)
         return _NONE
 
     def flush(self) -> tuple[VadEvent, ...]:
@@ -202,18 +232,22 @@ class TurnSegmenter:
         self.reset()
         return events
 
+    def _span(self, lag: int) -> tuple[int, int, list[npt.NDArray[np.int16]]]:
+        """The open turn's start and end (ms) and frames, its end corrected back by ``lag`` frames but never
+        to before its start."""
+        st = self.state
+        last = max(st.last_speech - lag, st.turn_start)
+        frames = st.turn_frames[: last - st.turn_start + 1]
+        return st.turn_start * self.frame_ms, (last + 1) * self.frame_ms, frames
+
     def _close(self, reason: Literal["silence", "max_turn", "flush"]) -> VadEvent:
         st = self.state
-        start = st.turn_start * self.frame_ms
-        # Correct the end for the offset lag, but never to before the start. A max_turn cut happens while
-        # the caller may still be talking, so it keeps every frame up to the cut.
-        lag = 0 if reason == "max_turn" else self._offset_lag
-        last = max(st.last_speech - lag, st.turn_start)
-        end = (last + 1) * self.frame_ms
-        frames = st.turn_frames[: last - st.turn_start + 1]
+        # A max_turn cut happens while the caller may still be talking, so it keeps every frame up to the cut.
+        start, end, frames = self._span(0 if reason == "max_turn" else self._offset_lag)
         st.in_turn = False
         st.turn_frames = []
         st.silence = 0
+        st.paused = False
         if end - start < self.settings.min_turn_ms:
             return TurnDropped(start=start, end=end)
         return TurnEnd(start=start, end=end, pcm=np.concatenate(frames), reason=reason)

@@ -87,7 +87,8 @@ class OutboundCall:
     def accepts_turn(self, frame: f.Frame) -> bool:
         """Callee turns reach the agent only after a human decision, and only those begun after it (the
         "Hello?" AMD listened to is answered by the greeting, not as a turn)."""
-        if not self.amd_enabled or not isinstance(frame, f.TurnEnded | f.SpeechStarted | f.TurnDropped):
+        turn_frames = f.TurnEnded | f.TurnPaused | f.SpeechStarted | f.TurnDropped
+        if not self.amd_enabled or not isinstance(frame, turn_frames):
             return True
         if self.amd_kind is None or self.amd_kind == "machine":
             return False

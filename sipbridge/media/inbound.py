@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from audio.vad import SpeechStart, TurnDropped, TurnEnd, TurnSegmenter
+from audio.vad import SpeechPaused, SpeechStart, TurnDropped, TurnEnd, TurnSegmenter
 from sipbridge import frames as f
 from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
@@ -100,6 +100,8 @@ class Inbound:
             elif isinstance(event, TurnDropped):
                 self.speech_t = None
                 self.emit(f.TurnDropped(self.call_id, event.start, event.end))
+            elif isinstance(event, SpeechPaused):
+                self.emit(f.TurnPaused(self.call_id, event.start, event.end, event.pcm.tobytes()))
         if not sounding and self.speech_t is None:
             self.barged = False  # the next sound may interrupt the next utterance
         self._maybe_barge_in(sounding)

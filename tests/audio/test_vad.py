@@ -14,6 +14,7 @@ import pytest
 from audio.testsignals import Scene, SceneBuilder, telephone_band
 from audio.vad import (
     SileroVad,
+    SpeechPaused,
     SpeechStart,
     TurnDropped,
     TurnEnd,
@@ -123,6 +124,39 @@ def test_lag_correction_moves_boundaries_back_and_keeps_the_end_definition() -> 
     np.testing.assert_array_equal(end.pcm, pcm[18 * 160 : 46 * 160])
 
 
+def test_speech_paused_carries_the_turn_so_far_once_per_pause() -> None:
+    """With pause_ms: a SpeechPaused pause_ms after the speech stops (lag-corrected end, as TurnEnd's),
+    holding what TurnEnd would hold then. Speech after a pause gives a later end and, at the next pause,
+    another SpeechPaused; the last one equals the TurnEnd that closes the turn."""
+    # speech 20 frames, 12 silent (a pause, < the 15-frame hangover), speech 10 frames, silence 30
+    d = [0.0] * 5 + [1.0] * 20 + [0.0] * 12 + [1.0] * 10 + [0.0] * 30
+    clf = Scripted(d, offset_lag_ms=40)
+    settings = VadSettings(start_hangover_ms=20, stop_hangover_ms=300, min_turn_ms=100, pause_ms=200)
+    seg = TurnSegmenter(clf, settings, 8000)
+    pcm = _frames_pcm(len(d))
+    events = _feed(seg, pcm)
+    assert [type(e) for _, e in events] == [SpeechStart, SpeechPaused, SpeechPaused, TurnEnd]
+    (_, _), (t1, p1), (t2, p2), (t_end, end) = events
+    assert isinstance(p1, SpeechPaused) and isinstance(p2, SpeechPaused) and isinstance(end, TurnEnd)
+    assert (p1.start, p1.end) == (100, 500 - 40) and t1 - 200 == p1.end  # pause_ms after the corrected end
+    np.testing.assert_array_equal(p1.pcm, pcm[5 * 160 : 23 * 160])
+    assert (p2.start, p2.end) == (end.start, end.end) == (100, 940 - 40) and t2 - 200 == p2.end
+    np.testing.assert_array_equal(p2.pcm, end.pcm)
+    assert t_end - 300 == end.end  # TurnEnd's own timing is unchanged by the pauses
+    # Without pause_ms: the same turn, no SpeechPaused.
+    plain = _feed(TurnSegmenter(Scripted(d, offset_lag_ms=40), VadSettings(
+        start_hangover_ms=20, stop_hangover_ms=300, min_turn_ms=100), 8000), pcm)
+    assert [type(e) for _, e in plain] == [SpeechStart, TurnEnd]
+    assert (plain[1][1].start, plain[1][1].end) == (end.start, end.end)  # type: ignore[union-attr]
+
+
+def test_no_speech_paused_for_a_turn_that_would_be_dropped() -> None:
+    d = [0.0] * 5 + [1.0] * 4 + [0.0] * 20
+    seg = TurnSegmenter(Scripted(d), VadSettings(start_hangover_ms=20, stop_hangover_ms=200, min_turn_ms=200,
+                                                 pause_ms=60), 8000)
+    assert [type(e) for _, e in _feed(seg, _frames_pcm(len(d)))] == [SpeechStart, TurnDropped]
+
+
 def test_settings_are_validated() -> None:
     with pytest.raises(ValueError, match="backend"):
         VadSettings(backend="energy")
@@ -132,6 +166,8 @@ def test_settings_are_validated() -> None:
         VadSettings(threshold=1.0)
     with pytest.raises(ValueError, match="max_turn_ms"):
         VadSettings(min_turn_ms=500, max_turn_ms=400)
+    with pytest.raises(ValueError, match="pause_ms"):
+        VadSettings(stop_hangover_ms=500, pause_ms=500)
     seg = make_segmenter(VadSettings(backend="webrtc"), 8000)
     with pytest.raises(ValueError, match="160 int16"):
         seg.process(np.zeros(320, dtype=np.int16))

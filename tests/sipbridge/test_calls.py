@@ -118,6 +118,7 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
         assert abs(start_err) <= 150 and abs(end_err) <= 150, (turns[1]["start_ms"], turns[1]["end_ms"])
         assert "help" in turns[1]["text"].lower()
         reply_timing = bridge.latency(call["id"])
+        assert reply_timing["early_asr"] is True  # default vad.early_asr_ms: transcribed during the hangover
         record_result(
             "conversation",
             {
@@ -137,6 +138,47 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
             assert wav.getnframes() / 8000 > 8
         assert all(Path(t["audio_path"]).is_file() for t in turns)
         assert_clean(bridge, baseline)
+    finally:
+        assert bridge.stop() == 0
+
+
+@pytest.mark.parametrize("early_ms", [150, None])
+def test_early_asr_kept_only_when_the_caller_said_no_more(tmp_path: Path, early_ms: int | None) -> None:
+    """The caller pauses 350 ms mid-sentence (shorter than the 500 ms that ends a turn): the transcription
+    started in that pause is dropped when the caller goes on; the one started 150 ms into the final silence
+    is the turn's, and it holds both halves. `early_asr_ms: null` transcribes once, at the turn's end."""
+    bridge = Bridge.start(
+        tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW), "vad": {"early_asr_ms": early_ms}}
+    )
+    try:
+        first = caller_audio("I need some help", lead_s=3.5, tail_s=0.35)
+        second = caller_audio("with my account please", lead_s=0.0, tail_s=6.0)
+        ulaw = tmp_path / "caller.ulaw"
+        from audio import g711
+
+        ulaw.write_bytes(bytes(g711.ulaw_encode(np.concatenate([first.pcm, second.pcm]))))
+        wire = bridge.sipp_call(sipp_scenario(audio=ulaw, hangup="bridge"), work=tmp_path / "sipp")
+        t_stop = wire.caller_stop
+        (call,) = bridge.calls()
+        turns = bridge.turns(call["id"])
+        assert [t["who"] for t in turns] == ["bot", "caller", "bot"]  # one turn: the pause did not end it
+        text = turns[1]["text"].lower()
+        assert "help" in text and "account" in text, text
+        timing = bridge.latency(call["id"])
+        runs = bridge.health()["asr"]["turns"]
+        if early_ms is None:
+            assert timing["early_asr"] is False and runs == 1
+        else:  # at least the mid-sentence run was dropped, and the last one was used
+            assert timing["early_asr"] is True and runs >= 2, runs
+        record_result(
+            f"early_asr_{early_ms}",
+            {
+                "early_asr_ms": early_ms,
+                "caller_stop_to_first_reply_packet_ms": ms(t_stop, wire.reply()[0].t),
+                "asr_wait_after_turn_end_ms": round(timing["asr_ms"], 1),
+                "transcriptions": runs,
+            },
+        )
     finally:
         assert bridge.stop() == 0
 
