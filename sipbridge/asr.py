@@ -1,8 +1,9 @@
 """Speech recognition of caller turns with faster-whisper, off the event loop.
 
-One model per supervisor, loaded at start. CTranslate2 releases the GIL while decoding, so a transcription
-runs on one dedicated thread (`asyncio.to_thread` on a single-worker executor): turns from several calls
-queue there instead of fighting for the same two cores.
+One model per supervisor, loaded at start. CTranslate2 releases the GIL while decoding, so transcriptions run
+on a pool of `asr.workers` dedicated threads (default 1: turns from several calls queue there instead of
+fighting for the same two cores); the model gets as many CTranslate2 workers, so that many decode truly in
+parallel, each on one CPU thread.
 
 The model's first run after the load is slower than the ones after it (+45-80 ms on the 2-core VM, numbers
 in docs/DIALER.md). The first call's turn or AMD greeting would pay for that, so `start` queues one warm-up
@@ -15,6 +16,7 @@ import asyncio
 import concurrent.futures
 import logging
 import os
+import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any
@@ -64,9 +66,7 @@ def warmup_audio() -> npt.NDArray[np.float32]:
 class Transcriber:
     config: AsrConfig
     _model: Any = None
-    _pool: concurrent.futures.ThreadPoolExecutor = field(
-        default_factory=lambda: concurrent.futures.ThreadPoolExecutor(1, thread_name_prefix="asr")
-    )
+    _pool: concurrent.futures.ThreadPoolExecutor = field(init=False)
     turns: int = 0  # transcriptions asked for by callers (turns, AMD greetings, voice prefixes)
     runs: int = 0  # model runs, the warm-up included: the first caller transcription is run 2 when warmed
     redecoded: int = 0  # runs that fell back to a higher temperature (asr.temperature_fallback): each ~1 s
@@ -75,6 +75,12 @@ class Transcriber:
     # What the warm-up feeds the model; a field so that a test can give it audio the model rejects.
     warmup_pcm: npt.NDArray[np.float32] = field(default_factory=warmup_audio)
     _warmup: concurrent.futures.Future[None] | None = None
+    _active: int = 0  # model runs in progress now
+    peak_parallel: int = 0  # most runs in progress at once so far
+    _lock: threading.Lock = field(default_factory=threading.Lock)
+
+    def __post_init__(self) -> None:
+        self._pool = concurrent.futures.ThreadPoolExecutor(self.config.workers, thread_name_prefix="asr")
 
     async def start(self) -> None:
         """Load the model, then queue the warm-up on the ASR thread without waiting for it: the supervisor
@@ -119,7 +125,11 @@ class Transcriber:
             pass
         try:
             return WhisperModel(
-                path, device=self.config.device, compute_type=self.config.compute_type, cpu_threads=1
+                path,
+                device=self.config.device,
+                compute_type=self.config.compute_type,
+                cpu_threads=1,
+                num_workers=self.config.workers,
             )
         except Exception as exc:  # CTranslate2/hub errors have no common base class
             raise AsrError(f"cannot load ASR model {self.config.model!r}: {exc}") from exc
@@ -150,12 +160,23 @@ class Transcriber:
         if rate != _WHISPER_RATE:
             audio = soxr.resample(audio, rate, _WHISPER_RATE, quality="HQ").astype(np.float32)
         result = self._decode(audio, words)
-        self.turns += 1
+        with self._lock:
+            self.turns += 1
         return result
 
     def _decode(self, audio: npt.NDArray[np.float32], words: bool) -> tuple[str, list[TimedWord]]:
-        """One model run on 16 kHz float audio, on the ASR thread."""
-        self.runs += 1
+        """One model run on 16 kHz float audio, on an ASR thread."""
+        with self._lock:
+            self.runs += 1
+            self._active += 1
+            self.peak_parallel = max(self.peak_parallel, self._active)
+        try:
+            return self._model_run(audio, words)
+        finally:
+            with self._lock:
+                self._active -= 1
+
+    def _model_run(self, audio: npt.NDArray[np.float32], words: bool) -> tuple[str, list[TimedWord]]:
         segments, _ = self._model.transcribe(
             audio,
             language=self.config.language,
@@ -167,7 +188,8 @@ class Transcriber:
         )
         segments = list(segments)  # the generator decodes lazily: run it here, on the ASR thread
         if any(seg.temperature > 0 for seg in segments):
-            self.redecoded += 1
+            with self._lock:
+                self.redecoded += 1
         timed = [
             (w.word.strip(), float(w.start), float(w.end))
             for seg in segments
@@ -184,6 +206,8 @@ class Transcriber:
             "model": self.config.model,
             "turns": self.turns,
             "redecoded": self.redecoded,
+            "workers": self.config.workers,
+            "peak_parallel": self.peak_parallel,
             "warm": self.warmed,
             "warmup_ms": None if self.warmup_ms is None else round(self.warmup_ms, 1),
         }

@@ -300,6 +300,12 @@ class AsrConfig(_Section):
     device: str = Field("cpu", description="cpu or cuda.")
     compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, ...).")
     language: str | None = Field("en", description="Spoken language; null = detect.")
+    # One transcription at a time is ~0.35 s of one core per caller turn (tiny.en): about 2-3 turns a second
+    # for the whole box. More workers transcribe calls' turns side by side (one CPU thread each on cpu).
+    workers: int = Field(
+        1, ge=1, le=32, description="Transcriptions run at once (threads; CTranslate2 workers). One per core"
+        " you can spare on cpu; a few on cuda."
+    )
     # Whisper decodes a segment again at temperatures 0.2 ... 1.0 when its log-probability is low or its
     # text repeats. On a phone that hits short and noisy turns, and each redo costs a whole decode: a
     # 0.5 s chunk took 913 ms instead of 172 ms, for the same words (docs/DIALER.md, "Words").

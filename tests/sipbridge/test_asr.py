@@ -120,3 +120,24 @@ def test_temperature_fallback_is_off_unless_configured(fallback: bool) -> None:
         assert asr.turns == 2 and asr.redecoded == asr.health()["redecoded"] == int(fallback)
     finally:
         asr.close()
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_asr_workers_transcribe_calls_side_by_side(workers: int) -> None:
+    """`asr.workers`: that many transcriptions run at once (two calls' turns asked for together both start
+    at once with 2 workers; with 1 the second waits for the first), each with the right words."""
+    asr = Transcriber(AsrConfig(workers=workers))
+    a = caller_audio(HELLO, lead_s=0.3, tail_s=0.3).pcm
+    b = caller_audio(BABBLE, lead_s=0.3, tail_s=0.3).pcm
+
+    async def two_calls() -> list[str]:
+        await asr.start()
+        await asr.wait_warm()
+        return list(await asyncio.gather(asr.transcribe(a, 8000), asr.transcribe(b, 8000)))
+
+    try:
+        first, second = asyncio.run(two_calls())
+        assert "help" in first.lower() and "worked" in second.lower(), (first, second)
+        assert asr.peak_parallel == workers and asr.health()["workers"] == workers
+    finally:
+        asr.close()
