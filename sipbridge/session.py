@@ -33,6 +33,7 @@ from sipbridge.config import Config
 from sipbridge.dialer.amd_words import GreetingTranscriber
 from sipbridge.dialer.live import OutboundCall
 from sipbridge.engine import Engine, EngineError, EngineSession
+from sipbridge.metrics import Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
 from sipbridge.store import Store
@@ -95,6 +96,11 @@ class CallSession:
     _voicemail_utterance: int | None = None
     _amd_words: GreetingTranscriber | None = None  # the greeting's words for the worker's AMD (amd.asr)
     _early: EarlyWords | None = None  # transcription of the turn so far, from its latest TurnPaused
+    metrics: Metrics = field(default_factory=Metrics)  # the supervisor's (a fresh one when run alone)
+
+    @property
+    def direction(self) -> str:
+        return "inbound" if self.outbound is None else "outbound"
 
     @property
     def call_id(self) -> str:
@@ -131,6 +137,7 @@ class CallSession:
             # The dialer created the row at the INVITE; the contact's columns become flow variables.
             variables.update(out.variables)
         self.store.mark_answered(s.call_id)
+        self.metrics.calls_started.inc(direction=self.direction)
         turn_dir = self._turn_dir()
         self.store.set_call_media(
             s.call_id, codec=s.codec, recording_path=str(turn_dir / "call.wav") if turn_dir else None
@@ -138,7 +145,7 @@ class CallSession:
         self.agent_call = AgentCall(
             s.call_id,
             s.remote_uri,
-            direction="inbound" if out is None else "outbound",
+            direction=self.direction,
             variables=variables,
         )
         self.store.set_agent_results(s.call_id, agent=self.agent.name)
@@ -200,10 +207,12 @@ class CallSession:
     def _record_end(self, ended: f.CallEnded | None, lost_reason: str | None) -> None:
         if lost_reason is not None:
             self.store.end_call(self.call_id, "failed", reason=lost_reason)
+            self.metrics.calls_ended.inc(direction=self.direction, outcome="failed")
             log.warning("call %s recorded: failed (%s)", self.call_id, lost_reason)
             return
         assert ended is not None
         outcome = call_outcome(ended.by, self.failure)
+        self.metrics.calls_ended.inc(direction=self.direction, outcome=outcome)
         self.store.add_event(
             self.call_id,
             "media",
@@ -337,6 +346,8 @@ class CallSession:
             early_words = await early.task if early is not None else None
             words, timed = early_words if early_words is not None else await self._transcribe(pcm)
             t_asr = time.monotonic()
+            self.metrics.caller_turns.inc(early_asr="true" if early_words is not None else "false")
+            self.metrics.asr_wait.observe(t_asr - t0)
             self.engine_session.user_spoke(pcm, self.rate, timed if timed else words)
             audio_path = None
             turn_dir = self._turn_dir()
@@ -439,8 +450,10 @@ class CallSession:
                 first = False
                 now = time.monotonic()
                 utt.timing["engine_first_ms"] = (now - t0) * 1000
+                self.metrics.engine_first_chunk.observe(now - t0)
                 if utt.turn_ended_at is not None:
                     utt.timing["turn_to_first_audio_ms"] = (now - utt.turn_ended_at) * 1000
+                    self.metrics.reply_latency.observe(now - utt.turn_ended_at)
 
         async for chunk in session.speak(utt.reply.text):
             if utt.cancelled:
@@ -467,6 +480,7 @@ class CallSession:
             )
 
     def _on_barge_in(self, frame: f.BargeIn) -> None:
+        self.metrics.barge_ins.inc()
         # Every interruptible utterance not yet played out dies: the one being generated, the ones queued
         # behind it, and those the worker already cut (re-cancelling those is harmless).
         dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]

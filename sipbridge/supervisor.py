@@ -34,6 +34,7 @@ from sipbridge.dialer.state import CampaignState
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
+from sipbridge.metrics import Metrics
 from sipbridge.session import CallSession
 from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
@@ -89,6 +90,7 @@ class Supervisor:
     clock: Clock = field(default_factory=Clock)
     exit_when_idle: bool = False
     dialer: CampaignRunner | None = None
+    metrics: Metrics = field(default_factory=Metrics)  # GET /metrics; gauges added in _add_gauges
 
     @property
     def config(self) -> Config:
@@ -124,6 +126,45 @@ class Supervisor:
             "conversations": lambda: self.conversations.health() if self.conversations else {"ok": True},
         }
 
+    def _add_gauges(self) -> None:
+        """Metrics read from the components when scraped (their state is theirs, not copied)."""
+        m = self.metrics
+        m.gauge("sipbridge_calls_active", "Calls in progress.", lambda: len(self.sessions))
+        m.gauge(
+            "sipbridge_workers_ready",
+            "SIP media workers connected and ready.",
+            lambda: sum(w.ready.is_set() for w in self.pool.workers) if self.pool else 0,
+        )
+        m.gauge(
+            "sipbridge_worker_restarts_total",
+            "SIP media workers restarted after dying.",
+            lambda: sum(w.restarts for w in self.pool.workers) if self.pool else 0,
+            kind="counter",
+        )
+        m.gauge(
+            "sipbridge_trunk_registered",
+            "1 while the trunk registration is in force (also 1 when registration is off).",
+            lambda: self._trunk_registered(),
+        )
+        m.gauge(
+            "sipbridge_asr_transcriptions_total",
+            "ASR runs asked for (caller turns, early runs, AMD greetings, voice prefixes).",
+            lambda: self.asr.turns if self.asr else 0,
+            kind="counter",
+        )
+        m.gauge(
+            "sipbridge_asr_redecoded_total",
+            "ASR runs that fell back to a higher temperature (asr.temperature_fallback).",
+            lambda: self.asr.redecoded if self.asr else 0,
+            kind="counter",
+        )
+
+    def _trunk_registered(self) -> float:
+        if self.pool is None:
+            return 0
+        registration = self.pool.health().get("registration")
+        return 1 if registration is None or registration.get("registered") else 0
+
     # ------------------------------------------------------------------------------ call routing
 
     def _on_worker_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
@@ -133,7 +174,10 @@ class Supervisor:
                 worker.calls.discard(frame.call_id)
             return
         if isinstance(frame, f.CallStarted):
-            session = CallSession(frame, worker, self.config, self.store, self.engine, self.agent, self.asr)
+            session = CallSession(
+                frame, worker, self.config, self.store, self.engine, self.agent, self.asr,
+                metrics=self.metrics,
+            )
             if self.dialer is not None:
                 session.outbound = self.dialer.outbound(frame.call_id)
             self.sessions[frame.call_id] = session
@@ -149,6 +193,7 @@ class Supervisor:
                 "inbound", remote_uri=frame.remote_uri, remote_addr=frame.remote_addr, worker=worker.index
             )
             self.store.end_call(call_id, "rejected", reason=frame.reason, sip_status=frame.code)
+            self.metrics.calls_rejected.inc(code=str(frame.code))
             # Logged after the row is written: tests (and operators) may read the store once they see it.
             log.info("call %s recorded: rejected (%d, %s)", call_id, frame.code, frame.reason)
         elif isinstance(frame, f.Registration):
@@ -279,7 +324,8 @@ class Supervisor:
             raise
         assert self.engine is not None
         self.conversations = ConversationService(self.engine, self.asr, cfg.http.limits)
-        app = create_app(self.health_sources(), self.conversations, cfg.http)
+        self._add_gauges()
+        app = create_app(self.health_sources(), self.conversations, cfg.http, metrics=self.metrics.render)
         server = _EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
         http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         host = f"[{cfg.http.bind}]" if ":" in cfg.http.bind else cfg.http.bind

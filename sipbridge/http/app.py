@@ -12,7 +12,7 @@ from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import FastAPI, Request, Response
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, PlainTextResponse
 
 from sipbridge import __version__
 from sipbridge.config import HttpConfig
@@ -27,8 +27,16 @@ def create_app(
     health_sources: Mapping[str, HealthSource],
     conversations: Any = None,  # sipbridge.http.service.ConversationService (imported lazily)
     http: HttpConfig | None = None,
+    metrics: Callable[[], str] | None = None,  # Prometheus exposition text (sipbridge.metrics.Metrics.render)
 ) -> FastAPI:
     app = FastAPI(title="sipbridge", version=__version__)
+
+    if metrics is not None:
+
+        @app.get("/metrics", response_class=PlainTextResponse)
+        def prometheus() -> PlainTextResponse:
+            """Prometheus scrape; no auth, like /healthz (counts and latencies, no call content)."""
+            return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:

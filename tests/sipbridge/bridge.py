@@ -61,6 +61,18 @@ class Bridge:
         data: dict[str, Any] = response.json()
         return data
 
+    def metrics(self) -> dict[str, float]:
+        """GET /metrics parsed: each sample line's name with its labels (as written) → its value."""
+        response = httpx.get(f"http://127.0.0.1:{self.http_port}/metrics", timeout=10)
+        response.raise_for_status()
+        assert response.headers["content-type"].startswith("text/plain; version=0.0.4")
+        samples: dict[str, float] = {}
+        for line in response.text.splitlines():
+            if line and not line.startswith("#"):
+                name, value = line.rsplit(" ", 1)
+                samples[name] = float(value)
+        return samples
+
     def db(self) -> sqlite3.Connection:
         conn = sqlite3.connect(self.db_path, timeout=10)
         conn.row_factory = sqlite3.Row

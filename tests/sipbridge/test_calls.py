@@ -138,6 +138,16 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
             assert wav.getnframes() / 8000 > 8
         assert all(Path(t["audio_path"]).is_file() for t in turns)
         assert_clean(bridge, baseline)
+        m = bridge.metrics()  # the same call, as Prometheus sees it
+        assert m['sipbridge_calls_started_total{direction="inbound"}'] == 1
+        assert m['sipbridge_calls_ended_total{direction="inbound",outcome="completed"}'] == 1
+        assert m['sipbridge_caller_turns_total{early_asr="true"}'] == 1
+        assert m["sipbridge_reply_latency_seconds_count"] == 1 and m["sipbridge_calls_active"] == 0
+        reply_s = reply_timing["turn_to_first_audio_ms"] / 1000
+        assert m["sipbridge_reply_latency_seconds_sum"] == pytest.approx(reply_s, abs=1e-6)
+        assert m["sipbridge_engine_first_chunk_seconds_count"] == 2  # greeting and reply
+        assert m["sipbridge_workers_ready"] >= 1 and m["sipbridge_trunk_registered"] == 1
+        assert m["sipbridge_asr_transcriptions_total"] >= 1
     finally:
         assert bridge.stop() == 0
 
@@ -246,6 +256,7 @@ def test_barge_in_cuts_interruptible_speech_but_not_a_protected_one(tmp_path: Pa
         # The vowel was cut, once, by b (not by the burst).
         assert bots[1]["interrupted"] == 1, [(t["who"], t["start_ms"], t["end_ms"]) for t in turns]
         (event,) = bridge.events(call["id"], "barge_in")
+        assert bridge.metrics()["sipbridge_barge_ins_total"] == 1
         data = json.loads(event["data"])
         bot_voiced = voiced_packets(bot)
         vowel = [p for p in bot_voiced if t0 + burst_on - 0.5 <= p.t < tb + 1.5]
@@ -371,6 +382,7 @@ def test_unknown_source_is_rejected_403_and_dead_media_ends_a_call(tmp_path: Pat
         bridge.wait_log(r"recorded: rejected \(403")  # the supervisor has written the row
         (call,) = bridge.calls()
         assert call["outcome"] == "rejected" and call["sip_status"] == 403
+        assert bridge.metrics()['sipbridge_calls_rejected_total{code="403"}'] == 1
     finally:
         assert bridge.stop() == 0
 
