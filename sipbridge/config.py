@@ -209,12 +209,14 @@ class VadConfig(_Section):
     stop_hangover_ms: int = Field(500, ge=20, le=5000, description="Silence that ends a turn.")
     min_turn_ms: int = Field(200, ge=0, le=10000, description="Shorter turns are dropped as noise.")
     max_turn_ms: int = Field(30000, ge=1000, le=300000, description="Longer turns are cut here.")
-    early_asr_ms: int | None = Field(
+    # A pause inside a turn: the supervisor transcribes the turn so far at once (early ASR) and keeps the
+    # words if the turn ends there (docs/ARCHITECTURE.md). audio/vad's own default is None (no pause events).
+    pause_ms: int | None = Field(
         150,
         ge=0,
-        description="Silence after which the turn so far is transcribed, before stop_hangover_ms ends the"
-        " turn: the words are ready sooner. Speech after it discards that run (ASR time spent for nothing)."
-        " Must be below stop_hangover_ms; null = transcribe only when the turn has ended.",
+        description="Silence inside a turn after which the words so far are transcribed, before"
+        " stop_hangover_ms ends the turn (early ASR: the words are ready sooner). Speech after it discards"
+        " that run. Must be below stop_hangover_ms; null = transcribe only when the turn has ended.",
     )
     barge_in_min_ms: int = Field(
         200,
@@ -229,8 +231,8 @@ class VadConfig(_Section):
     def _turn_bounds(self) -> VadConfig:
         if self.max_turn_ms <= self.min_turn_ms:
             raise ValueError("max_turn_ms must be greater than min_turn_ms")
-        if self.early_asr_ms is not None and self.early_asr_ms >= self.stop_hangover_ms:
-            raise ValueError("early_asr_ms must be below stop_hangover_ms (or null)")
+        if self.pause_ms is not None and self.pause_ms >= self.stop_hangover_ms:
+            raise ValueError("pause_ms must be below stop_hangover_ms (or null)")
         return self
 
     def segmenter_settings(self) -> VadSettings:
@@ -243,7 +245,7 @@ class VadConfig(_Section):
             stop_hangover_ms=self.stop_hangover_ms,
             min_turn_ms=self.min_turn_ms,
             max_turn_ms=self.max_turn_ms,
-            pause_ms=self.early_asr_ms,
+            pause_ms=self.pause_ms,
         )
 
 

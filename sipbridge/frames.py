@@ -87,7 +87,7 @@ class TurnEnded(CallFrame):
 
 @dataclass(frozen=True)
 class TurnPaused(CallFrame):
-    """The caller's turn so far, `vad.early_asr_ms` into a silence (before the turn ends): the supervisor
+    """The caller's turn so far, `vad.pause_ms` into a silence (before the turn ends): the supervisor
     may transcribe it now. A TurnEnded with the same start and end follows when the caller says no more."""
 
     start_ms: int

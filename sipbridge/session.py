@@ -59,7 +59,7 @@ Transcript = tuple[str, list[tuple[str, float, float]]]  # text, (word, start s,
 
 @dataclass
 class EarlyWords:
-    """A transcription started on TurnPaused, before the turn ended (`vad.early_asr_ms`). It is the turn's
+    """A transcription started on TurnPaused, before the turn ended (`vad.pause_ms`). It is the turn's
     transcription only if the TurnEnded that follows has the same bounds (the caller said nothing more)."""
 
     start_ms: int

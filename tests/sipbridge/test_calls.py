@@ -118,7 +118,7 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
         assert abs(start_err) <= 150 and abs(end_err) <= 150, (turns[1]["start_ms"], turns[1]["end_ms"])
         assert "help" in turns[1]["text"].lower()
         reply_timing = bridge.latency(call["id"])
-        assert reply_timing["early_asr"] is True  # default vad.early_asr_ms: transcribed during the hangover
+        assert reply_timing["early_asr"] is True  # default vad.pause_ms: transcribed during the hangover
         record_result(
             "conversation",
             {
@@ -156,9 +156,9 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
 def test_early_asr_kept_only_when_the_caller_said_no_more(tmp_path: Path, early_ms: int | None) -> None:
     """The caller pauses 350 ms mid-sentence (shorter than the 500 ms that ends a turn): the transcription
     started in that pause is dropped when the caller goes on; the one started 150 ms into the final silence
-    is the turn's, and it holds both halves. `early_asr_ms: null` transcribes once, at the turn's end."""
+    is the turn's, and it holds both halves. `pause_ms: null` transcribes once, at the turn's end."""
     bridge = Bridge.start(
-        tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW), "vad": {"early_asr_ms": early_ms}}
+        tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW), "vad": {"pause_ms": early_ms}}
     )
     try:
         first = caller_audio("I need some help", lead_s=3.5, tail_s=0.35)
@@ -183,7 +183,7 @@ def test_early_asr_kept_only_when_the_caller_said_no_more(tmp_path: Path, early_
         record_result(
             f"early_asr_{early_ms}",
             {
-                "early_asr_ms": early_ms,
+                "pause_ms": early_ms,
                 "caller_stop_to_first_reply_packet_ms": ms(t_stop, wire.reply()[0].t),
                 "asr_wait_after_turn_end_ms": round(timing["asr_ms"], 1),
                 "transcriptions": runs,
