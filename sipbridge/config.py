@@ -60,7 +60,9 @@ class TrunkConfig(_Section):
     expiry_s: int = Field(
         300, ge=60, le=86400, description="REGISTER expiry; re-registration happens before it."
     )
-    outbound_proxy: str | None = Field(None, description="Optional outbound proxy URI for INVITEs we send.")
+    outbound_proxy: str | None = Field(
+        None, description="Outbound proxy URI: every request we send (INVITE, REGISTER) goes through it."
+    )
 
     @field_validator("registrar", "outbound_proxy")
     @classmethod
@@ -75,6 +77,8 @@ class TrunkConfig(_Section):
             missing = [name for name in ("registrar", "username", "password") if getattr(self, name) is None]
             if missing:
                 raise ValueError(f"register is on but {', '.join(missing)} is not set")
+        if (self.username is None) != (self.password is None):
+            raise ValueError("username and password go together (digest auth of REGISTER and INVITE)")
         return self
 
 

@@ -32,21 +32,31 @@ class SourceFilter:
         return any(ip in net for net in self.networks)
 
 
+def loose_route(uri: str) -> str:
+    """A proxy URI as a loose router (`;lr`): requests keep their own Request-URI and reach the proxy through
+    a Route header. Without `lr` PJSIP would route strictly and put the proxy in the Request-URI."""
+    return uri if ";lr" in uri.split(">", 1)[0] else f"{uri};lr"
+
+
 def account_config(settings: WorkerSettings, sip_port: int) -> pj.AccountConfig:
     cfg = pj.AccountConfig()
     host = settings.public_address
     cfg.idUri = f"sip:sipbridge@{host}:{sip_port}"
     trunk = settings.trunk
+    cfg.regConfig.registrarUri = ""
     if trunk is not None:
-        registrar_host = trunk.registrar.split(":", 1)[1]
-        cfg.idUri = f"sip:{trunk.username}@{registrar_host}"
-        cfg.regConfig.registrarUri = trunk.registrar
-        cfg.regConfig.timeoutSec = trunk.expiry_s
-        cfg.regConfig.retryIntervalSec = 30
-        cred = pj.AuthCredInfo("digest", trunk.realm, trunk.username, 0, trunk.password)
-        cfg.sipConfig.authCreds.append(cred)
-    else:
-        cfg.regConfig.registrarUri = ""
+        if trunk.username and trunk.password:
+            # On every worker: the trunk may challenge our INVITEs (401/407), not only the REGISTER.
+            cred = pj.AuthCredInfo("digest", trunk.realm, trunk.username, 0, trunk.password)
+            cfg.sipConfig.authCreds.append(cred)
+        if trunk.outbound_proxy:
+            cfg.sipConfig.proxies.append(loose_route(trunk.outbound_proxy))
+        if trunk.register and trunk.registrar:
+            registrar_host = trunk.registrar.split(":", 1)[1]
+            cfg.idUri = f"sip:{trunk.username}@{registrar_host}"
+            cfg.regConfig.registrarUri = trunk.registrar
+            cfg.regConfig.timeoutSec = trunk.expiry_s
+            cfg.regConfig.retryIntervalSec = 30
     media = cfg.mediaConfig.transportConfig
     media.boundAddress = settings.bind_address
     media.publicAddress = settings.public_address

@@ -17,11 +17,16 @@ from sipbridge.config import CALLS_PER_WORKER, Config
 
 @dataclass(frozen=True)
 class TrunkSettings:
-    registrar: str
-    username: str
-    password: str
+    """The trunk as one worker uses it. Every worker gets the credentials (a carrier may challenge any INVITE)
+    and the outbound proxy; only `register` workers (worker 0) send REGISTER."""
+
+    registrar: str | None
+    username: str | None
+    password: str | None
     realm: str
     expiry_s: int
+    register: bool
+    outbound_proxy: str | None = None
 
 
 @dataclass(frozen=True)
@@ -69,17 +74,19 @@ def worker_settings(config: Config, index: int, ipc_path: str, sip_port: int | N
     workers = sip.workers
     # Each worker gets its own slice of the RTP range so two pjsua2 processes never race for a port.
     span = (media.rtp_port_max - media.rtp_port_min + 1) // workers
+    t = sip.trunk
     trunk = None
-    # One registration per deployment: worker 0 registers; the others are reached directly (or, later,
-    # through the SIP front), so the registrar never forks INVITEs over several contacts.
-    if sip.trunk.register_ and index == 0:
-        assert sip.trunk.registrar and sip.trunk.username and sip.trunk.password
+    if t.register_ or t.username or t.outbound_proxy:
         trunk = TrunkSettings(
-            registrar=sip.trunk.registrar,
-            username=sip.trunk.username,
-            password=sip.trunk.password.get_secret_value(),
-            realm=sip.trunk.realm,
-            expiry_s=sip.trunk.expiry_s,
+            registrar=t.registrar,
+            username=t.username,
+            password=t.password.get_secret_value() if t.password is not None else None,
+            realm=t.realm,
+            expiry_s=t.expiry_s,
+            # One registration per deployment: worker 0 registers; the others are reached directly (or,
+            # later, through the SIP front), so the registrar never forks INVITEs over several contacts.
+            register=t.register_ and index == 0,
+            outbound_proxy=t.outbound_proxy,
         )
     return WorkerSettings(
         index=index,

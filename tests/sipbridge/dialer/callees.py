@@ -30,7 +30,7 @@ a=rtpmap:0 PCMU/8000
 
 def _response(
     status: str, *, tag: bool = True, cseq: str = "[last_CSeq:]", contact: bool = False, sdp: bool = False,
-    retrans: bool = False,
+    retrans: bool = False, headers: tuple[str, ...] = (),
 ) -> str:
     """One SIPp `<send>` of a response to the last request: `tag` adds ours to To (every response of the
     INVITE's dialog; not the BYE's 200, whose To has it already), `cseq` overrides the CSeq line (the 487
@@ -39,6 +39,7 @@ def _response(
     lines = ["[last_Via:]", "[last_From:]", to, "[last_Call-ID:]", cseq]
     if contact:
         lines.append("Contact: <sip:[local_ip]:[local_port];transport=[transport]>")
+    lines += headers
     if sdp:
         lines += ["Content-Type: application/sdp", "Content-Length: [len]", "", _SDP]
     else:
@@ -110,6 +111,28 @@ Content-Length: 0
 
 def error_scenario(code: int, reason: str, ring_ms: int = 200) -> str:
     return _head() + _FINAL.format(code=code, reason=reason, ring_ms=ring_ms)
+
+
+def challenge_scenario(username: str, password: str, *, hold_ms: int = 1500) -> str:
+    """A trunk that authenticates calls, not registrations: each INVITE gets 401; the INVITE sent again with
+    valid Authorization gets 486 Busy Here after `hold_ms` (so calls overlap), a wrong one 403. (SIPp's
+    `verifyauth` reads Authorization, so the challenge is 401, not a proxy's 407; PJSIP answers both.)"""
+    challenge = 'WWW-Authenticate: Digest realm="trunk.test", nonce="5a1b2c3d", algorithm=MD5'
+    return (
+        '<?xml version="1.0" encoding="ISO-8859-1" ?>\n<scenario name="sipbridge test trunk">\n'
+        '  <recv request="INVITE" crlf="true"/>\n'
+        + _response("401 Unauthorized", headers=(challenge,))
+        + '  <recv request="ACK"/>\n'
+        + '  <recv request="INVITE" crlf="true">\n'
+        + f'    <action><verifyauth assign_to="ok" username="{username}" password="{password}"/></action>\n'
+        + '  </recv>\n  <nop test="ok" next="good"/>\n'
+        + _response("403 Forbidden")
+        + '  <recv request="ACK"/>\n  <nop next="end"/>\n  <label id="good"/>\n'
+        + _response("180 Ringing", contact=True)  # stops the INVITE's retransmissions while we hold
+        + f'  <pause milliseconds="{hold_ms}"/>\n'
+        + _response("486 Busy Here")
+        + '  <recv request="ACK"/>\n  <label id="end"/>\n</scenario>\n'
+    )
 
 
 def ring_scenario() -> str:

@@ -29,6 +29,7 @@ from ..procs import SIPBRIDGE, LoggedProcess
 from .callees import (
     Callee,
     answer_scenario,
+    challenge_scenario,
     error_scenario,
     greeting_audio,
     human_audio,
@@ -171,6 +172,33 @@ def test_each_callee_gets_its_outcome(tmp_path: Path) -> None:
     answer_t = from_vm[0].t
     first_voiced = to_vm[0].t - answer_t
     assert first_voiced >= vm.beep_end_s, (first_voiced, vm.beep_end_s)
+
+
+def test_every_worker_answers_the_trunks_challenge_through_its_outbound_proxy(tmp_path: Path) -> None:
+    """`sip.trunk` with credentials and an outbound proxy, no registration: INVITEs go to the proxy (the
+    Request-URI's host, TEST-NET 192.0.2.1, is unreachable), the trunk challenges each with 401, and the
+    calls placed on worker 0 *and* worker 1 answer with the trunk's credentials (then 486: busy)."""
+    trunk = Callee.start(challenge_scenario("bridge", "s3cret"), tmp_path / "trunk", calls=4, trace_msg=True)
+    contacts = [{"number": f"+1201555011{i}", "name": f"c{i}"} for i in range(4)]
+    campaign = write_campaign(tmp_path, contacts, dial_uri="sip:{user}@192.0.2.1")
+    proxy = f"sip:127.0.0.1:{trunk.sip_port}"
+    config = write_config(
+        tmp_path, max_calls=8, trunk={"username": "bridge", "password": "s3cret", "outbound_proxy": proxy}
+    )
+    try:
+        proc = dial(tmp_path, campaign, config, WEDNESDAY_10_NY)
+        rc = proc.finish(timeout=120)
+        log = "\n".join(proc.seen)
+        assert rc == 0, log
+    finally:
+        trunk.stop()
+    rows = attempts(tmp_path)
+    assert [(r["outcome"], r["sip_code"]) for r in rows] == [("busy", 486)] * 4, (trunk.errors(), log)
+    assert "on worker 0" in log and "on worker 1" in log  # both workers placed calls
+    messages = trunk.messages()
+    assert messages.count("Authorization: Digest username=\"bridge\"") == 4, messages
+    assert "INVITE sip:12015550110@192.0.2.1 SIP/2.0" in messages
+    assert f"Route: <{proxy};lr>" in messages
 
 
 @pytest.mark.parametrize("concurrency", [6])
