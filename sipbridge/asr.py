@@ -7,7 +7,7 @@ parallel, each on one CPU thread.
 
 The model's first run after the load is slower than the ones after it (+45-80 ms on the 2-core VM, numbers
 in docs/DIALER.md). The first call's turn or AMD greeting would pay for that, so `start` queues one warm-up
-run on the ASR thread right after the load; whatever comes later queues behind it and finds the model warm.
+run per ASR worker right after the load; whatever comes later queues behind them and finds the model warm.
 """
 
 from __future__ import annotations
@@ -70,11 +70,11 @@ class Transcriber:
     turns: int = 0  # transcriptions asked for by callers (turns, AMD greetings, voice prefixes)
     runs: int = 0  # model runs, the warm-up included: the first caller transcription is run 2 when warmed
     redecoded: int = 0  # runs that fell back to a higher temperature (asr.temperature_fallback): each ~1 s
-    warmed: bool = False  # the warm-up run finished; False if it failed (logged) or never ran
-    warmup_ms: float | None = None
+    warmup_ms: float | None = None  # the slowest of the warm-up runs
     # What the warm-up feeds the model; a field so that a test can give it audio the model rejects.
     warmup_pcm: npt.NDArray[np.float32] = field(default_factory=warmup_audio)
-    _warmup: concurrent.futures.Future[None] | None = None
+    _warmups: list[concurrent.futures.Future[None]] = field(default_factory=list)
+    _warm_runs: int = 0  # warm-up runs that succeeded
     _active: int = 0  # model runs in progress now
     peak_parallel: int = 0  # most runs in progress at once so far
     _lock: threading.Lock = field(default_factory=threading.Lock)
@@ -93,13 +93,20 @@ class Transcriber:
         t0 = time.monotonic()
         self._model = await asyncio.get_running_loop().run_in_executor(self._pool, self._load, path)
         log.info("asr %s loaded in %.2f s", self.config.model, time.monotonic() - t0)
-        self._warmup = self._pool.submit(self._warm_up)
+        # One run per worker, queued together: each lands on its own thread and CTranslate2 replica, and each
+        # replica has its own slower first run.
+        self._warmups = [self._pool.submit(self._warm_up) for _ in range(self.config.workers)]
+
+    @property
+    def warmed(self) -> bool:
+        """Every worker's warm-up run finished; False if one failed (logged) or they never ran."""
+        return self._model is not None and self._warm_runs == self.config.workers
 
     async def wait_warm(self) -> None:
-        """Until the warm-up run has ended (at once without a model). Never raises for a failed warm-up: that
-        costs only the first transcription's speed, so the ASR stays in service."""
-        if self._warmup is not None:
-            await asyncio.wrap_future(self._warmup)
+        """Until the warm-up runs have ended (at once without a model). Never raises for a failed warm-up:
+        that costs only the first transcription's speed, so the ASR stays in service."""
+        for warmup in self._warmups:
+            await asyncio.wrap_future(warmup)
 
     def _warm_up(self) -> None:
         t0 = time.monotonic()
@@ -108,9 +115,11 @@ class Transcriber:
         except Exception:  # whatever the model raises here, a caller's transcription may still work
             log.warning("asr warm-up failed; the first transcription will be slower", exc_info=True)
             return
-        self.warmup_ms = (time.monotonic() - t0) * 1000
-        self.warmed = True
-        log.info("asr warmed up in %.0f ms", self.warmup_ms)
+        ms = (time.monotonic() - t0) * 1000
+        with self._lock:
+            self._warm_runs += 1
+            self.warmup_ms = max(ms, self.warmup_ms or 0.0)
+        log.info("asr warmed up in %.0f ms", ms)
 
     def _load(self, path: str) -> Any:
         try:

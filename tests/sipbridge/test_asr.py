@@ -125,7 +125,8 @@ def test_temperature_fallback_is_off_unless_configured(fallback: bool) -> None:
 @pytest.mark.parametrize("workers", [1, 2])
 def test_asr_workers_transcribe_calls_side_by_side(workers: int) -> None:
     """`asr.workers`: that many transcriptions run at once (two calls' turns asked for together both start
-    at once with 2 workers; with 1 the second waits for the first), each with the right words."""
+    at once with 2 workers; with 1 the second waits for the first), each with the right words; each worker
+    had its own warm-up run."""
     asr = Transcriber(AsrConfig(workers=workers))
     a = caller_audio(HELLO, lead_s=0.3, tail_s=0.3).pcm
     b = caller_audio(BABBLE, lead_s=0.3, tail_s=0.3).pcm
@@ -139,5 +140,6 @@ def test_asr_workers_transcribe_calls_side_by_side(workers: int) -> None:
         first, second = asyncio.run(two_calls())
         assert "help" in first.lower() and "worked" in second.lower(), (first, second)
         assert asr.peak_parallel == workers and asr.health()["workers"] == workers
+        assert asr.warmed and asr.runs == workers + 2  # one warm-up run per worker, then the two calls
     finally:
         asr.close()
