@@ -471,7 +471,7 @@ def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None
                 for caller in callers
             ]
             # Cross-talk is the question, not audio quality: the call's own caller must stand clearly above
-            # every other. (With a third of the CPU taken by a spin loop, one call scored 0.71 against 0.35
+            # every other. (With one of the two cores taken by a spin loop, one call scored 0.71 against 0.35
             # next: late media frames blur the match, they do not mix callers.)
             best = int(np.argmax(scores))
             second = sorted(scores)[-2]
