@@ -154,6 +154,12 @@ class Metrics:
             "sipbridge_engine_first_chunk_seconds", "From asking the engine for a reply to its first audio."
         )
     )
+    dial_attempts: Counter = field(
+        default_factory=lambda: Counter(
+            "sipbridge_dial_attempts_total", "Outbound attempts recorded, by campaign and outcome.",
+            ("campaign", "outcome"),
+        )
+    )
     gauges: list[Gauge] = field(default_factory=list)
 
     def gauge(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
@@ -163,6 +169,6 @@ class Metrics:
         """The exposition text, families in a fixed order."""
         families: list[Counter | Histogram | Gauge] = [
             self.calls_started, self.calls_ended, self.calls_rejected, self.caller_turns, self.barge_ins,
-            self.reply_latency, self.asr_wait, self.engine_first_chunk, *self.gauges,
+            self.reply_latency, self.asr_wait, self.engine_first_chunk, self.dial_attempts, *self.gauges,
         ]
         return "".join(line + "\n" for family in families for line in family.lines())

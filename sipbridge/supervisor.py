@@ -131,6 +131,11 @@ class Supervisor:
         m = self.metrics
         m.gauge("sipbridge_calls_active", "Calls in progress.", lambda: len(self.sessions))
         m.gauge(
+            "sipbridge_dial_in_flight",
+            "Outbound calls placed and not yet recorded (ringing or talking).",
+            lambda: len(self.dialer.on_answer_route) if self.dialer else 0,
+        )
+        m.gauge(
             "sipbridge_workers_ready",
             "SIP media workers connected and ready.",
             lambda: sum(w.ready.is_set() for w in self.pool.workers) if self.pool else 0,
@@ -344,6 +349,7 @@ class Supervisor:
                 default_dial_uri=self._default_dial_uri(),
                 exit_when_idle=self.exit_when_idle,
                 send_to_worker=self._send_to_worker,
+                metrics=self.metrics,
                 asr_available=cfg.asr.backend != "none",
             )
             self.dialer.prepare()

@@ -32,6 +32,7 @@ from sipbridge.dialer.contacts import load_contacts
 from sipbridge.dialer.outcomes import CallResult, Outcome, classify
 from sipbridge.dialer.ratelimit import TokenBucket
 from sipbridge.dialer.state import CampaignState, Claim, ts, utc
+from sipbridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
 
@@ -111,6 +112,7 @@ class CampaignRunner:
     # CancelDial to a worker (index, frame) -> sent; the supervisor's pool.
     send_to_worker: Callable[[int, f.Frame], bool] = lambda index, frame: False
     asr_available: bool = False  # the deployment has an ASR: `amd.asr: null` turns AMD's words on
+    metrics: Metrics = field(default_factory=Metrics)  # the supervisor's: attempts by outcome
     on_answer_route: dict[str, OutboundCall] = field(default_factory=dict)  # call id -> in flight
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _bucket: TokenBucket | None = None
@@ -150,6 +152,7 @@ class CampaignRunner:
                 contact.timezone,
             )
             next_at = ts(decision.next_attempt_at) if decision.next_attempt_at else None
+            self.metrics.dial_attempts.inc(campaign=self.name, outcome=Outcome.CANCELLED.value)
             self.state.finish_attempt(
                 attempt_id,
                 contact.id,
@@ -337,6 +340,7 @@ class CampaignRunner:
 
     def _release(self, out: OutboundCall, frame: f.DialEnded) -> None:
         self.on_answer_route.pop(out.call_id, None)
+        self.metrics.dial_attempts.inc(campaign=self.name, outcome=Outcome.CANCELLED.value)
         contact = out.claim.contact
         self.state.release(
             out.claim.attempt_id,
@@ -388,6 +392,7 @@ class CampaignRunner:
         attempts = self.state.counted_attempts(contact.id, out.claim.attempt)
         decision = c.retry.decide(outcome, attempts, now_dt, c.window, contact.timezone)
         next_at = ts(decision.next_attempt_at) if decision.next_attempt_at else None
+        self.metrics.dial_attempts.inc(campaign=self.name, outcome=outcome.value)
         self.state.finish_attempt(
             out.claim.attempt_id,
             contact.id,

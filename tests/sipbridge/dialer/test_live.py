@@ -17,6 +17,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
+import httpx
 import numpy as np
 import pytest
 import yaml
@@ -375,6 +376,7 @@ def test_pause_cancels_a_ringing_call_and_resume_calls_it_again(tmp_path: Path) 
 
     try:
         proc = dial(tmp_path, campaign, config, WEDNESDAY_10_NY)
+        http = int(proc.wait_for(r"http listening on http://127\.0\.0\.1:(\d+)", 90).group(1))
         proc.wait_for(r"\+12015550301 ringing \(180", 90)
         with db(tmp_path) as conn:
             answered = [r[0] for r in conn.execute("SELECT answered_at FROM calls ORDER BY created_at")]
@@ -389,6 +391,9 @@ def test_pause_cancels_a_ringing_call_and_resume_calls_it_again(tmp_path: Path) 
             "pending",
         )
         assert by_number["+12015550300"]["ended_at"] is None  # still talking while paused
+        metrics = httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=10).text.splitlines()
+        assert 'sipbridge_dial_attempts_total{campaign="verify-test",outcome="cancelled"} 1' in metrics
+        assert "sipbridge_dial_in_flight 1" in metrics and "sipbridge_calls_active 1" in metrics
         campaign_cli("resume")
         rc = proc.finish(timeout=90)
         log = "\n".join(proc.seen)
