@@ -83,8 +83,8 @@ class Transcriber:
         self._pool = concurrent.futures.ThreadPoolExecutor(self.config.workers, thread_name_prefix="asr")
 
     async def start(self) -> None:
-        """Load the model, then queue the warm-up on the ASR thread without waiting for it: the supervisor
-        starts the engine and the SIP workers meanwhile and waits for it last (`wait_warm`)."""
+        """Load the model, then queue the warm-up runs (one per ASR worker) without waiting for them: the
+        supervisor starts the engine and the SIP workers meanwhile and waits for them last (`wait_warm`)."""
         if self.config.backend == "none":
             return
         path = resolve_model(self.config.model)
