@@ -31,15 +31,23 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
-from sipbridge.config import ConfigError, ConfigIssue, LoadedYaml, Origins, load_yaml_model, read_yaml_text
+from sipbridge.config import (
+    ConfigError,
+    ConfigIssue,
+    LoadedYaml,
+    Origins,
+    StrictScalars,
+    load_yaml_model,
+    read_yaml_text,
+)
 
 RESUME = "$resume"
 ExpectKind = Literal["yes_no", "date", "number", "text", "regex", "keywords", "any"]
 
 
-class _Model(BaseModel):
+class _Model(StrictScalars):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
 from sipbridge.agents.base import Action, AgentCall, AgentError, Reply, Turn
 from sipbridge.agents.flow import (
@@ -46,10 +46,10 @@ from sipbridge.agents.flow import (
     render,
     words_of,
 )
-from sipbridge.config import ConfigError, ConfigIssue, load_yaml_model
+from sipbridge.config import ConfigError, ConfigIssue, StrictScalars, compose_bounded, load_yaml_model
 
 
-class _Model(BaseModel):
+class _Model(StrictScalars):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -94,6 +94,7 @@ def load_flow(path: Path) -> Flow | StateFlow:
     try:
         text = read_flow_text(path)
         try:
+            compose_bounded(text, FlowLoader)  # alias bombs and absurd nesting are refused before loading
             data = yaml.load(text, Loader=FlowLoader)  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise AgentError(f"agent.script.flow: {path} is not valid YAML: {exc}") from exc
