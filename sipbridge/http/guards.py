@@ -111,10 +111,11 @@ class BearerToken:
         return value.strip() if scheme.lower() == "bearer" else None
 
     def check(self, request: Request) -> None:
+        """401 before the body is read; the connection is closed so an unread upload is not drained."""
         if not self.ok(self.presented(request)):
             raise HTTPException(
                 401, "missing or wrong bearer token (Authorization: Bearer ...)",
-                headers={"WWW-Authenticate": "Bearer"},
+                headers={"WWW-Authenticate": "Bearer", "Connection": "close"},
             )  # fmt: skip
 
 

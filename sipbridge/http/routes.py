@@ -60,18 +60,24 @@ class SamplingFields(BaseModel):
 class GenerateRequest(SamplingFields):
     text: str = Field(..., min_length=1, description="What the AI (speaker 1) says next.")
     format: Format = Field("wav", description="wav (24 kHz), pcm16 (24 kHz raw s16le) or ulaw (8 kHz).")
-    conversation_id: str | None = Field(None, description="Default: the one default conversation.")
+    conversation_id: str | None = Field(
+        None, max_length=128, description="Default: the one default conversation."
+    )
 
 
 class TtsRequest(SamplingFields):
     text: str = Field(..., min_length=1)
-    speaker_1: str | None = Field(None, description="Voice name (upload_voice) for speaker 1, the speaker.")
-    speaker_2: str | None = Field(None, description="Voice name heard as speaker 2 (context only).")
+    speaker_1: str | None = Field(
+        None, max_length=128, description="Voice name (upload_voice) for speaker 1, the speaker."
+    )
+    speaker_2: str | None = Field(
+        None, max_length=128, description="Voice name heard as speaker 2 (context only)."
+    )
     format: Format = "wav"
 
 
 class ConversationRef(BaseModel):
-    conversation_id: str | None = None
+    conversation_id: str | None = Field(None, max_length=128)
 
 
 _BODY_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
