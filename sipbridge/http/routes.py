@@ -288,7 +288,7 @@ def build_router(
             raw, decoded = await read_upload(audio, file)
             upload = (raw, decoded, _parse_words(words))
         elif voice_name not in service.voices:
-            raise ApiError(404, f"no voice {voice_name!r} (POST /upload_voice first)")
+            raise ApiError(404, f"no voice {voice_name[:140]!r} (POST /upload_voice first)")
         async with service.busy(conv):
             if upload is None:
                 voice: Voice = service.voices[str(voice_name)]  # prepared at upload: nothing to encode
@@ -405,7 +405,7 @@ def build_router(
     @api.delete("/voices/{name}", tags=["voices"], responses=error_responses(404))
     def delete_voice(name: str) -> dict[str, Any]:
         if service.voices.pop(name, None) is None:
-            raise ApiError(404, f"no voice {name!r}")
+            raise ApiError(404, f"no voice {name[:140]!r}")
         return {"ok": True}
 
     @api.post(
