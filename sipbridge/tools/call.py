@@ -38,6 +38,10 @@ _EPILOG = """exit codes: 0 answered and the other side spoke; 1 could not start 
 audio devices); 2 bad usage or config; 3 rejected (4xx/5xx/6xx); 4 no answer (no SIP response,
 or ringing too long); 5 answered but the other side never spoke"""
 
+# A patient caller: longer than the bot's own end-of-turn silence (vad.stop_hangover_ms, 500), so a pause
+# between the bot's sentences (its engine speaks them one by one) is not taken for the end of its turn.
+END_SILENCE_MS = 800
+
 _NO_ANSWER_CODES = {408, 480, 487}  # timeout, temporarily unavailable, cancelled by our ring timeout
 
 
@@ -92,8 +96,9 @@ def add_parser(sub: Any) -> None:
     p.add_argument(
         "--end-silence-ms",
         type=int,
+        default=END_SILENCE_MS,
         metavar="MS",
-        help="silence that ends the other side's turn (default: the config's vad.stop_hangover_ms)",
+        help=f"silence that ends the other side's turn: then our next line starts ({END_SILENCE_MS})",
     )
     p.add_argument(
         "--reply-timeout",
@@ -158,11 +163,11 @@ def default_uri(config: Config) -> str:
     return f"sip:bot@{host}:{config.sip.port or 5060}"
 
 
-def vad_settings(config: Config, end_silence_ms: int | None) -> Any:
-    """The config's VAD for the other side's turns; no early-ASR pauses (we transcribe whole turns)."""
+def vad_settings(config: Config, end_silence_ms: int) -> Any:
+    """The config's VAD for the other side's turns, with our own end-of-turn silence and no early-ASR
+    pauses (we transcribe whole turns)."""
     settings = config.vad.segmenter_settings()
-    stop = end_silence_ms if end_silence_ms is not None else settings.stop_hangover_ms
-    return dataclasses.replace(settings, stop_hangover_ms=stop, pause_ms=None)
+    return dataclasses.replace(settings, stop_hangover_ms=end_silence_ms, pause_ms=None)
 
 
 def gap_summary(gaps_ms: list[int]) -> str | None:

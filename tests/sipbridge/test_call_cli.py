@@ -1,0 +1,133 @@
+"""`sipbridge call` as a user runs it: a real process placing real SIP calls over loopback (pjsua2) to a live
+`sipbridge run`, to SIPp answering with an error, and to a port where nothing answers."""
+
+from __future__ import annotations
+
+import os
+import re
+import socket
+import subprocess
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from audio.wav import read_wav
+
+from .bridge import Bridge
+from .dialer.callees import Callee, error_scenario
+from .peers import caller_audio, free_udp_port
+from .procs import SIPBRIDGE
+
+
+def call(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [*SIPBRIDGE, "call", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        stdin=subprocess.DEVNULL,
+    )
+
+
+@pytest.fixture(scope="module")
+def bridge(tmp_path_factory: pytest.TempPathFactory) -> Bridge:
+    b = Bridge.start(tmp_path_factory.mktemp("bridge"), {})
+    yield b
+    assert b.stop() == 0
+
+
+def test_call_speaks_with_the_bot_and_prints_its_words_and_timings(bridge: Bridge, tmp_path: Path) -> None:
+    wav = caller_audio("Yes, that is right.", 0.0, 0.0).write_wav(tmp_path / "yes.wav")
+    out = tmp_path / "call.wav"
+    uri = f"sip:bot@127.0.0.1:{bridge.port}"
+    # A long end-of-turn silence: on a busy machine the bot's sentences may come with pauses between them.
+    lines_args = (
+        "--say",
+        "Hi",
+        "--wav",
+        str(wav),
+        "--record",
+        str(out),
+        "--end-silence-ms",
+        "1500",
+        "--reply-timeout",
+        "30",
+    )
+    result = call(uri, *lines_args, cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    lines = result.stdout.splitlines()
+    bot = [ln for ln in lines if re.match(r'bot \d+\.\d\d s: "', ln)]
+    # The greeting ("Hello, this is sipbridge. How can I help?"), heard through tiny.en at 8 kHz.
+    assert "hello" in bot[0].lower(), result.stdout
+    you = [ln for ln in lines if ln.startswith("you ")]
+    assert len(you) == 2 and you[0].endswith('"Hi"') and "(yes.wav)" in you[1], result.stdout
+    assert "yes" in you[1].lower()  # the WAV line's words come from ASR
+    # Each of our lines is answered (the echo agent repeats it); the gap is the bot's response time.
+    gaps = [float(m.group(1)) for ln in lines if (m := re.fullmatch(r"bot gap (\d+\.\d\d) s", ln))]
+    assert len(gaps) == 2 and all(0.0 < g < 5.0 for g in gaps), result.stdout
+    assert lines.index(you[0]) < lines.index(f"bot gap {gaps[0]:.2f} s") < lines.index(you[1])
+    assert len(bot) == 3, result.stdout
+    assert result.stdout.rstrip().endswith("(we hung up)")
+    # The bridge heard our lines as a caller's turns.
+    call_row = bridge.calls()[-1]
+    caller_turns = [t["text"].lower() for t in bridge.turns(call_row["id"]) if t["who"] == "caller"]
+    assert "hi" in caller_turns[0] and "right" in caller_turns[1], caller_turns
+    # Both sides recorded, in step: us on the left, the bot on the right.
+    import soundfile as sf
+
+    stereo, rate = sf.read(out, dtype="int16")
+    assert rate == 8000 and stereo.shape[1] == 2
+    assert np.abs(stereo[:, 0]).max() > 3000 and np.abs(stereo[:, 1]).max() > 3000
+    mono, _ = read_wav(out)
+    assert len(mono) / rate > 5.0
+
+
+def test_listening_only_exits_after_the_greeting(bridge: Bridge, tmp_path: Path) -> None:
+    result = call(f"127.0.0.1:{bridge.port}", cwd=tmp_path)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "answered after" in result.stdout and re.search(r'bot \d+\.\d\d s: "hello', result.stdout.lower())
+
+
+def test_nothing_listening_is_a_clear_failure(tmp_path: Path) -> None:
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as hole:  # takes the datagrams, never answers
+        hole.bind(("127.0.0.1", 0))
+        port = hole.getsockname()[1]
+        result = call(f"sip:bot@127.0.0.1:{port}", "--connect-timeout", "1", "--no-asr", cwd=tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert f"no SIP response from 127.0.0.1:{port}" in result.stderr
+    assert "is a SIP server listening there?" in result.stderr
+
+
+def test_a_rejected_call_says_why(tmp_path: Path) -> None:
+    callee = Callee.start(error_scenario(486, "Busy Here"), tmp_path / "sipp", calls=1)
+    try:
+        result = call(f"sip:someone@127.0.0.1:{callee.sip_port}", "--no-asr", cwd=tmp_path)
+    finally:
+        callee.stop()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert "rejected: 486 Busy Here" in result.stderr
+    assert "180 Ringing" in result.stdout
+
+
+def test_bad_usage_exits_2_before_dialling(tmp_path: Path) -> None:
+    result = call("sips:bot@127.0.0.1", cwd=tmp_path)
+    assert result.returncode == 2 and "TLS" in result.stderr
+    missing = tmp_path / "nope.wav"
+    result = call(f"127.0.0.1:{free_udp_port()}", "--wav", str(missing), cwd=tmp_path)
+    assert result.returncode == 2 and f"--wav {missing}" in result.stderr
+    result = call("--interactive", "--say", "Hi", cwd=tmp_path)
+    assert result.returncode == 2 and "--interactive" in result.stderr
+    result = call(f"127.0.0.1:{free_udp_port()}", "--record", str(tmp_path / "no" / "dir.wav"), cwd=tmp_path)
+    assert result.returncode == 2 and "does not exist" in result.stderr
+
+
+def test_interactive_without_audio_devices_is_a_clear_failure(tmp_path: Path) -> None:
+    """This machine (and CI) has no sound card: --interactive must say so, not hang or crash."""
+    result = call(f"127.0.0.1:{free_udp_port()}", "--interactive", cwd=tmp_path)
+    assert result.returncode == 1, result.stdout + result.stderr
+    assert "--interactive" in result.stderr and (
+        "no microphone" in result.stderr or "PortAudio" in result.stderr
+    )
