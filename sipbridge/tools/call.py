@@ -42,7 +42,7 @@ or ringing too long); 5 answered but the other side never spoke"""
 # between the bot's sentences (its engine speaks them one by one) is not taken for the end of its turn.
 END_SILENCE_MS = 800
 
-_NO_ANSWER_CODES = {408, 480, 487}  # timeout, temporarily unavailable, cancelled by our ring timeout
+NO_ANSWER_CODES = {408, 480, 487}  # timeout, temporarily unavailable, cancelled by our ring timeout
 
 
 class _AddLine(argparse.Action):
@@ -203,7 +203,7 @@ class _hangup_on_signals:
 
     def __enter__(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.saved[sig] = signal.signal(sig, lambda _s, _f: self.session.stop("you hung up"))
+            self.saved[sig] = signal.signal(sig, lambda _s, _f: self.session.stop("interrupted"))
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():

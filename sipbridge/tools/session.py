@@ -28,6 +28,7 @@ from sipbridge.tools.devices import DeviceError, SoundCard
 from sipbridge.tools.voice import Ears, LineError, say_line, wav_line
 
 _ASR_WAIT_S = 10.0  # at the end, how long a turn still being recognised may hold the exit
+_HANGUP_WAIT_S = 5.0  # BYE/CANCEL retransmissions run ~32 s; a silent peer gets this long
 
 
 @dataclass
@@ -72,7 +73,8 @@ class CallSession:
     prepared: Prepared
     write: Callable[[str], None]
     stop_reason: str | None = None  # set by a signal handler: hang up at the next loop turn
-    ended_by: str = "bot"
+    our_hangup: str | None = None  # why we ended the call ("done": every line said); None: they did
+    hangup_at: float | None = None
     answered_at: float | None = None
     responded: bool = False
 
@@ -155,6 +157,7 @@ class CallSession:
             if ended is None:
                 self._played()
                 self._watch(started)
+                ended = self._hangup_unanswered()
             self.transcript.flush()
         for de in self.dialogue.hung_up():
             self._dialogue_event(de)
@@ -206,9 +209,20 @@ class CallSession:
                 reason = reason or "ring-timeout"
         elif time.monotonic() - self.answered_at > args.max_duration:
             reason = reason or f"max duration {args.max_duration:.0f} s"
-        if reason is not None and self.ended_by == "bot":
-            self.ended_by = reason
+        if reason is not None:
+            self._hang_up(reason)
+
+    def _hang_up(self, reason: str) -> None:
+        if self.our_hangup is None:
+            self.our_hangup = reason
+            self.hangup_at = time.monotonic()
             self.phone.hangup()
+
+    def _hangup_unanswered(self) -> sp.Ended | None:
+        """A peer that never answers our BYE or CANCEL must not keep us here: give it a few seconds."""
+        if self.hangup_at is None or time.monotonic() - self.hangup_at < _HANGUP_WAIT_S:
+            return None
+        return sp.Ended(0, "no reply to our hang-up", self.phone.answered)
 
     # --------------------------------------------------------------------------------- dialogue events
 
@@ -228,9 +242,7 @@ class CallSession:
         elif isinstance(event, d.BotSilent):
             self.transcript.add(f"bot silent for {tr.seconds(event.waited_ms)}: going on")
         elif isinstance(event, d.Finished):
-            if self.ended_by == "bot":
-                self.ended_by = "us"
-                self.phone.hangup()
+            self._hang_up("done")
 
     def _speak(self, event: d.Speak) -> None:
         line = event.line
@@ -255,39 +267,44 @@ class CallSession:
 
     def _outcome(self, ended: sp.Ended, seconds: float) -> cli.Outcome:
         p = self.prepared
-        where = f"{p.target.host}:{p.target.port}"
-        if self.recorder is not None and ended.answered:
-            self.write(f"recorded: {p.record} (stereo: you left, other side right)")
         if not ended.answered:
-            if self.recorder is not None:
-                self.recorder.close()
-                self.recorder = None
-                with contextlib.suppress(OSError):
-                    p.record.unlink()  # type: ignore[union-attr]
-            if self.ended_by == "no-response":
-                return cli.Outcome(
-                    cli.EXIT_NO_ANSWER,
-                    f"no answer: no SIP response from {where} ({p.target.transport}) in "
-                    f"{p.args.connect_timeout:g} s; is a SIP server listening there?",
-                )
-            if self.ended_by == "ring-timeout":
-                return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: rang for {p.args.ring_timeout:g} s")
-            if self.ended_by not in ("bot",):
-                return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: {self.ended_by} before the answer")
-            if ended.code in cli._NO_ANSWER_CODES or ended.code < 300:
-                return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: {ended.code} {ended.reason}")
-            return cli.Outcome(cli.EXIT_REJECTED, f"rejected: {ended.code} {ended.reason} from {where}")
-        summary = tr.seconds(seconds * 1000)
-        by = (
-            "the other side hung up"
-            if self.ended_by == "bot"
-            else ("we hung up" if self.ended_by == "us" else f"we hung up ({self.ended_by})")
-        )
+            self._drop_recording()
+            return self._unanswered(ended)
+        if self.recorder is not None:
+            self.write(f"recorded: {p.record} (stereo: you left, other side right)")
         gaps = cli.gap_summary(self.dialogue.state.gaps_ms)
         if gaps:
             self.write(gaps)
+        how = {None: "the other side hung up", "done": "we hung up"}.get(
+            self.our_hangup, f"we hung up: {self.our_hangup}"
+        )
+        summary = f"call ended after {seconds:.2f} s ({how})"
         if not self.dialogue.bot_spoke:
+            return cli.Outcome(cli.EXIT_SILENT, f"{summary}; the other side never spoke")
+        return cli.Outcome(cli.EXIT_OK, summary)
+
+    def _unanswered(self, ended: sp.Ended) -> cli.Outcome:
+        p = self.prepared
+        where = f"{p.target.host}:{p.target.port}"
+        if self.our_hangup == "no-response":
             return cli.Outcome(
-                cli.EXIT_SILENT, f"call ended after {summary} ({by}); the other side never spoke"
+                cli.EXIT_NO_ANSWER,
+                f"no answer: no SIP response from {where} ({p.target.transport}) in "
+                f"{p.args.connect_timeout:g} s; is a SIP server listening there?",
             )
-        return cli.Outcome(cli.EXIT_OK, f"call ended after {summary} ({by})")
+        if self.our_hangup == "ring-timeout":
+            return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: rang for {p.args.ring_timeout:g} s")
+        if self.our_hangup is not None:
+            return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: {self.our_hangup} before the answer")
+        if ended.code in cli.NO_ANSWER_CODES or ended.code < 300:
+            return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: {ended.code} {ended.reason}")
+        return cli.Outcome(cli.EXIT_REJECTED, f"rejected: {ended.code} {ended.reason} from {where}")
+
+    def _drop_recording(self) -> None:
+        """Nothing was said: no empty WAV left behind."""
+        if self.recorder is None or self.prepared.record is None:
+            return
+        self.recorder.close()
+        self.recorder = None
+        with contextlib.suppress(OSError):
+            self.prepared.record.unlink()

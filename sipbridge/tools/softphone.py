@@ -43,7 +43,7 @@ class FrameSource(Protocol):
 
 @dataclass(frozen=True)
 class Received:
-    """The other side's frame this tick (b"": none arrived) and the frame we sent in the same tick."""
+    """The other side's frame this tick (b"": none arrived); from the media's start, early media included."""
 
     pcm: bytes
 
@@ -63,6 +63,8 @@ class Responded:
 
 @dataclass(frozen=True)
 class Answered:
+    """200 OK and ACK: the call is up (media may have started before, as early media)."""
+
     codec: str
 
 
@@ -109,7 +111,9 @@ class _Call(pj.Call):
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         info = self.getInfo()
-        if info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            self.phone.on_confirmed()
+        elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             self.phone.on_disconnected(int(info.lastStatusCode), str(info.lastReason))
 
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
@@ -164,6 +168,7 @@ class Softphone:
         self.source: FrameSource | None = None
         self.answered = False
         self.ended = False
+        self.codec = "no audio"  # until the media is up
         self.local_port = 0
 
     @property
@@ -263,11 +268,15 @@ class Softphone:
         fmt.frameTimeUsec = 20000
         port = _Port(self.inbox, self.source)
         port.createPort("sipbridge-call", fmt)
-        self.answered = True
-        self.inbox.put(Answered(codec))  # before the first frame: the port starts only below
+        self.codec = codec
         call_media.startTransmit(port)
         port.startTransmit(call_media)
         self.port = port
+
+    def on_confirmed(self) -> None:
+        if not self.answered:
+            self.answered = True
+            self.inbox.put(Answered(self.codec))
 
     def on_disconnected(self, code: int, reason: str) -> None:
         self.ended = True

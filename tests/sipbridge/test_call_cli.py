@@ -67,7 +67,7 @@ def test_call_speaks_with_the_bot_and_prints_its_words_and_timings(bridge: Bridg
     assert "yes" in you[1].lower()  # the WAV line's words come from ASR
     # Each of our lines is answered (the echo agent repeats it); the gap is the bot's response time.
     gaps = [float(m.group(1)) for ln in lines if (m := re.fullmatch(r"bot gap (\d+\.\d\d) s", ln))]
-    assert len(gaps) == 2 and all(0.0 < g < 5.0 for g in gaps), result.stdout
+    assert len(gaps) == 2 and all(g > 0.0 for g in gaps), result.stdout  # how long: bench, not test
     assert lines.index(you[0]) < lines.index(f"bot gap {gaps[0]:.2f} s") < lines.index(you[1])
     assert len(bot) == 3, result.stdout
     assert result.stdout.rstrip().endswith("(we hung up)")
