@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -236,9 +237,10 @@ class CallSession:
                 self.transcript.add(tr.gap(event.gap_ms))
         elif isinstance(event, d.BotSaid | d.YouSaid):
             who = "bot" if isinstance(event, d.BotSaid) else "you"
-            start, end = event.start_ms, event.end_ms
             heard = self.ears.hear(event.pcm, self.prepared.config.media.clock_rate)
-            self.transcript.add(tr.mapped(heard, lambda w, who=who: tr.said(who, start, end, w)))
+            self.transcript.add(
+                tr.mapped(heard, functools.partial(tr.said, who, event.start_ms, event.end_ms))
+            )
         elif isinstance(event, d.BotSilent):
             self.transcript.add(f"bot silent for {tr.seconds(event.waited_ms)}: going on")
         elif isinstance(event, d.Finished):

@@ -169,3 +169,17 @@ def test_a_line_waiting_for_its_words_holds_back_the_later_ones() -> None:
     transcript.drain(0.01)
     assert printed[-1] == "(words not ready)"
     assert said("bot", 1000, 2500, "") == "bot 1.00 s: (1.50 s of speech, no words recognised)"
+
+
+def test_the_microphone_buffer_hands_out_whole_frames_and_stays_short() -> None:
+    from sipbridge.tools.devices import MicBuffer
+
+    mic = MicBuffer(frame_bytes=320, rate=RATE)
+    mic.push(b"\x01\x00" * 100)
+    assert mic.pop() is mic.silence  # less than a frame: silence this tick, the samples wait
+    mic.push(b"\x02\x00" * 100)
+    frame = mic.pop()
+    assert len(frame) == 320 and frame[:2] == b"\x01\x00" and frame[-2:] == b"\x02\x00"
+    mic.push(bytes(2 * RATE))  # one second at once: only the newest 200 ms are kept
+    frames = [mic.pop() for _ in range(12)]
+    assert [f is mic.silence for f in frames] == [False] * 10 + [True] * 2
