@@ -38,6 +38,8 @@ _EPILOG = """exit codes: 0 answered and the other side spoke; 1 could not start 
 audio devices); 2 bad usage or config; 3 rejected (4xx/5xx/6xx); 4 no answer (no SIP response,
 or ringing too long); 5 answered but the other side never spoke"""
 
+PASSWORD_ENV = "SIPBRIDGE_CALL_PASSWORD"  # not a flag: a password on the command line shows in `ps`
+
 # A patient caller: longer than the bot's own end-of-turn silence (vad.stop_hangover_ms, 500), so a pause
 # between the bot's sentences (its engine speaks them one by one) is not taken for the end of its turn.
 END_SILENCE_MS = 800
@@ -92,6 +94,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--bind", metavar="ADDR", help="our local address (default: the one that reaches the target)"
+    )
+    p.add_argument(
+        "--auth",
+        metavar="USER",
+        help=f"answer a digest challenge (PBX extension, trunk) as USER; password from ${PASSWORD_ENV}",
     )
     p.add_argument(
         "--end-silence-ms",

@@ -10,6 +10,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import os
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -42,6 +43,7 @@ class Prepared:
     lines: list[d.Line] | None  # None: interactive
     record: Path | None
     args: argparse.Namespace
+    auth: tuple[str, str, str] | None = None  # user, password, domain
 
 
 def prepare(args: argparse.Namespace, config: Config, raw_lines: list[tuple[str, str]]) -> Prepared:
@@ -66,7 +68,13 @@ def prepare(args: argparse.Namespace, config: Config, raw_lines: list[tuple[str,
             ]
         except LineError as exc:
             raise cli.UsageError(str(exc)) from None
-    return Prepared(target, bind, config, lines, cli.record_path(args.record), args)
+    auth = None
+    if args.auth:
+        password = os.environ.get(cli.PASSWORD_ENV)
+        if not password:
+            raise cli.UsageError(f"--auth {args.auth}: set the password in ${cli.PASSWORD_ENV}")
+        auth = (args.auth, password, target.host)
+    return Prepared(target, bind, config, lines, cli.record_path(args.record), args, auth)
 
 
 @dataclass
@@ -85,7 +93,9 @@ class CallSession:
     def run(self) -> cli.Outcome:
         p = self.prepared
         rate = p.config.media.clock_rate
-        self.phone = sp.Softphone(p.bind, tuple(p.config.sip.codecs), rate, transport=p.target.transport)
+        self.phone = sp.Softphone(
+            p.bind, tuple(p.config.sip.codecs), rate, transport=p.target.transport, auth=p.auth
+        )
         self.ears = Ears(
             p.config.asr.model_copy(update={"backend": "none"}) if p.args.no_asr else p.config.asr
         )

@@ -158,6 +158,9 @@ class Softphone:
     clock_rate: int = 8000
     user_agent: str = "sipbridge-call"
     transport: str = "udp"
+    # Digest credentials for a PBX or trunk that challenges our INVITE (401/407): user, password, and the
+    # domain our From uses then (the target's host: how a PBX knows its extensions).
+    auth: tuple[str, str, str] | None = None
 
     def __post_init__(self) -> None:
         self.inbox: queue.SimpleQueue[PhoneEvent] = queue.SimpleQueue()
@@ -211,6 +214,10 @@ class Softphone:
             ep.codecSetPriority(codec.codecId, wanted.get("/".join(codec.codecId.split("/")[:2]), 0))
         acfg = pj.AccountConfig()
         acfg.idUri = f"sip:sipbridge-call@{self.bind_address}:{self.local_port}"
+        if self.auth is not None:
+            user, password, domain = self.auth
+            acfg.idUri = f"sip:{user}@{domain}"
+            acfg.sipConfig.authCreds.append(pj.AuthCredInfo("digest", "*", user, 0, password))
         acfg.mediaConfig.transportConfig.boundAddress = self.bind_address
         self.account = pj.Account()
         self.account.create(acfg, True)

@@ -8,18 +8,20 @@ from __future__ import annotations
 
 import asyncio
 import concurrent.futures
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
 import soxr
 
-from audio.testsignals import espeak, speech_extent
 from audio.wav import AudioFormatError, read_wav
 from sipbridge.asr import AsrError, Transcriber
 from sipbridge.config import AsrConfig
 from sipbridge.tools.dialogue import Line, Pcm
 
-_TAIL_S = 0.05  # keep a breath after the last sample above the speech threshold
+_SPEECH = 0.01  # |x| above this (-40 dBFS) is speech when trimming espeak-ng's padding
+_TAIL_S = 0.05  # keep a breath after the last sample above it
 
 
 class LineError(Exception):
@@ -34,19 +36,31 @@ def _to_pcm(x: np.ndarray, rate: int, clock_rate: int) -> Pcm:
 
 def _trim(x: np.ndarray, rate: int) -> np.ndarray:
     """espeak-ng pads its output with silence: drop it, so our turn ends when our words end."""
-    try:
-        first, last = speech_extent(x)
-    except ValueError:
+    loud = np.flatnonzero(np.abs(x) > _SPEECH)
+    if len(loud) == 0:
         return x
-    return x[first : min(len(x), last + int(_TAIL_S * rate))]
+    return x[loud[0] : min(len(x), loud[-1] + 1 + int(_TAIL_S * rate))]
+
+
+def espeak_wav(text: str, voice: str, words_per_minute: int) -> tuple[np.ndarray, int]:
+    """espeak-ng's speech for `text` (its WAV on stdout: no temporary file), as float mono and its rate."""
+    exe = shutil.which("espeak-ng")
+    if exe is None:
+        raise LineError("espeak-ng is not installed (apt-get install espeak-ng), needed for --say")
+    done = subprocess.run(
+        [exe, "-v", voice, "-s", str(words_per_minute), "--stdout", text], capture_output=True, timeout=60
+    )
+    if done.returncode != 0 or len(done.stdout) <= 44:
+        raise LineError(f"espeak-ng failed on {text!r}: {done.stderr.decode(errors='replace').strip()}")
+    # espeak-ng writes "unknown length" sizes into the header of a piped WAV: read the samples after it.
+    pcm = np.frombuffer(done.stdout[44 : 44 + (len(done.stdout) - 44) // 2 * 2], "<i2")
+    rate = int.from_bytes(done.stdout[24:28], "little")
+    return pcm.astype(np.float32) / 32768.0, rate
 
 
 def say_line(text: str, clock_rate: int, voice: str = "en-us", words_per_minute: int = 165) -> Line:
-    try:
-        x = espeak(text, clock_rate, voice=voice, speed=words_per_minute)
-    except (RuntimeError, OSError) as exc:
-        raise LineError(f"--say {text!r}: {exc}") from exc
-    return Line(text, _to_pcm(_trim(x, clock_rate), clock_rate, clock_rate), words=text)
+    x, rate = espeak_wav(text, voice, words_per_minute)
+    return Line(text, _to_pcm(_trim(x, rate), rate, clock_rate), words=text)
 
 
 def wav_line(path: str, clock_rate: int) -> Line:

@@ -15,19 +15,21 @@ import pytest
 from audio.wav import read_wav
 
 from .bridge import Bridge
-from .dialer.callees import Callee, error_scenario
+from .dialer.callees import Callee, challenge_scenario, error_scenario
 from .peers import caller_audio, free_udp_port
 from .procs import SIPBRIDGE
 
 
-def call(*args: str, cwd: Path, timeout: float = 120) -> subprocess.CompletedProcess[str]:
+def call(
+    *args: str, cwd: Path, timeout: float = 120, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [*SIPBRIDGE, "call", *args],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=timeout,
-        env={**os.environ, "OMP_NUM_THREADS": "1"},
+        env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})},
         stdin=subprocess.DEVNULL,
     )
 
@@ -74,7 +76,7 @@ def test_call_speaks_with_the_bot_and_prints_its_words_and_timings(bridge: Bridg
     # The bridge heard our lines as a caller's turns.
     call_row = bridge.calls()[-1]
     caller_turns = [t["text"].lower() for t in bridge.turns(call_row["id"]) if t["who"] == "caller"]
-    assert "hi" in caller_turns[0] and "right" in caller_turns[1], caller_turns
+    assert "hi" in caller_turns[0] and "yes" in caller_turns[1], caller_turns
     # Both sides recorded, in step: us on the left, the bot on the right.
     import soundfile as sf
 
@@ -110,6 +112,22 @@ def test_a_rejected_call_says_why(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stdout + result.stderr
     assert "rejected: 486 Busy Here" in result.stderr
     assert "180 Ringing" in result.stdout
+
+
+@pytest.mark.parametrize(("password", "final"), [("s3cret", "486 Busy Here"), ("wrong", "403 Forbidden")])
+def test_digest_auth_for_a_pbx_that_challenges(tmp_path: Path, password: str, final: str) -> None:
+    """SIPp checks the Authorization of the INVITE sent again after its 401: right gets 486, wrong 403."""
+    callee = Callee.start(challenge_scenario("1001", "s3cret", hold_ms=100), tmp_path / "sipp", calls=1)
+    try:
+        target = f"sip:2000@127.0.0.1:{callee.sip_port}"
+        env = {"SIPBRIDGE_CALL_PASSWORD": password}
+        result = call(target, "--auth", "1001", "--no-asr", cwd=tmp_path, env=env)
+    finally:
+        callee.stop()
+    assert result.returncode == 3, result.stdout + result.stderr
+    assert f"rejected: {final}" in result.stderr
+    missing = call(target, "--auth", "1001", cwd=tmp_path, env={"SIPBRIDGE_CALL_PASSWORD": ""})
+    assert missing.returncode == 2 and "SIPBRIDGE_CALL_PASSWORD" in missing.stderr
 
 
 def test_bad_usage_exits_2_before_dialling(tmp_path: Path) -> None:
