@@ -308,6 +308,12 @@ class CallSession:
             return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: rang for {p.args.ring_timeout:g} s")
         if self.our_hangup is not None:
             return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: {self.our_hangup} before the answer")
+        if not (self.responded or ended.received):  # PJSIP's verdict: refused, timed out, unresolvable
+            return cli.Outcome(
+                cli.EXIT_NO_ANSWER,
+                f"no answer: no SIP response from {where} ({p.target.transport}): "
+                f"{ended.code} {ended.reason}",
+            )
         if ended.code in cli.NO_ANSWER_CODES or ended.code < 300:
             return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: {ended.code} {ended.reason}")
         return cli.Outcome(cli.EXIT_REJECTED, f"rejected: {ended.code} {ended.reason} from {where}")

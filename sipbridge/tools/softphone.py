@@ -55,7 +55,7 @@ class Sent:
 
 @dataclass(frozen=True)
 class Responded:
-    """A SIP response to our INVITE (100 Trying, 180 Ringing, ...), before the call is answered."""
+    """A provisional response to our INVITE (100 Trying, 180 Ringing, 183 Session Progress)."""
 
     code: int
     reason: str
@@ -75,6 +75,9 @@ class Ended:
     code: int
     reason: str
     answered: bool
+    received: bool = (
+        False  # the final response came from the other side (not PJSIP's timeout/transport error)
+    )
 
 
 PhoneEvent = Received | Sent | Responded | Answered | Ended
@@ -114,12 +117,22 @@ class _Call(pj.Call):
         if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
             self.phone.on_confirmed()
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
-            self.phone.on_disconnected(int(info.lastStatusCode), str(info.lastReason))
+            # A final response that arrived (486, 603 ...) ends the call through a received message; PJSIP's
+            # own 408 or 503 (timeout, refused connection) through a timer or a transport error.
+            event = prm.e
+            received = (
+                event.type == pj.PJSIP_EVENT_TSX_STATE and event.body.tsxState.type == pj.PJSIP_EVENT_RX_MSG
+            )
+            self.phone.on_disconnected(int(info.lastStatusCode), str(info.lastReason), received)
 
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
-        # The INVITE's provisional responses; 100 Trying changes no call state, yet proves a server is there.
+        # Provisional responses to our INVITE: 100 Trying changes no call state, yet proves a server is there.
         body = prm.e.body.tsxState
-        if body.tsx.method == "INVITE" and 100 <= body.tsx.statusCode < 200:
+        if (
+            body.tsx.method == "INVITE"
+            and body.type == pj.PJSIP_EVENT_RX_MSG
+            and 100 <= body.tsx.statusCode < 200
+        ):
             self.phone.inbox.put(Responded(int(body.tsx.statusCode), str(body.tsx.statusText)))
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
@@ -208,6 +221,12 @@ class Softphone:
             ep.libStart()
         except pj.Error as exc:
             raise SoftphoneError(f"cannot start SIP on {self.bind_address}: {exc.info().strip()}") from None
+        try:
+            self._configure(ep)
+        except pj.Error as exc:
+            raise SoftphoneError(f"cannot set up PJSIP: {exc.info().strip()}") from None
+
+    def _configure(self, ep: pj.Endpoint) -> None:
         ep.audDevManager().setNullDev()
         wanted = {_CODEC_IDS[c]: 255 - i for i, c in enumerate(self.codecs)}
         for codec in ep.codecEnum2():
@@ -285,9 +304,9 @@ class Softphone:
             self.answered = True
             self.inbox.put(Answered(self.codec))
 
-    def on_disconnected(self, code: int, reason: str) -> None:
+    def on_disconnected(self, code: int, reason: str, received: bool) -> None:
         self.ended = True
-        self.inbox.put(Ended(code, reason, self.answered))
+        self.inbox.put(Ended(code, reason, self.answered, received))
 
     def close(self) -> None:
         """Drop the call and port here (our registered thread), then the account, then PJSIP itself."""

@@ -101,6 +101,12 @@ def test_nothing_listening_is_a_clear_failure(tmp_path: Path) -> None:
     assert result.returncode == 4, result.stdout + result.stderr
     assert f"no SIP response from 127.0.0.1:{port}" in result.stderr
     assert "is a SIP server listening there?" in result.stderr
+    with socket.socket() as closed:  # TCP: the connection is refused at once
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        result = call(f"sip:bot@127.0.0.1:{port};transport=tcp", "--no-asr", cwd=tmp_path)
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert f"no SIP response from 127.0.0.1:{port} (tcp)" in result.stderr
 
 
 def test_a_rejected_call_says_why(tmp_path: Path) -> None:
