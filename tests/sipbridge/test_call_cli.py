@@ -15,7 +15,7 @@ import pytest
 from audio.wav import read_wav
 
 from .bridge import Bridge
-from .dialer.callees import Callee, challenge_scenario, error_scenario
+from .dialer.callees import Callee, answer_scenario, challenge_scenario, error_scenario, ring_scenario
 from .peers import caller_audio, free_udp_port
 from .procs import SIPBRIDGE
 
@@ -118,6 +118,33 @@ def test_a_rejected_call_says_why(tmp_path: Path) -> None:
     assert result.returncode == 3, result.stdout + result.stderr
     assert "rejected: 486 Busy Here" in result.stderr
     assert "180 Ringing" in result.stdout
+
+
+def test_ringing_past_the_ring_timeout_is_no_answer(tmp_path: Path) -> None:
+    callee = Callee.start(ring_scenario(), tmp_path / "sipp", calls=1)
+    try:
+        result = call(
+            f"sip:2000@127.0.0.1:{callee.sip_port}", "--ring-timeout", "1", "--no-asr", cwd=tmp_path
+        )
+        assert callee.proc.wait(timeout=30) == 0, callee.errors()  # it got our CANCEL and ended the call
+    finally:
+        callee.stop()
+    assert result.returncode == 4, result.stdout + result.stderr
+    assert "180 Ringing" in result.stdout and "no answer: rang for 1 s" in result.stderr
+
+
+def test_answered_but_never_a_word_exits_5(tmp_path: Path) -> None:
+    """SIPp answers and sends no audio at all: we wait --reply-timeout, hang up, and say so."""
+    callee = Callee.start(answer_scenario(None, ring_ms=0), tmp_path / "sipp", calls=1)
+    try:
+        target = f"sip:2000@127.0.0.1:{callee.sip_port}"
+        result = call(target, "--reply-timeout", "1", "--no-asr", cwd=tmp_path)
+        assert callee.proc.wait(timeout=30) == 0, callee.errors()  # it got our BYE
+    finally:
+        callee.stop()
+    assert result.returncode == 5, result.stdout + result.stderr
+    assert "answered after" in result.stdout and "bot silent for 1.00 s" in result.stdout
+    assert "the other side never spoke" in result.stderr
 
 
 @pytest.mark.parametrize(("password", "final"), [("s3cret", "486 Busy Here"), ("wrong", "403 Forbidden")])
