@@ -17,12 +17,9 @@ import dataclasses
 import signal
 import statistics
 import sys
-import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
-
-import numpy as np
 
 from sipbridge.config import Config, ConfigError, load_config
 
@@ -81,6 +78,9 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument(
         "--record", metavar="OUT.wav", help="record both sides (stereo: you left, other side right)"
+    )
+    p.add_argument(
+        "--json", metavar="OUT.json", help="also write the call as JSON: turns, words, gaps, outcome"
     )
     p.add_argument("--interactive", action="store_true", help="talk yourself: microphone and speaker")
     p.add_argument("--config", "-c", metavar="FILE", help="config for the default URI, VAD, ASR and voice")
@@ -188,10 +188,6 @@ def gap_summary(gaps_ms: list[int]) -> str | None:
     )
 
 
-def silence_frame(frame_bytes: int) -> np.ndarray:
-    return np.zeros(frame_bytes // 2, np.int16)
-
-
 def _print(line: str) -> None:
     print(line, flush=True)
 
@@ -217,15 +213,12 @@ class _hangup_on_signals:
             signal.signal(sig, handler)
 
 
-def record_path(text: str | None) -> Path | None:
+def record_path(text: str | None, option: str = "--record") -> Path | None:
+    """An output file's path, checked before dialling: its folder must exist."""
     if text is None:
         return None
     path = Path(text)
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
-        raise UsageError(f"--record {text}: folder {parent} does not exist")
+        raise UsageError(f"{option} {text}: folder {parent} does not exist")
     return path
-
-
-def elapsed(since: float) -> float:
-    return time.monotonic() - since

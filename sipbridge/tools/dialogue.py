@@ -185,6 +185,8 @@ class Dialogue:
                 return [BotStarted(event.t, None, over_you=True)]
             gap = event.t - st.our_end if st.gap_pending and st.our_end is not None else None
             st.gap_pending = False
+            if gap is not None and gap < 0:  # its speech began before our line ended: it talked over us
+                return [BotStarted(event.t, None, over_you=True)]
             if gap is not None:
                 st.gaps_ms.append(gap)
             return [BotStarted(event.t, gap)]

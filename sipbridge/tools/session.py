@@ -10,10 +10,11 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import json
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
@@ -44,6 +45,7 @@ class Prepared:
     record: Path | None
     args: argparse.Namespace
     auth: tuple[str, str, str] | None = None  # user, password, domain
+    json: Path | None = None  # --json: the call as data, written at the end
 
 
 def prepare(args: argparse.Namespace, config: Config, raw_lines: list[tuple[str, str]]) -> Prepared:
@@ -74,7 +76,8 @@ def prepare(args: argparse.Namespace, config: Config, raw_lines: list[tuple[str,
         if not password:
             raise cli.UsageError(f"--auth {args.auth}: set the password in ${cli.PASSWORD_ENV}")
         auth = (args.auth, password, target.host)
-    return Prepared(target, bind, config, lines, cli.record_path(args.record), args, auth)
+    json_path = cli.record_path(args.json, "--json")
+    return Prepared(target, bind, config, lines, cli.record_path(args.record), args, auth, json_path)
 
 
 @dataclass
@@ -85,7 +88,10 @@ class CallSession:
     our_hangup: str | None = None  # why we ended the call ("done": every line said); None: they did
     hangup_at: float | None = None
     answered_at: float | None = None
+    answered_after_s: float | None = None
+    codec: str | None = None
     responded: bool = False
+    turns: list[tr.TurnEntry] = field(default_factory=list)  # for --json
 
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
@@ -162,7 +168,8 @@ class CallSession:
                     self._responded(event)
                 elif isinstance(event, sp.Answered):
                     self.answered_at = time.monotonic()
-                    self.write(f"answered after {time.monotonic() - started:.2f} s ({event.codec})")
+                    self.answered_after_s, self.codec = self.answered_at - started, event.codec
+                    self.write(f"answered after {self.answered_after_s:.2f} s ({event.codec})")
                 elif isinstance(event, sp.Ended):
                     ended = event
             if ended is None:
@@ -173,7 +180,25 @@ class CallSession:
         for de in self.dialogue.hung_up():
             self._dialogue_event(de)
         self.transcript.drain(_ASR_WAIT_S)
-        return self._outcome(ended, time.monotonic() - started)
+        outcome = self._outcome(ended, time.monotonic() - started)
+        if self.prepared.json is not None:
+            self._write_json(self.prepared.json, outcome)
+        return outcome
+
+    def _write_json(self, path: Path, outcome: cli.Outcome) -> None:
+        data = tr.report(
+            self.prepared.target.uri,
+            self.answered_after_s,
+            self.codec,
+            self.turns,
+            self.dialogue.state.gaps_ms,
+            outcome.code,
+            outcome.message,
+        )
+        try:
+            path.write_text(json.dumps(data, indent=2) + "\n", encoding="utf-8")
+        except OSError as exc:
+            self.write(f"cannot write --json {path}: {exc.strerror or exc}")
 
     def _received(self, pcm: bytes, silence: np.ndarray) -> None:
         frame = np.frombuffer(pcm, np.int16) if pcm else silence
@@ -248,6 +273,7 @@ class CallSession:
         elif isinstance(event, d.BotSaid | d.YouSaid):
             who = "bot" if isinstance(event, d.BotSaid) else "you"
             heard = self.ears.hear(event.pcm, self.prepared.config.media.clock_rate)
+            self.turns.append(tr.TurnEntry(who, event.start_ms, event.end_ms, heard))
             self.transcript.add(
                 tr.mapped(heard, functools.partial(tr.said, who, event.start_ms, event.end_ms))
             )
@@ -263,6 +289,7 @@ class CallSession:
         start = event.at_ms
         end = start + len(line.pcm) * 1000 // self.prepared.config.media.clock_rate
         if line.words is not None:
+            self.turns.append(tr.TurnEntry("you", start, end, line.words))
             self.transcript.add(tr.said("you", start, end, line.words))
             return
         label = line.label
@@ -273,6 +300,7 @@ class CallSession:
             return f"{tr.said('you', start, end, words)} ({label})"
 
         heard = self.ears.hear(line.pcm, self.prepared.config.media.clock_rate)
+        self.turns.append(tr.TurnEntry("you", start, end, heard, label))
         self.transcript.add(tr.mapped(heard, with_label))
 
     # ------------------------------------------------------------------------------------- outcome

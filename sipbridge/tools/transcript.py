@@ -12,7 +12,6 @@ the start of the other side's answer (what a caller feels as the bot's response 
 from __future__ import annotations
 
 import concurrent.futures
-import ipaddress
 import re
 from collections import deque
 from collections.abc import Callable
@@ -59,14 +58,6 @@ def parse_target(text: str, default_user: str = "bot") -> Target:
     if ":" in host:
         raise TargetError(f"{text!r}: IPv6 targets are not supported by `sipbridge call`")
     return Target(raw, host, port, transport)
-
-
-def is_ip(host: str) -> bool:
-    try:
-        ipaddress.ip_address(host)
-    except ValueError:
-        return False
-    return True
 
 
 # ------------------------------------------------------------------------------------------ lines
@@ -134,3 +125,55 @@ def mapped(
 
     future.add_done_callback(done)
     return out
+
+
+# ------------------------------------------------------------------------------------------ report
+
+
+@dataclass
+class TurnEntry:
+    """One turn for the JSON report; `words` may still be on its way from ASR."""
+
+    who: str  # bot | you
+    start_ms: int
+    end_ms: int
+    words: str | concurrent.futures.Future[str]
+    label: str | None = None  # the WAV file of a --wav line
+
+
+def _words(entry: TurnEntry) -> str | None:
+    w = entry.words
+    if isinstance(w, str):
+        return w
+    return w.result().strip() if w.done() and w.exception() is None else None
+
+
+def report(
+    target: str,
+    answered_after_s: float | None,
+    codec: str | None,
+    turns: list[TurnEntry],
+    gaps_ms: list[int],
+    exit_code: int,
+    outcome: str,
+) -> dict[str, object]:
+    """`sipbridge call --json`: the call as data (times in seconds since the answer)."""
+    return {
+        "target": target,
+        "answered": answered_after_s is not None,
+        "answered_after_s": None if answered_after_s is None else round(answered_after_s, 3),
+        "codec": codec,
+        "turns": [
+            {
+                "who": t.who,
+                "start_s": t.start_ms / 1000,
+                "end_s": t.end_ms / 1000,
+                "words": _words(t),
+                **({"file": t.label} if t.label else {}),
+            }
+            for t in sorted(turns, key=lambda t: t.start_ms)
+        ],
+        "gaps_s": [g / 1000 for g in gaps_ms],
+        "exit_code": exit_code,
+        "outcome": outcome,
+    }

@@ -111,6 +111,20 @@ def test_talking_over_our_line_is_no_gap_and_the_turn_in_progress_is_not_an_answ
     assert run.dialogue.state.gaps_ms == []
 
 
+def test_speech_that_began_before_our_line_ended_is_no_gap(speech: np.ndarray) -> None:
+    """The VAD dates speech back to its onset; an answer dated before our line's end overlapped it."""
+    run = Run([line("Hi"), line("Yes")], reply_timeout_ms=20000)
+    run.feed(np.concatenate([speech, silence(600)]))
+    speak = run.of(d.Speak)[0]
+    start = run.dialogue.now_ms
+    run.feed(silence(600))
+    run.events += run.dialogue.played(speak.index, start, run.dialogue.now_ms + 40)  # ends 40 ms from now
+    run.feed(speech)
+    started = run.of(d.BotStarted)[-1]
+    assert started.over_you and started.gap_ms is None
+    assert run.dialogue.state.gaps_ms == []
+
+
 def test_listening_only_finishes_after_the_greeting(speech: np.ndarray) -> None:
     run = Run([])
     run.feed(np.concatenate([speech, silence(600)]))
