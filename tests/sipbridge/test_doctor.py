@@ -127,14 +127,14 @@ def test_dia2_without_cuda_and_without_cached_weights(tmp_path: Path) -> None:
     assert lines["codec"].startswith("fail ") and "kyutai/mimi" in lines["codec"]
 
 
-@pytest.mark.parametrize("offline", [False, True])
-def test_dia2_with_a_local_checkpoint(tmp_path: Path, offline: bool) -> None:
+def test_dia2_with_a_local_checkpoint(tmp_path: Path) -> None:
+    """Offline, as a production GPU host without hub access runs: a local folder needs no cache."""
     config = good_config(tmp_path)
     config["engine"] = {
         "kind": "dia2",
         "dia2": {"model": str(TINY), "device": "cpu", "voice": {"prefix_wav": str(TINY / "prefix_s1.wav")}},
     }
-    env = {"HF_HUB_OFFLINE": "1"} if offline else {}
+    env = {"HF_HUB_OFFLINE": "1"}
     code, lines, out = doctor(config, tmp_path, env=env)
     assert code == 0, out
     assert lines["gpu"].startswith("warn ") and "slower than real time" in lines["gpu"]
@@ -147,3 +147,20 @@ def test_an_invalid_config_is_one_failed_line(tmp_path: Path) -> None:
     code, lines, out = doctor({"sip": {"max_calls": "many"}}, tmp_path)
     assert code == 1
     assert lines["config"].startswith("fail ") and "sip.max_calls" in lines["config"], out
+
+
+def test_weights_not_cached_are_a_warning_while_the_hub_answers(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A reachable hub (here a loopback listener: only the TCP connection is tried) means a first start that
+    downloads; unreachable, or HF_HUB_OFFLINE=1, means it cannot start at all."""
+    from sipbridge.tools.checks import _not_cached
+
+    with socket.socket() as hub:
+        hub.bind(("127.0.0.1", 0))
+        hub.listen()
+        monkeypatch.setenv("HF_ENDPOINT", f"http://127.0.0.1:{hub.getsockname()[1]}")
+        monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+        reachable = _not_cached("tts model", "org/model", "not in the cache", "engine.dia2.model")
+        monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+        offline = _not_cached("tts model", "org/model", "not in the cache", "engine.dia2.model")
+    assert reachable.status == "warn" and "downloaded at the first start" in reachable.detail
+    assert offline.status == "fail" and "HF_HUB_OFFLINE=1" in offline.detail
