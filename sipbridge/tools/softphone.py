@@ -20,6 +20,7 @@ from typing import Protocol
 import pjsua2 as pj
 
 from sipbridge.sip.call import fast_bytes
+from sipbridge.tools.transcript import printable
 
 log = logging.getLogger("sipbridge.call")
 
@@ -123,7 +124,7 @@ class _Call(pj.Call):
             received = (
                 event.type == pj.PJSIP_EVENT_TSX_STATE and event.body.tsxState.type == pj.PJSIP_EVENT_RX_MSG
             )
-            self.phone.on_disconnected(int(info.lastStatusCode), str(info.lastReason), received)
+            self.phone.on_disconnected(int(info.lastStatusCode), printable(str(info.lastReason)), received)
 
     def onCallTsxState(self, prm: pj.OnCallTsxStateParam) -> None:
         # Provisional responses to our INVITE: 100 Trying changes no call state, yet proves a server is there.
@@ -133,7 +134,7 @@ class _Call(pj.Call):
             and body.type == pj.PJSIP_EVENT_RX_MSG
             and 100 <= body.tsx.statusCode < 200
         ):
-            self.phone.inbox.put(Responded(int(body.tsx.statusCode), str(body.tsx.statusText)))
+            self.phone.inbox.put(Responded(int(body.tsx.statusCode), printable(str(body.tsx.statusText))))
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         self.phone.on_media_state()
@@ -285,7 +286,7 @@ class Softphone:
     def _connect(self, index: int) -> None:
         assert self.call is not None and self.source is not None
         call_media = self.call.getAudioMedia(index)
-        codec = self.call.getStreamInfo(index).codecName
+        codec = printable(self.call.getStreamInfo(index).codecName)
         fmt = pj.MediaFormatAudio()
         fmt.type = pj.PJMEDIA_TYPE_AUDIO
         fmt.clockRate = self.clock_rate

@@ -62,6 +62,14 @@ def parse_target(text: str, default_user: str = "bot") -> Target:
 
 # ------------------------------------------------------------------------------------------ lines
 
+_MAX_PEER_TEXT = 120
+
+
+def printable(text: str) -> str:
+    """A peer's text (a reason phrase) made safe for a terminal: no escape sequences, no line breaks."""
+    clean = "".join(c if c.isprintable() else "?" for c in text)
+    return clean if len(clean) <= _MAX_PEER_TEXT else clean[: _MAX_PEER_TEXT - 3] + "..."
+
 
 def seconds(ms: float) -> str:
     return f"{ms / 1000:.2f} s"

@@ -10,7 +10,7 @@ import pytest
 from audio.testsignals import espeak, speech_extent
 from audio.vad import VadSettings, make_segmenter
 from sipbridge.tools import dialogue as d
-from sipbridge.tools.transcript import Target, TargetError, Transcript, mapped, parse_target, said
+from sipbridge.tools.transcript import Target, TargetError, Transcript, mapped, parse_target, printable, said
 
 RATE = 8000
 FRAME = RATE // 50
@@ -197,3 +197,9 @@ def test_the_microphone_buffer_hands_out_whole_frames_and_stays_short() -> None:
     mic.push(bytes(2 * RATE))  # one second at once: only the newest 200 ms are kept
     frames = [mic.pop() for _ in range(12)]
     assert [f is mic.silence for f in frames] == [False] * 10 + [True] * 2
+
+
+def test_a_peers_reason_phrase_cannot_drive_the_terminal() -> None:
+    assert printable("Busy\x1b[2J\x1b]0;owned\x07 Here\r\n") == "Busy?[2J?]0;owned? Here??"
+    assert len(printable("x" * 5000)) == 120
+    assert printable("Busy Here") == "Busy Here"
