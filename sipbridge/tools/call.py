@@ -198,7 +198,8 @@ def _usage(message: str) -> int:
 
 
 class _hangup_on_signals:
-    """Ctrl-C or SIGTERM ends the call properly (BYE, recording closed) instead of killing the process."""
+    """Ctrl-C or SIGTERM ends the call properly (BYE, recording closed) instead of killing the process; a
+    second one, while that is under way, stops at once."""
 
     def __init__(self, session: Any) -> None:
         self.session = session
@@ -206,7 +207,12 @@ class _hangup_on_signals:
 
     def __enter__(self) -> None:
         for sig in (signal.SIGINT, signal.SIGTERM):
-            self.saved[sig] = signal.signal(sig, lambda _s, _f: self.session.stop("interrupted"))
+            self.saved[sig] = signal.signal(sig, self._handle)
+
+    def _handle(self, _signum: int, _frame: Any) -> None:
+        if self.session.stop_reason is not None:
+            raise KeyboardInterrupt
+        self.session.stop("interrupted")
 
     def __exit__(self, *exc: object) -> None:
         for sig, handler in self.saved.items():

@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import os
 import re
+import signal
 import socket
 import subprocess
 from pathlib import Path
@@ -147,6 +148,37 @@ def test_answered_but_never_a_word_exits_5(tmp_path: Path) -> None:
     assert result.returncode == 5, result.stdout + result.stderr
     assert "answered after" in result.stdout and "bot silent for 1.00 s" in result.stdout
     assert "the other side never spoke" in result.stderr
+
+
+def test_ctrl_c_hangs_up_properly(tmp_path: Path) -> None:
+    """SIGINT mid-call sends BYE (SIPp waits for it and exits 0) and the tool still reports the call."""
+    callee = Callee.start(answer_scenario(None, ring_ms=0), tmp_path / "sipp", calls=1)
+    try:
+        proc = subprocess.Popen(
+            [
+                *SIPBRIDGE,
+                "call",
+                f"sip:2000@127.0.0.1:{callee.sip_port}",
+                "--reply-timeout",
+                "60",
+                "--no-asr",
+            ],
+            cwd=tmp_path,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            stdin=subprocess.DEVNULL,
+            text=True,
+        )
+        assert proc.stdout is not None
+        seen = [proc.stdout.readline() for _ in range(3)]  # calling, 180 Ringing, answered after ...
+        assert seen[-1].startswith("answered after"), seen
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=30)
+        assert callee.proc.wait(timeout=30) == 0, callee.errors()
+    finally:
+        callee.stop()
+    assert proc.returncode == 5, out + err
+    assert "we hung up: interrupted" in err
 
 
 @pytest.mark.parametrize(("password", "final"), [("s3cret", "486 Busy Here"), ("wrong", "403 Forbidden")])
