@@ -330,7 +330,8 @@ class CallSession:
             return cli.Outcome(
                 cli.EXIT_NO_ANSWER,
                 f"no answer: no SIP response from {where} ({p.target.transport}) in "
-                f"{p.args.connect_timeout:g} s; is a SIP server listening there?",
+                f"{p.args.connect_timeout:g} s; is a SIP server listening there?"
+                + ("" if p.args.uri else " (start the bot with `sipbridge run`)"),
             )
         if self.our_hangup == "ring-timeout":
             return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: rang for {p.args.ring_timeout:g} s")
