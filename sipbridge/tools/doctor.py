@@ -4,7 +4,7 @@
     fail  http port   tcp 127.0.0.1:8080 in use (Address already in use) -> fix: is sipbridge already ...
 
 Exit 0 when nothing failed (warnings allowed), 1 otherwise; a config that does not load is one failed line.
-The checks themselves are in sipbridge/tools/checks.py.
+The checks themselves are in sipbridge/tools/checks.py and speech_checks.py.
 """
 
 from __future__ import annotations
@@ -15,9 +15,26 @@ from collections.abc import Callable, Iterable
 from typing import Any
 
 from sipbridge.config import ConfigError, load_config
-from sipbridge.tools.checks import CHECKS, Check, CheckFn
+from sipbridge.tools import checks as sys_checks
+from sipbridge.tools import speech_checks
+from sipbridge.tools.checks import Check, CheckFn
 
 EXIT_OK, EXIT_PROBLEMS = 0, 1
+
+# In the order a deployment needs them: the network, SIP, speech, storage, time.
+CHECKS: tuple[CheckFn, ...] = (
+    sys_checks.check_ports,
+    sys_checks.check_pjsua2,
+    sys_checks.check_front,
+    speech_checks.check_espeak,
+    speech_checks.check_gpu,
+    speech_checks.check_dia2_models,
+    speech_checks.check_asr,
+    speech_checks.check_vad,
+    sys_checks.check_store,
+    sys_checks.check_recordings,
+    sys_checks.check_clock,
+)
 
 
 def add_parser(sub: Any) -> None:

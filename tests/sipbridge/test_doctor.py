@@ -152,7 +152,7 @@ def test_an_invalid_config_is_one_failed_line(tmp_path: Path) -> None:
 def test_weights_not_cached_are_a_warning_while_the_hub_answers(monkeypatch: pytest.MonkeyPatch) -> None:
     """A reachable hub (here a loopback listener: only the TCP connection is tried) means a first start that
     downloads; unreachable, or HF_HUB_OFFLINE=1, means it cannot start at all."""
-    from sipbridge.tools.checks import _not_cached
+    from sipbridge.tools.speech_checks import _not_cached
 
     with socket.socket() as hub:
         hub.bind(("127.0.0.1", 0))
