@@ -15,10 +15,15 @@ from sipbridge import __version__
 from sipbridge.config import ConfigError, LoadedConfig, dump_masked_yaml, load_config, schema_markdown
 from sipbridge.logs import setup_logging
 from sipbridge.store import StoreError
+from sipbridge.tools import call as call_tool
+from sipbridge.tools import doctor as doctor_tool
 
 log = logging.getLogger("sipbridge")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+# Subcommands that live in a module of their own: each has add_parser(subparsers) and run(args) -> exit code.
+_TOOLS = {"call": call_tool, "doctor": doctor_tool}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +103,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--db", metavar="FILE", help="SQLite database (default: the config's storage.sqlite_path)"
     )
+    for tool in _TOOLS.values():
+        tool.add_parser(sub)
     return parser
 
 
@@ -135,6 +142,9 @@ def _print_config_errors(error: ConfigError) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+
+    if args.command in _TOOLS:  # they load their config themselves and choose their own exit codes
+        return int(_TOOLS[args.command].run(args))
 
     if args.command == "config-reference":
         sys.stdout.write(schema_markdown())
