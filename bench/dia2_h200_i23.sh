@@ -23,7 +23,8 @@ for s in $steps; do
     profile256) run 240 $PY bench/dia2_profile.py --variants fused,kernels-pdl --calls 1,256 --out "$OUT/profile256.json" ;;
     hybrid) run 200 $PY bench/dia2_speed.py --load-only --calls 192,256 --kernel-max-calls 64 --out "$OUT/load-hybrid.json" ;;
     load384) run 300 $PY bench/dia2_speed.py --load-only --calls 256,320,384 --max-context-steps 1000 --out "$OUT/load384.json" ;;
-    enginegpu) run 300 $PY -m pytest tests/dia2/test_engine_gpu.py tests/dia2/test_kernels.py -q -x ;;
+    speed1) run 170 $PY bench/dia2_speed.py --calls 1 --out "$OUT/speed1-final.json" ;;
+    enginegpu) run 300 $PY -m pytest tests/dia2/test_engine_gpu.py tests/dia2/test_kernels.py tests/dia2/test_failure_modes.py -q -x -p no:cacheprovider ;;
     tiles) run 150 $PY bench/dia2_kernels.py --out "$OUT/tiles.json" ;;
     fidelity) run 400 $PY bench/dia2_gpu_fidelity.py --upstream "${UPSTREAM:-.up/dia2}" --out "$OUT/fidelity.json" ;;
   esac

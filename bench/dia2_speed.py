@@ -265,7 +265,7 @@ def main(argv: list[str] | None = None) -> int:
                    help="Triton kernels without programmatic dependent launch")
     p.add_argument("--kernel-max-calls", type=int, default=None,
                    help="buckets of more calls run the compiled torch functions "
-                   "(EngineOptions.kernel_max_calls)")
+                   "(EngineOptions.kernel_max_calls; default: the engine's; 0: kernels at every size)")
     p.add_argument("--no-first-chunk-first", action="store_true",
                    help="lane steps up to the rate budget even while a call waits for its first chunk")
     args = p.parse_args(argv)
@@ -298,8 +298,10 @@ def main(argv: list[str] | None = None) -> int:
               "overlap_mimi": not args.no_overlap, "first_chunk_first": not args.no_first_chunk_first,
               "kernels": False if args.no_kernels else None,
               "pdl": False if args.no_pdl else (True if args.pdl else None),
-              "kernel_max_calls": args.kernel_max_calls,
+
               "max_context_steps": args.max_context_steps}
+    if args.kernel_max_calls is not None:
+        common["kernel_max_calls"] = args.kernel_max_calls or None
     if args.tiny:  # the fixture's context is 160 steps: a 4 s voice and short replies must fit in it
         common.update(reply_reserve_steps=40, max_reply_steps=100)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -324,7 +326,8 @@ def main(argv: list[str] | None = None) -> int:
     result["graph_errors"] = engine.graph_errors
     dep = engine.fused.kernels if engine.fused is not None else None
     result["path"] = {"fused": engine.fused is not None, "kernels": dep is not None,
-                      "pdl": bool(dep and dep.pdl), "max_context_steps": engine.max_steps}
+                      "pdl": bool(dep and dep.pdl), "max_context_steps": engine.max_steps,
+                      "kernel_max_calls": engine.options.kernel_max_calls, "buckets": engine.buckets}
     if not args.load_only:
         result["one_call_cfg_on"] = frames_per_second(engine, 1, steps, opts)
         logger.info("1 call: %s", result["one_call_cfg_on"])

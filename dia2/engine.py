@@ -80,8 +80,10 @@ class EngineOptions:
     # one call (docs/PERFORMANCE.md, "Issue 23"). True insists (an error where it cannot run).
     pdl: bool | None = None
     # Buckets of more calls than this run the compiled torch functions (cuBLAS) instead of the Triton
-    # kernels, whose tiles are tuned for a few rows. None: the kernels at every size.
-    kernel_max_calls: int | None = None
+    # kernels, whose tiles are tuned for a few rows (None: the kernels at every size). 64: on an H200
+    # the torch main step at 256 calls took 24.6 ms against the kernels' 29.7, and the engine held
+    # 21.7 / 19.8 frames/s per call at 192 / 256 calls against 21.4 / 18.6 (docs/PERFORMANCE.md).
+    kernel_max_calls: int | None = 64
     skip_lead_in: bool = True  # no depformer on steps whose codebook 1..K-1 codes are all known
     # Attention reads only the first L cache slots, L the smallest of these covering every row of the
     # step's bucket (one main graph per batch bucket and length); the full length is always added.
