@@ -256,7 +256,9 @@ class _FlowRun:
         if state.intents and words:
             for intent in self.flow.intents.values():
                 if intent.keywords and has_phrase(words, intent.keywords):
-                    said = [*self._answered(name, state, turn.words, intent.answer, None)]
+                    said = (
+                        self._answered(name, state, turn.words, intent.answer, None) if intent.answer else []
+                    )
                     self.call.results.update(intent.set)
                     extra = [Action.set_result(k, v) for k, v in intent.set.items()]
                     return _with(self._jump(name, intent.goto), [*said, *extra])
