@@ -348,8 +348,10 @@ class LlmAgentConfig(_Section):
     timeout_s: float = Field(
         5.0, gt=0, le=120, description="Connect/first-token timeout; the fallback line is said after it."
     )
-    tools: list[Literal["hang_up", "transfer", "send_dtmf", "set_result", "end_call"]] = Field(
-        ["hang_up", "set_result", "end_call"],
+    tools: list[
+        Literal["hang_up", "transfer", "send_dtmf", "set_result", "record_answer", "end_call"]
+    ] = Field(
+        ["hang_up", "set_result", "record_answer", "end_call"],
         description="Actions offered to the model as functions (docs/AGENTS.md).",
     )
     transfer_target: str | None = Field(

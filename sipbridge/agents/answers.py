@@ -44,6 +44,7 @@ __all__ = [
     "AnswerIntent",
     "Embedder",
     "default_classifier",
+    "guard_intent",
     "is_guard_phrase",
     "load_wordllama",
 ]
@@ -263,14 +264,20 @@ def is_guard_phrase(text: str) -> bool:
     return any(said == p for phrases in GUARDS.values() for p in phrases)
 
 
-def _guarded(answer: Answer, pieces: list[str]) -> Answer:
-    """An answer whose words hold a refusal or hedge phrase becomes that (confidence 1: it is a rule)."""
+def guard_intent(text: str) -> tuple[AnswerIntent, str] | None:
+    """The refusal or hedge phrase in `text`, if any: (intent, the clause it is in)."""
     for intent, phrases in GUARDS.items():
-        for heard in pieces:
+        for heard in clauses(text):
             said = f" {normalise(heard)} "
             if any(f" {p} " in said for p in phrases):
-                return Answer(intent, 1.0, heard, answer.text)
-    return answer
+                return intent, heard
+    return None
+
+
+def _guarded(answer: Answer, pieces: list[str]) -> Answer:
+    """An answer whose words hold a refusal or hedge phrase becomes that (confidence 1: it is a rule)."""
+    found = guard_intent(", ".join(pieces))
+    return answer if found is None else Answer(found[0], 1.0, found[1], answer.text)
 
 
 # ------------------------------------------------------------------------------------- the model
