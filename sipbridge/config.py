@@ -222,6 +222,14 @@ class VadConfig(_Section):
         " stop_hangover_ms ends the turn (early ASR: the words are ready sooner). Speech after it discards"
         " that run. Must be below stop_hangover_ms; null = transcribe only when the turn has ended.",
     )
+    preroll_ms: int = Field(
+        200,
+        ge=0,
+        le=1000,
+        description="Audio kept before the detected start of a caller turn and given to ASR with it, so a"
+        " soft first syllable the VAD scored as silence is not cut (docs/AUDIO.md has the WER with and"
+        " without). Word timings are measured from the start of that audio.",
+    )
     barge_in_min_ms: int = Field(
         200,
         ge=0,
@@ -250,6 +258,7 @@ class VadConfig(_Section):
             min_turn_ms=self.min_turn_ms,
             max_turn_ms=self.max_turn_ms,
             pause_ms=self.pause_ms,
+            preroll_ms=self.preroll_ms,
         )
 
 
