@@ -171,7 +171,7 @@ def run_config(preroll_ms: int, sentences: list[str], calls: int, work: Path) ->
         bridge.sipp_calls(scenarios, work=work / "sipp", wait_s=longest + 60, sipp_timeout_s=longest + 50)
         wall_s = time.monotonic() - t0
         by_user = {c["local_uri"].split(":")[1].split("@")[0]: c for c in bridge.calls()}
-        rows = []
+        rows: list[dict[str, Any]] = []
         for name, share in zip(scenarios, shares, strict=True):
             turns = [dict(t) for t in bridge.turns(by_user[name]["id"]) if t["who"] == "caller"]
             for ref, heard in zip(share, assign(turns, spans[name]), strict=True):

@@ -211,7 +211,8 @@ class _Checker:
                     self.add((*path, "expect", "pattern"), f"invalid regex: {exc}")
         if expect.type == "keywords" and not expect.options:
             self.add((*path, "expect"), "keywords expects need options")
-        allowed = {"yes_no": set(INTENTS), "keywords": set(expect.options)}.get(expect.type)
+        answers: dict[str, set[str]] = {"yes_no": set(INTENTS), "keywords": set(expect.options)}
+        allowed = answers.get(expect.type)
         if allowed is not None:
             for answer in state.on:
                 if answer not in allowed:
