@@ -279,7 +279,7 @@ class _FlowRun:
         st = self.call.state
         if answer.low_confidence and answer.intent not in ("other", "repeat"):
             if not st.get("confirming"):  # a guess: ask once, then take what the second answer says
-                st["confirming"] = True
+                st["confirming"] = heard.strip()  # kept: the record shows both answers
                 text = render(state.expect.confirm, self.values)
                 return Reply(text, state.interruptible, silence_timeout_s=self._silence_timeout(state))
             said = self._answered(name, state, heard, "unclear", answer)
@@ -343,7 +343,8 @@ class _FlowRun:
         fields: dict[str, Any] = {}
         if state.capture and value is not None:
             fields[state.capture] = value
-        fields[f"{key}_heard"] = heard.strip()
+        guess = self.call.state.get("confirming")
+        fields[f"{key}_heard"] = f"{guess} / {heard.strip()}" if guess else heard.strip()
         if intent is not None:
             fields[f"{key}_intent"] = intent
             if answer is not None:

@@ -239,6 +239,7 @@ def test_a_guess_is_asked_again_once_then_recorded_as_unclear() -> None:
     call = AgentCall("d", "")
     *_, taken = run_turns(agent, "Sure.", "She's no longer with the company.", "Yes.", call=call)
     assert taken is not None and "start" in taken.spoken_text and call.results["employment_confirmed"] is True
+    assert call.results["employment_confirmed_heard"] == "She's no longer with the company. / Yes."
 
 
 def test_asked_to_repeat_the_flow_says_the_question_again_without_recording() -> None:
