@@ -172,6 +172,17 @@ class ScriptAgent:
         return None
 
 
+def _says_more_than_a_title(heard: str, answer: Answer) -> bool:
+    """Free-text answers are short and can sound like an intent ("Manager" near "the manager is away",
+    "Warehouse shift supervisor" near "you've reached the warehouse"): only a sentence is taken as one."""
+    count = len(words_of(heard))
+    if answer.intent == "repeat":
+        return True  # "Pardon?" is nobody's title
+    if answer.intent in ("refuse", "unsure"):
+        return count >= 3 or is_guard_phrase(heard)
+    return count >= 4
+
+
 def _with(reply: Reply, before: list[Action]) -> Reply:
     """The same reply with `before` actions first (results captured by the answer that led to it)."""
     return Reply(
@@ -295,9 +306,9 @@ class _FlowRun:
         request and the like (a title field would otherwise record "I can't say" as the title)."""
         assert state.expect is not None
         decisive = answer.intent not in ("yes", "no", "other") and not answer.low_confidence
-        free = state.expect.type in ("text", "title", "any")
-        # A title may be one or two words that sound like an answer ("Receptionist", "Privacy officer").
-        if decisive and (not free or len(words_of(heard)) >= 3 or is_guard_phrase(heard)):
+        if decisive and state.expect.type in ("text", "title", "any"):
+            decisive = _says_more_than_a_title(heard, answer)
+        if decisive:
             return self._other_answer(name, state, heard, answer)
         branch, value = parse_answer(state.expect, heard)
         if branch is None:
@@ -319,7 +330,7 @@ class _FlowRun:
         if goto is None and state.intents:
             goto = next((i.goto for i in self.flow.intents.values() if i.answer == answer.intent), None)
         said = self._answered(name, state, heard, answer.intent, answer)
-        goto = goto or state.no_match
+        goto = goto or state.no_match or state.next  # "don't know" the title: recorded, on to what is next
         if goto is None:
             return Reply(actions=tuple(said))
         return _with(self._jump(name, goto), said)

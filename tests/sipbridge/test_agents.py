@@ -258,6 +258,29 @@ def test_a_title_field_does_not_record_a_refusal_as_the_title() -> None:
 
 
 @pytest.mark.parametrize(
+    ("said", "title"),
+    [("Manager.", "Manager"), ("Receptionist", "Receptionist"), ("Warehouse shift supervisor.",
+     "Warehouse Shift Supervisor"), ("Privacy officer", "Privacy Officer"), ("HR", "HR")],
+)  # fmt: skip
+def test_short_titles_that_sound_like_an_intent_are_titles(said: str, title: str) -> None:
+    call = AgentCall("c", "")
+    run_turns(shipped_agent(), "Sure.", "Yes.", "June 2020", "Yes.", said, call=call)
+    assert call.results["job_title"] == title
+
+
+@pytest.mark.parametrize(("said", "intent"), [("Not sure.", "unsure"), ("Pardon?", None)])
+def test_a_title_question_answered_with_a_non_answer(said: str, intent: str | None) -> None:
+    call = AgentCall("c", "")
+    *_, last = run_turns(shipped_agent(), "Sure.", "Yes.", "June 2020", "Yes.", said, call=call)
+    assert "job_title" not in call.results and last is not None
+    assert call.results.get("job_title_intent") == intent
+    if intent is None:  # asked again
+        assert last.spoken_text.startswith("Sure. And what is, or was, their job title")
+    else:  # recorded as not known, and the call goes on to its end
+        assert last.spoken_text.startswith("Thank you, that is everything") and last.ends_call()
+
+
+@pytest.mark.parametrize(
     ("kind", "text", "expected"),
     [
         ("date", "March twenty nineteen", ("matched", "2019-03")),
