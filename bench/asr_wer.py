@@ -12,9 +12,11 @@ turn; the caller turns the bridge stored are matched to the sentences by time an
 * per sentence: reference, hypothesis, edits.
 
 `--preroll` lists the `vad.preroll_ms` values to compare (0 is the segmenter as it was before pre-roll:
-only the onset lag's ~60 ms before the detected start). JSON to stdout or --out. Run from a checkout:
+only the onset lag's ~60 ms before the detected start). `--offline` runs the same tracks through the
+segmenter and tiny.en directly (no call, no jitter buffer, no CPU starvation: deterministic). JSON to stdout
+or --out. Run from a checkout:
 
-    .venv/bin/python bench/asr_wer.py [--preroll 0,200] [--calls 2] [--limit N] [--out results.json]
+    .venv/bin/python bench/asr_wer.py [--preroll 0,200] [--calls 2] [--limit N] [--offline] [--out FILE]
 
 Needs sip-tester (SIPp) and espeak-ng (deploy/setup.sh --dev) and the asr extra.
 """
@@ -181,6 +183,39 @@ def run_config(preroll_ms: int, sentences: list[str], calls: int, work: Path) ->
                              "edits": edits(r, h), "first_word": bool(h) and h[0] == r[0]})  # fmt: skip
     finally:
         bridge.stop()
+    return summary(preroll_ms, rows, wall_s)
+
+
+def run_offline(preroll_ms: int, sentences: list[str]) -> dict[str, Any]:
+    """The same tracks without the network: µ-law decoded, the shipped segmenter, tiny.en, one by one.
+    Deterministic (no jitter buffer, no CPU starvation), so it isolates what the pre-roll changes."""
+    import asyncio
+
+    from audio.vad import TurnEnd, make_segmenter
+    from sipbridge.asr import Transcriber
+    from sipbridge.config import AsrConfig, load_config
+
+    settings = load_config(None, [f"vad.preroll_ms={preroll_ms}"], env={}).config.vad.segmenter_settings()
+    asr = Transcriber(AsrConfig())
+    asyncio.run(asr.start())
+    rows: list[dict[str, Any]] = []
+    try:
+        for text in sentences:
+            audio, _ = caller_track([text])
+            pcm = g711.ulaw_decode(np.frombuffer(audio, np.uint8))
+            seg = make_segmenter(settings, RATE)
+            events = [e for i in range(0, len(pcm) - 159, 160) for e in seg.process(pcm[i : i + 160])]
+            turns = [e for e in [*events, *seg.flush()] if isinstance(e, TurnEnd)]
+            heard = [asyncio.run(asr.transcribe(t.pcm, RATE)) for t in turns]
+            r, h = words_of(text), words_of(" ".join(heard))
+            rows.append({"ref": text, "hyp": " ".join(heard), "turns": len(turns), "words": len(r),
+                         "edits": edits(r, h), "first_word": bool(h) and h[0] == r[0]})  # fmt: skip
+    finally:
+        asr.close()
+    return summary(preroll_ms, rows, 0.0)
+
+
+def summary(preroll_ms: int, rows: list[dict[str, Any]], wall_s: float) -> dict[str, Any]:
     total = sum(r["words"] for r in rows)
     return {
         "preroll_ms": preroll_ms,
@@ -202,19 +237,27 @@ def main() -> int:
     parser.add_argument("--calls", type=int, default=2, help="calls at once (the sentences split among them)")
     parser.add_argument("--limit", type=int, default=len(SENTENCES), help="use the first N sentences")
     parser.add_argument("--out", help="write the JSON here instead of stdout")
+    parser.add_argument(
+        "--offline", action="store_true", help="segmenter + ASR on the decoded tracks, no call (repeatable)"
+    )
     args = parser.parse_args()
     os.environ.setdefault("PYTHONPATH", str(ROOT))
     sentences = list(SENTENCES[: args.limit])
     results = []
     with tempfile.TemporaryDirectory(prefix="asr-wer-") as tmp:
         for value in [int(v) for v in args.preroll.split(",")]:
-            results.append(run_config(value, sentences, args.calls, Path(tmp) / f"preroll{value}"))
+            if args.offline:
+                results.append(run_offline(value, sentences))
+            else:
+                results.append(run_config(value, sentences, args.calls, Path(tmp) / f"preroll{value}"))
             print(f"preroll_ms={value}: WER {results[-1]['wer']:.3f}, first words "
                   f"{results[-1]['first_word_accuracy']:.3f}", file=sys.stderr)  # fmt: skip
     doc = {
         "bench": "asr_wer",
         "command": "bench/asr_wer.py " + " ".join(sys.argv[1:]),
-        "path": "SIPp u-law RTP -> pjsua2 worker (jitter buffer, Silero VAD) -> supervisor ASR (tiny.en)",
+        "path": "u-law tracks -> Silero segmenter -> tiny.en (no call)"
+        if args.offline
+        else "SIPp u-law RTP -> pjsua2 worker (jitter buffer, Silero VAD) -> supervisor ASR (tiny.en)",
         "results": results,
     }
     text = json.dumps(doc, indent=2)
