@@ -140,7 +140,8 @@ _TITLE_LEAD = re.compile(
     r"^(?:(?:um|uh|well|so|yes|yeah|okay|oh),?\s+)*"
     r"(?:(?:i think|i believe)\s+)?"
     r"(?:(?:her|his|their|the) (?:job )?(?:title|position|role) (?:is|was)"
-    r"|(?:she|he|they)(?:'s| is| was| are| were| works| worked)(?: (?:working|employed))?(?: as)?(?: our)?"
+    r"|(?:she|he|they)(?:'s| is| was| are| were| works| worked)"
+    r"(?: (?:working|employed))?(?: as| at)?(?: our)?"
     r"|(?:she|he|they) (?:is|was|were|are) (?:a|an|the|our)"
     r"|works as|worked as|as)\s+",
     re.IGNORECASE,
