@@ -249,7 +249,9 @@ def _combine(found: list[_Clause], text: str) -> Answer:
         top = max(content, key=lambda c: c.margin)
         if len(kinds) > 1:  # two things said that disagree: a guess either way
             return Answer(top.intent, 0.0, ", ".join(c.heard for c in content), text)
-        return Answer(top.intent, top.margin, top.heard, text)
+        # "Yes, she was.": the words decide, and a clear "yes" that agrees with them makes it sure.
+        sure = max(c.margin for c in polar if c.intent == top.intent)
+        return Answer(top.intent, sure, top.heard, text)
     for intent in ("repeat", "other"):
         hits = [c for c in found if c.intent == intent]
         if hits:
