@@ -11,8 +11,9 @@ here"), each clause is matched against every example, and the clauses are combin
 
 * a refusal, a "don't know", a callback request or a wrong person in any clause decides the answer, in that
   order: "Yes, but I can't give that out" is not a yes we may record, and "No, I don't know" is not a no;
-* between yes and no, a clause that says something ("she still works here") outweighs a bare "no"/"yes";
-  two contentful clauses that disagree leave the answer unclear (low confidence);
+* between yes and no, a clause that says something ("she still works here") outweighs a bare "no"/"yes",
+  but a particle that says the opposite makes the answer a guess the flow confirms; two contentful clauses
+  that disagree are a guess too;
 * "repeat" and "other" only win when no clause says anything more.
 
 Contractions are expanded first ("can't" -> "can not") so negation is a token of its own in the mean.
@@ -249,7 +250,11 @@ def _combine(found: list[_Clause], text: str) -> Answer:
         top = max(content, key=lambda c: c.margin)
         if len(kinds) > 1:  # two things said that disagree: a guess either way
             return Answer(top.intent, 0.0, ", ".join(c.heard for c in content), text)
-        # "Yes, she was.": the words decide, and a clear "yes" that agrees with them makes it sure.
+        # "No, she still works here": the words decide, but a particle that says the opposite makes the
+        # answer one to confirm (and a misheard "Yes, she does." -> "Yeah, she not." is not recorded as a no).
+        if any(c.particle and c.intent != top.intent and c.margin >= LOW_CONFIDENCE for c in polar):
+            return Answer(top.intent, 0.0, top.heard, text)
+        # "Yes, she was.": a clear "yes" that agrees with the words makes it sure.
         sure = max(c.margin for c in polar if c.intent == top.intent)
         return Answer(top.intent, sure, top.heard, text)
     for intent in ("repeat", "other"):

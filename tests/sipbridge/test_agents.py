@@ -242,6 +242,18 @@ def test_a_guess_is_asked_again_once_then_recorded_as_unclear() -> None:
     assert call.results["employment_confirmed_heard"] == "She's no longer with the company. / Yes."
 
 
+@pytest.mark.parametrize("said", ["No, she still works here.", "Yeah, she not."])
+def test_a_particle_against_the_words_is_confirmed_before_anything_is_recorded(said: str) -> None:
+    # The first is the negation trap (a yes, said oddly); the second is tiny.en's "Yes, she does."
+    # under load: recorded as a no, it would be a false statement about someone's employment.
+    call = AgentCall("c", "")
+    *_, confirm, taken = run_turns(shipped_agent(), "Sure.", said, "Yes, she does.", call=call)
+    assert taken is not None and "start" in taken.spoken_text
+    assert confirm is not None and confirm.spoken_text == "Sorry, was that a yes or a no?"
+    assert call.results["employment_confirmed"] is True
+    assert call.results["employment_confirmed_heard"] == f"{said} / Yes, she does."
+
+
 def test_asked_to_repeat_the_flow_says_the_question_again_without_recording() -> None:
     call = AgentCall("c", "", variables={"company": "Initech"})
     *_, again = run_turns(shipped_agent(), "Sure.", "Sorry, could you say that again?", call=call)
