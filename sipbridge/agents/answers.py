@@ -244,8 +244,10 @@ def _combine(found: list[_Clause], text: str) -> Answer:
             return Answer(intent, top.margin, top.heard, text)
     polar = [c for c in found if c.intent in ("yes", "no")]
     if polar:
-        # "No, she still works here": what was said outweighs the particle, unless it is itself a guess.
-        content = [c for c in polar if not c.particle and c.margin >= LOW_CONFIDENCE] or polar
+        # "No, she still works here": what was said outweighs the particle, unless it is itself a guess; a
+        # guessed clause ("Yes, keep on." for a misheard "Yes, she does.") adds nothing.
+        confident = [c for c in polar if c.margin >= LOW_CONFIDENCE]
+        content = [c for c in confident if not c.particle] or confident or polar
         kinds = {c.intent for c in content}
         top = max(content, key=lambda c: c.margin)
         if len(kinds) > 1:  # two things said that disagree: a guess either way

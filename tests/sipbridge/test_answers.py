@@ -67,6 +67,12 @@ def test_negation_traps_and_the_words_that_decided(
     assert answer.text == text
 
 
+def test_a_clear_particle_is_not_undone_by_a_misheard_clause(classifier: AnswerClassifier) -> None:
+    # tiny.en heard "Yes, she does." as "Yes, keep on." in a loaded call: "keep on" matches nothing well.
+    answer = classifier.classify("Yes, keep on.")
+    assert answer.intent == "yes" and not answer.low_confidence
+
+
 def test_two_contentful_clauses_that_disagree_are_a_guess(classifier: AnswerClassifier) -> None:
     answer = classifier.classify("She works here, she left last year.")
     assert answer.low_confidence
