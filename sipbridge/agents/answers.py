@@ -237,8 +237,16 @@ class AnswerClassifier:
 
 
 def _combine(found: list[_Clause], text: str) -> Answer:
+    sure_polar = any(c.intent in ("yes", "no") and c.margin >= LOW_CONFIDENCE for c in found)
     for intent in _DECISIVE:
-        hits = [c for c in found if c.intent == intent]
+        # A faint callback or wrong-person clause does not undo a clear yes/no ("Yes, she's in the office");
+        # a faint refusal or "don't know" does (it makes a guess to confirm: never a recorded yes or no).
+        hits = [
+            c
+            for c in found
+            if c.intent == intent
+            and (c.margin >= LOW_CONFIDENCE or not sure_polar or intent in ("refuse", "unsure"))
+        ]
         if hits:
             top = max(hits, key=lambda c: c.margin)
             return Answer(intent, top.margin, top.heard, text)
