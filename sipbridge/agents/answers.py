@@ -53,6 +53,7 @@ __all__ = [
 LOW_CONFIDENCE = 0.06  # margins below this are guesses (see test_answers.py for the distribution)
 _FLOOR = 0.3  # a clause whose best similarity is below this matches nothing we know: "other"
 
+_OVERRIDE = 0.15  # margin a callback / wrong-person clause needs to outweigh a sure yes or no beside it
 # Decisive intents, strongest first: one clause of these decides the whole answer.
 _DECISIVE: tuple[AnswerIntent, ...] = ("refuse", "unsure", "callback", "wrong_person")
 _PARTICLES = frozenset(
@@ -99,6 +100,8 @@ GUARDS: dict[AnswerIntent, tuple[str, ...]] = {
         "no comment",
         "privacy",
         "decline",
+        "can not confirm",
+        "can not verify",
     ),
     "unsure": (
         "not sure",
@@ -245,7 +248,7 @@ def _combine(found: list[_Clause], text: str) -> Answer:
             c
             for c in found
             if c.intent == intent
-            and (c.margin >= LOW_CONFIDENCE or not sure_polar or intent in ("refuse", "unsure"))
+            and (c.margin >= _OVERRIDE or not sure_polar or intent in ("refuse", "unsure"))
         ]
         if hits:
             top = max(hits, key=lambda c: c.margin)
