@@ -7,16 +7,21 @@ A flow file (config/flows/employment_verification.yaml is the full example; docs
     start: intro
     intents:                                 # checked before the state's own answers, in every state
       hold: {keywords: [hold on, one moment], goto: holding}
+      refused: {answer: refuse, goto: refused}   # the answer classifier (answers.py) found a refusal
     dtmf: {"0": to_operator}                 # keypad digit -> state
     states:
       intro:
         say: Hello, this is {agency}. Does {subject_name} work at {company}?
         expect: yes_no                       # yes_no | date | number | title | text | regex | keywords | any
-        capture: employment_confirmed        # result field the parsed answer goes to
-        on: {yes: dates, no: not_employed}   # branch on the answer; `next` for any other match
-        no_match: not_employed               # after `retries` re-prompts without a usable answer
+        capture: employment_confirmed        # result field the value goes to (+ _heard, _intent, _evidence)
+        on: {yes: dates, no: not_employed, unsure: unclear}   # any answer intent (answer_examples.py)
+        no_match: unclear                    # after `retries` re-prompts without a usable answer
         silence: no_response                 # after `retries` re-prompts on silence
       not_employed: {say: Thank you. Goodbye., end: not_employed}   # say, then hang up with an outcome
+
+A yes_no answer is classified (yes, no, refuse, unsure, wrong_person, repeat, callback, other); a guess is
+confirmed once (`expect.confirm`) before "unclear" is recorded; a refusal or "don't know" is never recorded
+as a yes or a no. docs/AGENTS.md has the rules.
 
 Targets are state names, or `$resume`: back to the state an intent interrupted (after "hold on").
 Problems (unknown state, unreachable state, missing prompt, unknown template variable, bad regex ...) are
