@@ -105,6 +105,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     for tool in _TOOLS.values():
         tool.add_parser(sub)
+    flow = sub.add_parser("flow", help="check a conversation flow without a call")
+    flow_sub = flow.add_subparsers(dest="flow_command", required=True, metavar="ACTION")
+    flow_test = flow_sub.add_parser(
+        "test", help="run a flow on typed answers: each step, the intent found, the results as JSON"
+    )
+    flow_test.add_argument("flow_file", metavar="FLOW.yaml", help="state flow file (docs/AGENTS.md)")
+    flow_test.add_argument(
+        "--answers", default="", help='caller answers separated by "|"; "(silence)" and "(dtmf 0)" too'
+    )
+    flow_test.add_argument("--var", action="append", metavar="NAME=VALUE", help="call variable (repeatable)")
+    flow_test.add_argument("--json", action="store_true", help="print the whole run as one JSON document")
     return parser
 
 
@@ -149,6 +160,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     if args.command == "config-reference":
         sys.stdout.write(schema_markdown())
         return EXIT_OK
+
+    if args.command == "flow":
+        from sipbridge.agents.flowtest import flow_test_command
+
+        return flow_test_command(args)
 
     if args.command == "check-config" and args.file and args.config:
         parser.error("give the config file either as FILE or as --config, not both")

@@ -264,6 +264,14 @@ class VadConfig(_Section):
         " stop_hangover_ms ends the turn (early ASR: the words are ready sooner). Speech after it discards"
         " that run. Must be below stop_hangover_ms; null = transcribe only when the turn has ended.",
     )
+    preroll_ms: int = Field(
+        200,
+        ge=0,
+        le=1000,
+        description="Audio kept before the detected start of a caller turn and given to ASR with it, so a"
+        " soft first syllable the VAD scored as silence is not cut (docs/AUDIO.md has the WER with and"
+        " without). Word timings are measured from the start of that audio.",
+    )
     barge_in_min_ms: int = Field(
         200,
         ge=0,
@@ -292,6 +300,7 @@ class VadConfig(_Section):
             min_turn_ms=self.min_turn_ms,
             max_turn_ms=self.max_turn_ms,
             pause_ms=self.pause_ms,
+            preroll_ms=self.preroll_ms,
         )
 
 
@@ -390,8 +399,10 @@ class LlmAgentConfig(_Section):
     timeout_s: float = Field(
         5.0, gt=0, le=120, description="Connect/first-token timeout; the fallback line is said after it."
     )
-    tools: list[Literal["hang_up", "transfer", "send_dtmf", "set_result", "end_call"]] = Field(
-        ["hang_up", "set_result", "end_call"],
+    tools: list[
+        Literal["hang_up", "transfer", "send_dtmf", "set_result", "record_answer", "end_call"]
+    ] = Field(
+        ["hang_up", "set_result", "record_answer", "end_call"],
         description="Actions offered to the model as functions (docs/AGENTS.md).",
     )
     transfer_target: str | None = Field(

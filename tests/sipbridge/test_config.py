@@ -67,6 +67,7 @@ BAD_CONFIGS = [
     ("engine:\n  dia2:\n    dtype: float16\n", "cfg.yaml:3: engine.dia2.dtype:"),
     ("vad:\n  min_turn_ms: 5000\n  max_turn_ms: 4000\n", "cfg.yaml:1: vad: max_turn_ms must be greater"),
     ("vad:\n  stop_hangover_ms: 300\n  pause_ms: 300\n", "cfg.yaml:1: vad: pause_ms must be below"),
+    ("vad:\n  preroll_ms: 2000\n", "cfg.yaml:2: vad.preroll_ms: Input should be less than or equal to 1000"),
     ("sip:\n  trunk:\n    username: bridge\n", "cfg.yaml:2: sip.trunk: username and password go together"),
     (
         "media:\n  rtp_port_min: 5000\n  rtp_port_max: 4000\n",
