@@ -4,6 +4,7 @@ limits, several hosts. Real Kamailio, real workers, real SIPp callers over loopb
 from __future__ import annotations
 
 import os
+import random
 import re
 import shutil
 import signal
@@ -51,12 +52,22 @@ def front_view(bridge: Bridge, every: Callable[[dict[str, Any]], bool]) -> dict[
 
 
 def front_bridge(work: Path, max_calls: int, **sip: Any) -> Bridge:
+    # RTP below the kernel's ephemeral range (32768+), where SIPp's media ports (free_media_port) come from,
+    # and away from other bridges on this machine: 32 calls made such collisions likely.
+    rtp = random.randrange(20000, 30000, 1000)
     config = {
         "sip": {"max_calls": max_calls, **sip},
+        "media": {"rtp_port_min": rtp, "rtp_port_max": rtp + 999},
         "agent": {"kind": "echo"},
         "storage": {"record_calls": False},
     }
     return Bridge.start(work, config)
+
+
+def dial(bridge: Bridge | int, scenario: str, work: Path, media_port: int | None = None) -> Sipp:
+    """One SIPp caller at the bridge's (front's) SIP port, or at a port given as a number."""
+    port = bridge if isinstance(bridge, int) else bridge.port
+    return Sipp.call(scenario, port, work=work, media_port=media_port or free_media_port(), timeout_s=60)
 
 
 def expect_503_with_retry_after(retry_after_s: int) -> str:
@@ -82,10 +93,7 @@ def test_32_calls_over_8_workers_at_one_address_then_503(tmp_path: Path) -> None
         t0 = time.monotonic()
         with RtpSniffer(set(media)) as sniffer:
             callers = [
-                Sipp.call(
-                    sipp_scenario(audio=audio, talk_ms=20000), bridge.port, work=tmp_path / f"c{i}",
-                    media_port=port, timeout_s=60,
-                )  # fmt: skip
+                dial(bridge, sipp_scenario(audio=audio, talk_ms=20000), tmp_path / f"c{i}", media_port=port)
                 for i, port in enumerate(media)
             ]
             for _ in callers:
@@ -93,9 +101,7 @@ def test_32_calls_over_8_workers_at_one_address_then_503(tmp_path: Path) -> None
             setup_s = time.monotonic() - t0
             assert bridge.health()["calls"]["active"] == 32, setup_s
             # One more than sip.max_calls: turned away at the front with Retry-After.
-            extra = Sipp.call(
-                expect_503_with_retry_after(5), bridge.port, work=tmp_path / "extra", media_port=free_media_port()
-            )
+            extra = dial(bridge, expect_503_with_retry_after(5), tmp_path / "extra")
             assert extra.wait(30) == 0, (setup_s, extra.errors())
             for i, sipp in enumerate(callers):
                 assert sipp.wait(90) == 0, (i, sipp.errors())
@@ -115,5 +121,117 @@ def test_32_calls_over_8_workers_at_one_address_then_503(tmp_path: Path) -> None
         # Every slot is free again at the front (the BYEs passed through it).
         front = until(lambda: front_view(bridge, lambda d: d["calls"] == 0), 10, "every call slot released")
         assert front["counters"]["failover"] == 0
+    finally:
+        assert bridge.stop() == 0
+
+
+def test_killed_worker_under_load_is_taken_out_and_rejoins(tmp_path: Path) -> None:
+    """kill -9 of one of four workers holding calls: its calls are recorded failed, every call placed right
+    after is answered (by the others, or by its successor once the probes say it is back), and it rejoins."""
+    bridge = front_bridge(tmp_path / "bridge", 16)
+    try:
+        audio = silence(tmp_path / "silence.ulaw", 25)
+        first = [dial(bridge, sipp_scenario(audio=audio, talk_ms=14000), tmp_path / f"a{i}") for i in range(8)]
+        for _ in first:
+            bridge.wait_log(r"media up", timeout=60)
+        workers = bridge.health()["sip"]["workers"]
+        assert [w["calls"] for w in workers] == [2, 2, 2, 2]  # least-loaded first
+        victim = workers[1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        bridge.wait_log(r"SIP worker 1 \(pid \d+\) died .* 2 call\(s\) lost")
+        for _ in range(2):
+            bridge.wait_log(r"recorded: failed")
+        # Placed at once, before any probe could have noticed: the supervisor told the front already.
+        after = [dial(bridge, sipp_scenario(audio=audio, talk_ms=1500), tmp_path / f"b{i}") for i in range(6)]
+        for i, sipp in enumerate(after):
+            assert sipp.wait(60) == 0, (i, sipp.errors())
+        # The successor binds the same port and answers the probes: back in the rotation.
+        front = until(lambda: front_view(bridge, lambda d: d["state"] == "active"), 15, "worker 1 rejoined")
+        health = bridge.health()
+        assert health["sip"]["workers"][1]["restarts"] == 1
+        assert health["sip"]["workers"][1]["sip_port"] == victim["sip_port"]
+        # The six surviving first calls end normally; the two on the dead worker get no answer to their BYE.
+        codes = sorted(sipp.wait(60) for sipp in first)
+        assert codes == [0] * 6 + [1, 1], codes
+        calls = bridge.calls()
+        failed = [c for c in calls if c["outcome"] == "failed"]
+        assert len(failed) == 2 and all("worker 1 died" in c["reason"] for c in failed)
+        assert sum(c["outcome"] == "completed" for c in calls) == 6 + 6
+        assert front["counters"]["busy"] == 0
+    finally:
+        assert bridge.stop() == 0
+
+
+def options(branch: str, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+    call_id = uuid.uuid4().hex
+    return (
+        f"OPTIONS sip:{dst[0]}:{dst[1]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {src[0]}:{src[1]};branch=z9hG4bK{branch}\r\n"
+        f"From: <sip:flood@{src[0]}>;tag={branch}\r\n"
+        f"To: <sip:{dst[0]}:{dst[1]}>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def invite_from(src_ip: str, dst: tuple[str, int]) -> tuple[int, str]:
+    """One bare INVITE from `src_ip` (no SDP needed: it must not get past the front); the final status."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((src_ip, 0))
+        port = sock.getsockname()[1]
+        tag = uuid.uuid4().hex[:8]
+        sock.sendto(
+            (
+                f"INVITE sip:bridge@{dst[0]}:{dst[1]} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {src_ip}:{port};branch=z9hG4bK{tag}\r\n"
+                f"From: <sip:intruder@{src_ip}>;tag={tag}\r\nTo: <sip:bridge@{dst[0]}>\r\n"
+                f"Call-ID: {tag}@{src_ip}\r\nCSeq: 1 INVITE\r\nContact: <sip:intruder@{src_ip}:{port}>\r\n"
+                "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            dst,
+        )
+        sock.settimeout(5)
+        while True:
+            status = sock.recv(4096).decode(errors="replace").split("\r\n", 1)[0]
+            code = int(status.split()[1])
+            if code >= 200:
+                return code, status
+
+
+def test_flood_from_one_source_is_limited_while_another_calls(tmp_path: Path) -> None:
+    bridge = front_bridge(
+        tmp_path / "bridge", 8,
+        allowed_sources=["127.0.0.1/32", "127.0.0.5/32"], front={"rate_limit_per_s": 20},
+    )  # fmt: skip
+    try:
+        front = ("127.0.0.1", bridge.port)
+        audio = silence(tmp_path / "silence.ulaw", 8)
+        caller = dial(bridge, sipp_scenario(audio=audio, talk_ms=4000), tmp_path / "caller")
+        bridge.wait_log(r"media up")
+        # A bounded flood: 400 OPTIONS from 127.0.0.5, as fast as one socket sends them.
+        answered = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.5", 0))
+            src = sock.getsockname()
+            started = time.monotonic()
+            for i in range(400):
+                sock.sendto(options(f"{i}x{uuid.uuid4().hex[:6]}", src, front), front)
+            sent_s = time.monotonic() - started
+            sock.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                while True:
+                    if sock.recv(4096).startswith(b"SIP/2.0 200"):
+                        answered += 1
+        # 20 a second pass: the flood spanned at most ceil(sent_s) + 1 one-second windows.
+        windows = int(sent_s) + 2
+        assert 20 <= answered <= 20 * windows, (answered, sent_s)
+        assert caller.wait(30) == 0, caller.errors()  # the call from 127.0.0.1 went on undisturbed
+        bridge.wait_log(r"recorded: completed")
+        # A source outside sip.allowed_sources is refused at the front.
+        assert invite_from("127.0.0.9", front)[0] == 403
+        # The front's counters reach /metrics with its next poll (every 0.5 s).
+        m = until(lambda: (m := bridge.metrics())["sipbridge_front_rejected_total"] and m, 5, "rejected counted")
+        assert m["sipbridge_front_limited_total"] == 400 - answered
+        assert m["sipbridge_front_rejected_total"] == 1
+        assert [c["outcome"] for c in bridge.calls()] == ["completed"]
     finally:
         assert bridge.stop() == 0
