@@ -3,6 +3,7 @@ limits, several hosts. Real Kamailio, real workers, real SIPp callers over loopb
 
 from __future__ import annotations
 
+import json
 import os
 import random
 import re
@@ -131,7 +132,8 @@ def test_killed_worker_under_load_is_taken_out_and_rejoins(tmp_path: Path) -> No
     bridge = front_bridge(tmp_path / "bridge", 16)
     try:
         audio = silence(tmp_path / "silence.ulaw", 25)
-        first = [dial(bridge, sipp_scenario(audio=audio, talk_ms=14000), tmp_path / f"a{i}") for i in range(8)]
+        talk = sipp_scenario(audio=audio, talk_ms=14000)
+        first = [dial(bridge, talk, tmp_path / f"a{i}") for i in range(8)]
         for _ in first:
             bridge.wait_log(r"media up", timeout=60)
         workers = bridge.health()["sip"]["workers"]
@@ -229,9 +231,101 @@ def test_flood_from_one_source_is_limited_while_another_calls(tmp_path: Path) ->
         # A source outside sip.allowed_sources is refused at the front.
         assert invite_from("127.0.0.9", front)[0] == 403
         # The front's counters reach /metrics with its next poll (every 0.5 s).
-        m = until(lambda: (m := bridge.metrics())["sipbridge_front_rejected_total"] and m, 5, "rejected counted")
+        m = until(lambda: (m := bridge.metrics())["sipbridge_front_rejected_total"] and m, 5, "403 counted")
         assert m["sipbridge_front_limited_total"] == 400 - answered
         assert m["sipbridge_front_rejected_total"] == 1
         assert [c["outcome"] for c in bridge.calls()] == ["completed"]
     finally:
         assert bridge.stop() == 0
+
+
+# --------------------------------------------------------------------------------------------- multi-host
+
+
+class DeployedFront:
+    """deploy/kamailio/ as an operator would run it: the files copied, the addresses edited, kamailio -DD."""
+
+    def __init__(self, work: Path, port: int, hosts: list[Destination]) -> None:
+        shutil.copytree(ROOT / "deploy" / "kamailio", work)  # the symlinked kamailio.cfg is copied as a file
+        defs = (work / "front-defs.cfg").read_text()
+        defs = re.sub(r"^listen=(udp|tcp):\S+", rf"listen=\1:127.0.0.1:{port}", defs, flags=re.M)
+        defs = re.sub(r'PUBLIC_HOSTPORT "[^"]*"', f'PUBLIC_HOSTPORT "127.0.0.1:{port}"', defs)
+        defs = defs.replace('"/etc/kamailio/', f'"{work}/')
+        (work / "front-defs.cfg").write_text(defs)
+        (work / "dispatcher.list").write_text(dispatcher_list(hosts))
+        (work / "address.list").write_text("1 127.0.0.0 8\n")
+        self.work = work
+        self.log = (work / "kamailio.log").open("w")
+        self.proc = subprocess.Popen(
+            ["kamailio", "-DD", "-E", "-f", str(work / "kamailio.cfg"), "-Y", str(work)],
+            cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+        )  # fmt: skip
+        until(lambda: self.destinations(), 15, "the deployed front answers its RPC")
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            client = self.work / f"client-{uuid.uuid4().hex[:6]}.sock"
+            sock.bind(str(client))
+            sock.settimeout(2)
+            try:
+                request = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+                sock.sendto(json.dumps(request).encode(), str(self.work / "kamailio_rpc.sock"))
+                return json.loads(sock.recv(1 << 20))["result"]
+            except (OSError, TimeoutError):
+                return None
+            finally:
+                client.unlink()
+
+    def destinations(self) -> dict[str, str]:
+        listed = self.rpc("dispatcher.list")
+        return {d.uri: d.state for d in parse_destinations(listed)} if listed else {}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def test_two_hosts_behind_one_front_spread_calls_and_survive_one_stopping(tmp_path: Path) -> None:
+    hosts = [
+        Bridge.start(tmp_path / name, {"sip": {"bind_address": ip, "max_calls": 4}, "agent": {"kind": "echo"}})
+        for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
+    ]
+    port = free_udp_port()
+    uris = [f"sip:127.0.0.{2 + i}:{h.port}" for i, h in enumerate(hosts)]
+    dispatch = [Destination(uri, f"host{i}", 4) for i, uri in enumerate(uris)]
+    front = DeployedFront(tmp_path / "front", port, dispatch)
+    try:
+        assert set(front.destinations().values()) == {"active"}
+        audio = silence(tmp_path / "silence.ulaw", 6)
+        talk = sipp_scenario(audio=audio, talk_ms=3000)
+        first = [dial(port, talk, tmp_path / f"a{i}") for i in range(4)]
+        for i, sipp in enumerate(first):
+            assert sipp.wait(60) == 0, (i, sipp.errors())
+        for host in hosts:
+            for _ in range(2):
+                host.wait_log(r"recorded: completed")
+        assert [len(host.calls()) for host in hosts] == [2, 2]  # the fewest calls first: both hosts
+        # Host b dies (power cut: supervisor and worker killed); within the probe interval the front stops
+        # sending it calls.
+        worker_pid = hosts[1].health()["sip"]["workers"][0]["pid"]
+        hosts[1].proc.proc.kill()
+        os.kill(worker_pid, signal.SIGKILL)
+        stopped = time.monotonic()
+        hosts[1].proc.finish()
+        until(lambda: front.destinations()[uris[1]] != "active", 10, "host b taken out")
+        out_after_s = time.monotonic() - stopped
+        # One probe period (1 s) plus its timeout (0.8 s): 2 s at most, with some room for a loaded machine.
+        assert out_after_s < 3.0, out_after_s
+        print(f"host taken out {out_after_s:.2f} s after it stopped")
+        later = [dial(port, sipp_scenario(audio=audio, talk_ms=1000), tmp_path / f"b{i}") for i in range(3)]
+        for i, sipp in enumerate(later):
+            assert sipp.wait(60) == 0, (i, sipp.errors())
+        for _ in later:
+            hosts[0].wait_log(r"recorded: completed")
+        assert len(hosts[0].calls()) == 5
+    finally:
+        front.stop()
+        for host in hosts:
+            if host.proc.proc.poll() is None:
+                assert host.stop() == 0
