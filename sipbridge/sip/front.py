@@ -112,7 +112,11 @@ def address_list(allowed: Sequence[str], exempt: Sequence[str]) -> str:
 
 
 def _quote(text: str) -> str:
-    return '"' + text.replace("\\", "\\\\").replace('"', '\\"') + '"'
+    """A Kamailio string literal. Its escapes (\\r, \\n) are meant, so only quotes are refused: the values are
+    paths and addresses from a validated config."""
+    if '"' in text:
+        raise FrontError(f"a double quote cannot go into the front's config: {text!r}")
+    return f'"{text}"'
 
 
 def _hostport(host: str, port: int) -> str:
