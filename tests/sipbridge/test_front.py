@@ -330,3 +330,45 @@ def test_two_hosts_behind_one_front_spread_calls_and_survive_one_stopping(tmp_pa
         for host in hosts:
             if host.proc.proc.poll() is None:
                 assert host.stop() == 0
+
+
+def test_trunk_registration_once_through_the_front_with_its_address(tmp_path: Path) -> None:
+    """Two workers, one REGISTER: sent through the front (the registrar sees the front's Via on top) with the
+    front's address as Contact, so the trunk's INVITEs come to the front."""
+    from .test_calls import REGISTRAR
+
+    front_port = free_udp_port()
+    check = (
+        '<recv request="REGISTER">\n    <action><ereg regexp="Contact: &lt;sip:bridge@127\\.0\\.0\\.1:'
+        f'{front_port}&gt;" search_in="msg" check_it="true" assign_to="contact"/>'
+        f'<ereg regexp="Via: SIP/2\\.0/UDP 127\\.0\\.0\\.1:{front_port};branch" search_in="msg" '
+        'check_it="true" assign_to="via"/>\n    <verifyauth'
+    )
+    scenario = REGISTRAR.replace('<recv request="REGISTER">\n    <action><verifyauth', check)
+    scenario = scenario.replace("</scenario>", '<Reference variables="contact,via"/>\n</scenario>')
+    assert scenario.count("ereg") == 2
+    registrar_port = free_udp_port()
+    (tmp_path / "reg.xml").write_text(scenario)
+    err = tmp_path / "err.log"
+    registrar = subprocess.Popen(
+        ["sipp", "-sf", str(tmp_path / "reg.xml"), "-i", "127.0.0.1", "-p", str(registrar_port), "-m", "1",
+         "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file", str(err)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    trunk = {
+        "register": True, "registrar": f"sip:127.0.0.1:{registrar_port}", "username": "bridge",
+        "password": "s3cret", "expiry_s": 60,
+    }  # fmt: skip
+    bridge = front_bridge(tmp_path / "bridge", 8, port=front_port, trunk=trunk)
+    try:
+        assert registrar.wait(30) == 0, err.read_text() if err.exists() else ""
+        bridge.logged(r"trunk registration: 200 OK")
+        health = bridge.health()
+        assert health["sip"]["registration"]["registered"] is True and health["status"] == "ok"
+        # Only worker 0 registers: one registration per deployment.
+        assert sum("trunk registration:" in line for line in bridge.proc.seen) == 1
+    finally:
+        if registrar.poll() is None:
+            registrar.kill()
+            registrar.wait()
+        assert bridge.stop() == 0
