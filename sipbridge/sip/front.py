@@ -130,6 +130,9 @@ def front_defs(config: Config, port: int, run_dir: Path) -> str:
     lines = ["# Written by sipbridge from its config (sipbridge/sip/front.py); kamailio.cfg includes it."]
     for proto in sip.transports:
         lines.append(f"listen={proto}:{_hostport(sip.bind_address, port)}")
+    if "udp" not in sip.transports:
+        # The workers are reached over UDP: a private socket for that hop when the trunk side is TCP only.
+        lines.append(f"listen=udp:{_hostport(front.worker_address, port)}")
     defines: dict[str, str | int] = {
         "DISPATCHER_LIST": _quote(str(run_dir / "dispatcher.list")),
         "ADDRESS_LIST": _quote(str(run_dir / "address.list")),

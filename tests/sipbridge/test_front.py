@@ -372,3 +372,21 @@ def test_trunk_registration_once_through_the_front_with_its_address(tmp_path: Pa
             registrar.kill()
             registrar.wait()
         assert bridge.stop() == 0
+
+
+def test_killed_front_is_restarted_and_takes_calls_again(tmp_path: Path) -> None:
+    bridge = front_bridge(tmp_path / "bridge", 8)
+    try:
+        pid = bridge.health()["front"]["pid"]
+        os.killpg(pid, signal.SIGKILL)  # the whole Kamailio: main process and its children
+        bridge.wait_log(r"sip front: kamailio \(pid \d+\) died")
+        bridge.wait_log(r"sip front: kamailio restarted, pid \d+")
+        front = until(lambda: front_view(bridge, lambda d: d["state"] == "active"), 10, "front back")
+        assert front["restarts"] == 1 and front["pid"] != pid and front["ok"]
+        audio = silence(tmp_path / "silence.ulaw", 3)
+        caller = dial(bridge, sipp_scenario(audio=audio, talk_ms=1000), tmp_path / "caller")
+        assert caller.wait(60) == 0, caller.errors()
+        bridge.wait_log(r"recorded: completed")
+        assert bridge.metrics()["sipbridge_front_restarts_total"] == 1
+    finally:
+        assert bridge.stop() == 0
