@@ -133,8 +133,9 @@ def run_one(calls: int, hold_s: float, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
     proc, port, http = start_bridge(work / "bridge", calls)
+    procs: list[subprocess.Popen[bytes]] = []
     try:
-        health = httpx.get(f"{http}/healthz", timeout=10).json()
+        health = httpx.get(f"{http}/healthz", timeout=30).json()
         workers = [w["pid"] for w in health["sip"]["workers"]]
         front_pid = health["front"]["pid"]
         front_pids = [front_pid, *children(front_pid)]
@@ -143,14 +144,17 @@ def run_one(calls: int, hold_s: float, work: Path) -> dict[str, Any]:
         media = [free_media_port() for _ in range(calls)]
         with RtpSniffer(set(media)) as sniffer:
             t0 = time.monotonic()
-            procs = [
+            procs += [
                 sipp(caller_scenario(audio=audio, talk_ms=talk_ms), port, work / f"c{i}", m)
                 for i, m in enumerate(media)
             ]
             held = 0
-            deadline = t0 + 60
+            deadline = t0 + 90
             while time.monotonic() < deadline:
-                held = httpx.get(f"{http}/healthz", timeout=10).json()["calls"]["active"]
+                try:
+                    held = httpx.get(f"{http}/healthz", timeout=30).json()["calls"]["active"]
+                except httpx.HTTPError:
+                    continue  # the supervisor is busy setting calls up: that is what is measured
                 if held >= calls:
                     break
                 time.sleep(0.25)
@@ -163,8 +167,12 @@ def run_one(calls: int, hold_s: float, work: Path) -> dict[str, Any]:
             cpu1 = {"workers": sum(map(cpu_s, workers)), "supervisor": cpu_s(proc.proc.pid),
                     "front": sum(map(cpu_s, front_pids))}  # fmt: skip
             codes = [p.wait(120) for p in procs]
-        metrics = httpx.get(f"{http}/metrics", timeout=10).text
+        metrics = httpx.get(f"{http}/metrics", timeout=30).text
     finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
         proc.proc.send_signal(signal.SIGTERM)
         proc.finish(timeout=60)
     ended = (re.search(r"recorded: \w+ \(\w+, (\d+) underruns", line) for line in proc.seen)

@@ -297,10 +297,13 @@ class KamailioRpc:
 # ------------------------------------------------------------------------------------- the process
 
 
+_PR_SET_PDEATHSIG = 1
+_LIBC = ctypes.CDLL(None, use_errno=True)  # loaded here, in the parent: no dlopen between fork and exec
+
+
 def _die_with_parent() -> None:
     """In the child before exec: SIGTERM when the supervisor dies, so no orphan keeps the SIP port."""
-    with contextlib.suppress(OSError, AttributeError):
-        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+    _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 @dataclass
@@ -338,6 +341,7 @@ class SipFront:
         if self.run_dir is None:
             self.run_dir = Path(tempfile.mkdtemp(prefix="sipbridge-front-"))
             self._own_dir = True
+        self.run_dir = self.run_dir.resolve()  # Kamailio runs in it: relative paths would resolve twice
         self.run_dir.mkdir(parents=True, exist_ok=True)
         for name, text in render_front(self.config, self.port, self.destinations, self.run_dir).items():
             (self.run_dir / name).write_text(text, encoding="utf-8")
