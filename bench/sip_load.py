@@ -48,6 +48,7 @@ from tests.sipbridge.peers import sipp_scenario as caller_scenario  # noqa: E402
 from tests.sipbridge.procs import LoggedProcess  # noqa: E402
 
 TICK = os.sysconf("SC_CLK_TCK")
+UP_S = 60.0  # the callers get this long to be all up; the hold starts then at the latest
 
 
 def cpu_s(pid: int) -> float:
@@ -73,12 +74,13 @@ def noise_floor(path: Path, seconds: float) -> Path:
     return path
 
 
-def start_bridge(work: Path, calls: int) -> tuple[LoggedProcess, int, str]:
+def start_bridge(work: Path, calls: int, vad: str) -> tuple[LoggedProcess, int, str]:
     config = {
         "sip": {"port": 0, "max_calls": calls},
         "http": {"port": 0},
         "media": {"rtp_port_min": 20000, "rtp_port_max": 29999},
         "agent": {"kind": "echo"},
+        "vad": {"backend": vad},
         "storage": {"sqlite_path": str(work / "db.sqlite3"), "recordings_dir": str(work / "rec"),
                     "record_calls": False},
         "logging": {"level": "INFO"},
@@ -129,10 +131,10 @@ def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1) if values else float("nan")
 
 
-def run_one(calls: int, hold_s: float, work: Path) -> dict[str, Any]:
+def run_one(calls: int, hold_s: float, work: Path, vad: str) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
     load_before = os.getloadavg()[0]
-    proc, port, http = start_bridge(work / "bridge", calls)
+    proc, port, http = start_bridge(work / "bridge", calls, vad)
     procs: list[subprocess.Popen[bytes]] = []
     try:
         health = httpx.get(f"{http}/healthz", timeout=30).json()
@@ -140,7 +142,8 @@ def run_one(calls: int, hold_s: float, work: Path) -> dict[str, Any]:
         front_pid = health["front"]["pid"]
         front_pids = [front_pid, *children(front_pid)]
         audio = noise_floor(work / "noise.ulaw", hold_s + 40)
-        talk_ms = int((hold_s + 25) * 1000)  # long enough for the last caller to get in, then the hold
+        # Every caller talks through the set-up of the others (up to UP_S) and the hold.
+        talk_ms = int((UP_S + hold_s + 10) * 1000)
         media = [free_media_port() for _ in range(calls)]
         with RtpSniffer(set(media)) as sniffer:
             t0 = time.monotonic()
@@ -149,7 +152,7 @@ def run_one(calls: int, hold_s: float, work: Path) -> dict[str, Any]:
                 for i, m in enumerate(media)
             ]
             held = 0
-            deadline = t0 + 90
+            deadline = t0 + UP_S
             while time.monotonic() < deadline:
                 try:
                     held = httpx.get(f"{http}/healthz", timeout=30).json()["calls"]["active"]
@@ -184,6 +187,7 @@ def run_one(calls: int, hold_s: float, work: Path) -> dict[str, Any]:
     per_call = {k: round(100 * v / (held * (h1 - h0)), 2) if held else None for k, v in spent.items()}
     return {
         "calls": calls,
+        "vad": vad,
         "workers": len(workers),
         "held": held,
         "all_up_s": round(all_up_s, 2),
@@ -211,6 +215,7 @@ def main() -> int:
     parser.add_argument("--calls", type=int, nargs="+", default=[32, 64, 100])
     parser.add_argument("--hold-s", type=float, default=20.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
+    parser.add_argument("--vad", choices=("silero", "webrtc"), default="silero", help="the workers' VAD")
     args = parser.parse_args()
     if shutil.which("kamailio") is None or shutil.which("sipp") is None:
         print("sip_load: needs kamailio and sipp (deploy/setup.sh --dev)", file=sys.stderr)
@@ -218,7 +223,7 @@ def main() -> int:
     results = []
     with tempfile.TemporaryDirectory(prefix="sip-load-") as tmp:
         for n in args.calls:
-            result = run_one(n, args.hold_s, Path(tmp) / f"n{n}")
+            result = run_one(n, args.hold_s, Path(tmp) / f"n{n}", args.vad)
             print(json.dumps(result), file=sys.stderr)
             results.append(result)
     text = json.dumps({"bench": "sip_load", "results": results}, indent=2)
