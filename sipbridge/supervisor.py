@@ -186,9 +186,7 @@ class Supervisor:
             ("limited", "Requests the front dropped: over sip.front.rate_limit_per_s from one source."),
             ("failover", "INVITEs the front moved to another worker after one refused or did not answer."),
         ):
-            m.gauge(
-                f"sipbridge_front_{key}_total", text, lambda key=key: front.counters()[key], kind="counter"
-            )
+            m.gauge(f"sipbridge_front_{key}_total", text, front.counter(key), kind="counter")
 
     def _trunk_registered(self) -> float:
         if self.pool is None:

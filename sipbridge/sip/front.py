@@ -25,7 +25,7 @@ import signal
 import socket
 import tempfile
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
@@ -332,6 +332,10 @@ class SipFront:
 
     def counters(self) -> dict[str, int]:
         return {k: self._base.get(k, 0) + self._counters.get(k, 0) for k in COUNTERS.values()}
+
+    def counter(self, key: str) -> Callable[[], float]:
+        """A reader of one counter (for a /metrics gauge)."""
+        return lambda: self.counters()[key]
 
     async def start(self) -> None:
         check = check_front(self.config)
