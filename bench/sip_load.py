@@ -202,6 +202,8 @@ def run_one(calls: int, hold_s: float, work: Path, vad: str) -> dict[str, Any]:
             "late_max": max(q[1] for q in quality),
         },
         "underruns": {"total": sum(underruns), "calls_with_any": sum(u > 0 for u in underruns)},
+        "worker_deaths": sum("SIP worker" in line and " died " in line for line in proc.seen),
+        "front_restarts": sum("kamailio (pid" in line and " died " in line for line in proc.seen),
         "cpu_s_over_hold": spent,
         "cpu_per_call_percent_of_one_core": per_call,
         "box": {"cores": os.cpu_count(), "load_1m_before": round(load_before, 2)},
