@@ -25,10 +25,11 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-# System packages. espeak-ng speaks with the CPU engine; libsndfile reads/writes WAV; SIPp and baresip are the
-# real SIP peers of the test suite; sox builds test audio; libportaudio2 backs `sipbridge call --interactive`
-# (the tests check its answer on a box without audio devices).
-APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates)
+# System packages. espeak-ng speaks with the CPU engine; libsndfile reads/writes WAV; kamailio is the SIP front
+# before the media workers (sip.front); SIPp and baresip are the real SIP peers of the test suite; sox builds
+# test audio; libportaudio2 backs `sipbridge call --interactive` (the tests check its answer on a box without
+# audio devices).
+APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates kamailio)
 if [ "$DEV" = 1 ]; then
   APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2)
 fi

@@ -124,6 +124,73 @@ class TrunkConfig(_Section):
         return self
 
 
+def _check_cidrs(value: list[str]) -> list[str]:
+    for cidr in value:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{cidr!r} is not a CIDR network") from exc
+    return value
+
+
+class SipFrontConfig(_Section):
+    """The SIP front: Kamailio at `sip.bind_address:sip.port` dispatching calls to the media workers
+    (docs/DEPLOY.md). The workers then bind private ports on `worker_address`; RTP still goes straight
+    between the caller and a worker."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="`auto`: a front when there is more than one worker (sip.max_calls > 4); `on`: always; "
+        "`off`: never (every worker is reached on its own port, sip.port + i).",
+    )
+    binary: str = Field("kamailio", description="Kamailio executable (Debian package `kamailio`).")
+    worker_address: str = Field(
+        "127.0.0.1", description="Address the workers bind their SIP ports to behind the front (private)."
+    )
+    children: int = Field(4, ge=1, le=64, description="Kamailio SIP worker processes per listen socket.")
+    probe_interval_s: int = Field(
+        1, ge=1, le=60, description="Workers are probed with OPTIONS this often (seconds)."
+    )
+    probe_timeout_ms: int = Field(
+        800,
+        ge=100,
+        le=10000,
+        description="A worker that does not answer a probe or an INVITE within this is taken out (and put "
+        "back when it answers a probe again).",
+    )
+    trunk_timeout_ms: int = Field(
+        5000, ge=500, le=60000, description="Requests the workers send out (dialer, REGISTER): no reply "
+        "within this and they fail.",
+    )
+    retry_after_s: int = Field(
+        5, ge=0, le=3600, description="Retry-After of the 503 sent when every call slot is taken."
+    )
+    rate_limit_per_s: int = Field(
+        100,
+        ge=0,
+        le=100000,
+        description="Requests per second one source address may send; more are dropped and counted "
+        "(0 = no limit). Put the trunk's addresses in rate_limit_exempt.",
+    )
+    rate_limit_exempt: list[str] = Field(
+        [], description="CIDRs the rate limit does not apply to (your trunk's signalling addresses)."
+    )
+    run_dir: Path | None = Field(
+        None, description="Where the rendered kamailio.cfg and its lists go; default: a new temporary dir."
+    )
+
+    @field_validator("worker_address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @field_validator("rate_limit_exempt")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return _check_cidrs(value)
+
+
 Codec = Literal["PCMU", "PCMA", "G722"]
 
 
@@ -152,6 +219,7 @@ class SipConfig(_Section):
     )
     user_agent: str = Field("sipbridge", description="User-Agent header.")
     trunk: TrunkConfig = Field(default_factory=TrunkConfig)
+    front: SipFrontConfig = Field(default_factory=SipFrontConfig)
 
     @field_validator("bind_address", "public_address")
     @classmethod
@@ -163,12 +231,7 @@ class SipConfig(_Section):
     @field_validator("allowed_sources")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{cidr!r} is not a CIDR network") from exc
-        return value
+        return _check_cidrs(value)
 
     @field_validator("codecs")
     @classmethod
@@ -181,6 +244,12 @@ class SipConfig(_Section):
     def workers(self) -> int:
         """Media worker processes needed for max_calls."""
         return -(-self.max_calls // CALLS_PER_WORKER)
+
+    @property
+    def uses_front(self) -> bool:
+        """Whether `sipbridge run` puts the Kamailio front before the workers (sip.front.mode)."""
+        mode = self.front.mode
+        return mode == "on" or (mode == "auto" and self.workers > 1)
 
 
 # ------------------------------------------------------------------------------------------- media

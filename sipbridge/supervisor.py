@@ -36,6 +36,7 @@ from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
 from sipbridge.metrics import Metrics
 from sipbridge.session import CallSession
+from sipbridge.sip.front import FrontError, SipFront, check_front, front_uri, pick_port, worker_destinations
 from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
 
@@ -80,6 +81,7 @@ class Supervisor:
     asr: Transcriber | None = None
     agent: Agent | None = None
     pool: WorkerPool | None = None
+    front: SipFront | None = None  # Kamailio before the workers (sip.front); None: workers reached directly
     sessions: dict[str, CallSession] = field(default_factory=dict)
     # HTTP conversations (sipbridge/http): sessions of the same engine as the calls, so they share its batch.
     conversations: ConversationService | None = None
@@ -122,6 +124,7 @@ class Supervisor:
             "sip": lambda: self.pool.health() if self.pool else {"ok": False},
             "engine": lambda: self.engine.health() if self.engine else {"ok": False},
             "asr": lambda: self.asr.health() if self.asr else {"ok": False},
+            "front": lambda: self.front.health() if self.front else {"ok": True, "enabled": False},
             "calls": lambda: {"active": len(self.sessions)},
             "conversations": lambda: self.conversations.health() if self.conversations else {"ok": True},
         }
@@ -163,6 +166,27 @@ class Supervisor:
             lambda: self.asr.redecoded if self.asr else 0,
             kind="counter",
         )
+
+    def _add_front_gauges(self, front: SipFront) -> None:
+        """The front's own counters (Kamailio's, summed over its restarts) and its view of the workers."""
+        m = self.metrics
+        m.gauge("sipbridge_front_up", "1 while the SIP front (Kamailio) runs.", lambda: front.running)
+        m.gauge(
+            "sipbridge_front_restarts_total", "SIP front restarts after dying.", lambda: front.restarts,
+            kind="counter",
+        )
+        m.gauge(
+            "sipbridge_front_destinations_active",
+            "Workers (or hosts) the front sends new calls to: answering its OPTIONS probes.",
+            lambda: sum(d.state == "active" for d in front.view),
+        )
+        for key, text in (
+            ("busy", "INVITEs the front answered 503 (every call slot taken, or no worker up)."),
+            ("rejected", "Requests the front refused: source outside sip.allowed_sources."),
+            ("limited", "Requests the front dropped: over sip.front.rate_limit_per_s from one source."),
+            ("failover", "INVITEs the front moved to another worker after one refused or did not answer."),
+        ):
+            m.gauge(f"sipbridge_front_{key}_total", text, front.counter(key), kind="counter")
 
     def _trunk_registered(self) -> float:
         if self.pool is None:
@@ -209,6 +233,10 @@ class Supervisor:
                 found.handle(frame)
 
     def _on_worker_lost(self, worker: WorkerHandle, call_ids: set[str], reason: str) -> None:
+        if self.front is not None:
+            task = asyncio.create_task(self.front.worker_down(worker.index), name="front-worker-down")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         for call_id in call_ids:
             session = self.sessions.pop(call_id, None)
             if session is not None:
@@ -260,15 +288,30 @@ class Supervisor:
             await self.asr.start()
             self.engine = make_engine(cfg.engine, self.asr, Path(cfg.storage.sqlite_path).parent)
             await self.engine.start()
-            self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost)
+            check = check_front(cfg)
+            if check.problem:
+                raise FrontError(check.problem)
+            front_port = (cfg.sip.port or pick_port(cfg.sip.bind_address)) if check.needed else 0
+            link = front_uri(cfg, front_port) if check.needed else None
+            self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost, front_uri=link)
             await self.pool.start()
+            if check.needed:
+                self.front = SipFront(cfg, front_port, worker_destinations(cfg, self.pool.ports()))
+                await self.front.start()
             # The ASR's warm-up has run on its own thread since the model loaded, beside the engine and the
             # workers starting; waiting for it last means ready (log line, /healthz) is said only once the
             # first call's transcription will run at full speed, at the least cost to start-up.
             await self.asr.wait_warm()
-        except (AgentError, EngineError, AsrError, WorkerStartError) as exc:
+        except (AgentError, EngineError, AsrError, WorkerStartError, FrontError) as exc:
             raise StartupError(str(exc)) from exc
         ports = ", ".join(str(p) for p in self.pool.ports())
+        if self.front is not None:
+            self._add_front_gauges(self.front)
+            log.info(
+                "sip listening on %s port(s) %d (front: kamailio; %d worker(s) on %s port(s) %s)",
+                cfg.sip.bind_address, self.front.port, cfg.sip.workers, cfg.sip.front.worker_address, ports,
+            )
+            return
         log.info(
             "sip listening on %s port(s) %s (%d worker(s))", cfg.sip.bind_address, ports, cfg.sip.workers
         )
@@ -276,6 +319,8 @@ class Supervisor:
     async def _stop_components(self) -> None:
         if self.pool is not None:
             await self.pool.stop()
+        if self.front is not None:
+            await self.front.stop()  # after the workers: their BYEs leave through it
         for session in list(self.sessions.values()):
             self._close_session(session, None, "supervisor stopped while the call was active")
         self.sessions.clear()

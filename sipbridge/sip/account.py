@@ -40,10 +40,16 @@ def loose_route(uri: str) -> str:
 
 def account_config(settings: WorkerSettings, sip_port: int) -> pj.AccountConfig:
     cfg = pj.AccountConfig()
-    host = settings.public_address
+    host = settings.sip_bind_address or settings.public_address
     cfg.idUri = f"sip:sipbridge@{host}:{sip_port}"
     trunk = settings.trunk
     cfg.regConfig.registrarUri = ""
+    if settings.front_uri:
+        # Everything this worker sends out (dialer INVITEs, the trunk REGISTER) leaves through the front, so
+        # the trunk sees one source address; the front also puts its own address in the REGISTER's Contact.
+        cfg.sipConfig.proxies.append(loose_route(settings.front_uri))
+        cfg.natConfig.contactRewriteUse = 0
+        cfg.natConfig.viaRewriteUse = 0
     if trunk is not None:
         if trunk.username and trunk.password:
             # On every worker: the trunk may challenge our INVITEs (401/407), not only the REGISTER.

@@ -68,6 +68,8 @@ class WorkerPool:
     on_frame: FrameHandler
     on_lost: LostHandler
     workers: list[WorkerHandle] = field(default_factory=list)
+    # Behind the SIP front (sipbridge/sip/front.py): how the workers reach it; they bind private ports then.
+    front_uri: str | None = None
     _dir: Path | None = None
     _server: asyncio.AbstractServer | None = None
     _stopping: bool = False
@@ -105,7 +107,7 @@ class WorkerPool:
     async def _spawn(self, handle: WorkerHandle) -> None:
         # A respawned worker binds the port its predecessor had (which matters with sip.port: 0).
         port = handle.info.sip_udp_port if handle.info is not None else None
-        settings = worker_settings(self.config, handle.index, self.ipc_path, port)
+        settings = worker_settings(self.config, handle.index, self.ipc_path, port, self.front_uri)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         handle.ready.clear()
         handle.info = None

@@ -117,8 +117,9 @@ class Worker:
         try:
             tcfg = pj.TransportConfig()
             tcfg.port = s.sip_port
-            tcfg.boundAddress = s.bind_address
-            tcfg.publicAddress = s.public_address
+            # Behind the SIP front, SIP binds a private address and is reached only by the front.
+            tcfg.boundAddress = s.sip_bind_address or s.bind_address
+            tcfg.publicAddress = "" if s.front_uri else s.public_address
             udp = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
             self.sip_udp_port = int(ep.transportGetInfo(udp).localName.rsplit(":", 1)[1])
             if "tcp" in s.transports:
@@ -127,7 +128,7 @@ class Worker:
                 self.sip_tcp_port = int(ep.transportGetInfo(tcp).localName.rsplit(":", 1)[1])
         except pj.Error as exc:
             raise StartupError(
-                f"cannot bind SIP {s.bind_address}:{s.sip_port} ({exc.info().strip()})"
+                f"cannot bind SIP {tcfg.boundAddress}:{s.sip_port} ({exc.info().strip()})"
             ) from None
         ep.libStart()
         ep.audDevManager().setNullDev()  # no sound card: a null port clocks the conference bridge
@@ -281,7 +282,7 @@ class Worker:
             "worker %d ready pid=%d sip udp %s:%d%s",
             self.settings.index,
             os.getpid(),
-            self.settings.bind_address,
+            self.settings.sip_bind_address or self.settings.bind_address,
             self.sip_udp_port,
             f" tcp {self.sip_tcp_port}" if self.sip_tcp_port else "",
         )
