@@ -98,6 +98,10 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--db", metavar="FILE", help="SQLite database (default: the config's storage.sqlite_path)"
     )
+
+    from sipbridge.text import cli as text_cli
+
+    text_cli.add_parser(sub, _add_config_args)
     return parser
 
 
@@ -172,6 +176,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StoreError as exc:  # e.g. no database at the path: the commands never create one
             print(str(exc), file=sys.stderr)
             return EXIT_FAILURE
+
+    if args.command == "normalize":
+        from sipbridge.text import cli as text_cli
+
+        return text_cli.run(args, loaded)
 
     if args.command == "check-config":
         sys.stdout.write(f"# {loaded.source}: valid\n")
