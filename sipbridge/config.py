@@ -319,9 +319,9 @@ class TextConfig(_Section):
 
     normalize: bool = Field(
         True,
-        description="Say numbers, dates, money, phone numbers, IDs, emails and abbreviations the way a person "
-        "would, and shape the script (speaker tag once, sentence segments). The HTTP API can switch it per "
-        "request (`normalize`).",
+        description="Say numbers, dates, money, phone numbers, IDs, emails and abbreviations the way a "
+        "person would, and shape the script (speaker tag once, sentence segments). The HTTP API can switch "
+        "it per request (`normalize`).",
     )
     locale: Literal["en-US"] = Field("en-US", description="Language rules used to read the text.")
     lexicon: list[LexiconEntryConfig] = Field(

@@ -14,9 +14,12 @@ from collections.abc import Callable
 from sipbridge.config import LoadedConfig
 
 
-def add_parser(sub: argparse._SubParsersAction, add_config_args: Callable[[argparse.ArgumentParser], None]) -> None:  # type: ignore[type-arg]
+def add_parser(
+    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    add_config_args: Callable[[argparse.ArgumentParser], None],
+) -> None:
     p = sub.add_parser("normalize", help="print the spoken form of a text (numbers, dates, IDs...), one line")
-    p.add_argument("text", metavar="TEXT", help='text to read, e.g. "Call (415) 555-0132"; - reads stdin lines')
+    p.add_argument("text", metavar="TEXT", help='text to read, e.g. "Call (415) 555-0132"; - reads stdin')
     add_config_args(p)
     p.add_argument(
         "--segments",

@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 from sipbridge.engine.base import SpeakParams, TextSource, text_pieces
-from sipbridge.text.normalize import Normalizer
+from sipbridge.text.normalizer import Normalizer
 from sipbridge.text.shape import ReplyShaper, ShapePolicy
 from sipbridge.text.stream import StreamNormalizer
 

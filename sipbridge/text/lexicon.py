@@ -53,7 +53,8 @@ def compile_entry(entry: LexiconEntry) -> CompiledEntry:
         number, name = ref.groups()
         if number is not None and int(number) > regex.groups:
             raise ValueError(f"say refers to group {number} but the pattern has {regex.groups}")
-        if name is not None and not (name.isdigit() and int(name) <= regex.groups) and name not in regex.groupindex:
+        known = name is None or name in regex.groupindex or (name.isdigit() and int(name) <= regex.groups)
+        if not known:
             raise ValueError(f"say refers to group <{name}> which the pattern does not define")
     return CompiledEntry(regex, entry.say, template=bool(_GROUP_REF.search(entry.say)))
 
@@ -74,7 +75,8 @@ class Lexicon:
         for rank, entry in enumerate(self.entries):
             for m in entry.regex.finditer(text, start, end):
                 if m.end() > m.start():
-                    found.append((m.start(), rank, m.end(), m.expand(entry.say) if entry.template else entry.say))
+                    said = m.expand(entry.say) if entry.template else entry.say
+                    found.append((m.start(), rank, m.end(), said))
         found.sort()
         spans: list[tuple[int, int, str]] = []
         pos = start

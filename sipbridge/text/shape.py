@@ -50,6 +50,7 @@ class ReplyShaper:
         self._buf = ""
         self._sent = 0
         self._words = 0
+        self._early = True  # the first segment may end at a clause (streams: speak before the sentence ends)
 
     def feed(self, text: str) -> list[str]:
         """Segments completed by `text` (normalised text; a word is complete once whitespace follows)."""
@@ -74,6 +75,7 @@ class ReplyShaper:
     def shape(self, text: str) -> list[str]:
         """A whole reply at once: like feed + finish, and a short last sentence joins the one before it
         (a stream cannot do that: the one before was already sent)."""
+        self._early = False  # the whole sentence is here: no reason to cut it at a comma
         segments = self.feed(text) + self.finish()
         if len(segments) >= 2 and words(segments[-1]) < self.policy.min_words:
             segments[-2:] = [segments[-2] + segments[-1]]
@@ -92,7 +94,7 @@ class ReplyShaper:
             if words(buf[: end.end()]) >= policy.min_words:
                 cut = end.end()
                 break
-        if cut is None and not self._sent:
+        if cut is None and not self._sent and self._early:
             for end in _CLAUSE_END.finditer(buf):
                 if words(buf[: end.end()]) >= policy.min_words:
                     cut = end.end()

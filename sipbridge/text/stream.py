@@ -12,7 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from sipbridge.text.normalize import Normalizer
+from sipbridge.text.normalizer import Normalizer
 
 CONTEXT_CHARS = 48  # released text kept for the rules' look-behind ("in" 2019, "Main" St.)
 MAX_HOLD_CHARS = 240  # a run of sticky words longer than this is released anyway (bounded delay)
@@ -25,7 +25,7 @@ def safe_cut(text: str, sticky: Callable[[str], bool]) -> int:
     while complete > 0 and not text[complete - 1].isspace():
         complete -= 1
     cut = complete
-    if complete == len(text) and complete > 1 and text[: complete].rstrip().endswith("."):
+    if complete == len(text) and complete > 1 and text[:complete].rstrip().endswith("."):
         # Nothing after the space yet: whether "p.m." or "Inc." ended the sentence depends on the next
         # word's first letter, so that word waits for it.
         cut = len(text[:complete].rstrip())
@@ -51,7 +51,7 @@ class StreamNormalizer:
         self.normalizer = normalizer
         self._pending = ""
         self._context = ""
-        self._space_out = True  # the last released character was a space (or nothing was released)
+        self._space_out = False  # the last released character was a space
 
     def feed(self, delta: str) -> str:
         """The normalised text that `delta` completes (often empty while a word is still arriving)."""
@@ -66,7 +66,7 @@ class StreamNormalizer:
         return out
 
     def reset(self) -> None:
-        self._pending, self._context, self._space_out = "", "", True
+        self._pending, self._context, self._space_out = "", "", False
 
     def _release(self, cut: int) -> str:
         text = self._context + self._pending  # what follows the cut is only peeked at, never rewritten
@@ -74,8 +74,8 @@ class StreamNormalizer:
         out = self.normalizer.rewrite(text, start, start + cut)
         self._context = text[: start + cut][-CONTEXT_CHARS:]
         self._pending = self._pending[cut:]
-        if self._space_out and out.startswith("  "):
-            out = out.lstrip(" ")  # the whole text would have had one space here, tidied
+        if self._space_out and out.startswith(" "):
+            out = out.lstrip(" ")  # a replacement's space after a released space: the whole text has one
         if out:
             self._space_out = out.endswith(" ")
         return out

@@ -7,8 +7,8 @@ engine (sipbridge/text/rules.py), lexicon, streaming and script shaping are shar
 from __future__ import annotations
 
 import importlib
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 from sipbridge.text.rules import RuleSet
 

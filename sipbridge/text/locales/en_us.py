@@ -35,12 +35,15 @@ MONTHS = (
 _MONTH_OF = {m.lower(): i + 1 for i, m in enumerate(MONTHS)}
 _MONTH_OF.update({m[:3].lower(): i + 1 for i, m in enumerate(MONTHS)})
 _MONTH_OF["sept"] = 9
-_MONTH = r"(?:January|February|March|April|May|June|July|August|September|October|November|December" \
+_MONTH = (
+    r"(?:January|February|March|April|May|June|July|August|September|October|November|December"
     r"|Jan|Feb|Mar|Apr|Jun|Jul|Aug|Sept|Sep|Oct|Nov|Dec)"
+)
 
 # Abbreviation → spoken form. Titles come before a name and never end a sentence; the others may.
-TITLES = {"Dr": "Doctor", "Mr": "Mister", "Mrs": "Missus", "Ms": "Miz", "Prof": "Professor", "Rev": "Reverend",
-          "Sen": "Senator", "Gov": "Governor", "Capt": "Captain", "Sgt": "Sergeant", "Lt": "Lieutenant"}
+TITLES = {"Dr": "Doctor", "Mr": "Mister", "Mrs": "Missus", "Ms": "Miz", "Prof": "Professor",
+          "Rev": "Reverend", "Sen": "Senator", "Gov": "Governor", "Capt": "Captain", "Sgt": "Sergeant",
+          "Lt": "Lieutenant"}  # fmt: skip
 ABBREVIATIONS = {
     "St": "Street", "Ave": "Avenue", "Blvd": "Boulevard", "Rd": "Road", "Ln": "Lane", "Hwy": "Highway",
     "Pkwy": "Parkway", "Ct": "Court", "Pl": "Place", "Sq": "Square", "Mt": "Mount", "Ft": "Fort",
@@ -58,7 +61,8 @@ ABBREVIATIONS.update({m[:3]: m for m in MONTHS if m != "May"})
 ABBREVIATIONS["Sept"] = "September"
 _SECOND = {"St": "Saint", "Dr": "Drive"}  # the other reading of the two ambiguous ones
 _ABBR = "|".join(sorted((re.escape(k) for k in (*ABBREVIATIONS, *TITLES)), key=len, reverse=True))
-_NEEDS_NUMBER = {"No": "number", "Nos": "numbers", "no": "number", "Vol": "volume", "pg": "page", "pp": "pages"}
+_NEEDS_NUMBER = {"No": "number", "Nos": "numbers", "no": "number", "Vol": "volume", "pg": "page",
+                 "pp": "pages"}  # fmt: skip
 
 CURRENCIES = {"$": ("dollar", "dollars", "cent", "cents"), "€": ("euro", "euros", "cent", "cents"),
               "£": ("pound", "pounds", "penny", "pence")}  # fmt: skip
@@ -68,6 +72,9 @@ _SCALES = {"k": "thousand", "m": "million", "mm": "million", "b": "billion", "bn
 YEAR_CUES = {"in", "since", "from", "until", "till", "til", "by", "of", "during", "before", "after",
              "through", "year", "around", "circa", "early", "late", "mid", "class", "fall", "spring",
              "summer", "winter", "to", "and", "between"}  # fmt: skip
+# Words after which a number is read digit by digit ("zip 94107", "extension 204", "room 12").
+DIGIT_CUES = {"zip", "code", "pin", "id", "number", "extension", "ext", "account", "room", "suite", "unit",
+              "flight", "badge", "employee", "apartment", "apt", "ste", "#"}  # fmt: skip
 TLD_WORDS = {"com", "org", "net", "gov", "info", "biz", "edu"}
 _VOWELS = set("AEIOUaeiou")
 
@@ -87,7 +94,7 @@ def letters(text: str) -> str:
 
 def say_run(run: str) -> str:
     """One letter run of an ID: a pronounceable word stays a word ("Acme"), a code is spelled ("EMP")."""
-    if run.isupper() and len(run) <= 4 or len(run) <= 2 or not (_VOWELS & set(run)):
+    if (run.isupper() and len(run) <= 4) or len(run) <= 2 or not (_VOWELS & set(run)):
         return letters(run)
     return run
 
@@ -119,11 +126,13 @@ def say_markup(m: re.Match[str]) -> str:
 
 
 def say_email(m: re.Match[str]) -> str:
-    user, host = m.group("em_user"), m.group("em_host")
+    user, host = m.group("em_user").lower(), m.group("em_host").lower()
     spoken_user = re.sub(
         r"[._+-]|[A-Za-z0-9]+",
-        lambda p: {".": " dot ", "_": " underscore ", "-": " dash ", "+": " plus "}.get(p.group(0))
-        or say_chunk(p.group(0)),
+        lambda p: (
+            {".": " dot ", "_": " underscore ", "-": " dash ", "+": " plus "}.get(p.group(0))
+            or say_chunk(p.group(0))
+        ),
         user,
     )
     return f"{spoken_user} at {say_host(host)}".replace("  ", " ").strip()
@@ -145,6 +154,7 @@ def say_host(host: str) -> str:
 
 def say_url(m: re.Match[str]) -> str:
     url = re.sub(r"^(?:https?://)", "", m.group("url"), flags=re.I)
+    url = url.lower() if url.isupper() or "/" not in url else url  # paths may be case-sensitive, hosts not
     host, _, path = url.partition("/")
     said = say_host(host)
     if path.strip("/"):
@@ -236,7 +246,7 @@ def _meridiem(text: str | None) -> str | None:
 
 
 def clock(h: int, mi: int, ap: str | None) -> str:
-    if ap is None and (h > 12 or h == 0 or mi and h < 12 and False):
+    if ap is None and (h > 12 or h == 0 or (mi and h < 12 and False)):
         ap = "P M" if h >= 12 else "A M"
         h = h - 12 if h > 12 else (12 if h == 0 else h)
     if h == 12 and mi == 0 and ap is not None:
@@ -271,7 +281,8 @@ def say_money(m: re.Match[str]) -> str:
     scale = (m.group("mo_sl") or m.group("mo_sw") or "").lower()
     said = money_words(m.group("mo_amt"), m.group("mo_amt2"), _SCALES.get(scale, scale), names)
     per = m.group("mo_per")
-    return ("minus " if m.group("mo_neg") else "") + said + (f" per {_PER.get(per.lower(), per)}" if per else "")
+    per_unit = f" per {_PER.get(per.lower(), per)}" if per else ""
+    return ("minus " if m.group("mo_neg") else "") + said + per_unit
 
 
 def money_words(amount: str, second: str | None, scale: str, names: tuple[str, str, str, str]) -> str:
@@ -385,14 +396,13 @@ def say_number(m: re.Match[str]) -> str | None:
     if frac:
         return neg + decimal(integer, frac[1:])
     if "," not in integer:
-        if len(integer) > 1 and integer[0] == "0" or len(integer) >= 7:
-            return neg + grouped_digits(integer)  # an ID or account number, not an amount
-        n = int(integer)
-        if 1000 <= n <= 2099 and not neg and word_before(m) in YEAR_CUES:
-            return year(n)
-        if word_before(m) in ("zip", "code", "pin", "id", "number", "extension", "ext", "account", "room",
-                              "suite", "unit", "flight", "badge", "employee", "apartment"):  # fmt: skip
+        cue = word_before(m)
+        if cue in DIGIT_CUES:
             return digits(integer) if len(integer) <= 5 else grouped_digits(integer)
+        if (len(integer) > 1 and integer[0] == "0") or len(integer) >= 7:
+            return neg + grouped_digits(integer)  # an ID or account number, not an amount
+        if 1000 <= int(integer) <= 2099 and not neg and cue in YEAR_CUES:
+            return year(int(integer))
     return neg + cardinal(int(integer.replace(",", "")))
 
 
@@ -429,7 +439,7 @@ def say_slash(m: re.Match[str]) -> str:
 
 _SYMBOLS = {"&": " and ", "@": " at ", "+": " plus ", "=": " equals ", "~": " about ", "°": " degrees",
             "%": " percent", "½": " one half", "¼": " one quarter", "¾": " three quarters", "—": ", ",
-            "–": ", ", "…": "...", "•": ", "}  # fmt: skip
+            "–": ", ", "…": "...", "•": ", ", "/": " slash "}  # fmt: skip
 
 
 def say_symbol(m: re.Match[str]) -> str:
@@ -464,52 +474,106 @@ def say_acronym(m: re.Match[str]) -> str:
 
 RULES = (
     Rule("markup", r'(?P<mk>\[S[12]\]|<break\s+time="[0-9]+(?:\.[0-9]*)?s"\s*/?>)', say_markup),
-    Rule("email", r"(?<![\w.+-])(?P<em_user>[A-Za-z0-9][A-Za-z0-9._%+-]*)@"
-         r"(?P<em_host>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})(?![\w-])", say_email),
-    Rule("url", r"(?<![\w@.-])(?P<url>(?:https?://|www\.)[^\s<>\"]*[^\s<>\".,;:!?)]"
-         r"|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.(?:com|org|net|gov|edu|io|us|co|info|biz|ai)"
-         r"(?:/[^\s<>\"]*[^\s<>\".,;:!?)])?)(?![\w@])", say_url, re.IGNORECASE),
-    Rule("phone", r"(?<![\w+])(?P<ph>\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
-         r"|(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}|1?\d{10}|\d{3}-\d{4})"
-         r"(?:,? ?(?:x|ext\.?|extension) ?(?P<ph_ext>\d{1,6}))?(?![\w-])", say_phone),
-    Rule("digit_groups", rf"{B}(?P<dg>\d{{3}}-\d{{2}}-\d{{4}}|\d{{4}}(?: \d{{4}}){{3}}|\d{{4}}(?:-\d{{4}}){{3}}){E}(?![-\d])",
-         say_digit_groups),
-    Rule("iso_date", rf"{B}(?P<iso_y>\d{{4}})-(?P<iso_m>\d{{1,2}})-(?P<iso_d>\d{{1,2}}){E}(?!-)", say_iso_date),
-    Rule("us_date", rf"{B}(?P<us_m>\d{{1,2}})(?P<us_sep>[/.-])(?P<us_d>\d{{1,2}})"
-         rf"(?:(?P=us_sep)(?P<us_y>\d{{4}}|\d{{2}}))?{E}(?![/.-]\d)", say_us_date),
-    Rule("month_date", rf"(?<![\w.])(?:(?P<md_mon>{_MONTH})\.? (?P<md_d>\d{{1,4}})(?:st|nd|rd|th)?"
-         rf"(?:,? (?P<md_y>\d{{4}}))?|(?P<dm_d>\d{{1,2}})(?:st|nd|rd|th)? (?:of )?(?P<dm_mon>{_MONTH})\.?"
-         rf"(?:,? (?P<dm_y>\d{{4}}))?)(?![\w@])", say_month_date),
-    Rule("time", rf"{B}(?:(?P<t_h>\d{{1,2}}):(?P<t_m>[0-5]\d)(?::(?P<t_s>[0-5]\d))?"
-         r"(?: ?(?P<t_ap>[AaPp]\.?[Mm]\.?(?![\w.])|[AaPp]\.[Mm]\.))?"
-         r"|(?P<th_h>\d{1,2}) ?(?P<th_ap>[AaPp]\.?[Mm]\.?(?![\w.])|[AaPp]\.[Mm]\.))(?P<t_noon> noon)?(?!\w)",
-         say_time),
-    Rule("money", r"(?<![\w$€£])(?P<mo_neg>-)?(?P<mo_cur>[$€£]) ?(?P<mo_amt>\d{1,3}(?:,\d{3})+(?:\.\d+)?"
-         r"|\d+(?:\.\d+)?|\.\d+)(?: ?[-–] ?[$€£]?(?P<mo_amt2>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?))?"
-         r"(?:(?P<mo_sl>[kKmMbB]|bn|mm|MM)|(?: (?P<mo_sw>thousand|million|billion|trillion)))?"
-         r"(?:/(?P<mo_per>hr|hour|h|day|week|wk|month|mo|year|yr|person|unit))?(?![\w@])",
-         say_money),
-    Rule("percent", rf"(?<![\w.])(?P<pc_neg>-)?(?P<pc_a>{AMOUNT})(?: ?[-–] ?(?P<pc_b>{AMOUNT}))? ?%",
-         say_percent),
-    Rule("year_range", rf"{B}(?P<yr_a>1[1-9]\d\d|20\d\d) ?[-–] ?(?P<yr_b>1[1-9]\d\d|20\d\d|\d\d){E}(?![-/])",
-         say_year_range),
+    Rule(
+        "email",
+        r"(?<![\w.+-])(?P<em_user>[A-Za-z0-9][A-Za-z0-9._%+-]*)@"
+        r"(?P<em_host>[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.[A-Za-z]{2,})(?![\w-])",
+        say_email,
+    ),
+    Rule(
+        "url",
+        r"(?<![\w@.-])(?P<url>(?:https?://|www\.)[^\s<>\"]*[^\s<>\".,;:!?)]"
+        r"|[A-Za-z0-9-]+(?:\.[A-Za-z0-9-]+)*\.(?:com|org|net|gov|edu|io|us|co|info|biz|ai)"
+        r"(?:/[^\s<>\"]*[^\s<>\".,;:!?)])?)(?![\w@])",
+        say_url,
+        re.IGNORECASE,
+    ),
+    Rule(
+        "phone",
+        r"(?<![\w+])(?P<ph>\+\d{1,3}(?:[ .-]?\(?\d{1,4}\)?){2,5}"
+        r"|(?:1[ .-])?(?:\(\d{3}\) ?|\d{3}[ .-])\d{3}[ .-]\d{4}|1?\d{10}|\d{3}-\d{4})"
+        r"(?:,? ?(?:x|ext\.?|extension) ?(?P<ph_ext>\d{1,6}))?(?![\w-])",
+        say_phone,
+    ),
+    Rule(
+        "digit_groups",
+        rf"{B}(?P<dg>\d{{3}}-\d{{2}}-\d{{4}}|\d{{4}}(?: \d{{4}}){{3}}|\d{{4}}(?:-\d{{4}}){{3}}){E}(?![-\d])",
+        say_digit_groups,
+    ),
+    Rule(
+        "iso_date", rf"{B}(?P<iso_y>\d{{4}})-(?P<iso_m>\d{{1,2}})-(?P<iso_d>\d{{1,2}}){E}(?!-)", say_iso_date
+    ),
+    Rule(
+        "us_date",
+        rf"{B}(?P<us_m>\d{{1,2}})(?P<us_sep>[/.-])(?P<us_d>\d{{1,2}})"
+        rf"(?:(?P=us_sep)(?P<us_y>\d{{4}}|\d{{2}}))?{E}(?![/.-]\d)",
+        say_us_date,
+    ),
+    Rule(
+        "month_date",
+        rf"(?<![\w.])(?:(?P<md_mon>{_MONTH})\.? (?P<md_d>\d{{1,4}})(?:st|nd|rd|th)?"
+        rf"(?:,? (?P<md_y>\d{{4}}))?|(?P<dm_d>\d{{1,2}})(?:st|nd|rd|th)? (?:of )?(?P<dm_mon>{_MONTH})\.?"
+        rf"(?:,? (?P<dm_y>\d{{4}}))?)(?![\w@])",
+        say_month_date,
+    ),
+    Rule(
+        "time",
+        rf"{B}(?:(?P<t_h>\d{{1,2}}):(?P<t_m>[0-5]\d)(?::(?P<t_s>[0-5]\d))?"
+        r"(?: ?(?P<t_ap>[AaPp]\.?[Mm]\.?(?![\w.])|[AaPp]\.[Mm]\.))?"
+        r"|(?P<th_h>\d{1,2}) ?(?P<th_ap>[AaPp]\.?[Mm]\.?(?![\w.])|[AaPp]\.[Mm]\.))(?P<t_noon> noon)?(?!\w)",
+        say_time,
+    ),
+    Rule(
+        "money",
+        r"(?<![\w$€£])(?P<mo_neg>-)?(?P<mo_cur>[$€£]) ?(?P<mo_amt>\d{1,3}(?:,\d{3})+(?:\.\d+)?"
+        r"|\d+(?:\.\d+)?|\.\d+)(?: ?[-–] ?[$€£]?(?P<mo_amt2>\d{1,3}(?:,\d{3})+(?:\.\d+)?|\d+(?:\.\d+)?))?"
+        r"(?:(?P<mo_sl>[kKmMbB]|bn|mm|MM)|(?: (?P<mo_sw>thousand|million|billion|trillion)))?"
+        r"(?:/(?P<mo_per>hr|hour|h|day|week|wk|month|mo|year|yr|person|unit))?(?![\w@])",
+        say_money,
+    ),
+    Rule(
+        "percent",
+        rf"(?<![\w.])(?P<pc_neg>-)?(?P<pc_a>{AMOUNT})(?: ?[-–] ?(?P<pc_b>{AMOUNT}))? ?%",
+        say_percent,
+    ),
+    Rule(
+        "year_range",
+        rf"{B}(?P<yr_a>1[1-9]\d\d|20\d\d) ?[-–] ?(?P<yr_b>1[1-9]\d\d|20\d\d|\d\d){E}(?![-/])",
+        say_year_range,
+    ),
     Rule("ordinal", r"(?<![\w.])(?P<or_n>\d{1,3}(?:,\d{3})+|\d+)(?:st|nd|rd|th)(?![\w@])", say_ordinal),
     Rule("decade", r"(?<![\w.])(?:(?P<dc_c>1[1-9]|20)(?P<dc_d>\d0)|'(?P<dc_s>\d0))'?s(?![\w@])", say_decade),
     Rule("amp_letters", rf"{B}(?P<am_a>[A-Z]{{1,3}})&(?P<am_b>[A-Z]{{1,3}}){E}", say_amp_letters),
-    Rule("day_range", rf"{B}(?P<dr_a>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*)\.? ?[-–] ?"
-         r"(?P<dr_b>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*)\.?(?!\w)", say_day_range),
+    Rule(
+        "day_range",
+        rf"{B}(?P<dr_a>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*)\.? ?[-–] ?"
+        r"(?P<dr_b>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*)\.?(?!\w)",
+        say_day_range,
+    ),
     Rule("initialism", r"(?<![\w.])(?P<in_l>(?:[A-Z]\.){2,})(?!\w)", say_initialism),
     Rule("needs_number", r"(?<![\w.])(?P<nn_w>No|Nos|no|Vol|pg|pp)\.(?= ?#?\d)", say_needs_number),
     Rule("abbreviation", rf"(?<![\w.])(?P<ab_w>{_ABBR})\.(?!\w)", say_abbreviation),
     Rule("slash", r"(?<![\w/])(?P<sl_l>[A-Za-z]+|\d+)/(?P<sl_r>[A-Za-z]+|\d+)(?![\w/])", say_slash),
-    Rule("id", r"(?<![\w@.$€£#-])(?P<id>(?=[A-Za-z0-9-]*\d)(?=[A-Za-z0-9-]*[A-Za-z])"
-         r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*)(?![\w@]|-\w)", say_id),
+    Rule(
+        "id",
+        r"(?<![\w@.$€£#-])(?P<id>(?=[A-Za-z0-9-]*\d)(?=[A-Za-z0-9-]*[A-Za-z])"
+        r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*)(?![\w@]|-\w)",
+        say_id,
+    ),
     Rule("fraction", rf"{B}(?P<fr_n>\d{{1,2}})/(?P<fr_d>\d{{1,2}}){E}(?!/)", say_fraction),
-    Rule("number", r"(?<![\w.,])(?P<nu_neg>(?<![\w.,-])-)?(?P<nu_int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
-         r"(?P<nu_frac>\.\d+)?(?![\w@]|,\d{3})", say_number),
-    Rule("range_dash", r"(?<=[\d%])(?: ?[-–] ?)(?=[$€£]?\d)|(?<=[AaPp][Mm])[-–](?=\d)|(?<=[ap]\.m\.)[-–](?=\d)",
-         say_range_dash),
-    Rule("symbol", r"(?P<sy>```|\*\*|__|[&@+=~°%½¼¾—–…•#*`])", say_symbol),
+    Rule(
+        "number",
+        r"(?<![\w.,])(?P<nu_neg>(?<![\w.,-])-)?(?P<nu_int>\d{1,3}(?:,\d{3})+(?!\d)|\d+)"
+        r"(?P<nu_frac>\.\d+)?(?![\w@]|,\d{3})",
+        say_number,
+    ),
+    Rule("point", r"(?<![\w.])\.(?P<pt>\d+)(?![\w@])", lambda m: f"point {digits(m.group('pt'))}"),
+    Rule(
+        "range_dash",
+        r"(?<=[\d%])(?: ?[-–] ?)(?=[$€£]?\d)|(?<=[AaPp][Mm])[-–](?=\d)|(?<=[ap]\.m\.)[-–](?=\d)",
+        say_range_dash,
+    ),
+    Rule("symbol", r"(?P<sy>```|\*\*|__|[&@+=~°%½¼¾—–…•#*`/])", say_symbol),
     Rule("acronym", r"(?<![\w.])(?P<ac>[B-DF-HJ-NP-TV-Z]{2,5})(?!\w|\.\w)", say_acronym),
 )
 
