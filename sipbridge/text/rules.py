@@ -28,10 +28,17 @@ class Rule:
 
 
 class RuleSet:
-    """The compiled rules of one locale (immutable, shared by every normaliser of that locale)."""
+    """The compiled rules of one locale (immutable, shared by every normaliser of that locale).
 
-    def __init__(self, rules: Sequence[Rule]) -> None:
+    `gate` (optional) finds the characters without which no rule can match: digits, symbols, a period after
+    a capital... Every rule starts in the token of such a trigger or the token before it ("March" 15), so
+    the scan tries the rules only from one token before each trigger, and text without any is copied at
+    once. Same result as scanning every position, several times cheaper on ordinary words.
+    """
+
+    def __init__(self, rules: Sequence[Rule], gate: str | None = None) -> None:
         self.rules = tuple(rules)
+        self._gate = re.compile(gate) if gate else None
         self._own = tuple(re.compile(r.pattern, r.flags) for r in self.rules)
         joined = "|".join(f"(?P<_r{i}>{_inline(r)})" for i, r in enumerate(self.rules))
         self._master = re.compile(joined)
@@ -42,7 +49,7 @@ class RuleSet:
         out: list[str] = []
         pos = start
         while pos < end:
-            m = self._master.search(text, pos, end)
+            m = self._next_match(text, pos, end)
             if m is None:
                 out.append(text[pos:end])
                 break
@@ -50,6 +57,20 @@ class RuleSet:
             said, pos = self._apply(text, m, end)
             out.append(said)
         return "".join(out)
+
+    def _next_match(self, text: str, pos: int, end: int) -> re.Match[str] | None:
+        if self._gate is None:
+            return self._master.search(text, pos, end)
+        while (trigger := self._gate.search(text, pos, end)) is not None:
+            t = trigger.start()
+            lo = max(pos, _token_start(text, _token_start(text, t) - 1))
+            hi = _token_end(text, trigger.end(), end)
+            for p in range(lo, hi):
+                m = self._master.match(text, p, end)
+                if m is not None:
+                    return m
+            pos = hi
+        return None
 
     def _apply(self, text: str, m: re.Match[str], end: int) -> tuple[str, int]:
         first = self._index[m.lastgroup or ""]
@@ -63,6 +84,22 @@ class RuleSet:
                 if said is not None:
                     return said, other.end()
         return text[m.start()], m.start() + 1
+
+
+def _token_start(text: str, i: int) -> int:
+    """Start of the whitespace-separated token holding text[i] (or of the one before, if text[i] is space)."""
+    i = max(i, 0)
+    while i > 0 and text[i].isspace():
+        i -= 1
+    while i > 0 and not text[i - 1].isspace():
+        i -= 1
+    return i
+
+
+def _token_end(text: str, i: int, end: int) -> int:
+    while i < end and not text[i].isspace():
+        i += 1
+    return i
 
 
 def _inline(rule: Rule) -> str:

@@ -26,6 +26,7 @@ _TAGS = re.compile(r"\s*\[S[12]\]\s*")
 _BREAKS = re.compile(r'\s*<break\s+time="[0-9]+(?:\.[0-9]*)?s"\s*/?>\s*')
 _SENTENCE_END = re.compile(r"[.!?]+[\"')\]]*\s+|\n\s*")
 _CLAUSE_END = re.compile(r"[,;:]\s+")
+_BOUNDARY = re.compile(r"[.!?,;:\n]")
 _WORD = re.compile(r"[^\s<>]+(?:\s|$)")
 
 
@@ -54,7 +55,11 @@ class ReplyShaper:
 
     def feed(self, text: str) -> list[str]:
         """Segments completed by `text` (normalised text; a word is complete once whitespace follows)."""
-        self._buf += self._clean(text)
+        text = self._clean(text)
+        self._buf += text
+        recent = max(0, len(self._buf) - len(text) - 4)  # a boundary just before, waiting for its space
+        if not _BOUNDARY.search(self._buf, recent) and len(self._buf) < self.policy.max_words * 3:
+            return []  # no new place to cut (a streamed reply mostly arrives a word at a time)
         out = []
         while (segment := self._next_segment()) is not None:
             out.append(segment)

@@ -582,3 +582,35 @@ def test_cli_names_a_bad_lexicon_entry(tmp_path: Path) -> None:
     config.write_text("engine:\n  text:\n    lexicon:\n      - {pattern: '(', say: x}\n")
     done = _cli("--config", str(config), "hello")
     assert done.returncode == 2 and "engine.text.lexicon[0].pattern" in done.stderr
+
+
+def test_gated_scan_equals_the_full_scan() -> None:
+    """The locale's gate (rules.RuleSet) only skips text where no rule can start: the same output as
+    trying every rule at every position, on the table and on random mixtures of its words."""
+    from sipbridge.text.locales import en_us
+    from sipbridge.text.rules import RuleSet
+
+    full = RuleSet(en_us.RULES)
+    texts = [w for _, w, _ in CASES] + STREAM_TEXTS
+    words = [t for x in texts for t in x.split()]
+    rng = np.random.default_rng(7)
+    texts += [" ".join(rng.choice(words, size=int(rng.integers(1, 9)))) for _ in range(3000)]
+    for text in texts:
+        assert en_us.RULE_SET.rewrite(text) == full.rewrite(text), text
+
+
+@pytest.mark.parametrize("text", STREAM_TEXTS[:4])
+def test_streamed_segments_equal_whole_segments(text: str) -> None:
+    """Through the whole frontend: a reply streamed in small pieces reaches the engine as the same text."""
+    frontend = TextFrontend(policy=DIA2)
+
+    async def pieces():  # type: ignore[no-untyped-def]
+        for i in range(0, len(text), 3):
+            yield text[i : i + 3]
+
+    async def collect() -> list[str]:
+        return [s async for s in frontend.stream(pieces())]
+
+    streamed = asyncio.run(collect())
+    assert "".join(streamed).split() == "".join(frontend.shape(text)).split()
+    assert streamed[0].startswith("[S1] ") and sum(s.count("[S1]") for s in streamed) == 1

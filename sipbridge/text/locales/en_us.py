@@ -577,7 +577,14 @@ RULES = (
     Rule("acronym", r"(?<![\w.])(?P<ac>[B-DF-HJ-NP-TV-Z]{2,5})(?!\w|\.\w)", say_acronym),
 )
 
-RULE_SET = RuleSet(RULES)
+_LOWER_ABBR = "|".join(re.escape(k) for k in ABBREVIATIONS if k[0].islower() and "." not in k)
+# Where a rule can start near (rules.RuleSet): digits, symbols, markup, a period after a capital or inside a
+# word (initialisms, URLs), lowercase abbreviations, consonant acronyms, day ranges.
+GATE = (
+    r"[\d$€£%&@#+=~°½¼¾—–…•*`/<\[]|__|[A-Z][a-z]{0,4}\.|\.[A-Za-z]|[B-DF-HJ-NP-TV-Z]{2}"
+    rf"|(?<![\w.])(?:{_LOWER_ABBR}|no|pg|pp)\.|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*\.? ?[-–]"
+)
+RULE_SET = RuleSet(RULES, GATE)
 
 # Words that may join the next word into one reading ("March" 15, "Dr." Smith, "$5" million, "10" am):
 # the streaming normaliser holds them back until the word after them is complete.
