@@ -336,6 +336,13 @@ class TextConfig(_Section):
     segment_max_words: int = Field(
         40, ge=5, le=400, description="A sentence longer than this is cut (at a clause) into segments."
     )
+    idle_flush_ms: int = Field(
+        150,
+        ge=10,
+        le=5000,
+        description="A streamed reply (LLM, WebSocket) that pauses this long while a word or number is held "
+        "back is spoken as it stands.",
+    )
 
 
 class EngineConfig(_Section):

@@ -8,6 +8,7 @@ deployment's `engine.text.normalize`). Switched off, the text reaches the engine
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -28,6 +29,7 @@ class TextFrontend:
     normalizer: Normalizer = field(default_factory=Normalizer)
     policy: ShapePolicy = field(default_factory=ShapePolicy)
     enabled: bool = True
+    idle_flush_s: float = 0.15  # a stream paused this long with text held: read what is held
 
     @classmethod
     def from_config(cls, config: TextConfig, *, dia2: bool) -> TextFrontend:
@@ -41,7 +43,7 @@ class TextFrontend:
             short_pause_s=config.short_reply_pause_s,
             max_words=config.segment_max_words,
         )
-        return cls(Normalizer(config.locale, entries), policy, config.normalize)
+        return cls(Normalizer(config.locale, entries), policy, config.normalize, config.idle_flush_ms / 1000)
 
     def on_for(self, params: SpeakParams | None) -> bool:
         wanted = None if params is None else params.normalize
@@ -59,10 +61,36 @@ class TextFrontend:
         return ReplyShaper(self.policy).shape(self.normalizer.normalize(text))
 
     async def stream(self, text: AsyncIterator[str] | TextSource) -> AsyncIterator[str]:
+        """Segments of a streamed reply as its pieces arrive. A word is complete once whitespace follows
+        it, the stream ends, or no piece came for `idle_flush_s` while text is held: a producer that sends
+        "...first sentence." and waits for its audio (a WebSocket client) is answered, not deadlocked."""
         normalizer, shaper = StreamNormalizer(self.normalizer), ReplyShaper(self.policy)
-        async for piece in text_pieces(text):
-            for segment in shaper.feed(normalizer.feed(piece)):
-                yield segment
+        pieces = aiter(text_pieces(text))
+        upcoming: asyncio.Future[str] | None = None
+        try:
+            while True:
+                if upcoming is None:
+                    upcoming = asyncio.ensure_future(anext(pieces))
+                held = normalizer.holding or shaper.holding
+                done, _ = await asyncio.wait({upcoming}, timeout=self.idle_flush_s if held else None)
+                if not done:  # the producer paused: what is held is read as it stands
+                    said = normalizer.flush()
+                    for segment in shaper.feed(said + " " if said and not said[-1].isspace() else said):
+                        yield segment
+                    for segment in shaper.flush():
+                        yield segment
+                    continue
+                try:
+                    piece = upcoming.result()
+                except StopAsyncIteration:
+                    break
+                finally:
+                    upcoming = None
+                for segment in shaper.feed(normalizer.feed(piece)):
+                    yield segment
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
         for segment in shaper.feed(normalizer.finish()) + shaper.finish():
             yield segment
 

@@ -77,6 +77,19 @@ class ReplyShaper:
             rest = f'{rest} <break time="{policy.short_pause_s:g}s"/>'.strip()
         return [self._emit(rest)] if rest else []
 
+    @property
+    def holding(self) -> bool:
+        return bool(self._buf.strip())
+
+    def flush(self) -> list[str]:
+        """What is buffered, as a segment now (the producer paused; more of the reply may follow)."""
+        rest = self._buf.strip()
+        self._buf = ""
+        if not rest:
+            return []
+        self._words += words(rest)
+        return [self._emit(rest) + " "]
+
     def shape(self, text: str) -> list[str]:
         """A whole reply at once: like feed + finish, and a short last sentence joins the one before it
         (a stream cannot do that: the one before was already sent)."""

@@ -59,6 +59,14 @@ class StreamNormalizer:
         cut = safe_cut(self._pending, self.normalizer.locale.sticky)
         return self._release(cut) if cut else ""
 
+    @property
+    def holding(self) -> bool:
+        return bool(self._pending)
+
+    def flush(self) -> str:
+        """Everything held, read as it stands (the producer paused); the context is kept."""
+        return self._release(len(self._pending)) if self._pending else ""
+
     def finish(self) -> str:
         """Everything still held (the reply is complete); the stream is ready for a new reply."""
         out = self._release(len(self._pending))

@@ -614,3 +614,31 @@ def test_streamed_segments_equal_whole_segments(text: str) -> None:
     streamed = asyncio.run(collect())
     assert "".join(streamed).split() == "".join(frontend.shape(text)).split()
     assert streamed[0].startswith("[S1] ") and sum(s.count("[S1]") for s in streamed) == 1
+
+
+def test_a_paused_stream_is_spoken_as_it_stands() -> None:
+    """A producer that waits for audio before sending more (a WebSocket client sending a sentence without
+    a trailing space) gets its held words after `idle_flush_s`, not a deadlock; the rest still follows."""
+    frontend = TextFrontend(policy=DIA2, idle_flush_s=0.05)
+
+    async def run() -> list[str]:
+        queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+        async def pieces():  # type: ignore[no-untyped-def]
+            while (piece := await queue.get()) is not None:
+                yield piece
+
+        segments = frontend.stream(pieces())
+        queue.put_nowait("Hello, this is the first sentence.")
+        first = await asyncio.wait_for(anext(segments), 10)  # only the idle flush can produce it
+        queue.put_nowait(" It costs $5")
+        second = await asyncio.wait_for(anext(segments), 10)  # the held amount, read as it stands
+        queue.put_nowait(" today.")
+        queue.put_nowait(None)
+        return [first, second, *[s async for s in segments]]
+
+    assert asyncio.run(run()) == [
+        "[S1] Hello, this is the first sentence. ",
+        "It costs five dollars ",
+        "today.",
+    ]
