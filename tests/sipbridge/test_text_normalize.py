@@ -642,3 +642,33 @@ def test_a_paused_stream_is_spoken_as_it_stands() -> None:
         "It costs five dollars ",
         "today.",
     ]
+
+
+def test_http_generate_and_tts_normalise_unless_switched_off(tmp_path: Path) -> None:
+    """A real `sipbridge run` (espeak, a lexicon in its config): /generate and /tts speak the normalised
+    text, byte for byte what the pre-normalised text gives with normalisation off; `normalize: false`
+    speaks the text as written."""
+    import httpx
+
+    from .bridge import Bridge
+
+    lexicon = [{"word": "Acme", "say": "Ack-mee"}]
+    bridge = Bridge.start(tmp_path, {"asr": {"backend": "none"}, "engine": {"text": {"lexicon": lexicon}}})
+    try:
+        with httpx.Client(base_url=f"http://127.0.0.1:{bridge.http_port}", timeout=60) as client:
+
+            def audio(path: str, text: str, **extra: object) -> bytes:
+                response = client.post(path, json={"text": text, "format": "pcm16", **extra})
+                assert response.status_code == 200, response.text
+                return response.content
+
+            written = "Acme ID EMP-40213."
+            spoken = "Ack-mee ID E M P, four zero two, one three."
+            for path in ("/generate", "/tts"):
+                normalised = audio(path, written)
+                assert normalised == audio(path, spoken, normalize=False)
+                assert audio(path, written, normalize=False) != normalised
+            form = client.post("/generate", data={"text": written, "format": "pcm16", "normalize": "false"})
+            assert form.status_code == 200 and form.content == audio("/generate", written, normalize=False)
+    finally:
+        assert bridge.stop() == 0
