@@ -422,7 +422,7 @@ def say_range_dash(m: re.Match[str]) -> str:
     return " to "
 
 
-def say_slash(m: re.Match[str]) -> str:
+def say_slash(m: re.Match[str]) -> str | None:
     left, right = m.group("sl_l"), m.group("sl_r")
     if left.lower() == "and" and right.lower() == "or":
         return "and or"
