@@ -57,6 +57,9 @@ ABBREVIATIONS = {
     "yrs": "years", "mo": "month", "mos": "months", "wk": "week", "wks": "weeks", "est": "estimated",
     "e.g": "for example", "i.e": "that is", "a.k.a": "also known as", "Ph.D": "P H D",
 }  # fmt: skip
+ABBREVIATIONS.update(
+    {k[0].upper() + k[1:]: v[0].upper() + v[1:] for k, v in list(ABBREVIATIONS.items()) if k[0].islower()}
+)  # "Approx." at a sentence start: "Approximately"
 ABBREVIATIONS.update({m[:3]: m for m in MONTHS if m != "May"})
 ABBREVIATIONS["Sept"] = "September"
 _SECOND = {"St": "Saint", "Dr": "Drive"}  # the other reading of the two ambiguous ones
@@ -74,7 +77,46 @@ YEAR_CUES = {"in", "since", "from", "until", "till", "til", "by", "of", "during"
              "summer", "winter", "to", "and", "between"}  # fmt: skip
 # Words after which a number is read digit by digit ("zip 94107", "extension 204", "room 12").
 DIGIT_CUES = {"zip", "code", "pin", "id", "number", "extension", "ext", "account", "room", "suite", "unit",
-              "flight", "badge", "employee", "apartment", "apt", "ste", "#"}  # fmt: skip
+              "flight", "badge", "employee", "apartment", "apt", "ste", "#", "no", "ssn",
+              "digits"}  # fmt: skip
+_DIGIT_PHRASE = re.compile(
+    r"(?:\bends? in|\bending in|\blast (?:four|4|two|2)(?: digits)?(?: are| is)?):? $", re.I
+)
+# A bare 1900-2099 is a year ("the 2023 event", "Q3 2023") unless a quantity word is next to it.
+QUANTITY_BEFORE = set(
+    "about approximately approx over under nearly almost total exactly only than some another additional all "
+    "paid owe owes costs cost".split()
+)
+QUANTITY_AFTER = set(
+    "people employees units items dollars hours calls times days miles members staff customers users workers "
+    "points words pages copies feet pounds minutes seconds jobs positions applicants records".split()
+)
+_NEXT_WORD = re.compile(r"\s+([A-Za-z]+)")
+US_STATES = dict(
+    zip(
+        "AL AK AZ AR CA CO CT DE FL GA HI ID IL IN IA KS KY LA ME MD MA MI MN MS MO MT NE NV NH NJ NM NY "
+        "NC ND OH OK OR PA RI SC SD TN TX UT VT VA WA WV WI WY DC".split(),
+        "Alabama,Alaska,Arizona,Arkansas,California,Colorado,Connecticut,Delaware,Florida,Georgia,Hawaii,Idaho,"
+        "Illinois,Indiana,Iowa,Kansas,Kentucky,Louisiana,Maine,Maryland,Massachusetts,Michigan,Minnesota,"
+        "Mississippi,Missouri,Montana,Nebraska,Nevada,New Hampshire,New Jersey,New Mexico,New York,"
+        "North Carolina,North Dakota,Ohio,Oklahoma,Oregon,Pennsylvania,Rhode Island,South Carolina,"
+        "South Dakota,Tennessee,Texas,Utah,Vermont,Virginia,Washington,West Virginia,Wisconsin,"
+        "Wyoming,D C".split(","),
+        strict=True,
+    )
+)
+# fmt: off
+SPELLED = {"EST", "EDT", "CST", "CDT", "MST", "MDT", "PST", "PDT", "ET", "CT", "MT", "PT", "UTC", "GMT",
+           "IL", "HR", "CEO", "CFO", "COO", "CTO", "IT", "PTO", "FAQ", "USA", "LLC", "PO", "FY", "YoY"}
+# fmt: on
+_SPELL_AS = {"YoY": "year over year", "FY": "fiscal year", "PTO": "P T O"}
+CURRENCY_CODES = {"USD": "$", "EUR": "€", "GBP": "£"}
+# fmt: off
+UNITS = {"hr": "hour", "hrs": "hours", "h": "hour", "wk": "week", "wks": "weeks", "mo": "month", "yr": "year",
+         "yrs": "years", "min": "minute", "mins": "minutes"}
+PER_UNITS = {"hour", "hr", "h", "day", "week", "wk", "month", "mo", "year", "yr", "person", "unit", "mile",
+             "shift", "visit", "call", "item", "night"}
+# fmt: on
 TLD_WORDS = {"com", "org", "net", "gov", "info", "biz", "edu"}
 _VOWELS = set("AEIOUaeiou")
 
@@ -397,13 +439,23 @@ def say_number(m: re.Match[str]) -> str | None:
         return neg + decimal(integer, frac[1:])
     if "," not in integer:
         cue = word_before(m)
-        if cue in DIGIT_CUES:
+        if cue in DIGIT_CUES or _DIGIT_PHRASE.search(before(m, 30)):
             return digits(integer) if len(integer) <= 5 else grouped_digits(integer)
         if (len(integer) > 1 and integer[0] == "0") or len(integer) >= 7:
             return neg + grouped_digits(integer)  # an ID or account number, not an amount
-        if 1000 <= int(integer) <= 2099 and not neg and cue in YEAR_CUES:
+        if not neg and _is_year(m, int(integer), cue):
             return year(int(integer))
     return neg + cardinal(int(integer.replace(",", "")))
+
+
+def _is_year(m: re.Match[str], n: int, cue: str) -> bool:
+    if not 1000 <= n <= 2099:
+        return False
+    if cue in YEAR_CUES or re.search(r"\b(?:Q[1-4]|FY|H[12])\s*$", before(m, 6)):
+        return True
+    nxt = _NEXT_WORD.match(after(m, 20))
+    quantity = cue in QUANTITY_BEFORE or (nxt is not None and nxt.group(1).lower() in QUANTITY_AFTER)
+    return 1900 <= n <= 2099 and not quantity
 
 
 def say_fraction(m: re.Match[str]) -> str | None:
@@ -430,10 +482,12 @@ def say_slash(m: re.Match[str]) -> str | None:
         return "twenty-four seven"
     if left.isdigit() and right.isdigit():
         return None  # numbers: the fraction rule reads them
+    if left.isalpha() and right.lower() in PER_UNITS:
+        return f"{UNITS.get(left.lower(), left)} per {UNITS.get(right.lower(), right)}"
     if left.isalpha() and right.isalpha():
         return f"{left} or {right}"
     if left[-1].isdigit() and right.isalpha():
-        return f"{left} per {right}"
+        return f"{left} per {UNITS.get(right.lower(), right)}"
     return f"{left} slash {right}"
 
 
@@ -445,7 +499,7 @@ _SYMBOLS = {"&": " and ", "@": " at ", "+": " plus ", "=": " equals ", "~": " ab
 def say_symbol(m: re.Match[str]) -> str:
     sym = m.group("sy")
     if sym == "#":
-        return "number " if after(m, 1).isdigit() else "pound"
+        return "number " if after(m, 1).isalnum() else "pound"
     if sym == "*":
         return "star" if not (after(m, 1).strip() and before(m, 1).strip()) and after(m, 1) != "*" else ""
     if sym in ("`", "**", "__", "```"):
@@ -459,6 +513,8 @@ def say_amp_letters(m: re.Match[str]) -> str:
 
 
 def say_day_range(m: re.Match[str]) -> str:
+    if m.group("dr_mf"):
+        return keep_period(m, "Monday to Friday")
     first, last = (next(d for d in _DAYS if d.startswith(m.group(g)[:3])) for g in ("dr_a", "dr_b"))
     return keep_period(m, f"{first} to {last}")
 
@@ -466,6 +522,42 @@ def say_day_range(m: re.Match[str]) -> str:
 def say_digit_groups(m: re.Match[str]) -> str:
     """SSN 123-45-6789, card 4111 1111 1111 1111: each group digit by digit, a pause between groups."""
     return ", ".join(digits(g) for g in re.split(r"[ -]", m.group("dg")))
+
+
+def say_month_year(m: re.Match[str]) -> str:
+    return f"{MONTHS[int(m.group('my_m')) - 1]} {year(int(m.group('my_y')))}"
+
+
+def say_state_zip(m: re.Match[str]) -> str:
+    zip_code = m.group("sz_zip")
+    return f"{US_STATES[m.group('sz_st')]} {', '.join(digits(p) for p in zip_code.split('-'))}"
+
+
+def say_spelled(m: re.Match[str]) -> str:
+    word = m.group("sp")
+    return _SPELL_AS.get(word) or letters(word.rstrip("#"))
+
+
+def say_currency_code(m: re.Match[str]) -> str:
+    names = CURRENCIES[CURRENCY_CODES[m.group("cc_code") or m.group("cc_code2")]]
+    return money_words(m.group("cc_amt") or m.group("cc_amt2"), None, "", names)
+
+
+def say_version(m: re.Match[str]) -> str:
+    return " point ".join(cardinal(int(p)) if len(p) < 4 else digits(p) for p in m.group("ver").split("."))
+
+
+def say_times(m: re.Match[str]) -> str:
+    return f"{cardinal(int(m.group('tx_n')))} times"
+
+
+def say_degrees(m: re.Match[str]) -> str:
+    unit = {"F": " Fahrenheit", "C": " Celsius"}.get(m.group("dg_u") or "", "")
+    return f"{number_words(m.group('dg_n'))} degrees{unit}"
+
+
+def say_direction(m: re.Match[str]) -> str:
+    return {"N": "North", "S": "South", "E": "East", "W": "West"}[m.group("dir")]
 
 
 def say_acronym(m: re.Match[str]) -> str:
@@ -500,6 +592,13 @@ RULES = (
         rf"{B}(?P<dg>\d{{3}}-\d{{2}}-\d{{4}}|\d{{4}}(?: \d{{4}}){{3}}|\d{{4}}(?:-\d{{4}}){{3}}){E}(?![-\d])",
         say_digit_groups,
     ),
+    Rule("month_year", rf"{B}(?P<my_m>0?[1-9]|1[0-2])/(?P<my_y>(?:19|20)\d\d){E}(?!/)", say_month_year),
+    Rule(
+        "state_zip",
+        rf"(?<![\w.])(?P<sz_st>{'|'.join(US_STATES)}),? (?P<sz_zip>\d{{5}}(?:-\d{{4}})?){E}(?!-)",
+        say_state_zip,
+    ),
+    Rule("version", rf"{B}(?P<ver>\d+\.\d+\.\d+(?:\.\d+)*){E}(?!\.\d)", say_version),
     Rule(
         "iso_date", rf"{B}(?P<iso_y>\d{{4}})-(?P<iso_m>\d{{1,2}})-(?P<iso_d>\d{{1,2}}){E}(?!-)", say_iso_date
     ),
@@ -532,6 +631,14 @@ RULES = (
         say_money,
     ),
     Rule(
+        "currency_code",
+        rf"{B}(?:(?P<cc_code>USD|EUR|GBP) ?(?P<cc_amt>{AMOUNT})"
+        rf"|(?P<cc_amt2>{AMOUNT}) ?(?P<cc_code2>USD|EUR|GBP)){E}",
+        say_currency_code,
+    ),
+    Rule("degrees", rf"(?<![\w.])(?P<dg_n>-?(?:{AMOUNT})) ?° ?(?P<dg_u>[FC])?(?!\w)", say_degrees),
+    Rule("times", r"(?<![\w.])(?P<tx_n>\d{1,3})x(?!\w)", say_times),
+    Rule(
         "percent",
         rf"(?<![\w.])(?P<pc_neg>-)?(?P<pc_a>{AMOUNT})(?: ?[-–] ?(?P<pc_b>{AMOUNT}))? ?%",
         say_percent,
@@ -546,9 +653,13 @@ RULES = (
     Rule("amp_letters", rf"{B}(?P<am_a>[A-Z]{{1,3}})&(?P<am_b>[A-Z]{{1,3}}){E}", say_amp_letters),
     Rule(
         "day_range",
-        rf"{B}(?P<dr_a>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*)\.? ?[-–] ?"
-        r"(?P<dr_b>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*)\.?(?!\w)",
+        rf"{B}(?:(?P<dr_a>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*)\.? ?[-–] ?"
+        r"(?P<dr_b>(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*)\.?|(?P<dr_mf>M-F))(?!\w)",
         say_day_range,
+    ),
+    Rule("direction", r"(?<=\d )(?P<dir>[NSEW])\.(?= )", say_direction),
+    Rule(
+        "spelled", rf"(?<![\w.])(?P<sp>{'|'.join(sorted(SPELLED, key=len, reverse=True))})(?!\w)", say_spelled
     ),
     Rule("initialism", r"(?<![\w.])(?P<in_l>(?:[A-Z]\.){2,})(?!\w)", say_initialism),
     Rule("needs_number", r"(?<![\w.])(?P<nn_w>No|Nos|no|Vol|pg|pp)\.(?= ?#?\d)", say_needs_number),
@@ -556,7 +667,7 @@ RULES = (
     Rule("slash", r"(?<![\w/])(?P<sl_l>[A-Za-z]+|\d+)/(?P<sl_r>[A-Za-z]+|\d+)(?![\w/])", say_slash),
     Rule(
         "id",
-        r"(?<![\w@.$€£#-])(?P<id>(?=[A-Za-z0-9-]*\d)(?=[A-Za-z0-9-]*[A-Za-z])"
+        r"(?<![\w@.$€£-])(?P<id>(?=[A-Za-z0-9-]*\d)(?=[A-Za-z0-9-]*[A-Za-z])"
         r"[A-Za-z0-9]+(?:-[A-Za-z0-9]+)*)(?![\w@]|-\w)",
         say_id,
     ),
@@ -581,15 +692,16 @@ _LOWER_ABBR = "|".join(re.escape(k) for k in ABBREVIATIONS if k[0].islower() and
 # Where a rule can start near (rules.RuleSet): digits, symbols, markup, a period after a capital or inside a
 # word (initialisms, URLs), lowercase abbreviations, consonant acronyms, day ranges.
 GATE = (
-    r"[\d$€£%&@#+=~°½¼¾—–…•*`/<\[]|__|[A-Z][a-z]{0,4}\.|\.[A-Za-z]|[B-DF-HJ-NP-TV-Z]{2}"
-    rf"|(?<![\w.])(?:{_LOWER_ABBR}|no|pg|pp)\.|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*\.? ?[-–]"
+    r"[\d$€£%&@#+=~°½¼¾—–…•*`/<\[]|__|[A-Z][a-z]{0,6}\.|\.[A-Za-z]|[A-Z]{2}|[A-Z][a-z][A-Z]|M-F"
+    rf"|(?<![\w.])(?:{_LOWER_ABBR}|no|pg|pp)\.|[a-z]+/[a-z]+|(?:Mon|Tue|Wed|Thu|Fri|Sat|Sun)[a-z]*\.? ?[-–]"
 )
 RULE_SET = RuleSet(RULES, GATE)
 
 # Words that may join the next word into one reading ("March" 15, "Dr." Smith, "$5" million, "10" am):
 # the streaming normaliser holds them back until the word after them is complete.
 _STICKY = re.compile(
-    rf"[\d$€£#+(]|^(?:{_MONTH}|{_ABBR}|No|Nos|Vol|pg|pp)\.?[,]?$|^[-–/&@]+$|[-–/]$|^<",
+    rf"[\d$€£#+(]|^(?:{_MONTH}|{_ABBR}|No|Nos|Vol|pg|pp)\.?[,]?$|^[-–/&@°]+$|[-–/]$|^<"
+    rf"|^(?:{'|'.join(US_STATES)}|USD|EUR|GBP),?$|^(?:no|pg|pp)\.$",
 )
 
 
