@@ -62,7 +62,8 @@ ABBREVIATIONS.update(
 )  # "Approx." at a sentence start: "Approximately"
 ABBREVIATIONS.update({m[:3]: m for m in MONTHS if m != "May"})
 ABBREVIATIONS["Sept"] = "September"
-_SECOND = {"St": "Saint", "Dr": "Drive"}  # the other reading of the two ambiguous ones
+_TITLE_OR_PLACE = {"Dr": ("Doctor", "Drive"), "St": ("Saint", "Street")}  # the two ambiguous ones
+_MID_SENTENCE = {"e.g", "i.e", "a.k.a", "vs", "approx", "est"}
 _ABBR = "|".join(sorted((re.escape(k) for k in (*ABBREVIATIONS, *TITLES)), key=len, reverse=True))
 _NEEDS_NUMBER = {"No": "number", "Nos": "numbers", "no": "number", "Vol": "volume", "pg": "page",
                  "pp": "pages"}  # fmt: skip
@@ -288,7 +289,7 @@ def _meridiem(text: str | None) -> str | None:
 
 
 def clock(h: int, mi: int, ap: str | None) -> str:
-    if ap is None and (h > 12 or h == 0 or (mi and h < 12 and False)):
+    if ap is None and (h > 12 or h == 0):  # 24-hour time: said the 12-hour way with A M / P M
         ap = "P M" if h >= 12 else "A M"
         h = h - 12 if h > 12 else (12 if h == 0 else h)
     if h == 12 and mi == 0 and ap is not None:
@@ -384,13 +385,13 @@ def say_initialism(m: re.Match[str]) -> str:
 
 def say_abbreviation(m: re.Match[str]) -> str | None:
     word = m.group("ab_w")
-    if word in TITLES or word in _SECOND:
+    if word in _TITLE_OR_PLACE:
         return say_title_or_place(m, word)
-    said = ABBREVIATIONS.get(word)
+    said = TITLES.get(word) or ABBREVIATIONS.get(word)
     if said is None:
         return None
-    if word in ("e.g", "i.e", "a.k.a", "etc", "vs", "approx", "est"):
-        return keep_period(m, said) if word == "etc" else said
+    if word in TITLES or word.lower() in _MID_SENTENCE:
+        return said  # these never end a sentence: their period is not one
     return keep_period(m, said)
 
 
@@ -402,17 +403,11 @@ def say_title_or_place(m: re.Match[str], word: str) -> str:
     """Dr. and St.: "Dr. Smith" Doctor, "Elm Dr." Drive; "St. Louis" Saint, "Main St." Street. A title comes
     before a capitalised name and not after a street name (a number or a capitalised word that does not
     start the sentence)."""
-    nxt = after(m, 2)
-    prev = before(m, 40)
+    title, place = _TITLE_OR_PLACE[word]
+    nxt, prev = after(m, 2), before(m, 40)
     name_follows = nxt[:1] == " " and nxt[1:2].isupper()
     street_before = bool(_STREET_BEFORE.search(prev)) and not _SENTENCE_START.search(prev)
-    if word in TITLES and word not in _SECOND:
-        return TITLES[word]
-    title = TITLES.get(word, "Saint")
-    place = ABBREVIATIONS.get(word, "Drive") if word == "St" else _SECOND[word]
-    if name_follows and not street_before:
-        return title
-    return keep_period(m, place)
+    return title if name_follows and not street_before else keep_period(m, place)
 
 
 def say_needs_number(m: re.Match[str]) -> str:
