@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from sipbridge.config import TextConfig
 
 DIA2_TAG = "[S1]"
+LONG_TEXT_CHARS = 400
 _WARM_UP = "Dr. Smith paid $1.50 on 03/15/2019 at 5pm; call (415) 555-0132 or EMP-40213 at a@b.com."
 
 
@@ -60,8 +61,16 @@ class TextFrontend:
         if not self.on_for(params):
             return text
         if isinstance(text, str):
-            return _from_list(self.shape(text))
+            return self._whole(text)
         return self.stream(text)
+
+    async def _whole(self, text: str) -> AsyncIterator[str]:
+        # ~0.3 ms per 30 words: a long text (an HTTP client's 2000 characters of digits, ~50 ms) is read on a
+        # worker thread so the event loop keeps feeding every call's audio meanwhile.
+        long = len(text) > LONG_TEXT_CHARS
+        segments = await asyncio.to_thread(self.shape, text) if long else self.shape(text)
+        for segment in segments:
+            yield segment
 
     def shape(self, text: str) -> list[str]:
         return ReplyShaper(self.policy).shape(self.normalizer.normalize(text))
@@ -99,8 +108,3 @@ class TextFrontend:
                 upcoming.cancel()
         for segment in shaper.feed(normalizer.finish()) + shaper.finish():
             yield segment
-
-
-async def _from_list(segments: list[str]) -> AsyncIterator[str]:
-    for segment in segments:
-        yield segment

@@ -64,9 +64,19 @@ def grouped_digits(text: str) -> str:
     return ", ".join(groups)
 
 
+MAX_WORDS_DIGITS = 15  # longer numbers (up to the hundreds of trillions) are read digit by digit
+
+
+def integer_words(text: str) -> str:
+    """An integer as written ("52,300"): in words, or digit by digit when it is too long to say as a
+    number (num2words refuses huge values, int() refuses 4300+ digits: a reply must never fail on it)."""
+    plain = text.replace(",", "")
+    return cardinal(int(plain)) if len(plain) <= MAX_WORDS_DIGITS else grouped_digits(plain)
+
+
 def decimal(integer: str, fraction: str) -> str:
     """ "3", "14" three point one four; "", "5" point five. `integer` may have thousands commas."""
-    whole = cardinal(int(integer.replace(",", ""))) + " " if integer else ""
+    whole = integer_words(integer) + " " if integer else ""
     return f"{whole}point {digits(fraction)}" if fraction else whole.strip()
 
 

@@ -12,11 +12,14 @@ is passed through and the scan goes on. Text no rule matches (ordinary words) is
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 Say = Callable[[re.Match[str]], str | None]
+log = logging.getLogger(__name__)
+MAX_TOKEN_CHARS = 120  # longer runs without a space are no number, date or address: copied as written
 
 
 @dataclass(frozen=True)
@@ -63,8 +66,12 @@ class RuleSet:
             return self._master.search(text, pos, end)
         while (trigger := self._gate.search(text, pos, end)) is not None:
             t = trigger.start()
-            lo = max(pos, _token_start(text, _token_start(text, t) - 1))
+            token = _token_start(text, t)
+            lo = max(pos, _token_start(text, token - 1))
             hi = _token_end(text, trigger.end(), end)
+            if hi - token > MAX_TOKEN_CHARS:  # trying every start in it would cost its length squared
+                pos = hi
+                continue
             for p in range(lo, hi):
                 m = self._master.match(text, p, end)
                 if m is not None:
@@ -74,16 +81,26 @@ class RuleSet:
 
     def _apply(self, text: str, m: re.Match[str], end: int) -> tuple[str, int]:
         first = self._index[m.lastgroup or ""]
-        said = self.rules[first].say(m)
+        said = _say(self.rules[first], m)
         if said is not None and m.end() > m.start():
             return said, m.end()
         for i in range(first + 1, len(self.rules)):  # the first rule declined: try the later ones here
             other = self._own[i].match(text, m.start(), end)
             if other is not None and other.end() > other.start():
-                said = self.rules[i].say(other)
+                said = _say(self.rules[i], other)
                 if said is not None:
                     return said, other.end()
         return text[m.start()], m.start() + 1
+
+
+def _say(rule: Rule, m: re.Match[str]) -> str | None:
+    """A rule that fails on some input (a library refusing a value) declines it: the text is then read by
+    the later rules or as written, and the reply is still spoken."""
+    try:
+        return rule.say(m)
+    except Exception:  # any failure of one reading must not cost the call its reply
+        log.warning("text rule %s failed on %r", rule.name, m.group(0)[:80], exc_info=True)
+        return None
 
 
 def _token_start(text: str, i: int) -> int:
@@ -96,10 +113,12 @@ def _token_start(text: str, i: int) -> int:
     return i
 
 
+_SPACE = re.compile(r"\s")
+
+
 def _token_end(text: str, i: int, end: int) -> int:
-    while i < end and not text[i].isspace():
-        i += 1
-    return i
+    space = _SPACE.search(text, i, end)
+    return space.start() if space else end
 
 
 def _inline(rule: Rule) -> str:

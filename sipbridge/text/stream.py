@@ -16,14 +16,17 @@ from sipbridge.text.normalizer import Normalizer
 
 CONTEXT_CHARS = 48  # released text kept for the rules' look-behind ("in" 2019, "Main" St.)
 MAX_HOLD_CHARS = 240  # a run of sticky words longer than this is released anyway (bounded delay)
+MAX_WORD_CHARS = 400  # a piece of text this long without whitespace is released as it stands
 
 
 def safe_cut(text: str, sticky: Callable[[str], bool]) -> int:
     """How much of `text` can be normalised now: up to the trailing incomplete word and any sticky words
     just before it. The cut always sits right after whitespace (or at 0)."""
     complete = len(text)
-    while complete > 0 and not text[complete - 1].isspace():
+    while complete > 0 and not text[complete - 1].isspace() and len(text) - complete <= MAX_WORD_CHARS:
         complete -= 1
+    if len(text) - complete > MAX_WORD_CHARS:
+        return len(text)  # a "word" this long never ends: let it go rather than hold it forever
     cut = complete
     if complete == len(text) and complete > 1 and text[:complete].rstrip().endswith("."):
         # Nothing after the space yet: whether "p.m." or "Inc." ended the sentence depends on the next

@@ -701,3 +701,29 @@ def test_http_generate_and_tts_normalise_unless_switched_off(tmp_path: Path) -> 
             assert form.status_code == 200 and form.content == audio("/generate", written, normalize=False)
     finally:
         assert bridge.stop() == 0
+
+
+@pytest.mark.parametrize(
+    ("written", "spoken"),
+    [
+        ("$" + "9" * 20, "nine nine nine, " * 6 + "nine nine dollars"),
+        ("9" * 18 + "th", ("nine nine nine, " * 6)[:-2]),
+        ("Owe " + "1" * 5000 + " now", "Owe " + "1" * 5000 + " now"),  # too long to be a number: as written
+        ("x" * 300 + "@acme.com", "x" * 300 + "@acme.com"),
+        ("A" * 3000, "A" * 3000),
+    ],
+)
+def test_hostile_text_is_spoken_never_fails(written: str, spoken: str) -> None:
+    """Numbers too long for words are read digit by digit (num2words and int() refuse huge values) and
+    runs without spaces longer than rules.MAX_TOKEN_CHARS are copied: no reply fails on its text."""
+    assert normalize(written) == spoken
+
+
+def test_a_failing_rule_declines_instead_of_failing_the_reply() -> None:
+    from sipbridge.text.rules import Rule, RuleSet
+
+    def broken(m: object) -> str:
+        raise OverflowError("a library refused the value")
+
+    rules = RuleSet([Rule("broken", r"(?P<b>\d+)", broken), Rule("digits", r"(?P<d>\d+)", lambda m: "N")])
+    assert rules.rewrite("a 12 b") == "a N b"

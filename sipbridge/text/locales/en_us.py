@@ -16,10 +16,12 @@ import phonenumbers
 
 from sipbridge.text.numbers_en import (
     DIGITS,
+    MAX_WORDS_DIGITS,
     cardinal,
     decimal,
     digits,
     grouped_digits,
+    integer_words,
     ordinal,
     plural_tens,
     year,
@@ -154,7 +156,7 @@ def number_words(text: str) -> str:
     whole, _, frac = text.partition(".")
     if frac:
         return decimal(whole, frac)
-    return cardinal(int(whole.replace(",", "")))
+    return integer_words(whole)
 
 
 def keep_period(m: re.Match[str], said: str) -> str:
@@ -336,6 +338,8 @@ def money_words(amount: str, second: str | None, scale: str, names: tuple[str, s
     if scale:
         return f"{number_words(amount)} {scale} {many}"
     whole_text, _, frac = amount.partition(".")
+    if len(whole_text.replace(",", "")) > MAX_WORDS_DIGITS:
+        return f"{integer_words(whole_text)}{' point ' + digits(frac) if frac else ''} {many}"
     whole = int(whole_text.replace(",", "") or "0")
     if len(frac) > 2:
         return f"{number_words(amount)} {many}"
@@ -364,7 +368,8 @@ def say_year_range(m: re.Match[str]) -> str | None:
 
 
 def say_ordinal(m: re.Match[str]) -> str:
-    return ordinal(int(m.group("or_n").replace(",", "")))
+    n = m.group("or_n").replace(",", "")
+    return ordinal(int(n)) if len(n) <= MAX_WORDS_DIGITS else grouped_digits(n)
 
 
 def say_decade(m: re.Match[str]) -> str:
@@ -438,9 +443,9 @@ def say_number(m: re.Match[str]) -> str | None:
             return digits(integer) if len(integer) <= 5 else grouped_digits(integer)
         if (len(integer) > 1 and integer[0] == "0") or len(integer) >= 7:
             return neg + grouped_digits(integer)  # an ID or account number, not an amount
-        if not neg and _is_year(m, int(integer), cue):
+        if len(integer) <= 4 and not neg and _is_year(m, int(integer), cue):
             return year(int(integer))
-    return neg + cardinal(int(integer.replace(",", "")))
+    return neg + integer_words(integer)
 
 
 def _is_year(m: re.Match[str], n: int, cue: str) -> bool:
