@@ -6,7 +6,8 @@
 Reports (JSON): ms/frame and frames/s for one call with CFG on and off; time to first audio (TTFA:
 ``speak()`` called → first 24 kHz chunk ready on the host) p50/p95 over 20 turns on a call with a warm
 30 s context; turn ingest ms per second of caller audio (Mimi encode + one prefill); per-call frames/s
-and p95 TTFA at 1, 8, 32, 64, 128 concurrent calls; peak GPU memory. Weights are random, so the words
+and p95 TTFA at 1, 8, 32, 64, 128, 192, 256 concurrent calls (`--calls`), whether each holds real time
+(12.5 frames/s) with p95 TTFA <= 200 ms, and peak GPU memory per size. Weights are random, so the words
 the model "says" mean nothing; every number here is a function of shapes only (TTFA is 18 steps by
 construction of the delay pattern, whatever the weights).
 """
@@ -249,13 +250,22 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tiny", action="store_true", help="tiny fixture checkpoint (CPU smoke test)")
     p.add_argument("--preset", default="2b", choices=["2b", "1b"])
     p.add_argument("--device", default=None)
-    p.add_argument("--calls", default="1,8,32,64,128")
+    p.add_argument("--calls", default="1,8,32,64,128,192,256")
+    p.add_argument("--max-context-steps", type=int, default=None,
+                   help="cache slots per call (default: the config's 1500); smaller only to fit more calls")
     p.add_argument("--no-graphs", action="store_true")
+    p.add_argument("--load-only", action="store_true",
+                   help="only the concurrency section (skips CFG off, 1 call and the warm-context TTFA)")
     p.add_argument("--no-lane", action="store_true", help="lead-in in line (no lane steps): the old policy")
     p.add_argument("--no-overlap", action="store_true", help="Mimi decode in line, not on a second stream")
     p.add_argument("--no-kernels", action="store_true", help="depformer on the compiled torch functions")
     p.add_argument("--pdl", action="store_true",
-                   help="Triton kernels with programmatic dependent launch (Hopper; EngineOptions.pdl)")
+                   help="insist on programmatic dependent launch (default: on where it can run)")
+    p.add_argument("--no-pdl", action="store_true",
+                   help="Triton kernels without programmatic dependent launch")
+    p.add_argument("--kernel-max-calls", type=int, default=None,
+                   help="buckets of more calls run the compiled torch functions "
+                   "(EngineOptions.kernel_max_calls; default: the engine's; 0: kernels at every size)")
     p.add_argument("--no-first-chunk-first", action="store_true",
                    help="lane steps up to the rate budget even while a call waits for its first chunk")
     args = p.parse_args(argv)
@@ -263,7 +273,7 @@ def main(argv: list[str] | None = None) -> int:
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     if args.tiny:
         torch.set_num_threads(1)
-        args.calls = "1,2,4" if args.calls == "1,8,32,64,128" else args.calls
+        args.calls = "1,2,4" if args.calls == "1,8,32,64,128,192,256" else args.calls
     device = torch.device(args.device)
     counts = [int(c) for c in args.calls.split(",")]
     steps = 40 if args.tiny else 100
@@ -286,7 +296,12 @@ def main(argv: list[str] | None = None) -> int:
         torch.cuda.reset_peak_memory_stats()
     common = {"cuda_graphs": not args.no_graphs, "seed": 0, "lead_in_lane": not args.no_lane,
               "overlap_mimi": not args.no_overlap, "first_chunk_first": not args.no_first_chunk_first,
-              "kernels": False if args.no_kernels else None, "pdl": args.pdl}
+              "kernels": False if args.no_kernels else None,
+              "pdl": False if args.no_pdl else (True if args.pdl else None),
+
+              "max_context_steps": args.max_context_steps}
+    if args.kernel_max_calls is not None:
+        common["kernel_max_calls"] = args.kernel_max_calls or None
     if args.tiny:  # the fixture's context is 160 steps: a 4 s voice and short replies must fit in it
         common.update(reply_reserve_steps=40, max_reply_steps=100)
     args.out.parent.mkdir(parents=True, exist_ok=True)
@@ -294,17 +309,14 @@ def main(argv: list[str] | None = None) -> int:
     def save() -> None:  # after every section, so a run cut short still leaves its numbers
         args.out.write_text(json.dumps(result, indent=2) + "\n")
 
-    # One call, CFG off: its own engine with one row per call.
-    t0 = time.perf_counter()
-    solo = Engine(model, ids, encoder, mimi, EngineOptions(capacity=1, cfg=False, **common))
-    result["capture_s_cfg_off"] = time.perf_counter() - t0
-    dep = solo.fused.kernels if solo.fused is not None else None
-    result["path"] = {"fused": solo.fused is not None, "kernels": dep is not None,
-                      "pdl": bool(dep and dep.pdl)}
-    result["one_call_cfg_off"] = frames_per_second(solo, 1, steps, SpeakOptions(cfg_scale=1.0))
-    logger.info("1 call, CFG off: %s", result["one_call_cfg_off"])
-    save()
-    del solo
+    if not args.load_only:  # one call, CFG off: its own engine with one row per call
+        t0 = time.perf_counter()
+        solo = Engine(model, ids, encoder, mimi, EngineOptions(capacity=1, cfg=False, **common))
+        result["capture_s_cfg_off"] = time.perf_counter() - t0
+        result["one_call_cfg_off"] = frames_per_second(solo, 1, steps, SpeakOptions(cfg_scale=1.0))
+        logger.info("1 call, CFG off: %s", result["one_call_cfg_off"])
+        save()
+        del solo
 
     t0 = time.perf_counter()
     engine = Engine(model, ids, encoder, mimi, EngineOptions(capacity=max(counts), cfg=True, **common))
@@ -312,35 +324,56 @@ def main(argv: list[str] | None = None) -> int:
     result["buckets"] = engine.buckets
     result["graphs_captured"] = sorted(engine._graphs)
     result["graph_errors"] = engine.graph_errors
-    result["one_call_cfg_on"] = frames_per_second(engine, 1, steps, opts)
-    logger.info("1 call: %s", result["one_call_cfg_on"])
-    save()
-    result["ttfa_warm_context"] = ttfa_warm(engine, opts, context_s, turns, caller_s)
-    warm = result["ttfa_warm_context"]
-    logger.info("TTFA p50 %.1f p95 %.1f ms, ingest %.1f ms/s", warm["ttfa_p50_ms"], warm["ttfa_p95_ms"],
-                warm["ingest_ms_per_s_median"])
-    save()
+    dep = engine.fused.kernels if engine.fused is not None else None
+    result["path"] = {"fused": engine.fused is not None, "kernels": dep is not None,
+                      "pdl": bool(dep and dep.pdl), "max_context_steps": engine.max_steps,
+                      "kernel_max_calls": engine.options.kernel_max_calls, "buckets": engine.buckets}
+    if not args.load_only:
+        result["one_call_cfg_on"] = frames_per_second(engine, 1, steps, opts)
+        logger.info("1 call: %s", result["one_call_cfg_on"])
+        save()
+        result["ttfa_warm_context"] = ttfa_warm(engine, opts, context_s, turns, caller_s)
+        warm = result["ttfa_warm_context"]
+        logger.info("TTFA p50 %.1f p95 %.1f ms, ingest %.1f ms/s", warm["ttfa_p50_ms"], warm["ttfa_p95_ms"],
+                    warm["ingest_ms_per_s_median"])
+        save()
+    if device.type == "cuda":
+        result["gpu_memory_after_capture_gib"] = torch.cuda.memory_allocated(device) / 2**30
     result["concurrency"] = []
     for n in counts:
+        if device.type == "cuda":
+            torch.cuda.reset_peak_memory_stats()
         row = concurrency(engine, n, steps + 2 * n // 8, opts)
+        if device.type == "cuda":
+            row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        # Issue 23's bar: every call at real time (12.5 frames/s) and p95 first audio <= 200 ms.
+        p95 = row["ttfa_p95_ms"]
+        row["real_time"] = row["frames_per_s_per_call"] >= 12.5
+        row["holds"] = row["real_time"] and p95 is not None and p95 <= 200.0
         logger.info("%d calls: %s", n, row)
         result["concurrency"].append(row)
         save()
     if device.type == "cuda":
-        result["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+        result["peak_gpu_memory_gib"] = max(
+            [r["peak_gpu_memory_gib"] for r in result["concurrency"]]
+            + [result["gpu_memory_after_capture_gib"]]
+        )
+        result["kv_cache_gib"] = sum(t.numel() * t.element_size() for t in (
+            engine.buf.cache.keys, engine.buf.cache.values)) / 2**30
     save()
 
-    one = result["one_call_cfg_on"]
-    w = result["ttfa_warm_context"]
     print(f"{what} on {result['device']}")
-    print(f"1 call CFG on : {one['ms_per_frame']:.2f} ms/frame, {one['frames_per_s_per_call']:.1f} frames/s")
-    off = result["one_call_cfg_off"]
-    print(f"1 call CFG off: {off['ms_per_frame']:.2f} ms/frame, {off['frames_per_s_per_call']:.1f} frames/s")
-    print(f"TTFA warm: p50 {w['ttfa_p50_ms']:.1f} ms, p95 {w['ttfa_p95_ms']:.1f} ms; "
-          f"ingest {w['ingest_ms_per_s_median']:.1f} ms per s of audio")
+    if not args.load_only:
+        one, off, w = result["one_call_cfg_on"], result["one_call_cfg_off"], result["ttfa_warm_context"]
+        for label, row in (("CFG on ", one), ("CFG off", off)):
+            ms, fps = row["ms_per_frame"], row["frames_per_s_per_call"]
+            print(f"1 call {label}: {ms:.2f} ms/frame, {fps:.1f} frames/s")
+        print(f"TTFA warm: p50 {w['ttfa_p50_ms']:.1f} ms, p95 {w['ttfa_p95_ms']:.1f} ms; "
+              f"ingest {w['ingest_ms_per_s_median']:.1f} ms per s of audio")
     for row in result["concurrency"]:
         print(f"{row['calls']:4d} calls: {row['frames_per_s_per_call']:.1f} frames/s per call, "
-              f"TTFA p50 {row['ttfa_p50_ms']} p95 {row['ttfa_p95_ms']} ms, {row['lane_steps']} lane steps")
+              f"TTFA p50 {row['ttfa_p50_ms']} p95 {row['ttfa_p95_ms']} ms, {row['lane_steps']} lane steps, "
+              f"holds {row.get('holds')}, peak {row.get('peak_gpu_memory_gib', 0):.1f} GiB")
     if "peak_gpu_memory_gib" in result:
         print(f"peak GPU memory {result['peak_gpu_memory_gib']:.1f} GiB")
     return 0

@@ -81,14 +81,19 @@ class Conversation:
         audio = torch.as_tensor(audio, dtype=torch.float32).reshape(-1)
         return audio if sample_rate == 24000 else resample_linear(audio, sample_rate, 24000)
 
-    async def set_voice(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> None:
-        """The AI's voice (speaker 1): audio and its words with timings. Resets the conversation."""
-        await self._run(self._engine.set_voice, self._call, self._to_24k(audio, sample_rate), words)
+    async def set_voice(
+        self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord],
+        partner: VoicePrompt | None = None,
+    ) -> None:
+        """The AI's voice (speaker 1): audio and its words with timings. Resets the conversation.
+        ``partner``: a speaker-2 prefix heard after it (:meth:`dia2.engine.Engine.set_voice_prompt`)."""
+        await self._run(self._engine.set_voice, self._call, self._to_24k(audio, sample_rate), words, partner)
 
-    async def set_voice_prompt(self, prompt: VoicePrompt) -> None:
-        """The AI's voice from precomputed codes (:func:`encode_voice`). Resets the conversation; a voice
-        that does not fit the context raises :class:`~dia2.engine.ContextOverflowError`, nothing changed."""
-        await self._run(self._engine.set_voice_prompt, self._call, prompt)
+    async def set_voice_prompt(self, prompt: VoicePrompt, partner: VoicePrompt | None = None) -> None:
+        """The AI's voice from precomputed codes (:func:`encode_voice`), with an optional speaker-2
+        ``partner`` prefix. Resets the conversation; a voice that does not fit the context raises
+        :class:`~dia2.engine.ContextOverflowError`, nothing changed."""
+        await self._run(self._engine.set_voice_prompt, self._call, prompt, partner)
 
     async def user_spoke_prompt(self, prompt: VoicePrompt) -> None:
         """The caller's turn from precomputed codes (:func:`encode_voice`)."""

@@ -50,7 +50,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128)
+# Batch buckets: powers of two up to 128 calls, then steps of 64 (a 192-call batch need not run 256 rows).
+DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 320, 384)
 MIMI_PRIME_FRAMES = 17  # known frames decoded (and discarded) before a reply's first frame
 
 
@@ -74,9 +75,15 @@ class EngineOptions:
     # path. None → on where it can run (CUDA + Triton); True insists (CPU: only under TRITON_INTERPRET=1).
     kernels: bool | None = None
     # Launch those kernels with programmatic dependent launch: each starts (and prefetches its weights
-    # into L2) while the previous one finishes (dia2/kernels.py pdl_supported). Needs the kernels on a
-    # Hopper or later GPU. Off by default until it is measured on one (docs/PERFORMANCE.md).
-    pdl: bool = False
+    # into L2) while the previous one finishes (dia2/kernels.py pdl_supported). None → on where it can
+    # run (the kernels on a Hopper or later GPU): measured on an H200, bit-identical and 1.5 % faster at
+    # one call (docs/PERFORMANCE.md, "Issue 23"). True insists (an error where it cannot run).
+    pdl: bool | None = None
+    # Buckets of more calls than this run the compiled torch functions (cuBLAS) instead of the Triton
+    # kernels, whose tiles are tuned for a few rows (None: the kernels at every size). 64: on an H200
+    # the torch main step at 256 calls took 24.6 ms against the kernels' 29.7, and the engine held
+    # 21.7 / 19.8 frames/s per call at 192 / 256 calls against 21.4 / 18.6 (docs/PERFORMANCE.md).
+    kernel_max_calls: int | None = 64
     skip_lead_in: bool = True  # no depformer on steps whose codebook 1..K-1 codes are all known
     # Attention reads only the first L cache slots, L the smallest of these covering every row of the
     # step's bucket (one main graph per batch bucket and length); the full length is always added.
@@ -182,7 +189,9 @@ class CallState:
     codes: torch.Tensor
     text: list[tuple[int, int]]
     segments: list[tuple[str, int, int]] = field(default_factory=list)
-    voice: tuple[torch.Tensor, list[Entry], list[int]] | None = None
+    # The voice prefix, one (codes, entries, forced word steps) per speaker: the AI's (speaker 1) and
+    # optionally a partner's (speaker 2); both are kept through every turn drop and re-warm.
+    voice: list[tuple[torch.Tensor, list[Entry], list[int]]] | None = None
     turn: _Turn | None = None
     dropped_segments: int = 0
     closed: bool = False
@@ -287,7 +296,9 @@ class Engine:
 
             kernels, pdl = _kernel_choice(opts, model, self._cuda)
             self.fused = FusedFrame(model, self.consts, self.branches, compile=opts.compile and self._cuda,
-                                    kernels=kernels, capacity=opts.capacity, pdl=pdl)
+                                    kernels=kernels, capacity=opts.capacity, pdl=pdl,
+                                    kernel_max_rows=None if opts.kernel_max_calls is None
+                                    else opts.kernel_max_calls * self.branches)
         self.lead_steps = 0
         self.kv_buckets = sorted({b for b in opts.kv_buckets if 0 < b < self.max_steps} | {self.max_steps})
         # Host mirror of each slot's next cache slot (never below the device's): picks the step's length.
@@ -305,6 +316,9 @@ class Engine:
         self._host_text = torch.zeros(r, 2, dtype=torch.long, pin_memory=pin)
         self._host_pcm = torch.zeros(opts.capacity, mimi.frame_size, pin_memory=pin)
         self._host_codes = torch.zeros(opts.capacity, self.num_codebooks, dtype=torch.long, pin_memory=pin)
+        # Per call: the step's sampler produced an impossible code (frame.FrameBuffers.bad_code).
+        self._host_bad = torch.zeros(opts.capacity, dtype=torch.bool, pin_memory=pin)
+        self.invalid_codes = 0  # replies ended because a sampler produced a code Mimi cannot decode
         self.calls: dict[int, CallState] = {}
         self.steps_run = 0
         self.mimi_encodes = 0  # Mimi encoder runs (voices, caller turns): what cached VoicePrompts save
@@ -408,25 +422,43 @@ class Engine:
         """The longest voice a call takes: it must leave a reply its reserve (``reply_reserve_steps``)."""
         return max(self.max_steps - 1 - self.options.reply_reserve_steps, 0)
 
-    def check_voice(self, prompt: VoicePrompt) -> None:
-        """:class:`ContextOverflowError` if ``prompt`` is too long to be a call's voice."""
-        if prompt.frames > self.max_voice_frames:
+    def check_voice(self, prompt: VoicePrompt, partner: VoicePrompt | None = None) -> None:
+        """:class:`ContextOverflowError` if ``prompt`` (with ``partner``) is too long to be a call's voice."""
+        frames = prompt.frames + (partner.frames if partner is not None else 0)
+        if frames > self.max_voice_frames:
             raise ContextOverflowError(
-                "voice", prompt.frames, self.max_voice_frames, self.max_steps, self.frame_rate,
+                "voice" if partner is None else "voice with its partner prefix", frames,
+                self.max_voice_frames, self.max_steps, self.frame_rate,
                 f" and a reply needs reply_reserve_steps={self.options.reply_reserve_steps}",
             )
 
-    def set_voice(self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord]) -> None:
-        """The AI's voice: mono 24 kHz audio and its words (speaker 1). Resets the call."""
-        self.set_voice_prompt(call, self.encode_voice(audio, int(self.mimi.sample_rate), words))
+    def set_voice(
+        self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord],
+        partner: VoicePrompt | None = None,
+    ) -> None:
+        """The AI's voice: mono 24 kHz audio and its words (speaker 1). Resets the call. ``partner``:
+        see :meth:`set_voice_prompt`."""
+        self.set_voice_prompt(call, self.encode_voice(audio, int(self.mimi.sample_rate), words), partner)
 
-    def set_voice_prompt(self, call: CallState, prompt: VoicePrompt) -> None:
+    def set_voice_prompt(
+        self, call: CallState, prompt: VoicePrompt, partner: VoicePrompt | None = None
+    ) -> None:
         """The AI's voice from precomputed codes (:meth:`encode_voice`). Resets the call. A voice that
-        does not fit raises before anything changes: the call keeps its previous voice and context."""
-        self.check_voice(prompt)
+        does not fit raises before anything changes: the call keeps its previous voice and context.
+
+        ``partner``: a second speaker's turn (speaker 2, e.g. a recorded caller saying a sentence) heard
+        after the voice, as upstream's ``--prefix-s2``. Dia2 was trained on two-speaker dialogue; with only
+        speaker 1's prefix the first replies of a call (before the caller's own audio is in the context)
+        can drift away from the voice. Both prefixes are part of the voice: kept through every context
+        drop and re-warm, re-ingested by :meth:`reset`."""
+        self.check_voice(prompt, partner)
         entries, steps = words_to_entries(prompt.words, self.encoder, "[S1]", self.frame_rate)
         # Upstream's +3 "legacy" shift of speaker 1's forced word starts, kept for the voice prefix.
-        call.voice = (prompt.codes, entries, [s + SPEAKER1_STEP_OFFSET for s in steps])
+        voice = [(prompt.codes, entries, [s + SPEAKER1_STEP_OFFSET for s in steps])]
+        if partner is not None:
+            entries2, steps2 = words_to_entries(partner.words, self.encoder, "[S2]", self.frame_rate)
+            voice.append((partner.codes, entries2, steps2))
+        call.voice = voice
         self.reset(call)
 
     def reset(self, call: CallState) -> None:
@@ -437,8 +469,7 @@ class Engine:
         call.codes = torch.zeros(self.num_codebooks, 0, dtype=torch.long)
         call.text = [(self.ids.bos, self.ids.pad)]
         call.segments = []
-        if call.voice is not None:
-            codes, entries, steps = call.voice
+        for codes, entries, steps in call.voice or []:
             self._ingest(call, "voice", codes, entries, steps)
 
     def user_spoke(self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord]) -> None:
@@ -484,7 +515,11 @@ class Engine:
         self._ensure_room(call, self.options.reply_reserve_steps)
         script = ScriptStream(self.encoder, self.ids, self.frame_rate)
         state = call.machine
+        # Only the reply's own words from here on (ingest already cleared these; a reply never re-enters
+        # entries of a voice prefix or of a caller turn).
         state.entries.clear()
+        state.pending_tokens.clear()
+        state.lookahead_tokens.clear()
         state.awaiting_text = more_text
         # A reply starts like upstream's generation: fresh padding counters, no end of script yet.
         state.padding_budget = state.forced_padding = self.options.initial_padding
@@ -613,12 +648,14 @@ class Engine:
             self._run_depformer(n, lead)
         self._decode_step_audio(n, reset)
         self._host_codes[:n].copy_(self.buf.emitted[:n], non_blocking=self._cuda)
+        self._host_bad[:n].copy_(self.buf.bad_code[:n], non_blocking=self._cuda)
         if self._cuda:
             torch.cuda.current_stream().synchronize()
         self.steps_run += 1
+        bad = self._host_bad[:n].tolist()
         for call in calls:
             self._host_index[call.slot] += 1
-            self._after_step(call)
+            self._after_step(call, bad[call.slot])
 
     def _decode_step_audio(self, n: int, reset: list[int]) -> None:
         """Mimi decode of the step's completed frames. On the second stream (CUDA, ``overlap_mimi``) it
@@ -702,13 +739,15 @@ class Engine:
             self._advance_text(call, actions[i])
         r = self.options.capacity * self.branches
         self.buf.text_in[:r].copy_(self._host_text[:r], non_blocking=self._cuda)
+        self._host_bad[:m].copy_(self.lane.bad_code[:m], non_blocking=self._cuda)  # lane entry order
         if self._cuda:
             torch.cuda.current_stream().synchronize()
         self.lane_steps += 1
         self.lead_steps += 1
-        for call in lane:
+        bad = self._host_bad[:m].tolist()
+        for i, call in enumerate(lane):
             self._host_index[call.slot] += 1
-            self._after_step(call)
+            self._after_step(call, bad[i])
 
     def _prime_finished_lead_ins(self, calls: list[CallState]) -> None:
         """Lane mode: a call whose lead-in just ended gets its Mimi row reset and fed the known frames
@@ -809,7 +848,7 @@ class Engine:
         self._host_text[rows, 0] = out.main
         self._host_text[rows, 1] = out.second
 
-    def _after_step(self, call: CallState) -> None:
+    def _after_step(self, call: CallState, bad_code: bool = False) -> None:
         turn = call.turn
         assert turn is not None
         t = self._step_of(call)
@@ -823,6 +862,14 @@ class Engine:
             self._pending.append((turn, call.slot, AudioChunk(self._host_pcm[call.slot], codes, frame, t)))
         if turn.end_step is None and call.machine.end_step is not None:
             turn.end_step = call.machine.end_step
+        if bad_code:
+            # The frame math replaced the code (frame._write_code), so nothing invalid reaches Mimi or
+            # the decoder; the reply cannot be trusted any more, so it ends here (complete frames kept).
+            self.invalid_codes += 1
+            logger.error("call %d: the sampler produced an audio code outside 0..%d at step %d; "
+                         "reply ended", call.slot, self.consts.code_limit - 1, t)
+            self._finish_turn(call)
+            return
         finished = (
             (turn.end_step is not None and t + 1 >= turn.end_step + self.max_delay + self.machine.max_padding)
             or turn.steps >= self.options.max_reply_steps
@@ -929,8 +976,12 @@ class Engine:
             token = self.ids.new_word if t in forced else self.ids.pad
             out = self.machine.process(t, state, token, forced=True)
             call.text.append((out.main, out.second))
-        # Words whose forced start lies past the audio are dropped, not spoken by the next reply.
+        # Words whose forced start lies past the audio are dropped, not spoken by the next reply, and so
+        # are the unspelled pieces of a word started near the end (main stream) and the look-ahead pieces
+        # of the words after it (second stream): a reply must never read the prefix's transcript aloud.
         state.entries.clear()
+        state.pending_tokens.clear()
+        state.lookahead_tokens.clear()
         call.codes = torch.cat([call.codes, codes.to(torch.long)], dim=1)
         call.segments.append((kind, a0, a0 + n))
         return self._prefill(call, a0, a0 + n)
@@ -1106,14 +1157,13 @@ def _kernel_choice(opts: EngineOptions, model: Dia2Model, cuda: bool) -> tuple[b
         if why is not None and opts.kernels:
             raise ValueError(f"EngineOptions.kernels=True, but the depformer kernels cannot run: {why}")
         kernels = why is None and (opts.kernels or cuda)
-    pdl = False
-    if opts.pdl:
-        why = "the Triton kernels are off"
-        if kernels:
-            from .kernels import pdl_supported
+    if opts.pdl is False:
+        return kernels, False
+    why = "the Triton kernels are off"
+    if kernels:
+        from .kernels import pdl_supported
 
-            why = pdl_supported(model.device)
-        if why is not None:
-            raise ValueError(f"EngineOptions.pdl=True, but the kernels cannot use PDL: {why}")
-        pdl = True
-    return kernels, pdl
+        why = pdl_supported(model.device)
+    if why is not None and opts.pdl:
+        raise ValueError(f"EngineOptions.pdl=True, but the kernels cannot use PDL: {why}")
+    return kernels, why is None

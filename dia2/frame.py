@@ -91,6 +91,10 @@ class FrameBuffers:
     code: torch.Tensor  # [N] token of codebook 0 as fed to the depformer
     action: torch.Tensor  # [N] sampled action (0 stay, 1 new word)
     emitted: torch.Tensor  # [N, K] codes of frame t - max_delay + 1, complete after this step
+    # [N] bool: this step's sampler produced a code outside 0..code_limit-1 (audio BOS/PAD, the
+    # "ungenerated" marker, anything out of range) for the call. The code was replaced before it was
+    # stored, so it reaches neither the decoder's embeddings nor Mimi; the engine ends that call's reply.
+    bad_code: torch.Tensor
     pcm: torch.Tensor  # [N, frame_size] decoded audio of ``emitted``
     cache: DecoderCache
     dep_cache: DepformerCache
@@ -125,6 +129,7 @@ class FrameBuffers:
             code=torch.zeros(capacity, dtype=torch.long, device=dev),
             action=torch.zeros(capacity, dtype=torch.long, device=dev),
             emitted=torch.zeros(capacity, k, dtype=torch.long, device=dev),
+            bad_code=torch.zeros(capacity, dtype=torch.bool, device=dev),
             pcm=torch.zeros(capacity, frame_size, device=dev),
             cache=model.allocate_decoder_cache(cache_rows, max_steps),
             dep_cache=model.allocate_depformer_cache(r),
@@ -161,16 +166,30 @@ class FrameConstants:
     cfg_filter_k: int
     max_top_k: int
 
+    @property
+    def code_limit(self) -> int:
+        """Codes a frame may hold: ``0 .. code_limit - 1`` (Mimi's codebook; Dia2's audio BOS/PAD ids
+        2048/2049 sit just above it and are decoder inputs only, never codes to decode)."""
+        return min(self.ids.audio_pad, self.ids.audio_bos)
+
 
 def _write_code(buf: FrameBuffers, consts: FrameConstants, k: int, token: torch.Tensor) -> torch.Tensor:
     """Store codebook k's token for frame ``step + 1 - delay[k]``; returns the token the frame really
-    has (the known code where that frame is known, else ``token``)."""
+    has (the known code where that frame is known, else ``token``).
+
+    A token outside ``0 .. code_limit - 1`` cannot come out of the samplers (codebook 0 masks BOS/PAD,
+    the depformer's logits are cut at ``code_limit``), but if one ever did it would crash the Mimi
+    decoder (and, for ids outside the audio vocabulary, the decoder's own embeddings) on CUDA: it is
+    replaced by code 0 here and the call is flagged in ``buf.bad_code`` for the engine to end its reply."""
+    invalid = (token < 0) | (token >= consts.code_limit)
+    token = torch.where(invalid, torch.zeros_like(token), token)
     frame = buf.step + 1 - consts.delays[k]
     slot = frame.remainder(RING).view(-1, 1)
     row = buf.ring[:, k]
     old = row.gather(1, slot).squeeze(1)
     forced = (frame < buf.known) & (frame >= 0)
     keep = forced | (frame < 0) | ~buf.active
+    buf.bad_code.logical_or_(invalid & ~keep)  # only a code that would have been kept matters
     row.scatter_(1, slot, torch.where(keep, old, token).view(-1, 1))
     return torch.where(forced, old, token)
 
@@ -188,6 +207,7 @@ def main_phase(
     ``kv_len`` limits attention to the first ``kv_len`` cache slots (every row's next slot must lie
     below it): masked slots contribute nothing, so the result is the same while a step under load
     reads a fraction of the 1500-slot cache instead of all of it."""
+    buf.bad_code.zero_()
     cache = buf.cache
     if kv_len is not None and kv_len < cache.max_steps:
         cache = DecoderCache(cache.keys[..., :kv_len, :], cache.values[..., :kv_len, :])
@@ -262,7 +282,7 @@ def finish_phase(buf: FrameBuffers, consts: FrameConstants) -> None:
 
 
 # Per-call and per-row state a lane step reads from / writes back to the master buffers.
-_LANE_CALL_FIELDS = ("step", "known", "active", "ring", "cfg_scale")
+_LANE_CALL_FIELDS = ("step", "known", "active", "ring", "cfg_scale")  # bad_code: main_phase zeroes it
 _LANE_ROW_FIELDS = ("text_in", "positions", "cache_index")
 
 

@@ -175,7 +175,7 @@ class FusedFrame:
 
     def __init__(
         self, model: Dia2Model, consts: FrameConstants, branches: int, *, compile: bool,
-        kernels: bool = False, capacity: int = 0, pdl: bool = False,
+        kernels: bool = False, capacity: int = 0, pdl: bool = False, kernel_max_rows: int | None = None,
     ) -> None:
         cfg = model.config
         eps = cfg.model.normalization_layer_epsilon
@@ -242,17 +242,23 @@ class FusedFrame:
         self.fn = fns
         self.kernels: DepformerKernels | None = None
         self.main_kernels: MainKernels | None = None
+        # Batches of more decoder rows than this take the compiled torch functions (EngineOptions.
+        # kernel_max_calls); decided per call from static shapes, so each captured bucket keeps one path.
+        self.kernel_max_rows = kernel_max_rows
         if kernels:
             self.kernels = DepformerKernels(model, consts, branches, capacity, pdl=pdl)
             self.main_kernels = MainKernels(model, capacity * branches, pdl=pdl)
 
     # ---------------------------------------------------------------------------------------------
 
+    def _kernel_rows(self, rows: int) -> bool:
+        return self.kernel_max_rows is None or rows <= self.kernel_max_rows
+
     def main(
         self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
     ) -> DecoderStepOutput:
         """``MainDecoder.forward`` with the layers through the shared functions."""
-        if self.main_kernels is not None:
+        if self.main_kernels is not None and self._kernel_rows(tokens.shape[0]):
             return self.main_kernels.run(tokens, positions, cache_index, cache)
         tr = self.model.transformer
         dtype = tr.norm.weight.dtype
@@ -278,7 +284,7 @@ class FusedFrame:
         self, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None = None
     ) -> None:
         """Codebooks 1..K-1 for every call of ``buf`` (``frame.depformer_phase``'s stage loop)."""
-        if self.kernels is not None:
+        if self.kernels is not None and self._kernel_rows(buf.hidden.shape[0]):
             self.kernels.run(buf, gen)
             return
         depf = self.model.depformer

@@ -232,8 +232,10 @@ def run_generation(
 
     with torch.inference_mode():
         start = 0
+        prefix_words = 0
         if prefix is not None:
             start = _warm_up(loop, machine, state, prefix)
+            prefix_words = _end_prefix(state, len(prefix_entries))
         if options.prefix_consistent_positions:
             position_shift = loop.cache_len - start
         else:
@@ -260,8 +262,8 @@ def run_generation(
 
     words = state.transcript
     if prefix is not None and not options.include_prefix_audio:
-        # Upstream drops the prefix's words by count, not by step.
-        words = words[len(prefix_entries):]
+        # Upstream drops the prefix's words by count, not by step (the ones the warm-up consumed).
+        words = words[prefix_words:]
     timestamps = [(w, (step - crop) / frame_rate) for w, step in words if step - crop >= 0]
     return GenerationOutput(
         audio_tokens=cropped,
@@ -290,6 +292,24 @@ def _warm_up(loop: _Loop, machine: StateMachine, state: MachineState, prefix: Pr
         main, second = loop.machine_step(machine, state, t, token, forced=True)
         loop.set_text(main, second)
     return max(prefix.aligned_frames - 1, 0)
+
+
+def _end_prefix(state: MachineState, prefix_entries: int) -> int:
+    """After the warm-up: the state machine never re-enters the prefix. Prefix words the warm-up did not
+    start (a forced start at or past the prefix's last frame, e.g. by speaker 1's +3 shift, or a start
+    skipped while the previous word was still being spelled) are dropped, and so are the unspelled
+    pieces of the last prefix word; the second stream's look-ahead is dropped when it may hold a dropped
+    word (otherwise it already looks into the script, as upstream's). Upstream keeps them all, and the
+    model then reads the prefix's transcript aloud at the start of its reply (a failure users of
+    upstream's streaming servers reported). Returns how many prefix words were started."""
+    started = len(state.transcript)
+    dropped = prefix_entries - len(state.consumption_times)
+    for _ in range(dropped):
+        state.entries.popleft()
+    state.pending_tokens.clear()
+    if dropped:
+        state.lookahead_tokens.clear()
+    return started
 
 
 def _generate_frames(

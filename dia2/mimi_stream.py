@@ -242,6 +242,7 @@ class StreamingMimiDecoder:
         self.dtype: torch.dtype = param.dtype
         self.batch_size = int(batch_size)
         self.frame_size = int(config.frame_size)
+        self.codebook_size = int(config.codebook_size)
 
         self._refresh_codebooks()
         spec = _StateSpec()
@@ -382,11 +383,18 @@ class StreamingMimiDecoder:
 
         The output continues each row's stream; it is what ``MimiModel.decode`` of all of the row's codes
         since its last reset returns for these frames (up to float rounding). Not clamped to [-1, 1].
+
+        Codes outside ``0 .. codebook_size - 1`` (Dia2's BOS/PAD 2048/2049, the -2 "ungenerated" marker)
+        are decoded as code 0: an out-of-range lookup here would be a device-side assert that takes the
+        whole CUDA context (every call) down, and this runs inside captured graphs, where it cannot raise.
+        The engine never sends one (frame._write_code replaces and reports them); this is the last guard.
         """
         if codes.dim() != 3 or codes.shape[0] != self.batch_size:
             raise ValueError(f"codes must be [{self.batch_size}, K, n], got {tuple(codes.shape)}")
         state = self.state
-        latents = self.model.quantizer.decode(codes.to(self.device))  # [B, C, n], stateless per frame
+        codes = codes.to(self.device)
+        codes = torch.where((codes >= 0) & (codes < self.codebook_size), codes, torch.zeros_like(codes))
+        latents = self.model.quantizer.decode(codes)  # [B, C, n], stateless per frame
         x = latents.to(self.dtype)
         if self._upsample is not None:
             x = self._upsample(x, state)  # [B, C, n * steps_per_frame]

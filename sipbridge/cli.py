@@ -15,10 +15,15 @@ from sipbridge import __version__
 from sipbridge.config import ConfigError, LoadedConfig, dump_masked_yaml, load_config, schema_markdown
 from sipbridge.logs import setup_logging
 from sipbridge.store import StoreError
+from sipbridge.tools import call as call_tool
+from sipbridge.tools import doctor as doctor_tool
 
 log = logging.getLogger("sipbridge")
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
+
+# Subcommands that live in a module of their own: each has add_parser(subparsers) and run(args) -> exit code.
+_TOOLS = {"call": call_tool, "doctor": doctor_tool}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -98,6 +103,19 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument(
         "--db", metavar="FILE", help="SQLite database (default: the config's storage.sqlite_path)"
     )
+    for tool in _TOOLS.values():
+        tool.add_parser(sub)
+    flow = sub.add_parser("flow", help="check a conversation flow without a call")
+    flow_sub = flow.add_subparsers(dest="flow_command", required=True, metavar="ACTION")
+    flow_test = flow_sub.add_parser(
+        "test", help="run a flow on typed answers: each step, the intent found, the results as JSON"
+    )
+    flow_test.add_argument("flow_file", metavar="FLOW.yaml", help="state flow file (docs/AGENTS.md)")
+    flow_test.add_argument(
+        "--answers", default="", help='caller answers separated by "|"; "(silence)" and "(dtmf 0)" too'
+    )
+    flow_test.add_argument("--var", action="append", metavar="NAME=VALUE", help="call variable (repeatable)")
+    flow_test.add_argument("--json", action="store_true", help="print the whole run as one JSON document")
 
     from sipbridge.text import cli as text_cli
 
@@ -140,9 +158,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
 
+    if args.command in _TOOLS:  # they load their config themselves and choose their own exit codes
+        return int(_TOOLS[args.command].run(args))
+
     if args.command == "config-reference":
         sys.stdout.write(schema_markdown())
         return EXIT_OK
+
+    if args.command == "flow":
+        from sipbridge.agents.flowtest import flow_test_command
+
+        return flow_test_command(args)
 
     if args.command == "check-config" and args.file and args.config:
         parser.error("give the config file either as FILE or as --config, not both")

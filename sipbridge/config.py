@@ -16,7 +16,8 @@ from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from importlib import resources
 from pathlib import Path
-from typing import Any, Generic, Literal, TypeVar
+from types import UnionType
+from typing import Any, Generic, Literal, TypeVar, Union, get_args, get_origin
 
 import yaml
 from pydantic import (
@@ -25,6 +26,7 @@ from pydantic import (
     Field,
     SecretStr,
     ValidationError,
+    ValidationInfo,
     field_validator,
     model_validator,
 )
@@ -37,7 +39,47 @@ KeyPath = tuple[str | int, ...]
 CALLS_PER_WORKER = 4
 
 
-class _Section(BaseModel):
+# YAML 1.1 reads unquoted yes/no/on/off as booleans, and pydantic would take a boolean as the number 1 or 0
+# (`max_calls: yes` meant one call) and 1/0/"y" as booleans. Numbers and booleans never stand in for each
+# other here. Strings are still read, since `${ENV}` substitution yields strings: a number's digits, and for a
+# boolean the YAML words (flow files read yes/no as words, so `interruptible: no` stays a boolean there).
+_BOOL_WORDS = {"true": True, "false": False, "yes": True, "no": False, "on": True, "off": False}
+
+
+def _scalar_kind(annotation: Any) -> type | None:
+    """bool, int or float if the annotation is one of them (or it | None), else None (left to pydantic)."""
+    args = get_args(annotation) if get_origin(annotation) in (Union, UnionType) else (annotation,)
+    kinds = [arg for arg in args if arg is not type(None)]
+    return kinds[0] if len(kinds) == 1 and kinds[0] in (bool, int, float) else None
+
+
+def strict_scalar(kind: type | None, value: Any) -> Any:
+    if kind is None or value is None:
+        return value
+    if kind is bool:
+        if isinstance(value, str) and value.strip().lower() in _BOOL_WORDS:
+            return _BOOL_WORDS[value.strip().lower()]
+        if not isinstance(value, bool):
+            raise ValueError("must be true or false")
+    elif isinstance(value, bool):
+        raise ValueError(
+            f"must be a number, not the boolean {str(value).lower()} (YAML reads unquoted yes/no/on/off as"
+            " booleans)"
+        )
+    return value
+
+
+class StrictScalars(BaseModel):
+    """Mixin of every model our YAML files load into: numbers and booleans are not interchangeable."""
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_scalars(cls, value: Any, info: ValidationInfo) -> Any:
+        field_info = cls.model_fields.get(info.field_name or "")
+        return value if field_info is None else strict_scalar(_scalar_kind(field_info.annotation), value)
+
+
+class _Section(StrictScalars):
     """Base for every config section: unknown keys are errors, values are immutable once loaded."""
 
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
@@ -222,6 +264,14 @@ class VadConfig(_Section):
         " stop_hangover_ms ends the turn (early ASR: the words are ready sooner). Speech after it discards"
         " that run. Must be below stop_hangover_ms; null = transcribe only when the turn has ended.",
     )
+    preroll_ms: int = Field(
+        200,
+        ge=0,
+        le=1000,
+        description="Audio kept before the detected start of a caller turn and given to ASR with it, so a"
+        " soft first syllable the VAD scored as silence is not cut (docs/AUDIO.md has the WER with and"
+        " without). Word timings are measured from the start of that audio.",
+    )
     barge_in_min_ms: int = Field(
         200,
         ge=0,
@@ -250,6 +300,7 @@ class VadConfig(_Section):
             min_turn_ms=self.min_turn_ms,
             max_turn_ms=self.max_turn_ms,
             pause_ms=self.pause_ms,
+            preroll_ms=self.preroll_ms,
         )
 
 
@@ -408,8 +459,10 @@ class LlmAgentConfig(_Section):
     timeout_s: float = Field(
         5.0, gt=0, le=120, description="Connect/first-token timeout; the fallback line is said after it."
     )
-    tools: list[Literal["hang_up", "transfer", "send_dtmf", "set_result", "end_call"]] = Field(
-        ["hang_up", "set_result", "end_call"],
+    tools: list[
+        Literal["hang_up", "transfer", "send_dtmf", "set_result", "record_answer", "end_call"]
+    ] = Field(
+        ["hang_up", "set_result", "record_answer", "end_call"],
         description="Actions offered to the model as functions (docs/AGENTS.md).",
     )
     transfer_target: str | None = Field(
@@ -584,6 +637,64 @@ class _UniqueKeyLoader(yaml.SafeLoader):
     """SafeLoader that refuses duplicate keys (PyYAML silently keeps the last one)."""
 
 
+# An alias (`*name`) repeats its anchor's whole subtree. Composing shares the node, but everything after it
+# (key walk, construction, `${ENV}` substitution, validation) sees the expanded tree, so nine nested lists of
+# nine aliases (~0.4 KB, a "billion laughs") cost minutes and gigabytes. Aliases may add this many nodes to
+# what is written, which no real config, flow or campaign comes near.
+ALIAS_EXPANSION_LIMIT = 100_000
+
+
+class _AliasTooLarge(Exception):
+    pass
+
+
+class YamlRefused(yaml.YAMLError):
+    """Well-formed YAML we will not expand: an alias bomb, an alias cycle, absurd nesting."""
+
+
+def _expanded_nodes(node: yaml.Node, memo: dict[int, int], active: set[int]) -> int:
+    """Nodes in the tree `node` stands for once every alias is expanded; linear in the nodes written."""
+    key = id(node)
+    if key in memo:
+        return memo[key]
+    if key in active:
+        raise _AliasTooLarge("an alias refers to a node that contains it (a cycle)")
+    active.add(key)
+    total = 1
+    if isinstance(node, yaml.MappingNode):
+        for k, v in node.value:
+            total += _expanded_nodes(k, memo, active) + _expanded_nodes(v, memo, active)
+    elif isinstance(node, yaml.SequenceNode):
+        total += sum(_expanded_nodes(item, memo, active) for item in node.value)
+    active.discard(key)
+    memo[key] = total
+    return total
+
+
+def _check_aliases(node: yaml.Node) -> None:
+    memo: dict[int, int] = {}
+    total = _expanded_nodes(node, memo, set())
+    if total - len(memo) > ALIAS_EXPANSION_LIMIT:
+        raise _AliasTooLarge(
+            f"aliases (*name) expand {len(memo)} written nodes to {total}; at most {ALIAS_EXPANSION_LIMIT}"
+            " more than written are allowed"
+        )
+
+
+def compose_bounded(text: str, loader: type[yaml.SafeLoader] = _UniqueKeyLoader) -> yaml.Node | None:
+    """`yaml.compose`, refusing alias bombs, alias cycles and nesting deeper than Python's stack allows
+    (as yaml.YAMLError, so every caller reports them like any other YAML problem)."""
+    try:
+        node = yaml.compose(text, Loader=loader)
+        if node is not None:
+            _check_aliases(node)
+    except RecursionError:
+        raise YamlRefused("nested too deeply") from None
+    except _AliasTooLarge as exc:
+        raise YamlRefused(str(exc)) from None
+    return node
+
+
 def _walk_nodes(
     node: yaml.Node, path: KeyPath, origin: str, origins: Origins, issues: list[ConfigIssue]
 ) -> None:
@@ -642,11 +753,12 @@ def _parse_yaml(
     loader: type[yaml.SafeLoader] = yaml.SafeLoader,
 ) -> dict[str, Any]:
     try:
-        node = yaml.compose(text, Loader=_UniqueKeyLoader)
+        node = compose_bounded(text)
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f"{origin}:{mark.line + 1}" if mark is not None else origin
-        issues.append(ConfigIssue("", f"not valid YAML: {getattr(exc, 'problem', exc)}", where))
+        what = "YAML refused" if isinstance(exc, YamlRefused) else "not valid YAML"
+        issues.append(ConfigIssue("", f"{what}: {getattr(exc, 'problem', exc)}", where))
         return {}
     if node is None:
         return {}
@@ -669,7 +781,7 @@ def parse_override(override: str) -> tuple[KeyPath, Any]:
     if any(not part for part in path):
         raise ConfigError([ConfigIssue(key, "empty part in dotted key", "--set")])
     try:
-        value = yaml.safe_load(raw) if raw.strip() else ""
+        value = yaml.safe_load(raw) if raw.strip() and compose_bounded(raw, yaml.SafeLoader) else ""
     except yaml.YAMLError as exc:
         raise ConfigError([ConfigIssue(key, f"value is not valid YAML: {exc}", "--set")]) from exc
     return path, value
@@ -678,6 +790,8 @@ def parse_override(override: str) -> tuple[KeyPath, Any]:
 def _apply_override(data: dict[str, Any], path: KeyPath, value: Any, origins: Origins) -> list[ConfigIssue]:
     node: dict[str, Any] = data
     for depth, part in enumerate(path[:-1]):
+        if str(part) not in node:  # a section the override creates: its problems are the override's
+            origins.lines[path[: depth + 1]] = "--set"
         child = node.setdefault(str(part), {})
         if not isinstance(child, dict):
             return [
@@ -744,15 +858,23 @@ def load_yaml_model(
     if issues:
         raise ConfigError(issues)
     data = _substitute_env(data, (), env, origins, issues)
-    for override in overrides:
-        key_path, value = parse_override(override)
+    for override in overrides:  # every bad one is reported, not only the first
+        try:
+            key_path, value = parse_override(override)
+        except ConfigError as exc:
+            issues.extend(exc.issues)
+            continue
         issues.extend(_apply_override(data, key_path, value, origins))
+    try:
+        loaded = LoadedYaml(model.model_validate(data), origins)
+    except ValidationError as exc:
+        # A key already reported (an unset ${VAR}, an override that could not be applied) is not reported
+        # again for the empty value it was left with.
+        known = {issue.path for issue in issues}
+        issues.extend(issue for issue in _validation_issues(exc, origins) if issue.path not in known)
     if issues:
         raise ConfigError(issues)
-    try:
-        return LoadedYaml(model.model_validate(data), origins)
-    except ValidationError as exc:
-        raise ConfigError(list(_validation_issues(exc, origins))) from None
+    return loaded
 
 
 def load_config(

@@ -77,12 +77,14 @@ class SpeechStarted(CallFrame):
 
 @dataclass(frozen=True)
 class TurnEnded(CallFrame):
-    """A caller turn, boundaries in call media time, with its 8 kHz audio."""
+    """A caller turn, boundaries in call media time, with its 8 kHz audio: `pcm` starts at `pcm_start_ms`,
+    `vad.preroll_ms` before the speech `start_ms` (ASR word times are from there)."""
 
     start_ms: int
     end_ms: int
     reason: str
     pcm: bytes = dataclasses.field(repr=False)
+    pcm_start_ms: int | None = None  # None: the pcm starts at start_ms
 
 
 @dataclass(frozen=True)
@@ -93,6 +95,7 @@ class TurnPaused(CallFrame):
     start_ms: int
     end_ms: int
     pcm: bytes = dataclasses.field(repr=False)
+    pcm_start_ms: int | None = None  # as TurnEnded's
 
 
 @dataclass(frozen=True)

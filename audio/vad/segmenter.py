@@ -8,7 +8,9 @@ returns events:
 * :class:`TurnEnd` once ``stop_hangover_ms`` of non-speech follows, or when the turn reaches
   ``max_turn_ms``. ``end`` is the end of the last speech frame, so for a silence-ended turn
   ``end == time the event was emitted - stop_hangover_ms`` (rounded up to whole frames). ``pcm`` holds the
-  samples from ``start`` to ``end``;
+  samples from ``pcm_start`` to ``end``: ``preroll_ms`` of audio before ``start`` (less only at the very
+  start of the stream), so a soft first syllable the classifier scored below threshold is still there for
+  ASR. Times measured inside ``pcm`` (ASR word timings) are from ``pcm_start``;
 * :class:`TurnDropped` instead of TurnEnd when the turn was shorter than ``min_turn_ms`` (a cough, a click,
   a noise burst): a consumer that paused playback on SpeechStart resumes it;
 * :class:`SpeechPaused` (only with ``pause_ms`` set) once ``pause_ms`` of non-speech follows speech inside a
@@ -21,9 +23,9 @@ All times are integer milliseconds from the first frame of the stream, on 20 ms 
 
 A classifier decides late: Silero's probability rises a window or two after speech begins and stays up a
 little after it ends. Each backend states that lag (``onset_lag_ms``/``offset_lag_ms``, measured by
-bench/vad_quality.py) and the segmenter moves ``start`` and ``end`` back by it, keeping a few pre-roll frames
-so ``pcm`` still covers [start, end). The silence needed to close a turn is counted from the corrected
-``end``, so ``TurnEnd`` is still emitted exactly ``stop_hangover_ms`` after ``end``.
+bench/vad_quality.py) and the segmenter moves ``start`` and ``end`` back by it, keeping pre-roll frames so
+``pcm`` covers [start, end) plus ``preroll_ms`` before it. The silence needed to close a turn is counted from
+the corrected ``end``, so ``TurnEnd`` is still emitted exactly ``stop_hangover_ms`` after ``end``.
 
 The Silero backend uses hysteresis as Silero's own iterator does: a turn starts at ``threshold`` and
 continues while the probability stays above ``threshold - 0.15``.
@@ -68,6 +70,7 @@ class VadSettings:
     min_turn_ms: int = 200  # shorter turns are dropped as noise
     max_turn_ms: int = 30000  # a turn this long is ended by force
     pause_ms: int | None = None  # silence inside a turn that sends SpeechPaused; None: never
+    preroll_ms: int = 200  # audio kept in a turn's pcm before its (lag-corrected) start
 
     def __post_init__(self) -> None:
         if self.backend not in ("silero", "webrtc"):
@@ -76,7 +79,7 @@ class VadSettings:
             raise ValueError(f"vad.aggressiveness must be 0..3, got {self.aggressiveness}")
         if not 0.0 < self.threshold < 1.0:
             raise ValueError(f"vad.threshold must be in (0, 1), got {self.threshold}")
-        for name in ("start_hangover_ms", "stop_hangover_ms", "min_turn_ms"):
+        for name in ("start_hangover_ms", "stop_hangover_ms", "min_turn_ms", "preroll_ms"):
             if getattr(self, name) < 0:
                 raise ValueError(f"vad.{name} must be >= 0, got {getattr(self, name)}")
         if self.max_turn_ms <= self.min_turn_ms:
@@ -94,8 +97,13 @@ class SpeechStart:
 class TurnEnd:
     start: int  # ms, as SpeechStart.t
     end: int  # ms: end of the last speech frame
-    pcm: npt.NDArray[np.int16] = field(repr=False)  # samples [start, end) at the stream's rate
+    pcm: npt.NDArray[np.int16] = field(repr=False)  # samples [pcm_start, end) at the stream's rate
     reason: Literal["silence", "max_turn", "flush"] = "silence"
+    pcm_start: int | None = None  # ms of pcm's first sample (start - pre-roll); None: same as start
+
+    @property
+    def preroll_ms(self) -> int:
+        return self.start - (self.start if self.pcm_start is None else self.pcm_start)
 
 
 @dataclass(frozen=True)
@@ -108,7 +116,8 @@ class TurnDropped:
 class SpeechPaused:
     start: int  # ms, as TurnEnd.start
     end: int  # ms: end of the last speech frame so far
-    pcm: npt.NDArray[np.int16] = field(repr=False)  # samples [start, end), as TurnEnd.pcm would hold now
+    pcm: npt.NDArray[np.int16] = field(repr=False)  # samples [pcm_start, end), as TurnEnd.pcm would hold
+    pcm_start: int | None = None  # as TurnEnd.pcm_start
 
 
 VadEvent = SpeechStart | TurnEnd | TurnDropped | SpeechPaused
@@ -125,7 +134,8 @@ class SegmenterState:
     preroll: deque[npt.NDArray[np.int16]] = field(default_factory=deque)
     in_turn: bool = False
     turn_start: int = 0  # frame index of the turn's first speech frame
-    turn_frames: list[npt.NDArray[np.int16]] = field(default_factory=list)  # every frame since turn_start
+    pcm_start: int = 0  # frame index of turn_frames[0]: turn_start minus the pre-roll kept
+    turn_frames: list[npt.NDArray[np.int16]] = field(default_factory=list)  # every frame since pcm_start
     last_speech: int = 0  # frame index of the turn's latest speech frame
     silence: int = 0  # consecutive non-speech frames inside the turn
     paused: bool = False  # SpeechPaused was sent for the current silence run
@@ -151,13 +161,14 @@ class TurnSegmenter:
         pause = settings.pause_ms
         self._pause_frames = None if pause is None else max(1, math.ceil(pause / frame_ms))
         self._onset_lag = round(classifier.onset_lag_ms / frame_ms)
+        self._preroll = math.ceil(settings.preroll_ms / frame_ms)  # whole frames, "at least that long"
         self._offset_lag = min(round(classifier.offset_lag_ms / frame_ms), self._stop_frames - 1)
         self._on = settings.threshold
         self._off = max(0.01, settings.threshold - _HYSTERESIS)
         self.state = self._fresh_state()
 
     def _fresh_state(self) -> SegmenterState:
-        return SegmenterState(preroll=deque(maxlen=self._onset_lag or 1))
+        return SegmenterState(preroll=deque(maxlen=max(1, self._onset_lag + self._preroll)))
 
     def reset(self) -> None:
         """Forget the stream: time restarts at 0, any open turn is discarded, the classifier is reset."""
@@ -191,11 +202,14 @@ class TurnSegmenter:
             st.onset.append(frame)
             if len(st.onset) < self._start_frames:
                 return _NONE
-            # Move the start back by the onset lag, as far as the stream and the pre-roll allow.
+            # Move the start back by the onset lag, as far as the stream and the pre-roll allow; the pcm
+            # starts `preroll_ms` before that (ASR hears the soft onset the classifier scored low).
             back = min(self._onset_lag, len(st.preroll)) if self._onset_lag else 0
+            kept = min(back + self._preroll, len(st.preroll))
             st.in_turn = True
             st.turn_start = i - len(st.onset) + 1 - back
-            st.turn_frames = [*list(st.preroll)[len(st.preroll) - back :], *st.onset]
+            st.pcm_start = st.turn_start - (kept - back)
+            st.turn_frames = [*list(st.preroll)[len(st.preroll) - kept :], *st.onset]
             st.onset = []
             st.preroll.clear()
             st.last_speech = i
@@ -223,7 +237,8 @@ class TurnSegmenter:
             st.paused = True
             start, end, frames = self._span(self._offset_lag)
             if end - start >= self.settings.min_turn_ms:
-                return (SpeechPaused(start=start, end=end, pcm=np.concatenate(frames)),)
+                pcm_start = st.pcm_start * self.frame_ms
+                return (SpeechPaused(start=start, end=end, pcm=np.concatenate(frames), pcm_start=pcm_start),)
         return _NONE
 
     def flush(self) -> tuple[VadEvent, ...]:
@@ -233,11 +248,11 @@ class TurnSegmenter:
         return events
 
     def _span(self, lag: int) -> tuple[int, int, list[npt.NDArray[np.int16]]]:
-        """The open turn's start and end (ms) and frames, its end corrected back by ``lag`` frames but never
-        to before its start."""
+        """The open turn's start and end (ms) and frames (from pcm_start), its end corrected back by ``lag``
+        frames but never to before its start."""
         st = self.state
         last = max(st.last_speech - lag, st.turn_start)
-        frames = st.turn_frames[: last - st.turn_start + 1]
+        frames = st.turn_frames[: last - st.pcm_start + 1]
         return st.turn_start * self.frame_ms, (last + 1) * self.frame_ms, frames
 
     def _close(self, reason: Literal["silence", "max_turn", "flush"]) -> VadEvent:
@@ -250,7 +265,8 @@ class TurnSegmenter:
         st.paused = False
         if end - start < self.settings.min_turn_ms:
             return TurnDropped(start=start, end=end)
-        return TurnEnd(start=start, end=end, pcm=np.concatenate(frames), reason=reason)
+        pcm = np.concatenate(frames)
+        return TurnEnd(start=start, end=end, pcm=pcm, reason=reason, pcm_start=st.pcm_start * self.frame_ms)
 
 
 def make_segmenter(settings: VadSettings, sample_rate: int, frame_ms: int = 20) -> TurnSegmenter:

@@ -7,16 +7,21 @@ A flow file (config/flows/employment_verification.yaml is the full example; docs
     start: intro
     intents:                                 # checked before the state's own answers, in every state
       hold: {keywords: [hold on, one moment], goto: holding}
+      refused: {answer: refuse, goto: refused}   # the answer classifier (answers.py) found a refusal
     dtmf: {"0": to_operator}                 # keypad digit -> state
     states:
       intro:
         say: Hello, this is {agency}. Does {subject_name} work at {company}?
-        expect: yes_no                       # yes_no | date | number | text | regex | keywords | any
-        capture: employment_confirmed        # result field the parsed answer goes to
-        on: {yes: dates, no: not_employed}   # branch on the answer; `next` for any other match
-        no_match: not_employed               # after `retries` re-prompts without a usable answer
+        expect: yes_no                       # yes_no | date | number | title | text | regex | keywords | any
+        capture: employment_confirmed        # result field the value goes to (+ _heard, _intent, _evidence)
+        on: {yes: dates, no: not_employed, unsure: unclear}   # any answer intent (answer_examples.py)
+        no_match: unclear                    # after `retries` re-prompts without a usable answer
         silence: no_response                 # after `retries` re-prompts on silence
       not_employed: {say: Thank you. Goodbye., end: not_employed}   # say, then hang up with an outcome
+
+A yes_no answer is classified (yes, no, refuse, unsure, wrong_person, repeat, callback, other); a guess is
+confirmed once (`expect.confirm`) before "unclear" is recorded; a refusal or "don't know" is never recorded
+as a yes or a no. docs/AGENTS.md has the rules.
 
 Targets are state names, or `$resume`: back to the state an intent interrupted (after "hold on").
 Problems (unknown state, unreachable state, missing prompt, unknown template variable, bad regex ...) are
@@ -31,15 +36,25 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
-from sipbridge.config import ConfigError, ConfigIssue, LoadedYaml, Origins, load_yaml_model, read_yaml_text
+from sipbridge.agents.answer_examples import INTENTS, AnswerIntent
+from sipbridge.agents.fields import parse_date, parse_number, parse_title
+from sipbridge.config import (
+    ConfigError,
+    ConfigIssue,
+    LoadedYaml,
+    Origins,
+    StrictScalars,
+    load_yaml_model,
+    read_yaml_text,
+)
 
 RESUME = "$resume"
-ExpectKind = Literal["yes_no", "date", "number", "text", "regex", "keywords", "any"]
+ExpectKind = Literal["yes_no", "date", "number", "title", "text", "regex", "keywords", "any"]
 
 
-class _Model(BaseModel):
+class _Model(StrictScalars):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -47,6 +62,11 @@ class Expect(_Model):
     type: ExpectKind = "any"
     pattern: str | None = Field(None, description="regex: the first group (or the whole match) is the value")
     options: dict[str, list[str]] = Field(default_factory=dict, description="keywords: option -> phrases")
+    # yes_no: more labelled answers for this question, added to the classifier's own (answer_examples.py),
+    # e.g. {yes: [she used to work here]} where the question is "did she ever work here?".
+    examples: dict[AnswerIntent, list[str]] = Field(default_factory=dict)
+    # yes_no: said once when the answer was a guess (low confidence); a second guess records "unclear".
+    confirm: str = "Sorry, was that a yes or a no?"
 
 
 class FlowSettings(_Model):
@@ -56,9 +76,16 @@ class FlowSettings(_Model):
 
 
 class Intent(_Model):
-    keywords: list[str] = Field(min_length=1)
+    keywords: list[str] = Field(default_factory=list)  # any of these phrases, heard anywhere in the turn
+    answer: AnswerIntent | None = None  # or: the answer classifier found this (refuse, callback ...)
     goto: str
     set: dict[str, Any] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _needs_a_trigger(self) -> Intent:
+        if not self.keywords and self.answer is None:
+            raise ValueError("an intent needs keywords or an answer")
+        return self
 
 
 class State(_Model):
@@ -181,6 +208,8 @@ class _Checker:
 
     def _expect(self, path: tuple[str | int, ...], name: str, state: State) -> None:
         expect = state.expect
+        if expect is not None and expect.examples and expect.type != "yes_no":
+            self.add((*path, "expect", "examples"), "examples are for yes_no expects")
         if expect is None:
             if state.on or state.capture:
                 self.add(path, f"state {name!r} has on/capture but no expect")
@@ -195,7 +224,8 @@ class _Checker:
                     self.add((*path, "expect", "pattern"), f"invalid regex: {exc}")
         if expect.type == "keywords" and not expect.options:
             self.add((*path, "expect"), "keywords expects need options")
-        allowed = {"yes_no": {"yes", "no"}, "keywords": set(expect.options)}.get(expect.type)
+        answers: dict[str, set[str]] = {"yes_no": set(INTENTS), "keywords": set(expect.options)}
+        allowed = answers.get(expect.type)
         if allowed is not None:
             for answer in state.on:
                 if answer not in allowed:
@@ -236,27 +266,6 @@ def read_flow_text(path: Path) -> str:
 
 # ----------------------------------------------------------------------------------- answer parsing
 
-_YES = {"yes", "yeah", "yep", "yup", "correct", "right", "sure", "affirmative", "absolutely", "definitely"}
-_YES |= {"indeed", "certainly", "true", "does", "do", "is", "was", "did", "ok", "okay"}
-_NO = {"no", "nope", "not", "never", "negative", "incorrect", "doesn't", "don't", "isn't", "wasn't"}
-_NO |= {"didn't", "hasn't", "haven't", "nobody", "wrong"}
-_MONTHS = {
-    m: i + 1
-    for i, m in enumerate(
-        "january february march april may june july august september october november december".split()
-    )
-}
-_SMALL = {
-    w: i
-    for i, w in enumerate(
-        "zero one two three four five six seven eight nine ten eleven twelve thirteen fourteen fifteen"
-        " sixteen seventeen eighteen nineteen".split()
-    )
-}
-_TENS = {
-    w: 10 * (i + 2) for i, w in enumerate("twenty thirty forty fifty sixty seventy eighty ninety".split())
-}
-
 
 def words_of(text: str) -> list[str]:
     text = text.lower().replace("’", "'").replace("cannot", "can not")
@@ -269,63 +278,19 @@ def has_phrase(words: list[str], phrases: list[str]) -> bool:
     return any(f" {' '.join(words_of(p))} " in line for p in phrases if words_of(p))
 
 
-def parse_yes_no(words: list[str]) -> str | None:
-    if set(words) & _NO:
-        return "no"
-    if set(words) & _YES:
-        return "yes"
-    return None
-
-
-def parse_number(words: list[str]) -> int | float | None:
-    for w in words:
-        if re.fullmatch(r"\d+(\.\d+)?", w):
-            return float(w) if "." in w else int(w)
-    total, found = 0, False
-    for w in words:
-        if w in _SMALL:
-            total, found = total + _SMALL[w], True
-        elif w in _TENS:
-            total, found = total + _TENS[w], True
-        elif w == "hundred" and found:
-            total *= 100
-        elif found:
-            break
-    return total if found else None
-
-
-def parse_date(text: str) -> str | None:
-    """Month [day] year -> "2019-03" / "2019-03-15"; a bare year -> "2019"; numeric m/d/y -> ISO."""
-    low = text.lower()
-    m = re.search(r"\b(\d{1,2})/(\d{1,2})/(\d{4})\b", low)
-    if m:
-        return f"{m.group(3)}-{int(m.group(1)):02d}-{int(m.group(2)):02d}"
-    month_re = "|".join(_MONTHS)
-    m = re.search(rf"\b({month_re})\b(?:\s+(\d{{1,2}})(?:st|nd|rd|th)?)?,?(?:\s+of)?\s+(\d{{4}})\b", low)
-    if m:
-        month = _MONTHS[m.group(1)]
-        return f"{m.group(3)}-{month:02d}" + (f"-{int(m.group(2)):02d}" if m.group(2) else "")
-    m = re.search(r"\b(19\d{2}|20\d{2})\b", low)
-    if m:
-        return m.group(1)
-    return None
-
-
 def parse_answer(expect: Expect, text: str) -> tuple[str | None, Any]:
-    """(branch key, captured value); branch key None = no usable answer."""
+    """(branch key, normalised value) for every kind but yes_no (the answer classifier's, answers.py);
+    branch key None = no usable answer."""
     words = words_of(text)
     if not words:
         return None, None
     kind = expect.type
     if kind == "yes_no":
-        answer = parse_yes_no(words)
-        return answer, None if answer is None else answer == "yes"
-    if kind == "date":
-        date = parse_date(text)
-        return (None, None) if date is None else ("matched", date)
-    if kind == "number":
-        number = parse_number(words)
-        return (None, None) if number is None else ("matched", number)
+        raise ValueError("yes_no answers are classified by sipbridge.agents.answers, not parsed")
+    parsers = {"date": parse_date, "number": parse_number, "title": parse_title}
+    if kind in parsers:
+        value = parsers[kind](text)
+        return (None, None) if value is None else ("matched", value)
     if kind == "regex":
         m = re.search(expect.pattern or "", text, re.IGNORECASE)
         if m is None:
@@ -337,3 +302,6 @@ def parse_answer(expect: Expect, text: str) -> tuple[str | None, Any]:
                 return option, option
         return None, None
     return "matched", text.strip()  # text / any
+
+
+__all__ = ["parse_date", "parse_number", "parse_title"]  # re-exported: flows and tests import them here

@@ -27,6 +27,8 @@ from typing import Any
 
 import httpx
 
+from sipbridge.agents.answer_examples import INTENTS
+from sipbridge.agents.answers import guard_intent, normalise
 from sipbridge.agents.base import Action, AgentCall, AgentTurnError, Reply, TextStream, Turn
 from sipbridge.agents.flow import render
 from sipbridge.config import LlmAgentConfig
@@ -47,6 +49,21 @@ TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
         "description": "Record an answer the caller gave (e.g. name=job_title, value=engineer).",
         "parameters": {"name": {"type": "string"}, "value": {"type": "string"}},
         "required": ["name", "value"],
+    },
+    "record_answer": {
+        "description": (
+            "Record what the caller answered to one of your questions: the intent of the answer (yes, no,"
+            " refuse = declines to tell / policy / written request / call HR / The Work Number, unsure ="
+            " does not know, wrong_person, repeat, callback, other, unclear) and the caller's exact words"
+            " that decided it. Never record a refusal or a don't-know as yes or no."
+        ),
+        "parameters": {
+            "question": {"type": "string", "description": "result field, e.g. employment_confirmed"},
+            "intent": {"type": "string", "enum": [*INTENTS, "unclear"]},
+            "evidence": {"type": "string", "description": "the caller's words, quoted exactly"},
+            "value": {"type": "string", "description": "optional: a date, title or other value given"},
+        },
+        "required": ["question", "intent", "evidence"],
     },
     "transfer": {
         "description": "Transfer the caller to a person (SIP URI; default: the configured operator).",
@@ -242,7 +259,17 @@ class LlmAgent:
             elif tc.name == "end_call":
                 actions.append(Action.end(str(args.get("outcome", "completed"))))
             elif tc.name == "set_result" and "name" in args:
-                actions.append(Action.set_result(str(args["name"]), args.get("value")))
+                problem = _set_result_problem(args)
+                if problem is None:
+                    actions.append(Action.set_result(str(args["name"]), args.get("value")))
+                else:
+                    log.warning("call %s: llm set_result(%s) refused: %s", call.call_id, args, problem)
+            elif tc.name == "record_answer":
+                recorded = record_answer(call, args)
+                if isinstance(recorded, str):
+                    log.warning("call %s: llm record_answer(%s) refused: %s", call.call_id, args, recorded)
+                else:
+                    actions.extend(recorded)
             elif tc.name == "transfer" and (args.get("target") or self.config.transfer_target):
                 actions.append(Action.transfer(str(args.get("target") or self.config.transfer_target)))
             elif tc.name == "send_dtmf" and args.get("digits"):
@@ -258,3 +285,51 @@ class LlmAgent:
             task.cancel()
             with contextlib.suppress(asyncio.CancelledError, Exception):
                 await task
+
+
+# ------------------------------------------------------------------------------ answers, validated
+
+ANSWER_INTENTS = frozenset([*INTENTS, "unclear"])
+_FIELD = re.compile(r"[a-z][a-z0-9_]{0,47}")
+
+
+def _set_result_problem(args: dict[str, Any]) -> str | None:
+    """set_result may not bypass record_answer's checks by writing an answer's intent field itself."""
+    name = str(args["name"])
+    if not _FIELD.fullmatch(name):
+        return "name must be lower_snake_case, at most 48 characters"
+    if name.endswith("_intent") and args.get("value") not in ANSWER_INTENTS:
+        return f"an _intent field takes one of {sorted(ANSWER_INTENTS)}"
+    return None
+
+
+def record_answer(call: AgentCall, args: dict[str, Any]) -> list[Action] | str:
+    """The tool's arguments checked, then recorded as a script flow records an answer: `<question>` (True /
+    False for yes / no, or the value given), `<question>_intent`, `<question>_evidence`, `<question>_heard`.
+    A problem comes back as a string: the intent outside the set, evidence the caller never said, or a yes/no
+    whose evidence is a refusal or a "don't know" (the safety net of answers.py: it is recorded as that)."""
+    question, intent = str(args.get("question", "")), str(args.get("intent", ""))
+    evidence = str(args.get("evidence", "")).strip()
+    if not _FIELD.fullmatch(question):
+        return "question must be lower_snake_case, at most 48 characters"
+    if intent not in ANSWER_INTENTS:
+        return f"intent {intent!r} is not one of {sorted(ANSWER_INTENTS)}"
+    said = [text for who, text in call.transcript if who == "caller"]
+    if not evidence or not any(normalise(evidence) in normalise(text) for text in said):
+        return "evidence must quote words the caller said"
+    heard = next(text for text in reversed(said) if normalise(evidence) in normalise(text))
+    guarded = guard_intent(heard)
+    if intent in ("yes", "no") and guarded is not None:
+        intent, evidence = guarded  # "yes, but that's confidential" is a refusal
+    fields: dict[str, Any] = {}
+    if intent in ("yes", "no"):
+        fields[question] = intent == "yes"
+    elif args.get("value") not in (None, "") and intent == "other":
+        fields[question] = str(args["value"])[:200]
+    fields |= {
+        f"{question}_intent": intent,
+        f"{question}_evidence": evidence[:300],
+        f"{question}_heard": heard,
+    }
+    call.results.update(fields)
+    return [Action.set_result(k, v) for k, v in fields.items()]

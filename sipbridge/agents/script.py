@@ -26,13 +26,15 @@ Keywords match whole words, case-insensitive, so "no" does not match "know".
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import ConfigDict, Field, field_validator
 
+from sipbridge.agents.answers import Answer, AnswerClassifier, default_classifier, is_guard_phrase
 from sipbridge.agents.base import Action, AgentCall, AgentError, Reply, Turn
 from sipbridge.agents.flow import (
     RESUME,
@@ -46,10 +48,10 @@ from sipbridge.agents.flow import (
     render,
     words_of,
 )
-from sipbridge.config import ConfigError, ConfigIssue, load_yaml_model
+from sipbridge.config import ConfigError, ConfigIssue, StrictScalars, compose_bounded, load_yaml_model
 
 
-class _Model(BaseModel):
+class _Model(StrictScalars):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
@@ -94,6 +96,7 @@ def load_flow(path: Path) -> Flow | StateFlow:
     try:
         text = read_flow_text(path)
         try:
+            compose_bounded(text, FlowLoader)  # alias bombs and absurd nesting are refused before loading
             data = yaml.load(text, Loader=FlowLoader)  # a SafeLoader subclass
         except yaml.YAMLError as exc:
             raise AgentError(f"agent.script.flow: {path} is not valid YAML: {exc}") from exc
@@ -119,20 +122,37 @@ def _words(text: str) -> set[str]:
 class ScriptAgent:
     name = "script"
 
-    def __init__(self, flow: Flow | StateFlow, default_greeting: str) -> None:
+    def __init__(
+        self, flow: Flow | StateFlow, default_greeting: str, classifier: AnswerClassifier | None = None
+    ) -> None:
         self.flow = flow
         self.default_greeting = default_greeting
+        self._per_state: dict[str, AnswerClassifier] = {}
+        if isinstance(flow, StateFlow):
+            # Loaded now (~0.3 s, once per process), not on the first caller's answer.
+            base = classifier or default_classifier()
+            for name, state in flow.states.items():
+                extra = state.expect.examples if state.expect else {}
+                self._per_state[name] = base.with_examples(extra) if extra else base
+
+    def understand(self, state: str, words: str) -> Answer:
+        """What an answer to `state`'s question meant (the flow's own examples for that state included)."""
+        return self._per_state[state].classify(words)
+
+    def _run(self, call: AgentCall) -> _FlowRun:
+        assert isinstance(self.flow, StateFlow)
+        return _FlowRun(self.flow, call, self.understand)
 
     async def greeting(self, call: AgentCall) -> Reply | None:
         if isinstance(self.flow, StateFlow):
-            return _FlowRun(self.flow, call).enter(self.flow.start)
+            return self._run(call).enter(self.flow.start)
         if self.flow.greeting is not None:
             return self.flow.greeting.reply()
         return Reply(self.default_greeting)
 
     async def on_turn(self, call: AgentCall, turn: Turn) -> Reply | None:
         if isinstance(self.flow, StateFlow):
-            return _FlowRun(self.flow, call).on_turn(turn)
+            return self._run(call).on_turn(turn)
         if turn.kind == "dtmf":
             say = self.flow.dtmf.get(turn.dtmf)
             return None if say is None else say.reply()
@@ -153,6 +173,17 @@ class ScriptAgent:
         return None
 
 
+def _says_more_than_a_title(heard: str, answer: Answer) -> bool:
+    """Free-text answers are short and can sound like an intent ("Manager" near "the manager is away",
+    "Warehouse shift supervisor" near "you've reached the warehouse"): only a sentence is taken as one."""
+    count = len(words_of(heard))
+    if answer.intent == "repeat":
+        return True  # "Pardon?" is nobody's title
+    if answer.intent in ("refuse", "unsure"):
+        return count >= 3 or is_guard_phrase(heard)
+    return count >= 4
+
+
 def _with(reply: Reply, before: list[Action]) -> Reply:
     """The same reply with `before` actions first (results captured by the answer that led to it)."""
     return Reply(
@@ -166,6 +197,7 @@ class _FlowRun:
 
     flow: StateFlow
     call: AgentCall
+    understand: Callable[[str, str], Answer]
 
     @property
     def values(self) -> dict[str, Any]:
@@ -178,6 +210,8 @@ class _FlowRun:
         state = self.flow.states[name]
         st["current"] = name
         st["retries"] = 0
+        st.pop("confirming", None)
+        st.pop("repeats", None)
         actions: list[Action] = []
         for key, value in state.set.items():
             self.call.results[key] = value  # visible to the templates of this very prompt
@@ -233,26 +267,102 @@ class _FlowRun:
         words = words_of(turn.words)
         if state.intents and words:
             for intent in self.flow.intents.values():
-                if has_phrase(words, intent.keywords):
+                if intent.keywords and has_phrase(words, intent.keywords):
+                    said = (
+                        self._answered(name, state, turn.words, intent.answer, None) if intent.answer else []
+                    )
                     self.call.results.update(intent.set)
                     extra = [Action.set_result(k, v) for k, v in intent.set.items()]
-                    return _with(self._jump(name, intent.goto), extra)
+                    return _with(self._jump(name, intent.goto), [*said, *extra])
         if state.wait:
             return self.enter(state.next or RESUME)
         if state.expect is None:
             return self.enter(state.next) if state.next else None
-        answer, value = parse_answer(state.expect, turn.words)
-        if answer is None:
-            limit = self.flow.settings.retries if state.retries is None else state.retries
-            return self._retry(state, state.no_match, "Sorry, I did not understand.", limit)
-        capture: list[Action] = []
-        if state.capture:
-            self.call.results[state.capture] = value
-            capture.append(Action.set_result(state.capture, value))
-        goto = state.on.get(answer) or state.next
+        if not words:
+            return self._not_understood(state)
+        answer = self.understand(name, turn.words)
+        self.call.state["answer"] = {"state": name, **answer.as_record()}  # `flow test` prints it
+        if state.expect.type == "yes_no":
+            return self._yes_no(name, state, turn.words, answer)
+        return self._field(name, state, turn.words, answer)
+
+    def _yes_no(self, name: str, state: State, heard: str, answer: Answer) -> Reply | None:
+        assert state.expect is not None
+        st = self.call.state
+        if answer.low_confidence and answer.intent not in ("other", "repeat"):
+            if not st.get("confirming"):  # a guess: ask once, then take what the second answer says
+                st["confirming"] = heard.strip()  # kept: the record shows both answers
+                text = render(state.expect.confirm, self.values)
+                return Reply(text, state.interruptible, silence_timeout_s=self._silence_timeout(state))
+            said = self._answered(name, state, heard, "unclear", answer)
+            return _with(self.enter(state.no_match), said) if state.no_match else Reply(actions=tuple(said))
+        if answer.intent == "yes" or answer.intent == "no":
+            said = self._answered(name, state, heard, answer.intent, answer, answer.intent == "yes")
+            goto = state.on.get(answer.intent) or state.next
+            return _with(self.enter(goto), said) if goto else Reply(actions=tuple(said))
+        return self._other_answer(name, state, heard, answer)
+
+    def _field(self, name: str, state: State, heard: str, answer: Answer) -> Reply | None:
+        """A date, number, title ... answer: the parsed value, unless the words are a refusal, a callback
+        request and the like (a title field would otherwise record "I can't say" as the title)."""
+        assert state.expect is not None
+        decisive = answer.intent not in ("yes", "no", "other") and not answer.low_confidence
+        if decisive and state.expect.type in ("text", "title", "any"):
+            decisive = _says_more_than_a_title(heard, answer)
+        if decisive:
+            return self._other_answer(name, state, heard, answer)
+        branch, value = parse_answer(state.expect, heard)
+        if branch is None:
+            return self._other_answer(name, state, heard, answer)
+        said = self._answered(name, state, heard, None, None, value)
+        goto = state.on.get(branch) or state.next
+        return _with(self.enter(goto), said) if goto else Reply(actions=tuple(said))
+
+    def _other_answer(self, name: str, state: State, heard: str, answer: Answer) -> Reply | None:
+        """Not a value: "say that again", a refusal, "don't know", wrong person, callback, or unknown."""
+        st = self.call.state
+        if answer.intent == "repeat" and st.get("repeats", 0) < 3:
+            st["repeats"] = st.get("repeats", 0) + 1
+            text = render(state.say or "", self.values)
+            return Reply(f"Sure. {text}", state.interruptible, silence_timeout_s=self._silence_timeout(state))
+        if answer.intent in ("yes", "no", "other", "repeat") or answer.low_confidence:
+            return self._not_understood(state)
+        goto = state.on.get(answer.intent)
+        if goto is None and state.intents:
+            goto = next((i.goto for i in self.flow.intents.values() if i.answer == answer.intent), None)
+        said = self._answered(name, state, heard, answer.intent, answer)
+        goto = goto or state.no_match or state.next  # "don't know" the title: recorded, on to what is next
         if goto is None:
-            return Reply(actions=tuple(capture)) if capture else None
-        return _with(self.enter(goto), capture)
+            return Reply(actions=tuple(said))
+        return _with(self._jump(name, goto), said)
+
+    def _not_understood(self, state: State) -> Reply | None:
+        limit = self.flow.settings.retries if state.retries is None else state.retries
+        return self._retry(state, state.no_match, "Sorry, I did not understand.", limit)
+
+    def _answered(
+        self,
+        name: str,
+        state: State,
+        heard: str,
+        intent: str | None,
+        answer: Answer | None,
+        value: Any = None,
+    ) -> list[Action]:
+        """Record an answer: the value under the state's capture, and beside it the words heard and, for an
+        understood intent, which one and the words that decided it (evidence)."""
+        key = state.capture or name
+        fields: dict[str, Any] = {}
+        if state.capture and value is not None:
+            fields[state.capture] = value
+        guess = self.call.state.get("confirming")
+        fields[f"{key}_heard"] = f"{guess} / {heard.strip()}" if guess else heard.strip()
+        if intent is not None:
+            fields[f"{key}_intent"] = intent
+            if answer is not None:
+                fields[f"{key}_evidence"] = answer.evidence
+        self.call.results.update(fields)
+        return [Action.set_result(k, v) for k, v in fields.items()]
 
     def _jump(self, current: str, goto: str) -> Reply:
         if goto != current and not self.flow.states[current].wait:

@@ -33,12 +33,13 @@ from dataclasses import dataclass, fields
 from pathlib import Path
 from typing import Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from audio.amd import AmdSettings
 from sipbridge.config import (
     ConfigError,
     ConfigIssue,
+    StrictScalars,
     load_yaml_model,
     read_yaml_text,
 )
@@ -59,7 +60,7 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class _Section(BaseModel):
+class _Section(StrictScalars):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 

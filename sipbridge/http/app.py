@@ -8,19 +8,22 @@ docs/HTTP_API.md); the OpenAPI schema is at /openapi.json and /docs.
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
-from fastapi import FastAPI, Request, Response
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, PlainTextResponse
 
 from sipbridge import __version__
 from sipbridge.config import HttpConfig
+from sipbridge.http.errors import ApiError
+from sipbridge.http.guards import BodyLimit
 
 HealthSource = Callable[[], Mapping[str, Any]]
 
 # Form fields (transcript, words, name) ride along with the file: allow this much over max_upload_bytes.
-_FORM_SLACK_BYTES = 256 * 1024
+FORM_SLACK_BYTES = 256 * 1024
 
 
 def create_app(
@@ -45,34 +48,43 @@ def create_app(
         ok = all(component.get("ok", True) for component in components.values())
         return {"status": "ok" if ok else "degraded", "version": __version__, **components}
 
+    cfg = http or HttpConfig()
+    # Every body, on every route (those added later too), is capped before anything reads it.
+    app.add_middleware(
+        BodyLimit,
+        limit=cfg.limits.max_upload_bytes + FORM_SLACK_BYTES,
+        key="http.limits.max_upload_bytes, plus 256 KiB for form fields",
+    )
+    _json_errors(app)
+
     if conversations is not None:
         from sipbridge.http.routes import build_router
-        from sipbridge.http.service import ApiError
-
-        cfg = http or HttpConfig()
-        limit = cfg.limits.max_upload_bytes + _FORM_SLACK_BYTES
-
-        @app.exception_handler(ApiError)
-        async def api_error(request: Request, exc: ApiError) -> JSONResponse:
-            return JSONResponse({"detail": exc.message}, status_code=exc.status)
-
-        @app.middleware("http")
-        async def refuse_large_bodies(
-            request: Request, call_next: Callable[[Request], Awaitable[Response]]
-        ) -> Response:
-            # Before the multipart parser spools the body to disk: a declared length over the limit is
-            # refused at once. Chunked bodies are measured after parsing (read_upload).
-            length = request.headers.get("content-length", "")
-            if length.isdigit() and int(length) > limit:
-                return JSONResponse(
-                    {
-                        "detail": f"request body of {length} bytes is over the upload limit of"
-                        f" {cfg.limits.max_upload_bytes} bytes (http.limits.max_upload_bytes)"
-                    },
-                    status_code=413,
-                )
-            return await call_next(request)
 
         app.include_router(build_router(conversations, cfg, health_sources))
 
     return app
+
+
+def _validation_detail(exc: RequestValidationError) -> str:
+    problems = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("body", "query", "path"))
+        problems.append(f"{where or 'request'}: {error.get('msg', 'invalid')}")
+    return "invalid request: " + "; ".join(problems)
+
+
+def _json_errors(app: FastAPI) -> None:
+    """Every error body is `{"detail": "<one sentence>"}` (docs/HTTP_API.md), FastAPI's own ones included."""
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, exc: ApiError) -> JSONResponse:
+        return JSONResponse({"detail": exc.message}, status_code=exc.status)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return JSONResponse({"detail": _validation_detail(exc)}, status_code=422)
+
+    @app.exception_handler(Exception)
+    async def crashed(request: Request, exc: Exception) -> JSONResponse:
+        # Logged with its traceback by uvicorn; the client learns nothing of our internals.
+        return JSONResponse({"detail": "internal error (logged by the server)"}, status_code=500)

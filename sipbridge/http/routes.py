@@ -2,14 +2,14 @@
 
 `set_voice` → `user_spoke` → `generate` (or the `generate_stream` WebSocket), repeated, on the default
 conversation or on any number of named ones (`conversation_id`), plus the stateless `upload_voice` / `tts` /
-`voices`. Every route but `/health` needs the bearer token when `http.bearer_token` is set.
+`voices`. Every route but `/health` needs the bearer token when `http.bearer_token` is set; it is checked
+before the body is read (sipbridge/http/guards.py says why that takes a route class, not only a dependency).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import hmac
 import json
 import logging
 import time
@@ -35,7 +35,9 @@ from sipbridge.http.audio_io import (
     decode_upload,
     wav_bytes,
 )
-from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice
+from sipbridge.http.errors import error_responses
+from sipbridge.http.guards import BearerToken, auth_first_route
+from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice, check_name
 
 log = logging.getLogger(__name__)
 
@@ -63,32 +65,54 @@ class SamplingFields(BaseModel):
 class GenerateRequest(SamplingFields):
     text: str = Field(..., min_length=1, description="What the AI (speaker 1) says next.")
     format: Format = Field("wav", description="wav (24 kHz), pcm16 (24 kHz raw s16le) or ulaw (8 kHz).")
-    conversation_id: str | None = Field(None, description="Default: the one default conversation.")
+    conversation_id: str | None = Field(
+        None, max_length=128, description="Default: the one default conversation."
+    )
 
 
 class TtsRequest(SamplingFields):
     text: str = Field(..., min_length=1)
-    speaker_1: str | None = Field(None, description="Voice name (upload_voice) for speaker 1, the speaker.")
-    speaker_2: str | None = Field(None, description="Voice name heard as speaker 2 (context only).")
+    speaker_1: str | None = Field(
+        None, max_length=128, description="Voice name (upload_voice) for speaker 1, the speaker."
+    )
+    speaker_2: str | None = Field(
+        None, max_length=128, description="Voice name heard as speaker 2 (context only)."
+    )
     format: Format = "wav"
 
 
 class ConversationRef(BaseModel):
-    conversation_id: str | None = None
+    conversation_id: str | None = Field(None, max_length=128)
 
 
 _BODY_FORMS = ("application/x-www-form-urlencoded", "multipart/form-data")
 
 
 def _body_schema(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI for a body that may be JSON or a form (the earlier server's clients send both)."""
-    ref = {"$ref": f"#/components/schemas/{model.__name__}"}
+    """OpenAPI for a body that may be JSON or a form (the earlier server's clients send both).
+
+    The schema is inlined: these bodies are parsed by hand (`_parse_body`, after the token check), so
+    FastAPI never registers the models as components and a `$ref` to them would dangle.
+    """
+    schema = model.model_json_schema()
     return {
         "requestBody": {
             "required": model is not ConversationRef,
-            "content": {"application/json": {"schema": ref}, **{f: {"schema": ref} for f in _BODY_FORMS}},
+            "content": {f: {"schema": schema} for f in ("application/json", *_BODY_FORMS)},
         }
     }
+
+
+def _loads(raw: bytes | str, what: str) -> Any:
+    """JSON from the wire; 422 (not a 500) for bytes that are not UTF-8, bad syntax or absurd nesting."""
+    try:
+        return json.loads(raw.decode("utf-8") if isinstance(raw, bytes) else raw)
+    except UnicodeDecodeError as exc:
+        raise ApiError(422, f"{what} is not UTF-8 text (byte {exc.start})") from exc
+    except json.JSONDecodeError as exc:
+        raise ApiError(422, f"{what} is not valid JSON: {exc}") from exc
+    except RecursionError as exc:  # the C decoder refuses ~1000+ levels before using much memory
+        raise ApiError(422, f"{what} is nested too deeply") from exc
 
 
 async def _parse_body(request: Request, model: type[BaseModel]) -> Any:
@@ -99,10 +123,8 @@ async def _parse_body(request: Request, model: type[BaseModel]) -> Any:
             data: Any = {k: v for k, v in form.items() if isinstance(v, str) and v != ""}
         else:
             raw = await request.body()
-            data = json.loads(raw) if raw.strip() else {}
+            data = _loads(raw, "the body") if raw.strip() else {}
         return model.model_validate(data)
-    except json.JSONDecodeError as exc:
-        raise ApiError(422, f"the body is not valid JSON: {exc}") from exc
     except ValidationError as exc:
         problems = "; ".join(
             f"{'.'.join(str(p) for p in e['loc']) or 'body'}: {e['msg']}" for e in exc.errors()
@@ -114,10 +136,10 @@ def _parse_words(raw: str | None) -> Words | None:
     """`[{"text": "Hi", "start": 0.1, "end": 0.3}, ...]` (seconds in the audio), as an ASR backend gives."""
     if raw is None or not raw.strip():
         return None
+    items = _loads(raw, "words")
     try:
-        items = json.loads(raw)
         return [(str(i.get("text", i.get("word"))), float(i["start"]), float(i["end"])) for i in items]
-    except (json.JSONDecodeError, TypeError, KeyError, ValueError, AttributeError) as exc:
+    except (TypeError, KeyError, ValueError, AttributeError) as exc:
         raise ApiError(
             422, 'words must be a JSON list of {"text": str, "start": s, "end": s} objects'
         ) from exc
@@ -144,15 +166,13 @@ def _audio_response(frames: list[bytes], fmt: str, rate: int, timings: Timings) 
 def build_router(
     service: ConversationService, http: HttpConfig, health_sources: Mapping[str, HealthSource]
 ) -> APIRouter:
-    token = http.bearer_token.get_secret_value() if http.bearer_token is not None else None
+    token = BearerToken(http.bearer_token.get_secret_value() if http.bearer_token is not None else None)
+    token_ok = token.ok
     limits = http.limits
     bearer = HTTPBearer(auto_error=False, description="http.bearer_token from the config")
 
-    def token_ok(presented: str | None) -> bool:
-        return token is None or (
-            presented is not None and hmac.compare_digest(presented.encode(), token.encode())
-        )
-
+    # The route class checks the token before the body is read; this dependency repeats the check (it would
+    # guard a route added to `api` some other way) and declares the security scheme in the OpenAPI schema.
     # Default-value style, not Annotated: with postponed annotations FastAPI resolves names in the module's
     # globals, and `bearer` is local to this factory.
     def require_token(credentials: HTTPAuthorizationCredentials | None = Depends(bearer)) -> None:  # noqa: B008
@@ -163,7 +183,11 @@ def build_router(
             )  # fmt: skip
 
     public = APIRouter()
-    api = APIRouter(dependencies=[Depends(require_token)])
+    api = APIRouter(
+        dependencies=[Depends(require_token)],
+        route_class=auth_first_route(token.check),
+        responses=error_responses(401, 422, 500),
+    )
 
     async def read_upload(upload: UploadFile | None, other: UploadFile | None) -> tuple[bytes, DecodedAudio]:
         file = upload or other
@@ -234,7 +258,10 @@ def build_router(
 
     # ----------------------------------------------------------------------------------- conversation
 
-    @api.post("/reset", tags=["conversation"], openapi_extra=_body_schema(ConversationRef))
+    @api.post(
+        "/reset", tags=["conversation"], openapi_extra=_body_schema(ConversationRef),
+        responses=error_responses(409, 413, 429, 503),
+    )  # fmt: skip
     async def reset(request: Request, conversation_id: str | None = Query(None)) -> dict[str, Any]:
         """Forget every turn of the conversation (its voice is kept)."""
         ref = await _parse_body(request, ConversationRef)
@@ -244,7 +271,7 @@ def build_router(
             conv.user_turns = conv.replies = 0
         return {"ok": True, "conversation_id": conv.id}
 
-    @api.post("/set_voice", tags=["conversation"])
+    @api.post("/set_voice", tags=["conversation"], responses=error_responses(404, 409, 413, 415, 429, 503))
     async def set_voice(
         audio: Annotated[
             UploadFile | None, File(description="WAV/FLAC/OGG, any rate, mono or stereo")
@@ -266,7 +293,7 @@ def build_router(
             raw, decoded = await read_upload(audio, file)
             upload = (raw, decoded, _parse_words(words))
         elif voice_name not in service.voices:
-            raise ApiError(404, f"no voice {voice_name!r} (POST /upload_voice first)")
+            raise ApiError(404, f"no voice {voice_name[:140]!r} (POST /upload_voice first)")
         async with service.busy(conv):
             if upload is None:
                 voice: Voice = service.voices[str(voice_name)]  # prepared at upload: nothing to encode
@@ -277,7 +304,7 @@ def build_router(
             conv.user_turns = conv.replies = 0
         return {"ok": True, "conversation_id": conv.id, **voice.describe()}
 
-    @api.post("/user_spoke", tags=["conversation"])
+    @api.post("/user_spoke", tags=["conversation"], responses=error_responses(409, 413, 415, 429, 503))
     async def user_spoke(
         audio: Annotated[UploadFile | None, File(description="The user's turn, WAV/FLAC/OGG")] = None,
         file: Annotated[UploadFile | None, File(description="Alias of audio")] = None,
@@ -305,7 +332,10 @@ def build_router(
 
     @api.post(
         "/generate", tags=["conversation"], openapi_extra=_body_schema(GenerateRequest),
-        responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "The audio"}},
+        responses={
+            200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "The audio"},
+            **error_responses(409, 413, 429, 503),
+        },
     )  # fmt: skip
     async def generate(request: Request, conversation_id: str | None = Query(None)) -> Response:
         """The AI's next turn as audio; X-First-Audio-Ms, X-Total-Ms and X-Frames carry the timings."""
@@ -314,10 +344,11 @@ def build_router(
         async with service.busy(conv):
             return await speak_whole(None, req.text, req.params(), req.format, conv)
 
-    @api.get("/state", tags=["conversation"])
+    @api.get("/state", tags=["conversation"], responses=error_responses(404))
     async def state(conversation_id: str | None = Query(None)) -> dict[str, Any]:
-        """Turns, context frames used (Dia2) and whether a voice is set."""
-        conv = service.get(conversation_id)
+        """Turns, context frames used (Dia2) and whether a voice is set; 404 if it is not open (a GET opens
+        nothing)."""
+        conv = service.find(conversation_id)
         engine_state = await service.run(conv, lambda s: s.state())
         return {
             "conversation_id": conv.id,
@@ -343,18 +374,20 @@ def build_router(
             "limit": limits.max_conversations,
         }
 
-    @api.delete("/conversations/{conversation_id}", tags=["conversation"])
+    @api.delete("/conversations/{conversation_id}", tags=["conversation"], responses=error_responses(404))
     async def close_conversation(conversation_id: str) -> dict[str, Any]:
-        """Close a conversation and free its engine row (it is reopened empty on next use)."""
-        if not await service.close_conversation(conversation_id):
-            raise ApiError(404, f"no conversation {conversation_id!r}")
-        return {"ok": True}
+        """Close a conversation and free its engine row (it is reopened empty on next use). An operation
+        running on it is stopped: `interrupted` is true and that request answers 409."""
+        interrupted = await service.close_conversation(conversation_id)
+        if interrupted is None:
+            raise ApiError(404, f"no conversation {conversation_id[:140]!r}")
+        return {"ok": True, "interrupted": interrupted}
 
     # -------------------------------------------------------------------------------------- stateless
 
-    @api.post("/upload_voice", tags=["voices"])
+    @api.post("/upload_voice", tags=["voices"], responses=error_responses(413, 415, 429))
     async def upload_voice(
-        name: Annotated[str, Form(min_length=1, max_length=128, description="Voice name")],
+        name: Annotated[str, Form(description="Voice name: 1-128 of A-Z a-z 0-9 _ . : @ + -")],
         audio: Annotated[UploadFile | None, File()] = None,
         file: Annotated[UploadFile | None, File(description="Alias of audio")] = None,
         transcript: Annotated[str | None, Form()] = None,
@@ -362,6 +395,7 @@ def build_router(
     ) -> dict[str, Any]:
         """Store a named voice for /tts and /set_voice: its transcript and engine codes (Dia2: Mimi), computed
         once here, so using it costs no encoding."""
+        check_name(name, "voice name")
         if name not in service.voices and len(service.voices) >= limits.max_voices:
             raise ApiError(429, f"{limits.max_voices} voices are stored (http.limits.max_voices)")
         raw, decoded = await read_upload(audio, file)
@@ -373,15 +407,18 @@ def build_router(
     def voices() -> dict[str, Any]:
         return {"voices": [v.describe() for v in service.voices.values()]}
 
-    @api.delete("/voices/{name}", tags=["voices"])
+    @api.delete("/voices/{name}", tags=["voices"], responses=error_responses(404))
     def delete_voice(name: str) -> dict[str, Any]:
         if service.voices.pop(name, None) is None:
-            raise ApiError(404, f"no voice {name!r}")
+            raise ApiError(404, f"no voice {name[:140]!r}")
         return {"ok": True}
 
     @api.post(
         "/tts", tags=["voices"], openapi_extra=_body_schema(TtsRequest),
-        responses={200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "The audio"}},
+        responses={
+            200: {"content": {t: {} for t in MEDIA_TYPES.values()}, "description": "The audio"},
+            **error_responses(404, 413, 503),
+        },
     )  # fmt: skip
     async def tts(request: Request) -> Response:
         """Speak text with named voices and no conversation state (a fresh engine session per request)."""
@@ -487,6 +524,14 @@ class _Stream:
         await self._send_json({"event": "error", "status": status, "message": message})
 
     async def run(self) -> None:
+        # A DELETE of the conversation stops a reply that waits for more text, not only one in the engine.
+        self.conv.on_close.append(self._stop_generation)
+        try:
+            await self._serve()
+        finally:
+            self.conv.on_close.remove(self._stop_generation)
+
+    async def _serve(self) -> None:
         rate = 8000 if self.format == "ulaw" else PCM_RATE
         await self._send_json(
             {"event": "ready", "format": self.format, "sample_rate": rate, "frame_ms": 20,
@@ -501,10 +546,11 @@ class _Stream:
                     await self._error(422, 'send JSON text messages ({"text": ...}, {"end": true})')
                     continue
                 try:
-                    data = json.loads(message["text"])
-                    if not isinstance(data, dict):
-                        raise ValueError("not an object")
-                except ValueError:
+                    data = _loads(message["text"], "the message")
+                except ApiError as exc:
+                    await self._error(exc.status, exc.message)
+                    continue
+                if not isinstance(data, dict):
                     await self._error(422, "messages must be JSON objects")
                     continue
                 await self._handle(data)
@@ -523,6 +569,10 @@ class _Stream:
             self._deltas.put_nowait(None)  # a reply waiting for more text must end too
 
     async def _handle(self, data: dict[str, Any]) -> None:
+        if self.conv.closed:
+            await self._error(409, self.service.closed_error(self.conv).message)
+            await self.ws.close(1000, "conversation closed")
+            return
         active = self._speaking
         if data.get("cancel"):
             if active:
@@ -607,6 +657,8 @@ class _Stream:
         except ApiError as exc:
             self._speaking = False
             await self._error(exc.status, exc.message)
+            if conv.closed:  # DELETEd under us: this socket has no conversation left to speak on
+                await self.ws.close(1000, "conversation closed")
             return
         finally:
             self._speaking = False

@@ -24,6 +24,7 @@ import asyncio
 import contextlib
 import hashlib
 import logging
+import re
 import time
 import uuid
 from collections import OrderedDict
@@ -39,20 +40,25 @@ from sipbridge.config import HttpLimitsConfig
 from sipbridge.engine import Engine, EngineError, EngineRejected, EngineSession, PreparedVoice
 from sipbridge.engine.base import SpeakParams, TextSource, Words
 from sipbridge.http.audio_io import PCM_RATE, DecodedAudio, OutputEncoder
+from sipbridge.http.errors import ApiError
 
 log = logging.getLogger(__name__)
 
 DEFAULT_CONVERSATION = "default"
 _ASR_CACHE_SIZE = 256
 
+# Conversation ids and voice names travel in URL paths (DELETE /conversations/{id}), logs and engine session
+# names: short, no "/" or "%" (a path could never name them), no whitespace, no leading "." ("..").
+NAME_RULE = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:@+-]{0,127}")
+NAME_RULE_TEXT = "1-128 characters of A-Z a-z 0-9 _ . : @ + -, starting with a letter or digit"
 
-class ApiError(Exception):
-    """A request that cannot be served; `status` is the HTTP status, `message` says why."""
 
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+def check_name(value: str, what: str) -> str:
+    """`value` if it is a usable conversation id / voice name, else a 422 that says the rule."""
+    if NAME_RULE.fullmatch(value) is None:
+        shown = value if len(value) <= 40 else value[:40] + f"... ({len(value)} characters)"
+        raise ApiError(422, f"{what} {shown!r} is not valid: {NAME_RULE_TEXT}")
+    return value
 
 
 @dataclass(frozen=True)
@@ -108,6 +114,10 @@ class Conversation:
     replies: int = 0
     created_at: float = field(default_factory=time.time)
     restarts: int = 0
+    # Set by DELETE: an operation still running on it ends with 409 instead of a truncated success. A
+    # WebSocket stream registers its stop here (it may be waiting for text, not in the engine).
+    closed: bool = False
+    on_close: list[Callable[[], None]] = field(default_factory=list)
 
 
 async def _chunks(session: EngineSession, text: TextSource, params: SpeakParams | None) -> AsyncIterator[Any]:
@@ -135,11 +145,21 @@ class ConversationService:
         except EngineError as exc:  # e.g. every Dia2 row is held by calls and conversations
             raise ApiError(503, f"the engine cannot take another conversation: {exc}") from exc
 
+    def find(self, conversation_id: str | None) -> Conversation:
+        """An open conversation, never a new one (GET requests); 404 if it is not open."""
+        cid = conversation_id or DEFAULT_CONVERSATION
+        found = self.conversations.get(cid)
+        if found is None:
+            raise ApiError(404, f"no open conversation {cid[:140]!r} (a POST or the WebSocket opens one)")
+        return found
+
     def get(self, conversation_id: str | None) -> Conversation:
+        """The conversation, opened (engine session) if it is not yet: for requests that change it."""
         cid = conversation_id or DEFAULT_CONVERSATION
         found = self.conversations.get(cid)
         if found is not None:
             return found
+        check_name(cid, "conversation_id")
         if len(self.conversations) >= self.limits.max_conversations:
             raise ApiError(
                 429,
@@ -151,13 +171,27 @@ class ConversationService:
         log.info("http conversation %r opened (%d open)", cid, len(self.conversations))
         return conv
 
-    async def close_conversation(self, conversation_id: str) -> bool:
+    async def close_conversation(self, conversation_id: str) -> bool | None:
+        """Close it: None if it was not open, else whether an operation on it was interrupted (that
+        operation answers 409, see `run`)."""
         conv = self.conversations.pop(conversation_id, None)
         if conv is None:
-            return False
-        await conv.session.close()
-        log.info("http conversation %r closed", conversation_id)
-        return True
+            return None
+        interrupted = conv.lock.locked()
+        conv.closed = True
+        for stop in list(conv.on_close):
+            stop()
+        await conv.session.close()  # cancels a generation in progress: its iterator ends
+        log.info("http conversation %r closed%s", conversation_id, " mid-operation" if interrupted else "")
+        return interrupted
+
+    @staticmethod
+    def closed_error(conv: Conversation) -> ApiError:
+        return ApiError(
+            409,
+            f"conversation {conv.id!r} was closed (DELETE /conversations/{conv.id}) while this request ran:"
+            " its result is incomplete and was dropped",
+        )
 
     @contextlib.asynccontextmanager
     async def busy(self, conv: Conversation) -> AsyncIterator[None]:
@@ -195,11 +229,16 @@ class ConversationService:
     async def run(self, conv: Conversation, op: Callable[[EngineSession], Awaitable[Any]]) -> Any:
         """One engine operation on a held conversation, with recovery on engine failure."""
         try:
-            return await op(conv.session)
+            result = await op(conv.session)
         except EngineRejected as exc:  # refused before anything changed: no restart needed
             raise ApiError(413, f"the engine refused it: {exc}") from exc
         except EngineError as exc:
+            if conv.closed:  # the failure is the close itself: nothing to recover
+                raise self.closed_error(conv) from exc
             raise await self._recover(conv, exc) from exc
+        if conv.closed:
+            raise self.closed_error(conv)
+        return result
 
     # ------------------------------------------------------------------------------------------ words
 

@@ -94,14 +94,13 @@ class Inbound:
                 self.emit(f.SpeechStarted(self.call_id, event.t))
             elif isinstance(event, TurnEnd):
                 self.speech_t = None
-                self.emit(
-                    f.TurnEnded(self.call_id, event.start, event.end, event.reason, event.pcm.tobytes())
-                )
+                self.emit(_turn_ended(self.call_id, event))
             elif isinstance(event, TurnDropped):
                 self.speech_t = None
                 self.emit(f.TurnDropped(self.call_id, event.start, event.end))
             elif isinstance(event, SpeechPaused):
-                self.emit(f.TurnPaused(self.call_id, event.start, event.end, event.pcm.tobytes()))
+                pcm = event.pcm.tobytes()
+                self.emit(f.TurnPaused(self.call_id, event.start, event.end, pcm, event.pcm_start))
         if not sounding and self.speech_t is None:
             self.barged = False  # the next sound may interrupt the next utterance
         self._maybe_barge_in(sounding)
@@ -138,10 +137,12 @@ class Inbound:
         out: list[f.Frame] = []
         for event in self.segmenter.flush():
             if isinstance(event, TurnEnd):
-                out.append(
-                    f.TurnEnded(self.call_id, event.start, event.end, event.reason, event.pcm.tobytes())
-                )
+                out.append(_turn_ended(self.call_id, event))
         if self.recorder is not None:
             self.recorder.close()
             self.recorder = None
         return out
+
+
+def _turn_ended(call_id: str, event: TurnEnd) -> f.TurnEnded:
+    return f.TurnEnded(call_id, event.start, event.end, event.reason, event.pcm.tobytes(), event.pcm_start)

@@ -80,7 +80,32 @@ def test_event_times_and_pcm_are_exact() -> None:
     assert start.t == 200 and t_start == 200 + 60  # onset at frame 10, announced after 3 speech frames
     assert (end.start, end.end, end.reason) == (200, 800, "silence")  # the 80 ms gap did not end the turn
     assert t_end - settings.stop_hangover_ms == end.end  # the documented definition of "end"
-    np.testing.assert_array_equal(end.pcm, pcm[10 * 160 : 40 * 160])
+    # pcm: the default 200 ms pre-roll before the start (here all 10 frames the stream had), then the turn.
+    assert end.pcm_start == 0 and end.preroll_ms == 200
+    np.testing.assert_array_equal(end.pcm, pcm[0 * 160 : 40 * 160])
+
+
+@pytest.mark.parametrize(
+    ("preroll_ms", "lead", "pcm_from"), [(0, 20, 18), (200, 20, 8), (200, 4, 0), (250, 20, 5), (1000, 20, 0)]
+)
+def test_preroll_keeps_audio_before_the_start_as_far_as_the_stream_goes(
+    preroll_ms: int, lead: int, pcm_from: int
+) -> None:
+    """`start` stays the (lag-corrected) speech onset; pcm begins `preroll_ms` earlier (whole frames, at
+    least that long), never before the stream; SpeechPaused carries the same pcm_start."""
+    d = [0.0] * lead + [1.0] * 20 + [0.0] * 30
+    clf = Scripted(d, onset_lag_ms=40)
+    settings = VadSettings(
+        start_hangover_ms=60, stop_hangover_ms=300, min_turn_ms=100, pause_ms=200, preroll_ms=preroll_ms
+    )
+    pcm = _frames_pcm(len(d))
+    events = [e for _, e in _feed(TurnSegmenter(clf, settings, 8000), pcm)]
+    paused, end = events[1], events[2]
+    assert isinstance(paused, SpeechPaused) and isinstance(end, TurnEnd)
+    assert end.start == (lead - 2) * 20  # the onset lag correction is unchanged by the pre-roll
+    assert end.pcm_start == paused.pcm_start == pcm_from * 20
+    np.testing.assert_array_equal(end.pcm, pcm[pcm_from * 160 : (lead + 20) * 160])
+    np.testing.assert_array_equal(paused.pcm, end.pcm)
 
 
 def test_short_turn_is_dropped_and_short_blip_never_starts() -> None:
@@ -121,7 +146,7 @@ def test_lag_correction_moves_boundaries_back_and_keeps_the_end_definition() -> 
     assert start.t == 400 - 40
     assert end.end == 1000 - 80
     assert t_end - 300 == end.end
-    np.testing.assert_array_equal(end.pcm, pcm[18 * 160 : 46 * 160])
+    np.testing.assert_array_equal(end.pcm, pcm[8 * 160 : 46 * 160])  # 200 ms pre-roll before the start
 
 
 def test_speech_paused_carries_the_turn_so_far_once_per_pause() -> None:
@@ -139,7 +164,7 @@ def test_speech_paused_carries_the_turn_so_far_once_per_pause() -> None:
     (_, _), (t1, p1), (t2, p2), (t_end, end) = events
     assert isinstance(p1, SpeechPaused) and isinstance(p2, SpeechPaused) and isinstance(end, TurnEnd)
     assert (p1.start, p1.end) == (100, 500 - 40) and t1 - 200 == p1.end  # pause_ms after the corrected end
-    np.testing.assert_array_equal(p1.pcm, pcm[5 * 160 : 23 * 160])
+    np.testing.assert_array_equal(p1.pcm, pcm[0 * 160 : 23 * 160])  # from the stream's start: pre-roll
     assert (p2.start, p2.end) == (end.start, end.end) == (100, 940 - 40) and t2 - 200 == p2.end
     np.testing.assert_array_equal(p2.pcm, end.pcm)
     assert t_end - 300 == end.end  # TurnEnd's own timing is unchanged by the pauses
@@ -168,6 +193,8 @@ def test_settings_are_validated() -> None:
         VadSettings(min_turn_ms=500, max_turn_ms=400)
     with pytest.raises(ValueError, match="pause_ms"):
         VadSettings(stop_hangover_ms=500, pause_ms=500)
+    with pytest.raises(ValueError, match="preroll_ms"):
+        VadSettings(preroll_ms=-20)
     seg = make_segmenter(VadSettings(backend="webrtc"), 8000)
     with pytest.raises(ValueError, match="160 int16"):
         seg.process(np.zeros(320, dtype=np.int16))
@@ -250,7 +277,8 @@ def test_default_segmenter_on_speech_with_noise_burst(
         assert abs(turn.end - t1) <= TOLERANCE_MS, (turn.end, t1)
         assert start.t == turn.start and turn.reason == "silence"
         assert t_emit - settings.stop_hangover_ms == turn.end
-        assert len(turn.pcm) == (turn.end - turn.start) * scene.sample_rate // 1000
+        assert turn.preroll_ms == 200  # the shipped pre-roll, all of it (the scene had silence before)
+        assert len(turn.pcm) == (turn.end - turn.start + 200) * scene.sample_rate // 1000
     burst0, burst1 = scene.bursts[0]
     assert all(turn.end <= burst0 or turn.start >= burst1 for _, turn in turns)
 

@@ -97,3 +97,50 @@ def test_cuda_lead_in_lane_and_mimi_stream_keep_tokens(reference: ReferenceFixtu
         pcm = torch.cat([c.pcm for c in got if c is not None])
         # Float rounding only: cuDNN picks other conv algorithms for a 2-call bucket than for 1 call.
         assert float((pcm - want).abs().max() / want.abs().max()) < 1e-3
+
+
+@pytest.mark.parametrize("special", ["audio_pad", "audio_bos", "ungenerated"])
+def test_cuda_rigged_sampler_specials_never_reach_mimi(
+    reference: ReferenceFixture, monkeypatch: pytest.MonkeyPatch, special: str
+) -> None:
+    """Issue 23: a sampler that emits BOS/PAD/"ungenerated" codes inside the captured graphs must not
+    take the CUDA context down (an out-of-range Mimi lookup is a device-side assert): the reply ends,
+    the context and the engine stay usable. The rig is captured into the graphs and switched by a
+    device flag, as real bad logits would arrive."""
+    import dia2.frame as frame_mod
+
+    runtime = reference.load_runtime("cuda", "float32")
+    code = getattr(runtime.ids, special)
+    on = torch.zeros((), dtype=torch.bool, device="cuda")
+    real = frame_mod.sample_rows
+
+    def rigged(logits: torch.Tensor, *args: object) -> torch.Tensor:
+        out = real(logits, *args)
+        if logits.shape[-1] > 2:  # audio draws only
+            out = torch.where(on, torch.full_like(out, code), out)
+        return out
+
+    monkeypatch.setattr(frame_mod, "sample_rows", rigged)
+    engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
+                    EngineOptions(capacity=2, max_reply_steps=120, reply_reserve_steps=40))
+    assert engine._graphs
+    call = engine.open_call()
+    greedy = SpeakOptions(GREEDY, GREEDY, 1.0)
+    got: list[AudioChunk | None] = []
+    engine.speak(call, "[S1] Hello, this is a verification call.", got.append, greedy)
+    for _ in range(60):
+        if len(got) >= 3:
+            break
+        engine.step()
+    on.fill_(True)
+    for _ in range(40):
+        if got and got[-1] is None:
+            break
+        engine.step()
+    torch.cuda.synchronize()  # a device-side assert would surface here
+    assert got[-1] is None and engine.invalid_codes >= 1
+    limit = runtime.mimi.codebook_size
+    assert all(c is not None and int(c.codes.max()) < limit and int(c.codes.min()) >= 0 for c in got[:-1])
+    on.fill_(False)
+    assert _reply(engine, call, "[S1] Okay.", greedy).shape[0] == 32
+    torch.cuda.synchronize()

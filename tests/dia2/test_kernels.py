@@ -180,10 +180,11 @@ def here(runtime: Dia2, reference: ReferenceFixture) -> Dia2:
     return runtime if DEV.type == "cpu" else reference.load_runtime("cuda", "float32")
 
 
-def _engine(runtime: Dia2, kernels_on: bool) -> Engine:
+def _engine(runtime: Dia2, kernels_on: bool, kernel_max_calls: int | None = None) -> Engine:
     engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
                     EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, fused=True,
-                                  kernels=kernels_on, seed=7, cuda_graphs=False, lead_in_lane=False))
+                                  kernels=kernels_on, seed=7, cuda_graphs=False, lead_in_lane=False,
+                                  kernel_max_calls=kernel_max_calls))
     assert (engine.fused is not None and engine.fused.kernels is not None) == kernels_on
     return engine
 
@@ -221,6 +222,36 @@ def test_engine_on_kernels_writes_the_same_codes(here: Dia2, reference: Referenc
         assert torch.equal(kernel_ring, torch_ring), engines[0].steps_run
         depformer_steps = engines[0].steps_run - engines[0].lead_steps
     assert engines[1].steps_run - engines[1].lead_steps == 3
+
+
+def test_kernel_max_calls_routes_larger_batches_to_the_torch_functions(
+    here: Dia2, reference: ReferenceFixture, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """``EngineOptions.kernel_max_calls``: a batch of more calls runs the compiled torch functions (main
+    step and depformer), a batch within it the kernels, and both write the same codes."""
+    opts = reference.options("cfg")
+    script = reference.inputs["cases"]["cfg"]["script"]
+    speak = SpeakOptions(opts.text, opts.audio, opts.cfg_scale)
+    engines = [_engine(here, True), _engine(here, True, kernel_max_calls=1)]
+    runs = [0, 0]
+    for i, engine in enumerate(engines):
+        fused = engine.fused
+        assert fused is not None and fused.kernels is not None and fused.main_kernels is not None
+        real = fused.kernels.run
+
+        def counted(*args: object, i: int = i, real: object = real) -> None:
+            runs[i] += 1
+            real(*args)  # type: ignore[operator]
+
+        monkeypatch.setattr(fused.kernels, "run", counted)
+        for _ in range(2):  # two calls: bucket 2 (4 decoder rows with CFG)
+            engine.speak(engine.open_call(), script, lambda chunk: None, speak)
+    assert engines[0].fused._kernel_rows(4) and not engines[1].fused._kernel_rows(4)  # type: ignore[union-attr]
+    while engines[0].steps_run - engines[0].lead_steps < 3:
+        for engine in engines:
+            assert engine.step()
+        assert torch.equal(engines[0].buf.ring, engines[1].buf.ring), engines[0].steps_run
+    assert runs[0] == 3 and runs[1] == 0
 
 
 def _layer_chain(x: torch.Tensor, w: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor,
@@ -290,7 +321,8 @@ def test_pdl_launches_equal_plain_launches_eager_and_in_a_graph() -> None:
 
 def test_pdl_option_runs_where_supported_and_names_why_not(here: Dia2) -> None:
     """``EngineOptions.pdl=True``: where the kernels cannot launch with PDL (the CPU interpreter, older
-    GPUs) building the engine fails and says why; where they can, they do. Off by default."""
+    GPUs) building the engine fails and says why; where they can, they do. The default (``None``) is
+    on exactly where it can run, and builds everywhere."""
     opts = EngineOptions(capacity=1, max_reply_steps=160, reply_reserve_steps=40, fused=True, kernels=True,
                          pdl=True, cuda_graphs=False, lead_in_lane=False)
     why = kernels.pdl_supported(DEV)
@@ -304,3 +336,7 @@ def test_pdl_option_runs_where_supported_and_names_why_not(here: Dia2) -> None:
     plain = Engine(here.model, here.ids, here.tokenizer, here.mimi,
                    EngineOptions(**{**opts.__dict__, "pdl": False}))
     assert plain.fused is not None and plain.fused.kernels is not None and not plain.fused.kernels.pdl
+    default = Engine(here.model, here.ids, here.tokenizer, here.mimi,
+                     EngineOptions(**{**opts.__dict__, "pdl": None}))
+    assert default.fused is not None and default.fused.kernels is not None
+    assert default.fused.kernels.pdl == (why is None)

@@ -102,15 +102,23 @@ def test_verification_flow_confirming_employer_with_a_hold() -> None:
     assert "Jane Doe" in texts[0] and "recorded" in texts[0] and replies[0] and not replies[0].interruptible
     assert "Initech" in texts[1]
     assert texts[3] == "Sure, I will hold." and "start" in texts[4]  # resumed the question it was on
-    assert results_of(replies) == {
+    results = results_of(replies)
+    assert {k: v for k, v in results.items() if not k.endswith(("_heard", "_intent", "_evidence"))} == {
         "employment_confirmed": True,
         "start_date": "2019-03",
         "currently_employed": False,
         "end_date": "2023-06",
-        "job_title": "Software engineer.",
+        "job_title": "Software Engineer",
         "outcome": "verified",
     }
-    assert call.results["job_title"] == "Software engineer."
+    # The raw words beside each value, and for yes/no the intent and the words that decided it.
+    assert results["start_date_heard"] == "She started in March 2019."
+    assert results["job_title_heard"] == "Software engineer."
+    assert (results["currently_employed_intent"], results["currently_employed_evidence"]) == (
+        "no",
+        "she left",
+    )
+    assert call.results["job_title"] == "Software Engineer"
     last = replies[-1]
     assert last is not None and last.ends_call() and last.silence_timeout_s is None
 
@@ -123,6 +131,11 @@ def test_verification_flow_confirming_employer_with_a_hold() -> None:
         ([None, None, None], "no_answer", "call back later"),
         (["Yes", "No, nobody by that name works here."], "not_employed", "letting me know"),
         (["No, you have the wrong number."], "no_verifier", "try again"),
+        (["Yes.", "I'm sorry, we don't give out that information over the phone."], "refused", "written"),
+        (["Yes.", "You'll need to go through The Work Number."], "refused", "written request"),
+        (["Sure.", "Hmm, I really don't know."], "unknown", "written request"),
+        (["Sure.", "She's at lunch, can you call back after two?"], "callback", "call back later"),
+        (["Sure.", "No, she doesn't work here anymore."], "not_employed", "letting me know"),
     ],
 )
 def test_verification_flow_endings(said: list[str | None], outcome: str, last_words: str) -> None:
@@ -196,12 +209,99 @@ def test_base_flow_is_valid_and_retries_then_gives_up(tmp_path: Path) -> None:
     assert gave_up is None  # no no_match target: the flow stays and waits
 
 
+def test_a_decline_records_a_refusal_never_a_false_no() -> None:
+    # The scripted HR person: before the classifier this recorded not_employed / false.
+    call = AgentCall("c", "", variables={"subject_name": "Jane Doe"})
+    replies = run_turns(
+        shipped_agent(), "Sure.", "I'm sorry, we don't give out that information over the phone.", call=call
+    )
+    results = results_of(replies)
+    assert results["outcome"] == "refused" and results["refused"] is True
+    assert "employment_confirmed" not in results and "employment_confirmed" not in call.results
+    assert results["employment_confirmed_intent"] == "refuse"
+    assert results["employment_confirmed_evidence"] == "we don't give out that information over the phone"
+
+
+def test_a_guess_is_asked_again_once_then_recorded_as_unclear() -> None:
+    call = AgentCall("c", "")
+    agent = shipped_agent()
+    # "No longer with the company" answers "does she work, or did she work, here?" both ways: a guess.
+    _, _, confirm, gave_up = run_turns(
+        agent, "Sure.", "She's no longer with the company.", "Well, she works here, she left last year.",
+        call=call,
+    )  # fmt: skip
+    assert confirm is not None and confirm.spoken_text == "Sorry, was that a yes or a no?"
+    assert not confirm.actions  # nothing recorded on a guess
+    assert gave_up is not None and "could not understand" in gave_up.spoken_text
+    assert call.results["employment_confirmed_intent"] == "unclear"
+    assert "employment_confirmed" not in call.results
+    # ... and a clear answer to the re-ask is taken.
+    call = AgentCall("d", "")
+    *_, taken = run_turns(agent, "Sure.", "She's no longer with the company.", "Yes.", call=call)
+    assert taken is not None and "start" in taken.spoken_text and call.results["employment_confirmed"] is True
+    assert call.results["employment_confirmed_heard"] == "She's no longer with the company. / Yes."
+
+
+@pytest.mark.parametrize("said", ["No, she still works here.", "Yeah, she not."])
+def test_a_particle_against_the_words_is_confirmed_before_anything_is_recorded(said: str) -> None:
+    # The first is the negation trap (a yes, said oddly); the second is tiny.en's "Yes, she does."
+    # under load: recorded as a no, it would be a false statement about someone's employment.
+    call = AgentCall("c", "")
+    *_, confirm, taken = run_turns(shipped_agent(), "Sure.", said, "Yes, she does.", call=call)
+    assert taken is not None and "start" in taken.spoken_text
+    assert confirm is not None and confirm.spoken_text == "Sorry, was that a yes or a no?"
+    assert call.results["employment_confirmed"] is True
+    assert call.results["employment_confirmed_heard"] == f"{said} / Yes, she does."
+
+
+def test_asked_to_repeat_the_flow_says_the_question_again_without_recording() -> None:
+    call = AgentCall("c", "", variables={"company": "Initech"})
+    *_, again = run_turns(shipped_agent(), "Sure.", "Sorry, could you say that again?", call=call)
+    assert again is not None and again.spoken_text.startswith("Sure. Does the applicant work")
+    assert "employment_confirmed_intent" not in call.results
+
+
+def test_a_title_field_does_not_record_a_refusal_as_the_title() -> None:
+    call = AgentCall("c", "")
+    said = ["Sure.", "Yes.", "June 2020", "Yes.", "I'm not allowed to give out job titles."]
+    replies = run_turns(shipped_agent(), *said, call=call)
+    assert results_of(replies)["outcome"] == "refused" and "job_title" not in call.results
+    assert call.results["job_title_intent"] == "refuse"
+
+
+@pytest.mark.parametrize(
+    ("said", "title"),
+    [("Manager.", "Manager"), ("Receptionist", "Receptionist"), ("Warehouse shift supervisor.",
+     "Warehouse Shift Supervisor"), ("Privacy officer", "Privacy Officer"), ("HR", "HR")],
+)  # fmt: skip
+def test_short_titles_that_sound_like_an_intent_are_titles(said: str, title: str) -> None:
+    call = AgentCall("c", "")
+    run_turns(shipped_agent(), "Sure.", "Yes.", "June 2020", "Yes.", said, call=call)
+    assert call.results["job_title"] == title
+
+
+@pytest.mark.parametrize(("said", "intent"), [("Not sure.", "unsure"), ("Pardon?", None)])
+def test_a_title_question_answered_with_a_non_answer(said: str, intent: str | None) -> None:
+    call = AgentCall("c", "")
+    *_, last = run_turns(shipped_agent(), "Sure.", "Yes.", "June 2020", "Yes.", said, call=call)
+    assert "job_title" not in call.results and last is not None
+    assert call.results.get("job_title_intent") == intent
+    if intent is None:  # asked again
+        assert last.spoken_text.startswith("Sure. And what is, or was, their job title")
+    else:  # recorded as not known, and the call goes on to its end
+        assert last.spoken_text.startswith("Thank you, that is everything") and last.ends_call()
+
+
 @pytest.mark.parametrize(
     ("kind", "text", "expected"),
     [
-        ("yes_no", "Yes, that's correct.", ("yes", True)),
-        ("yes_no", "No, she doesn't.", ("no", False)),
-        ("yes_no", "I know her.", (None, None)),
+        ("date", "March twenty nineteen", ("matched", "2019-03")),
+        ("date", "the fifteenth of March, twenty nineteen", ("matched", "2019-03-15")),
+        ("date", "nineteen ninety-eight", ("matched", "1998")),
+        ("date", "two thousand and nine", ("matched", "2009")),
+        ("title", "She works as a senior software engineer.", ("matched", "Senior Software Engineer")),
+        ("title", "His title is HR manager.", ("matched", "HR Manager")),
+        ("title", "She works at an engineer.", ("matched", "Engineer")),  # tiny.en's "as" in a call
         ("date", "March 15th, 2019", ("matched", "2019-03-15")),
         ("date", "since 2020", ("matched", "2020")),
         ("date", "3/4/2021", ("matched", "2021-03-04")),

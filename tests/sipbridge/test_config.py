@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+from sipbridge.agents.base import AgentError
+from sipbridge.agents.script import FlowError, load_flow
 from sipbridge.config import (
     SECRET_MASK,
     ConfigError,
@@ -16,6 +18,7 @@ from sipbridge.config import (
     masked_dict,
     schema_markdown,
 )
+from sipbridge.dialer.campaign import load_campaign
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -64,6 +67,7 @@ BAD_CONFIGS = [
     ("engine:\n  dia2:\n    dtype: float16\n", "cfg.yaml:3: engine.dia2.dtype:"),
     ("vad:\n  min_turn_ms: 5000\n  max_turn_ms: 4000\n", "cfg.yaml:1: vad: max_turn_ms must be greater"),
     ("vad:\n  stop_hangover_ms: 300\n  pause_ms: 300\n", "cfg.yaml:1: vad: pause_ms must be below"),
+    ("vad:\n  preroll_ms: 2000\n", "cfg.yaml:2: vad.preroll_ms: Input should be less than or equal to 1000"),
     ("sip:\n  trunk:\n    username: bridge\n", "cfg.yaml:2: sip.trunk: username and password go together"),
     (
         "media:\n  rtp_port_min: 5000\n  rtp_port_max: 4000\n",
@@ -202,3 +206,105 @@ def test_vad_section_maps_onto_the_segmenter_settings() -> None:
     # One difference on purpose: the bridge asks for pause events (early ASR); audio/vad sends none unasked.
     assert defaults == replace(VadSettings(), pause_ms=150)
     assert {f.name for f in fields(VadSettings)} <= set(type(config.vad).model_fields)
+
+
+# ------------------------------------------------------------------ hostile and sloppy input (issue 12)
+
+
+def test_numbers_and_booleans_do_not_stand_in_for_each_other(tmp_path: Path) -> None:
+    path = write(
+        tmp_path,
+        """
+        sip:
+          max_calls: yes
+        http:
+          port: on
+        storage:
+          record_calls: 1
+        logging:
+          json_format: "maybe"
+        """,
+    )
+    assert issues_of(path) == [
+        f"{path}:2: sip.max_calls: must be a number, not the boolean true (YAML reads unquoted yes/no/on/off"
+        " as booleans) (got True)",
+        f"{path}:4: http.port: must be a number, not the boolean true (YAML reads unquoted yes/no/on/off as"
+        " booleans) (got True)",
+        f"{path}:6: storage.record_calls: must be true or false (got 1)",
+        f"{path}:8: logging.json_format: must be true or false (got 'maybe')",
+    ]
+    # `${ENV}` values are strings: digits still make a number and true/false/yes/no a boolean.
+    env_path = write(tmp_path, "sip:\n  max_calls: ${CALLS}\nstorage:\n  record_calls: ${REC}\n")
+    config = load_config(env_path, env={"CALLS": "8", "REC": "false"}).config
+    assert config.sip.max_calls == 8 and config.storage.record_calls is False
+    assert "must be true or false" in issues_of(env_path, env={"CALLS": "8", "REC": "1"})[0]
+
+
+def test_campaigns_and_flows_are_as_strict(tmp_path: Path) -> None:
+    (tmp_path / "contacts.csv").write_text("number\n+14155550100\n", encoding="utf-8")
+    campaign = tmp_path / "campaign.yaml"
+    campaign.write_text(
+        'name: x\ncaller_id: "+14155550100"\nagent: {kind: llm}\ncontacts: contacts.csv\n'
+        "limits: {concurrency: yes}\namd: {enabled: 0}\n"
+    )
+    with pytest.raises(ConfigError) as info:
+        load_campaign(campaign, env={})
+    assert [issue.path for issue in info.value.issues] == ["limits.concurrency", "amd.enabled"]
+    flow = tmp_path / "flow.yaml"
+    # In flows yes/no are words callers say, so `interruptible: no` is the word "no": still a boolean.
+    flow.write_text("turns:\n  - say: Hello\n    interruptible: no\n")
+    assert load_flow(flow).turns[0].interruptible is False  # type: ignore[union-attr]
+    flow.write_text("turns:\n  - say: Hello\n    interruptible: 0\n")
+    with pytest.raises(FlowError) as flow_error:
+        load_flow(flow)
+    assert "turns[0].interruptible: must be true or false" in str(flow_error.value)
+
+
+def test_every_bad_override_is_reported(tmp_path: Path) -> None:
+    path = write(tmp_path, "http:\n  port: 8080\n")
+    problems = issues_of(
+        path, ("broken", "sip.port=[", "sip.max_calls=yes", "http.port=abc", "http.nope=1", "vad.x.y=1")
+    )
+    assert problems == [
+        "--set: override 'broken' is not of the form dotted.key=value",
+        "--set: sip.port: value is not valid YAML: while parsing a flow node\nexpected the node content, but"
+        " found '<stream end>'\n  in \"<unicode string>\", line 1, column 2:\n    [\n     ^",
+        "--set: sip.max_calls: must be a number, not the boolean true (YAML reads unquoted yes/no/on/off as"
+        " booleans) (got True)",
+        "--set: vad.x: unknown key",
+        "--set: http.port: Input should be a valid integer, unable to parse string as an integer (got 'abc')",
+        "--set: http.nope: unknown key",
+    ]
+
+
+def _alias_bomb(levels: int) -> str:
+    """`levels` lists of nine aliases of the list before: 9**levels leaves from a few hundred bytes."""
+    lines = ['a0: &a0 ["lol","lol","lol","lol","lol","lol","lol","lol","lol"]']
+    lines += [f"a{i}: &a{i} [{','.join([f'*a{i - 1}'] * 9)}]" for i in range(1, levels)]
+    return "\n".join(lines) + "\n"
+
+
+def test_alias_bombs_cycles_and_deep_nesting_are_refused(tmp_path: Path) -> None:
+    # Nine levels (432 bytes, 490 million nodes expanded) took 67 s and 4.5 GB before this was bounded; six
+    # levels (670 000 nodes) are enough to cross the bound and quick to refuse either way.
+    bomb = _alias_bomb(6)
+    assert issues_of(write(tmp_path, bomb)) == [
+        f"{tmp_path / 'cfg.yaml'}: YAML refused: aliases (*name) expand 22 written nodes to 672610; at most"
+        " 100000 more than written are allowed"
+    ]
+    (tmp_path / "flow.yaml").write_text(bomb)
+    with pytest.raises(AgentError, match=r"aliases \(\*name\) expand 22 written nodes"):
+        load_flow(tmp_path / "flow.yaml")
+    (tmp_path / "campaign.yaml").write_text(bomb)
+    with pytest.raises(ConfigError, match=r"YAML refused: aliases"):
+        load_campaign(tmp_path / "campaign.yaml", env={})
+    cycle = issues_of(write(tmp_path, "sip: &s\n  trunk: *s\n"))
+    assert cycle == [
+        f"{tmp_path / 'cfg.yaml'}: YAML refused: an alias refers to a node that contains it (a cycle)"
+    ]
+    deep = issues_of(write(tmp_path, "sip:\n  codecs: " + "[" * 20_000 + "]" * 20_000 + "\n"))
+    assert deep == [f"{tmp_path / 'cfg.yaml'}: YAML refused: nested too deeply"]
+    assert "a: value is not valid YAML: an alias refers" in issues_of(None, ("a=&a [*a]",))[0]
+    # Aliases within reason are still YAML: one anchor used twice.
+    shared = write(tmp_path, "sip:\n  allowed_sources: &nets [10.0.0.0/8]\nmedia: {}\nx: *nets\n")
+    assert issues_of(shared) == [f"{shared}:4: x: unknown key"]

@@ -12,6 +12,8 @@ from __future__ import annotations
 import concurrent.futures
 import io
 import json
+import select
+import socket
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -23,7 +25,7 @@ import numpy as np
 import numpy.typing as npt
 import pytest
 import soundfile as sf
-from websockets.exceptions import InvalidStatus
+from websockets.exceptions import ConnectionClosed, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
 from audio import g711
@@ -396,11 +398,11 @@ def test_limits_and_bad_audio(espeak_api: Api) -> None:
         assert api.client.delete(f"/conversations/{open_one['conversation_id']}").status_code == 200
     extra = [f"limit-{i}" for i in range(LIMITS["max_conversations"])]
     for cid in extra:
-        assert api.get("/state", params={"conversation_id": cid}).status_code == 200
-    refused = api.get("/state", params={"conversation_id": "one-too-many"})
+        assert api.post("/reset", json={"conversation_id": cid}).status_code == 200
+    refused = api.post("/reset", json={"conversation_id": "one-too-many"})
     assert refused.status_code == 429 and "max_conversations" in refused.json()["detail"]
     assert api.client.delete(f"/conversations/{extra[0]}").status_code == 200
-    assert api.get("/state", params={"conversation_id": "one-too-many"}).status_code == 200
+    assert api.post("/reset", json={"conversation_id": "one-too-many"}).status_code == 200
 
 
 def test_two_conversations_in_parallel_stay_separate(dia2_api: Api) -> None:
@@ -488,3 +490,165 @@ def test_stateless_tts_with_named_voices(dia2_api: Api) -> None:
     unknown = api.post("/tts", json={"text": "hi", "speaker_1": "nobody"})
     assert unknown.status_code == 404 and "nobody" in unknown.json()["detail"]
     assert api.get("/healthz").json()["engine"]["sessions"] == sessions  # the tts session was closed
+
+
+# ------------------------------------------------------------------------ hostile input (issue 12)
+
+
+def _raw_upload(api: Api, *, token: bool, body_bytes: int) -> tuple[int, bytes]:
+    """A chunked multipart upload over a raw socket, the way a hostile client streams one: headers, then
+    1 MiB chunks, reading between chunks; the body is never ended. Returns (bytes of body sent before the
+    server answered, the answer)."""
+    sock = socket.create_connection(("127.0.0.1", api.bridge.http_port), timeout=30)
+    auth = f"Authorization: Bearer {TOKEN}\r\n" if token else ""
+    sock.sendall(
+        f"POST /user_spoke HTTP/1.1\r\nHost: test\r\nTransfer-Encoding: chunked\r\n{auth}"
+        "Content-Type: multipart/form-data; boundary=XYZ\r\n\r\n".encode()
+    )
+    head = b'--XYZ\r\nContent-Disposition: form-data; name="audio"; filename="a.wav"\r\n\r\n'
+    chunk = b"\0" * (1 << 20)
+    sent, answer = 0, b""
+    with sock:
+        sock.sendall(b"%x\r\n%s\r\n" % (len(head), head))
+        for _ in range(body_bytes // len(chunk)):
+            if select.select([sock], [], [], 0)[0]:
+                break  # the server answered (or closed) before the body ended
+            try:
+                sock.sendall(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            except OSError:
+                break  # it closed the connection on us: read what it said
+            sent += len(chunk)
+        # The body is still open: an answer can only come from a server that stopped reading it.
+        while b"\r\n\r\n" not in answer or not answer.endswith(b"}"):
+            more = sock.recv(65536)
+            if not more:
+                break
+            answer += more
+    return sent, answer
+
+
+def test_uploads_are_refused_before_their_body_is_read(espeak_api: Api) -> None:
+    # No token: answered 401 right after the headers, while the body is still coming.
+    sent, answer = _raw_upload(espeak_api, token=False, body_bytes=0)
+    assert answer.startswith(b"HTTP/1.1 401") and b"bearer token" in answer, answer[:200]
+    # With the token, a chunked body (no Content-Length to refuse up front) is cut off at the cap: 413
+    # naming the key, long before the 64 MiB the client meant to send, and nothing spooled past the cap.
+    sent, answer = _raw_upload(espeak_api, token=True, body_bytes=64 << 20)
+    assert answer.startswith(b"HTTP/1.1 413"), answer[:200]
+    assert b"http.limits.max_upload_bytes" in answer and sent < 16 << 20, (sent, answer[:300])
+    assert espeak_api.get("/health").status_code == 200
+
+
+def test_bad_json_is_422_not_500(espeak_api: Api) -> None:
+    api = espeak_api
+    ctype = {"content-type": "application/json"}
+    bad_utf8 = api.post("/generate", content=b'{"text": "\xff\xfe"}', headers=ctype)
+    assert bad_utf8.status_code == 422 and "UTF-8" in bad_utf8.json()["detail"], bad_utf8.text
+    deep = b"[" * 50_000 + b"]" * 50_000
+    nested = api.post("/generate", content=deep, headers=ctype)
+    assert nested.status_code == 422 and "nested too deeply" in nested.json()["detail"], nested.text
+    tts = api.post("/tts", content=b"{" + b'"a":{' * 30_000 + b"}" * 30_001, headers=ctype)
+    assert tts.status_code == 422, tts.text
+    words = upload(api, "/user_spoke", encode(speech("yes", 8000), 8000, "WAV"), words=deep.decode())
+    assert words.status_code == 422 and "words" in words.json()["detail"], words.text
+    with api.ws(format="pcm16") as ws:
+        ready(ws)
+        ws.send(deep.decode())
+        error = json.loads(ws.recv(timeout=30))
+        assert error["event"] == "error" and error["status"] == 422, error
+        again = stream(ws, [{"text": "Still here.", "end": True}])  # the socket is still usable
+        assert again.done["event"] == "done" and again.chunks
+    # FastAPI's own validation errors have the same shape as ours: one sentence in `detail`.
+    unnamed = api.post("/upload_voice", files={"audio": ("v.wav", b"x")})
+    assert unnamed.status_code == 422 and unnamed.json()["detail"] == "invalid request: name: Field required"
+
+
+def test_delete_during_a_websocket_reply_says_so(espeak_api: Api) -> None:
+    api, cid = espeak_api, {"conversation_id": "deleted-ws"}
+    with api.ws(format="pcm16", **cid) as ws:
+        ready(ws)
+        ws.send(json.dumps({"text": "Hello, this reply waits for more text"}))  # no `end`: still speaking
+        while True:  # the reply is under way once its first audio arrived
+            if isinstance(ws.recv(timeout=30), bytes):
+                break
+        closed = api.client.delete("/conversations/deleted-ws")
+        assert closed.status_code == 200 and closed.json() == {"ok": True, "interrupted": True}
+        events = []
+        with pytest.raises(ConnectionClosed):
+            while True:
+                message = ws.recv(timeout=30)
+                if isinstance(message, str):
+                    events.append(json.loads(message))
+    assert events and events[-1]["event"] == "error" and events[-1]["status"] == 409, events
+    assert "was closed" in events[-1]["message"]
+    assert api.get("/state", params=cid).status_code == 404
+
+
+def test_delete_during_generate_says_so(dia2_api: Api) -> None:
+    api, cid = dia2_api, {"conversation_id": "deleted"}
+    assert api.post("/reset", json=cid).status_code == 200
+    text = "This reply is long on purpose so that it can be deleted halfway. " * 4
+    with concurrent.futures.ThreadPoolExecutor(1) as pool:
+        pending = pool.submit(api.post, "/generate", json={"text": text, "format": "pcm16", **cid, **GREEDY})
+        while not api.get("/state", params=cid).json()["speaking"]:  # tiny Dia2 on CPU speaks for seconds
+            assert not pending.done(), pending.result().text
+        closed = api.client.delete("/conversations/deleted")
+        reply = pending.result()
+    assert closed.status_code == 200 and closed.json()["interrupted"] is True
+    assert reply.status_code == 409 and "was closed" in reply.json()["detail"], reply.text
+    assert api.get("/healthz").json()["engine"]["rows_in_use"] == 0  # nothing leaked
+    assert api.post("/reset", json=cid).status_code == 200  # reopened empty on next use
+
+
+def test_ids_and_names_are_bounded_and_get_opens_nothing(espeak_api: Api) -> None:
+    api = espeak_api
+    opened = api.get("/conversations").json()["conversations"]
+    missing = api.get("/state", params={"conversation_id": "never-opened"})
+    assert missing.status_code == 404 and api.get("/conversations").json()["conversations"] == opened
+    for bad in ("a" * 129, "a" * 20_000, "a/b", "..", "has space", "per%cent", ""):
+        refused = api.post("/reset", json={"conversation_id": bad}) if bad else None
+        if refused is not None:
+            assert refused.status_code == 422 and "conversation_id" in refused.json()["detail"], bad
+        named = api.post("/upload_voice", files={"audio": ("v.wav", b"x")}, data={"name": bad})
+        assert named.status_code == 422, (bad, named.text)
+    assert api.get("/conversations").json()["conversations"] == opened
+    with pytest.raises(InvalidStatus) as denied:
+        api.ws(format="pcm16", conversation_id="a%2Fb")
+    assert denied.value.response.status_code == 422
+    longest = "x" * 128
+    assert api.post("/reset", json={"conversation_id": longest}).status_code == 200
+    assert api.client.delete(f"/conversations/{longest}").json() == {"ok": True, "interrupted": False}
+
+
+def test_openapi_refs_resolve_and_errors_are_declared(espeak_api: Api) -> None:
+    base = espeak_api.base
+    # /docs and /openapi.json are public (docs/HTTP_API.md): the schema holds no config value or secret.
+    assert httpx.get(f"{base}/docs").status_code == 200
+    schema = httpx.get(f"{base}/openapi.json").json()
+
+    def refs(node: Any) -> Iterator[str]:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                yield from ([value] if key == "$ref" else refs(value))
+        elif isinstance(node, list):
+            for value in node:
+                yield from refs(value)
+
+    for ref in refs(schema):
+        target: Any = schema
+        for part in ref.removeprefix("#/").split("/"):
+            assert isinstance(target, dict) and part in target, f"dangling $ref {ref}"
+            target = target[part]
+    assert schema["components"]["securitySchemes"]["HTTPBearer"]["scheme"] == "bearer"
+    body = schema["paths"]["/generate"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    assert {"text", "format", "conversation_id"} <= set(body["properties"])
+    for path, operations in schema["paths"].items():
+        for method, op in operations.items():
+            declared = set(op["responses"])
+            if path not in ("/health", "/healthz", "/metrics"):
+                assert {"401", "422", "500"} <= declared, (method, path, declared)
+            for code in declared - {"200"}:
+                error = op["responses"][code]["content"]["application/json"]["schema"]
+                assert error == {"$ref": "#/components/schemas/ErrorBody"}, (method, path, code)
+    assert {"409", "413", "429"} <= set(schema["paths"]["/generate"]["post"]["responses"])
+    assert "404" in schema["paths"]["/state"]["get"]["responses"]

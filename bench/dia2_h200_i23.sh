@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Issue 23's GPU measurements in one command (H200 lease, docs/PERFORMANCE.md "Issue 23").
+#   OUT=results UPSTREAM=path/to/nari-labs-dia2 bash bench/dia2_h200_i23.sh [STEP ...]   (default: pdl load profile)
+# Steps: pdl load profile profile256 hybrid load384 tiles fidelity enginegpu (see the case list below).
+# Every step has its own time limit so that one hang leaves the others' JSON; logs go to $OUT/log.txt.
+set -u
+OUT=${OUT:-out}
+mkdir -p "$OUT"
+export PYTHONUNBUFFERED=1
+PY=${PY:-python3}
+steps=${*:-pdl load profile}
+log() { echo "== $(date -u +%H:%M:%S) $*" | tee -a "$OUT/log.txt"; }
+run() { local limit=$1; shift; log "$*"; timeout "$limit" "$@" 2>&1 | tail -n 40 | tee -a "$OUT/log.txt"; }
+nvidia-smi --query-gpu=name,driver_version,memory.total,clocks.max.sm --format=csv | tee -a "$OUT/log.txt"
+for s in $steps; do
+  case $s in
+    pdl)
+      run 120 $PY -m pytest tests/dia2/test_kernels.py -q -x -k pdl
+      run 170 $PY bench/dia2_speed.py --calls 1 --out "$OUT/speed1.json"
+      run 170 $PY bench/dia2_speed.py --calls 1 --pdl --out "$OUT/speed1-pdl.json" ;;
+    load) run 300 $PY bench/dia2_speed.py --load-only --calls ${LOAD_CALLS:-128,192,256} --out "$OUT/load.json" ;;
+    profile) run 200 $PY bench/dia2_profile.py --variants kernels,kernels-pdl --calls 1 --out "$OUT/profile.json" ;;
+    profile256) run 240 $PY bench/dia2_profile.py --variants fused,kernels-pdl --calls 1,256 --out "$OUT/profile256.json" ;;
+    hybrid) run 200 $PY bench/dia2_speed.py --load-only --calls 192,256 --kernel-max-calls 64 --out "$OUT/load-hybrid.json" ;;
+    load384) run 300 $PY bench/dia2_speed.py --load-only --calls 256,320,384 --max-context-steps 1000 --out "$OUT/load384.json" ;;
+    speed1) run 170 $PY bench/dia2_speed.py --calls 1 --out "$OUT/speed1-final.json" ;;
+    enginegpu) run 300 $PY -m pytest tests/dia2/test_engine_gpu.py tests/dia2/test_kernels.py tests/dia2/test_failure_modes.py -q -x -p no:cacheprovider ;;
+    tiles) run 150 $PY bench/dia2_kernels.py --out "$OUT/tiles.json" ;;
+    fidelity) run 400 $PY bench/dia2_gpu_fidelity.py --upstream "${UPSTREAM:-.up/dia2}" --out "$OUT/fidelity.json" ;;
+  esac
+done
+log done
