@@ -116,6 +116,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flow_test.add_argument("--var", action="append", metavar="NAME=VALUE", help="call variable (repeatable)")
     flow_test.add_argument("--json", action="store_true", help="print the whole run as one JSON document")
+
+    from sipbridge.text import cli as text_cli
+
+    text_cli.add_parser(sub, _add_config_args)
     return parser
 
 
@@ -198,6 +202,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StoreError as exc:  # e.g. no database at the path: the commands never create one
             print(str(exc), file=sys.stderr)
             return EXIT_FAILURE
+
+    if args.command == "normalize":
+        from sipbridge.text import cli as text_cli
+
+        return text_cli.run(args, loaded)
 
     if args.command == "check-config":
         sys.stdout.write(f"# {loaded.source}: valid\n")

@@ -406,10 +406,70 @@ class EspeakEngineConfig(_Section):
     words_per_minute: int = Field(165, ge=80, le=450, description="Speaking rate.")
 
 
+class LexiconEntryConfig(_Section):
+    """One pronunciation override: a word or a regex pattern, and what to say instead (docs/TEXT.md)."""
+
+    word: str | None = Field(None, description="Whole word (or phrase) to replace, e.g. `Acme`.")
+    pattern: str | None = Field(
+        None, description=r"Python regex instead of a word, e.g. `EMP-(\d+)`; `say` may use its groups."
+    )
+    say: str = Field(..., description=r"The spoken form, e.g. `Ack-me` or `employee number \1`.")
+    case_sensitive: bool = Field(False, description="Match case exactly (default: any case).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _compiles(self) -> LexiconEntryConfig:
+        from sipbridge.text.lexicon import LexiconEntry, compile_entry
+
+        compile_entry(LexiconEntry(self.word, self.pattern, self.say, self.case_sensitive))
+        return self
+
+
+class TextConfig(_Section):
+    """How reply text becomes speakable words before any engine sees it (sipbridge/text, docs/TEXT.md)."""
+
+    normalize: bool = Field(
+        True,
+        description="Say numbers, dates, money, phone numbers, IDs, emails and abbreviations the way a "
+        "person would, and shape the script (speaker tag once, sentence segments). The HTTP API can switch "
+        "it per request (`normalize`).",
+    )
+    locale: Literal["en-US"] = Field("en-US", description="Language rules used to read the text.")
+    lexicon: list[LexiconEntryConfig] = Field(
+        [], description="Pronunciation overrides, first match wins; applied before the locale's rules."
+    )
+    short_reply_words: int = Field(
+        3, ge=1, le=20, description="Segments and replies shorter than this many words count as short."
+    )
+    short_reply_pause_s: float = Field(
+        0.3, ge=0.0, le=2.0, description="Dia2: pause appended to a short reply (0 = none); see docs/TEXT.md."
+    )
+    segment_max_words: int = Field(
+        40, ge=5, le=400, description="A sentence longer than this is cut (at a clause) into segments."
+    )
+    idle_flush_ms: int = Field(
+        150,
+        ge=10,
+        le=5000,
+        description="A streamed reply (LLM, WebSocket) that pauses this long while a word or number is held "
+        "back is spoken as it stands.",
+    )
+
+
 class EngineConfig(_Section):
     kind: Literal["dia2", "espeak"] = Field("espeak", description="Which speech engine answers.")
     dia2: Dia2EngineConfig = Field(default_factory=Dia2EngineConfig)
     espeak: EspeakEngineConfig = Field(default_factory=EspeakEngineConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
 
 
 # --------------------------------------------------------------------------------------------- asr

@@ -46,6 +46,8 @@ from sipbridge.engine.base import (
     Words,
     text_pieces,
 )
+from sipbridge.text.frontend import DIA2_TAG, TextFrontend
+from sipbridge.text.shape import ShapePolicy
 
 if TYPE_CHECKING:
     from sipbridge.asr import Transcriber
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 _DEFAULT_MIMI = "kyutai/mimi"
 # Voice prefix transcripts by "<sha256 of the WAV>:<ASR model>", for this process (the JSON file persists).
 _VOICE_CACHE: dict[str, list[tuple[str, float, float]]] = {}
+_DIA2_POLICY = ShapePolicy(speaker_tag=DIA2_TAG, breaks=True)  # replaced by make_engine from the config
 
 
 def spread_words(words: str, duration_s: float) -> list[tuple[str, float, float]]:
@@ -193,6 +196,7 @@ class Dia2Session:
             with contextlib.suppress(Exception):  # a failed user_spoke was logged; still answer
                 await asyncio.shield(self._chain)
         conv = await self._conversation()
+        text = self.engine.text.source(text, params)  # normalised, "[S1]" once, sentence segments
         source: Any = text if isinstance(text, str) else text_pieces(text)
         try:
             async for chunk in conv.speak(source, self.engine.options_for(params)):
@@ -233,6 +237,7 @@ class Dia2Engine:
     dia2_engine: Any = None
     speak_options: Any = None
     voice: PreparedVoice | None = None  # the configured prefix, encoded once at start
+    text: TextFrontend = field(default_factory=lambda: TextFrontend(policy=_DIA2_POLICY))
 
     async def start(self) -> None:
         try:
@@ -366,7 +371,7 @@ class Dia2Engine:
         alike. The engine caps top_k at its `max_top_k` (64, static shapes), and a cfg_scale only acts when
         the engine was started with CFG (config cfg_scale > 1): otherwise there is no unconditional row.
         """
-        if params is None or params == SpeakParams():
+        if params is None or dataclasses.replace(params, normalize=None) == SpeakParams():
             return self.speak_options
         from dia2.engine import SpeakOptions
         from dia2.sampling import SamplingParams
