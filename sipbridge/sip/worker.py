@@ -43,8 +43,11 @@ from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
 from sipbridge.sip.account import BridgeAccount, SourceFilter, account_config
 from sipbridge.sip.call import RX, TX, BridgeCall, CallPort, CallSlot
+from sipbridge.sip.guard import RequestGuard, WireRequest
 from sipbridge.sip.ipc import ChannelClosed, SyncChannel
+from sipbridge.sip.pjguard import PjGuard
 from sipbridge.sip.settings import WorkerSettings
+from sipbridge.sip.wire import escape_controls, wire_text
 
 log = logging.getLogger("sipbridge.worker")
 
@@ -54,7 +57,8 @@ _WATCHDOG_PERIOD_S = 0.5
 
 class _PjLogWriter(pj.LogWriter):
     def write(self, entry: pj.LogEntry) -> None:
-        log.warning("pjsip: %s", entry.msg.strip())
+        # PJSIP quotes whole packets in some warnings (parse errors): one escaped line, never forged ones.
+        log.warning("pjsip: %s", escape_controls(wire_text(entry.msg.strip(), 4096)))
 
 
 class StartupError(Exception):
@@ -77,9 +81,13 @@ class Worker:
     sip_tcp_port: int | None = None
     ep: pj.Endpoint | None = None
     account: BridgeAccount | None = None
+    pj_guard: PjGuard | None = None
+    refusals_logged_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.sources = SourceFilter(self.settings.allowed_sources)
+        family = 6 if ":" in self.settings.bind_address else 4
+        self.guard = RequestGuard.from_cidrs(self.settings.allowed_sources, family)
         self.frame_bytes = self.settings.clock_rate * 20 // 1000 * 2
 
     # ------------------------------------------------------------------------------------ set-up
@@ -130,6 +138,8 @@ class Worker:
                 f"cannot bind SIP {s.bind_address}:{s.sip_port} ({exc.info().strip()})"
             ) from None
         ep.libStart()
+        # Every request meets the guard before PJSIP creates a transaction, dialog or media socket for it.
+        self.pj_guard = PjGuard(self.guard, self._on_refused)
         ep.audDevManager().setNullDev()  # no sound card: a null port clocks the conference bridge
         wanted = {_CODEC_IDS[c]: 255 - i for i, c in enumerate(s.codecs)}
         for codec in ep.codecEnum2():
@@ -140,18 +150,37 @@ class Worker:
 
     # ------------------------------------------------------------------ PJSIP callbacks (main thread)
 
+    def _on_refused(self, req: WireRequest, ip: str, code: int, reason: str) -> None:
+        """A request the guard answered itself: counted, reported in aggregate, logged once a second."""
+        now = time.monotonic()
+        if now - self.refusals_logged_at >= 1.0:
+            self.refusals_logged_at = now
+            log.warning(
+                "refused %s from %s: %s (%s; further refusals this second are only counted)",
+                wire_text(req.method, 32),
+                ip,
+                code if code > 0 else "dropped",
+                reason,
+            )
+
+    def _report_refusals(self) -> None:
+        counts = self.guard.take_refused()
+        if counts:
+            self.emit(f.RequestsRefused(self.settings.index, counts))
+
     def on_incoming(self, account: BridgeAccount, prm: pj.OnIncomingCallParam) -> None:
         call = BridgeCall(self, account, prm.callId)
         slot_id = uuid.uuid4().hex
         call.slot_id = slot_id
         info = call.getInfo()
+        # Strings from the wire are made safe here, before any frame, log line or store row holds them.
         slot = CallSlot(
             call_id=slot_id,
             pj_call=call,
-            remote_uri=info.remoteUri,
-            local_uri=info.localUri,
-            remote_addr=prm.rdata.srcAddress,
-            sip_call_id=info.callIdString,
+            remote_uri=wire_text(info.remoteUri),
+            local_uri=wire_text(info.localUri),
+            remote_addr=wire_text(prm.rdata.srcAddress, 64),
+            sip_call_id=wire_text(info.callIdString),
         )
         self.calls[slot_id] = slot  # keep a Python reference or SWIG frees the Call
         op = pj.CallOpParam()
@@ -192,11 +221,13 @@ class Worker:
             self._retire(dial.call_id, 500, reason)
             return
         info = call.getInfo()
-        slot.local_uri = info.localUri
-        slot.sip_call_id = info.callIdString
+        slot.local_uri = wire_text(info.localUri)
+        slot.sip_call_id = wire_text(info.callIdString)
+        self.guard.expect(info.callIdString)  # its in-dialog requests must come from whoever answers
         log.info("call %s: dialing %s (ring timeout %.0f s)", dial.call_id, dial.target, dial.ring_timeout_s)
 
     def _on_progress(self, slot_id: str, code: int, reason: str) -> None:
+        reason = wire_text(reason)
         slot = self.calls.get(slot_id)
         if slot is None or slot.dial is None or code in slot.progress or code not in (180, 183):
             return
@@ -255,18 +286,20 @@ class Worker:
         log.info("call %s media up: %s", slot.call_id, codec)
 
     def on_transfer_status(self, slot_id: str, code: int, reason: str, final: bool) -> None:
+        reason = wire_text(reason)
         log.info("call %s: transfer status %d %s%s", slot_id, code, reason, " (final)" if final else "")
         self.emit(f.TransferStatus(slot_id, code, reason, final))
 
     def on_disconnected(self, slot_id: str, code: int, reason: str) -> None:
-        self.commands.put(("retire", slot_id, code, reason))
+        self.commands.put(("retire", slot_id, code, wire_text(reason)))
 
     def on_reg_state(self, prm: pj.OnRegStateParam) -> None:
         assert self.account is not None
         active = bool(self.account.getInfo().regIsActive)
         level = logging.INFO if active else logging.WARNING
-        log.log(level, "trunk registration: %s %s (expires %ss)", prm.code, prm.reason, prm.expiration)
-        self.emit(f.Registration(self.settings.index, active, int(prm.code), str(prm.reason), prm.expiration))
+        reason = wire_text(prm.reason)
+        log.log(level, "trunk registration: %s %s (expires %ss)", prm.code, reason, prm.expiration)
+        self.emit(f.Registration(self.settings.index, active, int(prm.code), reason, prm.expiration))
 
     # -------------------------------------------------------------------------------- main loop
 
@@ -292,6 +325,8 @@ class Worker:
             now = time.monotonic()
             if now >= next_watchdog:
                 self._watchdog(now)
+                self._report_refusals()
+                self.guard.prune({s.sip_call_id for s in self.calls.values()}, now)
                 next_watchdog = now + _WATCHDOG_PERIOD_S
         self._shutdown(media)
 
@@ -357,6 +392,7 @@ class Worker:
         slot = self.calls.pop(slot_id, None)
         if slot is None:
             return
+        self.guard.forget(slot.sip_call_id)
         # Dropping the port and Call here (main thread, registered) runs their C++ destructors safely.
         slot.port = None
         slot.pj_call = None  # type: ignore[assignment]
