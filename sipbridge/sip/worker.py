@@ -192,7 +192,12 @@ class Worker:
             self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 403, "source not allowed"))
             return
         op.statusCode = 200
-        call.answer(op)
+        try:
+            call.answer(op)
+        except pj.Error as exc:  # the 200 cannot be built or sent: give the slot back now
+            log.warning("call %s: answering failed (%s), refusing it", slot_id, exc.info().strip())
+            self._hangup(slot_id, "local", 500, "answer failed")
+            return
         log.info("call %s answered: %s from %s", slot_id, slot.remote_uri, slot.remote_addr)
 
     def dial(self, dial: f.Dial) -> None:
@@ -291,7 +296,10 @@ class Worker:
         self.emit(f.TransferStatus(slot_id, code, reason, final))
 
     def on_disconnected(self, slot_id: str, code: int, reason: str) -> None:
-        self.commands.put(("retire", slot_id, code, wire_text(reason)))
+        # Retired now, inside onCallState(DISCONNECTED) (pjsua2 allows deleting the Call there): once the
+        # callback returns pjsua may give the call's index to the next INVITE, and a stale Call object of
+        # that index would, when dropped, unhook the new call and hang it up (pjsua2's ~Call).
+        self._retire(slot_id, code, wire_text(reason))
 
     def on_reg_state(self, prm: pj.OnRegStateParam) -> None:
         assert self.account is not None
@@ -433,7 +441,11 @@ class Worker:
     def _shutdown(self, media: threading.Thread) -> None:
         assert self.ep is not None
         # Order verified in the recipes: hang up, let BYEs and callbacks run, drop every port and Call on
-        # this (registered) thread, then the account, then libDestroy.
+        # this (registered) thread, then the account, then libDestroy. Calls are marked first: they end
+        # because we stop, not because their callers hung up.
+        for slot in self.calls.values():
+            if slot.hangup_by is None:
+                slot.hangup_by, slot.hangup_reason = "shutdown", "worker shutting down"
         self.ep.hangupAllCalls()
         deadline = time.monotonic() + 2.0
         while self.calls and time.monotonic() < deadline:
@@ -541,9 +553,14 @@ class Worker:
 
     def _new_inbound(self, call_id: str, playback: PlaybackQueue) -> Inbound:
         s = self.settings
-        recorder = None
+        recorder, failure = None, None
         if s.recordings_dir is not None:
-            recorder = StereoRecorder(Path(s.recordings_dir) / call_id / "call.wav", s.clock_rate)
+            try:
+                recorder = StereoRecorder(Path(s.recordings_dir) / call_id / "call.wav", s.clock_rate)
+            except Exception as exc:  # read-only or full disk: the call goes on unrecorded
+                failure = f"{type(exc).__name__}: {exc}"[:300]
+        if failure is not None:
+            self.emit(f.RecordingFailed(call_id, failure))
         return Inbound(
             call_id=call_id,
             segmenter=make_segmenter(VadSettings(**s.vad), s.clock_rate),
@@ -569,6 +586,8 @@ class Worker:
     def _close_inbound(self, call_id: str, code: int, reason: str, by: str) -> None:
         ib = self.inbound.pop(call_id, None)
         if ib is None:
+            # The call's media never opened here (it failed): still end it, or its session never would.
+            self.emit(f.CallEnded(call_id, code, reason, by, 0, 0, 0))
             return
         for frame in ib.close():
             self.emit(frame)
