@@ -211,6 +211,9 @@ class Supervisor:
             if method == "INVITE" and code > 0:
                 self.metrics.calls_rejected.inc(count, code=str(code))
         self.store.add_refusals([tuple(c) for c in frame.counts])  # type: ignore[misc]
+        # One line per worker report (at most two a second), however many requests it sums up.
+        summary = ", ".join(f"{m} {c} x{n}" for m, c, _r, n in frame.counts)
+        log.info("worker %d: sip refusals recorded: %s", frame.index, summary)
 
     def _on_rejected(self, worker: WorkerHandle, frame: f.CallRejected) -> None:
         """An INVITE PJSIP took and then refused (ACL backstop, 486, 488 ...): a call row, at most
