@@ -1,5 +1,5 @@
-"""Hostile and broken SIP input must never cost a call (issue 12): a real `sipbridge run` on loopback, attacked
-from 127.0.0.2 (outside `sip.allowed_sources`) and from 127.0.0.1 (inside it) with hand-built requests.
+"""Hostile and broken SIP input must never cost a call (issue 12): a real `sipbridge run` on loopback,
+attacked from 127.0.0.2 (outside `sip.allowed_sources`) and from 127.0.0.1 (inside it) with hand-built requests.
 
 Each test holds a legitimate call open through the attack and checks it ends as its caller ends it, recorded
 `completed`, with the worker never restarted.
