@@ -204,8 +204,10 @@ class Store:
         problems = [str(row[0]) for row in self._db.execute("PRAGMA quick_check(5)")]
         if problems != ["ok"]:
             self._db.close()
+            found = "; ".join(p.replace("*** in database main ***", "").strip() for p in problems)
+            found = found.replace("\n", "; ")[:300]
             raise StoreError(
-                f"{self.path} is damaged (PRAGMA quick_check: {'; '.join(problems)}); restore it from a"
+                f"{self.path} is damaged (PRAGMA quick_check: {found}); restore it from a"
                 f" backup, or salvage it with `sqlite3 {self.path} .recover | sqlite3 new.sqlite3`"
             )
 

@@ -1,5 +1,6 @@
 """Hostile and broken SIP input must never cost a call (issue 12): a real `sipbridge run` on loopback,
-attacked from 127.0.0.2 (outside `sip.allowed_sources`) and from 127.0.0.1 (inside it) with hand-built requests.
+attacked from 127.0.0.2 (outside `sip.allowed_sources`) and from 127.0.0.1 (inside it)
+with hand-built requests.
 
 Each test holds a legitimate call open through the attack and checks it ends as its caller ends it, recorded
 `completed`, with the worker never restarted.
@@ -149,8 +150,8 @@ def test_burst_of_80_invites_while_a_call_goes_on(tmp_path: Path) -> None:
             stranger.send(stranger.request("INVITE", Dialog(f"s{i}", "t"), body=sdp("127.0.0.2")))
             friend.send(friend.request("INVITE", Dialog(f"f{i}", "t"), body=sdp("::1", family="IP6")))
         got = {"stranger": stranger.responses(2.0), "friend": friend.responses(2.0)}
-        assert sorted(status(r) for r in got["stranger"]) == [403] * 40
-        assert sorted(status(r) for r in got["friend"]) == [488] * 40
+        finals = {who: sorted(status(r) for r in got[who] if not r.startswith("SIP/2.0 1")) for who in got}
+        assert finals == {"stranger": [403] * 40, "friend": [488] * 40}
         _again, answer = RawSip(bridge.port).call()  # the worker still takes calls
         assert status(answer) == 200
         hang_up(bridge, caller, dialog)
