@@ -8,7 +8,6 @@ import re
 import sys
 import time
 
-
 # C0/C1 controls and the Unicode line separators: a peer's CR/LF inside a logged SIP string must not start
 # a forged log line. Escaped in the message only; tracebacks keep their own line breaks.
 _CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
