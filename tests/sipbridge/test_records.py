@@ -131,21 +131,19 @@ def test_burst_of_real_calls_overflowing_a_worker_leaves_no_session_behind(tmp_p
     try:
         for i in range(40):
             peer.send(peer.request("INVITE", Dialog(f"v{i}", "t"), body=sdp("127.0.0.1", 40000 + 2 * i)))
-        answered = 0
+        answered: set[str] = set()
         for response in peer.responses(2.0):
-            if status(response) == 200:
-                answered += 1
-                call_id = next(
-                    line.split(":", 1)[1].strip()
-                    for line in response.split("\r\n")
-                    if line.startswith("Call-ID:")
-                )
+            call_id = next(
+                ln.split(":", 1)[1].strip() for ln in response.split("\r\n") if ln.startswith("Call-ID:")
+            )
+            if status(response) == 200 and call_id not in answered:  # (not a retransmitted 200)
+                answered.add(call_id)
                 dialog = Dialog(call_id, "t", to_tag(response))
                 peer.send(peer.request("ACK", dialog))
                 dialog.cseq = 2
                 peer.send(peer.request("BYE", dialog))
-        assert answered >= 4
-        for _ in range(answered):
+        assert len(answered) >= 4
+        for _ in answered:
             bridge.wait_log(r"recorded: completed")
         health = bridge.health()
         assert health["calls"]["active"] == 0 and health["store"]["active_calls"] == 0, health
