@@ -47,7 +47,7 @@ from sipbridge.sip.guard import RequestGuard, WireRequest
 from sipbridge.sip.ipc import ChannelClosed, SyncChannel
 from sipbridge.sip.pjguard import PjGuard
 from sipbridge.sip.settings import WorkerSettings
-from sipbridge.sip.wire import escape_controls, wire_text
+from sipbridge.sip.wire import wire_text
 
 log = logging.getLogger("sipbridge.worker")
 
@@ -58,7 +58,7 @@ _WATCHDOG_PERIOD_S = 0.5
 class _PjLogWriter(pj.LogWriter):
     def write(self, entry: pj.LogEntry) -> None:
         # PJSIP quotes whole packets in some warnings (parse errors): one escaped line, never forged ones.
-        log.warning("pjsip: %s", escape_controls(wire_text(entry.msg.strip(), 4096)))
+        log.warning("pjsip: %s", wire_text(entry.msg.strip(), 4096))
 
 
 class StartupError(Exception):
