@@ -9,6 +9,7 @@ OUTCOME_BY_ENDER: dict[str, str] = {
     "watchdog": "no_media",  # no RTP for media.dead_media_timeout_s
     "error": "failed",
     "shutdown": "interrupted",  # our own shutdown (SIGTERM, `sipbridge run` stopping) cut the call
+    "no_ack": "failed",  # our 200 was never ACKed (the caller cannot hear us, or never existed)
 }
 
 # INVITEs refused before a call existed (CallRejected.code) -> outcome. The guard's stateless refusals are

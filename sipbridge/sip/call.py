@@ -81,6 +81,8 @@ class CallSlot:
     rx_packets: int = 0
     rx_changed_at: float = field(default_factory=time.monotonic)
     rejected: bool = False
+    answered_at: float = 0.0  # inbound: when we sent the 200 (0: not yet)
+    confirmed: bool = False  # the caller's ACK came (PJSIP_INV_STATE_CONFIRMED)
     # Outbound (sipbridge/dialer): the Dial that placed the call, INVITE time, first 180/183, why we ended it.
     dial: f.Dial | None = None
     invited_at: float = 0.0

@@ -203,3 +203,29 @@ def _response_call_id(raw: bytes) -> str:
         if sep and name.strip().lower() in (b"call-id", b"i"):
             return value.strip().decode("utf-8", "replace")
     return ""
+
+
+class CallTerminator:
+    """`pjsip_inv_terminate` for a pjsua call index: ends a call at once, without the BYE that PJSIP would
+    hold back until the caller's ACK (`pending_bye`). Used for a 200 that is never ACKed, which would hold
+    its slot until PJSIP's own timers gave up (30-64 s).
+
+    pjsua2 does not expose a call's `pjsip_inv_session`; it is `pjsua_var.calls[i].inv` (offsets from
+    pjproject 2.15.1 built with PJSUA_MAX_CALLS 4, checked at start: `calls[i].index == i`)."""
+
+    _CALLS, _STRIDE, _INV = 56416, 21504, 112
+
+    def __init__(self, max_calls: int) -> None:
+        self.lib = ctypes.CDLL(pj._pjsua2.__file__)
+        self.lib.pjsip_inv_terminate.argtypes = [ctypes.c_void_p, ctypes.c_uint, ctypes.c_int]
+        self.base = ctypes.addressof(ctypes.c_char.in_dll(self.lib, "pjsua_var")) + self._CALLS
+        indexes = [ctypes.c_uint.from_address(self.base + i * self._STRIDE).value for i in range(max_calls)]
+        self.ok = indexes == list(range(max_calls))
+        if not self.ok:
+            log.error("pjsua_var layout differs from pjproject 2.15.1: un-ACKed calls end at PJSIP's timer")
+
+    def terminate(self, index: int, code: int) -> bool:
+        if not self.ok or index < 0:
+            return False
+        inv = ctypes.c_void_p.from_address(self.base + index * self._STRIDE + self._INV).value
+        return bool(inv) and self.lib.pjsip_inv_terminate(inv, code, 1) == 0

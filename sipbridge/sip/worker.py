@@ -45,7 +45,7 @@ from sipbridge.sip.account import BridgeAccount, SourceFilter, account_config
 from sipbridge.sip.call import RX, TX, BridgeCall, CallPort, CallSlot
 from sipbridge.sip.guard import RequestGuard, WireRequest
 from sipbridge.sip.ipc import ChannelClosed, SyncChannel
-from sipbridge.sip.pjguard import PjGuard
+from sipbridge.sip.pjguard import CallTerminator, PjGuard
 from sipbridge.sip.settings import WorkerSettings
 from sipbridge.sip.wire import wire_text
 
@@ -53,6 +53,9 @@ log = logging.getLogger("sipbridge.worker")
 
 _CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
 _WATCHDOG_PERIOD_S = 0.5
+# A caller's ACK follows our 200 within a round trip; PJSIP retransmits the 200 at 0.5, 1, 2, 4 s. Past
+# this the INVITE cannot become a call (spoofed source, an answer it cannot read): its slot is given back.
+_ACK_TIMEOUT_S = 8.0
 
 
 class _PjLogWriter(pj.LogWriter):
@@ -140,6 +143,7 @@ class Worker:
         ep.libStart()
         # Every request meets the guard before PJSIP creates a transaction, dialog or media socket for it.
         self.pj_guard = PjGuard(self.guard, self._on_refused)
+        self.terminator = CallTerminator(s.max_calls)
         ep.audDevManager().setNullDev()  # no sound card: a null port clocks the conference bridge
         wanted = {_CODEC_IDS[c]: 255 - i for i, c in enumerate(s.codecs)}
         for codec in ep.codecEnum2():
@@ -192,6 +196,7 @@ class Worker:
             self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 403, "source not allowed"))
             return
         op.statusCode = 200
+        slot.answered_at = time.monotonic()
         try:
             call.answer(op)
         except pj.Error as exc:  # the 200 cannot be built or sent: give the slot back now
@@ -419,6 +424,9 @@ class Worker:
 
     def _watchdog(self, now: float) -> None:
         for slot in list(self.calls.values()):
+            if slot.answered_at and not slot.confirmed and slot.hangup_by is None:
+                self._check_ack(slot, now)
+                continue
             if slot.dial is not None and not slot.started and slot.hangup_by is None:
                 if now - slot.invited_at > slot.dial.ring_timeout_s:
                     waited = now - slot.invited_at
@@ -437,6 +445,20 @@ class Worker:
             elif now - slot.rx_changed_at > self.settings.dead_media_timeout_s:
                 log.warning("call %s: no RTP for %.1f s, hanging up", slot.call_id, now - slot.rx_changed_at)
                 self._hangup(slot.call_id, "watchdog", 200, "no media")
+
+    def _check_ack(self, slot: CallSlot, now: float) -> None:
+        try:
+            info = slot.pj_call.getInfo()
+        except pj.Error:
+            return
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            slot.confirmed = True
+        elif now - slot.answered_at > _ACK_TIMEOUT_S:
+            log.warning("call %s: no ACK for our 200 after %.0f s, ending it", slot.call_id, _ACK_TIMEOUT_S)
+            slot.hangup_by, slot.hangup_reason = "no_ack", "no ACK for our 200"
+            if not self.terminator.terminate(slot.pj_call.getId(), 408):
+                slot.hangup_by = None
+                self._hangup(slot.call_id, "local", 408, "no ACK")
 
     def _shutdown(self, media: threading.Thread) -> None:
         assert self.ep is not None

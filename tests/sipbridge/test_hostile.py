@@ -180,19 +180,28 @@ def test_burst_of_80_invites_while_a_call_goes_on(tmp_path: Path) -> None:
 
 def test_invites_that_cannot_become_calls_take_no_slot(tmp_path: Path) -> None:
     """A From of 1700 × "é" makes the 200 larger than PJSIP's send buffer: refused 513 at once, so four of
-    them do not fill the worker's four slots for the next 30-48 s."""
+    them do not fill the worker's four slots for the next 30-48 s. A 200 never ACKed gives its slot back
+    after 8 s."""
     bridge = start(tmp_path)
     big = RawSip(bridge.port)
     try:
         for i in range(4):
             big.send(big.request("INVITE", Dialog(f"big{i}", "t"), body=sdp(), display="é".encode() * 1700))
             assert status(big.final()) == 513
+        # Four INVITEs whose 200 is never ACKed (a spoofed source cannot): their slots come back after 8 s,
+        # not at PJSIP's timers (30-64 s).
+        for i in range(4):
+            big.send(big.request("INVITE", Dialog(f"noack{i}", "t"), body=sdp()))
+        for _ in range(4):
+            bridge.wait_log(r"no ACK for our 200 after 8 s, ending it")
         caller = RawSip(bridge.port)
         dialog, answer = caller.call()
         assert status(answer) == 200, answer
         bridge.wait_log(r"media up")
         hang_up(bridge, caller, dialog)
         caller.close()
+        outcomes = [r["outcome"] for r in bridge.calls()]
+        assert sorted(outcomes) == ["completed"] + ["failed"] * 4, outcomes
     finally:
         big.close()
         assert bridge.stop() == 0
