@@ -1,7 +1,7 @@
 """SIP flood against a real `sipbridge run` on loopback (issue 12): does one worker survive, keep its live
 call, and end every session it started?
 
-    python bench/sip_flood.py [--invites 1000] [--out bench/results/sip_flood.json]
+    python bench/sip_flood.py [--invites 1000] [--out docs/results/<date>-cpu-sip-flood.json]
 
 Sends, as fast as one socket can, a mix of INVITEs: from outside `sip.allowed_sources` (127.0.0.2), allowed
 ones whose SDP cannot work (IPv6 address), and allowed valid ones that are ACKed and hung up at once (the
