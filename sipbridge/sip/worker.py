@@ -304,7 +304,12 @@ class Worker:
         # Retired now, inside onCallState(DISCONNECTED) (pjsua2 allows deleting the Call there): once the
         # callback returns pjsua may give the call's index to the next INVITE, and a stale Call object of
         # that index would, when dropped, unhook the new call and hang it up (pjsua2's ~Call).
-        self._retire(slot_id, code, wire_text(reason))
+        try:
+            self._retire(slot_id, code, wire_text(reason))
+        except ChannelClosed:  # inside a PJSIP callback: never let it unwind into C
+            self.commands.put(("shutdown", "supervisor channel closed"))
+        except Exception:
+            log.exception("call %s: retiring it failed", slot_id)
 
     def on_reg_state(self, prm: pj.OnRegStateParam) -> None:
         assert self.account is not None
