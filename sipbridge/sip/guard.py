@@ -174,10 +174,11 @@ class RequestGuard:
 
     def _decide(self, req: WireRequest, ip: str, now: float) -> Verdict:
         peer = self.dialogs.get(req.call_id)
-        if peer is not None and (req.to_tag or req.method in ("ACK", "CANCEL", "BYE")):
-            if peer and ip != peer:
+        if peer and (req.to_tag or req.method in ("ACK", "CANCEL", "BYE")):
+            if ip != peer:
                 return Verdict(-1 if req.method == "ACK" else 403, "not the dialog's peer")
             return PASS
+        # (an outbound dialog nobody has answered yet has no peer: the ACL below decides)
         if not self.allows_source(ip):
             return Verdict(-1 if req.method == "ACK" else 403, "source not allowed")
         if req.method in _NOT_OURS:
