@@ -60,6 +60,23 @@ class CallRejected(Frame):
 
 
 @dataclass(frozen=True)
+class RequestsRefused(Frame):
+    """SIP requests the worker's guard answered (or dropped) statelessly since its last report, aggregated:
+    one frame per half second at most, however fast a flood comes (sipbridge/sip/guard.py)."""
+
+    index: int
+    counts: list[tuple[str, int, str, int]]  # (method, code, reason, count); code -1: dropped (an ACK)
+
+
+@dataclass(frozen=True)
+class RecordingFailed(CallFrame):
+    """The call's recording could not be written (disk full, read-only directory): the call goes on
+    without it."""
+
+    error: str
+
+
+@dataclass(frozen=True)
 class CallStarted(CallFrame):
     """Answered, media active: the supervisor may speak from now on."""
 
@@ -297,6 +314,8 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         WorkerReady,
         Registration,
         CallRejected,
+        RequestsRefused,
+        RecordingFailed,
         CallStarted,
         SpeechStarted,
         TurnEnded,

@@ -160,6 +160,26 @@ class Metrics:
             ("campaign", "outcome"),
         )
     )
+    sip_refused: Counter = field(
+        default_factory=lambda: Counter(
+            "sipbridge_sip_requests_refused_total",
+            "SIP requests a worker's guard answered statelessly (or dropped: code -1), by method and status.",
+            ("method", "code"),
+        )
+    )
+    frame_errors: Counter = field(
+        default_factory=lambda: Counter(
+            "sipbridge_worker_frame_errors_total",
+            "Worker frames whose handling raised (logged; that frame dropped or that call ended).",
+            ("frame",),
+        )
+    )
+    recording_failures: Counter = field(
+        default_factory=lambda: Counter(
+            "sipbridge_recording_failures_total",
+            "Calls whose recording could not be written (they went on without it).",
+        )
+    )
     gauges: list[Gauge] = field(default_factory=list)
 
     def gauge(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
@@ -169,6 +189,7 @@ class Metrics:
         """The exposition text, families in a fixed order."""
         families: list[Counter | Histogram | Gauge] = [
             self.calls_started, self.calls_ended, self.calls_rejected, self.caller_turns, self.barge_ins,
-            self.reply_latency, self.asr_wait, self.engine_first_chunk, self.dial_attempts, *self.gauges,
+            self.reply_latency, self.asr_wait, self.engine_first_chunk, self.dial_attempts, self.sip_refused,
+            self.frame_errors, self.recording_failures, *self.gauges,
         ]
         return "".join(line + "\n" for family in families for line in family.lines())

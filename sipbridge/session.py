@@ -33,6 +33,7 @@ from sipbridge.config import Config
 from sipbridge.dialer.amd_words import GreetingTranscriber
 from sipbridge.dialer.live import OutboundCall
 from sipbridge.engine import Engine, EngineError, EngineSession
+from sipbridge.media.recorder import repair_recordings
 from sipbridge.metrics import Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
@@ -97,6 +98,7 @@ class CallSession:
     _amd_words: GreetingTranscriber | None = None  # the greeting's words for the worker's AMD (amd.asr)
     _early: EarlyWords | None = None  # transcription of the turn so far, from its latest TurnPaused
     metrics: Metrics = field(default_factory=Metrics)  # the supervisor's (a fresh one when run alone)
+    _recording_failed: bool = False  # recordings dir unwritable: the call goes on without them
 
     @property
     def direction(self) -> str:
@@ -111,11 +113,40 @@ class CallSession:
         return self.config.media.clock_rate
 
     def _turn_dir(self) -> Path | None:
-        if not self.config.storage.record_calls:
+        if not self.config.storage.record_calls or self._recording_failed:
             return None
         path = Path(self.config.storage.recordings_dir).resolve() / self.call_id
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._recording_error(exc)
+            return None
         return path
+
+    def _save_wav(self, name: str, pcm: np.ndarray[Any, Any]) -> str | None:
+        """A turn's audio next to the call's recording; None (and an error event) if it cannot be written."""
+        turn_dir = self._turn_dir()
+        if turn_dir is None:
+            return None
+        path = turn_dir / name
+        try:
+            write_wav(str(path), pcm.astype(np.float32) / 32768.0, self.rate)
+        except Exception as exc:  # OSError, soundfile.LibsndfileError (disk full, read-only)
+            self._recording_error(exc)
+            return None
+        return str(path)
+
+    def _recording_error(self, exc: BaseException) -> None:
+        """Recordings stop for this call; the call goes on. Stored once as an event, counted once."""
+        if self._recording_failed:
+            return
+        self._recording_failed = True
+        self.metrics.recording_failures.inc()
+        log.error("call %s: cannot write its recordings, going on without them: %s", self.call_id, exc)
+        try:
+            self.store.add_event(self.call_id, "recording_failed", {"error": f"{type(exc).__name__}: {exc}"})
+        except Exception:
+            log.exception("call %s: storing the recording failure failed", self.call_id)
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -206,6 +237,9 @@ class CallSession:
 
     def _record_end(self, ended: f.CallEnded | None, lost_reason: str | None) -> None:
         if lost_reason is not None:
+            if self.config.storage.record_calls:  # its worker died writing it: make the header whole
+                path = Path(self.config.storage.recordings_dir).resolve() / self.call_id / "call.wav"
+                repair_recordings([str(path)] if path.exists() else [])
             self.store.end_call(self.call_id, "failed", reason=lost_reason)
             self.metrics.calls_ended.inc(direction=self.direction, outcome="failed")
             log.warning("call %s recorded: failed (%s)", self.call_id, lost_reason)
@@ -248,6 +282,8 @@ class CallSession:
             self._early = None  # noise: nothing of it is a turn
         elif isinstance(frame, f.BargeIn):
             self._on_barge_in(frame)
+        elif isinstance(frame, f.RecordingFailed):  # the worker's call.wav
+            self._recording_error(RuntimeError(frame.error))
         elif isinstance(frame, f.PlaybackDone):
             self._on_playback_done(frame)
         elif isinstance(frame, f.Dtmf):
@@ -349,11 +385,7 @@ class CallSession:
             self.metrics.caller_turns.inc(early_asr="true" if early_words is not None else "false")
             self.metrics.asr_wait.observe(t_asr - t0)
             self.engine_session.user_spoke(pcm, self.rate, timed if timed else words)
-            audio_path = None
-            turn_dir = self._turn_dir()
-            if turn_dir is not None:
-                audio_path = str(turn_dir / f"caller-{self.caller_turns}.wav")
-                write_wav(audio_path, pcm.astype(np.float32) / 32768.0, self.rate)
+            audio_path = self._save_wav(f"caller-{self.caller_turns}.wav", pcm)
             self.caller_turns += 1
             self.store.add_turn(
                 self.call_id,
@@ -518,11 +550,8 @@ class CallSession:
         if utt is None:
             return
         audio_path = None
-        turn_dir = self._turn_dir()
-        if turn_dir is not None and utt.pcm:
-            audio_path = str(turn_dir / f"bot-{utt.id}.wav")
-            pcm = np.frombuffer(b"".join(utt.pcm), dtype=np.int16)
-            write_wav(audio_path, pcm.astype(np.float32) / 32768.0, self.rate)
+        if utt.pcm:
+            audio_path = self._save_wav(f"bot-{utt.id}.wav", np.frombuffer(b"".join(utt.pcm), dtype=np.int16))
         self.store.add_turn(
             self.call_id,
             "bot",

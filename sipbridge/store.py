@@ -124,6 +124,18 @@ _MIGRATIONS: tuple[str, ...] = (
         UNIQUE (contact_id, attempt)
     );
     """,
+    # 5: SIP requests refused before any call existed (issue 12), aggregated per minute: a flood adds at most
+    # one row per (minute, method, status, reason) instead of one call row per request.
+    """
+    CREATE TABLE refusals (
+        minute   INTEGER NOT NULL,
+        method   TEXT NOT NULL,
+        code     INTEGER NOT NULL,
+        reason   TEXT NOT NULL,
+        count    INTEGER NOT NULL,
+        PRIMARY KEY (minute, method, code, reason)
+    );
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -180,10 +192,24 @@ class Store:
             self._db.execute("PRAGMA journal_mode = WAL")
             self._db.execute("PRAGMA foreign_keys = ON")
             self._db.execute("PRAGMA busy_timeout = 5000")
+            self._check_integrity()
             self._migrate()
         except sqlite3.DatabaseError as exc:
             self._db.close()
             raise StoreError(f"{path} is not a usable SQLite database: {exc}") from exc
+
+    def _check_integrity(self) -> None:
+        """Refuse a damaged database at open, not at the first call that touches a bad page (which would
+        drop every call). quick_check reads every page but skips index cross-checks: seconds per GB."""
+        problems = [str(row[0]) for row in self._db.execute("PRAGMA quick_check(5)")]
+        if problems != ["ok"]:
+            self._db.close()
+            found = "; ".join(p.replace("*** in database main ***", "").strip() for p in problems)
+            found = found.replace("\n", "; ")[:300]
+            raise StoreError(
+                f"{self.path} is damaged (PRAGMA quick_check: {found}); restore it from a"
+                f" backup, or salvage it with `sqlite3 {self.path} .recover | sqlite3 new.sqlite3`"
+            )
 
     def _migrate(self) -> None:
         version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
@@ -365,6 +391,14 @@ class Store:
             for r in rows
         ]
 
+    def unfinished_recordings(self) -> list[str]:
+        """Recording paths of calls still active (a previous process died with them open)."""
+        with self._lock:
+            rows = self._db.execute(
+                "SELECT recording_path FROM calls WHERE state = 'active' AND recording_path IS NOT NULL"
+            ).fetchall()
+        return [str(r[0]) for r in rows]
+
     def fail_unfinished(self, reason: str) -> int:
         """Record calls left active by a previous process (crash, kill -9) as failed: never silently lost."""
         with self._transaction() as db:
@@ -374,6 +408,16 @@ class Store:
                 (reason, time.time()),
             )
             return cursor.rowcount
+
+    def add_refusals(self, counts: list[tuple[str, int, str, int]], now: float | None = None) -> None:
+        """Add refused requests to their minute's aggregate rows (method, code, reason, count)."""
+        minute = int((time.time() if now is None else now) // 60)
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO refusals (minute, method, code, reason, count) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (minute, method, code, reason) DO UPDATE SET count = count + excluded.count",
+                [(minute, m, c, r, n) for m, c, r, n in counts],
+            )
 
     def get_call(self, call_id: str) -> CallRecord | None:
         with self._lock:

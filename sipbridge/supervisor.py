@@ -34,13 +34,18 @@ from sipbridge.dialer.state import CampaignState
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
+from sipbridge.media.recorder import repair_recordings
 from sipbridge.metrics import Metrics
+from sipbridge.outcomes import refusal_outcome
 from sipbridge.session import CallSession
 from sipbridge.sip.front import FrontError, SipFront, check_front, front_uri, pick_port, worker_destinations
 from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
 
 log = logging.getLogger(__name__)
+
+
+_REJECTED_ROWS_PER_MIN = 60
 
 
 class StartupError(Exception):
@@ -93,6 +98,8 @@ class Supervisor:
     exit_when_idle: bool = False
     dialer: CampaignRunner | None = None
     metrics: Metrics = field(default_factory=Metrics)  # GET /metrics; gauges added in _add_gauges
+    _rejected_minute: int = -1  # CallRejected rows written this minute (rate limit)
+    _rejected_rows: int = 0
 
     @property
     def config(self) -> Config:
@@ -197,6 +204,62 @@ class Supervisor:
     # ------------------------------------------------------------------------------ call routing
 
     def _on_worker_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
+        """One frame's handling may fail (a store error, a bug): that frame is dropped, or that one call
+        ended, and counted; the worker's link and its other calls go on."""
+        try:
+            self._route_frame(worker, frame)
+        except Exception:
+            kind = type(frame).__name__
+            self.metrics.frame_errors.inc(frame=kind)
+            call_id = frame.call_id if isinstance(frame, f.CallFrame) else None
+            log.exception(
+                "worker %d: handling %s%s failed",
+                worker.index,
+                kind,
+                f" of call {call_id}" if call_id else "",
+            )
+            if isinstance(frame, f.CallStarted) and call_id is not None:
+                self._abandon(worker, call_id, f"supervisor could not start the call ({kind} failed)")
+
+    def _abandon(self, worker: WorkerHandle, call_id: str, reason: str) -> None:
+        """A call whose start failed: hang it up and end its session, so none is left that never ends."""
+        worker.send(f.Hangup(call_id, 500, reason))
+        session = self.sessions.get(call_id)
+        if session is not None:
+            session.failure = session.failure or reason
+
+    def _on_refused(self, frame: f.RequestsRefused) -> None:
+        assert self.store is not None
+        for method, code, _reason, count in frame.counts:
+            self.metrics.sip_refused.inc(count, method=method, code=str(code))
+            if method == "INVITE" and code > 0:
+                self.metrics.calls_rejected.inc(count, code=str(code))
+        self.store.add_refusals([tuple(c) for c in frame.counts])  # type: ignore[misc]
+        # One line per worker report (at most two a second), however many requests it sums up.
+        summary = ", ".join(f"{m} {c} x{n}" for m, c, _r, n in frame.counts)
+        log.info("worker %d: sip refusals recorded: %s", frame.index, summary)
+
+    def _on_rejected(self, worker: WorkerHandle, frame: f.CallRejected) -> None:
+        """An INVITE PJSIP took and then refused (ACL backstop, 486, 488 ...): a call row, at most
+        `_REJECTED_ROWS_PER_MIN` a minute; past that only the per-minute aggregate grows."""
+        assert self.store is not None
+        self.metrics.calls_rejected.inc(code=str(frame.code))
+        minute = int(time.monotonic() // 60)
+        if self._rejected_minute != minute:
+            self._rejected_minute, self._rejected_rows = minute, 0
+        if self._rejected_rows >= _REJECTED_ROWS_PER_MIN:
+            self.store.add_refusals([("INVITE", frame.code, frame.reason[:120], 1)])
+            return
+        self._rejected_rows += 1
+        outcome = refusal_outcome(frame.code)
+        call_id = self.store.create_call(
+            "inbound", remote_uri=frame.remote_uri, remote_addr=frame.remote_addr, worker=worker.index
+        )
+        self.store.end_call(call_id, outcome, reason=frame.reason, sip_status=frame.code)
+        # Logged after the row is written: tests (and operators) may read the store once they see it.
+        log.info("call %s recorded: %s (%d, %s)", call_id, outcome, frame.code, frame.reason)
+
+    def _route_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
         assert self.store is not None and self.engine and self.agent and self.asr
         if self.dialer is not None and self.dialer.on_frame(frame):
             if isinstance(frame, f.DialEnded):
@@ -204,7 +267,13 @@ class Supervisor:
             return
         if isinstance(frame, f.CallStarted):
             session = CallSession(
-                frame, worker, self.config, self.store, self.engine, self.agent, self.asr,
+                frame,
+                worker,
+                self.config,
+                self.store,
+                self.engine,
+                self.agent,
+                self.asr,
                 metrics=self.metrics,
             )
             if self.dialer is not None:
@@ -218,13 +287,9 @@ class Supervisor:
             if ended is not None:
                 self._close_session(ended, frame, None)
         elif isinstance(frame, f.CallRejected):
-            call_id = self.store.create_call(
-                "inbound", remote_uri=frame.remote_uri, remote_addr=frame.remote_addr, worker=worker.index
-            )
-            self.store.end_call(call_id, "rejected", reason=frame.reason, sip_status=frame.code)
-            self.metrics.calls_rejected.inc(code=str(frame.code))
-            # Logged after the row is written: tests (and operators) may read the store once they see it.
-            log.info("call %s recorded: rejected (%d, %s)", call_id, frame.code, frame.reason)
+            self._on_rejected(worker, frame)
+        elif isinstance(frame, f.RequestsRefused):
+            self._on_refused(frame)
         elif isinstance(frame, f.Registration):
             worker.registration = frame
         elif isinstance(frame, f.CallFrame):
@@ -265,9 +330,7 @@ class Supervisor:
     def _free_slots(self) -> int:
         if self.pool is None:
             return 0
-        return sum(
-            max(0, CALLS_PER_WORKER - len(w.calls)) for w in self.pool.workers if w.connected.is_set()
-        )
+        return sum(max(0, CALLS_PER_WORKER - len(w.calls)) for w in self.pool.workers if w.connected.is_set())
 
     def _default_dial_uri(self) -> str:
         trunk = self.config.sip.trunk
@@ -352,6 +415,7 @@ class Supervisor:
             loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
 
         self.store = Store(cfg.storage.sqlite_path)
+        repair_recordings(self.store.unfinished_recordings())
         failed = self.store.fail_unfinished("supervisor stopped while the call was active")
         if failed:
             log.warning("recorded %d call(s) left active by a previous run as failed", failed)

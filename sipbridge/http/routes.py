@@ -319,10 +319,12 @@ def build_router(
         timed = _parse_words(words)
         async with service.busy(conv):
             heard = await service.words_for(decoded, raw, transcript, timed)
+            text = heard if isinstance(heard, str) else " ".join(w for w, _, _ in heard)
+            if not text.strip():  # silence, or an empty transcript: not a turn (the context stays as it was)
+                raise ApiError(422, "no words in this turn: no speech in the audio and no transcript")
             pcm = decoded.at(PCM_RATE)
             await service.run(conv, lambda s: s.hear(pcm, PCM_RATE, heard))
             conv.user_turns += 1
-        text = heard if isinstance(heard, str) else " ".join(w for w, _, _ in heard)
         return {
             "ok": True,
             "conversation_id": conv.id,

@@ -85,7 +85,7 @@ class Inbound:
         index = self.frames
         self.frames += 1
         if self.recorder is not None:
-            self.recorder.caller(pcm)
+            self._record(self.recorder.caller, pcm)
         samples = np.frombuffer(pcm, dtype=np.int16)
         sounding = self.onset.process(samples, index)
         for event in self.segmenter.process(samples):
@@ -130,7 +130,21 @@ class Inbound:
 
     def on_bot_frame(self, pcm: bytes) -> None:
         if self.recorder is not None:
-            self.recorder.bot(pcm)
+            self._record(self.recorder.bot, pcm)
+
+    def _record(self, write: Callable[[bytes], None], pcm: bytes) -> None:
+        """A recording that cannot be written (disk full, directory gone read-only) is dropped, reported
+        once, and the call goes on: a lost recording must never cost the call."""
+        try:
+            write(pcm)
+        except Exception as exc:  # OSError, soundfile.LibsndfileError
+            self.recording_failed(exc)
+
+    def recording_failed(self, exc: BaseException) -> None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.abandon()
+        self.emit(f.RecordingFailed(self.call_id, f"{type(exc).__name__}: {exc}"[:300]))
 
     def close(self) -> list[f.Frame]:
         """Hang-up: close an open turn (the supervisor may still want its words) and the recording."""
@@ -139,7 +153,10 @@ class Inbound:
             if isinstance(event, TurnEnd):
                 out.append(_turn_ended(self.call_id, event))
         if self.recorder is not None:
-            self.recorder.close()
+            try:
+                self.recorder.close()
+            except Exception as exc:
+                self.recording_failed(exc)
             self.recorder = None
         return out
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import TYPE_CHECKING
 
 import pjsua2 as pj
@@ -11,6 +12,8 @@ from sipbridge.sip.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from sipbridge.sip.worker import Worker
+
+log = logging.getLogger("sipbridge.worker")
 
 
 class SourceFilter:
@@ -77,7 +80,10 @@ class BridgeAccount(pj.Account):
         self.worker = worker
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
-        self.worker.on_incoming(self, prm)
+        try:
+            self.worker.on_incoming(self, prm)
+        except Exception:  # never unwind into PJSIP (its C code cannot take it)
+            log.exception("incoming call %d could not be taken", prm.callId)
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
         self.worker.on_reg_state(prm)

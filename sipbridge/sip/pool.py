@@ -184,7 +184,12 @@ class WorkerPool:
         try:
             while True:
                 frame = await read_frame(reader)
-                self.on_frame(handle, frame)
+                try:
+                    self.on_frame(handle, frame)
+                except Exception:  # the handler's own guard failed too: never close the link for it
+                    log.exception(
+                        "worker %d: a %s frame could not be handled", handle.index, type(frame).__name__
+                    )
         except ChannelClosed:
             pass
         except ProtocolError as exc:

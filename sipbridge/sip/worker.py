@@ -43,18 +43,25 @@ from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
 from sipbridge.sip.account import BridgeAccount, SourceFilter, account_config
 from sipbridge.sip.call import RX, TX, BridgeCall, CallPort, CallSlot
+from sipbridge.sip.guard import RequestGuard, WireRequest
 from sipbridge.sip.ipc import ChannelClosed, SyncChannel
+from sipbridge.sip.pjguard import CallTerminator, PjGuard
 from sipbridge.sip.settings import WorkerSettings
+from sipbridge.sip.wire import wire_text
 
 log = logging.getLogger("sipbridge.worker")
 
 _CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
 _WATCHDOG_PERIOD_S = 0.5
+# A caller's ACK follows our 200 within a round trip; PJSIP retransmits the 200 at 0.5, 1, 2, 4 s. Past
+# this the INVITE cannot become a call (spoofed source, an answer it cannot read): its slot is given back.
+_ACK_TIMEOUT_S = 8.0
 
 
 class _PjLogWriter(pj.LogWriter):
     def write(self, entry: pj.LogEntry) -> None:
-        log.warning("pjsip: %s", entry.msg.strip())
+        # PJSIP quotes whole packets in some warnings (parse errors): one escaped line, never forged ones.
+        log.warning("pjsip: %s", wire_text(entry.msg.strip(), 4096))
 
 
 class StartupError(Exception):
@@ -77,9 +84,13 @@ class Worker:
     sip_tcp_port: int | None = None
     ep: pj.Endpoint | None = None
     account: BridgeAccount | None = None
+    pj_guard: PjGuard | None = None
+    refusals_logged_at: float = 0.0
 
     def __post_init__(self) -> None:
         self.sources = SourceFilter(self.settings.allowed_sources)
+        family = 6 if ":" in self.settings.bind_address else 4
+        self.guard = RequestGuard.from_cidrs(self.settings.allowed_sources, family)
         self.frame_bytes = self.settings.clock_rate * 20 // 1000 * 2
 
     # ------------------------------------------------------------------------------------ set-up
@@ -131,6 +142,9 @@ class Worker:
                 f"cannot bind SIP {tcfg.boundAddress}:{s.sip_port} ({exc.info().strip()})"
             ) from None
         ep.libStart()
+        # Every request meets the guard before PJSIP creates a transaction, dialog or media socket for it.
+        self.pj_guard = PjGuard(self.guard, self._on_refused)
+        self.terminator = CallTerminator(s.max_calls)
         ep.audDevManager().setNullDev()  # no sound card: a null port clocks the conference bridge
         wanted = {_CODEC_IDS[c]: 255 - i for i, c in enumerate(s.codecs)}
         for codec in ep.codecEnum2():
@@ -141,18 +155,37 @@ class Worker:
 
     # ------------------------------------------------------------------ PJSIP callbacks (main thread)
 
+    def _on_refused(self, req: WireRequest, ip: str, code: int, reason: str) -> None:
+        """A request the guard answered itself: counted, reported in aggregate, logged once a second."""
+        now = time.monotonic()
+        if now - self.refusals_logged_at >= 1.0:
+            self.refusals_logged_at = now
+            log.warning(
+                "refused %s from %s: %s (%s; further refusals this second are only counted)",
+                wire_text(req.method, 32),
+                ip,
+                code if code > 0 else "dropped",
+                reason,
+            )
+
+    def _report_refusals(self) -> None:
+        counts = self.guard.take_refused()
+        if counts:
+            self.emit(f.RequestsRefused(self.settings.index, counts))
+
     def on_incoming(self, account: BridgeAccount, prm: pj.OnIncomingCallParam) -> None:
         call = BridgeCall(self, account, prm.callId)
         slot_id = uuid.uuid4().hex
         call.slot_id = slot_id
         info = call.getInfo()
+        # Strings from the wire are made safe here, before any frame, log line or store row holds them.
         slot = CallSlot(
             call_id=slot_id,
             pj_call=call,
-            remote_uri=info.remoteUri,
-            local_uri=info.localUri,
-            remote_addr=prm.rdata.srcAddress,
-            sip_call_id=info.callIdString,
+            remote_uri=wire_text(info.remoteUri),
+            local_uri=wire_text(info.localUri),
+            remote_addr=wire_text(prm.rdata.srcAddress, 64),
+            sip_call_id=wire_text(info.callIdString),
         )
         self.calls[slot_id] = slot  # keep a Python reference or SWIG frees the Call
         op = pj.CallOpParam()
@@ -164,7 +197,13 @@ class Worker:
             self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 403, "source not allowed"))
             return
         op.statusCode = 200
-        call.answer(op)
+        slot.answered_at = time.monotonic()
+        try:
+            call.answer(op)
+        except pj.Error as exc:  # the 200 cannot be built or sent: give the slot back now
+            log.warning("call %s: answering failed (%s), refusing it", slot_id, exc.info().strip())
+            self._hangup(slot_id, "local", 500, "answer failed")
+            return
         log.info("call %s answered: %s from %s", slot_id, slot.remote_uri, slot.remote_addr)
 
     def dial(self, dial: f.Dial) -> None:
@@ -193,11 +232,13 @@ class Worker:
             self._retire(dial.call_id, 500, reason)
             return
         info = call.getInfo()
-        slot.local_uri = info.localUri
-        slot.sip_call_id = info.callIdString
+        slot.local_uri = wire_text(info.localUri)
+        slot.sip_call_id = wire_text(info.callIdString)
+        self.guard.expect(info.callIdString)  # its in-dialog requests must come from whoever answers
         log.info("call %s: dialing %s (ring timeout %.0f s)", dial.call_id, dial.target, dial.ring_timeout_s)
 
     def _on_progress(self, slot_id: str, code: int, reason: str) -> None:
+        reason = wire_text(reason)
         slot = self.calls.get(slot_id)
         if slot is None or slot.dial is None or code in slot.progress or code not in (180, 183):
             return
@@ -256,18 +297,28 @@ class Worker:
         log.info("call %s media up: %s", slot.call_id, codec)
 
     def on_transfer_status(self, slot_id: str, code: int, reason: str, final: bool) -> None:
+        reason = wire_text(reason)
         log.info("call %s: transfer status %d %s%s", slot_id, code, reason, " (final)" if final else "")
         self.emit(f.TransferStatus(slot_id, code, reason, final))
 
     def on_disconnected(self, slot_id: str, code: int, reason: str) -> None:
-        self.commands.put(("retire", slot_id, code, reason))
+        # Retired now, inside onCallState(DISCONNECTED) (pjsua2 allows deleting the Call there): once the
+        # callback returns pjsua may give the call's index to the next INVITE, and a stale Call object of
+        # that index would, when dropped, unhook the new call and hang it up (pjsua2's ~Call).
+        try:
+            self._retire(slot_id, code, wire_text(reason))
+        except ChannelClosed:  # inside a PJSIP callback: never let it unwind into C
+            self.commands.put(("shutdown", "supervisor channel closed"))
+        except Exception:
+            log.exception("call %s: retiring it failed", slot_id)
 
     def on_reg_state(self, prm: pj.OnRegStateParam) -> None:
         assert self.account is not None
         active = bool(self.account.getInfo().regIsActive)
         level = logging.INFO if active else logging.WARNING
-        log.log(level, "trunk registration: %s %s (expires %ss)", prm.code, prm.reason, prm.expiration)
-        self.emit(f.Registration(self.settings.index, active, int(prm.code), str(prm.reason), prm.expiration))
+        reason = wire_text(prm.reason)
+        log.log(level, "trunk registration: %s %s (expires %ss)", prm.code, reason, prm.expiration)
+        self.emit(f.Registration(self.settings.index, active, int(prm.code), reason, prm.expiration))
 
     # -------------------------------------------------------------------------------- main loop
 
@@ -293,6 +344,8 @@ class Worker:
             now = time.monotonic()
             if now >= next_watchdog:
                 self._watchdog(now)
+                self._report_refusals()
+                self.guard.prune({s.sip_call_id for s in self.calls.values()}, now)
                 next_watchdog = now + _WATCHDOG_PERIOD_S
         self._shutdown(media)
 
@@ -358,6 +411,7 @@ class Worker:
         slot = self.calls.pop(slot_id, None)
         if slot is None:
             return
+        self.guard.forget(slot.sip_call_id)
         # Dropping the port and Call here (main thread, registered) runs their C++ destructors safely.
         slot.port = None
         slot.pj_call = None  # type: ignore[assignment]
@@ -376,6 +430,9 @@ class Worker:
 
     def _watchdog(self, now: float) -> None:
         for slot in list(self.calls.values()):
+            if slot.answered_at and not slot.confirmed and slot.hangup_by is None:
+                self._check_ack(slot, now)
+                continue
             if slot.dial is not None and not slot.started and slot.hangup_by is None:
                 if now - slot.invited_at > slot.dial.ring_timeout_s:
                     waited = now - slot.invited_at
@@ -395,10 +452,28 @@ class Worker:
                 log.warning("call %s: no RTP for %.1f s, hanging up", slot.call_id, now - slot.rx_changed_at)
                 self._hangup(slot.call_id, "watchdog", 200, "no media")
 
+    def _check_ack(self, slot: CallSlot, now: float) -> None:
+        try:
+            info = slot.pj_call.getInfo()
+        except pj.Error:
+            return
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            slot.confirmed = True
+        elif now - slot.answered_at > _ACK_TIMEOUT_S:
+            log.warning("call %s: no ACK for our 200 after %.0f s, ending it", slot.call_id, _ACK_TIMEOUT_S)
+            slot.hangup_by, slot.hangup_reason = "no_ack", "no ACK for our 200"
+            if not self.terminator.terminate(slot.pj_call.getId(), 408):
+                slot.hangup_by = None
+                self._hangup(slot.call_id, "local", 408, "no ACK")
+
     def _shutdown(self, media: threading.Thread) -> None:
         assert self.ep is not None
         # Order verified in the recipes: hang up, let BYEs and callbacks run, drop every port and Call on
-        # this (registered) thread, then the account, then libDestroy.
+        # this (registered) thread, then the account, then libDestroy. Calls are marked first: they end
+        # because we stop, not because their callers hung up.
+        for slot in self.calls.values():
+            if slot.hangup_by is None:
+                slot.hangup_by, slot.hangup_reason = "shutdown", "worker shutting down"
         self.ep.hangupAllCalls()
         deadline = time.monotonic() + 2.0
         while self.calls and time.monotonic() < deadline:
@@ -506,9 +581,14 @@ class Worker:
 
     def _new_inbound(self, call_id: str, playback: PlaybackQueue) -> Inbound:
         s = self.settings
-        recorder = None
+        recorder, failure = None, None
         if s.recordings_dir is not None:
-            recorder = StereoRecorder(Path(s.recordings_dir) / call_id / "call.wav", s.clock_rate)
+            try:
+                recorder = StereoRecorder(Path(s.recordings_dir) / call_id / "call.wav", s.clock_rate)
+            except Exception as exc:  # read-only or full disk: the call goes on unrecorded
+                failure = f"{type(exc).__name__}: {exc}"[:300]
+        if failure is not None:
+            self.emit(f.RecordingFailed(call_id, failure))
         return Inbound(
             call_id=call_id,
             segmenter=make_segmenter(VadSettings(**s.vad), s.clock_rate),
@@ -534,6 +614,8 @@ class Worker:
     def _close_inbound(self, call_id: str, code: int, reason: str, by: str) -> None:
         ib = self.inbound.pop(call_id, None)
         if ib is None:
+            # The call's media never opened here (it failed): still end it, or its session never would.
+            self.emit(f.CallEnded(call_id, code, reason, by, 0, 0, 0))
             return
         for frame in ib.close():
             self.emit(frame)

@@ -388,6 +388,9 @@ def test_limits_and_bad_audio(espeak_api: Api) -> None:
     assert words.status_code == 422 and "words" in words.json()["detail"]
     missing = api.post("/user_spoke", data={"transcript": "x"})
     assert missing.status_code == 422 and "audio" in missing.json()["detail"]
+    # A turn with no words (silence, blank transcript) is refused, not added to the context (issue 12).
+    silent = upload(api, "/user_spoke", encode(np.zeros(8000, np.float32), 8000, "WAV"), transcript=" ")
+    assert silent.status_code == 422 and "no words" in silent.json()["detail"], silent.text
     bad_format = api.post("/generate", json={"text": "hi", "format": "mp3"})
     assert bad_format.status_code == 422
     with pytest.raises(InvalidStatus) as denied:

@@ -14,7 +14,7 @@ from audio.vad import VadSettings, make_segmenter
 from sipbridge import frames as f
 from sipbridge.media.inbound import Inbound
 from sipbridge.media.playback import PlaybackQueue
-from sipbridge.outcomes import OUTCOME_BY_ENDER, call_outcome
+from sipbridge.outcomes import OUTCOME_BY_ENDER, call_outcome, refusal_outcome
 from sipbridge.sip.account import SourceFilter
 from sipbridge.sip.ipc import ProtocolError, SyncChannel, decode, encode, read_frame, write_frame
 
@@ -133,6 +133,13 @@ def test_source_filter() -> None:
 )
 def test_outcome_table(by: str, failure: str | None, outcome: str) -> None:
     assert call_outcome(by, failure) == outcome
+
+
+def test_refusal_outcomes_keep_488_and_shutdown_apart_from_the_acls_403() -> None:
+    assert [refusal_outcome(c) for c in (403, 488, 486, 487, 599)] == [
+        "rejected", "not_acceptable", "busy", "cancelled", "rejected",
+    ]  # fmt: skip
+    assert call_outcome("shutdown", None) == "interrupted" != call_outcome("remote", None)
 
 
 def test_frames_are_frozen_dataclasses() -> None:

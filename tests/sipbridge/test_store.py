@@ -80,3 +80,25 @@ def test_open_existing_never_creates_a_database(tmp_path: Path) -> None:
     assert not (tmp_path / "missing.sqlite3").exists()
     Store(tmp_path / "s.sqlite3").close()
     open_existing(tmp_path / "s.sqlite3").close()
+
+
+def corrupt_pages(path: Path) -> None:
+    """Overwrite pages in the middle of a database, its header (page 1) intact: what a bad disk does."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    assert len(data) >= 6 * page
+    for n in range(2, len(data) // page - 1):
+        data[n * page + 100 : n * page + 400] = b"\xa5" * 300
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_pages_are_refused_at_open_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    for i in range(300):
+        store.create_call("inbound", remote_uri=f"sip:caller{i}@127.0.0.1", variables={"i": "x" * 200})
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    corrupt_pages(path)
+    with pytest.raises(StoreError, match=r"is damaged \(PRAGMA quick_check: .+\); restore it from a backup"):
+        Store(path)
