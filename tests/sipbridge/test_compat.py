@@ -18,7 +18,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import elevenlabs
 import httpx
 import msgpack
 import numpy as np
@@ -39,7 +38,7 @@ from .bridge import Bridge
 
 TOKEN = "compat-token-456"
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "dia2-tiny"
-TEXT = "Hello there, this is a test of the compatible speech endpoints."
+TEXT = "Hello there, this is a test of the speech endpoints."
 LONG = "This reply is long on purpose, so that a client can hang up in the middle of it. " * 6
 VOICE_TEXT = "Hello, this is the voice I would like you to use."
 # Greedy sampling (our extension field on every surface): Dia2 gives the same reply to the same request, so
@@ -147,19 +146,28 @@ def register(server: Server, name: str) -> str:
     return str(answer["voice_id"])
 
 
-def released(server: Server, before: tuple[int, int]) -> float:
+def released(server: Server, before: tuple[int, int]) -> tuple[float, int]:
     """Wait for the log line of a dropped reply's release; the slots are back to `before` by then.
-    Returns how long the release took after the client was seen leaving (ms, measured by the server)."""
-    line = server.bridge.wait_log(r"client left mid-reply; engine slot released in [\d.]+ ms", timeout=30)
+    Returns how long the release took after the client was seen leaving, in ms and in engine steps (both
+    measured by the server): the engine row must be free by the end of the step that was running."""
+    line = server.bridge.wait_log(r"client left mid-reply; engine slot released in .* engine steps later")
     assert server.slots() == before, (server.slots(), before)
-    return float(re.findall(r"released in ([\d.]+) ms", line)[0])
+    ms, steps = re.findall(r"released in ([\d.]+) ms, (\d+) engine steps later", line)[0]
+    return float(ms), int(steps)
 
 
 # -------------------------------------------------------------------------------------- elevenlabs
 
 
+def _formats(server: Server, common: tuple[str, ...], more: tuple[str, ...]) -> tuple[str, ...]:
+    """Every format with espeak (fast); with tiny Dia2 on CPU (~2-3 s a reply) only those whose path differs
+    from espeak's (the 24 kHz engine rate: no resampling to pcm 24 kHz)."""
+    return common + more if server.engine == "espeak" else common
+
+
 def test_elevenlabs_sdk_formats_agree(server: Server) -> None:
     client = server.eleven()
+    formats = _formats(server, ("pcm_24000", "pcm_8000", "ulaw_8000"), ("pcm_16000", "mp3_44100_128"))
     out = {
         fmt: b"".join(
             client.text_to_speech.stream(
@@ -167,18 +175,21 @@ def test_elevenlabs_sdk_formats_agree(server: Server) -> None:
                 optimize_streaming_latency=3, request_options={"additional_body_parameters": GREEDY},
             )
         )
-        for fmt in ("pcm_24000", "pcm_8000", "ulaw_8000", "pcm_16000", "mp3_44100_128")
+        for fmt in formats
     }  # fmt: skip
     p24, p8, mu = pcm16(out["pcm_24000"]), pcm16(out["pcm_8000"]), ulaw(out["ulaw_8000"])
     assert np.abs(p24).max() > 0.05
     # Every format is a whole number of 20 ms frames of the same reply.
     assert len(p8) == len(mu) and len(p8) % 160 == 0 and len(p24) % 480 == 0
-    assert abs(len(p24) - 3 * len(p8)) <= 480 and abs(len(pcm16(out["pcm_16000"])) - 2 * len(p8)) <= 320
+    assert abs(len(p24) - 3 * len(p8)) <= 480
     # µ-law decodes back to the 8 kHz PCM of the same request within G.711's error (~38 dB SNR for speech).
     assert snr_db(p8, mu) > 30, snr_db(p8, mu)
-    assert snr_db(downsampled(p24), p8) > 60  # pcm_8000 is the 24 kHz reply through the call path's FIR
-    mp3, rate = sf.read(io.BytesIO(out["mp3_44100_128"]), dtype="float32")
-    assert rate == 44100 and abs(len(mp3) / 44100 - len(p8) / 8000) < 0.1
+    if server.engine == "dia2":  # pcm_8000 is the engine's 24 kHz reply through the call path's FIR
+        assert snr_db(downsampled(p24), p8) > 60
+    else:
+        assert abs(len(pcm16(out["pcm_16000"])) - 2 * len(p8)) <= 320
+        mp3, rate = sf.read(io.BytesIO(out["mp3_44100_128"]), dtype="float32")
+        assert rate == 44100 and abs(len(mp3) / 44100 - len(p8) / 8000) < 0.1
     # The whole-file endpoint gives the same audio as the stream.
     whole = client.text_to_speech.convert(
         voice_id="default", text=TEXT, output_format="pcm_24000",
@@ -284,7 +295,7 @@ def test_elevenlabs_voices_and_clone(server: Server) -> None:
 def test_openai_sdk_formats_agree(server: Server) -> None:
     client = server.openai()
     out = {}
-    for fmt in ("pcm", "wav", "ulaw", "mp3"):
+    for fmt in _formats(server, ("pcm", "ulaw"), ("wav", "mp3")):
         with client.audio.speech.with_streaming_response.create(
             model="tts-1",
             voice="default",
@@ -296,16 +307,17 @@ def test_openai_sdk_formats_agree(server: Server) -> None:
             out[fmt] = b"".join(response.iter_bytes())
     pcm = pcm16(out["pcm"])
     assert np.abs(pcm).max() > 0.05 and len(pcm) % 480 == 0
-    # wav: a streaming header (sizes unknown) in front of exactly the pcm bytes.
-    assert out["wav"][:4] == b"RIFF" and struct.unpack("<I", out["wav"][24:28])[0] == 24000
-    assert out["wav"][44:] == out["pcm"]
     assert snr_db(downsampled(pcm), ulaw(out["ulaw"])) > 30
-    mp3, rate = sf.read(io.BytesIO(out["mp3"]), dtype="float32")
-    assert rate == 24000 and abs(len(mp3) - len(pcm)) < 24000 * 0.1
-    # Non-streamed (our extension) is the same audio; the SDK's plain create() reads it whole.
-    whole = client.audio.speech.create(model="tts-1", voice="default", input=TEXT, response_format="pcm",
-                                       extra_body={"stream": False, **GREEDY})  # fmt: skip
-    assert whole.content == out["pcm"]
+    if server.engine == "espeak":
+        # wav: a streaming header (sizes unknown) in front of exactly the pcm bytes.
+        assert out["wav"][:4] == b"RIFF" and struct.unpack("<I", out["wav"][24:28])[0] == 24000
+        assert out["wav"][44:] == out["pcm"]
+        mp3, rate = sf.read(io.BytesIO(out["mp3"]), dtype="float32")
+        assert rate == 24000 and abs(len(mp3) - len(pcm)) < 24000 * 0.1
+        # Non-streamed (our extension) is the same audio; the SDK's plain create() reads it whole.
+        whole = client.audio.speech.create(model="tts-1", voice="default", input=TEXT, response_format="pcm",
+                                           extra_body={"stream": False, **GREEDY})  # fmt: skip
+        assert whole.content == out["pcm"]
     # SSE: speech.audio.delta events carrying the same bytes, then speech.audio.done.
     with client.audio.speech.with_streaming_response.create(
         model="gpt-4o-mini-tts",
@@ -464,5 +476,5 @@ def test_dropping_mid_stream_frees_the_engine_slot(dia2_server: Server) -> None:
         sock.send(msgpack.packb({"type": "Eos"}))
         assert recv(sock)["type"] == "Audio"
     took["kyutai"] = released(server, before)
-    print("release after drop (ms):", json.dumps(took))
-    assert elevenlabs.__version__  # the SDK version is printed with -s
+    print("release after drop (ms, engine steps):", json.dumps(took))
+    assert all(steps <= 1 for _, steps in took.values()), took  # freed within one frame (one step)
