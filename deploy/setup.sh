@@ -29,7 +29,7 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # real SIP peers of the test suite; sox builds test audio.
 APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates)
 if [ "$DEV" = 1 ]; then
-  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all)
+  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all openssl)  # openssl: test certificates
 fi
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   APT_PACKAGES+=(python3-venv python3-dev)

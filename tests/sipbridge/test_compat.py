@@ -9,10 +9,15 @@ documented messages. Every wait is on a response, a message or a log line, never
 from __future__ import annotations
 
 import base64
+import contextlib
 import io
 import json
 import re
+import socket
+import ssl
 import struct
+import subprocess
+import threading
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -265,6 +270,86 @@ def test_elevenlabs_stream_input_speaks_before_the_text_ends(server: Server) -> 
             sock.recv(timeout=10)
     audio = base64.b64decode(first["audio"]) + b"".join(rest)
     assert len(audio) % 160 == 0 and len(audio) > 8000  # > 1 s of 8 kHz µ-law, in 20 ms frames
+
+
+class TlsFront:
+    """TLS in front of the bridge's plain HTTP port, as a reverse proxy puts it in a deployment: the
+    elevenlabs SDK's stream-input client (`convert_realtime`) always connects with wss://. The certificate
+    is self-signed for 127.0.0.1 and trusted through SSL_CERT_FILE."""
+
+    def __init__(self, work: Path, target_port: int) -> None:
+        self.cert, key = work / "cert.pem", work / "key.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1",
+             "-subj", "/CN=127.0.0.1", "-addext", "subjectAltName=IP:127.0.0.1",
+             "-keyout", str(key), "-out", str(self.cert)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        context = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        context.load_cert_chain(self.cert, key)
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self.target = target_port
+        self.context = context
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                raw, _ = self.listener.accept()
+            except OSError:
+                return
+            threading.Thread(target=self._serve, args=(raw,), daemon=True).start()
+
+    def _serve(self, raw: socket.socket) -> None:
+        try:
+            tls = self.context.wrap_socket(raw, server_side=True)
+        except (ssl.SSLError, OSError):
+            raw.close()
+            return
+        plain = socket.create_connection(("127.0.0.1", self.target))
+
+        def pump(src: socket.socket, dst: socket.socket) -> None:
+            try:
+                while data := src.recv(65536):
+                    dst.sendall(data)
+            except OSError:
+                pass
+            finally:
+                for s in (src, dst):
+                    with contextlib.suppress(OSError):
+                        s.shutdown(socket.SHUT_RDWR)
+
+        threading.Thread(target=pump, args=(plain, tls), daemon=True).start()
+        pump(tls, plain)
+
+    def close(self) -> None:
+        self.listener.close()
+
+
+def test_elevenlabs_sdk_stream_input_client(
+    server: Server, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    front = TlsFront(tmp_path, server.bridge.http_port)
+    monkeypatch.setenv("SSL_CERT_FILE", str(front.cert))
+    try:
+        client = ElevenLabs(api_key=TOKEN, base_url=f"https://127.0.0.1:{front.port}")
+
+        def words() -> Iterator[str]:
+            yield from "Good morning. How are you today? I hope you are well.".split(" ")
+
+        chunks = list(client.text_to_speech.convert_realtime(
+            voice_id="default", text=words(), model_id="eleven_flash_v2_5", output_format="pcm_16000"
+        ))  # fmt: skip
+        audio = pcm16(b"".join(chunks))
+        assert len(audio) > 16000 and len(audio) % 320 == 0  # over a second, in 20 ms frames of 16 kHz
+        assert np.abs(audio).max() > 0.05
+        with pytest.raises(InvalidStatus) as denied:  # the SDK's key travels in the handshake header
+            list(ElevenLabs(api_key="wrong", base_url=f"https://127.0.0.1:{front.port}")
+                 .text_to_speech.convert_realtime(voice_id="default", text=words()))  # fmt: skip
+        assert denied.value.response.status_code == 401
+    finally:
+        front.close()
 
 
 def test_elevenlabs_voices_and_clone(server: Server) -> None:
