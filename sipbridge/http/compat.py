@@ -49,6 +49,8 @@ Codec = Literal["pcm", "ulaw", "alaw", "mp3", "f32"]
 FRAME_MS = 20
 DEFAULT_VOICE = "default"  # the engine's configured voice (Dia2: engine.dia2.voice), or none
 CLONE_PREFIX = "clone:"
+MAX_ID_CHARS = 128  # conversation ids from a query or body
+MAX_MESSAGE_BYTES = 64 * 1024  # one WebSocket message (a text chunk, a word): far above any real one
 
 
 # ------------------------------------------------------------------------------------------- formats
@@ -260,6 +262,8 @@ async def open_lease(
     """A fresh engine session with `voice` set, or the conversation `conversation_id` held (409 if busy)
     with `voice` set on it when it differs from its current one (which resets its context)."""
     if conversation_id:
+        if len(conversation_id) > MAX_ID_CHARS:
+            raise ApiError(422, f"conversation_id is longer than {MAX_ID_CHARS} characters")
         conv = service.get(conversation_id)
         if conv.lock.locked():
             raise ApiError(409, f"conversation {conv.id!r} is busy (a generation is in progress)")

@@ -33,6 +33,7 @@ from starlette.websockets import WebSocketState
 from sipbridge.config import HttpConfig
 from sipbridge.engine.base import SpeakParams
 from sipbridge.http.compat import (
+    MAX_MESSAGE_BYTES,
     AudioFormat,
     FormatEncoder,
     Generation,
@@ -328,8 +329,12 @@ class _StreamInput:
                 return
             if message["type"] == "websocket.disconnect":
                 return
+            raw = message.get("text") or message.get("bytes") or b""
+            if len(raw) > MAX_MESSAGE_BYTES:
+                await self._fail(f"message over {MAX_MESSAGE_BYTES} bytes", "message_too_large", 1009)
+                return
             try:
-                data = json.loads(message.get("text") or message.get("bytes") or b"")
+                data = json.loads(raw)
                 if not isinstance(data, dict):
                     raise ValueError("not an object")
             except ValueError:

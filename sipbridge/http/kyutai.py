@@ -28,6 +28,7 @@ from fastapi.responses import JSONResponse
 from sipbridge.config import HttpConfig
 from sipbridge.engine.base import SpeakParams
 from sipbridge.http.compat import (
+    MAX_MESSAGE_BYTES,
     AudioFormat,
     FormatEncoder,
     Generation,
@@ -48,7 +49,6 @@ log = logging.getLogger(__name__)
 SAMPLE_RATE = 24000  # moshi's Mimi rate, what Kyutai clients expect
 FORMATS = ("PcmMessagePack", "Pcm")
 IDLE_TIMEOUT_S = 30.0  # moshi-server drops a socket silent for 3 ping periods (30 s); so do we
-_MAX_MESSAGE_BYTES = 64 * 1024
 
 
 def _denial(status: int, message: str) -> JSONResponse:
@@ -160,15 +160,17 @@ class _TtsSocket:
 
     def _handle(self, message: dict[str, Any]) -> str | None:
         if message.get("text") is not None:
+            if len(message["text"]) > MAX_MESSAGE_BYTES:
+                return f"message over {MAX_MESSAGE_BYTES} bytes"
             return self._text(message["text"])
         data = message.get("bytes") or b""
         if data == b"\0":
             self.feed.end()
             return None
-        if len(data) > _MAX_MESSAGE_BYTES:
-            return f"message of {len(data)} bytes is over {_MAX_MESSAGE_BYTES}"
+        if len(data) > MAX_MESSAGE_BYTES:
+            return f"message of {len(data)} bytes is over {MAX_MESSAGE_BYTES}"
         try:
-            decoded = msgpack.unpackb(data, raw=False, max_str_len=_MAX_MESSAGE_BYTES)
+            decoded = msgpack.unpackb(data, raw=False, max_str_len=MAX_MESSAGE_BYTES)
         except Exception as exc:
             return f"not a MessagePack message: {exc}"
         kind = decoded.get("type") if isinstance(decoded, dict) else None
