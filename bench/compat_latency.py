@@ -31,7 +31,6 @@ import platform
 import socket
 import statistics
 import sys
-import threading
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -54,22 +53,14 @@ GREEDY = {"temperature": 0}
 
 
 class Server:
-    """The app on a loopback socket, served from a loop of its own in a background thread."""
+    """The app on a loopback socket, served by this process's main event loop (espeak's subprocesses
+    need the main thread's child watcher); the clients run in a worker thread."""
 
     def __init__(self, engine_cfg: EngineConfig) -> None:
-        self.loop = asyncio.new_event_loop()
-        self.ready = threading.Event()
         self.engine_cfg = engine_cfg
-        self.thread = threading.Thread(target=self._run, daemon=True)
-        self.thread.start()
-        if not self.ready.wait(600):
-            raise RuntimeError("the server did not start")
 
-    def _run(self) -> None:
-        asyncio.set_event_loop(self.loop)
-        self.loop.run_until_complete(self._serve())
-
-    async def _serve(self) -> None:
+    async def start(self) -> None:
+        self.loop = asyncio.get_running_loop()
         self.engine = make_engine(self.engine_cfg)
         await self.engine.start()
         self.service = ConversationService(self.engine, None, HttpLimitsConfig())
@@ -81,16 +72,18 @@ class Server:
             uvicorn.Config(app, log_level="warning", lifespan="off", access_log=False)
         )
         self.server.install_signal_handlers = lambda: None  # type: ignore[method-assign]
-        self.ready.set()
-        await self.server.serve(sockets=[sock])
-        await self.engine.close()
+        self.task = asyncio.create_task(self.server.serve(sockets=[sock]))
+        while not self.server.started:
+            await asyncio.sleep(0.01)
 
     def call(self, coro: Any) -> Any:
+        """Run a coroutine on the server's loop from the client thread."""
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
 
-    def stop(self) -> None:
+    async def stop(self) -> None:
         self.server.should_exit = True
-        self.thread.join(60)
+        await self.task
+        await self.engine.close()
 
 
 async def engine_first_chunk(server: Server) -> float:
@@ -211,9 +204,10 @@ def main() -> None:
     )
     load_before = os.getloadavg()
     server = Server(engine_cfg)
-    base = f"http://127.0.0.1:{server.port}"
     times: dict[str, list[float]] = {"engine": [], **{name: [] for name in SURFACES}}
-    try:
+
+    def clients() -> None:
+        base = f"http://127.0.0.1:{server.port}"
         with httpx.Client(timeout=120) as client:
             server.call(engine_first_chunk(server))  # warm-up: espeak's cold start, torch's first step
             for fn in SURFACES.values():
@@ -222,8 +216,15 @@ def main() -> None:
                 times["engine"].append(server.call(engine_first_chunk(server)))
                 for name, fn in SURFACES.items():
                     times[name].append(fn(base, client))
-    finally:
-        server.stop()
+
+    async def run() -> None:
+        await server.start()
+        try:
+            await asyncio.to_thread(clients)
+        finally:
+            await server.stop()
+
+    asyncio.run(run())
     engine = summary(times["engine"])
     result: dict[str, Any] = {
         "bench": "compat_latency",

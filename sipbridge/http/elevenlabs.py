@@ -22,7 +22,7 @@ import contextlib
 import json
 import logging
 import re
-from collections.abc import Mapping
+from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket
@@ -265,20 +265,22 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         except VoiceNotFound:
             await websocket.send_denial_response(_not_found(voice_id))
             return
-        try:
-            lease = await open_lease(
-                service,
-                voice,
-                websocket.query_params.get("conversation_id"),
-                f"elevenlabs-ws-{voice_id[:24]}",
-            )
-        except ApiError as exc:
-            await websocket.send_denial_response(api_error(exc))
-            return
+
+        async def lease() -> Lease:
+            tag = f"elevenlabs-ws-{voice_id[:24]}"
+            return await open_lease(service, voice, websocket.query_params.get("conversation_id"), tag)
+
+        authed = presented is not None or not token
+        opened: Lease | None = None
+        if authed:  # the engine session is taken before the handshake completes, so a refusal is an HTTP one
+            try:
+                opened = await lease()
+            except ApiError as exc:
+                await websocket.send_denial_response(api_error(exc))
+                return
+        # Otherwise the key comes in the first message: no engine session for a client that has not shown it.
         await websocket.accept()
-        socket = _StreamInput(
-            service, lease, websocket, fmt, timeout, params, authed=presented is not None or not token
-        )
+        socket = _StreamInput(service, opened or lease, websocket, fmt, timeout, params, authed=authed)
         try:
             await socket.run(token)
         finally:
@@ -296,10 +298,11 @@ class _StreamInput:
     `inactivity_timeout` without a message stops the engine and releases the session."""
 
     def __init__(
-        self, service: ConversationService, lease: Lease, ws: WebSocket, fmt: AudioFormat, timeout: float,
-        params: SpeakParams | None, *, authed: bool,
+        self, service: ConversationService, lease: Lease | Callable[[], Awaitable[Lease]], ws: WebSocket,
+        fmt: AudioFormat, timeout: float, params: SpeakParams | None, *, authed: bool,
     ) -> None:  # fmt: skip
-        self.service, self.lease, self.ws, self.format, self.timeout = service, lease, ws, fmt, timeout
+        self.service, self.ws, self.format, self.timeout = service, ws, fmt, timeout
+        self._lease = lease  # a lease, or how to open one once the first message has shown the key
         self.params = params
         self.authed = authed
         self.feed: TextFeed | None = None
@@ -316,8 +319,12 @@ class _StreamInput:
             await self._send({"message": message, "error": slug, "code": code})
             await self.ws.close(code, slug)
 
+    @property
+    def lease(self) -> Lease:
+        assert isinstance(self._lease, Lease)
+        return self._lease
+
     async def run(self, token: str | None) -> None:
-        self._speaker = asyncio.create_task(self._speak_all(), name=f"{self.lease.tag}-speaker")
         first = True
         while True:
             try:
@@ -351,6 +358,13 @@ class _StreamInput:
                         await self._fail("Invalid API key", "invalid_api_key")
                         return
                     self.authed = True
+                if not isinstance(self._lease, Lease):
+                    try:
+                        self._lease = await self._lease()
+                    except ApiError as exc:
+                        await self._fail(exc.message, _ERROR_SLUGS.get(exc.status, "invalid_request"), 1013)
+                        return
+                self._speaker = asyncio.create_task(self._speak_all(), name=f"{self.lease.tag}-speaker")
                 schedule = (data.get("generation_config") or {}).get("chunk_length_schedule")
                 if isinstance(schedule, list) and schedule and isinstance(schedule[0], int | float):
                     self.min_chars = max(1, min(500, int(schedule[0])))
@@ -427,5 +441,5 @@ class _StreamInput:
                 await self._speaker
         if self._gen is not None:
             await release(self._gen)  # stops a reply still running (logged), releases the lease
-        else:
-            await self.lease.release()
+        elif isinstance(self._lease, Lease):
+            await self._lease.release()

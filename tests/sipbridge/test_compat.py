@@ -238,6 +238,14 @@ def test_elevenlabs_errors_have_its_shape(espeak_server: Server) -> None:
         sock.send(json.dumps({"text": " ", "xi-api-key": "wrong"}))
         refused = json.loads(sock.recv(timeout=10))
         assert refused["error"] == "invalid_api_key"
+    sessions = espeak_server.slots()
+    with connect(ws) as sock:  # the right key in the first message: no engine session taken before it
+        assert espeak_server.slots() == sessions
+        sock.send(json.dumps({"text": " ", "xi-api-key": TOKEN}))
+        sock.send(json.dumps({"text": "Hello there. "}))
+        sock.send(json.dumps({"text": ""}))
+        audio, final = _stream_input(sock)
+        assert audio and final == {"isFinal": True}
 
 
 def _stream_input(sock: ClientConnection) -> tuple[list[bytes], dict[str, Any]]:
@@ -524,6 +532,13 @@ def test_kyutai_errors(espeak_server: Server) -> None:
         assert recv(sock) == {"type": "Ready"}
         sock.send(msgpack.packb({"type": "Voice", "embeddings": [0.0], "shape": [1]}))
         assert recv(sock)["type"] == "Error"
+    register(espeak_server, "kyutai-voice")
+    for name in ("kyutai-voice", "clone:kyutai-voice"):  # a registered voice, by name or as clone:
+        with kyutai(espeak_server, f"voice={name}&format=PcmMessagePack") as sock:
+            assert recv(sock) == {"type": "Ready"}
+            sock.send(msgpack.packb({"type": "Text", "text": "Hi."}))
+            sock.send(b"\0")  # moshi-server's other end-of-stream marker
+            assert recv(sock)["type"] == "Audio"
 
 
 # ------------------------------------------------------------------------------- client drops
