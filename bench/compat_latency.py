@@ -5,16 +5,16 @@
     python bench/compat_latency.py --engine dia2 --model <checkpoint> --device cuda --dtype bfloat16
 
 The app (engine, conversation service, FastAPI with every surface) runs in this process on a loopback
-uvicorn, on its own event loop and thread; clients run in the main thread, as an application would call
-them. For every run of every surface, the same text is spoken with greedy sampling on a fresh engine
-session, and three times are taken:
+uvicorn; the clients run in a second process, as an application would call them. For every run of every
+surface, the same text is spoken with greedy sampling on a fresh engine session, and these are taken:
 
 * `engine`: in the server's loop, opening an engine session and asking it to speak → its first chunk: the
   floor every surface stands on (what the engine costs, no HTTP, no encoding);
 * each surface: the client sending its request (REST: a POST on a kept-alive connection; WebSockets: the
-  text message on a socket opened beforehand, the connect timed apart) → the first audio bytes it reads;
-* `overhead_ms` = the surface's median − the engine's median: what the protocol adds (parsing, session
-  lease, encoding, the socket), the number the ≤ 5 ms target is about.
+  text on a socket opened beforehand, as a client that keeps one open does) → the first audio bytes read;
+* `overhead_ms` = the median over runs of (surface − engine of the same run): what the protocol adds
+  (parsing, session lease, encoding, the sockets, the client library), the number the ≤ 5 ms target is
+  about. Pairing each surface with the engine run just before it keeps load drift out of the difference.
 
 JSON goes to stdout (and --out). Runs alternate between surfaces so drift (CPU load from elsewhere) spreads
 over all of them.
@@ -26,6 +26,7 @@ import argparse
 import asyncio
 import base64
 import json
+import multiprocessing
 import os
 import platform
 import socket
@@ -54,7 +55,7 @@ GREEDY = {"temperature": 0}
 
 class Server:
     """The app on a loopback socket, served by this process's main event loop (espeak's subprocesses
-    need the main thread's child watcher); the clients run in a worker thread."""
+    need the main thread's child watcher); the clients run in another process."""
 
     def __init__(self, engine_cfg: EngineConfig) -> None:
         self.engine_cfg = engine_cfg
@@ -75,10 +76,6 @@ class Server:
         self.task = asyncio.create_task(self.server.serve(sockets=[sock]))
         while not self.server.started:
             await asyncio.sleep(0.01)
-
-    def call(self, coro: Any) -> Any:
-        """Run a coroutine on the server's loop from the client thread."""
-        return asyncio.run_coroutine_threadsafe(coro, self.loop).result(600)
 
     async def stop(self) -> None:
         self.server.should_exit = True
@@ -177,6 +174,15 @@ SURFACES: dict[str, Callable[[str, httpx.Client], float]] = {
 }
 
 
+def client_process(conn: Any, port: int) -> None:
+    """The clients, in a process of their own: no GIL shared with the server (a thread would wait up to
+    Python's 5 ms switch interval for it). Each "run" times every surface once and sends the times back."""
+    base = f"http://127.0.0.1:{port}"
+    with httpx.Client(timeout=120) as client:
+        while conn.recv() == "run":
+            conn.send({name: fn(base, client) for name, fn in SURFACES.items()})
+
+
 def summary(values: list[float]) -> dict[str, float]:
     ordered = sorted(values)
     return {
@@ -206,22 +212,23 @@ def main() -> None:
     server = Server(engine_cfg)
     times: dict[str, list[float]] = {"engine": [], **{name: [] for name in SURFACES}}
 
-    def clients() -> None:
-        base = f"http://127.0.0.1:{server.port}"
-        with httpx.Client(timeout=120) as client:
-            server.call(engine_first_chunk(server))  # warm-up: espeak's cold start, torch's first step
-            for fn in SURFACES.values():
-                fn(base, client)
-            for _ in range(args.runs):
-                times["engine"].append(server.call(engine_first_chunk(server)))
-                for name, fn in SURFACES.items():
-                    times[name].append(fn(base, client))
-
     async def run() -> None:
         await server.start()
+        parent, child = multiprocessing.get_context("spawn").Pipe()
+        proc = multiprocessing.get_context("spawn").Process(target=client_process, args=(child, server.port))
+        proc.start()
         try:
-            await asyncio.to_thread(clients)
+            await engine_first_chunk(server)  # warm-up: espeak's cold start, torch's first step
+            parent.send("run")  # the client's warm-up round
+            await asyncio.to_thread(parent.recv)
+            for _ in range(args.runs):
+                times["engine"].append(await engine_first_chunk(server))
+                parent.send("run")
+                for name, ms in (await asyncio.to_thread(parent.recv)).items():
+                    times[name].append(ms)
         finally:
+            parent.send("stop")
+            await asyncio.to_thread(proc.join, 60)
             await server.stop()
 
     asyncio.run(run())
@@ -240,7 +247,8 @@ def main() -> None:
     }
     for name in SURFACES:
         stats = summary(times[name])
-        stats["overhead_ms"] = round(stats["p50_ms"] - engine["p50_ms"], 2)
+        paired = [t - e for t, e in zip(times[name], times["engine"], strict=True)]
+        stats["overhead_ms"] = round(statistics.median(paired), 2)
         result["first_audio"][name] = stats
     text = json.dumps(result, indent=2)
     print(text)
