@@ -178,9 +178,19 @@ def client_process(conn: Any, port: int) -> None:
     """The clients, in a process of their own: no GIL shared with the server (a thread would wait up to
     Python's 5 ms switch interval for it). Each "run" times every surface once and sends the times back."""
     base = f"http://127.0.0.1:{port}"
-    with httpx.Client(timeout=120) as client:
+    # httpx writes a request's headers and body separately; with Nagle's algorithm on, the body waits for the
+    # ACK of the headers, which the server's kernel delays up to 40 ms on a busy keep-alive connection.
+    # TCP_NODELAY (what curl and latency-minded clients set) keeps that stall out of the numbers.
+    nodelay = httpx.HTTPTransport(socket_options=[(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)])
+    with httpx.Client(timeout=120, transport=nodelay) as client:
+        names = list(SURFACES)
+        turn = 0
         while conn.recv() == "run":
-            conn.send({name: fn(base, client) for name, fn in SURFACES.items()})
+            # Each run starts one surface later: none always follows the same other one (a keep-alive
+            # connection just used, an engine session just closed).
+            order = names[turn % len(names) :] + names[: turn % len(names)]
+            turn += 1
+            conn.send({name: SURFACES[name](base, client) for name in order})
 
 
 def summary(values: list[float]) -> dict[str, float]:
@@ -226,34 +236,43 @@ def main() -> None:
                 parent.send("run")
                 for name, ms in (await asyncio.to_thread(parent.recv)).items():
                     times[name].append(ms)
+                report(final=False)  # defined below, before run() is awaited
         finally:
             parent.send("stop")
             await asyncio.to_thread(proc.join, 60)
             await server.stop()
 
+    def report(final: bool) -> None:
+        """The summary so far: written after every run (--out), so a run cut short still leaves numbers."""
+        if not times["engine"]:
+            return
+        engine = summary(times["engine"])
+        result: dict[str, Any] = {
+            "bench": "compat_latency",
+            "engine": args.engine,
+            "model": args.model if args.engine == "dia2" else None,
+            "device": args.device,
+            "host": platform.node(),
+            "cpu_count": os.cpu_count(),
+            # Other work on the machine shows in every number: the 1-minute load average before and after.
+            "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
+            "complete": final,
+            "text": TEXT,
+            "first_audio": {"engine": engine},
+        }
+        for name in SURFACES:
+            stats = summary(times[name])
+            paired = [t - e for t, e in zip(times[name], times["engine"], strict=True)]
+            stats["overhead_ms"] = round(statistics.median(paired), 2)
+            result["first_audio"][name] = stats
+        text = json.dumps(result, indent=2)
+        if final:
+            print(text)
+        if args.out:
+            args.out.write_text(text + "\n")
+
     asyncio.run(run())
-    engine = summary(times["engine"])
-    result: dict[str, Any] = {
-        "bench": "compat_latency",
-        "engine": args.engine,
-        "model": args.model if args.engine == "dia2" else None,
-        "device": args.device,
-        "host": platform.node(),
-        "cpu_count": os.cpu_count(),
-        # Other work on the machine shows in every number: the 1-minute load average before and after.
-        "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
-        "text": TEXT,
-        "first_audio": {"engine": engine},
-    }
-    for name in SURFACES:
-        stats = summary(times[name])
-        paired = [t - e for t, e in zip(times[name], times["engine"], strict=True)]
-        stats["overhead_ms"] = round(statistics.median(paired), 2)
-        result["first_audio"][name] = stats
-    text = json.dumps(result, indent=2)
-    print(text)
-    if args.out:
-        args.out.write_text(text + "\n")
+    report(final=True)
 
 
 if __name__ == "__main__":
