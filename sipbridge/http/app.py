@@ -62,6 +62,12 @@ def create_app(
 
         app.include_router(build_router(conversations, cfg, health_sources))
 
+        # The ElevenLabs, OpenAI and Kyutai compatible surfaces (docs/COMPAT.md), on the same service.
+        from sipbridge.http import elevenlabs, kyutai, openai
+
+        for protocol in (elevenlabs, openai, kyutai):
+            app.include_router(protocol.build_router(conversations, cfg))
+
     return app
 
 
