@@ -364,6 +364,26 @@ class AsrConfig(_Section):
     )
 
 
+# -------------------------------------------------------------------------------------------- turn
+
+
+class TurnConfig(_Section):
+    """When is the caller done? Decided at the first pause (`vad.pause_ms`) instead of after the whole
+    `vad.stop_hangover_ms`, from early ASR's words and/or the Smart Turn model (docs/AUDIO.md, "End of
+    turn"; bench/turn_eot.py measures both)."""
+
+    end_of_turn: Literal["hangover", "words", "model", "model_and_words"] = Field(
+        "words",
+        description="hangover: a turn ends only after vad.stop_hangover_ms of silence. words: it ends at"
+        " the pause when early ASR's text ends a sentence (. ? !) and not on a continuation word (and, but,"
+        " so, um, the ...). model: when Smart Turn v3.2 says complete. model_and_words: both must agree."
+        " A turn not judged complete still ends after vad.stop_hangover_ms (raise that to wait longer).",
+    )
+    model_threshold: float = Field(
+        0.9, gt=0.0, lt=1.0, description="Smart Turn probability at or above which a turn is complete."
+    )
+
+
 # ------------------------------------------------------------------------------------------- agent
 
 
@@ -509,6 +529,7 @@ class Config(_Section):
     vad: VadConfig = Field(default_factory=VadConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     asr: AsrConfig = Field(default_factory=AsrConfig)
+    turn: TurnConfig = Field(default_factory=TurnConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -38,6 +38,7 @@ from sipbridge.metrics import Metrics
 from sipbridge.session import CallSession
 from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
+from sipbridge.turn_policy import EndOfTurn
 
 log = logging.getLogger(__name__)
 
@@ -78,6 +79,7 @@ class Supervisor:
     http_port: int | None = None
     engine: Engine | None = None
     asr: Transcriber | None = None
+    end_of_turn: EndOfTurn | None = None  # turn.end_of_turn: judges a caller's pause (sipbridge/turn_policy)
     agent: Agent | None = None
     pool: WorkerPool | None = None
     sessions: dict[str, CallSession] = field(default_factory=dict)
@@ -122,6 +124,7 @@ class Supervisor:
             "sip": lambda: self.pool.health() if self.pool else {"ok": False},
             "engine": lambda: self.engine.health() if self.engine else {"ok": False},
             "asr": lambda: self.asr.health() if self.asr else {"ok": False},
+            "end_of_turn": lambda: self.end_of_turn.health() if self.end_of_turn else {"ok": False},
             "calls": lambda: {"active": len(self.sessions)},
             "conversations": lambda: self.conversations.health() if self.conversations else {"ok": True},
         }
@@ -181,7 +184,7 @@ class Supervisor:
         if isinstance(frame, f.CallStarted):
             session = CallSession(
                 frame, worker, self.config, self.store, self.engine, self.agent, self.asr,
-                metrics=self.metrics,
+                metrics=self.metrics, end_of_turn=self.end_of_turn,
             )
             if self.dialer is not None:
                 session.outbound = self.dialer.outbound(frame.call_id)
@@ -258,6 +261,11 @@ class Supervisor:
             # ASR first: the dia2 engine transcribes a voice prefix that came without its transcript.
             self.asr = Transcriber(cfg.asr)
             await self.asr.start()
+            self.end_of_turn = EndOfTurn(cfg.turn)
+            try:
+                await self.end_of_turn.start()
+            except RuntimeError as exc:  # the model's wheel is missing: say which key asked for it
+                raise StartupError(f"turn.end_of_turn: {exc}") from exc
             self.engine = make_engine(cfg.engine, self.asr, Path(cfg.storage.sqlite_path).parent)
             await self.engine.start()
             self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost)
@@ -287,6 +295,8 @@ class Supervisor:
             await self.engine.close()
         if self.asr is not None:
             self.asr.close()
+        if self.end_of_turn is not None:
+            self.end_of_turn.close()
 
     async def _run_campaign(self, runner: CampaignRunner) -> None:
         await runner.run(self.stop_event)
