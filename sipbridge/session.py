@@ -257,7 +257,7 @@ class CallSession:
             self._early = None  # noise: nothing of it is a turn
             self._answered = None
         elif isinstance(frame, f.TurnResumed):
-            self._early = None  # the caller went on: that pause's words and judgement are not the turn's
+            self._drop_early()  # the caller went on: that pause's words and judgement are not the turn's
         elif isinstance(frame, f.BargeIn):
             self._on_barge_in(frame)
         elif isinstance(frame, f.PlaybackDone):
@@ -341,6 +341,7 @@ class CallSession:
         a complete turn is answered now, not at TurnEnded."""
         if frame is None:  # a pause inside what was already answered
             return
+        self._drop_early()  # its run, if still queued behind others on the ASR thread, never starts
         pcm = np.frombuffer(frame.pcm, dtype=np.int16)
         task = asyncio.create_task(self._transcribe_early(pcm), name=f"early-asr-{self.call_id[:8]}")
         self._tasks.add(task)
@@ -398,10 +399,20 @@ class CallSession:
         return dataclasses.replace(frame, start_ms=answered[1], pcm=frame.pcm[skip:])
 
     def _take_early(self, turn: f.TurnEnded) -> EarlyWords | None:
-        early, self._early = self._early, None
+        early = self._early
         if early is not None and (early.start_ms, early.end_ms) == (turn.start_ms, turn.end_ms):
+            self._early = None
             return early
+        self._drop_early()
         return None
+
+    def _drop_early(self) -> None:
+        """Forget the pause's transcription: cancelling its task also takes its run off the ASR thread's
+        queue if it has not started (under load, stale runs queued there delayed the turn's own by
+        seconds)."""
+        if self._early is not None:
+            self._early.task.cancel()
+            self._early = None
 
     async def _on_turn(self, turn: f.TurnEnded, detected_at: float, early: EarlyWords | None = None) -> None:
         assert self.agent_call is not None and self.engine_session is not None

@@ -79,7 +79,6 @@ class Inbound:
     frames: int = 0
     paused_end: int | None = None  # end (ms) of the turn's speech at its last TurnPaused, until it goes on
 
-
     def on_frame(self, pcm: bytes) -> None:
         """One clock tick of caller audio; b"" (no audio this tick) counts as silence."""
         if len(pcm) != self.segmenter.frame_samples * 2:
