@@ -104,6 +104,7 @@ class CallSession:
     # (the worker's turn start, the end we answered at) once a turn was ended at a pause; the worker's
     # segmenter still has that turn open until its own TurnEnded (docs/ARCHITECTURE.md, "End of turn").
     _answered: tuple[int, int] | None = None
+    _premature_seen: int | None = None  # the answered end whose continuation was recorded premature
 
     @property
     def direction(self) -> str:
@@ -392,7 +393,8 @@ class CallSession:
             self._answered = None
         if frame.end_ms <= answered[1]:
             return None
-        if isinstance(frame, f.TurnEnded):
+        if self._premature_seen != answered[1]:  # once per answered pause the caller went on after
+            self._premature_seen = answered[1]
             premature = {"answered_end_ms": answered[1], "end_ms": frame.end_ms}
             self.store.add_event(self.call_id, "end_of_turn_premature", premature)
         skip = (answered[1] - frame.start_ms) * self.rate // 1000 * 2  # int16 bytes

@@ -79,3 +79,34 @@ def test_a_pause_the_caller_goes_on_after_is_not_the_end(tmp_path: Path) -> None
         assert not eot_events(bridge, call["id"], "end_of_turn_premature")
     finally:
         assert bridge.stop() == 0
+
+
+def test_a_turn_ended_too_early_leaves_only_its_rest_for_the_next_turn(tmp_path: Path) -> None:
+    """A judge that calls every pause complete (Smart Turn with a threshold near 0) answers the caller's
+    3 s mid-sentence pause (longer than a decision takes: ~2 s at worst on a loaded 2-core box): a premature
+    end. When the caller goes on, the worker's turn ends later; only
+    the part after the answered pause becomes the next caller turn (the agent never sees words twice)."""
+    flow = {"greeting": "Hello.", "turns": [{"say": "Okay."}, {"say": "Goodbye.", "hangup": True}]}
+    config = {
+        "agent": script_agent(tmp_path, flow),
+        "vad": {"stop_hangover_ms": HANGOVER_MS},
+        "turn": {"end_of_turn": "model", "model_threshold": 0.001},
+    }
+    bridge = Bridge.start(tmp_path / "bridge", config)
+    try:
+        first = caller_audio("I need some help", lead_s=3.5, tail_s=3.0)
+        second = caller_audio("with my account please.", lead_s=0.0, tail_s=7.0)
+        ulaw = tmp_path / "caller.ulaw"
+        ulaw.write_bytes(bytes(g711.ulaw_encode(np.concatenate([first.pcm, second.pcm]))))
+        scenario = sipp_scenario(audio=ulaw, hangup="bridge", timeout_ms=60000)
+        bridge.sipp_calls({"caller": scenario}, work=tmp_path / "sipp", wait_s=90, sipp_timeout_s=80)
+        (call,) = bridge.calls()
+        caller = [t for t in bridge.turns(call["id"]) if t["who"] == "caller"]
+        assert len(caller) == 2, [t["text"] for t in caller]
+        assert "help" in caller[0]["text"].lower() and "account" not in caller[0]["text"].lower()
+        assert "account" in caller[1]["text"].lower() and "help" not in caller[1]["text"].lower()
+        assert caller[1]["start_ms"] == caller[0]["end_ms"]  # the rest starts where the answer was given
+        (premature,) = eot_events(bridge, call["id"], "end_of_turn_premature")
+        assert premature["answered_end_ms"] == caller[0]["end_ms"]
+    finally:
+        assert bridge.stop() == 0
