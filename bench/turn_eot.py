@@ -16,8 +16,8 @@ audio does; the model judges the ``SpeechPaused`` audio the supervisor would get
 Per condition the JSON has: each clip's probability, and for every threshold in a grid the accuracy, the
 premature cut-off rate (incomplete clips judged complete: the bot would answer a caller mid-sentence) and the
 share of complete turns ended early; plus the decision cost (features + model, ms). With ``--asr`` the same
-clips are transcribed with the bundled tiny.en, and two word rules are scored beside the model: "ends in a
-continuation word" alone, and model AND NOT continuation word.
+clips are transcribed with the bundled tiny.en, and the word rule of ``turn.end_of_turn: words`` (ends in
+. ? ! and not on a continuation word) is scored alone and ANDed with the model.
 
     .venv/bin/python bench/turn_eot.py --out turn.json [--quick] [--asr]
 
@@ -45,7 +45,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 from audio import g711
 from audio.testsignals import espeak
 from audio.turn import SmartTurn
-from audio.turn.words import ends_unfinished
+from audio.turn.words import ends_sentence
 from audio.vad import SpeechPaused, VadSettings, make_segmenter
 
 # Sentences with an inner pause (comma or filler) in their first half or middle: cut there -> "comma".
@@ -292,7 +292,7 @@ def main() -> None:
             ok = [g for g in grid if g["cutoff_rate"] <= 0.03]
             cond["best_within_3pct_cutoff"] = max(ok, key=lambda g: g["complete_ended_early"]) if ok else None
             if words:
-                unfinished = [ends_unfinished(w) for w in words]
+                unfinished = [not ends_sentence(w) for w in words]
                 best = cond["best_within_3pct_cutoff"]
                 thr = best["threshold"] if best else 0.9
                 cond["words"] = word_scores(probs, unfinished, truth, kinds, thr)

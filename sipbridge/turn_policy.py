@@ -30,13 +30,10 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
-from audio.turn.words import ends_unfinished
+from audio.turn.words import ends_sentence
 from sipbridge.config import TurnConfig
 
 log = logging.getLogger(__name__)
-
-_SENTENCE_END = (".", "?", "!")
-
 
 @dataclass(frozen=True)
 class Verdict:
@@ -45,12 +42,6 @@ class Verdict:
     model_prob: float | None  # Smart Turn's probability, when it ran
     text: str | None  # early ASR's words, when they were waited for
     decided_ms: float  # from the pause to the verdict
-
-
-def words_complete(text: str) -> bool:
-    """Early ASR's text reads as a finished sentence."""
-    stripped = text.strip()
-    return bool(stripped) and stripped.endswith(_SENTENCE_END) and not ends_unfinished(stripped)
 
 
 class EndOfTurn:
@@ -114,7 +105,7 @@ class EndOfTurn:
             complete &= ok
             reasons.append(f"model {prob:.2f} {'>=' if ok else '<'} {self.config.model_threshold}")
         if self.uses_words:
-            ok = text is not None and words_complete(text)
+            ok = text is not None and ends_sentence(text)
             complete &= ok
             reasons.append("words end a sentence" if ok else "words do not end a sentence")
         return Verdict(complete, "; ".join(reasons), prob, text, round(ms, 1))

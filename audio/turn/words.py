@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import re
 
-__all__ = ["CONTINUATION_WORDS", "ends_unfinished", "last_word"]
+__all__ = ["CONTINUATION_WORDS", "ends_sentence", "ends_unfinished", "last_word"]
 
 CONTINUATION_WORDS = frozenset(
     """and but so or nor because since although though while whereas if unless until when whether than
@@ -21,6 +21,7 @@ CONTINUATION_WORDS = frozenset(
     like i we you he she they it's i'm""".split()
 )
 _WORD = re.compile(r"[a-z']+")
+_SENTENCE_END = (".", "?", "!")
 
 
 def last_word(text: str) -> str:
@@ -36,3 +37,10 @@ def ends_unfinished(text: str) -> bool:
     if stripped.endswith(("...", ",", "-", "…")):
         return True
     return last_word(stripped) in CONTINUATION_WORDS
+
+
+def ends_sentence(text: str) -> bool:
+    """The text reads as a finished sentence: it ends in ``.``/``?``/``!`` (Whisper writes one where the
+    speech sounded finished) and not on a continuation word."""
+    stripped = text.strip()
+    return bool(stripped) and stripped.endswith(_SENTENCE_END) and not ends_unfinished(stripped)

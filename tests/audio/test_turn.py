@@ -9,7 +9,7 @@ import pytest
 from audio.testsignals import espeak
 from audio.turn import SmartTurn, fit_window, log_mel, smart_turn_model_path
 from audio.turn.features import N_FRAMES, N_MELS, WINDOW_SAMPLES
-from audio.turn.words import ends_unfinished
+from audio.turn.words import ends_sentence, ends_unfinished
 
 
 def test_features_match_transformers_whisper_extractor() -> None:
@@ -73,3 +73,9 @@ def test_smart_turn_loads_from_the_wheel_and_scores_8k_and_16k() -> None:
 )
 def test_word_rule(text: str, unfinished: bool) -> None:
     assert ends_unfinished(text) is unfinished
+
+
+def test_sentence_rule_needs_a_full_stop_and_no_continuation_word() -> None:
+    assert ends_sentence("Yes, that is correct.") and ends_sentence("Can you send it by email?")
+    assert not ends_sentence("Yes that is correct")  # no stop: Whisper heard no end
+    assert not ends_sentence("I worked there from.") and not ends_sentence("")
