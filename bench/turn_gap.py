@@ -92,11 +92,12 @@ def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
     bridge = Bridge.start(work / "bridge", config)
     try:
         timeout_ms = int(len(track) / 8 + 30000)
-        wire = bridge.sipp_call(
-            sipp_scenario(audio=ulaw, hangup="bridge", timeout_ms=timeout_ms),
+        (wire,) = bridge.sipp_calls(
+            {"caller": sipp_scenario(audio=ulaw, hangup="bridge", timeout_ms=timeout_ms)},
             work=work / "sipp",
             wait_s=timeout_ms / 1000 + 30,
-        )
+            sipp_timeout_s=timeout_ms // 1000 + 20,
+        ).values()
         health = bridge.health()
     finally:
         bridge.stop()
