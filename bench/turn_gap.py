@@ -1,10 +1,11 @@
 """Turn gap on the wire: caller stops -> first reply packet, per end-of-turn mode, on real SIPp calls.
 
 One `sipbridge run` per mode (espeak engine, script agent answering "Okay." to every turn), one SIPp caller
-that says N utterances 4.5 s apart, the way docs/PERFORMANCE.md measures the call path: a raw socket on lo
+that says N utterances 7 s apart, the way docs/PERFORMANCE.md measures the call path: a raw socket on lo
 timestamps every RTP packet (kernel receive time); "caller stops" is the end of an utterance's last voiced
 packet, "first reply packet" the bridge's first voiced packet after it. Some utterances hold a 350 ms
-mid-sentence pause: a voiced bot packet inside an utterance is a premature cut-off.
+mid-sentence pause: a bot reply that *starts* inside an utterance (its first voiced packet after 300 ms
+without any) is a premature cut-off.
 
     .venv/bin/python bench/turn_gap.py --out gap.json [--modes hangover words model] [--turns 12]
 
@@ -43,7 +44,7 @@ PAUSED = [  # (before the pause, after it): one sentence with a 350 ms pause in 
     ("I worked at Acme", "from twenty fifteen to twenty nineteen."),
     ("My name is John Smith and", "I am calling about a reference."),
 ]
-SPACING_S = 4.5  # from one utterance's start to the next: the reply "Okay." fits in between
+SPACING_S = 7.0  # one utterance's start to the next: a reply even 3 s late ends before the next one
 MID_PAUSE_S = 0.35
 
 
@@ -80,7 +81,7 @@ def utterances(sent: list[Any]) -> list[tuple[float, float]]:
 
 def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
     flow = {"greeting": {"say": "Hello.", "interruptible": False}, "turns": []}
-    flow["turns"] = [{"say": "Okay."} for _ in range(turns - 1)] + [{"say": "Goodbye.", "hangup": True}]
+    flow["turns"] = [{"say": "Okay."} for _ in range(2 * turns)]  # the caller hangs up at the end
     (work / "flow.yaml").write_text(yaml.safe_dump(flow))
     config = {
         "agent": {"kind": "script", "script": {"flow": str(work / "flow.yaml")}},
@@ -93,7 +94,7 @@ def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
     try:
         timeout_ms = int(len(track) / 8 + 30000)
         (wire,) = bridge.sipp_calls(
-            {"caller": sipp_scenario(audio=ulaw, hangup="bridge", timeout_ms=timeout_ms)},
+            {"caller": sipp_scenario(audio=ulaw, hangup="caller", talk_ms=int(len(track) / 8))},
             work=work / "sipp",
             wait_s=timeout_ms / 1000 + 30,
             sipp_timeout_s=timeout_ms // 1000 + 20,
@@ -102,11 +103,12 @@ def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
     finally:
         bridge.stop()
     bot = [p.t for p in voiced_packets(wire.bot)]
+    onsets = [t for i, t in enumerate(bot) if i == 0 or t - bot[i - 1] > 0.3]
     spans = utterances(wire.sent)
     gaps, cutoffs = [], 0
     for (start, stop), kind in zip(spans, kinds, strict=False):
-        if any(start < t < stop for t in bot):
-            cutoffs += 1  # the bot spoke while the caller was mid-sentence
+        if any(start < t < stop for t in onsets):
+            cutoffs += 1  # a reply began while the caller was mid-sentence
         after = [t for t in bot if t > stop]
         if after and after[0] - stop < 3.0:
             gaps.append({"kind": kind, "gap_ms": round((after[0] - stop) * 1000, 1)})
