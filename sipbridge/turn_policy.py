@@ -35,6 +35,7 @@ from sipbridge.config import TurnConfig
 
 log = logging.getLogger(__name__)
 
+
 @dataclass(frozen=True)
 class Verdict:
     complete: bool
