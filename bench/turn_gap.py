@@ -110,7 +110,7 @@ def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
         if any(start < t < stop for t in onsets):
             cutoffs += 1  # a reply began while the caller was mid-sentence
         after = [t for t in bot if t > stop]
-        if after and after[0] - stop < 3.0:
+        if after and after[0] - stop < SPACING_S - 1.0:  # a reply before the next utterance
             gaps.append({"kind": kind, "gap_ms": round((after[0] - stop) * 1000, 1)})
     values = [g["gap_ms"] for g in gaps]
     return {
