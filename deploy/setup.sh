@@ -78,4 +78,9 @@ EXTRAS="sip,asr"
 [ "$DEV" = 1 ] && EXTRAS="sip,asr,interactive,dev"
 echo "setup: installing sipbridge[$EXTRAS]"
 "${PIP[@]}" -e ".[$EXTRAS]"
+# The end-of-turn model (Smart Turn v3.2, BSD-2) ships inside the pipecat-ai wheel. Only its ONNX file is used
+# (audio/turn/smart_turn.py locates it without importing pipecat), so the wheel goes in without its dependencies:
+# they would add numba, openai, Pillow ... and pin soxr below the range above.
+echo "setup: installing the Smart Turn model (pipecat-ai wheel, --no-deps)"
+"${PIP[@]}" --no-deps "pipecat-ai==1.14.0"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}")'))"

@@ -502,6 +502,28 @@ class AsrConfig(_Section):
     )
 
 
+# -------------------------------------------------------------------------------------------- turn
+
+
+class TurnConfig(_Section):
+    """When is the caller done? Decided at the first pause (`vad.pause_ms`) instead of after the whole
+    `vad.stop_hangover_ms`, from early ASR's words and/or the Smart Turn model (docs/AUDIO.md, "End of
+    turn"; bench/turn_eot.py measures both)."""
+
+    # Default "hangover": on bench/turn_eot.py's labelled set no judge kept premature cut-offs within 3 %
+    # while ending a useful share of turns early, at 8 kHz or 16 kHz (docs/AUDIO.md, "End of turn").
+    end_of_turn: Literal["hangover", "words", "model", "model_and_words"] = Field(
+        "hangover",
+        description="hangover: a turn ends only after vad.stop_hangover_ms of silence. words: it ends at"
+        " the pause when early ASR's text ends a sentence (. ? !) and not on a continuation word (and, but,"
+        " so, um, the ...). model: when Smart Turn v3.2 says complete. model_and_words: both must agree."
+        " A turn not judged complete still ends after vad.stop_hangover_ms (raise that to wait longer).",
+    )
+    model_threshold: float = Field(
+        0.9, gt=0.0, lt=1.0, description="Smart Turn probability at or above which a turn is complete."
+    )
+
+
 # ------------------------------------------------------------------------------------------- agent
 
 
@@ -649,6 +671,7 @@ class Config(_Section):
     vad: VadConfig = Field(default_factory=VadConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     asr: AsrConfig = Field(default_factory=AsrConfig)
+    turn: TurnConfig = Field(default_factory=TurnConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)

@@ -116,6 +116,15 @@ class TurnPaused(CallFrame):
 
 
 @dataclass(frozen=True)
+class TurnResumed(CallFrame):
+    """The caller made sound again after a TurnPaused, before the turn ended: a judgement of that pause
+    (turn.end_of_turn) still in progress is void. Sent once per pause, from the energy onset (no VAD lag)."""
+
+    start_ms: int  # the turn's start, as TurnPaused.start_ms
+    t_ms: int  # onset of the new sound, call media time
+
+
+@dataclass(frozen=True)
 class TurnDropped(CallFrame):
     start_ms: int
     end_ms: int
@@ -320,6 +329,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         SpeechStarted,
         TurnEnded,
         TurnPaused,
+        TurnResumed,
         TurnDropped,
         BargeIn,
         Dtmf,

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -38,6 +39,7 @@ from sipbridge.metrics import Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
 from sipbridge.store import Store
+from sipbridge.turn_policy import EndOfTurn
 
 log = logging.getLogger(__name__)
 
@@ -99,6 +101,12 @@ class CallSession:
     _early: EarlyWords | None = None  # transcription of the turn so far, from its latest TurnPaused
     metrics: Metrics = field(default_factory=Metrics)  # the supervisor's (a fresh one when run alone)
     _recording_failed: bool = False  # recordings dir unwritable: the call goes on without them
+    # Decides at a pause whether the turn is over (turn.end_of_turn); None or "hangover": wait for TurnEnded.
+    end_of_turn: EndOfTurn | None = None
+    # (the worker's turn start, the end we answered at) once a turn was ended at a pause; the worker's
+    # segmenter still has that turn open until its own TurnEnded (docs/ARCHITECTURE.md, "End of turn").
+    _answered: tuple[int, int] | None = None
+    _premature_seen: int | None = None  # the answered end whose continuation was recorded premature
 
     @property
     def direction(self) -> str:
@@ -275,11 +283,16 @@ class CallSession:
             if self._silence_timeout_s is not None:
                 self._arm_silence(self._silence_timeout_s)  # noise only: keep waiting for a real answer
         if isinstance(frame, f.TurnEnded):
-            self._spawn(self._on_turn(frame, time.monotonic(), self._take_early(frame)), "turn")
+            turn = self._unanswered(frame)
+            if turn is not None:
+                self._spawn(self._on_turn(turn, time.monotonic(), self._take_early(turn)), "turn")
         elif isinstance(frame, f.TurnPaused):
-            self._on_pause(frame)
+            self._on_pause(self._unanswered(frame))
         elif isinstance(frame, f.TurnDropped):
             self._early = None  # noise: nothing of it is a turn
+            self._answered = None
+        elif isinstance(frame, f.TurnResumed):
+            self._drop_early()  # the caller went on: that pause's words and judgement are not the turn's
         elif isinstance(frame, f.BargeIn):
             self._on_barge_in(frame)
         elif isinstance(frame, f.RecordingFailed):  # the worker's call.wav
@@ -358,21 +371,88 @@ class CallSession:
             log.warning("call %s: early transcription failed: %r", self.call_id, exc)
             return None
 
-    def _on_pause(self, frame: f.TurnPaused) -> None:
+    def _on_pause(self, frame: f.TurnPaused | None) -> None:
         """Transcribe the turn so far while the stop hangover runs: if the caller says no more, the words
         are (nearly) ready when TurnEnded comes. A newer pause replaces an older one (its run finishes on
-        the ASR thread anyway; only the newest can match)."""
+        the ASR thread anyway; only the newest can match). With `turn.end_of_turn` the pause is also judged:
+        a complete turn is answered now, not at TurnEnded."""
+        if frame is None:  # a pause inside what was already answered
+            return
+        self._drop_early()  # its run, if still queued behind others on the ASR thread, never starts
         pcm = np.frombuffer(frame.pcm, dtype=np.int16)
         task = asyncio.create_task(self._transcribe_early(pcm), name=f"early-asr-{self.call_id[:8]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._early = EarlyWords(frame.start_ms, frame.end_ms, task)
+        if self.end_of_turn is not None and self.end_of_turn.enabled:
+            self._spawn(self._judge_pause(frame, self._early, time.monotonic()), "eot")
+
+    async def _judge_pause(self, frame: f.TurnPaused, early: EarlyWords, paused_at: float) -> None:
+        assert self.end_of_turn is not None
+        pcm = np.frombuffer(frame.pcm, dtype=np.int16)
+        try:
+            verdict = await self.end_of_turn.judge(pcm, self.rate, asyncio.shield(early.task))
+        except Exception as exc:  # a failed judgement leaves the turn to the hangover; the call goes on
+            log.warning("call %s: end-of-turn judgement failed: %r", self.call_id, exc)
+            return
+        if self._early is not early:
+            return  # the caller went on (a newer pause) or the hangover ended the turn first
+        self.store.add_event(
+            self.call_id,
+            "end_of_turn",
+            {
+                "start_ms": frame.start_ms,
+                "end_ms": frame.end_ms,
+                "complete": verdict.complete,
+                "reason": verdict.reason,
+                "model_prob": verdict.model_prob,
+                "decided_ms": verdict.decided_ms,
+            },
+        )
+        if not verdict.complete:
+            return
+        self._early = None
+        start = frame.start_ms if self._answered is None else self._answered[0]
+        self._answered = (start, frame.end_ms)
+        turn = f.TurnEnded(self.call_id, frame.start_ms, frame.end_ms, "end_of_turn", frame.pcm)
+        await self._on_turn(turn, paused_at, early)
+
+    def _unanswered(self, frame: f.TurnEnded | f.TurnPaused) -> Any:
+        """The part of a worker turn event that was not answered yet: the frame itself; None when the whole
+        of it was (the turn ended where it was judged complete); or, when the caller went on after a turn
+        was ended at a pause (a premature end), only what came after that pause."""
+        answered = self._answered
+        if answered is None or frame.start_ms != answered[0]:
+            self._answered = None
+            return frame
+        if isinstance(frame, f.TurnEnded):
+            self._answered = None
+        if frame.end_ms <= answered[1]:
+            return None
+        if self._premature_seen != answered[1]:  # once per answered pause the caller went on after
+            self._premature_seen = answered[1]
+            premature = {"answered_end_ms": answered[1], "end_ms": frame.end_ms}
+            self.store.add_event(self.call_id, "end_of_turn_premature", premature)
+        pcm_start = frame.pcm_start_ms if frame.pcm_start_ms is not None else frame.start_ms  # pre-roll
+        skip = (answered[1] - pcm_start) * self.rate // 1000 * 2  # int16 bytes
+        rest = frame.pcm[max(skip, 0) :]
+        return dataclasses.replace(frame, start_ms=answered[1], pcm=rest, pcm_start_ms=answered[1])
 
     def _take_early(self, turn: f.TurnEnded) -> EarlyWords | None:
-        early, self._early = self._early, None
+        early = self._early
         if early is not None and (early.start_ms, early.end_ms) == (turn.start_ms, turn.end_ms):
+            self._early = None
             return early
+        self._drop_early()
         return None
+
+    def _drop_early(self) -> None:
+        """Forget the pause's transcription: cancelling its task also takes its run off the ASR thread's
+        queue if it has not started (under load, stale runs queued there delayed the turn's own by
+        seconds)."""
+        if self._early is not None:
+            self._early.task.cancel()
+            self._early = None
 
     async def _on_turn(self, turn: f.TurnEnded, detected_at: float, early: EarlyWords | None = None) -> None:
         assert self.agent_call is not None and self.engine_session is not None
@@ -417,6 +497,7 @@ class CallSession:
                     agent_ms=(t_agent - t_asr) * 1000,
                     wait_ms=(t0 - detected_at) * 1000,
                     early_asr=early_words is not None,
+                    end_of_turn=turn.reason == "end_of_turn",  # answered at the pause, not the hangover
                 )
 
     async def _on_dtmf(self, digit: str) -> None:

@@ -41,6 +41,7 @@ from sipbridge.session import CallSession
 from sipbridge.sip.front import FrontError, SipFront, check_front, front_uri, pick_port, worker_destinations
 from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
+from sipbridge.turn_policy import EndOfTurn
 
 log = logging.getLogger(__name__)
 
@@ -84,6 +85,7 @@ class Supervisor:
     http_port: int | None = None
     engine: Engine | None = None
     asr: Transcriber | None = None
+    end_of_turn: EndOfTurn | None = None  # turn.end_of_turn: judges a caller's pause (sipbridge/turn_policy)
     agent: Agent | None = None
     pool: WorkerPool | None = None
     front: SipFront | None = None  # Kamailio before the workers (sip.front); None: workers reached directly
@@ -132,6 +134,7 @@ class Supervisor:
             "engine": lambda: self.engine.health() if self.engine else {"ok": False},
             "asr": lambda: self.asr.health() if self.asr else {"ok": False},
             "front": lambda: self.front.health() if self.front else {"ok": True, "enabled": False},
+            "end_of_turn": lambda: self.end_of_turn.health() if self.end_of_turn else {"ok": False},
             "calls": lambda: {"active": len(self.sessions)},
             "conversations": lambda: self.conversations.health() if self.conversations else {"ok": True},
         }
@@ -275,6 +278,7 @@ class Supervisor:
                 self.agent,
                 self.asr,
                 metrics=self.metrics,
+                end_of_turn=self.end_of_turn,
             )
             if self.dialer is not None:
                 session.outbound = self.dialer.outbound(frame.call_id)
@@ -349,6 +353,11 @@ class Supervisor:
             # ASR first: the dia2 engine transcribes a voice prefix that came without its transcript.
             self.asr = Transcriber(cfg.asr)
             await self.asr.start()
+            self.end_of_turn = EndOfTurn(cfg.turn)
+            try:
+                await self.end_of_turn.start()
+            except RuntimeError as exc:  # the model's wheel is missing: say which key asked for it
+                raise StartupError(f"turn.end_of_turn: {exc}") from exc
             self.engine = make_engine(cfg.engine, self.asr, Path(cfg.storage.sqlite_path).parent)
             await self.engine.start()
             check = check_front(cfg)
@@ -395,6 +404,8 @@ class Supervisor:
             await self.engine.close()
         if self.asr is not None:
             self.asr.close()
+        if self.end_of_turn is not None:
+            self.end_of_turn.close()
 
     async def _run_campaign(self, runner: CampaignRunner) -> None:
         await runner.run(self.stop_event)
