@@ -221,6 +221,16 @@ class Store:
         with self._lock:
             return list(self._db.execute(sql, params))
 
+    def writable(self) -> bool:
+        """Can a write transaction start now (file writable, not locked past busy_timeout)? For /readyz."""
+        with self._lock:
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+                return True
+            except sqlite3.Error:
+                return False
+
     @property
     def schema_version(self) -> int:
         with self._lock:

@@ -31,6 +31,7 @@ def create_app(
     conversations: Any = None,  # sipbridge.http.service.ConversationService (imported lazily)
     http: HttpConfig | None = None,
     metrics: Callable[[], str] | None = None,  # Prometheus exposition text (sipbridge.metrics.Metrics.render)
+    readiness: Callable[[], Mapping[str, bool]] | None = None,  # Supervisor.readiness: check name -> holds
 ) -> FastAPI:
     app = FastAPI(title="sipbridge", version=__version__)
 
@@ -47,6 +48,17 @@ def create_app(
         components = {name: dict(source()) for name, source in health_sources.items()}
         ok = all(component.get("ok", True) for component in components.values())
         return {"status": "ok" if ok else "degraded", "version": __version__, **components}
+
+    if readiness is not None:
+
+        @app.get("/readyz")
+        def readyz() -> JSONResponse:
+            """Readiness: 200 when this process takes new calls, 503 (with the failing checks) while it
+            starts, drains or lacks a component; no auth, like /healthz."""
+            checks = dict(readiness())
+            ready = all(checks.values())
+            body = {"status": "ready" if ready else "not ready", "checks": checks}
+            return JSONResponse(body, status_code=200 if ready else 503)
 
     cfg = http or HttpConfig()
     # Every body, on every route (those added later too), is capped before anything reads it.

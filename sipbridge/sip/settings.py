@@ -57,6 +57,9 @@ class WorkerSettings:
     log_json: bool
     trunk: TrunkSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # sip.tls as plain values (port already this worker's), and media.srtp: off | optional | mandatory.
+    tls: dict[str, Any] = field(default_factory=dict)
+    srtp: str = "off"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -116,4 +119,18 @@ def worker_settings(config: Config, index: int, ipc_path: str, sip_port: int | N
         log_level=config.logging.level,
         log_json=config.logging.json_format,
         trunk=trunk,
+        tls=_tls(config, index),
+        srtp=media.srtp,
     )
+
+
+def _tls(config: Config, index: int) -> dict[str, Any]:
+    tls = config.sip.tls
+    return {
+        "port": tls.port + index if tls.port else 0,
+        "cert_file": str(tls.cert_file) if tls.cert_file else "",
+        "key_file": str(tls.key_file) if tls.key_file else "",
+        "ca_file": str(tls.ca_file) if tls.ca_file else "",
+        "verify_client": tls.verify_client,
+        "verify_server": tls.verify_server,
+    }

@@ -73,10 +73,13 @@ class Worker:
     amd: dict[str, AnsweringMachineDetector | BeepWaiter] = field(default_factory=dict)
     greetings: dict[str, GreetingFeed] = field(default_factory=dict)  # AMD audio for the ASR (amd.asr)
     stopping: bool = False
+    draining: bool = False  # Drain from the supervisor: new INVITEs get 503, active calls go on
     sip_udp_port: int = 0
     sip_tcp_port: int | None = None
+    sip_tls_port: int | None = None
     ep: pj.Endpoint | None = None
     account: BridgeAccount | None = None
+    shutdown_reason: str = "worker shutting down"
 
     def __post_init__(self) -> None:
         self.sources = SourceFilter(self.settings.allowed_sources)
@@ -125,6 +128,8 @@ class Worker:
                 tcfg.port = self.sip_udp_port
                 tcp = ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tcfg)
                 self.sip_tcp_port = int(ep.transportGetInfo(tcp).localName.rsplit(":", 1)[1])
+            if "tls" in s.transports:
+                self.sip_tls_port = self._start_tls(ep)
         except pj.Error as exc:
             raise StartupError(
                 f"cannot bind SIP {s.bind_address}:{s.sip_port} ({exc.info().strip()})"
@@ -137,6 +142,27 @@ class Worker:
             ep.codecSetPriority(codec.codecId, wanted.get(name, 0))
         self.account = BridgeAccount(self)
         self.account.create(account_config(s, self.sip_udp_port), True)
+
+    def _start_tls(self, ep: pj.Endpoint) -> int:
+        """SIP over TLS (sip.tls): our certificate, TLS 1.2 or newer, and the trunk's client certificate
+        checked against the CA list when `verify_client` is on (mTLS)."""
+        s = self.settings
+        tls = s.tls
+        tcfg = pj.TransportConfig()
+        tcfg.port = int(tls["port"])
+        tcfg.boundAddress = s.bind_address
+        tcfg.publicAddress = s.public_address
+        tc = tcfg.tlsConfig
+        tc.certFile = tls["cert_file"]
+        tc.privKeyFile = tls["key_file"]
+        tc.CaListFile = tls.get("ca_file") or ""
+        tc.method = pj.PJSIP_TLSV1_2_METHOD
+        tc.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3
+        tc.verifyClient = bool(tls["verify_client"])
+        tc.requireClientCert = bool(tls["verify_client"])
+        tc.verifyServer = bool(tls["verify_server"])
+        transport = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tcfg)
+        return int(ep.transportGetInfo(transport).localName.rsplit(":", 1)[1])
 
     # ------------------------------------------------------------------ PJSIP callbacks (main thread)
 
@@ -161,6 +187,19 @@ class Worker:
             call.hangup(op)
             log.warning("rejected INVITE from %s (%s): source not allowed", slot.remote_addr, slot.remote_uri)
             self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 403, "source not allowed"))
+            return
+        if self.draining:
+            # Graceful drain: the caller's side (or the front) tries another host; Retry-After says when
+            # this one may take calls again (an upgrade restarts it within a minute or so).
+            slot.rejected = True
+            op.statusCode = 503
+            retry = pj.SipHeader()
+            retry.hName = "Retry-After"
+            retry.hValue = "60"
+            op.txOption.headers.append(retry)
+            call.hangup(op)
+            log.info("rejected INVITE from %s (%s): draining", slot.remote_addr, slot.remote_uri)
+            self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 503, "draining"))
             return
         op.statusCode = 200
         call.answer(op)
@@ -258,6 +297,16 @@ class Worker:
         log.info("call %s: transfer status %d %s%s", slot_id, code, reason, " (final)" if final else "")
         self.emit(f.TransferStatus(slot_id, code, reason, final))
 
+    def on_stream_destroyed(self, slot_id: str, index: int) -> None:
+        """The last moment PJSIP's stream statistics exist: keep them for the call's RtpQuality."""
+        slot = self.calls.get(slot_id)
+        if slot is None or index != slot.media_index:
+            return
+        try:
+            slot.rtp = rtp_quality(slot.pj_call.getStreamStat(index))
+        except pj.Error:
+            pass  # the watchdog's last snapshot (at most 0.5 s old) stands
+
     def on_disconnected(self, slot_id: str, code: int, reason: str) -> None:
         self.commands.put(("retire", slot_id, code, reason))
 
@@ -278,12 +327,13 @@ class Worker:
         reader.start()
         self.emit(f.WorkerReady(self.settings.index, os.getpid(), self.sip_udp_port, self.sip_tcp_port))
         log.info(
-            "worker %d ready pid=%d sip udp %s:%d%s",
+            "worker %d ready pid=%d sip udp %s:%d%s%s",
             self.settings.index,
             os.getpid(),
             self.settings.bind_address,
             self.sip_udp_port,
             f" tcp {self.sip_tcp_port}" if self.sip_tcp_port else "",
+            f" tls {self.sip_tls_port}" if self.sip_tls_port else "",
         )
         next_watchdog = time.monotonic()
         while not self.stopping:
@@ -319,6 +369,10 @@ class Worker:
             elif kind == "shutdown":
                 log.info("worker %d shutting down: %s", self.settings.index, command[1])
                 self.stopping = True
+                self.shutdown_reason = command[1]
+            elif kind == "drain":
+                log.info("worker %d draining: %s; new INVITEs get 503", self.settings.index, command[1])
+                self.draining = True
 
     def _hangup(self, slot_id: str, by: str, code: int = 200, reason: str = "") -> None:
         slot = self.calls.get(slot_id)
@@ -370,6 +424,8 @@ class Worker:
                 self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, code, reason))
             return
         by = slot.hangup_by or "remote"
+        if slot.rtp is not None:  # before CallEnded (which the media thread sends) so it is stored with it
+            self.emit(f.RtpQuality(slot_id, *slot.rtp))
         self.inbox.put(("close", slot_id, (code, slot.hangup_reason or reason, by)))
         log.info("call %s ended by %s: %d %s", slot_id, by, code, reason)
 
@@ -384,9 +440,10 @@ class Worker:
             if slot.port is None or slot.hangup_by is not None:
                 continue
             try:
-                packets = slot.pj_call.getStreamStat(slot.media_index).rtcp.rxStat.pkt
+                slot.rtp = rtp_quality(slot.pj_call.getStreamStat(slot.media_index))
             except pj.Error:
                 continue
+            packets = slot.rtp[0]
             if packets != slot.rx_packets:
                 slot.rx_packets = packets
                 slot.rx_changed_at = now
@@ -398,6 +455,10 @@ class Worker:
         assert self.ep is not None
         # Order verified in the recipes: hang up, let BYEs and callbacks run, drop every port and Call on
         # this (registered) thread, then the account, then libDestroy.
+        for slot in self.calls.values():
+            if slot.started and slot.hangup_by is None:  # recorded as ended by our shutdown, not the caller
+                slot.hangup_by = "shutdown"
+                slot.hangup_reason = self.shutdown_reason
         self.ep.hangupAllCalls()
         deadline = time.monotonic() + 2.0
         while self.calls and time.monotonic() < deadline:
@@ -527,6 +588,7 @@ class Worker:
                     done.end_tick * 20,
                     done.interrupted,
                     done.underruns,
+                    done.started_at,
                 )
             )
 
@@ -577,11 +639,25 @@ class Worker:
                 self.commands.put(("send-dtmf", frame.call_id, frame.digits))
             elif isinstance(frame, f.Shutdown):
                 self.commands.put(("shutdown", frame.reason or "supervisor asked"))
+            elif isinstance(frame, f.Drain):
+                self.commands.put(("drain", frame.reason or "supervisor asked"))
             elif isinstance(frame, f.Ping):
                 self.channel.send(f.Ping(frame.t, time.monotonic_ns(), frame.pcm))
 
     def emit(self, frame: f.Frame) -> None:
         self.channel.send(frame)
+
+
+def rtp_quality(stat: pj.StreamStat) -> tuple[int, int, int, float, float]:
+    """RtpQuality's fields from PJSIP's stream statistics: received, lost, late (discarded), jitter ms."""
+    rx = stat.rtcp.rxStat
+    return (
+        int(rx.pkt),
+        int(rx.loss),
+        int(rx.discard),
+        round(rx.jitterUsec.mean / 1000, 3),
+        round(rx.jitterUsec.max / 1000, 3),
+    )
 
 
 def _amd_settings(values: dict[str, Any]) -> AmdSettings:
