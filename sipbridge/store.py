@@ -124,6 +124,14 @@ _MIGRATIONS: tuple[str, ...] = (
         UNIQUE (contact_id, attempt)
     );
     """,
+    # 5: received-RTP quality of a call at its end (issue 18), from PJSIP's stream statistics.
+    """
+    ALTER TABLE calls ADD COLUMN rtp_packets INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_lost INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_late INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_jitter_ms REAL;
+    ALTER TABLE calls ADD COLUMN rtp_jitter_max_ms REAL;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -311,6 +319,16 @@ class Store:
                 ),
             )
             return cursor.rowcount == 1
+
+    def set_rtp_quality(
+        self, call_id: str, *, packets: int, lost: int, late: int, jitter_ms: float, jitter_max_ms: float
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE calls SET rtp_packets = ?, rtp_lost = ?, rtp_late = ?, rtp_jitter_ms = ?,"
+                " rtp_jitter_max_ms = ? WHERE id = ?",
+                (packets, lost, late, jitter_ms, jitter_max_ms, call_id),
+            )
 
     def set_call_media(self, call_id: str, *, codec: str | None, recording_path: str | None) -> None:
         with self._transaction() as db:

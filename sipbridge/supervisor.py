@@ -200,6 +200,9 @@ class Supervisor:
 
     def _on_worker_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
         assert self.store is not None and self.engine and self.agent and self.asr
+        if isinstance(frame, f.RtpQuality):
+            self._record_rtp_quality(frame)
+            return
         if self.dialer is not None and self.dialer.on_frame(frame):
             if isinstance(frame, f.DialEnded):
                 worker.calls.discard(frame.call_id)
@@ -233,6 +236,23 @@ class Supervisor:
             found = self.sessions.get(frame.call_id)
             if found is not None:
                 found.handle(frame)
+
+    def _record_rtp_quality(self, q: f.RtpQuality) -> None:
+        """Stored with the call (its row exists from the answer on) and counted, just before CallEnded."""
+        assert self.store is not None
+        self.store.set_rtp_quality(
+            q.call_id,
+            packets=q.packets,
+            lost=q.lost,
+            late=q.late,
+            jitter_ms=q.jitter_mean_ms,
+            jitter_max_ms=q.jitter_max_ms,
+        )
+        expected = q.packets + q.lost
+        if expected:
+            self.metrics.rtp_loss.observe(q.lost / expected)
+            self.metrics.rtp_jitter.observe(q.jitter_mean_ms / 1000)
+        self.metrics.rtp_late.inc(q.late)
 
     def _on_worker_lost(self, worker: WorkerHandle, call_ids: set[str], reason: str) -> None:
         for call_id in call_ids:

@@ -19,6 +19,7 @@ from sipbridge import __version__
 from sipbridge.config import HttpConfig
 from sipbridge.http.errors import ApiError
 from sipbridge.http.guards import BodyLimit
+from sipbridge.metrics import CONTENT_TYPE
 
 HealthSource = Callable[[], Mapping[str, Any]]
 
@@ -40,7 +41,7 @@ def create_app(
         @app.get("/metrics", response_class=PlainTextResponse)
         def prometheus() -> PlainTextResponse:
             """Prometheus scrape; no auth, like /healthz (counts and latencies, no call content)."""
-            return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+            return PlainTextResponse(metrics(), media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
