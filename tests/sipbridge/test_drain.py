@@ -10,6 +10,8 @@ from pathlib import Path
 
 import httpx
 
+from sipbridge.config import ShutdownConfig
+
 from .bridge import Bridge
 from .peers import Sipp, free_media_port, sipp_scenario
 
@@ -19,11 +21,8 @@ def readyz(bridge: Bridge) -> tuple[int, dict[str, object]]:
     return response.status_code, response.json()
 
 
-def start_bridge(work: Path, drain_timeout_s: float | None = None) -> Bridge:
-    config: dict[str, dict[str, object]] = {"agent": {"kind": "echo"}}
-    if drain_timeout_s is not None:
-        config["shutdown"] = {"drain_timeout_s": drain_timeout_s}
-    return Bridge.start(work, config)
+def start_bridge(work: Path, drain_timeout_s: float) -> Bridge:
+    return Bridge.start(work, {"agent": {"kind": "echo"}, "shutdown": {"drain_timeout_s": drain_timeout_s}})
 
 
 def start_call(bridge: Bridge, work: Path, **scenario: object) -> Sipp:
@@ -72,7 +71,7 @@ def test_drain_timeout_hangs_up_with_bye_and_records_shutdown(tmp_path: Path) ->
 
 
 def test_second_sigterm_stops_at_once(tmp_path: Path) -> None:
-    bridge = start_bridge(tmp_path / "bridge")  # default drain: 300 s
+    bridge = start_bridge(tmp_path / "bridge", ShutdownConfig().drain_timeout_s)  # the default, 300 s
     call = start_call(bridge, tmp_path / "call", hangup="bridge", timeout_ms=60000)
     bridge.proc.proc.send_signal(signal.SIGTERM)
     bridge.wait_log("draining")
