@@ -230,14 +230,18 @@ class Store:
             return list(self._db.execute(sql, params))
 
     def writable(self) -> bool:
-        """Can a write transaction start now (file writable, not locked past busy_timeout)? For /readyz."""
+        """Can a write transaction start now (file writable, its write lock free within 200 ms)? For /readyz:
+        a probe must answer quickly, so it does not wait the full busy_timeout of real writes."""
         with self._lock:
+            self._db.execute("PRAGMA busy_timeout = 200")
             try:
                 self._db.execute("BEGIN IMMEDIATE")
                 self._db.execute("ROLLBACK")
                 return True
             except sqlite3.Error:
                 return False
+            finally:
+                self._db.execute("PRAGMA busy_timeout = 5000")
 
     @property
     def schema_version(self) -> int:
