@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -128,12 +129,22 @@ class Worker:
                 tcfg.port = self.sip_udp_port
                 tcp = ep.transportCreate(pj.PJSIP_TRANSPORT_TCP, tcfg)
                 self.sip_tcp_port = int(ep.transportGetInfo(tcp).localName.rsplit(":", 1)[1])
-            if "tls" in s.transports:
-                self.sip_tls_port = self._start_tls(ep)
         except pj.Error as exc:
             raise StartupError(
                 f"cannot bind SIP {s.bind_address}:{s.sip_port} ({exc.info().strip()})"
             ) from None
+        if "tls" in s.transports:
+            check_tls_files(s.tls)
+            try:
+                self.sip_tls_port = self._start_tls(ep)
+            except pj.Error as exc:
+                tls = s.tls
+                raise StartupError(
+                    f"cannot start SIP TLS on {s.bind_address}:{tls['port']} with sip.tls.cert_file"
+                    f" {tls['cert_file']}, sip.tls.key_file {tls['key_file']}"
+                    + (f", sip.tls.ca_file {tls['ca_file']}" if tls.get("ca_file") else "")
+                    + f" ({exc.info().strip()})"
+                ) from None
         ep.libStart()
         ep.audDevManager().setNullDev()  # no sound card: a null port clocks the conference bridge
         wanted = {_CODEC_IDS[c]: 255 - i for i, c in enumerate(s.codecs)}
@@ -646,6 +657,26 @@ class Worker:
 
     def emit(self, frame: f.Frame) -> None:
         self.channel.send(frame)
+
+
+def check_tls_files(tls: dict[str, Any]) -> None:
+    """PJSIP opens a TLS listener even when its certificate cannot be read (each handshake then fails): check
+    the files here, with OpenSSL through Python's ssl, and name the key that is wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls["cert_file"], tls["key_file"])
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"sip.tls.cert_file {tls['cert_file']} / sip.tls.key_file {tls['key_file']}: not a readable PEM"
+            f" certificate and its private key ({exc})"
+        ) from None
+    if tls.get("ca_file"):
+        try:
+            context.load_verify_locations(tls["ca_file"])
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(
+                f"sip.tls.ca_file {tls['ca_file']}: not a readable PEM CA list ({exc})"
+            ) from None
 
 
 def rtp_quality(stat: pj.StreamStat) -> tuple[int, int, int, float, float]:

@@ -12,8 +12,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+import yaml
+
 from .bridge import Bridge
 from .peers import Sipp, free_media_port, free_tcp_port, sipp_scenario
+from .procs import LoggedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -95,3 +98,21 @@ def test_mutual_tls_refuses_a_peer_without_a_client_certificate(tmp_path: Path) 
     bridge.wait_log("recorded: completed")
     assert bridge.stop() == 0
     assert [row["outcome"] for row in bridge.calls()] == ["completed"]
+
+
+def test_unreadable_certificate_fails_the_start_naming_the_key(tmp_path: Path) -> None:
+    """PJSIP would open the TLS port anyway and fail every handshake; we refuse to start instead."""
+    cert, _ = make_cert(tmp_path / "certs", "bridge")
+    wrong_key = tmp_path / "certs" / "other.key"
+    make_cert(tmp_path / "other", "other")[1].rename(wrong_key)  # a key that does not match the certificate
+    tls = {"port": 0, "cert_file": str(cert), "key_file": str(wrong_key)}
+    work = tmp_path / "bridge"
+    work.mkdir()
+    (work / "config.yaml").write_text(
+        yaml.safe_dump({"sip": {"port": 0, "transports": ["udp", "tls"], "tls": tls}, "http": {"port": 0}})
+    )
+    proc = LoggedProcess.start(
+        ["run", "-c", str(work / "config.yaml")], cwd=work, env={"OMP_NUM_THREADS": "1"}
+    )
+    assert proc.finish(timeout=120) == 1
+    assert any("sip.tls.cert_file" in line and "sip.tls.key_file" in line for line in proc.seen), proc.seen
