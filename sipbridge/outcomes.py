@@ -7,7 +7,7 @@ OUTCOME_BY_ENDER: dict[str, str] = {
     "remote": "completed",  # the caller hung up
     "local": "completed",  # the agent (or the operator) hung up
     "watchdog": "no_media",  # no RTP for media.dead_media_timeout_s
-    "shutdown": "shutdown",  # our process stopped: a second SIGTERM, or the drain timeout passed
+    "shutdown": "interrupted",  # our own shutdown (SIGTERM, `sipbridge run` stopping) cut the call
     "error": "failed",
 }
 
