@@ -31,7 +31,8 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # audio devices).
 APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates kamailio)
 if [ "$DEV" = 1 ]; then
-  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2 openssl)  # openssl: test certificates
+  # openssl makes the self-signed certificates of the TLS tests; systemd-analyze verifies deploy/systemd.
+  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2 openssl systemd)
 fi
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   APT_PACKAGES+=(python3-venv python3-dev)

@@ -194,12 +194,41 @@ class SipFrontConfig(_Section):
 Codec = Literal["PCMU", "PCMA", "G722"]
 
 
+class SipTlsConfig(_Section):
+    """SIP over TLS (`sip.transports: [tls]`): our certificate, and optionally the peer's (mTLS)."""
+
+    port: int = Field(
+        5061, ge=0, le=65535, description="TLS port of worker 0 (worker i listens on port + i; 0 = any)."
+    )
+    cert_file: Path | None = Field(None, description="PEM certificate (chain) we present; needed for tls.")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file; keep it mode 0600.")
+    ca_file: Path | None = Field(
+        None, description="PEM CA list that peer certificates are checked against (verify_client/server)."
+    )
+    verify_client: bool = Field(
+        False,
+        description="Require and verify a client certificate on TLS connections to us against ca_file "
+        "(mTLS: only trunks holding a certificate from that CA can connect).",
+    )
+    verify_server: bool = Field(
+        False, description="Verify the certificate of TLS servers we connect to (outbound) against ca_file."
+    )
+
+    @model_validator(mode="after")
+    def _ca_for_verification(self) -> SipTlsConfig:
+        if (self.verify_client or self.verify_server) and self.ca_file is None:
+            raise ValueError("verify_client/verify_server need ca_file (the CA to check certificates with)")
+        return self
+
+
 class SipConfig(_Section):
     """SIP signalling: where we listen, who may call us, what we offer."""
 
     bind_address: str = Field("127.0.0.1", description="Address the SIP transport binds to.")
     port: int = Field(5060, ge=0, le=65535, description="SIP port (0 = any free port; logged at start).")
-    transports: list[Literal["udp", "tcp"]] = Field(["udp"], min_length=1, description="SIP transports.")
+    transports: list[Literal["udp", "tcp", "tls"]] = Field(
+        ["udp"], min_length=1, description="SIP transports; tls needs sip.tls.cert_file and key_file."
+    )
     public_address: str | None = Field(
         None, description="Address written into SDP/Contact when behind NAT; default: bind_address."
     )
@@ -220,6 +249,7 @@ class SipConfig(_Section):
     user_agent: str = Field("sipbridge", description="User-Agent header.")
     trunk: TrunkConfig = Field(default_factory=TrunkConfig)
     front: SipFrontConfig = Field(default_factory=SipFrontConfig)
+    tls: SipTlsConfig = Field(default_factory=SipTlsConfig)
 
     @field_validator("bind_address", "public_address")
     @classmethod
@@ -239,6 +269,14 @@ class SipConfig(_Section):
         if len(set(value)) != len(value):
             raise ValueError("codecs are listed more than once")
         return value
+
+    @model_validator(mode="after")
+    def _tls_has_certificate(self) -> SipConfig:
+        if "tls" in self.transports:
+            missing = [k for k in ("cert_file", "key_file") if getattr(self.tls, k) is None]
+            if missing:
+                raise ValueError(f"transports has tls but tls.{' and tls.'.join(missing)} is not set")
+        return self
 
     @property
     def workers(self) -> int:
@@ -296,6 +334,11 @@ class MediaConfig(_Section):
     )
     dead_media_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="End the call when no RTP arrives for this long."
+    )
+    srtp: Literal["off", "optional", "mandatory"] = Field(
+        "off",
+        description="SRTP with SDES keys (RFC 4568): optional offers and accepts it, plain RTP too; "
+        "mandatory refuses a plain-RTP offer (488). Keys travel in the SDP, so use it with sip TLS.",
     )
 
     @model_validator(mode="after")
@@ -658,6 +701,19 @@ class DialerConfig(_Section):
 # ----------------------------------------------------------------------------------------- logging
 
 
+class ShutdownConfig(_Section):
+    """What SIGTERM does (docs/DEPLOY.md, upgrade with drain)."""
+
+    drain_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="On SIGTERM, stop taking calls (/readyz 503, new INVITEs 503, the dialer stops) and let "
+        "active calls run up to this long before hanging them up; a second SIGTERM/SIGINT stops at once. "
+        "0 = no drain. Keep the service manager's stop timeout above it.",
+    )
+
+
 class LoggingConfig(_Section):
     level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field("INFO", description="Log level.")
     json_format: bool = Field(False, description="One JSON object per log line (for log shippers).")
@@ -677,6 +733,7 @@ class Config(_Section):
     storage: StorageConfig = Field(default_factory=StorageConfig)
     dialer: DialerConfig = Field(default_factory=DialerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 
 
 # ----------------------------------------------------------------------------------------- loading

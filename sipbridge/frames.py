@@ -155,6 +155,9 @@ class PlaybackDone(CallFrame):
     end_ms: int
     interrupted: bool
     underruns: int
+    # time.monotonic() when the utterance's first frame went to RTP (one clock for every process of the
+    # host): the last stage of the reply latency (metrics' turn stages). 0 = unknown.
+    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -174,6 +177,18 @@ class CallEnded(CallFrame):
     rx_frames: int
     tx_frames: int
     underruns: int
+
+
+@dataclass(frozen=True)
+class RtpQuality(CallFrame):
+    """The call's receive-side RTP statistics from PJSIP's stream (RTCP counters and jitter buffer), sent
+    just before its CallEnded: what the caller's network did to the audio we heard."""
+
+    packets: int  # RTP packets received
+    lost: int  # sequence gaps never filled
+    late: int  # arrived too late for the jitter buffer (discarded)
+    jitter_mean_ms: float
+    jitter_max_ms: float
 
 
 @dataclass(frozen=True)
@@ -308,6 +323,13 @@ class Shutdown(Frame):
 
 
 @dataclass(frozen=True)
+class Drain(Frame):
+    """Stop taking calls (new INVITEs get 503) and let the active ones run to their end (graceful drain)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Ping(Frame):
     """IPC latency probe, echoed by the worker: `t` is when the supervisor sent it, `t_echo` when the worker
     read it (both `time.monotonic_ns`, one clock for every process of the host)."""
@@ -337,6 +359,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         TransferStatus,
         CallEnded,
         CallProgress,
+        RtpQuality,
         DialEnded,
         AmdResult,
         AmdAudio,
@@ -351,6 +374,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         Transfer,
         SendDtmf,
         Shutdown,
+        Drain,
         Ping,
     )
 }

@@ -7,8 +7,8 @@ OUTCOME_BY_ENDER: dict[str, str] = {
     "remote": "completed",  # the caller hung up
     "local": "completed",  # the agent (or the operator) hung up
     "watchdog": "no_media",  # no RTP for media.dead_media_timeout_s
-    "error": "failed",
     "shutdown": "interrupted",  # our own shutdown (SIGTERM, `sipbridge run` stopping) cut the call
+    "error": "failed",
     "no_ack": "failed",  # our 200 was never ACKed (the caller cannot hear us, or never existed)
 }
 

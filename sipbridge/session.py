@@ -35,7 +35,7 @@ from sipbridge.dialer.amd_words import GreetingTranscriber
 from sipbridge.dialer.live import OutboundCall
 from sipbridge.engine import Engine, EngineError, EngineSession
 from sipbridge.media.recorder import repair_recordings
-from sipbridge.metrics import Metrics
+from sipbridge.metrics import TURN_STAGES, Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
 from sipbridge.store import Store
@@ -53,6 +53,9 @@ class Utterance:
     queued_at: float
     turn_ended_at: float | None = None  # monotonic time the caller turn it answers was detected
     timing: dict[str, float | bool] = field(default_factory=dict)
+    # Monotonic times of a turn's reply stages (turn_end, asr_done, agent_done, engine_audio): the
+    # sipbridge_turn_stage_seconds histogram, completed by the worker's first-RTP time at PlaybackDone.
+    marks: dict[str, float] = field(default_factory=dict)
     pcm: list[bytes] = field(default_factory=list)  # what was sent (for the bot turn's WAV)
     cancelled: bool = False
 
@@ -492,6 +495,7 @@ class CallSession:
             if reply is not None:
                 utt = self.say(reply)
                 utt.turn_ended_at = detected_at
+                utt.marks.update(turn_end=detected_at, asr_done=t_asr, agent_done=t_agent)
                 utt.timing.update(
                     asr_ms=(t_asr - t0) * 1000,  # with an early transcription: only what was left of it
                     agent_ms=(t_agent - t_asr) * 1000,
@@ -563,6 +567,7 @@ class CallSession:
                 first = False
                 now = time.monotonic()
                 utt.timing["engine_first_ms"] = (now - t0) * 1000
+                utt.marks["engine_audio"] = now
                 self.metrics.engine_first_chunk.observe(now - t0)
                 if utt.turn_ended_at is not None:
                     utt.timing["turn_to_first_audio_ms"] = (now - utt.turn_ended_at) * 1000
@@ -642,6 +647,7 @@ class CallSession:
             audio_path=audio_path,
             interrupted=frame.interrupted,
         )
+        self._observe_stages(utt, frame.started_at)
         if utt.timing:
             self.store.add_event(self.call_id, "latency", {"utterance": utt.id, **utt.timing})
         if frame.underruns:
@@ -652,6 +658,19 @@ class CallSession:
                 self.call_id, "message_delivered", {"start_ms": frame.start_ms, "end_ms": frame.end_ms}
             )
         self._after_playback(utt.reply, frame.interrupted)
+
+    def _observe_stages(self, utt: Utterance, first_rtp_at: float) -> None:
+        """Split a reply's latency into its stages (metrics.TURN_STAGES); `first_rtp_at` is the worker's
+        monotonic time of the utterance's first frame out (0: none went out, e.g. cut before playing)."""
+        marks = utt.marks
+        if not first_rtp_at or "engine_audio" not in marks or "turn_end" not in marks:
+            return
+        text = utt.reply.text
+        first_text = getattr(text, "first_piece_at", None) or marks["agent_done"]
+        times = (marks["turn_end"], marks["asr_done"], first_text, marks["engine_audio"], first_rtp_at)
+        for stage, start, end in zip(TURN_STAGES, times, times[1:], strict=False):
+            self.metrics.turn_stage.observe(max(0.0, end - start), stage=stage)
+        utt.timing["turn_to_first_rtp_ms"] = (first_rtp_at - marks["turn_end"]) * 1000
 
     # ------------------------------------------------------------------------------ agent actions
 

@@ -136,6 +136,14 @@ _MIGRATIONS: tuple[str, ...] = (
         PRIMARY KEY (minute, method, code, reason)
     );
     """,
+    # 6: received-RTP quality of a call at its end (issue 18), from PJSIP's stream statistics.
+    """
+    ALTER TABLE calls ADD COLUMN rtp_packets INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_lost INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_late INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_jitter_ms REAL;
+    ALTER TABLE calls ADD COLUMN rtp_jitter_max_ms REAL;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -247,6 +255,20 @@ class Store:
         with self._lock:
             return list(self._db.execute(sql, params))
 
+    def writable(self) -> bool:
+        """Can a write transaction start now (file writable, its write lock free within 200 ms)? For /readyz:
+        a probe must answer quickly, so it does not wait the full busy_timeout of real writes."""
+        with self._lock:
+            self._db.execute("PRAGMA busy_timeout = 200")
+            try:
+                self._db.execute("BEGIN IMMEDIATE")
+                self._db.execute("ROLLBACK")
+                return True
+            except sqlite3.Error:
+                return False
+            finally:
+                self._db.execute("PRAGMA busy_timeout = 5000")
+
     @property
     def schema_version(self) -> int:
         with self._lock:
@@ -327,6 +349,16 @@ class Store:
                 ),
             )
             return cursor.rowcount == 1
+
+    def set_rtp_quality(
+        self, call_id: str, *, packets: int, lost: int, late: int, jitter_ms: float, jitter_max_ms: float
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE calls SET rtp_packets = ?, rtp_lost = ?, rtp_late = ?, rtp_jitter_ms = ?,"
+                " rtp_jitter_max_ms = ? WHERE id = ?",
+                (packets, lost, late, jitter_ms, jitter_max_ms, call_id),
+            )
 
     def set_call_media(self, call_id: str, *, codec: str | None, recording_path: str | None) -> None:
         with self._transaction() as db:

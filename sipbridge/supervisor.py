@@ -4,8 +4,10 @@ It owns the durable and shared state of a deployment: the SQLite store, the HTTP
 attach them) the speech engine, ASR, agents, dialer and the SIP media workers it spawns. Everything runs on
 one asyncio loop in the main thread; blocking work goes to threads. See docs/ARCHITECTURE.md.
 
-Shutdown is driven by one `asyncio.Event`: SIGINT/SIGTERM set it, every component is then stopped in the
-reverse order of start, and the process exits 0.
+Shutdown is graceful: the first SIGTERM/SIGINT starts a drain (`begin_drain`: /readyz 503, workers answer new
+INVITEs 503, the dialer stops claiming) and active calls run until they end or `shutdown.drain_timeout_s`
+passes; a second signal stops at once. Stopping is driven by one `asyncio.Event`: every component is then
+stopped in the reverse order of start (the workers send BYE for what is left), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -102,6 +104,14 @@ class Supervisor:
     metrics: Metrics = field(default_factory=Metrics)  # GET /metrics; gauges added in _add_gauges
     _rejected_minute: int = -1  # CallRejected rows written this minute (rate limit)
     _rejected_rows: int = 0
+    # Graceful drain (begin_drain). A SIP front (docs/DEPLOY.md) registers a hook to stop routing INVITEs
+    # here and a readiness check of its own; both are plain callables run on the loop.
+    draining: bool = False
+    drain_hooks: list[Callable[[str], None]] = field(default_factory=list)
+    ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    _dial_task: asyncio.Task[None] | None = None
+    _drain_task: asyncio.Task[None] | None = None
+    _stop_reason: str = "supervisor stopping"
 
     @property
     def config(self) -> Config:
@@ -138,6 +148,22 @@ class Supervisor:
             "calls": lambda: {"active": len(self.sessions)},
             "conversations": lambda: self.conversations.health() if self.conversations else {"ok": True},
         }
+
+    def readiness(self) -> dict[str, bool]:
+        """GET /readyz: may this process take new calls? Every check must hold (a front or load balancer
+        routes calls only to ready hosts; /healthz stays 200 while the process lives)."""
+        asr = self.asr.health() if self.asr else {}
+        checks = {
+            "not_draining": not self.draining and not self.stop_event.is_set(),
+            "workers": bool(self.pool and self.pool.workers)
+            and all(w.ready.is_set() and w.connected.is_set() for w in self.pool.workers),
+            "engine": bool(self.engine and self.engine.health().get("ok")),
+            "asr": bool(asr.get("ok")) and (asr.get("backend") == "none" or bool(asr.get("warm"))),
+            "store": bool(self.store and self.store.writable()),
+        }
+        for name, check in self.ready_checks.items():
+            checks[name] = bool(check())
+        return checks
 
     def _add_gauges(self) -> None:
         """Metrics read from the components when scraped (their state is theirs, not copied)."""
@@ -264,6 +290,9 @@ class Supervisor:
 
     def _route_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
         assert self.store is not None and self.engine and self.agent and self.asr
+        if isinstance(frame, f.RtpQuality):
+            self._record_rtp_quality(frame)
+            return
         if self.dialer is not None and self.dialer.on_frame(frame):
             if isinstance(frame, f.DialEnded):
                 worker.calls.discard(frame.call_id)
@@ -300,6 +329,23 @@ class Supervisor:
             found = self.sessions.get(frame.call_id)
             if found is not None:
                 found.handle(frame)
+
+    def _record_rtp_quality(self, q: f.RtpQuality) -> None:
+        """Stored with the call (its row exists from the answer on) and counted, just before CallEnded."""
+        assert self.store is not None
+        self.store.set_rtp_quality(
+            q.call_id,
+            packets=q.packets,
+            lost=q.lost,
+            late=q.late,
+            jitter_ms=q.jitter_mean_ms,
+            jitter_max_ms=q.jitter_max_ms,
+        )
+        expected = q.packets + q.lost
+        if expected:
+            self.metrics.rtp_loss.observe(q.lost / expected)
+            self.metrics.rtp_jitter.observe(q.jitter_mean_ms / 1000)
+        self.metrics.rtp_late.inc(q.late)
 
     def _on_worker_lost(self, worker: WorkerHandle, call_ids: set[str], reason: str) -> None:
         if self.front is not None:
@@ -341,6 +387,12 @@ class Supervisor:
         host = str(trunk.registrar).split(":", 1)[1] if trunk.registrar else "127.0.0.1"
         return "sip:{number}@" + host
 
+    def _track_closing(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A task the stop waits for (`_closing`), e.g. the front's drain RPCs."""
+        task = asyncio.create_task(coro, name="closing")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
     def _close_session(self, session: CallSession, ended: f.CallEnded | None, lost: str | None) -> None:
         task = asyncio.create_task(session.close(ended, lost), name=f"close-{session.call_id[:8]}")
         self._closing.add(task)
@@ -370,6 +422,9 @@ class Supervisor:
             if check.needed:
                 self.front = SipFront(cfg, front_port, worker_destinations(cfg, self.pool.ports()))
                 await self.front.start()
+                front = self.front
+                self.drain_hooks.append(lambda reason: self._track_closing(front.drain(reason)))
+                self.ready_checks["front"] = lambda: front.running
             # The ASR's warm-up has run on its own thread since the model loaded, beside the engine and the
             # workers starting; waiting for it last means ready (log line, /healthz) is said only once the
             # first call's transcription will run at full speed, at the least cost to start-up.
@@ -389,8 +444,10 @@ class Supervisor:
         )
 
     async def _stop_components(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
         if self.pool is not None:
-            await self.pool.stop()
+            await self.pool.stop(self._stop_reason)
         if self.front is not None:
             await self.front.stop()  # after the workers: their BYEs leave through it
         for session in list(self.sessions.values()):
@@ -417,13 +474,72 @@ class Supervisor:
     def request_stop(self, reason: str) -> None:
         if not self.stop_event.is_set():
             log.info("stopping: %s", reason)
+            self._stop_reason = reason
             self.stop_event.set()
+
+    def _on_signal(self, name: str) -> None:
+        if self.stop_event.is_set():
+            return
+        if self.draining:
+            self.request_stop(f"{name} again during the drain: hanging up {self._busy()} call(s) now")
+        elif self.config.shutdown.drain_timeout_s == 0 or self.pool is None:
+            self.request_stop(name)
+        else:
+            self.begin_drain(name)
+
+    def begin_drain(self, reason: str) -> None:
+        """Take no new calls; stop once the active ones end or shutdown.drain_timeout_s passes."""
+        if self.draining or self.stop_event.is_set():
+            return
+        self.draining = True
+        timeout = self.config.shutdown.drain_timeout_s
+        log.info(
+            "draining (%s): no new calls, %d active call(s) may run up to %.0f s; signal again to stop now",
+            reason,
+            self._busy(),
+            timeout,
+        )
+        if self.pool is not None:
+            self.pool.drain(reason)
+        if self._dial_task is not None:
+            self._dial_task.cancel()  # no new claims; calls already placed go on (the runner keeps routing)
+        for hook in self.drain_hooks:
+            try:
+                hook(reason)
+            except Exception:
+                log.exception("drain hook %r failed", hook)
+        self._drain_task = asyncio.create_task(self._drain(timeout), name="drain")
+
+    def _busy(self) -> int:
+        """Calls still in progress: answered sessions, and outbound ones ringing or placed."""
+        busy = set(self.sessions)
+        if self.pool is not None:
+            for worker in self.pool.workers:
+                busy |= worker.calls
+        if self.dialer is not None:
+            busy |= set(self.dialer.on_answer_route)
+        return len(busy)
+
+    async def _drain(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Polled: calls end through several paths (CallEnded, DialEnded, a worker dying); 10 checks a second
+        # cost nothing next to a call's length.
+        while self._busy() and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        left = self._busy()
+        if left:
+            self.request_stop(f"drain timeout ({timeout:.0f} s): hanging up {left} call(s)")
+        else:
+            self.request_stop("drained: no call left")
 
     async def run(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+            loop.add_signal_handler(sig, self._on_signal, signal.Signals(sig).name)
 
         self.store = Store(cfg.storage.sqlite_path)
         repair_recordings(self.store.unfinished_recordings())
@@ -450,7 +566,13 @@ class Supervisor:
         assert self.engine is not None
         self.conversations = ConversationService(self.engine, self.asr, cfg.http.limits)
         self._add_gauges()
-        app = create_app(self.health_sources(), self.conversations, cfg.http, metrics=self.metrics.render)
+        app = create_app(
+            self.health_sources(),
+            self.conversations,
+            cfg.http,
+            metrics=self.metrics.render,
+            readiness=self.readiness,
+        )
         server = _EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
         http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         host = f"[{cfg.http.bind}]" if ":" in cfg.http.bind else cfg.http.bind
@@ -474,15 +596,20 @@ class Supervisor:
             )
             self.dialer.prepare()
             dial_task = asyncio.create_task(self._run_campaign(self.dialer), name="dialer")
+            self._dial_task = dial_task
             waits.add(dial_task)
-        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if done & {http_task, stop_task} or not all(t.cancelled() for t in done):
+                break
+            waits -= done  # the drain cancelled the dialer: keep serving the calls in progress
         if http_task in done and not self.stop_event.is_set():
             # The HTTP server ending by itself is a failure (e.g. a crash inside uvicorn): surface it.
             stop_task.cancel()
             http_task.result()
             raise RuntimeError("HTTP server stopped unexpectedly")
 
-        dialer_tasks = waits - {http_task, stop_task}
+        dialer_tasks = {self._dial_task} if self._dial_task is not None else set()
         for task in dialer_tasks:
             task.cancel()  # nothing new is placed while the workers stop
         for result in await asyncio.gather(*dialer_tasks, return_exceptions=True):

@@ -71,7 +71,18 @@ def account_config(settings: WorkerSettings, sip_port: int) -> pj.AccountConfig:
     media.publicAddress = settings.public_address
     media.port = settings.rtp_port
     media.portRange = settings.rtp_port_range
+    # SRTP with SDES keys; secure signalling 0: keys may be offered over any transport (the operator pairs
+    # SRTP with sip TLS; docs/DEPLOY.md), so a UDP test or a trunk on a private link still works.
+    cfg.mediaConfig.srtpUse = _SRTP[settings.srtp]
+    cfg.mediaConfig.srtpSecureSignaling = 0
     return cfg
+
+
+_SRTP = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+}
 
 
 class BridgeAccount(pj.Account):

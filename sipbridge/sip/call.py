@@ -92,6 +92,7 @@ class CallSlot:
     ringing_ms: int | None = None
     progress: set[int] = field(default_factory=set)
     local_event: str | None = None  # ring_timeout | cancelled | transport_error
+    rtp: tuple[int, int, int, float, float] | None = None  # last RtpQuality snapshot (watchdog, stream end)
 
 
 class BridgeCall(pj.Call):
@@ -108,6 +109,9 @@ class BridgeCall(pj.Call):
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             # Never delete a Call inside its own callback: the main loop retires it.
             self.worker.on_disconnected(self.slot_id, info.lastStatusCode, info.lastReason)
+
+    def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:
+        self.worker.on_stream_destroyed(self.slot_id, int(prm.streamIdx))
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         try:

@@ -474,6 +474,19 @@ class SipFront:
         except (OSError, TimeoutError, RpcError, ValueError) as exc:
             log.warning("sip front: could not mark %s inactive: %s", uri, exc)
 
+    async def drain(self, reason: str) -> None:
+        """Graceful drain: every destination disabled (`d`: not probed back to active), so the front itself
+        answers new INVITEs 503 + Retry-After instead of failing over across refusing workers; dialogs in
+        progress keep their Record-Route path, so live calls are not touched."""
+        if self._rpc is None:
+            return
+        for dest in self.destinations:
+            try:
+                await self._rpc.call("dispatcher.set_state", "d", 1, dest.uri)
+            except (OSError, TimeoutError, RpcError, ValueError) as exc:
+                log.warning("sip front: could not disable %s for the drain: %s", dest.uri, exc)
+        log.info("sip front: every destination disabled (%s): new INVITEs get 503", reason)
+
     @property
     def running(self) -> bool:
         return self.proc is not None and self.proc.returncode is None

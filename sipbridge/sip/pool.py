@@ -74,6 +74,7 @@ class WorkerPool:
     _server: asyncio.AbstractServer | None = None
     _stopping: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    draining: str | None = None  # the drain's reason, once drain() was called
 
     @property
     def ipc_path(self) -> str:
@@ -181,6 +182,8 @@ class WorkerPool:
         handle.info = hello
         handle.connected.set()
         handle.ready.set()
+        if self.draining is not None:
+            handle.send(f.Drain(self.draining))  # a worker respawned mid-drain takes no new calls either
         try:
             while True:
                 frame = await read_frame(reader)
@@ -232,10 +235,16 @@ class WorkerPool:
         ok = all(w["ready"] for w in workers) and (registration is None or registration["registered"])
         return {"ok": ok, "workers": workers, "registration": registration}
 
-    async def stop(self) -> None:
+    def drain(self, reason: str) -> None:
+        """Every worker answers new INVITEs 503 from now on; its calls go on (graceful drain)."""
+        self.draining = reason
+        for handle in self.workers:
+            handle.send(f.Drain(reason))
+
+    async def stop(self, reason: str = "supervisor stopping") -> None:
         self._stopping = True
         for handle in self.workers:
-            handle.send(f.Shutdown("supervisor stopping"))
+            handle.send(f.Shutdown(reason))
         for handle in self.workers:
             proc = handle.proc
             if proc is None or proc.returncode is not None:

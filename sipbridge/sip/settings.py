@@ -62,6 +62,9 @@ class WorkerSettings:
     # public_address), and every request the worker starts is routed through `front_uri` (a loose route).
     sip_bind_address: str | None = None
     front_uri: str | None = None
+    # sip.tls as plain values (port already this worker's), and media.srtp: off | optional | mandatory.
+    tls: dict[str, Any] = field(default_factory=dict)
+    srtp: str = "off"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -140,4 +143,18 @@ def worker_settings(
         trunk=trunk,
         sip_bind_address=sip.front.worker_address if front_uri is not None else None,
         front_uri=front_uri,
+        tls=_tls(config, index),
+        srtp=media.srtp,
     )
+
+
+def _tls(config: Config, index: int) -> dict[str, Any]:
+    tls = config.sip.tls
+    return {
+        "port": tls.port + index if tls.port else 0,
+        "cert_file": str(tls.cert_file) if tls.cert_file else "",
+        "key_file": str(tls.key_file) if tls.key_file else "",
+        "ca_file": str(tls.ca_file) if tls.ca_file else "",
+        "verify_client": tls.verify_client,
+        "verify_server": tls.verify_server,
+    }

@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -80,12 +81,15 @@ class Worker:
     amd: dict[str, AnsweringMachineDetector | BeepWaiter] = field(default_factory=dict)
     greetings: dict[str, GreetingFeed] = field(default_factory=dict)  # AMD audio for the ASR (amd.asr)
     stopping: bool = False
+    draining: bool = False  # Drain from the supervisor: new INVITEs get 503, active calls go on
     sip_udp_port: int = 0
     sip_tcp_port: int | None = None
+    sip_tls_port: int | None = None
     ep: pj.Endpoint | None = None
     account: BridgeAccount | None = None
     pj_guard: PjGuard | None = None
     refusals_logged_at: float = 0.0
+    shutdown_reason: str = "worker shutting down"
 
     def __post_init__(self) -> None:
         self.sources = SourceFilter(self.settings.allowed_sources)
@@ -141,6 +145,18 @@ class Worker:
             raise StartupError(
                 f"cannot bind SIP {tcfg.boundAddress}:{s.sip_port} ({exc.info().strip()})"
             ) from None
+        if "tls" in s.transports:
+            check_tls_files(s.tls)
+            try:
+                self.sip_tls_port = self._start_tls(ep)
+            except pj.Error as exc:
+                tls = s.tls
+                raise StartupError(
+                    f"cannot start SIP TLS on {s.bind_address}:{tls['port']} with sip.tls.cert_file"
+                    f" {tls['cert_file']}, sip.tls.key_file {tls['key_file']}"
+                    + (f", sip.tls.ca_file {tls['ca_file']}" if tls.get("ca_file") else "")
+                    + f" ({exc.info().strip()})"
+                ) from None
         ep.libStart()
         # Every request meets the guard before PJSIP creates a transaction, dialog or media socket for it.
         self.pj_guard = PjGuard(self.guard, self._on_refused)
@@ -152,6 +168,27 @@ class Worker:
             ep.codecSetPriority(codec.codecId, wanted.get(name, 0))
         self.account = BridgeAccount(self)
         self.account.create(account_config(s, self.sip_udp_port), True)
+
+    def _start_tls(self, ep: pj.Endpoint) -> int:
+        """SIP over TLS (sip.tls): our certificate, TLS 1.2 or newer, and the trunk's client certificate
+        checked against the CA list when `verify_client` is on (mTLS)."""
+        s = self.settings
+        tls = s.tls
+        tcfg = pj.TransportConfig()
+        tcfg.port = int(tls["port"])
+        tcfg.boundAddress = s.bind_address
+        tcfg.publicAddress = s.public_address
+        tc = tcfg.tlsConfig
+        tc.certFile = tls["cert_file"]
+        tc.privKeyFile = tls["key_file"]
+        tc.CaListFile = tls.get("ca_file") or ""
+        tc.method = pj.PJSIP_TLSV1_2_METHOD
+        tc.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3
+        tc.verifyClient = bool(tls["verify_client"])
+        tc.requireClientCert = bool(tls["verify_client"])
+        tc.verifyServer = bool(tls["verify_server"])
+        transport = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tcfg)
+        return int(ep.transportGetInfo(transport).localName.rsplit(":", 1)[1])
 
     # ------------------------------------------------------------------ PJSIP callbacks (main thread)
 
@@ -195,6 +232,19 @@ class Worker:
             call.hangup(op)
             log.warning("rejected INVITE from %s (%s): source not allowed", slot.remote_addr, slot.remote_uri)
             self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 403, "source not allowed"))
+            return
+        if self.draining:
+            # Graceful drain: the caller's side (or the front) tries another host; Retry-After says when
+            # this one may take calls again (an upgrade restarts it within a minute or so).
+            slot.rejected = True
+            op.statusCode = 503
+            retry = pj.SipHeader()
+            retry.hName = "Retry-After"
+            retry.hValue = "60"
+            op.txOption.headers.append(retry)
+            call.hangup(op)
+            log.info("rejected INVITE from %s (%s): draining", slot.remote_addr, slot.remote_uri)
+            self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 503, "draining"))
             return
         op.statusCode = 200
         slot.answered_at = time.monotonic()
@@ -301,6 +351,16 @@ class Worker:
         log.info("call %s: transfer status %d %s%s", slot_id, code, reason, " (final)" if final else "")
         self.emit(f.TransferStatus(slot_id, code, reason, final))
 
+    def on_stream_destroyed(self, slot_id: str, index: int) -> None:
+        """The last moment PJSIP's stream statistics exist: keep them for the call's RtpQuality."""
+        slot = self.calls.get(slot_id)
+        if slot is None or index != slot.media_index:
+            return
+        try:
+            slot.rtp = rtp_quality(slot.pj_call.getStreamStat(index))
+        except pj.Error:
+            pass  # the watchdog's last snapshot (at most 0.5 s old) stands
+
     def on_disconnected(self, slot_id: str, code: int, reason: str) -> None:
         # Retired now, inside onCallState(DISCONNECTED) (pjsua2 allows deleting the Call there): once the
         # callback returns pjsua may give the call's index to the next INVITE, and a stale Call object of
@@ -330,12 +390,13 @@ class Worker:
         reader.start()
         self.emit(f.WorkerReady(self.settings.index, os.getpid(), self.sip_udp_port, self.sip_tcp_port))
         log.info(
-            "worker %d ready pid=%d sip udp %s:%d%s",
+            "worker %d ready pid=%d sip udp %s:%d%s%s",
             self.settings.index,
             os.getpid(),
             self.settings.sip_bind_address or self.settings.bind_address,
             self.sip_udp_port,
             f" tcp {self.sip_tcp_port}" if self.sip_tcp_port else "",
+            f" tls {self.sip_tls_port}" if self.sip_tls_port else "",
         )
         next_watchdog = time.monotonic()
         while not self.stopping:
@@ -373,6 +434,10 @@ class Worker:
             elif kind == "shutdown":
                 log.info("worker %d shutting down: %s", self.settings.index, command[1])
                 self.stopping = True
+                self.shutdown_reason = command[1]
+            elif kind == "drain":
+                log.info("worker %d draining: %s; new INVITEs get 503", self.settings.index, command[1])
+                self.draining = True
 
     def _hangup(self, slot_id: str, by: str, code: int = 200, reason: str = "") -> None:
         slot = self.calls.get(slot_id)
@@ -425,6 +490,8 @@ class Worker:
                 self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, code, reason))
             return
         by = slot.hangup_by or "remote"
+        if slot.rtp is not None:  # before CallEnded (which the media thread sends) so it is stored with it
+            self.emit(f.RtpQuality(slot_id, *slot.rtp))
         self.inbox.put(("close", slot_id, (code, slot.hangup_reason or reason, by)))
         log.info("call %s ended by %s: %d %s", slot_id, by, code, reason)
 
@@ -442,9 +509,10 @@ class Worker:
             if slot.port is None or slot.hangup_by is not None:
                 continue
             try:
-                packets = slot.pj_call.getStreamStat(slot.media_index).rtcp.rxStat.pkt
+                slot.rtp = rtp_quality(slot.pj_call.getStreamStat(slot.media_index))
             except pj.Error:
                 continue
+            packets = slot.rtp[0]
             if packets != slot.rx_packets:
                 slot.rx_packets = packets
                 slot.rx_changed_at = now
@@ -470,10 +538,10 @@ class Worker:
         assert self.ep is not None
         # Order verified in the recipes: hang up, let BYEs and callbacks run, drop every port and Call on
         # this (registered) thread, then the account, then libDestroy. Calls are marked first: they end
-        # because we stop, not because their callers hung up.
+        # because we stop (the supervisor's reason, e.g. a drain timeout), not because their callers hung up.
         for slot in self.calls.values():
             if slot.hangup_by is None:
-                slot.hangup_by, slot.hangup_reason = "shutdown", "worker shutting down"
+                slot.hangup_by, slot.hangup_reason = "shutdown", self.shutdown_reason
         self.ep.hangupAllCalls()
         deadline = time.monotonic() + 2.0
         while self.calls and time.monotonic() < deadline:
@@ -608,6 +676,7 @@ class Worker:
                     done.end_tick * 20,
                     done.interrupted,
                     done.underruns,
+                    done.started_at,
                 )
             )
 
@@ -660,11 +729,45 @@ class Worker:
                 self.commands.put(("send-dtmf", frame.call_id, frame.digits))
             elif isinstance(frame, f.Shutdown):
                 self.commands.put(("shutdown", frame.reason or "supervisor asked"))
+            elif isinstance(frame, f.Drain):
+                self.commands.put(("drain", frame.reason or "supervisor asked"))
             elif isinstance(frame, f.Ping):
                 self.channel.send(f.Ping(frame.t, time.monotonic_ns(), frame.pcm))
 
     def emit(self, frame: f.Frame) -> None:
         self.channel.send(frame)
+
+
+def check_tls_files(tls: dict[str, Any]) -> None:
+    """PJSIP opens a TLS listener even when its certificate cannot be read (each handshake then fails): check
+    the files here, with OpenSSL through Python's ssl, and name the key that is wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls["cert_file"], tls["key_file"])
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"sip.tls.cert_file {tls['cert_file']} / sip.tls.key_file {tls['key_file']}: not a readable PEM"
+            f" certificate and its private key ({exc})"
+        ) from None
+    if tls.get("ca_file"):
+        try:
+            context.load_verify_locations(tls["ca_file"])
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(
+                f"sip.tls.ca_file {tls['ca_file']}: not a readable PEM CA list ({exc})"
+            ) from None
+
+
+def rtp_quality(stat: pj.StreamStat) -> tuple[int, int, int, float, float]:
+    """RtpQuality's fields from PJSIP's stream statistics: received, lost, late (discarded), jitter ms."""
+    rx = stat.rtcp.rxStat
+    return (
+        int(rx.pkt),
+        int(rx.loss),
+        int(rx.discard),
+        round(rx.jitterUsec.mean / 1000, 3),
+        round(rx.jitterUsec.max / 1000, 3),
+    )
 
 
 def _amd_settings(values: dict[str, Any]) -> AmdSettings:

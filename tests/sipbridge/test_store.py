@@ -102,3 +102,28 @@ def test_damaged_pages_are_refused_at_open_with_a_clear_message(tmp_path: Path) 
     corrupt_pages(path)
     with pytest.raises(StoreError, match=r"is damaged \(PRAGMA quick_check: .+\); restore it from a backup"):
         Store(path)
+
+
+def test_writable_is_false_while_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    """/readyz's store check: a database locked by another writer (a stuck migration) is not ready."""
+    store = Store(tmp_path / "db.sqlite3")
+    assert store.writable()
+    other = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    assert not store.writable()
+    other.execute("COMMIT")
+    assert store.writable()
+    # Real writes still wait their full busy_timeout: the probe's short wait was put back.
+    assert store.query("PRAGMA busy_timeout")[0][0] == 5000
+    other.close()
+    store.close()
+
+
+def test_rtp_quality_is_stored_with_the_call(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    call_id = store.create_call("inbound", remote_uri="sip:a@b")
+    store.set_rtp_quality(call_id, packets=500, lost=3, late=1, jitter_ms=2.5, jitter_max_ms=9.0)
+    columns = "rtp_packets, rtp_lost, rtp_late, rtp_jitter_ms, rtp_jitter_max_ms"
+    (row,) = store.query(f"SELECT {columns} FROM calls")
+    assert tuple(row) == (500, 3, 1, 2.5, 9.0)
+    store.close()

@@ -392,8 +392,9 @@ def test_pause_cancels_a_ringing_call_and_resume_calls_it_again(tmp_path: Path) 
         )
         assert by_number["+12015550300"]["ended_at"] is None  # still talking while paused
         metrics = httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=10).text.splitlines()
-        assert 'sipbridge_dial_attempts_total{campaign="verify-test",outcome="cancelled"} 1' in metrics
-        assert "sipbridge_dial_in_flight 1" in metrics and "sipbridge_calls_active 1" in metrics
+        # prometheus-client writes every value as a float (issue 18)
+        assert 'sipbridge_dial_attempts_total{campaign="verify-test",outcome="cancelled"} 1.0' in metrics
+        assert "sipbridge_dial_in_flight 1.0" in metrics and "sipbridge_calls_active 1.0" in metrics
         campaign_cli("resume")
         rc = proc.finish(timeout=90)
         log = "\n".join(proc.seen)
