@@ -491,6 +491,14 @@ class DialerConfig(_Section):
     max_concurrent: int = Field(4, ge=1, le=1024, description="Outbound calls at once, all campaigns.")
     calls_per_second: float = Field(1.0, gt=0, le=100, description="Call attempts per second, all campaigns.")
     ring_timeout_s: float = Field(30.0, gt=0, le=300, description="Give up ringing after this long.")
+    max_attempts_per_number_per_day: int | None = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Most call attempts to one number per day (the callee's local day), counted across all"
+        " campaigns in this database; a contact over it is not dialed (outcome `capped`) and waits for the"
+        " next day. Null: no cap.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- logging

@@ -160,6 +160,13 @@ class Metrics:
             ("campaign", "outcome"),
         )
     )
+    dial_skipped: Counter = field(
+        default_factory=lambda: Counter(
+            "sipbridge_dial_skipped_total",
+            "Contacts not dialed (do-not-call list: suppressed; daily cap: capped), by campaign and outcome.",
+            ("campaign", "outcome"),
+        )
+    )
     gauges: list[Gauge] = field(default_factory=list)
 
     def gauge(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
@@ -169,6 +176,7 @@ class Metrics:
         """The exposition text, families in a fixed order."""
         families: list[Counter | Histogram | Gauge] = [
             self.calls_started, self.calls_ended, self.calls_rejected, self.caller_turns, self.barge_ins,
-            self.reply_latency, self.asr_wait, self.engine_first_chunk, self.dial_attempts, *self.gauges,
+            self.reply_latency, self.asr_wait, self.engine_first_chunk, self.dial_attempts, self.dial_skipped,
+            *self.gauges,
         ]
         return "".join(line + "\n" for family in families for line in family.lines())

@@ -31,6 +31,7 @@ from sipbridge.config import CALLS_PER_WORKER, Config, LoadedConfig
 from sipbridge.dialer.campaign import LoadedCampaign
 from sipbridge.dialer.live import CampaignRunner, Clock
 from sipbridge.dialer.state import CampaignState
+from sipbridge.dialer.suppression import DncList
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
@@ -330,7 +331,10 @@ class Supervisor:
         assert self.engine is not None
         self.conversations = ConversationService(self.engine, self.asr, cfg.http.limits)
         self._add_gauges()
-        app = create_app(self.health_sources(), self.conversations, cfg.http, metrics=self.metrics.render)
+        app = create_app(
+            self.health_sources(), self.conversations, cfg.http, metrics=self.metrics.render,
+            dnc=DncList(self.store),
+        )  # fmt: skip
         server = _EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
         http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         host = f"[{cfg.http.bind}]" if ":" in cfg.http.bind else cfg.http.bind
@@ -351,6 +355,7 @@ class Supervisor:
                 send_to_worker=self._send_to_worker,
                 metrics=self.metrics,
                 asr_available=cfg.asr.backend != "none",
+                daily_cap=cfg.dialer.max_attempts_per_number_per_day,
             )
             self.dialer.prepare()
             dial_task = asyncio.create_task(self._run_campaign(self.dialer), name="dialer")

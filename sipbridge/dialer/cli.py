@@ -85,6 +85,7 @@ def campaign_command(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                 "status": status,
                 "contacts": state.counts(),
                 "attempts": state.outcome_counts(),
+                "contact_outcomes": state.contact_outcomes(),  # suppressed/capped have no attempt row
             }
             print(json.dumps(report, indent=2))
             return EXIT_OK

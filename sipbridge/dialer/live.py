@@ -31,7 +31,8 @@ from sipbridge.dialer.campaign import LoadedCampaign
 from sipbridge.dialer.contacts import load_contacts
 from sipbridge.dialer.outcomes import CallResult, Outcome, classify
 from sipbridge.dialer.ratelimit import TokenBucket
-from sipbridge.dialer.state import CampaignState, Claim, ts, utc
+from sipbridge.dialer.state import CampaignState, Claim, ContactRow, ts, utc
+from sipbridge.dialer.suppression import Block, next_local_day
 from sipbridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -113,6 +114,7 @@ class CampaignRunner:
     send_to_worker: Callable[[int, f.Frame], bool] = lambda index, frame: False
     asr_available: bool = False  # the deployment has an ASR: `amd.asr: null` turns AMD's words on
     metrics: Metrics = field(default_factory=Metrics)  # the supervisor's: attempts by outcome
+    daily_cap: int | None = None  # dialer.max_attempts_per_number_per_day (all campaigns)
     on_answer_route: dict[str, OutboundCall] = field(default_factory=dict)  # call id -> in flight
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _bucket: TokenBucket | None = None
@@ -227,13 +229,33 @@ class CampaignRunner:
                 self.state.defer(contact.id, ts(until), now)
                 log.info("campaign %s: %s outside its window, next at %s", self.name, contact.number, until)
                 continue
-            if not self._bucket.try_acquire():
-                return  # CPS: the loop comes back when the bucket has a token
-            claim = self.state.claim(contact, now)
-            if claim is None:
-                continue
-            self._place(claim)
-            room -= 1
+            capped_until = ts(c.window.next_allowed(next_local_day(now, contact.timezone), contact.timezone))
+            limits = {"cap": self.daily_cap, "capped_until": capped_until}
+            # Blocked numbers are found before the CPS token is spent; the claim checks again atomically.
+            block = self.state.screen(contact, now, **limits)
+            if block is None:
+                if not self._bucket.try_acquire():
+                    return  # CPS: the loop comes back when the bucket has a token
+                claim = self.state.claim(contact, now, **limits)
+                if isinstance(claim, Claim):
+                    self._place(claim)
+                    room -= 1
+                    continue
+                block = claim
+            if block is not None:
+                self._blocked(contact, block, capped_until)
+
+    def _blocked(self, contact: ContactRow, block: Block, capped_until: float) -> None:
+        self.metrics.dial_skipped.inc(campaign=self.name, outcome=block.outcome.value)
+        later = "" if block.outcome is Outcome.SUPPRESSED else f", next try from {utc(capped_until)}"
+        log.info(
+            "campaign %s: %s not dialed: %s: %s%s",
+            self.name,
+            contact.number,
+            block.outcome.value,
+            block.reason,
+            later,
+        )
 
     def _cancel_ringing(self) -> None:
         """Paused: nothing new is dialed (the pass above), and calls not yet answered are cancelled, so a

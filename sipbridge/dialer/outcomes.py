@@ -40,6 +40,10 @@ class Outcome(StrEnum):
     CONGESTION = "congestion"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Compliance (issue 20, docs/DIALER.md "Compliance"): never dialed / stopped by the callee.
+    SUPPRESSED = "suppressed"  # the number is on the do-not-call list: not dialed, final
+    CAPPED = "capped"  # the number's attempts today (all campaigns) reached the cap: not dialed, next day
+    OPTED_OUT = "opted-out"  # the callee asked not to be called: on the DNC list now, final
 
 
 # Final responses to our INVITE. RFC 3261 §21 (and RFC 6910 / 8197 for 607 / 608).

@@ -31,6 +31,7 @@ def create_app(
     conversations: Any = None,  # sipbridge.http.service.ConversationService (imported lazily)
     http: HttpConfig | None = None,
     metrics: Callable[[], str] | None = None,  # Prometheus exposition text (sipbridge.metrics.Metrics.render)
+    dnc: Any = None,  # sipbridge.dialer.suppression.DncList: serves /dnc (sipbridge/http/dnc.py)
 ) -> FastAPI:
     app = FastAPI(title="sipbridge", version=__version__)
 
@@ -61,6 +62,10 @@ def create_app(
         from sipbridge.http.routes import build_router
 
         app.include_router(build_router(conversations, cfg, health_sources))
+    if dnc is not None:
+        from sipbridge.http.dnc import build_dnc_router
+
+        app.include_router(build_dnc_router(dnc, cfg))
 
     return app
 
