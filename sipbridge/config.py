@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from audio.vad.segmenter import VadSettings
+from sipbridge.dialer.optout import DEFAULT_OPT_OUT_PHRASES
 
 KeyPath = tuple[str | int, ...]
 
@@ -390,8 +391,8 @@ class LlmAgentConfig(_Section):
     timeout_s: float = Field(
         5.0, gt=0, le=120, description="Connect/first-token timeout; the fallback line is said after it."
     )
-    tools: list[Literal["hang_up", "transfer", "send_dtmf", "set_result", "end_call"]] = Field(
-        ["hang_up", "set_result", "end_call"],
+    tools: list[Literal["hang_up", "transfer", "send_dtmf", "set_result", "end_call", "opt_out"]] = Field(
+        ["hang_up", "set_result", "end_call", "opt_out"],
         description="Actions offered to the model as functions (docs/AGENTS.md).",
     )
     transfer_target: str | None = Field(
@@ -498,6 +499,19 @@ class DialerConfig(_Section):
         description="Most call attempts to one number per day (the callee's local day), counted across all"
         " campaigns in this database; a contact over it is not dialed (outcome `capped`) and waits for the"
         " next day. Null: no cap.",
+    )
+    opt_out_phrases: list[str] = Field(
+        list(DEFAULT_OPT_OUT_PHRASES),
+        min_length=1,
+        description="Words in a callee's turn (outbound calls) that mean 'do not call me again': the number"
+        " goes on the do-not-call list, the bot says opt_out_confirmation and hangs up (outcome"
+        " `opted-out`). Matched as whole words, case and punctuation ignored, before the agent sees the"
+        " turn.",
+    )
+    opt_out_confirmation: str = Field(
+        "Understood. We will not call this number again. Goodbye.",
+        min_length=1,
+        description="Said (not interruptible) when a callee opts out, before the bot hangs up.",
     )
 
 

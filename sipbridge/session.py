@@ -32,6 +32,8 @@ from sipbridge.asr import Transcriber
 from sipbridge.config import Config
 from sipbridge.dialer.amd_words import GreetingTranscriber
 from sipbridge.dialer.live import OutboundCall
+from sipbridge.dialer.optout import OptOutDetector
+from sipbridge.dialer.suppression import DncList
 from sipbridge.engine import Engine, EngineError, EngineSession
 from sipbridge.metrics import Metrics
 from sipbridge.outcomes import call_outcome
@@ -372,6 +374,8 @@ class CallSession:
                 turn.reason,
                 words,
             )
+            if self._opt_out_said(words):
+                return  # the agent never sees it: the session confirms and hangs up
             caller_turn = Turn(
                 "speech", words, start_ms=turn.start_ms, end_ms=turn.end_ms, asr_ms=(t_asr - t0) * 1000
             )
@@ -560,8 +564,44 @@ class CallSession:
             elif action.kind == "end":
                 call.outcome = action.arg
                 changed = True
+            elif action.kind == "opt_out":
+                self.opt_out(action.arg or "agent opt_out", cut_speech=False)
         if changed and call is not None:
             self.store.set_agent_results(self.call_id, results=call.results, outcome=call.outcome)
+
+    def _opt_out_said(self, words: str) -> bool:
+        if self.outbound is None:
+            return False
+        if self.outbound.opted_out:
+            return True  # already confirming and hanging up: later turns get no answer
+        phrase = OptOutDetector(tuple(self.config.dialer.opt_out_phrases)).match(words)
+        if phrase is not None:
+            self.opt_out(f"said {phrase!r}: {words[:160]!r}", cut_speech=True)
+        return phrase is not None
+
+    def opt_out(self, why: str, *, cut_speech: bool) -> None:
+        """The callee asked not to be called again (docs/DIALER.md "Compliance"): the number goes on the
+        do-not-call list now (before anything else can fail), then the confirmation, then BYE. `cut_speech`:
+        drop the bot's interruptible speech first (a phrase heard mid-flow); an LLM's `opt_out` tool keeps
+        the reply it came with (usually its own acknowledgement)."""
+        out = self.outbound
+        if out is None or out.opted_out:
+            return
+        out.opted_out = True
+        number = out.claim.contact.number
+        DncList(self.store).add(number, why[:200], "opt-out", now=time.time(), call_id=self.call_id)
+        self.store.add_event(self.call_id, "opt_out", {"number": number, "why": why})
+        log.info("call %s: %s opted out (%s): on the do-not-call list", self.call_id, number, why)
+        self._apply_now([Action.end("opted_out")])
+        if cut_speech:
+            dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
+            for utt_id in dead:
+                self.utterances[utt_id].cancelled = True
+            if self.generating is not None and self.generating.cancelled and self.engine_session is not None:
+                self.engine_session.cancel()
+            if dead:
+                self.worker.send(f.CancelUtterances(self.call_id, dead))
+        self.say(Reply(self.config.dialer.opt_out_confirmation, interruptible=False, hangup=True))
 
     def _after_playback(self, reply: Reply, interrupted: bool = False) -> None:
         """Actions that wait until the caller has heard the reply carrying them."""

@@ -77,6 +77,7 @@ class OutboundCall:
     amd_at_ms: int = 0
     message_delivered: bool = False
     cancelled_by_pause: bool = False  # CancelDial sent because the campaign was paused while it rang
+    opted_out: bool = False  # the callee asked not to be called again (number now on the DNC list)
 
     @property
     def call_id(self) -> str:
@@ -402,7 +403,12 @@ class CampaignRunner:
         if failure is not None and out.amd_kind is None:
             result = CallResult(event="no_media")
         else:
-            result = CallResult(sip_code=200, amd=out.amd_kind, message_delivered=out.message_delivered)
+            result = CallResult(
+                sip_code=200,
+                amd=out.amd_kind,
+                message_delivered=out.message_delivered,
+                opted_out=out.opted_out,
+            )
         self._record(out, result, {"failure": failure} if failure else {})
 
     def _record(self, out: OutboundCall, result: CallResult, detail: dict[str, Any]) -> Outcome:

@@ -18,7 +18,7 @@ from sipbridge.dialer.suppression import Block, DncList, local_day_start, next_l
 from sipbridge.store import Store
 
 from ..bridge import Bridge
-from .callees import Callee, answer_scenario, greeting_audio
+from .callees import Callee, answer_scenario, greeting_audio, opt_out_audio
 from .test_live import WEDNESDAY_10_NY, attempts, db, dial, write_campaign, write_config
 
 NY = "America/New_York"
@@ -165,3 +165,64 @@ def test_dial_never_calls_a_suppressed_number(tmp_path: Path) -> None:
         row = conn.execute("SELECT state, outcome FROM contacts WHERE number = '+12015550400'").fetchone()
     assert tuple(row) == ("final", "suppressed")
     assert "+12015550400 not dialed: suppressed: on the do-not-call list" in log
+
+
+def test_a_callee_who_says_stop_calling_is_confirmed_hung_up_on_and_never_called_again(
+    tmp_path: Path,
+) -> None:
+    """Live: the callee answers, then says "Please stop calling me." while the flow greets them. The bot says
+    the confirmation, hangs up (SIPp's scenario waits for our BYE), the number is on the do-not-call list
+    with the call's id, the attempt is `opted-out`; a second campaign with that number does not dial it."""
+    callee = Callee.start(
+        answer_scenario(opt_out_audio(tmp_path)), tmp_path / "callee", calls=1, trace_msg=True
+    )
+    number = "+12015550500"
+    contacts = [{"number": number, "name": "Dana", "port": str(callee.sip_port), "subject_name": "Dana W"}]
+    campaign = write_campaign(tmp_path, contacts, limits={"concurrency": 1, "calls_per_second": 5})
+    config = write_config(tmp_path, max_calls=4)
+    try:
+        proc = dial(tmp_path, campaign, config, WEDNESDAY_10_NY)
+        rc = proc.finish(timeout=120)
+        log = "\n".join(proc.seen)
+        assert rc == 0, log
+        assert callee.proc.wait(timeout=30) == 0, callee.errors()  # it got our BYE
+    finally:
+        callee.stop()
+    [row] = attempts(tmp_path)
+    assert (row["outcome"], row["state"], row["amd"]) == ("opted-out", "final", "human"), log
+    with db(tmp_path) as conn:
+        listed = conn.execute("SELECT * FROM dnc WHERE number = ?", (number,)).fetchone()
+        events = [
+            r["kind"]
+            for r in conn.execute("SELECT kind FROM call_events WHERE call_id = ?", (row["call_id"],))
+        ]
+        bot = [
+            r["text"]
+            for r in conn.execute(
+                "SELECT text FROM turns WHERE call_id = ? AND who = 'bot' ORDER BY idx", (row["call_id"],)
+            )
+        ]
+        agent_outcome = conn.execute(
+            "SELECT agent_outcome FROM calls WHERE id = ?", (row["call_id"],)
+        ).fetchone()[0]
+    assert listed is not None and (listed["source"], listed["call_id"]) == ("opt-out", row["call_id"])
+    assert "stop calling" in listed["reason"]
+    assert "opt_out" in events and agent_outcome == "opted_out"
+    assert bot[-1] == "Understood. We will not call this number again. Goodbye.", bot
+    assert "BYE sip:" in callee.messages() or "BYE" in callee.messages()
+
+    # A second campaign (another name, same database) with the number: not dialed.
+    second = write_campaign(
+        tmp_path, contacts, name="follow-up", limits={"concurrency": 1, "calls_per_second": 5}
+    )
+    proc = dial(tmp_path, second, config, WEDNESDAY_10_NY)
+    rc = proc.finish(timeout=120)
+    log = "\n".join(proc.seen)
+    assert rc == 0, log
+    assert f"{number} not dialed: suppressed" in log
+    with db(tmp_path) as conn:
+        c = conn.execute(
+            "SELECT state, outcome, attempts FROM contacts WHERE campaign = 'follow-up'"
+        ).fetchone()
+    assert tuple(c) == ("final", "suppressed", 0)
+    assert len(attempts(tmp_path)) == 1
