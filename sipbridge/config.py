@@ -352,8 +352,11 @@ class AsrConfig(_Section):
     # One transcription at a time is ~0.35 s of one core per caller turn (tiny.en): about 2-3 turns a second
     # for the whole box. More workers transcribe calls' turns side by side (one CPU thread each on cpu).
     workers: int = Field(
-        1, ge=1, le=32, description="Transcriptions run at once (threads; CTranslate2 workers). One per core"
-        " you can spare on cpu; a few on cuda."
+        1,
+        ge=1,
+        le=32,
+        description="Transcriptions run at once (threads; CTranslate2 workers). One per core"
+        " you can spare on cpu; a few on cuda.",
     )
     # Whisper decodes a segment again at temperatures 0.2 ... 1.0 when its log-probability is low or its
     # text repeats. On a phone that hits short and noisy turns, and each redo costs a whole decode: a
@@ -507,6 +510,13 @@ class DialerConfig(_Section):
         " goes on the do-not-call list, the bot says opt_out_confirmation and hangs up (outcome"
         " `opted-out`). Matched as whole words, case and punctuation ignored, before the agent sees the"
         " turn.",
+    )
+    disclosure: str | None = Field(
+        "You are speaking with an automated assistant, and this call is recorded.",
+        min_length=1,
+        description="Said first and whole on every outbound call a person answers (or AMD off), before the"
+        " agent's greeting: not interruptible, no flow or model can skip it; stored as a `disclosure` event"
+        " with its offset in the recording. A campaign's `disclosure` replaces the text. Null: none.",
     )
     opt_out_confirmation: str = Field(
         "Understood. We will not call this number again. Goodbye.",

@@ -78,6 +78,7 @@ class OutboundCall:
     message_delivered: bool = False
     cancelled_by_pause: bool = False  # CancelDial sent because the campaign was paused while it rang
     opted_out: bool = False  # the callee asked not to be called again (number now on the DNC list)
+    disclosure: str | None = None  # the campaign's opening sentence; None: the deployment's
 
     @property
     def call_id(self) -> str:
@@ -290,6 +291,7 @@ class CampaignRunner:
         )
         message = c.voicemail.message if c.voicemail.action == "leave_message" else None
         out = OutboundCall(claim, dial, c.amd.enabled, message, self._answered_call_ended)
+        out.disclosure = c.disclosure
         self.on_answer_route[dial.call_id] = out
         # The calls row exists from the INVITE on (the session of an answered call adds to it).
         self.state.store.create_call(

@@ -8,7 +8,10 @@ import json
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
+import soundfile as sf
+import yaml
 
 from sipbridge.cli import main
 from sipbridge.dialer.contacts import Contact
@@ -170,9 +173,10 @@ def test_dial_never_calls_a_suppressed_number(tmp_path: Path) -> None:
 def test_a_callee_who_says_stop_calling_is_confirmed_hung_up_on_and_never_called_again(
     tmp_path: Path,
 ) -> None:
-    """Live: the callee answers, then says "Please stop calling me." while the flow greets them. The bot says
-    the confirmation, hangs up (SIPp's scenario waits for our BYE), the number is on the do-not-call list
-    with the call's id, the attempt is `opted-out`; a second campaign with that number does not dial it."""
+    """Live: the callee answers, then says "Stop calling me. Remove me from your list." over the disclosure
+    (which plays whole). The bot says the confirmation, hangs up (SIPp's scenario waits for our BYE), the
+    number is on the do-not-call list with the call's id, the attempt is `opted-out`; a second campaign with
+    that number does not dial it."""
     callee = Callee.start(
         answer_scenario(opt_out_audio(tmp_path)), tmp_path / "callee", calls=1, trace_msg=True
     )
@@ -180,6 +184,9 @@ def test_a_callee_who_says_stop_calling_is_confirmed_hung_up_on_and_never_called
     contacts = [{"number": number, "name": "Dana", "port": str(callee.sip_port), "subject_name": "Dana W"}]
     campaign = write_campaign(tmp_path, contacts, limits={"concurrency": 1, "calls_per_second": 5})
     config = write_config(tmp_path, max_calls=4)
+    recorded = yaml.safe_load(config.read_text())
+    recorded["storage"]["record_calls"] = True  # the disclosure's offset is checked in the recording
+    config.write_text(yaml.safe_dump(recorded))
     try:
         proc = dial(tmp_path, campaign, config, WEDNESDAY_10_NY)
         rc = proc.finish(timeout=120)
@@ -206,9 +213,10 @@ def test_a_callee_who_says_stop_calling_is_confirmed_hung_up_on_and_never_called
             "SELECT agent_outcome FROM calls WHERE id = ?", (row["call_id"],)
         ).fetchone()[0]
     assert listed is not None and (listed["source"], listed["call_id"]) == ("opt-out", row["call_id"])
-    assert "stop calling" in listed["reason"]
+    assert "stop calling" in listed["reason"] or "remove me from your list" in listed["reason"]
     assert "opt_out" in events and agent_outcome == "opted_out"
     assert bot[-1] == "Understood. We will not call this number again. Goodbye.", bot
+    check_disclosure(tmp_path, row["call_id"])
     assert "BYE sip:" in callee.messages() or "BYE" in callee.messages()
 
     # A second campaign (another name, same database) with the number: not dialed.
@@ -226,3 +234,33 @@ def test_a_callee_who_says_stop_calling_is_confirmed_hung_up_on_and_never_called
         ).fetchone()
     assert tuple(c) == ("final", "suppressed", 0)
     assert len(attempts(tmp_path)) == 1
+
+
+DISCLOSURE = "You are speaking with an automated assistant, and this call is recorded."
+
+
+def check_disclosure(work: Path, call_id: str) -> None:
+    """The disclosure was the bot's first utterance, played whole although the callee spoke over it
+    (barge-in cannot cut it), and its event's offsets find it in the call's recording (bot = right)."""
+    with db(work) as conn:
+        turns = list(conn.execute("SELECT * FROM turns WHERE call_id = ? ORDER BY start_ms, idx", (call_id,)))
+        [event] = [
+            json.loads(r["data"])
+            for r in conn.execute(
+                "SELECT data FROM call_events WHERE call_id = ? AND kind = 'disclosure'", (call_id,)
+            )
+        ]
+        recording = conn.execute("SELECT recording_path FROM calls WHERE id = ?", (call_id,)).fetchone()[0]
+    bot = [t for t in turns if t["who"] == "bot"]
+    assert (bot[0]["text"], bot[0]["interrupted"]) == (DISCLOSURE, 0), [dict(t) for t in turns]
+    assert (event["text"], event["whole"]) == (DISCLOSURE, True)
+    assert (event["start_ms"], event["end_ms"]) == (bot[0]["start_ms"], bot[0]["end_ms"])
+    caller = [t for t in turns if t["who"] == "caller"]
+    overlap = caller and caller[0]["start_ms"] < event["end_ms"] and caller[0]["end_ms"] > event["start_ms"]
+    assert overlap, "the callee spoke over the disclosure"
+    audio, rate = sf.read(recording, dtype="float32")
+    bot_side = audio[: len(audio) // (rate // 50) * (rate // 50), 1].reshape(-1, rate // 50)  # 20 ms frames
+    voiced = np.nonzero(np.sqrt(np.mean(bot_side**2, axis=1)) > 0.01)[0] * 20
+    # The first sound of ours in the recording is the disclosure, where its event says (one frame of slack).
+    assert abs(int(voiced[0]) - event["start_ms"]) <= 40, (voiced[:5], event)
+    assert np.count_nonzero((voiced >= event["start_ms"]) & (voiced < event["end_ms"])) > 50
