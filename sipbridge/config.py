@@ -503,6 +503,21 @@ class DialerConfig(_Section):
         " campaigns in this database; a contact over it is not dialed (outcome `capped`) and waits for the"
         " next day. Null: no cap.",
     )
+    short_call_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="An answered call shorter than this (answer to hang-up) counts as short in the caller-ID"
+        " health numbers (/metrics, campaign status): people hanging up at once is what marks a number as"
+        " spam.",
+    )
+    caller_id_window_h: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 90,
+        description="/metrics caller-ID answer and short-call rates cover this many"
+        " hours of attempts (all campaigns).",
+    )
     opt_out_phrases: list[str] = Field(
         list(DEFAULT_OPT_OUT_PHRASES),
         min_length=1,

@@ -14,7 +14,7 @@ import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["Counter", "Gauge", "Histogram", "Metrics"]
+__all__ = ["Counter", "Gauge", "Histogram", "LabelledGauge", "Metrics"]
 
 # Reply and ASR latencies on a phone line: 50 ms ... 5 s.
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
@@ -76,6 +76,22 @@ class Gauge:
 
 
 @dataclass
+class LabelledGauge:
+    """Read when scraped: one sample per label values (e.g. per caller ID), from `read()`."""
+
+    name: str
+    help: str
+    labelnames: tuple[str, ...]
+    read: Callable[[], dict[tuple[str, ...], float]]
+
+    def lines(self) -> Iterator[str]:
+        yield f"# HELP {self.name} {self.help}"
+        yield f"# TYPE {self.name} gauge"
+        for key, value in sorted(self.read().items()):
+            yield f"{self.name}{_labels(self.labelnames, key)} {_number(float(value))}"
+
+
+@dataclass
 class Histogram:
     name: str
     help: str
@@ -117,13 +133,15 @@ class Metrics:
     )
     calls_ended: Counter = field(
         default_factory=lambda: Counter(
-            "sipbridge_calls_ended_total", "Calls that ended, by direction and recorded outcome.",
+            "sipbridge_calls_ended_total",
+            "Calls that ended, by direction and recorded outcome.",
             ("direction", "outcome"),
         )
     )
     calls_rejected: Counter = field(
         default_factory=lambda: Counter(
-            "sipbridge_calls_rejected_total", "INVITEs refused before a call existed, by SIP status.",
+            "sipbridge_calls_rejected_total",
+            "INVITEs refused before a call existed, by SIP status.",
             ("code",),
         )
     )
@@ -156,7 +174,8 @@ class Metrics:
     )
     dial_attempts: Counter = field(
         default_factory=lambda: Counter(
-            "sipbridge_dial_attempts_total", "Outbound attempts recorded, by campaign and outcome.",
+            "sipbridge_dial_attempts_total",
+            "Outbound attempts recorded, by campaign and outcome.",
             ("campaign", "outcome"),
         )
     )
@@ -167,16 +186,24 @@ class Metrics:
             ("campaign", "outcome"),
         )
     )
-    gauges: list[Gauge] = field(default_factory=list)
+    gauges: list[Gauge | LabelledGauge] = field(default_factory=list)
 
     def gauge(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
         self.gauges.append(Gauge(name, help, read, kind))
 
     def render(self) -> str:
         """The exposition text, families in a fixed order."""
-        families: list[Counter | Histogram | Gauge] = [
-            self.calls_started, self.calls_ended, self.calls_rejected, self.caller_turns, self.barge_ins,
-            self.reply_latency, self.asr_wait, self.engine_first_chunk, self.dial_attempts, self.dial_skipped,
+        families: list[Counter | Histogram | Gauge | LabelledGauge] = [
+            self.calls_started,
+            self.calls_ended,
+            self.calls_rejected,
+            self.caller_turns,
+            self.barge_ins,
+            self.reply_latency,
+            self.asr_wait,
+            self.engine_first_chunk,
+            self.dial_attempts,
+            self.dial_skipped,
             *self.gauges,
         ]
         return "".join(line + "\n" for family in families for line in family.lines())

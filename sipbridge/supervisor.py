@@ -29,8 +29,9 @@ from sipbridge.agents import Agent, AgentError, make_agent
 from sipbridge.asr import AsrError, Transcriber
 from sipbridge.config import CALLS_PER_WORKER, Config, LoadedConfig
 from sipbridge.dialer.campaign import LoadedCampaign
+from sipbridge.dialer.health import add_caller_id_gauges
 from sipbridge.dialer.live import CampaignRunner, Clock
-from sipbridge.dialer.state import CampaignState
+from sipbridge.dialer.state import CampaignState, ts
 from sipbridge.dialer.suppression import DncList
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
@@ -131,6 +132,8 @@ class Supervisor:
         """Metrics read from the components when scraped (their state is theirs, not copied)."""
         m = self.metrics
         m.gauge("sipbridge_calls_active", "Calls in progress.", lambda: len(self.sessions))
+        # Campaign time, like the attempts' started_at (`dial --now` runs on its own clock).
+        add_caller_id_gauges(m, lambda: self.store, self.config.dialer, lambda: ts(self.clock.now()))
         m.gauge(
             "sipbridge_dial_in_flight",
             "Outbound calls placed and not yet recorded (ringing or talking).",
@@ -181,7 +184,13 @@ class Supervisor:
             return
         if isinstance(frame, f.CallStarted):
             session = CallSession(
-                frame, worker, self.config, self.store, self.engine, self.agent, self.asr,
+                frame,
+                worker,
+                self.config,
+                self.store,
+                self.engine,
+                self.agent,
+                self.asr,
                 metrics=self.metrics,
             )
             if self.dialer is not None:
@@ -238,9 +247,7 @@ class Supervisor:
     def _free_slots(self) -> int:
         if self.pool is None:
             return 0
-        return sum(
-            max(0, CALLS_PER_WORKER - len(w.calls)) for w in self.pool.workers if w.connected.is_set()
-        )
+        return sum(max(0, CALLS_PER_WORKER - len(w.calls)) for w in self.pool.workers if w.connected.is_set())
 
     def _default_dial_uri(self) -> str:
         trunk = self.config.sip.trunk

@@ -238,7 +238,7 @@ class CampaignRunner:
             if block is None:
                 if not self._bucket.try_acquire():
                     return  # CPS: the loop comes back when the bucket has a token
-                claim = self.state.claim(contact, now, **limits)
+                claim = self.state.claim(contact, now, caller_id=c.caller_id, **limits)
                 if isinstance(claim, Claim):
                     self._place(claim)
                     room -= 1

@@ -190,7 +190,13 @@ class CampaignState:
         return block
 
     def claim(
-        self, contact: ContactRow, now: float, *, cap: int | None = None, capped_until: float = 0.0
+        self,
+        contact: ContactRow,
+        now: float,
+        *,
+        cap: int | None = None,
+        capped_until: float = 0.0,
+        caller_id: str | None = None,
     ) -> Claim | Block | None:
         """Take the contact for its next attempt, atomically: None if someone else already did.
 
@@ -211,9 +217,9 @@ class CampaignState:
                 return None
             attempt = contact.attempts + 1
             cur = db.execute(
-                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (self.name, contact.id, attempt, call_id, now),
+                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at, caller_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (self.name, contact.id, attempt, call_id, now, caller_id),
             )
             attempt_id = int(cur.lastrowid or 0)
         return Claim(contact, attempt_id, attempt, call_id)

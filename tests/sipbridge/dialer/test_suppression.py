@@ -5,6 +5,7 @@ INVITEd)."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import httpx
@@ -137,6 +138,15 @@ def test_dnc_over_http_needs_the_token(tmp_path: Path) -> None:
             assert c.delete("/dnc/%2B12015550100", headers=auth).json()["removed"] is True
             assert c.delete("/dnc", params={"number": "+12015550101"}, headers=auth).status_code == 200
             assert c.delete("/dnc/%2B12015550101", headers=auth).status_code == 404
+            # Caller-ID health, read from the database at each scrape (last dialer.caller_id_window_h).
+            _history(Store(tmp_path / "db.sqlite3"), time.time() - 3600)
+            metrics = c.get("/metrics").text.splitlines()
+            assert 'sipbridge_caller_id_answer_rate{caller_id="+14155550100"} 0.75' in metrics
+            assert 'sipbridge_caller_id_attempts{caller_id="+14155550100"} 4' in metrics
+            assert any(
+                line.startswith('sipbridge_caller_id_short_call_rate{caller_id="+14155550100"} 0.333')
+                for line in metrics
+            )
     finally:
         assert bridge.stop() == 0
 
@@ -264,3 +274,41 @@ def check_disclosure(work: Path, call_id: str) -> None:
     # The first sound of ours in the recording is the disclosure, where its event says (one frame of slack).
     assert abs(int(voiced[0]) - event["start_ms"]) <= 40, (voiced[:5], event)
     assert np.count_nonzero((voiced >= event["start_ms"]) & (voiced < event["end_ms"])) > 50
+
+
+def _history(store: Store, now: float) -> None:
+    """Caller ID A: 4 ended attempts, 3 answered (one of them 4 s long: short), a pause cancellation
+    (not counted); B: 1 busy."""
+    state = _campaign(store, "c1", [f"+1201555070{i}" for i in range(6)])
+    plan = [
+        ("+14155550100", 200, 60.0), ("+14155550100", 200, 4.0), ("+14155550100", 200, 30.0),
+        ("+14155550100", 486, None), ("+14155550100", 487, None), ("+14155550199", 486, None),
+    ]  # fmt: skip
+    for contact, (caller_id, code, seconds) in zip(state.due(now, 10), plan, strict=True):
+        claim = state.claim(contact, now, caller_id=caller_id)
+        assert isinstance(claim, Claim)
+        store.create_call("outbound", call_id=claim.call_id, now=now)
+        if seconds is not None:
+            store.mark_answered(claim.call_id, now=now + 1)
+        store.end_call(claim.call_id, "x", now=now + 1 + (seconds or 0))
+        outcome = "cancelled" if code == 487 else "answered-human" if code == 200 else "busy"
+        state.finish_attempt(
+            claim.attempt_id,
+            contact.id,
+            outcome=outcome,
+            final=True,
+            next_at=None,
+            now=now + 2,
+            sip_code=code,
+        )
+
+
+def test_caller_id_health_in_campaign_status(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    _history(store, NOW)
+    assert main(["campaign", "status", "c1", "--db", str(tmp_path / "db.sqlite3")]) == 0
+    report = json.loads(capsys.readouterr().out)["caller_ids"]
+    assert report["+14155550100"] == {
+        "attempts": 4, "answered": 3, "answer_rate": 0.75, "short_calls": 1, "short_call_rate": 0.3333,
+    }  # fmt: skip
+    assert report["+14155550199"]["answer_rate"] == 0.0
