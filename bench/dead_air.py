@@ -1,9 +1,9 @@
 """Dead air after "hello": from AMD's human verdict to the bot's first audio, on real outbound calls.
 
 `sipbridge dial` (espeak engine, tiny.en ASR for AMD's words, one worker) calls N SIPp callees on loopback,
-one at a time; each answers "Hello?" (espeak-ng, 0.4 s pick-up) and waits. Per call, from the store: the AMD
-event's `decided_at_ms` (ms of callee audio analysed when it said "human") and the `disclosure` event's
-`start_ms` (the tick its first packet left), both on the call's media clock from the answer. Their
+one at a time; each answers "Hello?" (espeak-ng, 0.4 s pick-up) and waits. Per call, from the store: the
+AMD event's `decided_at_ms` (ms of callee audio analysed when it said "human") and the `start_ms` of the
+bot's first turn (the tick its first packet left), both on the call's media clock from the answer. Their
 difference is the silence the callee hears after the verdict (the target is <= 200 ms). The test helpers
 (tests/sipbridge/dialer) supply the callees and the campaign file.
 
@@ -53,13 +53,15 @@ def run(work: Path, calls: int) -> list[dict[str, Any]]:
     conn = sqlite3.connect(work / "db.sqlite3")
     out = []
     for (call_id,) in conn.execute("SELECT call_id FROM attempts ORDER BY started_at"):
-        query = "SELECT kind, data FROM call_events WHERE call_id = ? AND kind IN ('amd', 'disclosure')"
-        events = {k: json.loads(d) for k, d in conn.execute(query, (call_id,))}
-        amd, disclosure = events.get("amd"), events.get("disclosure")
-        if amd is None or disclosure is None or amd["kind"] == "machine":
+        query = "SELECT kind, data FROM call_events WHERE call_id = ? AND kind = 'amd'"
+        amd = {k: json.loads(d) for k, d in conn.execute(query, (call_id,))}.get("amd")
+        # The bot's first utterance (the disclosure since issue 20; before it, the greeting).
+        first = "SELECT MIN(start_ms) FROM turns WHERE call_id = ? AND who = 'bot'"
+        start = conn.execute(first, (call_id,)).fetchone()[0]
+        if amd is None or start is None or amd["kind"] == "machine":
             continue
-        out.append({"verdict_ms": amd["decided_at_ms"], "first_audio_ms": disclosure["start_ms"],
-                    "dead_air_ms": disclosure["start_ms"] - amd["decided_at_ms"]})  # fmt: skip
+        out.append({"verdict_ms": amd["decided_at_ms"], "first_audio_ms": start,
+                    "dead_air_ms": start - amd["decided_at_ms"]})  # fmt: skip
     return out
 
 
