@@ -232,13 +232,15 @@ class CampaignRunner:
                 log.info("campaign %s: %s outside its window, next at %s", self.name, contact.number, until)
                 continue
             capped_until = ts(c.window.next_allowed(next_local_day(now, contact.timezone), contact.timezone))
-            limits = {"cap": self.daily_cap, "capped_until": capped_until}
+            cap = self.daily_cap
             # Blocked numbers are found before the CPS token is spent; the claim checks again atomically.
-            block = self.state.screen(contact, now, **limits)
+            block = self.state.screen(contact, now, cap=cap, capped_until=capped_until)
             if block is None:
                 if not self._bucket.try_acquire():
                     return  # CPS: the loop comes back when the bucket has a token
-                claim = self.state.claim(contact, now, caller_id=c.caller_id, **limits)
+                claim = self.state.claim(
+                    contact, now, cap=cap, capped_until=capped_until, caller_id=c.caller_id
+                )
                 if isinstance(claim, Claim):
                     self._place(claim)
                     room -= 1
