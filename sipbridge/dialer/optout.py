@@ -51,12 +51,34 @@ class OptOutDetector:
         object.__setattr__(self, "_patterns", tuple(_word_pattern(p) for p in normalised))
 
     def match(self, words: str) -> str | None:
-        """The first phrase the words contain (whole words: "stop calling" is not in "nonstop callings")."""
+        """The first phrase the words contain (whole words: "stop calling" is not in "nonstop callings");
+        failing that, a phrase of 5+ words heard with one word wrong (`_near`)."""
         text = normalise(words)
         for phrase, pattern in zip(self.phrases, self._patterns, strict=True):  # type: ignore[attr-defined]
             if pattern.search(text):
                 return phrase
+        tokens = text.split()
+        for phrase in self.phrases:
+            if _near(normalise(phrase).split(), tokens):
+                return phrase
         return None
+
+
+def _near(phrase: list[str], tokens: list[str]) -> bool:
+    """ASR slips a word now and then (tiny.en heard espeak's "remove me from your list" as "... your lid"):
+    a long phrase still counts when exactly one of its words differs and starts with the same letter. Not for
+    short phrases, where one word is the meaning ("do not call mom")."""
+    n = len(phrase)
+    if n < _NEAR_MIN_WORDS:
+        return False
+    for i in range(len(tokens) - n + 1):
+        wrong = [(a, b) for a, b in zip(tokens[i : i + n], phrase, strict=True) if a != b]
+        if len(wrong) == 1 and wrong[0][0][:1] == wrong[0][1][:1]:
+            return True
+    return False
+
+
+_NEAR_MIN_WORDS = 5
 
 
 def _word_pattern(phrase: str) -> re.Pattern[str]:

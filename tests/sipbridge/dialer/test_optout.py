@@ -31,6 +31,9 @@ from ..test_llm_calls import chunk
         ("Yes, she works here.", None),
         ("The nonstop callings are fine", None),  # whole words only
         ("I'll call you back", None),
+        ("up calling me remove me from your lid.", "remove me from your list"),  # heard by tiny.en, live
+        ("do not call mom", None),  # one word off in a short phrase is another meaning
+        ("Take me out of your list", None),  # 'out' for 'off': a different first letter
     ],
 )
 def test_phrases(words: str, phrase: str | None) -> None:
