@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sipbridge import __version__
 from sipbridge.config import ConfigError, LoadedConfig, dump_masked_yaml, load_config, schema_markdown
+from sipbridge.dialer import dnc_cli
 from sipbridge.logs import setup_logging
 from sipbridge.store import StoreError
 from sipbridge.tools import call as call_tool
@@ -23,7 +24,7 @@ log = logging.getLogger("sipbridge")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 # Subcommands that live in a module of their own: each has add_parser(subparsers) and run(args) -> exit code.
-_TOOLS = {"call": call_tool, "doctor": doctor_tool}
+_TOOLS = {"call": call_tool, "doctor": doctor_tool, "dnc": dnc_cli}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:

@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from audio.vad.segmenter import VadSettings
+from sipbridge.dialer.optout import DEFAULT_OPT_OUT_PHRASES
 
 KeyPath = tuple[str | int, ...]
 
@@ -532,8 +533,11 @@ class AsrConfig(_Section):
     # One transcription at a time is ~0.35 s of one core per caller turn (tiny.en): about 2-3 turns a second
     # for the whole box. More workers transcribe calls' turns side by side (one CPU thread each on cpu).
     workers: int = Field(
-        1, ge=1, le=32, description="Transcriptions run at once (threads; CTranslate2 workers). One per core"
-        " you can spare on cpu; a few on cuda."
+        1,
+        ge=1,
+        le=32,
+        description="Transcriptions run at once (threads; CTranslate2 workers). One per core"
+        " you can spare on cpu; a few on cuda.",
     )
     # Whisper decodes a segment again at temperatures 0.2 ... 1.0 when its log-probability is low or its
     # text repeats. On a phone that hits short and noisy turns, and each redo costs a whole decode: a
@@ -594,9 +598,9 @@ class LlmAgentConfig(_Section):
         5.0, gt=0, le=120, description="Connect/first-token timeout; the fallback line is said after it."
     )
     tools: list[
-        Literal["hang_up", "transfer", "send_dtmf", "set_result", "record_answer", "end_call"]
+        Literal["hang_up", "transfer", "send_dtmf", "set_result", "record_answer", "end_call", "opt_out"]
     ] = Field(
-        ["hang_up", "set_result", "record_answer", "end_call"],
+        ["hang_up", "set_result", "record_answer", "end_call", "opt_out"],
         description="Actions offered to the model as functions (docs/AGENTS.md).",
     )
     transfer_target: str | None = Field(
@@ -696,6 +700,49 @@ class DialerConfig(_Section):
     max_concurrent: int = Field(4, ge=1, le=1024, description="Outbound calls at once, all campaigns.")
     calls_per_second: float = Field(1.0, gt=0, le=100, description="Call attempts per second, all campaigns.")
     ring_timeout_s: float = Field(30.0, gt=0, le=300, description="Give up ringing after this long.")
+    max_attempts_per_number_per_day: int | None = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Most call attempts to one number per day (the callee's local day), counted across all"
+        " campaigns in this database; a contact over it is not dialed (outcome `capped`) and waits for the"
+        " next day. Null: no cap.",
+    )
+    short_call_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="An answered call shorter than this (answer to hang-up) counts as short in the caller-ID"
+        " health numbers (/metrics, campaign status): people hanging up at once is what marks a number as"
+        " spam.",
+    )
+    caller_id_window_h: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 90,
+        description="/metrics caller-ID answer and short-call rates cover this many"
+        " hours of attempts (all campaigns).",
+    )
+    opt_out_phrases: list[str] = Field(
+        list(DEFAULT_OPT_OUT_PHRASES),
+        min_length=1,
+        description="Words in a callee's turn (outbound calls) that mean 'do not call me again': the number"
+        " goes on the do-not-call list, the bot says opt_out_confirmation and hangs up (outcome"
+        " `opted-out`). Matched as whole words, case and punctuation ignored, before the agent sees the"
+        " turn.",
+    )
+    disclosure: str | None = Field(
+        "You are speaking with an automated assistant, and this call is recorded.",
+        min_length=1,
+        description="Said first and whole on every outbound call a person answers (or AMD off), before the"
+        " agent's greeting: not interruptible, no flow or model can skip it; stored as a `disclosure` event"
+        " with its offset in the recording. A campaign's `disclosure` replaces the text. Null: none.",
+    )
+    opt_out_confirmation: str = Field(
+        "Understood. We will not call this number again. Goodbye.",
+        min_length=1,
+        description="Said (not interruptible) when a callee opts out, before the bot hangs up.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- logging

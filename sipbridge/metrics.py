@@ -99,6 +99,25 @@ class _ReadWhenScraped(Collector):
         return iter(())  # registering must not read the component (it may not exist yet)
 
 
+@dataclass(eq=False)
+class _LabelledReadWhenScraped(Collector):
+    """Read when scraped: one sample per label values (e.g. per caller ID), from `read()`."""
+
+    name: str
+    help: str
+    labelnames: tuple[str, ...]
+    read: Callable[[], dict[tuple[str, ...], float]]
+
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.help, labels=list(self.labelnames))
+        for key, value in sorted(self.read().items()):
+            family.add_metric(list(key), float(value))
+        yield family
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
+
+
 @dataclass
 class Metrics:
     """What the supervisor counts itself. Gauges of other components' state are added with `gauge()`."""
@@ -192,9 +211,24 @@ class Metrics:
             "sipbridge_rtp_late_packets_total",
             "Received RTP packets that arrived too late for the jitter buffer and were discarded.",
         )
+        self.dial_skipped = Counter(
+            r,
+            "sipbridge_dial_skipped_total",
+            "Contacts not dialed (do-not-call list: suppressed; daily cap: capped), by campaign and outcome.",
+            ("campaign", "outcome"),
+        )
 
     def gauge(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
         self.registry.register(_ReadWhenScraped(name, help, read, kind))
+
+    def labelled_gauge(
+        self,
+        name: str,
+        help: str,
+        labelnames: tuple[str, ...],
+        read: Callable[[], dict[tuple[str, ...], float]],
+    ) -> None:
+        self.registry.register(_LabelledReadWhenScraped(name, help, labelnames, read))
 
     def render(self) -> str:
         """The exposition text (format 0.0.4), families in the order they were registered."""

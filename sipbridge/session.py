@@ -33,6 +33,8 @@ from sipbridge.asr import Transcriber
 from sipbridge.config import Config
 from sipbridge.dialer.amd_words import GreetingTranscriber
 from sipbridge.dialer.live import OutboundCall
+from sipbridge.dialer.optout import OptOutDetector
+from sipbridge.dialer.suppression import DncList
 from sipbridge.engine import Engine, EngineError, EngineSession
 from sipbridge.media.recorder import repair_recordings
 from sipbridge.metrics import TURN_STAGES, Metrics
@@ -58,6 +60,10 @@ class Utterance:
     marks: dict[str, float] = field(default_factory=dict)
     pcm: list[bytes] = field(default_factory=list)  # what was sent (for the bot turn's WAV)
     cancelled: bool = False
+    # Made while AMD listens (no dead air): audio kept here until the verdict says a person answered.
+    held: bool = False
+    held_frames: list[bytes] = field(default_factory=list)
+    generated: bool = False  # the engine finished it while it was held (EndOfUtterance is owed)
 
 
 Transcript = tuple[str, list[tuple[str, float, float]]]  # text, (word, start s, end s) if the engine wants
@@ -100,6 +106,8 @@ class CallSession:
     # A call the dialer placed (None: inbound). Its AMD decision gates the greeting (docs/DIALER.md).
     outbound: OutboundCall | None = None
     _voicemail_utterance: int | None = None
+    _disclosure_utterance: int | None = None
+    _holding: bool = False  # new utterances are held: AMD has not decided yet (outbound)
     _amd_words: GreetingTranscriber | None = None  # the greeting's words for the worker's AMD (amd.asr)
     _early: EarlyWords | None = None  # transcription of the turn so far, from its latest TurnPaused
     metrics: Metrics = field(default_factory=Metrics)  # the supervisor's (a fresh one when run alone)
@@ -197,9 +205,11 @@ class CallSession:
             self._fail(f"engine: {exc}")
             return
         self._spawn(self._speaker(), "speaker")
-        if out is None or not out.amd_enabled:
-            self._spawn(self._greet(), "greeting")
-        # else: the bot stays silent until the worker's AmdResult (a person hears us only after deciding)
+        # Outbound with AMD: the disclosure and the greeting are made now, while AMD listens, and held (no
+        # audio leaves) until the verdict: a person hears them at once, a machine never (docs/DIALER.md).
+        self._holding = out is not None and out.amd_enabled
+        self._disclose()
+        self._spawn(self._greet(), "greeting")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=f"{name}-{self.call_id[:8]}")
@@ -331,6 +341,8 @@ class CallSession:
         if self._amd_words is not None:
             self._amd_words.stop()
         out.amd_kind, out.amd_at_ms = frame.kind, frame.decided_at_ms
+        # First, before any bookkeeping: the audio made while AMD listened goes out now (or never).
+        self._release_held(keep=frame.kind != "machine")
         data = {
             "kind": frame.kind,
             "reasons": frame.reasons,
@@ -339,11 +351,26 @@ class CallSession:
         }
         self.store.add_event(self.call_id, "amd", data)
         log.info("call %s: AMD %s at %d ms %s", self.call_id, frame.kind, frame.decided_at_ms, frame.reasons)
-        if frame.kind != "machine":
-            self._spawn(self._greet(), "greeting")
-        elif out.voicemail_message is None:
+        if frame.kind == "machine" and out.voicemail_message is None:
             self.hangup(200, "answering machine, no message configured")
         # else: the worker's MessageCueFrame says when the beep (or the greeting) is over
+
+    def _release_held(self, *, keep: bool) -> None:
+        """AMD decided: send what was made while it listened (a person), or drop it unheard (a machine)."""
+        self._holding = False
+        for utt in sorted((u for u in self.utterances.values() if u.held), key=lambda u: u.id):
+            utt.held = False
+            if not keep:
+                utt.cancelled = True
+                self.utterances.pop(utt.id, None)
+                if self.generating is utt and self.engine_session is not None:
+                    self.engine_session.cancel()
+                continue
+            for pcm in utt.held_frames:
+                self.worker.send(f.PlayAudio(self.call_id, utt.id, utt.reply.interruptible, pcm))
+            utt.held_frames.clear()
+            if utt.generated:
+                self.worker.send(f.EndOfUtterance(self.call_id, utt.id))
 
     def _on_message_cue(self, frame: f.MessageCueFrame) -> None:
         out = self.outbound
@@ -354,10 +381,20 @@ class CallSession:
         utt = self.say(Reply(out.voicemail_message, interruptible=False, hangup=True))
         self._voicemail_utterance = utt.id
 
+    def _disclose(self) -> None:
+        """Outbound: the disclosure is queued before the agent is even asked for its greeting, so it is the
+        first utterance; not interruptible, so barge-in cannot cut it; held with the greeting while AMD
+        listens and dropped unheard if a machine answered (the voicemail message carries no disclosure)."""
+        out = self.outbound
+        text = None if out is None else (out.disclosure or self.config.dialer.disclosure)
+        if text and self._disclosure_utterance is None:
+            self._disclosure_utterance = self.say(Reply(text, interruptible=False)).id
+
     async def _greet(self) -> None:
         assert self.agent_call is not None
         reply = await self._ask_agent(self.agent.greeting(self.agent_call))
-        if reply is not None:
+        machine = self.outbound is not None and self.outbound.amd_kind == "machine"
+        if reply is not None and not machine:  # a greeting that comes after a machine verdict is not said
             self.say(reply)
 
     async def _transcribe(self, pcm: np.ndarray[Any, Any]) -> Transcript:
@@ -487,6 +524,8 @@ class CallSession:
                 turn.reason,
                 words,
             )
+            if self._opt_out_said(words):
+                return  # the agent never sees it: the session confirms and hangs up
             caller_turn = Turn(
                 "speech", words, start_ms=turn.start_ms, end_ms=turn.end_ms, asr_ms=(t_asr - t0) * 1000
             )
@@ -527,7 +566,7 @@ class CallSession:
 
     def say(self, reply: Reply) -> Utterance:
         self._apply_now(reply.actions)
-        utt = Utterance(self.next_utterance, reply, time.monotonic())
+        utt = Utterance(self.next_utterance, reply, time.monotonic(), held=self._holding)
         self.next_utterance += 1
         self.utterances[utt.id] = utt
         self.pending.put_nowait(utt)
@@ -562,7 +601,10 @@ class CallSession:
                 return
             pcm = (np.clip(chunk, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
             utt.pcm.append(pcm)
-            self.worker.send(f.PlayAudio(self.call_id, utt.id, utt.reply.interruptible, pcm))
+            if utt.held:
+                utt.held_frames.append(pcm)
+            else:
+                self.worker.send(f.PlayAudio(self.call_id, utt.id, utt.reply.interruptible, pcm))
             if first:
                 first = False
                 now = time.monotonic()
@@ -579,7 +621,10 @@ class CallSession:
             send(resampler.process(np.asarray(chunk, dtype=np.float32)))
         if not utt.cancelled:
             send(resampler.flush())
-            self.worker.send(f.EndOfUtterance(self.call_id, utt.id))
+            if utt.held:
+                utt.generated = True  # EndOfUtterance goes with the audio when AMD says "person"
+            else:
+                self.worker.send(f.EndOfUtterance(self.call_id, utt.id))
         if isinstance(utt.reply.text, TextStream):
             self._apply_now(utt.reply.text.actions)  # an LLM's function calls arrive after its text
             if utt.reply.text.first_piece_at is not None and utt.turn_ended_at is not None:
@@ -652,6 +697,19 @@ class CallSession:
             self.store.add_event(self.call_id, "latency", {"utterance": utt.id, **utt.timing})
         if frame.underruns:
             log.warning("call %s: utterance %d had %d underruns", self.call_id, utt.id, frame.underruns)
+        if utt.id == self._disclosure_utterance:
+            # Offsets are media time from the answer, the time base of the call's recording (call.wav).
+            whole = not frame.interrupted
+            self.store.add_event(
+                self.call_id,
+                "disclosure",
+                {
+                    "text": utt.reply.spoken_text,
+                    "start_ms": frame.start_ms,
+                    "end_ms": frame.end_ms,
+                    "whole": whole,
+                },
+            )
         if self.outbound is not None and utt.id == self._voicemail_utterance and not frame.interrupted:
             self.outbound.message_delivered = True
             self.store.add_event(
@@ -689,8 +747,44 @@ class CallSession:
             elif action.kind == "end":
                 call.outcome = action.arg
                 changed = True
+            elif action.kind == "opt_out":
+                self.opt_out(action.arg or "agent opt_out", cut_speech=False)
         if changed and call is not None:
             self.store.set_agent_results(self.call_id, results=call.results, outcome=call.outcome)
+
+    def _opt_out_said(self, words: str) -> bool:
+        if self.outbound is None:
+            return False
+        if self.outbound.opted_out:
+            return True  # already confirming and hanging up: later turns get no answer
+        phrase = OptOutDetector(tuple(self.config.dialer.opt_out_phrases)).match(words)
+        if phrase is not None:
+            self.opt_out(f"said {phrase!r}: {words[:160]!r}", cut_speech=True)
+        return phrase is not None
+
+    def opt_out(self, why: str, *, cut_speech: bool) -> None:
+        """The callee asked not to be called again (docs/DIALER.md "Compliance"): the number goes on the
+        do-not-call list now (before anything else can fail), then the confirmation, then BYE. `cut_speech`:
+        drop the bot's interruptible speech first (a phrase heard mid-flow); an LLM's `opt_out` tool keeps
+        the reply it came with (usually its own acknowledgement)."""
+        out = self.outbound
+        if out is None or out.opted_out:
+            return
+        out.opted_out = True
+        number = out.claim.contact.number
+        DncList(self.store).add(number, why[:200], "opt-out", now=time.time(), call_id=self.call_id)
+        self.store.add_event(self.call_id, "opt_out", {"number": number, "why": why})
+        log.info("call %s: %s opted out (%s): on the do-not-call list", self.call_id, number, why)
+        self._apply_now([Action.end("opted_out")])
+        if cut_speech:
+            dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
+            for utt_id in dead:
+                self.utterances[utt_id].cancelled = True
+            if self.generating is not None and self.generating.cancelled and self.engine_session is not None:
+                self.engine_session.cancel()
+            if dead:
+                self.worker.send(f.CancelUtterances(self.call_id, dead))
+        self.say(Reply(self.config.dialer.opt_out_confirmation, interruptible=False, hangup=True))
 
     def _after_playback(self, reply: Reply, interrupted: bool = False) -> None:
         """Actions that wait until the caller has heard the reply carrying them."""

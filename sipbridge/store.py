@@ -144,6 +144,23 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE calls ADD COLUMN rtp_jitter_ms REAL;
     ALTER TABLE calls ADD COLUMN rtp_jitter_max_ms REAL;
     """,
+    # 7: compliance (issue 20). The do-not-call / suppression list, one row per E.164 number, checked inside
+    # the claim transaction; contacts by number and attempts by start time make the per-number daily cap
+    # (attempts to one number across all campaigns since the callee's local midnight) an index lookup. Each
+    # attempt keeps the caller ID it was placed with (answer and short-call rates per caller ID).
+    """
+    CREATE TABLE dnc (
+        number      TEXT PRIMARY KEY,
+        reason      TEXT NOT NULL DEFAULT '',
+        source      TEXT NOT NULL CHECK (source IN ('cli', 'http', 'import', 'opt-out')),
+        call_id     TEXT,
+        added_at    REAL NOT NULL
+    );
+    CREATE INDEX contacts_number ON contacts (number);
+    CREATE INDEX attempts_contact_started ON attempts (contact_id, started_at);
+    ALTER TABLE attempts ADD COLUMN caller_id TEXT;
+    CREATE INDEX attempts_caller_id ON attempts (caller_id, started_at);
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)

@@ -31,8 +31,10 @@ from sipbridge.agents import Agent, AgentError, make_agent
 from sipbridge.asr import AsrError, Transcriber
 from sipbridge.config import CALLS_PER_WORKER, Config, LoadedConfig
 from sipbridge.dialer.campaign import LoadedCampaign
+from sipbridge.dialer.health import add_caller_id_gauges
 from sipbridge.dialer.live import CampaignRunner, Clock
-from sipbridge.dialer.state import CampaignState
+from sipbridge.dialer.state import CampaignState, ts
+from sipbridge.dialer.suppression import DncList
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
@@ -169,6 +171,8 @@ class Supervisor:
         """Metrics read from the components when scraped (their state is theirs, not copied)."""
         m = self.metrics
         m.gauge("sipbridge_calls_active", "Calls in progress.", lambda: len(self.sessions))
+        # Campaign time, like the attempts' started_at (`dial --now` runs on its own clock).
+        add_caller_id_gauges(m, lambda: self.store, self.config.dialer, lambda: ts(self.clock.now()))
         m.gauge(
             "sipbridge_dial_in_flight",
             "Outbound calls placed and not yet recorded (ringing or talking).",
@@ -572,6 +576,7 @@ class Supervisor:
             cfg.http,
             metrics=self.metrics.render,
             readiness=self.readiness,
+            dnc=DncList(self.store),
         )
         server = _EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
         http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
@@ -593,6 +598,7 @@ class Supervisor:
                 send_to_worker=self._send_to_worker,
                 metrics=self.metrics,
                 asr_available=cfg.asr.backend != "none",
+                daily_cap=cfg.dialer.max_attempts_per_number_per_day,
             )
             self.dialer.prepare()
             dial_task = asyncio.create_task(self._run_campaign(self.dialer), name="dialer")

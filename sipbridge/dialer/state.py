@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sipbridge.dialer.contacts import Contact, RowIssue
+from sipbridge.dialer.outcomes import Outcome
+from sipbridge.dialer.suppression import Block, blocked, local_day_start
 from sipbridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -157,10 +159,55 @@ class CampaignState:
                 (until, now, contact_id),
             )
 
-    def claim(self, contact: ContactRow, now: float) -> Claim | None:
-        """Take the contact for its next attempt, atomically: None if someone else already did."""
+    def screen(
+        self, contact: ContactRow, now: float, *, cap: int | None = None, capped_until: float = 0.0
+    ) -> Block | None:
+        """The claim's compliance check alone (before the CPS token is spent on a number that is blocked);
+        `claim` checks again in its own transaction."""
+        with self.store.transaction() as db:
+            return self._block(db, contact, now, cap, capped_until)
+
+    def _block(
+        self, db: Any, contact: ContactRow, now: float, cap: int | None, capped_until: float
+    ) -> Block | None:
+        """A Block recorded on the contact (suppressed: final; capped: retry at `capped_until`), or None."""
+        block = blocked(db, contact.number, cap=cap, day_start=local_day_start(now, contact.timezone))
+        if block is None:
+            return None
+        final = block.outcome is Outcome.SUPPRESSED
+        db.execute(
+            "UPDATE contacts SET state = ?, outcome = ?, next_at = ?, updated_at = ?"
+            " WHERE id = ? AND state IN ('pending', 'retry') AND attempts = ?",
+            (
+                "final" if final else "retry",
+                block.outcome.value,
+                0 if final else capped_until,
+                now,
+                contact.id,
+                contact.attempts,
+            ),
+        )
+        return block
+
+    def claim(
+        self,
+        contact: ContactRow,
+        now: float,
+        *,
+        cap: int | None = None,
+        capped_until: float = 0.0,
+        caller_id: str | None = None,
+    ) -> Claim | Block | None:
+        """Take the contact for its next attempt, atomically: None if someone else already did.
+
+        In the same transaction the number is checked against the do-not-call list and the daily cap
+        (`cap` attempts since the callee's local midnight, all campaigns): a blocked contact gets its
+        outcome (suppressed or capped) and no attempt is made."""
         call_id = uuid.uuid4().hex
         with self.store.transaction() as db:
+            block = self._block(db, contact, now, cap, capped_until)
+            if block is not None:
+                return block
             cur = db.execute(
                 "UPDATE contacts SET state = 'dialing', attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ? AND state IN ('pending', 'retry') AND attempts = ?",
@@ -170,9 +217,9 @@ class CampaignState:
                 return None
             attempt = contact.attempts + 1
             cur = db.execute(
-                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at)"
-                " VALUES (?, ?, ?, ?, ?)",
-                (self.name, contact.id, attempt, call_id, now),
+                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at, caller_id)"
+                " VALUES (?, ?, ?, ?, ?, ?)",
+                (self.name, contact.id, attempt, call_id, now, caller_id),
             )
             attempt_id = int(cur.lastrowid or 0)
         return Claim(contact, attempt_id, attempt, call_id)
@@ -251,6 +298,15 @@ class CampaignState:
             "SELECT state, COUNT(*) AS n FROM contacts WHERE campaign = ? GROUP BY state", (self.name,)
         )
         return {r["state"]: r["n"] for r in rows}
+
+    def contact_outcomes(self) -> dict[str, int]:
+        """Contacts by their latest outcome (suppressed and capped contacts have no attempt row)."""
+        rows = self.store.query(
+            "SELECT outcome, COUNT(*) AS n FROM contacts WHERE campaign = ? AND outcome IS NOT NULL"
+            " GROUP BY outcome",
+            (self.name,),
+        )
+        return {r["outcome"]: r["n"] for r in rows}
 
     def outcome_counts(self) -> dict[str, int]:
         rows = self.store.query(

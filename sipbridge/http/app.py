@@ -33,6 +33,7 @@ def create_app(
     http: HttpConfig | None = None,
     metrics: Callable[[], str] | None = None,  # Prometheus exposition text (sipbridge.metrics.Metrics.render)
     readiness: Callable[[], Mapping[str, bool]] | None = None,  # Supervisor.readiness: check name -> holds
+    dnc: Any = None,  # sipbridge.dialer.suppression.DncList: serves /dnc (sipbridge/http/dnc.py)
 ) -> FastAPI:
     app = FastAPI(title="sipbridge", version=__version__)
 
@@ -80,6 +81,10 @@ def create_app(
 
         for protocol in (elevenlabs, openai, kyutai):
             app.include_router(protocol.build_router(conversations, cfg))
+    if dnc is not None:
+        from sipbridge.http.dnc import build_dnc_router
+
+        app.include_router(build_dnc_router(dnc, cfg))
 
     return app
 

@@ -37,6 +37,7 @@ import pjsua2 as pj
 from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter, GreetingFeed
 from audio.beep import BeepSettings
 from audio.vad import VadSettings, make_segmenter
+from audio.vad.backends import make_classifier
 from sipbridge import frames as f
 from sipbridge.logs import setup_logging
 from sipbridge.media.inbound import Inbound
@@ -564,6 +565,7 @@ class Worker:
     # ------------------------------------------------------------------------------ media thread
 
     def _media_loop(self) -> None:
+        _warm_vad(self.settings.clock_rate)
         while True:
             kind, call_id, payload = self.inbox.get()
             try:
@@ -798,6 +800,21 @@ def main() -> int:
         return 1
     worker.run()
     return 0
+
+
+def _warm_vad(rate: int) -> None:
+    """Load Silero's ONNX session (shared by every call's turn VAD and AMD) and run it once, on the media
+    thread before any call: done on a first call's "open" instead, it held that call's frames for 0.5-2 s
+    on a loaded CPU, so AMD's clock fell that far behind the line and the greeting came as late."""
+    t0 = time.monotonic()
+    try:
+        vad = make_classifier("silero", rate)
+        for _ in range(2):  # two 20 ms frames fill one 32 ms Silero window: the model runs once
+            vad.speech_prob(np.zeros(rate // 50, np.int16))
+    except Exception:  # a VAD that cannot load fails the calls that need it, with their own error
+        log.exception("Silero VAD warm-up failed")
+        return
+    log.info("Silero VAD warm in %.0f ms", (time.monotonic() - t0) * 1000)
 
 
 if __name__ == "__main__":

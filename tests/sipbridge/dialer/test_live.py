@@ -165,8 +165,13 @@ def test_each_callee_gets_its_outcome(tmp_path: Path) -> None:
         )
     assert events["amd"]["kind"] == "machine" and events["message_cue"]["reason"] == "beep"
     assert "message_delivered" in events
-    # The greeting went to the person, with the contact's columns as flow variables.
-    assert human_turns and "Dana Whitfield" in human_turns[0]["text"], log
+    # The disclosure first (dialer.disclosure), then the greeting with the contact's columns as variables.
+    assert len(human_turns) >= 2 and human_turns[0]["text"].startswith(
+        "You are speaking with an automated"
+    ), log
+    assert "Dana Whitfield" in human_turns[1]["text"], log
+    # No disclosure on the voicemail message: it is not a conversation.
+    assert "disclosure" not in events
 
     # The message audio reached the recorder only after its beep had ended.
     assert from_vm and to_vm
@@ -197,7 +202,7 @@ def test_every_worker_answers_the_trunks_challenge_through_its_outbound_proxy(tm
     assert [(r["outcome"], r["sip_code"]) for r in rows] == [("busy", 486)] * 4, (trunk.errors(), log)
     assert "on worker 0" in log and "on worker 1" in log  # both workers placed calls
     messages = trunk.messages()
-    assert messages.count("Authorization: Digest username=\"bridge\"") == 4, messages
+    assert messages.count('Authorization: Digest username="bridge"') == 4, messages
     assert "INVITE sip:12015550110@192.0.2.1 SIP/2.0" in messages
     assert f"Route: <{proxy};lr>" in messages
 
