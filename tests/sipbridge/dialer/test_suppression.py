@@ -142,7 +142,7 @@ def test_dnc_over_http_needs_the_token(tmp_path: Path) -> None:
             _history(Store(tmp_path / "db.sqlite3"), time.time() - 3600)
             metrics = c.get("/metrics").text.splitlines()
             assert 'sipbridge_caller_id_answer_rate{caller_id="+14155550100"} 0.75' in metrics
-            assert 'sipbridge_caller_id_attempts{caller_id="+14155550100"} 4' in metrics
+            assert 'sipbridge_caller_id_attempts{caller_id="+14155550100"} 4.0' in metrics
             assert any(
                 line.startswith('sipbridge_caller_id_short_call_rate{caller_id="+14155550100"} 0.333')
                 for line in metrics
