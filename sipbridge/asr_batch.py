@@ -155,37 +155,49 @@ class BatchedWhisper:
     def _generate(self, batch: list[_Job]) -> list[AsrResult]:
         import torch
 
-        feats = self._processor.feature_extractor(
-            [job.audio for job in batch], sampling_rate=_RATE, return_tensors="pt", device=self.device
-        ).input_features.to(self.device, self._dtype)
-        longest = max(len(job.audio) for job in batch) / _RATE
+        inputs = self._processor.feature_extractor(
+            [job.audio for job in batch],
+            sampling_rate=_RATE,
+            return_tensors="pt",
+            return_attention_mask=True,  # each row's real frames: DTW crops its own row to them
+            device=self.device,
+        )
+        feats = inputs.input_features.to(self.device, self._dtype)
+        caps = [token_cap(len(job.audio) / _RATE, self.max_tokens_per_second) for job in batch]
         words = any(job.words for job in batch)
-        kwargs: dict[str, Any] = {"max_new_tokens": token_cap(longest, self.max_tokens_per_second)}
+        kwargs: dict[str, Any] = {"max_new_tokens": max(caps)}
         if getattr(self._model.generation_config, "is_multilingual", False):
             kwargs |= {"language": self.language, "task": "transcribe"}
         if words:
-            # DTW over the cross-attention: frames of the longest clip only (the rest is padding to 30 s).
-            kwargs |= {"return_token_timestamps": True, "num_frames": math.ceil(longest * 100)}
+            mask = inputs.attention_mask.to(self.device)
+            kwargs |= {"return_token_timestamps": True, "attention_mask": mask}
         with torch.inference_mode():
             out = self._model.generate(feats, return_dict_in_generate=True, **kwargs)
-        seqs = out["sequences"] if isinstance(out, dict) or hasattr(out, "keys") else out
         stamps = out.get("token_timestamps") if words else None
-        rows = [None if stamps is None else stamps[i] for i in range(len(batch))]
-        return [self._row(seqs[i], rows[i], job.words) for i, job in enumerate(batch)]
+        return [
+            self._row(out["sequences"][i], None if stamps is None else stamps[i], job, caps[i])
+            for i, job in enumerate(batch)
+        ]
 
-    def _row(self, seq: Any, stamps: Any, words: bool) -> AsrResult:
+    def _row(self, seq: Any, stamps: Any, job: _Job, cap: int) -> AsrResult:
+        """One call's text (and words): its own token cap applies, so a short turn batched with a long one
+        reads exactly as it would alone (greedy rows do not depend on each other)."""
         ids = [int(t) for t in seq.tolist()]
-        eos = self._processor.tokenizer.eos_token_id
-        keep = [i for i, t in enumerate(ids) if t not in self._special and t < eos]
-        text = self._processor.tokenizer.decode([ids[i] for i in keep]).strip()
-        if not words or stamps is None:
+        prompt = next((i for i, t in enumerate(ids) if t not in self._special), len(ids))
+        keep: list[int] = []
+        for i in range(prompt, min(len(ids), prompt + cap)):
+            if ids[i] in self._special:
+                break  # end of text (and the padding after it)
+            keep.append(i)
+        tok = self._processor.tokenizer
+        text = tok.decode([ids[i] for i in keep]).strip()
+        if not job.words or stamps is None or not keep:
             return text, []
-        times = [float(x) for x in stamps.tolist()]
-        pieces = [self._processor.tokenizer.decode([ids[i]]) for i in keep]
+        duration = len(job.audio) / _RATE
+        times = [min(float(x), duration) for x in stamps.tolist()]  # DTW may not place a word past the audio
         # each kept token's DTW time; the stamp after the last one closes the last word
-        starts = [times[i] for i in keep]
-        tail = [times[keep[-1] + 1]] if keep and keep[-1] + 1 < len(times) else []
-        return text, group_words(pieces, starts + tail)
+        tail = [times[keep[-1] + 1]] if keep[-1] + 1 < len(times) else []
+        return text, group_words([tok.decode([ids[i]]) for i in keep], [times[i] for i in keep] + tail)
 
 
 def _load(model: str, device: str, dtype: str) -> tuple[Any, Any]:
