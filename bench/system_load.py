@@ -1,18 +1,18 @@
-"""The whole system under N callers who talk: SIP front -> workers -> VAD -> ASR -> script agent -> TTS -> RTP.
+"""The whole system under N callers who talk: SIP front, workers, VAD, ASR, script agent, TTS, RTP.
 
     python bench/system_load.py --calls 8 32 64 [--engine espeak] [--json out.json]
     python bench/system_load.py --cpu            # the CI scale-down: 8 calls, espeak, tiny.en
 
 For each N: a real `sipbridge run` (sip.max_calls = N, so ceil(N/4) workers behind Kamailio; agent = the
-employment-verification script; ASR = `--asr-model` on `--asr-backend`), then N SIPp callers at the front's one
-address, started together. Each caller streams one G.711 file with SIPp's rtp_stream: silence through the
+employment-verification script; ASR = `--asr-model` on `--asr-backend`), then N SIPp callers at the front's
+one address, started together. Each caller streams one G.711 file with SIPp's rtp_stream: silence through the
 bot's greeting, then three spoken answers (espeak) with `--pause-s` of silence after each, so every call has
 three caller turns and three bot replies.
 
 Everything is measured on the wire (lo, kernel timestamps) except the ASR wait and CPU:
-- turn gap: the caller's last speech packet of a turn (known from the file: its packet index) -> the bot's first
-  packet with audio above the silence floor after it; p50/p95/p99 over all turns; a turn with no reply before
-  the caller speaks again is `unanswered`;
+- turn gap: the caller's last speech packet of a turn (known from the file: its packet index) -> the bot's
+  first packet with audio above the silence floor after it; p50/p95/p99 over all turns; a turn with no reply
+  before the caller speaks again is `unanswered`;
 - rtp bot -> caller over the whole call: lost (sequence gaps) and late (> 60 ms after the previous packet);
 - underruns (the workers' playback filling silence), failed callers (SIPp exit status), worker deaths;
 - asr: sipbridge_asr_wait_seconds (turn end -> words) mean and count, from /metrics;
@@ -94,7 +94,8 @@ def start_bridge(work: Path, calls: int, asr_backend: str, asr_model: str) -> tu
     }  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    proc = LoggedProcess.start(["run", "-c", str(work / "config.yaml")], cwd=ROOT, env={"OMP_NUM_THREADS": "1"})
+    env = {"OMP_NUM_THREADS": "1"}
+    proc = LoggedProcess.start(["run", "-c", str(work / "config.yaml")], cwd=ROOT, env=env)
     port = int(proc.wait_for(r"sip listening on \S+ port\(s\) (\d+)", 120).group(1))
     http = proc.wait_for(r"http listening on (http://\S+) ", 60).group(1)
     proc.wait_for("sipbridge ready", 120)
@@ -107,7 +108,7 @@ def turn_gaps(sniffer: RtpSniffer, media: int, script: Script) -> tuple[list[flo
     heard = sorted(sniffer.sent_to(media), key=lambda p: p.t)
     if not sent:
         return [], len(script.turn_ends)
-    loud = [p.t for p in heard if np.sqrt(np.mean(g711.ulaw_decode(p.payload).astype(np.float64) ** 2)) > REPLY_RMS]
+    loud = [p.t for p in heard if rms(p.payload) > REPLY_RMS]
     gaps, missed = [], 0
     for i, end in enumerate(script.turn_ends):
         k = int(end / PACKET_S)
@@ -115,14 +116,19 @@ def turn_gaps(sniffer: RtpSniffer, media: int, script: Script) -> tuple[list[flo
             missed += 1
             continue
         stop = sent[k].t
-        until = sent[int(script.turn_starts[i + 1] / PACKET_S)].t if i + 1 < len(script.turn_ends) and int(
-            script.turn_starts[i + 1] / PACKET_S) < len(sent) else stop + 30  # fmt: skip
+        # the reply must come before the caller's next answer starts (else it was not a reply to this one)
+        nxt = int(script.turn_starts[i + 1] / PACKET_S) if i + 1 < len(script.turn_starts) else len(sent)
+        until = sent[nxt].t if nxt < len(sent) else stop + 30
         reply = next((t for t in loud if stop < t < until), None)
         if reply is None:
             missed += 1
         else:
             gaps.append((reply - stop) * 1000)
     return gaps, missed
+
+
+def rms(payload: bytes) -> float:
+    return float(np.sqrt(np.mean(g711.ulaw_decode(payload).astype(np.float64) ** 2)))
 
 
 def metric(text: str, name: str) -> float | None:
@@ -172,7 +178,8 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     quality = [rtp_quality(sniffer.sent_to(m), t0 + 1.0, t0 + script.seconds - 1.0) for m in media]
     ended = (re.search(r"recorded: \w+ \(\w+, (\d+) underruns", line) for line in proc.seen)
     underruns = [int(m.group(1)) for m in ended if m]
-    asr_sum, asr_n = metric(metrics, "sipbridge_asr_wait_seconds_sum"), metric(metrics, "sipbridge_asr_wait_seconds_count")
+    asr_sum = metric(metrics, "sipbridge_asr_wait_seconds_sum")
+    asr_n = metric(metrics, "sipbridge_asr_wait_seconds_count")
     spent = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
     return {
         "calls": n,
@@ -180,13 +187,16 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "asr": f"{args.asr_backend}:{args.asr_model}",
         "workers": len(workers),
         "failed": sum(c != 0 for c in codes),
-        "turns": {"expected": n * len(ANSWERS), "answered": len(gaps), "unanswered": sum(m for _, m in per_call)},
-        "turn_gap_ms": {"p50": pct(gaps, 50), "p95": pct(gaps, 95), "p99": pct(gaps, 99), "max": pct(gaps, 100)},
+        "turns": {"expected": n * len(ANSWERS), "answered": len(gaps),
+                  "unanswered": sum(m for _, m in per_call)},
+        "turn_gap_ms": {"p50": pct(gaps, 50), "p95": pct(gaps, 95), "p99": pct(gaps, 99),
+                        "max": pct(gaps, 100)},
         "rtp_bot_to_caller": {
-            "lost_max": max(q[0] for q in quality), "late_max": max(q[1] for q in quality),
+            "lost_per_call": [q[0] for q in quality],
+            "late_per_call": [q[1] for q in quality],
             "lost_mean": round(statistics.mean(q[0] for q in quality), 2),
             "late_mean": round(statistics.mean(q[1] for q in quality), 2),
-        },  # fmt: skip
+        },
         "underruns": {"total": sum(underruns), "calls_recorded": len(underruns)},
         "asr_wait_ms_mean": round(1000 * asr_sum / asr_n, 1) if asr_sum is not None and asr_n else None,
         "asr_turns": asr_n,
