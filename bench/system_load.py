@@ -158,10 +158,12 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         talk_ms = int((script.seconds + 2) * 1000)
         with RtpSniffer(set(media)) as sniffer:
             t0 = time.monotonic()
-            procs += [
-                sipp(caller_scenario(audio=script.path, talk_ms=talk_ms), port, work / f"c{i}", m)
-                for i, m in enumerate(media)
-            ]
+            scenario = caller_scenario(audio=script.path, talk_ms=talk_ms)
+            for i, m in enumerate(media):
+                # Callers arrive `--stagger-s` apart (pacing the load, as real calls do; no synchronisation):
+                # N answers in the same 20 ms would only measure a queue no phone line ever builds.
+                time.sleep(max(0.0, t0 + i * args.stagger_s - time.monotonic()))
+                procs.append(sipp(scenario, port, work / f"c{i}", m))
             codes = [p.wait(talk_ms / 1000 + 120) for p in procs]
             wall = time.monotonic() - t0
         cpu1 = {k: sum(map(cpu_s, v)) for k, v in pids.items()}
@@ -188,7 +190,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "workers": len(workers),
         "failed": sum(c != 0 for c in codes),
         "turns": {"expected": n * len(ANSWERS), "answered": len(gaps),
-                  "unanswered": sum(m for _, m in per_call)},
+                  "unanswered": sum(m for _, m in per_call), "unanswered_per_call": [m for _, m in per_call]},
         "turn_gap_ms": {"p50": pct(gaps, 50), "p95": pct(gaps, 95), "p99": pct(gaps, 99),
                         "max": pct(gaps, 100)},
         "rtp_bot_to_caller": {
@@ -215,6 +217,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--asr-backend", default="faster-whisper", choices=("faster-whisper", "transformers"))
     ap.add_argument("--asr-model", default="bundled:tiny.en")
     ap.add_argument("--pause-s", type=float, default=7.0, help="caller silence after each answer")
+    ap.add_argument("--stagger-s", type=float, default=0.5, help="between two callers' arrivals")
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.cpu:

@@ -5,6 +5,7 @@ wire, and no playback underruns or lost bot packets."""
 
 from __future__ import annotations
 
+import json
 import shutil
 import sys
 from pathlib import Path
@@ -25,6 +26,7 @@ pytestmark = pytest.mark.skipif(
 def test_eight_talking_callers_each_get_three_replies_without_underruns(tmp_path: Path) -> None:
     args = parse(["--cpu"])
     result = run_one(args.calls[0], args, tmp_path)
+    print(json.dumps(result))  # the whole result, for a failure's log
     assert result["calls"] == 8 and result["failed"] == 0 and result["worker_deaths"] == 0, result
     assert result["turns"]["answered"] == result["turns"]["expected"] == 24, result
     assert result["underruns"]["total"] == 0 and result["underruns"]["calls_recorded"] == 8, result
