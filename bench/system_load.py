@@ -199,7 +199,10 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "lost_mean": round(statistics.mean(q[0] for q in quality), 2),
             "late_mean": round(statistics.mean(q[1] for q in quality), 2),
         },
-        "underruns": {"total": sum(underruns), "calls_recorded": len(underruns)},
+        "underruns": {"total": sum(underruns), "calls_recorded": len(underruns),
+                      # which utterance of which call (0 = the greeting): where to look first
+                      "utterances": [m.group(1) for line in proc.seen
+                                     if (m := re.search(r"(utterance \d+ had \d+ underruns)", line))]},
         "asr_wait_ms_mean": round(1000 * asr_sum / asr_n, 1) if asr_sum is not None and asr_n else None,
         "asr_turns": asr_n,
         "worker_deaths": sum("SIP worker" in line and " died " in line for line in proc.seen),

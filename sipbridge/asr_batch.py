@@ -100,6 +100,7 @@ class BatchedWhisper:
         self._model, self._processor = _load(model, device, dtype)
         self._dtype = next(self._model.parameters()).dtype
         self._special = set(self._processor.tokenizer.all_special_ids)
+        self._eos = int(self._processor.tokenizer.eos_token_id)
         self._thread = threading.Thread(target=self._serve, name="asr-batch", daemon=True)
         self._thread.start()
 
@@ -183,10 +184,10 @@ class BatchedWhisper:
         """One call's text (and words): its own token cap applies, so a short turn batched with a long one
         reads exactly as it would alone (greedy rows do not depend on each other)."""
         ids = [int(t) for t in seq.tolist()]
-        prompt = next((i for i, t in enumerate(ids) if t not in self._special), len(ids))
+        prompt = next((i for i, t in enumerate(ids) if t < self._eos), len(ids))  # past SOT, NO_TS, ...
         keep: list[int] = []
         for i in range(prompt, min(len(ids), prompt + cap)):
-            if ids[i] in self._special:
+            if ids[i] in self._special or ids[i] >= self._eos:  # every id from end-of-text up is special
                 break  # end of text (and the padding after it)
             keep.append(i)
         tok = self._processor.tokenizer
