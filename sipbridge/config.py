@@ -476,7 +476,8 @@ class EngineConfig(_Section):
 
 
 class AsrConfig(_Section):
-    """Speech recognition (faster-whisper): caller turns, and greetings for outbound AMD (docs/DIALER.md)."""
+    """Speech recognition (faster-whisper, or Whisper on torch batched across calls): caller turns, and
+    greetings for outbound AMD (docs/DIALER.md)."""
 
     backend: Literal["faster-whisper", "transformers", "none"] = Field(
         "faster-whisper",
