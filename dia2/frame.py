@@ -24,22 +24,32 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from .model import DecoderCache, DepformerCache, Dia2Model
+from .model import DecoderCache, DecoderStepOutput, DepformerCache, Dia2Model
 from .sampling import RowSampling, cfg_filter_rows, mask_audio_specials_rows, sample_rows
 from .state_machine import TokenIds
-
-if TYPE_CHECKING:
-    from .fused import FusedFrame
 
 __all__ = [
     "RING", "FrameBuffers", "depformer_codes", "depformer_phase", "finish_phase", "lane_phase", "main_phase",
 ]
 
 RING = 32  # frames kept per call on the device; must exceed the largest delay + 1
+
+
+class FusedStages(Protocol):
+    """The stages a faster implementation may take over (``dia2.fused.FusedFrame``). A protocol, so this
+    module never imports ``dia2.fused``: fused builds on frame's buffers, not the other way round."""
+
+    def main(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
+    ) -> DecoderStepOutput: ...
+
+    def depformer(
+        self, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None = None
+    ) -> None: ...
 
 
 def depformer_codes(
@@ -199,7 +209,7 @@ def main_phase(
     buf: FrameBuffers,
     consts: FrameConstants,
     gen: torch.Generator | None,
-    fused: FusedFrame | None = None,
+    fused: FusedStages | None = None,
     kv_len: int | None = None,
 ) -> None:
     """Decoder step for every row, then the action and codebook 0, sampled on the device.
@@ -241,7 +251,7 @@ def depformer_phase(
     buf: FrameBuffers,
     consts: FrameConstants,
     gen: torch.Generator | None,
-    fused: FusedFrame | None = None,
+    fused: FusedStages | None = None,
 ) -> None:
     """Codebooks 1..K-1, the completed frame's codes, and the step counters of active calls.
 
@@ -293,7 +303,7 @@ def lane_phase(
     slots: torch.Tensor,
     consts: FrameConstants,
     gen: torch.Generator | None,
-    fused: FusedFrame | None,
+    fused: FusedStages | None,
     kv_len: int,
 ) -> None:
     """A main-only (lead-in) step for the calls ``master[slots]`` alone, on the small ``lane`` buffers.

@@ -21,16 +21,14 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .frame import RING, FrameBuffers, FrameConstants
 from .model import DecoderCache, DecoderStepOutput, Dia2Model, apply_rope
 from .sampling import race_rows
-
-if TYPE_CHECKING:
-    from .frame import FrameBuffers, FrameConstants
 
 __all__ = [
     "DepformerKernels", "FusedFrame", "MainKernels", "choose_token", "code_update_fn", "kernels_supported",
@@ -230,7 +228,7 @@ class FusedFrame:
             "head_sample": _head_sample(
                 eps, branches, depf.vocab_limit, consts.cfg_filter_k, consts.max_top_k
             ),
-            "code_update": code_update_fn(consts_ring_len()),
+            "code_update": code_update_fn(RING),
         }
         if compile:
             import torch._dynamo as dynamo
@@ -530,9 +528,3 @@ class MainKernels:
             k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True, pdl=pdl)
             k.linear(hid, wo, x, residual=x, pdl=pdl)
         return tr.output(x)
-
-
-def consts_ring_len() -> int:
-    from .frame import RING
-
-    return RING
