@@ -110,7 +110,7 @@ def profile_variant(
         for _ in range(10):
             engine.step()
         steady = step_ms(engine, 40)
-        g_main, g_dep, g_mimi, g_lead = engine._graphs[n]
+        g_main, g_dep, g_mimi, g_lead = engine.graphs.steps[n]
         row: dict[str, Any] = {
             "calls": n,
             "step_ms_lead_in": lead,
@@ -129,7 +129,7 @@ def profile_variant(
             row["kernels_depformer"] = count_kernels(
                 lambda v=view: depformer_phase(engine.model, v, engine.consts, None, engine.fused))
             row["kernels_lead_tail"] = count_kernels(lambda v=view: finish_phase(v, engine.consts))
-            row["kernels_mimi"] = count_kernels(lambda m=n: engine._decode_audio(m))
+            row["kernels_mimi"] = count_kernels(lambda m=n: engine.mimi_rows.decode(m))
         logger.info("%s %s", variant, row)
         out[f"calls_{n}"] = row
         for c in calls:

@@ -322,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     engine = Engine(model, ids, encoder, mimi, EngineOptions(capacity=max(counts), cfg=True, **common))
     result["capture_s"] = time.perf_counter() - t0
     result["buckets"] = engine.buckets
-    result["graphs_captured"] = sorted(engine._graphs)
+    result["graphs_captured"] = sorted(engine.graphs.steps)
     result["graph_errors"] = engine.graph_errors
     dep = engine.fused.kernels if engine.fused is not None else None
     result["path"] = {"fused": engine.fused is not None, "kernels": dep is not None,

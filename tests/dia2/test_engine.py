@@ -92,14 +92,14 @@ def test_incremental_turns_equal_a_full_rewarm(runtime: Dia2, reference: Referen
     caller = reference.prefix_speakers()[1]
     codes = runtime.mimi.encode(caller.audio).cpu()
     before = call.frames
-    last = engine._ingest(call, "user", codes, *_entries(engine, caller))
+    last = engine.history.ingest(call, "user", codes, *_entries(engine, caller))
     n = call.frames
     assert n == before + codes.shape[1]
     assert [s[0] for s in call.segments] == ["voice", "user", "reply", "user"]
 
     fresh = engine.open_call()
     fresh.codes, fresh.text = call.codes.clone(), list(call.text)
-    full = engine._prefill(fresh, 0, n)
+    full = engine.history.prefill(fresh, 0, n)
     torch.testing.assert_close(full.action_logits[:, before:], last.action_logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(full.cb0_logits[:, before:], last.cb0_logits, rtol=0, atol=1e-5)
     rows = engine.branches
@@ -390,10 +390,10 @@ def test_priming_graph_body_equals_eager_priming(runtime: Dia2, reference: Refer
     engine.speak(call, "[S1] Hello there.", lambda chunk: None, greedy())
     while engine._in_lead_in(call):
         engine.step()  # the step that ends the lead-in primes the row (eagerly on the CPU)
-    eager = [t[call.slot].clone() for t in engine._mimi_master.state.tensors()]
+    eager = [t[call.slot].clone() for t in engine.mimi_rows.master.state.tensors()]
     engine.cancel(call)
-    engine._prime_slot.fill_(call.slot)
+    engine.mimi_rows.prime_slot.fill_(call.slot)
     with torch.inference_mode():
-        engine._prime_body()
-    for a, b in zip(eager, [t[call.slot] for t in engine._mimi_master.state.tensors()], strict=True):
+        engine.mimi_rows.prime_body()
+    for a, b in zip(eager, [t[call.slot] for t in engine.mimi_rows.master.state.tensors()], strict=True):
         assert torch.equal(a, b)

@@ -35,8 +35,8 @@ def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bo
         runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
         EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, cuda_graphs=graphs),
     )
-    assert bool(engine._graphs) == graphs
-    captured = dict(engine._graphs)
+    assert bool(engine.graphs.steps) == graphs
+    captured = dict(engine.graphs.steps)
     for case in ("greedy", "cfg"):
         opts = reference.options(case)
         script = reference.inputs["cases"][case]["script"]
@@ -56,7 +56,7 @@ def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bo
         assert _reply(engine, calls[0], script, speak).shape[0] == 32
         for call in calls:
             engine.close_call(call)
-    assert engine._graphs == captured
+    assert engine.graphs.steps == captured
 
 
 def test_cuda_lead_in_lane_and_mimi_stream_keep_tokens(reference: ReferenceFixture) -> None:
@@ -72,7 +72,7 @@ def test_cuda_lead_in_lane_and_mimi_stream_keep_tokens(reference: ReferenceFixtu
     common = {"capacity": 4, "max_reply_steps": 160, "reply_reserve_steps": 40}
     engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
                     EngineOptions(lane_steps_per_full=2, **common))
-    assert engine._lane_graphs and engine._mimi_stream is not None
+    assert engine.graphs.lane_graphs and engine.mimi_rows.stream is not None
     a, b = engine.open_call(), engine.open_call()
     got_a: list[AudioChunk | None] = []
     got_b: list[AudioChunk | None] = []
@@ -123,7 +123,7 @@ def test_cuda_rigged_sampler_specials_never_reach_mimi(
     monkeypatch.setattr(frame_mod, "sample_rows", rigged)
     engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
                     EngineOptions(capacity=2, max_reply_steps=120, reply_reserve_steps=40))
-    assert engine._graphs
+    assert engine.graphs.steps
     call = engine.open_call()
     greedy = SpeakOptions(GREEDY, GREEDY, 1.0)
     got: list[AudioChunk | None] = []
