@@ -18,12 +18,20 @@ from .script import ScriptStream
 from .state_machine import Entry, MachineState
 
 __all__ = [
-    "DEFAULT_BUCKETS", "AudioChunk", "CallState", "ContextOverflowError", "EngineOptions", "Sink",
-    "SpeakOptions", "Turn", "VoicePrompt",
+    "DEFAULT_BUCKETS",
+    "AudioChunk",
+    "CallState",
+    "ContextOverflowError",
+    "EngineOptions",
+    "Sink",
+    "SpeakOptions",
+    "Turn",
+    "VoicePrompt",
 ]
 
 # Batch buckets: powers of two up to 128 calls, then steps of 64 (a 192-call batch need not run 256 rows).
 DEFAULT_BUCKETS = (1, 2, 4, 8, 16, 32, 64, 128, 192, 256, 320, 384)
+
 
 @dataclass(frozen=True)
 class EngineOptions:
@@ -100,8 +108,9 @@ class ContextOverflowError(ValueError):
     """Known audio (a voice, a caller turn) that the call's context cannot hold. Raised before the call
     changes, so the call stays usable (``reset``, another voice, ``speak``)."""
 
-    def __init__(self, what: str, frames: int, max_frames: int, max_context_steps: int, frame_rate: float,
-                 why: str) -> None:
+    def __init__(
+        self, what: str, frames: int, max_frames: int, max_context_steps: int, frame_rate: float, why: str
+    ) -> None:
         self.what, self.frames, self.max_frames = what, frames, max_frames
         self.max_context_steps = max_context_steps
         super().__init__(
@@ -113,9 +122,9 @@ class ContextOverflowError(ValueError):
 
 @dataclass(frozen=True)
 class VoicePrompt:
-    """A recording encoded once (``Engine.encode_voice``): its Mimi codes and timed words. Any call of
-    the engine may use it as its voice (``Engine.set_voice_prompt``) or as a caller turn
-    (``Engine.user_spoke_prompt``) without running the Mimi encoder again."""
+    """A recording encoded once (``BatchEngine.encode_voice``): its Mimi codes and timed words. Any call of
+    the engine may use it as its voice (``BatchEngine.set_voice_prompt``) or as a caller turn
+    (``BatchEngine.user_spoke_prompt``) without running the Mimi encoder again."""
 
     codes: torch.Tensor  # [K, frames] long, on the CPU
     words: tuple[PrefixWord, ...]
@@ -123,6 +132,8 @@ class VoicePrompt:
     @property
     def frames(self) -> int:
         return int(self.codes.shape[1])
+
+
 @dataclass
 class Turn:
     """A reply in progress."""

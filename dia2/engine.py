@@ -1,6 +1,6 @@
 """The conversation engine: many calls advance together, one batched frame per step.
 
-One :class:`Engine` owns the model, the static frame buffers (``dia2/frame.py``) and the calls; around
+One :class:`BatchEngine` owns the model, the static frame buffers (``dia2/frame.py``) and the calls; around
 it, each owning its own state: ``dia2/mimi_rows.py`` (one streaming Mimi decoder row per call, priming,
 the second stream), ``dia2/graphs.py`` (the captured CUDA graphs, or the same phases run eagerly) and
 ``dia2/lanes.py`` (the lead-in lane's scheduler). Each call (a :class:`CallState`, ``dia2/call_state.py``)
@@ -12,7 +12,7 @@ the context policy.
 Threading: all methods named without a leading ``submit`` run on the *engine thread* (or, in tests and
 the benchmark, on the caller's thread with no engine thread at all). :meth:`Engine.start` runs the
 loop in its own thread: GPU work and the per-frame host sync then never block the asyncio loop of the
-SIP supervisor, and ``dia2.conversation`` talks to it through :meth:`Engine.submit` (thread-safe) and
+SIP supervisor, and ``dia2.conversation`` talks to it through :meth:`BatchEngine.submit` (thread-safe) and
 per-turn sinks that hop back with ``loop.call_soon_threadsafe``. See docs/DIA2.md for why a thread and
 not an asyncio task.
 
@@ -25,9 +25,7 @@ last complete frame, so the next turn starts where the history is fully known.
 
 from __future__ import annotations
 
-import bisect
 import concurrent.futures
-import contextlib
 import logging
 import queue
 import threading
@@ -57,17 +55,25 @@ from .model import Dia2Model
 from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
 from .script import ScriptStream, WordEncoder
 from .state_machine import Entry, StateMachine, TokenIds
+from .stepper import FrameStepper
 from .wavfile import resample_linear
 
 __all__ = [
-    "DEFAULT_BUCKETS", "MIMI_PRIME_FRAMES", "AudioChunk", "CallState", "ContextOverflowError", "Engine",
-    "EngineOptions", "SpeakOptions", "VoicePrompt",
+    "DEFAULT_BUCKETS",
+    "MIMI_PRIME_FRAMES",
+    "AudioChunk",
+    "BatchEngine",
+    "CallState",
+    "ContextOverflowError",
+    "EngineOptions",
+    "SpeakOptions",
+    "VoicePrompt",
 ]
 
 logger = logging.getLogger(__name__)
 
 
-class Engine:
+class BatchEngine:
     def __init__(
         self,
         model: Dia2Model,
@@ -90,12 +96,14 @@ class Engine:
         self.max_delay = max(self.delays)
         if self.max_delay + 2 > RING:
             raise ValueError(f"delays up to {self.max_delay} need a ring longer than {RING}")
-        self.max_steps = min(opts.max_context_steps or config.runtime.max_context_steps,
-                             model.transformer.rope_length)
+        self.max_steps = min(
+            opts.max_context_steps or config.runtime.max_context_steps, model.transformer.rope_length
+        )
         self.frame_rate = float(mimi.sample_rate) / float(mimi.frame_size)
         self.machine = StateMachine(
             ids,
-            second_stream_ahead=config.data.second_stream_ahead if second_stream_ahead is None
+            second_stream_ahead=config.data.second_stream_ahead
+            if second_stream_ahead is None
             else second_stream_ahead,
             max_padding=opts.max_padding,
             initial_padding=opts.initial_padding,
@@ -105,41 +113,56 @@ class Engine:
             model, opts.capacity, self.branches, self.max_steps, mimi.frame_size, spare=1
         )
         self.consts = FrameConstants(
-            ids, torch.tensor(self.delays, dtype=torch.long, device=self.device),
-            opts.cfg_filter_k, opts.max_top_k,
+            ids,
+            torch.tensor(self.delays, dtype=torch.long, device=self.device),
+            opts.cfg_filter_k,
+            opts.max_top_k,
         )
         self.buckets = sorted({b for b in opts.buckets if b < opts.capacity} | {opts.capacity})
         self.kv_buckets = sorted({b for b in opts.kv_buckets if 0 < b < self.max_steps} | {self.max_steps})
-        self.mimi_rows = MimiRows(mimi.model, self.buf, opts.capacity, self.buckets, self.num_codebooks,
-                                  mimi.frame_size, overlap=opts.overlap_mimi)
+        self.mimi_rows = MimiRows(
+            mimi.model,
+            self.buf,
+            opts.capacity,
+            self.buckets,
+            self.num_codebooks,
+            mimi.frame_size,
+            overlap=opts.overlap_mimi,
+        )
         # Lead-in lane: small buffers (their KV cache is a per-step gather of the master's rows).
         self.lane_on = opts.lead_in_lane and opts.skip_lead_in
         lane_cap = max(1, min(opts.lane_capacity, opts.capacity))
         self.lane_buckets = sorted({b for b in opts.buckets if b < lane_cap} | {lane_cap})
         self.lane = FrameBuffers.allocate(model, lane_cap, self.branches, 1, mimi.frame_size)
         self.lane_slots = torch.full((lane_cap,), opts.capacity, dtype=torch.long, device=self.device)
-        self.scheduler = LaneScheduler(
-            on=self.lane_on, capacity=lane_cap, min_call_fps=opts.min_call_fps,
-            first_chunk_first=opts.first_chunk_first, steps_per_full=opts.lane_steps_per_full,
-            in_lead_in=self._in_lead_in,
-        )
-        self._overlap = model.depformer.text_embed is None
-        # Smallest delay of codebooks 1..K-1: a step t whose frame t + 1 - this is still known (or
-        # negative) writes no depformer code that is kept (see frame.finish_phase).
-        self._dep_min_delay = min(self.delays[1:]) if len(self.delays) > 1 else 0
         self.fused = None
         use_fused = opts.fused if opts.fused is not None else self._cuda
         if use_fused:
             from .fused import FusedFrame
 
             kernels, pdl = kernel_choice(opts.kernels, opts.pdl, model, self._cuda)
-            self.fused = FusedFrame(model, self.consts, self.branches, compile=opts.compile and self._cuda,
-                                    kernels=kernels, capacity=opts.capacity, pdl=pdl,
-                                    kernel_max_rows=None if opts.kernel_max_calls is None
-                                    else opts.kernel_max_calls * self.branches)
+            self.fused = FusedFrame(
+                model,
+                self.consts,
+                self.branches,
+                compile=opts.compile and self._cuda,
+                kernels=kernels,
+                capacity=opts.capacity,
+                pdl=pdl,
+                kernel_max_rows=None
+                if opts.kernel_max_calls is None
+                else opts.kernel_max_calls * self.branches,
+            )
         self.history = CallHistory(
-            model, ids, self.machine, self.buf, branches=self.branches, delays=self.delays,
-            num_codebooks=self.num_codebooks, max_steps=self.max_steps, capacity=opts.capacity,
+            model,
+            ids,
+            self.machine,
+            self.buf,
+            branches=self.branches,
+            delays=self.delays,
+            num_codebooks=self.num_codebooks,
+            max_steps=self.max_steps,
+            capacity=opts.capacity,
         )
         gen: torch.Generator | None = None
         if not self._cuda:
@@ -148,17 +171,47 @@ class Engine:
         elif opts.seed is not None:
             torch.cuda.manual_seed(opts.seed)
         self.graphs = FrameGraphs(
-            model, self.consts, self.buf, self.lane, self.lane_slots, self.mimi_rows, self.fused, gen,
-            buckets=self.buckets, kv_buckets=self.kv_buckets, lane_buckets=self.lane_buckets,
+            model,
+            self.consts,
+            self.buf,
+            self.lane,
+            self.lane_slots,
+            self.mimi_rows,
+            self.fused,
+            gen,
+            buckets=self.buckets,
+            kv_buckets=self.kv_buckets,
+            lane_buckets=self.lane_buckets,
         )
-        pin = self._cuda
-        self._host_action = torch.zeros(opts.capacity, dtype=torch.long, pin_memory=pin)
-        self._host_codes = torch.zeros(opts.capacity, self.num_codebooks, dtype=torch.long, pin_memory=pin)
-        # Per call: the step's sampler produced an impossible code (frame.FrameBuffers.bad_code).
-        self._host_bad = torch.zeros(opts.capacity, dtype=torch.bool, pin_memory=pin)
+        self.stepper = FrameStepper(
+            opts,
+            self.machine,
+            self.consts,
+            self.buf,
+            self.lane,
+            self.lane_slots,
+            self.history,
+            self.graphs,
+            self.mimi_rows,
+            self._finish_turn,
+            delays=self.delays,
+            branches=self.branches,
+            max_steps=self.max_steps,
+            buckets=self.buckets,
+            kv_buckets=self.kv_buckets,
+            lane_buckets=self.lane_buckets,
+            lane_on=self.lane_on,
+            overlap=model.depformer.text_embed is None,
+        )
+        self.scheduler = LaneScheduler(
+            on=self.lane_on,
+            capacity=lane_cap,
+            min_call_fps=opts.min_call_fps,
+            first_chunk_first=opts.first_chunk_first,
+            steps_per_full=opts.lane_steps_per_full,
+            in_lead_in=self.stepper.in_lead_in,
+        )
         self.calls: dict[int, CallState] = {}
-        self.steps_run = self.lane_steps = self.lead_steps = 0
-        self.invalid_codes = 0  # replies ended because a sampler produced a code Mimi cannot decode
         self.mimi_encodes = 0  # Mimi encoder runs (voices, caller turns): what cached VoicePrompts save
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
             queue.SimpleQueue()
@@ -174,6 +227,13 @@ class Engine:
     def graph_errors(self) -> list[str]:
         """Captures that failed (that part runs eagerly)."""
         return self.graphs.errors
+
+    # Step counters (the stepper's): full steps, lane steps, steps without the depformer, replies ended
+    # on an impossible code.
+    steps_run = property(lambda self: self.stepper.steps_run)
+    lane_steps = property(lambda self: self.stepper.lane_steps)
+    lead_steps = property(lambda self: self.stepper.lead_steps)
+    invalid_codes = property(lambda self: self.stepper.invalid_codes)
     # ---------------------------------------------------------------------------------------------
     # Threading
     # ---------------------------------------------------------------------------------------------
@@ -245,9 +305,7 @@ class Engine:
         call.closed = True
         self.calls.pop(call.slot, None)
 
-    def encode_voice(
-        self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]
-    ) -> VoicePrompt:
+    def encode_voice(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> VoicePrompt:
         """Mimi-encode a recording once (mono float audio at any rate, its words timed in seconds); the
         result is reusable by every call. Runs the model: call it on the engine thread."""
         audio = torch.as_tensor(audio, dtype=torch.float32).reshape(-1)
@@ -268,13 +326,19 @@ class Engine:
         frames = prompt.frames + (partner.frames if partner is not None else 0)
         if frames > self.max_voice_frames:
             raise ContextOverflowError(
-                "voice" if partner is None else "voice with its partner prefix", frames,
-                self.max_voice_frames, self.max_steps, self.frame_rate,
+                "voice" if partner is None else "voice with its partner prefix",
+                frames,
+                self.max_voice_frames,
+                self.max_steps,
+                self.frame_rate,
                 f" and a reply needs reply_reserve_steps={self.options.reply_reserve_steps}",
             )
 
     def set_voice(
-        self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord],
+        self,
+        call: CallState,
+        audio: torch.Tensor,
+        words: Sequence[PrefixWord],
         partner: VoicePrompt | None = None,
     ) -> None:
         """The AI's voice: mono 24 kHz audio and its words (speaker 1). Resets the call. ``partner``:
@@ -333,8 +397,9 @@ class Engine:
         most = self.max_steps - 1 - voice
         if n > most:
             what = "caller turn" if kind == "user" else kind
-            raise ContextOverflowError(what, n, most, self.max_steps, self.frame_rate,
-                                       f" and the voice holds {voice} frames")
+            raise ContextOverflowError(
+                what, n, most, self.max_steps, self.frame_rate, f" and the voice holds {voice} frames"
+            )
         # The turn's frames must fit whole (no half-of-the-room cap, unlike a reply's reserve).
         self.history.ensure_room(call, min(n + 1, most), keep_half=False)
         self.history.ingest(call, kind, codes.cpu(), entries, steps)
@@ -367,8 +432,13 @@ class Engine:
         state.end_step = None
         start = call.frames
         call.turn = Turn(
-            start_frame=start, steps=0, options=opts, sink=sink, script=script,
-            mimi_reset_frame=max(start - MIMI_PRIME_FRAMES, 0), prime_at_lead_end=self.lane_on,
+            start_frame=start,
+            steps=0,
+            options=opts,
+            sink=sink,
+            script=script,
+            mimi_reset_frame=max(start - MIMI_PRIME_FRAMES, 0),
+            prime_at_lead_end=self.lane_on,
         )
         self._feed_script(call, text or "", final=not more_text)
         self.history.load_row(call, active=True)
@@ -405,165 +475,16 @@ class Engine:
             lane = self.scheduler.choose(calls)
             if lane:
                 t0 = time.perf_counter()
-                self._lane_step(lane)
+                self.stepper.lane_step(lane)
                 self.scheduler.lane_done(t0)
             else:
                 t0 = self.scheduler.full_started()
-                self._full_step(calls)
+                self.stepper.full_step(calls)
                 self.scheduler.full_done(t0)
-            self._prime_finished_lead_ins(calls)
+            self.stepper.prime_finished_lead_ins(calls)
             if self.mimi_rows.stream is None:
                 self.mimi_rows.flush()
         return True
-
-    # --- a full step ------------------------------------------------------------------------------
-
-    def _full_step(self, calls: list[CallState]) -> None:
-        n = self.buckets[bisect.bisect_left(self.buckets, max(c.slot for c in calls) + 1)]
-        first = self.max_delay - 1  # the frame decoded at step t is t - first
-        reset = [
-            c.slot for c in calls
-            if c.turn and not c.turn.prime_at_lead_end and self._step_of(c) - first == c.turn.mimi_reset_frame
-        ]
-        need = max(self.history.host_index[:n]) + 1
-        kv_len = self.kv_buckets[bisect.bisect_left(self.kv_buckets, need)]
-        self.graphs.run_main(n, kv_len)
-        # Without the lane, a step whose every call is in its lead-in skips the depformer.
-        lead = self.options.skip_lead_in and not self.lane_on and all(self._in_lead_in(c) for c in calls)
-        self.lead_steps += lead
-        if self._cuda:
-            self._host_action[:n].copy_(self.buf.action[:n], non_blocking=True)
-            done_main = torch.cuda.Event()
-            done_main.record()
-        if self._overlap:
-            self.graphs.run_depformer(n, lead)
-        # The previous step's audio (decoding beside this step's main decoder) goes out now.
-        self.mimi_rows.flush()
-        if self._cuda:
-            done_main.synchronize()
-            actions = self._host_action[:n].tolist()
-        else:
-            actions = self.buf.action[:n].tolist()
-        for call in calls:
-            self._advance_text(call, actions[call.slot])
-        r = n * self.branches
-        self.buf.text_in[:r].copy_(self.history.host_text[:r], non_blocking=self._cuda)
-        if not self._overlap:
-            self.graphs.run_depformer(n, lead)
-        self.mimi_rows.decode_step(n, reset, self.graphs.run_mimi)
-        self._host_codes[:n].copy_(self.buf.emitted[:n], non_blocking=self._cuda)
-        self._host_bad[:n].copy_(self.buf.bad_code[:n], non_blocking=self._cuda)
-        if self._cuda:
-            torch.cuda.current_stream().synchronize()
-        self.steps_run += 1
-        bad = self._host_bad[:n].tolist()
-        for call in calls:
-            self.history.host_index[call.slot] += 1
-            self._after_step(call, bad[call.slot])
-
-    # --- a lane step ------------------------------------------------------------------------------
-
-    def _lane_step(self, lane: list[CallState]) -> None:
-        """One main-only step for the lead-in calls ``lane`` only (``frame.lane_phase``)."""
-        m = self.lane_buckets[bisect.bisect_left(self.lane_buckets, len(lane))]
-        slots = [c.slot for c in lane] + [self.options.capacity] * (m - len(lane))
-        self.lane_slots[:m].copy_(torch.tensor(slots, dtype=torch.long), non_blocking=False)
-        need = max(self.history.host_index[c.slot] for c in lane) + 1
-        kv_len = self.kv_buckets[bisect.bisect_left(self.kv_buckets, need)]
-        self.graphs.run_lane(m, kv_len)
-        if self._cuda:
-            self._host_action[:m].copy_(self.lane.action[:m], non_blocking=True)
-            done_main = torch.cuda.Event()
-            done_main.record()
-        self.mimi_rows.flush()  # audio of the last full step, decoding meanwhile
-        if self._cuda:
-            done_main.synchronize()
-            actions = self._host_action[:m].tolist()
-        else:
-            actions = self.lane.action[:m].tolist()
-        for i, call in enumerate(lane):
-            self._advance_text(call, actions[i])
-        r = self.options.capacity * self.branches
-        self.buf.text_in[:r].copy_(self.history.host_text[:r], non_blocking=self._cuda)
-        self._host_bad[:m].copy_(self.lane.bad_code[:m], non_blocking=self._cuda)  # lane entry order
-        if self._cuda:
-            torch.cuda.current_stream().synchronize()
-        self.lane_steps += 1
-        self.lead_steps += 1
-        bad = self._host_bad[:m].tolist()
-        for i, call in enumerate(lane):
-            self.history.host_index[call.slot] += 1
-            self._after_step(call, bad[i])
-
-    def _prime_finished_lead_ins(self, calls: list[CallState]) -> None:
-        """Lane mode: a call whose lead-in just ended gets its Mimi row reset and fed the known frames
-        the in-line path would have decoded during the lead-in (up to ``MIMI_PRIME_FRAMES``), in one
-        multi-frame decode, on the Mimi stream (after any decode that touched the row)."""
-        for call in calls:
-            turn = call.turn
-            if turn is None or not turn.prime_at_lead_end or turn.lead_done or self._in_lead_in(call):
-                continue
-            turn.lead_done = True
-            codes = call.codes[:, turn.mimi_reset_frame : turn.start_frame]
-            rows = self.mimi_rows
-            if rows.stream is not None:
-                rows.stream.wait_stream(torch.cuda.current_stream())
-            with torch.cuda.stream(rows.stream) if rows.stream is not None else contextlib.nullcontext():
-                if codes.shape[1] == MIMI_PRIME_FRAMES and self.graphs.replay_prime(call.slot):
-                    continue  # one graph replay, the codes from the ring
-                rows.prime_eager(call.slot, codes)  # CPU, or a first reply with < 17 known frames
-
-    def _step_of(self, call: CallState) -> int:
-        assert call.turn is not None
-        return call.turn.start_frame + call.turn.steps
-
-    def _in_lead_in(self, call: CallState) -> bool:
-        """True while every codebook 1..K-1 code this step writes is of a known frame (or before 0):
-        the first 17 steps of a reply (Dia2-2B), which then need only the main decoder."""
-        assert call.turn is not None
-        # start_frame >= 0, so this also covers frames before 0 (a first turn without history).
-        return self._step_of(call) + 1 - self._dep_min_delay < call.turn.start_frame
-
-    def _advance_text(self, call: CallState, action: int) -> None:
-        turn = call.turn
-        assert turn is not None
-        t = self._step_of(call)
-        out = self.machine.process(t, call.machine, action)
-        call.text.append((out.main, out.second))
-        rows = slice(call.slot * self.branches, (call.slot + 1) * self.branches)
-        self.history.host_text[rows, 0] = out.main
-        self.history.host_text[rows, 1] = out.second
-
-    def _after_step(self, call: CallState, bad_code: bool = False) -> None:
-        turn = call.turn
-        assert turn is not None
-        t = self._step_of(call)
-        turn.steps += 1
-        frame = t - self.max_delay + 1
-        if frame >= turn.start_frame and not turn.cancelled:
-            codes = self._host_codes[call.slot].clone()
-            call.codes = torch.cat([call.codes, codes.view(-1, 1)], dim=1)
-            turn.chunks += 1
-            # The audio is filled in by MimiRows.flush once the decode is done (at once on the CPU path).
-            chunk = AudioChunk(self.mimi_rows.host_pcm[call.slot], codes, frame, t)
-            self.mimi_rows.pending.append((call.slot, _deliver(turn, chunk)))
-        if turn.end_step is None and call.machine.end_step is not None:
-            turn.end_step = call.machine.end_step
-        if bad_code:
-            # The frame math replaced the code (frame._write_code), so nothing invalid reaches Mimi or
-            # the decoder; the reply cannot be trusted any more, so it ends here (complete frames kept).
-            self.invalid_codes += 1
-            logger.error("call %d: the sampler produced an audio code outside 0..%d at step %d; "
-                         "reply ended", call.slot, self.consts.code_limit - 1, t)
-            self._finish_turn(call)
-            return
-        finished = (
-            (turn.end_step is not None and t + 1 >= turn.end_step + self.max_delay + self.machine.max_padding)
-            or turn.steps >= self.options.max_reply_steps
-            or t + 2 >= self.max_steps
-        )
-        if finished:
-            self._finish_turn(call)
 
     def _finish_turn(self, call: CallState) -> None:
         """End the reply: history keeps its complete frames, the cache is rewound to them."""
@@ -612,12 +533,5 @@ class Engine:
         }
 
 
-def _deliver(turn: Turn, chunk: AudioChunk) -> Callable[[torch.Tensor], None]:
-    """The chunk's hand-out once its audio is decoded (``pcm``: the slot's host row); none if cancelled."""
-
-    def deliver(pcm: torch.Tensor) -> None:
-        if not turn.cancelled:
-            chunk.pcm = pcm.clone()
-            turn.sink(chunk)
-
-    return deliver
+# Old name, kept only until sipbridge/engine/dia2.py imports ``BatchEngine`` (issue 22: one class per name).
+Engine = BatchEngine

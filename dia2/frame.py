@@ -33,7 +33,13 @@ from .sampling import RowSampling, cfg_filter_rows, mask_audio_specials_rows, sa
 from .state_machine import TokenIds
 
 __all__ = [
-    "RING", "FrameBuffers", "depformer_codes", "depformer_phase", "finish_phase", "lane_phase", "main_phase",
+    "RING",
+    "FrameBuffers",
+    "depformer_codes",
+    "depformer_phase",
+    "finish_phase",
+    "lane_phase",
+    "main_phase",
 ]
 
 RING = 32  # frames kept per call on the device; must exceed the largest delay + 1
@@ -111,8 +117,14 @@ class FrameBuffers:
 
     @classmethod
     def allocate(
-        cls, model: Dia2Model, capacity: int, branches: int, max_steps: int, frame_size: int,
-        *, spare: int = 0,
+        cls,
+        model: Dia2Model,
+        capacity: int,
+        branches: int,
+        max_steps: int,
+        frame_size: int,
+        *,
+        spare: int = 0,
     ) -> FrameBuffers:
         """``spare`` extra call entries (not in any :meth:`view`, no KV-cache rows) for the per-call
         and per-row state: :func:`lane_phase` points its padding entries there."""
@@ -266,8 +278,14 @@ def depformer_phase(
         fused.depformer(buf, consts, gen)
     else:
         depformer_codes(
-            model, buf.hidden, buf.code, buf.dep_cache, buf.text_in[:, 0], buf.text_in[:, 1],
-            buf.branches, choose,
+            model,
+            buf.hidden,
+            buf.code,
+            buf.dep_cache,
+            buf.text_in[:, 0],
+            buf.text_in[:, 1],
+            buf.branches,
+            choose,
         )
     finish_phase(buf, consts)
 
@@ -278,7 +296,7 @@ def finish_phase(buf: FrameBuffers, consts: FrameConstants) -> None:
     On its own this is the whole second phase of a *lead-in* step: when every codebook 1..K-1 code a
     step would write belongs to a frame that is already known (forced) or before frame 0, the 31
     depformer stages only compute values that are thrown away, so the engine skips them (see
-    ``Engine.step``); codebook 0 is sampled in :func:`main_phase` as usual.
+    ``BatchEngine.step``); codebook 0 is sampled in :func:`main_phase` as usual.
     """
     # Frame t + 1 - max_delay has every codebook now (codebook k of frame f is written at f + delay[k] - 1).
     done = buf.step + 1 - consts.delays.max()

@@ -25,9 +25,19 @@ logger = logging.getLogger(__name__)
 
 class FrameGraphs:
     def __init__(
-        self, model: Dia2Model, consts: FrameConstants, buf: FrameBuffers, lane: FrameBuffers,
-        lane_slots: torch.Tensor, mimi: MimiRows, fused: Any, gen: torch.Generator | None, *,
-        buckets: list[int], kv_buckets: list[int], lane_buckets: list[int],
+        self,
+        model: Dia2Model,
+        consts: FrameConstants,
+        buf: FrameBuffers,
+        lane: FrameBuffers,
+        lane_slots: torch.Tensor,
+        mimi: MimiRows,
+        fused: Any,
+        gen: torch.Generator | None,
+        *,
+        buckets: list[int],
+        kv_buckets: list[int],
+        lane_buckets: list[int],
     ) -> None:
         self.model, self.consts, self.buf, self.lane, self.lane_slots = model, consts, buf, lane, lane_slots
         self.mimi, self.fused, self.gen = mimi, fused, gen
@@ -71,8 +81,16 @@ class FrameGraphs:
         if graph is not None:
             graph.replay()
         else:
-            lane_phase(self.model, self.buf, self.lane.view(m), self.lane_slots[:m], self.consts, self.gen,
-                       self.fused, kv_len)
+            lane_phase(
+                self.model,
+                self.buf,
+                self.lane.view(m),
+                self.lane_slots[:m],
+                self.consts,
+                self.gen,
+                self.fused,
+                kv_len,
+            )
 
     def replay_prime(self, slot: int) -> bool:
         """Prime ``slot``'s Mimi row from its ring with one graph replay; False when there is no graph.
@@ -170,8 +188,15 @@ class FrameGraphs:
         """Lane graphs: one per (lane bucket, KV length), captured on real slots 0..m-1."""
         for m in self.lane_buckets:
             self.lane_slots[:m].copy_(torch.arange(m, device=self.lane_slots.device))
-            args = (self.model, self.buf, self.lane.view(m), self.lane_slots[:m], self.consts, None,
-                    self.fused)
+            args = (
+                self.model,
+                self.buf,
+                self.lane.view(m),
+                self.lane_slots[:m],
+                self.consts,
+                None,
+                self.fused,
+            )
             side = torch.cuda.Stream()
             side.wait_stream(torch.cuda.current_stream())
             with torch.cuda.stream(side):

@@ -26,8 +26,17 @@ logger = logging.getLogger(__name__)
 
 class CallHistory:
     def __init__(
-        self, model: Dia2Model, ids: TokenIds, machine: StateMachine, buf: FrameBuffers, *, branches: int,
-        delays: list[int], num_codebooks: int, max_steps: int, capacity: int,
+        self,
+        model: Dia2Model,
+        ids: TokenIds,
+        machine: StateMachine,
+        buf: FrameBuffers,
+        *,
+        branches: int,
+        delays: list[int],
+        num_codebooks: int,
+        max_steps: int,
+        capacity: int,
     ) -> None:
         self.model, self.ids, self.machine, self.buf = model, ids, machine, buf
         self.branches, self.delays, self.max_steps = branches, delays, max_steps
@@ -38,7 +47,6 @@ class CallHistory:
         # Each row's next text input, written on the host and copied to ``buf.text_in`` once a step.
         pin = self.device.type == "cuda"
         self.host_text = torch.zeros(capacity * branches, 2, dtype=torch.long, pin_memory=pin)
-
 
     def load_row(self, call: CallState, *, active: bool) -> None:
         """Point the call's device rows at its history: next step = ``frames``, ring = last frames."""
@@ -71,8 +79,10 @@ class CallHistory:
         steps = torch.arange(start, stop).view(-1, 1)
         frames = steps - torch.tensor(self.delays).view(1, -1)  # [T, K]
         safe = frames.clamp(min=0, max=max(call.frames - 1, 0))
-        audio = call.codes.t()[safe, torch.arange(self.num_codebooks)] if call.frames else torch.zeros_like(
-            frames
+        audio = (
+            call.codes.t()[safe, torch.arange(self.num_codebooks)]
+            if call.frames
+            else torch.zeros_like(frames)
         )
         audio = torch.where(frames < 0, torch.full_like(audio, self.ids.audio_bos), audio)
         text = torch.tensor(call.text[start:stop], dtype=torch.long).view(-1, 2)
@@ -147,8 +157,12 @@ class CallHistory:
             at += b - a
         call.codes = torch.cat(codes, dim=1) if codes else call.codes[:, :0]
         call.text, call.segments = text, segments
-        logger.info("call %d: context full, re-warmed %d frames (%d turns dropped so far)",
-                    call.slot, call.frames, call.dropped_segments)
+        logger.info(
+            "call %d: context full, re-warmed %d frames (%d turns dropped so far)",
+            call.slot,
+            call.frames,
+            call.dropped_segments,
+        )
         self.prefill(call, 0, call.frames)
         if need <= 0 or call.frames + need > limit:
             raise RuntimeError(f"context of {self.max_steps} steps cannot hold the voice and a turn")

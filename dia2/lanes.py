@@ -24,8 +24,14 @@ def _ema(old: float | None, new: float, alpha: float = 0.3) -> float:
 
 class LaneScheduler:
     def __init__(
-        self, *, on: bool, capacity: int, min_call_fps: float, first_chunk_first: bool,
-        steps_per_full: int | None, in_lead_in: Callable[[CallState], bool],
+        self,
+        *,
+        on: bool,
+        capacity: int,
+        min_call_fps: float,
+        first_chunk_first: bool,
+        steps_per_full: int | None,
+        in_lead_in: Callable[[CallState], bool],
     ) -> None:
         self.on, self.capacity, self.min_call_fps = on, capacity, min_call_fps
         self.first_chunk_first, self.steps_per_full = first_chunk_first, steps_per_full
@@ -45,7 +51,7 @@ class LaneScheduler:
         if not self.on:
             return []
         lead = [c for c in calls if self.in_lead_in(c)]
-        lead.sort(key=lambda c: (c.turn.steps if c.turn else 0), reverse=True)
+        lead.sort(key=lambda c: c.turn.steps if c.turn else 0, reverse=True)
         return lead[: self.capacity]
 
     def allowed(self, calls: list[CallState], lane: list[CallState]) -> bool:

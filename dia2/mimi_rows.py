@@ -36,17 +36,27 @@ def _row_view(master: StreamingMimiDecoder, rows: slice, model: Any, batch: int)
     dec = StreamingMimiDecoder(model, batch_size=batch)
     s = master.state
     dec.state = MimiStreamState(
-        offset=s.offset[rows], fresh=s.fresh[rows],
-        conv_history=[t[rows] for t in s.conv_history], convtr_tail=[t[rows] for t in s.convtr_tail],
-        keys=[t[rows] for t in s.keys], values=[t[rows] for t in s.values],
+        offset=s.offset[rows],
+        fresh=s.fresh[rows],
+        conv_history=[t[rows] for t in s.conv_history],
+        convtr_tail=[t[rows] for t in s.convtr_tail],
+        keys=[t[rows] for t in s.keys],
+        values=[t[rows] for t in s.values],
     )
     return dec
 
 
 class MimiRows:
     def __init__(
-        self, mimi_model: Any, buf: FrameBuffers, capacity: int, buckets: list[int], num_codebooks: int,
-        frame_size: int, *, overlap: bool,
+        self,
+        mimi_model: Any,
+        buf: FrameBuffers,
+        capacity: int,
+        buckets: list[int],
+        num_codebooks: int,
+        frame_size: int,
+        *,
+        overlap: bool,
     ) -> None:
         from .mimi_stream import StreamingMimiDecoder
 
@@ -135,8 +145,10 @@ class MimiRows:
         dec = self.prime_dec
         dec.reset()
         slot = self.prime_slot
-        frames = self.buf.known.index_select(0, slot) - MIMI_PRIME_FRAMES + torch.arange(
-            MIMI_PRIME_FRAMES, device=self.device
+        frames = (
+            self.buf.known.index_select(0, slot)
+            - MIMI_PRIME_FRAMES
+            + torch.arange(MIMI_PRIME_FRAMES, device=self.device)
         )
         ring = self.buf.ring.index_select(0, slot)  # [1, K, RING]
         codes = ring.gather(2, frames.remainder(RING).view(1, 1, -1).expand(1, ring.shape[1], -1))
