@@ -1,7 +1,7 @@
 """Dia2 engine adapter over dia2's conversation API (dia2/conversation.py, dia2/engine.py).
 
-One `dia2.engine.Engine` per supervisor advances every call's conversation in one batched step on its own
-thread; each call gets a `dia2.conversation.Conversation` (one engine row, its own KV cache). This adapter
+One `dia2.engine.BatchEngine` per supervisor advances every call's conversation in one batched step on its own
+thread; each call gets a `dia2.conversation.EngineConversation` (one engine row, its own KV cache). This adapter
 maps our engine interface onto it:
 
 * `open_session` is synchronous in our interface, the conversation's `open` is not: the session opens its
@@ -109,10 +109,10 @@ class Dia2Session:
 
     async def _conversation(self) -> Any:
         if self._conv is None:
-            from dia2.conversation import Conversation
+            from dia2.conversation import EngineConversation
 
             try:
-                self._conv = await Conversation.open(self.engine.dia2_engine)
+                self._conv = await EngineConversation.open(self.engine.dia2_engine)
             except Exception as exc:  # the engine raises plain errors when it is full
                 raise EngineError(f"dia2 cannot open a conversation: {exc}") from exc
             if self.engine.voice is not None:
@@ -258,7 +258,7 @@ class Dia2Engine:
     def _load(self) -> None:
         import torch
 
-        from dia2.engine import Engine, EngineOptions, SpeakOptions
+        from dia2.engine import BatchEngine, EngineOptions, SpeakOptions
         from dia2.runtime import Dia2
         from dia2.sampling import SamplingParams
 
@@ -283,7 +283,7 @@ class Dia2Engine:
             reply_reserve_steps=min(250, steps // 4),
             max_reply_steps=min(1000, steps // 2),
         )
-        self.dia2_engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, options)
+        self.dia2_engine = BatchEngine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, options)
         self.dia2_engine.start()
         self.speak_options = SpeakOptions(
             audio=SamplingParams(cfg.temperature, cfg.top_k), cfg_scale=cfg.cfg_scale
