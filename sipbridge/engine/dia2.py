@@ -1,8 +1,8 @@
 """Dia2 engine adapter over dia2's conversation API (dia2/conversation.py, dia2/engine.py).
 
-One `dia2.engine.BatchEngine` per supervisor advances every call's conversation in one batched step on its own
-thread; each call gets a `dia2.conversation.EngineConversation` (one engine row, its own KV cache). This adapter
-maps our engine interface onto it:
+One `dia2.engine.BatchEngine` per supervisor advances every call's conversation in one batched step on its
+own thread; each call gets a `dia2.conversation.EngineConversation` (one engine row, its own KV cache). This
+adapter maps our engine interface onto it:
 
 * `open_session` is synchronous in our interface, the conversation's `open` is not: the session opens its
   conversation lazily, and every operation waits for the one before it (`_chain`), so `user_spoke`
