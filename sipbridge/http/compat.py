@@ -552,3 +552,23 @@ def streams_words(service: ConversationService) -> bool:
     """Whether the engine takes text as word deltas within one utterance (Dia2's input streaming) rather
     than speaking every piece as its own utterance (espeak)."""
     return service.engine.name != "espeak"
+
+
+_PROTOCOL_WHEN = {
+    400: "Unknown voice (OpenAI's shape).",
+    401: "Missing or wrong API key.",
+    404: "Unknown voice.",
+    413: "Body over http.limits.",
+    422: "Invalid request or output format.",
+    500: "Engine failure.",
+}
+
+
+def protocol_errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    """OpenAPI `responses` for a compatible surface: its errors keep that protocol's own JSON shape
+    (ElevenLabs `{"detail": {...}}`, OpenAI `{"error": {...}}`), not sipbridge's `ErrorBody`."""
+    schema = {"type": "object", "description": "the protocol's own error object"}
+    return {
+        code: {"description": _PROTOCOL_WHEN[code], "content": {"application/json": {"schema": schema}}}
+        for code in codes
+    }

@@ -50,7 +50,7 @@ def build_dnc_router(dnc: DncList, http: HttpConfig) -> APIRouter:
         prefix="/dnc",
         tags=["dnc"],
         route_class=auth_first_route(token.check),
-        responses=error_responses(401, 422),
+        responses=error_responses(401, 422, 500),
     )
 
     @router.post("", status_code=201, responses={200: {"description": "Already on the list."}})

@@ -45,6 +45,7 @@ from sipbridge.http.compat import (
     first_frames,
     key_ok,
     open_lease,
+    protocol_errors,
     read_capped,
     release,
     resolve_voice,
@@ -185,7 +186,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return api_error(exc)
         return body, fmt, lease
 
-    @router.post("/v1/text-to-speech/{voice_id}/stream")
+    @router.post("/v1/text-to-speech/{voice_id}/stream", responses=protocol_errors(401, 404, 413, 422, 500))
     async def stream(voice_id: str, request: Request) -> Response:
         """The speech as a raw audio stream in `output_format` (query), sent as it is generated."""
         prepared = await prepare(request, voice_id)
@@ -205,7 +206,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         header = wav_stream_header(fmt.rate) if fmt.wav else b""
         return LeasedStream(gen, first, fmt.media_type, header)
 
-    @router.post("/v1/text-to-speech/{voice_id}")
+    @router.post("/v1/text-to-speech/{voice_id}", responses=protocol_errors(401, 404, 413, 422, 500))
     async def convert(voice_id: str, request: Request) -> Response:
         """The whole file at once."""
         prepared = await prepare(request, voice_id)
@@ -226,13 +227,13 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             audio = wav_bytes(audio, fmt.rate)
         return Response(audio, media_type=fmt.media_type)
 
-    @router.get("/v1/voices")
+    @router.get("/v1/voices", responses=protocol_errors(401, 422, 500))
     async def voices(request: Request) -> Response:
         if (refused := denied(request.headers)) is not None:
             return refused
         return JSONResponse({"voices": [_voice_json(n, service) for n in voice_names(service)]})
 
-    @router.get("/v1/voices/{voice_id}")
+    @router.get("/v1/voices/{voice_id}", responses=protocol_errors(401, 404, 422, 500))
     async def voice(voice_id: str, request: Request) -> Response:
         if (refused := denied(request.headers)) is not None:
             return refused

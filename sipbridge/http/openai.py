@@ -45,6 +45,7 @@ from sipbridge.http.compat import (
     first_frames,
     key_ok,
     open_lease,
+    protocol_errors,
     read_capped,
     release,
     resolve_voice,
@@ -162,7 +163,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             )  # fmt: skip
         return req
 
-    @router.post("/v1/audio/speech")
+    @router.post("/v1/audio/speech", responses=protocol_errors(400, 401, 413, 422, 500))
     async def speech(request: Request) -> Response:
         """Speak `input`; the audio streams as it is generated (or whole with `"stream": false`)."""
         if (refused := denied(request)) is not None:
@@ -241,7 +242,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         ref_text = data.get("ref_text")
         return str(data.get("name") or ""), audio, ref_text if isinstance(ref_text, str) else None, "audio"
 
-    @router.post("/v1/audio/voice-register")
+    @router.post("/v1/audio/voice-register", responses=protocol_errors(401, 413, 422, 500))
     async def voice_register(request: Request) -> Response:
         """Store a reference recording as a named voice (Dia2: Mimi-encoded once, here)."""
         if (refused := denied(request)) is not None:
@@ -272,7 +273,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         log.info("openai voice-register: %s (%.1f s)", name, voice.seconds)
         return JSONResponse({"voice_id": f"{CLONE_PREFIX}{name}", "name": name, **voice.describe()})
 
-    @router.get("/v1/audio/voices")
+    @router.get("/v1/audio/voices", responses=protocol_errors(401, 422, 500))
     async def voices(request: Request) -> Response:
         if (refused := denied(request)) is not None:
             return refused

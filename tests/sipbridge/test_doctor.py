@@ -117,7 +117,8 @@ def test_dia2_without_cuda_and_without_cached_weights(tmp_path: Path) -> None:
     config = good_config(tmp_path)
     config["engine"] = {"kind": "dia2", "dia2": {"device": "cuda"}}
     # CUDA_VISIBLE_DEVICES="" hides any GPU, so this holds on a CUDA host as on this CPU-only one.
-    code, lines, out = doctor(config, tmp_path, env={"CUDA_VISIBLE_DEVICES": ""})
+    # HF_HUB_OFFLINE=0: another test in this process may have set it (peers.Ears); here the hub must be tried.
+    code, lines, out = doctor(config, tmp_path, env={"CUDA_VISIBLE_DEVICES": "", "HF_HUB_OFFLINE": "0"})
     assert code == 1, out
     assert lines["gpu"].startswith("fail ") and ("CPU build" in lines["gpu"] or "sees no GPU" in lines["gpu"])
     assert "download.pytorch.org" in lines["gpu"] or "nvidia-smi" in lines["gpu"]

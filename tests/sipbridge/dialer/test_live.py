@@ -234,7 +234,7 @@ def test_campaign_window_cps_and_resume_after_kill(tmp_path: Path, concurrency: 
     t0 = time.monotonic()
     try:
         first = dial(tmp_path, campaign, config, start)
-        first.wait_for(r"sip listening on \S+ port\(s\) \d+, \d+ \(2 worker", 90)
+        first.wait_for(r"sip listening on \S+ port\(s\) \d+.*\b2 worker", 90)
         for _ in range(7):  # kill once several attempts are recorded and others are up
             first.wait_for(r"attempt \d+ recorded", 90)
         first.proc.send_signal(signal.SIGKILL)
