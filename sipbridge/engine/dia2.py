@@ -196,7 +196,13 @@ class Dia2Session:
             with contextlib.suppress(Exception):  # a failed user_spoke was logged; still answer
                 await asyncio.shield(self._chain)
         conv = await self._conversation()
+        whole = isinstance(text, str)
         text = self.engine.text.source(text, params)  # normalised, "[S1]" once, sentence segments
+        if whole and not isinstance(text, str):
+            # A whole text stays whole: the model reads the complete script at once, as before shaping,
+            # instead of an input stream whose end arrives a few loop turns later (a timing the sampled
+            # audio would depend on).
+            text = " ".join([segment.strip() async for segment in text])
         source: Any = text if isinstance(text, str) else text_pieces(text)
         try:
             async for chunk in conv.speak(source, self.engine.options_for(params)):
