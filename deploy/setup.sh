@@ -27,10 +27,11 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 # System packages. espeak-ng speaks with the CPU engine; libsndfile reads/writes WAV; SIPp and baresip are the
 # real SIP peers of the test suite; sox builds test audio; libportaudio2 backs `sipbridge call --interactive`
-# (the tests check its answer on a box without audio devices).
+# (the tests check its answer on a box without audio devices); postgresql gives the store tests a real server
+# (initdb/pg_ctl in a temporary directory; the packaged cluster service is not needed).
 APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates)
 if [ "$DEV" = 1 ]; then
-  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2)
+  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2 postgresql)
 fi
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   APT_PACKAGES+=(python3-venv python3-dev)
@@ -73,8 +74,8 @@ if ! "$VENV/bin/python" -c 'import torch' >/dev/null 2>&1; then
   fi
 fi
 
-EXTRAS="sip,asr"
-[ "$DEV" = 1 ] && EXTRAS="sip,asr,interactive,dev"
+EXTRAS="sip,asr,postgres"
+[ "$DEV" = 1 ] && EXTRAS="sip,asr,postgres,interactive,dev"
 echo "setup: installing sipbridge[$EXTRAS]"
 "${PIP[@]}" -e ".[$EXTRAS]"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}")'))"

@@ -197,7 +197,7 @@ def test_every_worker_answers_the_trunks_challenge_through_its_outbound_proxy(tm
     assert [(r["outcome"], r["sip_code"]) for r in rows] == [("busy", 486)] * 4, (trunk.errors(), log)
     assert "on worker 0" in log and "on worker 1" in log  # both workers placed calls
     messages = trunk.messages()
-    assert messages.count("Authorization: Digest username=\"bridge\"") == 4, messages
+    assert messages.count('Authorization: Digest username="bridge"') == 4, messages
     assert "INVITE sip:12015550110@192.0.2.1 SIP/2.0" in messages
     assert f"Route: <{proxy};lr>" in messages
 
