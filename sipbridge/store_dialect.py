@@ -130,7 +130,13 @@ def connect(target: Path | str, owner: str) -> tuple[Any, Dialect]:
         raise DialectError(f"cannot open SQLite database {path}: {exc}") from exc
     try:
         db.row_factory = sqlite3.Row
+        # WAL: `calls export` and the CLI read while the supervisor writes, and a killed writer leaves
+        # committed transactions intact (the next open replays the log). synchronous FULL, said explicitly
+        # (builds differ in their default): every COMMIT is fsynced before it returns, so a committed call or
+        # turn survives power loss too, not only a killed process; NORMAL could drop the last commits then.
+        # It costs one fsync per commit, a few per call-turn: see docs/RELIABILITY.md (durability).
         db.execute("PRAGMA journal_mode = WAL")
+        db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA busy_timeout = 5000")
     except sqlite3.DatabaseError as exc:
