@@ -159,3 +159,16 @@ def test_calls_export_and_campaigns_read_the_shared_database(
     assert main(["campaign", "status", "c1", "-c", str(config)]) == 0
     assert json.loads(capsys.readouterr().out)["contacts"] == {"pending": 1}
     assert not (tmp_path / "no.sqlite3").exists()
+
+
+def test_doctor_reads_the_shared_store_without_writing(pg_url: str) -> None:
+    from sipbridge.tools.checks import check_postgres
+
+    fresh = check_postgres(pg_url)
+    assert (fresh.status, fresh.detail.endswith(f"schema 0 of {SCHEMA_VERSION}")) == ("ok", True), fresh
+    with psycopg.connect(pg_url) as db:  # nothing was created
+        assert db.execute("SELECT to_regclass('sipbridge_schema')").fetchone() == (None,)
+    Store(pg_url).close()
+    assert check_postgres(pg_url).status == "ok"
+    bad = check_postgres(pg_url.replace("/t_", "/missing_"))
+    assert bad.status == "fail" and "cannot connect to PostgreSQL" in bad.detail
