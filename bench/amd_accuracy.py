@@ -57,6 +57,9 @@ CONFIGS: dict[str, AmdSettings] = {
     "words=3": AmdSettings(maximum_number_of_words=3),
     "words=6": AmdSettings(maximum_number_of_words=6),
     "after_silence=1200": AmdSettings(after_greeting_silence_ms=1200),
+    # Issue 20: can people be answered sooner (median human verdict <= 2.5 s) without losing machines?
+    "after_silence=600": AmdSettings(after_greeting_silence_ms=600),
+    "after_silence=500": AmdSettings(after_greeting_silence_ms=500),
     "webrtc": AmdSettings(vad="webrtc"),
     "energy (Asterisk-like)": AmdSettings(vad="energy"),
     "asterisk defaults": AmdSettings(

@@ -11,7 +11,7 @@ functions through torch.compile) and each batch (calls with CFG, 2 rows each) it
   steps), streaming Mimi decode;
 * kernels launched per phase and their summed GPU time (torch.profiler over one eager run: with
   graphs every kernel is still a node, and its count is what makes the frame latency-bound);
-* the whole ``Engine.step`` wall time (host state machine and the one sync included), steady state
+* the whole ``BatchEngine.step`` wall time (host state machine and the one sync included), steady state
   and lead-in, so host overhead = step − sum of phases;
 * time to first audio on a warm 30 s context (5 turns) for one call.
 """
@@ -32,7 +32,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dia2.engine import Engine, EngineOptions, SpeakOptions
+from dia2.engine import BatchEngine, EngineOptions, SpeakOptions
 from dia2.frame import depformer_phase, finish_phase, main_phase
 
 logger = logging.getLogger("dia2_profile")
@@ -69,13 +69,14 @@ def count_kernels(fn: Any) -> dict[str, float]:
         by_name.setdefault(e.name[:80], []).append(e.device_time)
     top = sorted(by_name.items(), key=lambda kv: -sum(kv[1]))[:12]
     return {
-        "kernels": len(kernels), "kernel_ms": total,
+        "kernels": len(kernels),
+        "kernel_ms": total,
         # Where the kernel time goes: name → (launches, total ms, mean us), the 12 largest.
         "top": {name: [len(t), round(sum(t) / 1000, 3), round(sum(t) / len(t), 2)] for name, t in top},
     }
 
 
-def step_ms(engine: Engine, steps: int) -> float:
+def step_ms(engine: BatchEngine, steps: int) -> float:
     torch.cuda.synchronize()
     t0 = time.perf_counter()
     for _ in range(steps):
@@ -95,10 +96,23 @@ def profile_variant(
 
     t0 = time.perf_counter()
     cap = max(counts)
-    engine = Engine(model, ids, enc, mimi, EngineOptions(
-        capacity=cap, cfg=True, buckets=tuple(counts), seed=0, fused=fused, compile=fused,
-        kernels=variant.startswith("kernels"), pdl=variant == "kernels-pdl", kernel_max_calls=None,
-    ))
+    engine = BatchEngine(
+        model,
+        ids,
+        enc,
+        mimi,
+        EngineOptions(
+            capacity=cap,
+            cfg=True,
+            buckets=tuple(counts),
+            seed=0,
+            fused=fused,
+            compile=fused,
+            kernels=variant.startswith("kernels"),
+            pdl=variant == "kernels-pdl",
+            kernel_max_calls=None,
+        ),
+    )
     out: dict[str, Any] = {"startup_s": time.perf_counter() - t0, "graph_errors": engine.graph_errors}
     logger.info("%s: engine ready in %.1f s", variant, out["startup_s"])
     opts = SpeakOptions()
@@ -110,7 +124,7 @@ def profile_variant(
         for _ in range(10):
             engine.step()
         steady = step_ms(engine, 40)
-        g_main, g_dep, g_mimi, g_lead = engine._graphs[n]
+        g_main, g_dep, g_mimi, g_lead = engine.graphs.steps[n]
         row: dict[str, Any] = {
             "calls": n,
             "step_ms_lead_in": lead,
@@ -125,11 +139,13 @@ def profile_variant(
         view = engine.buf.view(n)
         with torch.inference_mode():
             row["kernels_main"] = count_kernels(
-                lambda v=view: main_phase(engine.model, v, engine.consts, None, engine.fused))
+                lambda v=view: main_phase(engine.model, v, engine.consts, None, engine.fused)
+            )
             row["kernels_depformer"] = count_kernels(
-                lambda v=view: depformer_phase(engine.model, v, engine.consts, None, engine.fused))
+                lambda v=view: depformer_phase(engine.model, v, engine.consts, None, engine.fused)
+            )
             row["kernels_lead_tail"] = count_kernels(lambda v=view: finish_phase(v, engine.consts))
-            row["kernels_mimi"] = count_kernels(lambda m=n: engine._decode_audio(m))
+            row["kernels_mimi"] = count_kernels(lambda m=n: engine.mimi_rows.decode(m))
         logger.info("%s %s", variant, row)
         out[f"calls_{n}"] = row
         for c in calls:
@@ -151,7 +167,9 @@ def main(argv: list[str] | None = None) -> int:
     model, ids, enc, mimi, what = build(args)
     counts = [int(c) for c in args.calls.split(",")]
     result: dict[str, Any] = {
-        "model": what, "device": torch.cuda.get_device_name(), "torch": torch.__version__,
+        "model": what,
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
         "command": "python " + " ".join(sys.argv),
     }
     for variant in args.variants.split(","):
@@ -170,12 +188,14 @@ def main(argv: list[str] | None = None) -> int:
             continue
         for n in counts:
             x = r[f"calls_{n}"]
-            print(f"{variant:7s} {n:4d}  {x['step_ms_lead_in']:7.2f} {x['step_ms_steady']:7.2f} "
-                  f"{x['main_ms']:6.2f} "
-                  f"{x['depformer_ms']:6.2f} {x['lead_tail_ms']:6.3f} {x['mimi_ms'] or 0:6.2f} "
-                  f"{x['host_and_sync_ms']:6.2f} | {x['kernels_main']['kernels']}/"
-                  f"{x['kernels_depformer']['kernels']}/{x['kernels_mimi']['kernels']} | "
-                  f"{r['ttfa']['ttfa_p50_ms']:.1f}")
+            print(
+                f"{variant:7s} {n:4d}  {x['step_ms_lead_in']:7.2f} {x['step_ms_steady']:7.2f} "
+                f"{x['main_ms']:6.2f} "
+                f"{x['depformer_ms']:6.2f} {x['lead_tail_ms']:6.3f} {x['mimi_ms'] or 0:6.2f} "
+                f"{x['host_and_sync_ms']:6.2f} | {x['kernels_main']['kernels']}/"
+                f"{x['kernels_depformer']['kernels']}/{x['kernels_mimi']['kernels']} | "
+                f"{r['ttfa']['ttfa_p50_ms']:.1f}"
+            )
     return 0
 
 

@@ -30,7 +30,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from dia2.engine import AudioChunk, CallState, Engine, EngineOptions, SpeakOptions
+from dia2.engine import AudioChunk, BatchEngine, CallState, EngineOptions, SpeakOptions
 from dia2.mimi import MimiCodec
 from dia2.model import Dia2Model
 from dia2.prefix import PrefixWord
@@ -72,9 +72,14 @@ def build(args: argparse.Namespace) -> tuple[Dia2Model, TokenIds, Any, MimiCodec
     mimi = MimiCodec(mimi_model, num_codebooks=config.data.num_codebooks)
     d = config.data
     ids = TokenIds(
-        new_word=d.text_new_word_token_id, pad=d.text_pad_token_id, bos=1, zero=d.text_zero_token_id,
-        spk1=49152 % d.text_vocab_size, spk2=49153 % d.text_vocab_size,
-        audio_pad=d.audio_pad_token_id, audio_bos=d.audio_bos_token_id,
+        new_word=d.text_new_word_token_id,
+        pad=d.text_pad_token_id,
+        bos=1,
+        zero=d.text_zero_token_id,
+        spk1=49152 % d.text_vocab_size,
+        spk2=49153 % d.text_vocab_size,
+        audio_pad=d.audio_pad_token_id,
+        audio_bos=d.audio_bos_token_id,
     )
     return model, ids, HashEncoder(d.text_vocab_size), mimi, f"Dia2-{args.preset.upper()} shapes, random bf16"
 
@@ -95,7 +100,7 @@ def noise(seconds: float, gen: torch.Generator) -> torch.Tensor:
 class Turn:
     """A reply whose first chunk time is recorded."""
 
-    def __init__(self, engine: Engine | None = None) -> None:
+    def __init__(self, engine: BatchEngine | None = None) -> None:
         self.start = time.perf_counter()
         self.first: float | None = None
         self.chunks = 0
@@ -118,19 +123,19 @@ class Turn:
         return None if self.first is None else 1000 * (self.first - self.start)
 
 
-def start_reply(engine: Engine, call: CallState, opts: SpeakOptions) -> Turn:
+def start_reply(engine: BatchEngine, call: CallState, opts: SpeakOptions) -> Turn:
     turn = Turn(engine)
     # More text "promised" forever: the reply never ends by itself, like an LLM still talking.
     engine.speak(call, REPLY, turn, opts, more_text=True)
     return turn
 
 
-def frames_per_second(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> dict[str, float]:
+def frames_per_second(engine: BatchEngine, calls: int, steps: int, opts: SpeakOptions) -> dict[str, float]:
     opened = [engine.open_call() for _ in range(calls)]
     for call in opened:
         start_reply(engine, call, opts)
     # Past the lead-in (lane steps), then full steps only: frames/s counts full steps.
-    while engine.steps_run < 10 or any(engine._in_lead_in(c) for c in opened):
+    while engine.steps_run < 10 or any(engine.stepper.in_lead_in(c) for c in opened):
         engine.step()
     sync(engine.device)
     full0 = engine.steps_run
@@ -150,7 +155,7 @@ def pct(values: list[float], q: float) -> float:
 
 
 def ttfa_warm(
-    engine: Engine, opts: SpeakOptions, context_s: float, turns: int, caller_s: float
+    engine: BatchEngine, opts: SpeakOptions, context_s: float, turns: int, caller_s: float
 ) -> dict[str, Any]:
     gen = torch.Generator().manual_seed(1)
     call = engine.open_call()
@@ -187,7 +192,7 @@ def ttfa_warm(
     }
 
 
-def concurrency(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> dict[str, Any]:
+def concurrency(engine: BatchEngine, calls: int, steps: int, opts: SpeakOptions) -> dict[str, Any]:
     """All calls speaking; each step one call (round robin) barges in and starts a new reply."""
     gen = torch.Generator().manual_seed(2)
     opened = [engine.open_call() for _ in range(calls)]
@@ -195,7 +200,7 @@ def concurrency(engine: Engine, calls: int, steps: int, opts: SpeakOptions) -> d
         engine.user_spoke(call, noise(2.0, gen), words_for(2.0))
     turns = {call.slot: start_reply(engine, call, opts) for call in opened}
     # Steady state first: every call past its lead-in (the simultaneous start is not what is measured).
-    while engine.steps_run < 10 or any(engine._in_lead_in(c) for c in opened):
+    while engine.steps_run < 10 or any(engine.stepper.in_lead_in(c) for c in opened):
         engine.step()
     restart_every = max(1, 40 // calls)
     ttfa: list[float] = []
@@ -251,23 +256,41 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default="2b", choices=["2b", "1b"])
     p.add_argument("--device", default=None)
     p.add_argument("--calls", default="1,8,32,64,128,192,256")
-    p.add_argument("--max-context-steps", type=int, default=None,
-                   help="cache slots per call (default: the config's 1500); smaller only to fit more calls")
+    p.add_argument(
+        "--max-context-steps",
+        type=int,
+        default=None,
+        help="cache slots per call (default: the config's 1500); smaller only to fit more calls",
+    )
     p.add_argument("--no-graphs", action="store_true")
-    p.add_argument("--load-only", action="store_true",
-                   help="only the concurrency section (skips CFG off, 1 call and the warm-context TTFA)")
+    p.add_argument(
+        "--load-only",
+        action="store_true",
+        help="only the concurrency section (skips CFG off, 1 call and the warm-context TTFA)",
+    )
     p.add_argument("--no-lane", action="store_true", help="lead-in in line (no lane steps): the old policy")
     p.add_argument("--no-overlap", action="store_true", help="Mimi decode in line, not on a second stream")
     p.add_argument("--no-kernels", action="store_true", help="depformer on the compiled torch functions")
-    p.add_argument("--pdl", action="store_true",
-                   help="insist on programmatic dependent launch (default: on where it can run)")
-    p.add_argument("--no-pdl", action="store_true",
-                   help="Triton kernels without programmatic dependent launch")
-    p.add_argument("--kernel-max-calls", type=int, default=None,
-                   help="buckets of more calls run the compiled torch functions "
-                   "(EngineOptions.kernel_max_calls; default: the engine's; 0: kernels at every size)")
-    p.add_argument("--no-first-chunk-first", action="store_true",
-                   help="lane steps up to the rate budget even while a call waits for its first chunk")
+    p.add_argument(
+        "--pdl",
+        action="store_true",
+        help="insist on programmatic dependent launch (default: on where it can run)",
+    )
+    p.add_argument(
+        "--no-pdl", action="store_true", help="Triton kernels without programmatic dependent launch"
+    )
+    p.add_argument(
+        "--kernel-max-calls",
+        type=int,
+        default=None,
+        help="buckets of more calls run the compiled torch functions "
+        "(EngineOptions.kernel_max_calls; default: the engine's; 0: kernels at every size)",
+    )
+    p.add_argument(
+        "--no-first-chunk-first",
+        action="store_true",
+        help="lane steps up to the rate budget even while a call waits for its first chunk",
+    )
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
@@ -294,12 +317,16 @@ def main(argv: list[str] | None = None) -> int:
     logger.info("model ready in %.1f s", time.perf_counter() - t_build)
     if device.type == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    common = {"cuda_graphs": not args.no_graphs, "seed": 0, "lead_in_lane": not args.no_lane,
-              "overlap_mimi": not args.no_overlap, "first_chunk_first": not args.no_first_chunk_first,
-              "kernels": False if args.no_kernels else None,
-              "pdl": False if args.no_pdl else (True if args.pdl else None),
-
-              "max_context_steps": args.max_context_steps}
+    common = {
+        "cuda_graphs": not args.no_graphs,
+        "seed": 0,
+        "lead_in_lane": not args.no_lane,
+        "overlap_mimi": not args.no_overlap,
+        "first_chunk_first": not args.no_first_chunk_first,
+        "kernels": False if args.no_kernels else None,
+        "pdl": False if args.no_pdl else (True if args.pdl else None),
+        "max_context_steps": args.max_context_steps,
+    }
     if args.kernel_max_calls is not None:
         common["kernel_max_calls"] = args.kernel_max_calls or None
     if args.tiny:  # the fixture's context is 160 steps: a 4 s voice and short replies must fit in it
@@ -311,7 +338,7 @@ def main(argv: list[str] | None = None) -> int:
 
     if not args.load_only:  # one call, CFG off: its own engine with one row per call
         t0 = time.perf_counter()
-        solo = Engine(model, ids, encoder, mimi, EngineOptions(capacity=1, cfg=False, **common))
+        solo = BatchEngine(model, ids, encoder, mimi, EngineOptions(capacity=1, cfg=False, **common))
         result["capture_s_cfg_off"] = time.perf_counter() - t0
         result["one_call_cfg_off"] = frames_per_second(solo, 1, steps, SpeakOptions(cfg_scale=1.0))
         logger.info("1 call, CFG off: %s", result["one_call_cfg_off"])
@@ -319,23 +346,32 @@ def main(argv: list[str] | None = None) -> int:
         del solo
 
     t0 = time.perf_counter()
-    engine = Engine(model, ids, encoder, mimi, EngineOptions(capacity=max(counts), cfg=True, **common))
+    engine = BatchEngine(model, ids, encoder, mimi, EngineOptions(capacity=max(counts), cfg=True, **common))
     result["capture_s"] = time.perf_counter() - t0
     result["buckets"] = engine.buckets
-    result["graphs_captured"] = sorted(engine._graphs)
+    result["graphs_captured"] = sorted(engine.graphs.steps)
     result["graph_errors"] = engine.graph_errors
     dep = engine.fused.kernels if engine.fused is not None else None
-    result["path"] = {"fused": engine.fused is not None, "kernels": dep is not None,
-                      "pdl": bool(dep and dep.pdl), "max_context_steps": engine.max_steps,
-                      "kernel_max_calls": engine.options.kernel_max_calls, "buckets": engine.buckets}
+    result["path"] = {
+        "fused": engine.fused is not None,
+        "kernels": dep is not None,
+        "pdl": bool(dep and dep.pdl),
+        "max_context_steps": engine.max_steps,
+        "kernel_max_calls": engine.options.kernel_max_calls,
+        "buckets": engine.buckets,
+    }
     if not args.load_only:
         result["one_call_cfg_on"] = frames_per_second(engine, 1, steps, opts)
         logger.info("1 call: %s", result["one_call_cfg_on"])
         save()
         result["ttfa_warm_context"] = ttfa_warm(engine, opts, context_s, turns, caller_s)
         warm = result["ttfa_warm_context"]
-        logger.info("TTFA p50 %.1f p95 %.1f ms, ingest %.1f ms/s", warm["ttfa_p50_ms"], warm["ttfa_p95_ms"],
-                    warm["ingest_ms_per_s_median"])
+        logger.info(
+            "TTFA p50 %.1f p95 %.1f ms, ingest %.1f ms/s",
+            warm["ttfa_p50_ms"],
+            warm["ttfa_p95_ms"],
+            warm["ingest_ms_per_s_median"],
+        )
         save()
     if device.type == "cuda":
         result["gpu_memory_after_capture_gib"] = torch.cuda.memory_allocated(device) / 2**30
@@ -358,8 +394,10 @@ def main(argv: list[str] | None = None) -> int:
             [r["peak_gpu_memory_gib"] for r in result["concurrency"]]
             + [result["gpu_memory_after_capture_gib"]]
         )
-        result["kv_cache_gib"] = sum(t.numel() * t.element_size() for t in (
-            engine.buf.cache.keys, engine.buf.cache.values)) / 2**30
+        result["kv_cache_gib"] = (
+            sum(t.numel() * t.element_size() for t in (engine.buf.cache.keys, engine.buf.cache.values))
+            / 2**30
+        )
     save()
 
     print(f"{what} on {result['device']}")
@@ -368,12 +406,16 @@ def main(argv: list[str] | None = None) -> int:
         for label, row in (("CFG on ", one), ("CFG off", off)):
             ms, fps = row["ms_per_frame"], row["frames_per_s_per_call"]
             print(f"1 call {label}: {ms:.2f} ms/frame, {fps:.1f} frames/s")
-        print(f"TTFA warm: p50 {w['ttfa_p50_ms']:.1f} ms, p95 {w['ttfa_p95_ms']:.1f} ms; "
-              f"ingest {w['ingest_ms_per_s_median']:.1f} ms per s of audio")
+        print(
+            f"TTFA warm: p50 {w['ttfa_p50_ms']:.1f} ms, p95 {w['ttfa_p95_ms']:.1f} ms; "
+            f"ingest {w['ingest_ms_per_s_median']:.1f} ms per s of audio"
+        )
     for row in result["concurrency"]:
-        print(f"{row['calls']:4d} calls: {row['frames_per_s_per_call']:.1f} frames/s per call, "
-              f"TTFA p50 {row['ttfa_p50_ms']} p95 {row['ttfa_p95_ms']} ms, {row['lane_steps']} lane steps, "
-              f"holds {row.get('holds')}, peak {row.get('peak_gpu_memory_gib', 0):.1f} GiB")
+        print(
+            f"{row['calls']:4d} calls: {row['frames_per_s_per_call']:.1f} frames/s per call, "
+            f"TTFA p50 {row['ttfa_p50_ms']} p95 {row['ttfa_p95_ms']} ms, {row['lane_steps']} lane steps, "
+            f"holds {row.get('holds')}, peak {row.get('peak_gpu_memory_gib', 0):.1f} GiB"
+        )
     if "peak_gpu_memory_gib" in result:
         print(f"peak GPU memory {result['peak_gpu_memory_gib']:.1f} GiB")
     return 0

@@ -25,13 +25,15 @@ VENV=${VENV:-.venv}
 PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
-# System packages. espeak-ng speaks with the CPU engine; libsndfile reads/writes WAV; SIPp and baresip are the
-# real SIP peers of the test suite; sox builds test audio; libportaudio2 backs `sipbridge call --interactive`
-# (the tests check its answer on a box without audio devices); postgresql gives the store tests a real server
-# (initdb/pg_ctl in a temporary directory; the packaged cluster service is not needed).
-APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates)
+# System packages. espeak-ng speaks with the CPU engine; libsndfile reads/writes WAV; kamailio is the SIP front
+# before the media workers (sip.front); SIPp and baresip are the real SIP peers of the test suite; sox builds
+# test audio; libportaudio2 backs `sipbridge call --interactive` (the tests check its answer on a box without
+# audio devices); postgresql gives the store tests a real server (initdb/pg_ctl in a temporary
+# directory; the packaged cluster service is not needed).
+APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates kamailio)
 if [ "$DEV" = 1 ]; then
-  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2 postgresql)
+  # openssl makes the self-signed certificates of the TLS tests; systemd-analyze verifies deploy/systemd.
+  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2 openssl systemd postgresql)
 fi
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   APT_PACKAGES+=(python3-venv python3-dev)
@@ -78,4 +80,9 @@ EXTRAS="sip,asr,postgres"
 [ "$DEV" = 1 ] && EXTRAS="sip,asr,postgres,interactive,dev"
 echo "setup: installing sipbridge[$EXTRAS]"
 "${PIP[@]}" -e ".[$EXTRAS]"
+# The end-of-turn model (Smart Turn v3.2, BSD-2) ships inside the pipecat-ai wheel. Only its ONNX file is used
+# (audio/turn/smart_turn.py locates it without importing pipecat), so the wheel goes in without its dependencies:
+# they would add numba, openai, Pillow ... and pin soxr below the range above.
+echo "setup: installing the Smart Turn model (pipecat-ai wheel, --no-deps)"
+"${PIP[@]}" --no-deps "pipecat-ai==1.14.0"
 echo "setup: done ($("$VENV/bin/python" -c 'import torch, sys; print(f"python {sys.version.split()[0]}, torch {torch.__version__}")'))"

@@ -1,12 +1,12 @@
-"""asyncio face of the engine: one :class:`Conversation` per phone call.
+"""asyncio face of the engine: one :class:`EngineConversation` per phone call.
 
 Every method may be called from the supervisor's event loop; the work itself runs on the engine thread
-(:meth:`dia2.engine.Engine.start`), reached through :meth:`Engine.submit` (thread-safe). Audio comes back
-as an async iterator of :class:`~dia2.engine.AudioChunk` (1920 float32 samples at 24 kHz each)::
+(:meth:`dia2.engine.BatchEngine.start`), reached through :meth:`BatchEngine.submit` (thread-safe). Audio
+comes back as an async iterator of :class:`~dia2.engine.AudioChunk` (1920 float32 samples at 24 kHz each)::
 
-    engine = Engine(tts.model, tts.ids, tts.tokenizer, tts.mimi, EngineOptions(capacity=64))
+    engine = BatchEngine(tts.model, tts.ids, tts.tokenizer, tts.mimi, EngineOptions(capacity=64))
     engine.start()
-    conv = await Conversation.open(engine)
+    conv = await EngineConversation.open(engine)
     await conv.set_voice(voice_wav, 24000, voice_words)
     await conv.user_spoke(caller_pcm, 8000, caller_words)
     async for chunk in conv.speak(llm_deltas()):   # str or AsyncIterable[str]
@@ -27,11 +27,11 @@ from typing import Any
 
 import torch
 
-from .engine import AudioChunk, CallState, Engine, SpeakOptions, VoicePrompt
+from .engine import AudioChunk, BatchEngine, CallState, SpeakOptions, VoicePrompt
 from .prefix import PrefixWord
 from .wavfile import resample_linear
 
-__all__ = ["Conversation", "ConversationState", "encode_voice"]
+__all__ = ["ConversationState", "EngineConversation", "encode_voice"]
 
 SUPPORTED_RATES = (8000, 16000, 24000)
 
@@ -50,24 +50,24 @@ class ConversationState:
 
 
 async def encode_voice(
-    engine: Engine, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]
+    engine: BatchEngine, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]
 ) -> VoicePrompt:
     """Mimi codes of a recording (8/16/24 kHz mono float) and its words, for any number of
-    :meth:`Conversation.set_voice_prompt` / :meth:`Conversation.user_spoke_prompt` calls. The encoder
-    runs on the engine thread, between steps, like every other model call."""
-    audio = Conversation._to_24k(audio, sample_rate)
+    :meth:`EngineConversation.set_voice_prompt` / :meth:`EngineConversation.user_spoke_prompt` calls. The
+    encoder runs on the engine thread, between steps, like every other model call."""
+    audio = EngineConversation._to_24k(audio, sample_rate)
     return await asyncio.wrap_future(engine.submit(lambda: engine.encode_voice(audio, 24000, words)))
 
 
-class Conversation:
-    def __init__(self, engine: Engine, call: CallState) -> None:
+class EngineConversation:
+    def __init__(self, engine: BatchEngine, call: CallState) -> None:
         self._engine = engine
         self._call = call
         self._replies = 0  # reply counter: cancel() ends the current one at once, on this side too
         self._cancelled = -1
 
     @classmethod
-    async def open(cls, engine: Engine) -> Conversation:
+    async def open(cls, engine: BatchEngine) -> EngineConversation:
         call = await asyncio.wrap_future(engine.submit(engine.open_call))
         return cls(engine, call)
 
@@ -82,11 +82,14 @@ class Conversation:
         return audio if sample_rate == 24000 else resample_linear(audio, sample_rate, 24000)
 
     async def set_voice(
-        self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord],
+        self,
+        audio: torch.Tensor,
+        sample_rate: int,
+        words: Sequence[PrefixWord],
         partner: VoicePrompt | None = None,
     ) -> None:
         """The AI's voice (speaker 1): audio and its words with timings. Resets the conversation.
-        ``partner``: a speaker-2 prefix heard after it (:meth:`dia2.engine.Engine.set_voice_prompt`)."""
+        ``partner``: a speaker-2 prefix heard after it (:meth:`dia2.engine.BatchEngine.set_voice_prompt`)."""
         await self._run(self._engine.set_voice, self._call, self._to_24k(audio, sample_rate), words, partner)
 
     async def set_voice_prompt(self, prompt: VoicePrompt, partner: VoicePrompt | None = None) -> None:

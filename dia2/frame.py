@@ -24,22 +24,38 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
-from typing import TYPE_CHECKING
+from typing import Protocol
 
 import torch
 
-from .model import DecoderCache, DepformerCache, Dia2Model
+from .model import DecoderCache, DecoderStepOutput, DepformerCache, Dia2Model
 from .sampling import RowSampling, cfg_filter_rows, mask_audio_specials_rows, sample_rows
 from .state_machine import TokenIds
 
-if TYPE_CHECKING:
-    from .fused import FusedFrame
-
 __all__ = [
-    "RING", "FrameBuffers", "depformer_codes", "depformer_phase", "finish_phase", "lane_phase", "main_phase",
+    "RING",
+    "FrameBuffers",
+    "depformer_codes",
+    "depformer_phase",
+    "finish_phase",
+    "lane_phase",
+    "main_phase",
 ]
 
 RING = 32  # frames kept per call on the device; must exceed the largest delay + 1
+
+
+class FusedStages(Protocol):
+    """The stages a faster implementation may take over (``dia2.fused.FusedFrame``). A protocol, so this
+    module never imports ``dia2.fused``: fused builds on frame's buffers, not the other way round."""
+
+    def main(
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
+    ) -> DecoderStepOutput: ...
+
+    def depformer(
+        self, buf: FrameBuffers, consts: FrameConstants, gen: torch.Generator | None = None
+    ) -> None: ...
 
 
 def depformer_codes(
@@ -101,8 +117,14 @@ class FrameBuffers:
 
     @classmethod
     def allocate(
-        cls, model: Dia2Model, capacity: int, branches: int, max_steps: int, frame_size: int,
-        *, spare: int = 0,
+        cls,
+        model: Dia2Model,
+        capacity: int,
+        branches: int,
+        max_steps: int,
+        frame_size: int,
+        *,
+        spare: int = 0,
     ) -> FrameBuffers:
         """``spare`` extra call entries (not in any :meth:`view`, no KV-cache rows) for the per-call
         and per-row state: :func:`lane_phase` points its padding entries there."""
@@ -199,7 +221,7 @@ def main_phase(
     buf: FrameBuffers,
     consts: FrameConstants,
     gen: torch.Generator | None,
-    fused: FusedFrame | None = None,
+    fused: FusedStages | None = None,
     kv_len: int | None = None,
 ) -> None:
     """Decoder step for every row, then the action and codebook 0, sampled on the device.
@@ -241,7 +263,7 @@ def depformer_phase(
     buf: FrameBuffers,
     consts: FrameConstants,
     gen: torch.Generator | None,
-    fused: FusedFrame | None = None,
+    fused: FusedStages | None = None,
 ) -> None:
     """Codebooks 1..K-1, the completed frame's codes, and the step counters of active calls.
 
@@ -256,8 +278,14 @@ def depformer_phase(
         fused.depformer(buf, consts, gen)
     else:
         depformer_codes(
-            model, buf.hidden, buf.code, buf.dep_cache, buf.text_in[:, 0], buf.text_in[:, 1],
-            buf.branches, choose,
+            model,
+            buf.hidden,
+            buf.code,
+            buf.dep_cache,
+            buf.text_in[:, 0],
+            buf.text_in[:, 1],
+            buf.branches,
+            choose,
         )
     finish_phase(buf, consts)
 
@@ -268,7 +296,7 @@ def finish_phase(buf: FrameBuffers, consts: FrameConstants) -> None:
     On its own this is the whole second phase of a *lead-in* step: when every codebook 1..K-1 code a
     step would write belongs to a frame that is already known (forced) or before frame 0, the 31
     depformer stages only compute values that are thrown away, so the engine skips them (see
-    ``Engine.step``); codebook 0 is sampled in :func:`main_phase` as usual.
+    ``BatchEngine.step``); codebook 0 is sampled in :func:`main_phase` as usual.
     """
     # Frame t + 1 - max_delay has every codebook now (codebook k of frame f is written at f + delay[k] - 1).
     done = buf.step + 1 - consts.delays.max()
@@ -293,7 +321,7 @@ def lane_phase(
     slots: torch.Tensor,
     consts: FrameConstants,
     gen: torch.Generator | None,
-    fused: FusedFrame | None,
+    fused: FusedStages | None,
     kv_len: int,
 ) -> None:
     """A main-only (lead-in) step for the calls ``master[slots]`` alone, on the small ``lane`` buffers.

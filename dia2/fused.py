@@ -21,19 +21,22 @@ from __future__ import annotations
 import itertools
 import logging
 from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
+from .frame import RING, FrameBuffers, FrameConstants
 from .model import DecoderCache, DecoderStepOutput, Dia2Model, apply_rope
 from .sampling import race_rows
 
-if TYPE_CHECKING:
-    from .frame import FrameBuffers, FrameConstants
-
 __all__ = [
-    "DepformerKernels", "FusedFrame", "MainKernels", "choose_token", "code_update_fn", "kernels_supported",
+    "DepformerKernels",
+    "FusedFrame",
+    "MainKernels",
+    "choose_token",
+    "code_update_fn",
+    "kernels_supported",
 ]
 
 logger = logging.getLogger(__name__)
@@ -83,8 +86,12 @@ def _attention_out(
     gate_fn, up_fn = _ACT[act_gate], _ACT[act_up]
 
     def attention_out(
-        x: torch.Tensor, attn: torch.Tensor, wo_attn: torch.Tensor, post: torch.Tensor,
-        wi: torch.Tensor, wo: torch.Tensor,
+        x: torch.Tensor,
+        attn: torch.Tensor,
+        wo_attn: torch.Tensor,
+        post: torch.Tensor,
+        wi: torch.Tensor,
+        wo: torch.Tensor,
     ) -> torch.Tensor:
         b = x.shape[0]
         x = x + F.linear(attn.transpose(1, 2).reshape(b, heads * head_dim), wo_attn)
@@ -97,7 +104,10 @@ def _attention_out(
 
 def _stage_in(branches: int) -> Callable[..., torch.Tensor]:
     def stage_in(
-        hidden: torch.Tensor, prev: torch.Tensor, w_in: torch.Tensor, table: torch.Tensor,
+        hidden: torch.Tensor,
+        prev: torch.Tensor,
+        w_in: torch.Tensor,
+        table: torch.Tensor,
         extra: torch.Tensor,
     ) -> torch.Tensor:
         # Same association as the module: depformer_in(hidden) + (token embedding [+ text embedding]).
@@ -115,7 +125,10 @@ def choose_token(
     kernels' tests (dia2/kernels.py implements the same rule)."""
 
     def choose(
-        logits: torch.Tensor, scale: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
+        logits: torch.Tensor,
+        scale: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
         noise: torch.Tensor,
     ) -> torch.Tensor:
         logits = logits[:, :vocab_limit].reshape(-1, branches, vocab_limit)
@@ -138,8 +151,13 @@ def _head_sample(
     choose = choose_token(branches, vocab_limit, filter_k, max_top_k)
 
     def head_sample(
-        x: torch.Tensor, norm: torch.Tensor, head: torch.Tensor, scale: torch.Tensor,
-        temperature: torch.Tensor, top_k: torch.Tensor, noise: torch.Tensor,
+        x: torch.Tensor,
+        norm: torch.Tensor,
+        head: torch.Tensor,
+        scale: torch.Tensor,
+        temperature: torch.Tensor,
+        top_k: torch.Tensor,
+        noise: torch.Tensor,
     ) -> torch.Tensor:
         logits = F.linear(F.rms_norm(x, (x.shape[-1],), norm, eps), head).float()
         return choose(logits, scale, temperature, top_k, noise)
@@ -152,8 +170,13 @@ def code_update_fn(ring_len: int) -> Callable[..., tuple[torch.Tensor, torch.Ten
     frame really has). The caller scatters eagerly (no compiled mutation)."""
 
     def code_update(
-        ring: torch.Tensor, step: torch.Tensor, known: torch.Tensor, active: torch.Tensor,
-        delay: torch.Tensor, k: torch.Tensor, token: torch.Tensor,
+        ring: torch.Tensor,
+        step: torch.Tensor,
+        known: torch.Tensor,
+        active: torch.Tensor,
+        delay: torch.Tensor,
+        k: torch.Tensor,
+        token: torch.Tensor,
     ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         frame = step + 1 - delay
         index = (k * ring_len + frame.remainder(ring_len)).view(-1, 1)
@@ -174,8 +197,16 @@ class FusedFrame:
     """
 
     def __init__(
-        self, model: Dia2Model, consts: FrameConstants, branches: int, *, compile: bool,
-        kernels: bool = False, capacity: int = 0, pdl: bool = False, kernel_max_rows: int | None = None,
+        self,
+        model: Dia2Model,
+        consts: FrameConstants,
+        branches: int,
+        *,
+        compile: bool,
+        kernels: bool = False,
+        capacity: int = 0,
+        pdl: bool = False,
+        kernel_max_rows: int | None = None,
     ) -> None:
         cfg = model.config
         eps = cfg.model.normalization_layer_epsilon
@@ -184,8 +215,14 @@ class FusedFrame:
         main, depf = model.transformer, model.depformer
         self.main_w = [
             (
-                (lay.pre_norm.weight, lay.attn.q_proj.weight, lay.attn.k_proj.weight, lay.attn.v_proj.weight,
-                 lay.attn.q_norm.weight, lay.attn.k_norm.weight),
+                (
+                    lay.pre_norm.weight,
+                    lay.attn.q_proj.weight,
+                    lay.attn.k_proj.weight,
+                    lay.attn.v_proj.weight,
+                    lay.attn.q_norm.weight,
+                    lay.attn.k_norm.weight,
+                ),
                 (lay.attn.o_proj.weight, lay.post_norm.weight, lay.mlp.wi.weight, lay.mlp.wo.weight),
             )
             for lay in main.layers
@@ -195,26 +232,36 @@ class FusedFrame:
             g = depf.schedule[stage]
             layers = [
                 (
-                    (lay.pre_norm.weight, lay.self_attention.in_proj[g].weight,
-                     lay.self_attention.q_norm.weight, lay.self_attention.k_norm.weight),
-                    (lay.self_attention.out_proj[g].weight, lay.post_norm.weight, lay.mlp.wi.weight,
-                     lay.mlp.wo.weight),
+                    (
+                        lay.pre_norm.weight,
+                        lay.self_attention.in_proj[g].weight,
+                        lay.self_attention.q_norm.weight,
+                        lay.self_attention.k_norm.weight,
+                    ),
+                    (
+                        lay.self_attention.out_proj[g].weight,
+                        lay.post_norm.weight,
+                        lay.mlp.wi.weight,
+                        lay.mlp.wo.weight,
+                    ),
                 )
                 for lay in depf.layers
             ]
-            self.dep_w.append({
-                "in": depf.depformer_in[g].weight, "table": depf.audio_embeds[stage].weight,
-                "head": depf.logits[stage].weight, "layers": layers,
-            })
+            self.dep_w.append(
+                {
+                    "in": depf.depformer_in[g].weight,
+                    "table": depf.audio_embeds[stage].weight,
+                    "head": depf.logits[stage].weight,
+                    "layers": layers,
+                }
+            )
         dev = model.device
         depth = depf.depth
         # Per-stage constants as separate tensors (not views of one table): a compiled function then
         # sees identical metadata at every stage.
         self.stage_k = [torch.tensor(s + 1, device=dev) for s in range(depth)]
         self.stage_delay = [consts.delays[s + 1].clone() for s in range(depth)]
-        self.stage_valid = [
-            (torch.arange(depth, device=dev) <= s).view(1, 1, 1, -1) for s in range(depth)
-        ]
+        self.stage_valid = [(torch.arange(depth, device=dev) <= s).view(1, 1, 1, -1) for s in range(depth)]
         self.dep_rope = dep.apply_rope
         self.text_embed = depf.text_embed
         self.depth = depth
@@ -230,7 +277,7 @@ class FusedFrame:
             "head_sample": _head_sample(
                 eps, branches, depf.vocab_limit, consts.cfg_filter_k, consts.max_top_k
             ),
-            "code_update": code_update_fn(consts_ring_len()),
+            "code_update": code_update_fn(RING),
         }
         if compile:
             import torch._dynamo as dynamo
@@ -307,8 +354,12 @@ class FusedFrame:
             sin = depf.rope_sin[s].to(dtype) if self.dep_rope else None
             for i, (w_in, w_out) in enumerate(w["layers"]):
                 if cos is None:
-                    q, kk, v = f["dep_in"](x, w_in, torch.ones((), dtype=dtype, device=x.device),
-                                           torch.zeros((), dtype=dtype, device=x.device))
+                    q, kk, v = f["dep_in"](
+                        x,
+                        w_in,
+                        torch.ones((), dtype=dtype, device=x.device),
+                        torch.zeros((), dtype=dtype, device=x.device),
+                    )
                 else:
                     q, kk, v = f["dep_in"](x, w_in, cos, sin)
                 cache.keys[i][:, :, s : s + 1] = kk
@@ -318,7 +369,12 @@ class FusedFrame:
                 )
                 x = f["dep_out"](x, a, *w_out)
             token = f["head_sample"](
-                x, depf.norm.weight, w["head"], buf.cfg_scale, buf.audio.temperature, buf.audio.top_k,
+                x,
+                depf.norm.weight,
+                w["head"],
+                buf.cfg_scale,
+                buf.audio.temperature,
+                buf.audio.top_k,
                 noise[s],
             )
             index, store, prev = f["code_update"](
@@ -379,10 +435,16 @@ class DepformerKernels:
         self.dim = dep.n_embd
         self.w_in = torch.cat([depf.depformer_in[g].weight for g in groups]).contiguous()
         self.layers = [
-            (lay.pre_norm.weight, [lay.self_attention.in_proj[g].weight for g in groups],
-             lay.self_attention.q_norm.weight, lay.self_attention.k_norm.weight,
-             [lay.self_attention.out_proj[g].weight for g in groups],
-             lay.post_norm.weight, lay.mlp.wi.weight, lay.mlp.wo.weight)
+            (
+                lay.pre_norm.weight,
+                [lay.self_attention.in_proj[g].weight for g in groups],
+                lay.self_attention.q_norm.weight,
+                lay.self_attention.k_norm.weight,
+                [lay.self_attention.out_proj[g].weight for g in groups],
+                lay.post_norm.weight,
+                lay.mlp.wi.weight,
+                lay.mlp.wo.weight,
+            )
             for lay in depf.layers
         ]
         self.tables = [depf.audio_embeds[s].weight for s in range(self.depth)]
@@ -418,8 +480,9 @@ class DepformerKernels:
         k, eps, br, pdl = self.k, self.eps, self.branches, self.pdl
         n = buf.step.shape[0]
         r = n * br
-        x, din, qkv, attn, hid, logits = (t[:r] for t in (self.x, self.din, self.qkv, self.attn, self.hid,
-                                                            self.logits))
+        x, din, qkv, attn, hid, logits = (
+            t[:r] for t in (self.x, self.din, self.qkv, self.attn, self.hid, self.logits)
+        )
         keys, values, prev = self.keys[:, :r], self.values[:, :r], self.prev[:n]
         noise = torch.empty(self.depth, n, self.vocab_limit, device=x.device).exponential_(generator=gen)
         k.linear(buf.hidden, self.w_in, din, pdl=pdl)
@@ -428,8 +491,10 @@ class DepformerKernels:
         if self.text_embed is not None:
             extra = self.text_embed(buf.text_in[:, 0], buf.text_in[:, 1])
         g0 = self.group_of[0]
-        x.copy_(din[:, g0 * d : (g0 + 1) * d] + (F.embedding(buf.code.repeat_interleave(br), self.tables[0])
-                                                  + extra))
+        x.copy_(
+            din[:, g0 * d : (g0 + 1) * d]
+            + (F.embedding(buf.code.repeat_interleave(br), self.tables[0]) + extra)
+        )
         ring = buf.ring
         for s in range(self.depth):
             g = self.group_of[s]
@@ -443,11 +508,26 @@ class DepformerKernels:
             last = s + 1 == self.depth
             gn = self.group_of[s + 1] if not last else 0
             k.sample_stage(
-                logits, buf.cfg_scale, buf.audio.temperature, buf.audio.top_k, noise[s], ring, buf.step,
-                buf.known, buf.active, prev, codebook=s + 1, delay=self.delays[s + 1], branches=br,
-                vocab_limit=self.vocab_limit, filter_k=self.filter_k, top_k_cap=self.top,
+                logits,
+                buf.cfg_scale,
+                buf.audio.temperature,
+                buf.audio.top_k,
+                noise[s],
+                ring,
+                buf.step,
+                buf.known,
+                buf.active,
+                prev,
+                codebook=s + 1,
+                delay=self.delays[s + 1],
+                branches=br,
+                vocab_limit=self.vocab_limit,
+                filter_k=self.filter_k,
+                top_k_cap=self.top,
                 next_din=None if last else din[:, gn * d : (gn + 1) * d],
-                next_table=None if last else self.tables[s + 1], x=None if last else x, pdl=pdl,
+                next_table=None if last else self.tables[s + 1],
+                x=None if last else x,
+                pdl=pdl,
             )
 
 
@@ -491,10 +571,16 @@ class MainKernels:
         self.qh, self.kvh, self.hd = dec.gqa_query_heads, dec.kv_heads, dec.gqa_head_dim
         tr = model.transformer
         self.layers = [
-            (lay.pre_norm.weight, stacked_rows(lay.attn.q_proj.weight, lay.attn.k_proj.weight,
-                                               lay.attn.v_proj.weight),
-             lay.attn.q_norm.weight, lay.attn.k_norm.weight, lay.attn.o_proj.weight, lay.post_norm.weight,
-             lay.mlp.wi.weight, lay.mlp.wo.weight)
+            (
+                lay.pre_norm.weight,
+                stacked_rows(lay.attn.q_proj.weight, lay.attn.k_proj.weight, lay.attn.v_proj.weight),
+                lay.attn.q_norm.weight,
+                lay.attn.k_norm.weight,
+                lay.attn.o_proj.weight,
+                lay.post_norm.weight,
+                lay.mlp.wi.weight,
+                lay.mlp.wo.weight,
+            )
             for lay in tr.layers
         ]
         self.books = len(tr.audio_embeds)
@@ -521,8 +607,9 @@ class MainKernels:
         for i, (pre, w_qkv, qn, kn, w_o, post, wi, wo) in enumerate(self.layers):
             keys, values = cache.keys[i], cache.values[i]
             k.linear(x, w_qkv, qkv, norm=pre, eps=eps, pdl=pdl)
-            k.qk_rope_cache(qkv, q, keys, values, qn, kn, tr.rope_cos, tr.rope_sin, positions, cache_index,
-                            eps, pdl=pdl)
+            k.qk_rope_cache(
+                qkv, q, keys, values, qn, kn, tr.rope_cos, tr.rope_sin, positions, cache_index, eps, pdl=pdl
+            )
             a = F.scaled_dot_product_attention(
                 q.unsqueeze(2), keys, values, attn_mask=bias, scale=1.0, enable_gqa=self.qh != self.kvh
             )
@@ -530,9 +617,3 @@ class MainKernels:
             k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True, pdl=pdl)
             k.linear(hid, wo, x, residual=x, pdl=pdl)
         return tr.output(x)
-
-
-def consts_ring_len() -> int:
-    from .frame import RING
-
-    return RING

@@ -10,7 +10,24 @@ from typing import Any
 
 from .config import Dia2Config, config_from_dict
 
-__all__ = ["PRESETS", "preset_config", "preset_dict"]
+__all__ = ["PRESETS", "TOKEN_LAYOUT", "preset_config", "preset_dict"]
+
+# The published token layout (special ids, vocab sizes, text-stream timing), shared by both presets and
+# by the tiny test checkpoints (dia2/tiny.py), so a tiny model speaks exactly the real models' protocol.
+TOKEN_LAYOUT: dict[str, Any] = {
+    "audio_vocab_size": 2050,
+    "action_vocab_size": 2,
+    "text_pad_token_id": 3,
+    "text_new_word_token_id": 2,
+    "text_zero_token_id": 7,
+    "audio_pad_token_id": 2049,
+    "audio_bos_token_id": 2048,
+    "action_pad_token_id": 0,
+    "action_new_word_token_id": 1,
+    "first_word_min_start": 3,
+    "max_pad": 8,
+    "second_stream_ahead": 2,
+}
 
 
 def _config(n_layer: int, n_embd: int, dep_layers: int, schedule: list[int]) -> dict[str, Any]:
@@ -18,19 +35,8 @@ def _config(n_layer: int, n_embd: int, dep_layers: int, schedule: list[int]) -> 
         "data": {
             "channels": 34,
             "text_vocab_size": 49280,
-            "audio_vocab_size": 2050,
-            "action_vocab_size": 2,
-            "text_pad_token_id": 3,
-            "text_new_word_token_id": 2,
-            "text_zero_token_id": 7,
-            "audio_pad_token_id": 2049,
-            "audio_bos_token_id": 2048,
-            "action_pad_token_id": 0,
-            "action_new_word_token_id": 1,
+            **TOKEN_LAYOUT,
             "delay_pattern": [16] + [18] * 31,
-            "first_word_min_start": 3,
-            "max_pad": 8,
-            "second_stream_ahead": 2,
         },
         "model": {
             "decoder": {

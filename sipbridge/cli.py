@@ -13,6 +13,7 @@ from collections.abc import Sequence
 
 from sipbridge import __version__
 from sipbridge.config import ConfigError, LoadedConfig, dump_masked_yaml, load_config, schema_markdown
+from sipbridge.dialer import dnc_cli
 from sipbridge.logs import setup_logging
 from sipbridge.store import StoreError
 from sipbridge.tools import call as call_tool
@@ -23,7 +24,7 @@ log = logging.getLogger("sipbridge")
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
 # Subcommands that live in a module of their own: each has add_parser(subparsers) and run(args) -> exit code.
-_TOOLS = {"call": call_tool, "doctor": doctor_tool}
+_TOOLS = {"call": call_tool, "doctor": doctor_tool, "dnc": dnc_cli}
 
 
 def _add_config_args(parser: argparse.ArgumentParser) -> None:
@@ -120,6 +121,10 @@ def build_parser() -> argparse.ArgumentParser:
     )
     flow_test.add_argument("--var", action="append", metavar="NAME=VALUE", help="call variable (repeatable)")
     flow_test.add_argument("--json", action="store_true", help="print the whole run as one JSON document")
+
+    from sipbridge.text import cli as text_cli
+
+    text_cli.add_parser(sub, _add_config_args)
     return parser
 
 
@@ -202,6 +207,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         except StoreError as exc:  # e.g. no database at the path: the commands never create one
             print(str(exc), file=sys.stderr)
             return EXIT_FAILURE
+
+    if args.command == "normalize":
+        from sipbridge.text import cli as text_cli
+
+        return text_cli.run(args, loaded)
 
     if args.command == "check-config":
         sys.stdout.write(f"# {loaded.source}: valid\n")

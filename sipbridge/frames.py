@@ -60,6 +60,23 @@ class CallRejected(Frame):
 
 
 @dataclass(frozen=True)
+class RequestsRefused(Frame):
+    """SIP requests the worker's guard answered (or dropped) statelessly since its last report, aggregated:
+    one frame per half second at most, however fast a flood comes (sipbridge/sip/guard.py)."""
+
+    index: int
+    counts: list[tuple[str, int, str, int]]  # (method, code, reason, count); code -1: dropped (an ACK)
+
+
+@dataclass(frozen=True)
+class RecordingFailed(CallFrame):
+    """The call's recording could not be written (disk full, read-only directory): the call goes on
+    without it."""
+
+    error: str
+
+
+@dataclass(frozen=True)
 class CallStarted(CallFrame):
     """Answered, media active: the supervisor may speak from now on."""
 
@@ -99,6 +116,15 @@ class TurnPaused(CallFrame):
 
 
 @dataclass(frozen=True)
+class TurnResumed(CallFrame):
+    """The caller made sound again after a TurnPaused, before the turn ended: a judgement of that pause
+    (turn.end_of_turn) still in progress is void. Sent once per pause, from the energy onset (no VAD lag)."""
+
+    start_ms: int  # the turn's start, as TurnPaused.start_ms
+    t_ms: int  # onset of the new sound, call media time
+
+
+@dataclass(frozen=True)
 class TurnDropped(CallFrame):
     start_ms: int
     end_ms: int
@@ -129,6 +155,9 @@ class PlaybackDone(CallFrame):
     end_ms: int
     interrupted: bool
     underruns: int
+    # time.monotonic() when the utterance's first frame went to RTP (one clock for every process of the
+    # host): the last stage of the reply latency (metrics' turn stages). 0 = unknown.
+    started_at: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -148,6 +177,18 @@ class CallEnded(CallFrame):
     rx_frames: int
     tx_frames: int
     underruns: int
+
+
+@dataclass(frozen=True)
+class RtpQuality(CallFrame):
+    """The call's receive-side RTP statistics from PJSIP's stream (RTCP counters and jitter buffer), sent
+    just before its CallEnded: what the caller's network did to the audio we heard."""
+
+    packets: int  # RTP packets received
+    lost: int  # sequence gaps never filled
+    late: int  # arrived too late for the jitter buffer (discarded)
+    jitter_mean_ms: float
+    jitter_max_ms: float
 
 
 @dataclass(frozen=True)
@@ -282,6 +323,13 @@ class Shutdown(Frame):
 
 
 @dataclass(frozen=True)
+class Drain(Frame):
+    """Stop taking calls (new INVITEs get 503) and let the active ones run to their end (graceful drain)."""
+
+    reason: str = ""
+
+
+@dataclass(frozen=True)
 class Ping(Frame):
     """IPC latency probe, echoed by the worker: `t` is when the supervisor sent it, `t_echo` when the worker
     read it (both `time.monotonic_ns`, one clock for every process of the host)."""
@@ -297,10 +345,13 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         WorkerReady,
         Registration,
         CallRejected,
+        RequestsRefused,
+        RecordingFailed,
         CallStarted,
         SpeechStarted,
         TurnEnded,
         TurnPaused,
+        TurnResumed,
         TurnDropped,
         BargeIn,
         Dtmf,
@@ -308,6 +359,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         TransferStatus,
         CallEnded,
         CallProgress,
+        RtpQuality,
         DialEnded,
         AmdResult,
         AmdAudio,
@@ -322,6 +374,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         Transfer,
         SendDtmf,
         Shutdown,
+        Drain,
         Ping,
     )
 }

@@ -4,8 +4,28 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import sys
 import time
+
+# C0/C1 controls and the Unicode line separators: a peer's CR/LF inside a logged SIP string must not start
+# a forged log line. Escaped in the message only; tracebacks keep their own line breaks.
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def _escape(match: re.Match[str]) -> str:
+    code = ord(match.group())
+    return f"\\x{code:02x}" if code < 0x100 else f"\\u{code:04x}"
+
+
+def one_line(text: str) -> str:
+    return _CONTROL.sub(_escape, text)
+
+
+class _TextFormatter(logging.Formatter):
+    def formatMessage(self, record: logging.LogRecord) -> str:
+        record.message = one_line(record.message)
+        return super().formatMessage(record)
 
 
 class _JsonFormatter(logging.Formatter):
@@ -14,7 +34,7 @@ class _JsonFormatter(logging.Formatter):
             "ts": round(record.created, 3),
             "level": record.levelname,
             "logger": record.name,
-            "msg": record.getMessage(),
+            "msg": one_line(record.getMessage()),
         }
         if record.exc_info:
             payload["exc"] = self.formatException(record.exc_info)
@@ -26,7 +46,7 @@ def setup_logging(level: str = "INFO", *, json_format: bool = False) -> None:
     if json_format:
         handler.setFormatter(_JsonFormatter())
     else:
-        formatter = logging.Formatter(
+        formatter = _TextFormatter(
             "%(asctime)s.%(msecs)03dZ %(levelname)-7s %(name)s: %(message)s", datefmt="%Y-%m-%dT%H:%M:%S"
         )
         formatter.converter = time.gmtime

@@ -1,174 +1,235 @@
-"""The supervisor's metrics, served as Prometheus text (`GET /metrics`, exposition format 0.0.4).
+"""The supervisor's metrics, served as Prometheus text (`GET /metrics`) by prometheus-client.
 
 Counters and histograms are updated on the supervisor's event loop where things happen (a call ends, a reply's
 first audio leaves, a barge-in arrives); gauges read the state they report when scraped (active calls,
 connected workers, trunk registration, ASR counters), so nothing is kept twice. One `Metrics` object per
-supervisor, handed to what updates it: no process-wide registry.
+supervisor, each with its own `CollectorRegistry`, handed to what updates it: no process-wide registry (tests
+run several supervisors' worth of metrics in one process).
 
-Times are seconds, as Prometheus names them (`_seconds`); histogram buckets suit phone-call latencies.
+The thin `Counter` / `Histogram` wrappers keep one call style (`inc(**labels)`, `observe(v, **labels)`) and
+refuse a wrong label set with the metric's name in the message. Times are seconds, as Prometheus names them
+(`_seconds`); histogram buckets suit phone-call latencies.
 """
 
 from __future__ import annotations
 
-import math
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-__all__ = ["Counter", "Gauge", "Histogram", "Metrics"]
+import prometheus_client
+from prometheus_client import CollectorRegistry
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily, Metric
+from prometheus_client.exposition import CONTENT_TYPE_PLAIN_0_0_4, generate_latest
+from prometheus_client.registry import Collector
+
+__all__ = ["CONTENT_TYPE", "TURN_STAGES", "Counter", "Histogram", "Metrics"]
+
+# No `_created` series: a scrape shows what is counted, not when each label set first appeared.
+prometheus_client.disable_created_metrics()
+
+CONTENT_TYPE = CONTENT_TYPE_PLAIN_0_0_4
 
 # Reply and ASR latencies on a phone line: 50 ms ... 5 s.
 LATENCY_BUCKETS = (0.05, 0.1, 0.15, 0.2, 0.3, 0.5, 0.75, 1.0, 1.5, 2.0, 3.0, 5.0)
+# One stage of a reply: 5 ms ... 5 s (the playout stage is a few ms, ASR can take seconds).
+STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0, 2.0, 5.0)
+# A call's received-RTP loss ratio and mean jitter.
+LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
+JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+
+# The stages of one reply, in order (session.py measures them): caller turn end detected → its words ready →
+# the agent's first text → the engine's first audio → that audio's first RTP frame out of the worker.
+TURN_STAGES = ("asr", "agent", "engine", "playout")
 
 
-def _escape(value: str) -> str:
-    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+def _check_labels(name: str, labelnames: tuple[str, ...], labels: dict[str, str]) -> None:
+    if set(labels) != set(labelnames):
+        raise ValueError(f"{name}: labels {sorted(labels)} != {sorted(labelnames)}")
 
 
-def _labels(names: tuple[str, ...], values: tuple[str, ...]) -> str:
-    if not names:
-        return ""
-    return "{" + ",".join(f'{n}="{_escape(v)}"' for n, v in zip(names, values, strict=True)) + "}"
-
-
-def _number(value: float) -> str:
-    if math.isinf(value):
-        return "+Inf" if value > 0 else "-Inf"
-    return str(int(value)) if float(value).is_integer() else repr(float(value))
-
-
-@dataclass
 class Counter:
-    name: str
-    help: str
-    labelnames: tuple[str, ...] = ()
-    values: dict[tuple[str, ...], float] = field(default_factory=dict)
+    def __init__(
+        self, registry: CollectorRegistry, name: str, help: str, labelnames: tuple[str, ...] = ()
+    ) -> None:
+        self.name = name
+        self.labelnames = labelnames
+        self._metric = prometheus_client.Counter(name, help, labelnames, registry=registry)
 
     def inc(self, amount: float = 1.0, **labels: str) -> None:
+        _check_labels(self.name, self.labelnames, labels)
         if amount < 0:
             raise ValueError(f"{self.name}: a counter only goes up")
-        if set(labels) != set(self.labelnames):
-            raise ValueError(f"{self.name}: labels {sorted(labels)} != {sorted(self.labelnames)}")
-        key = tuple(labels[n] for n in self.labelnames)
-        self.values[key] = self.values.get(key, 0.0) + amount
-
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} counter"
-        if not self.labelnames and not self.values:
-            yield f"{self.name} 0"
-        for key in sorted(self.values):
-            yield f"{self.name}{_labels(self.labelnames, key)} {_number(self.values[key])}"
+        (self._metric.labels(**labels) if labels else self._metric).inc(amount)
 
 
-@dataclass
-class Gauge:
-    """Read when scraped. `kind` "counter" for totals kept elsewhere (e.g. the ASR's run count)."""
+class Histogram:
+    def __init__(
+        self,
+        registry: CollectorRegistry,
+        name: str,
+        help: str,
+        buckets: tuple[float, ...] = LATENCY_BUCKETS,
+        labelnames: tuple[str, ...] = (),
+    ) -> None:
+        if list(buckets) != sorted(buckets):
+            raise ValueError(f"{name}: buckets must be increasing")
+        self.name = name
+        self.labelnames = labelnames
+        self._metric = prometheus_client.Histogram(name, help, labelnames, buckets=buckets, registry=registry)
+
+    def observe(self, value: float, **labels: str) -> None:
+        _check_labels(self.name, self.labelnames, labels)
+        (self._metric.labels(**labels) if labels else self._metric).observe(value)
+
+
+@dataclass(eq=False)  # hashable by identity: the registry keys collectors by object
+class _ReadWhenScraped(Collector):
+    """A value another component owns, read at each scrape. `kind` "counter" for totals kept elsewhere."""
 
     name: str
     help: str
     read: Callable[[], float]
     kind: str = "gauge"
 
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} {self.kind}"
-        yield f"{self.name} {_number(float(self.read()))}"
+    def collect(self) -> Iterator[Metric]:
+        family = CounterMetricFamily if self.kind == "counter" else GaugeMetricFamily
+        yield family(self.name, self.help, value=float(self.read()))
+
+    def describe(self) -> Iterator[Metric]:
+        return iter(())  # registering must not read the component (it may not exist yet)
 
 
-@dataclass
-class Histogram:
+@dataclass(eq=False)
+class _LabelledReadWhenScraped(Collector):
+    """Read when scraped: one sample per label values (e.g. per caller ID), from `read()`."""
+
     name: str
     help: str
-    buckets: tuple[float, ...] = LATENCY_BUCKETS
-    counts: list[int] = field(default_factory=list)  # per bucket, not cumulative; the last is +Inf
-    sum: float = 0.0
-    count: int = 0
+    labelnames: tuple[str, ...]
+    read: Callable[[], dict[tuple[str, ...], float]]
 
-    def __post_init__(self) -> None:
-        if list(self.buckets) != sorted(self.buckets):
-            raise ValueError(f"{self.name}: buckets must be increasing")
-        self.counts = [0] * (len(self.buckets) + 1)
+    def collect(self) -> Iterator[Metric]:
+        family = GaugeMetricFamily(self.name, self.help, labels=list(self.labelnames))
+        for key, value in sorted(self.read().items()):
+            family.add_metric(list(key), float(value))
+        yield family
 
-    def observe(self, value: float) -> None:
-        i = next((i for i, b in enumerate(self.buckets) if value <= b), len(self.buckets))
-        self.counts[i] += 1
-        self.sum += value
-        self.count += 1
-
-    def lines(self) -> Iterator[str]:
-        yield f"# HELP {self.name} {self.help}"
-        yield f"# TYPE {self.name} histogram"
-        total = 0
-        for bound, n in zip([*self.buckets, math.inf], self.counts, strict=True):
-            total += n
-            yield f'{self.name}_bucket{{le="{_number(bound)}"}} {total}'
-        yield f"{self.name}_sum {_number(self.sum)}"
-        yield f"{self.name}_count {self.count}"
+    def describe(self) -> Iterator[Metric]:
+        return iter(())
 
 
 @dataclass
 class Metrics:
     """What the supervisor counts itself. Gauges of other components' state are added with `gauge()`."""
 
-    calls_started: Counter = field(
-        default_factory=lambda: Counter(
-            "sipbridge_calls_started_total", "Calls answered or placed and connected.", ("direction",)
+    registry: CollectorRegistry = field(default_factory=lambda: CollectorRegistry(auto_describe=False))
+
+    def __post_init__(self) -> None:
+        r = self.registry
+        self.calls_started = Counter(
+            r, "sipbridge_calls_started_total", "Calls answered or placed and connected.", ("direction",)
         )
-    )
-    calls_ended: Counter = field(
-        default_factory=lambda: Counter(
-            "sipbridge_calls_ended_total", "Calls that ended, by direction and recorded outcome.",
+        self.calls_ended = Counter(
+            r,
+            "sipbridge_calls_ended_total",
+            "Calls that ended, by direction and recorded outcome.",
             ("direction", "outcome"),
         )
-    )
-    calls_rejected: Counter = field(
-        default_factory=lambda: Counter(
-            "sipbridge_calls_rejected_total", "INVITEs refused before a call existed, by SIP status.",
+        self.calls_rejected = Counter(
+            r,
+            "sipbridge_calls_rejected_total",
+            "INVITEs refused before a call existed, by SIP status.",
             ("code",),
         )
-    )
-    caller_turns: Counter = field(
-        default_factory=lambda: Counter(
+        self.caller_turns = Counter(
+            r,
             "sipbridge_caller_turns_total",
             "Caller turns transcribed, by whether the early transcription was used.",
             ("early_asr",),
         )
-    )
-    barge_ins: Counter = field(
-        default_factory=lambda: Counter("sipbridge_barge_ins_total", "Bot speech cut by the caller.")
-    )
-    reply_latency: Histogram = field(
-        default_factory=lambda: Histogram(
+        self.barge_ins = Counter(r, "sipbridge_barge_ins_total", "Bot speech cut by the caller.")
+        self.reply_latency = Histogram(
+            r,
             "sipbridge_reply_latency_seconds",
             "End of a caller turn (detected) to the reply's first audio sent.",
         )
-    )
-    asr_wait: Histogram = field(
-        default_factory=lambda: Histogram(
+        self.asr_wait = Histogram(
+            r,
             "sipbridge_asr_wait_seconds",
             "What a caller turn waited for its words after it ended (0 when the early run was ready).",
         )
-    )
-    engine_first_chunk: Histogram = field(
-        default_factory=lambda: Histogram(
-            "sipbridge_engine_first_chunk_seconds", "From asking the engine for a reply to its first audio."
+        self.engine_first_chunk = Histogram(
+            r,
+            "sipbridge_engine_first_chunk_seconds",
+            "From asking the engine for a reply to its first audio.",
         )
-    )
-    dial_attempts: Counter = field(
-        default_factory=lambda: Counter(
-            "sipbridge_dial_attempts_total", "Outbound attempts recorded, by campaign and outcome.",
+        self.dial_attempts = Counter(
+            r,
+            "sipbridge_dial_attempts_total",
+            "Outbound attempts recorded, by campaign and outcome.",
             ("campaign", "outcome"),
         )
-    )
-    gauges: list[Gauge] = field(default_factory=list)
+        self.sip_refused = Counter(
+            r,
+            "sipbridge_sip_requests_refused_total",
+            "SIP requests a worker's guard answered statelessly (or dropped: code -1), by method and status.",
+            ("method", "code"),
+        )
+        self.frame_errors = Counter(
+            r,
+            "sipbridge_worker_frame_errors_total",
+            "Worker frames whose handling raised (logged; that frame dropped or that call ended).",
+            ("frame",),
+        )
+        self.recording_failures = Counter(
+            r,
+            "sipbridge_recording_failures_total",
+            "Calls whose recording could not be written (they went on without it).",
+        )
+        self.turn_stage = Histogram(
+            r,
+            "sipbridge_turn_stage_seconds",
+            "One stage of answering a caller turn: asr (turn end detected to words ready), agent (to the "
+            "agent's first text), engine (to the engine's first audio), playout (to its first RTP frame).",
+            STAGE_BUCKETS,
+            ("stage",),
+        )
+        self.rtp_loss = Histogram(
+            r,
+            "sipbridge_rtp_loss_ratio",
+            "Per call at its end: received RTP packets lost / expected (PJSIP stream statistics).",
+            LOSS_BUCKETS,
+        )
+        self.rtp_jitter = Histogram(
+            r,
+            "sipbridge_rtp_jitter_seconds",
+            "Per call at its end: mean interarrival jitter of the received RTP (RFC 3550).",
+            JITTER_BUCKETS,
+        )
+        self.rtp_late = Counter(
+            r,
+            "sipbridge_rtp_late_packets_total",
+            "Received RTP packets that arrived too late for the jitter buffer and were discarded.",
+        )
+        self.dial_skipped = Counter(
+            r,
+            "sipbridge_dial_skipped_total",
+            "Contacts not dialed (do-not-call list: suppressed; daily cap: capped), by campaign and outcome.",
+            ("campaign", "outcome"),
+        )
 
     def gauge(self, name: str, help: str, read: Callable[[], float], kind: str = "gauge") -> None:
-        self.gauges.append(Gauge(name, help, read, kind))
+        self.registry.register(_ReadWhenScraped(name, help, read, kind))
+
+    def labelled_gauge(
+        self,
+        name: str,
+        help: str,
+        labelnames: tuple[str, ...],
+        read: Callable[[], dict[tuple[str, ...], float]],
+    ) -> None:
+        self.registry.register(_LabelledReadWhenScraped(name, help, labelnames, read))
 
     def render(self) -> str:
-        """The exposition text, families in a fixed order."""
-        families: list[Counter | Histogram | Gauge] = [
-            self.calls_started, self.calls_ended, self.calls_rejected, self.caller_turns, self.barge_ins,
-            self.reply_latency, self.asr_wait, self.engine_first_chunk, self.dial_attempts, *self.gauges,
-        ]
-        return "".join(line + "\n" for family in families for line in family.lines())
+        """The exposition text (format 0.0.4), families in the order they were registered."""
+        return generate_latest(self.registry).decode()

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import dataclass, field
@@ -32,11 +33,15 @@ from sipbridge.asr import Transcriber
 from sipbridge.config import Config
 from sipbridge.dialer.amd_words import GreetingTranscriber
 from sipbridge.dialer.live import OutboundCall
+from sipbridge.dialer.optout import OptOutDetector
+from sipbridge.dialer.suppression import DncList
 from sipbridge.engine import Engine, EngineError, EngineSession
-from sipbridge.metrics import Metrics
+from sipbridge.media.recorder import repair_recordings
+from sipbridge.metrics import TURN_STAGES, Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
 from sipbridge.store import Store
+from sipbridge.turn_policy import EndOfTurn
 
 log = logging.getLogger(__name__)
 
@@ -50,8 +55,15 @@ class Utterance:
     queued_at: float
     turn_ended_at: float | None = None  # monotonic time the caller turn it answers was detected
     timing: dict[str, float | bool] = field(default_factory=dict)
+    # Monotonic times of a turn's reply stages (turn_end, asr_done, agent_done, engine_audio): the
+    # sipbridge_turn_stage_seconds histogram, completed by the worker's first-RTP time at PlaybackDone.
+    marks: dict[str, float] = field(default_factory=dict)
     pcm: list[bytes] = field(default_factory=list)  # what was sent (for the bot turn's WAV)
     cancelled: bool = False
+    # Made while AMD listens (no dead air): audio kept here until the verdict says a person answered.
+    held: bool = False
+    held_frames: list[bytes] = field(default_factory=list)
+    generated: bool = False  # the engine finished it while it was held (EndOfUtterance is owed)
 
 
 Transcript = tuple[str, list[tuple[str, float, float]]]  # text, (word, start s, end s) if the engine wants
@@ -94,9 +106,18 @@ class CallSession:
     # A call the dialer placed (None: inbound). Its AMD decision gates the greeting (docs/DIALER.md).
     outbound: OutboundCall | None = None
     _voicemail_utterance: int | None = None
+    _disclosure_utterance: int | None = None
+    _holding: bool = False  # new utterances are held: AMD has not decided yet (outbound)
     _amd_words: GreetingTranscriber | None = None  # the greeting's words for the worker's AMD (amd.asr)
     _early: EarlyWords | None = None  # transcription of the turn so far, from its latest TurnPaused
     metrics: Metrics = field(default_factory=Metrics)  # the supervisor's (a fresh one when run alone)
+    _recording_failed: bool = False  # recordings dir unwritable: the call goes on without them
+    # Decides at a pause whether the turn is over (turn.end_of_turn); None or "hangover": wait for TurnEnded.
+    end_of_turn: EndOfTurn | None = None
+    # (the worker's turn start, the end we answered at) once a turn was ended at a pause; the worker's
+    # segmenter still has that turn open until its own TurnEnded (docs/ARCHITECTURE.md, "End of turn").
+    _answered: tuple[int, int] | None = None
+    _premature_seen: int | None = None  # the answered end whose continuation was recorded premature
 
     @property
     def direction(self) -> str:
@@ -111,11 +132,40 @@ class CallSession:
         return self.config.media.clock_rate
 
     def _turn_dir(self) -> Path | None:
-        if not self.config.storage.record_calls:
+        if not self.config.storage.record_calls or self._recording_failed:
             return None
         path = Path(self.config.storage.recordings_dir).resolve() / self.call_id
-        path.mkdir(parents=True, exist_ok=True)
+        try:
+            path.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            self._recording_error(exc)
+            return None
         return path
+
+    def _save_wav(self, name: str, pcm: np.ndarray[Any, Any]) -> str | None:
+        """A turn's audio next to the call's recording; None (and an error event) if it cannot be written."""
+        turn_dir = self._turn_dir()
+        if turn_dir is None:
+            return None
+        path = turn_dir / name
+        try:
+            write_wav(str(path), pcm.astype(np.float32) / 32768.0, self.rate)
+        except Exception as exc:  # OSError, soundfile.LibsndfileError (disk full, read-only)
+            self._recording_error(exc)
+            return None
+        return str(path)
+
+    def _recording_error(self, exc: BaseException) -> None:
+        """Recordings stop for this call; the call goes on. Stored once as an event, counted once."""
+        if self._recording_failed:
+            return
+        self._recording_failed = True
+        self.metrics.recording_failures.inc()
+        log.error("call %s: cannot write its recordings, going on without them: %s", self.call_id, exc)
+        try:
+            self.store.add_event(self.call_id, "recording_failed", {"error": f"{type(exc).__name__}: {exc}"})
+        except Exception:
+            log.exception("call %s: storing the recording failure failed", self.call_id)
 
     # ------------------------------------------------------------------------------- lifecycle
 
@@ -155,9 +205,11 @@ class CallSession:
             self._fail(f"engine: {exc}")
             return
         self._spawn(self._speaker(), "speaker")
-        if out is None or not out.amd_enabled:
-            self._spawn(self._greet(), "greeting")
-        # else: the bot stays silent until the worker's AmdResult (a person hears us only after deciding)
+        # Outbound with AMD: the disclosure and the greeting are made now, while AMD listens, and held (no
+        # audio leaves) until the verdict: a person hears them at once, a machine never (docs/DIALER.md).
+        self._holding = out is not None and out.amd_enabled
+        self._disclose()
+        self._spawn(self._greet(), "greeting")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=f"{name}-{self.call_id[:8]}")
@@ -206,6 +258,9 @@ class CallSession:
 
     def _record_end(self, ended: f.CallEnded | None, lost_reason: str | None) -> None:
         if lost_reason is not None:
+            if self.config.storage.record_calls:  # its worker died writing it: make the header whole
+                path = Path(self.config.storage.recordings_dir).resolve() / self.call_id / "call.wav"
+                repair_recordings([str(path)] if path.exists() else [])
             self.store.end_call(self.call_id, "failed", reason=lost_reason)
             self.metrics.calls_ended.inc(direction=self.direction, outcome="failed")
             log.warning("call %s recorded: failed (%s)", self.call_id, lost_reason)
@@ -241,13 +296,20 @@ class CallSession:
             if self._silence_timeout_s is not None:
                 self._arm_silence(self._silence_timeout_s)  # noise only: keep waiting for a real answer
         if isinstance(frame, f.TurnEnded):
-            self._spawn(self._on_turn(frame, time.monotonic(), self._take_early(frame)), "turn")
+            turn = self._unanswered(frame)
+            if turn is not None:
+                self._spawn(self._on_turn(turn, time.monotonic(), self._take_early(turn)), "turn")
         elif isinstance(frame, f.TurnPaused):
-            self._on_pause(frame)
+            self._on_pause(self._unanswered(frame))
         elif isinstance(frame, f.TurnDropped):
             self._early = None  # noise: nothing of it is a turn
+            self._answered = None
+        elif isinstance(frame, f.TurnResumed):
+            self._drop_early()  # the caller went on: that pause's words and judgement are not the turn's
         elif isinstance(frame, f.BargeIn):
             self._on_barge_in(frame)
+        elif isinstance(frame, f.RecordingFailed):  # the worker's call.wav
+            self._recording_error(RuntimeError(frame.error))
         elif isinstance(frame, f.PlaybackDone):
             self._on_playback_done(frame)
         elif isinstance(frame, f.Dtmf):
@@ -279,6 +341,8 @@ class CallSession:
         if self._amd_words is not None:
             self._amd_words.stop()
         out.amd_kind, out.amd_at_ms = frame.kind, frame.decided_at_ms
+        # First, before any bookkeeping: the audio made while AMD listened goes out now (or never).
+        self._release_held(keep=frame.kind != "machine")
         data = {
             "kind": frame.kind,
             "reasons": frame.reasons,
@@ -287,11 +351,26 @@ class CallSession:
         }
         self.store.add_event(self.call_id, "amd", data)
         log.info("call %s: AMD %s at %d ms %s", self.call_id, frame.kind, frame.decided_at_ms, frame.reasons)
-        if frame.kind != "machine":
-            self._spawn(self._greet(), "greeting")
-        elif out.voicemail_message is None:
+        if frame.kind == "machine" and out.voicemail_message is None:
             self.hangup(200, "answering machine, no message configured")
         # else: the worker's MessageCueFrame says when the beep (or the greeting) is over
+
+    def _release_held(self, *, keep: bool) -> None:
+        """AMD decided: send what was made while it listened (a person), or drop it unheard (a machine)."""
+        self._holding = False
+        for utt in sorted((u for u in self.utterances.values() if u.held), key=lambda u: u.id):
+            utt.held = False
+            if not keep:
+                utt.cancelled = True
+                self.utterances.pop(utt.id, None)
+                if self.generating is utt and self.engine_session is not None:
+                    self.engine_session.cancel()
+                continue
+            for pcm in utt.held_frames:
+                self.worker.send(f.PlayAudio(self.call_id, utt.id, utt.reply.interruptible, pcm))
+            utt.held_frames.clear()
+            if utt.generated:
+                self.worker.send(f.EndOfUtterance(self.call_id, utt.id))
 
     def _on_message_cue(self, frame: f.MessageCueFrame) -> None:
         out = self.outbound
@@ -302,10 +381,20 @@ class CallSession:
         utt = self.say(Reply(out.voicemail_message, interruptible=False, hangup=True))
         self._voicemail_utterance = utt.id
 
+    def _disclose(self) -> None:
+        """Outbound: the disclosure is queued before the agent is even asked for its greeting, so it is the
+        first utterance; not interruptible, so barge-in cannot cut it; held with the greeting while AMD
+        listens and dropped unheard if a machine answered (the voicemail message carries no disclosure)."""
+        out = self.outbound
+        text = None if out is None else (out.disclosure or self.config.dialer.disclosure)
+        if text and self._disclosure_utterance is None:
+            self._disclosure_utterance = self.say(Reply(text, interruptible=False)).id
+
     async def _greet(self) -> None:
         assert self.agent_call is not None
         reply = await self._ask_agent(self.agent.greeting(self.agent_call))
-        if reply is not None:
+        machine = self.outbound is not None and self.outbound.amd_kind == "machine"
+        if reply is not None and not machine:  # a greeting that comes after a machine verdict is not said
             self.say(reply)
 
     async def _transcribe(self, pcm: np.ndarray[Any, Any]) -> Transcript:
@@ -322,21 +411,88 @@ class CallSession:
             log.warning("call %s: early transcription failed: %r", self.call_id, exc)
             return None
 
-    def _on_pause(self, frame: f.TurnPaused) -> None:
+    def _on_pause(self, frame: f.TurnPaused | None) -> None:
         """Transcribe the turn so far while the stop hangover runs: if the caller says no more, the words
         are (nearly) ready when TurnEnded comes. A newer pause replaces an older one (its run finishes on
-        the ASR thread anyway; only the newest can match)."""
+        the ASR thread anyway; only the newest can match). With `turn.end_of_turn` the pause is also judged:
+        a complete turn is answered now, not at TurnEnded."""
+        if frame is None:  # a pause inside what was already answered
+            return
+        self._drop_early()  # its run, if still queued behind others on the ASR thread, never starts
         pcm = np.frombuffer(frame.pcm, dtype=np.int16)
         task = asyncio.create_task(self._transcribe_early(pcm), name=f"early-asr-{self.call_id[:8]}")
         self._tasks.add(task)
         task.add_done_callback(self._tasks.discard)
         self._early = EarlyWords(frame.start_ms, frame.end_ms, task)
+        if self.end_of_turn is not None and self.end_of_turn.enabled:
+            self._spawn(self._judge_pause(frame, self._early, time.monotonic()), "eot")
+
+    async def _judge_pause(self, frame: f.TurnPaused, early: EarlyWords, paused_at: float) -> None:
+        assert self.end_of_turn is not None
+        pcm = np.frombuffer(frame.pcm, dtype=np.int16)
+        try:
+            verdict = await self.end_of_turn.judge(pcm, self.rate, asyncio.shield(early.task))
+        except Exception as exc:  # a failed judgement leaves the turn to the hangover; the call goes on
+            log.warning("call %s: end-of-turn judgement failed: %r", self.call_id, exc)
+            return
+        if self._early is not early:
+            return  # the caller went on (a newer pause) or the hangover ended the turn first
+        self.store.add_event(
+            self.call_id,
+            "end_of_turn",
+            {
+                "start_ms": frame.start_ms,
+                "end_ms": frame.end_ms,
+                "complete": verdict.complete,
+                "reason": verdict.reason,
+                "model_prob": verdict.model_prob,
+                "decided_ms": verdict.decided_ms,
+            },
+        )
+        if not verdict.complete:
+            return
+        self._early = None
+        start = frame.start_ms if self._answered is None else self._answered[0]
+        self._answered = (start, frame.end_ms)
+        turn = f.TurnEnded(self.call_id, frame.start_ms, frame.end_ms, "end_of_turn", frame.pcm)
+        await self._on_turn(turn, paused_at, early)
+
+    def _unanswered(self, frame: f.TurnEnded | f.TurnPaused) -> Any:
+        """The part of a worker turn event that was not answered yet: the frame itself; None when the whole
+        of it was (the turn ended where it was judged complete); or, when the caller went on after a turn
+        was ended at a pause (a premature end), only what came after that pause."""
+        answered = self._answered
+        if answered is None or frame.start_ms != answered[0]:
+            self._answered = None
+            return frame
+        if isinstance(frame, f.TurnEnded):
+            self._answered = None
+        if frame.end_ms <= answered[1]:
+            return None
+        if self._premature_seen != answered[1]:  # once per answered pause the caller went on after
+            self._premature_seen = answered[1]
+            premature = {"answered_end_ms": answered[1], "end_ms": frame.end_ms}
+            self.store.add_event(self.call_id, "end_of_turn_premature", premature)
+        pcm_start = frame.pcm_start_ms if frame.pcm_start_ms is not None else frame.start_ms  # pre-roll
+        skip = (answered[1] - pcm_start) * self.rate // 1000 * 2  # int16 bytes
+        rest = frame.pcm[max(skip, 0) :]
+        return dataclasses.replace(frame, start_ms=answered[1], pcm=rest, pcm_start_ms=answered[1])
 
     def _take_early(self, turn: f.TurnEnded) -> EarlyWords | None:
-        early, self._early = self._early, None
+        early = self._early
         if early is not None and (early.start_ms, early.end_ms) == (turn.start_ms, turn.end_ms):
+            self._early = None
             return early
+        self._drop_early()
         return None
+
+    def _drop_early(self) -> None:
+        """Forget the pause's transcription: cancelling its task also takes its run off the ASR thread's
+        queue if it has not started (under load, stale runs queued there delayed the turn's own by
+        seconds)."""
+        if self._early is not None:
+            self._early.task.cancel()
+            self._early = None
 
     async def _on_turn(self, turn: f.TurnEnded, detected_at: float, early: EarlyWords | None = None) -> None:
         assert self.agent_call is not None and self.engine_session is not None
@@ -349,11 +505,7 @@ class CallSession:
             self.metrics.caller_turns.inc(early_asr="true" if early_words is not None else "false")
             self.metrics.asr_wait.observe(t_asr - t0)
             self.engine_session.user_spoke(pcm, self.rate, timed if timed else words)
-            audio_path = None
-            turn_dir = self._turn_dir()
-            if turn_dir is not None:
-                audio_path = str(turn_dir / f"caller-{self.caller_turns}.wav")
-                write_wav(audio_path, pcm.astype(np.float32) / 32768.0, self.rate)
+            audio_path = self._save_wav(f"caller-{self.caller_turns}.wav", pcm)
             self.caller_turns += 1
             self.store.add_turn(
                 self.call_id,
@@ -372,6 +524,8 @@ class CallSession:
                 turn.reason,
                 words,
             )
+            if self._opt_out_said(words):
+                return  # the agent never sees it: the session confirms and hangs up
             caller_turn = Turn(
                 "speech", words, start_ms=turn.start_ms, end_ms=turn.end_ms, asr_ms=(t_asr - t0) * 1000
             )
@@ -380,11 +534,13 @@ class CallSession:
             if reply is not None:
                 utt = self.say(reply)
                 utt.turn_ended_at = detected_at
+                utt.marks.update(turn_end=detected_at, asr_done=t_asr, agent_done=t_agent)
                 utt.timing.update(
                     asr_ms=(t_asr - t0) * 1000,  # with an early transcription: only what was left of it
                     agent_ms=(t_agent - t_asr) * 1000,
                     wait_ms=(t0 - detected_at) * 1000,
                     early_asr=early_words is not None,
+                    end_of_turn=turn.reason == "end_of_turn",  # answered at the pause, not the hangover
                 )
 
     async def _on_dtmf(self, digit: str) -> None:
@@ -410,7 +566,7 @@ class CallSession:
 
     def say(self, reply: Reply) -> Utterance:
         self._apply_now(reply.actions)
-        utt = Utterance(self.next_utterance, reply, time.monotonic())
+        utt = Utterance(self.next_utterance, reply, time.monotonic(), held=self._holding)
         self.next_utterance += 1
         self.utterances[utt.id] = utt
         self.pending.put_nowait(utt)
@@ -445,11 +601,15 @@ class CallSession:
                 return
             pcm = (np.clip(chunk, -1.0, 32767 / 32768) * 32768).astype("<i2").tobytes()
             utt.pcm.append(pcm)
-            self.worker.send(f.PlayAudio(self.call_id, utt.id, utt.reply.interruptible, pcm))
+            if utt.held:
+                utt.held_frames.append(pcm)
+            else:
+                self.worker.send(f.PlayAudio(self.call_id, utt.id, utt.reply.interruptible, pcm))
             if first:
                 first = False
                 now = time.monotonic()
                 utt.timing["engine_first_ms"] = (now - t0) * 1000
+                utt.marks["engine_audio"] = now
                 self.metrics.engine_first_chunk.observe(now - t0)
                 if utt.turn_ended_at is not None:
                     utt.timing["turn_to_first_audio_ms"] = (now - utt.turn_ended_at) * 1000
@@ -461,7 +621,10 @@ class CallSession:
             send(resampler.process(np.asarray(chunk, dtype=np.float32)))
         if not utt.cancelled:
             send(resampler.flush())
-            self.worker.send(f.EndOfUtterance(self.call_id, utt.id))
+            if utt.held:
+                utt.generated = True  # EndOfUtterance goes with the audio when AMD says "person"
+            else:
+                self.worker.send(f.EndOfUtterance(self.call_id, utt.id))
         if isinstance(utt.reply.text, TextStream):
             self._apply_now(utt.reply.text.actions)  # an LLM's function calls arrive after its text
             if utt.reply.text.first_piece_at is not None and utt.turn_ended_at is not None:
@@ -518,11 +681,8 @@ class CallSession:
         if utt is None:
             return
         audio_path = None
-        turn_dir = self._turn_dir()
-        if turn_dir is not None and utt.pcm:
-            audio_path = str(turn_dir / f"bot-{utt.id}.wav")
-            pcm = np.frombuffer(b"".join(utt.pcm), dtype=np.int16)
-            write_wav(audio_path, pcm.astype(np.float32) / 32768.0, self.rate)
+        if utt.pcm:
+            audio_path = self._save_wav(f"bot-{utt.id}.wav", np.frombuffer(b"".join(utt.pcm), dtype=np.int16))
         self.store.add_turn(
             self.call_id,
             "bot",
@@ -532,16 +692,43 @@ class CallSession:
             audio_path=audio_path,
             interrupted=frame.interrupted,
         )
+        self._observe_stages(utt, frame.started_at)
         if utt.timing:
             self.store.add_event(self.call_id, "latency", {"utterance": utt.id, **utt.timing})
         if frame.underruns:
             log.warning("call %s: utterance %d had %d underruns", self.call_id, utt.id, frame.underruns)
+        if utt.id == self._disclosure_utterance:
+            # Offsets are media time from the answer, the time base of the call's recording (call.wav).
+            whole = not frame.interrupted
+            self.store.add_event(
+                self.call_id,
+                "disclosure",
+                {
+                    "text": utt.reply.spoken_text,
+                    "start_ms": frame.start_ms,
+                    "end_ms": frame.end_ms,
+                    "whole": whole,
+                },
+            )
         if self.outbound is not None and utt.id == self._voicemail_utterance and not frame.interrupted:
             self.outbound.message_delivered = True
             self.store.add_event(
                 self.call_id, "message_delivered", {"start_ms": frame.start_ms, "end_ms": frame.end_ms}
             )
         self._after_playback(utt.reply, frame.interrupted)
+
+    def _observe_stages(self, utt: Utterance, first_rtp_at: float) -> None:
+        """Split a reply's latency into its stages (metrics.TURN_STAGES); `first_rtp_at` is the worker's
+        monotonic time of the utterance's first frame out (0: none went out, e.g. cut before playing)."""
+        marks = utt.marks
+        if not first_rtp_at or "engine_audio" not in marks or "turn_end" not in marks:
+            return
+        text = utt.reply.text
+        first_text = getattr(text, "first_piece_at", None) or marks["agent_done"]
+        times = (marks["turn_end"], marks["asr_done"], first_text, marks["engine_audio"], first_rtp_at)
+        for stage, start, end in zip(TURN_STAGES, times, times[1:], strict=False):
+            self.metrics.turn_stage.observe(max(0.0, end - start), stage=stage)
+        utt.timing["turn_to_first_rtp_ms"] = (first_rtp_at - marks["turn_end"]) * 1000
 
     # ------------------------------------------------------------------------------ agent actions
 
@@ -560,8 +747,44 @@ class CallSession:
             elif action.kind == "end":
                 call.outcome = action.arg
                 changed = True
+            elif action.kind == "opt_out":
+                self.opt_out(action.arg or "agent opt_out", cut_speech=False)
         if changed and call is not None:
             self.store.set_agent_results(self.call_id, results=call.results, outcome=call.outcome)
+
+    def _opt_out_said(self, words: str) -> bool:
+        if self.outbound is None:
+            return False
+        if self.outbound.opted_out:
+            return True  # already confirming and hanging up: later turns get no answer
+        phrase = OptOutDetector(tuple(self.config.dialer.opt_out_phrases)).match(words)
+        if phrase is not None:
+            self.opt_out(f"said {phrase!r}: {words[:160]!r}", cut_speech=True)
+        return phrase is not None
+
+    def opt_out(self, why: str, *, cut_speech: bool) -> None:
+        """The callee asked not to be called again (docs/DIALER.md "Compliance"): the number goes on the
+        do-not-call list now (before anything else can fail), then the confirmation, then BYE. `cut_speech`:
+        drop the bot's interruptible speech first (a phrase heard mid-flow); an LLM's `opt_out` tool keeps
+        the reply it came with (usually its own acknowledgement)."""
+        out = self.outbound
+        if out is None or out.opted_out:
+            return
+        out.opted_out = True
+        number = out.claim.contact.number
+        DncList(self.store).add(number, why[:200], "opt-out", now=time.time(), call_id=self.call_id)
+        self.store.add_event(self.call_id, "opt_out", {"number": number, "why": why})
+        log.info("call %s: %s opted out (%s): on the do-not-call list", self.call_id, number, why)
+        self._apply_now([Action.end("opted_out")])
+        if cut_speech:
+            dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
+            for utt_id in dead:
+                self.utterances[utt_id].cancelled = True
+            if self.generating is not None and self.generating.cancelled and self.engine_session is not None:
+                self.engine_session.cancel()
+            if dead:
+                self.worker.send(f.CancelUtterances(self.call_id, dead))
+        self.say(Reply(self.config.dialer.opt_out_confirmation, interruptible=False, hangup=True))
 
     def _after_playback(self, reply: Reply, interrupted: bool = False) -> None:
         """Actions that wait until the caller has heard the reply carrying them."""

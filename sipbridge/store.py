@@ -131,7 +131,44 @@ _MIGRATIONS: tuple[str, ...] = (
         UNIQUE (contact_id, attempt)
     );
     """,
-    # 5: the process that owns an open call or attempt (issue 19: several hosts on one PostgreSQL store). A
+    # 5: SIP requests refused before any call existed (issue 12), aggregated per minute: a flood adds at most
+    # one row per (minute, method, status, reason) instead of one call row per request.
+    """
+    CREATE TABLE refusals (
+        minute   INTEGER NOT NULL,
+        method   TEXT NOT NULL,
+        code     INTEGER NOT NULL,
+        reason   TEXT NOT NULL,
+        count    INTEGER NOT NULL,
+        PRIMARY KEY (minute, method, code, reason)
+    );
+    """,
+    # 6: received-RTP quality of a call at its end (issue 18), from PJSIP's stream statistics.
+    """
+    ALTER TABLE calls ADD COLUMN rtp_packets INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_lost INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_late INTEGER;
+    ALTER TABLE calls ADD COLUMN rtp_jitter_ms REAL;
+    ALTER TABLE calls ADD COLUMN rtp_jitter_max_ms REAL;
+    """,
+    # 7: compliance (issue 20). The do-not-call / suppression list, one row per E.164 number, checked inside
+    # the claim transaction; contacts by number and attempts by start time make the per-number daily cap
+    # (attempts to one number across all campaigns since the callee's local midnight) an index lookup. Each
+    # attempt keeps the caller ID it was placed with (answer and short-call rates per caller ID).
+    """
+    CREATE TABLE dnc (
+        number      TEXT PRIMARY KEY,
+        reason      TEXT NOT NULL DEFAULT '',
+        source      TEXT NOT NULL CHECK (source IN ('cli', 'http', 'import', 'opt-out')),
+        call_id     TEXT,
+        added_at    REAL NOT NULL
+    );
+    CREATE INDEX contacts_number ON contacts (number);
+    CREATE INDEX attempts_contact_started ON attempts (contact_id, started_at);
+    ALTER TABLE attempts ADD COLUMN caller_id TEXT;
+    CREATE INDEX attempts_caller_id ON attempts (caller_id, started_at);
+    """,
+    # 8: the process that owns an open call or attempt (issue 19: several hosts on one PostgreSQL store). A
     # starting host closes only rows whose owner is gone, not those of hosts still running.
     """
     ALTER TABLE calls ADD COLUMN owner TEXT;
@@ -187,6 +224,13 @@ class _Tx:
 
     def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
         return self._db.execute(self._dialect.sql(sql), params)
+
+    def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> Any:
+        if hasattr(self._db, "executemany"):
+            return self._db.executemany(self._dialect.sql(sql), params)
+        with self._db.cursor() as cur:
+            cur.executemany(self._dialect.sql(sql), params)
+            return cur
 
 
 class Store:
@@ -249,6 +293,12 @@ class Store:
     def orphaned(self, column: str) -> tuple[str, tuple[Any, ...]]:
         """A condition (and its parameters) on an `owner` column: true when the owning process is gone."""
         return self._dialect.orphaned(column), (self.owner,)
+
+    def writable(self) -> bool:
+        """Can a write transaction start now (database writable, its write lock free within 200 ms)? For
+        /readyz: a probe must answer quickly, so it does not wait the full timeout of real writes."""
+        with self._lock:
+            return self._dialect.writable(self._db)
 
     @property
     def schema_version(self) -> int:
@@ -332,6 +382,16 @@ class Store:
             )
             return cursor.rowcount == 1
 
+    def set_rtp_quality(
+        self, call_id: str, *, packets: int, lost: int, late: int, jitter_ms: float, jitter_max_ms: float
+    ) -> None:
+        with self._transaction() as db:
+            db.execute(
+                "UPDATE calls SET rtp_packets = ?, rtp_lost = ?, rtp_late = ?, rtp_jitter_ms = ?,"
+                " rtp_jitter_max_ms = ? WHERE id = ?",
+                (packets, lost, late, jitter_ms, jitter_max_ms, call_id),
+            )
+
     def set_call_media(self, call_id: str, *, codec: str | None, recording_path: str | None) -> None:
         with self._transaction() as db:
             db.execute(
@@ -392,6 +452,17 @@ class Store:
             for r in rows
         ]
 
+    def unfinished_recordings(self) -> list[str]:
+        """Recording paths of calls still active (a previous process died with them open). On a shared
+        PostgreSQL store only those of processes that are gone: a live host's recordings are its own."""
+        gone, params = self.orphaned("owner")
+        rows = self.query(
+            "SELECT recording_path FROM calls"
+            f" WHERE state = 'active' AND recording_path IS NOT NULL AND {gone}",
+            params,
+        )
+        return [str(r["recording_path"]) for r in rows]
+
     def fail_unfinished(self, reason: str) -> int:
         """Record calls left active by a previous process (crash, kill -9) as failed: never silently lost.
         Calls of processes still running (other hosts on a shared store) are theirs to end."""
@@ -403,6 +474,17 @@ class Store:
                 (reason, time.time(), *params),
             )
             return cursor.rowcount
+
+    def add_refusals(self, counts: list[tuple[str, int, str, int]], now: float | None = None) -> None:
+        """Add refused requests to their minute's aggregate rows (method, code, reason, count)."""
+        minute = int((time.time() if now is None else now) // 60)
+        with self._transaction() as db:
+            db.executemany(
+                "INSERT INTO refusals (minute, method, code, reason, count) VALUES (?, ?, ?, ?, ?)"
+                " ON CONFLICT (minute, method, code, reason)"
+                " DO UPDATE SET count = refusals.count + excluded.count",
+                [(minute, m, c, r, n) for m, c, r, n in counts],
+            )
 
     def get_call(self, call_id: str) -> CallRecord | None:
         rows = self.query("SELECT * FROM calls WHERE id = ?", (call_id,))

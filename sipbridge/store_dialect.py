@@ -70,6 +70,18 @@ class Dialect:
     def read_version(self, db: Any) -> int:
         return int(db.execute("PRAGMA user_version").fetchone()[0])
 
+    def writable(self, db: Any) -> bool:
+        """Can a write transaction start within 200 ms (not the 5 s busy_timeout of real writes)?"""
+        db.execute("PRAGMA busy_timeout = 200")
+        try:
+            db.execute("BEGIN IMMEDIATE")
+            db.execute("ROLLBACK")
+            return True
+        except sqlite3.Error:
+            return False
+        finally:
+            db.execute("PRAGMA busy_timeout = 5000")
+
     def migrate(self, db: Any, script: str, version: int) -> bool:
         # executescript() commits on its own, so the transaction is spelled out inside the script.
         db.executescript(f"BEGIN IMMEDIATE;\n{script}\nPRAGMA user_version = {version};\nCOMMIT;")
@@ -98,6 +110,17 @@ class Postgres(Dialect):
             f"COALESCE({column}, '') <> ? AND COALESCE({column}, '') NOT IN (SELECT substr(application_name,"
             f" {len(_APP_PREFIX) + 1}) FROM pg_stat_activity WHERE application_name LIKE '{_APP_PREFIX}%')"
         )
+
+    def writable(self, db: Any) -> bool:
+        """Can this host write (server reachable, not a read-only standby), within 200 ms?"""
+        try:
+            with db.transaction():
+                db.execute("SET LOCAL statement_timeout = 200")
+                db.execute("SET LOCAL lock_timeout = 200")
+                row = db.execute("SELECT pg_is_in_recovery() AS standby").fetchone()
+            return not row["standby"]
+        except self.errors:
+            return False
 
     def read_version(self, db: Any) -> int:
         if db.execute("SELECT to_regclass('sipbridge_schema') AS t").fetchone()["t"] is None:
@@ -139,10 +162,26 @@ def connect(target: Path | str, owner: str) -> tuple[Any, Dialect]:
         db.execute("PRAGMA synchronous = FULL")
         db.execute("PRAGMA foreign_keys = ON")
         db.execute("PRAGMA busy_timeout = 5000")
+        _check_integrity(db, path)
     except sqlite3.DatabaseError as exc:
         db.close()
         raise DialectError(f"{path} is not a usable SQLite database: {exc}") from exc
     return db, Dialect()
+
+
+def _check_integrity(db: sqlite3.Connection, path: Path) -> None:
+    """Refuse a damaged database at open, not at the first call that touches a bad page (which would drop
+    every call). quick_check reads every page but skips index cross-checks: seconds per GB. PostgreSQL has
+    no counterpart to run here: its server checks its own pages."""
+    problems = [str(row[0]) for row in db.execute("PRAGMA quick_check(5)")]
+    if problems != ["ok"]:
+        db.close()
+        found = "; ".join(p.replace("*** in database main ***", "").strip() for p in problems)
+        found = found.replace("\n", "; ")[:300]
+        raise DialectError(
+            f"{path} is damaged (PRAGMA quick_check: {found}); restore it from a"
+            f" backup, or salvage it with `sqlite3 {path} .recover | sqlite3 new.sqlite3`"
+        )
 
 
 def _connect_postgres(url: str, owner: str) -> tuple[Any, Dialect]:

@@ -4,8 +4,10 @@ It owns the durable and shared state of a deployment: the SQLite store, the HTTP
 attach them) the speech engine, ASR, agents, dialer and the SIP media workers it spawns. Everything runs on
 one asyncio loop in the main thread; blocking work goes to threads. See docs/ARCHITECTURE.md.
 
-Shutdown is driven by one `asyncio.Event`: SIGINT/SIGTERM set it, every component is then stopped in the
-reverse order of start, and the process exits 0.
+Shutdown is graceful: the first SIGTERM/SIGINT starts a drain (`begin_drain`: /readyz 503, workers answer new
+INVITEs 503, the dialer stops claiming) and active calls run until they end or `shutdown.drain_timeout_s`
+passes; a second signal stops at once. Stopping is driven by one `asyncio.Event`: every component is then
+stopped in the reverse order of start (the workers send BYE for what is left), and the process exits 0.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ import signal
 import socket
 import threading
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -29,17 +31,26 @@ from sipbridge.agents import Agent, AgentError, make_agent
 from sipbridge.asr import AsrError, Transcriber
 from sipbridge.config import CALLS_PER_WORKER, Config, LoadedConfig
 from sipbridge.dialer.campaign import LoadedCampaign
+from sipbridge.dialer.health import add_caller_id_gauges
 from sipbridge.dialer.live import CampaignRunner, Clock
-from sipbridge.dialer.state import CampaignState
+from sipbridge.dialer.state import CampaignState, ts
+from sipbridge.dialer.suppression import DncList
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
+from sipbridge.media.recorder import repair_recordings
 from sipbridge.metrics import Metrics
+from sipbridge.outcomes import refusal_outcome
 from sipbridge.session import CallSession
+from sipbridge.sip.front import FrontError, SipFront, check_front, front_uri, pick_port, worker_destinations
 from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
+from sipbridge.turn_policy import EndOfTurn
 
 log = logging.getLogger(__name__)
+
+
+_REJECTED_ROWS_PER_MIN = 60
 
 
 class StartupError(Exception):
@@ -78,8 +89,10 @@ class Supervisor:
     http_port: int | None = None
     engine: Engine | None = None
     asr: Transcriber | None = None
+    end_of_turn: EndOfTurn | None = None  # turn.end_of_turn: judges a caller's pause (sipbridge/turn_policy)
     agent: Agent | None = None
     pool: WorkerPool | None = None
+    front: SipFront | None = None  # Kamailio before the workers (sip.front); None: workers reached directly
     sessions: dict[str, CallSession] = field(default_factory=dict)
     # HTTP conversations (sipbridge/http): sessions of the same engine as the calls, so they share its batch.
     conversations: ConversationService | None = None
@@ -91,6 +104,16 @@ class Supervisor:
     exit_when_idle: bool = False
     dialer: CampaignRunner | None = None
     metrics: Metrics = field(default_factory=Metrics)  # GET /metrics; gauges added in _add_gauges
+    _rejected_minute: int = -1  # CallRejected rows written this minute (rate limit)
+    _rejected_rows: int = 0
+    # Graceful drain (begin_drain). A SIP front (docs/DEPLOY.md) registers a hook to stop routing INVITEs
+    # here and a readiness check of its own; both are plain callables run on the loop.
+    draining: bool = False
+    drain_hooks: list[Callable[[str], None]] = field(default_factory=list)
+    ready_checks: dict[str, Callable[[], bool]] = field(default_factory=dict)
+    _dial_task: asyncio.Task[None] | None = None
+    _drain_task: asyncio.Task[None] | None = None
+    _stop_reason: str = "supervisor stopping"
 
     @property
     def config(self) -> Config:
@@ -122,14 +145,34 @@ class Supervisor:
             "sip": lambda: self.pool.health() if self.pool else {"ok": False},
             "engine": lambda: self.engine.health() if self.engine else {"ok": False},
             "asr": lambda: self.asr.health() if self.asr else {"ok": False},
+            "front": lambda: self.front.health() if self.front else {"ok": True, "enabled": False},
+            "end_of_turn": lambda: self.end_of_turn.health() if self.end_of_turn else {"ok": False},
             "calls": lambda: {"active": len(self.sessions)},
             "conversations": lambda: self.conversations.health() if self.conversations else {"ok": True},
         }
+
+    def readiness(self) -> dict[str, bool]:
+        """GET /readyz: may this process take new calls? Every check must hold (a front or load balancer
+        routes calls only to ready hosts; /healthz stays 200 while the process lives)."""
+        asr = self.asr.health() if self.asr else {}
+        checks = {
+            "not_draining": not self.draining and not self.stop_event.is_set(),
+            "workers": bool(self.pool and self.pool.workers)
+            and all(w.ready.is_set() and w.connected.is_set() for w in self.pool.workers),
+            "engine": bool(self.engine and self.engine.health().get("ok")),
+            "asr": bool(asr.get("ok")) and (asr.get("backend") == "none" or bool(asr.get("warm"))),
+            "store": bool(self.store and self.store.writable()),
+        }
+        for name, check in self.ready_checks.items():
+            checks[name] = bool(check())
+        return checks
 
     def _add_gauges(self) -> None:
         """Metrics read from the components when scraped (their state is theirs, not copied)."""
         m = self.metrics
         m.gauge("sipbridge_calls_active", "Calls in progress.", lambda: len(self.sessions))
+        # Campaign time, like the attempts' started_at (`dial --now` runs on its own clock).
+        add_caller_id_gauges(m, lambda: self.store, self.config.dialer, lambda: ts(self.clock.now()))
         m.gauge(
             "sipbridge_dial_in_flight",
             "Outbound calls placed and not yet recorded (ringing or talking).",
@@ -164,6 +207,27 @@ class Supervisor:
             kind="counter",
         )
 
+    def _add_front_gauges(self, front: SipFront) -> None:
+        """The front's own counters (Kamailio's, summed over its restarts) and its view of the workers."""
+        m = self.metrics
+        m.gauge("sipbridge_front_up", "1 while the SIP front (Kamailio) runs.", lambda: front.running)
+        m.gauge(
+            "sipbridge_front_restarts_total", "SIP front restarts after dying.", lambda: front.restarts,
+            kind="counter",
+        )
+        m.gauge(
+            "sipbridge_front_destinations_active",
+            "Workers (or hosts) the front sends new calls to: answering its OPTIONS probes.",
+            lambda: sum(d.state == "active" for d in front.view),
+        )
+        for key, text in (
+            ("busy", "INVITEs the front answered 503 (every call slot taken, or no worker up)."),
+            ("rejected", "Requests the front refused: source outside sip.allowed_sources."),
+            ("limited", "Requests the front dropped: over sip.front.rate_limit_per_s from one source."),
+            ("failover", "INVITEs the front moved to another worker after one refused or did not answer."),
+        ):
+            m.gauge(f"sipbridge_front_{key}_total", text, front.counter(key), kind="counter")
+
     def _trunk_registered(self) -> float:
         if self.pool is None:
             return 0
@@ -173,15 +237,81 @@ class Supervisor:
     # ------------------------------------------------------------------------------ call routing
 
     def _on_worker_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
+        """One frame's handling may fail (a store error, a bug): that frame is dropped, or that one call
+        ended, and counted; the worker's link and its other calls go on."""
+        try:
+            self._route_frame(worker, frame)
+        except Exception:
+            kind = type(frame).__name__
+            self.metrics.frame_errors.inc(frame=kind)
+            call_id = frame.call_id if isinstance(frame, f.CallFrame) else None
+            log.exception(
+                "worker %d: handling %s%s failed",
+                worker.index,
+                kind,
+                f" of call {call_id}" if call_id else "",
+            )
+            if isinstance(frame, f.CallStarted) and call_id is not None:
+                self._abandon(worker, call_id, f"supervisor could not start the call ({kind} failed)")
+
+    def _abandon(self, worker: WorkerHandle, call_id: str, reason: str) -> None:
+        """A call whose start failed: hang it up and end its session, so none is left that never ends."""
+        worker.send(f.Hangup(call_id, 500, reason))
+        session = self.sessions.get(call_id)
+        if session is not None:
+            session.failure = session.failure or reason
+
+    def _on_refused(self, frame: f.RequestsRefused) -> None:
+        assert self.store is not None
+        for method, code, _reason, count in frame.counts:
+            self.metrics.sip_refused.inc(count, method=method, code=str(code))
+            if method == "INVITE" and code > 0:
+                self.metrics.calls_rejected.inc(count, code=str(code))
+        self.store.add_refusals([tuple(c) for c in frame.counts])  # type: ignore[misc]
+        # One line per worker report (at most two a second), however many requests it sums up.
+        summary = ", ".join(f"{m} {c} x{n}" for m, c, _r, n in frame.counts)
+        log.info("worker %d: sip refusals recorded: %s", frame.index, summary)
+
+    def _on_rejected(self, worker: WorkerHandle, frame: f.CallRejected) -> None:
+        """An INVITE PJSIP took and then refused (ACL backstop, 486, 488 ...): a call row, at most
+        `_REJECTED_ROWS_PER_MIN` a minute; past that only the per-minute aggregate grows."""
+        assert self.store is not None
+        self.metrics.calls_rejected.inc(code=str(frame.code))
+        minute = int(time.monotonic() // 60)
+        if self._rejected_minute != minute:
+            self._rejected_minute, self._rejected_rows = minute, 0
+        if self._rejected_rows >= _REJECTED_ROWS_PER_MIN:
+            self.store.add_refusals([("INVITE", frame.code, frame.reason[:120], 1)])
+            return
+        self._rejected_rows += 1
+        outcome = refusal_outcome(frame.code)
+        call_id = self.store.create_call(
+            "inbound", remote_uri=frame.remote_uri, remote_addr=frame.remote_addr, worker=worker.index
+        )
+        self.store.end_call(call_id, outcome, reason=frame.reason, sip_status=frame.code)
+        # Logged after the row is written: tests (and operators) may read the store once they see it.
+        log.info("call %s recorded: %s (%d, %s)", call_id, outcome, frame.code, frame.reason)
+
+    def _route_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
         assert self.store is not None and self.engine and self.agent and self.asr
+        if isinstance(frame, f.RtpQuality):
+            self._record_rtp_quality(frame)
+            return
         if self.dialer is not None and self.dialer.on_frame(frame):
             if isinstance(frame, f.DialEnded):
                 worker.calls.discard(frame.call_id)
             return
         if isinstance(frame, f.CallStarted):
             session = CallSession(
-                frame, worker, self.config, self.store, self.engine, self.agent, self.asr,
+                frame,
+                worker,
+                self.config,
+                self.store,
+                self.engine,
+                self.agent,
+                self.asr,
                 metrics=self.metrics,
+                end_of_turn=self.end_of_turn,
             )
             if self.dialer is not None:
                 session.outbound = self.dialer.outbound(frame.call_id)
@@ -194,13 +324,9 @@ class Supervisor:
             if ended is not None:
                 self._close_session(ended, frame, None)
         elif isinstance(frame, f.CallRejected):
-            call_id = self.store.create_call(
-                "inbound", remote_uri=frame.remote_uri, remote_addr=frame.remote_addr, worker=worker.index
-            )
-            self.store.end_call(call_id, "rejected", reason=frame.reason, sip_status=frame.code)
-            self.metrics.calls_rejected.inc(code=str(frame.code))
-            # Logged after the row is written: tests (and operators) may read the store once they see it.
-            log.info("call %s recorded: rejected (%d, %s)", call_id, frame.code, frame.reason)
+            self._on_rejected(worker, frame)
+        elif isinstance(frame, f.RequestsRefused):
+            self._on_refused(frame)
         elif isinstance(frame, f.Registration):
             worker.registration = frame
         elif isinstance(frame, f.CallFrame):
@@ -208,7 +334,28 @@ class Supervisor:
             if found is not None:
                 found.handle(frame)
 
+    def _record_rtp_quality(self, q: f.RtpQuality) -> None:
+        """Stored with the call (its row exists from the answer on) and counted, just before CallEnded."""
+        assert self.store is not None
+        self.store.set_rtp_quality(
+            q.call_id,
+            packets=q.packets,
+            lost=q.lost,
+            late=q.late,
+            jitter_ms=q.jitter_mean_ms,
+            jitter_max_ms=q.jitter_max_ms,
+        )
+        expected = q.packets + q.lost
+        if expected:
+            self.metrics.rtp_loss.observe(q.lost / expected)
+            self.metrics.rtp_jitter.observe(q.jitter_mean_ms / 1000)
+        self.metrics.rtp_late.inc(q.late)
+
     def _on_worker_lost(self, worker: WorkerHandle, call_ids: set[str], reason: str) -> None:
+        if self.front is not None:
+            task = asyncio.create_task(self.front.worker_down(worker.index), name="front-worker-down")
+            self._closing.add(task)
+            task.add_done_callback(self._closing.discard)
         for call_id in call_ids:
             session = self.sessions.pop(call_id, None)
             if session is not None:
@@ -237,14 +384,18 @@ class Supervisor:
     def _free_slots(self) -> int:
         if self.pool is None:
             return 0
-        return sum(
-            max(0, CALLS_PER_WORKER - len(w.calls)) for w in self.pool.workers if w.connected.is_set()
-        )
+        return sum(max(0, CALLS_PER_WORKER - len(w.calls)) for w in self.pool.workers if w.connected.is_set())
 
     def _default_dial_uri(self) -> str:
         trunk = self.config.sip.trunk
         host = str(trunk.registrar).split(":", 1)[1] if trunk.registrar else "127.0.0.1"
         return "sip:{number}@" + host
+
+    def _track_closing(self, coro: Coroutine[Any, Any, None]) -> None:
+        """A task the stop waits for (`_closing`), e.g. the front's drain RPCs."""
+        task = asyncio.create_task(coro, name="closing")
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
 
     def _close_session(self, session: CallSession, ended: f.CallEnded | None, lost: str | None) -> None:
         task = asyncio.create_task(session.close(ended, lost), name=f"close-{session.call_id[:8]}")
@@ -258,24 +409,51 @@ class Supervisor:
             # ASR first: the dia2 engine transcribes a voice prefix that came without its transcript.
             self.asr = Transcriber(cfg.asr)
             await self.asr.start()
+            self.end_of_turn = EndOfTurn(cfg.turn)
+            try:
+                await self.end_of_turn.start()
+            except RuntimeError as exc:  # the model's wheel is missing: say which key asked for it
+                raise StartupError(f"turn.end_of_turn: {exc}") from exc
             self.engine = make_engine(cfg.engine, self.asr, Path(cfg.storage.sqlite_path).parent)
             await self.engine.start()
-            self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost)
+            check = check_front(cfg)
+            if check.problem:
+                raise FrontError(check.problem)
+            front_port = (cfg.sip.port or pick_port(cfg.sip.bind_address)) if check.needed else 0
+            link = front_uri(cfg, front_port) if check.needed else None
+            self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost, front_uri=link)
             await self.pool.start()
+            if check.needed:
+                self.front = SipFront(cfg, front_port, worker_destinations(cfg, self.pool.ports()))
+                await self.front.start()
+                front = self.front
+                self.drain_hooks.append(lambda reason: self._track_closing(front.drain(reason)))
+                self.ready_checks["front"] = lambda: front.running
             # The ASR's warm-up has run on its own thread since the model loaded, beside the engine and the
             # workers starting; waiting for it last means ready (log line, /healthz) is said only once the
             # first call's transcription will run at full speed, at the least cost to start-up.
             await self.asr.wait_warm()
-        except (AgentError, EngineError, AsrError, WorkerStartError) as exc:
+        except (AgentError, EngineError, AsrError, WorkerStartError, FrontError) as exc:
             raise StartupError(str(exc)) from exc
         ports = ", ".join(str(p) for p in self.pool.ports())
+        if self.front is not None:
+            self._add_front_gauges(self.front)
+            log.info(
+                "sip listening on %s port(s) %d (front: kamailio; %d worker(s) on %s port(s) %s)",
+                cfg.sip.bind_address, self.front.port, cfg.sip.workers, cfg.sip.front.worker_address, ports,
+            )
+            return
         log.info(
             "sip listening on %s port(s) %s (%d worker(s))", cfg.sip.bind_address, ports, cfg.sip.workers
         )
 
     async def _stop_components(self) -> None:
+        if self._drain_task is not None:
+            self._drain_task.cancel()
         if self.pool is not None:
-            await self.pool.stop()
+            await self.pool.stop(self._stop_reason)
+        if self.front is not None:
+            await self.front.stop()  # after the workers: their BYEs leave through it
         for session in list(self.sessions.values()):
             self._close_session(session, None, "supervisor stopped while the call was active")
         self.sessions.clear()
@@ -287,6 +465,8 @@ class Supervisor:
             await self.engine.close()
         if self.asr is not None:
             self.asr.close()
+        if self.end_of_turn is not None:
+            self.end_of_turn.close()
 
     async def _run_campaign(self, runner: CampaignRunner) -> None:
         await runner.run(self.stop_event)
@@ -298,15 +478,75 @@ class Supervisor:
     def request_stop(self, reason: str) -> None:
         if not self.stop_event.is_set():
             log.info("stopping: %s", reason)
+            self._stop_reason = reason
             self.stop_event.set()
+
+    def _on_signal(self, name: str) -> None:
+        if self.stop_event.is_set():
+            return
+        if self.draining:
+            self.request_stop(f"{name} again during the drain: hanging up {self._busy()} call(s) now")
+        elif self.config.shutdown.drain_timeout_s == 0 or self.pool is None:
+            self.request_stop(name)
+        else:
+            self.begin_drain(name)
+
+    def begin_drain(self, reason: str) -> None:
+        """Take no new calls; stop once the active ones end or shutdown.drain_timeout_s passes."""
+        if self.draining or self.stop_event.is_set():
+            return
+        self.draining = True
+        timeout = self.config.shutdown.drain_timeout_s
+        log.info(
+            "draining (%s): no new calls, %d active call(s) may run up to %.0f s; signal again to stop now",
+            reason,
+            self._busy(),
+            timeout,
+        )
+        if self.pool is not None:
+            self.pool.drain(reason)
+        if self._dial_task is not None:
+            self._dial_task.cancel()  # no new claims; calls already placed go on (the runner keeps routing)
+        for hook in self.drain_hooks:
+            try:
+                hook(reason)
+            except Exception:
+                log.exception("drain hook %r failed", hook)
+        self._drain_task = asyncio.create_task(self._drain(timeout), name="drain")
+
+    def _busy(self) -> int:
+        """Calls still in progress: answered sessions, and outbound ones ringing or placed."""
+        busy = set(self.sessions)
+        if self.pool is not None:
+            for worker in self.pool.workers:
+                busy |= worker.calls
+        if self.dialer is not None:
+            busy |= set(self.dialer.on_answer_route)
+        return len(busy)
+
+    async def _drain(self, timeout: float) -> None:
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        # Polled: calls end through several paths (CallEnded, DialEnded, a worker dying); 10 checks a second
+        # cost nothing next to a call's length.
+        while self._busy() and loop.time() < deadline:
+            await asyncio.sleep(0.1)
+        if self._closing:
+            await asyncio.gather(*self._closing, return_exceptions=True)
+        left = self._busy()
+        if left:
+            self.request_stop(f"drain timeout ({timeout:.0f} s): hanging up {left} call(s)")
+        else:
+            self.request_stop("drained: no call left")
 
     async def run(self) -> None:
         cfg = self.config
         loop = asyncio.get_running_loop()
         for sig in (signal.SIGINT, signal.SIGTERM):
-            loop.add_signal_handler(sig, self.request_stop, signal.Signals(sig).name)
+            loop.add_signal_handler(sig, self._on_signal, signal.Signals(sig).name)
 
         self.store = Store(cfg.storage.database)
+        repair_recordings(self.store.unfinished_recordings())
         failed = self.store.fail_unfinished("supervisor stopped while the call was active")
         if failed:
             log.warning("recorded %d call(s) left active by a previous run as failed", failed)
@@ -330,7 +570,14 @@ class Supervisor:
         assert self.engine is not None
         self.conversations = ConversationService(self.engine, self.asr, cfg.http.limits)
         self._add_gauges()
-        app = create_app(self.health_sources(), self.conversations, cfg.http, metrics=self.metrics.render)
+        app = create_app(
+            self.health_sources(),
+            self.conversations,
+            cfg.http,
+            metrics=self.metrics.render,
+            readiness=self.readiness,
+            dnc=DncList(self.store),
+        )
         server = _EmbeddedServer(uvicorn.Config(app, log_config=None, lifespan="off", access_log=False))
         http_task = asyncio.create_task(server.serve(sockets=[sock]), name="http")
         host = f"[{cfg.http.bind}]" if ":" in cfg.http.bind else cfg.http.bind
@@ -351,18 +598,24 @@ class Supervisor:
                 send_to_worker=self._send_to_worker,
                 metrics=self.metrics,
                 asr_available=cfg.asr.backend != "none",
+                daily_cap=cfg.dialer.max_attempts_per_number_per_day,
             )
             self.dialer.prepare()
             dial_task = asyncio.create_task(self._run_campaign(self.dialer), name="dialer")
+            self._dial_task = dial_task
             waits.add(dial_task)
-        done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        while True:
+            done, _ = await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+            if done & {http_task, stop_task} or not all(t.cancelled() for t in done):
+                break
+            waits -= done  # the drain cancelled the dialer: keep serving the calls in progress
         if http_task in done and not self.stop_event.is_set():
             # The HTTP server ending by itself is a failure (e.g. a crash inside uvicorn): surface it.
             stop_task.cancel()
             http_task.result()
             raise RuntimeError("HTTP server stopped unexpectedly")
 
-        dialer_tasks = waits - {http_task, stop_task}
+        dialer_tasks = {self._dial_task} if self._dial_task is not None else set()
         for task in dialer_tasks:
             task.cancel()  # nothing new is placed while the workers stop
         for result in await asyncio.gather(*dialer_tasks, return_exceptions=True):

@@ -23,7 +23,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
-ActionKind = Literal["hangup", "transfer", "send_dtmf", "set_result", "end"]
+ActionKind = Literal["hangup", "transfer", "send_dtmf", "set_result", "end", "opt_out"]
 
 
 @dataclass(frozen=True)
@@ -57,6 +57,11 @@ class Action:
     @classmethod
     def end(cls, outcome: str) -> Action:
         return cls("end", outcome)
+
+    @classmethod
+    def opt_out(cls, why: str = "") -> Action:
+        """The callee asked not to be called again (outbound): do-not-call list, confirmation, hang-up."""
+        return cls("opt_out", why)
 
     @property
     def after_playback(self) -> bool:

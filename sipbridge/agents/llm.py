@@ -8,7 +8,8 @@ espeak starts one process per piece and Dia2 phrases better with a few words of 
 the smallest piece that still sounds natural, and arrives a few hundred ms into the stream.
 
 Function calls (the `tools` enabled in `agent.llm.tools`) become actions once the stream ends:
-`hang_up()`, `end_call(outcome)`, `set_result(name, value)`, `transfer(target?)`, `send_dtmf(digits)`.
+`hang_up()`, `end_call(outcome)`, `set_result(name, value)`, `transfer(target?)`, `send_dtmf(digits)`,
+`opt_out(words?)` (outbound calls only: the callee asked not to be called again; sipbridge/dialer/optout.py).
 Tool results are not sent back for a second completion: the actions simply happen after the reply is said.
 
 Failure before any text (connect error, HTTP error, nothing within `timeout_s`) fails the turn, and the
@@ -68,6 +69,11 @@ TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
     "transfer": {
         "description": "Transfer the caller to a person (SIP URI; default: the configured operator).",
         "parameters": {"target": {"type": "string"}},
+    },
+    "opt_out": {
+        "description": "The person asked not to be called again (e.g. 'stop calling me', 'take me off your"
+        " list'): their number goes on the do-not-call list, a confirmation is said and the call ends.",
+        "parameters": {"words": {"type": "string", "description": "What they said."}},
     },
     "send_dtmf": {
         "description": "Press keypad digits (to navigate a phone menu).",
@@ -172,8 +178,10 @@ class LlmAgent:
             "temperature": self.config.temperature,
             "max_tokens": self.config.max_tokens,
         }
-        if self.config.tools:
-            body["tools"] = tool_definitions(list(self.config.tools))
+        # opt_out only where there is a number we called (an outbound call), never inbound.
+        offered = [t for t in self.config.tools if t != "opt_out" or call.direction == "outbound"]
+        if offered:
+            body["tools"] = tool_definitions(offered)
         stream = TextStream()
         started: asyncio.Future[None] = asyncio.get_running_loop().create_future()
         task = asyncio.create_task(
@@ -272,6 +280,8 @@ class LlmAgent:
                     actions.extend(recorded)
             elif tc.name == "transfer" and (args.get("target") or self.config.transfer_target):
                 actions.append(Action.transfer(str(args.get("target") or self.config.transfer_target)))
+            elif tc.name == "opt_out" and call.direction == "outbound":
+                actions.append(Action.opt_out(f"llm opt_out tool: {str(args.get('words', ''))[:120]}"))
             elif tc.name == "send_dtmf" and args.get("digits"):
                 actions.append(Action.send_dtmf(str(args["digits"])))
             else:

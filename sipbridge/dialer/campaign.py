@@ -166,6 +166,12 @@ class Campaign(_Section):
     voicemail: VoicemailSection = Field(default_factory=lambda: VoicemailSection(action="hangup"))
     amd: AmdSection = Field(default_factory=AmdSection)
     contacts: Path = Field(description="Contacts CSV (relative to the campaign file).")
+    disclosure: str | None = Field(
+        None,
+        min_length=1,
+        description="Opening sentence (AI and recording notice) said first and whole when a person answers;"
+        " null: the deployment's dialer.disclosure.",
+    )
     dial_uri: str | None = Field(
         None,
         description="Request URI template: `{number}` (E.164), `{user}` (without +) and contact columns;"

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from sipbridge.config import LoadedConfig
 from sipbridge.dialer.campaign import LoadedCampaign, load_campaign
+from sipbridge.dialer.health import caller_id_health
 from sipbridge.dialer.live import Clock
 from sipbridge.dialer.state import CampaignState
 from sipbridge.store import open_existing
@@ -85,6 +86,13 @@ def campaign_command(args: argparse.Namespace, loaded: LoadedConfig) -> int:
                 "status": status,
                 "contacts": state.counts(),
                 "attempts": state.outcome_counts(),
+                "contact_outcomes": state.contact_outcomes(),  # suppressed/capped have no attempt row
+                "caller_ids": {
+                    h.caller_id: h.report()
+                    for h in caller_id_health(
+                        store, short_call_s=loaded.config.dialer.short_call_s, campaign=args.name
+                    )
+                },
             }
             print(json.dumps(report, indent=2))
             return EXIT_OK

@@ -31,7 +31,8 @@ from sipbridge.dialer.campaign import LoadedCampaign
 from sipbridge.dialer.contacts import load_contacts
 from sipbridge.dialer.outcomes import CallResult, Outcome, classify
 from sipbridge.dialer.ratelimit import TokenBucket
-from sipbridge.dialer.state import CampaignState, Claim, ts, utc
+from sipbridge.dialer.state import CampaignState, Claim, ContactRow, ts, utc
+from sipbridge.dialer.suppression import Block, next_local_day
 from sipbridge.metrics import Metrics
 
 log = logging.getLogger(__name__)
@@ -76,6 +77,8 @@ class OutboundCall:
     amd_at_ms: int = 0
     message_delivered: bool = False
     cancelled_by_pause: bool = False  # CancelDial sent because the campaign was paused while it rang
+    opted_out: bool = False  # the callee asked not to be called again (number now on the DNC list)
+    disclosure: str | None = None  # the campaign's opening sentence; None: the deployment's
 
     @property
     def call_id(self) -> str:
@@ -113,6 +116,7 @@ class CampaignRunner:
     send_to_worker: Callable[[int, f.Frame], bool] = lambda index, frame: False
     asr_available: bool = False  # the deployment has an ASR: `amd.asr: null` turns AMD's words on
     metrics: Metrics = field(default_factory=Metrics)  # the supervisor's: attempts by outcome
+    daily_cap: int | None = None  # dialer.max_attempts_per_number_per_day (all campaigns)
     on_answer_route: dict[str, OutboundCall] = field(default_factory=dict)  # call id -> in flight
     _wake: asyncio.Event = field(default_factory=asyncio.Event)
     _bucket: TokenBucket | None = None
@@ -227,13 +231,35 @@ class CampaignRunner:
                 self.state.defer(contact.id, ts(until), now)
                 log.info("campaign %s: %s outside its window, next at %s", self.name, contact.number, until)
                 continue
-            if not self._bucket.try_acquire():
-                return  # CPS: the loop comes back when the bucket has a token
-            claim = self.state.claim(contact, now)
-            if claim is None:
-                continue
-            self._place(claim)
-            room -= 1
+            capped_until = ts(c.window.next_allowed(next_local_day(now, contact.timezone), contact.timezone))
+            cap = self.daily_cap
+            # Blocked numbers are found before the CPS token is spent; the claim checks again atomically.
+            block = self.state.screen(contact, now, cap=cap, capped_until=capped_until)
+            if block is None:
+                if not self._bucket.try_acquire():
+                    return  # CPS: the loop comes back when the bucket has a token
+                claim = self.state.claim(
+                    contact, now, cap=cap, capped_until=capped_until, caller_id=c.caller_id
+                )
+                if isinstance(claim, Claim):
+                    self._place(claim)
+                    room -= 1
+                    continue
+                block = claim
+            if block is not None:
+                self._blocked(contact, block, capped_until)
+
+    def _blocked(self, contact: ContactRow, block: Block, capped_until: float) -> None:
+        self.metrics.dial_skipped.inc(campaign=self.name, outcome=block.outcome.value)
+        later = "" if block.outcome is Outcome.SUPPRESSED else f", next try from {utc(capped_until)}"
+        log.info(
+            "campaign %s: %s not dialed: %s: %s%s",
+            self.name,
+            contact.number,
+            block.outcome.value,
+            block.reason,
+            later,
+        )
 
     def _cancel_ringing(self) -> None:
         """Paused: nothing new is dialed (the pass above), and calls not yet answered are cancelled, so a
@@ -267,6 +293,7 @@ class CampaignRunner:
         )
         message = c.voicemail.message if c.voicemail.action == "leave_message" else None
         out = OutboundCall(claim, dial, c.amd.enabled, message, self._answered_call_ended)
+        out.disclosure = c.disclosure
         self.on_answer_route[dial.call_id] = out
         # The calls row exists from the INVITE on (the session of an answered call adds to it).
         self.state.store.create_call(
@@ -380,7 +407,12 @@ class CampaignRunner:
         if failure is not None and out.amd_kind is None:
             result = CallResult(event="no_media")
         else:
-            result = CallResult(sip_code=200, amd=out.amd_kind, message_delivered=out.message_delivered)
+            result = CallResult(
+                sip_code=200,
+                amd=out.amd_kind,
+                message_delivered=out.message_delivered,
+                opted_out=out.opted_out,
+            )
         self._record(out, result, {"failure": failure} if failure else {})
 
     def _record(self, out: OutboundCall, result: CallResult, detail: dict[str, Any]) -> Outcome:

@@ -40,6 +40,10 @@ class Outcome(StrEnum):
     CONGESTION = "congestion"
     FAILED = "failed"
     CANCELLED = "cancelled"
+    # Compliance (issue 20, docs/DIALER.md "Compliance"): never dialed / stopped by the callee.
+    SUPPRESSED = "suppressed"  # the number is on the do-not-call list: not dialed, final
+    CAPPED = "capped"  # the number's attempts today (all campaigns) reached the cap: not dialed, next day
+    OPTED_OUT = "opted-out"  # the callee asked not to be called: on the DNC list now, final
 
 
 # Final responses to our INVITE. RFC 3261 §21 (and RFC 6910 / 8197 for 607 / 608).
@@ -152,6 +156,7 @@ class CallResult:
     event: CallEvent | None = None  # set when we ended the attempt ourselves or the transport failed
     amd: str | None = None  # AMD decision kind for answered calls
     message_delivered: bool = False  # the voicemail message was played to the end
+    opted_out: bool = False  # answered, and the callee asked not to be called again
 
 
 def classify(result: CallResult) -> Outcome:
@@ -160,6 +165,8 @@ def classify(result: CallResult) -> Outcome:
         return outcome_for_event(result.event)
     if result.sip_code is None:
         raise ValueError("a call result needs a SIP code or an event")
+    if 200 <= result.sip_code < 300 and result.opted_out:
+        return Outcome.OPTED_OUT
     if 200 <= result.sip_code < 300:
         return answered_outcome(result.amd, result.message_delivered)
     return outcome_for_sip(result.sip_code)

@@ -44,6 +44,14 @@ def _retry(delay: float, attempts: int) -> RetryRule:
 
 _FINAL = RetryRule(action="final")
 
+# Not configurable: a campaign file cannot retry a number on the do-not-call list or one that opted out.
+# A capped contact is not decided here: it waits for the callee's next local day (dialer/suppression.py).
+_COMPLIANCE_RULES = {
+    Outcome.SUPPRESSED: _FINAL,
+    Outcome.OPTED_OUT: _FINAL,
+    Outcome.CAPPED: RetryRule(action="retry", delay_minutes=0, max_attempts=100),
+}
+
 
 class RetryPolicy(BaseModel):
     """YAML keys are the outcome names with ``_`` for ``-`` (``no_answer``, ``answered_machine``, ...)."""
@@ -66,6 +74,9 @@ class RetryPolicy(BaseModel):
     )
 
     def rule_for(self, outcome: Outcome) -> RetryRule:
+        fixed = _COMPLIANCE_RULES.get(outcome)
+        if fixed is not None:
+            return fixed
         rule: RetryRule = getattr(self, outcome.value.replace("-", "_"))
         return rule
 

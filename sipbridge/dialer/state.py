@@ -21,6 +21,8 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sipbridge.dialer.contacts import Contact, RowIssue
+from sipbridge.dialer.outcomes import Outcome
+from sipbridge.dialer.suppression import Block, blocked, local_day_start
 from sipbridge.store import Store
 
 log = logging.getLogger(__name__)
@@ -160,11 +162,55 @@ class CampaignState:
                 (until, now, contact_id),
             )
 
-    def claim(self, contact: ContactRow, now: float) -> Claim | None:
+    def screen(
+        self, contact: ContactRow, now: float, *, cap: int | None = None, capped_until: float = 0.0
+    ) -> Block | None:
+        """The claim's compliance check alone (before the CPS token is spent on a number that is blocked);
+        `claim` checks again in its own transaction."""
+        with self.store.transaction() as db:
+            return self._block(db, contact, now, cap, capped_until)
+
+    def _block(
+        self, db: Any, contact: ContactRow, now: float, cap: int | None, capped_until: float
+    ) -> Block | None:
+        """A Block recorded on the contact (suppressed: final; capped: retry at `capped_until`), or None."""
+        block = blocked(db, contact.number, cap=cap, day_start=local_day_start(now, contact.timezone))
+        if block is None:
+            return None
+        final = block.outcome is Outcome.SUPPRESSED
+        db.execute(
+            "UPDATE contacts SET state = ?, outcome = ?, next_at = ?, updated_at = ?"
+            " WHERE id = ? AND state IN ('pending', 'retry') AND attempts = ?",
+            (
+                "final" if final else "retry",
+                block.outcome.value,
+                0 if final else capped_until,
+                now,
+                contact.id,
+                contact.attempts,
+            ),
+        )
+        return block
+
+    def claim(
+        self,
+        contact: ContactRow,
+        now: float,
+        *,
+        cap: int | None = None,
+        capped_until: float = 0.0,
+        caller_id: str | None = None,
+    ) -> Claim | Block | None:
         """Take the contact for its next attempt, atomically: None if someone else already did, or is doing
-        so now (another host holds the row: it is skipped rather than waited for)."""
+        so now (another host holds the row: it is skipped rather than waited for).
+
+        In the same transaction the number is checked against the do-not-call list and the daily cap
+        (`cap` attempts since the callee's local midnight, all campaigns): a blocked contact gets its
+        outcome (suppressed or capped) and no attempt is made."""
         call_id = uuid.uuid4().hex
         with self.store.transaction() as db:
+            # Hold the row first (another host holding it: skip it rather than wait), so the checks below
+            # and the claim see one state of it.
             held = db.execute(
                 "SELECT id FROM contacts WHERE id = ? AND state IN ('pending', 'retry') AND attempts = ?"
                 + self.store.dialect.skip_locked,
@@ -172,6 +218,9 @@ class CampaignState:
             )
             if held.fetchone() is None:
                 return None
+            block = self._block(db, contact, now, cap, capped_until)
+            if block is not None:
+                return block
             cur = db.execute(
                 "UPDATE contacts SET state = 'dialing', attempts = attempts + 1, updated_at = ?"
                 " WHERE id = ? AND state IN ('pending', 'retry') AND attempts = ?",
@@ -181,9 +230,9 @@ class CampaignState:
                 return None
             attempt = contact.attempts + 1
             cur = db.execute(
-                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at, owner)"
-                " VALUES (?, ?, ?, ?, ?, ?) RETURNING id",
-                (self.name, contact.id, attempt, call_id, now, self.store.owner),
+                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at, caller_id, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (self.name, contact.id, attempt, call_id, now, caller_id, self.store.owner),
             )
             attempt_id = int(cur.fetchone()["id"])
         return Claim(contact, attempt_id, attempt, call_id)
@@ -262,6 +311,15 @@ class CampaignState:
             "SELECT state, COUNT(*) AS n FROM contacts WHERE campaign = ? GROUP BY state", (self.name,)
         )
         return {r["state"]: r["n"] for r in rows}
+
+    def contact_outcomes(self) -> dict[str, int]:
+        """Contacts by their latest outcome (suppressed and capped contacts have no attempt row)."""
+        rows = self.store.query(
+            "SELECT outcome, COUNT(*) AS n FROM contacts WHERE campaign = ? AND outcome IS NOT NULL"
+            " GROUP BY outcome",
+            (self.name,),
+        )
+        return {r["outcome"]: r["n"] for r in rows}
 
     def outcome_counts(self) -> dict[str, int]:
         rows = self.store.query(

@@ -28,14 +28,16 @@ Words = str | Sequence[tuple[str, float, float]]
 
 @dataclass(frozen=True)
 class SpeakParams:
-    """Per-utterance sampling overrides (the conversation API's cfg_scale/temperature/top_k).
+    """Per-utterance overrides (the conversation API's cfg_scale/temperature/top_k/normalize).
 
-    None keeps the engine's configured value. Engines without sampling (espeak) ignore all three.
+    None keeps the engine's configured value. Engines without sampling (espeak) ignore the first three.
+    `normalize` switches text normalisation and script shaping (sipbridge/text) for this utterance.
     """
 
     cfg_scale: float | None = None
     temperature: float | None = None
     top_k: int | None = None
+    normalize: bool | None = None
 
 
 class EngineError(Exception):

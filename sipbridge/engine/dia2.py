@@ -1,8 +1,8 @@
 """Dia2 engine adapter over dia2's conversation API (dia2/conversation.py, dia2/engine.py).
 
-One `dia2.engine.Engine` per supervisor advances every call's conversation in one batched step on its own
-thread; each call gets a `dia2.conversation.Conversation` (one engine row, its own KV cache). This adapter
-maps our engine interface onto it:
+One `dia2.engine.BatchEngine` per supervisor advances every call's conversation in one batched step on its
+own thread; each call gets a `dia2.conversation.EngineConversation` (one engine row, its own KV cache). This
+adapter maps our engine interface onto it:
 
 * `open_session` is synchronous in our interface, the conversation's `open` is not: the session opens its
   conversation lazily, and every operation waits for the one before it (`_chain`), so `user_spoke`
@@ -46,6 +46,8 @@ from sipbridge.engine.base import (
     Words,
     text_pieces,
 )
+from sipbridge.text.frontend import DIA2_TAG, TextFrontend
+from sipbridge.text.shape import ShapePolicy
 
 if TYPE_CHECKING:
     from sipbridge.asr import Transcriber
@@ -55,6 +57,7 @@ log = logging.getLogger(__name__)
 _DEFAULT_MIMI = "kyutai/mimi"
 # Voice prefix transcripts by "<sha256 of the WAV>:<ASR model>", for this process (the JSON file persists).
 _VOICE_CACHE: dict[str, list[tuple[str, float, float]]] = {}
+_DIA2_POLICY = ShapePolicy(speaker_tag=DIA2_TAG, breaks=True)  # replaced by make_engine from the config
 
 
 def spread_words(words: str, duration_s: float) -> list[tuple[str, float, float]]:
@@ -106,10 +109,10 @@ class Dia2Session:
 
     async def _conversation(self) -> Any:
         if self._conv is None:
-            from dia2.conversation import Conversation
+            from dia2.conversation import EngineConversation
 
             try:
-                self._conv = await Conversation.open(self.engine.dia2_engine)
+                self._conv = await EngineConversation.open(self.engine.dia2_engine)
             except Exception as exc:  # the engine raises plain errors when it is full
                 raise EngineError(f"dia2 cannot open a conversation: {exc}") from exc
             if self.engine.voice is not None:
@@ -193,6 +196,7 @@ class Dia2Session:
             with contextlib.suppress(Exception):  # a failed user_spoke was logged; still answer
                 await asyncio.shield(self._chain)
         conv = await self._conversation()
+        text = self.engine.text.source(text, params)  # normalised, "[S1]" once, sentence segments
         source: Any = text if isinstance(text, str) else text_pieces(text)
         try:
             async for chunk in conv.speak(source, self.engine.options_for(params)):
@@ -233,6 +237,7 @@ class Dia2Engine:
     dia2_engine: Any = None
     speak_options: Any = None
     voice: PreparedVoice | None = None  # the configured prefix, encoded once at start
+    text: TextFrontend = field(default_factory=lambda: TextFrontend(policy=_DIA2_POLICY))
 
     async def start(self) -> None:
         try:
@@ -253,7 +258,7 @@ class Dia2Engine:
     def _load(self) -> None:
         import torch
 
-        from dia2.engine import Engine, EngineOptions, SpeakOptions
+        from dia2.engine import BatchEngine, EngineOptions, SpeakOptions
         from dia2.runtime import Dia2
         from dia2.sampling import SamplingParams
 
@@ -278,7 +283,7 @@ class Dia2Engine:
             reply_reserve_steps=min(250, steps // 4),
             max_reply_steps=min(1000, steps // 2),
         )
-        self.dia2_engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, options)
+        self.dia2_engine = BatchEngine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, options)
         self.dia2_engine.start()
         self.speak_options = SpeakOptions(
             audio=SamplingParams(cfg.temperature, cfg.top_k), cfg_scale=cfg.cfg_scale
@@ -366,7 +371,7 @@ class Dia2Engine:
         alike. The engine caps top_k at its `max_top_k` (64, static shapes), and a cfg_scale only acts when
         the engine was started with CFG (config cfg_scale > 1): otherwise there is no unconditional row.
         """
-        if params is None or params == SpeakParams():
+        if params is None or dataclasses.replace(params, normalize=None) == SpeakParams():
             return self.speak_options
         from dia2.engine import SpeakOptions
         from dia2.sampling import SamplingParams

@@ -28,6 +28,7 @@ from sipbridge.engine.base import (
     Words,
     text_pieces,
 )
+from sipbridge.text.frontend import TextFrontend
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +84,8 @@ class EspeakSession:
     async def speak(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
         self.replies += 1
         self._cancelled = False
-        async for piece in text_pieces(text):
+        # Normalised text comes in sentence segments (sipbridge/text): one espeak-ng run each.
+        async for piece in text_pieces(self.engine.text.source(text, params)):
             if self._cancelled or self._closed:
                 return
             if not piece.strip():
@@ -163,6 +165,7 @@ class EspeakEngine:
     sample_rate: int = ESPEAK_RATE
     exe: str = ""
     sessions: dict[str, EspeakSession] = field(default_factory=dict)
+    text: TextFrontend = field(default_factory=TextFrontend)  # normaliser and shaping of what it speaks
 
     async def start(self) -> None:
         exe = shutil.which("espeak-ng")

@@ -19,6 +19,7 @@ from sipbridge import __version__
 from sipbridge.config import HttpConfig
 from sipbridge.http.errors import ApiError
 from sipbridge.http.guards import BodyLimit
+from sipbridge.metrics import CONTENT_TYPE
 
 HealthSource = Callable[[], Mapping[str, Any]]
 
@@ -31,6 +32,8 @@ def create_app(
     conversations: Any = None,  # sipbridge.http.service.ConversationService (imported lazily)
     http: HttpConfig | None = None,
     metrics: Callable[[], str] | None = None,  # Prometheus exposition text (sipbridge.metrics.Metrics.render)
+    readiness: Callable[[], Mapping[str, bool]] | None = None,  # Supervisor.readiness: check name -> holds
+    dnc: Any = None,  # sipbridge.dialer.suppression.DncList: serves /dnc (sipbridge/http/dnc.py)
 ) -> FastAPI:
     app = FastAPI(title="sipbridge", version=__version__)
 
@@ -39,7 +42,7 @@ def create_app(
         @app.get("/metrics", response_class=PlainTextResponse)
         def prometheus() -> PlainTextResponse:
             """Prometheus scrape; no auth, like /healthz (counts and latencies, no call content)."""
-            return PlainTextResponse(metrics(), media_type="text/plain; version=0.0.4; charset=utf-8")
+            return PlainTextResponse(metrics(), media_type=CONTENT_TYPE)
 
     @app.get("/healthz")
     def healthz() -> dict[str, Any]:
@@ -47,6 +50,17 @@ def create_app(
         components = {name: dict(source()) for name, source in health_sources.items()}
         ok = all(component.get("ok", True) for component in components.values())
         return {"status": "ok" if ok else "degraded", "version": __version__, **components}
+
+    if readiness is not None:
+
+        @app.get("/readyz")
+        def readyz() -> JSONResponse:
+            """Readiness: 200 when this process takes new calls, 503 (with the failing checks) while it
+            starts, drains or lacks a component; no auth, like /healthz."""
+            checks = dict(readiness())
+            ready = all(checks.values())
+            body = {"status": "ready" if ready else "not ready", "checks": checks}
+            return JSONResponse(body, status_code=200 if ready else 503)
 
     cfg = http or HttpConfig()
     # Every body, on every route (those added later too), is capped before anything reads it.
@@ -61,6 +75,16 @@ def create_app(
         from sipbridge.http.routes import build_router
 
         app.include_router(build_router(conversations, cfg, health_sources))
+
+        # The ElevenLabs, OpenAI and Kyutai compatible surfaces (docs/COMPAT.md), on the same service.
+        from sipbridge.http import elevenlabs, kyutai, openai
+
+        for protocol in (elevenlabs, openai, kyutai):
+            app.include_router(protocol.build_router(conversations, cfg))
+    if dnc is not None:
+        from sipbridge.http.dnc import build_dnc_router
+
+        app.include_router(build_dnc_router(dnc, cfg))
 
     return app
 

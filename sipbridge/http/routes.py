@@ -52,9 +52,14 @@ class SamplingFields(BaseModel):
         None, ge=0.0, le=2.0, description="0 = greedy; engine default if unset."
     )
     top_k: int | None = Field(None, ge=1, le=2048, description="Top-k; Dia2 caps it at 64.")
+    normalize: bool | None = Field(
+        None,
+        description="Read numbers, dates, money, IDs... as spoken words and shape the script (docs/TEXT.md); "
+        "false sends the text to the engine as given. Default: the deployment's engine.text.normalize.",
+    )
 
     def params(self) -> SpeakParams:
-        return SpeakParams(self.cfg_scale, self.temperature, self.top_k)
+        return SpeakParams(self.cfg_scale, self.temperature, self.top_k, self.normalize)
 
 
 class GenerateRequest(SamplingFields):
@@ -314,10 +319,12 @@ def build_router(
         timed = _parse_words(words)
         async with service.busy(conv):
             heard = await service.words_for(decoded, raw, transcript, timed)
+            text = heard if isinstance(heard, str) else " ".join(w for w, _, _ in heard)
+            if not text.strip():  # silence, or an empty transcript: not a turn (the context stays as it was)
+                raise ApiError(422, "no words in this turn: no speech in the audio and no transcript")
             pcm = decoded.at(PCM_RATE)
             await service.run(conv, lambda s: s.hear(pcm, PCM_RATE, heard))
             conv.user_turns += 1
-        text = heard if isinstance(heard, str) else " ".join(w for w, _, _ in heard)
         return {
             "ok": True,
             "conversation_id": conv.id,
@@ -586,7 +593,7 @@ class _Stream:
                 return
             try:
                 params = SamplingFields.model_validate(
-                    {k: data[k] for k in ("cfg_scale", "temperature", "top_k") if k in data}
+                    {k: data[k] for k in ("cfg_scale", "temperature", "top_k", "normalize") if k in data}
                 ).params()
                 self.service.check_text(text)
             except ValidationError as exc:

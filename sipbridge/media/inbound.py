@@ -77,6 +77,7 @@ class Inbound:
     speech_t: int | None = None  # start of the caller's current turn, ms
     barged: bool = False  # this sound / turn already interrupted the bot
     frames: int = 0
+    paused_end: int | None = None  # end (ms) of the turn's speech at its last TurnPaused, until it goes on
 
     def on_frame(self, pcm: bytes) -> None:
         """One clock tick of caller audio; b"" (no audio this tick) counts as silence."""
@@ -85,7 +86,7 @@ class Inbound:
         index = self.frames
         self.frames += 1
         if self.recorder is not None:
-            self.recorder.caller(pcm)
+            self._record(self.recorder.caller, pcm)
         samples = np.frombuffer(pcm, dtype=np.int16)
         sounding = self.onset.process(samples, index)
         for event in self.segmenter.process(samples):
@@ -94,16 +95,30 @@ class Inbound:
                 self.emit(f.SpeechStarted(self.call_id, event.t))
             elif isinstance(event, TurnEnd):
                 self.speech_t = None
+                self.paused_end = None
                 self.emit(_turn_ended(self.call_id, event))
             elif isinstance(event, TurnDropped):
                 self.speech_t = None
+                self.paused_end = None
                 self.emit(f.TurnDropped(self.call_id, event.start, event.end))
             elif isinstance(event, SpeechPaused):
                 pcm = event.pcm.tobytes()
                 self.emit(f.TurnPaused(self.call_id, event.start, event.end, pcm, event.pcm_start))
+                self.paused_end = event.end
+        self._maybe_resumed(sounding)
         if not sounding and self.speech_t is None:
             self.barged = False  # the next sound may interrupt the next utterance
         self._maybe_barge_in(sounding)
+
+    def _maybe_resumed(self, sounding: bool) -> None:
+        """Sound after a pause, inside the same turn: the supervisor's end-of-turn judgement of that pause
+        must not end the turn (the segmenter says nothing until the next pause or the turn's end)."""
+        if self.paused_end is None or not sounding or self.onset.active_since is None:
+            return
+        onset_ms = self.onset.active_since * self.frame_ms
+        if onset_ms >= self.paused_end and self.speech_t is not None:
+            self.emit(f.TurnResumed(self.call_id, self.speech_t, onset_ms))
+            self.paused_end = None
 
     def _maybe_barge_in(self, sounding: bool) -> None:
         if self.barged or not sounding:
@@ -130,7 +145,21 @@ class Inbound:
 
     def on_bot_frame(self, pcm: bytes) -> None:
         if self.recorder is not None:
-            self.recorder.bot(pcm)
+            self._record(self.recorder.bot, pcm)
+
+    def _record(self, write: Callable[[bytes], None], pcm: bytes) -> None:
+        """A recording that cannot be written (disk full, directory gone read-only) is dropped, reported
+        once, and the call goes on: a lost recording must never cost the call."""
+        try:
+            write(pcm)
+        except Exception as exc:  # OSError, soundfile.LibsndfileError
+            self.recording_failed(exc)
+
+    def recording_failed(self, exc: BaseException) -> None:
+        recorder, self.recorder = self.recorder, None
+        if recorder is not None:
+            recorder.abandon()
+        self.emit(f.RecordingFailed(self.call_id, f"{type(exc).__name__}: {exc}"[:300]))
 
     def close(self) -> list[f.Frame]:
         """Hang-up: close an open turn (the supervisor may still want its words) and the recording."""
@@ -139,7 +168,10 @@ class Inbound:
             if isinstance(event, TurnEnd):
                 out.append(_turn_ended(self.call_id, event))
         if self.recorder is not None:
-            self.recorder.close()
+            try:
+                self.recorder.close()
+            except Exception as exc:
+                self.recording_failed(exc)
             self.recorder = None
         return out
 

@@ -12,6 +12,7 @@ between utterances is not an underrun.
 from __future__ import annotations
 
 import threading
+import time
 from collections import deque
 from dataclasses import dataclass, field
 
@@ -24,6 +25,7 @@ class Utterance:
     partial: bytearray = field(default_factory=bytearray)
     ended: bool = False  # EndOfUtterance seen: no more audio will come
     started_tick: int | None = None
+    started_at: float = 0.0  # time.monotonic() of its first frame out
     underruns: int = 0
 
 
@@ -36,6 +38,7 @@ class Finished:
     end_tick: int
     interrupted: bool
     underruns: int
+    started_at: float = 0.0
 
 
 @dataclass
@@ -99,6 +102,8 @@ class PlaybackQueue:
                 if utt.started_tick is None:
                     utt.started_tick = self.tick
                 if utt.frames:
+                    if not utt.started_at:
+                        utt.started_at = time.monotonic()
                     self.frames_played += 1
                     return utt.frames.popleft()
                 if utt.ended:
@@ -113,7 +118,7 @@ class PlaybackQueue:
         self._queue.remove(utt)
         del self._by_id[utt.id]
         start = utt.started_tick if utt.started_tick is not None else self.tick
-        self._finished.append(Finished(utt.id, start, self.tick, interrupted, utt.underruns))
+        self._finished.append(Finished(utt.id, start, self.tick, interrupted, utt.underruns, utt.started_at))
 
     # -------------------------------------------------------------------------------- media thread
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+import logging
 from typing import TYPE_CHECKING
 
 import pjsua2 as pj
@@ -11,6 +12,8 @@ from sipbridge.sip.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from sipbridge.sip.worker import Worker
+
+log = logging.getLogger("sipbridge.worker")
 
 
 class SourceFilter:
@@ -40,10 +43,16 @@ def loose_route(uri: str) -> str:
 
 def account_config(settings: WorkerSettings, sip_port: int) -> pj.AccountConfig:
     cfg = pj.AccountConfig()
-    host = settings.public_address
+    host = settings.sip_bind_address or settings.public_address
     cfg.idUri = f"sip:sipbridge@{host}:{sip_port}"
     trunk = settings.trunk
     cfg.regConfig.registrarUri = ""
+    if settings.front_uri:
+        # Everything this worker sends out (dialer INVITEs, the trunk REGISTER) leaves through the front, so
+        # the trunk sees one source address; the front also puts its own address in the REGISTER's Contact.
+        cfg.sipConfig.proxies.append(loose_route(settings.front_uri))
+        cfg.natConfig.contactRewriteUse = 0
+        cfg.natConfig.viaRewriteUse = 0
     if trunk is not None:
         if trunk.username and trunk.password:
             # On every worker: the trunk may challenge our INVITEs (401/407), not only the REGISTER.
@@ -62,7 +71,18 @@ def account_config(settings: WorkerSettings, sip_port: int) -> pj.AccountConfig:
     media.publicAddress = settings.public_address
     media.port = settings.rtp_port
     media.portRange = settings.rtp_port_range
+    # SRTP with SDES keys; secure signalling 0: keys may be offered over any transport (the operator pairs
+    # SRTP with sip TLS; docs/DEPLOY.md), so a UDP test or a trunk on a private link still works.
+    cfg.mediaConfig.srtpUse = _SRTP[settings.srtp]
+    cfg.mediaConfig.srtpSecureSignaling = 0
     return cfg
+
+
+_SRTP = {
+    "off": pj.PJMEDIA_SRTP_DISABLED,
+    "optional": pj.PJMEDIA_SRTP_OPTIONAL,
+    "mandatory": pj.PJMEDIA_SRTP_MANDATORY,
+}
 
 
 class BridgeAccount(pj.Account):
@@ -71,7 +91,10 @@ class BridgeAccount(pj.Account):
         self.worker = worker
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
-        self.worker.on_incoming(self, prm)
+        try:
+            self.worker.on_incoming(self, prm)
+        except Exception:  # never unwind into PJSIP (its C code cannot take it)
+            log.exception("incoming call %d could not be taken", prm.callId)
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
         self.worker.on_reg_state(prm)

@@ -9,6 +9,7 @@ post to the worker's queues as well: the worker's main loop acts on them.
 from __future__ import annotations
 
 import ctypes
+import logging
 import queue
 import time
 from dataclasses import dataclass, field
@@ -18,6 +19,8 @@ import pjsua2 as pj
 
 from sipbridge import frames as f
 from sipbridge.media.playback import PlaybackQueue
+
+log = logging.getLogger("sipbridge.worker")
 
 if TYPE_CHECKING:
     from sipbridge.sip.worker import Worker
@@ -81,12 +84,15 @@ class CallSlot:
     rx_packets: int = 0
     rx_changed_at: float = field(default_factory=time.monotonic)
     rejected: bool = False
+    answered_at: float = 0.0  # inbound: when we sent the 200 (0: not yet)
+    confirmed: bool = False  # the caller's ACK came (PJSIP_INV_STATE_CONFIRMED)
     # Outbound (sipbridge/dialer): the Dial that placed the call, INVITE time, first 180/183, why we ended it.
     dial: f.Dial | None = None
     invited_at: float = 0.0
     ringing_ms: int | None = None
     progress: set[int] = field(default_factory=set)
     local_event: str | None = None  # ring_timeout | cancelled | transport_error
+    rtp: tuple[int, int, int, float, float] | None = None  # last RtpQuality snapshot (watchdog, stream end)
 
 
 class BridgeCall(pj.Call):
@@ -104,8 +110,15 @@ class BridgeCall(pj.Call):
             # Never delete a Call inside its own callback: the main loop retires it.
             self.worker.on_disconnected(self.slot_id, info.lastStatusCode, info.lastReason)
 
+    def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:
+        self.worker.on_stream_destroyed(self.slot_id, int(prm.streamIdx))
+
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
-        self.worker.on_media_state(self.slot_id)
+        try:
+            self.worker.on_media_state(self.slot_id)
+        except Exception:  # never unwind into PJSIP: end this call instead
+            log.exception("call %s: connecting its media failed", self.slot_id)
+            self.worker.commands.put(("hangup", self.slot_id, 500, "media error"))
 
     def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
         # Only report: the supervisor decides to hang up once the transfer is accepted.

@@ -68,10 +68,13 @@ class WorkerPool:
     on_frame: FrameHandler
     on_lost: LostHandler
     workers: list[WorkerHandle] = field(default_factory=list)
+    # Behind the SIP front (sipbridge/sip/front.py): how the workers reach it; they bind private ports then.
+    front_uri: str | None = None
     _dir: Path | None = None
     _server: asyncio.AbstractServer | None = None
     _stopping: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    draining: str | None = None  # the drain's reason, once drain() was called
 
     @property
     def ipc_path(self) -> str:
@@ -105,7 +108,7 @@ class WorkerPool:
     async def _spawn(self, handle: WorkerHandle) -> None:
         # A respawned worker binds the port its predecessor had (which matters with sip.port: 0).
         port = handle.info.sip_udp_port if handle.info is not None else None
-        settings = worker_settings(self.config, handle.index, self.ipc_path, port)
+        settings = worker_settings(self.config, handle.index, self.ipc_path, port, self.front_uri)
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
         handle.ready.clear()
         handle.info = None
@@ -179,10 +182,17 @@ class WorkerPool:
         handle.info = hello
         handle.connected.set()
         handle.ready.set()
+        if self.draining is not None:
+            handle.send(f.Drain(self.draining))  # a worker respawned mid-drain takes no new calls either
         try:
             while True:
                 frame = await read_frame(reader)
-                self.on_frame(handle, frame)
+                try:
+                    self.on_frame(handle, frame)
+                except Exception:  # the handler's own guard failed too: never close the link for it
+                    log.exception(
+                        "worker %d: a %s frame could not be handled", handle.index, type(frame).__name__
+                    )
         except ChannelClosed:
             pass
         except ProtocolError as exc:
@@ -225,10 +235,16 @@ class WorkerPool:
         ok = all(w["ready"] for w in workers) and (registration is None or registration["registered"])
         return {"ok": ok, "workers": workers, "registration": registration}
 
-    async def stop(self) -> None:
+    def drain(self, reason: str) -> None:
+        """Every worker answers new INVITEs 503 from now on; its calls go on (graceful drain)."""
+        self.draining = reason
+        for handle in self.workers:
+            handle.send(f.Drain(reason))
+
+    async def stop(self, reason: str = "supervisor stopping") -> None:
         self._stopping = True
         for handle in self.workers:
-            handle.send(f.Shutdown("supervisor stopping"))
+            handle.send(f.Shutdown(reason))
         for handle in self.workers:
             proc = handle.proc
             if proc is None or proc.returncode is not None:

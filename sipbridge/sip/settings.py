@@ -7,6 +7,7 @@ password never shows in `ps`), which also keeps each worker's port and RTP range
 from __future__ import annotations
 
 import dataclasses
+import ipaddress
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -57,6 +58,13 @@ class WorkerSettings:
     log_json: bool
     trunk: TrunkSettings | None = None
     extra: dict[str, Any] = field(default_factory=dict)
+    # Behind the SIP front (sip.front): SIP binds this private address (RTP stays on bind_address and
+    # public_address), and every request the worker starts is routed through `front_uri` (a loose route).
+    sip_bind_address: str | None = None
+    front_uri: str | None = None
+    # sip.tls as plain values (port already this worker's), and media.srtp: off | optional | mandatory.
+    tls: dict[str, Any] = field(default_factory=dict)
+    srtp: str = "off"
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -68,8 +76,17 @@ class WorkerSettings:
         return cls(**data, trunk=TrunkSettings(**trunk) if trunk else None)
 
 
-def worker_settings(config: Config, index: int, ipc_path: str, sip_port: int | None = None) -> WorkerSettings:
-    """`sip_port` overrides the configured one: a respawned worker takes the port its predecessor bound."""
+def uri_host(uri: str) -> str:
+    """The host of `sip:host:port;params` (IPv6 in brackets or not)."""
+    rest = uri.split(":", 1)[1].split(";", 1)[0].split("@")[-1]
+    return rest[1 : rest.index("]")] if rest.startswith("[") else rest.split(":", 1)[0]
+
+
+def worker_settings(
+    config: Config, index: int, ipc_path: str, sip_port: int | None = None, front_uri: str | None = None
+) -> WorkerSettings:
+    """`sip_port` overrides the configured one: a respawned worker takes the port its predecessor bound.
+    `front_uri` (the SIP front's address as the workers reach it) puts the worker behind the front."""
     sip, media = config.sip, config.media
     workers = sip.workers
     # Each worker gets its own slice of the RTP range so two pjsua2 processes never race for a port.
@@ -88,18 +105,26 @@ def worker_settings(config: Config, index: int, ipc_path: str, sip_port: int | N
             register=t.register_ and index == 0,
             outbound_proxy=t.outbound_proxy,
         )
+    if front_uri is not None:
+        # Only the front talks to a worker: the allow-list at the worker is the front itself (the callers'
+        # sources are checked at the front), and its SIP port is any free one on the private address.
+        allowed = [str(ipaddress.ip_network(uri_host(front_uri)))]
+        port = sip_port if sip_port is not None else 0
+    else:
+        allowed = list(sip.allowed_sources)
+        port = sip_port if sip_port is not None else (sip.port + index if sip.port else 0)
     return WorkerSettings(
         index=index,
         ipc_path=ipc_path,
         bind_address=sip.bind_address,
         public_address=sip.public_address or sip.bind_address,
-        sip_port=sip_port if sip_port is not None else (sip.port + index if sip.port else 0),
+        sip_port=port,
         transports=list(sip.transports),
         max_calls=min(CALLS_PER_WORKER, sip.max_calls - index * CALLS_PER_WORKER),
         rtp_port=media.rtp_port_min + index * span,
         rtp_port_range=span,
         codecs=list(sip.codecs),
-        allowed_sources=list(sip.allowed_sources),
+        allowed_sources=allowed,
         user_agent=sip.user_agent,
         clock_rate=media.clock_rate,
         ptime_ms=media.ptime_ms,
@@ -116,4 +141,20 @@ def worker_settings(config: Config, index: int, ipc_path: str, sip_port: int | N
         log_level=config.logging.level,
         log_json=config.logging.json_format,
         trunk=trunk,
+        sip_bind_address=sip.front.worker_address if front_uri is not None else None,
+        front_uri=front_uri,
+        tls=_tls(config, index),
+        srtp=media.srtp,
     )
+
+
+def _tls(config: Config, index: int) -> dict[str, Any]:
+    tls = config.sip.tls
+    return {
+        "port": tls.port + index if tls.port else 0,
+        "cert_file": str(tls.cert_file) if tls.cert_file else "",
+        "key_file": str(tls.key_file) if tls.key_file else "",
+        "ca_file": str(tls.ca_file) if tls.ca_file else "",
+        "verify_client": tls.verify_client,
+        "verify_server": tls.verify_server,
+    }

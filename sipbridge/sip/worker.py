@@ -22,6 +22,7 @@ import logging
 import os
 import queue
 import signal
+import ssl
 import sys
 import threading
 import time
@@ -36,6 +37,7 @@ import pjsua2 as pj
 from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter, GreetingFeed
 from audio.beep import BeepSettings
 from audio.vad import VadSettings, make_segmenter
+from audio.vad.backends import make_classifier
 from sipbridge import frames as f
 from sipbridge.logs import setup_logging
 from sipbridge.media.inbound import Inbound
@@ -43,19 +45,26 @@ from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
 from sipbridge.sip.account import BridgeAccount, SourceFilter, account_config
 from sipbridge.sip.call import RX, TX, BridgeCall, CallPort, CallSlot
+from sipbridge.sip.guard import RequestGuard, WireRequest
 from sipbridge.sip.ipc import ChannelClosed, SyncChannel
+from sipbridge.sip.pjguard import CallTerminator, PjGuard
 from sipbridge.sip.settings import WorkerSettings
+from sipbridge.sip.wire import wire_text
 
 log = logging.getLogger("sipbridge.worker")
 
 _CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
 _WATCHDOG_PERIOD_S = 0.5
 _PORT_GRACE_S = 2.0  # how long an ended call's media port outlives the call (see Worker._retire)
+# A caller's ACK follows our 200 within a round trip; PJSIP retransmits the 200 at 0.5, 1, 2, 4 s. Past
+# this the INVITE cannot become a call (spoofed source, an answer it cannot read): its slot is given back.
+_ACK_TIMEOUT_S = 8.0
 
 
 class _PjLogWriter(pj.LogWriter):
     def write(self, entry: pj.LogEntry) -> None:
-        log.warning("pjsip: %s", entry.msg.strip())
+        # PJSIP quotes whole packets in some warnings (parse errors): one escaped line, never forged ones.
+        log.warning("pjsip: %s", wire_text(entry.msg.strip(), 4096))
 
 
 class StartupError(Exception):
@@ -76,13 +85,20 @@ class Worker:
     amd: dict[str, AnsweringMachineDetector | BeepWaiter] = field(default_factory=dict)
     greetings: dict[str, GreetingFeed] = field(default_factory=dict)  # AMD audio for the ASR (amd.asr)
     stopping: bool = False
+    draining: bool = False  # Drain from the supervisor: new INVITEs get 503, active calls go on
     sip_udp_port: int = 0
     sip_tcp_port: int | None = None
+    sip_tls_port: int | None = None
     ep: pj.Endpoint | None = None
     account: BridgeAccount | None = None
+    pj_guard: PjGuard | None = None
+    refusals_logged_at: float = 0.0
+    shutdown_reason: str = "worker shutting down"
 
     def __post_init__(self) -> None:
         self.sources = SourceFilter(self.settings.allowed_sources)
+        family = 6 if ":" in self.settings.bind_address else 4
+        self.guard = RequestGuard.from_cidrs(self.settings.allowed_sources, family)
         self.frame_bytes = self.settings.clock_rate * 20 // 1000 * 2
 
     # ------------------------------------------------------------------------------------ set-up
@@ -120,8 +136,9 @@ class Worker:
         try:
             tcfg = pj.TransportConfig()
             tcfg.port = s.sip_port
-            tcfg.boundAddress = s.bind_address
-            tcfg.publicAddress = s.public_address
+            # Behind the SIP front, SIP binds a private address and is reached only by the front.
+            tcfg.boundAddress = s.sip_bind_address or s.bind_address
+            tcfg.publicAddress = "" if s.front_uri else s.public_address
             udp = ep.transportCreate(pj.PJSIP_TRANSPORT_UDP, tcfg)
             self.sip_udp_port = int(ep.transportGetInfo(udp).localName.rsplit(":", 1)[1])
             if "tcp" in s.transports:
@@ -130,9 +147,24 @@ class Worker:
                 self.sip_tcp_port = int(ep.transportGetInfo(tcp).localName.rsplit(":", 1)[1])
         except pj.Error as exc:
             raise StartupError(
-                f"cannot bind SIP {s.bind_address}:{s.sip_port} ({exc.info().strip()})"
+                f"cannot bind SIP {tcfg.boundAddress}:{s.sip_port} ({exc.info().strip()})"
             ) from None
+        if "tls" in s.transports:
+            check_tls_files(s.tls)
+            try:
+                self.sip_tls_port = self._start_tls(ep)
+            except pj.Error as exc:
+                tls = s.tls
+                raise StartupError(
+                    f"cannot start SIP TLS on {s.bind_address}:{tls['port']} with sip.tls.cert_file"
+                    f" {tls['cert_file']}, sip.tls.key_file {tls['key_file']}"
+                    + (f", sip.tls.ca_file {tls['ca_file']}" if tls.get("ca_file") else "")
+                    + f" ({exc.info().strip()})"
+                ) from None
         ep.libStart()
+        # Every request meets the guard before PJSIP creates a transaction, dialog or media socket for it.
+        self.pj_guard = PjGuard(self.guard, self._on_refused)
+        self.terminator = CallTerminator(s.max_calls)
         ep.audDevManager().setNullDev()  # no sound card: a null port clocks the conference bridge
         wanted = {_CODEC_IDS[c]: 255 - i for i, c in enumerate(s.codecs)}
         for codec in ep.codecEnum2():
@@ -141,20 +173,60 @@ class Worker:
         self.account = BridgeAccount(self)
         self.account.create(account_config(s, self.sip_udp_port), True)
 
+    def _start_tls(self, ep: pj.Endpoint) -> int:
+        """SIP over TLS (sip.tls): our certificate, TLS 1.2 or newer, and the trunk's client certificate
+        checked against the CA list when `verify_client` is on (mTLS)."""
+        s = self.settings
+        tls = s.tls
+        tcfg = pj.TransportConfig()
+        tcfg.port = int(tls["port"])
+        tcfg.boundAddress = s.bind_address
+        tcfg.publicAddress = s.public_address
+        tc = tcfg.tlsConfig
+        tc.certFile = tls["cert_file"]
+        tc.privKeyFile = tls["key_file"]
+        tc.CaListFile = tls.get("ca_file") or ""
+        tc.method = pj.PJSIP_TLSV1_2_METHOD
+        tc.proto = pj.PJ_SSL_SOCK_PROTO_TLS1_2 | pj.PJ_SSL_SOCK_PROTO_TLS1_3
+        tc.verifyClient = bool(tls["verify_client"])
+        tc.requireClientCert = bool(tls["verify_client"])
+        tc.verifyServer = bool(tls["verify_server"])
+        transport = ep.transportCreate(pj.PJSIP_TRANSPORT_TLS, tcfg)
+        return int(ep.transportGetInfo(transport).localName.rsplit(":", 1)[1])
+
     # ------------------------------------------------------------------ PJSIP callbacks (main thread)
+
+    def _on_refused(self, req: WireRequest, ip: str, code: int, reason: str) -> None:
+        """A request the guard answered itself: counted, reported in aggregate, logged once a second."""
+        now = time.monotonic()
+        if now - self.refusals_logged_at >= 1.0:
+            self.refusals_logged_at = now
+            log.warning(
+                "refused %s from %s: %s (%s; further refusals this second are only counted)",
+                wire_text(req.method, 32),
+                ip,
+                code if code > 0 else "dropped",
+                reason,
+            )
+
+    def _report_refusals(self) -> None:
+        counts = self.guard.take_refused()
+        if counts:
+            self.emit(f.RequestsRefused(self.settings.index, counts))
 
     def on_incoming(self, account: BridgeAccount, prm: pj.OnIncomingCallParam) -> None:
         call = BridgeCall(self, account, prm.callId)
         slot_id = uuid.uuid4().hex
         call.slot_id = slot_id
         info = call.getInfo()
+        # Strings from the wire are made safe here, before any frame, log line or store row holds them.
         slot = CallSlot(
             call_id=slot_id,
             pj_call=call,
-            remote_uri=info.remoteUri,
-            local_uri=info.localUri,
-            remote_addr=prm.rdata.srcAddress,
-            sip_call_id=info.callIdString,
+            remote_uri=wire_text(info.remoteUri),
+            local_uri=wire_text(info.localUri),
+            remote_addr=wire_text(prm.rdata.srcAddress, 64),
+            sip_call_id=wire_text(info.callIdString),
         )
         self.calls[slot_id] = slot  # keep a Python reference or SWIG frees the Call
         op = pj.CallOpParam()
@@ -165,8 +237,27 @@ class Worker:
             log.warning("rejected INVITE from %s (%s): source not allowed", slot.remote_addr, slot.remote_uri)
             self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 403, "source not allowed"))
             return
+        if self.draining:
+            # Graceful drain: the caller's side (or the front) tries another host; Retry-After says when
+            # this one may take calls again (an upgrade restarts it within a minute or so).
+            slot.rejected = True
+            op.statusCode = 503
+            retry = pj.SipHeader()
+            retry.hName = "Retry-After"
+            retry.hValue = "60"
+            op.txOption.headers.append(retry)
+            call.hangup(op)
+            log.info("rejected INVITE from %s (%s): draining", slot.remote_addr, slot.remote_uri)
+            self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, 503, "draining"))
+            return
         op.statusCode = 200
-        call.answer(op)
+        slot.answered_at = time.monotonic()
+        try:
+            call.answer(op)
+        except pj.Error as exc:  # the 200 cannot be built or sent: give the slot back now
+            log.warning("call %s: answering failed (%s), refusing it", slot_id, exc.info().strip())
+            self._hangup(slot_id, "local", 500, "answer failed")
+            return
         log.info("call %s answered: %s from %s", slot_id, slot.remote_uri, slot.remote_addr)
 
     def dial(self, dial: f.Dial) -> None:
@@ -195,11 +286,13 @@ class Worker:
             self._retire(dial.call_id, 500, reason)
             return
         info = call.getInfo()
-        slot.local_uri = info.localUri
-        slot.sip_call_id = info.callIdString
+        slot.local_uri = wire_text(info.localUri)
+        slot.sip_call_id = wire_text(info.callIdString)
+        self.guard.expect(info.callIdString)  # its in-dialog requests must come from whoever answers
         log.info("call %s: dialing %s (ring timeout %.0f s)", dial.call_id, dial.target, dial.ring_timeout_s)
 
     def _on_progress(self, slot_id: str, code: int, reason: str) -> None:
+        reason = wire_text(reason)
         slot = self.calls.get(slot_id)
         if slot is None or slot.dial is None or code in slot.progress or code not in (180, 183):
             return
@@ -258,18 +351,38 @@ class Worker:
         log.info("call %s media up: %s", slot.call_id, codec)
 
     def on_transfer_status(self, slot_id: str, code: int, reason: str, final: bool) -> None:
+        reason = wire_text(reason)
         log.info("call %s: transfer status %d %s%s", slot_id, code, reason, " (final)" if final else "")
         self.emit(f.TransferStatus(slot_id, code, reason, final))
 
+    def on_stream_destroyed(self, slot_id: str, index: int) -> None:
+        """The last moment PJSIP's stream statistics exist: keep them for the call's RtpQuality."""
+        slot = self.calls.get(slot_id)
+        if slot is None or index != slot.media_index:
+            return
+        try:
+            slot.rtp = rtp_quality(slot.pj_call.getStreamStat(index))
+        except pj.Error:
+            pass  # the watchdog's last snapshot (at most 0.5 s old) stands
+
     def on_disconnected(self, slot_id: str, code: int, reason: str) -> None:
-        self.commands.put(("retire", slot_id, code, reason))
+        # Retired now, inside onCallState(DISCONNECTED) (pjsua2 allows deleting the Call there): once the
+        # callback returns pjsua may give the call's index to the next INVITE, and a stale Call object of
+        # that index would, when dropped, unhook the new call and hang it up (pjsua2's ~Call).
+        try:
+            self._retire(slot_id, code, wire_text(reason))
+        except ChannelClosed:  # inside a PJSIP callback: never let it unwind into C
+            self.commands.put(("shutdown", "supervisor channel closed"))
+        except Exception:
+            log.exception("call %s: retiring it failed", slot_id)
 
     def on_reg_state(self, prm: pj.OnRegStateParam) -> None:
         assert self.account is not None
         active = bool(self.account.getInfo().regIsActive)
         level = logging.INFO if active else logging.WARNING
-        log.log(level, "trunk registration: %s %s (expires %ss)", prm.code, prm.reason, prm.expiration)
-        self.emit(f.Registration(self.settings.index, active, int(prm.code), str(prm.reason), prm.expiration))
+        reason = wire_text(prm.reason)
+        log.log(level, "trunk registration: %s %s (expires %ss)", prm.code, reason, prm.expiration)
+        self.emit(f.Registration(self.settings.index, active, int(prm.code), reason, prm.expiration))
 
     # -------------------------------------------------------------------------------- main loop
 
@@ -281,12 +394,13 @@ class Worker:
         reader.start()
         self.emit(f.WorkerReady(self.settings.index, os.getpid(), self.sip_udp_port, self.sip_tcp_port))
         log.info(
-            "worker %d ready pid=%d sip udp %s:%d%s",
+            "worker %d ready pid=%d sip udp %s:%d%s%s",
             self.settings.index,
             os.getpid(),
-            self.settings.bind_address,
+            self.settings.sip_bind_address or self.settings.bind_address,
             self.sip_udp_port,
             f" tcp {self.sip_tcp_port}" if self.sip_tcp_port else "",
+            f" tls {self.sip_tls_port}" if self.sip_tls_port else "",
         )
         next_watchdog = time.monotonic()
         while not self.stopping:
@@ -296,6 +410,8 @@ class Worker:
             if now >= next_watchdog:
                 self._watchdog(now)
                 self.dying_ports = [(t, p) for t, p in self.dying_ports if t > now]
+                self._report_refusals()
+                self.guard.prune({s.sip_call_id for s in self.calls.values()}, now)
                 next_watchdog = now + _WATCHDOG_PERIOD_S
         self._shutdown(media)
 
@@ -323,6 +439,10 @@ class Worker:
             elif kind == "shutdown":
                 log.info("worker %d shutting down: %s", self.settings.index, command[1])
                 self.stopping = True
+                self.shutdown_reason = command[1]
+            elif kind == "drain":
+                log.info("worker %d draining: %s; new INVITEs get 503", self.settings.index, command[1])
+                self.draining = True
 
     def _hangup(self, slot_id: str, by: str, code: int = 200, reason: str = "") -> None:
         slot = self.calls.get(slot_id)
@@ -361,6 +481,7 @@ class Worker:
         slot = self.calls.pop(slot_id, None)
         if slot is None:
             return
+        self.guard.forget(slot.sip_call_id)
         # Dropping the Call here (main thread, registered) runs its C++ destructor safely. Not the port yet:
         # the conference bridge's clock thread may still be inside its callbacks (PJSIP queues port removal
         # to that thread), and a port freed under it crashed the worker (SIGSEGV, after an AttributeError on
@@ -381,11 +502,16 @@ class Worker:
                 self.emit(f.CallRejected(slot.remote_addr, slot.remote_uri, code, reason))
             return
         by = slot.hangup_by or "remote"
+        if slot.rtp is not None:  # before CallEnded (which the media thread sends) so it is stored with it
+            self.emit(f.RtpQuality(slot_id, *slot.rtp))
         self.inbox.put(("close", slot_id, (code, slot.hangup_reason or reason, by)))
         log.info("call %s ended by %s: %d %s", slot_id, by, code, reason)
 
     def _watchdog(self, now: float) -> None:
         for slot in list(self.calls.values()):
+            if slot.answered_at and not slot.confirmed and slot.hangup_by is None:
+                self._check_ack(slot, now)
+                continue
             if slot.dial is not None and not slot.started and slot.hangup_by is None:
                 if now - slot.invited_at > slot.dial.ring_timeout_s:
                     waited = now - slot.invited_at
@@ -395,9 +521,10 @@ class Worker:
             if slot.port is None or slot.hangup_by is not None:
                 continue
             try:
-                packets = slot.pj_call.getStreamStat(slot.media_index).rtcp.rxStat.pkt
+                slot.rtp = rtp_quality(slot.pj_call.getStreamStat(slot.media_index))
             except pj.Error:
                 continue
+            packets = slot.rtp[0]
             if packets != slot.rx_packets:
                 slot.rx_packets = packets
                 slot.rx_changed_at = now
@@ -405,10 +532,28 @@ class Worker:
                 log.warning("call %s: no RTP for %.1f s, hanging up", slot.call_id, now - slot.rx_changed_at)
                 self._hangup(slot.call_id, "watchdog", 200, "no media")
 
+    def _check_ack(self, slot: CallSlot, now: float) -> None:
+        try:
+            info = slot.pj_call.getInfo()
+        except pj.Error:
+            return
+        if info.state == pj.PJSIP_INV_STATE_CONFIRMED:
+            slot.confirmed = True
+        elif now - slot.answered_at > _ACK_TIMEOUT_S:
+            log.warning("call %s: no ACK for our 200 after %.0f s, ending it", slot.call_id, _ACK_TIMEOUT_S)
+            slot.hangup_by, slot.hangup_reason = "no_ack", "no ACK for our 200"
+            if not self.terminator.terminate(slot.pj_call.getId(), 408):
+                slot.hangup_by = None
+                self._hangup(slot.call_id, "local", 408, "no ACK")
+
     def _shutdown(self, media: threading.Thread) -> None:
         assert self.ep is not None
         # Order verified in the recipes: hang up, let BYEs and callbacks run, drop every port and Call on
-        # this (registered) thread, then the account, then libDestroy.
+        # this (registered) thread, then the account, then libDestroy. Calls are marked first: they end
+        # because we stop (the supervisor's reason, e.g. a drain timeout), not because their callers hung up.
+        for slot in self.calls.values():
+            if slot.hangup_by is None:
+                slot.hangup_by, slot.hangup_reason = "shutdown", self.shutdown_reason
         self.ep.hangupAllCalls()
         deadline = time.monotonic() + 2.0
         while self.calls and time.monotonic() < deadline:
@@ -432,6 +577,7 @@ class Worker:
     # ------------------------------------------------------------------------------ media thread
 
     def _media_loop(self) -> None:
+        _warm_vad(self.settings.clock_rate)
         while True:
             kind, call_id, payload = self.inbox.get()
             try:
@@ -517,9 +663,14 @@ class Worker:
 
     def _new_inbound(self, call_id: str, playback: PlaybackQueue) -> Inbound:
         s = self.settings
-        recorder = None
+        recorder, failure = None, None
         if s.recordings_dir is not None:
-            recorder = StereoRecorder(Path(s.recordings_dir) / call_id / "call.wav", s.clock_rate)
+            try:
+                recorder = StereoRecorder(Path(s.recordings_dir) / call_id / "call.wav", s.clock_rate)
+            except Exception as exc:  # read-only or full disk: the call goes on unrecorded
+                failure = f"{type(exc).__name__}: {exc}"[:300]
+        if failure is not None:
+            self.emit(f.RecordingFailed(call_id, failure))
         return Inbound(
             call_id=call_id,
             segmenter=make_segmenter(VadSettings(**s.vad), s.clock_rate),
@@ -539,12 +690,15 @@ class Worker:
                     done.end_tick * 20,
                     done.interrupted,
                     done.underruns,
+                    done.started_at,
                 )
             )
 
     def _close_inbound(self, call_id: str, code: int, reason: str, by: str) -> None:
         ib = self.inbound.pop(call_id, None)
         if ib is None:
+            # The call's media never opened here (it failed): still end it, or its session never would.
+            self.emit(f.CallEnded(call_id, code, reason, by, 0, 0, 0))
             return
         for frame in ib.close():
             self.emit(frame)
@@ -589,11 +743,45 @@ class Worker:
                 self.commands.put(("send-dtmf", frame.call_id, frame.digits))
             elif isinstance(frame, f.Shutdown):
                 self.commands.put(("shutdown", frame.reason or "supervisor asked"))
+            elif isinstance(frame, f.Drain):
+                self.commands.put(("drain", frame.reason or "supervisor asked"))
             elif isinstance(frame, f.Ping):
                 self.channel.send(f.Ping(frame.t, time.monotonic_ns(), frame.pcm))
 
     def emit(self, frame: f.Frame) -> None:
         self.channel.send(frame)
+
+
+def check_tls_files(tls: dict[str, Any]) -> None:
+    """PJSIP opens a TLS listener even when its certificate cannot be read (each handshake then fails): check
+    the files here, with OpenSSL through Python's ssl, and name the key that is wrong."""
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        context.load_cert_chain(tls["cert_file"], tls["key_file"])
+    except (OSError, ssl.SSLError) as exc:
+        raise StartupError(
+            f"sip.tls.cert_file {tls['cert_file']} / sip.tls.key_file {tls['key_file']}: not a readable PEM"
+            f" certificate and its private key ({exc})"
+        ) from None
+    if tls.get("ca_file"):
+        try:
+            context.load_verify_locations(tls["ca_file"])
+        except (OSError, ssl.SSLError) as exc:
+            raise StartupError(
+                f"sip.tls.ca_file {tls['ca_file']}: not a readable PEM CA list ({exc})"
+            ) from None
+
+
+def rtp_quality(stat: pj.StreamStat) -> tuple[int, int, int, float, float]:
+    """RtpQuality's fields from PJSIP's stream statistics: received, lost, late (discarded), jitter ms."""
+    rx = stat.rtcp.rxStat
+    return (
+        int(rx.pkt),
+        int(rx.loss),
+        int(rx.discard),
+        round(rx.jitterUsec.mean / 1000, 3),
+        round(rx.jitterUsec.max / 1000, 3),
+    )
 
 
 def _amd_settings(values: dict[str, Any]) -> AmdSettings:
@@ -624,6 +812,21 @@ def main() -> int:
         return 1
     worker.run()
     return 0
+
+
+def _warm_vad(rate: int) -> None:
+    """Load Silero's ONNX session (shared by every call's turn VAD and AMD) and run it once, on the media
+    thread before any call: done on a first call's "open" instead, it held that call's frames for 0.5-2 s
+    on a loaded CPU, so AMD's clock fell that far behind the line and the greeting came as late."""
+    t0 = time.monotonic()
+    try:
+        vad = make_classifier("silero", rate)
+        for _ in range(2):  # two 20 ms frames fill one 32 ms Silero window: the model runs once
+            vad.speech_prob(np.zeros(rate // 50, np.int16))
+    except Exception:  # a VAD that cannot load fails the calls that need it, with their own error
+        log.exception("Silero VAD warm-up failed")
+        return
+    log.info("Silero VAD warm in %.0f ms", (time.monotonic() - t0) * 1000)
 
 
 if __name__ == "__main__":

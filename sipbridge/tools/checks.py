@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Literal
 
 from sipbridge.config import CALLS_PER_WORKER, Config
+from sipbridge.sip.front import KAMAILIO_PACKAGE
 
 Status = Literal["ok", "warn", "fail", "skip"]
 _MIN_FREE_BYTES = 1 << 30  # recordings fill a disk quietly; below 1 GiB free is worth a warning
@@ -187,23 +188,25 @@ def find_program(name: str) -> str | None:
 
 
 def check_front(config: Config) -> list[Check]:
+    """The front's own rule (sip.front.mode, sip.front.binary) decides; this only words the answer."""
     workers = config.sip.workers
-    if workers == 1:
-        return [Check("sip front", "skip", f"not needed: {sip_calls(config)} fits one worker")]
-    port = config.sip.port
-    ports = f"ports {port}-{port + workers - 1}" if port else "one port each"
-    path = find_program("kamailio")
+    if not config.sip.uses_front:
+        why = f"{sip_calls(config)} fits one worker" if workers == 1 else "sip.front.mode is off"
+        return [Check("sip front", "skip", f"not used: {why}")]
+    binary = config.sip.front.binary
+    path = find_program(binary) if "/" not in binary else (binary if os.access(binary, os.X_OK) else None)
     if path is None:
         return [
             Check(
                 "sip front",
                 "fail",
-                f"{sip_calls(config)} needs {workers} workers ({ports}); a trunk that sends to one address "
-                "needs the Kamailio front, and kamailio is not installed",
-                "apt-get install kamailio (Debian package 'kamailio'), or keep max_calls <= 4",
+                f"{sip_calls(config)} over {workers} workers needs the Kamailio front at one address, "
+                f"and {binary} is not installed",
+                f"apt-get install {KAMAILIO_PACKAGE} (Debian package '{KAMAILIO_PACKAGE}'), "
+                "set sip.front.binary, or keep max_calls <= 4",
             )
         ]
-    return [Check("sip front", "ok", f"kamailio at {path} for {workers} workers ({ports})")]
+    return [Check("sip front", "ok", f"kamailio at {path} in front of {workers} workers")]
 
 
 # ------------------------------------------------------------------------------------------ store

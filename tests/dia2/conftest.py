@@ -15,6 +15,12 @@ import numpy as np
 import pytest
 import torch
 
+# Triton reads TRITON_INTERPRET when it is first imported: any test module collected before
+# test_kernels.py that pulls Triton in (through transformers, torch._dynamo) would otherwise fix it off
+# and every interpreter test would fail in a whole-suite run. Set it before anything imports Triton.
+if not torch.cuda.is_available():
+    os.environ.setdefault("TRITON_INTERPRET", "1")
+
 from dia2.generate import GenerationOptions
 from dia2.prefix import PrefixPlan
 from dia2.reference import GENERATION_CASES, ReferenceFixture

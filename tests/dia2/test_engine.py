@@ -1,7 +1,7 @@
 """The streaming, batched conversation engine on the tiny fixture checkpoint (CPU, eager).
 
-Every test drives the real engine (``Engine.step`` on this thread, or its thread through the asyncio
-``Conversation``); nothing of the engine is mocked, and no test waits on time.
+Every test drives the real engine (``BatchEngine.step`` on this thread, or its thread through the asyncio
+``EngineConversation``); nothing of the engine is mocked, and no test waits on time.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from collections.abc import AsyncIterator
 import pytest
 import torch
 
-from dia2.conversation import Conversation
-from dia2.engine import AudioChunk, CallState, ContextOverflowError, Engine, EngineOptions, SpeakOptions
+from dia2.conversation import EngineConversation
+from dia2.engine import AudioChunk, BatchEngine, CallState, ContextOverflowError, EngineOptions, SpeakOptions
 from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2, GenerationResult
 from dia2.sampling import SamplingParams
@@ -27,19 +27,19 @@ def greedy(cfg_scale: float = 1.0) -> SpeakOptions:
     return SpeakOptions(text=GREEDY, audio=GREEDY, cfg_scale=cfg_scale)
 
 
-def make_engine(runtime: Dia2, **kw: object) -> Engine:
+def make_engine(runtime: Dia2, **kw: object) -> BatchEngine:
     opts = {"capacity": 4, "max_reply_steps": 160, "reply_reserve_steps": 40, **kw}
-    return Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, EngineOptions(**opts))
+    return BatchEngine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, EngineOptions(**opts))
 
 
-def run_until_quiet(engine: Engine) -> int:
+def run_until_quiet(engine: BatchEngine) -> int:
     steps = 0
     while engine.step():
         steps += 1
     return steps
 
 
-def reply(engine: Engine, call: CallState, text: str, options: SpeakOptions) -> list[AudioChunk]:
+def reply(engine: BatchEngine, call: CallState, text: str, options: SpeakOptions) -> list[AudioChunk]:
     chunks: list[AudioChunk | None] = []
     engine.speak(call, text, chunks.append, options)
     run_until_quiet(engine)
@@ -52,20 +52,24 @@ def codes_of(chunks: list[AudioChunk]) -> torch.Tensor:
 
 
 @pytest.fixture(scope="module")
-def engine(runtime: Dia2) -> Engine:
+def engine(runtime: Dia2) -> BatchEngine:
     return make_engine(runtime)
 
 
 @pytest.mark.parametrize("case", ["greedy", "cfg"])
 def test_streaming_equals_non_streaming_generation(
-    engine: Engine, reference: ReferenceFixture, case_results: dict[str, GenerationResult], case: str
+    engine: BatchEngine, reference: ReferenceFixture, case_results: dict[str, GenerationResult], case: str
 ) -> None:
     """Same tokens as the parity loop, token for token; the streamed audio equals its one-shot decode."""
     opts = reference.options(case)
     call = engine.open_call()
     try:
-        chunks = reply(engine, call, reference.inputs["cases"][case]["script"],
-                       SpeakOptions(opts.text, opts.audio, opts.cfg_scale))
+        chunks = reply(
+            engine,
+            call,
+            reference.inputs["cases"][case]["script"],
+            SpeakOptions(opts.text, opts.audio, opts.cfg_scale),
+        )
     finally:
         engine.close_call(call)
     expected = case_results[case]
@@ -76,7 +80,7 @@ def test_streaming_equals_non_streaming_generation(
     assert err < 1e-5
 
 
-def _converse(engine: Engine, call: CallState, reference: ReferenceFixture) -> None:
+def _converse(engine: BatchEngine, call: CallState, reference: ReferenceFixture) -> None:
     voice, caller = reference.prefix_speakers()
     engine.set_voice(call, voice.audio, voice.words)
     engine.user_spoke(call, caller.audio, caller.words)
@@ -92,19 +96,19 @@ def test_incremental_turns_equal_a_full_rewarm(runtime: Dia2, reference: Referen
     caller = reference.prefix_speakers()[1]
     codes = runtime.mimi.encode(caller.audio).cpu()
     before = call.frames
-    last = engine._ingest(call, "user", codes, *_entries(engine, caller))
+    last = engine.history.ingest(call, "user", codes, *_entries(engine, caller))
     n = call.frames
     assert n == before + codes.shape[1]
     assert [s[0] for s in call.segments] == ["voice", "user", "reply", "user"]
 
     fresh = engine.open_call()
     fresh.codes, fresh.text = call.codes.clone(), list(call.text)
-    full = engine._prefill(fresh, 0, n)
+    full = engine.history.prefill(fresh, 0, n)
     torch.testing.assert_close(full.action_logits[:, before:], last.action_logits, rtol=0, atol=1e-5)
     torch.testing.assert_close(full.cb0_logits[:, before:], last.cb0_logits, rtol=0, atol=1e-5)
     rows = engine.branches
     keys = engine.buf.cache.keys
-    a, b = keys[:, : rows, :, :n], keys[:, rows : 2 * rows, :, :n]
+    a, b = keys[:, :rows, :, :n], keys[:, rows : 2 * rows, :, :n]
     torch.testing.assert_close(a, b, rtol=0, atol=1e-5)
 
     # And the next reply of both calls is the same.
@@ -113,7 +117,7 @@ def test_incremental_turns_equal_a_full_rewarm(runtime: Dia2, reference: Referen
     assert torch.equal(codes_of(one), codes_of(two))
 
 
-def _entries(engine: Engine, speaker: object) -> tuple[list, list[int]]:
+def _entries(engine: BatchEngine, speaker: object) -> tuple[list, list[int]]:
     from dia2.prefix import words_to_entries
 
     return words_to_entries(speaker.words, engine.encoder, "[S2]", engine.frame_rate)  # type: ignore[attr-defined]
@@ -203,7 +207,7 @@ def test_long_call_keeps_working(runtime: Dia2, reference: ReferenceFixture) -> 
     engine.set_voice(call, voice.audio, voice.words)
     voice_frames = call.frames
     for _ in range(5):
-        engine.user_spoke(call, caller.audio[: 24000], caller.words[:2])
+        engine.user_spoke(call, caller.audio[:24000], caller.words[:2])
         chunks = reply(engine, call, "[S1] Yes, I understand.", greedy())
         assert len(chunks) > 5
         assert call.frames < engine.max_steps
@@ -283,7 +287,7 @@ def test_conversation_async_api(runtime: Dia2) -> None:
             yield word + " "
 
     async def main() -> None:
-        conv = await Conversation.open(engine)
+        conv = await EngineConversation.open(engine)
         whole = [c async for c in conv.speak(SCRIPT_A, greedy())]
         assert torch.equal(codes_of(whole), codes_of(direct))
         streamed = [c async for c in conv.speak(deltas(), greedy())]
@@ -307,7 +311,10 @@ def test_conversation_async_api(runtime: Dia2) -> None:
 @pytest.mark.parametrize("fused", [False, True])
 @pytest.mark.parametrize("case", ["greedy", "cfg"])
 def test_lead_in_skip_and_fused_path_keep_tokens(
-    runtime: Dia2, reference: ReferenceFixture, case_results: dict[str, GenerationResult], case: str,
+    runtime: Dia2,
+    reference: ReferenceFixture,
+    case_results: dict[str, GenerationResult],
+    case: str,
     fused: bool,
 ) -> None:
     """Skipping the depformer on lead-in steps, the layer/stage functions of dia2/fused.py (run eagerly
@@ -319,8 +326,12 @@ def test_lead_in_skip_and_fused_path_keep_tokens(
         kv = {"kv_buckets": (8, 16, 32, 64)} if fused else {}
         eng = make_engine(runtime, fused=fused, skip_lead_in=skip, **kv)
         call = eng.open_call()
-        chunks = reply(eng, call, reference.inputs["cases"][case]["script"],
-                       SpeakOptions(opts.text, opts.audio, opts.cfg_scale))
+        chunks = reply(
+            eng,
+            call,
+            reference.inputs["cases"][case]["script"],
+            SpeakOptions(opts.text, opts.audio, opts.cfg_scale),
+        )
         results[skip] = (codes_of(chunks), torch.cat([c.pcm for c in chunks]), eng.lead_steps)
     expected = case_results[case]
     for skip, (codes, pcm, lead) in results.items():
@@ -344,7 +355,7 @@ def test_lead_in_lane_keeps_every_call_exact(runtime: Dia2, reference: Reference
     caller = reference.prefix_speakers()[1]
     kv = {"kv_buckets": (8, 16, 32, 64), "fused": True} if fused else {}
 
-    def setup(engine: Engine) -> tuple[CallState, CallState]:
+    def setup(engine: BatchEngine) -> tuple[CallState, CallState]:
         a, b = engine.open_call(), engine.open_call()
         engine.user_spoke(b, caller.audio, caller.words)  # b has history: its Mimi row is primed
         return a, b
@@ -388,12 +399,12 @@ def test_priming_graph_body_equals_eager_priming(runtime: Dia2, reference: Refer
     caller = reference.prefix_speakers()[1]
     engine.user_spoke(call, caller.audio, caller.words)
     engine.speak(call, "[S1] Hello there.", lambda chunk: None, greedy())
-    while engine._in_lead_in(call):
+    while engine.stepper.in_lead_in(call):
         engine.step()  # the step that ends the lead-in primes the row (eagerly on the CPU)
-    eager = [t[call.slot].clone() for t in engine._mimi_master.state.tensors()]
+    eager = [t[call.slot].clone() for t in engine.mimi_rows.master.state.tensors()]
     engine.cancel(call)
-    engine._prime_slot.fill_(call.slot)
+    engine.mimi_rows.prime_slot.fill_(call.slot)
     with torch.inference_mode():
-        engine._prime_body()
-    for a, b in zip(eager, [t[call.slot] for t in engine._mimi_master.state.tensors()], strict=True):
+        engine.mimi_rows.prime_body()
+    for a, b in zip(eager, [t[call.slot] for t in engine.mimi_rows.master.state.tensors()], strict=True):
         assert torch.equal(a, b)

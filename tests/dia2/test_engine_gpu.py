@@ -7,7 +7,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from dia2.engine import AudioChunk, Engine, EngineOptions, SpeakOptions
+from dia2.engine import AudioChunk, BatchEngine, EngineOptions, SpeakOptions
 from dia2.reference import ReferenceFixture
 from dia2.sampling import SamplingParams
 
@@ -19,7 +19,7 @@ pytestmark = [
 GREEDY = SamplingParams(0.0, 1)
 
 
-def _reply(engine: Engine, call: object, text: str, opts: SpeakOptions) -> torch.Tensor:
+def _reply(engine: BatchEngine, call: object, text: str, opts: SpeakOptions) -> torch.Tensor:
     got: list[AudioChunk | None] = []
     engine.speak(call, text, got.append, opts)  # type: ignore[arg-type]
     while engine.step():
@@ -31,12 +31,15 @@ def _reply(engine: Engine, call: object, text: str, opts: SpeakOptions) -> torch
 def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bool) -> None:
     runtime = reference.load_runtime("cuda", "float32")
     torch.backends.cuda.matmul.allow_tf32 = False
-    engine = Engine(
-        runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
+    engine = BatchEngine(
+        runtime.model,
+        runtime.ids,
+        runtime.tokenizer,
+        runtime.mimi,
         EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, cuda_graphs=graphs),
     )
-    assert bool(engine._graphs) == graphs
-    captured = dict(engine._graphs)
+    assert bool(engine.graphs.steps) == graphs
+    captured = dict(engine.graphs.steps)
     for case in ("greedy", "cfg"):
         opts = reference.options(case)
         script = reference.inputs["cases"][case]["script"]
@@ -56,7 +59,7 @@ def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bo
         assert _reply(engine, calls[0], script, speak).shape[0] == 32
         for call in calls:
             engine.close_call(call)
-    assert engine._graphs == captured
+    assert engine.graphs.steps == captured
 
 
 def test_cuda_lead_in_lane_and_mimi_stream_keep_tokens(reference: ReferenceFixture) -> None:
@@ -70,9 +73,14 @@ def test_cuda_lead_in_lane_and_mimi_stream_keep_tokens(reference: ReferenceFixtu
     expected = runtime.generate(script, options=opts).audio_tokens.cpu()
     speak = SpeakOptions(opts.text, opts.audio, opts.cfg_scale)
     common = {"capacity": 4, "max_reply_steps": 160, "reply_reserve_steps": 40}
-    engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
-                    EngineOptions(lane_steps_per_full=2, **common))
-    assert engine._lane_graphs and engine._mimi_stream is not None
+    engine = BatchEngine(
+        runtime.model,
+        runtime.ids,
+        runtime.tokenizer,
+        runtime.mimi,
+        EngineOptions(lane_steps_per_full=2, **common),
+    )
+    assert engine.graphs.lane_graphs and engine.mimi_rows.stream is not None
     a, b = engine.open_call(), engine.open_call()
     got_a: list[AudioChunk | None] = []
     got_b: list[AudioChunk | None] = []
@@ -86,8 +94,13 @@ def test_cuda_lead_in_lane_and_mimi_stream_keep_tokens(reference: ReferenceFixtu
     for got in (got_a, got_b):
         assert got[-1] is None
         assert torch.equal(torch.stack([c.codes for c in got if c is not None], dim=1), expected)
-    inline = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
-                    EngineOptions(lead_in_lane=False, overlap_mimi=False, **common))
+    inline = BatchEngine(
+        runtime.model,
+        runtime.ids,
+        runtime.tokenizer,
+        runtime.mimi,
+        EngineOptions(lead_in_lane=False, overlap_mimi=False, **common),
+    )
     ref: list[AudioChunk | None] = []
     inline.speak(inline.open_call(), script, ref.append, speak)
     while inline.step():
@@ -121,9 +134,14 @@ def test_cuda_rigged_sampler_specials_never_reach_mimi(
         return out
 
     monkeypatch.setattr(frame_mod, "sample_rows", rigged)
-    engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
-                    EngineOptions(capacity=2, max_reply_steps=120, reply_reserve_steps=40))
-    assert engine._graphs
+    engine = BatchEngine(
+        runtime.model,
+        runtime.ids,
+        runtime.tokenizer,
+        runtime.mimi,
+        EngineOptions(capacity=2, max_reply_steps=120, reply_reserve_steps=40),
+    )
+    assert engine.graphs.steps
     call = engine.open_call()
     greedy = SpeakOptions(GREEDY, GREEDY, 1.0)
     got: list[AudioChunk | None] = []

@@ -18,7 +18,14 @@ import pytest
 import torch
 
 import dia2.frame as frame_mod
-from dia2.engine import AudioChunk, ContextOverflowError, Engine, EngineOptions, SpeakOptions, VoicePrompt
+from dia2.engine import (
+    AudioChunk,
+    BatchEngine,
+    ContextOverflowError,
+    EngineOptions,
+    SpeakOptions,
+    VoicePrompt,
+)
 from dia2.generate import GenerationOptions
 from dia2.mimi_stream import StreamingMimiDecoder
 from dia2.prefix import PrefixSpeaker, PrefixWord
@@ -30,9 +37,9 @@ GREEDY = SpeakOptions(text=SamplingParams(0.0, 1), audio=SamplingParams(0.0, 1),
 SCRIPT = "[S1] Hello, this is a verification call. [S2] Yes, speaking."
 
 
-def make_engine(runtime: Dia2, **kw: Any) -> Engine:
+def make_engine(runtime: Dia2, **kw: Any) -> BatchEngine:
     opts = {"capacity": 2, "max_reply_steps": 120, "reply_reserve_steps": 40, **kw}
-    return Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, EngineOptions(**opts))
+    return BatchEngine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, EngineOptions(**opts))
 
 
 @pytest.fixture
@@ -53,7 +60,10 @@ def mimi_lookups(runtime: Dia2, monkeypatch: pytest.MonkeyPatch) -> list[tuple[i
 @pytest.mark.parametrize("special", ["audio_pad", "audio_bos", "ungenerated"])
 @pytest.mark.parametrize("lane", [True, False])
 def test_rigged_sampler_specials_never_reach_mimi(
-    runtime: Dia2, monkeypatch: pytest.MonkeyPatch, mimi_lookups: list[tuple[int, int]], special: str,
+    runtime: Dia2,
+    monkeypatch: pytest.MonkeyPatch,
+    mimi_lookups: list[tuple[int, int]],
+    special: str,
     lane: bool,
 ) -> None:
     code = getattr(runtime.ids, special)
@@ -117,7 +127,7 @@ def test_mimi_stream_decodes_out_of_range_codes_as_code_zero(
     assert all(0 <= lo and hi < runtime.mimi.codebook_size for lo, hi in mimi_lookups)
 
 
-def _voice_with_leftovers(engine: Engine, reference: ReferenceFixture) -> VoicePrompt:
+def _voice_with_leftovers(engine: BatchEngine, reference: ReferenceFixture) -> VoicePrompt:
     """The fixture's 2 s voice (25 frames) with words timed so that ingesting it leaves work behind
     without the fix: a long word forced to start at the last frame (pieces still unspelled) and a word
     whose forced start (+3 for speaker 1) lies past the audio (never started)."""
@@ -159,8 +169,9 @@ def test_generation_never_reenters_prefix_entries(runtime: Dia2, reference: Refe
     rate = float(runtime.mimi.sample_rate) / float(runtime.mimi.frame_size)
     words = (PrefixWord("Good", 0.16, 0.40), PrefixWord("zebra", (frames + 1) / rate, (frames + 2) / rate))
     plan = runtime.prefix_plan(PrefixSpeaker(voice.audio, words), None)
-    opts = GenerationOptions(text=SamplingParams(0.0, 1), audio=SamplingParams(0.0, 1), cfg_scale=1.0,
-                             max_steps=80)
+    opts = GenerationOptions(
+        text=SamplingParams(0.0, 1), audio=SamplingParams(0.0, 1), cfg_scale=1.0, max_steps=80
+    )
     result = runtime.generate("[S1] Okay then.", prefix=plan, options=opts, decode=False)
     started = [w for w, _ in result.details.transcript]  # every word the state machine started
     assert started[0] == "Good" and "zebra" not in started, started

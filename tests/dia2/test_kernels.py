@@ -19,7 +19,7 @@ if not torch.cuda.is_available():
     os.environ["TRITON_INTERPRET"] = "1"
 
 from dia2 import kernels
-from dia2.engine import Engine, EngineOptions, SpeakOptions
+from dia2.engine import BatchEngine, EngineOptions, SpeakOptions
 from dia2.frame import RING
 from dia2.fused import choose_token, code_update_fn
 from dia2.model import apply_rope
@@ -71,8 +71,18 @@ def test_attention_stage_matches_sdpa_with_cache(dtype: torch.dtype) -> None:
     ref_k, ref_v = [], []
     for s in range(depth):
         qkv = torch.randn(rows, 3 * heads * hd, generator=gen).to(DEV, dtype)
-        out = kernels.attention_stage(qkv, keys, values, qn, kn, cos, sin,
-                                      torch.empty(rows, heads * hd, dtype=dtype, device=DEV), s, eps)
+        out = kernels.attention_stage(
+            qkv,
+            keys,
+            values,
+            qn,
+            kn,
+            cos,
+            sin,
+            torch.empty(rows, heads * hd, dtype=dtype, device=DEV),
+            s,
+            eps,
+        )
         q, k, v = qkv.view(rows, 1, 3, heads, hd).unbind(2)
         q = apply_rope(F.rms_norm(q, (hd,), qn, eps).transpose(1, 2), cos[s], sin[s])
         k = apply_rope(F.rms_norm(k, (hd,), kn, eps).transpose(1, 2), cos[s], sin[s])
@@ -100,8 +110,19 @@ def test_qk_rope_cache_matches_the_main_layer(dtype: torch.dtype) -> None:
     keys = torch.randn(rows, kvh, slots, hd, generator=gen).to(DEV, dtype)
     values = torch.randn(rows, kvh, slots, hd, generator=gen).to(DEV, dtype)
     want_k, want_v = keys.clone(), values.clone()
-    q = kernels.qk_rope_cache(qkv, torch.empty(rows, qh, hd, dtype=dtype, device=DEV), keys, values, qn, kn,
-                              cos, sin, positions, index, eps)
+    q = kernels.qk_rope_cache(
+        qkv,
+        torch.empty(rows, qh, hd, dtype=dtype, device=DEV),
+        keys,
+        values,
+        qn,
+        kn,
+        cos,
+        sin,
+        positions,
+        index,
+        eps,
+    )
     c, s_ = cos[positions].to(dtype)[:, None, :], sin[positions].to(dtype)[:, None, :]
     q_ref, k_ref, v_ref = qkv.split([qh * hd, kvh * hd, kvh * hd], dim=1)
     q_ref = apply_rope(F.rms_norm(q_ref.view(rows, qh, hd), (hd,), qn, eps), c, s_)
@@ -157,18 +178,40 @@ def test_sample_stage_matches_head_sample_and_ring_write(scale: float, temperatu
     want_ring = ring.clone()
     token = choose_token(br, limit, 50, top)(logits, cfg, temp, top_k, noise)
     index, store, prev = code_update_fn(RING)(
-        want_ring.view(n, -1), step, known, active, torch.tensor(delay, device=DEV),
-        torch.tensor(book, device=DEV), token,
+        want_ring.view(n, -1),
+        step,
+        known,
+        active,
+        torch.tensor(delay, device=DEV),
+        torch.tensor(book, device=DEV),
+        token,
     )
     want_ring.view(n, -1).scatter_(1, index, store)
     assert bool((prev != token).any()) and bool((prev == token).any())  # both branches exercised
 
     code = torch.empty(n, dtype=torch.long, device=DEV)
     x = torch.empty(n * br, 8, device=DEV)
-    kernels.sample_stage(logits, cfg, temp, top_k, noise, ring, step, known, active, code,
-                         codebook=book, delay=delay, branches=br, vocab_limit=limit, filter_k=50,
-                         top_k_cap=top,
-                         next_din=din, next_table=table, x=x)
+    kernels.sample_stage(
+        logits,
+        cfg,
+        temp,
+        top_k,
+        noise,
+        ring,
+        step,
+        known,
+        active,
+        code,
+        codebook=book,
+        delay=delay,
+        branches=br,
+        vocab_limit=limit,
+        filter_k=50,
+        top_k_cap=top,
+        next_din=din,
+        next_table=table,
+        x=x,
+    )
     assert torch.equal(code, prev)
     assert torch.equal(ring, want_ring)
     assert torch.equal(x, din + table[prev.repeat_interleave(br)])
@@ -180,24 +223,44 @@ def here(runtime: Dia2, reference: ReferenceFixture) -> Dia2:
     return runtime if DEV.type == "cpu" else reference.load_runtime("cuda", "float32")
 
 
-def _engine(runtime: Dia2, kernels_on: bool, kernel_max_calls: int | None = None) -> Engine:
-    engine = Engine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi,
-                    EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, fused=True,
-                                  kernels=kernels_on, seed=7, cuda_graphs=False, lead_in_lane=False,
-                                  kernel_max_calls=kernel_max_calls))
+def _engine(runtime: Dia2, kernels_on: bool, kernel_max_calls: int | None = None) -> BatchEngine:
+    engine = BatchEngine(
+        runtime.model,
+        runtime.ids,
+        runtime.tokenizer,
+        runtime.mimi,
+        EngineOptions(
+            capacity=4,
+            max_reply_steps=160,
+            reply_reserve_steps=40,
+            fused=True,
+            kernels=kernels_on,
+            seed=7,
+            cuda_graphs=False,
+            lead_in_lane=False,
+            kernel_max_calls=kernel_max_calls,
+        ),
+    )
     assert (engine.fused is not None and engine.fused.kernels is not None) == kernels_on
     return engine
 
 
-@pytest.mark.parametrize("case", [
-    "cfg",
-    # Sampled runs are compared where both paths do the same float arithmetic (the interpreter runs the
-    # kernels' ops in the torch path's order). On CUDA the compiled torch functions and the kernels sum
-    # in different orders (~1e-6 apart), and a sampled draw may part at a near-tie of the top-k or CFG
-    # boundary: there the sampler is checked on given logits (test_sample_stage_*) and the engine greedy.
-    pytest.param("sampled", marks=pytest.mark.skipif(
-        DEV.type == "cuda", reason="bit-identical float arithmetic only in the interpreter")),
-])
+@pytest.mark.parametrize(
+    "case",
+    [
+        "cfg",
+        # Sampled runs are compared where both paths do the same float arithmetic (the interpreter runs the
+        # kernels' ops in the torch path's order). On CUDA the compiled torch functions and the kernels sum
+        # in different orders (~1e-6 apart), and a sampled draw may part at a near-tie of the top-k or CFG
+        # boundary: there the sampler is checked on given logits (test_sample_stage_*) and the engine greedy.
+        pytest.param(
+            "sampled",
+            marks=pytest.mark.skipif(
+                DEV.type == "cuda", reason="bit-identical float arithmetic only in the interpreter"
+            ),
+        ),
+    ],
+)
 def test_engine_on_kernels_writes_the_same_codes(here: Dia2, reference: ReferenceFixture, case: str) -> None:
     """Two engines in lock step, depformer on the kernels vs on the torch functions: after every step
     the rings of recent frames (every codebook the depformer wrote) are identical, for the fixture's
@@ -254,21 +317,41 @@ def test_kernel_max_calls_routes_larger_batches_to_the_torch_functions(
     assert runs[0] == 3 and runs[1] == 0
 
 
-def _layer_chain(x: torch.Tensor, w: dict[str, torch.Tensor], keys: torch.Tensor, values: torch.Tensor,
-                 scratch: dict[str, torch.Tensor], stages: int, pdl: bool) -> None:
+def _layer_chain(
+    x: torch.Tensor,
+    w: dict[str, torch.Tensor],
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    scratch: dict[str, torch.Tensor],
+    stages: int,
+    pdl: bool,
+) -> None:
     """The depformer's per-stage kernel sequence (projection, attention, projection + residual, gated
     MLP, projection + residual), each kernel reading what the one before wrote."""
     for s in range(stages):
         kernels.linear(x, w["qkv"], scratch["qkv"], norm=w["norm"], pdl=pdl)
-        kernels.attention_stage(scratch["qkv"], keys, values, w["qn"], w["kn"], w["cos"], w["sin"],
-                                scratch["attn"], s, 1e-6, pdl=pdl)
+        kernels.attention_stage(
+            scratch["qkv"],
+            keys,
+            values,
+            w["qn"],
+            w["kn"],
+            w["cos"],
+            w["sin"],
+            scratch["attn"],
+            s,
+            1e-6,
+            pdl=pdl,
+        )
         kernels.linear(scratch["attn"], w["o"], x, residual=x, pdl=pdl)
         kernels.linear(x, w["wi"], scratch["hid"], norm=w["norm"], swiglu=True, pdl=pdl)
         kernels.linear(scratch["hid"], w["wo"], x, residual=x, pdl=pdl)
 
 
-@pytest.mark.skipif(DEV.type != "cuda" or kernels.pdl_supported(DEV) is not None,
-                    reason="programmatic dependent launch needs a Hopper GPU")
+@pytest.mark.skipif(
+    DEV.type != "cuda" or kernels.pdl_supported(DEV) is not None,
+    reason="programmatic dependent launch needs a Hopper GPU",
+)
 def test_pdl_launches_equal_plain_launches_eager_and_in_a_graph() -> None:
     """Under PDL each kernel starts (and prefetches its weights) while the previous one finishes and
     waits for its writes before reading: a chain of dependent kernels at the depformer's sizes gives
@@ -280,18 +363,26 @@ def test_pdl_launches_equal_plain_launches_eager_and_in_a_graph() -> None:
         return (torch.randn(*shape, generator=gen) * scale).to(DEV, torch.bfloat16)
 
     pos = torch.arange(8).float()[:, None] / (10.0 ** (torch.arange(hd // 2).float() / hd))[None, :]
-    w = {"qkv": rnd(3 * dim, dim, scale=dim**-0.5), "o": rnd(dim, dim, scale=dim**-0.5),
-         "wi": rnd(2 * hidden, dim, scale=dim**-0.5), "wo": rnd(dim, hidden, scale=hidden**-0.5),
-         "norm": rnd(dim).abs() + 0.5, "qn": rnd(hd).abs() + 0.5, "kn": rnd(hd).abs() + 0.5,
-         "cos": torch.cat([pos.cos(), pos.cos()], -1).to(DEV, torch.bfloat16),
-         "sin": torch.cat([pos.sin(), pos.sin()], -1).to(DEV, torch.bfloat16)}
+    w = {
+        "qkv": rnd(3 * dim, dim, scale=dim**-0.5),
+        "o": rnd(dim, dim, scale=dim**-0.5),
+        "wi": rnd(2 * hidden, dim, scale=dim**-0.5),
+        "wo": rnd(dim, hidden, scale=hidden**-0.5),
+        "norm": rnd(dim).abs() + 0.5,
+        "qn": rnd(hd).abs() + 0.5,
+        "kn": rnd(hd).abs() + 0.5,
+        "cos": torch.cat([pos.cos(), pos.cos()], -1).to(DEV, torch.bfloat16),
+        "sin": torch.cat([pos.sin(), pos.sin()], -1).to(DEV, torch.bfloat16),
+    }
     x0 = rnd(rows, dim)
 
     def fresh() -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, dict[str, torch.Tensor]]:
         cache = torch.zeros(rows, heads, 8, hd, dtype=torch.bfloat16, device=DEV)
-        scratch = {"qkv": torch.zeros(rows, 3 * dim, dtype=torch.bfloat16, device=DEV),
-                   "attn": torch.zeros(rows, dim, dtype=torch.bfloat16, device=DEV),
-                   "hid": torch.zeros(rows, hidden, dtype=torch.bfloat16, device=DEV)}
+        scratch = {
+            "qkv": torch.zeros(rows, 3 * dim, dtype=torch.bfloat16, device=DEV),
+            "attn": torch.zeros(rows, dim, dtype=torch.bfloat16, device=DEV),
+            "hid": torch.zeros(rows, hidden, dtype=torch.bfloat16, device=DEV),
+        }
         return x0.clone(), cache, cache.clone(), scratch
 
     x, keys, values, scratch = fresh()
@@ -323,20 +414,30 @@ def test_pdl_option_runs_where_supported_and_names_why_not(here: Dia2) -> None:
     """``EngineOptions.pdl=True``: where the kernels cannot launch with PDL (the CPU interpreter, older
     GPUs) building the engine fails and says why; where they can, they do. The default (``None``) is
     on exactly where it can run, and builds everywhere."""
-    opts = EngineOptions(capacity=1, max_reply_steps=160, reply_reserve_steps=40, fused=True, kernels=True,
-                         pdl=True, cuda_graphs=False, lead_in_lane=False)
+    opts = EngineOptions(
+        capacity=1,
+        max_reply_steps=160,
+        reply_reserve_steps=40,
+        fused=True,
+        kernels=True,
+        pdl=True,
+        cuda_graphs=False,
+        lead_in_lane=False,
+    )
     why = kernels.pdl_supported(DEV)
     if why is None:
-        engine = Engine(here.model, here.ids, here.tokenizer, here.mimi, opts)
+        engine = BatchEngine(here.model, here.ids, here.tokenizer, here.mimi, opts)
         assert engine.fused is not None and engine.fused.kernels is not None and engine.fused.kernels.pdl
     else:
         with pytest.raises(ValueError, match="pdl=True") as err:
-            Engine(here.model, here.ids, here.tokenizer, here.mimi, opts)
+            BatchEngine(here.model, here.ids, here.tokenizer, here.mimi, opts)
         assert why in str(err.value)
-    plain = Engine(here.model, here.ids, here.tokenizer, here.mimi,
-                   EngineOptions(**{**opts.__dict__, "pdl": False}))
+    plain = BatchEngine(
+        here.model, here.ids, here.tokenizer, here.mimi, EngineOptions(**{**opts.__dict__, "pdl": False})
+    )
     assert plain.fused is not None and plain.fused.kernels is not None and not plain.fused.kernels.pdl
-    default = Engine(here.model, here.ids, here.tokenizer, here.mimi,
-                     EngineOptions(**{**opts.__dict__, "pdl": None}))
+    default = BatchEngine(
+        here.model, here.ids, here.tokenizer, here.mimi, EngineOptions(**{**opts.__dict__, "pdl": None})
+    )
     assert default.fused is not None and default.fused.kernels is not None
     assert default.fused.kernels.pdl == (why is None)

@@ -38,6 +38,9 @@ class Bridge:
                 "recordings_dir": str(work / "rec"),
                 "record_calls": True,
             },
+            # SIGTERM stops at once (the pre-drain behaviour most tests expect of `stop()`); the drain has its
+            # own tests (test_drain.py), which set shutdown.drain_timeout_s themselves.
+            "shutdown": {"drain_timeout_s": 0},
         }
         for section, values in config.items():
             base.setdefault(section, {}).update(values)

@@ -94,7 +94,27 @@ _INVITE = """
   </send>
 """
 
+# ACK and BYE follow the dialog's route set (RFC 3261 12.2.1.1): Request-URI = the bridge's Contact, Route =
+# the Record-Route of its 200 (the SIP front's); straight to a worker the route set is empty.
 _ACK = """
+  <send>
+    <![CDATA[
+      ACK [next_url] SIP/2.0
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{user}@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: 1 ACK
+      Contact: sip:caller@[local_ip]:[local_port]
+      [routes]
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+"""
+
+# The ACK of a failure response is part of the INVITE's transaction: same Request-URI, hop by hop.
+_ACK_FAILURE = """
   <send>
     <![CDATA[
       ACK sip:{user}@[remote_ip]:[remote_port] SIP/2.0
@@ -113,13 +133,14 @@ _ACK = """
 _BYE = """
   <send retrans="500">
     <![CDATA[
-      BYE sip:{user}@[remote_ip]:[remote_port] SIP/2.0
+      BYE [next_url] SIP/2.0
       Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
       From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
       To: <sip:{user}@[remote_ip]:[remote_port]>[peer_tag_param]
       Call-ID: [call_id]
       CSeq: 2 BYE
       Contact: sip:caller@[local_ip]:[local_port]
+      [routes]
       Max-Forwards: 70
       Content-Length: 0
     ]]>
@@ -174,10 +195,10 @@ def sipp_scenario(
     parts.append('  <recv response="180" optional="true"/>')
     if expect != 200:
         parts.append(f'  <recv response="{expect}"/>')
-        parts.append(_ACK.format(user=user).replace("CSeq: 1 ACK", "CSeq: 1 ACK"))
+        parts.append(_ACK_FAILURE.format(user=user))
         parts.append("</scenario>")
         return "\n".join(parts)
-    parts.append('  <recv response="200" rtd="true"/>')
+    parts.append('  <recv response="200" rtd="true" rrs="true"/>')
     if ack_delay_ms:
         parts.append(f'  <pause milliseconds="{ack_delay_ms}"/>')
     parts.append(_ACK.format(user=user))
@@ -436,14 +457,14 @@ def call_and_sniff(
     sipp_timeout_s: int = 40,
 ) -> dict[str, SniffedCall]:
     """One SIPp caller per scenario, all at once, the i-th to `ports[i // CALLS_PER_WORKER]` (a bridge's
-    workers one after the other, each full), each one's media port sniffed; returns once every SIPp has
-    exited 0."""
+    workers one after the other, each full; a bridge behind its SIP front has one port for all), each one's
+    media port sniffed; returns once every SIPp has exited 0."""
     media = {name: free_media_port() for name in scenarios}
     with RtpSniffer(set(media.values())) as sniffer:
         sipps = {
             name: Sipp.call(
                 scenario,
-                ports[i // CALLS_PER_WORKER],
+                ports[min(i // CALLS_PER_WORKER, len(ports) - 1)],
                 work=work / name,
                 media_port=media[name],
                 timeout_s=sipp_timeout_s,

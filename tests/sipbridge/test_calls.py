@@ -378,10 +378,14 @@ def test_unknown_source_is_rejected_403_and_dead_media_ends_a_call(tmp_path: Pat
             sipp_scenario(expect=403), bridge.port, work=tmp_path / "sipp", media_port=free_media_port()
         )
         assert sipp.wait(30) == 0, sipp.errors()
-        bridge.wait_log(r"rejected INVITE from 127\.0\.0\.1")
-        bridge.wait_log(r"recorded: rejected \(403")  # the supervisor has written the row
-        (call,) = bridge.calls()
-        assert call["outcome"] == "rejected" and call["sip_status"] == 403
+        bridge.wait_log(r"refused INVITE from 127\.0\.0\.1: 403")
+        bridge.wait_log(r"sip refusals recorded: INVITE 403 x1")  # the supervisor has written the row
+        # Refused before any call existed: counted and aggregated (docs/RELIABILITY.md), no call row.
+        assert bridge.calls() == []
+        with bridge.db() as db:
+            refused = db.execute("SELECT code, reason, count FROM refusals WHERE method = 'INVITE'")
+            refused = refused.fetchall()
+        assert [tuple(r) for r in refused] == [(403, "source not allowed", 1)]
         assert bridge.metrics()['sipbridge_calls_rejected_total{code="403"}'] == 1
     finally:
         assert bridge.stop() == 0
@@ -429,8 +433,9 @@ def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None
     caller's audio in a call's recording, or another call's reply on a caller's wire."""
     bridge = Bridge.start(tmp_path / "bridge", {"sip": {"max_calls": 8}, "agent": {"kind": "echo"}})
     try:
-        assert len(bridge.sip_ports) == 2
         baseline = bridge.health()
+        # Two workers behind the SIP front: one address (sip.front.mode auto).
+        assert len(bridge.sip_ports) == 1 and len(baseline["sip"]["workers"]) == 2
         pids = [w["pid"] for w in baseline["sip"]["workers"]]
         cpu_before = [process_cpu_s(pid) for pid in pids]
         callers = [caller_audio(f"{p}.", lead_s=2.5, tail_s=0.5) for p in PHRASES]

@@ -162,3 +162,17 @@ def test_export_and_campaign_status_refuse_a_missing_database(tmp_path: Path) ->
         assert result.returncode == 1, (args, result.stderr)
         assert f"no database at {missing}" in result.stderr
     assert not missing.exists()
+
+
+def test_export_reports_a_damaged_database_without_a_traceback(tmp_path: Path) -> None:
+    from .test_store import corrupt_pages
+
+    path = tmp_path / "db.sqlite3"
+    store = Store(path)
+    for i in range(300):
+        store.create_call("inbound", remote_uri=f"sip:caller{i}@127.0.0.1", variables={"i": "x" * 200})
+    store.close()
+    corrupt_pages(path)
+    result = run_cli("calls", "export", "--db", str(path))
+    assert result.returncode == 1 and "Traceback" not in result.stderr, result.stderr
+    assert "is damaged (PRAGMA quick_check" in result.stderr and "restore it from a backup" in result.stderr

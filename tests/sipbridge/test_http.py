@@ -388,6 +388,9 @@ def test_limits_and_bad_audio(espeak_api: Api) -> None:
     assert words.status_code == 422 and "words" in words.json()["detail"]
     missing = api.post("/user_spoke", data={"transcript": "x"})
     assert missing.status_code == 422 and "audio" in missing.json()["detail"]
+    # A turn with no words (silence, blank transcript) is refused, not added to the context (issue 12).
+    silent = upload(api, "/user_spoke", encode(np.zeros(8000, np.float32), 8000, "WAV"), transcript=" ")
+    assert silent.status_code == 422 and "no words" in silent.json()["detail"], silent.text
     bad_format = api.post("/generate", json={"text": "hi", "format": "mp3"})
     assert bad_format.status_code == 422
     with pytest.raises(InvalidStatus) as denied:
@@ -645,7 +648,7 @@ def test_openapi_refs_resolve_and_errors_are_declared(espeak_api: Api) -> None:
     for path, operations in schema["paths"].items():
         for method, op in operations.items():
             declared = set(op["responses"])
-            if path not in ("/health", "/healthz", "/metrics"):
+            if path not in ("/health", "/healthz", "/readyz", "/metrics"):
                 assert {"401", "422", "500"} <= declared, (method, path, declared)
             for code in declared - {"200"}:
                 error = op["responses"][code]["content"]["application/json"]["schema"]

@@ -9,12 +9,12 @@ import socket
 import numpy as np
 import pytest
 
-from audio.testsignals import espeak
+from audio.testsignals import espeak, speech_extent
 from audio.vad import VadSettings, make_segmenter
 from sipbridge import frames as f
 from sipbridge.media.inbound import Inbound
 from sipbridge.media.playback import PlaybackQueue
-from sipbridge.outcomes import OUTCOME_BY_ENDER, call_outcome
+from sipbridge.outcomes import OUTCOME_BY_ENDER, call_outcome, refusal_outcome
 from sipbridge.sip.account import SourceFilter
 from sipbridge.sip.ipc import ProtocolError, SyncChannel, decode, encode, read_frame, write_frame
 
@@ -135,6 +135,13 @@ def test_outcome_table(by: str, failure: str | None, outcome: str) -> None:
     assert call_outcome(by, failure) == outcome
 
 
+def test_refusal_outcomes_keep_488_and_shutdown_apart_from_the_acls_403() -> None:
+    assert [refusal_outcome(c) for c in (403, 488, 486, 487, 599)] == [
+        "rejected", "not_acceptable", "busy", "cancelled", "rejected",
+    ]  # fmt: skip
+    assert call_outcome("shutdown", None) == "interrupted" != call_outcome("remote", None)
+
+
 def test_frames_are_frozen_dataclasses() -> None:
     for cls in f.FRAME_TYPES.values():
         assert dataclasses.is_dataclass(cls) and cls.__dataclass_params__.frozen  # type: ignore[attr-defined]
@@ -174,3 +181,23 @@ def test_barge_in_energy_onset_is_immediate_but_a_noise_burst_needs_the_minimum(
     assert cut.onset_ms is not None and cut.onset_ms >= onset_frame * 20
     # Dated from the sound's onset (or Silero's lag-corrected start if a frame earlier), not Silero's event.
     assert 160 <= cut.t_ms - cut.onset_ms <= 200, cut
+
+
+def test_inbound_says_when_the_caller_goes_on_after_a_pause() -> None:
+    """A 350 ms pause mid-sentence sends TurnPaused then TurnResumed (the supervisor's end-of-turn judgement
+    of that pause is void); the final pause sends TurnPaused then TurnEnded, with no TurnResumed."""
+    first, second = (espeak(text, 8000) for text in ("I need some help", "with my account please"))
+    first, second = ((x[slice(*speech_extent(x))] * 20000).astype(np.int16) for x in (first, second))
+    gap = np.zeros(2800, np.int16)  # 350 ms
+    audio = np.concatenate([np.zeros(4000, np.int16), first, gap, second, np.zeros(8000, np.int16)])
+    events: list[f.Frame] = []
+    settings = VadSettings(pause_ms=150)
+    inbound = Inbound("c", make_segmenter(settings, 8000), PlaybackQueue(FRAME), events.append, 200)
+    for i in range(0, len(audio) - 160 + 1, 160):
+        inbound.on_frame(audio[i : i + 160].tobytes())
+    kinds = [type(e).__name__ for e in events if not isinstance(e, f.BargeIn)]
+    assert kinds == ["SpeechStarted", "TurnPaused", "TurnResumed", "TurnPaused", "TurnEnded"], kinds
+    resumed = next(e for e in events if isinstance(e, f.TurnResumed))
+    second_onset_ms = (4000 + len(first) + len(gap)) / 8
+    assert abs(resumed.t_ms - second_onset_ms) <= 40, (resumed.t_ms, second_onset_ms)
+    assert resumed.start_ms == events[0].t_ms  # type: ignore[attr-defined]

@@ -80,3 +80,50 @@ def test_open_existing_never_creates_a_database(tmp_path: Path) -> None:
     assert not (tmp_path / "missing.sqlite3").exists()
     Store(tmp_path / "s.sqlite3").close()
     open_existing(tmp_path / "s.sqlite3").close()
+
+
+def corrupt_pages(path: Path) -> None:
+    """Overwrite pages in the middle of a database, its header (page 1) intact: what a bad disk does."""
+    data = bytearray(path.read_bytes())
+    page = int.from_bytes(data[16:18], "big")
+    assert len(data) >= 6 * page
+    for n in range(2, len(data) // page - 1):
+        data[n * page + 100 : n * page + 400] = b"\xa5" * 300
+    path.write_bytes(bytes(data))
+
+
+def test_damaged_pages_are_refused_at_open_with_a_clear_message(tmp_path: Path) -> None:
+    path = tmp_path / "s.sqlite3"
+    store = Store(path)
+    for i in range(300):
+        store.create_call("inbound", remote_uri=f"sip:caller{i}@127.0.0.1", variables={"i": "x" * 200})
+    store._db.execute("PRAGMA wal_checkpoint(TRUNCATE)")
+    store.close()
+    corrupt_pages(path)
+    with pytest.raises(StoreError, match=r"is damaged \(PRAGMA quick_check: .+\); restore it from a backup"):
+        Store(path)
+
+
+def test_writable_is_false_while_another_writer_holds_the_lock(tmp_path: Path) -> None:
+    """/readyz's store check: a database locked by another writer (a stuck migration) is not ready."""
+    store = Store(tmp_path / "db.sqlite3")
+    assert store.writable()
+    other = sqlite3.connect(tmp_path / "db.sqlite3", isolation_level=None)
+    other.execute("BEGIN IMMEDIATE")
+    assert not store.writable()
+    other.execute("COMMIT")
+    assert store.writable()
+    # Real writes still wait their full busy_timeout: the probe's short wait was put back.
+    assert store.query("PRAGMA busy_timeout")[0][0] == 5000
+    other.close()
+    store.close()
+
+
+def test_rtp_quality_is_stored_with_the_call(tmp_path: Path) -> None:
+    store = Store(tmp_path / "db.sqlite3")
+    call_id = store.create_call("inbound", remote_uri="sip:a@b")
+    store.set_rtp_quality(call_id, packets=500, lost=3, late=1, jitter_ms=2.5, jitter_max_ms=9.0)
+    columns = "rtp_packets, rtp_lost, rtp_late, rtp_jitter_ms, rtp_jitter_max_ms"
+    (row,) = store.query(f"SELECT {columns} FROM calls")
+    assert tuple(row) == (500, 3, 1, 2.5, 9.0)
+    store.close()

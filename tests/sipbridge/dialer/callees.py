@@ -192,6 +192,16 @@ def human_audio(work: Path, tail_s: float = 12.0) -> Path:
     return path
 
 
+def opt_out_audio(work: Path, tail_s: float = 20.0) -> Path:
+    """A person who answers, then (while the bot greets them) asks not to be called again."""
+    hello = caller_audio("HR, this is Dana.", 0.4, 2.5)
+    # Two of the default phrases: tiny.en once heard espeak's "stop calling me" as "start calling me".
+    stop = caller_audio("Stop calling me. Remove me from your list.", 0.0, tail_s)
+    path = work / "optout.ulaw"
+    path.write_bytes(bytes(g711.ulaw_encode(np.concatenate([hello.pcm, stop.pcm]))))
+    return path
+
+
 def voicemail_audio(work: Path, tail_s: float = 15.0) -> VoicemailAudio:
     """A long greeting, a 1 kHz beep, then silence (what a recorder sends while it records)."""
     greeting = caller_audio(

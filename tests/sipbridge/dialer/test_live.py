@@ -165,8 +165,13 @@ def test_each_callee_gets_its_outcome(tmp_path: Path) -> None:
         )
     assert events["amd"]["kind"] == "machine" and events["message_cue"]["reason"] == "beep"
     assert "message_delivered" in events
-    # The greeting went to the person, with the contact's columns as flow variables.
-    assert human_turns and "Dana Whitfield" in human_turns[0]["text"], log
+    # The disclosure first (dialer.disclosure), then the greeting with the contact's columns as variables.
+    assert len(human_turns) >= 2 and human_turns[0]["text"].startswith(
+        "You are speaking with an automated"
+    ), log
+    assert "Dana Whitfield" in human_turns[1]["text"], log
+    # No disclosure on the voicemail message: it is not a conversation.
+    assert "disclosure" not in events
 
     # The message audio reached the recorder only after its beep had ended.
     assert from_vm and to_vm
@@ -392,8 +397,9 @@ def test_pause_cancels_a_ringing_call_and_resume_calls_it_again(tmp_path: Path) 
         )
         assert by_number["+12015550300"]["ended_at"] is None  # still talking while paused
         metrics = httpx.get(f"http://127.0.0.1:{http}/metrics", timeout=10).text.splitlines()
-        assert 'sipbridge_dial_attempts_total{campaign="verify-test",outcome="cancelled"} 1' in metrics
-        assert "sipbridge_dial_in_flight 1" in metrics and "sipbridge_calls_active 1" in metrics
+        # prometheus-client writes every value as a float (issue 18)
+        assert 'sipbridge_dial_attempts_total{campaign="verify-test",outcome="cancelled"} 1.0' in metrics
+        assert "sipbridge_dial_in_flight 1.0" in metrics and "sipbridge_calls_active 1.0" in metrics
         campaign_cli("resume")
         rc = proc.finish(timeout=90)
         log = "\n".join(proc.seen)

@@ -159,5 +159,5 @@ def test_bad_answered_and_empty_results() -> None:
 def test_outcome_values_are_the_documented_names() -> None:
     assert [o.value for o in Outcome] == [
         "answered-human", "answered-machine", "voicemail-message-left", "busy", "no-answer", "rejected",
-        "invalid-number", "congestion", "failed", "cancelled",
+        "invalid-number", "congestion", "failed", "cancelled", "suppressed", "capped", "opted-out",
     ]  # fmt: skip

@@ -1,0 +1,249 @@
+"""The whole system under N callers who talk: SIP front, workers, VAD, ASR, script agent, TTS, RTP.
+
+    python bench/system_load.py --calls 8 32 64 [--engine espeak] [--json out.json]
+    python bench/system_load.py --cpu            # the CI scale-down: 8 calls, espeak, tiny.en
+
+For each N: a real `sipbridge run` (sip.max_calls = N, so ceil(N/4) workers behind Kamailio; agent = the
+employment-verification script; ASR = `--asr-model` on `--asr-backend`), then N SIPp callers at the front's
+one address, started together. Each caller streams one G.711 file with SIPp's rtp_stream: silence through the
+bot's greeting, then three spoken answers (espeak) with `--pause-s` of silence after each, so every call has
+three caller turns and three bot replies.
+
+Everything is measured on the wire (lo, kernel timestamps) except the ASR wait and CPU:
+- turn gap: the caller's last speech packet of a turn (known from the file: its packet index) -> the bot's
+  first packet with audio above the silence floor after it; p50/p95/p99 over all turns; a turn with no reply
+  before the caller speaks again is `unanswered`;
+- rtp bot -> caller over the whole call: lost (sequence gaps) and late (> 60 ms after the previous packet);
+- underruns (the workers' playback filling silence), failed callers (SIPp exit status), worker deaths;
+- asr: sipbridge_asr_wait_seconds (turn end -> words) mean and count, from /metrics;
+- cpu: CPU-seconds of the workers, the supervisor and the front over the calls, and per call.
+
+Dia2 on a GPU (random full-size weights through a benchmark-only switch) is not wired in yet: see
+docs/PERFORMANCE.md, "The whole system on one GPU host".
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shutil
+import signal
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import httpx
+import numpy as np
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from audio import g711  # noqa: E402
+from bench.sip_load import children, cpu_s, rtp_quality, sipp  # noqa: E402
+from tests.sipbridge.peers import RtpSniffer, caller_audio, free_media_port  # noqa: E402
+from tests.sipbridge.peers import sipp_scenario as caller_scenario  # noqa: E402
+from tests.sipbridge.procs import LoggedProcess  # noqa: E402
+
+ANSWERS = ("Yes, I can help you with that.", "Yes, she works here.", "She started in March twenty nineteen.")
+GREETING_S = 12.0  # the flow's intro is not interruptible and lasts ~9 s in espeak: the caller waits it out
+PACKET_S = 0.020
+REPLY_RMS = 300.0  # a bot packet louder than this is reply audio (its silence frames are ~0)
+
+
+@dataclass(frozen=True)
+class Script:
+    path: Path
+    turn_ends: list[float]  # seconds into the file where each answer's speech stops
+    turn_starts: list[float]
+    seconds: float
+
+
+def caller_script(path: Path, pause_s: float) -> Script:
+    parts = [np.zeros(int(GREETING_S * 8000), np.int16)]
+    starts, ends, at = [], [], GREETING_S
+    for text in ANSWERS:
+        spoken = caller_audio(text, lead_s=0.0, tail_s=0.0)
+        starts.append(at)
+        at += len(spoken.pcm) / 8000
+        ends.append(at)
+        parts += [spoken.pcm, np.zeros(int(pause_s * 8000), np.int16)]
+        at += pause_s
+    pcm = np.concatenate(parts)
+    path.write_bytes(bytes(g711.ulaw_encode(pcm)))
+    return Script(path, ends, starts, len(pcm) / 8000)
+
+
+def start_bridge(work: Path, calls: int, asr_backend: str, asr_model: str) -> tuple[LoggedProcess, str]:
+    config = {
+        "sip": {"port": 0, "max_calls": calls},
+        "http": {"port": 0},
+        "media": {"rtp_port_min": 20000, "rtp_port_max": 29999},
+        "agent": {"kind": "script"},
+        "asr": {"backend": asr_backend, "model": asr_model},
+        "storage": {"sqlite_path": str(work / "db.sqlite3"), "recordings_dir": str(work / "rec"),
+                    "record_calls": False},
+        "logging": {"level": "INFO"},
+    }  # fmt: skip
+    work.mkdir(parents=True, exist_ok=True)
+    (work / "config.yaml").write_text(yaml.safe_dump(config))
+    env = {"OMP_NUM_THREADS": "1"}
+    proc = LoggedProcess.start(["run", "-c", str(work / "config.yaml")], cwd=ROOT, env=env)
+    port = int(proc.wait_for(r"sip listening on \S+ port\(s\) (\d+)", 120).group(1))
+    http = proc.wait_for(r"http listening on (http://\S+) ", 60).group(1)
+    proc.wait_for("sipbridge ready", 120)
+    return proc, f"{port}|{http}"
+
+
+def turn_gaps(sniffer: RtpSniffer, media: int, script: Script) -> tuple[list[float], int]:
+    """Per turn: caller-stops -> first reply packet (ms), and how many turns got no reply in time."""
+    sent = sorted(sniffer.sent_from(media), key=lambda p: p.t)
+    heard = sorted(sniffer.sent_to(media), key=lambda p: p.t)
+    if not sent:
+        return [], len(script.turn_ends)
+    loud = [p.t for p in heard if rms(p.payload) > REPLY_RMS]
+    gaps, missed = [], 0
+    for i, end in enumerate(script.turn_ends):
+        k = int(end / PACKET_S)
+        if k >= len(sent):
+            missed += 1
+            continue
+        stop = sent[k].t
+        # the reply must come before the caller's next answer starts (else it was not a reply to this one)
+        nxt = int(script.turn_starts[i + 1] / PACKET_S) if i + 1 < len(script.turn_starts) else len(sent)
+        until = sent[nxt].t if nxt < len(sent) else stop + 30
+        reply = next((t for t in loud if stop < t < until), None)
+        if reply is None:
+            missed += 1
+        else:
+            gaps.append((reply - stop) * 1000)
+    return gaps, missed
+
+
+def rms(payload: bytes) -> float:
+    return float(np.sqrt(np.mean(g711.ulaw_decode(payload).astype(np.float64) ** 2)))
+
+
+def metric(text: str, name: str) -> float | None:
+    m = re.search(rf"^{name} (\S+)$", text, re.M)
+    return float(m.group(1)) if m else None
+
+
+def pct(values: list[float], q: float) -> float | None:
+    return round(float(np.percentile(values, q)), 1) if values else None
+
+
+def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
+    work.mkdir(parents=True, exist_ok=True)
+    script = caller_script(work / "caller.ulaw", args.pause_s)
+    load_before = os.getloadavg()[0]
+    proc, where = start_bridge(work / "bridge", n, args.asr_backend, args.asr_model)
+    port, http = int(where.split("|")[0]), where.split("|")[1]
+    procs: list[subprocess.Popen[bytes]] = []
+    try:
+        health = httpx.get(f"{http}/healthz", timeout=30).json()
+        workers = [w["pid"] for w in health["sip"]["workers"]]
+        fpid = health["front"].get("pid")  # no front below 5 calls (sip.front.mode auto)
+        front = [fpid, *children(fpid)] if fpid else []
+        pids = {"workers": workers, "supervisor": [proc.proc.pid], "front": front}
+        cpu0 = {k: sum(map(cpu_s, v)) for k, v in pids.items()}
+        media = [free_media_port() for _ in range(n)]
+        talk_ms = int((script.seconds + 2) * 1000)
+        with RtpSniffer(set(media)) as sniffer:
+            t0 = time.monotonic()
+            scenario = caller_scenario(audio=script.path, talk_ms=talk_ms)
+            for i, m in enumerate(media):
+                # Callers arrive `--stagger-s` apart (pacing the load, as real calls do; no synchronisation):
+                # N answers in the same 20 ms would only measure a queue no phone line ever builds.
+                time.sleep(max(0.0, t0 + i * args.stagger_s - time.monotonic()))
+                procs.append(sipp(scenario, port, work / f"c{i}", m))
+            codes = [p.wait(talk_ms / 1000 + 120) for p in procs]
+            wall = time.monotonic() - t0
+        cpu1 = {k: sum(map(cpu_s, v)) for k, v in pids.items()}
+        metrics = httpx.get(f"{http}/metrics", timeout=30).text
+    finally:
+        for p in procs:
+            if p.poll() is None:
+                p.kill()
+                p.wait()
+        proc.proc.send_signal(signal.SIGTERM)
+        proc.finish(timeout=60)
+    per_call = [turn_gaps(sniffer, m, script) for m in media]
+    gaps = [g for call, _ in per_call for g in call]
+    quality = [rtp_quality(sniffer.sent_to(m), t0 + 1.0, t0 + script.seconds - 1.0) for m in media]
+    ended = (re.search(r"recorded: \w+ \(\w+, (\d+) underruns", line) for line in proc.seen)
+    underruns = [int(m.group(1)) for m in ended if m]
+    asr_sum = metric(metrics, "sipbridge_asr_wait_seconds_sum")
+    asr_n = metric(metrics, "sipbridge_asr_wait_seconds_count")
+    spent = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
+    return {
+        "calls": n,
+        "engine": "espeak",
+        "asr": f"{args.asr_backend}:{args.asr_model}",
+        "workers": len(workers),
+        "failed": sum(c != 0 for c in codes),
+        "turns": {"expected": n * len(ANSWERS), "answered": len(gaps),
+                  "unanswered": sum(m for _, m in per_call), "unanswered_per_call": [m for _, m in per_call]},
+        "turn_gap_ms": {"p50": pct(gaps, 50), "p95": pct(gaps, 95), "p99": pct(gaps, 99),
+                        "max": pct(gaps, 100)},
+        "rtp_bot_to_caller": {
+            "lost_per_call": [q[0] for q in quality],
+            "late_per_call": [q[1] for q in quality],
+            "lost_mean": round(statistics.mean(q[0] for q in quality), 2),
+            "late_mean": round(statistics.mean(q[1] for q in quality), 2),
+        },
+        "underruns": {"total": sum(underruns), "calls_recorded": len(underruns),
+                      # which utterance of which call (0 = the greeting): where to look first
+                      "utterances": [m.group(1) for line in proc.seen
+                                     if (m := re.search(r"(utterance \d+ had \d+ underruns)", line))]},
+        "asr_wait_ms_mean": round(1000 * asr_sum / asr_n, 1) if asr_sum is not None and asr_n else None,
+        "asr_turns": asr_n,
+        "worker_deaths": sum("SIP worker" in line and " died " in line for line in proc.seen),
+        "cpu_s": spent,
+        "cpu_per_call_percent_of_one_core": {k: round(100 * v / (n * wall), 2) for k, v in spent.items()},
+        "wall_s": round(wall, 1),
+        "box": {"cores": os.cpu_count(), "load_1m_before": round(load_before, 2)},
+    }
+
+
+def parse(argv: list[str] | None = None) -> argparse.Namespace:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--calls", type=int, nargs="+", default=[8])
+    ap.add_argument("--cpu", action="store_true", help="the CI scale-down: 8 calls, espeak, bundled tiny.en")
+    ap.add_argument("--asr-backend", default="faster-whisper", choices=("faster-whisper", "transformers"))
+    ap.add_argument("--asr-model", default="bundled:tiny.en")
+    ap.add_argument("--pause-s", type=float, default=7.0, help="caller silence after each answer")
+    ap.add_argument("--stagger-s", type=float, default=0.5, help="between two callers' arrivals")
+    ap.add_argument("--json", type=Path)
+    args = ap.parse_args(argv)
+    if args.cpu:
+        args.calls, args.asr_backend, args.asr_model = [8], "faster-whisper", "bundled:tiny.en"
+    return args
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse(argv)
+    if shutil.which("kamailio") is None or shutil.which("sipp") is None:
+        print("system_load: needs kamailio and sipp (deploy/setup.sh --dev)", file=sys.stderr)
+        return 2
+    results = []
+    with tempfile.TemporaryDirectory(prefix="system-load-") as tmp:
+        for n in args.calls:
+            results.append(run_one(n, args, Path(tmp) / f"n{n}"))
+            print(json.dumps(results[-1]), file=sys.stderr)
+    text = json.dumps({"bench": "system_load", "results": results}, indent=2)
+    print(text)
+    if args.json:
+        args.json.write_text(text + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

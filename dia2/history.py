@@ -1,0 +1,168 @@
+"""A call's history on the device: its KV-cache rows, ring and next-step text, and the context policy.
+
+:class:`CallHistory` owns the host mirrors of the call rows (``host_index``: each slot's next cache slot,
+``host_text``: each row's next text input) and everything that writes a call's known history into its
+device rows: a prefill of known frames (voice prefix, caller turn), loading the rows before a reply, and
+the context policy (keep the voice, drop the oldest turns, re-warm). The engine (``dia2/engine.py``) runs
+the steps; this module is what a call's past looks like to them.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import torch
+
+from .call_state import CallState
+from .frame import RING, FrameBuffers
+from .model import DecoderCache, Dia2Model
+from .state_machine import Entry, StateMachine, TokenIds
+
+__all__ = ["CallHistory"]
+
+logger = logging.getLogger(__name__)
+
+
+class CallHistory:
+    def __init__(
+        self,
+        model: Dia2Model,
+        ids: TokenIds,
+        machine: StateMachine,
+        buf: FrameBuffers,
+        *,
+        branches: int,
+        delays: list[int],
+        num_codebooks: int,
+        max_steps: int,
+        capacity: int,
+    ) -> None:
+        self.model, self.ids, self.machine, self.buf = model, ids, machine, buf
+        self.branches, self.delays, self.max_steps = branches, delays, max_steps
+        self.device = model.device
+        self.num_codebooks = num_codebooks
+        # Host mirror of each slot's next cache slot (never below the device's): picks the step's length.
+        self.host_index = [0] * capacity
+        # Each row's next text input, written on the host and copied to ``buf.text_in`` once a step.
+        pin = self.device.type == "cuda"
+        self.host_text = torch.zeros(capacity * branches, 2, dtype=torch.long, pin_memory=pin)
+
+    def load_row(self, call: CallState, *, active: bool) -> None:
+        """Point the call's device rows at its history: next step = ``frames``, ring = last frames."""
+        buf, s, br = self.buf, call.slot, self.branches
+        a = call.frames
+        rows = slice(s * br, (s + 1) * br)
+        buf.step[s] = a
+        buf.known[s] = a
+        buf.positions[rows] = a
+        buf.cache_index[rows] = a
+        self.host_index[s] = a
+        ring = torch.zeros(self.num_codebooks, RING, dtype=torch.long)
+        lo = max(0, a - RING)
+        if a > lo:
+            idx = torch.arange(lo, a)
+            ring[:, idx % RING] = call.codes[:, lo:a]
+        buf.ring[s].copy_(ring.to(self.device))
+        main, second = call.text[a]
+        self.host_text[rows, 0], self.host_text[rows, 1] = main, second
+        buf.text_in[rows] = torch.tensor([main, second], device=self.device)
+        if call.turn is not None:
+            o = call.turn.options
+            buf.cfg_scale[s] = o.cfg_scale
+            buf.text.set_row(s, o.text)
+            buf.audio.set_row(s, o.audio)
+        buf.active[s] = active
+
+    def step_tokens(self, call: CallState, start: int, stop: int) -> torch.Tensor:
+        """Decoder inputs ``[branches, stop - start, C]`` of known steps (text recorded, audio known)."""
+        steps = torch.arange(start, stop).view(-1, 1)
+        frames = steps - torch.tensor(self.delays).view(1, -1)  # [T, K]
+        safe = frames.clamp(min=0, max=max(call.frames - 1, 0))
+        audio = (
+            call.codes.t()[safe, torch.arange(self.num_codebooks)]
+            if call.frames
+            else torch.zeros_like(frames)
+        )
+        audio = torch.where(frames < 0, torch.full_like(audio, self.ids.audio_bos), audio)
+        text = torch.tensor(call.text[start:stop], dtype=torch.long).view(-1, 2)
+        cond = torch.cat([text, audio], dim=1)
+        rows = [cond]
+        if self.branches > 1:
+            uncond = cond.clone()
+            uncond[:, 0], uncond[:, 1] = self.ids.zero, self.ids.pad
+            rows.append(uncond)
+        return torch.stack(rows)
+
+    def prefill(self, call: CallState, start: int, stop: int) -> Any:
+        if stop <= start:
+            return None
+        tokens = self.step_tokens(call, start, stop).to(self.device)
+        br = self.branches
+        pos = torch.arange(start, stop, device=self.device).view(1, -1).expand(br, -1)
+        rows = slice(call.slot * br, (call.slot + 1) * br)
+        cache = DecoderCache(self.buf.cache.keys[:, rows], self.buf.cache.values[:, rows])
+        with torch.inference_mode():
+            return self.model.transformer.prefill(tokens, pos, pos, cache)
+
+    def ingest(
+        self, call: CallState, kind: str, codes: torch.Tensor, entries: list[Entry], steps: list[int]
+    ) -> Any:
+        """Known frames (and their forced words) into history and cache, in one prefill."""
+        a0, n = call.frames, int(codes.shape[1])
+        state = call.machine
+        state.entries.clear()
+        state.entries.extend(entries)
+        forced = {a0 + s for s in steps}
+        for t in range(a0, a0 + n):
+            token = self.ids.new_word if t in forced else self.ids.pad
+            out = self.machine.process(t, state, token, forced=True)
+            call.text.append((out.main, out.second))
+        # Words whose forced start lies past the audio are dropped, not spoken by the next reply, and so
+        # are the unspelled pieces of a word started near the end (main stream) and the look-ahead pieces
+        # of the words after it (second stream): a reply must never read the prefix's transcript aloud.
+        state.entries.clear()
+        state.pending_tokens.clear()
+        state.lookahead_tokens.clear()
+        call.codes = torch.cat([call.codes, codes.to(torch.long)], dim=1)
+        call.segments.append((kind, a0, a0 + n))
+        return self.prefill(call, a0, a0 + n)
+
+    def ensure_room(self, call: CallState, need: int, *, keep_half: bool = True) -> None:
+        """Context policy: keep the voice, drop the oldest turns until ``need`` more steps fit, re-warm."""
+        limit = self.max_steps - 1
+        keep = list(call.segments)
+        voice = [s for s in keep if s[0] == "voice"]
+        # Never reserve more than half of what the voice leaves, so some history always survives; a
+        # reply longer than its reserve still runs on until the cache is full. Known frames (keep_half
+        # False) must fit whole: the caller checked that they fit beside the voice.
+        if keep_half:
+            need = min(need, (limit - sum(s[2] - s[1] for s in voice)) // 2)
+        if call.frames + need <= limit:
+            return
+        rest = [s for s in keep if s[0] != "voice"]
+        total = sum(s[2] - s[1] for s in keep)
+        while rest and total + need > limit:
+            dropped = rest.pop(0)
+            total -= dropped[2] - dropped[1]
+            call.dropped_segments += 1
+        kept = voice + rest
+        codes = [call.codes[:, a:b] for _, a, b in kept]
+        text = [t for _, a, b in kept for t in call.text[a:b]] + [call.text[call.frames]]
+        if not text[:-1]:
+            text = [(self.ids.bos, self.ids.pad)]
+        segments, at = [], 0
+        for kind, a, b in kept:
+            segments.append((kind, at, at + b - a))
+            at += b - a
+        call.codes = torch.cat(codes, dim=1) if codes else call.codes[:, :0]
+        call.text, call.segments = text, segments
+        logger.info(
+            "call %d: context full, re-warmed %d frames (%d turns dropped so far)",
+            call.slot,
+            call.frames,
+            call.dropped_segments,
+        )
+        self.prefill(call, 0, call.frames)
+        if need <= 0 or call.frames + need > limit:
+            raise RuntimeError(f"context of {self.max_steps} steps cannot hold the voice and a turn")

@@ -1,0 +1,225 @@
+"""Whisper in transformers on torch, batched across calls: the GPU ASR backend (`asr.backend: transformers`).
+
+CTranslate2 (faster-whisper) decodes one clip per worker; on a GPU host with many calls the turns of
+different calls arrive a few ms apart, and one batched generate of 8 clips costs little more than one. So
+every transcription is a `_Job` handed to one batch thread: it takes the first job, waits at most
+`asr.batch_window_ms` for more (up to `asr.max_batch`), runs one `generate` over all of them, and resolves
+each job's future with its own row. Rows never mix: job i of the batch reads row i of every output tensor.
+
+Word timestamps come from transformers' cross-attention DTW (`return_token_timestamps`, which needs the
+model's `alignment_heads` in its generation config and eager attention to expose the attention weights);
+tokens are grouped into words where a token starts with a space. Early ASR needs nothing special: a partial
+turn is one more job.
+
+A decoder on noise (or random weights) may not stop by itself: every batch is capped at
+`asr.max_tokens_per_second` tokens per second of its longest clip, plus a few for the prompt.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import logging
+import math
+import queue
+import threading
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import numpy.typing as npt
+
+log = logging.getLogger(__name__)
+
+TimedWord = tuple[str, float, float]  # word, start s, end s
+AsrResult = tuple[str, list[TimedWord]]
+_RATE = 16000
+_MIN_TOKENS = 4  # what a cap never goes below: a 0.3 s "yes" still gets its word and the end token
+
+
+class BatchLoadError(Exception):
+    """The transformers model or its processor cannot be loaded."""
+
+
+@dataclass
+class _Job:
+    audio: npt.NDArray[np.float32]
+    words: bool
+    future: concurrent.futures.Future[AsrResult] = field(default_factory=concurrent.futures.Future)
+    queued: float = field(default_factory=time.monotonic)
+
+
+@dataclass
+class BatchStats:
+    batches: int = 0
+    rows: int = 0
+    peak_batch: int = 0
+    last_batch_ms: float = 0.0
+
+
+def token_cap(seconds: float, per_second: float) -> int:
+    """Most new tokens for a batch whose longest clip lasts `seconds`."""
+    return max(_MIN_TOKENS, math.ceil(seconds * per_second) + 2)
+
+
+def group_words(pieces: list[str], times: list[float]) -> list[TimedWord]:
+    """(word, start, end) from decoded token texts and their DTW times: a token that starts with a space (or
+    the first one) opens a word; a word ends where the next token starts (the last one at its own time)."""
+    words: list[list[Any]] = []
+    for i, piece in enumerate(pieces):
+        end = times[i + 1] if i + 1 < len(times) else times[i]
+        if not words or piece.startswith(" "):
+            words.append([piece, times[i], end])
+        else:
+            words[-1][0] += piece
+            words[-1][2] = end
+    return [(w.strip(), float(s), float(e)) for w, s, e in words if w.strip()]
+
+
+class BatchedWhisper:
+    """One transformers Whisper model and the thread that batches every call's transcriptions through it."""
+
+    def __init__(
+        self,
+        model: str,
+        *,
+        device: str,
+        dtype: str,
+        language: str | None,
+        window_ms: float,
+        max_batch: int,
+        max_tokens_per_second: float,
+    ) -> None:
+        self.window_s = window_ms / 1000
+        self.max_batch = max_batch
+        self.max_tokens_per_second = max_tokens_per_second
+        self.language = language
+        self.device = device
+        self.stats = BatchStats()
+        self._jobs: queue.Queue[_Job | None] = queue.Queue()
+        self._model, self._processor = _load(model, device, dtype)
+        self._dtype = next(self._model.parameters()).dtype
+        self._special = set(self._processor.tokenizer.all_special_ids)
+        self._eos = int(self._processor.tokenizer.eos_token_id)
+        self._thread = threading.Thread(target=self._serve, name="asr-batch", daemon=True)
+        self._thread.start()
+
+    def submit(self, audio: npt.NDArray[np.float32], words: bool) -> concurrent.futures.Future[AsrResult]:
+        """Queue one 16 kHz clip; the future resolves with its text and timed words (if asked for)."""
+        job = _Job(audio, words)
+        self._jobs.put(job)
+        return job.future
+
+    def run(self, audio: npt.NDArray[np.float32], words: bool) -> AsrResult:
+        return self.submit(audio, words).result()
+
+    def close(self) -> None:
+        self._jobs.put(None)
+
+    def _serve(self) -> None:
+        while (batch := self._collect()) is not None:
+            self._run_batch(batch)
+
+    def _collect(self) -> list[_Job] | None:
+        """The first job, then whatever else arrives within the window (from that first job's arrival)."""
+        first = self._jobs.get()
+        if first is None:
+            return None
+        batch, deadline = [first], first.queued + self.window_s
+        while len(batch) < self.max_batch:
+            try:
+                job = self._jobs.get(timeout=max(0.0, deadline - time.monotonic()))
+            except queue.Empty:
+                break
+            if job is None:
+                self._jobs.put(None)  # stop after this batch
+                break
+            batch.append(job)
+        return batch
+
+    def _run_batch(self, batch: list[_Job]) -> None:
+        t0 = time.monotonic()
+        try:
+            results = self._generate(batch)
+        except Exception as exc:  # a failed batch fails each of its turns, never the thread
+            log.exception("asr batch of %d failed", len(batch))
+            for job in batch:
+                job.future.set_exception(exc)
+            return
+        self.stats.batches += 1
+        self.stats.rows += len(batch)
+        self.stats.peak_batch = max(self.stats.peak_batch, len(batch))
+        self.stats.last_batch_ms = (time.monotonic() - t0) * 1000
+        for job, result in zip(batch, results, strict=True):
+            job.future.set_result(result)
+
+    def _generate(self, batch: list[_Job]) -> list[AsrResult]:
+        import torch
+
+        inputs = self._processor.feature_extractor(
+            [job.audio for job in batch],
+            sampling_rate=_RATE,
+            return_tensors="pt",
+            return_attention_mask=True,  # each row's real frames: DTW crops its own row to them
+            device=self.device,
+        )
+        feats = inputs.input_features.to(self.device, self._dtype)
+        caps = [token_cap(len(job.audio) / _RATE, self.max_tokens_per_second) for job in batch]
+        words = any(job.words for job in batch)
+        kwargs: dict[str, Any] = {"max_new_tokens": max(caps)}
+        if getattr(self._model.generation_config, "is_multilingual", False):
+            kwargs |= {"language": self.language, "task": "transcribe"}
+        if words:
+            mask = inputs.attention_mask.to(self.device)
+            kwargs |= {"return_token_timestamps": True, "attention_mask": mask}
+        with torch.inference_mode():
+            out = self._model.generate(feats, return_dict_in_generate=True, **kwargs)
+        stamps = out.get("token_timestamps") if words else None
+        return [
+            self._row(out["sequences"][i], None if stamps is None else stamps[i], job, caps[i])
+            for i, job in enumerate(batch)
+        ]
+
+    def _row(self, seq: Any, stamps: Any, job: _Job, cap: int) -> AsrResult:
+        """One call's text (and words): its own token cap applies, so a short turn batched with a long one
+        reads exactly as it would alone (greedy rows do not depend on each other)."""
+        ids = [int(t) for t in seq.tolist()]
+        prompt = next((i for i, t in enumerate(ids) if t < self._eos), len(ids))  # past SOT, NO_TS, ...
+        keep: list[int] = []
+        for i in range(prompt, min(len(ids), prompt + cap)):
+            if ids[i] in self._special or ids[i] >= self._eos:  # every id from end-of-text up is special
+                break  # end of text (and the padding after it)
+            keep.append(i)
+        tok = self._processor.tokenizer
+        text = tok.decode([ids[i] for i in keep]).strip()
+        if not job.words or stamps is None or not keep:
+            return text, []
+        duration = len(job.audio) / _RATE
+        times = [min(float(x), duration) for x in stamps.tolist()]  # DTW may not place a word past the audio
+        # each kept token's DTW time; the stamp after the last one closes the last word
+        tail = [times[keep[-1] + 1]] if keep[-1] + 1 < len(times) else []
+        return text, group_words([tok.decode([ids[i]]) for i in keep], [times[i] for i in keep] + tail)
+
+
+def _load(model: str, device: str, dtype: str) -> tuple[Any, Any]:
+    """A hub id (from the local cache when offline) or a folder in transformers' layout (config.json,
+    safetensors, generation_config.json, tokenizer and preprocessor files)."""
+    try:
+        import torch
+        from transformers import WhisperForConditionalGeneration, WhisperProcessor
+    except ImportError as exc:
+        raise BatchLoadError("asr.backend transformers needs torch and transformers installed") from exc
+    try:
+        processor = WhisperProcessor.from_pretrained(model)
+        net = WhisperForConditionalGeneration.from_pretrained(
+            model, dtype=getattr(torch, dtype), attn_implementation="eager"
+        )
+    except Exception as exc:  # hub, file and format errors have no common base class
+        raise BatchLoadError(f"cannot load ASR model {model!r} with transformers: {exc}") from exc
+    if not getattr(net.generation_config, "alignment_heads", None):
+        # Whisper's own rule when no heads are published: every head of the upper half of the decoder.
+        log.warning("asr model %s has no alignment_heads: word timestamps use the upper decoder half", model)
+        layers, heads = net.config.decoder_layers, net.config.decoder_attention_heads
+        upper = range(layers // 2, layers)
+        net.generation_config.alignment_heads = [[n, h] for n in upper for h in range(heads)]
+    return net.to(device).eval(), processor

@@ -1,0 +1,554 @@
+"""What the ElevenLabs, OpenAI and Kyutai compatible surfaces share (docs/COMPAT.md).
+
+Each protocol module (elevenlabs.py, openai.py, kyutai.py) only parses its own messages and writes its own
+error shape; the engine side is here, so all three speak through the same engine sessions as the
+conversation API and the phone calls:
+
+* `AudioFormat` / `FormatEncoder`: engine chunks → 20 ms frames of PCM, µ-law, A-law or float32 at any of the
+  protocols' rates, or an MP3 stream (lameenc), with the call path's low-latency FIR resampler;
+* `resolve_voice`: a stored voice by name or `clone:<name>`, or `default` (the engine's configured voice);
+* `open_lease`: the engine session one request or one socket speaks on: a fresh one with the voice set
+  (stateless, closed afterwards: its Dia2 row is freed) or a conversation's (its dialogue context is kept);
+* `Generation`: one reply generated in its own task, its frames handed over through a queue, so a client
+  that leaves (`stop`) cancels the engine at once instead of whenever a send next fails;
+* `LeasedStream`: a streaming HTTP response that releases the lease however the response ends (done,
+  client gone, server shutting down);
+* `TextFeed`: text pushed from a socket as it arrives, handed to the engine as a text stream; for an engine
+  that speaks each piece on its own (espeak) it is cut at sentence ends instead of per word.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import logging
+import re
+import struct
+import time
+from collections.abc import AsyncIterator, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import numpy as np
+import numpy.typing as npt
+from starlette.requests import ClientDisconnect, Request
+from starlette.responses import StreamingResponse
+from starlette.types import Receive, Scope, Send
+
+from audio import g711
+from audio.framer import Framer
+from audio.resample import FirResampler, StreamResampler, make_resampler
+from sipbridge.engine import EngineError, EngineRejected, EngineSession
+from sipbridge.engine.base import SpeakParams, TextSource
+from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice
+
+log = logging.getLogger(__name__)
+
+Codec = Literal["pcm", "ulaw", "alaw", "mp3", "f32"]
+FRAME_MS = 20
+DEFAULT_VOICE = "default"  # the engine's configured voice (Dia2: engine.dia2.voice), or none
+CLONE_PREFIX = "clone:"
+MAX_ID_CHARS = 128  # conversation ids from a query or body
+MAX_MESSAGE_BYTES = 64 * 1024  # one WebSocket message (a text chunk, a word): far above any real one
+
+
+# ------------------------------------------------------------------------------------------- formats
+
+
+@dataclass(frozen=True)
+class AudioFormat:
+    codec: Codec
+    rate: int
+    kbps: int = 0  # mp3 only
+    wav: bool = False  # pcm with a streaming WAV header in front
+
+    @property
+    def media_type(self) -> str:
+        if self.wav:
+            return "audio/wav"
+        return {
+            "pcm": f"audio/L16; rate={self.rate}; channels=1",
+            "ulaw": "audio/basic",
+            "alaw": f"audio/PCMA; rate={self.rate}",
+            "mp3": "audio/mpeg",
+            "f32": f"audio/x-f32le; rate={self.rate}",
+        }[self.codec]
+
+
+def wav_stream_header(rate: int) -> bytes:
+    """A 16-bit mono WAV header whose sizes say "unknown" (0xFFFFFFFF), for a body of unknown length: what
+    streaming TTS servers send and what soundfile, ffmpeg and browsers play."""
+    unknown = 0xFFFFFFFF
+    return (
+        b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
+        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+        + b"data" + struct.pack("<I", unknown)
+    )  # fmt: skip
+
+
+def _fir_cheap(in_rate: int, out_rate: int) -> bool:
+    """The call path's FIR up to 24 kHz (telephony and the engines' own rates: ~1 ms per 80 ms chunk, ~5 ms
+    of lag); soxr above, where the FIR's long upsampling banks cost 3-13 ms per chunk on a small CPU (and
+    seconds to design at 48 kHz) and soxr's ~20 ms of extra lag does not matter for playback formats."""
+    return out_rate <= 24000
+
+
+class _Mp3:
+    """lameenc, imported only when an MP3 format is asked for (a wheel of its own, ~200 kB)."""
+
+    def __init__(self, rate: int, kbps: int) -> None:
+        import lameenc
+
+        self._enc = lameenc.Encoder()
+        self._enc.set_bit_rate(kbps)
+        self._enc.set_in_sample_rate(rate)
+        self._enc.set_channels(1)
+        self._enc.set_quality(7)  # fastest encoder setting: latency over the last bit of quality
+
+    def push(self, pcm16: npt.NDArray[np.int16]) -> bytes:
+        return bytes(self._enc.encode(pcm16.astype("<i2").tobytes()))
+
+    def flush(self) -> bytes:
+        return bytes(self._enc.flush())
+
+
+class FormatEncoder:
+    """Engine chunks (float32 at the engine's rate) in, the format's bytes out: 20 ms frames (the last one
+    completed with silence) for PCM/G.711/float32, whatever the encoder has ready for MP3.
+
+    Duck-types `audio_io.OutputEncoder` (`push`, `flush`, `rate`, `samples`) so `ConversationService.generate`
+    drives it."""
+
+    def __init__(self, engine_rate: int, fmt: AudioFormat) -> None:
+        self.format = fmt
+        self.rate = fmt.rate
+        self._resampler: FirResampler | StreamResampler | None = (
+            None
+            if engine_rate == fmt.rate
+            else make_resampler(
+                engine_rate, fmt.rate, dtype="float32", low_latency=_fir_cheap(engine_rate, fmt.rate)
+            )
+        )
+        self._float = fmt.codec == "f32"
+        self._framer = Framer(fmt.rate, FRAME_MS, dtype=np.float32 if self._float else np.int16)
+        self._mp3 = _Mp3(fmt.rate, fmt.kbps) if fmt.codec == "mp3" else None
+        self.samples = 0
+
+    def _encode(self, frames: list[npt.NDArray[Any]]) -> list[bytes]:
+        self.samples += sum(len(f) for f in frames)
+        codec = self.format.codec
+        if codec == "f32":
+            return [f.astype("<f4").tobytes() for f in frames]
+        if codec == "ulaw":
+            return [g711.ulaw_encode(f) for f in frames]
+        if codec == "alaw":
+            return [g711.alaw_encode(f) for f in frames]
+        if self._mp3 is not None:
+            out = b"".join(self._mp3.push(f) for f in frames)
+            return [out] if out else []
+        return [f.astype("<i2").tobytes() for f in frames]
+
+    def _samples(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        if self._float:
+            return np.clip(x, -1.0, 1.0).astype(np.float32)
+        return np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16)
+
+    def push(self, chunk: npt.NDArray[np.float32]) -> list[bytes]:
+        x = (
+            chunk
+            if self._resampler is None
+            else self._resampler.process(chunk.astype(np.float32, copy=False))
+        )
+        return self._encode(self._framer.push(self._samples(np.asarray(x, dtype=np.float32))))
+
+    def flush(self) -> list[bytes]:
+        out: list[bytes] = []
+        if self._resampler is not None:
+            out += self._encode(
+                self._framer.push(self._samples(np.asarray(self._resampler.flush(), np.float32)))
+            )
+        last = self._framer.flush().frame
+        if last is not None:
+            out += self._encode([last])
+        if self._mp3 is not None:
+            tail = self._mp3.flush()
+            if tail:
+                out.append(tail)
+        return out
+
+
+# -------------------------------------------------------------------------------------- auth, voices
+
+
+def key_ok(token: str | None, presented: str | None) -> bool:
+    """The configured `http.bearer_token` (None: no auth) against what the client sent, in constant time."""
+    return token is None or (
+        presented is not None and hmac.compare_digest(presented.encode(), token.encode())
+    )
+
+
+class VoiceNotFound(Exception):
+    def __init__(self, name: str) -> None:
+        super().__init__(f"no voice {name!r}")
+        self.name = name
+
+
+def resolve_voice(service: ConversationService, name: str | None) -> Voice | None:
+    """A stored voice by its name or `clone:<name>`; None for `default`/empty (the engine's own voice)."""
+    if name is None or name == "" or (name == DEFAULT_VOICE and DEFAULT_VOICE not in service.voices):
+        return None
+    key = name[len(CLONE_PREFIX) :] if name.startswith(CLONE_PREFIX) else name
+    voice = service.voices.get(key)
+    if voice is None:
+        raise VoiceNotFound(name)
+    return voice
+
+
+def voice_names(service: ConversationService) -> list[str]:
+    return [DEFAULT_VOICE, *(n for n in service.voices if n != DEFAULT_VOICE)]
+
+
+# ------------------------------------------------------------------------------------------ sampling
+
+_SAMPLING_BOUNDS = {"temperature": (0.0, 2.0), "top_k": (1, 2048), "cfg_scale": (1.0, 10.0)}
+
+
+def sampling(values: Mapping[str, Any]) -> SpeakParams | None:
+    """Our sampling extension (`temperature`, `top_k`, `cfg_scale`, as the conversation API takes them) from
+    a body or query; ValueError names a bad one. None when none is given: the engine's configured values."""
+    found: dict[str, Any] = {}
+    for key, (low, high) in _SAMPLING_BOUNDS.items():
+        raw = values.get(key)
+        if raw is None or raw == "":
+            continue
+        try:
+            value = int(raw) if key == "top_k" else float(raw)
+        except (TypeError, ValueError):
+            raise ValueError(f"{key} must be a number") from None
+        if isinstance(raw, bool) or not low <= value <= high:
+            raise ValueError(f"{key} must be between {low} and {high}")
+        found[key] = value
+    return SpeakParams(**found) if found else None
+
+
+# -------------------------------------------------------------------------------------------- leases
+
+
+@dataclass
+class Lease:
+    """The engine session one request or socket speaks on, until `release`."""
+
+    service: ConversationService
+    session: EngineSession
+    conv: Conversation | None  # None: a fresh session of this lease alone (closed on release)
+    tag: str
+    released: bool = False
+
+    async def release(self) -> None:
+        if self.released:
+            return
+        self.released = True
+        if self.conv is not None:
+            self.conv.lock.release()
+        else:
+            with contextlib.suppress(Exception):
+                await self.session.close()
+
+
+async def open_lease(
+    service: ConversationService, voice: Voice | None, conversation_id: str | None, tag: str
+) -> Lease:
+    """A fresh engine session with `voice` set, or the conversation `conversation_id` held (409 if busy)
+    with `voice` set on it when it differs from its current one (which resets its context)."""
+    if conversation_id:
+        if len(conversation_id) > MAX_ID_CHARS:
+            raise ApiError(422, f"conversation_id is longer than {MAX_ID_CHARS} characters")
+        conv = service.get(conversation_id)
+        if conv.lock.locked():
+            raise ApiError(409, f"conversation {conv.id!r} is busy (a generation is in progress)")
+        await conv.lock.acquire()
+        lease = Lease(service, conv.session, conv, tag)
+        try:
+            if voice is not None and (conv.voice is None or conv.voice.sha256 != voice.sha256):
+                await service.run(conv, lambda s: s.set_prepared_voice(voice.prepared))
+                conv.voice = voice
+                conv.user_turns = conv.replies = 0
+            lease.session = conv.session  # service.run may have rebuilt it after an engine failure
+        except BaseException:
+            await lease.release()
+            raise
+        return lease
+    session = service.engine_session(tag)
+    try:
+        if voice is not None:
+            await session.set_prepared_voice(voice.prepared)
+    except EngineRejected as exc:
+        await session.close()
+        raise ApiError(413, f"the engine refused the voice: {exc}") from exc
+    except EngineError as exc:
+        await session.close()
+        raise ApiError(500, f"engine failed: {exc}") from exc
+    except BaseException:
+        await session.close()
+        raise
+    return Lease(service, session, None, tag)
+
+
+# ---------------------------------------------------------------------------------------- generation
+
+Frames = list[bytes]
+
+
+@dataclass
+class Generation:
+    """One reply on a lease, generated in its own task: `next()` gives each engine chunk's encoded frames
+    (None at the end), `stop()` cancels it within one engine step and waits for the task."""
+
+    lease: Lease
+    text: TextSource
+    encoder: FormatEncoder
+    params: SpeakParams | None = None
+    started: float = field(default_factory=time.monotonic)
+    on_end: Callable[[], None] | None = None  # e.g. end the text feed the engine may be waiting on
+    timings: Timings | None = None
+    error: ApiError | None = None
+    cancelled: bool = False
+    left_at: float | None = None  # when the client was seen leaving (`abandon`, `release`)
+    left_step: int | None = None  # the engine's step counter then (Dia2; None for espeak)
+    _queue: asyncio.Queue[Frames | None] = field(default_factory=asyncio.Queue)
+    _task: asyncio.Task[None] | None = None
+
+    def start(self) -> Generation:
+        self._task = asyncio.create_task(self._run(), name=f"compat-{self.lease.tag}")
+        return self
+
+    async def _run(self) -> None:
+        service, lease = self.lease.service, self.lease
+
+        async def sink(frames: Frames) -> None:
+            self._queue.put_nowait(frames)
+
+        async def op(session: EngineSession) -> Timings:
+            return await service.generate(
+                session,
+                self.text,
+                self.params,
+                self.encoder,
+                sink,
+                started=self.started,  # type: ignore[arg-type]
+            )
+
+        try:
+            if lease.conv is not None:
+                self.timings = await service.run(lease.conv, op)
+                lease.conv.replies += 1
+                lease.session = lease.conv.session
+            else:
+                self.timings = await op(lease.session)
+        except ApiError as exc:
+            self.error = exc
+        except EngineError as exc:
+            self.error = ApiError(500, f"engine failed: {exc}")
+        finally:
+            self._queue.put_nowait(None)
+
+    async def next(self) -> Frames | None:
+        return await self._queue.get()
+
+    @property
+    def done(self) -> bool:
+        return self._task is not None and self._task.done()
+
+    def abandon(self) -> None:
+        """The client is gone: cancel the engine's utterance now (from any task; `release` logs it)."""
+        if self.done:
+            return
+        self._mark_left()
+        self.cancelled = True
+        self.lease.session.cancel()
+        if self.on_end is not None:
+            self.on_end()
+
+    def _mark_left(self) -> None:
+        if self.left_at is None:
+            self.left_at = time.monotonic()
+            self.left_step = engine_steps(self.lease.service)
+
+    async def stop(self) -> None:
+        """Cancel the engine's utterance and wait for the task (bounded: a stuck engine cannot hold us)."""
+        if self._task is None or self._task.done():
+            return
+        self.cancelled = True
+        self.lease.session.cancel()
+        if self.on_end is not None:
+            self.on_end()
+        try:
+            await asyncio.wait_for(asyncio.shield(self._task), 5.0)
+        except TimeoutError:
+            log.warning("compat %s: generation did not stop within 5 s; cancelling its task", self.lease.tag)
+            self._task.cancel()
+            with contextlib.suppress(BaseException):
+                await self._task
+
+
+async def first_frames(gen: Generation) -> Frames | None:
+    """The reply's first frames; None if it produced none. An error before any audio is raised (the
+    response can still carry its status)."""
+    frames = await gen.next()
+    if frames is None and gen.error is not None:
+        raise gen.error
+    return frames
+
+
+async def collect(gen: Generation) -> bytes:
+    """The whole reply (non-streaming endpoints); an engine error anywhere is raised."""
+    out: list[bytes] = []
+    while (frames := await gen.next()) is not None:
+        out.extend(frames)
+    if gen.error is not None:
+        raise gen.error
+    return b"".join(out)
+
+
+class LeasedStream(StreamingResponse):
+    """A streamed reply that stops its generation and releases its lease however it ends.
+
+    uvicorn speaks ASGI 2.3, so Starlette watches for `http.disconnect` while streaming and cancels the
+    body at once when the client leaves; the release in `finally` then frees the engine row within one
+    engine step rather than when the next write would have failed."""
+
+    def __init__(
+        self, gen: Generation, first: Frames | None, media_type: str, header: bytes = b"",
+        headers: dict[str, str] | None = None, frame: Callable[[bytes], bytes] | None = None,
+        trailer: Callable[[], bytes] | None = None,
+    ) -> None:  # fmt: skip
+        self.gen = gen
+        self._first = first
+        self._header = header
+        self._frame = frame  # wraps each chunk's bytes (SSE events); None: raw bytes
+        self._trailer = trailer
+        super().__init__(self._body(), media_type=media_type, headers=headers)
+
+    async def _body(self) -> AsyncIterator[bytes]:
+        if self._header:
+            yield self._header
+        frames = self._first
+        while frames is not None:
+            data = b"".join(frames)
+            if data:
+                yield data if self._frame is None else self._frame(data)
+            frames = await self.gen.next()
+        if self.gen.error is not None:  # headers are out: all we can do is end the body early
+            log.warning("compat %s: engine failed mid-stream: %s", self.gen.lease.tag, self.gen.error.message)
+        elif self._trailer is not None:
+            yield self._trailer()
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        try:
+            await super().__call__(scope, receive, send)
+        except ClientDisconnect:
+            pass
+        finally:
+            await release(self.gen)
+
+
+async def release(gen: Generation) -> None:
+    """Stop `gen` if it still runs (its client left) and release its lease; a reply cut short by the client
+    is logged with how long the engine slot took to come free after the client was seen leaving.
+
+    A session of the lease's own is closed first: closing cancels the reply and frees the Dia2 row in one
+    visit to the engine thread (at the next step boundary) instead of two (cancel, then close); the
+    generation task then ends by itself. A conversation's reply is stopped before its lock is let go."""
+    if not gen.done:
+        gen._mark_left()
+    if gen.lease.conv is None:
+        await gen.lease.release()
+        await gen.stop()
+    else:
+        await gen.stop()
+        await gen.lease.release()
+    if gen.left_at is not None:
+        steps = engine_steps(gen.lease.service)
+        log.info(
+            "compat %s: client left mid-reply; engine slot released in %.1f ms, %s engine steps later",
+            gen.lease.tag, (time.monotonic() - gen.left_at) * 1e3,
+            "no" if steps is None or gen.left_step is None else steps - gen.left_step,
+        )  # fmt: skip
+
+
+def engine_steps(service: ConversationService) -> int | None:
+    """Dia2's step counter (one step = one 80 ms frame for every row): how the release is measured."""
+    steps = service.engine.health().get("steps_run")
+    return steps if isinstance(steps, int) else None
+
+
+async def read_capped(request: Request, limit: int) -> bytes:
+    """The request body, refused (413) past `limit` bytes even when it comes chunked (no Content-Length)."""
+    body = bytearray()
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise ApiError(413, f"request body is over {limit} bytes")
+    return bytes(body)
+
+
+# ------------------------------------------------------------------------------------------ text feed
+
+_SENTENCE_END = re.compile(r"[.!?;:…]['\")\]]*\s*$|\n\s*$")
+
+
+class TextFeed:
+    """Text arriving over a socket, as the engine's text stream for one utterance.
+
+    `words=True` (Dia2, which takes word deltas) hands each piece on as it comes. Otherwise (espeak, which
+    speaks every piece as its own utterance) pieces are held until a sentence ends, `min_chars` are
+    buffered at a word boundary, or the client flushes, so the speech does not break after every word.
+    """
+
+    def __init__(self, *, words: bool, min_chars: int = 120) -> None:
+        self.words = words
+        self.min_chars = min_chars
+        self.chars = 0
+        self.ended = False
+        self._buffer = ""
+        self._queue: asyncio.Queue[str | None] = asyncio.Queue()
+
+    def push(self, text: str) -> None:
+        if self.ended or not text:
+            return
+        self.chars += len(text)
+        if self.words:
+            self._queue.put_nowait(text)
+            return
+        self._buffer += text
+        if _SENTENCE_END.search(self._buffer) or (
+            len(self._buffer) >= self.min_chars and self._buffer[-1].isspace()
+        ):
+            self.flush()
+
+    def trigger(self, min_chars: int = 50) -> None:
+        """ElevenLabs' `try_trigger_generation`: speak the buffer if it is long enough to sound right."""
+        if len(self._buffer) >= min_chars:
+            self.flush()
+
+    def flush(self) -> None:
+        if self._buffer.strip():
+            self._queue.put_nowait(self._buffer)
+        self._buffer = ""
+
+    def end(self) -> None:
+        if not self.ended:
+            self.flush()
+            self.ended = True
+            self._queue.put_nowait(None)
+
+    async def __aiter__(self) -> AsyncIterator[str]:
+        while (piece := await self._queue.get()) is not None:
+            yield piece
+
+
+def streams_words(service: ConversationService) -> bool:
+    """Whether the engine takes text as word deltas within one utterance (Dia2's input streaming) rather
+    than speaking every piece as its own utterance (espeak)."""
+    return service.engine.name != "espeak"

