@@ -28,11 +28,12 @@ TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 # System packages. espeak-ng speaks with the CPU engine; libsndfile reads/writes WAV; kamailio is the SIP front
 # before the media workers (sip.front); SIPp and baresip are the real SIP peers of the test suite; sox builds
 # test audio; libportaudio2 backs `sipbridge call --interactive` (the tests check its answer on a box without
-# audio devices).
+# audio devices); postgresql gives the store tests a real server (initdb/pg_ctl in a temporary
+# directory; the packaged cluster service is not needed).
 APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates kamailio)
 if [ "$DEV" = 1 ]; then
   # openssl makes the self-signed certificates of the TLS tests; systemd-analyze verifies deploy/systemd.
-  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2 openssl systemd)
+  APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2 openssl systemd postgresql)
 fi
 if ! "$PYTHON" -c 'import venv, ensurepip' >/dev/null 2>&1; then
   APT_PACKAGES+=(python3-venv python3-dev)
@@ -75,8 +76,8 @@ if ! "$VENV/bin/python" -c 'import torch' >/dev/null 2>&1; then
   fi
 fi
 
-EXTRAS="sip,asr"
-[ "$DEV" = 1 ] && EXTRAS="sip,asr,interactive,dev"
+EXTRAS="sip,asr,postgres"
+[ "$DEV" = 1 ] && EXTRAS="sip,asr,postgres,interactive,dev"
 echo "setup: installing sipbridge[$EXTRAS]"
 "${PIP[@]}" -e ".[$EXTRAS]"
 # The end-of-turn model (Smart Turn v3.2, BSD-2) ships inside the pipecat-ai wheel. Only its ONNX file is used

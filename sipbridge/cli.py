@@ -87,7 +87,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("name", help="campaign name")
         _add_config_args(p)
         p.add_argument(
-            "--db", metavar="FILE", help="SQLite database (default: the config's storage.sqlite_path)"
+            "--db",
+            metavar="FILE|URL",
+            help="SQLite file or postgresql:// URL (default: the config's storage.url or sqlite_path)",
         )
         if action == "export":
             p.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (csv)")
@@ -102,7 +104,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--format", choices=("csv", "json"), default="csv", help="output format (csv)")
     export.add_argument("--out", "-o", metavar="FILE", help="write here instead of stdout")
     export.add_argument(
-        "--db", metavar="FILE", help="SQLite database (default: the config's storage.sqlite_path)"
+        "--db",
+        metavar="FILE|URL",
+        help="SQLite file or postgresql:// URL (default: the config's storage.url or sqlite_path)",
     )
     for tool in _TOOLS.values():
         tool.add_parser(sub)
@@ -130,7 +134,7 @@ def _export_calls(args: argparse.Namespace, loaded: LoadedConfig) -> int:
     from sipbridge.export import export_calls
     from sipbridge.store import open_existing
 
-    store = open_existing(Path(args.db) if args.db else loaded.config.storage.sqlite_path)
+    store = open_existing(args.db or loaded.config.storage.database)
     try:
         text = export_calls(store, args.format)
     finally:

@@ -713,7 +713,25 @@ class HttpConfig(_Section):
 
 
 class StorageConfig(_Section):
+    @field_validator("url")
+    @classmethod
+    def _postgres_url(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("postgresql://", "postgres://")):
+            raise ValueError("must be a postgresql:// URL (unset for the SQLite file sqlite_path)")
+        return value or None
+
+    @property
+    def database(self) -> Path | str:
+        """Where the store lives: the PostgreSQL URL if set, else the SQLite file."""
+        return self.url or self.sqlite_path
+
     sqlite_path: Path = Field(Path("var/sipbridge.sqlite3"), description="SQLite database (created).")
+    url: str | None = Field(
+        None,
+        description="PostgreSQL database shared by several hosts, `postgresql://user:password@host/db`"
+        " (tables created on first use; needs `pip install 'sipbridge[postgres]'`). Unset: the SQLite file"
+        " sqlite_path, for one host.",
+    )
     recordings_dir: Path = Field(Path("var/recordings"), description="Call recordings (created).")
     record_calls: bool = Field(
         False,

@@ -1,17 +1,22 @@
-"""SQLite store: the durable record of every call (and, in later issues, campaigns and results).
+"""The store: the durable record of every call, campaign and result, in SQLite or PostgreSQL.
 
 One `Store` per supervisor process owns one connection. SQLite serialises writers anyway, so a lock around
 the connection is simpler and safer than a pool; callers on the asyncio loop use `asyncio.to_thread` for
 anything slow. WAL mode lets `sipbridge calls export` read while the supervisor writes.
 
-Schema versions live in `PRAGMA user_version` and migrate forward in order at open.
+SQLite (a file) is the embedded default; PostgreSQL (`storage.url: postgresql://...`) is one store shared by
+several hosts. Both run the same SQL and the same migrations: every statement is written once, in the common
+subset (`?` placeholders, `ON CONFLICT DO NOTHING`, `RETURNING`), and `sipbridge.store_dialect` translates the
+little that differs (placeholders, column types in migrations, where the schema version lives, row locks).
+
+Schema versions migrate forward in order at open. Rows a process leaves open (active calls, dial attempts)
+carry its `owner` id, so a host that starts recovers only what a dead process left, never a live host's calls.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-import sqlite3
 import threading
 import time
 import uuid
@@ -20,6 +25,8 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
+
+from sipbridge.store_dialect import Dialect, DialectError, connect, is_url, redact
 
 log = logging.getLogger(__name__)
 
@@ -161,6 +168,12 @@ _MIGRATIONS: tuple[str, ...] = (
     ALTER TABLE attempts ADD COLUMN caller_id TEXT;
     CREATE INDEX attempts_caller_id ON attempts (caller_id, started_at);
     """,
+    # 8: the process that owns an open call or attempt (issue 19: several hosts on one PostgreSQL store). A
+    # starting host closes only rows whose owner is gone, not those of hosts still running.
+    """
+    ALTER TABLE calls ADD COLUMN owner TEXT;
+    ALTER TABLE attempts ADD COLUMN owner TEXT;
+    """,
 )
 
 SCHEMA_VERSION = len(_MIGRATIONS)
@@ -202,94 +215,95 @@ class TurnRecord:
     interrupted: bool
 
 
+class _Tx:
+    """The connection inside one transaction, speaking the common SQL (`?` placeholders)."""
+
+    def __init__(self, db: Any, dialect: Dialect) -> None:
+        self._db = db
+        self._dialect = dialect
+
+    def execute(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
+        return self._db.execute(self._dialect.sql(sql), params)
+
+    def executemany(self, sql: str, params: list[tuple[Any, ...]]) -> Any:
+        if hasattr(self._db, "executemany"):
+            return self._db.executemany(self._dialect.sql(sql), params)
+        with self._db.cursor() as cur:
+            cur.executemany(self._dialect.sql(sql), params)
+            return cur
+
+
 class Store:
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path | str) -> None:
+        """`path`: an SQLite file, or a `postgresql://` URL."""
         self.path = path
+        self.where = redact(str(path))
+        self.owner = uuid.uuid4().hex
         self._lock = threading.Lock()
         try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            # check_same_thread=False: the lock below, not the creating thread, guards the connection.
-            self._db = sqlite3.connect(path, check_same_thread=False, isolation_level=None)
-        except (OSError, sqlite3.Error) as exc:
-            raise StoreError(f"cannot open SQLite database {path}: {exc}") from exc
+            self._db, self._dialect = connect(path, self.owner)
+        except DialectError as exc:
+            raise StoreError(str(exc)) from exc
         try:
-            self._db.row_factory = sqlite3.Row
-            self._db.execute("PRAGMA journal_mode = WAL")
-            self._db.execute("PRAGMA foreign_keys = ON")
-            self._db.execute("PRAGMA busy_timeout = 5000")
-            self._check_integrity()
             self._migrate()
-        except sqlite3.DatabaseError as exc:
+        except self._dialect.errors as exc:
             self._db.close()
-            raise StoreError(f"{path} is not a usable SQLite database: {exc}") from exc
+            raise StoreError(f"{self.where} is not a usable {self._dialect.label} database: {exc}") from exc
 
-    def _check_integrity(self) -> None:
-        """Refuse a damaged database at open, not at the first call that touches a bad page (which would
-        drop every call). quick_check reads every page but skips index cross-checks: seconds per GB."""
-        problems = [str(row[0]) for row in self._db.execute("PRAGMA quick_check(5)")]
-        if problems != ["ok"]:
-            self._db.close()
-            found = "; ".join(p.replace("*** in database main ***", "").strip() for p in problems)
-            found = found.replace("\n", "; ")[:300]
-            raise StoreError(
-                f"{self.path} is damaged (PRAGMA quick_check: {found}); restore it from a"
-                f" backup, or salvage it with `sqlite3 {self.path} .recover | sqlite3 new.sqlite3`"
-            )
+    @property
+    def dialect(self) -> Dialect:
+        return self._dialect
 
     def _migrate(self) -> None:
-        version = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        version = self._dialect.read_version(self._db)
         if version > SCHEMA_VERSION:
             raise StoreError(
-                f"{self.path} has schema version {version}, newer than this sipbridge ({SCHEMA_VERSION})"
+                f"{self.where} has schema version {version}, newer than this sipbridge ({SCHEMA_VERSION})"
             )
         for target in range(version, SCHEMA_VERSION):
-            # executescript() commits on its own, so the transaction is spelled out inside the script:
-            # a migration and its version bump land together or not at all.
+            # A migration and its version bump land together or not at all; with several hosts on one
+            # PostgreSQL store, the first to start migrates and the others find the work done.
             with self._lock:
-                self._db.executescript(
-                    f"BEGIN IMMEDIATE;\n{_MIGRATIONS[target]}\nPRAGMA user_version = {target + 1};\nCOMMIT;"
-                )
-            log.info("store %s migrated to schema version %d", self.path, target + 1)
+                done = self._dialect.migrate(self._db, _MIGRATIONS[target], target + 1)
+            if done:
+                log.info("store %s migrated to schema version %d", self.where, target + 1)
 
     @contextmanager
-    def _transaction(self) -> Iterator[sqlite3.Connection]:
+    def _transaction(self) -> Iterator[_Tx]:
         with self._lock:
-            self._db.execute("BEGIN IMMEDIATE")
+            self._db.execute(self._dialect.begin)
             try:
-                yield self._db
+                yield _Tx(self._db, self._dialect)
             except BaseException:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
 
     @contextmanager
-    def transaction(self) -> Iterator[sqlite3.Connection]:
+    def transaction(self) -> Iterator[_Tx]:
         """One write transaction for callers that own their tables (the dialer's campaign state)."""
         with self._transaction() as db:
             yield db
 
-    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[sqlite3.Row]:
+    def query(self, sql: str, params: tuple[Any, ...] = ()) -> list[Any]:
+        """Rows (mapping column name to value) of one read, in the common SQL."""
         with self._lock:
-            return list(self._db.execute(sql, params))
+            return list(self._db.execute(self._dialect.sql(sql), params))
+
+    def orphaned(self, column: str) -> tuple[str, tuple[Any, ...]]:
+        """A condition (and its parameters) on an `owner` column: true when the owning process is gone."""
+        return self._dialect.orphaned(column), (self.owner,)
 
     def writable(self) -> bool:
-        """Can a write transaction start now (file writable, its write lock free within 200 ms)? For /readyz:
-        a probe must answer quickly, so it does not wait the full busy_timeout of real writes."""
+        """Can a write transaction start now (database writable, its write lock free within 200 ms)? For
+        /readyz: a probe must answer quickly, so it does not wait the full timeout of real writes."""
         with self._lock:
-            self._db.execute("PRAGMA busy_timeout = 200")
-            try:
-                self._db.execute("BEGIN IMMEDIATE")
-                self._db.execute("ROLLBACK")
-                return True
-            except sqlite3.Error:
-                return False
-            finally:
-                self._db.execute("PRAGMA busy_timeout = 5000")
+            return self._dialect.writable(self._db)
 
     @property
     def schema_version(self) -> int:
         with self._lock:
-            return int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            return self._dialect.read_version(self._db)
 
     def close(self) -> None:
         with self._lock:
@@ -313,7 +327,7 @@ class Store:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO calls (id, direction, local_uri, remote_uri, remote_addr, worker, created_at,"
-                " variables) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
+                " variables, owner) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     call_id,
                     direction,
@@ -323,6 +337,7 @@ class Store:
                     worker,
                     time.time() if now is None else now,
                     json.dumps(variables or {}),
+                    self.owner,
                 ),
             )
         return call_id
@@ -413,8 +428,8 @@ class Store:
     ) -> int:
         """Append a turn; returns its index within the call (0, 1, ...)."""
         with self._transaction() as db:
-            row = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) FROM turns WHERE call_id = ?", (call_id,))
-            idx = int(row.fetchone()[0])
+            row = db.execute("SELECT COALESCE(MAX(idx) + 1, 0) AS n FROM turns WHERE call_id = ?", (call_id,))
+            idx = int(row.fetchone()["n"])
             db.execute(
                 "INSERT INTO turns (call_id, idx, who, text, start_ms, end_ms, audio_path, interrupted,"
                 " created_at) VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
@@ -423,10 +438,7 @@ class Store:
         return idx
 
     def list_turns(self, call_id: str) -> list[TurnRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM turns WHERE call_id = ? ORDER BY idx", (call_id,)
-            ).fetchall()
+        rows = self.query("SELECT * FROM turns WHERE call_id = ? ORDER BY idx", (call_id,))
         return [
             TurnRecord(
                 idx=r["idx"],
@@ -441,20 +453,25 @@ class Store:
         ]
 
     def unfinished_recordings(self) -> list[str]:
-        """Recording paths of calls still active (a previous process died with them open)."""
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT recording_path FROM calls WHERE state = 'active' AND recording_path IS NOT NULL"
-            ).fetchall()
-        return [str(r[0]) for r in rows]
+        """Recording paths of calls still active (a previous process died with them open). On a shared
+        PostgreSQL store only those of processes that are gone: a live host's recordings are its own."""
+        gone, params = self.orphaned("owner")
+        rows = self.query(
+            "SELECT recording_path FROM calls"
+            f" WHERE state = 'active' AND recording_path IS NOT NULL AND {gone}",
+            params,
+        )
+        return [str(r["recording_path"]) for r in rows]
 
     def fail_unfinished(self, reason: str) -> int:
-        """Record calls left active by a previous process (crash, kill -9) as failed: never silently lost."""
+        """Record calls left active by a previous process (crash, kill -9) as failed: never silently lost.
+        Calls of processes still running (other hosts on a shared store) are theirs to end."""
+        gone, params = self.orphaned("owner")
         with self._transaction() as db:
             cursor = db.execute(
                 "UPDATE calls SET state = 'ended', outcome = 'failed', reason = ?, ended_at = ?"
-                " WHERE state = 'active'",
-                (reason, time.time()),
+                f" WHERE state = 'active' AND {gone}",
+                (reason, time.time(), *params),
             )
             return cursor.rowcount
 
@@ -464,41 +481,40 @@ class Store:
         with self._transaction() as db:
             db.executemany(
                 "INSERT INTO refusals (minute, method, code, reason, count) VALUES (?, ?, ?, ?, ?)"
-                " ON CONFLICT (minute, method, code, reason) DO UPDATE SET count = count + excluded.count",
+                " ON CONFLICT (minute, method, code, reason)"
+                " DO UPDATE SET count = refusals.count + excluded.count",
                 [(minute, m, c, r, n) for m, c, r, n in counts],
             )
 
     def get_call(self, call_id: str) -> CallRecord | None:
-        with self._lock:
-            row = self._db.execute("SELECT * FROM calls WHERE id = ?", (call_id,)).fetchone()
-        return None if row is None else _call_from_row(row)
+        rows = self.query("SELECT * FROM calls WHERE id = ?", (call_id,))
+        return _call_from_row(rows[0]) if rows else None
 
     def list_calls(self, *, limit: int = 100) -> list[CallRecord]:
-        with self._lock:
-            rows = self._db.execute(
-                "SELECT * FROM calls ORDER BY created_at DESC LIMIT ?", (limit,)
-            ).fetchall()
+        rows = self.query("SELECT * FROM calls ORDER BY created_at DESC LIMIT ?", (limit,))
         return [_call_from_row(row) for row in rows]
 
     def all_calls(self) -> list[CallRecord]:
         """Every call, oldest first (exports)."""
-        with self._lock:
-            rows = self._db.execute("SELECT * FROM calls ORDER BY created_at, id").fetchall()
+        rows = self.query("SELECT * FROM calls ORDER BY created_at, id")
         return [_call_from_row(row) for row in rows]
 
     def count_active_calls(self) -> int:
-        with self._lock:
-            return int(self._db.execute("SELECT COUNT(*) FROM calls WHERE state = 'active'").fetchone()[0])
+        return int(self.query("SELECT COUNT(*) AS n FROM calls WHERE state = 'active'")[0]["n"])
 
 
-def open_existing(path: Path) -> Store:
-    """Open a database that must already exist (export and status commands must not create an empty one)."""
+def open_existing(path: Path | str) -> Store:
+    """Open a database that must already exist (export and status commands must not create an empty one).
+    A PostgreSQL URL names a server's database, which exists or fails to connect."""
+    if is_url(str(path)):
+        return Store(str(path))
+    path = Path(path)
     if not path.is_file():
         raise StoreError(f"no database at {path}")
     return Store(path)
 
 
-def _call_from_row(row: sqlite3.Row) -> CallRecord:
+def _call_from_row(row: Any) -> CallRecord:
     return CallRecord(
         id=row["id"],
         direction=row["direction"],

@@ -545,13 +545,13 @@ class Supervisor:
         for sig in (signal.SIGINT, signal.SIGTERM):
             loop.add_signal_handler(sig, self._on_signal, signal.Signals(sig).name)
 
-        self.store = Store(cfg.storage.sqlite_path)
+        self.store = Store(cfg.storage.database)
         repair_recordings(self.store.unfinished_recordings())
         failed = self.store.fail_unfinished("supervisor stopped while the call was active")
         if failed:
             log.warning("recorded %d call(s) left active by a previous run as failed", failed)
         cfg.storage.recordings_dir.mkdir(parents=True, exist_ok=True)
-        log.info("store open: %s (schema %d)", cfg.storage.sqlite_path, self.store.schema_version)
+        log.info("store open: %s (schema %d)", self.store.where, self.store.schema_version)
         # HTTP binds first: a busy port fails in milliseconds, before any worker process exists.
         try:
             sock = bind_tcp(cfg.http.bind, cfg.http.port)

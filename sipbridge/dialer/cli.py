@@ -64,8 +64,8 @@ def clock_from(now: str | None) -> Clock:
 
 
 def campaign_command(args: argparse.Namespace, loaded: LoadedConfig) -> int:
-    path = Path(args.db) if args.db else loaded.config.storage.sqlite_path
-    store = open_existing(path)  # StoreError (no database there) is reported by sipbridge.cli.main
+    store = open_existing(args.db or loaded.config.storage.database)
+    path = store.where  # StoreError (no database there) is reported by sipbridge.cli.main
     try:
         state = CampaignState(store, args.name)
         status = state.status()

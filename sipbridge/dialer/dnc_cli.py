@@ -1,8 +1,9 @@
 """`sipbridge dnc add NUMBER [--reason R] | remove NUMBER | list | import FILE.csv`: the do-not-call list.
 
-Works on the SQLite database alone (the config's `storage.sqlite_path`, or `--db`), like `campaign`: a
-running `sipbridge dial` sees a change at its next claim. `add` and `import` create the database if there is
-none yet (a list is often loaded before the first campaign); `remove` and `list` never do.
+Works on the database alone (the config's `storage.url` or `storage.sqlite_path`, or `--db`), like
+`campaign`: a running `sipbridge dial` sees a change at its next claim. `add` and `import` create the
+database if there is none yet (a list is often loaded before the first campaign);
+`remove` and `list` never do.
 Exit codes: 0 done, 1 a number or a row was refused (the valid rows of an import are kept), 2 bad config.
 """
 
@@ -19,6 +20,7 @@ from sipbridge.config import ConfigError, load_config
 from sipbridge.dialer.numbers import NumberError
 from sipbridge.dialer.suppression import DncList, parse_number
 from sipbridge.store import Store, StoreError, open_existing
+from sipbridge.store_dialect import is_url
 
 EXIT_OK, EXIT_FAILURE, EXIT_CONFIG = 0, 1, 2
 
@@ -38,17 +40,20 @@ def add_parser(sub: Any) -> None:
     for action in (add, remove, listing, imp):
         action.add_argument("--config", "-c", metavar="FILE", help="YAML config file (default: embedded)")
         action.add_argument("--set", dest="overrides", metavar="KEY=VALUE", action="append", default=[])
-        action.add_argument("--db", metavar="FILE", help="SQLite database (default: storage.sqlite_path)")
+        action.add_argument(
+            "--db", metavar="FILE", help="SQLite file or postgresql:// URL (default: storage.url/sqlite_path)"
+        )
         if action is not listing:
             action.add_argument("--region", metavar="CC", help="ISO country for numbers written nationally")
 
 
 def run(args: argparse.Namespace) -> int:
+    path: Path | str
     if args.db:
-        path = Path(args.db)
+        path = args.db if is_url(args.db) else Path(args.db)
     else:
         try:
-            path = load_config(args.config, args.overrides).config.storage.sqlite_path
+            path = load_config(args.config, args.overrides).config.storage.database
         except ConfigError as error:
             for issue in error.issues:
                 print(f"config invalid: {issue}", file=sys.stderr)

@@ -55,16 +55,18 @@ def caller_id_health(
 ) -> list[CallerIdHealth]:
     """One entry per caller ID with attempts that ended since `since` (None: ever), of `campaign` (None:
     all), ordered by caller ID."""
+    # CASE rather than SUM(condition): PostgreSQL does not add booleans. The campaign filter is left out
+    # rather than bound as NULL (PostgreSQL cannot type a bare `? IS NULL`).
+    where_campaign, params = (" AND a.campaign = ?", (campaign,)) if campaign is not None else ("", ())
     rows = store.query(
         "SELECT a.caller_id AS caller_id, COUNT(*) AS attempts,"
-        " SUM(a.sip_code BETWEEN 200 AND 299) AS answered,"
-        " SUM(a.sip_code BETWEEN 200 AND 299 AND c.answered_at IS NOT NULL AND c.ended_at IS NOT NULL"
-        "     AND c.ended_at - c.answered_at < ?) AS short"
+        " SUM(CASE WHEN a.sip_code BETWEEN 200 AND 299 THEN 1 ELSE 0 END) AS answered,"
+        " SUM(CASE WHEN a.sip_code BETWEEN 200 AND 299 AND c.answered_at IS NOT NULL"
+        "     AND c.ended_at IS NOT NULL AND c.ended_at - c.answered_at < ? THEN 1 ELSE 0 END) AS short"
         " FROM attempts a LEFT JOIN calls c ON c.id = a.call_id"
         " WHERE a.caller_id IS NOT NULL AND a.ended_at IS NOT NULL AND a.outcome != 'cancelled'"
-        " AND a.started_at >= ? AND (? IS NULL OR a.campaign = ?)"
-        " GROUP BY a.caller_id ORDER BY a.caller_id",
-        (short_call_s, since if since is not None else float("-inf"), campaign, campaign),
+        " AND a.started_at >= ?" + where_campaign + " GROUP BY a.caller_id ORDER BY a.caller_id",
+        (short_call_s, since if since is not None else float("-inf"), *params),
     )
     return [
         CallerIdHealth(r["caller_id"], int(r["attempts"]), int(r["answered"] or 0), int(r["short"] or 0))

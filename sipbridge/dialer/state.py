@@ -1,4 +1,4 @@
-"""Campaign state in SQLite (schema version 4): campaigns, contacts, attempts.
+"""Campaign state in the store (SQLite or PostgreSQL; schema version 4): campaigns, contacts, attempts.
 
 Every change of a contact's state is one transaction, so a supervisor killed at any moment leaves each
 contact in exactly one of: `pending` (never tried, or its attempt was cancelled by a pause: `release`),
@@ -94,9 +94,10 @@ class CampaignState:
             existing = db.execute("SELECT status FROM campaigns WHERE name = ?", (self.name,)).fetchone()
             issues_json = json.dumps([{"row": i.row, "reason": i.reason} for i in issues])
             if existing is None:
+                # Another host may create it at the same moment (shared PostgreSQL store): first one wins.
                 db.execute(
                     "INSERT INTO campaigns (name, source, status, row_issues, created_at, updated_at)"
-                    " VALUES (?, ?, 'running', ?, ?, ?)",
+                    " VALUES (?, ?, 'running', ?, ?, ?) ON CONFLICT DO NOTHING",
                     (self.name, source, issues_json, now, now),
                 )
             else:
@@ -106,19 +107,21 @@ class CampaignState:
                 )
             for c in contacts:
                 cur = db.execute(
-                    "INSERT OR IGNORE INTO contacts (campaign, row, number, timezone, name, variables, state,"
-                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?)",
+                    "INSERT INTO contacts (campaign, row, number, timezone, name, variables, state,"
+                    " updated_at) VALUES (?, ?, ?, ?, ?, ?, 'pending', ?) ON CONFLICT DO NOTHING",
                     (self.name, c.row, c.number, c.timezone, c.name, json.dumps(c.variables), now),
                 )
                 added += cur.rowcount
         return added, existing is not None
 
     def open_attempts(self) -> list[tuple[ContactRow, int, str]]:
-        """Attempts left open by a run that stopped without recording their end (crash, kill -9)."""
+        """Attempts left open by a run that stopped without recording their end (crash, kill -9); those of
+        runs still going (other hosts on a shared store) are theirs."""
+        gone, params = self.store.orphaned("a.owner")
         rows = self.store.query(
             "SELECT c.*, a.id AS attempt_id, a.call_id AS call_id FROM attempts a"
-            " JOIN contacts c ON c.id = a.contact_id WHERE a.campaign = ? AND a.ended_at IS NULL",
-            (self.name,),
+            f" JOIN contacts c ON c.id = a.contact_id WHERE a.campaign = ? AND a.ended_at IS NULL AND {gone}",
+            (self.name, *params),
         )
         return [(_contact(r), r["attempt_id"], r["call_id"]) for r in rows]
 
@@ -198,13 +201,23 @@ class CampaignState:
         capped_until: float = 0.0,
         caller_id: str | None = None,
     ) -> Claim | Block | None:
-        """Take the contact for its next attempt, atomically: None if someone else already did.
+        """Take the contact for its next attempt, atomically: None if someone else already did, or is doing
+        so now (another host holds the row: it is skipped rather than waited for).
 
         In the same transaction the number is checked against the do-not-call list and the daily cap
         (`cap` attempts since the callee's local midnight, all campaigns): a blocked contact gets its
         outcome (suppressed or capped) and no attempt is made."""
         call_id = uuid.uuid4().hex
         with self.store.transaction() as db:
+            # Hold the row first (another host holding it: skip it rather than wait), so the checks below
+            # and the claim see one state of it.
+            held = db.execute(
+                "SELECT id FROM contacts WHERE id = ? AND state IN ('pending', 'retry') AND attempts = ?"
+                + self.store.dialect.skip_locked,
+                (contact.id, contact.attempts),
+            )
+            if held.fetchone() is None:
+                return None
             block = self._block(db, contact, now, cap, capped_until)
             if block is not None:
                 return block
@@ -217,11 +230,11 @@ class CampaignState:
                 return None
             attempt = contact.attempts + 1
             cur = db.execute(
-                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at, caller_id)"
-                " VALUES (?, ?, ?, ?, ?, ?)",
-                (self.name, contact.id, attempt, call_id, now, caller_id),
+                "INSERT INTO attempts (campaign, contact_id, attempt, call_id, started_at, caller_id, owner)"
+                " VALUES (?, ?, ?, ?, ?, ?, ?) RETURNING id",
+                (self.name, contact.id, attempt, call_id, now, caller_id, self.store.owner),
             )
-            attempt_id = int(cur.lastrowid or 0)
+            attempt_id = int(cur.fetchone()["id"])
         return Claim(contact, attempt_id, attempt, call_id)
 
     def finish_attempt(

@@ -14,12 +14,11 @@ phone may have rung) to the number across all campaigns since the callee's local
 from __future__ import annotations
 
 import csv
-import sqlite3
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import datetime, time, timedelta
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 from zoneinfo import ZoneInfo
 
 from sipbridge.dialer.numbers import NumberError, normalize_e164
@@ -78,7 +77,7 @@ def next_local_day(now: float, tz: str) -> datetime:
     return datetime.combine(local.date() + timedelta(days=1), time(0), tzinfo=zone)
 
 
-def blocked(db: sqlite3.Connection, number: str, *, cap: int | None, day_start: float) -> Block | None:
+def blocked(db: Any, number: str, *, cap: int | None, day_start: float) -> Block | None:
     """Run inside the claim's transaction: the DNC list first (final), then the daily cap."""
     row = db.execute("SELECT reason, source FROM dnc WHERE number = ?", (number,)).fetchone()
     if row is not None:
@@ -87,10 +86,10 @@ def blocked(db: sqlite3.Connection, number: str, *, cap: int | None, day_start: 
     if cap is None:
         return None
     made = db.execute(
-        "SELECT COUNT(*) FROM attempts a JOIN contacts c ON c.id = a.contact_id"
+        "SELECT COUNT(*) AS n FROM attempts a JOIN contacts c ON c.id = a.contact_id"
         " WHERE c.number = ? AND a.started_at >= ?",
         (number, day_start),
-    ).fetchone()[0]
+    ).fetchone()["n"]
     if made >= cap:
         return Block(Outcome.CAPPED, f"{made} attempt(s) to this number today, all campaigns; cap is {cap}")
     return None
@@ -124,8 +123,8 @@ class DncList:
         """Add `number` (already E.164); False if it was on the list already (its first entry is kept)."""
         with self.store.transaction() as db:
             cur = db.execute(
-                "INSERT OR IGNORE INTO dnc (number, reason, source, call_id, added_at)"
-                " VALUES (?, ?, ?, ?, ?)",
+                "INSERT INTO dnc (number, reason, source, call_id, added_at)"
+                " VALUES (?, ?, ?, ?, ?) ON CONFLICT (number) DO NOTHING",
                 (number, _clean_reason(reason), source, call_id, now),
             )
             return cur.rowcount == 1
@@ -155,7 +154,8 @@ class DncList:
         with self.store.transaction() as db:
             for number, reason in good:
                 added += db.execute(
-                    "INSERT OR IGNORE INTO dnc (number, reason, source, added_at) VALUES (?, ?, 'import', ?)",
+                    "INSERT INTO dnc (number, reason, source, added_at) VALUES (?, ?, 'import', ?)"
+                    " ON CONFLICT (number) DO NOTHING",
                     (number, reason, now),
                 ).rowcount
         return ImportResult(added, len(good) - added, issues)
@@ -181,5 +181,5 @@ def _csv_rows(path: Path) -> Iterator[tuple[int, str, str]]:
             yield reader.line_num, number, reason
 
 
-def _entry(row: sqlite3.Row) -> DncEntry:
+def _entry(row: Any) -> DncEntry:
     return DncEntry(row["number"], row["reason"], row["source"], row["added_at"], row["call_id"])

@@ -55,6 +55,7 @@ log = logging.getLogger("sipbridge.worker")
 
 _CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
 _WATCHDOG_PERIOD_S = 0.5
+_PORT_GRACE_S = 2.0  # how long an ended call's media port outlives the call (see Worker._retire)
 # A caller's ACK follows our 200 within a round trip; PJSIP retransmits the 200 at 0.5, 1, 2, 4 s. Past
 # this the INVITE cannot become a call (spoofed source, an answer it cannot read): its slot is given back.
 _ACK_TIMEOUT_S = 8.0
@@ -75,6 +76,8 @@ class Worker:
     settings: WorkerSettings
     channel: SyncChannel
     inbox: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    # Media ports of ended calls, kept alive until a deadline (see `_retire`).
+    dying_ports: list[tuple[float, CallPort]] = field(default_factory=list)
     commands: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
     calls: dict[str, CallSlot] = field(default_factory=dict)  # main thread writes; readers look up
     inbound: dict[str, Inbound] = field(default_factory=dict)  # media thread only
@@ -406,6 +409,7 @@ class Worker:
             now = time.monotonic()
             if now >= next_watchdog:
                 self._watchdog(now)
+                self.dying_ports = [(t, p) for t, p in self.dying_ports if t > now]
                 self._report_refusals()
                 self.guard.prune({s.sip_call_id for s in self.calls.values()}, now)
                 next_watchdog = now + _WATCHDOG_PERIOD_S
@@ -478,7 +482,14 @@ class Worker:
         if slot is None:
             return
         self.guard.forget(slot.sip_call_id)
-        # Dropping the port and Call here (main thread, registered) runs their C++ destructors safely.
+        # Dropping the Call here (main thread, registered) runs its C++ destructor safely. Not the port yet:
+        # the conference bridge's clock thread may still be inside its callbacks (PJSIP queues port removal
+        # to that thread), and a port freed under it crashed the worker (SIGSEGV, after an AttributeError on
+        # the half-torn-down Python object) about once per 250 calls in bench/soak.py. The port lives on
+        # for _PORT_GRACE_S, long after the call's media is gone; its late frames go to an unknown call id,
+        # which the media thread ignores.
+        if slot.port is not None:
+            self.dying_ports.append((time.monotonic() + _PORT_GRACE_S, slot.port))
         slot.port = None
         slot.pj_call = None  # type: ignore[assignment]
         if slot.dial is not None and not slot.started:
@@ -555,6 +566,7 @@ class Worker:
         self.inbox.put(("stop", "", None))
         media.join(timeout=5)
         self.calls.clear()
+        self.dying_ports.clear()  # before libDestroy: their destructors need the library
         if self.account is not None:
             self.account.shutdown()
             self.account = None

@@ -235,9 +235,36 @@ def _writable_dir(path: Path) -> str | None:
     return None
 
 
+def check_postgres(url: str) -> Check:
+    """Connect and read the schema version, writing nothing (the first `run` migrates)."""
+    from sipbridge.store import SCHEMA_VERSION
+    from sipbridge.store_dialect import DialectError, connect, redact
+
+    try:
+        db, dialect = connect(url, "doctor")
+    except DialectError as exc:
+        return Check("store", "fail", str(exc), "check storage.url: host, database, user and password")
+    try:
+        version = dialect.read_version(db)
+    except dialect.errors as exc:
+        return Check("store", "fail", f"{redact(url)}: {exc}", "grant the user access to the database")
+    finally:
+        db.close()
+    if version > SCHEMA_VERSION:
+        return Check(
+            "store",
+            "fail",
+            f"{redact(url)}: schema {version} is newer than this sipbridge ({SCHEMA_VERSION})",
+            "upgrade sipbridge on this host (every host of a shared store runs the same version)",
+        )
+    return Check("store", "ok", f"{redact(url)}: PostgreSQL, schema {version} of {SCHEMA_VERSION}")
+
+
 def check_store(config: Config) -> list[Check]:
     from sipbridge.store import SCHEMA_VERSION
 
+    if config.storage.url:
+        return [check_postgres(config.storage.url)]
     path = Path(config.storage.sqlite_path)
     fix = "set storage.sqlite_path to a file in a folder sipbridge may write"
     problem = _writable_dir(path.parent)

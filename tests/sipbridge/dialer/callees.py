@@ -29,8 +29,14 @@ a=rtpmap:0 PCMU/8000
 
 
 def _response(
-    status: str, *, tag: bool = True, cseq: str = "[last_CSeq:]", contact: bool = False, sdp: bool = False,
-    retrans: bool = False, headers: tuple[str, ...] = (),
+    status: str,
+    *,
+    tag: bool = True,
+    cseq: str = "[last_CSeq:]",
+    contact: bool = False,
+    sdp: bool = False,
+    retrans: bool = False,
+    headers: tuple[str, ...] = (),
 ) -> str:
     """One SIPp `<send>` of a response to the last request: `tag` adds ours to To (every response of the
     INVITE's dialog; not the BYE's 200, whose To has it already), `cseq` overrides the CSeq line (the 487
