@@ -395,8 +395,11 @@ def main(argv: list[str] | None = None) -> int:
         "--configs", help="comma-separated names from CONFIGS (default: all; with --asr: default)"
     )
     parser.add_argument("--asr", action="store_true", help="also score with words from the real ASR")
-    parser.add_argument("--asr-fallback", action="store_true",
-                        help="with --asr: Whisper's temperature fallback on (asr.temperature_fallback)")
+    parser.add_argument(
+        "--asr-fallback",
+        action="store_true",
+        help="with --asr: Whisper's temperature fallback on (asr.temperature_fallback)",
+    )
     parser.add_argument("--limit", type=int, help="a stratified subset of about this many cases")
     parser.add_argument("--out", type=Path, help="write the JSON here as well as to stdout")
     args = parser.parse_args(argv)

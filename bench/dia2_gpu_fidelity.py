@@ -60,8 +60,10 @@ def import_upstream(checkout: Path) -> dict[str, types.ModuleType]:
     pkg.__path__ = [str(checkout / "dia2")]  # a namespace stand-in: submodules import, __init__ does not run
     sys.modules["dia2"] = pkg
     try:
-        mods = {name: importlib.import_module(f"dia2.{name}")
-                for name in ("config", "core.precision", "core.model")}
+        mods = {
+            name: importlib.import_module(f"dia2.{name}")
+            for name in ("config", "core.precision", "core.model")
+        }
     finally:
         for k in [k for k in sys.modules if k == "dia2" or k.startswith("dia2.")]:
             del sys.modules[k]
@@ -93,8 +95,9 @@ def random_weights(seed: int) -> dict[str, torch.Tensor]:
     return {k: v.detach().to(torch.bfloat16).float() for k, v in model.state_dict().items()}
 
 
-def run_ours(weights: dict[str, torch.Tensor], grid: dict[str, torch.Tensor], dtype: torch.dtype,
-             kernels: bool = False) -> dict[str, torch.Tensor]:
+def run_ours(
+    weights: dict[str, torch.Tensor], grid: dict[str, torch.Tensor], dtype: torch.dtype, kernels: bool = False
+) -> dict[str, torch.Tensor]:
     with DEV:
         model = Dia2Model(config())
     model.load_state_dict(weights, strict=True)
@@ -112,9 +115,16 @@ def run_ours(weights: dict[str, torch.Tensor], grid: dict[str, torch.Tensor], dt
         from dia2.state_machine import TokenIds
 
         d = model.config.data
-        ids = TokenIds(new_word=d.text_new_word_token_id, pad=d.text_pad_token_id, bos=1,
-                       zero=d.text_zero_token_id, spk1=4, spk2=5, audio_pad=d.audio_pad_token_id,
-                       audio_bos=d.audio_bos_token_id)
+        ids = TokenIds(
+            new_word=d.text_new_word_token_id,
+            pad=d.text_pad_token_id,
+            bos=1,
+            zero=d.text_zero_token_id,
+            spk1=4,
+            spk2=5,
+            audio_pad=d.audio_pad_token_id,
+            audio_bos=d.audio_bos_token_id,
+        )
         consts = FrameConstants(ids, torch.tensor(d.delay_pattern, device=DEV), 50, 64)
         fused = FusedFrame(model, consts, 2, compile=False, kernels=True, capacity=1)
         main_fn = fused.main
@@ -130,14 +140,18 @@ def run_ours(weights: dict[str, torch.Tensor], grid: dict[str, torch.Tensor], dt
             stages = []
             for s in range(model.depformer.depth):
                 code = prev[t, s].view(1).expand(2)
-                stages.append(model.depformer(s, code, res.hidden, dep_cache, tokens[t, :, 0],
-                                              tokens[t, :, 1]).float().cpu())
+                stages.append(
+                    model.depformer(s, code, res.hidden, dep_cache, tokens[t, :, 0], tokens[t, :, 1])
+                    .float()
+                    .cpu()
+                )
             out["dep"].append(torch.stack(stages, 1))  # [2, 31, V]
     return {k: torch.stack(v) for k, v in out.items() if v}
 
 
-def run_upstream(mods: dict[str, types.ModuleType], weights: dict[str, torch.Tensor],
-                 grid: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def run_upstream(
+    mods: dict[str, types.ModuleType], weights: dict[str, torch.Tensor], grid: dict[str, torch.Tensor]
+) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
     # As upstream's build_runtime does on CUDA: TF32 for float32 matmuls, bf16 compute precision.
     torch.backends.cuda.matmul.allow_tf32 = True
     torch.backends.cudnn.allow_tf32 = True
@@ -175,8 +189,11 @@ def run_upstream(mods: dict[str, types.ModuleType], weights: dict[str, torch.Ten
             out["dep"].append(torch.stack(stages, 1))
     torch.backends.cuda.matmul.allow_tf32 = False
     torch.backends.cudnn.allow_tf32 = False
-    info = {"missing_weights": missing, "unexpected_weights": unexpected,
-            "dtypes": sorted({str(p.dtype) for p in model.parameters()})}
+    info = {
+        "missing_weights": missing,
+        "unexpected_weights": unexpected,
+        "dtypes": sorted({str(p.dtype) for p in model.parameters()}),
+    }
     return {k: torch.stack(v) for k, v in out.items()}, info
 
 
@@ -185,7 +202,7 @@ def compare(x: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
     x, ref = x.reshape(-1, x.shape[-1]).double(), ref.reshape(-1, ref.shape[-1]).double()
     top2 = ref.topk(2, dim=-1).values
     decided = (top2[:, 0] - top2[:, 1]) > MARGIN
-    agree = (x.argmax(-1) == ref.argmax(-1))
+    agree = x.argmax(-1) == ref.argmax(-1)
     rel = (x - ref).norm(dim=-1) / ref.norm(dim=-1).clamp_min(1e-30)
     q = torch.quantile(rel, torch.tensor([0.5, 0.95], dtype=rel.dtype))
     return {
@@ -193,7 +210,9 @@ def compare(x: torch.Tensor, ref: torch.Tensor) -> dict[str, Any]:
         "rows_decided": int(decided.sum()),
         "top1_agreement_decided": float(agree[decided].double().mean()) if decided.any() else None,
         "top1_agreement_all": float(agree.double().mean()),
-        "rel_error_median": float(q[0]), "rel_error_p95": float(q[1]), "rel_error_max": float(rel.max()),
+        "rel_error_median": float(q[0]),
+        "rel_error_p95": float(q[1]),
+        "rel_error_max": float(rel.max()),
     }
 
 
@@ -215,8 +234,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--steps", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--smoke", action="store_true",
-                   help="CPU check of the script itself: 2 decoder layers, a few steps (not a measurement)")
+    p.add_argument(
+        "--smoke",
+        action="store_true",
+        help="CPU check of the script itself: 2 decoder layers, a few steps (not a measurement)",
+    )
     args = p.parse_args(argv)
     global DEV
     if args.smoke:
@@ -232,7 +254,9 @@ def main(argv: list[str] | None = None) -> int:
         "device": torch.cuda.get_device_name() if DEV.type == "cuda" else "cpu (smoke)",
         "torch": torch.__version__,
         "date": datetime.datetime.now(datetime.UTC).isoformat(timespec="seconds"),
-        "command": "python " + " ".join(sys.argv), "steps": args.steps, "margin": MARGIN,
+        "command": "python " + " ".join(sys.argv),
+        "steps": args.steps,
+        "margin": MARGIN,
     }
     runs: dict[str, dict[str, torch.Tensor]] = {}
     runs["ours_fp32"] = run_ours(weights, grid, torch.float32)
@@ -243,8 +267,13 @@ def main(argv: list[str] | None = None) -> int:
     except Exception as exc:
         result["ours_bf16_kernels_error"] = repr(exc)
     result["logit_scale"] = {h: float(runs["ours_fp32"][h].std()) for h in ("action", "cb0", "dep")}
-    pairs = [("ours_bf16", "upstream"), ("ours_bf16", "ours_fp32"), ("upstream", "ours_fp32"),
-             ("ours_bf16_kernels", "ours_fp32"), ("ours_bf16_kernels", "upstream")]
+    pairs = [
+        ("ours_bf16", "upstream"),
+        ("ours_bf16", "ours_fp32"),
+        ("upstream", "ours_fp32"),
+        ("ours_bf16_kernels", "ours_fp32"),
+        ("ours_bf16_kernels", "upstream"),
+    ]
     result["comparisons"] = {
         f"{a}_vs_{b}": compare_runs(runs[a], runs[b]) for a, b in pairs if a in runs and b in runs
     }
@@ -258,9 +287,11 @@ def main(argv: list[str] | None = None) -> int:
                 c = cmp[head]
                 agree = c["top1_agreement_decided"]
                 pct = 100 * agree if agree is not None else float("nan")
-                print(f"{name:32s} {head:6s} top-1 {pct:6.2f} % "
-                      f"of {c['rows_decided']:6d} decided rows; rel err median {c['rel_error_median']:.2e} "
-                      f"p95 {c['rel_error_p95']:.2e} max {c['rel_error_max']:.2e}")
+                print(
+                    f"{name:32s} {head:6s} top-1 {pct:6.2f} % "
+                    f"of {c['rows_decided']:6d} decided rows; rel err median {c['rel_error_median']:.2e} "
+                    f"p95 {c['rel_error_p95']:.2e} max {c['rel_error_max']:.2e}"
+                )
     return 0
 
 

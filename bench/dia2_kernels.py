@@ -81,20 +81,29 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     dev = torch.device("cuda")
-    result: dict[str, Any] = {"device": torch.cuda.get_device_name(), "torch": torch.__version__,
-                              "shapes": []}
-    for rows in ([] if args.only_launch else [int(r) for r in args.rows.split(",")]):
+    result: dict[str, Any] = {
+        "device": torch.cuda.get_device_name(),
+        "torch": torch.__version__,
+        "shapes": [],
+    }
+    for rows in [] if args.only_launch else [int(r) for r in args.rows.split(",")]:
         for name, n, k, swiglu, norm, res, f32 in SHAPES:
             w = torch.randn(n, k, device=dev, dtype=torch.bfloat16) / 32
             x = torch.randn(rows, k, device=dev, dtype=torch.bfloat16)
             nw = torch.ones(k, device=dev, dtype=torch.bfloat16) if norm else None
-            out = torch.empty(rows, n // 2 if swiglu else n, device=dev,
-                              dtype=torch.float32 if f32 else torch.bfloat16)
+            out = torch.empty(
+                rows, n // 2 if swiglu else n, device=dev, dtype=torch.float32 if f32 else torch.bfloat16
+            )
             cublas = graph_us(lambda w=w, x=x: F.linear(x, w))
             flags = {"norm": nw, "residual": out if res else None, "swiglu": swiglu}
 
-            def timed(b: kernels.LinearBlocks, w: torch.Tensor = w, x: torch.Tensor = x,
-                      out: torch.Tensor = out, flags: dict[str, Any] = flags) -> float:
+            def timed(
+                b: kernels.LinearBlocks,
+                w: torch.Tensor = w,
+                x: torch.Tensor = x,
+                out: torch.Tensor = out,
+                flags: dict[str, Any] = flags,
+            ) -> float:
                 try:
                     return graph_us(lambda: kernels.linear(x, w, out, blocks=b, **flags))
                 except Exception as exc:  # a tiling the compiler refuses (shared memory): skip it
@@ -103,16 +112,23 @@ def main(argv: list[str] | None = None) -> int:
 
             m = max(16, triton_pow2(rows)) if rows <= 64 else 64
             timings = sorted(((timed(b), b) for b in tile_candidates(m)), key=lambda t: t[0])
-            timings = sorted(timings + [(timed(b), b) for b in launch_candidates(timings[0][1])],
-                             key=lambda t: t[0])
+            timings = sorted(
+                timings + [(timed(b), b) for b in launch_candidates(timings[0][1])], key=lambda t: t[0]
+            )
             best_us, best = timings[0]
             default_us = timed(kernels.pick_blocks(rows, n // 2 if swiglu else n, k, n))
             gb = w.numel() * 2 / 1e9
             row = {
-                "shape": name, "rows": rows, "n": n, "k": k, "cublas_us": round(cublas, 2),
-                "default_us": round(default_us, 2), "best_us": round(best_us, 2),
+                "shape": name,
+                "rows": rows,
+                "n": n,
+                "k": k,
+                "cublas_us": round(cublas, 2),
+                "default_us": round(default_us, 2),
+                "best_us": round(best_us, 2),
                 "best": [best.m, best.n, best.k, best.warps, best.stages],
-                "best_gb_s": round(gb / best_us * 1e6, 1), "cublas_gb_s": round(gb / cublas * 1e6, 1),
+                "best_gb_s": round(gb / best_us * 1e6, 1),
+                "cublas_gb_s": round(gb / cublas * 1e6, 1),
                 "top5": [[round(t, 2), [b.m, b.n, b.k, b.warps, b.stages]] for t, b in timings[:5]],
             }
             logger.info("%s", row)
@@ -124,8 +140,10 @@ def main(argv: list[str] | None = None) -> int:
     print("sampler (1 call, CFG, T 0.8, top-k 50) us by warps:", result["sampler"])
     print("depformer attention (2 rows, stage 30) us by warps:", result["attention"])
     for r in result["shapes"]:
-        print(f"{r['shape']:9s} rows {r['rows']:3d}: cuBLAS {r['cublas_us']:7.2f} us, "
-              f"ours {r['default_us']:7.2f}, best {r['best_us']:7.2f} {r['best']} ({r['best_gb_s']} GB/s)")
+        print(
+            f"{r['shape']:9s} rows {r['rows']:3d}: cuBLAS {r['cublas_us']:7.2f} us, "
+            f"ours {r['default_us']:7.2f}, best {r['best_us']:7.2f} {r['best']} ({r['best_gb_s']} GB/s)"
+        )
     return 0
 
 
@@ -136,17 +154,41 @@ def sampler_warps(dev: torch.device) -> dict[int, float]:
     noise = torch.empty(1, 2048, device=dev).exponential_(generator=gen)
     ring = torch.zeros(1, 32, 32, dtype=torch.long, device=dev)
     one = torch.ones(1, device=dev)
-    args = (logits, one * 2.0, one * 0.8, torch.full((1,), 50, device=dev), noise, ring,
-            torch.full((1,), 40, device=dev), torch.zeros(1, dtype=torch.long, device=dev),
-            torch.ones(1, dtype=torch.bool, device=dev), torch.zeros(1, dtype=torch.long, device=dev))
+    args = (
+        logits,
+        one * 2.0,
+        one * 0.8,
+        torch.full((1,), 50, device=dev),
+        noise,
+        ring,
+        torch.full((1,), 40, device=dev),
+        torch.zeros(1, dtype=torch.long, device=dev),
+        torch.ones(1, dtype=torch.bool, device=dev),
+        torch.zeros(1, dtype=torch.long, device=dev),
+    )
     din = torch.randn(2, 1024, device=dev, dtype=torch.bfloat16)
     table = torch.randn(2050, 1024, device=dev, dtype=torch.bfloat16)
     x = torch.empty(2, 1024, device=dev, dtype=torch.bfloat16)
     out = {}
     for w in (1, 2, 4, 8, 16):
-        out[w] = round(graph_us(lambda w=w: kernels.sample_stage(
-            *args, codebook=5, delay=18, branches=2, vocab_limit=2048, filter_k=50, top_k_cap=64,
-            next_din=din, next_table=table, x=x, warps=w)), 2)
+        out[w] = round(
+            graph_us(
+                lambda w=w: kernels.sample_stage(
+                    *args,
+                    codebook=5,
+                    delay=18,
+                    branches=2,
+                    vocab_limit=2048,
+                    filter_k=50,
+                    top_k_cap=64,
+                    next_din=din,
+                    next_table=table,
+                    x=x,
+                    warps=w,
+                )
+            ),
+            2,
+        )
     return out
 
 
@@ -157,8 +199,17 @@ def attention_warps(dev: torch.device) -> dict[int, float]:
     norm = torch.ones(128, device=dev, dtype=torch.bfloat16)
     cos = torch.ones(31, 128, device=dev, dtype=torch.bfloat16)
     out_t = torch.empty(2, 1024, device=dev, dtype=torch.bfloat16)
-    return {w: round(graph_us(lambda w=w: kernels.attention_stage(
-        qkv, keys, values, norm, norm, cos, cos, out_t, 30, 1e-6, warps=w)), 2) for w in (1, 2, 4, 8)}
+    return {
+        w: round(
+            graph_us(
+                lambda w=w: kernels.attention_stage(
+                    qkv, keys, values, norm, norm, cos, cos, out_t, 30, 1e-6, warps=w
+                )
+            ),
+            2,
+        )
+        for w in (1, 2, 4, 8)
+    }
 
 
 def triton_pow2(n: int) -> int:

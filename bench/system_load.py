@@ -189,20 +189,34 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "asr": f"{args.asr_backend}:{args.asr_model}",
         "workers": len(workers),
         "failed": sum(c != 0 for c in codes),
-        "turns": {"expected": n * len(ANSWERS), "answered": len(gaps),
-                  "unanswered": sum(m for _, m in per_call), "unanswered_per_call": [m for _, m in per_call]},
-        "turn_gap_ms": {"p50": pct(gaps, 50), "p95": pct(gaps, 95), "p99": pct(gaps, 99),
-                        "max": pct(gaps, 100)},
+        "turns": {
+            "expected": n * len(ANSWERS),
+            "answered": len(gaps),
+            "unanswered": sum(m for _, m in per_call),
+            "unanswered_per_call": [m for _, m in per_call],
+        },
+        "turn_gap_ms": {
+            "p50": pct(gaps, 50),
+            "p95": pct(gaps, 95),
+            "p99": pct(gaps, 99),
+            "max": pct(gaps, 100),
+        },
         "rtp_bot_to_caller": {
             "lost_per_call": [q[0] for q in quality],
             "late_per_call": [q[1] for q in quality],
             "lost_mean": round(statistics.mean(q[0] for q in quality), 2),
             "late_mean": round(statistics.mean(q[1] for q in quality), 2),
         },
-        "underruns": {"total": sum(underruns), "calls_recorded": len(underruns),
-                      # which utterance of which call (0 = the greeting): where to look first
-                      "utterances": [m.group(1) for line in proc.seen
-                                     if (m := re.search(r"(utterance \d+ had \d+ underruns)", line))]},
+        "underruns": {
+            "total": sum(underruns),
+            "calls_recorded": len(underruns),
+            # which utterance of which call (0 = the greeting): where to look first
+            "utterances": [
+                m.group(1)
+                for line in proc.seen
+                if (m := re.search(r"(utterance \d+ had \d+ underruns)", line))
+            ],
+        },
         "asr_wait_ms_mean": round(1000 * asr_sum / asr_n, 1) if asr_sum is not None and asr_n else None,
         "asr_turns": asr_n,
         "worker_deaths": sum("SIP worker" in line and " died " in line for line in proc.seen),

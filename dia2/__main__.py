@@ -83,7 +83,11 @@ def _generate(args: argparse.Namespace) -> int:
 
     started = time.perf_counter()
     runtime = Dia2.from_pretrained(
-        args.model, device=args.device, dtype=args.dtype, mimi=args.mimi, tokenizer=args.tokenizer,
+        args.model,
+        device=args.device,
+        dtype=args.dtype,
+        mimi=args.mimi,
+        tokenizer=args.tokenizer,
         revision=args.revision,
     )
     logger.info("loaded %s in %.2fs", args.model, time.perf_counter() - started)

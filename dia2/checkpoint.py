@@ -57,7 +57,10 @@ def parse_dtype(dtype: str | torch.dtype) -> torch.dtype:
             raise ValueError(f"unsupported dtype {dtype}; use float32 or bfloat16")
         return dtype
     table = {
-        "float32": torch.float32, "fp32": torch.float32, "bfloat16": torch.bfloat16, "bf16": torch.bfloat16
+        "float32": torch.float32,
+        "fp32": torch.float32,
+        "bfloat16": torch.bfloat16,
+        "bf16": torch.bfloat16,
     }
     if dtype not in table:
         raise ValueError(f"unsupported dtype {dtype!r}; use 'float32' or 'bfloat16'")
@@ -168,6 +171,10 @@ def load_model(
     model.requires_grad_(False)
     logger.info(
         "loaded %d tensors (%d parameters) from %s to %s/%s",
-        len(expected), sum(p.numel() for p in model.parameters()), weights_path, device, target_dtype,
+        len(expected),
+        sum(p.numel() for p in model.parameters()),
+        weights_path,
+        device,
+        target_dtype,
     )
     return model

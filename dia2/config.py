@@ -268,8 +268,8 @@ def _parse_model(raw: Mapping[str, Any]) -> ModelConfig:
 def _parse_runtime(raw: Mapping[str, Any], data: DataConfig) -> RuntimeConfig:
     depth = data.channels - 3
     schedule_raw = raw.get("weights_schedule")
-    schedule = tuple(range(depth)) if schedule_raw is None else _int_list(
-        schedule_raw, "runtime.weights_schedule"
+    schedule = (
+        tuple(range(depth)) if schedule_raw is None else _int_list(schedule_raw, "runtime.weights_schedule")
     )
     # Stage s reads weights_schedule[s] for s < depth; a shorter list is an IndexError upstream.
     if len(schedule) < depth:
@@ -279,9 +279,7 @@ def _parse_runtime(raw: Mapping[str, Any], data: DataConfig) -> RuntimeConfig:
         )
     if any(g < 0 for g in schedule):
         raise Dia2ConfigError("config key 'runtime.weights_schedule' must not contain negative groups")
-    max_ctx = _positive(
-        _int(raw, "max_context_steps", "runtime.", default=1500), "runtime.max_context_steps"
-    )
+    max_ctx = _positive(_int(raw, "max_context_steps", "runtime.", default=1500), "runtime.max_context_steps")
     return RuntimeConfig(weights_schedule=schedule, max_context_steps=max_ctx)
 
 

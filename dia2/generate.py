@@ -161,9 +161,11 @@ def _choose(
     audio_specials: tuple[int, int] | None = None,
 ) -> torch.Tensor:
     """``logits [2, V]`` → chosen id ``[1]`` (row 0's choice; the unconditional row only guides)."""
-    picked = cfg_filter(logits, opts.cfg_scale, opts.cfg_filter_k, exact_topk=opts.cfg_exact_topk) if (
-        opts.cfg_scale != 1.0
-    ) else logits[0:1].float()
+    picked = (
+        cfg_filter(logits, opts.cfg_scale, opts.cfg_filter_k, exact_topk=opts.cfg_exact_topk)
+        if (opts.cfg_scale != 1.0)
+        else logits[0:1].float()
+    )
     if audio_specials is not None:
         picked = mask_audio_specials(picked, *audio_specials)
     return sample(picked, params, generator)
@@ -360,8 +362,14 @@ def _generate_frames(
             return picked
 
         depformer_codes(
-            model, hidden, token, loop.dep_cache, loop.step_tokens[:, 0].clone(),
-            loop.step_tokens[:, 1].clone(), BRANCHES, choose,
+            model,
+            hidden,
+            token,
+            loop.dep_cache,
+            loop.step_tokens[:, 0].clone(),
+            loop.step_tokens[:, 1].clone(),
+            BRANCHES,
+            choose,
         )
         last_step = t
         if eos_cutoff is None and state.end_step is not None:

@@ -33,7 +33,12 @@ except ImportError:  # pragma: no cover - older Triton: pdl_supported() says no
     gdc_launch_dependents = gdc_wait = None
 
 __all__ = [
-    "LinearBlocks", "attention_stage", "embed_sum", "linear", "pdl_supported", "qk_rope_cache",
+    "LinearBlocks",
+    "attention_stage",
+    "embed_sum",
+    "linear",
+    "pdl_supported",
+    "qk_rope_cache",
     "sample_stage",
 ]
 
@@ -78,8 +83,9 @@ def _inputs_ready(PDL: tl.constexpr):
 @triton.jit
 def _prefetch_l2(ptrs):
     """Ask L2 for the 128-byte lines at ``ptrs`` (no registers held, nothing waits on it)."""
-    tl.inline_asm_elementwise("prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs],
-                              dtype=tl.int32, is_pure=False, pack=1)
+    tl.inline_asm_elementwise(
+        "prefetch.global.L2 [$1];\n\tmov.u32 $0, 0;", "=r,l", [ptrs], dtype=tl.int32, is_pure=False, pack=1
+    )
 
 
 @dataclass(frozen=True)
@@ -124,8 +130,11 @@ def pick_blocks(m: int, n: int, k: int, w_rows: int | None = None) -> LinearBloc
     once the batch makes the multiply itself count. ``w_rows``: rows of the weight (2n for SwiGLU)."""
     bk = min(256, max(16, triton.next_power_of_2(k)))
     if _interpreting():  # numpy runs each program in turn: few, large tiles are what is fast there
-        return LinearBlocks(max(16, triton.next_power_of_2(m)), min(4096, triton.next_power_of_2(n)),
-                            max(16, triton.next_power_of_2(k)))
+        return LinearBlocks(
+            max(16, triton.next_power_of_2(m)),
+            min(4096, triton.next_power_of_2(n)),
+            max(16, triton.next_power_of_2(k)),
+        )
     if m <= 16:
         tuned = TUNED_SMALL.get((w_rows or n, k))
         if tuned is not None:
@@ -140,11 +149,31 @@ def pick_blocks(m: int, n: int, k: int, w_rows: int | None = None) -> LinearBloc
 
 @triton.jit
 def _linear_kernel(
-    x_ptr, w_ptr, y_ptr, nw_ptr, res_ptr,
-    M, N, stride_xm, stride_wn, stride_ym, stride_rm, up_offset, eps,
-    K: tl.constexpr, HAS_NORM: tl.constexpr, SWIGLU: tl.constexpr, HAS_RES: tl.constexpr, IEEE: tl.constexpr,
-    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr, PREFETCH: tl.constexpr, LINE: tl.constexpr, BLOCK_L: tl.constexpr,
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    nw_ptr,
+    res_ptr,
+    M,
+    N,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    stride_rm,
+    up_offset,
+    eps,
+    K: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    SWIGLU: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    LINE: tl.constexpr,
+    BLOCK_L: tl.constexpr,
 ):
     pid_n = tl.program_id(0)
     pid_m = tl.program_id(1)
@@ -167,8 +196,11 @@ def _linear_kernel(
         ss = tl.zeros([BLOCK_M], dtype=tl.float32)
         for k0 in range(0, K, BLOCK_K):
             ks = k0 + rk
-            xt = tl.load(x_ptr + rm[:, None] * stride_xm + ks[None, :],
-                         mask=m_ok[:, None] & (ks[None, :] < K), other=0.0).to(tl.float32)
+            xt = tl.load(
+                x_ptr + rm[:, None] * stride_xm + ks[None, :],
+                mask=m_ok[:, None] & (ks[None, :] < K),
+                other=0.0,
+            ).to(tl.float32)
             ss += tl.sum(xt * xt, axis=1)
         rstd = 1.0 / tl.sqrt(ss / K + eps)
     acc = tl.zeros([BLOCK_M, BLOCK_N], dtype=tl.float32)
@@ -176,25 +208,31 @@ def _linear_kernel(
     for k0 in range(0, K, BLOCK_K):
         ks = k0 + rk
         k_ok = ks < K
-        xt = tl.load(x_ptr + rm[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & k_ok[None, :],
-                     other=0.0)
+        xt = tl.load(
+            x_ptr + rm[:, None] * stride_xm + ks[None, :], mask=m_ok[:, None] & k_ok[None, :], other=0.0
+        )
         if HAS_NORM:
             nw = tl.load(nw_ptr + ks, mask=k_ok, other=0.0).to(tl.float32)
             xt = (xt.to(tl.float32) * rstd[:, None] * nw[None, :]).to(wdt)
         else:
             xt = xt.to(wdt)
-        wt = tl.load(w_ptr + rn[:, None] * stride_wn + ks[None, :], mask=n_ok[:, None] & k_ok[None, :],
-                     other=0.0)
+        wt = tl.load(
+            w_ptr + rn[:, None] * stride_wn + ks[None, :], mask=n_ok[:, None] & k_ok[None, :], other=0.0
+        )
         if IEEE:  # float32 weights: a true float32 product, not TF32
             acc = tl.dot(xt.to(tl.float32), tl.trans(wt.to(tl.float32)), acc, input_precision="ieee")
         else:
             acc = tl.dot(xt, tl.trans(wt), acc)
         if SWIGLU:
-            ut = tl.load(w_ptr + (rn + up_offset)[:, None] * stride_wn + ks[None, :],
-                         mask=n_ok[:, None] & k_ok[None, :], other=0.0)
+            ut = tl.load(
+                w_ptr + (rn + up_offset)[:, None] * stride_wn + ks[None, :],
+                mask=n_ok[:, None] & k_ok[None, :],
+                other=0.0,
+            )
             if IEEE:
-                acc_up = tl.dot(xt.to(tl.float32), tl.trans(ut.to(tl.float32)), acc_up,
-                                input_precision="ieee")
+                acc_up = tl.dot(
+                    xt.to(tl.float32), tl.trans(ut.to(tl.float32)), acc_up, input_precision="ieee"
+                )
             else:
                 acc_up = tl.dot(xt, tl.trans(ut), acc_up)
     # Round to the weight dtype first, as F.linear's output would be.
@@ -211,9 +249,16 @@ def _linear_kernel(
 
 
 def linear(
-    x: torch.Tensor, w: torch.Tensor, out: torch.Tensor, *, norm: torch.Tensor | None = None,
-    eps: float = 1e-6, residual: torch.Tensor | None = None, swiglu: bool = False,
-    blocks: LinearBlocks | None = None, pdl: bool = False,
+    x: torch.Tensor,
+    w: torch.Tensor,
+    out: torch.Tensor,
+    *,
+    norm: torch.Tensor | None = None,
+    eps: float = 1e-6,
+    residual: torch.Tensor | None = None,
+    swiglu: bool = False,
+    blocks: LinearBlocks | None = None,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``out = [residual +] epilogue(rms_norm(x, norm) @ w.T)``.
 
@@ -232,15 +277,36 @@ def linear(
     res = residual if residual is not None else out
     line = max(1, 128 // w.element_size())
     _linear_kernel[grid](
-        x, w, out, norm if norm is not None else w, res,
-        m, n, x.stride(0), w.stride(0), out.stride(0), res.stride(0), n, eps, K=k,
-        HAS_NORM=norm is not None, SWIGLU=swiglu, HAS_RES=residual is not None,
+        x,
+        w,
+        out,
+        norm if norm is not None else w,
+        res,
+        m,
+        n,
+        x.stride(0),
+        w.stride(0),
+        out.stride(0),
+        res.stride(0),
+        n,
+        eps,
+        K=k,
+        HAS_NORM=norm is not None,
+        SWIGLU=swiglu,
+        HAS_RES=residual is not None,
         # Triton's CPU interpreter multiplies bfloat16 tiles wrongly; there the product runs in float32
         # (exact products of bf16 values, float32 sums: what the tensor cores do too).
         IEEE=w.dtype == torch.float32 or _interpreting(),
-        BLOCK_M=b.m, BLOCK_N=b.n, BLOCK_K=b.k, num_warps=b.warps, num_stages=b.stages,
-        PDL=pdl, PREFETCH=pdl and w.numel() * w.element_size() <= PREFETCH_MAX_BYTES, LINE=line,
-        BLOCK_L=triton.next_power_of_2(triton.cdiv(k, line)), **_launch_opts(pdl),
+        BLOCK_M=b.m,
+        BLOCK_N=b.n,
+        BLOCK_K=b.k,
+        num_warps=b.warps,
+        num_stages=b.stages,
+        PDL=pdl,
+        PREFETCH=pdl and w.numel() * w.element_size() <= PREFETCH_MAX_BYTES,
+        LINE=line,
+        BLOCK_L=triton.next_power_of_2(triton.cdiv(k, line)),
+        **_launch_opts(pdl),
     )
     return out
 
@@ -264,9 +330,25 @@ def _head_lanes(HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
 
 @triton.jit
 def _attention_kernel(
-    qkv_ptr, kc_ptr, vc_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, out_ptr,
-    stage, eps, stride_qkv, stride_out, stride_cr, stride_ch, stride_cs,
-    HEADS: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, SLOTS: tl.constexpr,
+    qkv_ptr,
+    kc_ptr,
+    vc_ptr,
+    qn_ptr,
+    kn_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    stage,
+    eps,
+    stride_qkv,
+    stride_out,
+    stride_cr,
+    stride_ch,
+    stride_cs,
+    HEADS: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    SLOTS: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """One (row, head): QK-RMSNorm, RoPE at position ``stage``, K/V into cache slot ``stage``, softmax
@@ -286,11 +368,33 @@ def _attention_kernel(
     c2 = tl.load(cos_ptr + stage * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
     s1 = tl.load(sin_ptr + stage * dim + d, mask=dm, other=0.0).to(tl.float32)
     s2 = tl.load(sin_ptr + stage * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
-    rq1, rq2 = _norm_rope(q1, q2, tl.load(qn_ptr + d, mask=dm, other=0.0),
-                          tl.load(qn_ptr + HALF + d, mask=dm, other=0.0), c1, s1, c2, s2, eps, dim, dt)
+    rq1, rq2 = _norm_rope(
+        q1,
+        q2,
+        tl.load(qn_ptr + d, mask=dm, other=0.0),
+        tl.load(qn_ptr + HALF + d, mask=dm, other=0.0),
+        c1,
+        s1,
+        c2,
+        s2,
+        eps,
+        dim,
+        dt,
+    )
     rq1, rq2 = rq1.to(tl.float32), rq2.to(tl.float32)
-    rk1, rk2 = _norm_rope(k1, k2, tl.load(kn_ptr + d, mask=dm, other=0.0),
-                          tl.load(kn_ptr + HALF + d, mask=dm, other=0.0), c1, s1, c2, s2, eps, dim, dt)
+    rk1, rk2 = _norm_rope(
+        k1,
+        k2,
+        tl.load(kn_ptr + d, mask=dm, other=0.0),
+        tl.load(kn_ptr + HALF + d, mask=dm, other=0.0),
+        c1,
+        s1,
+        c2,
+        s2,
+        eps,
+        dim,
+        dt,
+    )
     cache = row * stride_cr + head * stride_ch
     tl.store(kc_ptr + cache + stage * stride_cs + d, rk1, mask=dm)
     tl.store(kc_ptr + cache + stage * stride_cs + HALF + d, rk2, mask=dm)
@@ -318,8 +422,18 @@ def _attention_kernel(
 
 
 def attention_stage(
-    qkv: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_norm: torch.Tensor, k_norm: torch.Tensor,
-    cos: torch.Tensor, sin: torch.Tensor, out: torch.Tensor, stage: int, eps: float, *, warps: int = 1,
+    qkv: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    q_norm: torch.Tensor,
+    k_norm: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    out: torch.Tensor,
+    stage: int,
+    eps: float,
+    *,
+    warps: int = 1,
     pdl: bool = False,
 ) -> torch.Tensor:
     """``qkv [R, 3*H*Dh]`` (q, k, v blocks) → ``out [R, H*Dh]``; ``keys``/``values [R, H, S, Dh]`` (S a
@@ -330,19 +444,55 @@ def attention_stage(
     assert keys.stride(3) == 1 and keys.stride() == values.stride()
     half = dim // 2
     _attention_kernel[(rows, heads)](
-        qkv, keys, values, q_norm, k_norm, cos, sin, out,
-        stage, eps, qkv.stride(0), out.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
-        HEADS=heads, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), SLOTS=slots, num_warps=warps,
-        PDL=pdl, **_launch_opts(pdl),
+        qkv,
+        keys,
+        values,
+        q_norm,
+        k_norm,
+        cos,
+        sin,
+        out,
+        stage,
+        eps,
+        qkv.stride(0),
+        out.stride(0),
+        keys.stride(0),
+        keys.stride(1),
+        keys.stride(2),
+        HEADS=heads,
+        HALF=half,
+        BLOCK_HALF=triton.next_power_of_2(half),
+        SLOTS=slots,
+        num_warps=warps,
+        PDL=pdl,
+        **_launch_opts(pdl),
     )
     return out
 
 
 @triton.jit
 def _qk_rope_cache_kernel(
-    qkv_ptr, q_ptr, kc_ptr, vc_ptr, qn_ptr, kn_ptr, cos_ptr, sin_ptr, pos_ptr, index_ptr, eps,
-    stride_qkv, stride_q, stride_cr, stride_ch, stride_cs,
-    QH: tl.constexpr, KVH: tl.constexpr, HALF: tl.constexpr, BLOCK_HALF: tl.constexpr, PDL: tl.constexpr,
+    qkv_ptr,
+    q_ptr,
+    kc_ptr,
+    vc_ptr,
+    qn_ptr,
+    kn_ptr,
+    cos_ptr,
+    sin_ptr,
+    pos_ptr,
+    index_ptr,
+    eps,
+    stride_qkv,
+    stride_q,
+    stride_cr,
+    stride_ch,
+    stride_cs,
+    QH: tl.constexpr,
+    KVH: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """Main decoder, one (row, head): QK-RMSNorm and RoPE at the row's position; query heads go to
     ``q [R, QH, Dh]``, key/value heads into the cache at the row's slot."""
@@ -360,8 +510,9 @@ def _qk_rope_cache_kernel(
     x1 = tl.load(src + d, mask=dm, other=0.0).to(tl.float32)
     x2 = tl.load(src + HALF + d, mask=dm, other=0.0).to(tl.float32)
     w1 = tl.where(is_q, tl.load(qn_ptr + d, mask=dm, other=0.0), tl.load(kn_ptr + d, mask=dm, other=0.0))
-    w2 = tl.where(is_q, tl.load(qn_ptr + HALF + d, mask=dm, other=0.0),
-                  tl.load(kn_ptr + HALF + d, mask=dm, other=0.0))
+    w2 = tl.where(
+        is_q, tl.load(qn_ptr + HALF + d, mask=dm, other=0.0), tl.load(kn_ptr + HALF + d, mask=dm, other=0.0)
+    )
     o1, o2 = _norm_rope(x1, x2, w1, w2, c1, s1, c2, s2, eps, dim, dt)
     if is_q:
         dst = q_ptr + row * stride_q + head * dim
@@ -379,9 +530,19 @@ def _qk_rope_cache_kernel(
 
 
 def qk_rope_cache(
-    qkv: torch.Tensor, q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, q_norm: torch.Tensor,
-    k_norm: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, positions: torch.Tensor,
-    cache_index: torch.Tensor, eps: float, *, pdl: bool = False,
+    qkv: torch.Tensor,
+    q: torch.Tensor,
+    keys: torch.Tensor,
+    values: torch.Tensor,
+    q_norm: torch.Tensor,
+    k_norm: torch.Tensor,
+    cos: torch.Tensor,
+    sin: torch.Tensor,
+    positions: torch.Tensor,
+    cache_index: torch.Tensor,
+    eps: float,
+    *,
+    pdl: bool = False,
 ) -> torch.Tensor:
     """``qkv [R, (QH + 2*KVH)*Dh]`` → ``q [R, QH, Dh]`` (normed, rotated) and the rotated key / the value
     of each row into ``keys``/``values [R, KVH, S, Dh]`` at slot ``cache_index[r]``; ``cos``/``sin``
@@ -392,18 +553,46 @@ def qk_rope_cache(
     assert keys.stride(3) == 1 and q.stride(2) == 1 and qkv.stride(1) == 1 and dim % 2 == 0
     half = dim // 2
     _qk_rope_cache_kernel[(rows, qh + kvh)](
-        qkv, q, keys, values, q_norm, k_norm, cos, sin, positions, cache_index, eps,
-        qkv.stride(0), q.stride(0), keys.stride(0), keys.stride(1), keys.stride(2),
-        QH=qh, KVH=kvh, HALF=half, BLOCK_HALF=triton.next_power_of_2(half), num_warps=1,
-        PDL=pdl, **_launch_opts(pdl),
+        qkv,
+        q,
+        keys,
+        values,
+        q_norm,
+        k_norm,
+        cos,
+        sin,
+        positions,
+        cache_index,
+        eps,
+        qkv.stride(0),
+        q.stride(0),
+        keys.stride(0),
+        keys.stride(1),
+        keys.stride(2),
+        QH=qh,
+        KVH=kvh,
+        HALF=half,
+        BLOCK_HALF=triton.next_power_of_2(half),
+        num_warps=1,
+        PDL=pdl,
+        **_launch_opts(pdl),
     )
     return q
 
 
 @triton.jit
 def _embed_sum_kernel(
-    x_ptr, tok_ptr, table_ptr, stride_x, stride_tok, first, vocab, dim,
-    BOOKS: tl.constexpr, BLOCK_D: tl.constexpr, PDL: tl.constexpr,
+    x_ptr,
+    tok_ptr,
+    table_ptr,
+    stride_x,
+    stride_tok,
+    first,
+    vocab,
+    dim,
+    BOOKS: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
 ):
     """``x[r] += table[k][tokens[r, first + k]]`` for every codebook k, in order, rounding after each
     add as the module's chain of ``x = x + embedding(...)`` does."""
@@ -420,7 +609,13 @@ def _embed_sum_kernel(
 
 
 def embed_sum(
-    x: torch.Tensor, tokens: torch.Tensor, tables: torch.Tensor, first: int, books: int, *, pdl: bool = False,
+    x: torch.Tensor,
+    tokens: torch.Tensor,
+    tables: torch.Tensor,
+    first: int,
+    books: int,
+    *,
+    pdl: bool = False,
 ) -> None:
     """Add ``books`` codebook embeddings (``tables [books * vocab, D]``, stacked) into ``x [R, D]``."""
     rows, dim = x.shape
@@ -428,8 +623,19 @@ def embed_sum(
     assert tables.shape[1] == dim and tables.is_contiguous() and x.stride(1) == 1
     block = min(1024, triton.next_power_of_2(dim))
     _embed_sum_kernel[(rows, triton.cdiv(dim, block))](
-        x, tokens, tables, x.stride(0), tokens.stride(0), first, vocab, dim, BOOKS=books, BLOCK_D=block,
-        num_warps=4, PDL=pdl, **_launch_opts(pdl),
+        x,
+        tokens,
+        tables,
+        x.stride(0),
+        tokens.stride(0),
+        first,
+        vocab,
+        dim,
+        BOOKS=books,
+        BLOCK_D=block,
+        num_warps=4,
+        PDL=pdl,
+        **_launch_opts(pdl),
     )
 
 
@@ -447,13 +653,35 @@ def _kth_largest_key(key, valid, k, lo, hi, ITERS: tl.constexpr):
 
 @triton.jit
 def _sample_kernel(
-    logits_ptr, scale_ptr, temp_ptr, topk_ptr, noise_ptr,
-    ring_ptr, step_ptr, known_ptr, active_ptr, code_ptr,
-    din_ptr, table_ptr, x_ptr,
-    stride_l, stride_noise, stride_ring_n, ring_k_offset, delay,
-    stride_din, stride_x, dim,
-    BRANCHES: tl.constexpr, VLIM: tl.constexpr, BLOCK_V: tl.constexpr, FILTER_K: tl.constexpr,
-    TOPK: tl.constexpr, RING: tl.constexpr, HAS_NEXT: tl.constexpr, BLOCK_D: tl.constexpr,
+    logits_ptr,
+    scale_ptr,
+    temp_ptr,
+    topk_ptr,
+    noise_ptr,
+    ring_ptr,
+    step_ptr,
+    known_ptr,
+    active_ptr,
+    code_ptr,
+    din_ptr,
+    table_ptr,
+    x_ptr,
+    stride_l,
+    stride_noise,
+    stride_ring_n,
+    ring_k_offset,
+    delay,
+    stride_din,
+    stride_x,
+    dim,
+    BRANCHES: tl.constexpr,
+    VLIM: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    FILTER_K: tl.constexpr,
+    TOPK: tl.constexpr,
+    RING: tl.constexpr,
+    HAS_NEXT: tl.constexpr,
+    BLOCK_D: tl.constexpr,
     PDL: tl.constexpr,
 ):
     """One call: CFG candidate filter, top-k sampling by exponential race, the ring write of the
@@ -526,12 +754,28 @@ def _sample_kernel(
 
 
 def sample_stage(
-    logits: torch.Tensor, cfg_scale: torch.Tensor, temperature: torch.Tensor, top_k: torch.Tensor,
-    noise: torch.Tensor, ring: torch.Tensor, step: torch.Tensor, known: torch.Tensor, active: torch.Tensor,
-    code: torch.Tensor, *, codebook: int, delay: int, branches: int, vocab_limit: int, filter_k: int,
+    logits: torch.Tensor,
+    cfg_scale: torch.Tensor,
+    temperature: torch.Tensor,
+    top_k: torch.Tensor,
+    noise: torch.Tensor,
+    ring: torch.Tensor,
+    step: torch.Tensor,
+    known: torch.Tensor,
+    active: torch.Tensor,
+    code: torch.Tensor,
+    *,
+    codebook: int,
+    delay: int,
+    branches: int,
+    vocab_limit: int,
+    filter_k: int,
     top_k_cap: int,
-    next_din: torch.Tensor | None = None, next_table: torch.Tensor | None = None,
-    x: torch.Tensor | None = None, warps: int = SAMPLER_WARPS, pdl: bool = False,
+    next_din: torch.Tensor | None = None,
+    next_table: torch.Tensor | None = None,
+    x: torch.Tensor | None = None,
+    warps: int = SAMPLER_WARPS,
+    pdl: bool = False,
 ) -> None:
     """For each of the ``N`` calls: choose codebook ``codebook``'s token from ``logits [N*branches, V]``
     (float32; ``noise [N, >= vocab_limit]`` is the Exp(1) draw per id, see ``sampling.race_rows``),
@@ -546,12 +790,36 @@ def sample_stage(
     has_next = next_din is not None
     dim = next_table.shape[1] if next_table is not None else 1
     _sample_kernel[(n,)](
-        logits, cfg_scale, temperature, top_k, noise,
-        ring, step, known, active, code,
-        next_din if has_next else logits, next_table if has_next else logits, x if has_next else logits,
-        logits.stride(0), noise.stride(0), ring.stride(0), codebook * ring.stride(1), delay,
-        next_din.stride(0) if has_next else 0, x.stride(0) if has_next else 0, dim,
-        BRANCHES=branches, VLIM=vocab_limit, BLOCK_V=triton.next_power_of_2(vocab_limit),
-        FILTER_K=filter_k if branches > 1 else 0, TOPK=top, RING=ring.shape[2], HAS_NEXT=has_next,
-        BLOCK_D=triton.next_power_of_2(dim), num_warps=warps, PDL=pdl, **_launch_opts(pdl),
+        logits,
+        cfg_scale,
+        temperature,
+        top_k,
+        noise,
+        ring,
+        step,
+        known,
+        active,
+        code,
+        next_din if has_next else logits,
+        next_table if has_next else logits,
+        x if has_next else logits,
+        logits.stride(0),
+        noise.stride(0),
+        ring.stride(0),
+        codebook * ring.stride(1),
+        delay,
+        next_din.stride(0) if has_next else 0,
+        x.stride(0) if has_next else 0,
+        dim,
+        BRANCHES=branches,
+        VLIM=vocab_limit,
+        BLOCK_V=triton.next_power_of_2(vocab_limit),
+        FILTER_K=filter_k if branches > 1 else 0,
+        TOPK=top,
+        RING=ring.shape[2],
+        HAS_NEXT=has_next,
+        BLOCK_D=triton.next_power_of_2(dim),
+        num_warps=warps,
+        PDL=pdl,
+        **_launch_opts(pdl),
     )

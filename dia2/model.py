@@ -117,9 +117,7 @@ class TextEmbedding(nn.Module):
         return out_main + torch.where(keep, out_second, torch.zeros_like(out_second))
 
 
-def _attend(
-    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor
-) -> torch.Tensor:
+def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
     """SDPA with scale 1.0: the learned QK-norm weights carry the 1/sqrt(d) factor in Dia2."""
     return F.scaled_dot_product_attention(
         q, keys, values, attn_mask=valid, scale=1.0, enable_gqa=q.shape[1] != keys.shape[1]
@@ -290,7 +288,10 @@ class MainDecoder(nn.Module):
     def reset_buffers(self) -> None:
         m = self.config.model
         cos, sin = rope_table(
-            m.decoder.gqa_head_dim, m.rope_min_timescale, m.rope_max_timescale, self.rope_length,
+            m.decoder.gqa_head_dim,
+            m.rope_min_timescale,
+            m.rope_max_timescale,
+            self.rope_length,
             self.rope_cos.device,
         )
         self.rope_cos, self.rope_sin = cos, sin
@@ -337,7 +338,6 @@ class MainDecoder(nn.Module):
             )
             x = x + layer.mlp(layer.post_norm(x))
         return self.output(x)
-
 
     def prefill(
         self,
@@ -460,7 +460,10 @@ class Depformer(nn.Module):
         m = self.config.model
         # Stage index is the rotary position, so a table of `depth` rows is all that is ever read.
         cos, sin = rope_table(
-            m.depformer.gqa_head_dim, m.rope_min_timescale, m.rope_max_timescale, self.depth,
+            m.depformer.gqa_head_dim,
+            m.rope_min_timescale,
+            m.rope_max_timescale,
+            self.depth,
             self.rope_cos.device,
         )
         self.rope_cos, self.rope_sin = cos, sin

@@ -175,7 +175,9 @@ class Dia2:
             waveform = torch.zeros(0)
         logger.info(
             "generated %d frames (%d steps from %d, end of script at %s)",
-            out.audio_tokens.shape[-1], out.last_generated_step - out.start_step + 1, out.start_step,
+            out.audio_tokens.shape[-1],
+            out.last_generated_step - out.start_step + 1,
+            out.start_step,
             out.end_step,
         )
         return GenerationResult(

@@ -212,7 +212,9 @@ class Supervisor:
         m = self.metrics
         m.gauge("sipbridge_front_up", "1 while the SIP front (Kamailio) runs.", lambda: front.running)
         m.gauge(
-            "sipbridge_front_restarts_total", "SIP front restarts after dying.", lambda: front.restarts,
+            "sipbridge_front_restarts_total",
+            "SIP front restarts after dying.",
+            lambda: front.restarts,
             kind="counter",
         )
         m.gauge(
@@ -440,7 +442,11 @@ class Supervisor:
             self._add_front_gauges(self.front)
             log.info(
                 "sip listening on %s port(s) %d (front: kamailio; %d worker(s) on %s port(s) %s)",
-                cfg.sip.bind_address, self.front.port, cfg.sip.workers, cfg.sip.front.worker_address, ports,
+                cfg.sip.bind_address,
+                self.front.port,
+                cfg.sip.workers,
+                cfg.sip.front.worker_address,
+                ports,
             )
             return
         log.info(

@@ -287,8 +287,12 @@ class ConversationService:
             raise ApiError(413, f"the voice is too long for the engine: {exc}") from exc
         except EngineError as exc:
             raise ApiError(500, f"engine failed: {exc}") from exc
-        log.info("http voice %s: %.1f s prepared in %.0f ms", name or "(conversation)", audio.seconds,
-                 (time.monotonic() - t0) * 1e3)
+        log.info(
+            "http voice %s: %.1f s prepared in %.0f ms",
+            name or "(conversation)",
+            audio.seconds,
+            (time.monotonic() - t0) * 1e3,
+        )
         return Voice(
             pcm=pcm,
             words=resolved,

@@ -374,9 +374,12 @@ class SipFront:
             binary,
             "-DD",  # stay in the foreground: we are its supervisor
             "-E",  # log to stderr, which we forward into our log
-            "-f", str(self.cfg_path),
-            "-Y", str(self.run_dir),
-            "-P", str(self.run_dir / "kamailio.pid"),
+            "-f",
+            str(self.cfg_path),
+            "-Y",
+            str(self.run_dir),
+            "-P",
+            str(self.run_dir / "kamailio.pid"),
             stdin=asyncio.subprocess.DEVNULL,
             stdout=asyncio.subprocess.DEVNULL,
             stderr=asyncio.subprocess.PIPE,

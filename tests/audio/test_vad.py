@@ -169,16 +169,25 @@ def test_speech_paused_carries_the_turn_so_far_once_per_pause() -> None:
     np.testing.assert_array_equal(p2.pcm, end.pcm)
     assert t_end - 300 == end.end  # TurnEnd's own timing is unchanged by the pauses
     # Without pause_ms: the same turn, no SpeechPaused.
-    plain = _feed(TurnSegmenter(Scripted(d, offset_lag_ms=40), VadSettings(
-        start_hangover_ms=20, stop_hangover_ms=300, min_turn_ms=100), 8000), pcm)
+    plain = _feed(
+        TurnSegmenter(
+            Scripted(d, offset_lag_ms=40),
+            VadSettings(start_hangover_ms=20, stop_hangover_ms=300, min_turn_ms=100),
+            8000,
+        ),
+        pcm,
+    )
     assert [type(e) for _, e in plain] == [SpeechStart, TurnEnd]
     assert (plain[1][1].start, plain[1][1].end) == (end.start, end.end)  # type: ignore[union-attr]
 
 
 def test_no_speech_paused_for_a_turn_that_would_be_dropped() -> None:
     d = [0.0] * 5 + [1.0] * 4 + [0.0] * 20
-    seg = TurnSegmenter(Scripted(d), VadSettings(start_hangover_ms=20, stop_hangover_ms=200, min_turn_ms=200,
-                                                 pause_ms=60), 8000)
+    seg = TurnSegmenter(
+        Scripted(d),
+        VadSettings(start_hangover_ms=20, stop_hangover_ms=200, min_turn_ms=200, pause_ms=60),
+        8000,
+    )
     assert [type(e) for _, e in _feed(seg, _frames_pcm(len(d)))] == [SpeechStart, TurnDropped]
 
 

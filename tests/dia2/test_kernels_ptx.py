@@ -45,8 +45,15 @@ print(json.dumps({"ptx": out.asm["ptx"], "cubin": len(out.asm["cubin"])}))
 def _compile(pdl: bool) -> dict[str, object]:
     env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
     env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run([sys.executable, "-c", COMPILE, "1" if pdl else "0"], capture_output=True,
-                          text=True, env=env, cwd=ROOT, timeout=300, check=False)
+    done = subprocess.run(
+        [sys.executable, "-c", COMPILE, "1" if pdl else "0"],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=ROOT,
+        timeout=300,
+        check=False,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     return json.loads(done.stdout.strip().splitlines()[-1])
 

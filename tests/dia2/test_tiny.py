@@ -245,9 +245,19 @@ def test_speed_bench_runs_on_the_tiny_fixture(tmp_path: Path) -> None:
     out = tmp_path / "tiny.json"
     root = Path(__file__).resolve().parents[2]
     done = subprocess.run(
-        [sys.executable, str(root / "bench" / "dia2_speed.py"), "--tiny", "--calls", "1,2",
-         "--out", str(out)],
-        cwd=root, capture_output=True, text=True, timeout=600,
+        [
+            sys.executable,
+            str(root / "bench" / "dia2_speed.py"),
+            "--tiny",
+            "--calls",
+            "1,2",
+            "--out",
+            str(out),
+        ],
+        cwd=root,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(out.read_text())

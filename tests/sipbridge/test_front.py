@@ -73,11 +73,15 @@ def dial(bridge: Bridge | int, scenario: str, work: Path, media_port: int | None
 
 def expect_503_with_retry_after(retry_after_s: int) -> str:
     """A caller that must be turned away: 503 with the configured Retry-After."""
-    return sipp_scenario(expect=503).replace(
-        '<recv response="503"/>',
-        '<recv response="503"><action><ereg regexp="Retry-After: *' + str(retry_after_s) + '[[:cntrl:]]" '
-        'search_in="msg" check_it="true" assign_to="ra"/></action></recv>',
-    ).replace("</scenario>", '<Reference variables="ra"/>\n</scenario>')
+    return (
+        sipp_scenario(expect=503)
+        .replace(
+            '<recv response="503"/>',
+            '<recv response="503"><action><ereg regexp="Retry-After: *' + str(retry_after_s) + '[[:cntrl:]]" '
+            'search_in="msg" check_it="true" assign_to="ra"/></action></recv>',
+        )
+        .replace("</scenario>", '<Reference variables="ra"/>\n</scenario>')
+    )
 
 
 def test_32_calls_over_8_workers_at_one_address_then_503(tmp_path: Path) -> None:
