@@ -26,11 +26,11 @@ PYTHON=${PYTHON:-python3}
 TORCH_SPEC=${TORCH_SPEC:-torch==2.13.0}
 
 # System packages. espeak-ng speaks with the CPU engine; libsndfile reads/writes WAV; kamailio is the SIP front
-# before the media workers (sip.front); SIPp and baresip are the real SIP peers of the test suite; sox builds
+# before the media workers (sip.front), and kamailio-tls-modules its SIP over TLS (sip.transports: [tls]); SIPp and baresip are the real SIP peers of the test suite; sox builds
 # test audio; libportaudio2 backs `sipbridge call --interactive` (the tests check its answer on a box without
 # audio devices); postgresql gives the store tests a real server (initdb/pg_ctl in a temporary
 # directory; the packaged cluster service is not needed).
-APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates kamailio)
+APT_PACKAGES=(espeak-ng libsndfile1 ca-certificates kamailio kamailio-tls-modules)
 if [ "$DEV" = 1 ]; then
   # openssl makes the self-signed certificates of the TLS tests; systemd-analyze verifies deploy/systemd.
   APT_PACKAGES+=(sip-tester baresip-core sox libsox-fmt-all libportaudio2 openssl systemd postgresql)

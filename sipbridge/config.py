@@ -201,7 +201,11 @@ class SipTlsConfig(_Section):
     """SIP over TLS (`sip.transports: [tls]`): our certificate, and optionally the peer's (mTLS)."""
 
     port: int = Field(
-        5061, ge=0, le=65535, description="TLS port of worker 0 (worker i listens on port + i; 0 = any)."
+        5061,
+        ge=0,
+        le=65535,
+        description="SIP-over-TLS port: the front's when there is one (it terminates TLS), else worker 0's "
+        "(worker i listens on port + i); 0 = any.",
     )
     cert_file: Path | None = Field(None, description="PEM certificate (chain) we present; needed for tls.")
     key_file: Path | None = Field(None, description="PEM private key of cert_file; keep it mode 0600.")

@@ -426,7 +426,11 @@ class Supervisor:
             self.pool = WorkerPool(cfg, self._on_worker_frame, self._on_worker_lost, front_uri=link)
             await self.pool.start()
             if check.needed:
-                self.front = SipFront(cfg, front_port, worker_destinations(cfg, self.pool.ports()))
+                tls_port = None
+                if "tls" in cfg.sip.transports:  # the front terminates TLS; its workers speak UDP to it
+                    tls_port = cfg.sip.tls.port or pick_port(cfg.sip.bind_address)
+                destinations = worker_destinations(cfg, self.pool.ports())
+                self.front = SipFront(cfg, front_port, destinations, tls_port=tls_port)
                 await self.front.start()
                 front = self.front
                 self.drain_hooks.append(lambda reason: self._track_closing(front.drain(reason)))
@@ -441,9 +445,10 @@ class Supervisor:
         if self.front is not None:
             self._add_front_gauges(self.front)
             log.info(
-                "sip listening on %s port(s) %d (front: kamailio; %d worker(s) on %s port(s) %s)",
+                "sip listening on %s port(s) %d (front: kamailio%s; %d worker(s) on %s port(s) %s)",
                 cfg.sip.bind_address,
                 self.front.port,
+                f", tls {self.front.tls_port}" if self.front.tls_port else "",
                 cfg.sip.workers,
                 cfg.sip.front.worker_address,
                 ports,

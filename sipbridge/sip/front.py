@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import ctypes
+import glob
 import ipaddress
 import json
 import logging
@@ -36,6 +37,9 @@ from sipbridge.config import CALLS_PER_WORKER, Config
 log = logging.getLogger(__name__)
 
 KAMAILIO_PACKAGE = "kamailio"  # Debian package that provides the binary (deploy/setup.sh installs it)
+KAMAILIO_TLS_PACKAGE = "kamailio-tls-modules"  # Debian package with tls.so (the front's SIP over TLS)
+# Where Kamailio's modules live (Debian multiarch, then source installs); tls.so is looked for here.
+MODULE_DIRS = ("/usr/lib/*/kamailio/modules", "/usr/lib/kamailio/modules", "/usr/local/lib*/kamailio/modules")
 _READY_TIMEOUT_S = 15.0
 _STOP_TIMEOUT_S = 5.0
 _POLL_S = 0.5
@@ -64,24 +68,48 @@ class FrontCheck:
 
     needed: bool
     binary: str | None  # resolved path, None when not found
+    tls: bool = False  # the front must terminate SIP over TLS (sip.transports has tls)
+    tls_module: str | None = None  # resolved path of tls.so, None when not found
 
     @property
     def ok(self) -> bool:
-        return not self.needed or self.binary is not None
+        return self.problem is None
 
     @property
     def problem(self) -> str | None:
-        if self.ok:
+        if not self.needed:
             return None
-        return (
-            "the SIP front needs Kamailio (more than one worker, or sip.front.mode: on) but it was not "
-            f"found: install the Debian package `{KAMAILIO_PACKAGE}` (deploy/setup.sh does) or set "
-            "sip.front.binary"
-        )
+        if self.binary is None:
+            return (
+                "the SIP front needs Kamailio (more than one worker, or sip.front.mode: on) but it was not "
+                f"found: install the Debian package `{KAMAILIO_PACKAGE}` (deploy/setup.sh does) or set "
+                "sip.front.binary"
+            )
+        if self.tls and self.tls_module is None:
+            return (
+                "sip.transports has tls, which the SIP front terminates with Kamailio's tls module, but "
+                f"tls.so was not found: install the Debian package `{KAMAILIO_TLS_PACKAGE}` "
+                "(deploy/setup.sh does)"
+            )
+        return None
+
+
+def find_module(name: str, dirs: Sequence[str] = MODULE_DIRS) -> str | None:
+    """The first `name` (e.g. tls.so) in Kamailio's module directories."""
+    for pattern in dirs:
+        for found in sorted(glob.glob(os.path.join(pattern, name))):
+            return found
+    return None
 
 
 def check_front(config: Config) -> FrontCheck:
-    return FrontCheck(config.sip.uses_front, shutil.which(config.sip.front.binary))
+    needed, tls = config.sip.uses_front, "tls" in config.sip.transports
+    return FrontCheck(
+        needed,
+        shutil.which(config.sip.front.binary),
+        tls=needed and tls,
+        tls_module=find_module("tls.so") if needed and tls else None,
+    )
 
 
 @dataclass(frozen=True)
@@ -123,13 +151,16 @@ def _hostport(host: str, port: int) -> str:
     return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
-def front_defs(config: Config, port: int, run_dir: Path) -> str:
+def front_defs(config: Config, port: int, run_dir: Path, tls_port: int | None = None) -> str:
     """The deployment values kamailio.cfg includes: listen sockets and #!define's."""
     sip, front = config.sip, config.sip.front
     public = sip.public_address or sip.bind_address
     lines = ["# Written by sipbridge from its config (sipbridge/sip/front.py); kamailio.cfg includes it."]
     for proto in sip.transports:
-        lines.append(f"listen={proto}:{_hostport(sip.bind_address, port)}")
+        if proto == "tls":
+            lines.append(f"listen=tls:{_hostport(sip.bind_address, _tls_port(config, tls_port))}")
+        else:
+            lines.append(f"listen={proto}:{_hostport(sip.bind_address, port)}")
     if "udp" not in sip.transports:
         # The workers are reached over UDP: a private socket for that hop when the trunk side is TCP only.
         lines.append(f"listen=udp:{_hostport(front.worker_address, port)}")
@@ -142,12 +173,65 @@ def front_defs(config: Config, port: int, run_dir: Path) -> str:
         "PROBE_TIMEOUT_MS": front.probe_timeout_ms,
         "TRUNK_TIMEOUT_MS": front.trunk_timeout_ms,
         "RETRY_AFTER": _quote(f"Retry-After: {front.retry_after_s}\\r\\n"),
-        "PUBLIC_HOSTPORT": _quote(_hostport(public, port)),
+        "PUBLIC_HOSTPORT": _quote(_register_contact(config, public, port, tls_port)),
     }
     if front.rate_limit_per_s:
         defines["RATE_LIMIT"] = front.rate_limit_per_s
+    if "tls" in sip.transports:
+        defines["WITH_TLS"] = 1
+        defines["TLS_CONFIG"] = _quote(str(run_dir / "tls.cfg"))
     lines += [f"#!define {name} {value}" for name, value in defines.items()]
     return "\n".join(lines) + "\n"
+
+
+def _trunk_over_tls(config: Config) -> bool:
+    """Does the deployment's REGISTER leave over TLS (a sips: or transport=tls registrar or proxy)?"""
+    trunk = config.sip.trunk
+    uris = [u.lower() for u in (trunk.registrar, trunk.outbound_proxy) if u]
+    return any(u.startswith("sips:") or "transport=tls" in u for u in uris)
+
+
+def _register_contact(config: Config, public: str, port: int, tls_port: int | None) -> str:
+    """Where the trunk sends INVITEs (our REGISTER's Contact): the front, over TLS if we register over TLS."""
+    if "tls" in config.sip.transports and _trunk_over_tls(config):
+        return f"{_hostport(public, _tls_port(config, tls_port))};transport=tls"
+    return _hostport(public, port)
+
+
+def _tls_port(config: Config, tls_port: int | None) -> int:
+    port = tls_port if tls_port is not None else config.sip.tls.port
+    if not port:
+        raise FrontError("the SIP front's TLS port is 0: pick one (pick_port) or set sip.tls.port")
+    return port
+
+
+def _yes(flag: bool) -> str:
+    return "yes" if flag else "no"
+
+
+def tls_cfg(config: Config) -> str:
+    """Kamailio's tls module profiles from sip.tls: the server side (the trunk connects to us; mTLS when
+    verify_client) and the client side (we connect to the trunk: dialer calls, REGISTER)."""
+    tls = config.sip.tls
+    ca = f"ca_list = {tls.ca_file.resolve()}\n" if tls.ca_file else ""
+    cert = tls.cert_file.resolve() if tls.cert_file else ""
+    key = tls.key_file.resolve() if tls.key_file else ""
+    return (
+        "# Written by sipbridge from sip.tls (sipbridge/sip/front.py): the front terminates SIP over TLS.\n"
+        "[server:default]\n"
+        "method = TLSv1.2+\n"
+        f"certificate = {cert}\n"
+        f"private_key = {key}\n"
+        f"{ca}"
+        f"verify_certificate = {_yes(tls.verify_client)}\n"
+        f"require_certificate = {_yes(tls.verify_client)}\n"
+        "\n"
+        "[client:default]\n"
+        "method = TLSv1.2+\n"
+        f"{ca}"
+        f"verify_certificate = {_yes(tls.verify_server)}\n"
+        f"require_certificate = {_yes(tls.verify_server)}\n"
+    )
 
 
 def template_text() -> str:
@@ -155,16 +239,23 @@ def template_text() -> str:
 
 
 def render_front(
-    config: Config, port: int, destinations: Sequence[Destination], run_dir: Path
+    config: Config,
+    port: int,
+    destinations: Sequence[Destination],
+    run_dir: Path,
+    tls_port: int | None = None,
 ) -> dict[str, str]:
     """Every file the front runs from, by name (all go into `run_dir`)."""
     sip = config.sip
-    return {
+    files = {
         "kamailio.cfg": template_text(),
-        "front-defs.cfg": front_defs(config, port, run_dir),
+        "front-defs.cfg": front_defs(config, port, run_dir, tls_port),
         "dispatcher.list": dispatcher_list(destinations),
         "address.list": address_list(sip.allowed_sources, sip.front.rate_limit_exempt),
     }
+    if "tls" in sip.transports:
+        files["tls.cfg"] = tls_cfg(config)
+    return files
 
 
 def worker_destinations(config: Config, ports: Sequence[int]) -> list[Destination]:
@@ -314,6 +405,7 @@ class SipFront:
     port: int
     destinations: list[Destination]
     run_dir: Path | None = None
+    tls_port: int | None = None  # the front's SIP-over-TLS port (sip.transports has tls), else None
     proc: asyncio.subprocess.Process | None = None
     restarts: int = 0
     started_at: float = 0.0
@@ -347,7 +439,8 @@ class SipFront:
             self._own_dir = True
         self.run_dir = self.run_dir.resolve()  # Kamailio runs in it: relative paths would resolve twice
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        for name, text in render_front(self.config, self.port, self.destinations, self.run_dir).items():
+        files = render_front(self.config, self.port, self.destinations, self.run_dir, self.tls_port)
+        for name, text in files.items():
             (self.run_dir / name).write_text(text, encoding="utf-8")
         self._rpc = KamailioRpc(str(self.run_dir / "rpc.sock"), str(self.run_dir / "rpc-client.sock"))
         await self._spawn()
@@ -505,6 +598,7 @@ class SipFront:
             "ok": bool(fresh and any(d.state == "active" for d in self.view)),
             "pid": self._pid() if running else None,
             "listen": self.listen,
+            "tls_listen": _hostport(self.config.sip.bind_address, self.tls_port) if self.tls_port else None,
             "transports": list(self.config.sip.transports),
             "config": str(self.cfg_path) if self.run_dir else None,
             "restarts": self.restarts,

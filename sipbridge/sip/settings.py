@@ -110,16 +110,19 @@ def worker_settings(
         # sources are checked at the front), and its SIP port is any free one on the private address.
         allowed = [str(ipaddress.ip_network(uri_host(front_uri)))]
         port = sip_port if sip_port is not None else 0
+        # The front terminates TCP and TLS (its tls.cfg holds the certificate) and reaches us over UDP.
+        transports = ["udp"]
     else:
         allowed = list(sip.allowed_sources)
         port = sip_port if sip_port is not None else (sip.port + index if sip.port else 0)
+        transports = list(sip.transports)
     return WorkerSettings(
         index=index,
         ipc_path=ipc_path,
         bind_address=sip.bind_address,
         public_address=sip.public_address or sip.bind_address,
         sip_port=port,
-        transports=list(sip.transports),
+        transports=transports,
         max_calls=min(CALLS_PER_WORKER, sip.max_calls - index * CALLS_PER_WORKER),
         rtp_port=media.rtp_port_min + index * span,
         rtp_port_range=span,

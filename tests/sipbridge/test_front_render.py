@@ -11,9 +11,12 @@ import pytest
 from sipbridge.config import Config
 from sipbridge.sip.front import (
     KAMAILIO_PACKAGE,
+    KAMAILIO_TLS_PACKAGE,
+    FrontCheck,
     address_list,
     check_front,
     dispatcher_list,
+    find_module,
     front_uri,
     parse_counters,
     parse_destinations,
@@ -114,3 +117,69 @@ def test_rpc_answers_parse() -> None:
     ]  # fmt: skip
     counters = parse_counters(["script:sipbridge_full = 2", "script:sipbridge_limited = 380", "core:x = 1"])
     assert counters == {"busy": 2, "limited": 380}
+
+
+def tls_config(tmp_path: Path, **tls: object) -> Config:
+    (tmp_path / "c.pem").write_text("cert")
+    (tmp_path / "k.pem").write_text("key")
+    files = {"cert_file": str(tmp_path / "c.pem"), "key_file": str(tmp_path / "k.pem")}
+    return config(max_calls=8, transports=["udp", "tls"], tls={**files, **tls})
+
+
+def test_the_front_terminates_tls_from_sip_tls(tmp_path: Path) -> None:
+    cfg = tls_config(tmp_path, ca_file=str(tmp_path / "c.pem"), verify_client=True)
+    files = render_front(cfg, 5070, worker_destinations(cfg, [1, 2]), tmp_path, tls_port=5071)
+    defs = files["front-defs.cfg"].splitlines()
+    assert "listen=udp:127.0.0.1:5070" in defs and "listen=tls:127.0.0.1:5071" in defs
+    assert "#!define WITH_TLS 1" in defs and f'#!define TLS_CONFIG "{tmp_path}/tls.cfg"' in defs
+    server, client = files["tls.cfg"].split("[client:default]")
+    assert f"certificate = {tmp_path}/c.pem" in server and f"private_key = {tmp_path}/k.pem" in server
+    assert "verify_certificate = yes" in server and "require_certificate = yes" in server  # mTLS
+    assert f"ca_list = {tmp_path}/c.pem" in client and "verify_certificate = no" in client
+    assert "method = TLSv1.2+" in server and "method = TLSv1.2+" in client
+    # Plain SIP has no tls.cfg and no TLS in the Kamailio config.
+    plain = render_front(config(max_calls=8), 5070, [], tmp_path)
+    assert "tls.cfg" not in plain and "WITH_TLS" not in plain["front-defs.cfg"]
+    # Behind the front a worker speaks UDP to it only: the front holds the certificate.
+    assert worker_settings(cfg, 0, "/tmp/x.sock", front_uri="sip:127.0.0.1:5070").transports == ["udp"]
+    assert worker_settings(cfg, 0, "/tmp/x.sock").transports == ["udp", "tls"]  # no front: the worker's TLS
+
+
+def test_a_tls_trunk_registration_names_the_fronts_tls_socket(tmp_path: Path) -> None:
+    trunk = {"registrar": "sip:sip.carrier.example;transport=tls", "username": "u", "password": "p"}
+    cfg = tls_config(tmp_path)
+    cfg = Config.model_validate({"sip": {**cfg.sip.model_dump(mode="json", by_alias=True), "trunk": trunk}})
+    defs = render_front(cfg, 5070, [], tmp_path, tls_port=5071)["front-defs.cfg"]
+    assert '#!define PUBLIC_HOSTPORT "127.0.0.1:5071;transport=tls"' in defs
+    assert (
+        '#!define PUBLIC_HOSTPORT "127.0.0.1:5070"'
+        in render_front(tls_config(tmp_path), 5070, [], tmp_path, 5071)["front-defs.cfg"]
+    )
+
+
+def test_a_missing_tls_module_is_named_with_its_package(tmp_path: Path) -> None:
+    problem = FrontCheck(needed=True, binary="/usr/sbin/kamailio", tls=True, tls_module=None).problem
+    assert problem is not None and f"`{KAMAILIO_TLS_PACKAGE}`" in problem
+    assert FrontCheck(needed=True, binary="/usr/sbin/kamailio", tls=True, tls_module="/x/tls.so").ok
+    assert FrontCheck(needed=False, binary=None, tls=True).ok
+    assert find_module("tls.so", [str(tmp_path / "*")]) is None
+    (tmp_path / "mods").mkdir()
+    (tmp_path / "mods" / "tls.so").write_bytes(b"")
+    assert find_module("tls.so", [str(tmp_path / "*")]) == str(tmp_path / "mods" / "tls.so")
+
+
+@pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
+def test_rendered_tls_config_is_accepted_by_kamailio(tmp_path: Path) -> None:
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2", "-subj", "/CN=front",
+         "-keyout", str(tmp_path / "k.pem"), "-out", str(tmp_path / "c.pem")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    tls = {"cert_file": str(tmp_path / "c.pem"), "key_file": str(tmp_path / "k.pem")}
+    cfg = config(max_calls=8, transports=["udp", "tcp", "tls"], tls=tls)
+    for name, text in render_front(cfg, 5071, worker_destinations(cfg, [1, 2]), tmp_path, 5072).items():
+        (tmp_path / name).write_text(text)
+    done = subprocess.run(
+        ["kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True, text=True, timeout=30
+    )
+    assert done.returncode == 0 and "config file ok" in done.stderr.lower(), done.stderr
