@@ -40,7 +40,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from sipbridge.agents.answer_examples import INTENTS, AnswerIntent
 from sipbridge.agents.fields import parse_date, parse_number, parse_title
-from sipbridge.config import (
+from sipbridge.config_loader import (
     ConfigError,
     ConfigIssue,
     LoadedYaml,

@@ -48,7 +48,7 @@ from sipbridge.agents.flow import (
     render,
     words_of,
 )
-from sipbridge.config import ConfigError, ConfigIssue, StrictScalars, compose_bounded, load_yaml_model
+from sipbridge.config_loader import ConfigError, ConfigIssue, StrictScalars, compose_bounded, load_yaml_model
 
 
 class _Model(StrictScalars):

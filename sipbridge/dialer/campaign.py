@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from audio.amd import AmdSettings
-from sipbridge.config import (
+from sipbridge.config_loader import (
     ConfigError,
     ConfigIssue,
     StrictScalars,
