@@ -1,7 +1,7 @@
 """What a call is, host side, and the options of the engine and of a reply (``dia2/engine.py`` runs them).
 
 :class:`CallState` is the host side of one call: its slot, its text state machine, its history (every
-known frame and the text input of every step) and the reply in progress (:class:`Turn`). The modules
+known frame and the text input of every step) and the reply in progress (:class:`ReplyState`). The modules
 around the engine (``dia2/lanes.py``, ``dia2/mimi_rows.py``) read these; none of them imports the engine.
 """
 
@@ -23,9 +23,9 @@ __all__ = [
     "CallState",
     "ContextOverflowError",
     "EngineOptions",
+    "ReplyState",
     "Sink",
     "SpeakOptions",
-    "Turn",
     "VoicePrompt",
 ]
 
@@ -135,7 +135,7 @@ class VoicePrompt:
 
 
 @dataclass
-class Turn:
+class ReplyState:
     """A reply in progress."""
 
     start_frame: int
@@ -166,7 +166,7 @@ class CallState:
     # The voice prefix, one (codes, entries, forced word steps) per speaker: the AI's (speaker 1) and
     # optionally a partner's (speaker 2); both are kept through every turn drop and re-warm.
     voice: list[tuple[torch.Tensor, list[Entry], list[int]]] | None = None
-    turn: Turn | None = None
+    turn: ReplyState | None = None
     dropped_segments: int = 0
     closed: bool = False
 

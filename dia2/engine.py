@@ -41,9 +41,9 @@ from .call_state import (
     CallState,
     ContextOverflowError,
     EngineOptions,
+    ReplyState,
     Sink,
     SpeakOptions,
-    Turn,
     VoicePrompt,
 )
 from .frame import RING, FrameBuffers, FrameConstants
@@ -431,7 +431,7 @@ class BatchEngine:
         state.padding_budget = state.forced_padding = self.options.initial_padding
         state.end_step = None
         start = call.frames
-        call.turn = Turn(
+        call.turn = ReplyState(
             start_frame=start,
             steps=0,
             options=opts,

@@ -16,7 +16,7 @@ from collections.abc import Callable
 
 import torch
 
-from .call_state import AudioChunk, CallState, EngineOptions, Turn
+from .call_state import AudioChunk, CallState, EngineOptions, ReplyState
 from .frame import FrameBuffers, FrameConstants
 from .graphs import FrameGraphs
 from .history import CallHistory
@@ -226,7 +226,7 @@ class FrameStepper:
             self.finish_turn(call)
 
 
-def _deliver(turn: Turn, chunk: AudioChunk) -> Callable[[torch.Tensor], None]:
+def _deliver(turn: ReplyState, chunk: AudioChunk) -> Callable[[torch.Tensor], None]:
     """The chunk's hand-out once its audio is decoded (``pcm``: the slot's host row); none if cancelled."""
 
     def deliver(pcm: torch.Tensor) -> None:

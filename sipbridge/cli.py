@@ -220,7 +220,7 @@ def main(argv: Sequence[str] | None = None) -> int:
 
     setup_logging(loaded.config.logging.level, json_format=loaded.config.logging.json_format)
     # imported late: uvicorn/fastapi/pjsua2 are only needed to run
-    from sipbridge.supervisor import StartupError, Supervisor
+    from sipbridge.supervisor import Supervisor, SupervisorStartupError
 
     supervisor = Supervisor(loaded)
     if campaign is not None:
@@ -231,7 +231,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         supervisor.exit_when_idle = args.exit_when_idle
     try:
         asyncio.run(supervisor.run())
-    except (StoreError, StartupError) as exc:
+    except (StoreError, SupervisorStartupError) as exc:
         log.error("%s", exc)
         return EXIT_FAILURE
     except OSError as exc:

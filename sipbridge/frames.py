@@ -1,7 +1,9 @@
 """Typed frames and events that cross between a SIP media worker and the supervisor.
 
-The type says what an interruption does to it (Pipecat's rule): `droppable` frames (queued bot audio) are
-thrown away by barge-in; every other frame (call state, turns, DTMF, hang-up, control) must be delivered.
+Every frame is delivered, in order, on one stream socket per worker. Barge-in does not drop frames by type:
+bot audio belongs to an utterance that is interruptible or not (`PlayAudio.interruptible`). On barge-in the
+worker's media thread drops the queued interruptible utterances at once, and the supervisor then sends
+`CancelUtterances` naming the ones whose audio may still be in flight (every one of them on hang-up).
 Each frame is a frozen dataclass; `pcm` carries raw int16 little-endian samples and travels outside the JSON
 header on the IPC channel (sipbridge/sip/ipc.py), so audio is never base64-encoded.
 """
@@ -10,12 +12,12 @@ from __future__ import annotations
 
 import dataclasses
 from dataclasses import dataclass
-from typing import Any, ClassVar
+from typing import Any
 
 
 @dataclass(frozen=True)
 class Frame:
-    droppable: ClassVar[bool] = False
+    """Base of every frame on the worker <-> supervisor channel."""
 
 
 @dataclass(frozen=True)
@@ -277,7 +279,6 @@ class AmdTranscript(CallFrame):
 class PlayAudio(CallFrame):
     """8 kHz bot audio for one utterance; any length, the worker cuts it into ptime frames."""
 
-    droppable: ClassVar[bool] = True
     utterance: int
     interruptible: bool
     pcm: bytes = dataclasses.field(repr=False)

@@ -53,7 +53,7 @@ log = logging.getLogger(__name__)
 _REJECTED_ROWS_PER_MIN = 60
 
 
-class StartupError(Exception):
+class SupervisorStartupError(Exception):
     """A component could not start (engine, ASR model, agent flow, SIP worker); the message says which."""
 
 
@@ -415,7 +415,7 @@ class Supervisor:
             try:
                 await self.end_of_turn.start()
             except RuntimeError as exc:  # the model's wheel is missing: say which key asked for it
-                raise StartupError(f"turn.end_of_turn: {exc}") from exc
+                raise SupervisorStartupError(f"turn.end_of_turn: {exc}") from exc
             self.engine = make_engine(cfg.engine, self.asr, Path(cfg.storage.sqlite_path).parent)
             await self.engine.start()
             check = check_front(cfg)
@@ -440,7 +440,7 @@ class Supervisor:
             # first call's transcription will run at full speed, at the least cost to start-up.
             await self.asr.wait_warm()
         except (AgentError, EngineError, AsrError, WorkerStartError, FrontError) as exc:
-            raise StartupError(str(exc)) from exc
+            raise SupervisorStartupError(str(exc)) from exc
         ports = ", ".join(str(p) for p in self.pool.ports())
         if self.front is not None:
             self._add_front_gauges(self.front)

@@ -11,7 +11,7 @@ returns events:
   samples from ``pcm_start`` to ``end``: ``preroll_ms`` of audio before ``start`` (less only at the very
   start of the stream), so a soft first syllable the classifier scored below threshold is still there for
   ASR. Times measured inside ``pcm`` (ASR word timings) are from ``pcm_start``;
-* :class:`TurnDropped` instead of TurnEnd when the turn was shorter than ``min_turn_ms`` (a cough, a click,
+* :class:`TurnTooShort` instead of TurnEnd when the turn was shorter than ``min_turn_ms`` (a cough, a click,
   a noise burst): a consumer that paused playback on SpeechStart resumes it;
 * :class:`SpeechPaused` (only with ``pause_ms`` set) once ``pause_ms`` of non-speech follows speech inside a
   turn: the turn *so far*, exactly what TurnEnd will carry if the caller says nothing more. A consumer can
@@ -47,9 +47,9 @@ __all__ = [
     "SegmenterState",
     "SpeechPaused",
     "SpeechStart",
-    "TurnDropped",
     "TurnEnd",
     "TurnSegmenter",
+    "TurnTooShort",
     "VadEvent",
     "VadSettings",
     "make_segmenter",
@@ -107,7 +107,7 @@ class TurnEnd:
 
 
 @dataclass(frozen=True)
-class TurnDropped:
+class TurnTooShort:
     start: int
     end: int
 
@@ -120,7 +120,7 @@ class SpeechPaused:
     pcm_start: int | None = None  # as TurnEnd.pcm_start
 
 
-VadEvent = SpeechStart | TurnEnd | TurnDropped | SpeechPaused
+VadEvent = SpeechStart | TurnEnd | TurnTooShort | SpeechPaused
 _NONE: tuple[VadEvent, ...] = ()
 
 
@@ -264,7 +264,7 @@ class TurnSegmenter:
         st.silence = 0
         st.paused = False
         if end - start < self.settings.min_turn_ms:
-            return TurnDropped(start=start, end=end)
+            return TurnTooShort(start=start, end=end)
         pcm = np.concatenate(frames)
         return TurnEnd(start=start, end=end, pcm=pcm, reason=reason, pcm_start=st.pcm_start * self.frame_ms)
 

@@ -40,7 +40,7 @@ from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from sipbridge.agents.answer_examples import INTENTS, AnswerIntent
 from sipbridge.agents.fields import parse_date, parse_number, parse_title
-from sipbridge.config import (
+from sipbridge.config_loader import (
     ConfigError,
     ConfigIssue,
     LoadedYaml,
@@ -54,11 +54,11 @@ RESUME = "$resume"
 ExpectKind = Literal["yes_no", "date", "number", "title", "text", "regex", "keywords", "any"]
 
 
-class _Model(StrictScalars):
+class _FlowModel(StrictScalars):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Expect(_Model):
+class Expect(_FlowModel):
     type: ExpectKind = "any"
     pattern: str | None = Field(None, description="regex: the first group (or the whole match) is the value")
     options: dict[str, list[str]] = Field(default_factory=dict, description="keywords: option -> phrases")
@@ -69,13 +69,13 @@ class Expect(_Model):
     confirm: str = "Sorry, was that a yes or a no?"
 
 
-class FlowSettings(_Model):
+class FlowSettings(_FlowModel):
     silence_timeout_s: float = Field(8.0, gt=0, le=600)
     retries: int = Field(2, ge=0, le=10)  # re-prompts before no_match / silence targets
     hold_timeout_s: float = Field(90.0, gt=0, le=3600)  # how long a `wait` state waits in silence
 
 
-class Intent(_Model):
+class Intent(_FlowModel):
     keywords: list[str] = Field(default_factory=list)  # any of these phrases, heard anywhere in the turn
     answer: AnswerIntent | None = None  # or: the answer classifier found this (refuse, callback ...)
     goto: str
@@ -88,7 +88,7 @@ class Intent(_Model):
         return self
 
 
-class State(_Model):
+class State(_FlowModel):
     say: str | None = None
     reprompt: str | None = None  # said on retries; default "Sorry, ..." + say
     interruptible: bool = True
@@ -124,7 +124,7 @@ class State(_Model):
         return self.end is not None or self.transfer is not None
 
 
-class StateFlow(_Model):
+class StateFlow(_FlowModel):
     variables: dict[str, str] = Field(default_factory=dict)
     settings: FlowSettings = Field(default_factory=FlowSettings)
     start: str

@@ -48,14 +48,14 @@ from sipbridge.agents.flow import (
     render,
     words_of,
 )
-from sipbridge.config import ConfigError, ConfigIssue, StrictScalars, compose_bounded, load_yaml_model
+from sipbridge.config_loader import ConfigError, ConfigIssue, StrictScalars, compose_bounded, load_yaml_model
 
 
-class _Model(StrictScalars):
+class _ScriptModel(StrictScalars):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
-class Say(_Model):
+class Say(_ScriptModel):
     say: str = Field(min_length=1)
     interruptible: bool = True
     hangup: bool = False
@@ -72,7 +72,7 @@ class Step(Say):
     when: list[Branch] = Field(default_factory=list)
 
 
-class Flow(_Model):
+class Flow(_ScriptModel):
     greeting: Say | None = None
     turns: list[Step] = Field(default_factory=list)
     dtmf: dict[str, Say] = Field(default_factory=dict)

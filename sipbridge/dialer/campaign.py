@@ -36,7 +36,7 @@ from typing import Any, Literal
 from pydantic import ConfigDict, Field, field_validator, model_validator
 
 from audio.amd import AmdSettings
-from sipbridge.config import (
+from sipbridge.config_loader import (
     ConfigError,
     ConfigIssue,
     StrictScalars,
@@ -60,11 +60,11 @@ __all__ = [
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,63}$")
 
 
-class _Section(StrictScalars):
+class _CampaignSection(StrictScalars):
     model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
 
 
-class AgentSection(_Section):
+class AgentSection(_CampaignSection):
     kind: Literal["script", "webhook", "llm"] = Field("script", description="Who decides what the bot says.")
     flow: Path | None = Field(None, description="Flow YAML for kind script (relative to the campaign file).")
 
@@ -75,13 +75,13 @@ class AgentSection(_Section):
         return self
 
 
-class LimitsSection(_Section):
+class LimitsSection(_CampaignSection):
     concurrency: int = Field(4, ge=1, le=1024, description="Calls of this campaign at once.")
     calls_per_second: float = Field(1.0, gt=0, le=100, description="Call attempts started per second.")
     ring_timeout_s: float = Field(30.0, gt=0, le=300, description="Give up ringing (no-answer) after this.")
 
 
-class VoicemailSection(_Section):
+class VoicemailSection(_CampaignSection):
     action: Literal["leave_message", "hangup"] = Field(
         "leave_message", description="On a machine: play `message` after the beep, or hang up (and retry)."
     )
@@ -98,7 +98,7 @@ class VoicemailSection(_Section):
 _AMD = AmdSettings()
 
 
-class AmdSection(_Section):
+class AmdSection(_CampaignSection):
     """Answering-machine detection; keys are audio.amd.AmdSettings' (docs/DIALER.md explains them)."""
 
     enabled: bool = Field(True, description="Off: every answered call is treated as a person.")
@@ -145,7 +145,7 @@ class AmdSection(_Section):
         return AmdSettings(**values)
 
 
-class Campaign(_Section):
+class Campaign(_CampaignSection):
     name: str = Field(description="Campaign id (letters, digits, . _ -): the key of its state in SQLite.")
     trunk: str = Field(
         "default",

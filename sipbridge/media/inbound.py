@@ -22,7 +22,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
-from audio.vad import SpeechPaused, SpeechStart, TurnDropped, TurnEnd, TurnSegmenter
+from audio.vad import SpeechPaused, SpeechStart, TurnEnd, TurnSegmenter, TurnTooShort
 from sipbridge import frames as f
 from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
@@ -97,7 +97,7 @@ class Inbound:
                 self.speech_t = None
                 self.paused_end = None
                 self.emit(_turn_ended(self.call_id, event))
-            elif isinstance(event, TurnDropped):
+            elif isinstance(event, TurnTooShort):
                 self.speech_t = None
                 self.paused_end = None
                 self.emit(f.TurnDropped(self.call_id, event.start, event.end))

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 
 
 @dataclass
-class Utterance:
+class PlaybackItem:
     id: int
     interruptible: bool
     frames: deque[bytes] = field(default_factory=deque)
@@ -30,7 +30,7 @@ class Utterance:
 
 
 @dataclass(frozen=True)
-class Finished:
+class PlaybackDone:
     """An utterance left the queue: played out, or cut."""
 
     utterance: int
@@ -46,10 +46,10 @@ class PlaybackQueue:
     frame_bytes: int
     silence: bytes = b""
     _lock: threading.Lock = field(default_factory=threading.Lock)
-    _queue: deque[Utterance] = field(default_factory=deque)
-    _by_id: dict[int, Utterance] = field(default_factory=dict)
+    _queue: deque[PlaybackItem] = field(default_factory=deque)
+    _by_id: dict[int, PlaybackItem] = field(default_factory=dict)
     _cancelled: set[int] = field(default_factory=set)
-    _finished: list[Finished] = field(default_factory=list)
+    _finished: list[PlaybackDone] = field(default_factory=list)
     tick: int = 0
     underruns: int = 0
     frames_played: int = 0
@@ -81,12 +81,12 @@ class PlaybackQueue:
                 utt.partial.clear()
             utt.ended = True
 
-    def _get(self, utterance: int, interruptible: bool) -> Utterance | None:
+    def _get(self, utterance: int, interruptible: bool) -> PlaybackItem | None:
         if utterance in self._cancelled:
             return None  # audio still in flight when the utterance was cut
         utt = self._by_id.get(utterance)
         if utt is None:
-            utt = Utterance(utterance, interruptible)
+            utt = PlaybackItem(utterance, interruptible)
             self._by_id[utterance] = utt
             self._queue.append(utt)
         return utt
@@ -114,11 +114,13 @@ class PlaybackQueue:
                 return self.silence
             return self.silence
 
-    def _retire(self, utt: Utterance, *, interrupted: bool) -> None:
+    def _retire(self, utt: PlaybackItem, *, interrupted: bool) -> None:
         self._queue.remove(utt)
         del self._by_id[utt.id]
         start = utt.started_tick if utt.started_tick is not None else self.tick
-        self._finished.append(Finished(utt.id, start, self.tick, interrupted, utt.underruns, utt.started_at))
+        self._finished.append(
+            PlaybackDone(utt.id, start, self.tick, interrupted, utt.underruns, utt.started_at)
+        )
 
     # -------------------------------------------------------------------------------- media thread
 
@@ -144,7 +146,7 @@ class PlaybackQueue:
                 self._retire(utt, interrupted=True)
             return [u.id for u in targets], dropped
 
-    def take_finished(self) -> list[Finished]:
+    def take_finished(self) -> list[PlaybackDone]:
         with self._lock:
             done, self._finished = self._finished, []
             return done

@@ -62,7 +62,7 @@ class WireRequest:
 
 
 @dataclass(frozen=True)
-class Verdict:
+class GuardVerdict:
     code: int  # 0: pass to PJSIP; -1: drop silently (an ACK); else the stateless answer
     reason: str = ""
 
@@ -71,7 +71,7 @@ class Verdict:
         return self.code == 0
 
 
-PASS = Verdict(0)
+PASS = GuardVerdict(0)
 
 
 def parse_request(raw: bytes) -> WireRequest | None:
@@ -166,41 +166,41 @@ class RequestGuard:
             return False
         return any(address in net for net in self.allowed)
 
-    def check(self, req: WireRequest, ip: str, now: float | None = None) -> Verdict:
+    def check(self, req: WireRequest, ip: str, now: float | None = None) -> GuardVerdict:
         verdict = self._decide(req, ip, time.monotonic() if now is None else now)
         if not verdict.passes:
             self.refused[(req.method, verdict.code, verdict.reason)] += 1
         return verdict
 
-    def _decide(self, req: WireRequest, ip: str, now: float) -> Verdict:
+    def _decide(self, req: WireRequest, ip: str, now: float) -> GuardVerdict:
         peer = self.dialogs.get(req.call_id)
         if peer and (req.to_tag or req.method in ("ACK", "CANCEL", "BYE")):
             if ip != peer:
-                return Verdict(-1 if req.method == "ACK" else 403, "not the dialog's peer")
+                return GuardVerdict(-1 if req.method == "ACK" else 403, "not the dialog's peer")
             return PASS
         # (an outbound dialog nobody has answered yet has no peer: the ACL below decides)
         if not self.allows_source(ip):
-            return Verdict(-1 if req.method == "ACK" else 403, "source not allowed")
+            return GuardVerdict(-1 if req.method == "ACK" else 403, "source not allowed")
         if req.method in _NOT_OURS:
-            return Verdict(405, "method not allowed")
+            return GuardVerdict(405, "method not allowed")
         if req.method not in _KNOWN:
-            return Verdict(501, "method not implemented")
+            return GuardVerdict(501, "method not implemented")
         if req.method in _DIALOG_ONLY and not req.to_tag:
-            return Verdict(405, "method not allowed outside a dialog")
+            return GuardVerdict(405, "method not allowed outside a dialog")
         if req.method != "INVITE" or req.to_tag:
             return PASS  # ACK/BYE/CANCEL of dialogs PJSIP may know (481 otherwise), OPTIONS probes
         return self._new_invite(req, ip, now)
 
-    def _new_invite(self, req: WireRequest, ip: str, now: float) -> Verdict:
+    def _new_invite(self, req: WireRequest, ip: str, now: float) -> GuardVerdict:
         if req.call_id in self.dialogs:
             return PASS  # a retransmission of an INVITE we took
         if req.copied_bytes > MAX_COPIED_HEADERS:
-            return Verdict(513, "headers too large for an answer")
+            return GuardVerdict(513, "headers too large for an answer")
         why = sdp_refusal(req.body, self.family)
         if why is not None:
-            return Verdict(488, why)
+            return GuardVerdict(488, why)
         if not self.invites.take(now):
-            return Verdict(503, "too many INVITEs")
+            return GuardVerdict(503, "too many INVITEs")
         self.dialogs[req.call_id] = ip
         self.born[req.call_id] = now
         return PASS

@@ -127,7 +127,7 @@ def add_parser(sub: Any) -> None:
 
 
 @dataclass
-class Outcome:
+class CallToolExit:
     code: int
     message: str
 
@@ -142,7 +142,7 @@ def run(args: argparse.Namespace) -> int:
     except ConfigError as error:
         return _usage("config invalid: " + "; ".join(str(i) for i in error.issues))
     try:
-        from sipbridge.tools.session import CallSession, prepare
+        from sipbridge.tools.session import CallToolSession, prepare
     except ImportError as exc:  # pjsua2 is an extra: sipbridge[sip]
         print(f"sipbridge call needs pjsua2 ({exc}): pip install 'sipbridge[sip]'", file=sys.stderr)
         return EXIT_FAILURE
@@ -150,7 +150,7 @@ def run(args: argparse.Namespace) -> int:
         prepared = prepare(args, config, lines)
     except UsageError as exc:
         return _usage(str(exc))
-    session = CallSession(prepared, write=_print)
+    session = CallToolSession(prepared, write=_print)
     with _hangup_on_signals(session):
         outcome = session.run()
     stream = sys.stdout if outcome.code == EXIT_OK else sys.stderr

@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import numpy.typing as npt
 
-from audio.vad import SpeechStart, TurnDropped, TurnEnd, TurnSegmenter
+from audio.vad import SpeechStart, TurnEnd, TurnSegmenter, TurnTooShort
 
 FRAME_MS = 20
 Pcm = npt.NDArray[np.int16]
@@ -81,13 +81,13 @@ class BotSilent:
 
 
 @dataclass(frozen=True)
-class Finished:
+class DialogueDone:
     """Every line was said and answered (or waited for): time to hang up."""
 
     at_ms: int
 
 
-Event = Speak | BotStarted | BotSaid | YouSaid | BotSilent | Finished
+Event = Speak | BotStarted | BotSaid | YouSaid | BotSilent | DialogueDone
 
 
 # ------------------------------------------------------------------------------------------ dialogue
@@ -190,7 +190,7 @@ class Dialogue:
             if gap is not None:
                 st.gaps_ms.append(gap)
             return [BotStarted(event.t, gap)]
-        if isinstance(event, TurnDropped):
+        if isinstance(event, TurnTooShort):
             st.bot_in_turn = False
             return []
         if isinstance(event, TurnEnd):
@@ -219,7 +219,7 @@ class Dialogue:
             return []
         if st.next_line >= len(self.lines):
             st.finished = True
-            return [Finished(self.now_ms)]
+            return [DialogueDone(self.now_ms)]
         index = st.next_line
         st.next_line += 1
         st.speaking = index

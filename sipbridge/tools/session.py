@@ -1,6 +1,6 @@
 """One `sipbridge call`: dial, then run every event of the call through the dialogue, recording, transcript.
 
-All on the caller's thread (PJSIP's registered main thread): `CallSession.run` polls the softphone every
+All on the caller's thread (PJSIP's registered main thread): `CallToolSession.run` polls the softphone every
 10 ms and handles what it returns; the only other threads are PJSIP's media clock (inside the softphone),
 the ASR thread (`Ears`) and, with --interactive, PortAudio's.
 """
@@ -81,7 +81,7 @@ def prepare(args: argparse.Namespace, config: Config, raw_lines: list[tuple[str,
 
 
 @dataclass
-class CallSession:
+class CallToolSession:
     prepared: Prepared
     write: Callable[[str], None]
     stop_reason: str | None = None  # set by a signal handler: hang up at the next loop turn
@@ -96,7 +96,7 @@ class CallSession:
     def stop(self, reason: str) -> None:
         self.stop_reason = reason
 
-    def run(self) -> cli.Outcome:
+    def run(self) -> cli.CallToolExit:
         p = self.prepared
         rate = p.config.media.clock_rate
         self.phone = sp.Softphone(
@@ -111,9 +111,9 @@ class CallSession:
         try:
             return self._run(rate)
         except DeviceError as exc:
-            return cli.Outcome(cli.EXIT_FAILURE, f"sipbridge call: {exc}")
+            return cli.CallToolExit(cli.EXIT_FAILURE, f"sipbridge call: {exc}")
         except sp.SoftphoneError as exc:
-            return cli.Outcome(cli.EXIT_FAILURE, f"sipbridge call: {exc}")
+            return cli.CallToolExit(cli.EXIT_FAILURE, f"sipbridge call: {exc}")
         finally:
             self.phone.close()
             if self.card is not None:
@@ -122,7 +122,7 @@ class CallSession:
                 self.recorder.close()
             self.ears.close()
 
-    def _run(self, rate: int) -> cli.Outcome:
+    def _run(self, rate: int) -> cli.CallToolExit:
         p = self.prepared
         frame_bytes = rate * 20 // 1000 * 2
         source: sp.FrameSource
@@ -145,7 +145,7 @@ class CallSession:
             try:
                 self.recorder = StereoRecorder(p.record, rate)
             except (OSError, RuntimeError) as exc:
-                return cli.Outcome(cli.EXIT_USAGE, f"sipbridge call: --record {p.record}: {exc}")
+                return cli.CallToolExit(cli.EXIT_USAGE, f"sipbridge call: --record {p.record}: {exc}")
         self.write(f"calling {p.target.uri} from {p.bind}:{self.phone.local_port}")
         if self.card is not None:
             self.card.start()
@@ -154,7 +154,7 @@ class CallSession:
 
     # ------------------------------------------------------------------------------------- the loop
 
-    def _loop(self, frame_bytes: int) -> cli.Outcome:
+    def _loop(self, frame_bytes: int) -> cli.CallToolExit:
         started = time.monotonic()
         silence = np.zeros(frame_bytes // 2, np.int16)
         ended: sp.Ended | None = None
@@ -185,7 +185,7 @@ class CallSession:
             self._write_json(self.prepared.json, outcome)
         return outcome
 
-    def _write_json(self, path: Path, outcome: cli.Outcome) -> None:
+    def _write_json(self, path: Path, outcome: cli.CallToolExit) -> None:
         data = tr.report(
             self.prepared.target.uri,
             self.answered_after_s,
@@ -279,7 +279,7 @@ class CallSession:
             )
         elif isinstance(event, d.BotSilent):
             self.transcript.add(f"bot silent for {tr.seconds(event.waited_ms)}: going on")
-        elif isinstance(event, d.Finished):
+        elif isinstance(event, d.DialogueDone):
             self._hang_up("done")
 
     def _speak(self, event: d.Speak) -> None:
@@ -305,7 +305,7 @@ class CallSession:
 
     # ------------------------------------------------------------------------------------- outcome
 
-    def _outcome(self, ended: sp.Ended, seconds: float) -> cli.Outcome:
+    def _outcome(self, ended: sp.Ended, seconds: float) -> cli.CallToolExit:
         p = self.prepared
         if not ended.answered:
             self._drop_recording()
@@ -320,32 +320,32 @@ class CallSession:
         )
         summary = f"call ended after {seconds:.2f} s ({how})"
         if not self.dialogue.bot_spoke:
-            return cli.Outcome(cli.EXIT_SILENT, f"{summary}; the other side never spoke")
-        return cli.Outcome(cli.EXIT_OK, summary)
+            return cli.CallToolExit(cli.EXIT_SILENT, f"{summary}; the other side never spoke")
+        return cli.CallToolExit(cli.EXIT_OK, summary)
 
-    def _unanswered(self, ended: sp.Ended) -> cli.Outcome:
+    def _unanswered(self, ended: sp.Ended) -> cli.CallToolExit:
         p = self.prepared
         where = f"{p.target.host}:{p.target.port}"
         if self.our_hangup == "no-response":
-            return cli.Outcome(
+            return cli.CallToolExit(
                 cli.EXIT_NO_ANSWER,
                 f"no answer: no SIP response from {where} ({p.target.transport}) in "
                 f"{p.args.connect_timeout:g} s; is a SIP server listening there?"
                 + ("" if p.args.uri else " (start the bot with `sipbridge run`)"),
             )
         if self.our_hangup == "ring-timeout":
-            return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: rang for {p.args.ring_timeout:g} s")
+            return cli.CallToolExit(cli.EXIT_NO_ANSWER, f"no answer: rang for {p.args.ring_timeout:g} s")
         if self.our_hangup is not None:
-            return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: {self.our_hangup} before the answer")
+            return cli.CallToolExit(cli.EXIT_NO_ANSWER, f"no answer: {self.our_hangup} before the answer")
         if not (self.responded or ended.received):  # PJSIP's verdict: refused, timed out, unresolvable
-            return cli.Outcome(
+            return cli.CallToolExit(
                 cli.EXIT_NO_ANSWER,
                 f"no answer: no SIP response from {where} ({p.target.transport}): "
                 f"{ended.code} {ended.reason}",
             )
         if ended.code in cli.NO_ANSWER_CODES or ended.code < 300:
-            return cli.Outcome(cli.EXIT_NO_ANSWER, f"no answer: {ended.code} {ended.reason}")
-        return cli.Outcome(cli.EXIT_REJECTED, f"rejected: {ended.code} {ended.reason} from {where}")
+            return cli.CallToolExit(cli.EXIT_NO_ANSWER, f"no answer: {ended.code} {ended.reason}")
+        return cli.CallToolExit(cli.EXIT_REJECTED, f"rejected: {ended.code} {ended.reason} from {where}")
 
     def _drop_recording(self) -> None:
         """Nothing was said: no empty WAV left behind."""

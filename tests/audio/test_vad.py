@@ -16,9 +16,9 @@ from audio.vad import (
     SileroVad,
     SpeechPaused,
     SpeechStart,
-    TurnDropped,
     TurnEnd,
     TurnSegmenter,
+    TurnTooShort,
     VadEvent,
     VadSettings,
     WebRtcVad,
@@ -115,7 +115,7 @@ def test_short_turn_is_dropped_and_short_blip_never_starts() -> None:
     )
     events = [e for _, e in _feed(seg, _frames_pcm(len(d)))]
     # the 2-frame blip is below the start hangover; the 6-frame (120 ms) run starts a turn but is too short
-    assert events == [SpeechStart(t=240), TurnDropped(start=240, end=360)]
+    assert events == [SpeechStart(t=240), TurnTooShort(start=240, end=360)]
 
 
 def test_max_turn_forces_an_end_and_flush_closes_the_last_turn() -> None:
@@ -188,7 +188,7 @@ def test_no_speech_paused_for_a_turn_that_would_be_dropped() -> None:
         VadSettings(start_hangover_ms=20, stop_hangover_ms=200, min_turn_ms=200, pause_ms=60),
         8000,
     )
-    assert [type(e) for _, e in _feed(seg, _frames_pcm(len(d)))] == [SpeechStart, TurnDropped]
+    assert [type(e) for _, e in _feed(seg, _frames_pcm(len(d)))] == [SpeechStart, TurnTooShort]
 
 
 def test_settings_are_validated() -> None:
@@ -279,7 +279,7 @@ def test_default_segmenter_on_speech_with_noise_burst(
     events = _feed(seg, scene.int16())
     turns = [(t, e) for t, e in events if isinstance(e, TurnEnd)]
     starts = [e for _, e in events if isinstance(e, SpeechStart)]
-    assert not [e for _, e in events if isinstance(e, TurnDropped)]
+    assert not [e for _, e in events if isinstance(e, TurnTooShort)]
     assert len(turns) == 2 and len(starts) == 2, [e for _, e in events]  # the burst made no turn at all
     for (t_emit, turn), start, (t0, t1) in zip(turns, starts, scene.turns, strict=True):
         assert abs(turn.start - t0) <= TOLERANCE_MS, (turn.start, t0)

@@ -80,7 +80,7 @@ def test_each_line_follows_the_end_of_the_other_sides_turn_and_the_gap_is_measur
 
     run.play_last()
     run.feed(np.concatenate([silence(300), speech, silence(600)]))
-    assert len(run.of(d.Finished)) == 1 and len(run.of(d.BotSaid)) == 3
+    assert len(run.of(d.DialogueDone)) == 1 and len(run.of(d.BotSaid)) == 3
     assert len(run.dialogue.state.gaps_ms) == 2 and run.dialogue.bot_spoke
 
 
@@ -92,7 +92,7 @@ def test_a_silent_other_side_is_reported_and_the_lines_go_on() -> None:
     assert [type(e) for e in run.events] == [d.BotSilent, d.Speak]
     run.play_last()
     run.feed(silence(2020))
-    assert [type(e) for e in run.events] == [d.BotSilent, d.Speak, d.BotSilent, d.Finished]
+    assert [type(e) for e in run.events] == [d.BotSilent, d.Speak, d.BotSilent, d.DialogueDone]
     assert not run.dialogue.bot_spoke
 
 
@@ -128,7 +128,7 @@ def test_speech_that_began_before_our_line_ended_is_no_gap(speech: np.ndarray) -
 def test_listening_only_finishes_after_the_greeting(speech: np.ndarray) -> None:
     run = Run([])
     run.feed(np.concatenate([speech, silence(600)]))
-    assert [type(e) for e in run.events] == [d.BotStarted, d.BotSaid, d.Finished]
+    assert [type(e) for e in run.events] == [d.BotStarted, d.BotSaid, d.DialogueDone]
 
 
 def test_hang_up_mid_turn_still_hands_over_what_was_said(speech: np.ndarray) -> None:
