@@ -16,10 +16,11 @@ long greeting and then a beep. So the rules, checked after every frame, are (fir
   ``min_word_length_ms`` ended by ``between_words_silence_ms`` of silence; with the Silero VAD a "word" is
   really a phrase, since Silero bridges the short gaps between words.
 * **after-greeting silence**: speech, then ``after_greeting_silence_ms`` of silence → human (they said
-  hello and are waiting for us to talk). With ``asr`` on, this decision is *held* until a transcript covering
-  the whole greeting has arrived (then the phrase rule has had its chance: a short "Leave me a message." is a
-  machine), for at most ``asr_wait_ms`` and never past ``total_analysis_ms``; without the words in time it is
-  made on timing alone, and its reason says so.
+  hello and are waiting for us to talk); with ``short_greeting_ms`` set, ``after_short_greeting_silence_ms``
+  of silence already after a greeting of at most that much speech. With ``asr`` on, this decision is
+  *held* until a transcript covering the whole greeting has arrived (then the phrase rule has had its
+  chance: a short "Leave me a message." is a machine), for at most ``asr_wait_ms`` and never past
+  ``total_analysis_ms``; without the words in time it is made on timing alone, and its reason says so.
 * **too long**: ``total_analysis_ms`` without any of the above → not_sure.
 
 Words arrive late (an ASR round trip after the audio) and out of band, so the detector never waits for
@@ -100,6 +101,12 @@ class AmdSettings:
     initial_silence_ms: int = 2500
     greeting_ms: int = 2500
     after_greeting_silence_ms: int = 800
+    # A short answer ("Hello?", "Yes?") may be taken for a person after a shorter silence: at most
+    # short_greeting_ms of speech, then after_short_greeting_silence_ms of silence. None (default): every
+    # greeting waits after_greeting_silence_ms. Off by default: on greetings recorded with natural pauses
+    # between sentences it costs machines (docs/DIALER.md, "Time to verdict").
+    short_greeting_ms: int | None = None
+    after_short_greeting_silence_ms: int = 600
     total_analysis_ms: int = 5000
     min_word_length_ms: int = 100
     between_words_silence_ms: int = 50
@@ -133,6 +140,7 @@ class AmdSettings:
             "between_words_silence_ms",
             "maximum_number_of_words",
             "maximum_word_length_ms",
+            "after_short_greeting_silence_ms",
             "asr_chunk_ms",
             "asr_wait_ms",
             "no_beep_timeout_ms",
@@ -163,6 +171,23 @@ class AmdSettings:
                     f"amd.{name} ({getattr(self, name)}) is longer than amd.total_analysis_ms "
                     f"({self.total_analysis_ms}): that rule could never fire"
                 )
+        if self.short_greeting_ms is not None:
+            if isinstance(self.short_greeting_ms, bool) or not isinstance(self.short_greeting_ms, int):
+                raise ValueError(
+                    f"amd.short_greeting_ms must be an integer or null, got {self.short_greeting_ms!r}"
+                )
+            if not 0 < self.short_greeting_ms < self.greeting_ms:
+                raise ValueError(
+                    f"amd.short_greeting_ms ({self.short_greeting_ms}) must be positive and below "
+                    f"amd.greeting_ms ({self.greeting_ms})"
+                )
+        if self.short_greeting_ms is not None and (
+            self.after_short_greeting_silence_ms > self.after_greeting_silence_ms
+        ):
+            raise ValueError(
+                f"amd.after_short_greeting_silence_ms ({self.after_short_greeting_silence_ms}) is longer "
+                f"than amd.after_greeting_silence_ms ({self.after_greeting_silence_ms})"
+            )
         if any(not phrase.strip() for phrase in self.machine_phrases):
             raise ValueError("amd.machine_phrases holds an empty phrase")
 
@@ -179,6 +204,7 @@ class Decision:
     transcript: str | None = None  # the latest words from ASR, if any
     transcript_ms: int = 0  # how much of the stream (ms from the start) those words cover
     held_ms: int = 0  # how long a human decision waited for the words (asr on)
+    trailing_silence_ms: int = 0  # silence since the last speech when decided (where a verdict's time goes)
 
 
 @dataclass(frozen=True)
@@ -334,6 +360,7 @@ class AnsweringMachineDetector:
             transcript=self._transcript,
             transcript_ms=self._transcript_ms,
             held_ms=held_ms,
+            trailing_silence_ms=0 if self._audio.voiced else self._silence,
         )
 
     def _rules(self, beep: Beep | None) -> Decision | None:
@@ -355,10 +382,10 @@ class AnsweringMachineDetector:
                     s.initial_silence_decision,
                     f"initial silence {self._silence} ms >= {s.initial_silence_ms}",
                 )
-            if self._in_greeting and self._silence >= s.after_greeting_silence_ms:
+            wait_ms = self._after_greeting_wait_ms()
+            if self._in_greeting and self._silence >= wait_ms:
                 human = self._human_after_greeting(
-                    f"short greeting ({self._voice} ms) then {self._silence} ms silence "
-                    f">= {s.after_greeting_silence_ms}"
+                    f"short greeting ({self._voice} ms) then {self._silence} ms silence >= {wait_ms}"
                 )
                 if human is not None:
                     return human
@@ -390,6 +417,13 @@ class AnsweringMachineDetector:
         if self.now_ms >= s.total_analysis_ms:
             return self._decide("not_sure", f"no rule decided within total_analysis_ms {s.total_analysis_ms}")
         return None
+
+    def _after_greeting_wait_ms(self) -> int:
+        """The silence that ends the greeting as a person's: shorter after a short answer, if configured."""
+        s = self.settings
+        if s.short_greeting_ms is not None and self._voice <= s.short_greeting_ms:
+            return s.after_short_greeting_silence_ms
+        return s.after_greeting_silence_ms
 
     def _human_after_greeting(self, reason: str) -> Decision | None:
         """Speech then silence says person, but a short voicemail greeting says the same: with words on, hold

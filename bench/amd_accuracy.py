@@ -6,7 +6,7 @@ with a beep, whether the beep was found and its start error; for every case, bee
 placed (false beeps); and for machines, when the voicemail message would start relative to the beep end (or
 the greeting end when there is no beep). CPU µs per 20 ms frame. JSON to stdout or --out. Run:
 
-    .venv/bin/python bench/amd_accuracy.py [--quick] [--configs default,energy] [--out results.json]
+    .venv/bin/python bench/amd_accuracy.py [--quick] [--configs default,energy] [--holdout] [--out FILE]
     .venv/bin/python bench/amd_accuracy.py --asr [--limit N] [--configs default] [--out results.json]
 
 ``--asr`` replays the live words path in audio time (docs/DIALER.md, "Words"): the detector runs with
@@ -41,7 +41,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from audio.amd import AmdSettings, AnsweringMachineDetector, Decision, GreetingFeed, MessageCue
-from audio.amd_testset import NOISE_RMS, AmdCase, build_cases, build_short_machine_cases
+from audio.amd_testset import NOISE_RMS, AmdCase, build_cases, build_holdout_cases, build_short_machine_cases
 from audio.beep import BeepDetector
 
 if TYPE_CHECKING:
@@ -60,6 +60,11 @@ CONFIGS: dict[str, AmdSettings] = {
     # Issue 20: can people be answered sooner (median human verdict <= 2.5 s) without losing machines?
     "after_silence=600": AmdSettings(after_greeting_silence_ms=600),
     "after_silence=500": AmdSettings(after_greeting_silence_ms=500),
+    # ... or only after a short answer (short_greeting_ms of speech at most, then a shorter silence)?
+    "short=1000/600": AmdSettings(short_greeting_ms=1000, after_short_greeting_silence_ms=600),
+    "short=1500/600": AmdSettings(short_greeting_ms=1500, after_short_greeting_silence_ms=600),
+    "short=1500/400": AmdSettings(short_greeting_ms=1500, after_short_greeting_silence_ms=400),
+    "short=1700/300": AmdSettings(short_greeting_ms=1700, after_short_greeting_silence_ms=300),
     "webrtc": AmdSettings(vad="webrtc"),
     "energy (Asterisk-like)": AmdSettings(vad="energy"),
     "asterisk defaults": AmdSettings(
@@ -203,8 +208,11 @@ def score(
     wrong: list[str] = []
     cpu = 0.0
     frames = 0
+    spent: dict[str, list[float]] = {"pick_up": [], "answer": [], "vad_offset_lag": [], "silence_waited": []}
     for case in cases:
         decision, cue, seconds, n, words = run_case(case, settings, asr)
+        if case.kind == "human" and decision.kind == "human":
+            _where_the_time_goes(case, decision, spent)
         cpu += seconds
         frames += n
         if decisions is not None:
@@ -258,6 +266,10 @@ def score(
             truth: {"p50": _pct(v, 50), "p95": _pct(v, 95), "max": max(v) if v else None}
             for truth, v in times.items()
         },
+        "decision_ms_distribution": {
+            truth: {f"p{q}": _pct(v, q) for q in (10, 25, 50, 75, 90)} for truth, v in times.items()
+        },
+        "human_verdict_parts_p50_ms": {part: _pct(v, 50) for part, v in spent.items()},
         "accuracy_by_noise": {
             noise: round(c["correct"] / max(1, c["correct"] + c["wrong"]), 4)
             for noise, c in per_noise.items()
@@ -279,6 +291,17 @@ def score(
         **words_stats,
         "wrong": wrong,
     }
+
+
+def _where_the_time_goes(case: AmdCase, decision: Decision, spent: dict[str, list[float]]) -> None:
+    """A person's verdict time, split: pick-up silence, their answer, the VAD's lag past its end, and the
+    silence the rule waited (the only part a rule controls)."""
+    start, end = case.scene.turns[0][0], case.scene.turns[-1][1]
+    vad_end = decision.decided_at_ms - decision.trailing_silence_ms
+    spent["pick_up"].append(start)
+    spent["answer"].append(end - start)
+    spent["vad_offset_lag"].append(vad_end - end)
+    spent["silence_waited"].append(decision.trailing_silence_ms)
 
 
 def flips(cases: list[AmdCase], before: dict[str, Decision], after: dict[str, Decision]) -> list[str]:
@@ -400,6 +423,12 @@ def main(argv: list[str] | None = None) -> int:
         action="store_true",
         help="with --asr: Whisper's temperature fallback on (asr.temperature_fallback)",
     )
+    parser.add_argument(
+        "--holdout",
+        action="store_true",
+        help="also score every config on the held-out group (build_holdout_cases: other words, and "
+        "machine greetings with 350-750 ms pauses between sentences)",
+    )
     parser.add_argument("--limit", type=int, help="a stratified subset of about this many cases")
     parser.add_argument("--out", type=Path, help="write the JSON here as well as to stdout")
     args = parser.parse_args(argv)
@@ -415,6 +444,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.limit:
         cases = stratified(cases, args.limit)
     short = build_short_machine_cases(quick=args.quick) if args.asr else []
+    holdout = build_holdout_cases() if args.holdout else []
     if args.limit and short:
         short = stratified(short, max(1, args.limit * len(short) // 340))
     built = time.perf_counter() - started
@@ -426,6 +456,16 @@ def main(argv: list[str] | None = None) -> int:
             "noise_levels": list(NOISE_RMS),
             **({"limit": args.limit, "subset": "stratified"} if args.limit else {}),
             **({"short_machines": len(short)} if args.asr else {}),
+            **(
+                {
+                    "holdout": {
+                        "human": sum(c.kind == "human" for c in holdout),
+                        "machine": sum(c.kind == "machine" for c in holdout),
+                    }
+                }
+                if holdout
+                else {}
+            ),
         },
         "build_s": round(built, 1),
         "default_settings": {
@@ -466,6 +506,11 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             result["configs"][name] = score(cases, CONFIGS[name])
             log.warning("%s: accuracy %.3f", name, result["configs"][name]["accuracy"])
+            if holdout:
+                result["configs"][f"{name} holdout"] = score(holdout, CONFIGS[name])
+                log.warning(
+                    "%s holdout: accuracy %.3f", name, result["configs"][f"{name} holdout"]["accuracy"]
+                )
     result["total_s"] = round(time.perf_counter() - started, 1)
     text = json.dumps(result, indent=2)
     print(text)

@@ -105,6 +105,16 @@ class AmdSection(_CampaignSection):
     initial_silence_ms: int = _AMD.initial_silence_ms
     greeting_ms: int = _AMD.greeting_ms
     after_greeting_silence_ms: int = _AMD.after_greeting_silence_ms
+    short_greeting_ms: int | None = Field(
+        _AMD.short_greeting_ms,
+        description="A greeting of at most this much speech is a person after after_short_greeting_silence_ms"
+        " of silence. Null (default): every greeting waits after_greeting_silence_ms; a shorter wait costs"
+        " machines whose greeting pauses between sentences (docs/DIALER.md).",
+    )
+    after_short_greeting_silence_ms: int = Field(
+        _AMD.after_short_greeting_silence_ms,
+        description="Silence that ends a short greeting (short_greeting_ms).",
+    )
     total_analysis_ms: int = _AMD.total_analysis_ms
     min_word_length_ms: int = _AMD.min_word_length_ms
     between_words_silence_ms: int = _AMD.between_words_silence_ms

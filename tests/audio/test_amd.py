@@ -18,6 +18,7 @@ from audio.amd import (
 )
 from audio.amd_testset import (
     BEEPS,
+    SENTENCE_PAUSES_MS,
     SHORT_MACHINE_GREETINGS,
     AmdCase,
     build_short_machine_cases,
@@ -354,6 +355,13 @@ def test_bad_frames() -> None:
         ({"machine_phrases": ("leave a message", " ")}, "empty phrase"),
         ({"asr_wait_ms": 0}, "amd.asr_wait_ms must be a positive integer"),
         ({"asr_chunk_ms": -500}, "amd.asr_chunk_ms must be a positive integer"),
+        ({"short_greeting_ms": 2500}, "amd.short_greeting_ms .2500. must be positive and below"),
+        ({"short_greeting_ms": True}, "amd.short_greeting_ms must be an integer or null"),
+        (
+            {"short_greeting_ms": 1000, "after_short_greeting_silence_ms": 900},
+            "amd.after_short_greeting_silence_ms .900. is longer than amd.after_greeting_silence_ms",
+        ),
+        ({"after_short_greeting_silence_ms": 0}, "amd.after_short_greeting_silence_ms must be a positive"),
     ],
 )
 def test_settings_validation(kwargs: dict[str, object], error: str) -> None:
@@ -404,3 +412,33 @@ def test_short_machine_greetings_say_a_voicemail_phrase_and_have_no_beep() -> No
     for text in SHORT_MACHINE_GREETINGS:
         said = text.lower().replace(".", "").replace(",", "")
         assert any(phrase in said for phrase in DEFAULT_MACHINE_PHRASES), text
+
+
+def test_a_short_answer_is_a_person_after_the_shorter_silence_and_a_long_one_is_not() -> None:
+    # "Hello?" (~0.5 s): short_greeting_ms 1500 lets 400 ms of silence decide it, 400 ms before the default.
+    settings = AmdSettings(short_greeting_ms=1500, after_short_greeting_silence_ms=400)
+    hello = human_case("Hello?", "en-us", 150, "noise-50dBFS", seed=7)
+    default, _ = run(hello)
+    short, _ = run(hello, settings)
+    assert short.kind == default.kind == "human"
+    assert short.reasons[0].endswith(">= 400") and default.reasons[0].endswith(">= 800")
+    assert short.decided_at_ms == default.decided_at_ms - 400
+    assert short.trailing_silence_ms == 400 and default.trailing_silence_ms == 800
+    # 1.8 s of speech is more than short_greeting_ms: it waits the whole after_greeting_silence_ms.
+    long_answer = human_case("Good morning, human resources.", "en-us", 150, "clean", seed=7)
+    decision, _ = run(long_answer, settings)
+    assert decision.kind == "human" and decision.reasons[0].endswith(">= 800"), decision.reasons
+
+
+def test_greeting_with_a_long_pause_after_its_first_sentence_is_what_the_short_silence_gets_wrong() -> None:
+    # What the held-out group measures: "Hello. [700 ms] I can't answer ..." is a machine by the default
+    # rules (the pause is under 800 ms, then the greeting goes on), a person by a 400 ms short-answer rule.
+    text = "Hello. I can't answer the phone right now. Please leave a message."
+    case = machine_case(text, "en-us", 150, "clean", beep=None, seed=5, sentence_pause_ms=(700.0, 701.0))
+    assert len(case.scene.turns) == 3 and "/pauses700-701ms" in case.name
+    pause = case.scene.turns[1][0] - case.scene.turns[0][1]
+    assert 700 <= pause <= 702
+    assert run(case)[0].kind == "machine"
+    shorter = AmdSettings(short_greeting_ms=1500, after_short_greeting_silence_ms=400)
+    assert run(case, shorter)[0].kind == "human"
+    assert SENTENCE_PAUSES_MS[1] < AmdSettings().after_greeting_silence_ms

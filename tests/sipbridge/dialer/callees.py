@@ -97,6 +97,10 @@ _WAIT_BYE = (
     '  <recv request="BYE" timeout="{timeout_ms}"/>\n' + _response("200 OK", tag=False) + "</scenario>\n"
 )
 
+# The callee's BYE follows the dialog's route set (RFC 3261 12.2.1.1): Request-URI = the worker's Contact,
+# Route = the Record-Route of our INVITE (the SIP front's; captured by rrs="true"). Without the Route the
+# front cannot tell the BYE is in one of its dialogs and answers 404: the call then stays up until the RTP
+# watchdog, holding a PJSUA call slot.
 _SEND_BYE = """  <pause milliseconds="{talk_ms}"/>
   <send retrans="500"><![CDATA[
 BYE [next_url] SIP/2.0
@@ -106,6 +110,7 @@ To: [$caller]
 Call-ID: [call_id]
 CSeq: 2 BYE
 Contact: <sip:[local_ip]:[local_port];transport=[transport]>
+[routes]
 Max-Forwards: 70
 Content-Length: 0
 

@@ -207,7 +207,6 @@ def test_every_worker_answers_the_trunks_challenge_through_its_outbound_proxy(tm
     assert f"Route: <{proxy};lr>" in messages
 
 
-@pytest.mark.xfail(strict=False, reason="failed in the 2026-12-04 fresh-clone run after merging; open")
 @pytest.mark.parametrize("concurrency", [6])
 def test_campaign_window_cps_and_resume_after_kill(tmp_path: Path, concurrency: int) -> None:
     answer = Callee.start(answer_scenario(None, ring_ms=200, talk_ms=2500), tmp_path / "answer")
