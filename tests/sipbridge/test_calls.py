@@ -404,8 +404,12 @@ def speech_only(caller: CallerAudio) -> np.ndarray:
     return caller.pcm[a:b]
 
 
-def pieces(x: np.ndarray, n: int) -> list[np.ndarray]:
-    return [x[i : i + n] for i in range(0, len(x) - n + 1, n)]
+def found_share(recording: np.ndarray, speech: np.ndarray, frame: int = 160, rms: float = 300.0) -> float:
+    """Share of the recording's loud frames that occur in `speech` (normalised correlation >= 0.95)."""
+    x = recording.astype(np.float64)
+    frames = [x[i : i + frame] for i in range(0, len(x) - frame + 1, frame)]
+    loud = [fr for fr in frames if np.sqrt(np.mean(fr * fr)) > rms]
+    return float(np.mean([match(speech, fr) >= 0.95 for fr in loud])) if loud else 0.0
 
 
 TALK_MS = 16000  # long enough for 8 turns to queue through one ASR thread on 2 busy cores
@@ -428,7 +432,6 @@ PHRASES = [
 ]
 
 
-@pytest.mark.xfail(strict=False, reason="failed in the 2026-12-04 fresh-clone run after merging; open")
 def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None:
     """8 calls at once, 4 per worker. Each caller says something else; cross-talk would show as another
     caller's audio in a call's recording, or another call's reply on a caller's wire."""
@@ -470,18 +473,15 @@ def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None
             received[c["id"]] = stereo
         owner = {}
         for call_id, stereo in received.items():
-            # 300 ms pieces, median score: a jitter-buffer adjustment under load shifts part of a phrase,
-            # which would spoil one whole-phrase correlation but leaves most pieces intact.
-            scores = [
-                float(np.median([match(stereo[:, 0], piece) for piece in pieces(speech_only(caller), 2400)]))
-                for caller in callers
-            ]
-            # Cross-talk is the question, not audio quality: the call's own caller must stand clearly above
-            # every other. (With one of the two cores taken by a spin loop, one call scored 0.71 against 0.35
-            # next: late media frames blur the match, they do not mix callers.)
-            best = int(np.argmax(scores))
-            second = sorted(scores)[-2]
-            assert scores[best] > 0.6 and second < 0.6 and scores[best] - second > 0.25, scores
+            # Share of the recording's loud 20 ms frames found, nearly unchanged, in each caller's speech.
+            # Frame by frame, not phrase by phrase: on a loaded machine the worker's media clock stalls
+            # (0.2-0.8 s measured) and PJSIP's adaptive jitter buffer grows over the stall, then shrinks by
+            # dropping a 10 ms frame every ~0.3 s, so few 300 ms pieces survive intact while most 20 ms
+            # frames do. Cross-talk (callers mixed, or another's audio) leaves few frames matching at 0.95.
+            shares = [found_share(stereo[:, 0], speech_only(caller)) for caller in callers]
+            best = int(np.argmax(shares))
+            second = sorted(shares)[-2]
+            assert shares[best] > 0.7 and second < 0.4, shares
             owner[call_id] = best
         assert sorted(owner.values()) == list(range(8))
         # Bridge -> caller: the reply each caller heard is the one generated for its own call.
