@@ -52,6 +52,7 @@ from .history import CallHistory
 from .lanes import LaneScheduler
 from .mimi_rows import MIMI_PRIME_FRAMES, MimiRows
 from .model import Dia2Model
+from .paged_kv import BlockPool, KVPoolExhaustedError, blocks_for
 from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
 from .script import ScriptStream, WordEncoder
 from .state_machine import Entry, StateMachine, TokenIds
@@ -66,6 +67,7 @@ __all__ = [
     "CallState",
     "ContextOverflowError",
     "EngineOptions",
+    "KVPoolExhaustedError",
     "SpeakOptions",
     "VoicePrompt",
 ]
@@ -108,9 +110,16 @@ class BatchEngine:
             max_padding=opts.max_padding,
             initial_padding=opts.initial_padding,
         )
+        self.pool = self._block_pool(opts) if opts.paged_kv else None
         # One spare call entry: the lane's padding entries point there (frame.lane_phase).
         self.buf = FrameBuffers.allocate(
-            model, opts.capacity, self.branches, self.max_steps, mimi.frame_size, spare=1
+            model,
+            opts.capacity,
+            self.branches,
+            self.max_steps,
+            mimi.frame_size,
+            spare=1,
+            cache=self.pool.cache if self.pool is not None else None,
         )
         self.consts = FrameConstants(
             ids,
@@ -119,7 +128,11 @@ class BatchEngine:
             opts.max_top_k,
         )
         self.buckets = sorted({b for b in opts.buckets if b < opts.capacity} | {opts.capacity})
-        self.kv_buckets = sorted({b for b in opts.kv_buckets if 0 < b < self.max_steps} | {self.max_steps})
+        kv = opts.kv_buckets
+        if self.pool is not None:  # whole blocks: a bucket's length is what the gathered blocks hold
+            size = opts.kv_block_size
+            kv = tuple(blocks_for(b, size) * size for b in kv)
+        self.kv_buckets = sorted({b for b in kv if 0 < b < self.max_steps} | {self.max_steps})
         self.mimi_rows = MimiRows(
             mimi.model,
             self.buf,
@@ -163,6 +176,7 @@ class BatchEngine:
             num_codebooks=self.num_codebooks,
             max_steps=self.max_steps,
             capacity=opts.capacity,
+            pool=self.pool,
         )
         gen: torch.Generator | None = None
         if not self._cuda:
@@ -212,6 +226,7 @@ class BatchEngine:
             in_lead_in=self.stepper.in_lead_in,
         )
         self.calls: dict[int, CallState] = {}
+        self.kv_pool_ends = 0  # replies ended because the paged KV pool had no block for them
         self.mimi_encodes = 0  # Mimi encoder runs (voices, caller turns): what cached VoicePrompts save
         self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
             queue.SimpleQueue()
@@ -222,6 +237,24 @@ class BatchEngine:
         if self._cuda and opts.cuda_graphs:
             self.graphs.capture(self.lane_on)
             self.history.host_index = [0] * opts.capacity
+
+    def _block_pool(self, opts: EngineOptions) -> BlockPool:
+        """The paged KV pool: ``capacity`` calls x ``kv_pool_steps`` steps (average) in blocks, and a block
+        table for every decoder row, the spare call entry's rows included (they stay on the trash block)."""
+        dec = self.model.config.model.decoder
+        steps = min(opts.kv_pool_steps or self.max_steps, self.max_steps)
+        per_row = blocks_for(steps, opts.kv_block_size)
+        return BlockPool(
+            layers=dec.n_layer,
+            kv_heads=dec.kv_heads,
+            head_dim=dec.gqa_head_dim,
+            rows=(opts.capacity + 1) * self.branches,
+            max_steps=self.max_steps,
+            block_size=opts.kv_block_size,
+            blocks=opts.capacity * self.branches * per_row,
+            device=self.device,
+            dtype=self.model.dtype,
+        )
 
     @property
     def graph_errors(self) -> list[str]:
@@ -303,6 +336,7 @@ class BatchEngine:
         self.cancel(call)
         self._finish_turn(call)
         call.closed = True
+        self.history.shrink(call, 0)  # paged KV: the call's blocks go back to the pool
         self.calls.pop(call.slot, None)
 
     def encode_voice(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> VoicePrompt:
@@ -374,6 +408,7 @@ class BatchEngine:
         call.codes = torch.zeros(self.num_codebooks, 0, dtype=torch.long)
         call.text = [(self.ids.bos, self.ids.pad)]
         call.segments = []
+        self.history.shrink(call, 0)
         for codes, entries, steps in call.voice or []:
             self.history.ingest(call, "voice", codes, entries, steps)
 
@@ -468,6 +503,13 @@ class BatchEngine:
         """Advance the speaking calls by one step: a full step (every speaking call one frame), or a
         lane step (only calls in their lead-in, main-only). Returns False when no call is speaking."""
         calls = self.speaking()
+        for call in self.history.grow(calls):  # paged KV: a reply the pool cannot grow ends here
+            self.kv_pool_ends += 1
+            logger.warning(
+                "call %d: the KV pool is out of blocks; reply ended at frame %d", call.slot, call.frames
+            )
+            self._finish_turn(call)
+            calls.remove(call)
         if not calls:
             self.mimi_rows.flush()
             return False
@@ -497,6 +539,7 @@ class BatchEngine:
         del call.text[end + 1 :]
         if end > turn.start_frame:
             call.segments.append(("reply", turn.start_frame, end))
+        self.history.shrink(call, end)  # the cache is rewound to the complete frames
         call.machine.entries.clear()
         call.machine.pending_tokens.clear()
         call.machine.lookahead_tokens.clear()

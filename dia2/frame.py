@@ -29,6 +29,7 @@ from typing import Protocol
 import torch
 
 from .model import DecoderCache, DecoderStepOutput, DepformerCache, Dia2Model
+from .paged_kv import PagedDecoderCache
 from .sampling import RowSampling, cfg_filter_rows, mask_audio_specials_rows, sample_rows
 from .state_machine import TokenIds
 
@@ -44,13 +45,16 @@ __all__ = [
 
 RING = 32  # frames kept per call on the device; must exceed the largest delay + 1
 
+# The decoder's KV cache: dense (S slots per row) or paged (EngineOptions.paged_kv, dia2/paged_kv.py).
+AnyKV = DecoderCache | PagedDecoderCache
+
 
 class FusedStages(Protocol):
     """The stages a faster implementation may take over (``dia2.fused.FusedFrame``). A protocol, so this
     module never imports ``dia2.fused``: fused builds on frame's buffers, not the other way round."""
 
     def main(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: AnyKV
     ) -> DecoderStepOutput: ...
 
     def depformer(
@@ -112,7 +116,7 @@ class FrameBuffers:
     # stored, so it reaches neither the decoder's embeddings nor Mimi; the engine ends that call's reply.
     bad_code: torch.Tensor
     pcm: torch.Tensor  # [N, frame_size] decoded audio of ``emitted``
-    cache: DecoderCache
+    cache: AnyKV
     dep_cache: DepformerCache
 
     @classmethod
@@ -125,9 +129,11 @@ class FrameBuffers:
         frame_size: int,
         *,
         spare: int = 0,
+        cache: PagedDecoderCache | None = None,
     ) -> FrameBuffers:
-        """``spare`` extra call entries (not in any :meth:`view`, no KV-cache rows) for the per-call
-        and per-row state: :func:`lane_phase` points its padding entries there."""
+        """``spare`` extra call entries (not in any :meth:`view`, no dense KV-cache rows) for the per-call
+        and per-row state: :func:`lane_phase` points its padding entries there. ``cache``: a paged cache
+        (its table covers the spare rows too, all on the trash block) instead of a dense one."""
         cfg = model.config
         dev = model.device
         cache_rows = capacity * branches
@@ -153,7 +159,7 @@ class FrameBuffers:
             emitted=torch.zeros(capacity, k, dtype=torch.long, device=dev),
             bad_code=torch.zeros(capacity, dtype=torch.bool, device=dev),
             pcm=torch.zeros(capacity, frame_size, device=dev),
-            cache=model.allocate_decoder_cache(cache_rows, max_steps),
+            cache=cache if cache is not None else model.allocate_decoder_cache(cache_rows, max_steps),
             dep_cache=model.allocate_depformer_cache(r),
         )
 
@@ -166,8 +172,8 @@ class FrameBuffers:
                 out[f.name] = value
             elif isinstance(value, RowSampling):
                 out[f.name] = value.rows(n)
-            elif isinstance(value, DecoderCache):
-                out[f.name] = DecoderCache(value.keys[:, :r], value.values[:, :r])
+            elif f.name == "cache":
+                out[f.name] = value.rows(slice(0, r))
             elif isinstance(value, DepformerCache):
                 out[f.name] = DepformerCache(value.keys[:, :r], value.values[:, :r])
             elif f.name in ("text_in", "tokens", "positions", "cache_index", "hidden"):
@@ -230,9 +236,7 @@ def main_phase(
     below it): masked slots contribute nothing, so the result is the same while a step under load
     reads a fraction of the 1500-slot cache instead of all of it."""
     buf.bad_code.zero_()
-    cache = buf.cache
-    if kv_len is not None and kv_len < cache.max_steps:
-        cache = DecoderCache(cache.keys[..., :kv_len, :], cache.values[..., :kv_len, :])
+    cache = buf.cache if kv_len is None else buf.cache.limit(kv_len)
     ids = consts.ids
     n, br = buf.step.shape[0], buf.branches
     frames = buf.step.view(-1, 1) - consts.delays.view(1, -1)  # [N, K]
@@ -338,9 +342,11 @@ def lane_phase(
     active, position and cache index 0): they read the last real cache row and write their one K/V slot
     into its slot ``max_steps - 1``, which no step or prefill ever uses (a turn ends by step
     ``max_steps - 2``, the context policy keeps history below ``max_steps - 1``), so they disturb nothing.
+
+    With a paged cache nothing is gathered but the rows' block tables: the lane writes its K/V straight
+    into the pool, and the padding entries (spare rows, all on the trash block) write into the trash.
     """
     br = master.branches
-    cache = master.cache
     rows = (slots.view(-1, 1) * br + torch.arange(br, device=slots.device)).view(-1)
     for name in _LANE_CALL_FIELDS:
         getattr(lane, name).copy_(getattr(master, name).index_select(0, slots))
@@ -349,6 +355,30 @@ def lane_phase(
     for dst, src in ((lane.text, master.text), (lane.audio, master.audio)):
         dst.temperature.copy_(src.temperature.index_select(0, slots))
         dst.top_k.copy_(src.top_k.index_select(0, slots))
+    if isinstance(master.cache, PagedDecoderCache):
+        main_phase(model, replace(lane, cache=master.cache.rows(rows).limit(kv_len)), consts, gen, fused)
+        finish_phase(lane, consts)
+    else:
+        _lane_dense(model, master.cache, lane, rows, consts, gen, fused, kv_len)
+    for name in ("step", "ring"):
+        getattr(master, name).index_copy_(0, slots, getattr(lane, name))
+    for name in ("positions", "cache_index"):
+        getattr(master, name).index_copy_(0, rows, getattr(lane, name))
+
+
+def _lane_dense(
+    model: Dia2Model,
+    cache: DecoderCache,
+    lane: FrameBuffers,
+    rows: torch.Tensor,
+    consts: FrameConstants,
+    gen: torch.Generator | None,
+    fused: FusedStages | None,
+    kv_len: int,
+) -> None:
+    """The lane's main step on a dense cache: its rows' first ``kv_len`` slots gathered, the one slot
+    each live row wrote scattered back."""
+    br = lane.branches
     cache_rows = rows.clamp(max=cache.keys.shape[1] - 1)
     keys = cache.keys[:, :, :, :kv_len].index_select(1, cache_rows)
     values = cache.values[:, :, :, :kv_len].index_select(1, cache_rows)
@@ -361,7 +391,3 @@ def lane_phase(
     every = torch.arange(rows.shape[0], device=rows.device)
     cache.keys[:, cache_rows, :, target] = keys[:, every, :, written]
     cache.values[:, cache_rows, :, target] = values[:, every, :, written]
-    for name in ("step", "ring"):
-        getattr(master, name).index_copy_(0, slots, getattr(lane, name))
-    for name in ("positions", "cache_index"):
-        getattr(master, name).index_copy_(0, rows, getattr(lane, name))

@@ -27,7 +27,8 @@ import torch
 import torch.nn.functional as F
 
 from .frame import RING, FrameBuffers, FrameConstants
-from .model import DecoderCache, DecoderStepOutput, Dia2Model, apply_rope
+from .model import DecoderStepOutput, Dia2Model, KVCache, apply_rope
+from .paged_kv import PagedDecoderCache
 from .sampling import race_rows
 
 __all__ = [
@@ -302,7 +303,7 @@ class FusedFrame:
         return self.kernel_max_rows is None or rows <= self.kernel_max_rows
 
     def main(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: KVCache
     ) -> DecoderStepOutput:
         """``MainDecoder.forward`` with the layers through the shared functions."""
         if self.main_kernels is not None and self._kernel_rows(tokens.shape[0]):
@@ -314,13 +315,12 @@ class FusedFrame:
         sin = tr.rope_sin[positions].to(dtype)[:, None, None, :]
         slots = torch.arange(cache.max_steps, device=tokens.device)
         valid = (slots[None, :] <= cache_index[:, None])[:, None, None, :]
-        idx = cache_index.view(-1, 1, 1, 1)
+        index = cache_index.view(-1, 1)
         attn_in, attn_out = self.fn["main_in"], self.fn["main_out"]
         for i, (w_in, w_out) in enumerate(self.main_w):
             q, k, v = attn_in(x, w_in, cos, sin)
-            keys, values = cache.keys[i], cache.values[i]
-            keys.scatter_(2, idx.expand(-1, keys.shape[1], 1, keys.shape[3]), k.to(keys.dtype))
-            values.scatter_(2, idx.expand(-1, values.shape[1], 1, values.shape[3]), v.to(values.dtype))
+            cache.write(i, index, k, v)
+            keys, values = cache.read(i)
             a = F.scaled_dot_product_attention(
                 q, keys, values, attn_mask=valid, scale=1.0, enable_gqa=q.shape[1] != keys.shape[1]
             )
@@ -590,9 +590,13 @@ class MainKernels:
         self.qkv = torch.zeros(rows, (self.qh + 2 * self.kvh) * self.hd, dtype=dtype, device=dev)
         self.q = torch.zeros(rows, self.qh, self.hd, dtype=dtype, device=dev)
         self.hid = torch.zeros(rows, dec.n_hidden, dtype=dtype, device=dev)
+        # Paged KV: this step's key/value of every row before the pool write.
+        self.k_new = torch.zeros(rows, self.kvh, 1, self.hd, dtype=dtype, device=dev)
+        self.v_new = torch.zeros(rows, self.kvh, 1, self.hd, dtype=dtype, device=dev)
+        self.zero_index = torch.zeros(rows, dtype=torch.long, device=dev)
 
     def run(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: DecoderCache
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: KVCache
     ) -> DecoderStepOutput:
         k, eps, pdl = self.k, self.eps, self.pdl
         tr = self.model.transformer
@@ -604,12 +608,34 @@ class MainKernels:
         # An additive mask built once per step: a boolean one is converted inside every SDPA call.
         bias = torch.where(slots[None, :] <= cache_index[:, None], 0.0, float("-inf")).to(x.dtype)
         bias = bias[:, None, None, :]
+        paged = isinstance(cache, PagedDecoderCache)
+        if paged:  # the kernel writes into a one-slot scratch, the pool write follows (dia2/paged_kv.py)
+            at, into = self.zero_index[:r], cache_index.view(-1, 1)
+            k_new, v_new = self.k_new[:r], self.v_new[:r]
         for i, (pre, w_qkv, qn, kn, w_o, post, wi, wo) in enumerate(self.layers):
-            keys, values = cache.keys[i], cache.values[i]
             k.linear(x, w_qkv, qkv, norm=pre, eps=eps, pdl=pdl)
-            k.qk_rope_cache(
-                qkv, q, keys, values, qn, kn, tr.rope_cos, tr.rope_sin, positions, cache_index, eps, pdl=pdl
-            )
+            if paged:
+                k.qk_rope_cache(
+                    qkv, q, k_new, v_new, qn, kn, tr.rope_cos, tr.rope_sin, positions, at, eps, pdl=pdl
+                )
+                cache.write(i, into, k_new, v_new)
+                keys, values = cache.read(i)
+            else:  # dense: the kernel writes straight into the layer's cache
+                keys, values = cache.read(i)
+                k.qk_rope_cache(
+                    qkv,
+                    q,
+                    keys,
+                    values,
+                    qn,
+                    kn,
+                    tr.rope_cos,
+                    tr.rope_sin,
+                    positions,
+                    cache_index,
+                    eps,
+                    pdl=pdl,
+                )
             a = F.scaled_dot_product_attention(
                 q.unsqueeze(2), keys, values, attn_mask=bias, scale=1.0, enable_gqa=self.qh != self.kvh
             )

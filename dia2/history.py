@@ -16,7 +16,8 @@ import torch
 
 from .call_state import CallState
 from .frame import RING, FrameBuffers
-from .model import DecoderCache, Dia2Model
+from .model import Dia2Model
+from .paged_kv import BlockPool, KVPoolExhaustedError
 from .state_machine import Entry, StateMachine, TokenIds
 
 __all__ = ["CallHistory"]
@@ -37,8 +38,11 @@ class CallHistory:
         num_codebooks: int,
         max_steps: int,
         capacity: int,
+        pool: BlockPool | None = None,
     ) -> None:
         self.model, self.ids, self.machine, self.buf = model, ids, machine, buf
+        # Paged KV (EngineOptions.paged_kv): the blocks each call's rows hold; None: the dense cache.
+        self.pool = pool
         self.branches, self.delays, self.max_steps = branches, delays, max_steps
         self.device = model.device
         self.num_codebooks = num_codebooks
@@ -94,14 +98,43 @@ class CallHistory:
             rows.append(uncond)
         return torch.stack(rows)
 
+    # --- paged KV: the blocks a call holds ---------------------------------------------------------
+
+    def rows_of(self, call: CallState) -> list[int]:
+        return list(range(call.slot * self.branches, (call.slot + 1) * self.branches))
+
+    def grow(self, calls: list[CallState]) -> list[CallState]:
+        """Paged KV: blocks for the slot each call's next step writes. Returns the calls the pool had no
+        block for (their reply must end before the step)."""
+        if self.pool is None:
+            return []
+        failed = self.pool.ensure([(self.rows_of(c), self.host_index[c.slot] + 1) for c in calls])
+        return [calls[i] for i in failed]
+
+    def shrink(self, call: CallState, steps: int) -> None:
+        """Paged KV: give back the blocks past the call's first ``steps`` slots (0: all of them)."""
+        if self.pool is not None:
+            self.pool.truncate(self.rows_of(call), steps)
+
+    def room(self, call: CallState) -> int:
+        """Cache slots the call may fill: ``max_steps``, or less when the pool is short of blocks."""
+        if self.pool is None:
+            return self.max_steps
+        return min(self.max_steps, self.pool.room(self.rows_of(call)))
+
     def prefill(self, call: CallState, start: int, stop: int) -> Any:
         if stop <= start:
             return None
+        if self.pool is not None and self.pool.ensure([(self.rows_of(call), stop)]):
+            raise KVPoolExhaustedError(
+                f"call {call.slot}: the KV pool has {self.pool.free_blocks} free blocks of "
+                f"{self.pool.block_size} steps; {stop} steps of known frames need more "
+                "(EngineOptions.kv_pool_steps sizes the pool)"
+            )
         tokens = self.step_tokens(call, start, stop).to(self.device)
         br = self.branches
         pos = torch.arange(start, stop, device=self.device).view(1, -1).expand(br, -1)
-        rows = slice(call.slot * br, (call.slot + 1) * br)
-        cache = DecoderCache(self.buf.cache.keys[:, rows], self.buf.cache.values[:, rows])
+        cache = self.buf.cache.rows(slice(call.slot * br, (call.slot + 1) * br))
         with torch.inference_mode():
             return self.model.transformer.prefill(tokens, pos, pos, cache)
 
@@ -129,8 +162,10 @@ class CallHistory:
         return self.prefill(call, a0, a0 + n)
 
     def ensure_room(self, call: CallState, need: int, *, keep_half: bool = True) -> None:
-        """Context policy: keep the voice, drop the oldest turns until ``need`` more steps fit, re-warm."""
-        limit = self.max_steps - 1
+        """Context policy: keep the voice, drop the oldest turns until ``need`` more steps fit, re-warm.
+        With paged KV the room is also what the pool can give the call (memory pressure shrinks a
+        context the way a full one does)."""
+        limit = self.room(call) - 1
         keep = list(call.segments)
         voice = [s for s in keep if s[0] == "voice"]
         # Never reserve more than half of what the voice leaves, so some history always survives; a
@@ -163,6 +198,12 @@ class CallHistory:
             call.frames,
             call.dropped_segments,
         )
+        self.shrink(call, call.frames)
         self.prefill(call, 0, call.frames)
         if need <= 0 or call.frames + need > limit:
+            if limit < self.max_steps - 1:
+                raise KVPoolExhaustedError(
+                    f"call {call.slot}: the KV pool leaves room for {limit + 1} steps, too few for the "
+                    "voice and a turn (EngineOptions.kv_pool_steps sizes the pool)"
+                )
             raise RuntimeError(f"context of {self.max_steps} steps cannot hold the voice and a turn")

@@ -12,6 +12,7 @@ Shapes used below: ``B`` batch rows (2 per call with the CFG branch), ``C`` chan
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +20,26 @@ from torch import nn
 
 from .config import Dia2Config
 
+
+class KVCache(Protocol):
+    """What the main decoder's layers need of a KV cache: :class:`DecoderCache` (dense, ``S`` slots per
+    row) and ``dia2.paged_kv.PagedDecoderCache`` (a block table per row over a shared pool) both fill it."""
+
+    @property
+    def max_steps(self) -> int: ...
+
+    def write(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None: ...
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]: ...
+
+
 __all__ = [
     "DecoderCache",
     "DecoderStepOutput",
     "Depformer",
     "DepformerCache",
     "Dia2Model",
+    "KVCache",
     "MainDecoder",
 ]
 
@@ -124,12 +139,6 @@ def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: to
     )
 
 
-def _write_slot(buf: torch.Tensor, index: torch.Tensor, chunk: torch.Tensor) -> None:
-    """Write ``chunk [B, H, 1, Dh]`` into ``buf [B, H, S, Dh]`` at slot ``index[b]`` of each row."""
-    idx = index.view(-1, 1, 1, 1).expand(-1, buf.shape[1], 1, buf.shape[3])
-    buf.scatter_(2, idx, chunk.to(buf.dtype))
-
-
 # --------------------------------------------------------------------------------------------------
 # Caches
 # --------------------------------------------------------------------------------------------------
@@ -141,6 +150,9 @@ class DecoderCache:
 
     The slot written by a step is passed in per row (``cache_index [B]``) and attention sees slots
     ``0..cache_index[b]`` of row b, so rows can sit at different positions (batched calls later).
+    The layers reach it only through :meth:`write` / :meth:`read` (and the engine through :meth:`rows` /
+    :meth:`limit`), the interface ``dia2.paged_kv.PagedDecoderCache`` shares: a block table per row instead
+    of ``S`` slots per row.
     """
 
     keys: torch.Tensor
@@ -149,6 +161,30 @@ class DecoderCache:
     @property
     def max_steps(self) -> int:
         return self.keys.shape[3]
+
+    def write(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store ``k``/``v [B, Hkv, T, Dh]`` of ``layer`` at slots ``index [B, T]`` of each row."""
+        b, t = index.shape
+        keys, values = self.keys[layer], self.values[layer]
+        idx = index.view(b, 1, t, 1).expand(-1, keys.shape[1], -1, keys.shape[3])
+        keys.scatter_(2, idx, k.to(keys.dtype))
+        values.scatter_(2, idx, v.to(values.dtype))
+
+    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``layer``'s keys and values ``[B, Hkv, S, Dh]`` (slot s of row b = step s of that row)."""
+        return self.keys[layer], self.values[layer]
+
+    def rows(self, rows: slice | torch.Tensor) -> DecoderCache:
+        """The cache of some rows: a view for a slice, a copy for an index tensor."""
+        if isinstance(rows, slice):
+            return DecoderCache(self.keys[:, rows], self.values[:, rows])
+        return DecoderCache(self.keys.index_select(1, rows), self.values.index_select(1, rows))
+
+    def limit(self, kv_len: int) -> DecoderCache:
+        """Attention over the first ``kv_len`` slots only (every row's next slot lies below it)."""
+        if kv_len >= self.max_steps:
+            return self
+        return DecoderCache(self.keys[..., :kv_len, :], self.values[..., :kv_len, :])
 
     @classmethod
     def allocate(
@@ -205,8 +241,8 @@ class DecoderAttention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
+        cache: KVCache,
+        layer: int,
         cache_index: torch.Tensor,
         valid: torch.Tensor,
     ) -> torch.Tensor:
@@ -215,8 +251,8 @@ class DecoderAttention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(b, 1, self.kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        _write_slot(keys, cache_index, k)
-        _write_slot(values, cache_index, v)
+        cache.write(layer, cache_index.view(-1, 1), k, v)
+        keys, values = cache.read(layer)
         out = _attend(q, keys, values, valid)
         return self.o_proj(out.transpose(1, 2).reshape(b, self.heads * self.head_dim))
 
@@ -225,8 +261,8 @@ class DecoderAttention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        keys: torch.Tensor,
-        values: torch.Tensor,
+        cache: KVCache,
+        layer: int,
         cache_index: torch.Tensor,
         valid: torch.Tensor,
     ) -> torch.Tensor:
@@ -239,9 +275,8 @@ class DecoderAttention(nn.Module):
         k = self.k_norm(self.k_proj(x).view(b, t, self.kv_heads, self.head_dim)).transpose(1, 2)
         v = self.v_proj(x).view(b, t, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        idx = cache_index.view(b, 1, t, 1).expand(-1, keys.shape[1], -1, keys.shape[3])
-        keys.scatter_(2, idx, k.to(keys.dtype))
-        values.scatter_(2, idx, v.to(values.dtype))
+        cache.write(layer, cache_index, k, v)
+        keys, values = cache.read(layer)
         out = _attend(q, keys, values, valid)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
@@ -318,7 +353,7 @@ class MainDecoder(nn.Module):
         tokens: torch.Tensor,
         positions: torch.Tensor,
         cache_index: torch.Tensor,
-        cache: DecoderCache,
+        cache: KVCache,
     ) -> DecoderStepOutput:
         """One frame for every row: ``tokens [B, C]``, rotary ``positions [B]``, ``cache_index [B]``.
 
@@ -333,9 +368,7 @@ class MainDecoder(nn.Module):
         slots = torch.arange(cache.max_steps, device=tokens.device)
         valid = (slots[None, :] <= cache_index[:, None])[:, None, None, :]
         for i, layer in enumerate(self.layers):
-            x = x + layer.attn(
-                layer.pre_norm(x), cos, sin, cache.keys[i], cache.values[i], cache_index, valid
-            )
+            x = x + layer.attn(layer.pre_norm(x), cos, sin, cache, i, cache_index, valid)
             x = x + layer.mlp(layer.post_norm(x))
         return self.output(x)
 
@@ -344,7 +377,7 @@ class MainDecoder(nn.Module):
         tokens: torch.Tensor,
         positions: torch.Tensor,
         cache_index: torch.Tensor,
-        cache: DecoderCache,
+        cache: KVCache,
     ) -> DecoderStepOutput:
         """``T`` known frames in one causal forward: ``tokens [B, T, C]``, ``positions``/``cache_index
         [B, T]``. Frame i of row b attends to slots ``<= cache_index[b, i]`` (earlier turns plus frames
@@ -360,9 +393,7 @@ class MainDecoder(nn.Module):
         slots = torch.arange(cache.max_steps, device=tokens.device)
         valid = (slots[None, None, :] <= cache_index[:, :, None])[:, None]  # [B, 1, T, S]
         for i, layer in enumerate(self.layers):
-            x = x + layer.attn.forward_many(
-                layer.pre_norm(x), cos, sin, cache.keys[i], cache.values[i], cache_index, valid
-            )
+            x = x + layer.attn.forward_many(layer.pre_norm(x), cos, sin, cache, i, cache_index, valid)
             x = x + layer.mlp(layer.post_norm(x))
         return self.output(x)
 
