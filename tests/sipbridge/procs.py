@@ -14,6 +14,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 SIPBRIDGE = [sys.executable, "-m", "sipbridge.cli"]
+# Every process a test started, so a failing test cannot leave a bridge (and its workers) running: fixtures
+# in conftest.py stop what a test or a session left behind (an orphaned bridge costs CPU the next tests need).
+STARTED: list[LoggedProcess] = []
 
 
 @dataclass
@@ -34,6 +37,7 @@ class LoggedProcess:
             text=True,
         )
         logged = cls(proc)
+        STARTED.append(logged)
         threading.Thread(target=logged._pump, daemon=True).start()
         return logged
 
@@ -72,3 +76,17 @@ class LoggedProcess:
         while (line := self.lines.get(timeout=timeout)) is not None:
             self.seen.append(line)
         return code
+
+
+def stop_left_running(processes: Sequence[LoggedProcess], grace_s: float = 15.0) -> None:
+    """SIGTERM (the supervisor stops its workers and front), then SIGKILL what is still there."""
+    alive = [p for p in processes if p.proc.poll() is None]
+    for p in alive:
+        p.proc.terminate()
+    deadline = time.monotonic() + grace_s
+    for p in alive:
+        try:
+            p.proc.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            p.proc.kill()
+            p.proc.wait()
