@@ -338,6 +338,15 @@ class MediaConfig(_Section):
     dead_media_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="End the call when no RTP arrives for this long."
     )
+    playback_margin_ms: int = Field(
+        80,
+        ge=20,
+        le=2000,
+        description="Reply audio a worker holds before it starts playing an utterance (whole 20 ms frames, "
+        "rounded up): absorbs the jitter of the engine's chunks on their way to the worker, so a reply never "
+        "stalls once started. Costs first-audio latency only while the engine has not yet produced this "
+        "much (80 ms is one Dia2 frame; espeak makes it in a few ms).",
+    )
     srtp: Literal["off", "optional", "mandatory"] = Field(
         "off",
         description="SRTP with SDES keys (RFC 4568): optional offers and accepts it, plain RTP too; "

@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 ESPEAK_RATE = 22050  # espeak-ng's only output rate
 _WAV_HEADER = 44  # espeak-ng writes a canonical 44-byte header with "unknown length" sizes
-_READ_BYTES = 2 * 441  # 20 ms per read keeps the first chunk early
+# A read returns what the pipe holds, up to this: the first chunk is as early as espeak writes it, and
+# later ones are as large as espeak ran ahead (it runs ~10x real time). A 20 ms cap made every 20 ms of audio
+# one resampler pass and one IPC message, ~40 % of the supervisor's event loop at 8 calls (py-spy).
+_READ_BYTES = 2 * ESPEAK_RATE  # up to 1 s per read
 
 
 @dataclass
