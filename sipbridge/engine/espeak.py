@@ -52,6 +52,11 @@ class EspeakSession:
     voice_words: str | None = None  # espeak cannot clone a voice; kept so `state` reports it was set
     replies: int = 0
 
+    @property
+    def start_margin_s(self) -> float:
+        """Audio the call path gathers before a reply's first send (engine.espeak.start_margin_ms)."""
+        return self.engine.config.start_margin_ms / 1000
+
     def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> None:
         # No context model; kept for health/debugging only.
         self.turns_heard.append(words if isinstance(words, str) else " ".join(w for w, _, _ in words))
