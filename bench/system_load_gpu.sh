@@ -77,7 +77,8 @@ run() {
         python3 bench/system_load.py --calls "$n" --engine dia2 --dia2-shape 2b --dia2-device cuda \
             --asr-backend transformers --asr-model "$whisper" --asr-device cuda --agent echo \
             --caller .caller --stagger-s "${STAGGER_S:-0.1}" --json "$out/system-load-$n.json" \
-            2>&1 | tail -n 3
+            >"$out/system-load-$n.log" 2>&1 || echo "N=$n: system_load failed, see $out/system-load-$n.log"
+        tail -c 1500 "$out/system-load-$n.log"
     done
     ls -la "$out"
 }
