@@ -34,23 +34,12 @@ from dia2.engine import AudioChunk, BatchEngine, CallState, EngineOptions, Speak
 from dia2.mimi import MimiCodec
 from dia2.model import Dia2Model
 from dia2.prefix import PrefixWord
-from dia2.presets import preset_config
+from dia2.random_weights import random_runtime
 from dia2.state_machine import TokenIds
 
 logger = logging.getLogger("dia2_speed")
 ROOT = Path(__file__).resolve().parents[1]
 REPLY = " ".join(["[S1] Thank you for calling, let me check that booking for you right away."] * 6)
-
-
-class HashEncoder:
-    """Stand-in tokenizer for random weights: 1-3 pieces per word, ids in the text vocabulary."""
-
-    def __init__(self, vocab: int) -> None:
-        self.vocab = vocab
-
-    def encode(self, text: str) -> list[int]:
-        h = sum(ord(c) * 31**i for i, c in enumerate(text)) % 1_000_003
-        return [16 + (h + i * 7919) % (self.vocab - 16) for i in range(1 + len(text) % 3)]
 
 
 def build(args: argparse.Namespace) -> tuple[Dia2Model, TokenIds, Any, MimiCodec, str]:
@@ -60,28 +49,8 @@ def build(args: argparse.Namespace) -> tuple[Dia2Model, TokenIds, Any, MimiCodec
         ref = ReferenceFixture.load(ROOT / "tests" / "fixtures" / "dia2-tiny")
         rt = ref.load_runtime(args.device, "float32")
         return rt.model, rt.ids, rt.tokenizer, rt.mimi, "tiny fixture (float32)"
-    from transformers import MimiConfig, MimiModel
-
-    config = preset_config(args.preset)
-    torch.manual_seed(0)
-    with torch.device(args.device):
-        model = Dia2Model(config).to(torch.bfloat16)
-    model.reset_buffers()
-    model.eval()
-    mimi_model = MimiModel(MimiConfig()).to(args.device).eval()  # kyutai/mimi shapes, random weights
-    mimi = MimiCodec(mimi_model, num_codebooks=config.data.num_codebooks)
-    d = config.data
-    ids = TokenIds(
-        new_word=d.text_new_word_token_id,
-        pad=d.text_pad_token_id,
-        bos=1,
-        zero=d.text_zero_token_id,
-        spk1=49152 % d.text_vocab_size,
-        spk2=49153 % d.text_vocab_size,
-        audio_pad=d.audio_pad_token_id,
-        audio_bos=d.audio_bos_token_id,
-    )
-    return model, ids, HashEncoder(d.text_vocab_size), mimi, f"Dia2-{args.preset.upper()} shapes, random bf16"
+    rt = random_runtime(args.preset, device=str(args.device), dtype="bfloat16")
+    return rt.model, rt.ids, rt.tokenizer, rt.mimi, f"Dia2-{args.preset.upper()} shapes, random bf16"
 
 
 def sync(device: torch.device) -> None:

@@ -18,8 +18,11 @@ Everything is measured on the wire (lo, kernel timestamps) except the ASR wait a
 - asr: sipbridge_asr_wait_seconds (turn end -> words) mean and count, from /metrics;
 - cpu: CPU-seconds of the workers, the supervisor and the front over the calls, and per call.
 
-Dia2 on a GPU (random full-size weights through a benchmark-only switch) is not wired in yet: see
-docs/PERFORMANCE.md, "The whole system on one GPU host".
+`--engine dia2` runs Dia2 with RANDOM weights of `--dia2-shape` (2b: full Dia2-2B shapes, bf16) through the
+benchmark-only switch of sipbridge/engine/dia2.py (two environment variables this script sets; no config key
+reaches it); `--dia2-tiny` proves that path on the CPU at the tiny fixture's shapes. Random ASR weights hear
+nonsense, so such runs use `--agent echo` (a reply to every turn). bench/system_load_gpu.sh is the whole GPU
+run in one command: docs/PERFORMANCE.md, "The whole system on one GPU host".
 """
 
 from __future__ import annotations
@@ -52,7 +55,10 @@ from tests.sipbridge.peers import RtpSniffer, caller_audio, free_media_port  # n
 from tests.sipbridge.peers import sipp_scenario as caller_scenario  # noqa: E402
 from tests.sipbridge.procs import LoggedProcess  # noqa: E402
 
-ANSWERS = ("Yes, I can help you with that.", "Yes, she works here.", "She started in March twenty nineteen.")
+# The first answer is one tiny.en hears as a yes however it arrives: "Yes, I can help you with that" came back
+# as "I can tell you with that" (unsure) from clean espeak audio, and as "I can't ..." (a refusal, the bot
+# hangs up) in two loaded runs; "Yes, sure, go ahead." read as a yes with 0-9 packets of it dropped.
+ANSWERS = ("Yes, sure, go ahead.", "Yes, she works here.", "She started in March twenty nineteen.")
 GREETING_S = 12.0  # the flow's intro is not interruptible and lasts ~9 s in espeak: the caller waits it out
 PACKET_S = 0.020
 REPLY_RMS = 300.0  # a bot packet louder than this is reply audio (its silence frames are ~0)
@@ -81,20 +87,66 @@ def caller_script(path: Path, pause_s: float) -> Script:
     return Script(path, ends, starts, len(pcm) / 8000)
 
 
-def start_bridge(work: Path, calls: int, asr_backend: str, asr_model: str) -> tuple[LoggedProcess, str]:
+def engine_section(args: argparse.Namespace) -> dict[str, Any]:
+    if args.engine == "espeak":
+        return {"kind": "espeak"}
+    # model names a folder that does not exist: with random weights the engine must never read it.
+    dia2 = {"model": "/nonexistent/random-weights-benchmark", "device": args.dia2_device,
+            "dtype": args.dia2_dtype, "max_batch": max(args.calls)}  # fmt: skip
+    return {"kind": "dia2", "dia2": dia2}
+
+
+def bench_env(args: argparse.Namespace) -> dict[str, str]:
+    """The benchmark-only switch (sipbridge/engine/dia2.py): random Dia2 weights of `--dia2-shape`."""
+    if args.engine != "dia2":
+        return {}
+    from sipbridge.engine.dia2 import BENCH_CONFIRM_ENV, BENCH_CONFIRM_VALUE, BENCH_RANDOM_ENV
+
+    return {BENCH_RANDOM_ENV: args.dia2_shape, BENCH_CONFIRM_ENV: BENCH_CONFIRM_VALUE}
+
+
+def save_script(script: Script, folder: Path) -> None:
+    """The caller's file and turn times, to carry to a box without espeak-ng (bench/system_load_gpu.sh)."""
+    folder.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(script.path, folder / "caller.ulaw")
+    times = {"turn_ends": script.turn_ends, "turn_starts": script.turn_starts, "seconds": script.seconds}
+    (folder / "caller.json").write_text(json.dumps(times))
+
+
+def load_script(folder: Path) -> Script:
+    times = json.loads((folder / "caller.json").read_text())
+    return Script(folder / "caller.ulaw", times["turn_ends"], times["turn_starts"], times["seconds"])
+
+
+def gpu_memory_mib() -> dict[str, Any] | None:
+    """GPU memory in use on the box (nvidia-smi), None without one: the engine's and ASR's share of it."""
+    if shutil.which("nvidia-smi") is None:
+        return None
+    out = subprocess.run(
+        ["nvidia-smi", "--query-gpu=name,memory.used,memory.total", "--format=csv,noheader,nounits"],
+        capture_output=True, text=True, timeout=30,
+    ).stdout.strip().splitlines()  # fmt: skip
+    cards = [[x.strip() for x in line.split(",")] for line in out if line.count(",") == 2]
+    return {"cards": [{"name": n, "used_mib": int(u), "total_mib": int(t)} for n, u, t in cards]}
+
+
+def start_bridge(
+    work: Path, calls: int, asr_backend: str, asr_model: str, args: argparse.Namespace | None = None
+) -> tuple[LoggedProcess, str]:
     config = {
         "sip": {"port": 0, "max_calls": calls},
         "http": {"port": 0},
         "media": {"rtp_port_min": 20000, "rtp_port_max": 29999},
-        "agent": {"kind": "script"},
-        "asr": {"backend": asr_backend, "model": asr_model},
+        "agent": {"kind": args.agent if args else "script"},
+        "asr": {"backend": asr_backend, "model": asr_model, "device": args.asr_device if args else "cpu"},
+        "engine": engine_section(args) if args else {"kind": "espeak"},
         "storage": {"sqlite_path": str(work / "db.sqlite3"), "recordings_dir": str(work / "rec"),
                     "record_calls": False},
         "logging": {"level": "INFO"},
     }  # fmt: skip
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {"OMP_NUM_THREADS": "1"}
+    env = {"OMP_NUM_THREADS": "1", **(bench_env(args) if args else {})}
     proc = LoggedProcess.start(["run", "-c", str(work / "config.yaml")], cwd=ROOT, env=env)
     port = int(proc.wait_for(r"sip listening on \S+ port\(s\) (\d+)", 120).group(1))
     http = proc.wait_for(r"http listening on (http://\S+) ", 60).group(1)
@@ -127,6 +179,13 @@ def turn_gaps(sniffer: RtpSniffer, media: int, script: Script) -> tuple[list[flo
     return gaps, missed
 
 
+def failure(i: int, code: int, work: Path) -> dict[str, Any]:
+    """A failed caller: SIPp's exit status and the start of its error log (what it saw go wrong)."""
+    log = work / "errors.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    return {"caller": i, "sipp_exit": code, "error": text[:600]}
+
+
 def rms(payload: bytes) -> float:
     return float(np.sqrt(np.mean(g711.ulaw_decode(payload).astype(np.float64) ** 2)))
 
@@ -142,9 +201,9 @@ def pct(values: list[float], q: float) -> float | None:
 
 def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     work.mkdir(parents=True, exist_ok=True)
-    script = caller_script(work / "caller.ulaw", args.pause_s)
+    script = load_script(args.caller) if args.caller else caller_script(work / "caller.ulaw", args.pause_s)
     load_before = os.getloadavg()[0]
-    proc, where = start_bridge(work / "bridge", n, args.asr_backend, args.asr_model)
+    proc, where = start_bridge(work / "bridge", n, args.asr_backend, args.asr_model, args)
     port, http = int(where.split("|")[0]), where.split("|")[1]
     procs: list[subprocess.Popen[bytes]] = []
     try:
@@ -154,6 +213,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         front = [fpid, *children(fpid)] if fpid else []
         pids = {"workers": workers, "supervisor": [proc.proc.pid], "front": front}
         cpu0 = {k: sum(map(cpu_s, v)) for k, v in pids.items()}
+        steps0 = health["engine"].get("steps_run", 0)
         media = [free_media_port() for _ in range(n)]
         talk_ms = int((script.seconds + 2) * 1000)
         with RtpSniffer(set(media)) as sniffer:
@@ -168,6 +228,8 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             wall = time.monotonic() - t0
         cpu1 = {k: sum(map(cpu_s, v)) for k, v in pids.items()}
         metrics = httpx.get(f"{http}/metrics", timeout=30).text
+        engine = httpx.get(f"{http}/healthz", timeout=30).json()["engine"]
+        gpu = gpu_memory_mib()
     finally:
         for p in procs:
             if p.poll() is None:
@@ -185,10 +247,17 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     spent = {k: round(cpu1[k] - cpu0[k], 2) for k in cpu0}
     return {
         "calls": n,
-        "engine": "espeak",
+        "engine": engine.get("model", engine.get("kind")) if args.engine == "dia2" else "espeak",
+        # Dia2: one engine step advances every speaking call one 80 ms frame, so steps/s is each speaking
+        # call's frames/s (12.5 is real time); averaged over the whole run, pauses included.
+        "engine_steps_per_s": round((engine.get("steps_run", 0) - steps0) / wall, 2)
+        if args.engine == "dia2"
+        else None,
+        "gpu_memory": gpu,
         "asr": f"{args.asr_backend}:{args.asr_model}",
         "workers": len(workers),
         "failed": sum(c != 0 for c in codes),
+        "failures": [failure(i, c, work / f"c{i}") for i, c in enumerate(codes) if c != 0],
         "turns": {
             "expected": n * len(ANSWERS),
             "answered": len(gaps),
@@ -206,6 +275,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             "late_per_call": [q[1] for q in quality],
             "lost_mean": round(statistics.mean(q[0] for q in quality), 2),
             "late_mean": round(statistics.mean(q[1] for q in quality), 2),
+            "capture_dropped": sniffer.dropped,  # the sniffer's own losses: lost figures need this 0
         },
         "underruns": {
             "total": sum(underruns),
@@ -235,18 +305,50 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--asr-model", default="bundled:tiny.en")
     ap.add_argument("--pause-s", type=float, default=7.0, help="caller silence after each answer")
     ap.add_argument("--stagger-s", type=float, default=0.5, help="between two callers' arrivals")
+    ap.add_argument("--asr-device", default="cpu", help="cpu or cuda (asr.device)")
+    ap.add_argument(
+        "--agent",
+        default="script",
+        choices=("script", "echo"),
+        help="echo answers every turn whatever it heard: for ASR with random weights",
+    )
+    ap.add_argument("--engine", default="espeak", choices=("espeak", "dia2"))
+    ap.add_argument(
+        "--dia2-shape",
+        default="2b",
+        help="dia2 random-weights shape: a preset (2b, 1b) or a checkpoint folder (its shapes)",
+    )
+    ap.add_argument("--dia2-device", default="cuda")
+    ap.add_argument("--dia2-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument(
+        "--dia2-tiny",
+        action="store_true",
+        help="dia2 with random weights at the tiny fixture's shapes on the CPU (proves the path)",
+    )
+    ap.add_argument("--caller", type=Path, help="read the caller's audio and turn times from this folder")
+    ap.add_argument(
+        "--save-caller", type=Path, help="write the caller's audio and turn times here, then exit"
+    )
     ap.add_argument("--json", type=Path)
     args = ap.parse_args(argv)
     if args.cpu:
-        args.calls, args.asr_backend, args.asr_model = [8], "faster-whisper", "bundled:tiny.en"
+        args.asr_backend, args.asr_model, args.asr_device = "faster-whisper", "bundled:tiny.en", "cpu"
+    if args.dia2_tiny:
+        args.engine, args.dia2_device, args.dia2_dtype = "dia2", "cpu", "float32"
+        args.dia2_shape = str(ROOT / "tests" / "fixtures" / "dia2-tiny")
     return args
 
 
 def main(argv: list[str] | None = None) -> int:
     args = parse(argv)
-    if shutil.which("kamailio") is None or shutil.which("sipp") is None:
+    if not args.save_caller and (shutil.which("kamailio") is None or shutil.which("sipp") is None):
         print("system_load: needs kamailio and sipp (deploy/setup.sh --dev)", file=sys.stderr)
         return 2
+    if args.save_caller:
+        with tempfile.TemporaryDirectory(prefix="system-load-") as tmp:
+            save_script(caller_script(Path(tmp) / "caller.ulaw", args.pause_s), args.save_caller)
+        print(f"caller audio and turn times in {args.save_caller}", file=sys.stderr)
+        return 0
     results = []
     with tempfile.TemporaryDirectory(prefix="system-load-") as tmp:
         for n in args.calls:

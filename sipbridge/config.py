@@ -305,6 +305,15 @@ class MediaConfig(_Section):
     dead_media_timeout_s: float = Field(
         30.0, gt=0, le=3600, description="End the call when no RTP arrives for this long."
     )
+    playback_margin_ms: int = Field(
+        80,
+        ge=20,
+        le=2000,
+        description="Reply audio a worker holds before it starts playing an utterance (whole 20 ms frames, "
+        "rounded up): absorbs the jitter of the engine's chunks on their way to the worker, so a reply never "
+        "stalls once started. Costs first-audio latency only while the engine has not yet produced this "
+        "much (80 ms is one Dia2 frame; espeak makes it in a few ms).",
+    )
     srtp: Literal["off", "optional", "mandatory"] = Field(
         "off",
         description="SRTP with SDES keys (RFC 4568): optional offers and accepts it, plain RTP too; "
@@ -417,6 +426,15 @@ class EspeakEngineConfig(_Section):
 
     voice: str = Field("en-us", description="espeak-ng voice name.")
     words_per_minute: int = Field(165, ge=80, le=450, description="Speaking rate.")
+    start_margin_ms: int = Field(
+        200,
+        ge=0,
+        le=2000,
+        description="Reply audio gathered before the first of it goes to the worker. espeak-ng writes a "
+        "sentence in bursts, ~10x faster than real time on an idle core but stalling for 100-250 ms on a "
+        "busy one; the head start keeps those stalls from reaching the caller as gaps. Costs a few ms: "
+        "200 ms of audio was ready within 5 ms of espeak's first bytes, even on a loaded 2-core box.",
+    )
 
 
 class LexiconEntryConfig(_Section):

@@ -615,12 +615,24 @@ class CallSession:
                     utt.timing["turn_to_first_audio_ms"] = (now - utt.turn_ended_at) * 1000
                     self.metrics.reply_latency.observe(now - utt.turn_ended_at)
 
+        # An engine far faster than real time whose output still comes in bursts (espeak: one process per
+        # sentence, starved on a busy box) asks for a head start: its first audio goes out once this much is
+        # ready, so the worker's playback margin is not all that stands between a stall and an underrun.
+        head = int(getattr(session, "start_margin_s", 0.0) * self.rate)
+        held: list[np.ndarray] = []
         async for chunk in session.speak(utt.reply.text):
             if utt.cancelled:
                 break
-            send(resampler.process(np.asarray(chunk, dtype=np.float32)))
+            out = resampler.process(np.asarray(chunk, dtype=np.float32))
+            if head:
+                held.append(out)
+                if sum(map(len, held)) < head:
+                    continue
+                out, head = np.concatenate(held), 0
+                held.clear()
+            send(out)
         if not utt.cancelled:
-            send(resampler.flush())
+            send(np.concatenate([*held, resampler.flush()]))
             if utt.held:
                 utt.generated = True  # EndOfUtterance goes with the audio when AMD says "person"
             else:

@@ -26,6 +26,7 @@ from typing import Any
 
 import uvicorn
 
+from audio.resample import make_resampler
 from sipbridge import frames as f
 from sipbridge.agents import Agent, AgentError, make_agent
 from sipbridge.asr import AsrError, Transcriber
@@ -418,6 +419,10 @@ class Supervisor:
                 raise SupervisorStartupError(f"turn.end_of_turn: {exc}") from exc
             self.engine = make_engine(cfg.engine, self.asr, Path(cfg.storage.sqlite_path).parent)
             await self.engine.start()
+            # Every reply makes an engine -> call rate resampler. Its filter design (and the scipy import
+            # under it) is cached, but the first one cost ~1 s on the event loop, measured in the middle of
+            # the first greetings (bench/system_load.py --cpu): pay it here, off the loop, before ready.
+            await asyncio.to_thread(make_resampler, self.engine.sample_rate, cfg.media.clock_rate)
             check = check_front(cfg)
             if check.problem:
                 raise FrontError(check.problem)

@@ -26,8 +26,9 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import time
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -55,6 +56,27 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _DEFAULT_MIMI = "kyutai/mimi"
+# BENCHMARK ONLY (bench/system_load.py): random weights at real shapes instead of engine.dia2.model. An
+# environment switch, never a config key, so no config file can turn it on; and it needs its confirmation
+# beside it, so one stray variable refuses to start instead of speaking noise to callers.
+BENCH_RANDOM_ENV = "SIPBRIDGE_BENCH_RANDOM_DIA2"  # a dia2 preset (2b, 1b) or a checkpoint folder (its shapes)
+BENCH_CONFIRM_ENV = "SIPBRIDGE_I_KNOW_THIS_IS_A_BENCHMARK"
+BENCH_CONFIRM_VALUE = "random weights speak noise"
+
+
+def bench_random_shape(env: Mapping[str, str]) -> str | None:
+    """The random-weights shape the benchmark switch asks for (None: load engine.dia2.model as always)."""
+    shape = env.get(BENCH_RANDOM_ENV)
+    if not shape:
+        return None
+    if env.get(BENCH_CONFIRM_ENV) != BENCH_CONFIRM_VALUE:
+        raise EngineError(
+            f"{BENCH_RANDOM_ENV} is set (random Dia2 weights: benchmarks only, callers would hear noise) "
+            f"without {BENCH_CONFIRM_ENV}={BENCH_CONFIRM_VALUE!r}: refusing to start (unset the first)"
+        )
+    return shape
+
+
 # Voice prefix transcripts by "<sha256 of the WAV>:<ASR model>", for this process (the JSON file persists).
 _VOICE_CACHE: dict[str, list[tuple[str, float, float]]] = {}
 _DIA2_POLICY = ShapePolicy(speaker_tag=DIA2_TAG, breaks=True)  # replaced by make_engine from the config
@@ -243,6 +265,7 @@ class Dia2Engine:
     dia2_engine: Any = None
     speak_options: Any = None
     voice: PreparedVoice | None = None  # the configured prefix, encoded once at start
+    random_shape: str | None = None  # set only by the benchmark switch (BENCH_RANDOM_ENV): weights are random
     text: TextFrontend = field(default_factory=lambda: TextFrontend(policy=_DIA2_POLICY))
 
     async def start(self) -> None:
@@ -257,7 +280,7 @@ class Dia2Engine:
         await self._load_voice()
         log.info(
             "engine dia2 ready: %s on %s (%s), %d conversations, in %.1f s",
-            self.config.model, self.config.device, self.config.dtype, self.config.max_batch,
+            self.health()["model"], self.config.device, self.config.dtype, self.config.max_batch,
             time.monotonic() - t0,
         )  # fmt: skip
 
@@ -271,15 +294,25 @@ class Dia2Engine:
         cfg = self.config
         if cfg.device == "cpu":
             torch.set_num_threads(1)  # 2 intra-op threads are 10-30x slower on small VMs (recipes §8)
+        self.random_shape = bench_random_shape(os.environ)
         try:
-            runtime = Dia2.from_pretrained(
-                cfg.model,
-                device=cfg.device,
-                dtype=cfg.dtype,
-                mimi=None if cfg.mimi == _DEFAULT_MIMI else cfg.mimi,  # a checkpoint's own codec wins
-                tokenizer=cfg.tokenizer,
-                revision=cfg.revision,
-            )
+            if self.random_shape is not None:
+                from dia2.random_weights import random_runtime
+
+                log.warning(
+                    "BENCHMARK ONLY: dia2 runs RANDOM weights of shape %s (%s); engine.dia2.model is not "
+                    "loaded and every reply is noise", self.random_shape, BENCH_RANDOM_ENV,
+                )  # fmt: skip
+                runtime = random_runtime(self.random_shape, device=cfg.device, dtype=cfg.dtype)
+            else:
+                runtime = Dia2.from_pretrained(
+                    cfg.model,
+                    device=cfg.device,
+                    dtype=cfg.dtype,
+                    mimi=None if cfg.mimi == _DEFAULT_MIMI else cfg.mimi,  # a checkpoint's own codec wins
+                    tokenizer=cfg.tokenizer,
+                    revision=cfg.revision,
+                )
         except Exception as exc:
             raise EngineError(f"cannot load dia2 model {cfg.model!r}: {exc}") from exc
         steps = runtime.config.runtime.max_context_steps
@@ -406,7 +439,7 @@ class Dia2Engine:
         return {
             "ok": engine is not None,
             "kind": self.name,
-            "model": self.config.model,
+            "model": self.config.model if self.random_shape is None else f"RANDOM:{self.random_shape}",
             "device": self.config.device,
             "sessions": len(self.sessions),
             "rows_in_use": len(engine.calls) if engine is not None else 0,

@@ -34,7 +34,10 @@ log = logging.getLogger(__name__)
 
 ESPEAK_RATE = 22050  # espeak-ng's only output rate
 _WAV_HEADER = 44  # espeak-ng writes a canonical 44-byte header with "unknown length" sizes
-_READ_BYTES = 2 * 441  # 20 ms per read keeps the first chunk early
+# A read returns what the pipe holds, up to this: the first chunk is as early as espeak writes it, and
+# later ones are as large as espeak ran ahead (it runs ~10x real time). A 20 ms cap made every 20 ms of audio
+# one resampler pass and one IPC message, ~40 % of the supervisor's event loop at 8 calls (py-spy).
+_READ_BYTES = 2 * ESPEAK_RATE  # up to 1 s per read
 
 
 @dataclass
@@ -48,6 +51,11 @@ class EspeakSession:
     turns_heard: list[str] = field(default_factory=list)
     voice_words: str | None = None  # espeak cannot clone a voice; kept so `state` reports it was set
     replies: int = 0
+
+    @property
+    def start_margin_s(self) -> float:
+        """Audio the call path gathers before a reply's first send (engine.espeak.start_margin_ms)."""
+        return self.engine.config.start_margin_ms / 1000
 
     def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> None:
         # No context model; kept for health/debugging only.

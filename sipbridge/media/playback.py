@@ -4,9 +4,12 @@ Three threads touch a `PlaybackQueue`: the IPC reader pushes audio, PJSIP's medi
 per tick (`pop` must stay a few microseconds: it only moves bytes under a lock), and the worker's media thread
 drops interruptible audio on barge-in. All state sits behind one lock; no call into it blocks.
 
-Utterances play in id order. An utterance whose audio has not caught up with playback (the engine is slower
-than real time, or the first chunk is late) plays silence for that tick, counted as an underrun; silence
-between utterances is not an underrun.
+Utterances play in id order. An utterance starts once `start_frames` frames of it are queued (the jitter
+margin; or once it has ended, if it is shorter): the engine's chunks reach the worker with jitter (the
+supervisor's event loop, IPC, the engine's own start), and starting on the first frame made the second one
+late. Silence before that start is reply latency, measured on the wire, not an underrun. Once started, a tick
+that finds the utterance's audio has not caught up (the engine slower than real time, or a stall longer than
+the margin) plays silence, counted as an underrun; silence between utterances is not an underrun.
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ class PlaybackItem:
     frames: deque[bytes] = field(default_factory=deque)
     partial: bytearray = field(default_factory=bytearray)
     ended: bool = False  # EndOfUtterance seen: no more audio will come
-    started_tick: int | None = None
+    started_tick: int | None = None  # the tick of its first frame out
     started_at: float = 0.0  # time.monotonic() of its first frame out
     underruns: int = 0
 
@@ -44,6 +47,9 @@ class PlaybackDone:
 @dataclass
 class PlaybackQueue:
     frame_bytes: int
+    start_frames: int = (
+        1  # the jitter margin: frames queued before an utterance starts (media.playback_margin_ms)
+    )
     silence: bytes = b""
     _lock: threading.Lock = field(default_factory=threading.Lock)
     _queue: deque[PlaybackItem] = field(default_factory=deque)
@@ -100,6 +106,8 @@ class PlaybackQueue:
             while self._queue:
                 utt = self._queue[0]
                 if utt.started_tick is None:
+                    if len(utt.frames) < self.start_frames and not utt.ended:
+                        return self.silence  # the margin is still filling: latency, not an underrun
                     utt.started_tick = self.tick
                 if utt.frames:
                     if not utt.started_at:

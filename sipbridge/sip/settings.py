@@ -65,6 +65,7 @@ class WorkerSettings:
     # sip.tls as plain values (port already this worker's), and media.srtp: off | optional | mandatory.
     tls: dict[str, Any] = field(default_factory=dict)
     srtp: str = "off"
+    playback_margin_ms: int = 80  # media.playback_margin_ms: reply audio held before an utterance starts
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -136,6 +137,7 @@ def worker_settings(
         jitter_buffer_max_prefetch_ms=media.jitter_buffer_max_prefetch_ms,
         jitter_buffer_max_ms=media.jitter_buffer_max_ms,
         dead_media_timeout_s=media.dead_media_timeout_s,
+        playback_margin_ms=media.playback_margin_ms,
         vad=dataclasses.asdict(config.vad.segmenter_settings()),
         barge_in_min_ms=config.vad.barge_in_min_ms,
         recordings_dir=str(Path(config.storage.recordings_dir).resolve())

@@ -325,7 +325,7 @@ class Worker:
         call_media = slot.pj_call.getAudioMedia(index)
         codec = slot.pj_call.getStreamInfo(index).codecName
         slot.media_index = index
-        slot.playback = PlaybackQueue(self.frame_bytes)
+        slot.playback = PlaybackQueue(self.frame_bytes, -(-self.settings.playback_margin_ms // 20))
         record = self.settings.recordings_dir is not None
         # Announce the call before any media event of it can be emitted (the media thread sees "open"
         # only after this send), so the supervisor always learns of a call first.

@@ -43,6 +43,26 @@ def test_playback_plays_in_order_pads_the_tail_and_counts_underruns() -> None:
     assert [(d.utterance, d.interrupted, d.underruns) for d in done] == [(1, False, 1), (2, False, 0)]
 
 
+def test_an_utterance_starts_once_its_margin_is_queued_and_then_never_waits_for_it() -> None:
+    q = PlaybackQueue(FRAME, start_frames=3)
+    q.push(1, True, frames_of(1, 1)[:-2])  # the first chunk is short of a frame (the resampler's lead-in)
+    q.push(1, True, frames_of(1, 1))
+    assert q.pop() == q.silence and q.pop() == q.silence  # filling the margin: waiting, not an underrun
+    assert q.underruns == 0 and q.frames_played == 0
+    q.push(1, True, frames_of(1, 2))
+    played = [np.frombuffer(q.pop(), np.int16)[0] for _ in range(3)]
+    assert played == [1, 1, 1] and q.underruns == 0
+    assert q.pop() == q.silence and q.underruns == 1  # started: a missing frame now is an underrun
+    q.end(1)
+    assert np.frombuffer(q.pop(), np.int16)[0] == 1  # the padded partial frame
+    q.push(2, True, frames_of(2, 1))  # shorter than the margin, and ended: it plays at once
+    q.end(2)
+    assert np.frombuffer(q.pop(), np.int16)[0] == 2
+    done = q.take_finished()
+    assert [(d.utterance, d.underruns) for d in done] == [(1, 1)]
+    assert q.pop() == q.silence and [d.underruns for d in q.take_finished()] == [0]
+
+
 def test_cancel_drops_queued_audio_and_audio_still_in_flight() -> None:
     q = PlaybackQueue(FRAME)
     q.push(1, False, frames_of(1, 5))

@@ -23,13 +23,16 @@ pytestmark = pytest.mark.skipif(
 )
 
 
-@pytest.mark.xfail(strict=False, reason="failed in the 2026-12-04 fresh-clone run after merging; open")
 def test_eight_talking_callers_each_get_three_replies_without_underruns(tmp_path: Path) -> None:
-    args = parse(["--cpu"])
+    # The caller's pause after each answer is the time a reply has to arrive to count as answered. This test
+    # asserts correctness, not timing: on a loaded 2-core box the one ASR thread took up to 6.5 s (load 13),
+    # past the bench's 7 s default, so the CI run gives replies 10 s.
+    args = parse(["--cpu", "--pause-s", "10"])
     result = run_one(args.calls[0], args, tmp_path)
     print(json.dumps(result))  # the whole result, for a failure's log
     assert result["calls"] == 8 and result["failed"] == 0 and result["worker_deaths"] == 0, result
     assert result["turns"]["answered"] == result["turns"]["expected"] == 24, result
     assert result["underruns"]["total"] == 0 and result["underruns"]["calls_recorded"] == 8, result
     assert result["asr_turns"] and result["asr_turns"] >= 24, result
+    assert result["rtp_bot_to_caller"]["capture_dropped"] == 0, result  # else "lost" is the sniffer's loss
     assert max(result["rtp_bot_to_caller"]["lost_per_call"]) == 0, result
