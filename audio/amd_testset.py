@@ -37,11 +37,13 @@ __all__ = [
     "HUMAN_ANSWERS",
     "MACHINE_GREETINGS",
     "NOISE_RMS",
+    "SCREENER_PROMPTS",
     "SHORT_MACHINE_GREETINGS",
     "VOICES",
     "AmdCase",
     "build_cases",
     "build_holdout_cases",
+    "build_screener_cases",
     "build_short_machine_cases",
     "human_case",
     "machine_case",
@@ -199,6 +201,15 @@ def build_cases(noises: tuple[str, ...] = tuple(NOISE_RMS), quick: bool = False)
     return cases
 
 
+# Call screeners (issue 20: is "call screener" a class of its own?): an assistant answers for the person and
+# asks who is calling. Worded after Google's Call Screen, iOS's "record your name" and a generic assistant.
+SCREENER_PROMPTS = (
+    "Hi, the person you're calling is using a screening service from Google, and will get a copy of this "
+    "conversation. Go ahead and say your name and why you're calling.",
+    "Hi, if you record your name and reason for calling, I'll see if this person is available.",
+    "Hello, the person you're calling is using a call assistant. Please tell me why you're calling.",
+)
+
 # Pauses between a recorded greeting's sentences (machine_case's sentence_pause_ms): from espeak-ng's own
 # ~0.35 s up to just under the 800 ms after-greeting silence that has always told a person.
 SENTENCE_PAUSES_MS = (350.0, 750.0)
@@ -223,6 +234,16 @@ def build_holdout_cases(noises: tuple[str, ...] = ("clean", "noise-40dBFS")) -> 
                     )
                 )
     return cases
+
+
+def build_screener_cases(noises: tuple[str, ...] = ("clean", "noise-40dBFS")) -> list[AmdCase]:
+    """SCREENER_PROMPTS in every voice at ``noises``, no beep, labelled machine (seeds from 30000): 30."""
+    seed = itertools.count(30000)
+    return [
+        machine_case(text, voice, speed, noise, beep=None, seed=next(seed))
+        for noise in noises
+        for (voice, speed), text in itertools.product(VOICES, SCREENER_PROMPTS)
+    ]
 
 
 def build_short_machine_cases(

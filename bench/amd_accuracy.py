@@ -41,7 +41,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
 from audio.amd import AmdSettings, AnsweringMachineDetector, Decision, GreetingFeed, MessageCue
-from audio.amd_testset import NOISE_RMS, AmdCase, build_cases, build_holdout_cases, build_short_machine_cases
+from audio.amd_testset import (
+    NOISE_RMS,
+    AmdCase,
+    build_cases,
+    build_holdout_cases,
+    build_screener_cases,
+    build_short_machine_cases,
+)
 from audio.beep import BeepDetector
 
 if TYPE_CHECKING:
@@ -60,6 +67,7 @@ CONFIGS: dict[str, AmdSettings] = {
     # Issue 20: can people be answered sooner (median human verdict <= 2.5 s) without losing machines?
     "after_silence=600": AmdSettings(after_greeting_silence_ms=600),
     "after_silence=500": AmdSettings(after_greeting_silence_ms=500),
+    "after_silence=300": AmdSettings(after_greeting_silence_ms=300),
     # ... or only after a short answer (short_greeting_ms of speech at most, then a shorter silence)?
     "short=1000/600": AmdSettings(short_greeting_ms=1000, after_short_greeting_silence_ms=600),
     "short=1500/600": AmdSettings(short_greeting_ms=1500, after_short_greeting_silence_ms=600),
@@ -429,6 +437,11 @@ def main(argv: list[str] | None = None) -> int:
         help="also score every config on the held-out group (build_holdout_cases: other words, and "
         "machine greetings with 350-750 ms pauses between sentences)",
     )
+    parser.add_argument(
+        "--screeners",
+        action="store_true",
+        help="also score every config on call-screener prompts (build_screener_cases, labelled machine)",
+    )
     parser.add_argument("--limit", type=int, help="a stratified subset of about this many cases")
     parser.add_argument("--out", type=Path, help="write the JSON here as well as to stdout")
     args = parser.parse_args(argv)
@@ -445,6 +458,7 @@ def main(argv: list[str] | None = None) -> int:
         cases = stratified(cases, args.limit)
     short = build_short_machine_cases(quick=args.quick) if args.asr else []
     holdout = build_holdout_cases() if args.holdout else []
+    screeners = build_screener_cases() if args.screeners else []
     if args.limit and short:
         short = stratified(short, max(1, args.limit * len(short) // 340))
     built = time.perf_counter() - started
@@ -466,6 +480,7 @@ def main(argv: list[str] | None = None) -> int:
                 if holdout
                 else {}
             ),
+            **({"screeners": len(screeners)} if screeners else {}),
         },
         "build_s": round(built, 1),
         "default_settings": {
@@ -506,6 +521,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in names:
             result["configs"][name] = score(cases, CONFIGS[name])
             log.warning("%s: accuracy %.3f", name, result["configs"][name]["accuracy"])
+            if screeners:
+                result["configs"][f"{name} screeners"] = score(screeners, CONFIGS[name])
             if holdout:
                 result["configs"][f"{name} holdout"] = score(holdout, CONFIGS[name])
                 log.warning(

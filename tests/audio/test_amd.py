@@ -18,6 +18,7 @@ from audio.amd import (
 )
 from audio.amd_testset import (
     BEEPS,
+    SCREENER_PROMPTS,
     SENTENCE_PAUSES_MS,
     SHORT_MACHINE_GREETINGS,
     AmdCase,
@@ -442,3 +443,10 @@ def test_greeting_with_a_long_pause_after_its_first_sentence_is_what_the_short_s
     shorter = AmdSettings(short_greeting_ms=1500, after_short_greeting_silence_ms=400)
     assert run(case, shorter)[0].kind == "human"
     assert SENTENCE_PAUSES_MS[1] < AmdSettings().after_greeting_silence_ms
+
+
+def test_a_call_screener_is_a_machine_by_its_length_alone() -> None:
+    # Why there is no "call screener" class from timing: its prompt is a long greeting without a beep.
+    case = machine_case(SCREENER_PROMPTS[2], "en-gb", 175, "noise-40dBFS", beep=None, seed=30002)
+    decision, _ = run(case)
+    assert decision.kind == "machine" and decision.reasons[0].startswith("long greeting"), decision.reasons

@@ -93,6 +93,14 @@ def test_amd_words_follow_the_deployments_asr_unless_set(tmp_path: Path) -> None
     assert not load_campaign(write(tmp_path, on), env={}).campaign.amd.to_settings(asr_available=False).asr
 
 
+def test_the_short_answer_rule_is_off_unless_a_campaign_sets_it(tmp_path: Path) -> None:
+    default = load_campaign(write(tmp_path, CALLER_ID_ONLY), env={}).campaign.amd.to_settings()
+    assert default.short_greeting_ms is None and default.after_greeting_silence_ms == 800
+    text = CALLER_ID_ONLY + "amd: {short_greeting_ms: 1000, after_short_greeting_silence_ms: 600}\n"
+    settings = load_campaign(write(tmp_path, text), env={}).campaign.amd.to_settings()
+    assert (settings.short_greeting_ms, settings.after_short_greeting_silence_ms) == (1000, 600)
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
@@ -118,6 +126,10 @@ def test_amd_words_follow_the_deployments_asr_unless_set(tmp_path: Path) -> None
         (CALLER_ID_ONLY + "voicemail:\n  action: leave_message\n", "voicemail: action is leave_message but"),
         (CALLER_ID_ONLY + "amd:\n  greeting_ms: 9000\n", "amd: amd.greeting_ms (9000) is longer than"),
         (CALLER_ID_ONLY + "amd: {asr_wait_ms: 0}\n", "amd: amd.asr_wait_ms must be a positive integer"),
+        (
+            CALLER_ID_ONLY + "amd: {short_greeting_ms: 3000}\n",
+            "amd: amd.short_greeting_ms (3000) must be positive and below amd.greeting_ms (2500)",
+        ),
         (CALLER_ID_ONLY + "trunk: carrier-b\n", "campaign.yaml:5: trunk: unknown trunk 'carrier-b'"),
         (CALLER_ID_ONLY + "default_timezone: Mars/Base\n", "default_timezone: unknown time zone 'Mars/Base'"),
         (CALLER_ID_ONLY + "default_region: XX\n", "default_region: unknown default region"),
