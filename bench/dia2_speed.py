@@ -6,10 +6,13 @@
 Reports (JSON): ms/frame and frames/s for one call with CFG on and off; time to first audio (TTFA:
 ``speak()`` called → first 24 kHz chunk ready on the host) p50/p95 over 20 turns on a call with a warm
 30 s context; turn ingest ms per second of caller audio (Mimi encode + one prefill); per-call frames/s
-and p95 TTFA at 1, 8, 32, 64, 128, 192, 256 concurrent calls (`--calls`), whether each holds real time
-(12.5 frames/s) with p95 TTFA <= 200 ms, and peak GPU memory per size. Weights are random, so the words
-the model "says" mean nothing; every number here is a function of shapes only (TTFA is 18 steps by
-construction of the delay pattern, whatever the weights).
+and p95 TTFA at 1, 8, 32, 64, 128, 192, 256, 384 concurrent calls (`--calls`), whether each holds real time
+(12.5 frames/s) with p95 TTFA <= 200 ms, and peak GPU memory per size. Memory: the engine's breakdown by
+component (``dia2.memory``: predicted from shapes and summed over the live engine's tensors), allocated and
+reserved after capture and per size; sizes whose predicted memory does not fit the card are skipped and
+named (``skipped``). ``--paged-kv --kv-pool-steps N`` runs the paged KV cache (docs/DIA2.md).
+Weights are random, so the words the model "says" mean nothing; every number here is a function of shapes
+only (TTFA is 18 steps by construction of the delay pattern, whatever the weights).
 """
 
 from __future__ import annotations
@@ -31,6 +34,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from dia2.engine import AudioChunk, BatchEngine, CallState, EngineOptions, SpeakOptions
+from dia2.memory import GIB, activation_estimate, engine_memory, engine_tensor_bytes
 from dia2.mimi import MimiCodec
 from dia2.model import Dia2Model
 from dia2.prefix import PrefixWord
@@ -196,9 +200,13 @@ def concurrency(engine: BatchEngine, calls: int, steps: int, opts: SpeakOptions)
     sync(engine.device)
     ms = 1000 * (time.perf_counter() - t0) / steps
     lane_steps = engine.lane_steps - lane0
+    pool = engine.pool
+    blocks = None if pool is None else pool.total_blocks - pool.free_blocks
     for call in opened:
         engine.close_call(call)
     return {
+        "kv_blocks_in_use": blocks,
+        "kv_pool_ends": engine.kv_pool_ends,
         "calls": calls,
         "ms_per_step": ms,
         "frames_per_s_per_call": 1000 / ms,
@@ -218,13 +226,62 @@ def concurrency(engine: BatchEngine, calls: int, steps: int, opts: SpeakOptions)
     }
 
 
+def fitting(
+    model: Dia2Model, device: torch.device, counts: list[int], common: dict[str, Any]
+) -> tuple[list[int], list[dict[str, Any]]]:
+    """The sizes whose engine (persistent buffers + largest transients, predicted by dia2.memory) fits the
+    card beside what is already allocated; the others are reported, not run (an engine holds max(counts))."""
+    if device.type != "cuda":
+        return counts, []
+    free = torch.cuda.mem_get_info(device)[0] + torch.cuda.memory_allocated(device)
+    known = {k: v for k, v in common.items() if v is not None and k in EngineOptions.__dataclass_fields__}
+    skipped = []
+    while counts:
+        opts = EngineOptions(capacity=max(counts), cfg=True, **known)
+        need = engine_memory(model.config, opts)["total"] + sum(
+            activation_estimate(model.config, opts).values()
+        )
+        if need < 0.95 * free:
+            break
+        skipped.append({"calls": max(counts), "predicted_gib": need / GIB, "available_gib": free / GIB})
+        logger.warning("%d calls skipped: predicted %.1f GiB > %.1f GiB", max(counts), need / GIB, free / GIB)
+        counts = [c for c in counts if c != max(counts)]
+    return counts, skipped
+
+
+def memory_report(engine: BatchEngine, device: torch.device) -> dict[str, Any]:
+    """The engine's memory by component: predicted from shapes and summed over its tensors (GiB)."""
+    kernels = engine.fused is not None and engine.fused.kernels is not None
+    dtype_bytes = engine.model.dtype.itemsize
+    predicted = engine_memory(engine.model.config, engine.options, dtype_bytes=dtype_bytes, kernels=kernels)
+    report: dict[str, Any] = {
+        "predicted_gib": {k: v / GIB for k, v in predicted.items()},
+        "tensors_gib": {k: v / GIB for k, v in engine_tensor_bytes(engine).items()},
+        "activations_estimate_gib": {
+            k: v / GIB for k, v in activation_estimate(engine.model.config, engine.options).items()
+        },
+    }
+    if device.type == "cuda":
+        report["allocated_after_capture_gib"] = torch.cuda.memory_allocated(device) / GIB
+        report["reserved_after_capture_gib"] = torch.cuda.memory_reserved(device) / GIB
+    return report
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--tiny", action="store_true", help="tiny fixture checkpoint (CPU smoke test)")
     p.add_argument("--preset", default="2b", choices=["2b", "1b"])
     p.add_argument("--device", default=None)
-    p.add_argument("--calls", default="1,8,32,64,128,192,256")
+    p.add_argument("--calls", default="1,8,32,64,128,192,256,384")
+    p.add_argument("--paged-kv", action="store_true", help="paged KV cache (EngineOptions.paged_kv)")
+    p.add_argument(
+        "--kv-pool-steps",
+        type=int,
+        default=None,
+        help="paged KV pool: average cache steps per call (EngineOptions.kv_pool_steps; default the context)",
+    )
+    p.add_argument("--kv-block-size", type=int, default=16, help="paged KV block size in steps")
     p.add_argument(
         "--max-context-steps",
         type=int,
@@ -265,7 +322,7 @@ def main(argv: list[str] | None = None) -> int:
     args.device = args.device or ("cuda" if torch.cuda.is_available() and not args.tiny else "cpu")
     if args.tiny:
         torch.set_num_threads(1)
-        args.calls = "1,2,4" if args.calls == "1,8,32,64,128,192,256" else args.calls
+        args.calls = "1,2,4" if args.calls == "1,8,32,64,128,192,256,384" else args.calls
     device = torch.device(args.device)
     counts = [int(c) for c in args.calls.split(",")]
     steps = 40 if args.tiny else 100
@@ -295,6 +352,9 @@ def main(argv: list[str] | None = None) -> int:
         "kernels": False if args.no_kernels else None,
         "pdl": False if args.no_pdl else (True if args.pdl else None),
         "max_context_steps": args.max_context_steps,
+        "paged_kv": args.paged_kv,
+        "kv_pool_steps": args.kv_pool_steps,
+        "kv_block_size": args.kv_block_size,
     }
     if args.kernel_max_calls is not None:
         common["kernel_max_calls"] = args.kernel_max_calls or None
@@ -314,8 +374,10 @@ def main(argv: list[str] | None = None) -> int:
         save()
         del solo
 
+    counts, result["skipped"] = fitting(model, device, counts, common)
     t0 = time.perf_counter()
     engine = BatchEngine(model, ids, encoder, mimi, EngineOptions(capacity=max(counts), cfg=True, **common))
+    result["memory"] = memory_report(engine, device)
     result["capture_s"] = time.perf_counter() - t0
     result["buckets"] = engine.buckets
     result["graphs_captured"] = sorted(engine.graphs.steps)
@@ -328,6 +390,9 @@ def main(argv: list[str] | None = None) -> int:
         "max_context_steps": engine.max_steps,
         "kernel_max_calls": engine.options.kernel_max_calls,
         "buckets": engine.buckets,
+        "paged_kv": engine.pool is not None,
+        "kv_pool_steps": engine.options.kv_pool_steps,
+        "kv_buckets": engine.kv_buckets,
     }
     if not args.load_only:
         result["one_call_cfg_on"] = frames_per_second(engine, 1, steps, opts)
@@ -351,6 +416,7 @@ def main(argv: list[str] | None = None) -> int:
         row = concurrency(engine, n, steps + 2 * n // 8, opts)
         if device.type == "cuda":
             row["peak_gpu_memory_gib"] = torch.cuda.max_memory_allocated(device) / 2**30
+            row["reserved_gpu_memory_gib"] = torch.cuda.memory_reserved(device) / 2**30
         # Issue 23's bar: every call at real time (12.5 frames/s) and p95 first audio <= 200 ms.
         p95 = row["ttfa_p95_ms"]
         row["real_time"] = row["frames_per_s_per_call"] >= 12.5
@@ -370,6 +436,10 @@ def main(argv: list[str] | None = None) -> int:
     save()
 
     print(f"{what} on {result['device']}")
+    mem = result["memory"]["predicted_gib"]
+    print("memory (GiB, predicted): " + ", ".join(f"{k} {v:.2f}" for k, v in mem.items()))
+    for skip in result["skipped"]:
+        print(f"{skip['calls']} calls skipped: predicted {skip['predicted_gib']:.1f} GiB")
     if not args.load_only:
         one, off, w = result["one_call_cfg_on"], result["one_call_cfg_off"], result["ttfa_warm_context"]
         for label, row in (("CFG on ", one), ("CFG off", off)):

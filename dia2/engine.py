@@ -337,6 +337,10 @@ class BatchEngine:
         self._finish_turn(call)
         call.closed = True
         self.history.shrink(call, 0)  # paged KV: the call's blocks go back to the pool
+        mask = torch.zeros(self.buf.capacity, dtype=torch.bool)
+        mask[call.slot] = True
+        self.buf.reset(mask.to(self.device))
+        self.history.host_index[call.slot] = 0
         self.calls.pop(call.slot, None)
 
     def encode_voice(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> VoicePrompt:

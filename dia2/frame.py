@@ -163,6 +163,19 @@ class FrameBuffers:
             dep_cache=model.allocate_depformer_cache(r),
         )
 
+    def reset(self, mask: torch.Tensor) -> None:
+        """Fresh per-call and per-row state for the calls where ``mask [capacity]`` is true (moshi's
+        ``reset(mask)``): step, known frames, positions, cache index, ring and text back to zero, inactive,
+        CFG scale 1. A closed slot then reads and writes nothing of its old call (and its stale cache index
+        no longer lengthens the step's attention). The KV rows are the cache's business."""
+        rows = mask.repeat_interleave(self.branches)
+        for t in (self.step, self.known, self.ring, self.code, self.action, self.emitted):
+            t.masked_fill_(mask.view(-1, *([1] * (t.dim() - 1))), 0)
+        self.active.masked_fill_(mask, False)
+        self.cfg_scale.masked_fill_(mask, 1.0)
+        for t in (self.positions, self.cache_index, self.text_in):
+            t.masked_fill_(rows.view(-1, *([1] * (t.dim() - 1))), 0)
+
     def view(self, n: int) -> FrameBuffers:
         r = n * self.branches
         out = {}

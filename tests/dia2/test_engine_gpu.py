@@ -27,16 +27,19 @@ def _reply(engine: BatchEngine, call: object, text: str, opts: SpeakOptions) -> 
     return torch.stack([c.codes for c in got if c is not None], dim=1)
 
 
-@pytest.mark.parametrize("graphs", [True, False])
-def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bool) -> None:
+@pytest.mark.parametrize(("graphs", "paged"), [(True, False), (False, False), (True, True)])
+def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bool, paged: bool) -> None:
+    """Also with the paged KV cache inside the captured graphs (a pool of 64 steps per call on average:
+    the calls' blocks are taken and given back between turns while the graphs keep their table)."""
     runtime = reference.load_runtime("cuda", "float32")
     torch.backends.cuda.matmul.allow_tf32 = False
+    paging = {"paged_kv": True, "kv_block_size": 8, "kv_pool_steps": 64} if paged else {}
     engine = BatchEngine(
         runtime.model,
         runtime.ids,
         runtime.tokenizer,
         runtime.mimi,
-        EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, cuda_graphs=graphs),
+        EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, cuda_graphs=graphs, **paging),
     )
     assert bool(engine.graphs.steps) == graphs
     captured = dict(engine.graphs.steps)
@@ -59,6 +62,8 @@ def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bo
         assert _reply(engine, calls[0], script, speak).shape[0] == 32
         for call in calls:
             engine.close_call(call)
+        if engine.pool is not None:
+            assert engine.pool.free_blocks == engine.pool.total_blocks
     assert engine.graphs.steps == captured
 
 

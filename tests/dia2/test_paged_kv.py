@@ -119,7 +119,16 @@ def _scenario(engine: BatchEngine, reference: ReferenceFixture) -> dict[str, lis
     engine.speak(c, "[S1] Go on, please.", got["c"].append, greedy(2.0))
     for _ in range(12):
         engine.step()
-    engine.close_call(b)  # leaves mid-reply
+    engine.close_call(b)  # leaves mid-reply: its rows are reset (moshi-style reset(mask)), paged blocks freed
+    rows = slice(b.slot * engine.branches, (b.slot + 1) * engine.branches)
+    assert (
+        not engine.buf.cache_index[rows].any()
+        and not engine.buf.step[b.slot]
+        and not engine.buf.active[b.slot]
+    )
+    assert engine.history.host_index[b.slot] == 0
+    if engine.pool is not None:
+        assert all(not engine.pool.held[r] for r in range(rows.start, rows.stop))
     d = engine.open_call()
     assert d.slot == b.slot
     engine.speak(d, SCRIPT_A, got["d"].append, greedy())
