@@ -417,7 +417,19 @@ class Dia2EngineConfig(_Section):
     cfg_scale: float = Field(2.0, ge=1.0, le=10.0, description="Classifier-free guidance; 1.0 = off.")
     temperature: float = Field(0.8, ge=0.0, le=2.0, description="Sampling temperature; 0 = greedy.")
     top_k: int = Field(50, ge=1, le=2048, description="Top-k sampling.")
-    max_batch: int = Field(32, ge=1, le=256, description="Most conversations advanced in one GPU step.")
+    max_batch: int = Field(32, ge=1, le=512, description="Most conversations advanced in one GPU step.")
+    paged_kv: bool = Field(
+        False,
+        description="Keep the decoder's KV cache in a shared pool of blocks that calls take as their context "
+        "grows (dia2/paged_kv.py) instead of a full-length cache per call: how 256 calls fit in 60 GiB. "
+        "Off until its speed is measured on a GPU (docs/DIA2.md).",
+    )
+    kv_pool_steps: int | None = Field(
+        None,
+        ge=16,
+        description="paged_kv: pool size as average context steps per call (max_batch x this); unset = the "
+        "full context per call. A reply that finds the pool empty ends early (counted), never fails a call.",
+    )
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
 
 

@@ -51,6 +51,7 @@ from sipbridge.text.frontend import DIA2_TAG, TextFrontend
 from sipbridge.text.shape import ShapePolicy
 
 if TYPE_CHECKING:
+    from dia2.call_state import EngineOptions
     from sipbridge.asr import Transcriber
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,20 @@ def _prompt_of(voice: PreparedVoice) -> Any:
     if voice.engine != "dia2" or voice.data is None:
         raise EngineError(f"a voice prepared by the {voice.engine} engine cannot be used by dia2")
     return voice.data
+
+
+def engine_options(cfg: Dia2EngineConfig, context_steps: int) -> EngineOptions:
+    """The batch engine's options from engine.dia2 and the checkpoint's context length."""
+    from dia2.call_state import EngineOptions  # torch: imported when a dia2 engine is made
+
+    return EngineOptions(
+        capacity=cfg.max_batch,
+        cfg=cfg.cfg_scale > 1.0,
+        reply_reserve_steps=min(250, context_steps // 4),
+        max_reply_steps=min(1000, context_steps // 2),
+        paged_kv=cfg.paged_kv,
+        kv_pool_steps=cfg.kv_pool_steps,
+    )
 
 
 @dataclass
@@ -287,7 +302,7 @@ class Dia2Engine:
     def _load(self) -> None:
         import torch
 
-        from dia2.engine import BatchEngine, EngineOptions, SpeakOptions
+        from dia2.engine import BatchEngine, SpeakOptions
         from dia2.runtime import Dia2
         from dia2.sampling import SamplingParams
 
@@ -315,13 +330,7 @@ class Dia2Engine:
                 )
         except Exception as exc:
             raise EngineError(f"cannot load dia2 model {cfg.model!r}: {exc}") from exc
-        steps = runtime.config.runtime.max_context_steps
-        options = EngineOptions(
-            capacity=cfg.max_batch,
-            cfg=cfg.cfg_scale > 1.0,
-            reply_reserve_steps=min(250, steps // 4),
-            max_reply_steps=min(1000, steps // 2),
-        )
+        options = engine_options(cfg, runtime.config.runtime.max_context_steps)
         self.dia2_engine = BatchEngine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, options)
         self.dia2_engine.start()
         self.speak_options = SpeakOptions(

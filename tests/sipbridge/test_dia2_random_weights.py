@@ -68,3 +68,18 @@ def test_random_weights_at_the_tiny_shapes_start_and_speak_without_loading_the_m
     monkeypatch.delenv(BENCH_RANDOM_ENV)
     with pytest.raises(EngineError, match="no-such-checkpoint"):
         asyncio.run(Dia2Engine(config).start())
+
+
+def test_paged_kv_and_its_pool_reach_the_batch_engine() -> None:
+    """engine.dia2.paged_kv / kv_pool_steps are what the engine is built with (off by default)."""
+    from sipbridge.config import Config
+    from sipbridge.engine.dia2 import engine_options
+
+    default = Config.model_validate({}).engine.dia2
+    assert not engine_options(default, 1500).paged_kv
+    paged = Config.model_validate(
+        {"engine": {"dia2": {"paged_kv": True, "kv_pool_steps": 750, "max_batch": 384}}}
+    )
+    options = engine_options(paged.engine.dia2, 1500)
+    assert (options.paged_kv, options.kv_pool_steps, options.capacity) == (True, 750, 384)
+    assert (options.reply_reserve_steps, options.max_reply_steps) == (250, 750)
