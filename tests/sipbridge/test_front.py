@@ -23,6 +23,7 @@ import pytest
 from sipbridge.sip.front import Destination, dispatcher_list, parse_destinations
 
 from .bridge import Bridge
+from .floods import flood_while_calling
 from .peers import RtpSniffer, Sipp, free_media_port, free_udp_port, sipp_scenario, voiced_packets
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -239,6 +240,29 @@ def test_flood_from_one_source_is_limited_while_another_calls(tmp_path: Path) ->
         assert m["sipbridge_front_limited_total"] == 400 - answered
         assert m["sipbridge_front_rejected_total"] == 1
         assert [c["outcome"] for c in bridge.calls()] == ["completed"]
+        # 5 s of INVITEs from 127.0.0.5 at 200 a second (issue 19, item 3), each one a worker would refuse
+        # (488: IPv6 media), while 127.0.0.1 places calls one after the other.
+        result = flood_while_calling(bridge.port, "127.0.0.5", seconds=5.0, rate=200, calls=5)
+        report = result.report()
+        print("INVITE flood at the front:", json.dumps(report))
+        limited = until(
+            lambda: bridge.metrics()["sipbridge_front_limited_total"] > 400 - answered, 5, "counted"
+        )
+        m = bridge.metrics()
+        flood = report["flood"]
+        # Past 20 a second nothing is answered (dropped at the edge, counted); the rest get the worker's 488.
+        assert set(flood["answered"]) == {488}, report
+        assert 20 * 5 <= flood["answered"][488] <= 20 * 7, report
+        assert m["sipbridge_front_limited_total"] - (400 - answered) == flood["unanswered"], (limited, report)
+        # The other source's calls all went through meanwhile, and no worker was taken out.
+        assert result.call_answers == {200: 5}, report
+        assert m["sipbridge_front_failover_total"] == 0
+        for _ in range(5):
+            bridge.wait_log(r"recorded: completed")
+        front_ok = until(
+            lambda: front_view(bridge, lambda d: d["calls"] == 0), 10, "every call slot released"
+        )
+        assert all(d["state"] == "active" for d in front_ok["destinations"])
     finally:
         assert bridge.stop() == 0
 
