@@ -542,3 +542,19 @@ def _take_final(shot: Shot) -> None:
 def close(shots: list[Shot]) -> None:
     for shot in shots:
         shot.sock.close()
+
+
+def markdown_table() -> str:
+    """The expectation table as docs/RELIABILITY.md shows it (a test keeps the two the same)."""
+
+    def cell(status: int) -> str:
+        return "dropped" if status == 0 else str(status)
+
+    rows = [
+        "| case | message | front UDP | front TCP | worker UDP | worker TCP |",
+        "|---|---|---|---|---|---|",
+    ]
+    for c in CASES:
+        cells = [cell(c.expect(t, p)) for t in ("front", "worker") for p in ("UDP", "TCP")]
+        rows.append(f"| `{c.name}` | {c.what} | " + " | ".join(cells) + " |")
+    return "\n".join(rows) + "\n"

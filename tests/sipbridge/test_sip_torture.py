@@ -14,7 +14,7 @@ import pytest
 
 from .bridge import Bridge
 from .peers import sipp_scenario
-from .sip_torture import CASES, close, fire
+from .sip_torture import CASES, close, fire, markdown_table
 from .test_front import dial, silence, until
 
 pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
@@ -65,3 +65,10 @@ def test_torture_messages_get_the_rfc_answer_at_the_front_and_at_a_worker(tmp_pa
         bridge.wait_log(r"recorded: completed")
     finally:
         assert bridge.stop() == 0
+
+
+def test_the_documented_table_is_the_tested_one() -> None:
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "RELIABILITY.md").read_text()
+    assert markdown_table() in doc, (
+        "regenerate the table in docs/RELIABILITY.md from sip_torture.markdown_table()"
+    )
