@@ -9,6 +9,14 @@ worker's four slots overflow, so PJSIP answers many 486). A legitimate call stay
 writes JSON: responses by status, worker restarts, sessions and store rows left active, store growth, and
 whether the live call ended as its caller ended it. tests/sipbridge/test_hostile.py has the 80-INVITE
 version that CI runs.
+
+    python bench/sip_flood.py --front [--seconds 5] [--rate 200] [--limit 20] [--calls 5] [--out ...]
+
+`--front` (issue 19, item 3): a `sipbridge run` with 2 workers behind its Kamailio front
+(`sip.front.rate_limit_per_s` = --limit); 127.0.0.5 sends --rate INVITEs a second for --seconds (each one a
+worker would refuse, 488), while 127.0.0.1 places --calls calls one after the other, each timed from INVITE
+to answer. Prints: INVITEs sent, answered by status, unanswered, the front's `limited` counter, the other
+source's answers and setup times. tests/sipbridge/test_front.py runs the 5 s version.
 """
 
 from __future__ import annotations
@@ -26,6 +34,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tests.sipbridge.bridge import Bridge  # noqa: E402
+from tests.sipbridge.floods import flood_while_calling  # noqa: E402
 from tests.sipbridge.rawsip import Dialog, RawSip, sdp, status, to_tag  # noqa: E402
 
 
@@ -77,7 +86,14 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--invites", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--front", action="store_true", help="flood the Kamailio front (issue 19)")
+    parser.add_argument("--seconds", type=float, default=5.0)
+    parser.add_argument("--rate", type=int, default=200, help="flood INVITEs per second")
+    parser.add_argument("--limit", type=int, default=20, help="sip.front.rate_limit_per_s")
+    parser.add_argument("--calls", type=int, default=5, help="calls the other source places meanwhile")
     args = parser.parse_args()
+    if args.front:
+        return _write(front_flood(args), args.out)
     work = Path(tempfile.mkdtemp(prefix="sip-flood-"))
     bridge = Bridge.start(work, {"sip": {"allowed_sources": ["127.0.0.1/32"]}, "agent": {"kind": "echo"}})
     result: dict[str, object] = {"invites": args.invites}
@@ -106,11 +122,45 @@ def main() -> int:
     finally:
         bridge.stop()
         shutil.rmtree(work, ignore_errors=True)
+    return _write(result, args.out)
+
+
+def front_flood(args: argparse.Namespace) -> dict[str, object]:
+    work = Path(tempfile.mkdtemp(prefix="sip-flood-front-"))
+    sip = {
+        "max_calls": 8,
+        "allowed_sources": ["127.0.0.1/32", "127.0.0.5/32"],
+        "front": {"rate_limit_per_s": args.limit},
+    }
+    bridge = Bridge.start(work, {"sip": sip, "agent": {"kind": "echo"}, "storage": {"record_calls": False}})
+    try:
+        flood = flood_while_calling(
+            bridge.port, "127.0.0.5", seconds=args.seconds, rate=args.rate, calls=args.calls
+        )
+        result: dict[str, object] = {
+            "rate_limit_per_s": args.limit,
+            "flood_rate": args.rate,
+            **flood.report(),
+        }
+        deadline = time.monotonic() + 5  # the front's counters reach /metrics with its next poll (0.5 s)
+        while time.monotonic() < deadline and not bridge.metrics()["sipbridge_front_limited_total"]:
+            time.sleep(0.2)
+        m = bridge.metrics()
+        result["front_limited"] = int(m["sipbridge_front_limited_total"])
+        result["front_failover"] = int(m["sipbridge_front_failover_total"])
+        result["worker_restarts"] = sum(w["restarts"] for w in bridge.health()["sip"]["workers"])
+    finally:
+        bridge.stop()
+        shutil.rmtree(work, ignore_errors=True)
+    return result
+
+
+def _write(result: dict[str, object], out: Path | None) -> int:
     text = json.dumps(result, indent=2)
     print(text)
-    if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text + "\n")
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(text + "\n")
     return 0
 
 

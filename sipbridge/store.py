@@ -296,8 +296,17 @@ class Store:
 
     def writable(self) -> bool:
         """Can a write transaction start now (database writable, its write lock free within 200 ms)? For
-        /readyz: a probe must answer quickly, so it does not wait the full timeout of real writes."""
+        /readyz: a probe must answer quickly, so it does not wait the full timeout of real writes. A
+        PostgreSQL connection the server dropped (restart, failover, idle kill) is opened again here, so
+        the host is ready again, and writes work again, from the first probe after the server is back."""
         with self._lock:
+            if self._dialect.lost(self._db):
+                try:
+                    self._db, self._dialect = connect(self.path, self.owner)
+                except DialectError as exc:
+                    log.warning("store %s: connection lost and not back yet: %s", self.where, exc)
+                    return False
+                log.warning("store %s: connection was lost; connected again", self.where)
             return self._dialect.writable(self._db)
 
     @property

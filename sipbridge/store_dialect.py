@@ -70,6 +70,10 @@ class Dialect:
     def read_version(self, db: Any) -> int:
         return int(db.execute("PRAGMA user_version").fetchone()[0])
 
+    def lost(self, db: Any) -> bool:
+        """Is the connection gone for good (only a server can drop one)?"""
+        return False
+
     def writable(self, db: Any) -> bool:
         """Can a write transaction start within 200 ms (not the 5 s busy_timeout of real writes)?"""
         db.execute("PRAGMA busy_timeout = 200")
@@ -111,14 +115,20 @@ class Postgres(Dialect):
             f" {len(_APP_PREFIX) + 1}) FROM pg_stat_activity WHERE application_name LIKE '{_APP_PREFIX}%')"
         )
 
+    def lost(self, db: Any) -> bool:
+        return bool(db.closed or db.broken)
+
     def writable(self, db: Any) -> bool:
-        """Can this host write (server reachable, not a read-only standby), within 200 ms?"""
+        """Can this host write (server reachable, not a read-only standby, the session not read-only), within
+        200 ms?"""
         try:
             with db.transaction():
                 db.execute("SET LOCAL statement_timeout = 200")
                 db.execute("SET LOCAL lock_timeout = 200")
-                row = db.execute("SELECT pg_is_in_recovery() AS standby").fetchone()
-            return not row["standby"]
+                row = db.execute(
+                    "SELECT pg_is_in_recovery() AS standby, current_setting('transaction_read_only') AS ro"
+                ).fetchone()
+            return not row["standby"] and row["ro"] == "off"
         except self.errors:
             return False
 

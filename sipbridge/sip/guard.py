@@ -12,7 +12,10 @@ every request (sipbridge/sip/pjguard.py hooks it in below PJSIP's transaction la
 | outside a dialog, source outside `sip.allowed_sources` | 403 (ACK: dropped) |
 | SUBSCRIBE, PUBLISH, MESSAGE, REGISTER | 405 + Allow |
 | a method we do not know | 501 + Allow |
+| a request PJSIP parsed but whose framing or CSeq is wrong (RFC 4475: clerr, mcl01, mismatch01) | 400 |
+| a datagram that filled PJSIP's 4000-byte receive buffer (it was cut: the rest is lost) | 513 |
 | a new INVITE whose answer cannot fit PJSIP's send buffer | 513 |
+| a new INVITE whose body is neither SDP nor multipart | 415 + Accept |
 | a new INVITE whose SDP has no usable audio address | 488 |
 | new INVITEs over `_INVITE_RATE`/s (each one opens two media sockets) | 503 + Retry-After |
 
@@ -46,6 +49,10 @@ _COPIED = {"via", "v", "from", "f", "to", "t", "call-id", "i", "cseq", "record-r
 _INVITE_RATE = 10.0
 _INVITE_BURST = 10.0
 
+# PJSIP_MAX_PKT_LEN in the wheel: a UDP datagram that long was cut by recvfrom (PJSIP parses what is left;
+# a cut INVITE without its SDP would become a call whose offer PJSIP makes itself).
+MAX_PACKET = 4000
+
 _COMPACT = {"i": "call-id", "t": "to", "f": "from", "l": "content-length", "c": "content-type", "v": "via"}
 _TAG = re.compile(rb";\s*tag\s*=", re.IGNORECASE)
 
@@ -59,6 +66,9 @@ class WireRequest:
     to_tag: bool
     copied_bytes: int
     body: bytes
+    problem: str = ""  # why the framing or CSeq is malformed ("" if it is not)
+    size: int = 0  # bytes PJSIP received for it
+    content_type: str = ""
 
 
 @dataclass(frozen=True)
@@ -82,8 +92,9 @@ def parse_request(raw: bytes) -> WireRequest | None:
     method = lines[0].split(b" ", 1)[0].decode("ascii", "replace").upper() if lines else ""
     if not method or method.startswith("SIP/"):
         return None
-    call_id, to_tag, copied = "", False, 0
-    for line in lines[1:]:
+    call_id, to_tag, copied, ctype = "", False, 0, ""
+    fields: dict[str, list[str]] = {}
+    for line in _unfold(lines[1:]):
         name, sep, value = line.partition(b":")
         if not sep:
             continue
@@ -91,11 +102,45 @@ def parse_request(raw: bytes) -> WireRequest | None:
         key = _COMPACT.get(key, key)
         if key in _COPIED:
             copied += len(line) + 2
+        if key in ("cseq", "content-length"):
+            fields.setdefault(key, []).append(value.decode("ascii", "replace").strip())
         if key == "call-id":
             call_id = value.strip().decode("utf-8", "replace")
         elif key == "to":
             to_tag = bool(_TAG.search(value))
-    return WireRequest(method, call_id, to_tag, copied, body)
+        elif key == "content-type":
+            ctype = value.split(b";", 1)[0].strip().lower().decode("ascii", "replace")
+        # (headers are unfolded first: a folded To or Call-ID is read whole)
+    problem = framing_problem(method, fields, len(body))
+    return WireRequest(method, call_id, to_tag, copied, body, problem, len(raw), ctype)
+
+
+def _unfold(lines: list[bytes]) -> list[bytes]:
+    """Header lines with continuation lines (leading space or tab, RFC 3261 7.3.1) joined to their header."""
+    out: list[bytes] = []
+    for line in lines:
+        if line[:1] in (b" ", b"\t") and out:
+            out[-1] += b" " + line.strip()
+        else:
+            out.append(line)
+    return out
+
+
+def framing_problem(method: str, fields: dict[str, list[str]], body_len: int) -> str:
+    """What RFC 3261 makes a 400 and PJSIP lets through: a CSeq whose method is not the request's (RFC 4475
+    mismatch01), Content-Length headers that disagree (mcl01), or one larger than what came (clerr; over TCP
+    PJSIP waits for the rest, so this only shows on UDP)."""
+    cseq = fields.get("cseq", [""])[0].split()
+    if len(cseq) == 2 and cseq[1].upper() != method:
+        return "CSeq method is not the request's"
+    lengths = set(fields.get("content-length", []))
+    if len(lengths) > 1:
+        return "conflicting Content-Length headers"
+    if lengths:
+        value = lengths.pop()
+        if value.isdigit() and int(value) > body_len:
+            return "Content-Length larger than the message"
+    return ""
 
 
 def sdp_refusal(body: bytes, family: int) -> str | None:
@@ -119,6 +164,11 @@ def sdp_refusal(body: bytes, family: int) -> str | None:
         if ip.version != family or ip.is_multicast:
             return "connection address of another family or multicast"
     return None
+
+
+def _offer_type(content_type: str) -> bool:
+    """A body PJSIP can take an offer from: SDP, or multipart holding SDP (RFC 4475 mpart01)."""
+    return content_type == "application/sdp" or content_type.startswith("multipart/")
 
 
 @dataclass
@@ -174,13 +224,18 @@ class RequestGuard:
 
     def _decide(self, req: WireRequest, ip: str, now: float) -> GuardVerdict:
         peer = self.dialogs.get(req.call_id)
-        if peer and (req.to_tag or req.method in ("ACK", "CANCEL", "BYE")):
-            if ip != peer:
-                return GuardVerdict(-1 if req.method == "ACK" else 403, "not the dialog's peer")
-            return PASS
+        in_dialog = bool(peer) and (req.to_tag or req.method in ("ACK", "CANCEL", "BYE"))
+        if in_dialog and ip != peer:
+            return GuardVerdict(-1 if req.method == "ACK" else 403, "not the dialog's peer")
         # (an outbound dialog nobody has answered yet has no peer: the ACL below decides)
-        if not self.allows_source(ip):
+        if not in_dialog and not self.allows_source(ip):
             return GuardVerdict(-1 if req.method == "ACK" else 403, "source not allowed")
+        if req.problem:
+            return GuardVerdict(-1 if req.method == "ACK" else 400, req.problem)
+        if req.size >= MAX_PACKET:
+            return GuardVerdict(-1 if req.method == "ACK" else 513, "message too large")
+        if in_dialog:
+            return PASS
         if req.method in _NOT_OURS:
             return GuardVerdict(405, "method not allowed")
         if req.method not in _KNOWN:
@@ -196,6 +251,8 @@ class RequestGuard:
             return PASS  # a retransmission of an INVITE we took
         if req.copied_bytes > MAX_COPIED_HEADERS:
             return GuardVerdict(513, "headers too large for an answer")
+        if req.body.strip() and not _offer_type(req.content_type):
+            return GuardVerdict(415, "the body is not application/sdp")
         why = sdp_refusal(req.body, self.family)
         if why is not None:
             return GuardVerdict(488, why)

@@ -110,6 +110,7 @@ class PjGuard:
         self._keep: list[object] = []
         self._headers = {
             405: self._header_list(("Allow", ALLOW)),
+            415: self._header_list(("Accept", "application/sdp")),
             501: self._header_list(("Allow", ALLOW)),
             503: self._header_list(("Retry-After", "1")),
         }

@@ -11,6 +11,7 @@ import shutil
 import signal
 import socket
 import subprocess
+import threading
 import time
 import uuid
 from collections import Counter
@@ -23,7 +24,9 @@ import pytest
 from sipbridge.sip.front import Destination, dispatcher_list, parse_destinations
 
 from .bridge import Bridge
+from .floods import CALL, flood_while_calling
 from .peers import RtpSniffer, Sipp, free_media_port, free_udp_port, sipp_scenario, voiced_packets
+from .sip_torture import fire
 
 ROOT = Path(__file__).resolve().parents[2]
 pytestmark = pytest.mark.skipif(shutil.which("kamailio") is None, reason="kamailio is not installed")
@@ -239,6 +242,29 @@ def test_flood_from_one_source_is_limited_while_another_calls(tmp_path: Path) ->
         assert m["sipbridge_front_limited_total"] == 400 - answered
         assert m["sipbridge_front_rejected_total"] == 1
         assert [c["outcome"] for c in bridge.calls()] == ["completed"]
+        # 5 s of INVITEs from 127.0.0.5 at 200 a second (issue 19, item 3), each one a worker would refuse
+        # (488: IPv6 media), while 127.0.0.1 places calls one after the other.
+        result = flood_while_calling(bridge.port, "127.0.0.5", seconds=5.0, rate=200, calls=5)
+        report = result.report()
+        print("INVITE flood at the front:", json.dumps(report))
+        limited = until(
+            lambda: bridge.metrics()["sipbridge_front_limited_total"] > 400 - answered, 5, "counted"
+        )
+        m = bridge.metrics()
+        flood = report["flood"]
+        # Past 20 a second nothing is answered (dropped at the edge, counted); the rest get the worker's 488.
+        assert set(flood["answered"]) == {488}, report
+        assert 20 * 5 <= flood["answered"][488] <= 20 * 7, report
+        assert m["sipbridge_front_limited_total"] - (400 - answered) == flood["unanswered"], (limited, report)
+        # The other source's calls all went through meanwhile, and no worker was taken out.
+        assert result.call_answers == {200: 5}, report
+        assert m["sipbridge_front_failover_total"] == 0
+        for _ in range(5):
+            bridge.wait_log(r"recorded: completed")
+        front_ok = until(
+            lambda: front_view(bridge, lambda d: d["calls"] == 0), 10, "every call slot released"
+        )
+        assert all(d["state"] == "active" for d in front_ok["destinations"])
     finally:
         assert bridge.stop() == 0
 
@@ -394,3 +420,57 @@ def test_killed_front_is_restarted_and_takes_calls_again(tmp_path: Path) -> None
         assert bridge.metrics()["sipbridge_front_restarts_total"] == 1
     finally:
         assert bridge.stop() == 0
+
+
+class SilentHost:
+    """A destination that answers the front's OPTIONS probes and nothing else: an overloaded worker, alive to
+    the probes, too slow for an INVITE."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        self.sock.bind(("127.0.0.1", 0))
+        self.port = self.sock.getsockname()[1]
+        self.invites = 0
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                data, peer = self.sock.recvfrom(65535)
+            except OSError:
+                return
+            head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
+            if head[0].startswith("INVITE"):
+                self.invites += 1
+            if not head[0].startswith("OPTIONS"):
+                continue
+            copied = [
+                ln
+                for ln in head[1:]
+                if ln.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
+            ]
+            self.sock.sendto(
+                ("SIP/2.0 200 OK\r\n" + "\r\n".join(copied) + "\r\nContent-Length: 0\r\n\r\n").encode(), peer
+            )
+
+
+def test_an_invite_no_worker_answers_frees_its_slot(tmp_path: Path) -> None:
+    """Both destinations time out on an INVITE (the front fails over from one to the other, then answers 503):
+    the call's slot is released. Before: the last destination kept it counted for 300 s
+    (ds_hash_initexpire), and in the soak every new call got 503 once the slots had leaked."""
+    hosts = [SilentHost(), SilentHost()]
+    port = free_udp_port()
+    dispatch = [Destination(f"sip:127.0.0.1:{h.port}", f"h{i}", 4) for i, h in enumerate(hosts)]
+    front = DeployedFront(tmp_path / "front", port, dispatch)
+    try:
+        until(lambda: set(front.destinations().values()) == {"active"}, 10, "both hosts probed")
+        (shot,) = fire([CALL], "front", "UDP", port)
+        shot.sock.close()
+        assert shot.status == 503, shot.final
+        assert [h.invites >= 1 for h in hosts] == [True, True]  # failed over from one to the other
+        loads = [d.calls for d in parse_destinations(front.rpc("dispatcher.list"))]
+        assert loads == [0, 0], loads
+    finally:
+        front.stop()
+        for h in hosts:
+            h.sock.close()

@@ -22,7 +22,15 @@ SDP4 = b"v=0\r\nc=IN IP4 127.0.0.1\r\nm=audio 4000 RTP/AVP 0\r\n"
 def req(
     method: str, call_id: str = "c1", to_tag: bool = False, body: bytes = SDP4, copied: int = 300
 ) -> WireRequest:
-    return WireRequest(method, call_id, to_tag, copied, body if method == "INVITE" else b"")
+    invite = method == "INVITE"
+    return WireRequest(
+        method,
+        call_id,
+        to_tag,
+        copied,
+        body if invite else b"",
+        content_type="application/sdp" if invite else "",
+    )
 
 
 def guard() -> RequestGuard:
@@ -175,3 +183,50 @@ def test_wav_header_repaired_after_a_crash(tmp_path: Path) -> None:
         assert w.getnframes() == 60 * 160
     rec.close()
     assert not repair_wav_header(path)
+
+
+def raw(method: str, *headers: str, body: bytes = b"") -> bytes:
+    head = [f"{method} sip:b@10.0.0.1 SIP/2.0", "Via: SIP/2.0/UDP 10.0.0.5;branch=z9hG4bKx", "Call-ID: c9"]
+    return ("\r\n".join(head + list(headers)) + "\r\n\r\n").encode() + body
+
+
+@pytest.mark.parametrize(
+    ("packet", "code"),
+    [
+        # RFC 4475 mismatch01: the CSeq's method is not the request's
+        (raw("OPTIONS", "CSeq: 1 INVITE", "Content-Length: 0"), 400),
+        # mcl01: two Content-Lengths that disagree
+        (raw("OPTIONS", "CSeq: 1 OPTIONS", "Content-Length: 0", "l: 5"), 400),
+        # clerr: Content-Length past the end of the datagram
+        (
+            raw(
+                "INVITE", "CSeq: 1 INVITE", "Content-Type: application/sdp", "Content-Length: 500", body=SDP4
+            ),
+            400,
+        ),
+        # dblreq: octets after the declared body are ignored (RFC 3261 18.3), not an error
+        (raw("OPTIONS", "CSeq: 1 OPTIONS", "Content-Length: 0", body=b"junk"), 0),
+        # folded CSeq (RFC 4475 wsinv) read whole
+        (raw("OPTIONS", "cSeQ:", "  9", "  OPTIONS", "Content-Length: 0"), 0),
+        # invut: a body that is not SDP
+        (raw("INVITE", "CSeq: 1 INVITE", "c: application/unknownformat", f"l: {len(SDP4)}", body=SDP4), 415),
+        # mpart01: multipart is an offer PJSIP can read
+        (
+            raw(
+                "INVITE",
+                "CSeq: 1 INVITE",
+                "Content-Type: multipart/mixed;boundary=x",
+                f"l: {len(SDP4)}",
+                body=SDP4,
+            ),
+            0,
+        ),
+        # a datagram that filled PJSIP's receive buffer was cut: 513, never a call
+        (raw("INVITE", "CSeq: 1 INVITE", "X-Huge: " + "h" * 4000), 513),
+        (raw("ACK", "CSeq: 1 INVITE", "Content-Length: 0"), -1),  # a malformed ACK is dropped, not answered
+    ],
+)
+def test_framing_and_body_type_are_checked_before_pjsip_acts(packet: bytes, code: int) -> None:
+    request = parse_request(packet[:4000])
+    assert request is not None
+    assert guard().check(request, "10.0.0.5").code == code, request.problem

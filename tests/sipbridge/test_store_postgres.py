@@ -172,3 +172,58 @@ def test_doctor_reads_the_shared_store_without_writing(pg_url: str) -> None:
     assert check_postgres(pg_url).status == "ok"
     bad = check_postgres(pg_url.replace("/t_", "/missing_"))
     assert bad.status == "fail" and "cannot connect to PostgreSQL" in bad.detail
+
+
+def test_writable_says_when_this_host_cannot_write_and_recovers(pg_url: str) -> None:
+    """The /readyz store check on PostgreSQL: a read-only session and a dropped connection are not ready; a
+    dropped connection is opened again by the next check, and writes work again."""
+    store = Store(pg_url)
+    assert store.writable()
+    with store.transaction() as db:
+        db.execute("SET SESSION default_transaction_read_only = on")
+    assert not store.writable()  # (before: pg_is_in_recovery() alone said yes, and every write then failed)
+    with store.transaction() as db:
+        db.execute("SET SESSION default_transaction_read_only = off")
+    assert store.writable()
+    # The server drops this host's session (a restart or an idle-session kill looks the same to it).
+    with psycopg.connect(pg_url, autocommit=True) as admin:
+        killed = admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (f"sipbridge:{store.owner}",),
+        ).fetchall()
+    assert killed == [(True,)]
+    with pytest.raises(psycopg.OperationalError):
+        store.create_call("inbound")  # the write that finds the connection gone fails...
+    assert store.writable()  # ...the next probe connects again (before: not ready until a restart)
+    call_id = store.create_call("inbound")
+    assert store.get_call(call_id) is not None
+    store.close()
+
+
+def test_caller_id_health_on_postgres_matches_sqlite(
+    pg_url: str, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    """The caller-ID health query (`/metrics` gauges, `campaign status`) on PostgreSQL: the same history gives
+    the same figures as on SQLite, for all time, for a window, and per campaign."""
+    from sipbridge.dialer.health import caller_id_health
+
+    from .dialer.test_suppression import NOW, _history
+
+    stores = {"pg": Store(pg_url), "sqlite": Store(tmp_path / "db.sqlite3")}
+    for store in stores.values():
+        _history(store, NOW)
+    results = {
+        name: [
+            [(h.caller_id, h.report()) for h in caller_id_health(store, short_call_s=10.0, **query)]
+            for query in ({}, {"since": NOW + 1}, {"since": NOW - 1}, {"campaign": "c1"}, {"campaign": "c2"})
+        ]
+        for name, store in stores.items()
+    }
+    assert results["pg"] == results["sqlite"]
+    everything, later, window, c1, c2 = results["pg"]
+    assert dict(everything)["+14155550100"] == {
+        "attempts": 4, "answered": 3, "answer_rate": 0.75, "short_calls": 1, "short_call_rate": 0.3333,
+    }  # fmt: skip
+    assert later == [] and window == everything == c1 and c2 == []
+    assert main(["campaign", "status", "c1", "--db", pg_url]) == 0
+    assert json.loads(capsys.readouterr().out)["caller_ids"] == {k: v for k, v in everything}
