@@ -111,8 +111,9 @@ def worker_settings(
         # sources are checked at the front), and its SIP port is any free one on the private address.
         allowed = [str(ipaddress.ip_network(uri_host(front_uri)))]
         port = sip_port if sip_port is not None else 0
-        # The front terminates TCP and TLS (its tls.cfg holds the certificate) and reaches us over UDP.
-        transports = ["udp"]
+        # The front reaches us over UDP and terminates TLS itself (its tls.cfg has the certificate); TCP stays
+        # open on the private address when configured (a probe or a test may speak it to a worker directly).
+        transports = ["udp", *(["tcp"] if "tcp" in sip.transports else [])]
     else:
         allowed = list(sip.allowed_sources)
         port = sip_port if sip_port is not None else (sip.port + index if sip.port else 0)

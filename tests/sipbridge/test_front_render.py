@@ -142,6 +142,11 @@ def test_the_front_terminates_tls_from_sip_tls(tmp_path: Path) -> None:
     assert "tls.cfg" not in plain and "WITH_TLS" not in plain["front-defs.cfg"]
     # Behind the front a worker speaks UDP to it only: the front holds the certificate.
     assert worker_settings(cfg, 0, "/tmp/x.sock", front_uri="sip:127.0.0.1:5070").transports == ["udp"]
+    tcp_tls = config(max_calls=8, transports=["tcp", "tls"], tls=cfg.sip.tls.model_dump(mode="json"))
+    assert worker_settings(tcp_tls, 0, "/tmp/x.sock", front_uri="sip:127.0.0.1:5070").transports == [
+        "udp",
+        "tcp",
+    ]
     assert worker_settings(cfg, 0, "/tmp/x.sock").transports == ["udp", "tls"]  # no front: the worker's TLS
 
 
