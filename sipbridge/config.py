@@ -163,7 +163,8 @@ class SipFrontConfig(_Section):
         5000,
         ge=500,
         le=60000,
-        description="Requests the workers send out (dialer, REGISTER): no reply within this and they fail.",
+        description="Requests the workers send out (dialer, REGISTER) and in-dialog requests either way"
+        " (BYE, re-INVITE, ...): no reply within this and they fail.",
     )
     retry_after_s: int = Field(
         5, ge=0, le=3600, description="Retry-After of the 503 sent when every call slot is taken."
