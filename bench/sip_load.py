@@ -80,7 +80,7 @@ def start_bridge(work: Path, calls: int, vad: str) -> tuple[LoggedProcess, int, 
         "http": {"port": 0},
         "media": {"rtp_port_min": 20000, "rtp_port_max": 29999},
         "agent": {"kind": "echo"},
-        "vad": {"backend": vad},
+        "vad": {"backend": vad.removesuffix("-ungated"), "gate": not vad.endswith("-ungated")},
         "storage": {"sqlite_path": str(work / "db.sqlite3"), "recordings_dir": str(work / "rec"),
                     "record_calls": False},
         "logging": {"level": "INFO"},
@@ -217,7 +217,13 @@ def main() -> int:
     parser.add_argument("--calls", type=int, nargs="+", default=[32, 64, 100])
     parser.add_argument("--hold-s", type=float, default=20.0)
     parser.add_argument("--json", type=Path, help="also write the results here")
-    parser.add_argument("--vad", choices=("silero", "webrtc"), default="silero", help="the workers' VAD")
+    parser.add_argument(
+        "--vad",
+        choices=("silero", "silero-ungated", "webrtc"),
+        default="silero",
+        help="the workers' VAD: silero behind the webrtcvad gate (vad.gate, the default), silero on every"
+        " window, or webrtc alone",
+    )
     args = parser.parse_args()
     if shutil.which("kamailio") is None or shutil.which("sipp") is None:
         print("sip_load: needs kamailio and sipp (deploy/setup.sh --dev)", file=sys.stderr)

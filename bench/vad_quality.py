@@ -48,6 +48,7 @@ NOISE_RMS = {"clean": 0.0, "noise-50dBFS": 0.003, "noise-40dBFS": 0.01, "noise-3
 CONFIGS: list[tuple[str, VadSettings]] = [
     ("silero thr=0.3", VadSettings(backend="silero", threshold=0.3)),
     ("silero thr=0.5", VadSettings(backend="silero", threshold=0.5)),
+    ("silero thr=0.5 gated", VadSettings(backend="silero", threshold=0.5, gate=True)),
     ("silero thr=0.7", VadSettings(backend="silero", threshold=0.7)),
     ("silero thr=0.5 stop=300", VadSettings(backend="silero", threshold=0.5, stop_hangover_ms=300)),
     ("webrtc mode=0", VadSettings(backend="webrtc", aggressiveness=0)),
@@ -183,6 +184,7 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--quick", action="store_true", help="2 base scenes instead of 6")
     ap.add_argument("--out", type=Path, help="also write the JSON here")
+    ap.add_argument("--only", help="run only the configurations whose name contains this (e.g. 'thr=0.5')")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(message)s", stream=sys.stderr)
 
@@ -212,7 +214,8 @@ def main() -> None:
         "lag_correction_ms": lags,
         "configs": {},
     }
-    for (cond, scenes), (name, settings) in itertools.product(conditions.items(), CONFIGS):
+    configs = [(n, c) for n, c in CONFIGS if args.only is None or args.only in n]
+    for (cond, scenes), (name, settings) in itertools.product(conditions.items(), configs):
         entry = evaluate(settings, scenes)
         results["configs"][f"{cond} | {name}"] = entry  # type: ignore[index]
         a = entry["all"]

@@ -303,6 +303,7 @@ class Supervisor:
         if self.dialer is not None and self.dialer.on_frame(frame):
             if isinstance(frame, f.DialEnded):
                 worker.calls.discard(frame.call_id)
+                self._front_load(worker)
             return
         if isinstance(frame, f.CallStarted):
             session = CallSession(
@@ -320,9 +321,11 @@ class Supervisor:
                 session.outbound = self.dialer.outbound(frame.call_id)
             self.sessions[frame.call_id] = session
             worker.calls.add(frame.call_id)
+            self._front_load(worker)
             session.open()
         elif isinstance(frame, f.CallEnded):
             worker.calls.discard(frame.call_id)
+            self._front_load(worker)
             ended = self.sessions.pop(frame.call_id, None)
             if ended is not None:
                 self._close_session(ended, frame, None)
@@ -378,7 +381,13 @@ class Supervisor:
         if not worker.send(dial):
             return None
         worker.calls.add(dial.call_id)
+        self._front_load(worker)
         return worker.index
+
+    def _front_load(self, worker: WorkerHandle) -> None:
+        """The front routes on the calls it dispatched; dialer calls count only here: tell it."""
+        if self.front is not None:
+            self.front.worker_load(worker.index, len(worker.calls))
 
     def _send_to_worker(self, index: int, frame: f.Frame) -> bool:
         assert self.pool is not None

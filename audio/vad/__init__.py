@@ -1,6 +1,13 @@
 """Voice activity detection: frame classifiers (webrtc, Silero) and the turn segmenter built on them."""
 
-from audio.vad.backends import FrameClassifier, SileroVad, WebRtcVad, make_classifier, silero_model_path
+from audio.vad.backends import (
+    FrameClassifier,
+    GatedSilero,
+    SileroVad,
+    WebRtcVad,
+    make_classifier,
+    silero_model_path,
+)
 from audio.vad.segmenter import (
     SegmenterState,
     SpeechPaused,
@@ -15,6 +22,7 @@ from audio.vad.segmenter import (
 
 __all__ = [
     "FrameClassifier",
+    "GatedSilero",
     "SegmenterState",
     "SileroVad",
     "SpeechPaused",

@@ -63,6 +63,7 @@ class VadSettings:
     """Mirrors the ``vad`` section of the YAML config (docs/AUDIO.md explains the defaults)."""
 
     backend: str = "silero"  # "silero" | "webrtc"
+    gate: bool = False  # silero only: run the model only around what webrtcvad calls speech (GatedSilero)
     aggressiveness: int = 2  # webrtc only, 0 (lenient) .. 3 (strict)
     threshold: float = 0.5  # silero only, speech probability 0..1
     start_hangover_ms: int = 60  # speech needed before SpeechStart
@@ -271,5 +272,7 @@ class TurnSegmenter:
 
 def make_segmenter(settings: VadSettings, sample_rate: int, frame_ms: int = 20) -> TurnSegmenter:
     """A segmenter with a fresh classifier of the configured backend, for one stream at ``sample_rate``."""
-    classifier = make_classifier(settings.backend, sample_rate, aggressiveness=settings.aggressiveness)
+    classifier = make_classifier(
+        settings.backend, sample_rate, aggressiveness=settings.aggressiveness, gate=settings.gate
+    )
     return TurnSegmenter(classifier, settings, sample_rate, frame_ms)

@@ -13,12 +13,13 @@ import logging
 import queue
 import time
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import pjsua2 as pj
 
 from sipbridge import frames as f
 from sipbridge.media.playback import PlaybackQueue
+from sipbridge.sip.messages import BotAudio, CallerAudio, CallProgressed, DtmfReceived, HangupCall, InboxItem
 
 log = logging.getLogger("sipbridge.worker")
 
@@ -35,14 +36,12 @@ def fast_bytes(vector: pj.ByteVector) -> bytes:
     return ctypes.string_at(begin, end - begin) if begin and end and end != begin else b""
 
 
-# Items posted to the media thread's inbox: (kind, call_id, payload).
-RX, TX = "rx", "tx"
-
-
 class CallPort(pj.AudioMediaPort):
     """Caller frames into the media thread's inbox, bot frames out of the playback queue."""
 
-    def __init__(self, call_id: str, inbox: queue.SimpleQueue[Any], playback: PlaybackQueue, record: bool):
+    def __init__(
+        self, call_id: str, inbox: queue.SimpleQueue[InboxItem], playback: PlaybackQueue, record: bool
+    ):
         super().__init__()
         self.call_id = call_id
         self.inbox = inbox
@@ -54,7 +53,7 @@ class CallPort(pj.AudioMediaPort):
         # Every tick posts something, audio or not (b"" = no audio this tick), so the media thread's frame
         # count is the call's media clock and VAD times line up with what was sent.
         audio = frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size
-        self.inbox.put((RX, self.call_id, fast_bytes(frame.buf) if audio else b""))
+        self.inbox.put(CallerAudio(self.call_id, fast_bytes(frame.buf) if audio else b""))
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:
         pcm = self.playback.pop()
@@ -62,7 +61,7 @@ class CallPort(pj.AudioMediaPort):
         frame.buf = self._silence if pcm is self.playback.silence else pj.ByteVector(pcm)
         frame.size = len(pcm)
         if self.record:
-            self.inbox.put((TX, self.call_id, pcm))
+            self.inbox.put(BotAudio(self.call_id, pcm))
 
 
 @dataclass
@@ -105,7 +104,7 @@ class BridgeCall(pj.Call):
         info = self.getInfo()
         if info.state == pj.PJSIP_INV_STATE_EARLY:
             # 180/183 of a call we placed: the worker's main loop records the first of each code.
-            self.worker.commands.put(("progress", self.slot_id, int(info.lastStatusCode), info.lastReason))
+            self.worker.commands.put(CallProgressed(self.slot_id, int(info.lastStatusCode), info.lastReason))
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             # Never delete a Call inside its own callback: the main loop retires it.
             self.worker.on_disconnected(self.slot_id, info.lastStatusCode, info.lastReason)
@@ -118,7 +117,7 @@ class BridgeCall(pj.Call):
             self.worker.on_media_state(self.slot_id)
         except Exception:  # never unwind into PJSIP: end this call instead
             log.exception("call %s: connecting its media failed", self.slot_id)
-            self.worker.commands.put(("hangup", self.slot_id, 500, "media error"))
+            self.worker.commands.put(HangupCall(self.slot_id, 500, "media error"))
 
     def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
         # Only report: the supervisor decides to hang up once the transfer is accepted.
@@ -127,4 +126,4 @@ class BridgeCall(pj.Call):
         )
 
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
-        self.worker.inbox.put(("dtmf", self.slot_id, prm.digit))
+        self.worker.inbox.put(DtmfReceived(self.slot_id, str(prm.digit)))

@@ -417,6 +417,11 @@ class SipFront:
     _stopping: bool = False
     _own_dir: bool = False
     _tasks: set[asyncio.Task[Any]] = field(default_factory=set)
+    # Workers full by the supervisor's count, dialer calls included (see `worker_load`): wanted / as set.
+    _full: set[int] = field(default_factory=set)
+    _full_set: set[int] = field(default_factory=set)
+    _full_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    _draining: bool = False
 
     @property
     def listen(self) -> str:
@@ -532,6 +537,8 @@ class SipFront:
             await self._spawn()
             await self._wait_ready()
             log.info("sip front: kamailio restarted, pid %d", self._pid())
+            self._full_set.clear()  # a new Kamailio starts from dispatcher.list: every worker active
+            self._track(self._sync_full(), "front-load")
         except (FrontError, OSError) as exc:
             log.error("sip front: restarting kamailio failed: %s", exc)
 
@@ -570,12 +577,45 @@ class SipFront:
         except (OSError, TimeoutError, RpcError, ValueError) as exc:
             log.warning("sip front: could not mark %s inactive: %s", uri, exc)
 
+    def worker_load(self, index: int, calls: int) -> None:
+        """The supervisor's count of worker `index`'s calls changed. Kamailio's call-load routing counts only
+        the INVITEs it dispatched, so a worker busy with dialer calls (they leave through the front, but as
+        requests of the worker) would still be sent INVITEs it must refuse. While the supervisor counts it
+        full, its destination is disabled (`d`: not probed back), so new calls go elsewhere or get the
+        front's own 503; it is made active again when a slot frees."""
+        if not 0 <= index < len(self.destinations):
+            return
+        full = calls >= self.destinations[index].maxload
+        if full == (index in self._full):
+            return
+        (self._full.add if full else self._full.discard)(index)
+        if self._rpc is not None:
+            self._track(self._sync_full(), "front-load")
+
+    async def _sync_full(self) -> None:
+        """Bring Kamailio's states to the wanted ones (one RPC per change; the latest wish wins)."""
+        async with self._full_lock:
+            for index in sorted(self._full ^ self._full_set):
+                full = index in self._full
+                if self._draining and not full:
+                    continue  # the drain keeps every destination disabled
+                uri = self.destinations[index].uri
+                try:
+                    assert self._rpc is not None
+                    await self._rpc.call("dispatcher.set_state", "d" if full else "ap", 1, uri)
+                except (OSError, TimeoutError, RpcError, ValueError) as exc:
+                    log.warning("sip front: could not mark %s %s: %s", uri, "full" if full else "free", exc)
+                    continue
+                (self._full_set.add if full else self._full_set.discard)(index)
+                log.info("sip front: %s %s", uri, "full: no new INVITEs" if full else "has a free slot again")
+
     async def drain(self, reason: str) -> None:
         """Graceful drain: every destination disabled (`d`: not probed back to active), so the front itself
         answers new INVITEs 503 + Retry-After instead of failing over across refusing workers; dialogs in
         progress keep their Record-Route path, so live calls are not touched."""
         if self._rpc is None:
             return
+        self._draining = True
         for dest in self.destinations:
             try:
                 await self._rpc.call("dispatcher.set_state", "d", 1, dest.uri)
@@ -594,8 +634,10 @@ class SipFront:
             {"uri": d.uri, "state": d.state, "probing": d.probing, "calls": d.calls, "maxload": d.maxload}
             for d in self.view
         ]
+        # A worker disabled because its slots are taken (dialer calls included) is busy, not broken.
+        full = {self.destinations[i].uri for i in self._full_set}
         return {
-            "ok": bool(fresh and any(d.state == "active" for d in self.view)),
+            "ok": bool(fresh and any(d.state == "active" or d.uri in full for d in self.view)),
             "pid": self._pid() if running else None,
             "listen": self.listen,
             "tls_listen": _hostport(self.config.sip.bind_address, self.tls_port) if self.tls_port else None,

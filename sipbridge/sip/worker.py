@@ -13,7 +13,8 @@ Threads (every one that touches pjsua2 is PJSIP's own or registered):
 | ipc-reader | supervisor frames: audio into playback queues, commands to the main thread | no |
 
 Queues: `inbox` (clock/ioqueue/main -> media thread) and `commands` (ipc-reader/media -> main thread), both
-`queue.SimpleQueue`, so no PJSIP thread ever waits on Python work.
+`queue.SimpleQueue`, so no PJSIP thread ever waits on Python work. Their items are the small typed messages of
+sipbridge/sip/messages.py.
 """
 
 from __future__ import annotations
@@ -44,9 +45,28 @@ from sipbridge.media.inbound import Inbound
 from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
 from sipbridge.sip.account import BridgeAccount, SourceFilter, account_config
-from sipbridge.sip.call import RX, TX, BridgeCall, CallPort, CallSlot
+from sipbridge.sip.call import BridgeCall, CallPort, CallSlot
 from sipbridge.sip.guard import RequestGuard, WireRequest
 from sipbridge.sip.ipc import ChannelClosed, SyncChannel
+from sipbridge.sip.messages import (
+    AmdWords,
+    BotAudio,
+    CallerAudio,
+    CallProgressed,
+    CancelCall,
+    Command,
+    DrainWorker,
+    DtmfReceived,
+    HangupCall,
+    InboxItem,
+    MediaClose,
+    MediaOpen,
+    PlaceCall,
+    SendDigits,
+    ShutdownWorker,
+    StopMedia,
+    TransferCall,
+)
 from sipbridge.sip.pjguard import CallTerminator, PjGuard
 from sipbridge.sip.settings import WorkerSettings
 from sipbridge.sip.wire import wire_text
@@ -75,10 +95,10 @@ class StartupError(Exception):
 class Worker:
     settings: WorkerSettings
     channel: SyncChannel
-    inbox: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    inbox: queue.SimpleQueue[InboxItem] = field(default_factory=queue.SimpleQueue)
     # Media ports of ended calls, kept alive until a deadline (see `_retire`).
     dying_ports: list[tuple[float, CallPort]] = field(default_factory=list)
-    commands: queue.SimpleQueue[Any] = field(default_factory=queue.SimpleQueue)
+    commands: queue.SimpleQueue[Command] = field(default_factory=queue.SimpleQueue)
     calls: dict[str, CallSlot] = field(default_factory=dict)  # main thread writes; readers look up
     inbound: dict[str, Inbound] = field(default_factory=dict)  # media thread only
     # Outbound calls under answering-machine detection, then waiting for the beep (media thread only).
@@ -335,7 +355,7 @@ class Worker:
             )
         )
         slot.started = True
-        self.inbox.put(("open", slot.call_id, slot.playback))
+        self.inbox.put(MediaOpen(slot.call_id, slot.playback))
         fmt = pj.MediaFormatAudio()
         fmt.type = pj.PJMEDIA_TYPE_AUDIO
         fmt.clockRate = self.settings.clock_rate
@@ -361,7 +381,14 @@ class Worker:
         if slot is None or index != slot.media_index:
             return
         try:
-            slot.rtp = rtp_quality(slot.pj_call.getStreamStat(index))
+            stat = slot.pj_call.getStreamStat(index)
+            slot.rtp = rtp_quality(stat)
+            # The receive jitter buffer's delay: it grows over media-clock stalls (a starved CPU) and adds to
+            # every caller frame's way to VAD and barge-in until it shrinks again.
+            jb = stat.jbuf
+            log.info(
+                "call %s jitter buffer: delay avg %d ms, max %d ms", slot_id, jb.avgDelayMsec, jb.maxDelayMsec
+            )
         except pj.Error:
             pass  # the watchdog's last snapshot (at most 0.5 s old) stands
 
@@ -372,7 +399,7 @@ class Worker:
         try:
             self._retire(slot_id, code, wire_text(reason))
         except ChannelClosed:  # inside a PJSIP callback: never let it unwind into C
-            self.commands.put(("shutdown", "supervisor channel closed"))
+            self.commands.put(ShutdownWorker("supervisor channel closed"))
         except Exception:
             log.exception("call %s: retiring it failed", slot_id)
 
@@ -421,27 +448,30 @@ class Worker:
                 command = self.commands.get_nowait()
             except queue.Empty:
                 return
-            kind = command[0]
-            if kind == "retire":
-                self._retire(*command[1:])
-            elif kind == "hangup":
-                self._hangup(command[1], "local", command[2], command[3])
-            elif kind == "dial":
-                self.dial(command[1])
-            elif kind == "progress":
-                self._on_progress(command[1], command[2], command[3])
-            elif kind == "cancel":
-                slot = self.calls.get(command[1])
+            self._command(command)
+
+    def _command(self, command: Command) -> None:
+        match command:
+            case HangupCall(call_id, code, reason):
+                self._hangup(call_id, "local", code, reason)
+            case PlaceCall(dial):
+                self.dial(dial)
+            case CallProgressed(call_id, code, reason):
+                self._on_progress(call_id, code, reason)
+            case CancelCall(call_id, reason):
+                slot = self.calls.get(call_id)
                 if slot is not None and not slot.started:  # answered calls run to their end
-                    self._cancel(command[1], "cancelled", command[2])
-            elif kind in ("transfer", "send-dtmf"):
-                self._call_op(kind, command[1], command[2])
-            elif kind == "shutdown":
-                log.info("worker %d shutting down: %s", self.settings.index, command[1])
+                    self._cancel(call_id, "cancelled", reason)
+            case TransferCall(call_id, target):
+                self._call_op("transfer", call_id, target)
+            case SendDigits(call_id, digits):
+                self._call_op("send-dtmf", call_id, digits)
+            case ShutdownWorker(reason):
+                log.info("worker %d shutting down: %s", self.settings.index, reason)
                 self.stopping = True
-                self.shutdown_reason = command[1]
-            elif kind == "drain":
-                log.info("worker %d draining: %s; new INVITEs get 503", self.settings.index, command[1])
+                self.shutdown_reason = reason
+            case DrainWorker(reason):
+                log.info("worker %d draining: %s; new INVITEs get 503", self.settings.index, reason)
                 self.draining = True
 
     def _hangup(self, slot_id: str, by: str, code: int = 200, reason: str = "") -> None:
@@ -504,7 +534,7 @@ class Worker:
         by = slot.hangup_by or "remote"
         if slot.rtp is not None:  # before CallEnded (which the media thread sends) so it is stored with it
             self.emit(f.RtpQuality(slot_id, *slot.rtp))
-        self.inbox.put(("close", slot_id, (code, slot.hangup_reason or reason, by)))
+        self.inbox.put(MediaClose(slot_id, code, slot.hangup_reason or reason, by))
         log.info("call %s ended by %s: %d %s", slot_id, by, code, reason)
 
     def _watchdog(self, now: float) -> None:
@@ -563,7 +593,7 @@ class Worker:
             if slot.dial is not None and not slot.started and slot.local_event is None:
                 slot.local_event = "cancelled"  # our shutdown, not the callee's 503
             self._retire(slot_id, 503, "worker shutting down")
-        self.inbox.put(("stop", "", None))
+        self.inbox.put(StopMedia())
         media.join(timeout=5)
         self.calls.clear()
         self.dying_ports.clear()  # before libDestroy: their destructors need the library
@@ -579,48 +609,56 @@ class Worker:
     def _media_loop(self) -> None:
         _warm_vad(self.settings.clock_rate)
         while True:
-            kind, call_id, payload = self.inbox.get()
+            item = self.inbox.get()
+            if isinstance(item, StopMedia):
+                return
             try:
-                if kind == RX:
-                    ib = self.inbound.get(call_id)
-                    if ib is not None:
-                        ib.on_frame(payload)
-                        self._emit_finished(ib)
-                    if call_id in self.amd:
-                        self._amd_frame(call_id, payload)
-                elif kind == TX:
-                    ib = self.inbound.get(call_id)
-                    if ib is not None:
-                        ib.on_bot_frame(payload)
-                elif kind == "open":
-                    self.inbound[call_id] = self._new_inbound(call_id, payload)
-                    slot = self.calls.get(call_id)
-                    if slot is not None and slot.dial is not None and slot.dial.amd is not None:
-                        amd = _amd_settings(slot.dial.amd)
-                        self.amd[call_id] = AnsweringMachineDetector(amd, self.settings.clock_rate)
-                        if amd.asr:
-                            rate = self.settings.clock_rate
-                            self.greetings[call_id] = GreetingFeed(rate, amd.asr_chunk_ms * rate // 1000 * 2)
-                elif kind == "amd-words":
-                    detector = self.amd.get(call_id)
-                    if isinstance(detector, AnsweringMachineDetector):
-                        detector.add_transcript(*payload)
-                elif kind == "close":
-                    self.amd.pop(call_id, None)
-                    self.greetings.pop(call_id, None)
-                    self._close_inbound(call_id, *payload)
-                elif kind == "dtmf":
-                    log.info("call %s: DTMF %s", call_id, payload)
-                    self.emit(f.Dtmf(call_id, str(payload)))
-                elif kind == "stop":
-                    return
+                self._media_item(item)
             except ChannelClosed:
-                self.commands.put(("shutdown", "supervisor channel closed"))
+                self.commands.put(ShutdownWorker("supervisor channel closed"))
                 return
             except Exception:
                 # A bug in one call's media must not take the other calls down: end that call.
+                call_id = getattr(item, "call_id", "")
                 log.exception("call %s: media error, hanging up", call_id)
-                self.commands.put(("hangup", call_id, 500, "media error"))
+                self.commands.put(HangupCall(call_id, 500, "media error"))
+
+    def _media_item(self, item: InboxItem) -> None:
+        match item:
+            case CallerAudio(call_id, pcm):
+                ib = self.inbound.get(call_id)
+                if ib is not None:
+                    ib.on_frame(pcm)
+                    self._emit_finished(ib)
+                if call_id in self.amd:
+                    self._amd_frame(call_id, pcm)
+            case BotAudio(call_id, pcm):
+                ib = self.inbound.get(call_id)
+                if ib is not None:
+                    ib.on_bot_frame(pcm)
+            case MediaOpen(call_id, playback):
+                self._open_media(call_id, playback)
+            case AmdWords(call_id, text, audio_ms):
+                detector = self.amd.get(call_id)
+                if isinstance(detector, AnsweringMachineDetector):
+                    detector.add_transcript(text, audio_ms)
+            case MediaClose(call_id, code, reason, by):
+                self.amd.pop(call_id, None)
+                self.greetings.pop(call_id, None)
+                self._close_inbound(call_id, code, reason, by)
+            case DtmfReceived(call_id, digit):
+                log.info("call %s: DTMF %s", call_id, digit)
+                self.emit(f.Dtmf(call_id, digit))
+
+    def _open_media(self, call_id: str, playback: PlaybackQueue) -> None:
+        self.inbound[call_id] = self._new_inbound(call_id, playback)
+        slot = self.calls.get(call_id)
+        if slot is not None and slot.dial is not None and slot.dial.amd is not None:
+            amd = _amd_settings(slot.dial.amd)
+            self.amd[call_id] = AnsweringMachineDetector(amd, self.settings.clock_rate)
+            if amd.asr:
+                rate = self.settings.clock_rate
+                self.greetings[call_id] = GreetingFeed(rate, amd.asr_chunk_ms * rate // 1000 * 2)
 
     def _amd_frame(self, call_id: str, pcm: bytes) -> None:
         """Answering-machine detection on the callee's audio, then the beep wait (media thread).
@@ -714,7 +752,7 @@ class Worker:
             try:
                 frame = self.channel.recv()
             except ChannelClosed:
-                self.commands.put(("shutdown", "supervisor channel closed"))
+                self.commands.put(ShutdownWorker("supervisor channel closed"))
                 return
             if isinstance(frame, f.PlayAudio):
                 slot = self.calls.get(frame.call_id)
@@ -729,22 +767,22 @@ class Worker:
                 if slot is not None and slot.playback is not None:
                     slot.playback.cancel(frame.utterances)
             elif isinstance(frame, f.Dial):
-                self.commands.put(("dial", frame))
+                self.commands.put(PlaceCall(frame))
             elif isinstance(frame, f.AmdTranscript):
                 # To the media thread, which owns the detector; it reads the words on the call's next frame.
-                self.inbox.put(("amd-words", frame.call_id, (frame.text, frame.audio_ms)))
+                self.inbox.put(AmdWords(frame.call_id, frame.text, frame.audio_ms))
             elif isinstance(frame, f.CancelDial):
-                self.commands.put(("cancel", frame.call_id, "cancelled by the dialer"))
+                self.commands.put(CancelCall(frame.call_id, "cancelled by the dialer"))
             elif isinstance(frame, f.Hangup):
-                self.commands.put(("hangup", frame.call_id, frame.code, frame.reason))
+                self.commands.put(HangupCall(frame.call_id, frame.code, frame.reason))
             elif isinstance(frame, f.Transfer):
-                self.commands.put(("transfer", frame.call_id, frame.target))
+                self.commands.put(TransferCall(frame.call_id, frame.target))
             elif isinstance(frame, f.SendDtmf):
-                self.commands.put(("send-dtmf", frame.call_id, frame.digits))
+                self.commands.put(SendDigits(frame.call_id, frame.digits))
             elif isinstance(frame, f.Shutdown):
-                self.commands.put(("shutdown", frame.reason or "supervisor asked"))
+                self.commands.put(ShutdownWorker(frame.reason or "supervisor asked"))
             elif isinstance(frame, f.Drain):
-                self.commands.put(("drain", frame.reason or "supervisor asked"))
+                self.commands.put(DrainWorker(frame.reason or "supervisor asked"))
             elif isinstance(frame, f.Ping):
                 self.channel.send(f.Ping(frame.t, time.monotonic_ns(), frame.pcm))
 
@@ -803,7 +841,7 @@ def main() -> int:
     # (hang up, BYE, libDestroy) instead of dying mid-call.
     for sig in (signal.SIGINT, signal.SIGTERM):
         signal.signal(
-            sig, lambda signum, _frame: worker.commands.put(("shutdown", signal.Signals(signum).name))
+            sig, lambda signum, _frame: worker.commands.put(ShutdownWorker(signal.Signals(signum).name))
         )
     try:
         worker.start_endpoint()

@@ -13,6 +13,7 @@ import pytest
 
 from audio.testsignals import Scene, SceneBuilder, telephone_band
 from audio.vad import (
+    GatedSilero,
     SileroVad,
     SpeechPaused,
     SpeechStart,
@@ -302,3 +303,35 @@ def test_webrtc_finds_both_sentences_in_quiet(
     assert len(turns) == 2
     for turn, (t0, t1) in zip(turns, built.turns, strict=True):
         assert abs(turn.start - t0) <= TOLERANCE_MS and abs(turn.end - t1) <= TOLERANCE_MS, (turn, t0, t1)
+
+
+@pytest.mark.parametrize("band", ["wideband16k", "telephone8k"])
+def test_gated_silero_finds_the_same_turns_and_sleeps_through_quiet(
+    band: str, sentences_16k: tuple[npt.NDArray[np.float32], npt.NDArray[np.float32]]
+) -> None:
+    """vad.gate: Silero runs only around sound, yet the turns are Silero's own (the lead-in is replayed)."""
+    scene = (
+        SceneBuilder(16000, seed=3)
+        .silence(3000)
+        .speech(sentences_16k[0], gain=0.5)
+        .silence(3000)
+        .speech(sentences_16k[1], gain=0.5)
+        .silence(3000)
+        .build(noise_rms=0.002)  # -54 dBFS line noise
+    )
+    if band == "telephone8k":
+        scene = telephone_band(scene)
+    pcm = scene.int16()
+    plain = [e for _, e in _feed(make_segmenter(VadSettings(), scene.sample_rate), pcm)]
+    gated_seg = make_segmenter(VadSettings(gate=True), scene.sample_rate)
+    gated = [e for _, e in _feed(gated_seg, pcm)]
+    spans = [[(e.start, e.end) for e in events if isinstance(e, TurnEnd)] for events in (plain, gated)]
+    assert len(spans[0]) == len(spans[1]) == 2, spans
+    for (a0, a1), (b0, b1), (t0, t1) in zip(*spans, scene.turns, strict=True):
+        assert abs(b0 - t0) <= TOLERANCE_MS and abs(b1 - t1) <= TOLERANCE_MS, (spans, scene.turns)
+        assert abs(a0 - b0) <= 60 and abs(a1 - b1) <= 60, spans  # within 3 frames of Silero alone
+    classifier = gated_seg.classifier
+    assert isinstance(classifier, GatedSilero)
+    # Asleep through the 9 s of line noise (450 frames): Silero ran on the speech and ~1 s after each turn.
+    speech_frames = sum(t1 - t0 for t0, t1 in scene.turns) // 20
+    assert classifier.frames_scored < speech_frames + 2 * 60, (classifier.frames_scored, speech_frames)

@@ -292,9 +292,13 @@ def free_udp_port() -> int:
 
 
 def free_media_port() -> int:
-    """An even port whose +1 (RTCP) and +2/+3 (SIPp's video ports) are free too."""
+    """An even port whose +1 (RTCP) and +2/+3 (SIPp's video ports) are free too, outside the bridges' default
+    RTP range (media.rtp_port_min/max: 40000-40999): a port free now but inside it may be taken by another
+    bridge on this machine before SIPp binds it ("Address already in use", seen on the shared box)."""
     for _ in range(100):
         base = free_udp_port() & ~1
+        if 40000 - 4 < base <= 40999:
+            continue
         socks = []
         try:
             for off in range(4):

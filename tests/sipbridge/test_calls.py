@@ -405,7 +405,8 @@ def speech_only(caller: CallerAudio) -> np.ndarray:
 
 
 def found_share(recording: np.ndarray, speech: np.ndarray, frame: int = 160, rms: float = 300.0) -> float:
-    """Share of the recording's loud frames that occur in `speech` (normalised correlation >= 0.95)."""
+    """Share of the recording's loud frames that occur in `speech` (normalised correlation >= 0.95); int16
+    scale for `rms`."""
     x = recording.astype(np.float64)
     frames = [x[i : i + frame] for i in range(0, len(x) - frame + 1, frame)]
     loud = [fr for fr in frames if np.sqrt(np.mean(fr * fr)) > rms]
@@ -494,9 +495,13 @@ def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None
             replies[call_id] = (reply["text"], audio)
         for call_id, i in owner.items():
             heard = decode_stream(wires[i].bot)[0]
-            scores = {other: match(heard, audio) for other, (_, audio) in replies.items()}
+            # Share of each reply's loud 20 ms frames found on this caller's wire: a playback underrun on a
+            # starved box puts silence between frames (spoiling a whole-reply correlation), not inside one.
+            # Every echo reply starts "You said:" in the same voice, so another's reply shares ~40-50 %.
+            scores = {other: found_share(audio * 32767, heard) for other, (_, audio) in replies.items()}
             best = max(scores, key=lambda k: scores[k])
-            assert scores[call_id] > 0.9, scores
+            others = [v for k, v in scores.items() if replies[k][0] != replies[call_id][0]]
+            assert scores[call_id] > 0.8 and scores[call_id] - max(others) > 0.3, scores
             assert best == call_id or replies[best][0] == replies[call_id][0], (scores, replies[call_id][0])
         assert_clean(bridge, baseline)
     finally:

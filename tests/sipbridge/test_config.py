@@ -203,8 +203,9 @@ def test_vad_section_maps_onto_the_segmenter_settings() -> None:
     settings = config.vad.segmenter_settings()
     assert settings.backend == "webrtc" and settings.stop_hangover_ms == 700
     defaults = load_config(None, env={}).config.vad.segmenter_settings()
-    # One difference on purpose: the bridge asks for pause events (early ASR); audio/vad sends none unasked.
-    assert defaults == replace(VadSettings(), pause_ms=150)
+    # Two differences on purpose: the bridge asks for pause events (early ASR), audio/vad sends none unasked;
+    # the bridge gates Silero (its workers' largest per-call cost), audio/vad runs it plain unless asked.
+    assert defaults == replace(VadSettings(), pause_ms=150, gate=True)
     assert {f.name for f in fields(VadSettings)} <= set(type(config.vad).model_fields)
 
 

@@ -474,3 +474,61 @@ def test_an_invite_no_worker_answers_frees_its_slot(tmp_path: Path) -> None:
         front.stop()
         for h in hosts:
             h.sock.close()
+
+
+def test_dialer_calls_count_in_the_fronts_load(tmp_path: Path) -> None:
+    """Kamailio counts only the INVITEs it dispatched; dialer calls leave through it as the workers' own
+    requests. Eight dialer calls fill both workers: the supervisor marks them full at the front, so an inbound
+    INVITE gets the front's own 503 (counted busy) without being tried on a refusing worker (no failover),
+    and each worker is free at the front again once its calls end."""
+    from datetime import UTC, datetime
+
+    import httpx
+    import yaml
+
+    from .dialer.callees import Callee, answer_scenario
+    from .procs import LoggedProcess
+
+    callee = Callee.start(answer_scenario(None, ring_ms=0, talk_ms=8000), tmp_path / "callee", calls=8)
+    (tmp_path / "contacts.csv").write_text(
+        "number,name\n" + "".join(f"+1201555012{i},c{i}\n" for i in range(8))
+    )
+    campaign = {
+        "name": "fill",
+        "caller_id": "+14155550100",
+        "agent": {"kind": "script", "flow": str(ROOT / "config" / "flows" / "employment_verification.yaml")},
+        "limits": {"concurrency": 8, "calls_per_second": 20, "ring_timeout_s": 10},
+        "default_timezone": "America/New_York",
+        "dial_uri": f"sip:{{user}}@127.0.0.1:{callee.sip_port}",
+        "contacts": "contacts.csv",
+    }
+    (tmp_path / "campaign.yaml").write_text(yaml.safe_dump(campaign))
+    config = {
+        "sip": {"port": 0, "max_calls": 8},
+        "http": {"port": 0},
+        "storage": {"sqlite_path": str(tmp_path / "db.sqlite3"), "record_calls": False},
+    }
+    (tmp_path / "config.yaml").write_text(yaml.safe_dump(config))
+    now = datetime(2026, 1, 7, 15, 0, tzinfo=UTC).isoformat()  # a Wednesday, 10:00 in New York
+    args = ["dial", "campaign.yaml", "-c", "config.yaml", "--now", now, "--exit-when-idle"]
+    proc = LoggedProcess.start(args, cwd=tmp_path, env={"OMP_NUM_THREADS": "1"})
+    try:
+        port = int(proc.wait_for(r"sip listening on \S+ port\(s\) (\d+) \(front", 90).group(1))
+        http = proc.wait_for(r"http listening on (http://\S+) ", 30).group(1)
+        full = {proc.wait_for(r"sip front: (\S+) full: no new INVITEs", 60).group(1) for _ in range(2)}
+        assert len(full) == 2  # both workers, each holding four dialer calls
+        inbound = dial(port, expect_503_with_retry_after(5), tmp_path / "inbound")
+        assert inbound.wait(30) == 0, inbound.errors()
+        front = httpx.get(f"{http}/healthz", timeout=10).json()["front"]
+        assert front["ok"], front  # full is busy, not broken
+        assert {d["state"] for d in front["destinations"]} == {"disabled"}
+        assert front["counters"]["busy"] == 1 and front["counters"]["failover"] == 0, front["counters"]
+        # The slots come back as the callees hang up.
+        free = {proc.wait_for(r"sip front: (\S+) has a free slot again", 60).group(1) for _ in range(2)}
+        assert free == full
+        assert proc.finish(timeout=90) == 0
+    finally:
+        if proc.proc.poll() is None:
+            proc.proc.send_signal(signal.SIGTERM)
+            proc.finish(timeout=30)
+        callee.stop()
