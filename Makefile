@@ -13,6 +13,8 @@ run: install
 test: install-dev
 	.venv/bin/python -m pytest
 
+# The same checks as tests/test_project.py (CI runs them there).
 lint:
 	.venv/bin/ruff check .
-	.venv/bin/ruff format --check sipbridge
+	.venv/bin/ruff format --check .
+	.venv/bin/mypy

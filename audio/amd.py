@@ -64,6 +64,7 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
+VadKind = Literal["silero", "webrtc", "energy"]
 DecisionKind = Literal["human", "machine", "not_sure"]
 
 # Phrases that (nearly) only voicemail greetings say. "you've reached" is left out on purpose: people who
@@ -113,7 +114,7 @@ class AmdSettings:
     maximum_number_of_words: int = 4
     maximum_word_length_ms: int = 5000
     initial_silence_decision: DecisionKind = "machine"
-    vad: str = "silero"  # "silero" | "webrtc" | "energy"
+    vad: VadKind = "silero"
     vad_threshold: float = 0.5  # silero speech probability
     vad_aggressiveness: int = 2  # webrtc 0..3
     silence_threshold: int = 256  # energy: mean |int16 sample| at or below this is silence (Asterisk's)

@@ -8,6 +8,7 @@ with an unhelpful ``IndexError`` or reshape error, and raise :class:`Dia2ConfigE
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -298,7 +299,7 @@ def config_from_dict(raw: Mapping[str, Any]) -> Dia2Config:
     return Dia2Config(data=data, model=model, runtime=runtime, assets=assets)
 
 
-def load_config(path: str | Path) -> Dia2Config:
+def load_config(path: str | os.PathLike[str]) -> Dia2Config:
     """Read and validate ``config.json``; errors name the file and the offending key."""
     path = Path(path)
     try:

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -140,7 +141,7 @@ class EngineConversation:
         engine, call = self._engine, self._call
         try:
             async for delta in deltas:
-                engine.submit(lambda d=delta: engine.push_text(call, d))
+                engine.submit(functools.partial(engine.push_text, call, delta))
         finally:
             engine.submit(lambda: engine.push_text(call, "", final=True))
 

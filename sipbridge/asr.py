@@ -231,7 +231,7 @@ class Transcriber:
 
     def _model_run(self, audio: npt.NDArray[np.float32], words: bool) -> tuple[str, list[TimedWord]]:
         if self.config.backend == "transformers":
-            return self._model.run(audio, words)  # type: ignore[no-any-return]
+            return self._model.run(audio, words)
         segments, _ = self._model.transcribe(
             audio,
             language=self.config.language,

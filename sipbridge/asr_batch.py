@@ -221,5 +221,7 @@ def _load(model: str, device: str, dtype: str) -> tuple[Any, Any]:
         log.warning("asr model %s has no alignment_heads: word timestamps use the upper decoder half", model)
         layers, heads = net.config.decoder_layers, net.config.decoder_attention_heads
         upper = range(layers // 2, layers)
-        net.generation_config.alignment_heads = [[n, h] for n in upper for h in range(heads)]
-    return net.to(device).eval(), processor
+        # GenerationConfig keeps model-specific keys as dynamic attributes, which its stubs do not declare.
+        net.generation_config.alignment_heads = [[n, h] for n in upper for h in range(heads)]  # type: ignore[attr-defined]
+    # transformers types `to` through a decorator that drops the device argument's type.
+    return net.to(device).eval(), processor  # type: ignore[arg-type]

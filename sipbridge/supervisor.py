@@ -158,7 +158,8 @@ class Supervisor:
         asr = self.asr.health() if self.asr else {}
         checks = {
             "not_draining": not self.draining and not self.stop_event.is_set(),
-            "workers": bool(self.pool and self.pool.workers)
+            "workers": self.pool is not None
+            and bool(self.pool.workers)
             and all(w.ready.is_set() and w.connected.is_set() for w in self.pool.workers),
             "engine": bool(self.engine and self.engine.health().get("ok")),
             "asr": bool(asr.get("ok")) and (asr.get("backend") == "none" or bool(asr.get("warm"))),

@@ -23,6 +23,7 @@ import contextlib
 import json
 import logging
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -83,7 +84,7 @@ TOOL_SCHEMAS: dict[str, dict[str, Any]] = {
 }
 
 
-def tool_definitions(names: list[str]) -> list[dict[str, Any]]:
+def tool_definitions(names: Sequence[str]) -> list[dict[str, Any]]:
     out = []
     for name in names:
         spec = TOOL_SCHEMAS[name]
@@ -105,7 +106,7 @@ class _Chunker:
 
     def feed(self, delta: str) -> list[str]:
         self.buffer += delta
-        pieces = []
+        pieces: list[str] = []
         # Only complete words can be flushed ("Hel" + "lo" must not split): a word followed by whitespace,
         # or one ending a clause ("line." at the end of a stream that pauses must not wait for more).
         while True:

@@ -12,14 +12,14 @@ encoder on every use; espeak has nothing to prepare (its prepared voice only car
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
 import numpy as np
 import numpy.typing as npt
 
-TextSource = str | AsyncIterator[str]
+TextSource = str | AsyncIterable[str]  # agents' TextStream is an AsyncIterable
 Chunk = npt.NDArray[np.float32]
 # Words of a recording: plain text (an engine that needs timings spreads them evenly) or timed
 # (word, start s, end s) triples, e.g. from an uploaded words JSON.

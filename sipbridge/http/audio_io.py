@@ -16,7 +16,7 @@ from __future__ import annotations
 import io
 import wave
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -110,6 +110,17 @@ def decode_upload(data: bytes, *, name: str, max_seconds: float) -> DecodedAudio
     if not np.all(np.isfinite(mono)):
         raise AudioRejected(422, f"{name}: the {container} file holds NaN or infinite samples")
     return DecodedAudio(np.ascontiguousarray(mono, dtype=np.float32), int(rate), container, info.channels)
+
+
+class ChunkEncoder(Protocol):
+    """What `ConversationService.generate` needs of an encoder (OutputEncoder, compat's FormatEncoder)."""
+
+    rate: int
+    samples: int
+
+    def push(self, chunk: npt.NDArray[np.float32]) -> list[bytes]: ...
+
+    def flush(self) -> list[bytes]: ...
 
 
 class OutputEncoder:

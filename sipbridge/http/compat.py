@@ -336,7 +336,7 @@ class Generation:
                 self.params,
                 self.encoder,
                 sink,
-                started=self.started,  # type: ignore[arg-type]
+                started=self.started,
             )
 
         try:

@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+from collections.abc import Mapping
 from typing import Any
 
 import msgpack
@@ -158,7 +159,7 @@ class _TtsSocket:
             log.info("kyutai tts %s: receive ended (%r)", self.lease.tag, exc)
         self.gen.abandon()  # no more text will come and nobody listens: stop now
 
-    def _handle(self, message: dict[str, Any]) -> str | None:
+    def _handle(self, message: Mapping[str, Any]) -> str | None:
         if message.get("text") is not None:
             if len(message["text"]) > MAX_MESSAGE_BYTES:
                 return f"message over {MAX_MESSAGE_BYTES} bytes"

@@ -39,7 +39,7 @@ from sipbridge.asr import Transcriber
 from sipbridge.config import HttpLimitsConfig
 from sipbridge.engine import Engine, EngineError, EngineRejected, EngineSession, PreparedVoice
 from sipbridge.engine.base import SpeakParams, TextSource, Words
-from sipbridge.http.audio_io import PCM_RATE, DecodedAudio, OutputEncoder
+from sipbridge.http.audio_io import PCM_RATE, ChunkEncoder, DecodedAudio
 from sipbridge.http.errors import ApiError
 
 log = logging.getLogger(__name__)
@@ -318,7 +318,7 @@ class ConversationService:
         session: EngineSession,
         text: TextSource,
         params: SpeakParams | None,
-        encoder: OutputEncoder,
+        encoder: ChunkEncoder,
         sink: Callable[[list[bytes]], Awaitable[None]],
         *,
         started: float,

@@ -15,7 +15,7 @@ from sipbridge.config import LoadedConfig
 
 
 def add_parser(
-    sub: argparse._SubParsersAction,  # type: ignore[type-arg]
+    sub: argparse._SubParsersAction[argparse.ArgumentParser],
     add_config_args: Callable[[argparse.ArgumentParser], None],
 ) -> None:
     p = sub.add_parser("normalize", help="print the spoken form of a text (numbers, dates, IDs...), one line")

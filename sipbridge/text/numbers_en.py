@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 
-from num2words import CONVERTER_CLASSES  # type: ignore[import-untyped]
+from num2words import CONVERTER_CLASSES
 
 _EN = CONVERTER_CLASSES["en"]
 DIGITS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
