@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import wave
@@ -436,7 +437,16 @@ PHRASES = [
 def test_eight_calls_over_two_workers_without_cross_talk(tmp_path: Path) -> None:
     """8 calls at once, 4 per worker. Each caller says something else; cross-talk would show as another
     caller's audio in a call's recording, or another call's reply on a caller's wire."""
-    bridge = Bridge.start(tmp_path / "bridge", {"sip": {"max_calls": 8}, "agent": {"kind": "echo"}})
+    # RTP away from the default range other bridges on this machine use: a port another test's call just
+    # left may still receive its SIPp's stream, and PJSIP adopts a new RTP source after a few packets (one
+    # run recorded another run's "yellow submarine" 10 s into a call whose caller had gone quiet).
+    rtp = random.randrange(20000, 30000, 1000)
+    config = {
+        "sip": {"max_calls": 8},
+        "agent": {"kind": "echo"},
+        "media": {"rtp_port_min": rtp, "rtp_port_max": rtp + 999},
+    }
+    bridge = Bridge.start(tmp_path / "bridge", config)
     try:
         baseline = bridge.health()
         # Two workers behind the SIP front: one address (sip.front.mode auto).

@@ -519,9 +519,14 @@ def test_dialer_calls_count_in_the_fronts_load(tmp_path: Path) -> None:
         assert len(full) == 2  # both workers, each holding four dialer calls
         inbound = dial(port, expect_503_with_retry_after(5), tmp_path / "inbound")
         assert inbound.wait(30) == 0, inbound.errors()
-        front = httpx.get(f"{http}/healthz", timeout=10).json()["front"]
+
+        # /healthz shows the front's view as of its last poll (every 0.5 s): wait for the one after the RPCs.
+        def disabled() -> dict[str, Any] | None:
+            front: dict[str, Any] = httpx.get(f"{http}/healthz", timeout=10).json()["front"]
+            return front if {d["state"] for d in front["destinations"]} == {"disabled"} else None
+
+        front = until(disabled, 10, "both workers disabled in the front's view")
         assert front["ok"], front  # full is busy, not broken
-        assert {d["state"] for d in front["destinations"]} == {"disabled"}
         assert front["counters"]["busy"] == 1 and front["counters"]["failover"] == 0, front["counters"]
         # The slots come back as the callees hang up.
         free = {proc.wait_for(r"sip front: (\S+) has a free slot again", 60).group(1) for _ in range(2)}
