@@ -62,7 +62,8 @@ def random_runtime(shape: str, device: str = "cuda", dtype: str = "bfloat16", se
 
         config = preset_config(shape)
         model = _random_model(config, device, parse_dtype(dtype), seed)
-        codec = MimiModel(MimiConfig()).to(device).eval()  # kyutai/mimi shapes, random weights
+        # kyutai/mimi shapes, random weights (transformers' decorated .to() is typed as taking the model)
+        codec = MimiModel(MimiConfig()).to(device).eval()  # type: ignore[arg-type]
         mimi = MimiCodec(codec, num_codebooks=config.data.num_codebooks)
         tokenizer = cast(Dia2Tokenizer, HashEncoder(config.data.text_vocab_size))
         return Dia2(config, model, tokenizer, mimi)
