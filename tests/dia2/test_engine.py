@@ -13,23 +13,11 @@ import pytest
 import torch
 
 from dia2.conversation import EngineConversation
-from dia2.engine import AudioChunk, BatchEngine, CallState, ContextOverflowError, EngineOptions, SpeakOptions
+from dia2.engine import AudioChunk, BatchEngine, CallState, ContextOverflowError, SpeakOptions
 from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2, GenerationResult
-from dia2.sampling import SamplingParams
 
-GREEDY = SamplingParams(0.0, 1)
-SCRIPT_A = "[S1] Hello, this is a verification call. [S2] Yes, speaking."
-SCRIPT_B = "[S1] Thanks for taking my call. [S2] Sure, go ahead."
-
-
-def greedy(cfg_scale: float = 1.0) -> SpeakOptions:
-    return SpeakOptions(text=GREEDY, audio=GREEDY, cfg_scale=cfg_scale)
-
-
-def make_engine(runtime: Dia2, **kw: object) -> BatchEngine:
-    opts = {"capacity": 4, "max_reply_steps": 160, "reply_reserve_steps": 40, **kw}
-    return BatchEngine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, EngineOptions(**opts))
+from .engine_kit import SCRIPT_A, SCRIPT_B, greedy, make_engine
 
 
 def run_until_quiet(engine: BatchEngine) -> int:

@@ -9,32 +9,18 @@ from __future__ import annotations
 
 import torch
 
-from dia2.engine import AudioChunk, BatchEngine, EngineOptions, SpeakOptions
+from dia2.engine import AudioChunk, BatchEngine
 from dia2.model import DecoderCache
 from dia2.paged_kv import TRASH_BLOCK, BlockPool, blocks_for
 from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2
-from dia2.sampling import SamplingParams
 
-GREEDY = SamplingParams(0.0, 1)
-SCRIPT_A = "[S1] Hello, this is a verification call. [S2] Yes, speaking."
-SCRIPT_B = "[S1] Thanks for taking my call. [S2] Sure, go ahead."
-
-
-def greedy(cfg_scale: float = 1.0) -> SpeakOptions:
-    return SpeakOptions(text=GREEDY, audio=GREEDY, cfg_scale=cfg_scale)
+from . import engine_kit
+from .engine_kit import SCRIPT_A, SCRIPT_B, greedy
 
 
 def make_engine(runtime: Dia2, **kw: object) -> BatchEngine:
-    opts = {
-        "capacity": 4,
-        "max_reply_steps": 160,
-        "reply_reserve_steps": 40,
-        "kv_buckets": (16, 32, 64),
-        "lane_steps_per_full": 2,
-        **kw,
-    }
-    return BatchEngine(runtime.model, runtime.ids, runtime.tokenizer, runtime.mimi, EngineOptions(**opts))
+    return engine_kit.make_engine(runtime, kv_buckets=(16, 32, 64), lane_steps_per_full=2, **kw)
 
 
 def test_block_pool_hands_out_and_takes_back_blocks() -> None:
