@@ -128,6 +128,7 @@ class _TtsSocket:
                 await self._error(gen.error.message)
             log.info("kyutai tts %s: %s", self.lease.tag, gen.timings and gen.timings.as_dict())
         except Exception as exc:  # the client went away while we sent
+            gen.abandon("send failed")
             log.info("kyutai tts %s: send failed (%r)", self.lease.tag, exc)
         finally:
             receiver.cancel()
@@ -138,7 +139,8 @@ class _TtsSocket:
                 await self.ws.close(1000)
 
     async def _receive(self) -> None:
-        """Text and Eos from the client; a disconnect or a silent client stops the reply."""
+        """Text and Eos from the client; a disconnect or a silent client stops the reply at once."""
+        how = "client disconnected"
         try:
             while not self.feed.ended:
                 message = await asyncio.wait_for(self.ws.receive(), IDLE_TIMEOUT_S)
@@ -146,6 +148,7 @@ class _TtsSocket:
                     break
                 problem = self._handle(message)
                 if problem is not None:
+                    how = "bad message"
                     await self._error(problem)
                     break
             else:
@@ -153,10 +156,11 @@ class _TtsSocket:
                 while (await self.ws.receive())["type"] != "websocket.disconnect":
                     pass
         except TimeoutError:
+            how = "client silent"
             await self._error(f"no message for {IDLE_TIMEOUT_S:g} s")
         except Exception as exc:
             log.info("kyutai tts %s: receive ended (%r)", self.lease.tag, exc)
-        self.gen.abandon()  # no more text will come and nobody listens: stop now
+        self.gen.abandon(how)  # no more text will come and nobody listens: stop now
 
     def _handle(self, message: dict[str, Any]) -> str | None:
         if message.get("text") is not None:
