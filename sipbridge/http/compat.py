@@ -300,6 +300,11 @@ async def open_lease(
 # ---------------------------------------------------------------------------------------- generation
 
 Frames = list[bytes]
+# Called once per reply with (surface, ms from the engine's first chunk to the surface's first audio write,
+# ms from the engine chunk that completed the first 20 ms frame to that write): how bench/compat_latency.py
+# measures each surface's own overhead inside the server, free of load drift. The two differ when the
+# engine's first chunk is shorter than a frame plus the resampler's lag (espeak's 20 ms reads).
+first_write_hooks: list[Callable[[str, float, float], None]] = []
 
 
 @dataclass
@@ -313,7 +318,9 @@ class Generation:
     params: SpeakParams | None = None
     started: float = field(default_factory=time.monotonic)
     on_end: Callable[[], None] | None = None  # e.g. end the text feed the engine may be waiting on
-    timings: Timings | None = None
+    surface: str = "compat"  # which protocol surface speaks it (first-write hooks, bench)
+    timings: Timings = field(default_factory=Timings)
+    first_write_at: float | None = None  # monotonic time the surface handed its first audio to the socket
     error: ApiError | None = None
     cancelled: bool = False
     left_at: float | None = None  # when the client was seen leaving (`abandon`)
@@ -340,6 +347,7 @@ class Generation:
                 self.encoder,
                 sink,
                 started=self.started,  # type: ignore[arg-type]
+                timings=self.timings,
             )
 
         try:
@@ -358,6 +366,22 @@ class Generation:
 
     async def next(self) -> Frames | None:
         return await self._queue.get()
+
+    def wrote_first(self) -> None:
+        """The surface has just written its first audio bytes: what it added on top of the engine (from
+        the engine's first chunk: encoding, framing, the hop through the queue, the write) goes to every
+        `first_write_hooks` entry. Called once per reply by each surface, right after that write."""
+        if self.first_write_at is not None:
+            return
+        self.first_write_at = time.monotonic()
+        first, completing = self.timings.first_chunk_at, self.timings.first_frames_at
+        if first is not None and completing is not None:
+            for hook in first_write_hooks:
+                hook(
+                    self.surface,
+                    (self.first_write_at - first) * 1e3,
+                    (self.first_write_at - completing) * 1e3,
+                )
 
     @property
     def done(self) -> bool:
@@ -442,6 +466,7 @@ class LeasedStream(StreamingResponse):
             data = b"".join(frames)
             if data:
                 yield data if self._frame is None else self._frame(data)
+                self.gen.wrote_first()  # resumed: Starlette has handed the bytes to the server
             frames = await self.gen.next()
         if self.gen.error is not None:  # headers are out: all we can do is end the body early
             log.warning("compat %s: engine failed mid-stream: %s", self.gen.lease.tag, self.gen.error.message)

@@ -194,7 +194,9 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return prepared
         body, fmt, lease = prepared
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params()).start()
+        gen = Generation(
+            lease, body.text, encoder, body.params(), surface=f"elevenlabs_rest_{fmt.codec}"
+        ).start()
         try:
             first = await first_frames(gen)
         except ApiError as exc:
@@ -214,7 +216,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return prepared
         body, fmt, lease = prepared
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params()).start()
+        gen = Generation(lease, body.text, encoder, body.params(), surface="elevenlabs_convert").start()
         try:
             audio = await collect(gen)
         except ApiError as exc:
@@ -449,7 +451,7 @@ class _StreamInput:
         while (feed := await self._utterances.get()) is not None:
             gen = Generation(
                 self.lease, aiter(feed), FormatEncoder(self.lease.session.sample_rate, self.format),
-                self.params, on_end=feed.end,
+                self.params, on_end=feed.end, surface="elevenlabs_stream_input",
             ).start()  # fmt: skip
             self._gen = gen
             while (frames := await gen.next()) is not None:
@@ -461,10 +463,11 @@ class _StreamInput:
                         "normalizedAlignment": None,  # neither engine reports character timings yet
                         "alignment": None,
                     })  # fmt: skip
+                    gen.wrote_first()
             if gen.error is not None:
                 await self._fail(gen.error.message, _ERROR_SLUGS.get(gen.error.status, "engine_error"), 1011)
                 return
-            log.info("elevenlabs stream-input %s: %s", self.lease.tag, gen.timings and gen.timings.as_dict())
+            log.info("elevenlabs stream-input %s: %s", self.lease.tag, gen.timings.as_dict())
 
     async def close(self) -> None:
         """The client left, the input ended or an error closed the socket: stop speaking, free the slot.

@@ -102,7 +102,9 @@ class _TtsSocket:
         self.service, self.lease, self.ws, self.msgpack_out = service, lease, ws, msgpack_out
         self.feed = TextFeed(words=streams_words(service))
         encoder = FormatEncoder(lease.session.sample_rate, AudioFormat("f32", SAMPLE_RATE))
-        self.gen = Generation(lease, aiter(self.feed), encoder, params, on_end=self.feed.end)
+        self.gen = Generation(
+            lease, aiter(self.feed), encoder, params, on_end=self.feed.end, surface="kyutai_tts_streaming"
+        )
         self._text_seen = False
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -122,11 +124,12 @@ class _TtsSocket:
                 pcm = b"".join(frames)
                 if not self.msgpack_out:
                     await self.ws.send_bytes(pcm)
-                    continue
-                await self._send({"type": "Audio", "pcm": np.frombuffer(pcm, "<f4").tolist()})
+                else:
+                    await self._send({"type": "Audio", "pcm": np.frombuffer(pcm, "<f4").tolist()})
+                gen.wrote_first()
             if gen.error is not None:
                 await self._error(gen.error.message)
-            log.info("kyutai tts %s: %s", self.lease.tag, gen.timings and gen.timings.as_dict())
+            log.info("kyutai tts %s: %s", self.lease.tag, gen.timings.as_dict())
         except Exception as exc:  # the client went away while we sent
             gen.abandon("send failed")
             log.info("kyutai tts %s: send failed (%r)", self.lease.tag, exc)
