@@ -453,6 +453,7 @@ class LeasedStream(StreamingResponse):
         self._header = header
         self._frame = frame  # wraps each chunk's bytes (SSE events); None: raw bytes
         self._trailer = trailer
+        self._body_done = False  # every byte of the reply was handed to the server
         self.first_write_at: float | None = (
             None  # monotonic time of the first audio byte handed to the server
         )
@@ -472,11 +473,14 @@ class LeasedStream(StreamingResponse):
             log.warning("compat %s: engine failed mid-stream: %s", self.gen.lease.tag, self.gen.error.message)
         elif self._trailer is not None:
             yield self._trailer()
+        self._body_done = True
 
     async def _watch(self, receive: Receive) -> None:
         while (await receive())["type"] != "http.disconnect":
             pass
-        self.gen.abandon("client disconnected")
+        # uvicorn also answers http.disconnect once the response is complete: that is no client leaving.
+        if not self._body_done:
+            self.gen.abandon("client disconnected")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
