@@ -16,6 +16,15 @@ surface, the same text is spoken with greedy sampling on a fresh engine session,
   (parsing, session lease, encoding, the sockets, the client library), the number the ≤ 5 ms target is
   about. Pairing each surface with the engine run just before it keeps load drift out of the difference.
 
+* `added_in_server_ms` (the load-robust number): per request, inside the server process, the time from the
+  engine's first chunk reaching the surface's generation to the surface's first audio write (encoding,
+  resampling, base64/JSON/MessagePack, the queue hop, the socket write), taken by the app's own
+  `compat.first_write_hooks`; p50/p95 per surface, from the engine's first chunk and from the chunk that
+  completed the first 20 ms frame (they differ for espeak, whose 20 ms reads fill no frame through the
+  resampler's lag: that wait is for the engine's next chunk). Both timestamps are in one process on one
+  clock and a few milliseconds apart, so other work on the machine barely moves them, unlike the
+  client-side pairs.
+
 JSON goes to stdout (and --out). Runs alternate between surfaces so drift (CPU load from elsewhere) spreads
 over all of them.
 """
@@ -46,6 +55,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sipbridge.config import EngineConfig, HttpConfig, HttpLimitsConfig
 from sipbridge.engine import make_engine
+from sipbridge.http import compat
 from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
 
@@ -203,6 +213,16 @@ def summary(values: list[float]) -> dict[str, float]:
     }
 
 
+def percentiles(values: list[float]) -> dict[str, float]:
+    ordered = sorted(values)
+    return {
+        "p50_ms": round(statistics.median(ordered), 3),
+        "p95_ms": round(ordered[min(len(ordered) - 1, int(0.95 * len(ordered)))], 3),
+        "max_ms": round(ordered[-1], 3),
+        "replies": len(ordered),
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -221,6 +241,14 @@ def main() -> None:
     load_before = os.getloadavg()
     server = Server(engine_cfg)
     times: dict[str, list[float]] = {"engine": [], **{name: [] for name in SURFACES}}
+    added: dict[str, list[float]] = {}  # per surface: ms from the engine's first chunk to the first write
+    framed: dict[str, list[float]] = {}  # ... from the engine chunk that completed the first frame
+
+    def first_write(surface: str, from_first: float, from_completing: float) -> None:
+        added.setdefault(surface, []).append(from_first)
+        framed.setdefault(surface, []).append(from_completing)
+
+    compat.first_write_hooks.append(first_write)
 
     async def run() -> None:
         await server.start()
@@ -231,6 +259,8 @@ def main() -> None:
             await engine_first_chunk(server)  # warm-up: espeak's cold start, torch's first step
             parent.send("run")  # the client's warm-up round
             await asyncio.to_thread(parent.recv)
+            added.clear()  # the warm-up round's first writes are not counted
+            framed.clear()
             for _ in range(args.runs):
                 times["engine"].append(await engine_first_chunk(server))
                 parent.send("run")
@@ -265,6 +295,13 @@ def main() -> None:
             paired = [t - e for t, e in zip(times[name], times["engine"], strict=True)]
             stats["overhead_ms"] = round(statistics.median(paired), 2)
             result["first_audio"][name] = stats
+        result["added_in_server_ms"] = {
+            name: {
+                "from_first_chunk": percentiles(values),
+                "from_completing_chunk": percentiles(framed[name]),
+            }
+            for name, values in sorted(added.items())
+        }
         text = json.dumps(result, indent=2)
         if final:
             print(text)

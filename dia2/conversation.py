@@ -20,6 +20,7 @@ words)``) and set from its codes (``await conv.set_voice_prompt(prompt)``): no M
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import functools
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
@@ -145,11 +146,21 @@ class EngineConversation:
         finally:
             engine.submit(lambda: engine.push_text(call, "", final=True))
 
-    def cancel(self) -> None:
-        """Barge-in. Thread-safe; the reply's iterator ends and its rows are free from the next step."""
+    def cancel(self) -> concurrent.futures.Future[int]:
+        """Barge-in. Thread-safe; the reply's iterator ends and its rows are free from the next step.
+
+        Returns a future of how many engine steps ran between this request and the cancel taking effect
+        on the engine thread (at the next step boundary): 0 or 1, as commands run before every step. The
+        count is read right before the command is queued, so it measures the engine, not the caller."""
         self._cancelled = self._replies  # chunks already queued on this side are dropped too
         engine, call = self._engine, self._call
-        engine.submit(lambda: engine.cancel(call))
+        asked = engine.steps_run
+
+        def cancel() -> int:
+            engine.cancel(call)
+            return int(engine.steps_run - asked)
+
+        return engine.submit(cancel)
 
     async def reset(self) -> None:
         """Forget all turns (keeps and re-warms the voice)."""

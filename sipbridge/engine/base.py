@@ -12,6 +12,7 @@ encoder on every use; espeak has nothing to prepare (its prepared voice only car
 
 from __future__ import annotations
 
+import concurrent.futures
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -92,8 +93,10 @@ class EngineSession(Protocol):
     async def state(self) -> dict[str, Any]:
         """What the session holds (turns, context used, voice set)."""
 
-    def cancel(self) -> None:
-        """Stop the utterance in progress as soon as possible (its iterator ends)."""
+    def cancel(self) -> concurrent.futures.Future[int] | None:
+        """Stop the utterance in progress as soon as possible (its iterator ends). A batched engine (Dia2)
+        returns a future of the engine steps that ran before the cancel took effect (0 or 1: how the
+        compat surfaces prove a client that leaves frees its slot within one frame); espeak None."""
 
     async def close(self) -> None:
         """The call is over: cancel and free everything this session holds."""

@@ -21,6 +21,7 @@ adapter maps our engine interface onto it:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import dataclasses
 import hashlib
@@ -249,9 +250,11 @@ class Dia2Session:
         except Exception as exc:
             raise EngineError(f"dia2 failed while speaking: {exc}") from exc
 
-    def cancel(self) -> None:
-        if self._conv is not None:
-            self._conv.cancel()
+    def cancel(self) -> concurrent.futures.Future[int] | None:
+        if self._conv is None:
+            return None
+        steps: concurrent.futures.Future[int] = self._conv.cancel()
+        return steps
 
     async def close(self) -> None:
         if self._closed:

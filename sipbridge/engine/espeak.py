@@ -153,7 +153,7 @@ class EspeakSession:
                         await pipe.read()
             await proc.wait()
 
-    def cancel(self) -> None:
+    def cancel(self) -> None:  # the subprocess is killed at once: no engine step to count
         self._cancelled = True
         proc = self._proc
         if proc is not None and proc.returncode is None:

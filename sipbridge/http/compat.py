@@ -20,6 +20,7 @@ conversation API and the phone calls:
 from __future__ import annotations
 
 import asyncio
+import concurrent.futures
 import contextlib
 import hmac
 import logging
@@ -30,6 +31,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import anyio
 import numpy as np
 import numpy.typing as npt
 from starlette.requests import ClientDisconnect, Request
@@ -298,6 +300,11 @@ async def open_lease(
 # ---------------------------------------------------------------------------------------- generation
 
 Frames = list[bytes]
+# Called once per reply with (surface, ms from the engine's first chunk to the surface's first audio write,
+# ms from the engine chunk that completed the first 20 ms frame to that write): how bench/compat_latency.py
+# measures each surface's own overhead inside the server, free of load drift. The two differ when the
+# engine's first chunk is shorter than a frame plus the resampler's lag (espeak's 20 ms reads).
+first_write_hooks: list[Callable[[str, float, float], None]] = []
 
 
 @dataclass
@@ -311,11 +318,14 @@ class Generation:
     params: SpeakParams | None = None
     started: float = field(default_factory=time.monotonic)
     on_end: Callable[[], None] | None = None  # e.g. end the text feed the engine may be waiting on
-    timings: Timings | None = None
+    surface: str = "compat"  # which protocol surface speaks it (first-write hooks, bench)
+    timings: Timings = field(default_factory=Timings)
+    first_write_at: float | None = None  # monotonic time the surface handed its first audio to the socket
     error: ApiError | None = None
     cancelled: bool = False
-    left_at: float | None = None  # when the client was seen leaving (`abandon`, `release`)
-    left_step: int | None = None  # the engine's step counter then (Dia2; None for espeak)
+    left_at: float | None = None  # when the client was seen leaving (`abandon`)
+    left_how: str | None = None  # "client disconnected" (the server saw the connection end), "send failed", …
+    cancel_steps: concurrent.futures.Future[int] | None = None  # Dia2: steps run before the cancel acted
     _queue: asyncio.Queue[Frames | None] = field(default_factory=asyncio.Queue)
     _task: asyncio.Task[None] | None = None
 
@@ -337,6 +347,7 @@ class Generation:
                 self.encoder,
                 sink,
                 started=self.started,
+                timings=self.timings,
             )
 
         try:
@@ -356,24 +367,37 @@ class Generation:
     async def next(self) -> Frames | None:
         return await self._queue.get()
 
+    def wrote_first(self) -> None:
+        """The surface has just written its first audio bytes: what it added on top of the engine (from
+        the engine's first chunk: encoding, framing, the hop through the queue, the write) goes to every
+        `first_write_hooks` entry. Called once per reply by each surface, right after that write."""
+        if self.first_write_at is not None:
+            return
+        self.first_write_at = time.monotonic()
+        first, completing = self.timings.first_chunk_at, self.timings.first_frames_at
+        if first is not None and completing is not None:
+            for hook in first_write_hooks:
+                hook(
+                    self.surface,
+                    (self.first_write_at - first) * 1e3,
+                    (self.first_write_at - completing) * 1e3,
+                )
+
     @property
     def done(self) -> bool:
         return self._task is not None and self._task.done()
 
-    def abandon(self) -> None:
-        """The client is gone: cancel the engine's utterance now (from any task; `release` logs it)."""
-        if self.done:
+    def abandon(self, how: str) -> None:
+        """The client is gone (`how` says how that was seen): cancel the engine's utterance now, in this very
+        call (no await between seeing the client leave and the engine's cancel), from any task. The engine
+        drops the row at its next step boundary; `release` logs how long that took."""
+        if self.left_at is not None or self.done:
             return
-        self._mark_left()
+        self.left_at, self.left_how = time.monotonic(), how
         self.cancelled = True
-        self.lease.session.cancel()
+        self.cancel_steps = self.lease.session.cancel()
         if self.on_end is not None:
             self.on_end()
-
-    def _mark_left(self) -> None:
-        if self.left_at is None:
-            self.left_at = time.monotonic()
-            self.left_step = engine_steps(self.lease.service)
 
     async def stop(self) -> None:
         """Cancel the engine's utterance and wait for the task (bounded: a stuck engine cannot hold us)."""
@@ -414,9 +438,10 @@ async def collect(gen: Generation) -> bytes:
 class LeasedStream(StreamingResponse):
     """A streamed reply that stops its generation and releases its lease however it ends.
 
-    uvicorn speaks ASGI 2.3, so Starlette watches for `http.disconnect` while streaming and cancels the
-    body at once when the client leaves; the release in `finally` then frees the engine row within one
-    engine step rather than when the next write would have failed."""
+    The disconnect is watched for here, whatever ASGI spec version the server reports (Starlette only
+    listens for `http.disconnect` below 2.4; above, it notices only when a write fails, and uvicorn drops
+    writes to a closed connection silently): the moment it comes the engine is cancelled (`abandon`), then
+    the body is stopped and the lease released, so the engine row is free at the next engine step."""
 
     def __init__(
         self, gen: Generation, first: Frames | None, media_type: str, header: bytes = b"",
@@ -428,6 +453,10 @@ class LeasedStream(StreamingResponse):
         self._header = header
         self._frame = frame  # wraps each chunk's bytes (SSE events); None: raw bytes
         self._trailer = trailer
+        self._body_done = False  # every byte of the reply was handed to the server
+        self.first_write_at: float | None = (
+            None  # monotonic time of the first audio byte handed to the server
+        )
         super().__init__(self._body(), media_type=media_type, headers=headers)
 
     async def _body(self) -> AsyncIterator[bytes]:
@@ -438,30 +467,46 @@ class LeasedStream(StreamingResponse):
             data = b"".join(frames)
             if data:
                 yield data if self._frame is None else self._frame(data)
+                self.gen.wrote_first()  # resumed: Starlette has handed the bytes to the server
             frames = await self.gen.next()
         if self.gen.error is not None:  # headers are out: all we can do is end the body early
             log.warning("compat %s: engine failed mid-stream: %s", self.gen.lease.tag, self.gen.error.message)
         elif self._trailer is not None:
             yield self._trailer()
+        self._body_done = True
+
+    async def _watch(self, receive: Receive) -> None:
+        while (await receive())["type"] != "http.disconnect":
+            pass
+        # uvicorn also answers http.disconnect once the response is complete: that is no client leaving.
+        if not self._body_done:
+            self.gen.abandon("client disconnected")
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         try:
-            await super().__call__(scope, receive, send)
-        except ClientDisconnect:
-            pass
+            async with anyio.create_task_group() as group:
+
+                async def stream() -> None:
+                    with contextlib.suppress(OSError, ClientDisconnect):  # a write to a closed client
+                        await self.stream_response(send)
+                    group.cancel_scope.cancel()
+
+                group.start_soon(stream)
+                await self._watch(receive)
+                group.cancel_scope.cancel()
         finally:
             await release(self.gen)
 
 
 async def release(gen: Generation) -> None:
-    """Stop `gen` if it still runs (its client left) and release its lease; a reply cut short by the client
-    is logged with how long the engine slot took to come free after the client was seen leaving.
+    """Stop `gen` if it still runs and release its lease; a reply cut short by the client is logged with
+    how long the engine slot took to come free after the client was seen leaving, in ms and in engine
+    steps (Dia2's own count from the cancel request to the cancel acting: at most one).
 
-    A session of the lease's own is closed first: closing cancels the reply and frees the Dia2 row in one
-    visit to the engine thread (at the next step boundary) instead of two (cancel, then close); the
-    generation task then ends by itself. A conversation's reply is stopped before its lock is let go."""
-    if not gen.done:
-        gen._mark_left()
+    A session of the lease's own is closed right after the cancel (closing frees the Dia2 row in the same
+    visit to the engine thread); the generation task then ends by itself. A conversation's reply is
+    stopped before its lock is let go."""
+    gen.abandon("response ended")  # a no-op when the client was seen leaving or the reply is done
     if gen.lease.conv is None:
         await gen.lease.release()
         await gen.stop()
@@ -469,18 +514,14 @@ async def release(gen: Generation) -> None:
         await gen.stop()
         await gen.lease.release()
     if gen.left_at is not None:
-        steps = engine_steps(gen.lease.service)
+        steps: int | str = "no"  # espeak: nothing batched to count
+        if gen.cancel_steps is not None:
+            with contextlib.suppress(Exception):
+                steps = await asyncio.wait_for(asyncio.wrap_future(gen.cancel_steps), 5.0)
         log.info(
-            "compat %s: client left mid-reply; engine slot released in %.1f ms, %s engine steps later",
-            gen.lease.tag, (time.monotonic() - gen.left_at) * 1e3,
-            "no" if steps is None or gen.left_step is None else steps - gen.left_step,
+            "compat %s: reply cut short (%s); engine slot released in %.1f ms, %s engine steps later",
+            gen.lease.tag, gen.left_how, (time.monotonic() - gen.left_at) * 1e3, steps,
         )  # fmt: skip
-
-
-def engine_steps(service: ConversationService) -> int | None:
-    """Dia2's step counter (one step = one 80 ms frame for every row): how the release is measured."""
-    steps = service.engine.health().get("steps_run")
-    return steps if isinstance(steps, int) else None
 
 
 async def read_capped(request: Request, limit: int) -> bytes:

@@ -194,7 +194,9 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return prepared
         body, fmt, lease = prepared
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params()).start()
+        gen = Generation(
+            lease, body.text, encoder, body.params(), surface=f"elevenlabs_rest_{fmt.codec}"
+        ).start()
         try:
             first = await first_frames(gen)
         except ApiError as exc:
@@ -214,7 +216,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return prepared
         body, fmt, lease = prepared
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params()).start()
+        gen = Generation(lease, body.text, encoder, body.params(), surface="elevenlabs_convert").start()
         try:
             audio = await collect(gen)
         except ApiError as exc:
@@ -311,11 +313,13 @@ class _StreamInput:
         self._utterances: asyncio.Queue[TextFeed | None] = asyncio.Queue()
         self._speaker: asyncio.Task[None] | None = None
         self._gen: Generation | None = None
+        self._failed = False  # an error message was sent and the socket closed
 
     async def _send(self, data: dict[str, Any]) -> None:
         await self.ws.send_text(json.dumps(data))
 
     async def _fail(self, message: str, slug: str, code: int = 1008) -> None:
+        self._failed = True
         with contextlib.suppress(Exception):
             await self._send({"message": message, "error": slug, "code": code})
             await self.ws.close(code, slug)
@@ -336,6 +340,7 @@ class _StreamInput:
                 )
                 return
             if message["type"] == "websocket.disconnect":
+                self._client_left("client disconnected")
                 return
             raw = message.get("text") or message.get("bytes") or b""
             if len(raw) > MAX_MESSAGE_BYTES:
@@ -371,12 +376,44 @@ class _StreamInput:
                     self.min_chars = max(1, min(500, int(schedule[0])))
             if not await self._handle(data):
                 break
+        if self._failed:
+            return  # the socket is closed with its error; `close` stops the speech
         # {"text": ""}: the last utterance finishes, then isFinal and the close.
-        if self._speaker is not None:
-            await self._speaker
+        if self._speaker is not None and not await self._finish_speaking():
+            return
         with contextlib.suppress(Exception):
             await self._send({"isFinal": True})
             await self.ws.close(1000)
+
+    async def _finish_speaking(self) -> bool:
+        """Wait for the queued utterances while still reading the socket, so a client that leaves after its
+        last text is seen at once, not when the next audio send fails; False if it left."""
+        assert self._speaker is not None
+        watcher = asyncio.create_task(self._until_disconnect(), name=f"{self.lease.tag}-watch")
+        try:
+            await asyncio.wait({self._speaker, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            watcher.cancel()
+            with contextlib.suppress(BaseException):
+                await watcher
+        if not self._speaker.done():
+            self._client_left("client disconnected")
+            return False
+        if self._speaker.cancelled() or self._speaker.exception() is not None:
+            self._client_left("send failed")
+            return False
+        return not self._failed
+
+    async def _until_disconnect(self) -> None:
+        """Messages after the input ended are ignored (ElevenLabs closes the input at {"text": ""})."""
+        with contextlib.suppress(Exception):
+            while (await self.ws.receive())["type"] != "websocket.disconnect":
+                pass
+
+    def _client_left(self, how: str) -> None:
+        """Stop the reply being spoken in this very call: the engine drops the row at its next step."""
+        if self._gen is not None:
+            self._gen.abandon(how)
 
     async def _handle(self, data: dict[str, Any]) -> bool:
         """One client message; False once the input has ended."""
@@ -414,7 +451,7 @@ class _StreamInput:
         while (feed := await self._utterances.get()) is not None:
             gen = Generation(
                 self.lease, aiter(feed), FormatEncoder(self.lease.session.sample_rate, self.format),
-                self.params, on_end=feed.end,
+                self.params, on_end=feed.end, surface="elevenlabs_stream_input",
             ).start()  # fmt: skip
             self._gen = gen
             while (frames := await gen.next()) is not None:
@@ -426,10 +463,11 @@ class _StreamInput:
                         "normalizedAlignment": None,  # neither engine reports character timings yet
                         "alignment": None,
                     })  # fmt: skip
+                    gen.wrote_first()
             if gen.error is not None:
                 await self._fail(gen.error.message, _ERROR_SLUGS.get(gen.error.status, "engine_error"), 1011)
                 return
-            log.info("elevenlabs stream-input %s: %s", self.lease.tag, gen.timings and gen.timings.as_dict())
+            log.info("elevenlabs stream-input %s: %s", self.lease.tag, gen.timings.as_dict())
 
     async def close(self) -> None:
         """The client left, the input ended or an error closed the socket: stop speaking, free the slot.

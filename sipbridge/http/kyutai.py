@@ -103,7 +103,9 @@ class _TtsSocket:
         self.service, self.lease, self.ws, self.msgpack_out = service, lease, ws, msgpack_out
         self.feed = TextFeed(words=streams_words(service))
         encoder = FormatEncoder(lease.session.sample_rate, AudioFormat("f32", SAMPLE_RATE))
-        self.gen = Generation(lease, aiter(self.feed), encoder, params, on_end=self.feed.end)
+        self.gen = Generation(
+            lease, aiter(self.feed), encoder, params, on_end=self.feed.end, surface="kyutai_tts_streaming"
+        )
         self._text_seen = False
 
     async def _send(self, message: dict[str, Any]) -> None:
@@ -123,12 +125,14 @@ class _TtsSocket:
                 pcm = b"".join(frames)
                 if not self.msgpack_out:
                     await self.ws.send_bytes(pcm)
-                    continue
-                await self._send({"type": "Audio", "pcm": np.frombuffer(pcm, "<f4").tolist()})
+                else:
+                    await self._send({"type": "Audio", "pcm": np.frombuffer(pcm, "<f4").tolist()})
+                gen.wrote_first()
             if gen.error is not None:
                 await self._error(gen.error.message)
-            log.info("kyutai tts %s: %s", self.lease.tag, gen.timings and gen.timings.as_dict())
+            log.info("kyutai tts %s: %s", self.lease.tag, gen.timings.as_dict())
         except Exception as exc:  # the client went away while we sent
+            gen.abandon("send failed")
             log.info("kyutai tts %s: send failed (%r)", self.lease.tag, exc)
         finally:
             receiver.cancel()
@@ -139,7 +143,8 @@ class _TtsSocket:
                 await self.ws.close(1000)
 
     async def _receive(self) -> None:
-        """Text and Eos from the client; a disconnect or a silent client stops the reply."""
+        """Text and Eos from the client; a disconnect or a silent client stops the reply at once."""
+        how = "client disconnected"
         try:
             while not self.feed.ended:
                 message = await asyncio.wait_for(self.ws.receive(), IDLE_TIMEOUT_S)
@@ -147,6 +152,7 @@ class _TtsSocket:
                     break
                 problem = self._handle(message)
                 if problem is not None:
+                    how = "bad message"
                     await self._error(problem)
                     break
             else:
@@ -154,10 +160,11 @@ class _TtsSocket:
                 while (await self.ws.receive())["type"] != "websocket.disconnect":
                     pass
         except TimeoutError:
+            how = "client silent"
             await self._error(f"no message for {IDLE_TIMEOUT_S:g} s")
         except Exception as exc:
             log.info("kyutai tts %s: receive ended (%r)", self.lease.tag, exc)
-        self.gen.abandon()  # no more text will come and nobody listens: stop now
+        self.gen.abandon(how)  # no more text will come and nobody listens: stop now
 
     def _handle(self, message: Mapping[str, Any]) -> str | None:
         if message.get("text") is not None:

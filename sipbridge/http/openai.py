@@ -185,7 +185,8 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         except ApiError as exc:
             return api_error(exc)
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, req.input, encoder, req.params()).start()
+        surface = f"openai_speech_{fmt.codec}" + ("_sse" if req.stream_format == "sse" else "")
+        gen = Generation(lease, req.input, encoder, req.params(), surface=surface).start()
         if not req.stream:
             try:
                 audio = await collect(gen)

@@ -93,6 +93,8 @@ class Timings:
     frames: int = 0  # engine chunks (Dia2: 80 ms Mimi frames)
     audio_ms: float = 0.0  # audio sent, padding of the last 20 ms frame included
     cancelled: bool = False
+    first_chunk_at: float | None = None  # monotonic time the engine's first chunk came, before encoding
+    first_frames_at: float | None = None  # ... the engine chunk that completed the first encoded frame came
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -323,17 +325,23 @@ class ConversationService:
         *,
         started: float,
         on_first_audio: Callable[[float], Awaitable[None]] | None = None,
+        timings: Timings | None = None,
     ) -> Timings:
         """Speak `text` on `session`, handing encoded 20 ms frames to `sink` as they come.
 
         EngineError propagates (the caller recovers the conversation); cancellation (`session.cancel()`)
         ends the engine's iterator early and is reported by the caller, who knows it asked for it.
         """
-        timings = Timings()
+        timings = timings or Timings()  # given: the caller reads `first_chunk_at` while it runs
         self.generations += 1
         async for chunk in _chunks(session, text, params):
+            came = time.monotonic()
+            if timings.first_chunk_at is None:
+                timings.first_chunk_at = came
             timings.frames += 1
             frames = encoder.push(chunk)
+            if frames and timings.first_frames_at is None:
+                timings.first_frames_at = came
             if frames:
                 if timings.first_audio_ms is None:
                     timings.first_audio_ms = (time.monotonic() - started) * 1e3
