@@ -8,10 +8,11 @@ from .postgres import pg_server, pg_url  # noqa: F401  (the real PostgreSQL of t
 from .procs import STARTED, stop_left_running
 
 
-@pytest.fixture(autouse=True)
-def _no_process_outlives_its_test() -> Iterator[None]:
-    """A `sipbridge` a test started and left running (an assert failed before its stop) is stopped here.
-    Processes of module fixtures started before this test are theirs to stop."""
+@pytest.fixture(autouse=True, scope="module")
+def _no_process_outlives_its_module() -> Iterator[None]:
+    """A `sipbridge` a test started and left running (an assert failed before its stop) is stopped when its
+    module ends. Per module, not per test: a module's shared servers may be started inside a test
+    (`request.getfixturevalue`) and must outlive it."""
     before = len(STARTED)
     yield
     stop_left_running(STARTED[before:])
