@@ -41,6 +41,7 @@ from sipbridge.metrics import TURN_STAGES, Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
 from sipbridge.store import Store
+from sipbridge.text.heard import DEFAULT_CHARS_PER_S, heard_prefix
 from sipbridge.turn_policy import EndOfTurn
 
 log = logging.getLogger(__name__)
@@ -64,6 +65,7 @@ class Utterance:
     held: bool = False
     held_frames: list[bytes] = field(default_factory=list)
     generated: bool = False  # the engine finished it while it was held (EndOfUtterance is owed)
+    complete: bool = False  # the engine made all of its audio (`pcm` is the whole reply)
 
 
 Transcript = tuple[str, list[tuple[str, float, float]]]  # text, (word, start s, end s) if the engine wants
@@ -633,6 +635,7 @@ class CallSession:
             send(out)
         if not utt.cancelled:
             send(np.concatenate([*held, resampler.flush()]))
+            utt.complete = True
             if utt.held:
                 utt.generated = True  # EndOfUtterance goes with the audio when AMD says "person"
             else:
@@ -695,10 +698,11 @@ class CallSession:
         audio_path = None
         if utt.pcm:
             audio_path = self._save_wav(f"bot-{utt.id}.wav", np.frombuffer(b"".join(utt.pcm), dtype=np.int16))
+        text = self._heard(utt, frame) if frame.interrupted else utt.reply.spoken_text
         self.store.add_turn(
             self.call_id,
             "bot",
-            utt.reply.spoken_text,
+            text,
             start_ms=frame.start_ms,
             end_ms=frame.end_ms,
             audio_path=audio_path,
@@ -728,6 +732,31 @@ class CallSession:
                 self.call_id, "message_delivered", {"start_ms": frame.start_ms, "end_ms": frame.end_ms}
             )
         self._after_playback(utt.reply, frame.interrupted)
+
+    def _heard(self, utt: Utterance, frame: f.PlaybackDone) -> str:
+        """The words of a reply cut by barge-in that were played (sipbridge/text/heard.py): they replace the
+        whole reply in the agent's history, so its next turn answers what the caller heard."""
+        said = utt.reply.spoken_text
+        played_s = max(0, frame.end_ms - frame.start_ms - 20 * frame.underruns) / 1000
+        made_s = sum(map(len, utt.pcm)) / 2 / self.rate
+        total_s = made_s if utt.complete else max(made_s, len(said) / DEFAULT_CHARS_PER_S)
+        heard = heard_prefix(said, played_s, total_s)
+        call = self.agent_call
+        if call is not None and heard != said:
+            for i in range(len(call.transcript) - 1, -1, -1):
+                if call.transcript[i] == ("bot", said):
+                    if heard:
+                        call.transcript[i] = ("bot", heard)
+                    else:  # cut before a word was heard: the caller was never told it
+                        del call.transcript[i]
+                    break
+        self.store.add_event(
+            self.call_id,
+            "heard",
+            {"utterance": utt.id, "said": said, "heard": heard, "played_ms": round(played_s * 1000),
+             "audio_ms": round(total_s * 1000), "whole_audio": utt.complete},
+        )  # fmt: skip
+        return heard
 
     def _observe_stages(self, utt: Utterance, first_rtp_at: float) -> None:
         """Split a reply's latency into its stages (metrics.TURN_STAGES); `first_rtp_at` is the worker's
