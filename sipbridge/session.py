@@ -42,7 +42,7 @@ from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
 from sipbridge.store import Store
 from sipbridge.text.heard import DEFAULT_CHARS_PER_S, heard_prefix
-from sipbridge.turn_policy import EndOfTurn
+from sipbridge.turn_policy import EndOfTurn, is_backchannel
 
 log = logging.getLogger(__name__)
 
@@ -504,6 +504,15 @@ class CallSession:
             early_words = await early.task if early is not None else None
             words, timed = early_words if early_words is not None else await self._transcribe(pcm)
             t_asr = time.monotonic()
+            if self._short_during_speech(turn):
+                if is_backchannel(words):  # the bot goes on; the agent never sees it
+                    self.store.add_event(
+                        self.call_id,
+                        "backchannel",
+                        {"words": words, "start_ms": turn.start_ms, "end_ms": turn.end_ms},
+                    )
+                    return
+                self._cut_speech()  # a short answer ("No."): the worker held it as a possible backchannel
             self.metrics.caller_turns.inc(early_asr="true" if early_words is not None else "false")
             self.metrics.asr_wait.observe(t_asr - t0)
             self.engine_session.user_spoke(pcm, self.rate, timed if timed else words)
@@ -544,6 +553,24 @@ class CallSession:
                     early_asr=early_words is not None,
                     end_of_turn=turn.reason == "end_of_turn",  # answered at the pause, not the hangover
                 )
+
+    def _short_during_speech(self, turn: f.TurnEnded) -> bool:
+        """A turn shorter than `vad.backchannel_ms` while interruptible speech is still queued or playing:
+        the worker did not cut the bot for it (barge-in waits that long), the words decide."""
+        limit = self.config.vad.backchannel_ms
+        speaking = any(u.reply.interruptible and not u.cancelled for u in self.utterances.values())
+        return limit > 0 and speaking and turn.end_ms - turn.start_ms < limit
+
+    def _cut_speech(self) -> list[int]:
+        """Drop every interruptible utterance not yet played out (generating, queued, or in the worker)."""
+        dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
+        for utt_id in dead:
+            self.utterances[utt_id].cancelled = True
+        if self.generating is not None and self.generating.cancelled and self.engine_session is not None:
+            self.engine_session.cancel()
+        if dead:
+            self.worker.send(f.CancelUtterances(self.call_id, dead))
+        return dead
 
     async def _on_dtmf(self, digit: str) -> None:
         assert self.agent_call is not None
@@ -661,15 +688,7 @@ class CallSession:
         self.metrics.barge_ins.inc()
         # Every interruptible utterance not yet played out dies: the one being generated, the ones queued
         # behind it, and those the worker already cut (re-cancelling those is harmless).
-        dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
-        for utt_id in dead:
-            self.utterances[utt_id].cancelled = True
-        current = self.generating
-        if current is not None and current.cancelled:
-            assert self.engine_session is not None
-            self.engine_session.cancel()
-        if dead:
-            self.worker.send(f.CancelUtterances(self.call_id, dead))
+        self._cut_speech()
         self.store.add_event(
             self.call_id,
             "barge_in",
@@ -818,13 +837,7 @@ class CallSession:
         log.info("call %s: %s opted out (%s): on the do-not-call list", self.call_id, number, why)
         self._apply_now([Action.end("opted_out")])
         if cut_speech:
-            dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
-            for utt_id in dead:
-                self.utterances[utt_id].cancelled = True
-            if self.generating is not None and self.generating.cancelled and self.engine_session is not None:
-                self.engine_session.cancel()
-            if dead:
-                self.worker.send(f.CancelUtterances(self.call_id, dead))
+            self._cut_speech()
         self.say(Reply(self.config.dialer.opt_out_confirmation, interruptible=False, hangup=True))
 
     def _after_playback(self, reply: Reply, interrupted: bool = False) -> None:
