@@ -378,6 +378,17 @@ class VadConfig(_Section):
         "onset. Above 0 the VAD must also confirm speech, so noise bursts shorter than this never "
         "interrupt; 0 cuts on the energy onset alone (any sound interrupts, fastest cut).",
     )
+    backchannel_ms: int = Field(
+        0,
+        ge=0,
+        le=2000,
+        description="Caller speech shorter than this during the bot's speech does not cut it by itself "
+        "(barge-in waits this long, at least barge_in_min_ms); if its words are a backchannel ('okay', "
+        "'yeah', 'uh-huh', 'mm-hmm', 'right') the bot goes on and the agent never sees it, other words cut "
+        "the bot and are answered. E.g. 700 (a 500 ms 'okay' lasts ~600 ms to the barge-in timer: it starts "
+        "at the VAD's backdated onset and runs 60 ms past the last loud frame); 0 = off (every barge-in is "
+        "timed by barge_in_min_ms alone).",
+    )
 
     @model_validator(mode="after")
     def _turn_bounds(self) -> VadConfig:

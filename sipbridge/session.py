@@ -41,7 +41,8 @@ from sipbridge.metrics import TURN_STAGES, Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
 from sipbridge.store import Store
-from sipbridge.turn_policy import EndOfTurn
+from sipbridge.text.heard import DEFAULT_CHARS_PER_S, heard_prefix
+from sipbridge.turn_policy import EndOfTurn, is_backchannel
 
 log = logging.getLogger(__name__)
 
@@ -64,6 +65,7 @@ class Utterance:
     held: bool = False
     held_frames: list[bytes] = field(default_factory=list)
     generated: bool = False  # the engine finished it while it was held (EndOfUtterance is owed)
+    complete: bool = False  # the engine made all of its audio (`pcm` is the whole reply)
 
 
 Transcript = tuple[str, list[tuple[str, float, float]]]  # text, (word, start s, end s) if the engine wants
@@ -502,6 +504,15 @@ class CallSession:
             early_words = await early.task if early is not None else None
             words, timed = early_words if early_words is not None else await self._transcribe(pcm)
             t_asr = time.monotonic()
+            if self._short_during_speech(turn):
+                if is_backchannel(words):  # the bot goes on; the agent never sees it
+                    self.store.add_event(
+                        self.call_id,
+                        "backchannel",
+                        {"words": words, "start_ms": turn.start_ms, "end_ms": turn.end_ms},
+                    )
+                    return
+                self._cut_speech()  # a short answer ("No."): the worker held it as a possible backchannel
             self.metrics.caller_turns.inc(early_asr="true" if early_words is not None else "false")
             self.metrics.asr_wait.observe(t_asr - t0)
             self.engine_session.user_spoke(pcm, self.rate, timed if timed else words)
@@ -542,6 +553,24 @@ class CallSession:
                     early_asr=early_words is not None,
                     end_of_turn=turn.reason == "end_of_turn",  # answered at the pause, not the hangover
                 )
+
+    def _short_during_speech(self, turn: f.TurnEnded) -> bool:
+        """A turn shorter than `vad.backchannel_ms` while interruptible speech is still queued or playing:
+        the worker did not cut the bot for it (barge-in waits that long), the words decide."""
+        limit = self.config.vad.backchannel_ms
+        speaking = any(u.reply.interruptible and not u.cancelled for u in self.utterances.values())
+        return limit > 0 and speaking and turn.end_ms - turn.start_ms < limit
+
+    def _cut_speech(self) -> list[int]:
+        """Drop every interruptible utterance not yet played out (generating, queued, or in the worker)."""
+        dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
+        for utt_id in dead:
+            self.utterances[utt_id].cancelled = True
+        if self.generating is not None and self.generating.cancelled and self.engine_session is not None:
+            self.engine_session.cancel()
+        if dead:
+            self.worker.send(f.CancelUtterances(self.call_id, dead))
+        return dead
 
     async def _on_dtmf(self, digit: str) -> None:
         assert self.agent_call is not None
@@ -633,6 +662,7 @@ class CallSession:
             send(out)
         if not utt.cancelled:
             send(np.concatenate([*held, resampler.flush()]))
+            utt.complete = True
             if utt.held:
                 utt.generated = True  # EndOfUtterance goes with the audio when AMD says "person"
             else:
@@ -658,15 +688,7 @@ class CallSession:
         self.metrics.barge_ins.inc()
         # Every interruptible utterance not yet played out dies: the one being generated, the ones queued
         # behind it, and those the worker already cut (re-cancelling those is harmless).
-        dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
-        for utt_id in dead:
-            self.utterances[utt_id].cancelled = True
-        current = self.generating
-        if current is not None and current.cancelled:
-            assert self.engine_session is not None
-            self.engine_session.cancel()
-        if dead:
-            self.worker.send(f.CancelUtterances(self.call_id, dead))
+        self._cut_speech()
         self.store.add_event(
             self.call_id,
             "barge_in",
@@ -695,10 +717,11 @@ class CallSession:
         audio_path = None
         if utt.pcm:
             audio_path = self._save_wav(f"bot-{utt.id}.wav", np.frombuffer(b"".join(utt.pcm), dtype=np.int16))
+        text = self._heard(utt, frame) if frame.interrupted else utt.reply.spoken_text
         self.store.add_turn(
             self.call_id,
             "bot",
-            utt.reply.spoken_text,
+            text,
             start_ms=frame.start_ms,
             end_ms=frame.end_ms,
             audio_path=audio_path,
@@ -728,6 +751,31 @@ class CallSession:
                 self.call_id, "message_delivered", {"start_ms": frame.start_ms, "end_ms": frame.end_ms}
             )
         self._after_playback(utt.reply, frame.interrupted)
+
+    def _heard(self, utt: Utterance, frame: f.PlaybackDone) -> str:
+        """The words of a reply cut by barge-in that were played (sipbridge/text/heard.py): they replace the
+        whole reply in the agent's history, so its next turn answers what the caller heard."""
+        said = utt.reply.spoken_text
+        played_s = max(0, frame.end_ms - frame.start_ms - 20 * frame.underruns) / 1000
+        made_s = sum(map(len, utt.pcm)) / 2 / self.rate
+        total_s = made_s if utt.complete else max(made_s, len(said) / DEFAULT_CHARS_PER_S)
+        heard = heard_prefix(said, played_s, total_s)
+        call = self.agent_call
+        if call is not None and heard != said:
+            for i in range(len(call.transcript) - 1, -1, -1):
+                if call.transcript[i] == ("bot", said):
+                    if heard:
+                        call.transcript[i] = ("bot", heard)
+                    else:  # cut before a word was heard: the caller was never told it
+                        del call.transcript[i]
+                    break
+        self.store.add_event(
+            self.call_id,
+            "heard",
+            {"utterance": utt.id, "said": said, "heard": heard, "played_ms": round(played_s * 1000),
+             "audio_ms": round(total_s * 1000), "whole_audio": utt.complete},
+        )  # fmt: skip
+        return heard
 
     def _observe_stages(self, utt: Utterance, first_rtp_at: float) -> None:
         """Split a reply's latency into its stages (metrics.TURN_STAGES); `first_rtp_at` is the worker's
@@ -789,13 +837,7 @@ class CallSession:
         log.info("call %s: %s opted out (%s): on the do-not-call list", self.call_id, number, why)
         self._apply_now([Action.end("opted_out")])
         if cut_speech:
-            dead = [u.id for u in self.utterances.values() if u.reply.interruptible and not u.cancelled]
-            for utt_id in dead:
-                self.utterances[utt_id].cancelled = True
-            if self.generating is not None and self.generating.cancelled and self.engine_session is not None:
-                self.engine_session.cancel()
-            if dead:
-                self.worker.send(f.CancelUtterances(self.call_id, dead))
+            self._cut_speech()
         self.say(Reply(self.config.dialer.opt_out_confirmation, interruptible=False, hangup=True))
 
     def _after_playback(self, reply: Reply, interrupted: bool = False) -> None:

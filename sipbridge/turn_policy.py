@@ -117,3 +117,15 @@ class EndOfTurn:
     def close(self) -> None:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
+
+
+# What a listener says to show they are following, not to take the turn (Whisper's spellings included).
+BACKCHANNELS = frozenset("okay ok yeah yep right sure alright uh-huh mm-hmm mm-hm mhm mm hmm hm".split())
+
+
+def is_backchannel(words: str) -> bool:
+    """True when every word of the transcript is a backchannel word ("Okay.", "Yeah, yeah.", "Mm-hmm.").
+    "Uh-uh" (no) and anything with another word ("okay, stop") are not."""
+    tokens = [t.strip(".,!?;:…\"'").lower() for t in words.split()]
+    tokens = [t for t in tokens if t]
+    return bool(tokens) and all(t in BACKCHANNELS for t in tokens)

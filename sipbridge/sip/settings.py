@@ -140,7 +140,8 @@ def worker_settings(
         dead_media_timeout_s=media.dead_media_timeout_s,
         playback_margin_ms=media.playback_margin_ms,
         vad=dataclasses.asdict(config.vad.segmenter_settings()),
-        barge_in_min_ms=config.vad.barge_in_min_ms,
+        # A backchannel ("uh-huh") must not cut the bot: it is held until the speech outlasts one.
+        barge_in_min_ms=max(config.vad.barge_in_min_ms, config.vad.backchannel_ms),
         recordings_dir=str(Path(config.storage.recordings_dir).resolve())
         if config.storage.record_calls
         else None,
