@@ -18,6 +18,7 @@ Queues: `inbox` (clock/ioqueue/main -> media thread) and `commands` (ipc-reader/
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import queue
@@ -797,6 +798,10 @@ def _amd_settings(values: dict[str, Any]) -> AmdSettings:
 def main() -> int:
     settings = WorkerSettings.from_json(sys.stdin.read())
     setup_logging(settings.log_level, json_format=settings.log_json)
+    # A crash inside PJSIP (SIGSEGV, SIGABRT ...) kills the worker with no Python traceback: print every
+    # thread's Python stack to stderr (the supervisor's log) first, so the next person sees which of our
+    # callbacks was running (docs/RELIABILITY.md, defect 2).
+    faulthandler.enable(all_threads=True)
     channel = SyncChannel.connect(settings.ipc_path)
     worker = Worker(settings, channel)
     # A terminal's Ctrl+C or a service manager's SIGTERM may reach the worker directly: shut down in order
