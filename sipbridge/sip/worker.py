@@ -506,7 +506,9 @@ class Worker:
         if slot.rtp is not None:  # before CallEnded (which the media thread sends) so it is stored with it
             self.emit(f.RtpQuality(slot_id, *slot.rtp))
         self.inbox.put(("close", slot_id, (code, slot.hangup_reason or reason, by)))
-        log.info("call %s ended by %s: %d %s", slot_id, by, code, reason)
+        # The media thread sends CallEnded once it reaches this "close": the inbox depth says how far behind
+        # it is (soak defect 4: one worker's CallEnded frames stopped reaching the supervisor under load).
+        log.info("call %s ended by %s: %d %s (media inbox %d)", slot_id, by, code, reason, self.inbox.qsize())
 
     def _watchdog(self, now: float) -> None:
         for slot in list(self.calls.values()):
