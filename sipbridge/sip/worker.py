@@ -19,6 +19,7 @@ sipbridge/sip/messages.py.
 
 from __future__ import annotations
 
+import faulthandler
 import logging
 import os
 import queue
@@ -535,7 +536,9 @@ class Worker:
         if slot.rtp is not None:  # before CallEnded (which the media thread sends) so it is stored with it
             self.emit(f.RtpQuality(slot_id, *slot.rtp))
         self.inbox.put(MediaClose(slot_id, code, slot.hangup_reason or reason, by))
-        log.info("call %s ended by %s: %d %s", slot_id, by, code, reason)
+        # The media thread sends CallEnded once it reaches this close: the inbox depth says how far behind
+        # it is (soak defect 4: one worker's CallEnded frames stopped reaching the supervisor under load).
+        log.info("call %s ended by %s: %d %s (media inbox %d)", slot_id, by, code, reason, self.inbox.qsize())
 
     def _watchdog(self, now: float) -> None:
         for slot in list(self.calls.values()):
@@ -835,6 +838,10 @@ def _amd_settings(values: dict[str, Any]) -> AmdSettings:
 def main() -> int:
     settings = WorkerSettings.from_json(sys.stdin.read())
     setup_logging(settings.log_level, json_format=settings.log_json)
+    # A crash inside PJSIP (SIGSEGV, SIGABRT ...) kills the worker with no Python traceback: print every
+    # thread's Python stack to stderr (the supervisor's log) first, so the next person sees which of our
+    # callbacks was running (docs/RELIABILITY.md, defect 2).
+    faulthandler.enable(all_threads=True)
     channel = SyncChannel.connect(settings.ipc_path)
     worker = Worker(settings, channel)
     # A terminal's Ctrl+C or a service manager's SIGTERM may reach the worker directly: shut down in order

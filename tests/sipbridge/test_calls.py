@@ -553,6 +553,21 @@ def test_killed_worker_records_its_call_failed_and_is_respawned(tmp_path: Path) 
         assert bridge.stop() == 0
 
 
+def test_a_worker_segfault_leaves_its_python_stacks_in_the_log(tmp_path: Path) -> None:
+    """A crash inside PJSIP kills a worker with no Python traceback (soak defect 2): faulthandler prints every
+    thread's Python stack first, so the log says which of our callbacks was running."""
+    bridge = Bridge.start(tmp_path / "bridge", {})
+    try:
+        os.kill(bridge.health()["sip"]["workers"][0]["pid"], signal.SIGSEGV)
+        bridge.wait_log(r"Fatal Python error: Segmentation fault")
+        bridge.wait_log(r"Thread 0x[0-9a-f]+ \(most recent call first\):")
+        bridge.wait_log(r'File ".*sipbridge/sip/worker\.py", line \d+ in \w+')
+        bridge.wait_log(r"SIP worker 0 \(pid \d+\) died with code -11")
+        bridge.wait_log(r"worker 0 ready")
+    finally:
+        assert bridge.stop() == 0
+
+
 def test_baresip_hears_greeting_and_reply(tmp_path: Path, ears: Ears) -> None:
     bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW)})
     try:
