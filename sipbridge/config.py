@@ -119,16 +119,8 @@ class SipFrontConfig(_Section):
         800,
         ge=100,
         le=10000,
-        description="A worker that does not answer a probe within this is taken out (and put back when it "
-        "answers a probe again).",
-    )
-    invite_timeout_ms: int = Field(
-        3000,
-        ge=100,
-        le=30000,
-        description="A worker that does not answer an INVITE (not even 100 Trying) within this is taken out "
-        "and the call goes to the next one. Longer than probe_timeout_ms: a worker starved of CPU answers "
-        "late, and a late 200 after failover is a call nobody ACKs.",
+        description="A worker that does not answer a probe or an INVITE within this is taken out (and put "
+        "back when it answers a probe again).",
     )
     trunk_timeout_ms: int = Field(
         5000,
