@@ -596,6 +596,7 @@ class Worker:
             if slot.dial is not None and not slot.started and slot.local_event is None:
                 slot.local_event = "cancelled"  # our shutdown, not the callee's 503
             self._retire(slot_id, 503, "worker shutting down")
+        self._report_refusals()  # those of the last watchdog period, which would otherwise never be stored
         self.inbox.put(StopMedia())
         media.join(timeout=5)
         self.calls.clear()
