@@ -89,6 +89,20 @@ class Bridge:
         with self.db() as conn:
             return list(conn.execute("SELECT * FROM turns WHERE call_id = ? ORDER BY idx", (call_id,)))
 
+    def bot_said(self, call_id: str) -> list[str]:
+        """The bot's turns as said: a turn cut by barge-in or hang-up stores the words heard
+        (sipbridge/text/heard.py), its `heard` event the whole text, which is returned for it."""
+        cut = [json.loads(e["data"]) for e in self.events(call_id, "heard")]
+        said = []
+        for turn in self.turns(call_id):
+            if turn["who"] != "bot":
+                continue
+            text = turn["text"]
+            if turn["interrupted"]:
+                text = next((e["said"] for e in cut if e["heard"] == text), text)
+            said.append(text)
+        return said
+
     def events(self, call_id: str, kind: str) -> list[sqlite3.Row]:
         with self.db() as conn:
             return list(

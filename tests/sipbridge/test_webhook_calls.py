@@ -60,11 +60,11 @@ def test_webhook_agent_reply_timeout_and_500(tmp_path: Path) -> None:
         bridge = Bridge.start(tmp_path / "bridge", {"agent": agent})
         try:
             baseline = bridge.health()
-            caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.0, tail_s=9.0)
+            caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.0, tail_s=13.0)
             audio = caller.write_ulaw(tmp_path / "caller.ulaw")
             scenarios = {
                 name: sipp_scenario(
-                    audio=audio, user=name, hangup="bridge" if name == "ok" else "caller", talk_ms=11000
+                    audio=audio, user=name, hangup="bridge" if name == "ok" else "caller", talk_ms=15000
                 )
                 for name in ("ok", "slow", "broken")
             }
@@ -91,11 +91,11 @@ def test_webhook_agent_reply_timeout_and_500(tmp_path: Path) -> None:
             assert any(p.pt == 101 for p in wires["ok"].bot)
 
             slow = calls["slow"]
-            slow_bot = [t["text"] for t in bridge.turns(slow["id"]) if t["who"] == "bot"]
+            slow_bot = bridge.bot_said(slow["id"])
             assert slow_bot == ["Hello, this is the help line.", FALLBACK]
             assert "ReadTimeout" in json.loads(bridge.events(slow["id"], "agent_error")[0]["data"])["error"]
             broken = calls["broken"]
-            broken_bot = [t["text"] for t in bridge.turns(broken["id"]) if t["who"] == "bot"]
+            broken_bot = bridge.bot_said(broken["id"])
             assert broken_bot == [FALLBACK, FALLBACK]  # greeting and turn: never dead air
             assert "500" in json.loads(bridge.events(broken["id"], "agent_error")[0]["data"])["error"]
             starts = [r for r in server.requests if dialled(r) == "broken" and r.json()["event"] == "start"]
