@@ -520,12 +520,14 @@ def test_dialer_calls_count_in_the_fronts_load(tmp_path: Path) -> None:
         inbound = dial(port, expect_503_with_retry_after(5), tmp_path / "inbound")
         assert inbound.wait(30) == 0, inbound.errors()
 
-        # /healthz shows the front's view as of its last poll (every 0.5 s): wait for the one after the RPCs.
+        # /healthz shows the front's view as of its last poll (every 0.5 s): wait for the first one taken
+        # after the inbound 503 (a poll between the RPCs and the INVITE shows both disabled, nothing counted).
         def disabled() -> dict[str, Any] | None:
             front: dict[str, Any] = httpx.get(f"{http}/healthz", timeout=10).json()["front"]
-            return front if {d["state"] for d in front["destinations"]} == {"disabled"} else None
+            states = {d["state"] for d in front["destinations"]}
+            return front if states == {"disabled"} and front["counters"]["busy"] else None
 
-        front = until(disabled, 10, "both workers disabled in the front's view")
+        front = until(disabled, 10, "both workers disabled and the 503 counted in the front's view")
         assert front["ok"], front  # full is busy, not broken
         assert front["counters"]["busy"] == 1 and front["counters"]["failover"] == 0, front["counters"]
         # The slots come back as the callees hang up.
