@@ -32,10 +32,9 @@ from starlette.websockets import WebSocketState
 
 from sipbridge.config import HttpConfig
 from sipbridge.engine.base import SpeakParams
+from sipbridge.http.audio_io import AudioFormat, FormatEncoder, wav_stream_header
 from sipbridge.http.compat import (
     MAX_MESSAGE_BYTES,
-    AudioFormat,
-    FormatEncoder,
     Generation,
     Lease,
     LeasedStream,
@@ -52,7 +51,6 @@ from sipbridge.http.compat import (
     sampling,
     streams_words,
     voice_names,
-    wav_stream_header,
 )
 from sipbridge.http.service import ApiError, ConversationService
 

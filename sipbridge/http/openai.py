@@ -33,11 +33,16 @@ from starlette.datastructures import UploadFile
 
 from sipbridge.config import HttpConfig
 from sipbridge.engine.base import SpeakParams
-from sipbridge.http.audio_io import AudioRejected, decode_upload, wav_bytes
+from sipbridge.http.audio_io import (
+    AudioFormat,
+    AudioRejected,
+    FormatEncoder,
+    decode_upload,
+    wav_bytes,
+    wav_stream_header,
+)
 from sipbridge.http.compat import (
     CLONE_PREFIX,
-    AudioFormat,
-    FormatEncoder,
     Generation,
     LeasedStream,
     VoiceNotFound,
@@ -50,7 +55,6 @@ from sipbridge.http.compat import (
     release,
     resolve_voice,
     voice_names,
-    wav_stream_header,
 )
 from sipbridge.http.service import ApiError, ConversationService
 
