@@ -452,6 +452,14 @@ def test_openai_errors_have_its_shape(espeak_server: Server) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as slow:
         server.openai().audio.speech.create(model="tts-1", voice="default", input="hi", speed=9)
     assert slow.value.param == "speed"
+    # A speed the server cannot apply is refused, not ignored; 1.0 (what SDKs send by default) speaks.
+    with pytest.raises(openai.UnprocessableEntityError) as fast:
+        server.openai().audio.speech.create(model="tts-1", voice="default", input="hi", speed=1.5)
+    assert fast.value.param == "speed" and fast.value.code == "unsupported_value"
+    normal = server.openai().audio.speech.create(
+        model="tts-1", voice="default", input="hi", speed=1.0, response_format="pcm"
+    )
+    assert len(normal.content) > 0
     no_audio = httpx.post(f"{server.base}/v1/audio/voice-register", json={"name": "x", "audio": "!!"},
                           headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
     assert no_audio.status_code == 422 and "base64" in no_audio.json()["error"]["message"]
