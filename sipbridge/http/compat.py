@@ -39,6 +39,7 @@ from sipbridge.engine import EngineError, EngineRejected, EngineSession
 from sipbridge.engine.base import SpeakParams, TextSource
 from sipbridge.http.audio_io import FormatEncoder
 from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice
+from sipbridge.text.heard import DEFAULT_CHARS_PER_S
 
 log = logging.getLogger(__name__)
 
@@ -422,6 +423,7 @@ class TextFeed:
         self.words = words
         self.min_chars = min_chars
         self.chars = 0
+        self.text = ""  # everything pushed, as sent (what character alignment covers)
         self.ended = False
         self._buffer = ""
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -430,6 +432,7 @@ class TextFeed:
         if self.ended or not text:
             return
         self.chars += len(text)
+        self.text += text
         if self.words:
             self._queue.put_nowait(text)
             return
@@ -458,6 +461,47 @@ class TextFeed:
     async def __aiter__(self) -> AsyncIterator[str]:
         while (piece := await self._queue.get()) is not None:
             yield piece
+
+
+# Character weights of the alignment estimate (sipbridge/text/heard.py weighs words the same way): a
+# letter or a space one unit, punctuation the pause after it.
+_CHAR_PAUSE = {",": 3.0, ";": 3.0, ":": 3.0, ".": 5.0, "?": 5.0, "!": 5.0}
+
+
+class CharTimeline:
+    """Estimated character timings of one utterance, for ElevenLabs' `alignment` fields.
+
+    Neither engine reports when it speaks each character, so this is an estimate, not a measurement: the
+    text is laid out at `chars_per_s` (heard.py's DEFAULT_CHARS_PER_S, both engines' rate), a character
+    weighing 1 and punctuation its pause. Each audio chunk gets the characters whose estimated start
+    falls inside it (times relative to the chunk, as ElevenLabs sends them); the last chunk of the
+    utterance's characters left after the audio ends come in one more message with empty audio, so
+    each character is sent exactly once, in order."""
+
+    def __init__(self, chars_per_s: float = DEFAULT_CHARS_PER_S) -> None:
+        self.ms_per_unit = 1000.0 / chars_per_s
+        self.sent = 0  # characters already given to a chunk
+        self.at_ms = 0.0  # audio so far
+        self._start = 0.0  # estimated start (ms) of character `sent`
+
+    def chunk(self, text: str, ms: float, *, final: bool = False) -> dict[str, list[Any]] | None:
+        begin, end = self.at_ms, self.at_ms + ms
+        self.at_ms = end
+        chars: list[str] = []
+        starts: list[int] = []
+        durations: list[int] = []
+        while self.sent < len(text) and (final or self._start < end):
+            ch = text[self.sent]
+            weight = 1.0 + _CHAR_PAUSE.get(ch, 0.0)
+            duration = weight * self.ms_per_unit
+            chars.append(ch)
+            starts.append(round(min(max(self._start - begin, 0.0), ms)))
+            durations.append(round(duration))
+            self._start = max(self._start, begin) + duration
+            self.sent += 1
+        if not chars:
+            return None
+        return {"chars": chars, "charStartTimesMs": starts, "charDurationsMs": durations}
 
 
 def streams_words(service: ConversationService) -> bool:

@@ -258,8 +258,10 @@ def test_elevenlabs_errors_have_its_shape(espeak_server: Server) -> None:
         assert audio and final == {"isFinal": True}
 
 
-def _stream_input(sock: ClientConnection) -> tuple[list[bytes], dict[str, Any]]:
-    """Audio messages until isFinal, then the close."""
+def _stream_input(
+    sock: ClientConnection, aligned: list[str] | None = None
+) -> tuple[list[bytes], dict[str, Any]]:
+    """Audio messages until isFinal, then the close; `aligned` gets each message's aligned characters."""
     audio = []
     while True:
         message = json.loads(sock.recv(timeout=60))
@@ -267,6 +269,22 @@ def _stream_input(sock: ClientConnection) -> tuple[list[bytes], dict[str, Any]]:
             return audio, message
         assert set(message) == {"audio", "isFinal", "normalizedAlignment", "alignment"}, message
         audio.append(base64.b64decode(message["audio"]))
+        if aligned is not None:
+            aligned += _alignment_chars(message, len(audio[-1]) / 8)  # µ-law 8 kHz: 8 bytes a ms
+
+
+def _alignment_chars(message: dict[str, Any], chunk_ms: float) -> list[str]:
+    """The characters of one stream-input message's alignment, its shape checked as ElevenLabs sends it:
+    equal-length lists, times in whole ms relative to the chunk, starts inside it."""
+    align = message["alignment"]
+    if align is None:
+        return []
+    assert message["normalizedAlignment"] == align
+    chars, starts, durations = align["chars"], align["charStartTimesMs"], align["charDurationsMs"]
+    assert len(chars) == len(starts) == len(durations) > 0
+    assert all(isinstance(t, int) and 0 <= t <= chunk_ms for t in starts), (starts, chunk_ms)
+    assert starts == sorted(starts) and all(isinstance(d, int) and d > 0 for d in durations)
+    return list(chars)
 
 
 def test_elevenlabs_stream_input_speaks_before_the_text_ends(server: Server) -> None:
@@ -280,14 +298,17 @@ def test_elevenlabs_stream_input_speaks_before_the_text_ends(server: Server) -> 
         )
         first = json.loads(sock.recv(timeout=60))  # audio before any more text: speech started early
         assert first["audio"] and first["isFinal"] is False
+        aligned = _alignment_chars(first, len(base64.b64decode(first["audio"])) / 8)
         sock.send(json.dumps({"text": "And this is the second one. "}))
         sock.send(json.dumps({"text": "", "flush": True}))
-        rest, final = _stream_input(sock)
+        rest, final = _stream_input(sock, aligned)
         assert final == {"isFinal": True}
         with pytest.raises(ConnectionClosedOK):  # the server closes after isFinal
             sock.recv(timeout=10)
     audio = base64.b64decode(first["audio"]) + b"".join(rest)
     assert len(audio) % 160 == 0 and len(audio) > 8000  # > 1 s of 8 kHz µ-law, in 20 ms frames
+    # Character alignment (an estimate, docs/COMPAT.md): every character sent, once, in order.
+    assert "".join(aligned) == "Hello there, this is the first sentence. And this is the second one. "
 
 
 class TlsFront:
