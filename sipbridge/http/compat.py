@@ -504,6 +504,23 @@ class CharTimeline:
         return {"chars": chars, "charStartTimesMs": starts, "charDurationsMs": durations}
 
 
+def spread_chars(text: str, total_s: float) -> dict[str, list[Any]]:
+    """Estimated character times over a whole reply `total_s` long (REST `/with-timestamps`): the weights
+    of CharTimeline, scaled to the real audio length. ElevenLabs' CharacterAlignmentResponseModel shape."""
+    weights = [1.0 + _CHAR_PAUSE.get(ch, 0.0) for ch in text]
+    unit = total_s / (sum(weights) or 1.0)
+    starts, ends, at = [], [], 0.0
+    for weight in weights:
+        starts.append(round(at, 3))
+        at += weight * unit
+        ends.append(round(at, 3))
+    return {
+        "characters": list(text),
+        "character_start_times_seconds": starts,
+        "character_end_times_seconds": ends,
+    }
+
+
 def streams_words(service: ConversationService) -> bool:
     """Whether the engine takes text as word deltas within one utterance (Dia2's input streaming) rather
     than speaking every piece as its own utterance (espeak)."""

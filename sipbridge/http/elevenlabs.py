@@ -51,6 +51,7 @@ from sipbridge.http.compat import (
     release,
     resolve_voice,
     sampling,
+    spread_chars,
     streams_words,
     voice_names,
 )
@@ -228,6 +229,35 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
 
             audio = wav_bytes(audio, fmt.rate)
         return Response(audio, media_type=fmt.media_type)
+
+    @router.post(
+        "/v1/text-to-speech/{voice_id}/with-timestamps", responses=protocol_errors(401, 404, 413, 422, 500)
+    )
+    async def convert_with_timestamps(voice_id: str, request: Request) -> Response:
+        """The whole file as base64 with estimated character times (spread_chars: neither engine reports
+        them), scaled to the real audio length."""
+        prepared = await prepare(request, voice_id)
+        if isinstance(prepared, Response):
+            return prepared
+        body, fmt, lease = prepared
+        encoder = FormatEncoder(lease.session.sample_rate, fmt)
+        gen = Generation(lease, body.text, encoder, body.params(), surface="elevenlabs_timestamps").start()
+        try:
+            audio = await collect(gen)
+        except ApiError as exc:
+            return api_error(exc)
+        finally:
+            await release(gen)
+        if fmt.wav:
+            from sipbridge.http.audio_io import wav_bytes
+
+            audio = wav_bytes(audio, fmt.rate)
+        align = spread_chars(body.text, encoder.samples / encoder.rate)
+        return JSONResponse({
+            "audio_base64": base64.b64encode(audio).decode(),
+            "alignment": align,
+            "normalized_alignment": align,
+        })  # fmt: skip
 
     @router.get("/v1/voices", responses=protocol_errors(401, 422, 500))
     async def voices(request: Request) -> Response:

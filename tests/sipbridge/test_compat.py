@@ -213,6 +213,23 @@ def test_elevenlabs_sdk_formats_agree(server: Server) -> None:
     assert b"".join(whole) == out["pcm_24000"]
 
 
+def test_elevenlabs_sdk_with_timestamps(espeak_server: Server) -> None:
+    text = "Hello there, one two three."
+    reply = espeak_server.eleven().text_to_speech.convert_with_timestamps(
+        voice_id="default", text=text, output_format="pcm_16000"
+    )
+    pcm = base64.b64decode(reply.audio_base_64)
+    seconds = len(pcm) / 2 / 16000
+    assert seconds > 1.0
+    align = reply.alignment
+    assert align is not None and "".join(align.characters) == text
+    starts, ends = align.character_start_times_seconds, align.character_end_times_seconds
+    assert starts[0] == 0.0 and starts == sorted(starts)
+    assert all(a < b for a, b in zip(starts, ends, strict=True))
+    assert abs(ends[-1] - seconds) < 0.01  # spread over the real audio length
+    assert reply.normalized_alignment == align
+
+
 def test_elevenlabs_errors_have_its_shape(espeak_server: Server) -> None:
     server = espeak_server
     with pytest.raises(ElevenLabsError) as wrong:
