@@ -14,9 +14,10 @@ with the call path's low-latency FIR resampler, so streaming adds ~5 ms, not sox
 from __future__ import annotations
 
 import io
+import struct
 import wave
 from dataclasses import dataclass
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 import numpy.typing as npt
@@ -28,6 +29,7 @@ from audio.framer import Framer
 from audio.resample import FirResampler, StreamResampler, make_resampler
 
 OutputFormat = Literal["wav", "pcm16", "ulaw"]
+Codec = Literal["pcm", "ulaw", "alaw", "mp3", "f32"]  # every codec FormatEncoder writes
 OUTPUT_FORMATS: tuple[str, ...] = ("wav", "pcm16", "ulaw")
 STREAM_FORMATS: tuple[str, ...] = ("pcm16", "ulaw")
 PCM_RATE = 24000  # wav / pcm16 output and the rate uploads are converted to for the engine
@@ -123,32 +125,102 @@ class ChunkEncoder(Protocol):
     def flush(self) -> list[bytes]: ...
 
 
-class OutputEncoder:
-    """Engine chunks (float32 at the engine's rate) in, 20 ms frames of the output format out (bytes)."""
-
-    def __init__(self, engine_rate: int, fmt: str) -> None:
-        if fmt not in OUTPUT_FORMATS:
-            raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
-        self.format = fmt
-        self.rate = ULAW_RATE if fmt == "ulaw" else PCM_RATE
-        self._resampler: FirResampler | StreamResampler | None = (
-            None if engine_rate == self.rate else make_resampler(engine_rate, self.rate, dtype="float32")
-        )
-        self._framer = Framer(self.rate, FRAME_MS, dtype=np.int16)
-        self.samples = 0  # output samples emitted, padding included
+@dataclass(frozen=True)
+class AudioFormat:
+    codec: Codec
+    rate: int
+    kbps: int = 0  # mp3 only
+    wav: bool = False  # pcm with a streaming WAV header in front
 
     @property
-    def frame_bytes(self) -> int:
-        return self._framer.frame_samples * (1 if self.format == "ulaw" else 2)
+    def media_type(self) -> str:
+        if self.wav:
+            return "audio/wav"
+        return {
+            "pcm": f"audio/L16; rate={self.rate}; channels=1",
+            "ulaw": "audio/basic",
+            "alaw": f"audio/PCMA; rate={self.rate}",
+            "mp3": "audio/mpeg",
+            "f32": f"audio/x-f32le; rate={self.rate}",
+        }[self.codec]
 
-    def _encode(self, frames: list[npt.NDArray[np.generic]]) -> list[bytes]:
+
+def wav_stream_header(rate: int) -> bytes:
+    """A 16-bit mono WAV header whose sizes say "unknown" (0xFFFFFFFF), for a body of unknown length: what
+    streaming TTS servers send and what soundfile, ffmpeg and browsers play."""
+    unknown = 0xFFFFFFFF
+    return (
+        b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
+        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
+        + b"data" + struct.pack("<I", unknown)
+    )  # fmt: skip
+
+
+def _fir_cheap(in_rate: int, out_rate: int) -> bool:
+    """The call path's FIR up to 24 kHz (telephony and the engines' own rates: ~1 ms per 80 ms chunk, ~5 ms
+    of lag); soxr above, where the FIR's long upsampling banks cost 3-13 ms per chunk on a small CPU (and
+    seconds to design at 48 kHz) and soxr's ~20 ms of extra lag does not matter for playback formats."""
+    return out_rate <= 24000
+
+
+class _Mp3:
+    """lameenc, imported only when an MP3 format is asked for (a wheel of its own, ~200 kB)."""
+
+    def __init__(self, rate: int, kbps: int) -> None:
+        import lameenc
+
+        self._enc = lameenc.Encoder()
+        self._enc.set_bit_rate(kbps)
+        self._enc.set_in_sample_rate(rate)
+        self._enc.set_channels(1)
+        self._enc.set_quality(7)  # fastest encoder setting: latency over the last bit of quality
+
+    def push(self, pcm16: npt.NDArray[np.int16]) -> bytes:
+        return bytes(self._enc.encode(pcm16.astype("<i2").tobytes()))
+
+    def flush(self) -> bytes:
+        return bytes(self._enc.flush())
+
+
+class FormatEncoder:
+    """Engine chunks (float32 at the engine's rate) in, the format's bytes out: 20 ms frames (the last one
+    completed with silence) for PCM/G.711/float32, whatever the encoder has ready for MP3.
+
+    Duck-types `audio_io.OutputEncoder` (`push`, `flush`, `rate`, `samples`) so `ConversationService.generate`
+    drives it."""
+
+    def __init__(self, engine_rate: int, fmt: AudioFormat) -> None:
+        self.format = fmt
+        self.rate = fmt.rate
+        self._resampler: FirResampler | StreamResampler | None = (
+            None
+            if engine_rate == fmt.rate
+            else make_resampler(
+                engine_rate, fmt.rate, dtype="float32", low_latency=_fir_cheap(engine_rate, fmt.rate)
+            )
+        )
+        self._float = fmt.codec == "f32"
+        self._framer = Framer(fmt.rate, FRAME_MS, dtype=np.float32 if self._float else np.int16)
+        self._mp3 = _Mp3(fmt.rate, fmt.kbps) if fmt.codec == "mp3" else None
+        self.samples = 0
+
+    def _encode(self, frames: list[npt.NDArray[Any]]) -> list[bytes]:
         self.samples += sum(len(f) for f in frames)
-        if self.format == "ulaw":
+        codec = self.format.codec
+        if codec == "f32":
+            return [f.astype("<f4").tobytes() for f in frames]
+        if codec == "ulaw":
             return [g711.ulaw_encode(f) for f in frames]
+        if codec == "alaw":
+            return [g711.alaw_encode(f) for f in frames]
+        if self._mp3 is not None:
+            out = b"".join(self._mp3.push(f) for f in frames)
+            return [out] if out else []
         return [f.astype("<i2").tobytes() for f in frames]
 
-    @staticmethod
-    def _int16(x: npt.NDArray[np.float32]) -> npt.NDArray[np.int16]:
+    def _samples(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
+        if self._float:
+            return np.clip(x, -1.0, 1.0).astype(np.float32)
         return np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16)
 
     def push(self, chunk: npt.NDArray[np.float32]) -> list[bytes]:
@@ -157,18 +229,34 @@ class OutputEncoder:
             if self._resampler is None
             else self._resampler.process(chunk.astype(np.float32, copy=False))
         )
-        return self._encode(self._framer.push(self._int16(np.asarray(x, dtype=np.float32))))
+        return self._encode(self._framer.push(self._samples(np.asarray(x, dtype=np.float32))))
 
     def flush(self) -> list[bytes]:
-        """The resampler's tail and the last frame, completed with silence."""
         out: list[bytes] = []
         if self._resampler is not None:
-            tail = np.asarray(self._resampler.flush(), dtype=np.float32)
-            out += self._encode(self._framer.push(self._int16(tail)))
+            out += self._encode(
+                self._framer.push(self._samples(np.asarray(self._resampler.flush(), np.float32)))
+            )
         last = self._framer.flush().frame
         if last is not None:
             out += self._encode([last])
+        if self._mp3 is not None:
+            tail = self._mp3.flush()
+            if tail:
+                out.append(tail)
         return out
+
+
+class OutputEncoder(FormatEncoder):
+    """The conversation API's formats (`wav`/`pcm16` = 16-bit 24 kHz, `ulaw` = G.711 8 kHz) on the one
+    encoder the compatible surfaces use too."""
+
+    def __init__(self, engine_rate: int, fmt: str) -> None:
+        if fmt not in OUTPUT_FORMATS:
+            raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
+        codec = "ulaw" if fmt == "ulaw" else "pcm"
+        super().__init__(engine_rate, AudioFormat(codec, ULAW_RATE if fmt == "ulaw" else PCM_RATE))
+        self.name = fmt
 
 
 def wav_bytes(pcm16: bytes, rate: int) -> bytes:

@@ -4,8 +4,8 @@ Each protocol module (elevenlabs.py, openai.py, kyutai.py) only parses its own m
 error shape; the engine side is here, so all three speak through the same engine sessions as the
 conversation API and the phone calls:
 
-* `AudioFormat` / `FormatEncoder`: engine chunks → 20 ms frames of PCM, µ-law, A-law or float32 at any of the
-  protocols' rates, or an MP3 stream (lameenc), with the call path's low-latency FIR resampler;
+* `AudioFormat` / `FormatEncoder` (audio_io.py, the one encoder the conversation API uses too): engine
+  chunks → 20 ms frames of PCM, µ-law, A-law or float32 at any of the protocols' rates, or MP3 (lameenc);
 * `resolve_voice`: a stored voice by name or `clone:<name>`, or `default` (the engine's configured voice);
 * `open_lease`: the engine session one request or one socket speaks on: a fresh one with the voice set
   (stateless, closed afterwards: its Dia2 row is freed) or a conversation's (its dialogue context is kept);
@@ -25,30 +25,24 @@ import contextlib
 import hmac
 import logging
 import re
-import struct
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any
 
 import anyio
-import numpy as np
-import numpy.typing as npt
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
-from audio import g711
-from audio.framer import Framer
-from audio.resample import FirResampler, StreamResampler, make_resampler
 from sipbridge.engine import EngineError, EngineRejected, EngineSession
 from sipbridge.engine.base import SpeakParams, TextSource
+from sipbridge.http.audio_io import FormatEncoder
 from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice
+from sipbridge.text.heard import DEFAULT_CHARS_PER_S
 
 log = logging.getLogger(__name__)
 
-Codec = Literal["pcm", "ulaw", "alaw", "mp3", "f32"]
-FRAME_MS = 20
 DEFAULT_VOICE = "default"  # the engine's configured voice (Dia2: engine.dia2.voice), or none
 CLONE_PREFIX = "clone:"
 MAX_ID_CHARS = 128  # conversation ids from a query or body
@@ -56,128 +50,6 @@ MAX_MESSAGE_BYTES = 64 * 1024  # one WebSocket message (a text chunk, a word): f
 
 
 # ------------------------------------------------------------------------------------------- formats
-
-
-@dataclass(frozen=True)
-class AudioFormat:
-    codec: Codec
-    rate: int
-    kbps: int = 0  # mp3 only
-    wav: bool = False  # pcm with a streaming WAV header in front
-
-    @property
-    def media_type(self) -> str:
-        if self.wav:
-            return "audio/wav"
-        return {
-            "pcm": f"audio/L16; rate={self.rate}; channels=1",
-            "ulaw": "audio/basic",
-            "alaw": f"audio/PCMA; rate={self.rate}",
-            "mp3": "audio/mpeg",
-            "f32": f"audio/x-f32le; rate={self.rate}",
-        }[self.codec]
-
-
-def wav_stream_header(rate: int) -> bytes:
-    """A 16-bit mono WAV header whose sizes say "unknown" (0xFFFFFFFF), for a body of unknown length: what
-    streaming TTS servers send and what soundfile, ffmpeg and browsers play."""
-    unknown = 0xFFFFFFFF
-    return (
-        b"RIFF" + struct.pack("<I", unknown) + b"WAVE"
-        + b"fmt " + struct.pack("<IHHIIHH", 16, 1, 1, rate, rate * 2, 2, 16)
-        + b"data" + struct.pack("<I", unknown)
-    )  # fmt: skip
-
-
-def _fir_cheap(in_rate: int, out_rate: int) -> bool:
-    """The call path's FIR up to 24 kHz (telephony and the engines' own rates: ~1 ms per 80 ms chunk, ~5 ms
-    of lag); soxr above, where the FIR's long upsampling banks cost 3-13 ms per chunk on a small CPU (and
-    seconds to design at 48 kHz) and soxr's ~20 ms of extra lag does not matter for playback formats."""
-    return out_rate <= 24000
-
-
-class _Mp3:
-    """lameenc, imported only when an MP3 format is asked for (a wheel of its own, ~200 kB)."""
-
-    def __init__(self, rate: int, kbps: int) -> None:
-        import lameenc
-
-        self._enc = lameenc.Encoder()
-        self._enc.set_bit_rate(kbps)
-        self._enc.set_in_sample_rate(rate)
-        self._enc.set_channels(1)
-        self._enc.set_quality(7)  # fastest encoder setting: latency over the last bit of quality
-
-    def push(self, pcm16: npt.NDArray[np.int16]) -> bytes:
-        return bytes(self._enc.encode(pcm16.astype("<i2").tobytes()))
-
-    def flush(self) -> bytes:
-        return bytes(self._enc.flush())
-
-
-class FormatEncoder:
-    """Engine chunks (float32 at the engine's rate) in, the format's bytes out: 20 ms frames (the last one
-    completed with silence) for PCM/G.711/float32, whatever the encoder has ready for MP3.
-
-    Duck-types `audio_io.OutputEncoder` (`push`, `flush`, `rate`, `samples`) so `ConversationService.generate`
-    drives it."""
-
-    def __init__(self, engine_rate: int, fmt: AudioFormat) -> None:
-        self.format = fmt
-        self.rate = fmt.rate
-        self._resampler: FirResampler | StreamResampler | None = (
-            None
-            if engine_rate == fmt.rate
-            else make_resampler(
-                engine_rate, fmt.rate, dtype="float32", low_latency=_fir_cheap(engine_rate, fmt.rate)
-            )
-        )
-        self._float = fmt.codec == "f32"
-        self._framer = Framer(fmt.rate, FRAME_MS, dtype=np.float32 if self._float else np.int16)
-        self._mp3 = _Mp3(fmt.rate, fmt.kbps) if fmt.codec == "mp3" else None
-        self.samples = 0
-
-    def _encode(self, frames: list[npt.NDArray[Any]]) -> list[bytes]:
-        self.samples += sum(len(f) for f in frames)
-        codec = self.format.codec
-        if codec == "f32":
-            return [f.astype("<f4").tobytes() for f in frames]
-        if codec == "ulaw":
-            return [g711.ulaw_encode(f) for f in frames]
-        if codec == "alaw":
-            return [g711.alaw_encode(f) for f in frames]
-        if self._mp3 is not None:
-            out = b"".join(self._mp3.push(f) for f in frames)
-            return [out] if out else []
-        return [f.astype("<i2").tobytes() for f in frames]
-
-    def _samples(self, x: npt.NDArray[np.float32]) -> npt.NDArray[Any]:
-        if self._float:
-            return np.clip(x, -1.0, 1.0).astype(np.float32)
-        return np.clip(np.rint(x * 32768.0), -32768, 32767).astype(np.int16)
-
-    def push(self, chunk: npt.NDArray[np.float32]) -> list[bytes]:
-        x = (
-            chunk
-            if self._resampler is None
-            else self._resampler.process(chunk.astype(np.float32, copy=False))
-        )
-        return self._encode(self._framer.push(self._samples(np.asarray(x, dtype=np.float32))))
-
-    def flush(self) -> list[bytes]:
-        out: list[bytes] = []
-        if self._resampler is not None:
-            out += self._encode(
-                self._framer.push(self._samples(np.asarray(self._resampler.flush(), np.float32)))
-            )
-        last = self._framer.flush().frame
-        if last is not None:
-            out += self._encode([last])
-        if self._mp3 is not None:
-            tail = self._mp3.flush()
-            if tail:
-                out.append(tail)
-        return out
 
 
 # -------------------------------------------------------------------------------------- auth, voices
@@ -551,6 +423,7 @@ class TextFeed:
         self.words = words
         self.min_chars = min_chars
         self.chars = 0
+        self.text = ""  # everything pushed, as sent (what character alignment covers)
         self.ended = False
         self._buffer = ""
         self._queue: asyncio.Queue[str | None] = asyncio.Queue()
@@ -559,6 +432,7 @@ class TextFeed:
         if self.ended or not text:
             return
         self.chars += len(text)
+        self.text += text
         if self.words:
             self._queue.put_nowait(text)
             return
@@ -587,6 +461,64 @@ class TextFeed:
     async def __aiter__(self) -> AsyncIterator[str]:
         while (piece := await self._queue.get()) is not None:
             yield piece
+
+
+# Character weights of the alignment estimate (sipbridge/text/heard.py weighs words the same way): a
+# letter or a space one unit, punctuation the pause after it.
+_CHAR_PAUSE = {",": 3.0, ";": 3.0, ":": 3.0, ".": 5.0, "?": 5.0, "!": 5.0}
+
+
+class CharTimeline:
+    """Estimated character timings of one utterance, for ElevenLabs' `alignment` fields.
+
+    Neither engine reports when it speaks each character, so this is an estimate, not a measurement: the
+    text is laid out at `chars_per_s` (heard.py's DEFAULT_CHARS_PER_S, both engines' rate), a character
+    weighing 1 and punctuation its pause. Each audio chunk gets the characters whose estimated start
+    falls inside it (times relative to the chunk, as ElevenLabs sends them); the last chunk of the
+    utterance's characters left after the audio ends come in one more message with empty audio, so
+    each character is sent exactly once, in order."""
+
+    def __init__(self, chars_per_s: float = DEFAULT_CHARS_PER_S) -> None:
+        self.ms_per_unit = 1000.0 / chars_per_s
+        self.sent = 0  # characters already given to a chunk
+        self.at_ms = 0.0  # audio so far
+        self._start = 0.0  # estimated start (ms) of character `sent`
+
+    def chunk(self, text: str, ms: float, *, final: bool = False) -> dict[str, list[Any]] | None:
+        begin, end = self.at_ms, self.at_ms + ms
+        self.at_ms = end
+        chars: list[str] = []
+        starts: list[int] = []
+        durations: list[int] = []
+        while self.sent < len(text) and (final or self._start < end):
+            ch = text[self.sent]
+            weight = 1.0 + _CHAR_PAUSE.get(ch, 0.0)
+            duration = weight * self.ms_per_unit
+            chars.append(ch)
+            starts.append(round(min(max(self._start - begin, 0.0), ms)))
+            durations.append(round(duration))
+            self._start = max(self._start, begin) + duration
+            self.sent += 1
+        if not chars:
+            return None
+        return {"chars": chars, "charStartTimesMs": starts, "charDurationsMs": durations}
+
+
+def spread_chars(text: str, total_s: float) -> dict[str, list[Any]]:
+    """Estimated character times over a whole reply `total_s` long (REST `/with-timestamps`): the weights
+    of CharTimeline, scaled to the real audio length. ElevenLabs' CharacterAlignmentResponseModel shape."""
+    weights = [1.0 + _CHAR_PAUSE.get(ch, 0.0) for ch in text]
+    unit = total_s / (sum(weights) or 1.0)
+    starts, ends, at = [], [], 0.0
+    for weight in weights:
+        starts.append(round(at, 3))
+        at += weight * unit
+        ends.append(round(at, 3))
+    return {
+        "characters": list(text),
+        "character_start_times_seconds": starts,
+        "character_end_times_seconds": ends,
+    }
 
 
 def streams_words(service: ConversationService) -> bool:

@@ -5,8 +5,9 @@ plugins call, answered by our engine.
   `output_format`; the audio as a raw chunked stream;
 * `POST /v1/text-to-speech/{voice_id}`: the same, the whole file at once;
 * `WS /v1/text-to-speech/{voice_id}/stream-input`: `{"text": " ", ...}` first, text chunks (`flush`,
-  `try_trigger_generation`), `{"text": ""}` ends; `{"audio": <base64>, "isFinal": false, "alignment": null,
-  "normalizedAlignment": null}` per engine chunk, `{"isFinal": true}`, then the socket closes;
+  `try_trigger_generation`), `{"text": ""}` ends; `{"audio": <base64>, "isFinal": false, "alignment",
+  "normalizedAlignment"}` per engine chunk (estimated character
+  timings, compat.CharTimeline), `{"isFinal": true}`, then the socket closes;
 * `GET /v1/voices`, `GET /v1/voices/{voice_id}`: our named voices.
 
 Auth is the `xi-api-key` header (a WebSocket may also send it in its first message) against
@@ -32,10 +33,10 @@ from starlette.websockets import WebSocketState
 
 from sipbridge.config import HttpConfig
 from sipbridge.engine.base import SpeakParams
+from sipbridge.http.audio_io import AudioFormat, FormatEncoder, wav_stream_header
 from sipbridge.http.compat import (
     MAX_MESSAGE_BYTES,
-    AudioFormat,
-    FormatEncoder,
+    CharTimeline,
     Generation,
     Lease,
     LeasedStream,
@@ -50,9 +51,9 @@ from sipbridge.http.compat import (
     release,
     resolve_voice,
     sampling,
+    spread_chars,
     streams_words,
     voice_names,
-    wav_stream_header,
 )
 from sipbridge.http.service import ApiError, ConversationService
 
@@ -229,6 +230,35 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             audio = wav_bytes(audio, fmt.rate)
         return Response(audio, media_type=fmt.media_type)
 
+    @router.post(
+        "/v1/text-to-speech/{voice_id}/with-timestamps", responses=protocol_errors(401, 404, 413, 422, 500)
+    )
+    async def convert_with_timestamps(voice_id: str, request: Request) -> Response:
+        """The whole file as base64 with estimated character times (spread_chars: neither engine reports
+        them), scaled to the real audio length."""
+        prepared = await prepare(request, voice_id)
+        if isinstance(prepared, Response):
+            return prepared
+        body, fmt, lease = prepared
+        encoder = FormatEncoder(lease.session.sample_rate, fmt)
+        gen = Generation(lease, body.text, encoder, body.params(), surface="elevenlabs_timestamps").start()
+        try:
+            audio = await collect(gen)
+        except ApiError as exc:
+            return api_error(exc)
+        finally:
+            await release(gen)
+        if fmt.wav:
+            from sipbridge.http.audio_io import wav_bytes
+
+            audio = wav_bytes(audio, fmt.rate)
+        align = spread_chars(body.text, encoder.samples / encoder.rate)
+        return JSONResponse({
+            "audio_base64": base64.b64encode(audio).decode(),
+            "alignment": align,
+            "normalized_alignment": align,
+        })  # fmt: skip
+
     @router.get("/v1/voices", responses=protocol_errors(401, 422, 500))
     async def voices(request: Request) -> Response:
         if (refused := denied(request.headers)) is not None:
@@ -291,6 +321,17 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
 
     router.add_api_websocket_route("/v1/text-to-speech/{voice_id}/stream-input", stream_input)
     return router
+
+
+def _audio_message(audio: bytes, align: dict[str, list[Any]] | None) -> dict[str, Any]:
+    """One stream-input reply. The alignment is an estimate (compat.CharTimeline): neither engine reports
+    character timings; `normalizedAlignment` is the same (the engine's normalised text is not mapped back)."""
+    return {
+        "audio": base64.b64encode(audio).decode(),
+        "isFinal": False,
+        "normalizedAlignment": align,
+        "alignment": align,
+    }
 
 
 class _StreamInput:
@@ -454,16 +495,21 @@ class _StreamInput:
                 self.params, on_end=feed.end, surface="elevenlabs_stream_input",
             ).start()  # fmt: skip
             self._gen = gen
+            timeline, samples = CharTimeline(), 0
             while (frames := await gen.next()) is not None:
                 audio = b"".join(frames)
+                ms = (gen.encoder.samples - samples) * 1000 / gen.encoder.rate
+                samples = gen.encoder.samples
                 if audio and self.ws.application_state == WebSocketState.CONNECTED:
-                    await self._send({
-                        "audio": base64.b64encode(audio).decode(),
-                        "isFinal": False,
-                        "normalizedAlignment": None,  # neither engine reports character timings yet
-                        "alignment": None,
-                    })  # fmt: skip
+                    await self._send(_audio_message(audio, timeline.chunk(feed.text, ms)))
                     gen.wrote_first()
+            rest = (
+                timeline.chunk(feed.text, 0.0, final=True)
+                if gen.error is None and not gen.cancelled
+                else None
+            )
+            if rest is not None and self.ws.application_state == WebSocketState.CONNECTED:
+                await self._send(_audio_message(b"", rest))  # text the estimate placed past the audio's end
             if gen.error is not None:
                 await self._fail(gen.error.message, _ERROR_SLUGS.get(gen.error.status, "engine_error"), 1011)
                 return

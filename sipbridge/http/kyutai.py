@@ -28,10 +28,9 @@ from fastapi.responses import JSONResponse
 
 from sipbridge.config import HttpConfig
 from sipbridge.engine.base import SpeakParams
+from sipbridge.http.audio_io import AudioFormat, FormatEncoder
 from sipbridge.http.compat import (
     MAX_MESSAGE_BYTES,
-    AudioFormat,
-    FormatEncoder,
     Generation,
     Lease,
     TextFeed,

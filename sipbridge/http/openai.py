@@ -2,7 +2,8 @@
 
 Body: `model` (any name: there is one engine), `input`, `voice` (a name, `clone:<name>`, `default`, or
 `{"id": ...}`), `response_format` (`pcm` = s16le 24 kHz, `wav`, `mp3`, and `ulaw` / `alaw` (8 kHz G.711) as
-extensions), `speed` (0.25-4, accepted, not applied), `instructions` (accepted, not applied),
+extensions), `speed` (1.0 only: another value is refused with 422, never silently ignored),
+`instructions` (accepted, not applied),
 `stream_format` (`audio`: the raw bytes, chunked as generated; `sse`: `speech.audio.delta` events), and our
 extensions `stream` (false: the whole file with its length) and `conversation_id` (speak inside a
 conversation of the conversation API, keeping Dia2's dialogue context).
@@ -33,11 +34,16 @@ from starlette.datastructures import UploadFile
 
 from sipbridge.config import HttpConfig
 from sipbridge.engine.base import SpeakParams
-from sipbridge.http.audio_io import AudioRejected, decode_upload, wav_bytes
+from sipbridge.http.audio_io import (
+    AudioFormat,
+    AudioRejected,
+    FormatEncoder,
+    decode_upload,
+    wav_bytes,
+    wav_stream_header,
+)
 from sipbridge.http.compat import (
     CLONE_PREFIX,
-    AudioFormat,
-    FormatEncoder,
     Generation,
     LeasedStream,
     VoiceNotFound,
@@ -50,7 +56,6 @@ from sipbridge.http.compat import (
     release,
     resolve_voice,
     voice_names,
-    wav_stream_header,
 )
 from sipbridge.http.service import ApiError, ConversationService
 
@@ -160,6 +165,13 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return error(
                 422, f"response_format {req.response_format!r} is not supported{hint}; use one of"
                 f" {', '.join(FORMATS)}", param="response_format", code="unsupported_value",
+            )  # fmt: skip
+        if req.speed != 1.0:
+            # Refused rather than ignored: a client asking for 1.5x must not get 1x silently. Changing the
+            # rate by resampling would shift the pitch, and no time-stretch that streams is wired in yet.
+            return error(
+                422, f"speed {req.speed:g} is not supported: this server speaks at speed 1.0 only (omit"
+                " speed or send 1.0)", param="speed", code="unsupported_value",
             )  # fmt: skip
         return req
 

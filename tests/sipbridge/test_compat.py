@@ -213,6 +213,23 @@ def test_elevenlabs_sdk_formats_agree(server: Server) -> None:
     assert b"".join(whole) == out["pcm_24000"]
 
 
+def test_elevenlabs_sdk_with_timestamps(espeak_server: Server) -> None:
+    text = "Hello there, one two three."
+    reply = espeak_server.eleven().text_to_speech.convert_with_timestamps(
+        voice_id="default", text=text, output_format="pcm_16000"
+    )
+    pcm = base64.b64decode(reply.audio_base_64)
+    seconds = len(pcm) / 2 / 16000
+    assert seconds > 1.0
+    align = reply.alignment
+    assert align is not None and "".join(align.characters) == text
+    starts, ends = align.character_start_times_seconds, align.character_end_times_seconds
+    assert starts[0] == 0.0 and starts == sorted(starts)
+    assert all(a < b for a, b in zip(starts, ends, strict=True))
+    assert abs(ends[-1] - seconds) < 0.01  # spread over the real audio length
+    assert reply.normalized_alignment == align
+
+
 def test_elevenlabs_errors_have_its_shape(espeak_server: Server) -> None:
     server = espeak_server
     with pytest.raises(ElevenLabsError) as wrong:
@@ -258,8 +275,10 @@ def test_elevenlabs_errors_have_its_shape(espeak_server: Server) -> None:
         assert audio and final == {"isFinal": True}
 
 
-def _stream_input(sock: ClientConnection) -> tuple[list[bytes], dict[str, Any]]:
-    """Audio messages until isFinal, then the close."""
+def _stream_input(
+    sock: ClientConnection, aligned: list[str] | None = None
+) -> tuple[list[bytes], dict[str, Any]]:
+    """Audio messages until isFinal, then the close; `aligned` gets each message's aligned characters."""
     audio = []
     while True:
         message = json.loads(sock.recv(timeout=60))
@@ -267,6 +286,22 @@ def _stream_input(sock: ClientConnection) -> tuple[list[bytes], dict[str, Any]]:
             return audio, message
         assert set(message) == {"audio", "isFinal", "normalizedAlignment", "alignment"}, message
         audio.append(base64.b64decode(message["audio"]))
+        if aligned is not None:
+            aligned += _alignment_chars(message, len(audio[-1]) / 8)  # µ-law 8 kHz: 8 bytes a ms
+
+
+def _alignment_chars(message: dict[str, Any], chunk_ms: float) -> list[str]:
+    """The characters of one stream-input message's alignment, its shape checked as ElevenLabs sends it:
+    equal-length lists, times in whole ms relative to the chunk, starts inside it."""
+    align = message["alignment"]
+    if align is None:
+        return []
+    assert message["normalizedAlignment"] == align
+    chars, starts, durations = align["chars"], align["charStartTimesMs"], align["charDurationsMs"]
+    assert len(chars) == len(starts) == len(durations) > 0
+    assert all(isinstance(t, int) and 0 <= t <= chunk_ms for t in starts), (starts, chunk_ms)
+    assert starts == sorted(starts) and all(isinstance(d, int) and d > 0 for d in durations)
+    return list(chars)
 
 
 def test_elevenlabs_stream_input_speaks_before_the_text_ends(server: Server) -> None:
@@ -280,14 +315,17 @@ def test_elevenlabs_stream_input_speaks_before_the_text_ends(server: Server) -> 
         )
         first = json.loads(sock.recv(timeout=60))  # audio before any more text: speech started early
         assert first["audio"] and first["isFinal"] is False
+        aligned = _alignment_chars(first, len(base64.b64decode(first["audio"])) / 8)
         sock.send(json.dumps({"text": "And this is the second one. "}))
         sock.send(json.dumps({"text": "", "flush": True}))
-        rest, final = _stream_input(sock)
+        rest, final = _stream_input(sock, aligned)
         assert final == {"isFinal": True}
         with pytest.raises(ConnectionClosedOK):  # the server closes after isFinal
             sock.recv(timeout=10)
     audio = base64.b64decode(first["audio"]) + b"".join(rest)
     assert len(audio) % 160 == 0 and len(audio) > 8000  # > 1 s of 8 kHz µ-law, in 20 ms frames
+    # Character alignment (an estimate, docs/COMPAT.md): every character sent, once, in order.
+    assert "".join(aligned) == "Hello there, this is the first sentence. And this is the second one. "
 
 
 class TlsFront:
@@ -452,6 +490,14 @@ def test_openai_errors_have_its_shape(espeak_server: Server) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as slow:
         server.openai().audio.speech.create(model="tts-1", voice="default", input="hi", speed=9)
     assert slow.value.param == "speed"
+    # A speed the server cannot apply is refused, not ignored; 1.0 (what SDKs send by default) speaks.
+    with pytest.raises(openai.UnprocessableEntityError) as fast:
+        server.openai().audio.speech.create(model="tts-1", voice="default", input="hi", speed=1.5)
+    assert fast.value.param == "speed" and fast.value.code == "unsupported_value"
+    normal = server.openai().audio.speech.create(
+        model="tts-1", voice="default", input="hi", speed=1.0, response_format="pcm"
+    )
+    assert len(normal.content) > 0
     no_audio = httpx.post(f"{server.base}/v1/audio/voice-register", json={"name": "x", "audio": "!!"},
                           headers={"Authorization": f"Bearer {TOKEN}"})  # fmt: skip
     assert no_audio.status_code == 422 and "base64" in no_audio.json()["error"]["message"]
