@@ -95,59 +95,41 @@ _INVITE = """
   </send>
 """
 
+
+def _in_dialog(send: str, request_line: str, cseq: str, routes: bool, tail: str = "") -> str:
+    """One caller request inside the dialog; ``{user}`` is left for ``str.format``."""
+    route = "\n      [routes]" if routes else ""
+    return f"""
+  {send}
+    <![CDATA[
+      {request_line}
+      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
+      From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
+      To: <sip:{{user}}@[remote_ip]:[remote_port]>[peer_tag_param]
+      Call-ID: [call_id]
+      CSeq: {cseq}
+      Contact: sip:caller@[local_ip]:[local_port]{route}
+      Max-Forwards: 70
+      Content-Length: 0
+    ]]>
+  </send>
+{tail}"""
+
+
 # ACK and BYE follow the dialog's route set (RFC 3261 12.2.1.1): Request-URI = the bridge's Contact, Route =
 # the Record-Route of its 200 (the SIP front's); straight to a worker the route set is empty.
-_ACK = """
-  <send>
-    <![CDATA[
-      ACK [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:{user}@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Contact: sip:caller@[local_ip]:[local_port]
-      [routes]
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+_ACK = _in_dialog("<send>", "ACK [next_url] SIP/2.0", "1 ACK", routes=True)
 
 # The ACK of a failure response is part of the INVITE's transaction: same Request-URI, hop by hop.
-_ACK_FAILURE = """
-  <send>
-    <![CDATA[
-      ACK sip:{user}@[remote_ip]:[remote_port] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:{user}@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 1 ACK
-      Contact: sip:caller@[local_ip]:[local_port]
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+_ACK_FAILURE = _in_dialog("<send>", "ACK sip:{user}@[remote_ip]:[remote_port] SIP/2.0", "1 ACK", routes=False)
 
-_BYE = """
-  <send retrans="500">
-    <![CDATA[
-      BYE [next_url] SIP/2.0
-      Via: SIP/2.0/[transport] [local_ip]:[local_port];branch=[branch]
-      From: "caller" <sip:caller@[local_ip]:[local_port]>;tag=[pid]SIPpTag00[call_number]
-      To: <sip:{user}@[remote_ip]:[remote_port]>[peer_tag_param]
-      Call-ID: [call_id]
-      CSeq: 2 BYE
-      Contact: sip:caller@[local_ip]:[local_port]
-      [routes]
-      Max-Forwards: 70
-      Content-Length: 0
-    ]]>
-  </send>
-  <recv response="200" crlf="true"/>
-"""
+_BYE = _in_dialog(
+    '<send retrans="500">',
+    "BYE [next_url] SIP/2.0",
+    "2 BYE",
+    routes=True,
+    tail='  <recv response="200" crlf="true"/>\n',
+)
 
 _RECV_BYE = """
   <recv request="BYE" timeout="{timeout_ms}"/>
