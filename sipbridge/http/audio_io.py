@@ -254,7 +254,7 @@ class OutputEncoder(FormatEncoder):
     def __init__(self, engine_rate: int, fmt: str) -> None:
         if fmt not in OUTPUT_FORMATS:
             raise ValueError(f"format must be one of {OUTPUT_FORMATS}, got {fmt!r}")
-        codec = "ulaw" if fmt == "ulaw" else "pcm"
+        codec: Codec = "ulaw" if fmt == "ulaw" else "pcm"
         super().__init__(engine_rate, AudioFormat(codec, ULAW_RATE if fmt == "ulaw" else PCM_RATE))
         self.name = fmt
 
