@@ -33,7 +33,7 @@ from starlette.websockets import WebSocketState
 
 from sipbridge.config import HttpConfig
 from sipbridge.engine.base import SpeakParams
-from sipbridge.http.audio_io import AudioFormat, FormatEncoder, wav_stream_header
+from sipbridge.http.audio_io import AudioFormat, FormatEncoder, wav_bytes, wav_stream_header
 from sipbridge.http.compat import (
     MAX_MESSAGE_BYTES,
     CharTimeline,
@@ -209,6 +209,21 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         header = wav_stream_header(fmt.rate) if fmt.wav else b""
         return LeasedStream(gen, first, fmt.media_type, header)
 
+    async def synthesise_whole(
+        body: Any, fmt: AudioFormat, lease: Any, surface: str
+    ) -> tuple[bytes, FormatEncoder] | Response:
+        """The whole reply's audio (a WAV header in front where the format asks) and its encoder, or the
+        protocol's error response; the engine slot is released either way."""
+        encoder = FormatEncoder(lease.session.sample_rate, fmt)
+        gen = Generation(lease, body.text, encoder, body.params(), surface=surface).start()
+        try:
+            audio = await collect(gen)
+        except ApiError as exc:
+            return api_error(exc)
+        finally:
+            await release(gen)
+        return (wav_bytes(audio, fmt.rate) if fmt.wav else audio), encoder
+
     @router.post("/v1/text-to-speech/{voice_id}", responses=protocol_errors(401, 404, 413, 422, 500))
     async def convert(voice_id: str, request: Request) -> Response:
         """The whole file at once."""
@@ -216,19 +231,10 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         if isinstance(prepared, Response):
             return prepared
         body, fmt, lease = prepared
-        encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params(), surface="elevenlabs_convert").start()
-        try:
-            audio = await collect(gen)
-        except ApiError as exc:
-            return api_error(exc)
-        finally:
-            await release(gen)
-        if fmt.wav:
-            from sipbridge.http.audio_io import wav_bytes
-
-            audio = wav_bytes(audio, fmt.rate)
-        return Response(audio, media_type=fmt.media_type)
+        whole = await synthesise_whole(body, fmt, lease, "elevenlabs_convert")
+        if isinstance(whole, Response):
+            return whole
+        return Response(whole[0], media_type=fmt.media_type)
 
     @router.post(
         "/v1/text-to-speech/{voice_id}/with-timestamps", responses=protocol_errors(401, 404, 413, 422, 500)
@@ -240,18 +246,10 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         if isinstance(prepared, Response):
             return prepared
         body, fmt, lease = prepared
-        encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params(), surface="elevenlabs_timestamps").start()
-        try:
-            audio = await collect(gen)
-        except ApiError as exc:
-            return api_error(exc)
-        finally:
-            await release(gen)
-        if fmt.wav:
-            from sipbridge.http.audio_io import wav_bytes
-
-            audio = wav_bytes(audio, fmt.rate)
+        whole = await synthesise_whole(body, fmt, lease, "elevenlabs_timestamps")
+        if isinstance(whole, Response):
+            return whole
+        audio, encoder = whole
         align = spread_chars(body.text, encoder.samples / encoder.rate)
         return JSONResponse({
             "audio_base64": base64.b64encode(audio).decode(),
