@@ -265,9 +265,13 @@ class CallSession:
 
     def _heard(self, utt: Utterance, frame: f.PlaybackDone) -> str:
         """The words of a reply cut by barge-in that were played (sipbridge/text/heard.py): they replace the
-        whole reply in the agent's history, so its next turn answers what the caller heard."""
+        whole reply in the agent's history, and the engine's context keeps only its played audio (when it
+        was the engine's latest reply), so the next turn answers what the caller heard."""
         heard = self.speaker.heard(utt, frame)
         self.driver.forget_unheard(heard.said, heard.heard)
+        session = self.ctx.engine_session
+        if session is not None and utt.id == self.speaker.last_spoken:
+            session.played(heard.played_s)  # the engine's own context (Dia2) drops the unplayed audio too
         self.ctx.event(
             "heard",
             {"utterance": utt.id, "said": heard.said, "heard": heard.heard,

@@ -65,6 +65,7 @@ class Speaker:
         self.generating: Utterance | None = None
         self.next_utterance = 1
         self.holding = False  # new utterances are held: AMD has not decided yet (outbound)
+        self.last_spoken: int | None = None  # the utterance the engine spoke last (its context ends there)
 
     def say(self, reply: Reply) -> Utterance:
         self.apply_actions(reply.actions)
@@ -81,6 +82,7 @@ class Speaker:
             if utt.cancelled:
                 continue
             self.generating = utt
+            self.last_spoken = utt.id
             try:
                 await self._generate(utt)
             except EngineError as exc:
