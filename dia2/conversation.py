@@ -162,6 +162,13 @@ class EngineConversation:
 
         return engine.submit(cancel)
 
+    async def keep_played(self, first: AudioChunk, frames: int) -> int:
+        """Barge-in: only the first ``frames`` frames of the reply whose first chunk was ``first`` were
+        heard; the rest leaves the context (:meth:`BatchEngine.keep_played`). Returns the frames dropped."""
+        engine, call = self._engine, self._call
+        dropped: int = await self._run(engine.keep_played, call, first.frame, frames, first.codes)
+        return dropped
+
     async def reset(self) -> None:
         """Forget all turns (keeps and re-warms the voice)."""
         await self._run(self._engine.reset, self._call)

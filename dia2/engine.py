@@ -496,6 +496,29 @@ class BatchEngine:
             call.turn.cancelled = True
             self._finish_turn(call)
 
+    def keep_played(
+        self, call: CallState, start_frame: int, frames: int, first_codes: torch.Tensor | None = None
+    ) -> int:
+        """Barge-in: of the reply that began at history frame ``start_frame`` the caller heard only the
+        first ``frames`` frames; the rest leaves the call's history and cache, so the next reply is
+        conditioned on what was heard, not on audio nobody heard. ``first_codes``: the codes of the
+        reply's first chunk, checked against the history (a re-warm may have moved other frames there).
+        Returns the frames dropped: 0 when there is nothing past ``frames``, that reply is no longer in
+        the history as it was (the context policy re-warmed or dropped it), or another reply is in
+        progress (history is not rewritten under a running reply)."""
+        if call.turn is not None:
+            if call.turn.start_frame != start_frame:
+                return 0
+            self.cancel(call)  # still speaking: cut here first (its complete frames become the segment)
+        end = next((b for kind, a, b in call.segments if kind == "reply" and a == start_frame), None)
+        keep = start_frame + max(frames, 0)
+        if end is None or keep >= end:
+            return 0
+        if first_codes is not None and not torch.equal(call.codes[:, start_frame].cpu(), first_codes.cpu()):
+            return 0
+        self.history.drop_frames(call, keep, end)
+        return end - keep
+
     # ---------------------------------------------------------------------------------------------
     # One step for every speaking call
     # ---------------------------------------------------------------------------------------------

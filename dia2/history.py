@@ -161,6 +161,25 @@ class CallHistory:
         call.segments.append((kind, a0, a0 + n))
         return self.prefill(call, a0, a0 + n)
 
+    def drop_frames(self, call: CallState, lo: int, hi: int) -> None:
+        """Forget known frames ``[lo, hi)`` (a reply's unplayed tail after a barge-in): later frames move
+        down, segments shrink (an emptied one goes), the cache is rewound to ``lo`` and what followed is
+        prefilled again at its new place. Text inputs go with their steps; step ``lo``'s input stays the
+        one the last kept step emitted (``text[lo]``), as if the dropped steps had never run."""
+        if not 0 <= lo < hi <= call.frames:
+            raise ValueError(f"frames [{lo}, {hi}) are not in the call's {call.frames} known frames")
+        n = hi - lo
+
+        def moved(frame: int) -> int:
+            return frame if frame <= lo else max(frame - n, lo)
+
+        call.codes = torch.cat([call.codes[:, :lo], call.codes[:, hi:]], dim=1)
+        call.text = call.text[: lo + 1] + call.text[hi + 1 :]
+        segments = [(kind, moved(a), moved(b)) for kind, a, b in call.segments]
+        call.segments = [s for s in segments if s[2] > s[1]]
+        self.shrink(call, lo)
+        self.prefill(call, lo, call.frames)
+
     def ensure_room(self, call: CallState, need: int, *, keep_half: bool = True) -> None:
         """Context policy: keep the voice, drop the oldest turns until ``need`` more steps fit, re-warm.
         With paged KV the room is also what the pool can give the call (memory pressure shrinks a

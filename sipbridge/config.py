@@ -390,6 +390,27 @@ class VadConfig(_Section):
         "timed by barge_in_min_ms alone).",
     )
 
+    echo_return_db: float | None = Field(
+        None,
+        ge=-60.0,
+        le=0.0,
+        description="The loudest echo of the bot's own audio the line is expected to send back, in dB "
+        "relative to what was sent (hybrids: -10 to -20). While the bot plays, caller audio no louder than "
+        "that echo (+3 dB) of the bot's frames that may be coming back now is not caller sound: it never "
+        "cuts the bot, and a turn made only of it is dropped. The gate measures the line's echo delay and "
+        "return while the caller is quiet and follows them (a line without echo soon gates nothing). Higher "
+        "(e.g. -6) for speakerphone lines; null (default) = no echo gate. Off by default: before it has "
+        "measured a line it also holds back an early barge-in on lines without echo (docs/PERFORMANCE.md).",
+    )
+    echo_tail_ms: int = Field(
+        800,
+        ge=20,
+        le=2000,
+        description="How long the bot's audio may still come back as echo: the line's echo delay plus both "
+        "sides' jitter buffers (until the delay is measured, the gate compares the caller's audio with the "
+        "bot's loudest frame sent this long ago or later).",
+    )
+
     @model_validator(mode="after")
     def _turn_bounds(self) -> VadConfig:
         if self.max_turn_ms <= self.min_turn_ms:

@@ -124,8 +124,9 @@ BACKCHANNELS = frozenset("okay ok yeah yep right sure alright uh-huh mm-hmm mm-h
 
 
 def is_backchannel(words: str) -> bool:
-    """True when every word of the transcript is a backchannel word ("Okay.", "Yeah, yeah.", "Mm-hmm.").
-    "Uh-uh" (no) and anything with another word ("okay, stop") are not."""
+    """True when every word of the transcript is a backchannel word ("Okay.", "Yeah, yeah.", "Mm-hmm.", and
+    "All right.", Whisper's "alright"). "Uh-uh" (no) and anything with another word ("okay, stop") are not."""
     tokens = [t.strip(".,!?;:…\"'").lower() for t in words.split()]
     tokens = [t for t in tokens if t]
+    tokens = [t for i, t in enumerate(tokens) if not (t == "all" and tokens[i + 1 : i + 2] == ["right"])]
     return bool(tokens) and all(t in BACKCHANNELS for t in tokens)

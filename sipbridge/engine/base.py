@@ -73,6 +73,10 @@ class EngineSession(Protocol):
     def speak(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
         """Mono float32 chunks in [-1, 1] at `sample_rate`; ends when the text is spoken or cancelled."""
 
+    def played(self, seconds: float) -> None:
+        """Barge-in cut the reply last spoken after its first `seconds` were played: a contextual engine
+        (Dia2) drops the rest from its context, so the next reply follows what the caller heard."""
+
     # The conversation API's operations (sipbridge/http): awaited, so their errors reach the client.
 
     async def hear(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:

@@ -127,6 +127,8 @@ class Dia2Session:
     engine: Dia2Engine
     sample_rate: int = 24000
     last_heard: list[Any] = field(default_factory=list)  # PrefixWords of the latest caller turn
+    dropped_frames: int = 0  # unheard reply frames taken out of the context after barge-ins (`played`)
+    _first_chunk: Any = None  # the latest reply's first dia2 AudioChunk (its history frame and codes)
     _conv: Any = None
     _chain: asyncio.Task[None] | None = None
     _closed: bool = False
@@ -176,9 +178,30 @@ class Dia2Session:
         task = self._then(op)
         task.add_done_callback(self._log_failure)
 
-    def _log_failure(self, task: asyncio.Task[None]) -> None:
+    def _log_failure(self, task: asyncio.Task[None], what: str = "user_spoke") -> None:
         if not task.cancelled() and task.exception() is not None:
-            log.error("call %s: dia2 user_spoke failed: %r", self.call_id, task.exception())
+            log.error("call %s: dia2 %s failed: %r", self.call_id, what, task.exception())
+
+    def played(self, seconds: float) -> None:
+        """Barge-in: only the first `seconds` of the latest reply were played. Its frames past that leave
+        the conversation's history and KV cache (whole 80 ms frames heard are kept), in order with the
+        other ops, so the next reply is conditioned on what the caller heard."""
+        first, self._first_chunk = self._first_chunk, None
+        if first is None or self._conv is None:
+            return  # no frame of it was made: nothing of it is in the context
+        conv = self._conv
+        frames = int(seconds * self.engine.dia2_engine.frame_rate + 1e-6)
+
+        async def op() -> None:
+            dropped = await conv.keep_played(first, frames)
+            self.dropped_frames += dropped
+            log.info(
+                "call %s: dia2 context keeps %d heard frames of the cut reply, drops %d unheard",
+                self.call_id, frames, dropped,
+            )  # fmt: skip
+
+        task = self._then(op)
+        task.add_done_callback(lambda t: self._log_failure(t, "keep_played"))
 
     async def _awaited(self, what: str, op: Callable[[Any], Awaitable[None]]) -> None:
         """Run `op(conversation)` in order after the queued ops and wait for it; errors as EngineError."""
@@ -223,6 +246,9 @@ class Dia2Session:
         await self._awaited("reset", lambda conv: conv.reset())
 
     async def state(self) -> dict[str, Any]:
+        if self._chain is not None:  # what the ops queued before it (a turn heard, a reply trimmed) made
+            with contextlib.suppress(Exception):
+                await asyncio.shield(self._chain)
         conv = await self._conversation()
         try:
             return dataclasses.asdict(await conv.state())
@@ -242,8 +268,11 @@ class Dia2Session:
             # audio would depend on).
             text = " ".join([segment.strip() async for segment in text])
         source: Any = text if isinstance(text, str) else text_pieces(text)
+        self._first_chunk = None
         try:
             async for chunk in conv.speak(source, self.engine.options_for(params)):
+                if self._first_chunk is None:
+                    self._first_chunk = chunk
                 yield chunk.pcm.numpy().astype(np.float32, copy=False)
         except EngineError:
             raise

@@ -61,6 +61,9 @@ class EspeakSession:
         # No context model; kept for health/debugging only.
         self.turns_heard.append(words if isinstance(words, str) else " ".join(w for w, _, _ in words))
 
+    def played(self, seconds: float) -> None:
+        pass  # no context model: nothing said is remembered
+
     async def hear(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
         self.turns_heard.append(words if isinstance(words, str) else " ".join(w for w, _, _ in words))
 

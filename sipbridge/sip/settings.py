@@ -66,6 +66,8 @@ class WorkerSettings:
     tls: dict[str, Any] = field(default_factory=dict)
     srtp: str = "off"
     playback_margin_ms: int = 80  # media.playback_margin_ms: reply audio held before an utterance starts
+    echo_return_db: float | None = None  # vad.echo_return_db: the echo gate (None: off)
+    echo_tail_ms: int = 800  # vad.echo_tail_ms
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -142,6 +144,8 @@ def worker_settings(
         vad=dataclasses.asdict(config.vad.segmenter_settings()),
         # A backchannel ("uh-huh") must not cut the bot: it is held until the speech outlasts one.
         barge_in_min_ms=max(config.vad.barge_in_min_ms, config.vad.backchannel_ms),
+        echo_return_db=config.vad.echo_return_db,
+        echo_tail_ms=config.vad.echo_tail_ms,
         recordings_dir=str(Path(config.storage.recordings_dir).resolve())
         if config.storage.record_calls
         else None,

@@ -42,7 +42,7 @@ from audio.vad import VadSettings, make_segmenter
 from audio.vad.backends import make_classifier
 from sipbridge import frames as f
 from sipbridge.logs import setup_logging
-from sipbridge.media.inbound import Inbound
+from sipbridge.media.inbound import EchoGate, Inbound
 from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
 from sipbridge.sip.account import BridgeAccount, SourceFilter, account_config
@@ -347,7 +347,9 @@ class Worker:
         codec = slot.pj_call.getStreamInfo(index).codecName
         slot.media_index = index
         slot.playback = PlaybackQueue(self.frame_bytes, -(-self.settings.playback_margin_ms // 20))
-        record = self.settings.recordings_dir is not None
+        # The bot's frames go to the media thread (in clock order with the caller's) for the recording and
+        # for the echo gate's reference of what may come back.
+        record = self.settings.recordings_dir is not None or self.settings.echo_return_db is not None
         # Announce the call before any media event of it can be emitted (the media thread sees "open"
         # only after this send), so the supervisor always learns of a call first.
         self.emit(
@@ -720,6 +722,7 @@ class Worker:
             emit=self.emit,
             barge_in_min_ms=s.barge_in_min_ms,
             recorder=recorder,
+            echo=EchoGate.of(s.echo_return_db, s.echo_tail_ms),
         )
 
     def _emit_finished(self, ib: Inbound) -> None:

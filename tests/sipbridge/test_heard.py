@@ -29,11 +29,13 @@ def test_an_unfinished_reply_is_timed_at_the_usual_speech_rate() -> None:
     assert heard_prefix(TEXT, 1.4, None) == "Hello there, how are"
 
 
-@pytest.mark.parametrize("words", ["Okay.", "Yeah, yeah.", "Mm-hmm.", "uh-huh", "Right."])
+@pytest.mark.parametrize("words", ["Okay.", "Yeah, yeah.", "Mm-hmm.", "uh-huh", "Right.", "All right."])
 def test_backchannels(words: str) -> None:
     assert is_backchannel(words)
 
 
-@pytest.mark.parametrize("words", ["", "No.", "Uh uh.", "Okay, stop.", "Yes.", "Wait."])
+@pytest.mark.parametrize(
+    "words", ["", "No.", "Uh uh.", "Okay, stop.", "Yes.", "Wait.", "All of it.", "All right, stop."]
+)
 def test_not_backchannels(words: str) -> None:
     assert not is_backchannel(words)

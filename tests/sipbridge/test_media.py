@@ -12,7 +12,7 @@ import pytest
 from audio.testsignals import espeak, speech_extent
 from audio.vad import VadSettings, make_segmenter
 from sipbridge import frames as f
-from sipbridge.media.inbound import Inbound
+from sipbridge.media.inbound import EchoGate, Inbound
 from sipbridge.media.playback import PlaybackQueue
 from sipbridge.outcomes import OUTCOME_BY_ENDER, call_outcome, refusal_outcome
 from sipbridge.sip.account import SourceFilter
@@ -220,3 +220,44 @@ def test_inbound_says_when_the_caller_goes_on_after_a_pause() -> None:
     second_onset_ms = (4000 + len(first) + len(gap)) / 8
     assert abs(resumed.t_ms - second_onset_ms) <= 40, (resumed.t_ms, second_onset_ms)
     assert resumed.start_ms == events[0].t_ms  # type: ignore[attr-defined]
+
+
+def _echo_call(
+    gate: EchoGate | None, caller_at_s: float | None, echo_db: float | None = -10.0
+) -> tuple[list[f.Frame], int]:
+    """A bot reply played while the line sends it back `echo_db` down and 100 ms late (a hybrid's echo;
+    None: no echo), and maybe the caller talking over it from `caller_at_s`; returns the events and the
+    caller's onset (ms)."""
+    bot = (espeak("Thank you for calling. " * 4, 8000, speed=170) * 0.7 * 32767).astype(np.int16)
+    bot = bot[: len(bot) // 160 * 160]
+    playback = PlaybackQueue(FRAME)
+    playback.push(1, True, bot.tobytes())
+    playback.end(1)
+    events: list[f.Frame] = []
+    inbound = Inbound("c", make_segmenter(VadSettings(), 8000), playback, events.append, 200, echo=gate)
+    caller = (espeak("Sorry, I need to stop you there.", 8000) * 0.7 * 32767).astype(np.int16)
+    caller = caller[slice(*speech_extent(caller))]
+    start = -1 if caller_at_s is None else int(caller_at_s * 8000) // 160 * 160
+    sent: list[np.ndarray] = []
+    for tick in range(len(bot) // 160 + 60):
+        sent.append(np.frombuffer(playback.pop(), np.int16))  # the clock thread's tick
+        inbound.on_bot_frame(sent[-1].tobytes())
+        heard = sent[-6] * 10 ** (echo_db / 20) if len(sent) > 5 and echo_db is not None else np.zeros(160)
+        if 0 <= start <= tick * 160 < start + len(caller) - 160:
+            heard = heard + caller[tick * 160 - start : tick * 160 - start + 160]
+        inbound.on_frame(np.clip(heard, -32768, 32767).astype(np.int16).tobytes())
+    return events, start // 8
+
+
+def test_the_bots_own_echo_never_barges_in_but_the_caller_still_does() -> None:
+    gate = EchoGate.of(-10.0, 500)
+    events, _ = _echo_call(None, None)  # no gate: the echo is speech to the VAD and cuts the bot
+    assert any(isinstance(e, f.BargeIn) for e in events)
+
+    events, _ = _echo_call(gate, None)
+    assert not [e for e in events if isinstance(e, f.BargeIn | f.TurnEnded | f.TurnPaused)], events
+
+    events, onset_ms = _echo_call(EchoGate.of(-10.0, 500), 3.0)  # the echo delay is measured by then
+    (cut,) = [e for e in events if isinstance(e, f.BargeIn)]
+    assert 0 <= cut.t_ms - onset_ms <= 260, (cut, onset_ms)  # the default barge_in_min_ms: 200
+    assert any(isinstance(e, f.TurnEnded) for e in events)  # and the caller's words are a turn
