@@ -146,6 +146,7 @@ class CallSlot:
     progress: set[int] = field(default_factory=set)
     local_event: str | None = None  # ring_timeout | cancelled | transport_error
     rtp: tuple[int, int, int, float, float] | None = None  # last RtpQuality snapshot (watchdog, stream end)
+    rtp_peer: str | None = None  # the address its RTP socket accepts datagrams from (media.rtp_source)
 
 
 class BridgeCall(pj.Call):

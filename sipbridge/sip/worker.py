@@ -69,6 +69,7 @@ from sipbridge.sip.messages import (
     TransferCall,
 )
 from sipbridge.sip.pjguard import CallTerminator, PjGuard
+from sipbridge.sip.rtpsource import restrict
 from sipbridge.sip.settings import WorkerSettings
 from sipbridge.sip.wire import wire_text
 
@@ -338,7 +339,12 @@ class Worker:
 
     def on_media_state(self, slot_id: str) -> None:
         slot = self.calls.get(slot_id)
-        if slot is None or slot.port is not None:
+        if slot is None:
+            return
+        if slot.port is not None:
+            # A re-INVITE (only the dialog's peer gets one past the guard) may move the peer's media.
+            if self.settings.rtp_source == "sdp":
+                self._filter_rtp(slot)
             return
         info = slot.pj_call.getInfo()
         for media in info.media:
@@ -367,7 +373,33 @@ class Worker:
         port.startTransmit(call_media)
         slot.port = port
         slot.rx_changed_at = time.monotonic()
+        if self.settings.rtp_source == "sdp":
+            self._filter_rtp(slot)
         log.info("call %s media up: %s", slot.call_id, codec)
+
+    def _filter_rtp(self, slot: CallSlot, source: str | None = None) -> None:
+        """Make the call's RTP (and RTCP) socket accept datagrams from its peer only: the SDP's address, or
+        `source`, where the first packet came from (media.rtp_source; sipbridge/sip/rtpsource.py)."""
+        try:
+            tp = slot.pj_call.getMedTransportInfo(slot.media_index)
+            if source is None:
+                stream = slot.pj_call.getStreamInfo(slot.media_index)
+                peer, peer_rtcp = stream.remoteRtpAddress, stream.remoteRtcpAddress
+            else:
+                peer, peer_rtcp = source, tp.srcRtcpName
+        except pj.Error:
+            return
+        if peer == slot.rtp_peer:
+            return
+        slot.rtp_peer = peer  # tried once per address, applied or not
+        if not restrict(tp.localRtpName, peer):
+            log.warning(
+                "call %s: RTP from anyone: no filter for %s <- %s", slot.call_id, tp.localRtpName, peer
+            )
+            return
+        if peer_rtcp and tp.localRtcpName and tp.localRtcpName != tp.localRtpName:
+            restrict(tp.localRtcpName, peer_rtcp)
+        log.info("call %s: RTP accepted from %s only (%s)", slot.call_id, peer, self.settings.rtp_source)
 
     def _new_port(self, number: int) -> CallPort:
         fmt = pj.MediaFormatAudio()
@@ -577,12 +609,22 @@ class Worker:
             except pj.Error:
                 continue
             packets = slot.rtp[0]
+            if packets and slot.rtp_peer is None and self.settings.rtp_source == "latch":
+                self._latch_rtp(slot)
             if packets != slot.rx_packets:
                 slot.rx_packets = packets
                 slot.rx_changed_at = now
             elif now - slot.rx_changed_at > self.settings.dead_media_timeout_s:
                 log.warning("call %s: no RTP for %.1f s, hanging up", slot.call_id, now - slot.rx_changed_at)
                 self._hangup(slot.call_id, "watchdog", 200, "no media")
+
+    def _latch_rtp(self, slot: CallSlot) -> None:
+        try:
+            source = slot.pj_call.getMedTransportInfo(slot.media_index).srcRtpName
+        except pj.Error:
+            return
+        if source:
+            self._filter_rtp(slot, source)
 
     def _check_ack(self, slot: CallSlot, now: float) -> None:
         try:
