@@ -554,6 +554,18 @@ class SipFront:
         self.view = parse_destinations(listed or {})
         self._counters = parse_counters(stats or [])
         self.view_at = time.monotonic()
+        self._recheck_full()
+
+    def _recheck_full(self) -> None:
+        """A worker the supervisor counts full must stay disabled, but Kamailio changes states by itself: a
+        timed-out INVITE marks a destination inactive (`ip`) and the next answered probe makes it active, so a
+        full worker was sent INVITEs PJSIP refused with 486 while `_full_set` still said it was disabled
+        (soak defect B). Whatever the poll shows not disabled is set again."""
+        states = {d.uri: d.state for d in self.view}
+        lost = {i for i in self._full_set if states.get(self.destinations[i].uri, "disabled") != "disabled"}
+        if lost:
+            self._full_set -= lost
+            self._track(self._sync_full(), "front-load")
 
     async def _poll(self) -> None:
         while not self._stopping:
