@@ -491,6 +491,8 @@ class Worker:
         open in the supervisor after its media thread died). It ends itself instead, with `EXIT_THREAD_DIED`:
         its callers get a BYE, the supervisor records their calls failed and starts a new worker."""
         dead = [t.name for t in threads if not t.is_alive()]
+        if dead:
+            self._drain_commands()  # a thread that saw the supervisor's link close said so before it ended
         if dead and not self.stopping:
             log.critical("worker %d: its %s thread died; ending the worker", self.settings.index, dead[0])
             self.stopping = True
