@@ -61,7 +61,10 @@ def parse_endpoint(text: str) -> Endpoint | None:
 
 
 def find_udp_socket(local: Endpoint) -> int | None:
-    """The descriptor of this process's UDP socket bound to `local`, or None."""
+    """The descriptor of this process's UDP socket bound to `local`, or None. PJSIP names a socket by the
+    address it advertises (`sip.public_address` behind a NAT), which may not be the one it is bound to: a
+    socket of the family on that port is taken then (a worker binds one address, so one socket has it)."""
+    by_port = None
     for name in os.listdir(_FD_DIR):
         try:
             if not os.readlink(f"{_FD_DIR}/{name}").startswith("socket:"):
@@ -74,16 +77,16 @@ def find_udp_socket(local: Endpoint) -> int | None:
                 bound = sock.getsockname()
         except OSError:
             continue  # closed meanwhile, or not of this family
-        if bound[1] == local.port and _same_host(bound[0], local.host):
-            return int(name)
-    return None
+        if bound[1] == local.port:
+            if _same_host(bound[0], local.host):
+                return int(name)
+            by_port = int(name)
+    return by_port
 
 
 def _same_host(bound: str, named: str) -> bool:
-    """A socket bound to the wildcard address is named by the address PJSIP advertises for it."""
     try:
-        addr = ipaddress.ip_address(bound)
-        return addr.is_unspecified or addr == ipaddress.ip_address(named)
+        return ipaddress.ip_address(bound) == ipaddress.ip_address(named)
     except ValueError:
         return False
 

@@ -676,6 +676,7 @@ class Worker:
     def _media_loop(self) -> None:
         _warm_vad(self.settings.clock_rate)
         while True:
+            item: InboxItem | None = None
             try:
                 item = self.inbox.get()
                 if isinstance(item, StopMedia):

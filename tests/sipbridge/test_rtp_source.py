@@ -23,6 +23,7 @@ import pytest
 import soundfile as sf
 
 from audio import g711
+from sipbridge.sip.rtpsource import restrict
 
 from .bridge import Bridge
 from .peers import caller_audio
@@ -119,3 +120,33 @@ def test_rtp_from_a_stranger_never_reaches_the_call(tmp_path: Path, mode: str) -
             assert peak > 5000
     finally:
         bridge.stop()
+
+
+def test_restrict_connects_the_socket_so_the_kernel_drops_strangers() -> None:
+    """The filter itself, on plain sockets: found by its local address (or by port alone, as behind a NAT
+    where PJSIP names it by its public address), only the peer's datagrams arrive; unusable peers (hold's
+    0.0.0.0, port 0, multicast, names) are refused."""
+    rx = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+    rx.bind(("127.0.0.1", 0))
+    peer, stranger = (socket.socket(socket.AF_INET, socket.SOCK_DGRAM) for _ in range(2))
+    peer.bind(("127.0.0.1", 0))
+    stranger.bind(("127.0.0.1", 0))
+    try:
+        port = rx.getsockname()[1]
+        peer_text = f"127.0.0.1:{peer.getsockname()[1]}"
+        for unusable in ("0.0.0.0:4000", "127.0.0.1:0", "239.1.1.1:4000", "host.example:4000", "junk"):
+            assert not restrict(f"127.0.0.1:{port}", unusable)
+        assert restrict(f"203.0.113.7:{port}", peer_text)  # named by a public address: found by its port
+        stranger.sendto(b"stranger", ("127.0.0.1", port))
+        peer.sendto(b"peer", ("127.0.0.1", port))
+        rx.settimeout(2)
+        assert rx.recvfrom(100)[0] == b"peer"
+        rx.settimeout(0.2)
+        with pytest.raises(TimeoutError):
+            rx.recvfrom(100)
+        rx.sendto(b"reply", ("127.0.0.1", peer.getsockname()[1]))  # PJSIP's sendto still works
+        peer.settimeout(2)
+        assert peer.recvfrom(100)[0] == b"reply"
+    finally:
+        for s in (rx, peer, stranger):
+            s.close()
