@@ -397,6 +397,17 @@ def _die_with_parent() -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def states_to_fix(full: set[int], states: Sequence[str | None], draining: bool) -> tuple[set[int], set[int]]:
+    """Destinations whose Kamailio state differs from the supervisor's wish: (to disable again: counted full
+    but not disabled; to enable again: disabled but not full). `states` is Kamailio's view per destination
+    (None: not in the view). During a drain every destination stays disabled."""
+    disable = {i for i, state in enumerate(states) if i in full and state not in (None, "disabled")}
+    enable = set()
+    if not draining:
+        enable = {i for i, state in enumerate(states) if i not in full and state == "disabled"}
+    return disable, enable
+
+
 @dataclass
 class SipFront:
     """Kamailio as a child of the supervisor: started on the rendered config, restarted when it dies."""
@@ -557,15 +568,20 @@ class SipFront:
         self._recheck_full()
 
     def _recheck_full(self) -> None:
-        """A worker the supervisor counts full must stay disabled, but Kamailio changes states by itself: a
-        timed-out INVITE marks a destination inactive (`ip`) and the next answered probe makes it active, so a
-        full worker was sent INVITEs PJSIP refused with 486 while `_full_set` still said it was disabled
-        (soak defect B). Whatever the poll shows not disabled is set again."""
-        states = {d.uri: d.state for d in self.view}
-        lost = {i for i in self._full_set if states.get(self.destinations[i].uri, "disabled") != "disabled"}
-        if lost:
-            self._full_set -= lost
+        """Kamailio's states must follow the supervisor's wish, but Kamailio changes them by itself: a
+        timed-out INVITE marks a destination inactive (`ip`, the failure route) and the next answered probe
+        makes it active, so a worker counted full was sent INVITEs PJSIP refused with 486 while `_full_set`
+        still said it was disabled (soak defect B). Every poll compares the wish with what Kamailio shows and
+        sends again what differs, both ways: a view fetched before the last RPC then costs a redundant RPC,
+        never a worker left disabled (comparing `_full_set` alone with a stale view did that)."""
+        states = [self._view_state(d.uri) for d in self.destinations]
+        disable, enable = states_to_fix(self._full, states, self._draining)
+        if disable or enable:
+            self._full_set = (self._full_set - disable) | enable
             self._track(self._sync_full(), "front-load")
+
+    def _view_state(self, uri: str) -> str | None:
+        return next((d.state for d in self.view if d.uri == uri), None)
 
     async def _poll(self) -> None:
         while not self._stopping:
