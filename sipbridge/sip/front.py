@@ -598,6 +598,10 @@ class SipFront:
         The probes put it back when its successor answers."""
         if self._rpc is None or not 0 <= index < len(self.destinations):
             return
+        # Its calls died with it: not full any more, and from now on its state is the probes' to set (a wish
+        # to keep it disabled would keep its successor out; `_recheck_full` acts on wishes only).
+        self._full.discard(index)
+        self._full_set.discard(index)
         uri = self.destinations[index].uri
         try:
             await self._rpc.call("dispatcher.set_state", "ip", 1, uri)
