@@ -315,8 +315,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         codes = [c.returncode for c in callers]
         # Open fds are compared idle to idle: during the run they follow the calls each process has up at
         # that moment (2 RTP/RTCP sockets a call in a worker, 3 pipes per running espeak-ng in the
-        # supervisor), so windows of samples tell a leak from load poorly. Ended calls' media ports are
-        # dropped _PORT_GRACE_S (2 s) after the call, and their sockets closed with them.
+        # supervisor), so windows of samples tell a leak from load poorly. An ended call's RTP sockets close
+        # with it; its conference port is kept for the next call (sipbridge/sip/call.py, PortPool).
         time.sleep(IDLE_SETTLE_S)  # a settling period before the idle sample, not synchronisation
         idle_after = sample(bridge.pid)
     finally:

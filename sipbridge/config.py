@@ -315,6 +315,14 @@ class MediaConfig(_Section):
         "stalls once started. Costs first-audio latency only while the engine has not yet produced this "
         "much (80 ms is one Dia2 frame; espeak makes it in a few ms).",
     )
+    rtp_source: Literal["sdp", "latch", "any"] = Field(
+        "sdp",
+        description="Whose RTP a call accepts. sdp: only from the address of the peer's SDP (c=/m=), checked "
+        "by the kernel (a stranger who reaches the RTP port cannot speak into the call); latch: only from "
+        "the source of the first RTP packet (symmetric RTP for callers behind a NAT whose SDP names a "
+        "private address; until that packet anyone may be first); any: PJSIP's own behaviour, which adopts "
+        "a new source after a few packets.",
+    )
     srtp: Literal["off", "optional", "mandatory"] = Field(
         "off",
         description="SRTP with SDES keys (RFC 4568): optional offers and accepts it, plain RTP too; "

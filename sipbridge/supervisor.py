@@ -52,6 +52,8 @@ log = logging.getLogger(__name__)
 
 
 _REJECTED_ROWS_PER_MIN = 60
+# More open calls than this many times a worker's slots: its CallEnded frames are lost (_check_call_count).
+_LOST_ENDS_FACTOR = 3
 
 
 class SupervisorStartupError(Exception):
@@ -324,6 +326,7 @@ class Supervisor:
             worker.calls.add(frame.call_id)
             self._front_load(worker)
             session.open()
+            self._check_call_count(worker)
         elif isinstance(frame, f.CallEnded):
             worker.calls.discard(frame.call_id)
             self._front_load(worker)
@@ -340,6 +343,18 @@ class Supervisor:
             found = self.sessions.get(frame.call_id)
             if found is not None:
                 found.handle(frame)
+
+    def _check_call_count(self, worker: WorkerHandle) -> None:
+        """A worker holds at most CALLS_PER_WORKER calls; a few more open here only while its CallEnded
+        frames are on their way. Far more means they stopped coming (soak defect A): its calls would stay
+        open for ever, so it is restarted, which records them failed."""
+        if len(worker.calls) > _LOST_ENDS_FACTOR * CALLS_PER_WORKER and worker.kill():
+            log.error(
+                "worker %d has %d calls open for %d slots: its CallEnded frames are lost; restarting it",
+                worker.index,
+                len(worker.calls),
+                CALLS_PER_WORKER,
+            )
 
     def _record_rtp_quality(self, q: f.RtpQuality) -> None:
         """Stored with the call (its row exists from the answer on) and counted, just before CallEnded."""

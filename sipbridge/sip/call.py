@@ -12,6 +12,7 @@ import ctypes
 import logging
 import queue
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -36,32 +37,85 @@ def fast_bytes(vector: pj.ByteVector) -> bytes:
     return ctypes.string_at(begin, end - begin) if begin and end and end != begin else b""
 
 
-class CallPort(pj.AudioMediaPort):
-    """Caller frames into the media thread's inbox, bot frames out of the playback queue."""
+@dataclass(frozen=True)
+class PortBinding:
+    """What a `CallPort` serves now: one call's id, playback queue and whether its bot audio is recorded."""
 
-    def __init__(
-        self, call_id: str, inbox: queue.SimpleQueue[InboxItem], playback: PlaybackQueue, record: bool
-    ):
+    call_id: str
+    playback: PlaybackQueue
+    record: bool
+
+
+class CallPort(pj.AudioMediaPort):
+    """Caller frames into the media thread's inbox, bot frames out of the playback queue.
+
+    A port is never destroyed while the worker runs: it is bound to a call, unbound when the call ends, and
+    bound to a later call (`PortPool`). pjsua2's `~AudioMediaPort` frees the C port at once while PJSIP 2.14+
+    removes it from the conference later, on the clock thread, which may still call it in between: a call
+    into freed memory (AttributeError on a half-freed Python object, a corrupted inbox item, SIGSEGV; soak
+    defect C, reproduced in seconds by `bench/port_churn.py --mode drop`). The binding is one attribute,
+    swapped atomically, so the clock thread sees either the old call or none, never half of each.
+    """
+
+    def __init__(self, inbox: queue.SimpleQueue[InboxItem], frame_bytes: int):
         super().__init__()
-        self.call_id = call_id
         self.inbox = inbox
-        self.playback = playback
-        self.record = record
-        self._silence = pj.ByteVector(playback.silence)
+        self.binding: PortBinding | None = None
+        self._silence_pcm = bytes(frame_bytes)
+        self._silence = pj.ByteVector(self._silence_pcm)
 
     def onFrameReceived(self, frame: pj.MediaFrame) -> None:
+        binding = self.binding
+        if binding is None:
+            return
         # Every tick posts something, audio or not (b"" = no audio this tick), so the media thread's frame
         # count is the call's media clock and VAD times line up with what was sent.
         audio = frame.type == pj.PJMEDIA_FRAME_TYPE_AUDIO and frame.size
-        self.inbox.put(CallerAudio(self.call_id, fast_bytes(frame.buf) if audio else b""))
+        self.inbox.put(CallerAudio(binding.call_id, fast_bytes(frame.buf) if audio else b""))
 
     def onFrameRequested(self, frame: pj.MediaFrame) -> None:
-        pcm = self.playback.pop()
+        binding = self.binding
         frame.type = pj.PJMEDIA_FRAME_TYPE_AUDIO
-        frame.buf = self._silence if pcm is self.playback.silence else pj.ByteVector(pcm)
+        if binding is None:
+            frame.buf = self._silence
+            frame.size = len(self._silence_pcm)
+            return
+        pcm = binding.playback.pop()
+        frame.buf = self._silence if pcm is binding.playback.silence else pj.ByteVector(pcm)
         frame.size = len(pcm)
-        if self.record:
-            self.inbox.put(BotAudio(self.call_id, pcm))
+        if binding.record:
+            self.inbox.put(BotAudio(binding.call_id, pcm))
+
+
+@dataclass
+class PortPool:
+    """The worker's `CallPort`s (main thread only): at most its call slots plus the resting ones.
+
+    An unbound port rests `rest_s` before it serves another call, so the conference has long applied the
+    disconnects of the call that ended (PJSIP queues them to its clock thread) before a new connect."""
+
+    make: Callable[[int], CallPort]
+    rest_s: float = 2.0
+    free: list[CallPort] = field(default_factory=list)
+    resting: list[tuple[float, CallPort]] = field(default_factory=list)
+    created: int = 0
+
+    def take(self, now: float) -> CallPort:
+        self.free.extend(p for t, p in self.resting if t <= now)
+        self.resting = [(t, p) for t, p in self.resting if t > now]
+        if self.free:
+            return self.free.pop()
+        self.created += 1
+        return self.make(self.created)
+
+    def give_back(self, port: CallPort, now: float) -> None:
+        port.binding = None
+        self.resting.append((now + self.rest_s, port))
+
+    def clear(self) -> None:
+        """Drop every idle port (shutdown, before libDestroy: their destructors need the library)."""
+        self.free.clear()
+        self.resting.clear()
 
 
 @dataclass
@@ -92,6 +146,7 @@ class CallSlot:
     progress: set[int] = field(default_factory=set)
     local_event: str | None = None  # ring_timeout | cancelled | transport_error
     rtp: tuple[int, int, int, float, float] | None = None  # last RtpQuality snapshot (watchdog, stream end)
+    rtp_peer: str | None = None  # the address its RTP socket accepts datagrams from (media.rtp_source)
 
 
 class BridgeCall(pj.Call):

@@ -397,6 +397,17 @@ def _die_with_parent() -> None:
     _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def states_to_fix(full: set[int], states: Sequence[str | None], draining: bool) -> tuple[set[int], set[int]]:
+    """Destinations whose Kamailio state differs from the supervisor's wish: (to disable again: counted full
+    but not disabled; to enable again: disabled but not full). `states` is Kamailio's view per destination
+    (None: not in the view). During a drain every destination stays disabled."""
+    disable = {i for i, state in enumerate(states) if i in full and state not in (None, "disabled")}
+    enable = set()
+    if not draining:
+        enable = {i for i, state in enumerate(states) if i not in full and state == "disabled"}
+    return disable, enable
+
+
 @dataclass
 class SipFront:
     """Kamailio as a child of the supervisor: started on the rendered config, restarted when it dies."""
@@ -554,6 +565,23 @@ class SipFront:
         self.view = parse_destinations(listed or {})
         self._counters = parse_counters(stats or [])
         self.view_at = time.monotonic()
+        self._recheck_full()
+
+    def _recheck_full(self) -> None:
+        """Kamailio's states must follow the supervisor's wish, but Kamailio changes them by itself: a
+        timed-out INVITE marks a destination inactive (`ip`, the failure route) and the next answered probe
+        makes it active, so a worker counted full was sent INVITEs PJSIP refused with 486 while `_full_set`
+        still said it was disabled (soak defect B). Every poll compares the wish with what Kamailio shows and
+        sends again what differs, both ways: a view fetched before the last RPC then costs a redundant RPC,
+        never a worker left disabled (comparing `_full_set` alone with a stale view did that)."""
+        states = [self._view_state(d.uri) for d in self.destinations]
+        disable, enable = states_to_fix(self._full, states, self._draining)
+        if disable or enable:
+            self._full_set = (self._full_set - disable) | enable
+            self._track(self._sync_full(), "front-load")
+
+    def _view_state(self, uri: str) -> str | None:
+        return next((d.state for d in self.view if d.uri == uri), None)
 
     async def _poll(self) -> None:
         while not self._stopping:
@@ -570,6 +598,10 @@ class SipFront:
         The probes put it back when its successor answers."""
         if self._rpc is None or not 0 <= index < len(self.destinations):
             return
+        # Its calls died with it: not full any more, and from now on its state is the probes' to set (a wish
+        # to keep it disabled would keep its successor out; `_recheck_full` acts on wishes only).
+        self._full.discard(index)
+        self._full_set.discard(index)
         uri = self.destinations[index].uri
         try:
             await self._rpc.call("dispatcher.set_state", "ip", 1, uri)

@@ -51,6 +51,14 @@ class WorkerHandle:
     exit_code: int | None = None
     connected: asyncio.Event = field(default_factory=asyncio.Event)  # set while a connection is open
 
+    def kill(self) -> bool:
+        """SIGKILL the process (its watcher records its calls and respawns it); False if it is not running."""
+        if self.proc is None or self.proc.returncode is not None:
+            return False
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        return True
+
     def send(self, frame: f.Frame) -> bool:
         if self.writer is None or self.writer.is_closing():
             return False

@@ -65,6 +65,7 @@ class WorkerSettings:
     # sip.tls as plain values (port already this worker's), and media.srtp: off | optional | mandatory.
     tls: dict[str, Any] = field(default_factory=dict)
     srtp: str = "off"
+    rtp_source: str = "sdp"  # media.rtp_source: sdp | latch | any (sipbridge/sip/rtpsource.py)
     playback_margin_ms: int = 80  # media.playback_margin_ms: reply audio held before an utterance starts
     echo_return_db: float | None = None  # vad.echo_return_db: the echo gate (None: off)
     echo_tail_ms: int = 800  # vad.echo_tail_ms
@@ -156,6 +157,7 @@ def worker_settings(
         front_uri=front_uri,
         tls=_tls(config, index),
         srtp=media.srtp,
+        rtp_source=media.rtp_source,
     )
 
 

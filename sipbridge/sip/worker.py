@@ -46,7 +46,7 @@ from sipbridge.media.inbound import EchoGate, Inbound
 from sipbridge.media.playback import PlaybackQueue
 from sipbridge.media.recorder import StereoRecorder
 from sipbridge.sip.account import BridgeAccount, SourceFilter, account_config
-from sipbridge.sip.call import BridgeCall, CallPort, CallSlot
+from sipbridge.sip.call import BridgeCall, CallPort, CallSlot, PortBinding, PortPool
 from sipbridge.sip.guard import RequestGuard, WireRequest
 from sipbridge.sip.ipc import ChannelClosed, SyncChannel
 from sipbridge.sip.messages import (
@@ -69,6 +69,7 @@ from sipbridge.sip.messages import (
     TransferCall,
 )
 from sipbridge.sip.pjguard import CallTerminator, PjGuard
+from sipbridge.sip.rtpsource import restrict
 from sipbridge.sip.settings import WorkerSettings
 from sipbridge.sip.wire import wire_text
 
@@ -76,10 +77,13 @@ log = logging.getLogger("sipbridge.worker")
 
 _CODEC_IDS = {"PCMU": "PCMU/8000", "PCMA": "PCMA/8000", "G722": "G722/16000"}
 _WATCHDOG_PERIOD_S = 0.5
-_PORT_GRACE_S = 2.0  # how long an ended call's media port outlives the call (see Worker._retire)
+_PORT_REST_S = 2.0  # how long an ended call's media port rests before it serves another call (PortPool)
 # A caller's ACK follows our 200 within a round trip; PJSIP retransmits the 200 at 0.5, 1, 2, 4 s. Past
 # this the INVITE cannot become a call (spoofed source, an answer it cannot read): its slot is given back.
 _ACK_TIMEOUT_S = 8.0
+# A worker that lost a thread it cannot work without exits with this code (not 0: the supervisor sees a
+# death, records the worker's calls failed and respawns it).
+EXIT_THREAD_DIED = 70
 
 
 class _PjLogWriter(pj.LogWriter):
@@ -97,8 +101,6 @@ class Worker:
     settings: WorkerSettings
     channel: SyncChannel
     inbox: queue.SimpleQueue[InboxItem] = field(default_factory=queue.SimpleQueue)
-    # Media ports of ended calls, kept alive until a deadline (see `_retire`).
-    dying_ports: list[tuple[float, CallPort]] = field(default_factory=list)
     commands: queue.SimpleQueue[Command] = field(default_factory=queue.SimpleQueue)
     calls: dict[str, CallSlot] = field(default_factory=dict)  # main thread writes; readers look up
     inbound: dict[str, Inbound] = field(default_factory=dict)  # media thread only
@@ -115,12 +117,15 @@ class Worker:
     pj_guard: PjGuard | None = None
     refusals_logged_at: float = 0.0
     shutdown_reason: str = "worker shutting down"
+    exit_code: int = 0
 
     def __post_init__(self) -> None:
         self.sources = SourceFilter(self.settings.allowed_sources)
         family = 6 if ":" in self.settings.bind_address else 4
         self.guard = RequestGuard.from_cidrs(self.settings.allowed_sources, family)
         self.frame_bytes = self.settings.clock_rate * 20 // 1000 * 2
+        # Media ports are reused across calls, never destroyed while the worker runs (see CallPort).
+        self.ports = PortPool(self._new_port, _PORT_REST_S)
 
     # ------------------------------------------------------------------------------------ set-up
 
@@ -334,7 +339,12 @@ class Worker:
 
     def on_media_state(self, slot_id: str) -> None:
         slot = self.calls.get(slot_id)
-        if slot is None or slot.port is not None:
+        if slot is None:
+            return
+        if slot.port is not None:
+            # A re-INVITE (only the dialog's peer gets one past the guard) may move the peer's media.
+            if self.settings.rtp_source == "sdp":
+                self._filter_rtp(slot)
             return
         info = slot.pj_call.getInfo()
         for media in info.media:
@@ -359,19 +369,50 @@ class Worker:
         )
         slot.started = True
         self.inbox.put(MediaOpen(slot.call_id, slot.playback))
+        port = self.ports.take(time.monotonic())
+        port.binding = PortBinding(slot.call_id, slot.playback, record)
+        call_media.startTransmit(port)
+        port.startTransmit(call_media)
+        slot.port = port
+        slot.rx_changed_at = time.monotonic()
+        if self.settings.rtp_source == "sdp":
+            self._filter_rtp(slot)
+        log.info("call %s media up: %s", slot.call_id, codec)
+
+    def _filter_rtp(self, slot: CallSlot, source: str | None = None) -> None:
+        """Make the call's RTP (and RTCP) socket accept datagrams from its peer only: the SDP's address, or
+        `source`, where the first packet came from (media.rtp_source; sipbridge/sip/rtpsource.py)."""
+        try:
+            tp = slot.pj_call.getMedTransportInfo(slot.media_index)
+            if source is None:
+                stream = slot.pj_call.getStreamInfo(slot.media_index)
+                peer, peer_rtcp = stream.remoteRtpAddress, stream.remoteRtcpAddress
+            else:
+                peer, peer_rtcp = source, tp.srcRtcpName
+        except pj.Error:
+            return
+        if peer == slot.rtp_peer:
+            return
+        slot.rtp_peer = peer  # tried once per address, applied or not
+        if not restrict(tp.localRtpName, peer):
+            log.warning(
+                "call %s: RTP from anyone: no filter for %s <- %s", slot.call_id, tp.localRtpName, peer
+            )
+            return
+        if peer_rtcp and tp.localRtcpName and tp.localRtcpName != tp.localRtpName:
+            restrict(tp.localRtcpName, peer_rtcp)
+        log.info("call %s: RTP accepted from %s only (%s)", slot.call_id, peer, self.settings.rtp_source)
+
+    def _new_port(self, number: int) -> CallPort:
         fmt = pj.MediaFormatAudio()
         fmt.type = pj.PJMEDIA_TYPE_AUDIO
         fmt.clockRate = self.settings.clock_rate
         fmt.channelCount = 1
         fmt.bitsPerSample = 16
         fmt.frameTimeUsec = 20000
-        port = CallPort(slot.call_id, self.inbox, slot.playback, record)
-        port.createPort(f"call-{slot.call_id[:8]}", fmt)
-        call_media.startTransmit(port)
-        port.startTransmit(call_media)
-        slot.port = port
-        slot.rx_changed_at = time.monotonic()
-        log.info("call %s media up: %s", slot.call_id, codec)
+        port = CallPort(self.inbox, self.frame_bytes)
+        port.createPort(f"call-port-{number}", fmt)
+        return port
 
     def on_transfer_status(self, slot_id: str, code: int, reason: str, final: bool) -> None:
         reason = wire_text(reason)
@@ -433,17 +474,32 @@ class Worker:
             f" tls {self.sip_tls_port}" if self.sip_tls_port else "",
         )
         next_watchdog = time.monotonic()
+        threads = (media, reader)
         while not self.stopping:
             self.ep.libHandleEvents(10)
             self._drain_commands()
             now = time.monotonic()
             if now >= next_watchdog:
+                self._check_threads(threads)
                 self._watchdog(now)
-                self.dying_ports = [(t, p) for t, p in self.dying_ports if t > now]
                 self._report_refusals()
                 self.guard.prune({s.sip_call_id for s in self.calls.values()}, now)
                 next_watchdog = now + _WATCHDOG_PERIOD_S
         self._shutdown(media)
+
+    def _check_threads(self, threads: tuple[threading.Thread, ...]) -> None:
+        """The media thread sends every CallEnded and the reader carries every command: a worker that lost
+        either one would go on answering calls it can never end (soak defect A: 576 calls of one worker left
+        open in the supervisor after its media thread died). It ends itself instead, with `EXIT_THREAD_DIED`:
+        its callers get a BYE, the supervisor records their calls failed and starts a new worker."""
+        dead = [t.name for t in threads if not t.is_alive()]
+        if dead:
+            self._drain_commands()  # a thread that saw the supervisor's link close said so before it ended
+        if dead and not self.stopping:
+            log.critical("worker %d: its %s thread died; ending the worker", self.settings.index, dead[0])
+            self.stopping = True
+            self.shutdown_reason = f"worker {self.settings.index}: {dead[0]} thread died"
+            self.exit_code = EXIT_THREAD_DIED
 
     def _drain_commands(self) -> None:
         while True:
@@ -515,14 +571,11 @@ class Worker:
         if slot is None:
             return
         self.guard.forget(slot.sip_call_id)
-        # Dropping the Call here (main thread, registered) runs its C++ destructor safely. Not the port yet:
-        # the conference bridge's clock thread may still be inside its callbacks (PJSIP queues port removal
-        # to that thread), and a port freed under it crashed the worker (SIGSEGV, after an AttributeError on
-        # the half-torn-down Python object) about once per 250 calls in bench/soak.py. The port lives on
-        # for _PORT_GRACE_S, long after the call's media is gone; its late frames go to an unknown call id,
-        # which the media thread ignores.
+        # Dropping the Call here (main thread, registered) runs its C++ destructor safely. Never the port:
+        # it is unbound (its callbacks stop touching this call at once) and kept for a later call, because
+        # a destroyed port can still be called by the conference's clock thread (see CallPort).
         if slot.port is not None:
-            self.dying_ports.append((time.monotonic() + _PORT_GRACE_S, slot.port))
+            self.ports.give_back(slot.port, time.monotonic())
         slot.port = None
         slot.pj_call = None  # type: ignore[assignment]
         if slot.dial is not None and not slot.started:
@@ -560,12 +613,22 @@ class Worker:
             except pj.Error:
                 continue
             packets = slot.rtp[0]
+            if packets and slot.rtp_peer is None and self.settings.rtp_source == "latch":
+                self._latch_rtp(slot)
             if packets != slot.rx_packets:
                 slot.rx_packets = packets
                 slot.rx_changed_at = now
             elif now - slot.rx_changed_at > self.settings.dead_media_timeout_s:
                 log.warning("call %s: no RTP for %.1f s, hanging up", slot.call_id, now - slot.rx_changed_at)
                 self._hangup(slot.call_id, "watchdog", 200, "no media")
+
+    def _latch_rtp(self, slot: CallSlot) -> None:
+        try:
+            source = slot.pj_call.getMedTransportInfo(slot.media_index).srcRtpName
+        except pj.Error:
+            return
+        if source:
+            self._filter_rtp(slot, source)
 
     def _check_ack(self, slot: CallSlot, now: float) -> None:
         try:
@@ -602,7 +665,7 @@ class Worker:
         self.inbox.put(StopMedia())
         media.join(timeout=5)
         self.calls.clear()
-        self.dying_ports.clear()  # before libDestroy: their destructors need the library
+        self.ports.clear()  # before libDestroy: their destructors need the library
         if self.account is not None:
             self.account.shutdown()
             self.account = None
@@ -615,16 +678,19 @@ class Worker:
     def _media_loop(self) -> None:
         _warm_vad(self.settings.clock_rate)
         while True:
-            item = self.inbox.get()
-            if isinstance(item, StopMedia):
-                return
+            item: InboxItem | None = None
             try:
+                item = self.inbox.get()
+                if isinstance(item, StopMedia):
+                    return
                 self._media_item(item)
             except ChannelClosed:
                 self.commands.put(ShutdownWorker("supervisor channel closed"))
                 return
             except Exception:
-                # A bug in one call's media must not take the other calls down: end that call.
+                # A bug in one call's media must not take the other calls down: end that call. Anything
+                # else (a BaseException) ends this thread, and the main loop then ends the worker
+                # (`_check_threads`): without it no call here would ever send its CallEnded.
                 call_id = getattr(item, "call_id", "")
                 log.exception("call %s: media error, hanging up", call_id)
                 self.commands.put(HangupCall(call_id, 500, "media error"))
@@ -860,7 +926,7 @@ def main() -> int:
         log.error("worker %d: %s", settings.index, exc)
         return 1
     worker.run()
-    return 0
+    return worker.exit_code
 
 
 def _warm_vad(rate: int) -> None:

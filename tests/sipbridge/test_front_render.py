@@ -21,6 +21,7 @@ from sipbridge.sip.front import (
     parse_counters,
     parse_destinations,
     render_front,
+    states_to_fix,
     worker_destinations,
 )
 from sipbridge.sip.settings import worker_settings
@@ -188,3 +189,18 @@ def test_rendered_tls_config_is_accepted_by_kamailio(tmp_path: Path) -> None:
         ["kamailio", "-c", "-f", str(tmp_path / "kamailio.cfg")], capture_output=True, text=True, timeout=30
     )
     assert done.returncode == 0 and "config file ok" in done.stderr.lower(), done.stderr
+
+
+def test_front_states_follow_the_supervisors_wish_both_ways() -> None:
+    """Soak defect B: Kamailio re-activates a worker the supervisor counts full (a timed-out INVITE's `ip`,
+    then a probe), and a poll taken before the supervisor's last RPC shows an old state. Whatever the view,
+    what differs from the wish is sent again: a full worker that is not disabled is disabled again; a free
+    one left disabled (the stale-view case that left a worker out for the rest of a soak) is enabled."""
+    full = {0, 2}
+    states = ["active", "disabled", "inactive", "disabled", None]
+    assert states_to_fix(full, states, draining=False) == ({0, 2}, {1, 3})
+    assert states_to_fix(full, ["disabled", "active", "disabled", "trying", "active"], False) == (
+        set(),
+        set(),
+    )
+    assert states_to_fix(full, states, draining=True) == ({0, 2}, set())  # a drain keeps all disabled
