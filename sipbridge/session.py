@@ -2,7 +2,8 @@
 
 A `CallSession` lives on the supervisor's event loop from `CallStarted` to `CallEnded`. It owns the call's
 agent state, engine session and speaking queue. Frames from the worker arrive through `handle()`; nothing in
-it blocks the loop (ASR runs on its own thread, SQLite writes are a few ms).
+it blocks the loop (ASR runs on its own thread; its store writes are queued to the store's writer thread,
+sipbridge/store_writer.py, and only the call's end is waited for).
 
 Speaking: replies are queued and generated one after another by one task (`_speaker`). Each reply is one
 *utterance* with an id; its audio is resampled to the call rate and streamed to the worker as PlayAudio, then
@@ -40,7 +41,7 @@ from sipbridge.media.recorder import repair_recordings
 from sipbridge.metrics import TURN_STAGES, Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
-from sipbridge.store import Store
+from sipbridge.store_writer import StoreWriter
 from sipbridge.text.heard import DEFAULT_CHARS_PER_S, heard_prefix
 from sipbridge.turn_policy import EndOfTurn, is_backchannel
 
@@ -86,7 +87,7 @@ class CallSession:
     start: f.CallStarted
     worker: WorkerHandle
     config: Config
-    store: Store
+    store: StoreWriter  # queues the call's writes: they never block the loop
     engine: Engine
     agent: Agent
     asr: Transcriber
@@ -176,7 +177,7 @@ class CallSession:
         out = self.outbound
         variables = {"sip_call_id": s.sip_call_id, "remote_uri": s.remote_uri, "local_uri": s.local_uri}
         if out is None:
-            self.store.create_call(
+            row = self.store.create_call(
                 "inbound",
                 remote_uri=s.remote_uri,
                 local_uri=s.local_uri,
@@ -185,6 +186,8 @@ class CallSession:
                 call_id=s.call_id,
                 variables={"sip_call_id": s.sip_call_id},
             )
+            # A call that cannot be recorded is not taken: hung up once the writer says its row failed.
+            asyncio.wrap_future(row).add_done_callback(self._row_written)
         else:
             # The dialer created the row at the INVITE; the contact's columns become flow variables.
             variables.update(out.variables)
@@ -212,6 +215,11 @@ class CallSession:
         self._holding = out is not None and out.amd_enabled
         self._disclose()
         self._spawn(self._greet(), "greeting")
+
+    def _row_written(self, row: asyncio.Future[str]) -> None:
+        error = None if row.cancelled() else row.exception()
+        if error is not None:
+            self._fail(f"store: the call's row could not be written: {error}")
 
     def _spawn(self, coro: Any, name: str) -> None:
         task = asyncio.create_task(coro, name=f"{name}-{self.call_id[:8]}")
@@ -250,7 +258,7 @@ class CallSession:
             with contextlib.suppress(Exception):
                 await self.agent.on_end(self.agent_call)
         try:
-            self._record_end(ended, lost_reason)
+            await self._record_end(ended, lost_reason)
         except Exception:
             # The call is over whatever the store says; never let a bookkeeping error escape into the loop.
             log.exception("call %s: recording its end failed", self.call_id)
@@ -258,12 +266,13 @@ class CallSession:
             # The dialer classifies and stores the attempt (answered: 200 + AMD + message delivered).
             self.outbound.finish(self.failure or lost_reason)
 
-    def _record_end(self, ended: f.CallEnded | None, lost_reason: str | None) -> None:
+    async def _record_end(self, ended: f.CallEnded | None, lost_reason: str | None) -> None:
+        """Waits for the end's commit: 'recorded' is said (and the dialer reads the call) only after it."""
         if lost_reason is not None:
             if self.config.storage.record_calls:  # its worker died writing it: make the header whole
                 path = Path(self.config.storage.recordings_dir).resolve() / self.call_id / "call.wav"
                 repair_recordings([str(path)] if path.exists() else [])
-            self.store.end_call(self.call_id, "failed", reason=lost_reason)
+            await asyncio.wrap_future(self.store.end_call(self.call_id, "failed", reason=lost_reason))
             self.metrics.calls_ended.inc(direction=self.direction, outcome="failed")
             log.warning("call %s recorded: failed (%s)", self.call_id, lost_reason)
             return
@@ -275,12 +284,13 @@ class CallSession:
             "media",
             {"rx_frames": ended.rx_frames, "tx_frames": ended.tx_frames, "underruns": ended.underruns},
         )
-        self.store.end_call(
+        written = self.store.end_call(
             self.call_id,
             outcome,
             reason=self.failure or f"{ended.by}: {ended.reason}",
             sip_status=ended.sip_status,
         )
+        await asyncio.wrap_future(written)
         log.info("call %s recorded: %s (%s, %d underruns)", self.call_id, outcome, ended.by, ended.underruns)
 
     # ------------------------------------------------------------------------------ worker frames
@@ -832,7 +842,7 @@ class CallSession:
             return
         out.opted_out = True
         number = out.claim.contact.number
-        DncList(self.store).add(number, why[:200], "opt-out", now=time.time(), call_id=self.call_id)
+        DncList(self.store.store).add(number, why[:200], "opt-out", now=time.time(), call_id=self.call_id)
         self.store.add_event(self.call_id, "opt_out", {"number": number, "why": why})
         log.info("call %s: %s opted out (%s): on the do-not-call list", self.call_id, number, why)
         self._apply_now([Action.end("opted_out")])

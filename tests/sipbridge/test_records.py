@@ -124,6 +124,29 @@ def test_shutdown_hangup_and_488_are_recorded_as_what_they_are(tmp_path: Path) -
     )
 
 
+def test_a_call_ended_just_before_sigterm_is_recorded(tmp_path: Path) -> None:
+    """The caller hangs up and SIGTERM follows at once: the call's end is still queued for the store's
+    writer thread (or not even handled) when the stop begins; it is committed before the process exits."""
+    bridge = start(tmp_path)
+    caller = RawSip(bridge.port)
+    try:
+        dialog, answer = caller.call()
+        assert status(answer) == 200
+        bridge.wait_log(r"media up")
+        dialog.cseq += 10
+        caller.send(caller.request("BYE", dialog))
+        assert status(caller.final()) == 200
+        bridge.wait_log(r"call \S+ ended by remote")  # the worker's line, before the supervisor records it
+    finally:
+        assert bridge.stop() == 0
+        caller.close()
+    (call,) = bridge.calls()
+    # CallEnded handled before the stop: completed; or the stop closed the session first: interrupted.
+    assert call["state"] == "ended" and call["outcome"] in ("completed", "interrupted"), dict(call)
+    assert call["agent"] == "echo" and call["codec"]  # the writes queued at its start are there too
+    assert "store writer closed" in "\n".join(bridge.proc.seen)
+
+
 def test_burst_of_real_calls_overflowing_a_worker_leaves_no_session_behind(tmp_path: Path) -> None:
     """40 valid INVITEs at once to a 4-call worker, each answered call ACKed and hung up at once."""
     bridge = start(tmp_path)
