@@ -11,7 +11,6 @@ header on the IPC channel (sipbridge/sip/ipc.py), so audio is never base64-encod
 from __future__ import annotations
 
 import dataclasses
-import functools
 from dataclasses import dataclass
 from typing import Any
 
@@ -382,11 +381,16 @@ FRAME_TYPES: dict[str, type[Frame]] = {
 }
 
 
-@functools.cache
-def _header_names(cls: type[Frame]) -> tuple[str, ...]:
-    """A frame type's JSON fields. Cached: `dataclasses.fields` cost ~10 % of the supervisor loop's time
-    in a 100-call greeting burst (every PlayAudio chunk asked it again; docs/PERFORMANCE.md)."""
-    return tuple(f.name for f in dataclasses.fields(cls) if f.name != "pcm")
+_HEADER_NAMES: dict[type, tuple[str, ...]] = {}
+
+
+def _header_names(cls: type) -> tuple[str, ...]:
+    """A frame type's JSON fields. Kept per type: `dataclasses.fields` cost ~10 % of the supervisor loop's
+    time in a 100-call greeting burst (every PlayAudio chunk asked it again; docs/PERFORMANCE.md)."""
+    names = _HEADER_NAMES.get(cls)
+    if names is None:
+        names = _HEADER_NAMES[cls] = tuple(f.name for f in dataclasses.fields(cls) if f.name != "pcm")
+    return names
 
 
 def to_header(frame: Frame) -> tuple[dict[str, Any], bytes]:

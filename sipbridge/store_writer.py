@@ -354,8 +354,8 @@ class StoreWriter:
                     except Exception as exc:  # this write's savepoint is undone; the others go on
                         done.append((item, None, exc))
         except Exception as exc:  # BEGIN or COMMIT failed (disk full, server gone): none of it is written
-            for item in batch:
-                self._failed(item, exc)
+            for i, item in enumerate(batch):
+                self._failed(item, exc, trace=i == 0)  # each write named; the traceback once
             return
         self.batches += 1
         for item, value, error in done:
@@ -365,12 +365,12 @@ class StoreWriter:
             else:
                 self._failed(item, error)
 
-    def _failed(self, item: _Queued, exc: BaseException) -> None:
+    def _failed(self, item: _Queued, exc: BaseException, trace: bool = True) -> None:
         self.errors += 1
         call_id = getattr(item.write, "call_id", None)
         call = f" of call {call_id}" if call_id else ""
         self.last_error = f"{type(item.write).__name__}{call}: {type(exc).__name__}: {exc}"
-        log.error("store %s: %s failed: %s", self.store.where, self.last_error, exc, exc_info=exc)
+        log.error("store %s: %s failed", self.store.where, self.last_error, exc_info=exc if trace else None)
         item.future.set_exception(exc)
 
 
