@@ -230,6 +230,10 @@ class StoreWriter:
         return future
 
     @property
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    @property
     def queued(self) -> int:
         return self._queue.qsize()
 
@@ -246,7 +250,12 @@ class StoreWriter:
             self._queue.put(None)
         self._thread.join(timeout)
         if self._thread.is_alive():
-            log.error("store writer: %d write(s) still queued after %.0f s", self.queued, timeout or 0)
+            log.error(
+                "store %s: the writer is stuck; %d write(s) still queued after %.0f s are lost",
+                self.store.where,
+                self.queued,
+                timeout or 0,
+            )
 
     def health(self) -> dict[str, Any]:
         return {

@@ -696,7 +696,11 @@ class Supervisor:
         """After the sessions closed (their ends queued): every queued write is committed, then the store
         closes. Blocks the loop for the last batch's commit; nothing else runs on it any more."""
         if self.writer is not None:
-            self.writer.close()
+            # Bounded: a store that stopped answering (a hung PostgreSQL) must not hang the stop; what is
+            # still queued then is logged as lost by close(), and those calls are failed at the next start.
+            self.writer.close(timeout=30)
             log.info("store writer closed: %s", self.writer.health())
+            if self.writer.alive:
+                return  # it still holds the connection's lock: closing would hang; the exit closes it
         if self.store is not None:
             self.store.close()
