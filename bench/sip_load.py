@@ -127,6 +127,25 @@ def rtp_quality(packets: list[Any], start: float, end: float) -> tuple[int, int]
     return lost, late
 
 
+def metric_value(metrics: str, name: str) -> float:
+    """One unlabelled (or fully spelled) sample of a /metrics text; 0 when absent."""
+    found = re.search(rf"^{re.escape(name)} (\S+)$", metrics, re.M)
+    return float(found.group(1)) if found else 0.0
+
+
+def loop_lag(metrics: str) -> dict[str, Any]:
+    """The supervisor's event-loop lag from /metrics (sipbridge/loop_lag.py): the largest since ready, and
+    how many of its 20 ms ticks woke > 5 ms / > 20 ms / > 100 ms late."""
+    name = "sipbridge_event_loop_lag_seconds"
+    total = metric_value(metrics, f"{name}_count")
+    late = {
+        f"over_{ms}ms": int(total - metric_value(metrics, f'{name}_bucket{{le="{ms / 1000}"}}'))
+        for ms in (5, 20, 100)
+    }
+    max_ms = round(1000 * metric_value(metrics, "sipbridge_event_loop_lag_max_seconds"), 1)
+    return {"max_ms": max_ms, "ticks": int(total), **late}
+
+
 def pct(values: list[float], q: float) -> float:
     return round(float(np.percentile(values, q)), 1) if values else float("nan")
 
@@ -202,6 +221,7 @@ def run_one(calls: int, hold_s: float, work: Path, vad: str) -> dict[str, Any]:
             "late_max": max(q[1] for q in quality),
         },
         "underruns": {"total": sum(underruns), "calls_with_any": sum(u > 0 for u in underruns)},
+        "supervisor_loop_lag": loop_lag(metrics),  # whole run: set-up burst, hold and hang-ups
         "worker_deaths": sum("SIP worker" in line and " died " in line for line in proc.seen),
         "front_restarts": sum("kamailio (pid" in line and " died " in line for line in proc.seen),
         "cpu_s_over_hold": spent,

@@ -16,7 +16,8 @@ Everything is measured on the wire (lo, kernel timestamps) except the ASR wait a
 - rtp bot -> caller over the whole call: lost (sequence gaps) and late (> 60 ms after the previous packet);
 - underruns (the workers' playback filling silence), failed callers (SIPp exit status), worker deaths;
 - asr: sipbridge_asr_wait_seconds (turn end -> words) mean and count, from /metrics;
-- cpu: CPU-seconds of the workers, the supervisor and the front over the calls, and per call.
+- cpu: CPU-seconds of the workers, the supervisor and the front over the calls, and per call;
+- supervisor_loop_lag: how late its event loop woke a 20 ms timer (max, and ticks > 5/20/100 ms late).
 
 `--engine dia2` runs Dia2 with RANDOM weights of `--dia2-shape` (2b: full Dia2-2B shapes, bf16) through the
 benchmark-only switch of sipbridge/engine/dia2.py (two environment variables this script sets; no config key
@@ -50,7 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audio import g711  # noqa: E402
-from bench.sip_load import children, cpu_s, rtp_quality, sipp  # noqa: E402
+from bench.sip_load import children, cpu_s, loop_lag, rtp_quality, sipp  # noqa: E402
 from tests.sipbridge.peers import RtpSniffer, caller_audio, free_media_port  # noqa: E402
 from tests.sipbridge.peers import sipp_scenario as caller_scenario  # noqa: E402
 from tests.sipbridge.procs import LoggedProcess  # noqa: E402
@@ -289,6 +290,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         },
         "asr_wait_ms_mean": round(1000 * asr_sum / asr_n, 1) if asr_sum is not None and asr_n else None,
         "asr_turns": asr_n,
+        "supervisor_loop_lag": loop_lag(metrics),  # since ready: set-up burst, turns, hang-ups
         "worker_deaths": sum("SIP worker" in line and " died " in line for line in proc.seen),
         "cpu_s": spent,
         "cpu_per_call_percent_of_one_core": {k: round(100 * v / (n * wall), 2) for k, v in spent.items()},

@@ -36,6 +36,8 @@ STAGE_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.3, 0.5, 1.0,
 # A call's received-RTP loss ratio and mean jitter.
 LOSS_BUCKETS = (0.0, 0.001, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0)
 JITTER_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.03, 0.05, 0.1, 0.2)
+# How late the event loop ran a timer (sipbridge/loop_lag.py): 1 ms ... 2 s; one audio frame is 20 ms.
+LAG_BUCKETS = (0.001, 0.002, 0.005, 0.01, 0.02, 0.05, 0.1, 0.2, 0.5, 1.0, 2.0)
 
 # The stages of one reply, in order (session.py measures them): caller turn end detected → its words ready →
 # the agent's first text → the engine's first audio → that audio's first RTP frame out of the worker.
@@ -210,6 +212,12 @@ class Metrics:
             r,
             "sipbridge_rtp_late_packets_total",
             "Received RTP packets that arrived too late for the jitter buffer and were discarded.",
+        )
+        self.loop_lag = Histogram(
+            r,
+            "sipbridge_event_loop_lag_seconds",
+            "How late the supervisor's event loop woke a 20 ms timer (anything blocking the loop adds).",
+            LAG_BUCKETS,
         )
         self.dial_skipped = Counter(
             r,

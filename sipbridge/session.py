@@ -5,11 +5,13 @@ the call (store rows, engine session, agent) and routes the worker's frames to t
 of the call's state (sipbridge/call/): the `Speaker` (bot utterances, playback, barge-in cuts), the
 `TurnTaker` (caller turns, early ASR, end of turn, silence timer), the `AgentDriver` (the agent's call state
 and actions), the `OutboundLeg` (AMD, disclosure, voicemail, opt-out) and the `TurnRecorder` (turn WAVs).
-Nothing here blocks the loop (ASR runs on its own thread, SQLite writes are a few ms).
+Nothing here blocks the loop: ASR runs on its own thread; store writes are queued to the store's writer thread
+(sipbridge/store_writer.py) and only the call's end is waited for.
 """
 
 from __future__ import annotations
 
+import asyncio
 import contextlib
 from pathlib import Path
 
@@ -29,7 +31,7 @@ from sipbridge.media.recorder import repair_recordings
 from sipbridge.metrics import Metrics
 from sipbridge.outcomes import call_outcome
 from sipbridge.sip.pool import WorkerHandle
-from sipbridge.store import Store
+from sipbridge.store_writer import StoreWriter
 from sipbridge.turn_policy import EndOfTurn
 
 __all__ = ["CallSession", "Utterance"]
@@ -41,7 +43,7 @@ class CallSession:
         start: f.CallStarted,
         worker: WorkerHandle,
         config: Config,
-        store: Store,
+        store: StoreWriter,  # queues the call's writes: they never block the loop
         engine: Engine,
         agent: Agent,
         asr: Transcriber,
@@ -102,7 +104,7 @@ class CallSession:
         ctx, s, out = self.ctx, self.ctx.start, self.outbound
         variables = {"sip_call_id": s.sip_call_id, "remote_uri": s.remote_uri, "local_uri": s.local_uri}
         if out is None:
-            ctx.store.create_call(
+            row = ctx.store.create_call(
                 "inbound",
                 remote_uri=s.remote_uri,
                 local_uri=s.local_uri,
@@ -111,6 +113,8 @@ class CallSession:
                 call_id=s.call_id,
                 variables={"sip_call_id": s.sip_call_id},
             )
+            # A call that cannot be recorded is not taken: hung up once the writer says its row failed.
+            asyncio.wrap_future(row).add_done_callback(self._row_written)
         else:
             # The dialer created the row at the INVITE; the contact's columns become flow variables.
             variables.update(out.variables)
@@ -132,6 +136,11 @@ class CallSession:
         self.dialing.start()
         ctx.spawn(self._greet(), "greeting")
 
+    def _row_written(self, row: asyncio.Future[str]) -> None:
+        error = None if row.cancelled() else row.exception()
+        if error is not None:
+            self.ctx.fail(f"store: the call's row could not be written: {error}")
+
     async def _greet(self) -> None:
         reply = await self.driver.greeting()
         if reply is not None and not self.dialing.machine_answered():  # not said after a machine verdict
@@ -149,7 +158,7 @@ class CallSession:
         with contextlib.suppress(Exception):
             await self.driver.on_end()
         try:
-            self._record_end(ended, lost_reason)
+            await self._record_end(ended, lost_reason)
         except Exception:
             # The call is over whatever the store says; never let a bookkeeping error escape into the loop.
             log.exception("call %s: recording its end failed", self.call_id)
@@ -157,13 +166,14 @@ class CallSession:
             # The dialer classifies and stores the attempt (answered: 200 + AMD + message delivered).
             self.outbound.finish(ctx.failure or lost_reason)
 
-    def _record_end(self, ended: f.CallEnded | None, lost_reason: str | None) -> None:
+    async def _record_end(self, ended: f.CallEnded | None, lost_reason: str | None) -> None:
+        """Waits for the end's commit: 'recorded' is said (and the dialer reads the call) only after it."""
         ctx = self.ctx
         if lost_reason is not None:
             if ctx.config.storage.record_calls:  # its worker died writing it: make the header whole
                 path = Path(ctx.config.storage.recordings_dir).resolve() / self.call_id / "call.wav"
                 repair_recordings([str(path)] if path.exists() else [])
-            ctx.store.end_call(self.call_id, "failed", reason=lost_reason)
+            await asyncio.wrap_future(ctx.store.end_call(self.call_id, "failed", reason=lost_reason))
             ctx.metrics.calls_ended.inc(direction=self.direction, outcome="failed")
             log.warning("call %s recorded: failed (%s)", self.call_id, lost_reason)
             return
@@ -172,12 +182,13 @@ class CallSession:
         ctx.metrics.calls_ended.inc(direction=self.direction, outcome=outcome)
         media = {"rx_frames": ended.rx_frames, "tx_frames": ended.tx_frames, "underruns": ended.underruns}
         ctx.event("media", media)
-        ctx.store.end_call(
+        written = ctx.store.end_call(
             self.call_id,
             outcome,
             reason=ctx.failure or f"{ended.by}: {ended.reason}",
             sip_status=ended.sip_status,
         )
+        await asyncio.wrap_future(written)
         log.info("call %s recorded: %s (%s, %d underruns)", self.call_id, outcome, ended.by, ended.underruns)
 
     # ------------------------------------------------------------------------------ worker frames

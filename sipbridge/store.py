@@ -1,8 +1,10 @@
 """The store: the durable record of every call, campaign and result, in SQLite or PostgreSQL.
 
 One `Store` per supervisor process owns one connection. SQLite serialises writers anyway, so a lock around
-the connection is simpler and safer than a pool; callers on the asyncio loop use `asyncio.to_thread` for
-anything slow. WAL mode lets `sipbridge calls export` read while the supervisor writes.
+the connection is simpler and safer than a pool. The supervisor's event loop does not call the write methods
+itself: its call records go through `sipbridge.store_writer.StoreWriter`, one thread that applies them in
+order and commits a whole queue's worth in one transaction (`batch`: one fsync, each write its own
+savepoint). WAL mode lets `sipbridge calls export` read while the supervisor writes.
 
 SQLite (a file) is the embedded default; PostgreSQL (`storage.url: postgresql://...`) is one store shared by
 several hosts. Both run the same SQL and the same migrations: every statement is written once, in the common
@@ -21,7 +23,7 @@ import threading
 import time
 import uuid
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
@@ -239,7 +241,9 @@ class Store:
         self.path = path
         self.where = redact(str(path))
         self.owner = uuid.uuid4().hex
-        self._lock = threading.Lock()
+        # Re-entrant: the writer thread's `batch` holds it around the writes (each a savepoint) it groups.
+        self._lock = threading.RLock()
+        self._batched = False
         try:
             self._db, self._dialect = connect(path, self.owner)
         except DialectError as exc:
@@ -271,6 +275,10 @@ class Store:
     @contextmanager
     def _transaction(self) -> Iterator[_Tx]:
         with self._lock:
+            if self._batched:
+                with self._savepoint() as db:
+                    yield db
+                return
             self._db.execute(self._dialect.begin)
             try:
                 yield _Tx(self._db, self._dialect)
@@ -278,6 +286,38 @@ class Store:
                 self._db.execute("ROLLBACK")
                 raise
             self._db.execute("COMMIT")
+
+    @contextmanager
+    def _savepoint(self) -> Iterator[_Tx]:
+        """One write inside a batch: undone alone if it fails, so the batch's other writes still commit."""
+        self._db.execute("SAVEPOINT write")
+        try:
+            yield _Tx(self._db, self._dialect)
+        except BaseException:
+            self._db.execute("ROLLBACK TO SAVEPOINT write")
+            self._db.execute("RELEASE SAVEPOINT write")
+            raise
+        self._db.execute("RELEASE SAVEPOINT write")
+
+    @contextmanager
+    def batch(self) -> Iterator[None]:
+        """One transaction around several writes (the writer thread's group commit): the write methods called
+        inside become savepoints, and all of them commit together, with one fsync. If BEGIN or COMMIT fails,
+        none of them is written."""
+        with self._lock:
+            self._db.execute(self._dialect.begin)
+            self._batched = True
+            try:
+                yield
+                self._db.execute("COMMIT")
+            except BaseException:
+                with suppress(
+                    *self._dialect.errors
+                ):  # a failed COMMIT may have ended the transaction already
+                    self._db.execute("ROLLBACK")
+                raise
+            finally:
+                self._batched = False
 
     @contextmanager
     def transaction(self) -> Iterator[_Tx]:
@@ -351,11 +391,13 @@ class Store:
             )
         return call_id
 
-    def add_event(self, call_id: str, kind: str, data: dict[str, Any] | None = None) -> None:
+    def add_event(
+        self, call_id: str, kind: str, data: dict[str, Any] | None = None, *, now: float | None = None
+    ) -> None:
         with self._transaction() as db:
             db.execute(
                 "INSERT INTO call_events (call_id, t, kind, data) VALUES (?, ?, ?, ?)",
-                (call_id, time.time(), kind, json.dumps(data or {})),
+                (call_id, time.time() if now is None else now, kind, json.dumps(data or {})),
             )
 
     def mark_answered(self, call_id: str, now: float | None = None) -> None:

@@ -19,6 +19,7 @@ import signal
 import socket
 import threading
 import time
+import uuid
 from collections.abc import Callable, Coroutine, Iterator, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,6 +40,7 @@ from sipbridge.dialer.suppression import DncList
 from sipbridge.engine import Engine, EngineError, make_engine
 from sipbridge.http.app import create_app
 from sipbridge.http.service import ConversationService
+from sipbridge.loop_lag import LoopLag
 from sipbridge.media.recorder import repair_recordings
 from sipbridge.metrics import Metrics
 from sipbridge.outcomes import refusal_outcome
@@ -46,6 +48,7 @@ from sipbridge.session import CallSession
 from sipbridge.sip.front import FrontError, SipFront, check_front, front_uri, pick_port, worker_destinations
 from sipbridge.sip.pool import WorkerHandle, WorkerPool, WorkerStartError
 from sipbridge.store import Store
+from sipbridge.store_writer import StoreWriter, after
 from sipbridge.turn_policy import EndOfTurn
 
 log = logging.getLogger(__name__)
@@ -89,6 +92,8 @@ class Supervisor:
     stop_event: asyncio.Event = field(default_factory=asyncio.Event)
     started_at: float = field(default_factory=time.monotonic)
     store: Store | None = None
+    # The only writer of call records while running: the loop queues, its thread commits (store_writer.py).
+    writer: StoreWriter | None = None
     http_port: int | None = None
     engine: Engine | None = None
     asr: Transcriber | None = None
@@ -107,6 +112,7 @@ class Supervisor:
     exit_when_idle: bool = False
     dialer: CampaignRunner | None = None
     metrics: Metrics = field(default_factory=Metrics)  # GET /metrics; gauges added in _add_gauges
+    loop_lag: LoopLag | None = None  # measures the loop's stalls from ready on (sipbridge/loop_lag.py)
     _rejected_minute: int = -1  # CallRejected rows written this minute (rate limit)
     _rejected_rows: int = 0
     # Graceful drain (begin_drain). A SIP front (docs/DEPLOY.md) registers a hook to stop routing INVITEs
@@ -140,6 +146,7 @@ class Supervisor:
                 "path": str(self.store.path),
                 "schema_version": self.store.schema_version,
                 "active_calls": self.store.count_active_calls(),
+                **(self.writer.health() if self.writer else {}),
             }
 
         return {
@@ -203,6 +210,24 @@ class Supervisor:
             "ASR runs asked for (caller turns, early runs, AMD greetings, voice prefixes).",
             lambda: self.asr.turns if self.asr else 0,
             kind="counter",
+        )
+        writer = self.writer
+        assert writer is not None
+        m.gauge(
+            "sipbridge_store_write_errors_total",
+            "Store writes that failed (each logged with its call; /healthz store.last_error).",
+            lambda: writer.errors,
+            kind="counter",
+        )
+        m.gauge(
+            "sipbridge_store_writes_queued",
+            "Store writes queued for the writer thread.",
+            lambda: writer.queued,
+        )
+        m.gauge(
+            "sipbridge_event_loop_lag_max_seconds",
+            "The largest event-loop lag seen since ready (sipbridge_event_loop_lag_seconds).",
+            lambda: self.loop_lag.max_s if self.loop_lag else 0.0,
         )
         m.gauge(
             "sipbridge_asr_redecoded_total",
@@ -268,38 +293,45 @@ class Supervisor:
             session.failure = session.failure or reason
 
     def _on_refused(self, frame: f.RequestsRefused) -> None:
-        assert self.store is not None
+        assert self.writer is not None
         for method, code, _reason, count in frame.counts:
             self.metrics.sip_refused.inc(count, method=method, code=str(code))
             if method == "INVITE" and code > 0:
                 self.metrics.calls_rejected.inc(count, code=str(code))
-        self.store.add_refusals([tuple(c) for c in frame.counts])  # type: ignore[misc]
-        # One line per worker report (at most two a second), however many requests it sums up.
+        written = self.writer.add_refusals([tuple(c) for c in frame.counts])  # type: ignore[misc]
+        # One line per worker report (at most two a second), however many requests it sums up; said once
+        # committed: tests (and operators) may read the store when they see it.
         summary = ", ".join(f"{m} {c} x{n}" for m, c, _r, n in frame.counts)
-        log.info("worker %d: sip refusals recorded: %s", frame.index, summary)
+        after(written, lambda: log.info("worker %d: sip refusals recorded: %s", frame.index, summary))
 
     def _on_rejected(self, worker: WorkerHandle, frame: f.CallRejected) -> None:
         """An INVITE PJSIP took and then refused (ACL backstop, 486, 488 ...): a call row, at most
         `_REJECTED_ROWS_PER_MIN` a minute; past that only the per-minute aggregate grows."""
-        assert self.store is not None
+        assert self.writer is not None
         self.metrics.calls_rejected.inc(code=str(frame.code))
         minute = int(time.monotonic() // 60)
         if self._rejected_minute != minute:
             self._rejected_minute, self._rejected_rows = minute, 0
         if self._rejected_rows >= _REJECTED_ROWS_PER_MIN:
-            self.store.add_refusals([("INVITE", frame.code, frame.reason[:120], 1)])
+            self.writer.add_refusals([("INVITE", frame.code, frame.reason[:120], 1)])
             return
         self._rejected_rows += 1
         outcome = refusal_outcome(frame.code)
-        call_id = self.store.create_call(
-            "inbound", remote_uri=frame.remote_uri, remote_addr=frame.remote_addr, worker=worker.index
+        call_id = uuid.uuid4().hex
+        self.writer.create_call(
+            "inbound",
+            call_id=call_id,
+            remote_uri=frame.remote_uri,
+            remote_addr=frame.remote_addr,
+            worker=worker.index,
         )
-        self.store.end_call(call_id, outcome, reason=frame.reason, sip_status=frame.code)
-        # Logged after the row is written: tests (and operators) may read the store once they see it.
-        log.info("call %s recorded: %s (%d, %s)", call_id, outcome, frame.code, frame.reason)
+        written = self.writer.end_call(call_id, outcome, reason=frame.reason, sip_status=frame.code)
+        # Logged once the row is committed: tests (and operators) may read the store once they see it.
+        line = ("call %s recorded: %s (%d, %s)", call_id, outcome, frame.code, frame.reason)
+        after(written, lambda: log.info(*line))
 
     def _route_frame(self, worker: WorkerHandle, frame: f.Frame) -> None:
-        assert self.store is not None and self.engine and self.agent and self.asr
+        assert self.writer is not None and self.engine and self.agent and self.asr
         if isinstance(frame, f.RtpQuality):
             self._record_rtp_quality(frame)
             return
@@ -313,7 +345,7 @@ class Supervisor:
                 frame,
                 worker,
                 self.config,
-                self.store,
+                self.writer,
                 self.engine,
                 self.agent,
                 self.asr,
@@ -358,8 +390,8 @@ class Supervisor:
 
     def _record_rtp_quality(self, q: f.RtpQuality) -> None:
         """Stored with the call (its row exists from the answer on) and counted, just before CallEnded."""
-        assert self.store is not None
-        self.store.set_rtp_quality(
+        assert self.writer is not None
+        self.writer.set_rtp_quality(
             q.call_id,
             packets=q.packets,
             lost=q.lost,
@@ -601,15 +633,17 @@ class Supervisor:
             raise
         self.http_port = sock.getsockname()[1]
         self._loop = loop
+        self.writer = StoreWriter(self.store)
         try:
             await self._start_components()
         except BaseException:
             await self._stop_components()
             sock.close()
-            self.store.close()
+            self._close_store()
             raise
         assert self.engine is not None
         self.conversations = ConversationService(self.engine, self.asr, cfg.http.limits)
+        self.loop_lag = LoopLag(self.metrics.loop_lag)
         self._add_gauges()
         app = create_app(
             self.health_sources(),
@@ -626,6 +660,7 @@ class Supervisor:
         log.info("sipbridge ready (config %s)", self.loaded.source)
 
         stop_task = asyncio.create_task(self.stop_event.wait(), name="stop")
+        lag_task = asyncio.create_task(self.loop_lag.run(), name="loop-lag")
         waits: set[asyncio.Task[Any]] = {http_task, stop_task}
         if self.campaign is not None:
             self.dialer = CampaignRunner(
@@ -653,6 +688,7 @@ class Supervisor:
         if http_task in done and not self.stop_event.is_set():
             # The HTTP server ending by itself is a failure (e.g. a crash inside uvicorn): surface it.
             stop_task.cancel()
+            self._close_store()  # what the calls wrote so far is kept (they are failed at the next start)
             http_task.result()
             raise RuntimeError("HTTP server stopped unexpectedly")
 
@@ -663,9 +699,23 @@ class Supervisor:
             if isinstance(result, Exception):
                 log.error("dialer failed: %r", result, exc_info=result)
         stop_task.cancel()
+        lag_task.cancel()
         server.should_exit = True
         await http_task
         sock.close()
         await self._stop_components()
-        self.store.close()
+        self._close_store()
         log.info("stopped cleanly")
+
+    def _close_store(self) -> None:
+        """After the sessions closed (their ends queued): every queued write is committed, then the store
+        closes. Blocks the loop for the last batch's commit; nothing else runs on it any more."""
+        if self.writer is not None:
+            # Bounded: a store that stopped answering (a hung PostgreSQL) must not hang the stop; what is
+            # still queued then is logged as lost by close(), and those calls are failed at the next start.
+            self.writer.close(timeout=30)
+            log.info("store writer closed: %s", self.writer.health())
+            if self.writer.alive:
+                return  # it still holds the connection's lock: closing would hang; the exit closes it
+        if self.store is not None:
+            self.store.close()

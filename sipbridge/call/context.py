@@ -17,7 +17,7 @@ from sipbridge.config import Config
 from sipbridge.engine import EngineSession
 from sipbridge.metrics import Metrics
 from sipbridge.sip.pool import WorkerHandle
-from sipbridge.store import Store
+from sipbridge.store_writer import StoreWriter
 
 log = logging.getLogger("sipbridge.session")
 
@@ -27,7 +27,7 @@ class CallContext:
     start: f.CallStarted
     worker: WorkerHandle
     config: Config
-    store: Store
+    store: StoreWriter  # queues the call's writes: they never block the loop
     metrics: Metrics
     engine_session: EngineSession | None = None  # opened by CallSession.open, closed at the end
     failure: str | None = None

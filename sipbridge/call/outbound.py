@@ -140,7 +140,7 @@ class OutboundLeg:
         ctx = self.ctx
         out.opted_out = True
         number = out.claim.contact.number
-        DncList(ctx.store).add(number, why[:200], "opt-out", now=time.time(), call_id=ctx.call_id)
+        DncList(ctx.store.store).add(number, why[:200], "opt-out", now=time.time(), call_id=ctx.call_id)
         ctx.event("opt_out", {"number": number, "why": why})
         log.info("call %s: %s opted out (%s): on the do-not-call list", ctx.call_id, number, why)
         self.end_agent("opted_out")

@@ -1,8 +1,15 @@
-"""espeak-ng as a speech engine: a subprocess per utterance, its WAV streamed from stdout as it is written.
+"""espeak-ng as a speech engine: a subprocess per sentence, its WAV streamed from stdout as it is written.
 
 Robotic but intelligible, needs no GPU or weights, starts speaking in a few milliseconds: the default engine
 and the one end-to-end tests check words with. It has no conversation context, so `user_spoke` is a no-op,
 a voice recording is only noted (`state`) and the sampling overrides of `SpeakParams` are ignored.
+
+Its output depends on the text alone, so the engine shares it (`_Phrase`): every session that speaks a
+sentence while it is being made, or later while it is in the cache, reads the same chunks. A burst of calls
+answered together all say the same greeting; they cost one espeak-ng process, not one each (spawning it on
+the supervisor's loop, fork + exec + asyncio's watcher thread per child, was half of that loop's time in a
+32-call burst: docs/PERFORMANCE.md). A script agent's fixed prompts hit the cache all day. Finished sentences
+are kept up to `_CACHE_S` seconds of audio, least recently used out first.
 """
 
 from __future__ import annotations
@@ -11,6 +18,7 @@ import asyncio
 import contextlib
 import logging
 import shutil
+from collections import OrderedDict
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +46,32 @@ _WAV_HEADER = 44  # espeak-ng writes a canonical 44-byte header with "unknown le
 # later ones are as large as espeak ran ahead (it runs ~10x real time). A 20 ms cap made every 20 ms of audio
 # one resampler pass and one IPC message, ~40 % of the supervisor's event loop at 8 calls (py-spy).
 _READ_BYTES = 2 * ESPEAK_RATE  # up to 1 s per read
+# Audio kept for sentences said again (greetings, a script's prompts): 120 s is ~10 MB of float32.
+_CACHE_S = 120.0
+_CACHE_TEXT_MAX = 600  # longer text (an LLM's paragraph) is not worth keeping: it will not come again
+
+
+@dataclass
+class _Phrase:
+    """One espeak-ng run's audio, shared by every session speaking that text. `grown` is set (and replaced)
+    whenever a chunk arrives or the run ends; `readers` counts sessions reading it: when the last one leaves
+    before the end (barge-in), the process is killed, as a session's own process was."""
+
+    key: tuple[str, int, str]
+    chunks: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    grown: asyncio.Event = field(default_factory=asyncio.Event)
+    done: bool = False
+    error: EngineError | None = None
+    readers: int = 0
+    task: asyncio.Task[None] | None = None
+
+    @property
+    def seconds(self) -> float:
+        return sum(len(c) for c in self.chunks) / ESPEAK_RATE
+
+    def wake(self) -> None:
+        woken, self.grown = self.grown, asyncio.Event()
+        woken.set()
 
 
 @dataclass
@@ -45,7 +79,7 @@ class EspeakSession:
     call_id: str
     engine: EspeakEngine
     sample_rate: int = ESPEAK_RATE
-    _proc: asyncio.subprocess.Process | None = None
+    _phrase: _Phrase | None = None  # the sentence being read now
     _cancelled: bool = False
     _closed: bool = False
     turns_heard: list[str] = field(default_factory=list)
@@ -105,63 +139,30 @@ class EspeakSession:
                 yield chunk
 
     async def _speak_one(self, text: str) -> AsyncIterator[Chunk]:
-        cfg = self.engine.config
+        phrase = self.engine.phrase(text)
+        self._phrase = phrase
+        phrase.readers += 1
         try:
-            proc = await asyncio.create_subprocess_exec(
-                self.engine.exe,
-                "-v",
-                cfg.voice,
-                "-s",
-                str(cfg.words_per_minute),
-                "--stdout",
-                "--",
-                text,
-                stdout=asyncio.subprocess.PIPE,
-                stderr=asyncio.subprocess.PIPE,
-            )
-        except OSError as exc:
-            raise EngineError(f"cannot run espeak-ng: {exc}") from exc
-        self._proc = proc
-        assert proc.stdout is not None
-        try:
-            header = await proc.stdout.readexactly(_WAV_HEADER)
-            if header[:4] != b"RIFF" or header[36:40] != b"data":
-                raise EngineError("espeak-ng wrote something that is not a WAV stream")
-            carry = b""
-            while not self._cancelled:
-                data = await proc.stdout.read(_READ_BYTES)
-                if not data:
-                    break
-                data = carry + data
-                usable = len(data) // 2 * 2
-                carry = data[usable:]
-                if usable:
-                    yield np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
-        except asyncio.IncompleteReadError:
-            if not self._cancelled:
-                assert proc.stderr is not None
-                err = (await proc.stderr.read()).decode(errors="replace").strip()
-                raise EngineError(f"espeak-ng failed: {err or 'no output'}") from None
+            i = 0
+            while not self._cancelled and not self._closed:
+                if i < len(phrase.chunks):
+                    i += 1
+                    yield phrase.chunks[i - 1]
+                elif phrase.error is not None:
+                    raise phrase.error
+                elif phrase.done:
+                    return
+                else:
+                    await phrase.grown.wait()
         finally:
-            self._proc = None
-            if proc.returncode is None:
-                with contextlib.suppress(ProcessLookupError):
-                    proc.kill()
-            # Drain the pipes: after a cancel, stdout may hold enough unread audio that its transport paused
-            # reading, so it never sees EOF; asyncio (3.11) completes `wait()` only once every pipe closed,
-            # so an undrained pipe hung the cancelled utterance here forever.
-            for pipe in (proc.stdout, proc.stderr):
-                if pipe is not None:
-                    with contextlib.suppress(Exception):
-                        await pipe.read()
-            await proc.wait()
+            self._phrase = None
+            phrase.readers -= 1
+            self.engine.left(phrase)
 
-    def cancel(self) -> None:  # the subprocess is killed at once: no engine step to count
+    def cancel(self) -> None:  # no engine step to count; the process dies when no other call reads it
         self._cancelled = True
-        proc = self._proc
-        if proc is not None and proc.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                proc.kill()
+        if self._phrase is not None:
+            self._phrase.wake()  # this session's reader stops now (the others read on)
 
     async def close(self) -> None:
         self.cancel()
@@ -177,6 +178,10 @@ class EspeakEngine:
     exe: str = ""
     sessions: dict[str, EspeakSession] = field(default_factory=dict)
     text: TextFrontend = field(default_factory=TextFrontend)  # normaliser and shaping of what it speaks
+    # Sentences being made or kept (module docstring), by (voice, words per minute, text); oldest first.
+    phrases: OrderedDict[tuple[str, int, str], _Phrase] = field(default_factory=OrderedDict)
+    processes: int = 0  # espeak-ng runs started
+    shared: int = 0  # sentences read from a run another session started, or from the cache
 
     async def start(self) -> None:
         exe = shutil.which("espeak-ng")
@@ -196,8 +201,121 @@ class EspeakEngine:
         return PreparedVoice(self.name, text, len(pcm) / rate)
 
     def health(self) -> dict[str, Any]:
-        return {"ok": bool(self.exe), "kind": self.name, "sessions": len(self.sessions)}
+        return {
+            "ok": bool(self.exe),
+            "kind": self.name,
+            "sessions": len(self.sessions),
+            "processes": self.processes,
+            "sentences_shared": self.shared,
+            "cached_s": round(sum(p.seconds for p in self.phrases.values() if p.done), 1),
+        }
 
     async def close(self) -> None:
         for session in list(self.sessions.values()):
             await session.close()
+        tasks = [p.task for p in self.phrases.values() if p.task is not None and not p.task.done()]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)  # their processes are killed and reaped
+        self.phrases.clear()
+
+    # ------------------------------------------------------------------------------ shared sentences
+
+    def phrase(self, text: str) -> _Phrase:
+        """The sentence's audio: being made, cached, or started now (one espeak-ng run)."""
+        key = (self.config.voice, self.config.words_per_minute, text)
+        found = self.phrases.get(key)
+        if found is not None and found.error is None:
+            self.phrases.move_to_end(key)
+            self.shared += 1
+            return found
+        phrase = _Phrase(key)
+        phrase.task = asyncio.create_task(self._make(phrase), name="espeak")
+        self.phrases[key] = phrase
+        return phrase
+
+    def left(self, phrase: _Phrase) -> None:
+        """A session stopped reading `phrase`: a run no one reads any more is stopped, and not kept."""
+        if phrase.readers == 0 and not phrase.done and phrase.task is not None:
+            phrase.task.cancel()
+            self._forget(phrase)
+
+    def _forget(self, phrase: _Phrase) -> None:
+        if self.phrases.get(phrase.key) is phrase:
+            del self.phrases[phrase.key]
+
+    def _keep(self, phrase: _Phrase) -> None:
+        if len(phrase.key[2]) > _CACHE_TEXT_MAX:
+            self._forget(phrase)
+            return
+        total = sum(p.seconds for p in self.phrases.values() if p.done)
+        for old in list(self.phrases.values()):
+            if total <= _CACHE_S:
+                break
+            if old.done and old is not phrase and old.readers == 0:
+                total -= old.seconds
+                self._forget(old)
+
+    async def _make(self, phrase: _Phrase) -> None:
+        try:
+            async for chunk in self._run(phrase.key[2]):
+                phrase.chunks.append(chunk)
+                phrase.wake()
+            phrase.done = True
+            self._keep(phrase)
+        except EngineError as exc:
+            phrase.error = exc
+            self._forget(phrase)
+        finally:
+            phrase.wake()
+
+    async def _run(self, text: str) -> AsyncIterator[npt.NDArray[np.float32]]:
+        """One espeak-ng process: its audio as it writes it. Killed if the reading stops (cancel)."""
+        cfg = self.config
+        self.processes += 1
+        try:
+            proc = await asyncio.create_subprocess_exec(
+                self.exe,
+                "-v",
+                cfg.voice,
+                "-s",
+                str(cfg.words_per_minute),
+                "--stdout",
+                "--",
+                text,
+                stdout=asyncio.subprocess.PIPE,
+                stderr=asyncio.subprocess.PIPE,
+            )
+        except OSError as exc:
+            raise EngineError(f"cannot run espeak-ng: {exc}") from exc
+        assert proc.stdout is not None
+        try:
+            header = await proc.stdout.readexactly(_WAV_HEADER)
+            if header[:4] != b"RIFF" or header[36:40] != b"data":
+                raise EngineError("espeak-ng wrote something that is not a WAV stream")
+            carry = b""
+            while True:
+                data = await proc.stdout.read(_READ_BYTES)
+                if not data:
+                    break
+                data = carry + data
+                usable = len(data) // 2 * 2
+                carry = data[usable:]
+                if usable:
+                    yield np.frombuffer(data[:usable], dtype="<i2").astype(np.float32) / 32768.0
+        except asyncio.IncompleteReadError:
+            assert proc.stderr is not None
+            err = (await proc.stderr.read()).decode(errors="replace").strip()
+            raise EngineError(f"espeak-ng failed: {err or 'no output'}") from None
+        finally:
+            if proc.returncode is None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.kill()
+            # Drain the pipes: after a cancel, stdout may hold enough unread audio that its transport paused
+            # reading, so it never sees EOF; asyncio (3.11) completes `wait()` only once every pipe closed,
+            # so an undrained pipe hung the cancelled run here forever.
+            for pipe in (proc.stdout, proc.stderr):
+                if pipe is not None:
+                    with contextlib.suppress(Exception):
+                        await pipe.read()
+            await proc.wait()

@@ -124,6 +124,53 @@ def test_shutdown_hangup_and_488_are_recorded_as_what_they_are(tmp_path: Path) -
     )
 
 
+def test_a_call_ended_just_before_sigterm_is_recorded(tmp_path: Path) -> None:
+    """The caller hangs up and SIGTERM follows at once: the call's end is still queued for the store's
+    writer thread (or not even handled) when the stop begins; it is committed before the process exits."""
+    bridge = start(tmp_path)
+    caller = RawSip(bridge.port)
+    try:
+        dialog, answer = caller.call()
+        assert status(answer) == 200
+        bridge.wait_log(r"media up")
+        dialog.cseq += 10
+        caller.send(caller.request("BYE", dialog))
+        assert status(caller.final()) == 200
+        bridge.wait_log(r"call \S+ ended by remote")  # the worker's line, before the supervisor records it
+    finally:
+        assert bridge.stop() == 0
+        caller.close()
+    (call,) = bridge.calls()
+    # CallEnded handled before the stop: completed; or the stop closed the session first: interrupted.
+    assert call["state"] == "ended" and call["outcome"] in ("completed", "interrupted"), dict(call)
+    assert call["agent"] == "echo" and call["codec"]  # the writes queued at its start are there too
+    assert "store writer closed" in "\n".join(bridge.proc.seen)
+
+
+def test_a_call_whose_row_cannot_be_written_is_hung_up_and_the_error_surfaced(tmp_path: Path) -> None:
+    """The store's writer thread fails the call's first write (a trigger stands in for a broken disk): the
+    error is not swallowed on that thread; it is logged, counted and shown, and the call is hung up."""
+    bridge = start(tmp_path)
+    db = bridge.db()
+    db.execute("CREATE TRIGGER broken BEFORE INSERT ON calls BEGIN SELECT RAISE(ABORT, 'disk says no'); END")
+    db.commit()
+    db.close()
+    caller = RawSip(bridge.port)
+    try:
+        _dialog, answer = caller.call()
+        assert status(answer) == 200
+        bridge.wait_log(r"store: the call's row could not be written: disk says no; hanging up")
+        assert any(r.startswith("BYE ") for r in caller.responses(2.0))  # the caller is told at once
+        bridge.logged(r"store \S+: CreateCall of call \S+: IntegrityError: disk says no failed")
+        store = bridge.health()["store"]  # the call's later writes fail too (no row): each one counted
+        assert store["write_errors"] >= 1 and "of call" in store["last_error"]
+        assert bridge.metrics()["sipbridge_store_write_errors_total"] == store["write_errors"]
+    finally:
+        assert bridge.stop() == 0
+        caller.close()
+    assert bridge.calls() == []
+
+
 def test_burst_of_real_calls_overflowing_a_worker_leaves_no_session_behind(tmp_path: Path) -> None:
     """40 valid INVITEs at once to a 4-call worker, each answered call ACKed and hung up at once."""
     bridge = start(tmp_path)

@@ -227,3 +227,28 @@ def test_caller_id_health_on_postgres_matches_sqlite(
     assert later == [] and window == everything == c1 and c2 == []
     assert main(["campaign", "status", "c1", "--db", pg_url]) == 0
     assert json.loads(capsys.readouterr().out)["caller_ids"] == {k: v for k, v in everything}
+
+
+def test_the_writer_thread_batches_with_savepoints_on_postgresql(pg_url: str) -> None:
+    """The supervisor's writer thread on PostgreSQL: a write that fails inside a batch is undone alone (a
+    failed statement would otherwise abort the whole transaction) and the batch's others commit."""
+    from sipbridge.store_writer import StoreWriter
+
+    store = Store(pg_url)
+    writer = StoreWriter(store)
+    try:
+        with store.batch():  # hold the writer back: the three writes below share one of its transactions
+            created = writer.create_call("inbound", call_id="pg-ok")
+            bad = writer.add_turn("pg-missing", "caller", "no such call", start_ms=0, end_ms=1)
+            ended = writer.end_call("pg-ok", "completed", sip_status=200)
+        with pytest.raises(psycopg.errors.ForeignKeyViolation):
+            bad.result(timeout=10)
+        assert created.result(timeout=10) == "pg-ok" and ended.result(timeout=10) is True
+        assert writer.errors == 1 and "AddTurn of call pg-missing" in (writer.last_error or "")
+    finally:
+        writer.close()
+    other = Store(pg_url)  # another host's connection sees the committed batch
+    call = other.get_call("pg-ok")
+    assert call is not None and call.state == "ended" and call.sip_status == 200
+    other.close()
+    store.close()
