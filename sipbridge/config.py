@@ -122,6 +122,15 @@ class SipFrontConfig(_Section):
         description="A worker that does not answer a probe or an INVITE within this is taken out (and put "
         "back when it answers a probe again).",
     )
+    invite_timeout_ms: int = Field(
+        3000,
+        ge=100,
+        le=30000,
+        description="A worker must answer a new INVITE (its 100 Trying is enough) within this, or the call "
+        "is handed to the next worker and this one is taken out. Longer than probe_timeout_ms on purpose: a "
+        "worker starved of CPU for a second is slow, not dead, and the late 200 of an INVITE already handed "
+        "on became a call nobody ACKed.",
+    )
     trunk_timeout_ms: int = Field(
         5000,
         ge=500,

@@ -171,6 +171,7 @@ def front_defs(config: Config, port: int, run_dir: Path, tls_port: int | None = 
         "CHILDREN": front.children,
         "PROBE_INTERVAL_S": front.probe_interval_s,
         "PROBE_TIMEOUT_MS": front.probe_timeout_ms,
+        "INVITE_TIMEOUT_MS": front.invite_timeout_ms,
         "TRUNK_TIMEOUT_MS": front.trunk_timeout_ms,
         "RETRY_AFTER": _quote(f"Retry-After: {front.retry_after_s}\\r\\n"),
         "PUBLIC_HOSTPORT": _quote(_register_contact(config, public, port, tls_port)),

@@ -424,13 +424,15 @@ def test_killed_front_is_restarted_and_takes_calls_again(tmp_path: Path) -> None
 
 class SilentHost:
     """A destination that answers the front's OPTIONS probes and nothing else: an overloaded worker, alive to
-    the probes, too slow for an INVITE."""
+    the probes, too slow for an INVITE. With `decline_after_s` it answers an INVITE that late, with a 603: a
+    worker starved of CPU for a moment."""
 
-    def __init__(self) -> None:
+    def __init__(self, decline_after_s: float | None = None) -> None:
         self.sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
         self.sock.bind(("127.0.0.1", 0))
         self.port = self.sock.getsockname()[1]
         self.invites = 0
+        self.decline_after_s = decline_after_s
         threading.Thread(target=self._serve, daemon=True).start()
 
     def _serve(self) -> None:
@@ -440,18 +442,45 @@ class SilentHost:
             except OSError:
                 return
             head = data.split(b"\r\n\r\n", 1)[0].decode(errors="replace").split("\r\n")
-            if head[0].startswith("INVITE"):
-                self.invites += 1
-            if not head[0].startswith("OPTIONS"):
-                continue
             copied = [
                 ln
                 for ln in head[1:]
                 if ln.split(":", 1)[0].lower() in ("via", "from", "to", "call-id", "cseq")
             ]
-            self.sock.sendto(
-                ("SIP/2.0 200 OK\r\n" + "\r\n".join(copied) + "\r\nContent-Length: 0\r\n\r\n").encode(), peer
-            )
+            if head[0].startswith("INVITE"):
+                self.invites += 1
+                if self.decline_after_s is not None and self.invites == 1:  # not its retransmissions
+                    tagged = [ln + ";tag=late" if ln.lower().startswith("to:") else ln for ln in copied]
+                    late = self._reply("603 Decline", tagged)
+                    threading.Timer(self.decline_after_s, self.sock.sendto, (late, peer)).start()
+            if head[0].startswith("OPTIONS"):
+                self.sock.sendto(self._reply("200 OK", copied), peer)
+
+    @staticmethod
+    def _reply(status: str, headers: list[str]) -> bytes:
+        return (f"SIP/2.0 {status}\r\n" + "\r\n".join(headers) + "\r\nContent-Length: 0\r\n\r\n").encode()
+
+
+def test_a_worker_answering_an_invite_late_keeps_it(tmp_path: Path) -> None:
+    """A worker that answers an INVITE 1.5 s late (a starved CPU; the probes' 800 ms would call it dead) keeps
+    the call: the front waits sip.front.invite_timeout_ms (3 s) and relays its answer. Before: the INVITE was
+    handed to the next worker at 800 ms, and in the soak the first worker's late 200 became a call nobody
+    ACKed."""
+    hosts = [SilentHost(decline_after_s=1.5), SilentHost(decline_after_s=1.5)]
+    port = free_udp_port()
+    dispatch = [Destination(f"sip:127.0.0.1:{h.port}", f"h{i}", 4) for i, h in enumerate(hosts)]
+    front = DeployedFront(tmp_path / "front", port, dispatch)
+    try:
+        until(lambda: set(front.destinations().values()) == {"active"}, 10, "both hosts probed")
+        (shot,) = fire([CALL], "front", "UDP", port)
+        shot.sock.close()
+        assert shot.status == 603, shot.final
+        assert sorted(h.invites > 0 for h in hosts) == [False, True]  # no failover
+        assert set(front.destinations().values()) == {"active"}  # nobody taken out
+    finally:
+        front.stop()
+        for h in hosts:
+            h.sock.close()
 
 
 def test_an_invite_no_worker_answers_frees_its_slot(tmp_path: Path) -> None:
