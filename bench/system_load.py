@@ -238,6 +238,9 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
                 p.wait()
         proc.proc.send_signal(signal.SIGTERM)
         proc.finish(timeout=60)
+        if args.log_dir:  # the supervisor's whole log, for a run whose numbers need explaining
+            args.log_dir.mkdir(parents=True, exist_ok=True)
+            (args.log_dir / f"supervisor-{n}.log").write_text("\n".join(proc.seen) + "\n")
     per_call = [turn_gaps(sniffer, m, script) for m in media]
     gaps = [g for call, _ in per_call for g in call]
     quality = [rtp_quality(sniffer.sent_to(m), t0 + 1.0, t0 + script.seconds - 1.0) for m in media]
@@ -332,6 +335,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--save-caller", type=Path, help="write the caller's audio and turn times here, then exit"
     )
     ap.add_argument("--json", type=Path)
+    ap.add_argument("--log-dir", type=Path, help="write each run's supervisor log here")
     args = ap.parse_args(argv)
     if args.cpu:
         args.asr_backend, args.asr_model, args.asr_device = "faster-whisper", "bundled:tiny.en", "cpu"

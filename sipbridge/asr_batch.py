@@ -118,7 +118,13 @@ class BatchedWhisper:
 
     def _serve(self) -> None:
         while (batch := self._collect()) is not None:
-            self._run_batch(batch)
+            # A call that moved on cancels its transcription (early ASR whose caller went on, a hang-up):
+            # it costs no row, and its future, now running, can no longer be cancelled under set_result
+            # (that raised InvalidStateError and ended this thread: every later turn of every call waited
+            # for ever; found by the 32-call GPU system run).
+            live = [job for job in batch if job.future.set_running_or_notify_cancel()]
+            if live:
+                self._run_batch(live)
 
     def _collect(self) -> list[_Job] | None:
         """The first job, then whatever else arrives within the window (from that first job's arrival)."""

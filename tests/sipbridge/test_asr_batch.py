@@ -126,6 +126,27 @@ def test_max_batch_splits_a_burst(tiny_whisper: Path) -> None:
         whisper.close()
 
 
+def test_a_cancelled_turn_costs_no_row_and_never_stops_the_batcher(tiny_whisper: Path) -> None:
+    """A transcription cancelled while it waits in the window (early ASR whose caller went on) is dropped;
+    the others of its batch and every later one are answered. Before: set_result on the cancelled future
+    raised in the batching thread, which died, and no call was ever transcribed again."""
+    whisper = BatchedWhisper(
+        str(tiny_whisper), device="cpu", dtype="float32", language="en", window_ms=500, max_batch=8,
+        max_tokens_per_second=4.0,
+    )  # fmt: skip
+    try:
+        clips = [_clip(i, 1.0).astype(np.float32) / 32768 for i in range(3)]
+        kept, dropped = whisper.submit(clips[0], False), whisper.submit(clips[1], False)
+        assert dropped.cancel()  # still queued in the window: cancellable
+        assert isinstance(kept.result(timeout=120)[0], str)
+        assert whisper.stats.rows == 1  # the cancelled one was not transcribed
+        later = whisper.submit(clips[2], True)
+        assert isinstance(later.result(timeout=120)[0], str)  # the thread lives on
+        assert whisper.stats.batches == 2
+    finally:
+        whisper.close()
+
+
 def test_random_weights_never_run_past_the_token_cap() -> None:
     assert token_cap(3.0, 3.0) == 11 and token_cap(0.1, 3.0) == 4
 
