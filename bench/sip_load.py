@@ -85,13 +85,20 @@ def start_bridge(work: Path, calls: int, vad: str) -> tuple[LoggedProcess, int, 
                     "record_calls": False},
         "logging": {"level": "INFO"},
     }  # fmt: skip
+    return launch(work, config, {"OMP_NUM_THREADS": "1"}, cwd=work, ready_s=60)
+
+
+def launch(
+    work: Path, config: dict[str, Any], env: dict[str, str], *, cwd: Path, ready_s: float
+) -> tuple[LoggedProcess, int, str]:
+    """`sipbridge run` with `config` written to `work`, once it says ready: (process, SIP port, HTTP base).
+    Shared by the load benches (bench/system_load.py)."""
     work.mkdir(parents=True, exist_ok=True)
     (work / "config.yaml").write_text(yaml.safe_dump(config))
-    env = {"OMP_NUM_THREADS": "1"}
-    proc = LoggedProcess.start(["run", "-c", str(work / "config.yaml")], cwd=work, env=env)
+    proc = LoggedProcess.start(["run", "-c", str(work / "config.yaml")], cwd=cwd, env=env)
     port = int(proc.wait_for(r"sip listening on \S+ port\(s\) (\d+)", 120).group(1))
     http = proc.wait_for(r"http listening on (http://\S+) ", 60).group(1)
-    proc.wait_for("sipbridge ready", 60)
+    proc.wait_for("sipbridge ready", ready_s)
     return proc, port, http
 
 

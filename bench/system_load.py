@@ -45,13 +45,12 @@ from typing import Any
 
 import httpx
 import numpy as np
-import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audio import g711  # noqa: E402
-from bench.sip_load import children, cpu_s, loop_lag, rtp_quality, sipp  # noqa: E402
+from bench.sip_load import children, cpu_s, launch, loop_lag, rtp_quality, sipp  # noqa: E402
 from tests.sipbridge.peers import RtpSniffer, caller_audio, free_media_port  # noqa: E402
 from tests.sipbridge.peers import sipp_scenario as caller_scenario  # noqa: E402
 from tests.sipbridge.procs import LoggedProcess  # noqa: E402
@@ -145,13 +144,8 @@ def start_bridge(
                     "record_calls": False},
         "logging": {"level": "INFO"},
     }  # fmt: skip
-    work.mkdir(parents=True, exist_ok=True)
-    (work / "config.yaml").write_text(yaml.safe_dump(config))
     env = {"OMP_NUM_THREADS": "1", **(bench_env(args) if args else {})}
-    proc = LoggedProcess.start(["run", "-c", str(work / "config.yaml")], cwd=ROOT, env=env)
-    port = int(proc.wait_for(r"sip listening on \S+ port\(s\) (\d+)", 120).group(1))
-    http = proc.wait_for(r"http listening on (http://\S+) ", 60).group(1)
-    proc.wait_for("sipbridge ready", 120)
+    proc, port, http = launch(work, config, env, cwd=ROOT, ready_s=120)
     return proc, f"{port}|{http}"
 
 

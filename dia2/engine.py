@@ -1,16 +1,19 @@
 """The conversation engine: many calls advance together, one batched frame per step.
 
-One :class:`BatchEngine` owns the model, the static frame buffers (``dia2/frame.py``) and the calls; around
-it, each owning its own state: ``dia2/mimi_rows.py`` (one streaming Mimi decoder row per call, priming,
-the second stream), ``dia2/graphs.py`` (the captured CUDA graphs, or the same phases run eagerly) and
-``dia2/lanes.py`` (the lead-in lane's scheduler). Each call (a :class:`CallState`, ``dia2/call_state.py``)
+One :class:`BatchEngine` owns the calls; around it, each owning its own state: ``dia2/engine_state.py``
+(the model, the static frame buffers of ``dia2/frame.py``, the KV cache or its block pool, the lane's
+buffers, built once), ``dia2/replies.py`` (a call's reply from speak to its end, barge-in cuts),
+``dia2/engine_thread.py`` (the engine thread and its command queue), ``dia2/stepper.py`` (one step),
+``dia2/mimi_rows.py`` (one streaming Mimi decoder row per call, priming, the second stream),
+``dia2/graphs.py`` (the captured CUDA graphs, or the same phases run eagerly) and ``dia2/lanes.py`` (the
+lead-in lane's scheduler). Each call (a :class:`CallState`, ``dia2/call_state.py``)
 owns a *slot*: its ``branches`` rows of the KV cache, its ring of recent frames, its Mimi row. The host
 side of a call is its text state machine, its history (every known frame and the text input of every
-step) and the turn in progress. The engine keeps the thread shell, the call lifecycle, the step loop and
-the context policy.
+step) and the turn in progress. The engine keeps the call lifecycle (open, voice, caller turns, reset,
+close), the step loop and the public API the parts sit behind.
 
 Threading: all methods named without a leading ``submit`` run on the *engine thread* (or, in tests and
-the benchmark, on the caller's thread with no engine thread at all). :meth:`Engine.start` runs the
+the benchmark, on the caller's thread with no engine thread at all). :meth:`BatchEngine.start` runs the
 loop in its own thread: GPU work and the per-frame host sync then never block the asyncio loop of the
 SIP supervisor, and ``dia2.conversation`` talks to it through :meth:`BatchEngine.submit` (thread-safe) and
 per-turn sinks that hop back with ``loop.call_soon_threadsafe``. See docs/DIA2.md for why a thread and
@@ -27,8 +30,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import queue
-import threading
 import time
 from collections.abc import Callable, Sequence
 from typing import Any
@@ -41,21 +42,20 @@ from .call_state import (
     CallState,
     ContextOverflowError,
     EngineOptions,
-    ReplyState,
     Sink,
     SpeakOptions,
     VoicePrompt,
 )
-from .frame import RING, FrameBuffers, FrameConstants
-from .graphs import FrameGraphs, kernel_choice
-from .history import CallHistory
+from .engine_state import EngineState
+from .engine_thread import EngineThread
 from .lanes import LaneScheduler
-from .mimi_rows import MIMI_PRIME_FRAMES, MimiRows
+from .mimi_rows import MIMI_PRIME_FRAMES
 from .model import Dia2Model
-from .paged_kv import BlockPool, KVPoolExhaustedError, blocks_for
+from .paged_kv import KVPoolExhaustedError
 from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
-from .script import ScriptStream, WordEncoder
-from .state_machine import Entry, StateMachine, TokenIds
+from .replies import ReplyControl
+from .script import WordEncoder
+from .state_machine import Entry, TokenIds
 from .stepper import FrameStepper
 from .wavfile import resample_linear
 
@@ -87,116 +87,21 @@ class BatchEngine:
         second_stream_ahead: int | None = None,
     ) -> None:
         """``mimi`` is a :class:`dia2.mimi.MimiCodec` (encode caller audio, stream-decode replies)."""
-        self.model, self.ids, self.encoder, self.mimi = model, ids, encoder, mimi
-        self.options = opts = options or EngineOptions()
-        config = model.config
-        self.device = model.device
-        self._cuda = self.device.type == "cuda"
-        self.branches = 2 if opts.cfg else 1
-        self.num_codebooks = config.data.num_codebooks
-        self.delays = list(config.data.delay_pattern)
-        self.max_delay = max(self.delays)
-        if self.max_delay + 2 > RING:
-            raise ValueError(f"delays up to {self.max_delay} need a ring longer than {RING}")
-        self.max_steps = min(
-            opts.max_context_steps or config.runtime.max_context_steps, model.transformer.rope_length
+        self.state = st = EngineState.build(
+            model, ids, encoder, mimi, options or EngineOptions(), second_stream_ahead
         )
-        self.frame_rate = float(mimi.sample_rate) / float(mimi.frame_size)
-        self.machine = StateMachine(
-            ids,
-            second_stream_ahead=config.data.second_stream_ahead
-            if second_stream_ahead is None
-            else second_stream_ahead,
-            max_padding=opts.max_padding,
-            initial_padding=opts.initial_padding,
-        )
-        self.pool = self._block_pool(opts) if opts.paged_kv else None
-        # One spare call entry: the lane's padding entries point there (frame.lane_phase).
-        self.buf = FrameBuffers.allocate(
-            model,
-            opts.capacity,
-            self.branches,
-            self.max_steps,
-            mimi.frame_size,
-            spare=1,
-            cache=self.pool.cache if self.pool is not None else None,
-        )
-        self.consts = FrameConstants(
-            ids,
-            torch.tensor(self.delays, dtype=torch.long, device=self.device),
-            opts.cfg_filter_k,
-            opts.max_top_k,
-        )
-        self.buckets = sorted({b for b in opts.buckets if b < opts.capacity} | {opts.capacity})
-        kv = opts.kv_buckets
-        if self.pool is not None:  # whole blocks: a bucket's length is what the gathered blocks hold
-            size = opts.kv_block_size
-            kv = tuple(blocks_for(b, size) * size for b in kv)
-        self.kv_buckets = sorted({b for b in kv if 0 < b < self.max_steps} | {self.max_steps})
-        self.mimi_rows = MimiRows(
-            mimi.model,
-            self.buf,
-            opts.capacity,
-            self.buckets,
-            self.num_codebooks,
-            mimi.frame_size,
-            overlap=opts.overlap_mimi,
-        )
-        # Lead-in lane: small buffers (their KV cache is a per-step gather of the master's rows).
-        self.lane_on = opts.lead_in_lane and opts.skip_lead_in
-        lane_cap = max(1, min(opts.lane_capacity, opts.capacity))
-        self.lane_buckets = sorted({b for b in opts.buckets if b < lane_cap} | {lane_cap})
-        self.lane = FrameBuffers.allocate(model, lane_cap, self.branches, 1, mimi.frame_size)
-        self.lane_slots = torch.full((lane_cap,), opts.capacity, dtype=torch.long, device=self.device)
-        self.fused = None
-        use_fused = opts.fused if opts.fused is not None else self._cuda
-        if use_fused:
-            from .fused import FusedFrame
-
-            kernels, pdl = kernel_choice(opts.kernels, opts.pdl, model, self._cuda)
-            self.fused = FusedFrame(
-                model,
-                self.consts,
-                self.branches,
-                compile=opts.compile and self._cuda,
-                kernels=kernels,
-                capacity=opts.capacity,
-                pdl=pdl,
-                kernel_max_rows=None
-                if opts.kernel_max_calls is None
-                else opts.kernel_max_calls * self.branches,
-            )
-        self.history = CallHistory(
-            model,
-            ids,
-            self.machine,
-            self.buf,
-            branches=self.branches,
-            delays=self.delays,
-            num_codebooks=self.num_codebooks,
-            max_steps=self.max_steps,
-            capacity=opts.capacity,
-            pool=self.pool,
-        )
-        gen: torch.Generator | None = None
-        if not self._cuda:
-            gen = torch.Generator(device=self.device)
-            gen.manual_seed(opts.seed if opts.seed is not None else 0)
-        elif opts.seed is not None:
-            torch.cuda.manual_seed(opts.seed)
-        self.graphs = FrameGraphs(
-            model,
-            self.consts,
-            self.buf,
-            self.lane,
-            self.lane_slots,
-            self.mimi_rows,
-            self.fused,
-            gen,
-            buckets=self.buckets,
-            kv_buckets=self.kv_buckets,
-            lane_buckets=self.lane_buckets,
-        )
+        # Handles on the state's parts (the same objects, never copies): the step loop, tests and benches
+        # read them here.
+        self.model, self.ids, self.encoder, self.mimi, self.options = model, ids, encoder, mimi, st.options
+        self.device, self.branches, self.num_codebooks = st.device, st.branches, st.num_codebooks
+        self.delays, self.max_delay, self.max_steps = st.delays, max(st.delays), st.max_steps
+        self.frame_rate, self.machine, self.pool = st.frame_rate, st.machine, st.pool
+        self.buf, self.consts, self.fused, self.graphs = st.buf, st.consts, st.fused, st.graphs
+        self.buckets, self.kv_buckets, self.lane_buckets = st.buckets, st.kv_buckets, st.lane_buckets
+        self.lane_on, self.lane, self.lane_slots = st.lane_on, st.lane, st.lane_slots
+        self.mimi_rows, self.history = st.mimi_rows, st.history
+        self.replies = ReplyControl(st)
+        opts = st.options
         self.stepper = FrameStepper(
             opts,
             self.machine,
@@ -207,7 +112,7 @@ class BatchEngine:
             self.history,
             self.graphs,
             self.mimi_rows,
-            self._finish_turn,
+            self.replies.finish,
             delays=self.delays,
             branches=self.branches,
             max_steps=self.max_steps,
@@ -219,7 +124,7 @@ class BatchEngine:
         )
         self.scheduler = LaneScheduler(
             on=self.lane_on,
-            capacity=lane_cap,
+            capacity=st.lane_capacity,
             min_call_fps=opts.min_call_fps,
             first_chunk_first=opts.first_chunk_first,
             steps_per_full=opts.lane_steps_per_full,
@@ -228,33 +133,10 @@ class BatchEngine:
         self.calls: dict[int, CallState] = {}
         self.kv_pool_ends = 0  # replies ended because the paged KV pool had no block for them
         self.mimi_encodes = 0  # Mimi encoder runs (voices, caller turns): what cached VoicePrompts save
-        self._commands: queue.SimpleQueue[tuple[Callable[[], Any], concurrent.futures.Future[Any]]] = (
-            queue.SimpleQueue()
-        )
-        self._wake = threading.Event()
-        self._stop = False
-        self._thread: threading.Thread | None = None
-        if self._cuda and opts.cuda_graphs:
+        self.thread = EngineThread(self.step)
+        if st.cuda and opts.cuda_graphs:
             self.graphs.capture(self.lane_on)
             self.history.host_index = [0] * opts.capacity
-
-    def _block_pool(self, opts: EngineOptions) -> BlockPool:
-        """The paged KV pool: ``capacity`` calls x ``kv_pool_steps`` steps (average) in blocks, and a block
-        table for every decoder row, the spare call entry's rows included (they stay on the trash block)."""
-        dec = self.model.config.model.decoder
-        steps = min(opts.kv_pool_steps or self.max_steps, self.max_steps)
-        per_row = blocks_for(steps, opts.kv_block_size)
-        return BlockPool(
-            layers=dec.n_layer,
-            kv_heads=dec.kv_heads,
-            head_dim=dec.gqa_head_dim,
-            rows=(opts.capacity + 1) * self.branches,
-            max_steps=self.max_steps,
-            block_size=opts.kv_block_size,
-            blocks=opts.capacity * self.branches * per_row,
-            device=self.device,
-            dtype=self.model.dtype,
-        )
 
     @property
     def graph_errors(self) -> list[str]:
@@ -268,51 +150,19 @@ class BatchEngine:
     lead_steps = property(lambda self: self.stepper.lead_steps)
     invalid_codes = property(lambda self: self.stepper.invalid_codes)
     # ---------------------------------------------------------------------------------------------
-    # Threading
+    # Threading (dia2/engine_thread.py)
     # ---------------------------------------------------------------------------------------------
 
     def start(self) -> None:
         """Run the engine loop in a daemon thread (idempotent)."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._run, name="dia2-engine", daemon=True)
-            self._thread.start()
+        self.thread.start()
 
     def stop(self) -> None:
-        self._stop = True
-        self._wake.set()
-        if self._thread is not None:
-            self._thread.join()
-            self._thread = None
+        self.thread.stop()
 
     def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         """Run ``fn()`` on the engine thread between two steps; thread-safe, returns a future."""
-        fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
-        if self._thread is None:
-            raise RuntimeError("engine thread not started (call start(), or call the methods directly)")
-        self._commands.put((fn, fut))
-        self._wake.set()
-        return fut
-
-    def _run(self) -> None:
-        with torch.inference_mode():
-            while not self._stop:
-                self._drain_commands()
-                if not self.step():
-                    self._wake.wait()
-                    self._wake.clear()
-
-    def _drain_commands(self) -> None:
-        while True:
-            try:
-                fn, fut = self._commands.get_nowait()
-            except queue.Empty:
-                return
-            if fut.set_running_or_notify_cancel():
-                try:
-                    fut.set_result(fn())
-                except BaseException as exc:  # the caller gets it through the future
-                    logger.exception("engine command failed")
-                    fut.set_exception(exc)
+        return self.thread.submit(fn)
 
     # ---------------------------------------------------------------------------------------------
     # Calls
@@ -443,6 +293,10 @@ class BatchEngine:
         self.history.ensure_room(call, min(n + 1, most), keep_half=False)
         self.history.ingest(call, kind, codes.cpu(), entries, steps)
 
+    # ---------------------------------------------------------------------------------------------
+    # Replies (dia2/replies.py)
+    # ---------------------------------------------------------------------------------------------
+
     def speak(
         self,
         call: CallState,
@@ -452,72 +306,24 @@ class BatchEngine:
         *,
         more_text: bool = False,
     ) -> None:
-        """Start a reply. With ``more_text`` the text is incomplete: :meth:`push_text` adds to it and
-        ``push_text(..., final=True)`` closes it; until then an empty word queue waits, never ends."""
-        if call.turn is not None:
-            raise RuntimeError("a reply is already in progress on this call")
-        opts = options or SpeakOptions()
-        self.history.ensure_room(call, self.options.reply_reserve_steps)
-        script = ScriptStream(self.encoder, self.ids, self.frame_rate)
-        state = call.machine
-        # Only the reply's own words from here on (ingest already cleared these; a reply never re-enters
-        # entries of a voice prefix or of a caller turn).
-        state.entries.clear()
-        state.pending_tokens.clear()
-        state.lookahead_tokens.clear()
-        state.awaiting_text = more_text
-        # A reply starts like upstream's generation: fresh padding counters, no end of script yet.
-        state.padding_budget = state.forced_padding = self.options.initial_padding
-        state.end_step = None
-        start = call.frames
-        call.turn = ReplyState(
-            start_frame=start,
-            steps=0,
-            options=opts,
-            sink=sink,
-            script=script,
-            mimi_reset_frame=max(start - MIMI_PRIME_FRAMES, 0),
-            prime_at_lead_end=self.lane_on,
-        )
-        self._feed_script(call, text or "", final=not more_text)
-        self.history.load_row(call, active=True)
+        """Start a reply (:meth:`dia2.replies.ReplyControl.speak`)."""
+        self.replies.speak(call, text, sink, options, more_text=more_text)
 
     def push_text(self, call: CallState, delta: str, *, final: bool = False) -> None:
-        turn = call.turn
-        if turn is None or turn.script is None:
-            return  # the reply ended or was cancelled: late text is dropped
-        self._feed_script(call, delta, final=final)
+        self.replies.push_text(call, delta, final=final)
 
     def cancel(self, call: CallState) -> None:
-        """Barge-in: no further chunk for this reply; its rows stop advancing from the next step.
-        A chunk whose frame the last step produced (audio still decoding) is delivered first."""
-        self.mimi_rows.flush()
-        if call.turn is not None:
-            call.turn.cancelled = True
-            self._finish_turn(call)
+        """Barge-in: no further chunk for this reply (:meth:`dia2.replies.ReplyControl.cancel`)."""
+        self.replies.cancel(call)
 
     def keep_played(
         self, call: CallState, start_frame: int, frames: int, first_codes: torch.Tensor | None = None
     ) -> int:
-        """Barge-in: of the reply that began at history frame ``start_frame`` the caller heard only the
-        first ``frames`` frames; the rest leaves the call's history and cache, so the next reply is
-        conditioned on what was heard, not on audio nobody heard. ``first_codes``: the codes of the
-        reply's first chunk, checked against the history (a re-warm may have moved other frames there).
-        Returns the frames dropped: 0 when there is nothing past ``frames``, that reply is no longer in
-        the history as it was (the context policy re-warmed or dropped it), or another reply is in
-        progress (history is not rewritten under a running reply)."""
-        if call.turn is not None:
-            if call.turn.start_frame != start_frame:
-                return 0
-            self.cancel(call)  # still speaking: cut here first (its complete frames become the segment)
-        end = next((b for kind, a, b in call.segments if kind == "reply" and a == start_frame), None)
-        keep = start_frame + max(frames, 0)
-        if end is None or keep >= end:
-            return 0
-        if first_codes is not None and not torch.equal(call.codes[:, start_frame].cpu(), first_codes.cpu()):
-            return 0
-        self.history.drop_frames(call, keep, end)
-        return end - keep
+        """Barge-in: drop what the caller did not hear (:meth:`dia2.replies.ReplyControl.keep_played`)."""
+        return self.replies.keep_played(call, start_frame, frames, first_codes)
+
+    def _finish_turn(self, call: CallState) -> None:
+        self.replies.finish(call)
 
     # ---------------------------------------------------------------------------------------------
     # One step for every speaking call
@@ -555,35 +361,6 @@ class BatchEngine:
                 self.mimi_rows.flush()
         return True
 
-    def _finish_turn(self, call: CallState) -> None:
-        """End the reply: history keeps its complete frames, the cache is rewound to them."""
-        turn = call.turn
-        if turn is None:
-            return
-        self.mimi_rows.flush()  # the last chunks before the end marker
-        call.turn = None
-        end = call.frames  # frames emitted so far are exactly the complete ones
-        del call.text[end + 1 :]
-        if end > turn.start_frame:
-            call.segments.append(("reply", turn.start_frame, end))
-        self.history.shrink(call, end)  # the cache is rewound to the complete frames
-        call.machine.entries.clear()
-        call.machine.pending_tokens.clear()
-        call.machine.lookahead_tokens.clear()
-        call.machine.awaiting_text = False
-        self.buf.active[call.slot] = False
-        turn.script = None
-        turn.sink(None)
-
-    def _feed_script(self, call: CallState, delta: str, *, final: bool) -> None:
-        turn = call.turn
-        assert turn is not None and turn.script is not None
-        call.machine.entries.extend(turn.script.feed(delta, final=final))
-        if final:
-            call.machine.awaiting_text = False
-
-    # ---------------------------------------------------------------------------------------------
-    # CUDA graphs
     # ---------------------------------------------------------------------------------------------
     # Introspection
     # ---------------------------------------------------------------------------------------------

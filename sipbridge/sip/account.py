@@ -11,7 +11,7 @@ import pjsua2 as pj
 from sipbridge.sip.settings import WorkerSettings
 
 if TYPE_CHECKING:
-    from sipbridge.sip.worker import Worker
+    from sipbridge.sip.call_control import CallControl
 
 log = logging.getLogger("sipbridge.worker")
 
@@ -86,15 +86,15 @@ _SRTP = {
 
 
 class BridgeAccount(pj.Account):
-    def __init__(self, worker: Worker) -> None:
+    def __init__(self, control: CallControl) -> None:
         super().__init__()
-        self.worker = worker
+        self.control = control
 
     def onIncomingCall(self, prm: pj.OnIncomingCallParam) -> None:
         try:
-            self.worker.on_incoming(self, prm)
+            self.control.on_incoming(self, prm)
         except Exception:  # never unwind into PJSIP (its C code cannot take it)
             log.exception("incoming call %d could not be taken", prm.callId)
 
     def onRegState(self, prm: pj.OnRegStateParam) -> None:
-        self.worker.on_reg_state(prm)
+        self.control.on_reg_state(prm)

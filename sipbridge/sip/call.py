@@ -3,7 +3,8 @@
 PJSIP threads call into here. `CallPort`'s two media callbacks run on the conference clock thread that serves
 every call of the worker, so they only move bytes between queues (a few µs each); VAD, recording and IPC
 happen on the worker's media thread. SIP callbacks (`onCallState`, `onCallMediaState`, `onDtmfDigit`) only
-post to the worker's queues as well: the worker's main loop acts on them.
+post to the worker's queues as well, or call the worker's `CallControl` (sipbridge/sip/call_control.py) on
+the main thread.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from sipbridge.sip.messages import BotAudio, CallerAudio, CallProgressed, DtmfRe
 log = logging.getLogger("sipbridge.worker")
 
 if TYPE_CHECKING:
-    from sipbridge.sip.worker import Worker
+    from sipbridge.sip.call_control import CallControl
 
 
 def fast_bytes(vector: pj.ByteVector) -> bytes:
@@ -150,35 +151,37 @@ class CallSlot:
 
 
 class BridgeCall(pj.Call):
-    def __init__(self, worker: Worker, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
+    def __init__(self, control: CallControl, account: pj.Account, call_id: int = pj.PJSUA_INVALID_ID) -> None:
         super().__init__(account, call_id)
-        self.worker = worker
+        self.control = control
         self.slot_id = ""
 
     def onCallState(self, prm: pj.OnCallStateParam) -> None:
         info = self.getInfo()
         if info.state == pj.PJSIP_INV_STATE_EARLY:
             # 180/183 of a call we placed: the worker's main loop records the first of each code.
-            self.worker.commands.put(CallProgressed(self.slot_id, int(info.lastStatusCode), info.lastReason))
+            self.control.ctx.commands.put(
+                CallProgressed(self.slot_id, int(info.lastStatusCode), info.lastReason)
+            )
         elif info.state == pj.PJSIP_INV_STATE_DISCONNECTED:
             # Never delete a Call inside its own callback: the main loop retires it.
-            self.worker.on_disconnected(self.slot_id, info.lastStatusCode, info.lastReason)
+            self.control.on_disconnected(self.slot_id, info.lastStatusCode, info.lastReason)
 
     def onStreamDestroyed(self, prm: pj.OnStreamDestroyedParam) -> None:
-        self.worker.on_stream_destroyed(self.slot_id, int(prm.streamIdx))
+        self.control.on_stream_destroyed(self.slot_id, int(prm.streamIdx))
 
     def onCallMediaState(self, prm: pj.OnCallMediaStateParam) -> None:
         try:
-            self.worker.on_media_state(self.slot_id)
+            self.control.on_media_state(self.slot_id)
         except Exception:  # never unwind into PJSIP: end this call instead
             log.exception("call %s: connecting its media failed", self.slot_id)
-            self.worker.commands.put(HangupCall(self.slot_id, 500, "media error"))
+            self.control.ctx.commands.put(HangupCall(self.slot_id, 500, "media error"))
 
     def onCallTransferStatus(self, prm: pj.OnCallTransferStatusParam) -> None:
         # Only report: the supervisor decides to hang up once the transfer is accepted.
-        self.worker.on_transfer_status(
+        self.control.on_transfer_status(
             self.slot_id, int(prm.statusCode), str(prm.reason), bool(prm.finalNotify)
         )
 
     def onDtmfDigit(self, prm: pj.OnDtmfDigitParam) -> None:
-        self.worker.inbox.put(DtmfReceived(self.slot_id, str(prm.digit)))
+        self.control.ctx.inbox.put(DtmfReceived(self.slot_id, str(prm.digit)))
