@@ -227,6 +227,18 @@ class AmdResult(CallFrame):
 
 
 @dataclass(frozen=True)
+class AmdProvisional(CallFrame):
+    """AMD's provisional "human" (audio.amd.Provisional, amd.provisional_silence_ms): `start` (the callee's
+    words look over: the held disclosure and greeting may go out before the verdict) or `withdraw` (the
+    callee spoke again: the worker has already stopped the bot's audio and drops what is still on its way
+    until `ResumePlayback`)."""
+
+    action: str  # start | withdraw
+    at_ms: int  # media ms after the answer
+    reason: str
+
+
+@dataclass(frozen=True)
 class AmdAudio(CallFrame):
     """The callee's audio while AMD listens (amd.asr), every asr_chunk_ms: the supervisor's ASR transcribes
     the greeting so far and answers with AmdTranscript. Chunks follow each other without gaps."""
@@ -299,6 +311,15 @@ class CancelUtterances(CallFrame):
 
 
 @dataclass(frozen=True)
+class ResumePlayback(CallFrame):
+    """After a withdrawn provisional start: the supervisor has taken back every utterance it had sent (they
+    are held again under new ids); audio of utterances from `from_utterance` on plays again, older ids are
+    dead."""
+
+    from_utterance: int
+
+
+@dataclass(frozen=True)
 class Hangup(CallFrame):
     code: int = 200
     reason: str = ""
@@ -363,6 +384,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         RtpQuality,
         DialEnded,
         AmdResult,
+        AmdProvisional,
         AmdAudio,
         MessageCueFrame,
         Dial,
@@ -371,6 +393,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         PlayAudio,
         EndOfUtterance,
         CancelUtterances,
+        ResumePlayback,
         Hangup,
         Transfer,
         SendDtmf,

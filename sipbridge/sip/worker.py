@@ -36,7 +36,7 @@ from typing import Any
 import numpy as np
 import pjsua2 as pj
 
-from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter, GreetingFeed
+from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter, Decision, GreetingFeed
 from audio.beep import BeepSettings
 from audio.vad import VadSettings, make_segmenter
 from audio.vad.backends import make_classifier
@@ -744,6 +744,7 @@ class Worker:
         state = self.amd[call_id]
         if isinstance(state, AnsweringMachineDetector):
             decision = state.process(frame)
+            self._amd_provisional(call_id, state, decision)
             feed = self.greetings.get(call_id)
             if decision is None:
                 chunk = feed.add(frame, state.heard_speech) if feed is not None else None
@@ -770,6 +771,27 @@ class Worker:
         if cue is not None:
             self.amd.pop(call_id, None)
             self.emit(f.MessageCueFrame(call_id, cue.at_ms, cue.reason))
+
+    def _amd_provisional(
+        self, call_id: str, detector: AnsweringMachineDetector, decision: Decision | None
+    ) -> None:
+        """AMD's provisional "human" (amd.provisional_silence_ms): the supervisor sends the held greeting on
+        `start`; on `withdraw`, or a machine verdict while a start stands, the bot's audio stops here, at
+        once, before the supervisor even hears of it (a machine does not record before its beep)."""
+        change = detector.provisional_change
+        stop = change is not None and change.action == "withdraw"
+        if decision is not None and decision.kind == "machine" and decision.provisional_since_ms is not None:
+            stop = True
+        ib = self.inbound.get(call_id)
+        if stop and ib is not None:
+            # Their PlaybackDone frames go out with the next frame's, after this frame's AMD frames: the
+            # supervisor takes the utterances back before it hears they were cut.
+            cut, dropped = ib.playback.withdraw()
+            log.info(
+                "call %s: provisional start stopped: utterances %s cut (%d frames)", call_id, cut, dropped
+            )
+        if change is not None:
+            self.emit(f.AmdProvisional(call_id, change.action, change.at_ms, change.reason))
 
     def _new_inbound(self, call_id: str, playback: PlaybackQueue) -> Inbound:
         s = self.settings
@@ -839,6 +861,10 @@ class Worker:
                 slot = self.calls.get(frame.call_id)
                 if slot is not None and slot.playback is not None:
                     slot.playback.cancel(frame.utterances)
+            elif isinstance(frame, f.ResumePlayback):
+                slot = self.calls.get(frame.call_id)
+                if slot is not None and slot.playback is not None:
+                    slot.playback.resume(frame.from_utterance)
             elif isinstance(frame, f.Dial):
                 self.commands.put(PlaceCall(frame))
             elif isinstance(frame, f.AmdTranscript):
