@@ -207,7 +207,8 @@ class DialEnded(CallFrame):
     """An outbound call that ended before it was answered (no CallStarted/CallEnded for it).
 
     `event` is set when the attempt ended on our side or without a response (ring_timeout, transport_error,
-    cancelled); otherwise `code` is the callee side's final response."""
+    cancelled, no_slot: PJSUA refused the INVITE locally, all its call slots taken; nothing was sent);
+    otherwise `code` is the callee side's final response."""
 
     code: int
     reason: str

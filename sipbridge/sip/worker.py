@@ -81,6 +81,7 @@ _PORT_REST_S = 2.0  # how long an ended call's media port rests before it serves
 # A caller's ACK follows our 200 within a round trip; PJSIP retransmits the 200 at 0.5, 1, 2, 4 s. Past
 # this the INVITE cannot become a call (spoofed source, an answer it cannot read): its slot is given back.
 _ACK_TIMEOUT_S = 8.0
+_PJ_ETOOMANY = 70010  # PJ_ERRNO_START_STATUS + 10: "Too many objects of the specified type"
 # A worker that lost a thread it cannot work without exits with this code (not 0: the supervisor sees a
 # death, records the worker's calls failed and respawns it).
 EXIT_THREAD_DIED = 70
@@ -308,7 +309,9 @@ class Worker:
         except pj.Error as exc:
             reason = exc.info().strip()
             log.warning("call %s: INVITE to %s failed: %s", dial.call_id, dial.target, reason)
-            slot.local_event = "transport_error"
+            # PJ_ETOOMANY: all PJSUA call slots here are taken (e.g. an INVITE of ours not yet ACKed, a call
+            # whose BYE went unanswered): nothing was sent, the dialer places the contact again.
+            slot.local_event = "no_slot" if exc.status == _PJ_ETOOMANY else "transport_error"
             self._retire(dial.call_id, 500, reason)
             return
         info = call.getInfo()
