@@ -15,6 +15,7 @@ Synchronisation is on the process's exit and the store's rows, never sleeps.
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Any
 
@@ -90,13 +91,15 @@ def test_the_bot_starts_on_a_provisional_human_and_stops_when_the_callee_goes_on
     config.write_text(yaml.safe_dump(recorded))
     vm = callees["voicemail"]
     try:
-        with RtpSniffer({vm.media_port}) as sniffer:
+        with RtpSniffer({vm.media_port, callees["hello"].media_port}) as sniffer:
             proc = dial(tmp_path, campaign, config, WEDNESDAY_10_NY)
             rc = proc.finish(timeout=150)
             log = "\n".join(proc.seen)
             assert rc == 0, log
             from_vm = sniffer.sent_from(vm.media_port)
             to_vm = voiced_packets(sniffer.sent_to(vm.media_port))
+            said_hello = voiced_packets(sniffer.sent_from(callees["hello"].media_port))
+            to_hello = voiced_packets(sniffer.sent_to(callees["hello"].media_port))
     finally:
         for c in callees.values():
             c.stop()
@@ -116,8 +119,10 @@ def test_the_bot_starts_on_a_provisional_human_and_stops_when_the_callee_goes_on
     [disclosure] = of("disclosure", evs)
     assert start["action"] == "start" and amd["kind"] == "human", evs
     assert start["at_ms"] <= amd["decided_at_ms"] - 400, (start, amd)
-    silence_heard = disclosure["start_ms"] - hello.speech_ms[1]
-    assert 300 <= silence_heard <= 700, (disclosure, hello.speech_ms)
+    # On the wire (one clock): from the callee's last voiced packet to our first, Silero's lag past the end
+    # of the word (~150 ms) + the 200 ms + the way out.
+    dead_air = to_hello[0].t - max(p.t for p in said_hello if p.t < to_hello[0].t)
+    assert 0.2 <= dead_air <= 0.7, dead_air
     assert disclosure["start_ms"] - start["at_ms"] <= 200, (disclosure, start)
     assert (disclosure["text"], disclosure["whole"]) == (DISCLOSURE, True)
     assert not of("withdrawn_audio", evs)
@@ -127,11 +132,16 @@ def test_the_bot_starts_on_a_provisional_human_and_stops_when_the_callee_goes_on
     actions = [(e["action"], e["at_ms"]) for e in of("amd_provisional", evs)]
     assert [a for a, _ in actions][:3] == ["start", "withdraw", "start"], evs
     (_, started), (_, withdrawn), (_, restarted) = actions[:3]
-    # AMD's clock is the media clock: on this shared box the jitter buffer can stretch it against the
-    # callee's file (offline the same audio gives start 1300, withdraw 1680 = 45 ms after "this"), so only
-    # the order is checked against the file: the start came in the pause, before "this is Dana.".
-    onset = len(hr.pcm) * 1000 / RATE
-    assert started < onset < restarted and withdrawn - started < 1000, (actions, onset)
+    # The start came in the pause and the restart after "this is Dana.": more speech had been heard by then.
+    # (AMD's clock starts at our media, SIPp's stream some 100-500 ms later on this shared box, so the times
+    # are not compared with the file's; offline the same audio gives start 1300, withdraw 1680 ms: 45 ms
+    # after "this" begins.)
+    speech = [
+        int(re.search(r"after (\d+) ms of speech", e["reason"]).group(1))
+        for e in of("amd_provisional", evs)
+        if e["action"] == "start"
+    ]
+    assert started < withdrawn < restarted and speech[1] - speech[0] >= 500, (actions, speech)
     cut, whole = of("disclosure", evs)
     assert (cut["whole"], cut.get("withdrawn")) == (False, True) and cut["end_ms"] <= withdrawn + 60, cut
     assert of("withdrawn_audio", evs)[0]["text"] == DISCLOSURE
