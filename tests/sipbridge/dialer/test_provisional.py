@@ -137,9 +137,9 @@ def test_the_bot_starts_on_a_provisional_human_and_stops_when_the_callee_goes_on
     # are not compared with the file's; offline the same audio gives start 1300, withdraw 1680 ms: 45 ms
     # after "this" begins.)
     speech = [
-        int(re.search(r"after (\d+) ms of speech", e["reason"]).group(1))
+        int(m.group(1))
         for e in of("amd_provisional", evs)
-        if e["action"] == "start"
+        if e["action"] == "start" and (m := re.search(r"after (\d+) ms of speech", e["reason"]))
     ]
     assert started < withdrawn < restarted and speech[1] - speech[0] >= 500, (actions, speech)
     cut, whole = of("disclosure", evs)
