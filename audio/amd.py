@@ -23,6 +23,16 @@ long greeting and then a beep. So the rules, checked after every frame, are (fir
   ``total_analysis_ms``; without the words in time it is made on timing alone, and its reason says so.
 * **too long**: ``total_analysis_ms`` without any of the above → not_sure.
 
+**Provisional "human"** (``provisional_silence_ms``, not a verdict): a person's "Hello?" is over long before
+the after-greeting-silence rule may say so, and a shorter silence rule would take greetings that pause
+between sentences for people. So, after ``provisional_silence_ms`` of silence following speech, the detector
+*proposes* a person (:class:`Provisional` ``start``: the caller may start talking) while the rules above go
+on deciding unchanged; the first voiced frame after it *withdraws* it (``withdraw``: stop talking at once;
+a machine does not record before its beep, a person who was not done is talking). A final machine verdict
+ends a standing start as well (``Decision.provisional_since_ms``). Machine recall is that of the rules:
+the proposals never change a verdict. :attr:`AnsweringMachineDetector.provisional_change` is the proposal
+made or withdrawn on the last frame.
+
 Words arrive late (an ASR round trip after the audio) and out of band, so the detector never waits for
 them itself: whoever feeds the frames also hands over each transcript (``add_transcript(text, audio_ms)``: the
 words of the stream's first ``audio_ms``) and the rules look at it on the next frame.
@@ -60,6 +70,7 @@ __all__ = [
     "DecisionKind",
     "GreetingFeed",
     "MessageCue",
+    "Provisional",
 ]
 
 log = logging.getLogger(__name__)
@@ -108,6 +119,9 @@ class AmdSettings:
     # between sentences it costs machines (docs/DIALER.md, "Time to verdict").
     short_greeting_ms: int | None = None
     after_short_greeting_silence_ms: int = 600
+    # Propose "human" (Provisional) after this much silence following speech, withdrawn by the next voiced
+    # frame; the verdict rules are not changed by it. None (the detector's default): no proposals.
+    provisional_silence_ms: int | None = None
     total_analysis_ms: int = 5000
     min_word_length_ms: int = 100
     between_words_silence_ms: int = 50
@@ -189,8 +203,35 @@ class AmdSettings:
                 f"amd.after_short_greeting_silence_ms ({self.after_short_greeting_silence_ms}) is longer "
                 f"than amd.after_greeting_silence_ms ({self.after_greeting_silence_ms})"
             )
+        self._check_provisional()
         if any(not phrase.strip() for phrase in self.machine_phrases):
             raise ValueError("amd.machine_phrases holds an empty phrase")
+
+    def _check_provisional(self) -> None:
+        value = self.provisional_silence_ms
+        if value is None:
+            return
+        if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+            raise ValueError(f"amd.provisional_silence_ms must be a positive integer or null, got {value!r}")
+        rule = min(
+            self.after_greeting_silence_ms,
+            self.after_short_greeting_silence_ms if self.short_greeting_ms is not None else 10**9,
+        )
+        if value >= rule:
+            raise ValueError(
+                f"amd.provisional_silence_ms ({value}) must be shorter than the silence that decides human "
+                f"({rule} ms): a proposal after the verdict means nothing"
+            )
+
+
+@dataclass(frozen=True)
+class Provisional:
+    """A proposal, not a verdict: ``start`` (the callee's words look over: the caller may start speaking)
+    or ``withdraw`` (the callee spoke again: stop at once, the verdict is still open)."""
+
+    action: Literal["start", "withdraw"]
+    at_ms: int  # ms of audio analysed when it was made
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -206,6 +247,9 @@ class Decision:
     transcript_ms: int = 0  # how much of the stream (ms from the start) those words cover
     held_ms: int = 0  # how long a human decision waited for the words (asr on)
     trailing_silence_ms: int = 0  # silence since the last speech when decided (where a verdict's time goes)
+    # A provisional start standing when decided (its at_ms): a human verdict confirms it (the caller is
+    # already talking), a machine verdict ends it. None: none stood.
+    provisional_since_ms: int | None = None
 
 
 @dataclass(frozen=True)
@@ -288,6 +332,12 @@ class AnsweringMachineDetector:
         self._unread_transcript = False
         self._voiced_until_ms = 0  # end of the greeting's last word so far
         self._hold_since: int | None = None  # when the after-greeting-silence rule first held for words
+        # Provisional proposals (settings.provisional_silence_ms): the standing start, the silence run since
+        # the last voiced frame (any voiced frame, not only a counted word, withdraws), and every proposal.
+        self.provisional_change: Provisional | None = None  # made or withdrawn on the last frame
+        self.provisionals: list[Provisional] = []
+        self._provisional: Provisional | None = None
+        self._quiet = 0
 
     @property
     def now_ms(self) -> int:
@@ -314,6 +364,7 @@ class AnsweringMachineDetector:
         beep = self._audio.step(frame)
         if beep is not None:
             self._beep = beep
+        self.provisional_change = None
         if self.decision is not None:
             return None
         decision = self._rules(beep)
@@ -322,7 +373,33 @@ class AnsweringMachineDetector:
             log.info(
                 "AMD %s after %d ms: %s", decision.kind, decision.decided_at_ms, "; ".join(decision.reasons)
             )
+        else:
+            self._propose()
         return decision
+
+    def _propose(self) -> None:
+        """Provisional "human": proposed after provisional_silence_ms of silence following the greeting's
+        speech, withdrawn by the next voiced frame (the fastest sign the callee was not done)."""
+        wait = self.settings.provisional_silence_ms
+        if wait is None:
+            return
+        now = self.now_ms
+        if self._audio.voiced:
+            self._quiet = 0
+            if self._provisional is not None:
+                since = now - self._provisional.at_ms
+                self._proposal("withdraw", f"speech again {since} ms after the provisional start")
+            return
+        self._quiet += self._frame_ms
+        if self._provisional is None and self._in_greeting and self._quiet >= wait:
+            self._proposal("start", f"{self._quiet} ms of silence after {self._voice} ms of speech")
+
+    def _proposal(self, action: Literal["start", "withdraw"], reason: str) -> None:
+        change = Provisional(action, self.now_ms, reason)
+        self._provisional = change if action == "start" else None
+        self.provisional_change = change
+        self.provisionals.append(change)
+        log.info("AMD provisional %s after %d ms: %s", action, change.at_ms, reason)
 
     def finish(self) -> Decision:
         """The stream ended (hang-up, or the caller stops analysing): the decision made, or not_sure."""
@@ -362,6 +439,7 @@ class AnsweringMachineDetector:
             transcript_ms=self._transcript_ms,
             held_ms=held_ms,
             trailing_silence_ms=0 if self._audio.voiced else self._silence,
+            provisional_since_ms=None if self._provisional is None else self._provisional.at_ms,
         )
 
     def _rules(self, beep: Beep | None) -> Decision | None:

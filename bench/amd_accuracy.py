@@ -40,7 +40,14 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout without installing
 
-from audio.amd import AmdSettings, AnsweringMachineDetector, Decision, GreetingFeed, MessageCue
+from audio.amd import (
+    AmdSettings,
+    AnsweringMachineDetector,
+    Decision,
+    GreetingFeed,
+    MessageCue,
+    Provisional,
+)
 from audio.amd_testset import (
     NOISE_RMS,
     AmdCase,
@@ -73,6 +80,12 @@ CONFIGS: dict[str, AmdSettings] = {
     "short=1500/600": AmdSettings(short_greeting_ms=1500, after_short_greeting_silence_ms=600),
     "short=1500/400": AmdSettings(short_greeting_ms=1500, after_short_greeting_silence_ms=400),
     "short=1700/300": AmdSettings(short_greeting_ms=1700, after_short_greeting_silence_ms=300),
+    # ... or start talking on a provisional "human" after a short silence, withdrawn if the callee speaks
+    # again, while the default rules decide unchanged (the first word moves, the verdict does not).
+    "provisional=200": AmdSettings(provisional_silence_ms=200),
+    "provisional=250": AmdSettings(provisional_silence_ms=250),
+    "provisional=300": AmdSettings(provisional_silence_ms=300),
+    "provisional=400": AmdSettings(provisional_silence_ms=400),
     "webrtc": AmdSettings(vad="webrtc"),
     "energy (Asterisk-like)": AmdSettings(vad="energy"),
     "asterisk defaults": AmdSettings(
@@ -143,11 +156,18 @@ class LiveWords:
             self.delivered += 1
 
 
-def run_case(
-    case: AmdCase, settings: AmdSettings, asr: Transcriber | None = None
-) -> tuple[Decision, MessageCue | None, float, int, LiveWords | None]:
-    """Decision, message cue (machines decided as machine), CPU seconds, frames processed, and the words
-    path when ``asr`` is given (then ``settings.asr`` is on; CPU seconds exclude the transcriptions)."""
+@dataclass
+class CaseRun:
+    decision: Decision
+    cue: MessageCue | None  # machines decided as machine
+    cpu_s: float  # without the transcriptions
+    frames: int
+    words: LiveWords | None  # the words path, when ``asr`` is given
+    provisionals: list[Provisional]  # proposals made up to the verdict (settings.provisional_silence_ms)
+
+
+def run_case(case: AmdCase, settings: AmdSettings, asr: Transcriber | None = None) -> CaseRun:
+    """One case through the detector (with ``asr``, ``settings.asr`` is on), then the beep wait."""
     amd = AnsweringMachineDetector(settings)
     words = LiveWords(asr, settings.asr_chunk_ms) if asr is not None else None
     frames = case.frames()
@@ -176,7 +196,61 @@ def run_case(
             if cue is not None:
                 break
         i = len(frames) - 1 if cue is None else i
-    return decision, cue, time.perf_counter() - started - asr_s, len(frames), words
+    cpu_s = time.perf_counter() - started - asr_s
+    return CaseRun(decision, cue, cpu_s, len(frames), words, list(amd.provisionals))
+
+
+@dataclass
+class ProvisionalStats:
+    """What provisional starts cost and gain (issue 20): when a person first hears the bot for good, how
+    often it was cut and restarted, and how much bot audio machines heard before it was stopped."""
+
+    first_word: list[float] = field(default_factory=list)  # humans decided human: the start that lasted
+    first_sound: list[float] = field(default_factory=list)  # ... the first start, withdrawn or not
+    human_withdrawn: int = 0  # withdrawn starts on people (the disclosure restarts from its beginning)
+    humans_restarted: int = 0
+    machine_starts: int = 0
+    machines_started: int = 0
+    machine_heard: list[float] = field(default_factory=list)  # per start: ms of bot audio until stopped
+
+    def add(self, case: AmdCase, run: CaseRun) -> None:
+        decision, proposals = run.decision, run.provisionals
+        starts = [p for p in proposals if p.action == "start"]
+        if case.kind == "human":
+            withdrawn = sum(p.action == "withdraw" for p in proposals)
+            self.human_withdrawn += withdrawn
+            self.humans_restarted += withdrawn > 0
+            if decision.kind == "human":
+                lasting = decision.provisional_since_ms
+                self.first_word.append(lasting if lasting is not None else decision.decided_at_ms)
+                self.first_sound.append(starts[0].at_ms if starts else decision.decided_at_ms)
+            return
+        self.machine_starts += len(starts)
+        self.machines_started += bool(starts)
+        # Each start plays until its withdrawal, or until a machine verdict ends it (a human verdict on a
+        # machine is an error of the rules, counted in the confusion matrix, not here).
+        for start, end in zip(
+            starts, [*[p for p in proposals if p.action == "withdraw"], None], strict=False
+        ):
+            stop = end.at_ms if end is not None else decision.decided_at_ms
+            if end is not None or decision.kind != "human":
+                self.machine_heard.append(stop - start.at_ms)
+
+    def summary(self) -> dict[str, Any]:
+        heard = self.machine_heard
+        return {
+            "first_word_ms": {f"p{q}": _pct(self.first_word, q) for q in (10, 25, 50, 75, 90, 95)},
+            "first_sound_ms_p50": _pct(self.first_sound, 50),
+            "human_withdrawn_starts": self.human_withdrawn,
+            "humans_restarted": self.humans_restarted,
+            "machine_starts": self.machine_starts,
+            "machines_with_a_start": self.machines_started,
+            "machine_heard_ms_per_start": {
+                "p50": _pct(heard, 50),
+                "p95": _pct(heard, 95),
+                "max": max(heard, default=None),
+            },
+        }
 
 
 def beep_scan(case: AmdCase) -> list[tuple[int, int | None]]:
@@ -217,8 +291,11 @@ def score(
     cpu = 0.0
     frames = 0
     spent: dict[str, list[float]] = {"pick_up": [], "answer": [], "vad_offset_lag": [], "silence_waited": []}
+    provisional = ProvisionalStats()
     for case in cases:
-        decision, cue, seconds, n, words = run_case(case, settings, asr)
+        run = run_case(case, settings, asr)
+        decision, cue, seconds, n, words = run.decision, run.cue, run.cpu_s, run.frames, run.words
+        provisional.add(case, run)
         if case.kind == "human" and decision.kind == "human":
             _where_the_time_goes(case, decision, spent)
         cpu += seconds
@@ -278,6 +355,8 @@ def score(
             truth: {f"p{q}": _pct(v, q) for q in (10, 25, 50, 75, 90)} for truth, v in times.items()
         },
         "human_verdict_parts_p50_ms": {part: _pct(v, 50) for part, v in spent.items()},
+        # When a person first hears the bot for good: the verdict, or the provisional start it confirmed.
+        "provisional": provisional.summary(),
         "accuracy_by_noise": {
             noise: round(c["correct"] / max(1, c["correct"] + c["wrong"]), 4)
             for noise, c in per_noise.items()

@@ -207,7 +207,8 @@ class DialEnded(CallFrame):
     """An outbound call that ended before it was answered (no CallStarted/CallEnded for it).
 
     `event` is set when the attempt ended on our side or without a response (ring_timeout, transport_error,
-    cancelled); otherwise `code` is the callee side's final response."""
+    cancelled, no_slot: PJSUA refused the INVITE locally, all its call slots taken; nothing was sent);
+    otherwise `code` is the callee side's final response."""
 
     code: int
     reason: str
@@ -224,6 +225,18 @@ class AmdResult(CallFrame):
     reasons: list[str]
     decided_at_ms: int  # media ms after the answer
     transcript: str | None = None  # the greeting's words from ASR that the decision saw (amd.asr)
+
+
+@dataclass(frozen=True)
+class AmdProvisional(CallFrame):
+    """AMD's provisional "human" (audio.amd.Provisional, amd.provisional_silence_ms): `start` (the callee's
+    words look over: the held disclosure and greeting may go out before the verdict) or `withdraw` (the
+    callee spoke again: the worker has already stopped the bot's audio and drops what is still on its way
+    until `ResumePlayback`)."""
+
+    action: str  # start | withdraw
+    at_ms: int  # media ms after the answer
+    reason: str
 
 
 @dataclass(frozen=True)
@@ -299,6 +312,15 @@ class CancelUtterances(CallFrame):
 
 
 @dataclass(frozen=True)
+class ResumePlayback(CallFrame):
+    """After a withdrawn provisional start: the supervisor has taken back every utterance it had sent (they
+    are held again under new ids); audio of utterances from `from_utterance` on plays again, older ids are
+    dead."""
+
+    from_utterance: int
+
+
+@dataclass(frozen=True)
 class Hangup(CallFrame):
     code: int = 200
     reason: str = ""
@@ -363,6 +385,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         RtpQuality,
         DialEnded,
         AmdResult,
+        AmdProvisional,
         AmdAudio,
         MessageCueFrame,
         Dial,
@@ -371,6 +394,7 @@ FRAME_TYPES: dict[str, type[Frame]] = {
         PlayAudio,
         EndOfUtterance,
         CancelUtterances,
+        ResumePlayback,
         Hangup,
         Transfer,
         SendDtmf,

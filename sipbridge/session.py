@@ -211,6 +211,8 @@ class CallSession:
             self.driver.on_transfer_status(frame)
         elif isinstance(frame, f.AmdAudio):
             self.dialing.on_amd_audio(frame)
+        elif isinstance(frame, f.AmdProvisional):
+            self.dialing.on_provisional(frame)
         elif isinstance(frame, f.AmdResult):
             self.dialing.on_amd(frame)
         elif isinstance(frame, f.MessageCueFrame):
@@ -244,6 +246,7 @@ class CallSession:
     def _on_playback_done(self, frame: f.PlaybackDone) -> None:
         utt = self.speaker.finish(frame)
         if utt is None:
+            self.dialing.withdrawn_played(frame)  # taken back from a withdrawn AMD provisional start
             return
         ctx = self.ctx
         audio_path = self.recorder.save_wav(f"bot-{utt.id}.wav", self.speaker.audio(utt)) if utt.pcm else None

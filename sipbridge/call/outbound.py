@@ -33,8 +33,9 @@ class OutboundLeg:
         self.end_agent = end_agent  # records the agent outcome (an `end` action) when the callee opts out
         self.call: OutboundCall | None = None  # None: an inbound call
         self._voicemail_utterance: int | None = None
-        self._disclosure_utterance: int | None = None
+        self._disclosure: Utterance | None = None  # (its id changes if a provisional start is withdrawn)
         self._amd_words: GreetingTranscriber | None = None  # the greeting's words for the worker's AMD
+        self._provisional = False  # AMD's provisional start stands: the held audio is going out
 
     def start(self) -> None:
         """Media is up: hold what is made until AMD decides, and queue the disclosure first."""
@@ -59,6 +60,23 @@ class OutboundLeg:
             self._amd_words = GreetingTranscriber(ctx.call_id, self.asr, ctx.rate, ctx.worker.send, spawn)
         self._amd_words.add(frame)
 
+    def on_provisional(self, frame: f.AmdProvisional) -> None:
+        """AMD's provisional "human" (amd.provisional_silence_ms; docs/DIALER.md "No dead air"): on `start`
+        the held disclosure and greeting go out before the verdict; on `withdraw` (the callee spoke again;
+        the worker has already stopped the audio) they are taken back and held again, to play whole from
+        their beginning on the next start or a human verdict."""
+        if self.call is None or self.call.amd_kind is not None:
+            return
+        if frame.action == "start":
+            self._provisional = True
+            self.speaker.release_held(keep=True)
+        elif self._provisional:
+            self._provisional = False
+            self.speaker.withdraw()
+        self.ctx.event(
+            "amd_provisional", {"action": frame.action, "at_ms": frame.at_ms, "reason": frame.reason}
+        )
+
     def on_amd(self, frame: f.AmdResult) -> None:
         out = self.call
         if out is None:
@@ -66,6 +84,9 @@ class OutboundLeg:
         if self._amd_words is not None:
             self._amd_words.stop()
         out.amd_kind, out.amd_at_ms = frame.kind, frame.decided_at_ms
+        if self._provisional and frame.kind == "machine":
+            self.speaker.withdraw()  # the worker stopped it already: take it back, then drop it below
+        self._provisional = False
         # First, before any bookkeeping: the audio made while AMD listened goes out now (or never).
         self.speaker.release_held(keep=frame.kind != "machine")
         data = {
@@ -97,12 +118,12 @@ class OutboundLeg:
         listens and dropped unheard if a machine answered (the voicemail message carries no disclosure)."""
         out = self.call
         text = None if out is None else (out.disclosure or self.ctx.config.dialer.disclosure)
-        if text and self._disclosure_utterance is None:
-            self._disclosure_utterance = self.speaker.say(Reply(text, interruptible=False)).id
+        if text and self._disclosure is None:
+            self._disclosure = self.speaker.say(Reply(text, interruptible=False))
 
     def played(self, utt: Utterance, frame: f.PlaybackDone) -> None:
         """An utterance's PlaybackDone: the disclosure and the voicemail message are recorded as heard."""
-        if utt.id == self._disclosure_utterance:
+        if utt is self._disclosure:
             # Offsets are media time from the answer, the time base of the call's recording (call.wav).
             whole = not frame.interrupted
             self.ctx.event(
@@ -117,6 +138,19 @@ class OutboundLeg:
         if self.call is not None and utt.id == self._voicemail_utterance and not frame.interrupted:
             self.call.message_delivered = True
             self.ctx.event("message_delivered", {"start_ms": frame.start_ms, "end_ms": frame.end_ms})
+
+    def withdrawn_played(self, frame: f.PlaybackDone) -> None:
+        """The worker's PlaybackDone of an utterance taken back from a withdrawn provisional start: what the
+        callee heard of it is stored (the utterance itself plays again, whole, under its new id)."""
+        utt = self.speaker.withdrawn.pop(frame.utterance, None)
+        if utt is None:
+            return
+        heard = {"utterance": frame.utterance, "start_ms": frame.start_ms, "end_ms": frame.end_ms}
+        self.ctx.event("withdrawn_audio", {**heard, "text": utt.reply.spoken_text, "now": utt.id})
+        if utt is self._disclosure:
+            self.ctx.event(
+                "disclosure", {"text": utt.reply.spoken_text, **heard, "whole": False, "withdrawn": True}
+            )
 
     def opt_out_said(self, words: str) -> bool:
         """The callee's turn asked not to be called again (or already had): the agent never sees it."""

@@ -66,6 +66,9 @@ class Speaker:
         self.next_utterance = 1
         self.holding = False  # new utterances are held: AMD has not decided yet (outbound)
         self.last_spoken: int | None = None  # the utterance the engine spoke last (its context ends there)
+        # Utterances taken back from a withdrawn AMD provisional start, by the id they were sent under (the
+        # worker's PlaybackDone for that id says how much of them was heard).
+        self.withdrawn: dict[int, Utterance] = {}
 
     def say(self, reply: Reply) -> Utterance:
         self.apply_actions(reply.actions)
@@ -201,6 +204,26 @@ class Speaker:
             utt.held_frames.clear()
             if utt.generated:
                 self.ctx.send(f.EndOfUtterance(self.ctx.call_id, utt.id))
+
+    def withdraw(self) -> list[int]:
+        """AMD withdrew its provisional start (the worker has stopped the audio and drops what is still on
+        its way): every utterance not yet played out is held again under a new id, with all the audio made
+        so far, so it plays from its beginning at the next start or the verdict. Returns the old ids."""
+        self.holding = True
+        old = sorted(u.id for u in self.utterances.values() if not u.cancelled)
+        live_from = self.next_utterance
+        for old_id in old:
+            utt = self.utterances.pop(old_id)
+            self.withdrawn[old_id] = utt
+            utt.id, self.next_utterance = self.next_utterance, self.next_utterance + 1
+            self.utterances[utt.id] = utt
+            if self.last_spoken == old_id:
+                self.last_spoken = utt.id
+            utt.held = True
+            utt.held_frames = list(utt.pcm)
+            utt.generated = utt.complete  # its EndOfUtterance (if sent) was under the old id
+        self.ctx.send(f.ResumePlayback(self.ctx.call_id, live_from))
+        return old
 
     def finish(self, frame: f.PlaybackDone) -> Utterance | None:
         """The worker is done with an utterance: it leaves the bookkeeping (None: unknown or already gone)."""

@@ -96,6 +96,8 @@ class VoicemailSection(_CampaignSection):
 
 # One source of defaults: the detector's own (a campaign file only overrides what it names).
 _AMD = AmdSettings()
+# Except the provisional start, off in the detector and on for calls: the measured best (docs/DIALER.md).
+PROVISIONAL_SILENCE_MS = 200
 
 
 class AmdSection(_CampaignSection):
@@ -114,6 +116,14 @@ class AmdSection(_CampaignSection):
     after_short_greeting_silence_ms: int = Field(
         _AMD.after_short_greeting_silence_ms,
         description="Silence that ends a short greeting (short_greeting_ms).",
+    )
+    provisional_silence_ms: int | None = Field(
+        PROVISIONAL_SILENCE_MS,
+        description="No dead air: after this much silence following the callee's first words, the"
+        " disclosure and greeting start on a provisional 'human' while the rules above still decide; if the"
+        " callee speaks again (or the verdict is machine) the bot stops at once and the disclosure plays"
+        " whole from its beginning later. Must be below after_greeting_silence_ms. Null: speak only on the"
+        " verdict (docs/DIALER.md).",
     )
     total_analysis_ms: int = _AMD.total_analysis_ms
     min_word_length_ms: int = _AMD.min_word_length_ms

@@ -43,6 +43,8 @@ _IDLE_POLL_S = 0.25  # how often a paused or waiting campaign looks at its state
 # --exit-when-idle: waiting this long (campaign clock) for the next due contact is still "busy" (a window
 # about to open, an immediate retry); further out is idle (busy/no-answer retries are minutes away).
 _IDLE_HORIZON_S = 60.0
+# A contact whose INVITE found no free PJSUA call slot (DialEnded event no_slot) is due again after this.
+_NO_SLOT_RETRY_S = 1.0
 
 
 @dataclass(frozen=True)
@@ -351,6 +353,9 @@ class CampaignRunner:
             if out.cancelled_by_pause and frame.event == "cancelled":
                 self._release(out, frame)
                 return True
+            if frame.event == "no_slot":
+                self._no_slot(out, frame)
+                return True
             event = frame.event if frame.event in ("ring_timeout", "transport_error", "cancelled") else None
             code = frame.code if 300 <= frame.code <= 699 else None
             if event is None and code is None:
@@ -390,6 +395,34 @@ class CampaignRunner:
             self.name,
             contact.number,
             out.claim.attempt,
+        )
+        self._wake.set()
+
+    def _no_slot(self, out: OutboundCall, frame: f.DialEnded) -> None:
+        """The worker's PJSUA refused the INVITE locally (PJ_ETOOMANY: its call slots are all held, e.g. by
+        a call whose BYE went unanswered, which the supervisor no longer counts): nothing was sent, so it is
+        neither a try of the contact nor `failed`. The contact goes back to the queue, due again after
+        _NO_SLOT_RETRY_S (by then a slot may be free here, or another worker takes it)."""
+        self.on_answer_route.pop(out.call_id, None)
+        contact = out.claim.contact
+        now = ts(self.clock.now())
+        self.state.release(
+            out.claim.attempt_id,
+            contact.id,
+            next_at=now + _NO_SLOT_RETRY_S,
+            now=now,
+            detail={"reason": frame.reason, "worker": out.worker},
+            event="no_slot",
+        )
+        self.state.store.end_call(frame.call_id, Outcome.CANCELLED.value, reason=f"no_slot: {frame.reason}")
+        log.warning(
+            "campaign %s: %s attempt %d recorded: cancelled (no free call slot on worker %d, not counted;"
+            " due again in %.0f s)",
+            self.name,
+            contact.number,
+            out.claim.attempt,
+            out.worker,
+            _NO_SLOT_RETRY_S,
         )
         self._wake.set()
 

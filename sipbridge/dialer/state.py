@@ -27,7 +27,11 @@ from sipbridge.store import Store
 
 log = logging.getLogger(__name__)
 
-__all__ = ["CampaignState", "Claim", "ContactRow"]
+__all__ = ["UNCOUNTED_EVENTS", "CampaignState", "Claim", "ContactRow"]
+
+# Attempts that do not use up one of the contact's tries: cancelled by a pause while ringing, or never sent
+# (the worker's PJSUA had no free call slot).
+UNCOUNTED_EVENTS = ("paused", "no_slot")
 
 
 @dataclass(frozen=True)
@@ -279,16 +283,19 @@ class CampaignState:
         now: float,
         ringing_ms: int | None = None,
         detail: dict[str, Any] | None = None,
+        event: str = "paused",
     ) -> None:
-        """The attempt was cancelled because the campaign was paused while it rang: it is recorded (outcome
-        cancelled, event paused) but the contact goes back to `pending` with the `next_at` it was claimed
-        with (its place in line after a resume), and the attempt does not count against the retry policy's
+        """The attempt was cancelled because the campaign was paused while it rang (event `paused`), or it
+        never left (event `no_slot`: the worker's PJSUA had no free call slot): it is recorded (outcome
+        cancelled) but the contact goes back to `pending` with `next_at` (a pause: the one it was claimed
+        with, its place in line after a resume), and the attempt does not count against the retry policy's
         max_attempts (`counted_attempts`)."""
+        assert event in UNCOUNTED_EVENTS, event
         with self.store.transaction() as db:
             db.execute(
-                "UPDATE attempts SET ended_at = ?, event = 'paused', outcome = 'cancelled', ringing_ms = ?,"
+                "UPDATE attempts SET ended_at = ?, event = ?, outcome = 'cancelled', ringing_ms = ?,"
                 " detail = ? WHERE id = ? AND ended_at IS NULL",
-                (now, ringing_ms, json.dumps(detail or {}), claim_attempt_id),
+                (now, event, ringing_ms, json.dumps(detail or {}), claim_attempt_id),
             )
             db.execute(
                 "UPDATE contacts SET state = 'pending', outcome = 'cancelled', next_at = ?, updated_at = ?"
@@ -297,10 +304,11 @@ class CampaignState:
             )
 
     def counted_attempts(self, contact_id: int, attempts: int) -> int:
-        """`attempts` (every attempt made, numbering the attempt rows) less those a pause cancelled: what the
-        retry policy's max_attempts is compared with."""
+        """`attempts` (every attempt made, numbering the attempt rows) less those a pause cancelled or that
+        never left (UNCOUNTED_EVENTS): what the retry policy's max_attempts is compared with."""
         rows = self.store.query(
-            "SELECT COUNT(*) AS n FROM attempts WHERE contact_id = ? AND event = 'paused'", (contact_id,)
+            "SELECT COUNT(*) AS n FROM attempts WHERE contact_id = ? AND event IN ('paused', 'no_slot')",
+            (contact_id,),
         )
         return attempts - int(rows[0]["n"])
 

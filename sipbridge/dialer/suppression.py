@@ -8,7 +8,8 @@ number by another campaign (another `dial` process on the same database), cannot
 the INVITE.
 
 The cap counts attempt rows (every INVITE we sent, whatever its outcome, a pause-cancelled one included: the
-phone may have rung) to the number across all campaigns since the callee's local midnight.
+phone may have rung; not one PJSUA refused locally, event `no_slot`: nothing was sent) to the number across
+all campaigns since the callee's local midnight.
 """
 
 from __future__ import annotations
@@ -87,7 +88,7 @@ def blocked(db: Any, number: str, *, cap: int | None, day_start: float) -> Block
         return None
     made = db.execute(
         "SELECT COUNT(*) AS n FROM attempts a JOIN contacts c ON c.id = a.contact_id"
-        " WHERE c.number = ? AND a.started_at >= ?",
+        " WHERE c.number = ? AND a.started_at >= ? AND COALESCE(a.event, '') != 'no_slot'",
         (number, day_start),
     ).fetchone()["n"]
     if made >= cap:

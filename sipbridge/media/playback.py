@@ -56,6 +56,10 @@ class PlaybackQueue:
     _by_id: dict[int, PlaybackItem] = field(default_factory=dict)
     _cancelled: set[int] = field(default_factory=set)
     _finished: list[PlaybackDone] = field(default_factory=list)
+    # AMD's provisional start withdrawn (outbound): every push is dropped until the supervisor says from
+    # which utterance id audio is live again (`resume`); ids below `_live_from` stay dead.
+    _withdrawn: bool = False
+    _live_from: int = 0
     tick: int = 0
     underruns: int = 0
     frames_played: int = 0
@@ -88,6 +92,8 @@ class PlaybackQueue:
             utt.ended = True
 
     def _get(self, utterance: int, interruptible: bool) -> PlaybackItem | None:
+        if self._withdrawn or utterance < self._live_from:
+            return None  # sent before the supervisor learnt of a withdrawal (AMD provisional start)
         if utterance in self._cancelled:
             return None  # audio still in flight when the utterance was cut
         utt = self._by_id.get(utterance)
@@ -153,6 +159,20 @@ class PlaybackQueue:
                 self._cancelled.add(utt.id)
                 self._retire(utt, interrupted=True)
             return [u.id for u in targets], dropped
+
+    def withdraw(self) -> tuple[list[int], int]:
+        """AMD withdrew its provisional "human": nothing more goes out (every queued utterance is cut, as
+        interrupted) and every push is dropped until `resume`: the supervisor's audio still on its way
+        belongs to the withdrawn start. Returns the ids cut and the frames dropped."""
+        with self._lock:
+            self._withdrawn = True
+        return self.cancel()
+
+    def resume(self, live_from: int) -> None:
+        """The supervisor has taken the withdrawn utterances back: ids from `live_from` on play again."""
+        with self._lock:
+            self._withdrawn = False
+            self._live_from = max(self._live_from, live_from)
 
     def take_finished(self) -> list[PlaybackDone]:
         with self._lock:

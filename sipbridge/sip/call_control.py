@@ -31,6 +31,7 @@ log = logging.getLogger("sipbridge.worker")
 # A caller's ACK follows our 200 within a round trip; PJSIP retransmits the 200 at 0.5, 1, 2, 4 s. Past
 # this the INVITE cannot become a call (spoofed source, an answer it cannot read): its slot is given back.
 _ACK_TIMEOUT_S = 8.0
+_PJ_ETOOMANY = 70010  # PJ_ERRNO_START_STATUS + 10: "Too many objects of the specified type"
 
 
 @dataclass
@@ -141,7 +142,9 @@ class CallControl:
         except pj.Error as exc:
             reason = exc.info().strip()
             log.warning("call %s: INVITE to %s failed: %s", dial.call_id, dial.target, reason)
-            slot.local_event = "transport_error"
+            # PJ_ETOOMANY: all PJSUA call slots here are taken (e.g. an INVITE of ours not yet ACKed, a call
+            # whose BYE went unanswered): nothing was sent, the dialer places the contact again.
+            slot.local_event = "no_slot" if exc.status == _PJ_ETOOMANY else "transport_error"
             self.retire(dial.call_id, 500, reason)
             return
         info = call.getInfo()

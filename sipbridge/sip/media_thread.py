@@ -74,7 +74,7 @@ class MediaThread:
                     ib.on_frame(pcm)
                     self._emit_finished(ib)
                 if call_id in self.amd:
-                    self.amd.on_frame(call_id, pcm)
+                    self.amd.on_frame(call_id, pcm, ib.playback if ib is not None else None)
             case BotAudio(call_id, pcm):
                 ib = self.inbound.get(call_id)
                 if ib is not None:

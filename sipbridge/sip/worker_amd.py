@@ -8,15 +8,19 @@ supervisor's words for it arrive through the inbox (`AmdWords`).
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
-from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter, GreetingFeed
+from audio.amd import AmdSettings, AnsweringMachineDetector, BeepWaiter, Decision, GreetingFeed
 from audio.beep import BeepSettings
 from sipbridge import frames as f
+from sipbridge.media.playback import PlaybackQueue
 from sipbridge.sip.worker_context import WorkerContext
+
+log = logging.getLogger("sipbridge.worker")
 
 
 @dataclass
@@ -54,7 +58,7 @@ class WorkerAmd:
     def __contains__(self, call_id: str) -> bool:
         return call_id in self.amd
 
-    def on_frame(self, call_id: str, pcm: bytes) -> None:
+    def on_frame(self, call_id: str, pcm: bytes, playback: PlaybackQueue | None) -> None:
         """Answering-machine detection on the callee's audio, then the beep wait (media thread)."""
         if len(pcm) == self.frame_bytes:
             frame = np.frombuffer(pcm, dtype="<i2")
@@ -63,6 +67,7 @@ class WorkerAmd:
         state = self.amd[call_id]
         if isinstance(state, AnsweringMachineDetector):
             decision = state.process(frame)
+            self._provisional(call_id, state, decision, playback)
             feed = self.greetings.get(call_id)
             if decision is None:
                 chunk = feed.add(frame, state.heard_speech) if feed is not None else None
@@ -89,6 +94,30 @@ class WorkerAmd:
         if cue is not None:
             self.amd.pop(call_id, None)
             self.emit(f.MessageCueFrame(call_id, cue.at_ms, cue.reason))
+
+    def _provisional(
+        self,
+        call_id: str,
+        detector: AnsweringMachineDetector,
+        decision: Decision | None,
+        playback: PlaybackQueue | None,
+    ) -> None:
+        """AMD's provisional "human" (amd.provisional_silence_ms): the supervisor sends the held greeting on
+        `start`; on `withdraw`, or a machine verdict while a start stands, the bot's audio stops here, at
+        once, before the supervisor even hears of it (a machine does not record before its beep)."""
+        change = detector.provisional_change
+        stop = change is not None and change.action == "withdraw"
+        if decision is not None and decision.kind == "machine" and decision.provisional_since_ms is not None:
+            stop = True
+        if stop and playback is not None:
+            # Their PlaybackDone frames go out with the next frame's, after this frame's AMD frames: the
+            # supervisor takes the utterances back before it hears they were cut.
+            cut, dropped = playback.withdraw()
+            log.info(
+                "call %s: provisional start stopped: utterances %s cut (%d frames)", call_id, cut, dropped
+            )
+        if change is not None:
+            self.emit(f.AmdProvisional(call_id, change.action, change.at_ms, change.reason))
 
 
 def _amd_settings(values: dict[str, Any]) -> AmdSettings:

@@ -60,6 +60,10 @@ class WorkerIpc:
                 slot = ctx.calls.get(frame.call_id)
                 if slot is not None and slot.playback is not None:
                     slot.playback.cancel(frame.utterances)
+            elif isinstance(frame, f.ResumePlayback):
+                slot = ctx.calls.get(frame.call_id)
+                if slot is not None and slot.playback is not None:
+                    slot.playback.resume(frame.from_utterance)
             elif isinstance(frame, f.Dial):
                 ctx.commands.put(PlaceCall(frame))
             elif isinstance(frame, f.AmdTranscript):

@@ -450,3 +450,78 @@ def test_a_call_screener_is_a_machine_by_its_length_alone() -> None:
     case = machine_case(SCREENER_PROMPTS[2], "en-gb", 175, "noise-40dBFS", beep=None, seed=30002)
     decision, _ = run(case)
     assert decision.kind == "machine" and decision.reasons[0].startswith("long greeting"), decision.reasons
+
+
+def proposals(case: AmdCase, settings: AmdSettings) -> tuple[Decision, list[tuple[str, int]]]:
+    """The verdict and every provisional proposal up to it, as (action, at_ms), read per frame from
+    `provisional_change` as the worker does."""
+    amd = AnsweringMachineDetector(settings)
+    seen: list[tuple[str, int]] = []
+    for frame in case.frames():
+        decision = amd.process(frame)
+        if amd.provisional_change is not None:
+            seen.append((amd.provisional_change.action, amd.provisional_change.at_ms))
+        if decision is not None:
+            assert [(p.action, p.at_ms) for p in amd.provisionals] == seen
+            return decision, seen
+    return amd.finish(), seen
+
+
+def test_a_provisional_start_comes_after_the_short_silence_and_the_verdict_confirms_it() -> None:
+    hello = human_case("Hello?", "en-us", 150, "noise-50dBFS", seed=7)
+    default, _ = run(hello)
+    decision, seen = proposals(hello, AmdSettings(provisional_silence_ms=300))
+    # The verdict is the default rules' own, at the same frame; the caller could talk 500 ms before it.
+    assert (decision.kind, decision.decided_at_ms, decision.reasons) == (
+        default.kind,
+        default.decided_at_ms,
+        default.reasons,
+    )
+    assert seen == [("start", default.decided_at_ms - 500)]
+    assert decision.provisional_since_ms == default.decided_at_ms - 500
+    assert default.provisional_since_ms is None  # off by default in the detector
+
+
+def test_speech_after_a_provisional_start_withdraws_it_and_a_machine_verdict_follows_unchanged() -> None:
+    # "Hello. [700 ms] I can't answer ...": a start in the pause, withdrawn by the next sentence's first
+    # voiced frame, and the same machine verdict as without proposals.
+    text = "Hello. I can't answer the phone right now. Please leave a message."
+    case = machine_case(text, "en-us", 150, "clean", beep=None, seed=5, sentence_pause_ms=(700.0, 701.0))
+    default, _ = run(case)
+    decision, seen = proposals(case, AmdSettings(provisional_silence_ms=300))
+    assert decision.kind == default.kind == "machine" and decision.decided_at_ms == default.decided_at_ms
+    assert [action for action, _ in seen][:2] == ["start", "withdraw"], seen
+    start, withdraw = seen[0][1], seen[1][1]
+    second_sentence = case.scene.turns[1][0]
+    # Withdrawn within 200 ms of the second sentence's onset: all the machine heard of the bot.
+    assert start < second_sentence <= withdraw <= second_sentence + 200, (seen, second_sentence)
+    assert withdraw - start < 700
+    # Proposals alternate start/withdraw; none stands at the machine verdict here (it came mid-speech,
+    # after the withdrawal), or if one does, the verdict says so for the worker to stop it.
+    assert all(a == ("start" if i % 2 == 0 else "withdraw") for i, (a, _) in enumerate(seen))
+    standing = seen[-1][1] if seen[-1][0] == "start" else None
+    assert decision.provisional_since_ms == standing
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error"),
+    [
+        ({"provisional_silence_ms": 0}, "amd.provisional_silence_ms must be a positive integer or null"),
+        ({"provisional_silence_ms": True}, "amd.provisional_silence_ms must be a positive integer or null"),
+        (
+            {"provisional_silence_ms": 800},
+            r"amd.provisional_silence_ms \(800\) must be shorter .* \(800 ms\)",
+        ),
+        (
+            {
+                "provisional_silence_ms": 500,
+                "short_greeting_ms": 1000,
+                "after_short_greeting_silence_ms": 400,
+            },
+            r"must be shorter than the silence that decides human \(400 ms\)",
+        ),
+    ],
+)
+def test_provisional_settings_validation(kwargs: dict[str, object], error: str) -> None:
+    with pytest.raises(ValueError, match=error):
+        AmdSettings(**kwargs)  # type: ignore[arg-type]

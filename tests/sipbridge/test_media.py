@@ -80,6 +80,26 @@ def test_cancel_drops_queued_audio_and_audio_still_in_flight() -> None:
     assert q.pop() == q.silence
 
 
+def test_a_withdrawn_provisional_start_stops_everything_until_the_supervisor_resumes() -> None:
+    # AMD's provisional "human" was withdrawn: not-interruptible audio (the disclosure) stops too, audio
+    # still on its way (even of an utterance the worker never saw) is dropped, until ResumePlayback says
+    # from which id audio is live again; older ids stay dead after it.
+    q = PlaybackQueue(FRAME)
+    q.push(1, False, frames_of(1, 5))
+    q.pop()
+    cut, dropped = q.withdraw()
+    assert cut == [1] and dropped == 4
+    assert [(d.utterance, d.interrupted) for d in q.take_finished()] == [(1, True)]
+    q.push(1, False, frames_of(1, 2))
+    q.push(2, True, frames_of(2, 2))  # sent before the supervisor heard of the withdrawal
+    q.end(2)
+    assert q.pop() == q.silence
+    q.resume(3)
+    q.push(2, True, frames_of(2, 2))
+    q.push(3, False, frames_of(3, 2))
+    assert [np.frombuffer(q.pop(), np.int16)[0] for _ in range(3)] == [3, 3, 0]
+
+
 def test_inbound_barges_in_once_the_caller_spoke_barge_in_min_ms() -> None:
     speech = (espeak("Hello, I would like some help please.", 8000) * 20000).astype(np.int16)
     audio = np.concatenate([np.zeros(8000, np.int16), speech, np.zeros(8000, np.int16)])
@@ -109,6 +129,8 @@ def test_every_frame_type_survives_the_wire() -> None:
         f.TurnEnded("c", 100, 900, "silence", frames_of(3, 2)),
         f.PlayAudio("c", 4, False, frames_of(5, 1)),
         f.CancelUtterances("c", [1, 2]),
+        f.AmdProvisional("c", "withdraw", 1680, "speech again"),
+        f.ResumePlayback("c", 3),
         f.CallEnded("c", 200, "OK", "remote", 10, 11, 0),
         f.Ping(5, 6, b"\x01\x02"),
     ]

@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 
+from audio.amd import AmdSettings
 from sipbridge.config import ConfigError
 from sipbridge.dialer.campaign import load_campaign
 from sipbridge.dialer.outcomes import Outcome
@@ -101,9 +102,23 @@ def test_the_short_answer_rule_is_off_unless_a_campaign_sets_it(tmp_path: Path) 
     assert (settings.short_greeting_ms, settings.after_short_greeting_silence_ms) == (1000, 600)
 
 
+def test_calls_start_on_a_provisional_human_unless_a_campaign_turns_it_off(tmp_path: Path) -> None:
+    # Off in the detector (audio.amd), on for calls at the measured value (docs/DIALER.md "No dead air").
+    default = load_campaign(write(tmp_path, CALLER_ID_ONLY), env={}).campaign.amd.to_settings()
+    assert default.provisional_silence_ms == 200 and AmdSettings().provisional_silence_ms is None
+    off = CALLER_ID_ONLY + "amd: {provisional_silence_ms: null}\n"
+    assert (
+        load_campaign(write(tmp_path, off), env={}).campaign.amd.to_settings().provisional_silence_ms is None
+    )
+
+
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        (
+            CALLER_ID_ONLY + "amd: {provisional_silence_ms: 900}\n",
+            "amd: amd.provisional_silence_ms (900) must be shorter than the silence that decides human",
+        ),
         (CALLER_ID_ONLY + "colour: red\n", "campaign.yaml:5: colour: unknown key"),
         (
             CALLER_ID_ONLY + "limits:\n  concurrency: 0\n",

@@ -184,11 +184,24 @@ def test_each_callee_gets_its_outcome(tmp_path: Path) -> None:
     # No disclosure on the voicemail message: it is not a conversation.
     assert "disclosure" not in events
 
-    # The message audio reached the recorder only after its beep had ended.
+    # The message audio reached the recorder only after its beep had ended. Before the beep, the recorder
+    # heard at most the provisional starts that the greeting's next words withdrew
+    # (amd.provisional_silence_ms: a fraction of a second each, in its sentence gaps; it records nothing).
     assert from_vm and to_vm
     answer_t = from_vm[0].t
-    first_voiced = to_vm[0].t - answer_t
-    assert first_voiced >= vm.beep_end_s, (first_voiced, vm.beep_end_s)
+    with db(tmp_path) as conn:
+        withdrawn = [
+            json.loads(r["data"])
+            for r in conn.execute(
+                "SELECT data FROM call_events WHERE call_id = ? AND kind = 'withdrawn_audio'",
+                (rows["voicemail"]["call_id"],),
+            )
+        ]
+    heard_ms = sum(e["end_ms"] - e["start_ms"] for e in withdrawn)
+    before_beep = [p for p in to_vm if p.t - answer_t < vm.beep_end_s]
+    assert len(before_beep) * 20 <= heard_ms + 100 and heard_ms <= 1000, (len(before_beep), withdrawn)
+    message = [p.t - answer_t for p in to_vm if p.t - answer_t >= vm.beep_end_s]
+    assert message and message[0] >= vm.beep_end_s, (message[:1], vm.beep_end_s)
 
 
 def test_every_worker_answers_the_trunks_challenge_through_its_outbound_proxy(tmp_path: Path) -> None:

@@ -254,11 +254,17 @@ def check_disclosure(work: Path, call_id: str) -> None:
     (barge-in cannot cut it), and its event's offsets find it in the call's recording (bot = right)."""
     with db(work) as conn:
         turns = list(conn.execute("SELECT * FROM turns WHERE call_id = ? ORDER BY start_ms, idx", (call_id,)))
+        # A provisional start that the callee's words withdrew (amd.provisional_silence_ms) leaves a cut
+        # disclosure (`withdrawn`) before the one played whole; the whole one is the one checked here.
         [event] = [
-            json.loads(r["data"])
-            for r in conn.execute(
-                "SELECT data FROM call_events WHERE call_id = ? AND kind = 'disclosure'", (call_id,)
+            e
+            for e in (
+                json.loads(r["data"])
+                for r in conn.execute(
+                    "SELECT data FROM call_events WHERE call_id = ? AND kind = 'disclosure'", (call_id,)
+                )
             )
+            if not e.get("withdrawn")
         ]
         recording = conn.execute("SELECT recording_path FROM calls WHERE id = ?", (call_id,)).fetchone()[0]
     bot = [t for t in turns if t["who"] == "bot"]
@@ -271,7 +277,9 @@ def check_disclosure(work: Path, call_id: str) -> None:
     audio, rate = sf.read(recording, dtype="float32")
     bot_side = audio[: len(audio) // (rate // 50) * (rate // 50), 1].reshape(-1, rate // 50)  # 20 ms frames
     voiced = np.nonzero(np.sqrt(np.mean(bot_side**2, axis=1)) > 0.01)[0] * 20
-    # The first sound of ours in the recording is the disclosure, where its event says (one frame of slack).
+    # The first sound of ours in the recording (after any withdrawn start) is the disclosure, where its
+    # event says (one frame of slack).
+    voiced = voiced[voiced >= event["start_ms"] - 40]
     assert abs(int(voiced[0]) - event["start_ms"]) <= 40, (voiced[:5], event)
     assert np.count_nonzero((voiced >= event["start_ms"]) & (voiced < event["end_ms"])) > 50
 
