@@ -144,6 +144,13 @@ class AudioFormat:
             "f32": f"audio/x-f32le; rate={self.rate}",
         }[self.codec]
 
+    def seconds(self, nbytes: int) -> float:
+        """How much audio `nbytes` of this format's body hold (MP3: at its constant bit rate)."""
+        if self.codec == "mp3":
+            return nbytes * 8 / (self.kbps * 1000) if self.kbps else 0.0
+        width = {"pcm": 2, "f32": 4}.get(self.codec, 1)  # G.711: a byte a sample
+        return nbytes / width / self.rate
+
 
 def wav_stream_header(rate: int) -> bytes:
     """A 16-bit mono WAV header whose sizes say "unknown" (0xFFFFFFFF), for a body of unknown length: what

@@ -26,7 +26,7 @@ import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,7 +36,7 @@ from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from sipbridge.engine import EngineError, EngineRejected, EngineSession
-from sipbridge.engine.base import SpeakParams, TextSource
+from sipbridge.engine.base import SpeakParams, TextSource, WordTime
 from sipbridge.http.audio_io import FormatEncoder
 from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice
 from sipbridge.text.heard import DEFAULT_CHARS_PER_S
@@ -466,59 +466,113 @@ class TextFeed:
 # Character weights of the alignment estimate (sipbridge/text/heard.py weighs words the same way): a
 # letter or a space one unit, punctuation the pause after it.
 _CHAR_PAUSE = {",": 3.0, ";": 3.0, ":": 3.0, ".": 5.0, "?": 5.0, "!": 5.0}
+_WORD = re.compile(r"\S+\s*")  # a word and the whitespace after it: the characters its time span covers
+
+TimedChar = tuple[str, float, float]  # a character, its start and end in the reply's audio (s)
 
 
-class CharTimeline:
-    """Estimated character timings of one utterance, for ElevenLabs' `alignment` fields.
-
-    Neither engine reports when it speaks each character, so this is an estimate, not a measurement: the
-    text is laid out at `chars_per_s` (heard.py's DEFAULT_CHARS_PER_S, both engines' rate), a character
-    weighing 1 and punctuation its pause. Each audio chunk gets the characters whose estimated start
-    falls inside it (times relative to the chunk, as ElevenLabs sends them); the last chunk of the
-    utterance's characters left after the audio ends come in one more message with empty audio, so
-    each character is sent exactly once, in order."""
-
-    def __init__(self, chars_per_s: float = DEFAULT_CHARS_PER_S) -> None:
-        self.ms_per_unit = 1000.0 / chars_per_s
-        self.sent = 0  # characters already given to a chunk
-        self.at_ms = 0.0  # audio so far
-        self._start = 0.0  # estimated start (ms) of character `sent`
-
-    def chunk(self, text: str, ms: float, *, final: bool = False) -> dict[str, list[Any]] | None:
-        begin, end = self.at_ms, self.at_ms + ms
-        self.at_ms = end
-        chars: list[str] = []
-        starts: list[int] = []
-        durations: list[int] = []
-        while self.sent < len(text) and (final or self._start < end):
-            ch = text[self.sent]
-            weight = 1.0 + _CHAR_PAUSE.get(ch, 0.0)
-            duration = weight * self.ms_per_unit
-            chars.append(ch)
-            starts.append(round(min(max(self._start - begin, 0.0), ms)))
-            durations.append(round(duration))
-            self._start = max(self._start, begin) + duration
-            self.sent += 1
-        if not chars:
-            return None
-        return {"chars": chars, "charStartTimesMs": starts, "charDurationsMs": durations}
+def estimated_chars(text: str, chars_per_s: float = DEFAULT_CHARS_PER_S) -> list[TimedChar]:
+    """The estimate for an engine without word times (espeak): `text` laid out at `chars_per_s` (heard.py's
+    rate), a character weighing 1 and punctuation its pause."""
+    out: list[TimedChar] = []
+    at = 0.0
+    for ch in text:
+        duration = (1.0 + _CHAR_PAUSE.get(ch, 0.0)) / chars_per_s
+        out.append((ch, at, at + duration))
+        at += duration
+    return out
 
 
-def spread_chars(text: str, total_s: float) -> dict[str, list[Any]]:
-    """Estimated character times over a whole reply `total_s` long (REST `/with-timestamps`): the weights
-    of CharTimeline, scaled to the real audio length. ElevenLabs' CharacterAlignmentResponseModel shape."""
-    weights = [1.0 + _CHAR_PAUSE.get(ch, 0.0) for ch in text]
-    unit = total_s / (sum(weights) or 1.0)
-    starts, ends, at = [], [], 0.0
-    for weight in weights:
-        starts.append(round(at, 3))
-        at += weight * unit
-        ends.append(round(at, 3))
+def _spread(text: str, begin: float, end: float) -> list[TimedChar]:
+    step = max(end - begin, 1e-3) / max(len(text), 1)
+    return [(ch, begin + i * step, begin + (i + 1) * step) for i, ch in enumerate(text)]
+
+
+def engine_chars(text: str, words: Sequence[WordTime], end_s: float | None) -> list[TimedChar]:
+    """The characters of `text` that the engine's word starts time so far: text word i (with its trailing
+    whitespace) spans engine word i's start to word i+1's start, its characters evenly inside. The last
+    word's span needs the audio's end (`end_s`, at the end of the reply); then it also takes any text words
+    the engine has no word for. One to one by position: where normalisation changed the word count ("$5" →
+    "five dollars") the words after it shift by the difference."""
+    spans = [m.span() for m in _WORD.finditer(text)]
+    if not spans or not words:  # at the end of a reply cut before its first word: all at its end
+        return _spread(text, end_s, end_s) if end_s is not None else []
+    starts = [w.start_s for w in words]
+    out = _spread(text[: spans[0][0]], 0.0, starts[0]) if spans[0][0] else []
+    for i, (a, b) in enumerate(spans):
+        if i + 1 < len(starts):
+            out += _spread(text[a:b], starts[i], starts[i + 1])
+        elif i < len(starts) and end_s is not None:
+            return out + _spread(text[a:], starts[i], max(end_s, starts[i]))
+        else:
+            break
+    return out
+
+
+@dataclass
+class ReplyAlignment:
+    """Character timings of one reply for ElevenLabs' alignment fields, chunk by chunk.
+
+    Measured where the engine reports word starts (`EngineSession.word_times`, Dia2: the step each word
+    was taken): `alignment` covers the request's text, `normalized` the words as the engine read them
+    (after normalisation). Otherwise (espeak) both are the letter-weight estimate of the text. Each call
+    of `chunk` gives the characters not sent yet whose start falls before the audio so far (for Dia2, of the
+    words whose next word has begun); `final` gives all the rest, so every character is sent once, in order.
+    """
+
+    session: EngineSession
+    at_s: float = 0.0  # audio so far
+    _sent: list[int] = field(default_factory=lambda: [0, 0])  # characters given out: text, normalised
+
+    def chunk(self, text: str, seconds: float, *, final: bool = False) -> tuple[list[TimedChar], ...]:
+        """(text characters, normalised characters) for the next `seconds` of audio."""
+        self.at_s += seconds
+        words = self.session.word_times()
+        if words is None:
+            timed = normalised = estimated_chars(text)
+        else:
+            end = self.at_s if final else None
+            timed = engine_chars(text, words, end)
+            normalised = engine_chars(" ".join(w.word for w in words), words, end)
+        return self._take(0, timed, final), self._take(1, normalised, final)
+
+    def _take(self, which: int, timed: list[TimedChar], final: bool) -> list[TimedChar]:
+        first = self._sent[which]
+        last = first
+        while last < len(timed) and (final or timed[last][1] < self.at_s):
+            last += 1
+        self._sent[which] = last
+        return timed[first:last]
+
+
+def ms_alignment(chars: list[TimedChar], begin_s: float, chunk_s: float) -> dict[str, list[Any]] | None:
+    """stream-input's `{"chars", "charStartTimesMs", "charDurationsMs"}`: whole ms relative to the chunk
+    that starts at `begin_s` (a start before it, a character of an earlier chunk sent late, is 0)."""
+    if not chars:
+        return None
+    limit = chunk_s * 1000
     return {
-        "characters": list(text),
-        "character_start_times_seconds": starts,
-        "character_end_times_seconds": ends,
+        "chars": [c for c, _, _ in chars],
+        "charStartTimesMs": [round(min(max((a - begin_s) * 1000, 0.0), limit)) for _, a, _ in chars],
+        "charDurationsMs": [max(1, round((b - a) * 1000)) for _, a, b in chars],
     }
+
+
+def seconds_alignment(chars: list[TimedChar]) -> dict[str, list[Any]]:
+    """REST `/with-timestamps`' CharacterAlignmentResponseModel: times in s from the reply's start."""
+    return {
+        "characters": [c for c, _, _ in chars],
+        "character_start_times_seconds": [round(a, 3) for _, a, _ in chars],
+        "character_end_times_seconds": [round(b, 3) for _, _, b in chars],
+    }
+
+
+def spread_chars(text: str, total_s: float) -> list[TimedChar]:
+    """The estimate over a whole reply `total_s` long (espeak's REST `/with-timestamps`): the weights of
+    estimated_chars, scaled to the real audio length."""
+    timed = estimated_chars(text)
+    scale = total_s / (timed[-1][2] if timed else 1.0)
+    return [(c, a * scale, b * scale) for c, a, b in timed]
 
 
 def streams_words(service: ConversationService) -> bool:

@@ -6,8 +6,10 @@ plugins call, answered by our engine.
 * `POST /v1/text-to-speech/{voice_id}`: the same, the whole file at once;
 * `WS /v1/text-to-speech/{voice_id}/stream-input`: `{"text": " ", ...}` first, text chunks (`flush`,
   `try_trigger_generation`), `{"text": ""}` ends; `{"audio": <base64>, "isFinal": false, "alignment",
-  "normalizedAlignment"}` per engine chunk (estimated character
-  timings, compat.CharTimeline), `{"isFinal": true}`, then the socket closes;
+  "normalizedAlignment"}` per engine chunk (character timings from the engine's word times, or estimated:
+  compat.ReplyAlignment), `{"isFinal": true}`, then the socket closes;
+* `POST /v1/text-to-speech/{voice_id}/with-timestamps` and `/stream/with-timestamps`: the audio as base64
+  with character times, whole or as newline-delimited JSON objects per chunk;
 * `GET /v1/voices`, `GET /v1/voices/{voice_id}`: our named voices.
 
 Auth is the `xi-api-key` header (a WebSocket may also send it in its first message) against
@@ -32,25 +34,30 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocketState
 
 from sipbridge.config import HttpConfig
-from sipbridge.engine.base import SpeakParams
+from sipbridge.engine.base import SpeakParams, WordTime
 from sipbridge.http.audio_io import AudioFormat, FormatEncoder, wav_bytes, wav_stream_header
 from sipbridge.http.compat import (
     MAX_MESSAGE_BYTES,
-    CharTimeline,
+    Frames,
     Generation,
     Lease,
     LeasedStream,
+    ReplyAlignment,
     TextFeed,
+    TimedChar,
     VoiceNotFound,
     collect,
+    engine_chars,
     first_frames,
     key_ok,
+    ms_alignment,
     open_lease,
     protocol_errors,
     read_capped,
     release,
     resolve_voice,
     sampling,
+    seconds_alignment,
     spread_chars,
     streams_words,
     voice_names,
@@ -187,17 +194,16 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return api_error(exc)
         return body, fmt, lease
 
-    @router.post("/v1/text-to-speech/{voice_id}/stream", responses=protocol_errors(401, 404, 413, 422, 500))
-    async def stream(voice_id: str, request: Request) -> Response:
-        """The speech as a raw audio stream in `output_format` (query), sent as it is generated."""
+    async def start_stream(
+        request: Request, voice_id: str, surface: str
+    ) -> tuple[SpeechBody, AudioFormat, Generation, Frames | None] | Response:
+        """A streaming reply started: its body, format, generation and first frames, or the error."""
         prepared = await prepare(request, voice_id)
         if isinstance(prepared, Response):
             return prepared
         body, fmt, lease = prepared
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(
-            lease, body.text, encoder, body.params(), surface=f"elevenlabs_rest_{fmt.codec}"
-        ).start()
+        gen = Generation(lease, body.text, encoder, body.params(), surface=f"{surface}_{fmt.codec}").start()
         try:
             first = await first_frames(gen)
         except ApiError as exc:
@@ -206,23 +212,51 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         except BaseException:
             await release(gen)
             raise
+        return body, fmt, gen, first
+
+    @router.post("/v1/text-to-speech/{voice_id}/stream", responses=protocol_errors(401, 404, 413, 422, 500))
+    async def stream(voice_id: str, request: Request) -> Response:
+        """The speech as a raw audio stream in `output_format` (query), sent as it is generated."""
+        started = await start_stream(request, voice_id, "elevenlabs_rest")
+        if isinstance(started, Response):
+            return started
+        _, fmt, gen, first = started
         header = wav_stream_header(fmt.rate) if fmt.wav else b""
         return LeasedStream(gen, first, fmt.media_type, header)
 
+    @router.post(
+        "/v1/text-to-speech/{voice_id}/stream/with-timestamps",
+        responses=protocol_errors(401, 404, 413, 422, 500),
+    )
+    async def stream_with_timestamps(voice_id: str, request: Request) -> Response:
+        """The speech as newline-delimited JSON, one `{"audio_base64", "alignment", "normalized_alignment"}`
+        per engine chunk as it is generated (character times in s from the reply's start), and a last
+        object with empty audio for the characters timed past the audio's end."""
+        started = await start_stream(request, voice_id, "elevenlabs_rest_timestamps")
+        if isinstance(started, Response):
+            return started
+        body, fmt, gen, first = started
+        lines = _TimestampLines(body.text, fmt, ReplyAlignment(gen.lease.session))
+        return LeasedStream(
+            gen, first, "application/x-ndjson", frame=lines.line, trailer=lines.last
+        )  # fmt: skip
+
     async def synthesise_whole(
         body: Any, fmt: AudioFormat, lease: Any, surface: str
-    ) -> tuple[bytes, FormatEncoder] | Response:
-        """The whole reply's audio (a WAV header in front where the format asks) and its encoder, or the
-        protocol's error response; the engine slot is released either way."""
+    ) -> tuple[bytes, FormatEncoder, list[WordTime] | None] | Response:
+        """The whole reply's audio (a WAV header in front where the format asks), its encoder and the
+        engine's word times (read before the session goes), or the protocol's error response; the engine
+        slot is released either way."""
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
         gen = Generation(lease, body.text, encoder, body.params(), surface=surface).start()
         try:
             audio = await collect(gen)
+            words = gen.lease.session.word_times()
         except ApiError as exc:
             return api_error(exc)
         finally:
             await release(gen)
-        return (wav_bytes(audio, fmt.rate) if fmt.wav else audio), encoder
+        return (wav_bytes(audio, fmt.rate) if fmt.wav else audio), encoder, words
 
     @router.post("/v1/text-to-speech/{voice_id}", responses=protocol_errors(401, 404, 413, 422, 500))
     async def convert(voice_id: str, request: Request) -> Response:
@@ -240,8 +274,8 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         "/v1/text-to-speech/{voice_id}/with-timestamps", responses=protocol_errors(401, 404, 413, 422, 500)
     )
     async def convert_with_timestamps(voice_id: str, request: Request) -> Response:
-        """The whole file as base64 with estimated character times (spread_chars: neither engine reports
-        them), scaled to the real audio length."""
+        """The whole file as base64 with character times: from the engine's word starts (Dia2), else
+        estimated from the text (espeak) and scaled to the real audio length."""
         prepared = await prepare(request, voice_id)
         if isinstance(prepared, Response):
             return prepared
@@ -249,12 +283,14 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         whole = await synthesise_whole(body, fmt, lease, "elevenlabs_timestamps")
         if isinstance(whole, Response):
             return whole
-        audio, encoder = whole
-        align = spread_chars(body.text, encoder.samples / encoder.rate)
+        audio, encoder, words = whole
+        total = encoder.samples / encoder.rate
+        timed = spread_chars(body.text, total) if words is None else engine_chars(body.text, words, total)
+        normalised = timed if words is None else engine_chars(" ".join(w.word for w in words), words, total)
         return JSONResponse({
             "audio_base64": base64.b64encode(audio).decode(),
-            "alignment": align,
-            "normalized_alignment": align,
+            "alignment": seconds_alignment(timed),
+            "normalized_alignment": seconds_alignment(normalised),
         })  # fmt: skip
 
     @router.get("/v1/voices", responses=protocol_errors(401, 422, 500))
@@ -321,15 +357,43 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
     return router
 
 
-def _audio_message(audio: bytes, align: dict[str, list[Any]] | None) -> dict[str, Any]:
-    """One stream-input reply. The alignment is an estimate (compat.CharTimeline): neither engine reports
-    character timings; `normalizedAlignment` is the same (the engine's normalised text is not mapped back)."""
+def _audio_message(
+    audio: bytes, chars: tuple[list[TimedChar], ...], begin_s: float, ms: float
+) -> dict[str, Any]:
+    """One stream-input reply: the chunk's audio and the characters starting in it (compat.ReplyAlignment:
+    the engine's word times for Dia2, an estimate for espeak), times relative to the chunk."""
     return {
         "audio": base64.b64encode(audio).decode(),
         "isFinal": False,
-        "normalizedAlignment": align,
-        "alignment": align,
+        "normalizedAlignment": ms_alignment(chars[1], begin_s, ms / 1000),
+        "alignment": ms_alignment(chars[0], begin_s, ms / 1000),
     }
+
+
+class _TimestampLines:
+    """`/stream/with-timestamps`' body: a JSON object and a newline per chunk (the SDK reads it by lines)."""
+
+    def __init__(self, text: str, fmt: AudioFormat, align: ReplyAlignment) -> None:
+        self.text, self.format, self.align = text, fmt, align
+        self.header = wav_stream_header(fmt.rate) if fmt.wav else b""  # in the first object's audio
+
+    def _object(self, audio: bytes, chars: tuple[list[TimedChar], ...]) -> bytes:
+        found = chars[0] or chars[1]
+        message = {
+            "audio_base64": base64.b64encode(audio).decode(),
+            "alignment": seconds_alignment(chars[0]) if found else None,
+            "normalized_alignment": seconds_alignment(chars[1]) if found else None,
+        }
+        return json.dumps(message).encode() + b"\n"
+
+    def line(self, audio: bytes) -> bytes:
+        chars = self.align.chunk(self.text, self.format.seconds(len(audio)))
+        audio, self.header = self.header + audio, b""
+        return self._object(audio, chars)
+
+    def last(self) -> bytes:
+        chars = self.align.chunk(self.text, 0.0, final=True)
+        return self._object(self.header, chars) if chars[0] or chars[1] else b""
 
 
 class _StreamInput:
@@ -493,21 +557,18 @@ class _StreamInput:
                 self.params, on_end=feed.end, surface="elevenlabs_stream_input",
             ).start()  # fmt: skip
             self._gen = gen
-            timeline, samples = CharTimeline(), 0
+            align = ReplyAlignment(self.lease.session)
             while (frames := await gen.next()) is not None:
                 audio = b"".join(frames)
-                ms = (gen.encoder.samples - samples) * 1000 / gen.encoder.rate
-                samples = gen.encoder.samples
+                begin, ms = align.at_s, self.format.seconds(len(audio)) * 1000
+                chars = align.chunk(feed.text, ms / 1000)
                 if audio and self.ws.application_state == WebSocketState.CONNECTED:
-                    await self._send(_audio_message(audio, timeline.chunk(feed.text, ms)))
+                    await self._send(_audio_message(audio, chars, begin, ms))
                     gen.wrote_first()
-            rest = (
-                timeline.chunk(feed.text, 0.0, final=True)
-                if gen.error is None and not gen.cancelled
-                else None
-            )
-            if rest is not None and self.ws.application_state == WebSocketState.CONNECTED:
-                await self._send(_audio_message(b"", rest))  # text the estimate placed past the audio's end
+            if gen.error is None and not gen.cancelled:
+                rest = align.chunk(feed.text, 0.0, final=True)  # characters timed past the audio's end
+                if (rest[0] or rest[1]) and self.ws.application_state == WebSocketState.CONNECTED:
+                    await self._send(_audio_message(b"", rest, align.at_s, 0.0))
             if gen.error is not None:
                 await self._fail(gen.error.message, _ERROR_SLUGS.get(gen.error.status, "engine_error"), 1011)
                 return

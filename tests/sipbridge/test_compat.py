@@ -226,8 +226,74 @@ def test_elevenlabs_sdk_with_timestamps(espeak_server: Server) -> None:
     starts, ends = align.character_start_times_seconds, align.character_end_times_seconds
     assert starts[0] == 0.0 and starts == sorted(starts)
     assert all(a < b for a, b in zip(starts, ends, strict=True))
-    assert abs(ends[-1] - seconds) < 0.01  # spread over the real audio length
+    assert abs(ends[-1] - seconds) < 0.01  # the estimate, spread over the real audio length
     assert reply.normalized_alignment == align
+
+
+def _word_starts(chars: list[str], starts: list[float]) -> list[tuple[str, float]]:
+    """(word, start of its first character) of an alignment's characters."""
+    out: list[tuple[str, float]] = []
+    for i, ch in enumerate(chars):
+        if not ch.isspace() and (i == 0 or chars[i - 1].isspace()):
+            out.append(("", starts[i]))
+        if not ch.isspace() and out:
+            out[-1] = (out[-1][0] + ch, out[-1][1])
+    return out
+
+
+def test_elevenlabs_sdk_stream_with_timestamps(server: Server) -> None:
+    """`/stream/with-timestamps` through the SDK's own parser: the same audio as `/stream`, every character
+    once, in order, each in the chunk its time falls in. With Dia2 the times are the engine's: every word
+    starts on an 80 ms frame (the step the engine took it), the normalised alignment spells the engine's
+    words, and the whole-file `/with-timestamps` gives the same times; espeak gets the estimate."""
+    client = server.eleven()
+    extra = {"additional_body_parameters": GREEDY}
+    chunks = list(
+        client.text_to_speech.stream_with_timestamps(
+            voice_id="default", text=TEXT, output_format="pcm_24000", request_options=extra
+        )
+    )
+    audio = b"".join(base64.b64decode(c.audio_base_64) for c in chunks)
+    plain = b"".join(
+        client.text_to_speech.stream(
+            voice_id="default", text=TEXT, output_format="pcm_24000", request_options=extra
+        )
+    )
+    assert audio == plain and len(audio) > 0
+    chars: list[str] = []
+    starts: list[float] = []
+    norm_chars: list[str] = []
+    norm_starts: list[float] = []
+    at = 0.0
+    for chunk in chunks:
+        length = len(base64.b64decode(chunk.audio_base_64)) / 2 / 24000
+        if chunk.alignment is not None:
+            chars += chunk.alignment.characters
+            starts += chunk.alignment.character_start_times_seconds
+            if length:  # a chunk's characters start before its end (the last, empty one: the rest)
+                assert all(t < at + length + 1e-3 for t in chunk.alignment.character_start_times_seconds)
+        if chunk.normalized_alignment is not None:
+            norm_chars += chunk.normalized_alignment.characters
+            norm_starts += chunk.normalized_alignment.character_start_times_seconds
+        at += length
+    assert "".join(chars) == TEXT
+    assert starts == sorted(starts) and starts[0] >= 0.0
+    whole = client.text_to_speech.convert_with_timestamps(
+        voice_id="default", text=TEXT, output_format="pcm_24000", request_options=extra
+    )
+    if server.engine == "espeak":
+        assert norm_chars == chars and norm_starts == starts
+        return
+    assert whole.alignment is not None and whole.alignment.characters == chars
+    assert whole.alignment.character_start_times_seconds == pytest.approx(starts, abs=2e-3)
+    words = _word_starts(chars, starts)
+    engine_words = _word_starts(norm_chars, norm_starts)
+    assert [w for w, _ in words] == TEXT.split()
+    assert len(engine_words) == len(words)  # the tiny checkpoint took every word
+    for (_, start), (_, engine_start) in zip(words, engine_words, strict=True):
+        assert start == pytest.approx(engine_start, abs=1e-3)  # the text's words on the engine's
+        assert abs(start * 12.5 - round(start * 12.5)) < 0.02, start  # on an 80 ms frame: a step
+    assert [t for _, t in words] == sorted({t for _, t in words})  # one step per word, in order
 
 
 def test_elevenlabs_errors_have_its_shape(espeak_server: Server) -> None:
@@ -291,17 +357,17 @@ def _stream_input(
 
 
 def _alignment_chars(message: dict[str, Any], chunk_ms: float) -> list[str]:
-    """The characters of one stream-input message's alignment, its shape checked as ElevenLabs sends it:
-    equal-length lists, times in whole ms relative to the chunk, starts inside it."""
-    align = message["alignment"]
-    if align is None:
-        return []
-    assert message["normalizedAlignment"] == align
-    chars, starts, durations = align["chars"], align["charStartTimesMs"], align["charDurationsMs"]
-    assert len(chars) == len(starts) == len(durations) > 0
-    assert all(isinstance(t, int) and 0 <= t <= chunk_ms for t in starts), (starts, chunk_ms)
-    assert starts == sorted(starts) and all(isinstance(d, int) and d > 0 for d in durations)
-    return list(chars)
+    """The characters of one stream-input message's alignment, both alignments' shapes checked as
+    ElevenLabs sends them: equal-length lists, times in whole ms relative to the chunk, starts inside it."""
+    for key in ("alignment", "normalizedAlignment"):
+        align = message[key]
+        if align is None:
+            continue
+        chars, starts, durations = align["chars"], align["charStartTimesMs"], align["charDurationsMs"]
+        assert len(chars) == len(starts) == len(durations) > 0
+        assert all(isinstance(t, int) and 0 <= t <= chunk_ms for t in starts), (starts, chunk_ms)
+        assert starts == sorted(starts) and all(isinstance(d, int) and d > 0 for d in durations)
+    return list(message["alignment"]["chars"]) if message["alignment"] else []
 
 
 def test_elevenlabs_stream_input_speaks_before_the_text_ends(server: Server) -> None:
@@ -324,7 +390,7 @@ def test_elevenlabs_stream_input_speaks_before_the_text_ends(server: Server) -> 
             sock.recv(timeout=10)
     audio = base64.b64decode(first["audio"]) + b"".join(rest)
     assert len(audio) % 160 == 0 and len(audio) > 8000  # > 1 s of 8 kHz µ-law, in 20 ms frames
-    # Character alignment (an estimate, docs/COMPAT.md): every character sent, once, in order.
+    # Character alignment (Dia2: its word times; espeak: an estimate): every character sent, once, in order.
     assert "".join(aligned) == "Hello there, this is the first sentence. And this is the second one. "
 
 
