@@ -190,6 +190,9 @@ class Generation:
     params: SpeakParams | None = None
     started: float = field(default_factory=time.monotonic)
     on_end: Callable[[], None] | None = None  # e.g. end the text feed the engine may be waiting on
+    # Text said before this reply (ElevenLabs' previous_text): spoken first on the same session with its
+    # audio discarded, so a contextual engine (Dia2) continues from it; see `context_text`.
+    context: str | None = None
     surface: str = "compat"  # which protocol surface speaks it (first-write hooks, bench)
     timings: Timings = field(default_factory=Timings)
     first_write_at: float | None = None  # monotonic time the surface handed its first audio to the socket
@@ -212,6 +215,10 @@ class Generation:
             self._queue.put_nowait(frames)
 
         async def op(session: EngineSession) -> Timings:
+            if self.context:
+                await self._say_unheard(session, self.context)
+                if self.cancelled:  # the client left while the context was being spoken
+                    return self.timings
             return await service.generate(
                 session,
                 self.text,
@@ -235,6 +242,17 @@ class Generation:
             self.error = ApiError(500, f"engine failed: {exc}")
         finally:
             self._queue.put_nowait(None)
+
+    async def _say_unheard(self, session: EngineSession, text: str) -> None:
+        """`text` spoken on the session and its audio dropped: it joins the engine's context only."""
+        t0 = time.monotonic()
+        frames = 0
+        async for _ in session.speak(text, self.params):
+            frames += 1
+        log.info(
+            "compat %s: previous text (%d characters) spoken as context in %.0f ms, %d chunks not sent",
+            self.lease.tag, len(text), (time.monotonic() - t0) * 1e3, frames,
+        )  # fmt: skip
 
     async def next(self) -> Frames | None:
         return await self._queue.get()
@@ -573,6 +591,22 @@ def spread_chars(text: str, total_s: float) -> list[TimedChar]:
     timed = estimated_chars(text)
     scale = total_s / (timed[-1][2] if timed else 1.0)
     return [(c, a * scale, b * scale) for c, a, b in timed]
+
+
+MAX_CONTEXT_CHARS = 300  # of previous_text: its speech is generated before the reply's, so it costs latency
+
+
+def context_text(service: ConversationService, lease: Lease, previous: str | None) -> str | None:
+    """What of a request's previous text to speak as context: its last MAX_CONTEXT_CHARS (from a word
+    boundary), only for an engine that keeps context (not espeak) and only on a fresh session (a
+    conversation already holds what was really said; a made-up turn would enter it for good)."""
+    if not previous or not previous.strip() or lease.conv is not None or service.engine.name == "espeak":
+        return None
+    text = previous.strip()
+    if len(text) > MAX_CONTEXT_CHARS:
+        cut = text[-MAX_CONTEXT_CHARS:]
+        text = cut[cut.find(" ") + 1 :] if " " in cut else cut
+    return text
 
 
 def streams_words(service: ConversationService) -> bool:

@@ -25,6 +25,8 @@ import contextlib
 import json
 import logging
 import re
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
 from typing import Any
 
@@ -47,6 +49,7 @@ from sipbridge.http.compat import (
     TimedChar,
     VoiceNotFound,
     collect,
+    context_text,
     engine_chars,
     first_frames,
     key_ok,
@@ -75,6 +78,7 @@ FORMATS = sorted(
 )
 _FORMAT = re.compile(r"^(mp3|pcm|wav|ulaw|alaw)_(\d+)(?:_(\d+))?$")
 _BODY_LIMIT = 256 * 1024
+_REMEMBERED = 1024  # replies whose text a later previous_request_ids can name (max_text_chars each)
 _ERROR_SLUGS = {409: "conversation_busy", 413: "text_too_long", 429: "too_many_requests",
                 500: "engine_error", 503: "system_busy"}  # fmt: skip
 
@@ -111,8 +115,10 @@ class SpeechBody(BaseModel):
     text: str = Field(..., min_length=1)
     model_id: str | None = None
     voice_settings: VoiceSettings | None = None
-    previous_text: str | None = None
-    next_text: str | None = None
+    previous_text: str | None = None  # spoken first as context, not sent (compat.context_text)
+    next_text: str | None = None  # accepted, unused: Dia2 generates left to right
+    previous_request_ids: list[str] | None = Field(None, max_length=3)  # ids of our earlier replies
+    next_request_ids: list[str] | None = Field(None, max_length=3)  # accepted, unused (as next_text)
     seed: int | None = Field(None, ge=0, le=4294967295)
     language_code: str | None = None
     # Our extension (the conversation API's sampling overrides); None: the engine's configured values.
@@ -159,6 +165,18 @@ def _voice_json(name: str, service: ConversationService) -> dict[str, Any]:
 def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
     token = http.bearer_token.get_secret_value() if http.bearer_token is not None else None
     router = APIRouter(tags=["elevenlabs"])
+    said: OrderedDict[str, str] = OrderedDict()  # the latest replies' texts by their request-id
+
+    def remember(body: SpeechBody) -> tuple[str, str | None]:
+        """This reply's `request-id` (ElevenLabs' response header) and the text said before it:
+        `previous_request_ids`' texts where we still know them (as ElevenLabs, they win over
+        `previous_text`), else `previous_text`."""
+        rid = uuid.uuid4().hex
+        known = [said[r] for r in body.previous_request_ids or () if r in said]
+        said[rid] = body.text
+        while len(said) > _REMEMBERED:
+            said.popitem(last=False)
+        return rid, " ".join(known) if known else body.previous_text
 
     def denied(request_headers: Mapping[str, str]) -> JSONResponse | None:
         if key_ok(token, request_headers.get("xi-api-key")):
@@ -196,14 +214,18 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
 
     async def start_stream(
         request: Request, voice_id: str, surface: str
-    ) -> tuple[SpeechBody, AudioFormat, Generation, Frames | None] | Response:
+    ) -> tuple[SpeechBody, AudioFormat, Generation, Frames | None, dict[str, str]] | Response:
         """A streaming reply started: its body, format, generation and first frames, or the error."""
         prepared = await prepare(request, voice_id)
         if isinstance(prepared, Response):
             return prepared
         body, fmt, lease = prepared
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params(), surface=f"{surface}_{fmt.codec}").start()
+        rid, previous = remember(body)
+        gen = Generation(
+            lease, body.text, encoder, body.params(), surface=f"{surface}_{fmt.codec}",
+            context=context_text(service, lease, previous),
+        ).start()  # fmt: skip
         try:
             first = await first_frames(gen)
         except ApiError as exc:
@@ -212,7 +234,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         except BaseException:
             await release(gen)
             raise
-        return body, fmt, gen, first
+        return body, fmt, gen, first, {"request-id": rid}
 
     @router.post("/v1/text-to-speech/{voice_id}/stream", responses=protocol_errors(401, 404, 413, 422, 500))
     async def stream(voice_id: str, request: Request) -> Response:
@@ -220,9 +242,9 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         started = await start_stream(request, voice_id, "elevenlabs_rest")
         if isinstance(started, Response):
             return started
-        _, fmt, gen, first = started
+        _, fmt, gen, first, headers = started
         header = wav_stream_header(fmt.rate) if fmt.wav else b""
-        return LeasedStream(gen, first, fmt.media_type, header)
+        return LeasedStream(gen, first, fmt.media_type, header, headers=headers)
 
     @router.post(
         "/v1/text-to-speech/{voice_id}/stream/with-timestamps",
@@ -235,20 +257,24 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         started = await start_stream(request, voice_id, "elevenlabs_rest_timestamps")
         if isinstance(started, Response):
             return started
-        body, fmt, gen, first = started
+        body, fmt, gen, first, headers = started
         lines = _TimestampLines(body.text, fmt, ReplyAlignment(gen.lease.session))
         return LeasedStream(
-            gen, first, "application/x-ndjson", frame=lines.line, trailer=lines.last
+            gen, first, "application/x-ndjson", headers=headers, frame=lines.line, trailer=lines.last
         )  # fmt: skip
 
     async def synthesise_whole(
         body: Any, fmt: AudioFormat, lease: Any, surface: str
-    ) -> tuple[bytes, FormatEncoder, list[WordTime] | None] | Response:
+    ) -> tuple[bytes, FormatEncoder, list[WordTime] | None, dict[str, str]] | Response:
         """The whole reply's audio (a WAV header in front where the format asks), its encoder and the
         engine's word times (read before the session goes), or the protocol's error response; the engine
         slot is released either way."""
         encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params(), surface=surface).start()
+        rid, previous = remember(body)
+        gen = Generation(
+            lease, body.text, encoder, body.params(), surface=surface,
+            context=context_text(service, lease, previous),
+        ).start()  # fmt: skip
         try:
             audio = await collect(gen)
             words = gen.lease.session.word_times()
@@ -256,7 +282,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return api_error(exc)
         finally:
             await release(gen)
-        return (wav_bytes(audio, fmt.rate) if fmt.wav else audio), encoder, words
+        return (wav_bytes(audio, fmt.rate) if fmt.wav else audio), encoder, words, {"request-id": rid}
 
     @router.post("/v1/text-to-speech/{voice_id}", responses=protocol_errors(401, 404, 413, 422, 500))
     async def convert(voice_id: str, request: Request) -> Response:
@@ -268,7 +294,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         whole = await synthesise_whole(body, fmt, lease, "elevenlabs_convert")
         if isinstance(whole, Response):
             return whole
-        return Response(whole[0], media_type=fmt.media_type)
+        return Response(whole[0], media_type=fmt.media_type, headers=whole[3])
 
     @router.post(
         "/v1/text-to-speech/{voice_id}/with-timestamps", responses=protocol_errors(401, 404, 413, 422, 500)
@@ -283,7 +309,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         whole = await synthesise_whole(body, fmt, lease, "elevenlabs_timestamps")
         if isinstance(whole, Response):
             return whole
-        audio, encoder, words = whole
+        audio, encoder, words, headers = whole
         total = encoder.samples / encoder.rate
         timed = spread_chars(body.text, total) if words is None else engine_chars(body.text, words, total)
         normalised = timed if words is None else engine_chars(" ".join(w.word for w in words), words, total)
@@ -291,7 +317,7 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             "audio_base64": base64.b64encode(audio).decode(),
             "alignment": seconds_alignment(timed),
             "normalized_alignment": seconds_alignment(normalised),
-        })  # fmt: skip
+        }, headers=headers)  # fmt: skip
 
     @router.get("/v1/voices", responses=protocol_errors(401, 422, 500))
     async def voices(request: Request) -> Response:

@@ -296,6 +296,38 @@ def test_elevenlabs_sdk_stream_with_timestamps(server: Server) -> None:
     assert [t for _, t in words] == sorted({t for _, t in words})  # one step per word, in order
 
 
+def test_elevenlabs_previous_text_is_context_not_audio(dia2_server: Server) -> None:
+    """`previous_text` is spoken first on the request's own engine session, its audio dropped: Dia2's reply
+    continues from it (greedy: different audio from the same request without it), and none of the
+    previous text's audio is sent. `previous_request_ids` names an earlier reply's text by its
+    `request-id` header: the same context, so the same audio."""
+    client, extra = dia2_server.eleven(), {"additional_body_parameters": GREEDY}
+    text, before = "Yes, she does.", "Does she still work there?"
+
+    def convert(**fields: Any) -> bytes:
+        return b"".join(
+            client.text_to_speech.convert(
+                voice_id="default", text=text, output_format="pcm_24000", request_options=extra, **fields
+            )
+        )
+
+    alone = httpx.post(
+        f"{dia2_server.base}/v1/text-to-speech/default?output_format=pcm_24000",
+        json={"text": before, **GREEDY}, headers={"xi-api-key": TOKEN}, timeout=120,
+    )  # fmt: skip
+    assert alone.status_code == 200 and len(alone.content) >= 3840
+    rid = alone.headers["request-id"]
+    plain = convert()
+    steps = dia2_server.engine_health()["steps_run"]
+    heard = convert(previous_text=before)
+    ran = dia2_server.engine_health()["steps_run"] - steps
+    assert heard != plain  # the context changed the greedy reply
+    assert not heard.startswith(alone.content[:3840])  # the context's own speech is not in the reply
+    assert ran >= len(heard) // 3840 + len(alone.content) // 3840  # both generated (80 ms a step)
+    assert convert(previous_request_ids=[rid]) == heard
+    assert dia2_server.slots() == (0, 0)  # the session with the context is closed and its row freed
+
+
 def test_elevenlabs_errors_have_its_shape(espeak_server: Server) -> None:
     server = espeak_server
     with pytest.raises(ElevenLabsError) as wrong:
