@@ -275,3 +275,37 @@ def wav_bytes(pcm16: bytes, rate: int) -> bytes:
         w.setframerate(rate)
         w.writeframes(pcm16)
     return buf.getvalue()
+
+
+class StretchedEncoder:
+    """A `FormatEncoder` whose audio is played `speed` times faster, pitch kept (OpenAI's `speed`).
+
+    Rubber Band (through pedalboard, offline mode) stretches the whole reply once it is complete: its
+    offline mode studies the whole signal and sounds best on speech, and no well-kept Python binding offers
+    its real-time mode. So a reply with a speed other than 1 is sent when it is generated whole, not as it
+    is generated (docs/COMPAT.md). Duck-types `FormatEncoder` (`push`, `flush`, `rate`, `samples`)."""
+
+    def __init__(self, inner: FormatEncoder, engine_rate: int, speed: float) -> None:
+        self.inner, self.engine_rate, self.speed = inner, engine_rate, speed
+        self.format = inner.format
+        self.rate = inner.rate
+        self.samples = 0  # of the output, once stretched
+        self._chunks: list[npt.NDArray[np.float32]] = []
+
+    def push(self, chunk: npt.NDArray[np.float32]) -> list[bytes]:
+        self._chunks.append(np.asarray(chunk, dtype=np.float32))
+        return []
+
+    def flush(self) -> list[bytes]:
+        if not self._chunks:
+            out = self.inner.flush()
+            self.samples = self.inner.samples
+            return out
+        from pedalboard import time_stretch  # Rubber Band, statically linked in the wheel
+
+        audio = np.concatenate(self._chunks)
+        self._chunks = []
+        stretched = time_stretch(audio[None, :], float(self.engine_rate), self.speed)[0]
+        out = self.inner.push(np.ascontiguousarray(stretched, dtype=np.float32)) + self.inner.flush()
+        self.samples = self.inner.samples
+        return out

@@ -37,7 +37,7 @@ from starlette.types import Receive, Scope, Send
 
 from sipbridge.engine import EngineError, EngineRejected, EngineSession
 from sipbridge.engine.base import SpeakParams, TextSource, WordTime
-from sipbridge.http.audio_io import FormatEncoder
+from sipbridge.http.audio_io import FormatEncoder, StretchedEncoder
 from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice
 from sipbridge.text.heard import DEFAULT_CHARS_PER_S
 
@@ -186,7 +186,7 @@ class Generation:
 
     lease: Lease
     text: TextSource
-    encoder: FormatEncoder
+    encoder: FormatEncoder | StretchedEncoder  # the second: OpenAI speed ≠ 1
     params: SpeakParams | None = None
     started: float = field(default_factory=time.monotonic)
     on_end: Callable[[], None] | None = None  # e.g. end the text feed the engine may be waiting on

@@ -2,8 +2,8 @@
 
 Body: `model` (any name: there is one engine), `input`, `voice` (a name, `clone:<name>`, `default`, or
 `{"id": ...}`), `response_format` (`pcm` = s16le 24 kHz, `wav`, `mp3`, and `ulaw` / `alaw` (8 kHz G.711) as
-extensions), `speed` (1.0 only: another value is refused with 422, never silently ignored),
-`instructions` (accepted, not applied),
+extensions), `speed` (0.25-4; not 1: the whole reply time-stretched by Rubber Band, pitch kept, then
+sent: audio_io.StretchedEncoder), `instructions` (accepted, not applied),
 `stream_format` (`audio`: the raw bytes, chunked as generated; `sse`: `speech.audio.delta` events), and our
 extensions `stream` (false: the whole file with its length) and `conversation_id` (speak inside a
 conversation of the conversation API, keeping Dia2's dialogue context).
@@ -38,6 +38,7 @@ from sipbridge.http.audio_io import (
     AudioFormat,
     AudioRejected,
     FormatEncoder,
+    StretchedEncoder,
     decode_upload,
     wav_bytes,
     wav_stream_header,
@@ -166,13 +167,6 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
                 422, f"response_format {req.response_format!r} is not supported{hint}; use one of"
                 f" {', '.join(FORMATS)}", param="response_format", code="unsupported_value",
             )  # fmt: skip
-        if req.speed != 1.0:
-            # Refused rather than ignored: a client asking for 1.5x must not get 1x silently. Changing the
-            # rate by resampling would shift the pitch, and no time-stretch that streams is wired in yet.
-            return error(
-                422, f"speed {req.speed:g} is not supported: this server speaks at speed 1.0 only (omit"
-                " speed or send 1.0)", param="speed", code="unsupported_value",
-            )  # fmt: skip
         return req
 
     @router.post("/v1/audio/speech", responses=protocol_errors(400, 401, 413, 422, 500))
@@ -196,7 +190,8 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             lease = await open_lease(service, voice, req.conversation_id, f"openai-{req.voice_name[:24]}")
         except ApiError as exc:
             return api_error(exc)
-        encoder = FormatEncoder(lease.session.sample_rate, fmt)
+        plain = FormatEncoder(lease.session.sample_rate, fmt)
+        encoder = plain if req.speed == 1.0 else StretchedEncoder(plain, lease.session.sample_rate, req.speed)
         surface = f"openai_speech_{fmt.codec}" + ("_sse" if req.stream_format == "sse" else "")
         gen = Generation(lease, req.input, encoder, req.params(), surface=surface).start()
         if not req.stream:

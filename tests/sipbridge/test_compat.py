@@ -571,6 +571,39 @@ def test_openai_sdk_formats_agree(server: Server) -> None:
     assert b"".join(base64.b64decode(e["audio"]) for e in events[:-1]) == out["pcm"]
 
 
+def _median_pitch_hz(pcm: npt.NDArray[np.float32], rate: int = 24000) -> float:
+    """Median fundamental of the loud 40 ms frames, by autocorrelation (60-400 Hz)."""
+    size, found = rate // 25, []
+    for start in range(0, len(pcm) - size, size):
+        frame = pcm[start : start + size] - pcm[start : start + size].mean()
+        if np.sqrt(np.mean(frame**2)) < 0.05:
+            continue
+        corr = np.correlate(frame, frame, "full")[size - 1 :]
+        lo, hi = rate // 400, rate // 60
+        found.append(rate / (lo + int(np.argmax(corr[lo:hi]))))
+    return float(np.median(found))
+
+
+def test_openai_speed_stretches_time_not_pitch(espeak_server: Server) -> None:
+    """`speed` 2 halves the reply's length and 0.5 doubles it (Rubber Band), the pitch kept: the voice's
+    fundamental stays as it was, where resampling would double or halve it."""
+    text = "Hello there, this is a test of the speed setting."
+
+    def speak(speed: float) -> npt.NDArray[np.float32]:
+        reply = espeak_server.openai().audio.speech.create(
+            model="tts-1", voice="default", input=text, speed=speed, response_format="pcm"
+        )
+        return pcm16(reply.content)
+
+    normal, fast, slow = speak(1.0), speak(2.0), speak(0.5)
+    assert len(fast) / len(normal) == pytest.approx(0.5, abs=0.05)
+    assert len(slow) / len(normal) == pytest.approx(2.0, abs=0.1)
+    assert len(fast) % 480 == 0 and np.abs(fast).max() > 0.05  # still 20 ms frames of speech
+    pitch = _median_pitch_hz(normal)
+    assert _median_pitch_hz(fast) / pitch == pytest.approx(1.0, abs=0.15), (pitch, _median_pitch_hz(fast))
+    assert _median_pitch_hz(slow) / pitch == pytest.approx(1.0, abs=0.15), (pitch, _median_pitch_hz(slow))
+
+
 def test_openai_errors_have_its_shape(espeak_server: Server) -> None:
     server = espeak_server
     with pytest.raises(openai.AuthenticationError) as wrong:
@@ -588,10 +621,6 @@ def test_openai_errors_have_its_shape(espeak_server: Server) -> None:
     with pytest.raises(openai.UnprocessableEntityError) as slow:
         server.openai().audio.speech.create(model="tts-1", voice="default", input="hi", speed=9)
     assert slow.value.param == "speed"
-    # A speed the server cannot apply is refused, not ignored; 1.0 (what SDKs send by default) speaks.
-    with pytest.raises(openai.UnprocessableEntityError) as fast:
-        server.openai().audio.speech.create(model="tts-1", voice="default", input="hi", speed=1.5)
-    assert fast.value.param == "speed" and fast.value.code == "unsupported_value"
     normal = server.openai().audio.speech.create(
         model="tts-1", voice="default", input="hi", speed=1.0, response_format="pcm"
     )
