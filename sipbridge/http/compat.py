@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
@@ -104,6 +105,19 @@ def sampling(values: Mapping[str, Any]) -> SpeakParams | None:
             raise ValueError(f"{key} must be between {low} and {high}")
         found[key] = value
     return SpeakParams(**found) if found else None
+
+
+class SamplingFields(BaseModel):
+    """Our extension on the REST bodies (ElevenLabs, OpenAI): the conversation API's sampling overrides.
+    None: the engine's configured values."""
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_k: int | None = Field(None, ge=1, le=2048)
+    cfg_scale: float | None = Field(None, ge=1.0, le=10.0)
+
+    def params(self) -> SpeakParams | None:
+        given = (self.cfg_scale, self.temperature, self.top_k)
+        return None if given == (None, None, None) else SpeakParams(*given)
 
 
 # -------------------------------------------------------------------------------------------- leases
@@ -197,6 +211,7 @@ class Generation:
     timings: Timings = field(default_factory=Timings)
     first_write_at: float | None = None  # monotonic time the surface handed its first audio to the socket
     error: ApiError | None = None
+    words: list[WordTime] | None = None  # the engine's word times of the complete reply (None: it has none)
     cancelled: bool = False
     left_at: float | None = None  # when the client was seen leaving (`abandon`)
     left_how: str | None = None  # "client disconnected" (the server saw the connection end), "send failed", …
@@ -219,7 +234,7 @@ class Generation:
                 await self._say_unheard(session, self.context)
                 if self.cancelled:  # the client left while the context was being spoken
                     return self.timings
-            return await service.generate(
+            timings = await service.generate(
                 session,
                 self.text,
                 self.params,
@@ -228,6 +243,8 @@ class Generation:
                 started=self.started,
                 timings=self.timings,
             )
+            self.words = session.word_times()  # before the queue's end marker: read by whole replies
+            return timings
 
         try:
             if lease.conv is not None:
@@ -308,20 +325,29 @@ class Generation:
 
 async def first_frames(gen: Generation) -> Frames | None:
     """The reply's first frames; None if it produced none. An error before any audio is raised (the
-    response can still carry its status)."""
-    frames = await gen.next()
-    if frames is None and gen.error is not None:
-        raise gen.error
+    response can still carry its status), and then the generation is stopped and its lease released:
+    the stream that would have released it is never made."""
+    try:
+        frames = await gen.next()
+        if frames is None and gen.error is not None:
+            raise gen.error
+    except BaseException:
+        await release(gen)
+        raise
     return frames
 
 
 async def collect(gen: Generation) -> bytes:
-    """The whole reply (non-streaming endpoints); an engine error anywhere is raised."""
+    """The whole reply (non-streaming endpoints), the lease released at its end; an engine error anywhere
+    is raised."""
     out: list[bytes] = []
-    while (frames := await gen.next()) is not None:
-        out.extend(frames)
-    if gen.error is not None:
-        raise gen.error
+    try:
+        while (frames := await gen.next()) is not None:
+            out.extend(frames)
+        if gen.error is not None:
+            raise gen.error
+    finally:
+        await release(gen)
     return b"".join(out)
 
 

@@ -28,6 +28,7 @@ import re
 import uuid
 from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket
@@ -45,6 +46,7 @@ from sipbridge.http.compat import (
     Lease,
     LeasedStream,
     ReplyAlignment,
+    SamplingFields,
     TextFeed,
     TimedChar,
     VoiceNotFound,
@@ -110,7 +112,7 @@ class VoiceSettings(BaseModel):
     speed: float | None = Field(None, ge=0.5, le=2.0)
 
 
-class SpeechBody(BaseModel):
+class SpeechBody(SamplingFields):
     model_config = ConfigDict(extra="allow")  # fields we do not act on (pronunciation dictionaries, …)
     text: str = Field(..., min_length=1)
     model_id: str | None = None
@@ -121,14 +123,18 @@ class SpeechBody(BaseModel):
     next_request_ids: list[str] | None = Field(None, max_length=3)  # accepted, unused (as next_text)
     seed: int | None = Field(None, ge=0, le=4294967295)
     language_code: str | None = None
-    # Our extension (the conversation API's sampling overrides); None: the engine's configured values.
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_k: int | None = Field(None, ge=1, le=2048)
-    cfg_scale: float | None = Field(None, ge=1.0, le=10.0)
 
-    def params(self) -> SpeakParams | None:
-        given = (self.cfg_scale, self.temperature, self.top_k)
-        return None if given == (None, None, None) else SpeakParams(*given)
+
+@dataclass(frozen=True)
+class _Whole:
+    """A whole reply of the REST endpoints, ready to send."""
+
+    body: SpeechBody
+    format: AudioFormat
+    audio: bytes
+    seconds: float
+    words: list[WordTime] | None  # the engine's word times (None: it reports none)
+    headers: dict[str, str]
 
 
 def error(status: int, slug: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -212,29 +218,35 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return api_error(exc)
         return body, fmt, lease
 
-    async def start_stream(
+    async def begin(
         request: Request, voice_id: str, surface: str
-    ) -> tuple[SpeechBody, AudioFormat, Generation, Frames | None, dict[str, str]] | Response:
-        """A streaming reply started: its body, format, generation and first frames, or the error."""
+    ) -> tuple[SpeechBody, AudioFormat, Generation, dict[str, str]] | Response:
+        """A reply started: its body, format, generation (previous text as context) and response headers
+        (`request-id`), or the error response."""
         prepared = await prepare(request, voice_id)
         if isinstance(prepared, Response):
             return prepared
         body, fmt, lease = prepared
-        encoder = FormatEncoder(lease.session.sample_rate, fmt)
         rid, previous = remember(body)
         gen = Generation(
-            lease, body.text, encoder, body.params(), surface=f"{surface}_{fmt.codec}",
-            context=context_text(service, lease, previous),
+            lease, body.text, FormatEncoder(lease.session.sample_rate, fmt), body.params(),
+            surface=f"{surface}_{fmt.codec}", context=context_text(service, lease, previous),
         ).start()  # fmt: skip
+        return body, fmt, gen, {"request-id": rid}
+
+    async def start_stream(
+        request: Request, voice_id: str, surface: str
+    ) -> tuple[SpeechBody, AudioFormat, Generation, Frames | None, dict[str, str]] | Response:
+        """A streaming reply started: its body, format, generation, first frames and headers, or the error."""
+        begun = await begin(request, voice_id, surface)
+        if isinstance(begun, Response):
+            return begun
+        body, fmt, gen, headers = begun
         try:
             first = await first_frames(gen)
         except ApiError as exc:
-            await release(gen)
             return api_error(exc)
-        except BaseException:
-            await release(gen)
-            raise
-        return body, fmt, gen, first, {"request-id": rid}
+        return body, fmt, gen, first, headers
 
     @router.post("/v1/text-to-speech/{voice_id}/stream", responses=protocol_errors(401, 404, 413, 422, 500))
     async def stream(voice_id: str, request: Request) -> Response:
@@ -263,38 +275,28 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             gen, first, "application/x-ndjson", headers=headers, frame=lines.line, trailer=lines.last
         )  # fmt: skip
 
-    async def synthesise_whole(
-        body: Any, fmt: AudioFormat, lease: Any, surface: str
-    ) -> tuple[bytes, FormatEncoder, list[WordTime] | None, dict[str, str]] | Response:
-        """The whole reply's audio (a WAV header in front where the format asks), its encoder and the
-        engine's word times (read before the session goes), or the protocol's error response; the engine
-        slot is released either way."""
-        encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        rid, previous = remember(body)
-        gen = Generation(
-            lease, body.text, encoder, body.params(), surface=surface,
-            context=context_text(service, lease, previous),
-        ).start()  # fmt: skip
+    async def whole(request: Request, voice_id: str, surface: str) -> _Whole | Response:
+        """The whole reply (a WAV header in front where the format asks) with the engine's word times, or
+        the protocol's error response; the engine slot is released either way."""
+        begun = await begin(request, voice_id, surface)
+        if isinstance(begun, Response):
+            return begun
+        body, fmt, gen, headers = begun
         try:
             audio = await collect(gen)
-            words = gen.lease.session.word_times()
         except ApiError as exc:
             return api_error(exc)
-        finally:
-            await release(gen)
-        return (wav_bytes(audio, fmt.rate) if fmt.wav else audio), encoder, words, {"request-id": rid}
+        seconds = gen.encoder.samples / gen.encoder.rate
+        audio = wav_bytes(audio, fmt.rate) if fmt.wav else audio
+        return _Whole(body, fmt, audio, seconds, gen.words, headers)
 
     @router.post("/v1/text-to-speech/{voice_id}", responses=protocol_errors(401, 404, 413, 422, 500))
     async def convert(voice_id: str, request: Request) -> Response:
         """The whole file at once."""
-        prepared = await prepare(request, voice_id)
-        if isinstance(prepared, Response):
-            return prepared
-        body, fmt, lease = prepared
-        whole = await synthesise_whole(body, fmt, lease, "elevenlabs_convert")
-        if isinstance(whole, Response):
-            return whole
-        return Response(whole[0], media_type=fmt.media_type, headers=whole[3])
+        reply = await whole(request, voice_id, "elevenlabs_convert")
+        if isinstance(reply, Response):
+            return reply
+        return Response(reply.audio, media_type=reply.format.media_type, headers=reply.headers)
 
     @router.post(
         "/v1/text-to-speech/{voice_id}/with-timestamps", responses=protocol_errors(401, 404, 413, 422, 500)
@@ -302,22 +304,17 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
     async def convert_with_timestamps(voice_id: str, request: Request) -> Response:
         """The whole file as base64 with character times: from the engine's word starts (Dia2), else
         estimated from the text (espeak) and scaled to the real audio length."""
-        prepared = await prepare(request, voice_id)
-        if isinstance(prepared, Response):
-            return prepared
-        body, fmt, lease = prepared
-        whole = await synthesise_whole(body, fmt, lease, "elevenlabs_timestamps")
-        if isinstance(whole, Response):
-            return whole
-        audio, encoder, words, headers = whole
-        total = encoder.samples / encoder.rate
-        timed = spread_chars(body.text, total) if words is None else engine_chars(body.text, words, total)
+        reply = await whole(request, voice_id, "elevenlabs_timestamps")
+        if isinstance(reply, Response):
+            return reply
+        text, words, total = reply.body.text, reply.words, reply.seconds
+        timed = spread_chars(text, total) if words is None else engine_chars(text, words, total)
         normalised = timed if words is None else engine_chars(" ".join(w.word for w in words), words, total)
         return JSONResponse({
-            "audio_base64": base64.b64encode(audio).decode(),
+            "audio_base64": base64.b64encode(reply.audio).decode(),
             "alignment": seconds_alignment(timed),
             "normalized_alignment": seconds_alignment(normalised),
-        }, headers=headers)  # fmt: skip
+        }, headers=reply.headers)  # fmt: skip
 
     @router.get("/v1/voices", responses=protocol_errors(401, 422, 500))
     async def voices(request: Request) -> Response:

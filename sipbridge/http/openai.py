@@ -33,7 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from sipbridge.config import HttpConfig
-from sipbridge.engine.base import SpeakParams
 from sipbridge.http.audio_io import (
     AudioFormat,
     AudioRejected,
@@ -47,6 +46,7 @@ from sipbridge.http.compat import (
     CLONE_PREFIX,
     Generation,
     LeasedStream,
+    SamplingFields,
     VoiceNotFound,
     collect,
     first_frames,
@@ -54,7 +54,6 @@ from sipbridge.http.compat import (
     open_lease,
     protocol_errors,
     read_capped,
-    release,
     resolve_voice,
     voice_names,
 )
@@ -87,7 +86,7 @@ class VoiceRef(BaseModel):
     id: str = Field(..., min_length=1, max_length=200)
 
 
-class SpeechRequest(BaseModel):
+class SpeechRequest(SamplingFields):
     model_config = ConfigDict(extra="allow")  # newer SDK fields we do not act on must not break a client
     model: str = Field(..., min_length=1, max_length=200)
     input: str = Field(..., min_length=1)
@@ -98,14 +97,6 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
     stream: bool = True  # extension: false sends the whole file with its Content-Length
     conversation_id: str | None = Field(None, max_length=200)  # extension
-    # Extension: the conversation API's sampling overrides; None: the engine's configured values.
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_k: int | None = Field(None, ge=1, le=2048)
-    cfg_scale: float | None = Field(None, ge=1.0, le=10.0)
-
-    def params(self) -> SpeakParams | None:
-        given = (self.cfg_scale, self.temperature, self.top_k)
-        return None if given == (None, None, None) else SpeakParams(*given)
 
     @property
     def voice_name(self) -> str:
@@ -194,22 +185,13 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         encoder = plain if req.speed == 1.0 else StretchedEncoder(plain, lease.session.sample_rate, req.speed)
         surface = f"openai_speech_{fmt.codec}" + ("_sse" if req.stream_format == "sse" else "")
         gen = Generation(lease, req.input, encoder, req.params(), surface=surface).start()
-        if not req.stream:
-            try:
-                audio = await collect(gen)
-            except ApiError as exc:
-                return api_error(exc)
-            finally:
-                await release(gen)
-            return Response(wav_bytes(audio, fmt.rate) if fmt.wav else audio, media_type=fmt.media_type)
         try:
+            if not req.stream:
+                audio = await collect(gen)
+                return Response(wav_bytes(audio, fmt.rate) if fmt.wav else audio, media_type=fmt.media_type)
             first = await first_frames(gen)
         except ApiError as exc:
-            await release(gen)
             return api_error(exc)
-        except BaseException:
-            await release(gen)
-            raise
         header = wav_stream_header(fmt.rate) if fmt.wav else b""
         if req.stream_format == "sse":
             usage = {"input_tokens": len(req.input.split()), "output_tokens": 0, "total_tokens": 0}
