@@ -282,8 +282,10 @@ class StretchedEncoder:
 
     Rubber Band (through pedalboard, offline mode) stretches the whole reply once it is complete: its
     offline mode studies the whole signal and sounds best on speech, and no well-kept Python binding offers
-    its real-time mode. So a reply with a speed other than 1 is sent when it is generated whole, not as it
-    is generated (docs/COMPAT.md). Duck-types `FormatEncoder` (`push`, `flush`, `rate`, `samples`)."""
+    its real-time mode. So `push` and `flush` only gather the engine's audio (they give no bytes) and
+    `finish` stretches and encodes it: ~10 ms of CPU per second of audio, so the caller runs it on a worker
+    thread (compat.Generation), never on the event loop the phone calls share. Duck-types `FormatEncoder`
+    (`push`, `flush`, `rate`, `samples`)."""
 
     def __init__(self, inner: FormatEncoder, engine_rate: int, speed: float) -> None:
         self.inner, self.engine_rate, self.speed = inner, engine_rate, speed
@@ -293,19 +295,22 @@ class StretchedEncoder:
         self._chunks: list[npt.NDArray[np.float32]] = []
 
     def push(self, chunk: npt.NDArray[np.float32]) -> list[bytes]:
-        self._chunks.append(np.asarray(chunk, dtype=np.float32))
+        self._chunks.append(np.array(chunk, dtype=np.float32))  # a copy: the engine may reuse its buffer
         return []
 
     def flush(self) -> list[bytes]:
-        if not self._chunks:
-            out = self.inner.flush()
-            self.samples = self.inner.samples
-            return out
+        return []  # everything comes from `finish`
+
+    def finish(self) -> list[bytes]:
+        """The whole reply stretched and encoded (blocking: run it on a worker thread)."""
         from pedalboard import time_stretch  # Rubber Band, statically linked in the wheel
 
-        audio = np.concatenate(self._chunks)
-        self._chunks = []
-        stretched = time_stretch(audio[None, :], float(self.engine_rate), self.speed)[0]
-        out = self.inner.push(np.ascontiguousarray(stretched, dtype=np.float32)) + self.inner.flush()
+        out: list[bytes] = []
+        if self._chunks:
+            audio = np.concatenate(self._chunks)
+            self._chunks = []
+            stretched = time_stretch(audio[None, :], float(self.engine_rate), self.speed)[0]
+            out = self.inner.push(np.ascontiguousarray(stretched, dtype=np.float32))
+        out += self.inner.flush()
         self.samples = self.inner.samples
         return out

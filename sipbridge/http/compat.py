@@ -244,6 +244,12 @@ class Generation:
                 timings=self.timings,
             )
             self.words = session.word_times()  # before the queue's end marker: read by whole replies
+            if isinstance(self.encoder, StretchedEncoder) and not self.cancelled:
+                stretched = await asyncio.to_thread(self.encoder.finish)  # off the calls' event loop
+                if stretched:
+                    timings.first_audio_ms = (time.monotonic() - self.started) * 1e3
+                    await sink(stretched)
+                timings.audio_ms = self.encoder.samples * 1000 / self.encoder.rate
             return timings
 
         try:
