@@ -22,6 +22,7 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import difflib
 import hmac
 import logging
 import re
@@ -538,24 +539,53 @@ def _spread(text: str, begin: float, end: float) -> list[TimedChar]:
     return [(ch, begin + i * step, begin + (i + 1) * step) for i, ch in enumerate(text)]
 
 
-def engine_chars(text: str, words: Sequence[WordTime], end_s: float | None) -> list[TimedChar]:
-    """The characters of `text` that the engine's word starts time so far: text word i (with its trailing
-    whitespace) spans engine word i's start to word i+1's start, its characters evenly inside. The last
-    word's span needs the audio's end (`end_s`, at the end of the reply); then it also takes any text words
-    the engine has no word for. One to one by position: where normalisation changed the word count ("$5" →
-    "five dollars") the words after it shift by the difference."""
-    spans = [m.span() for m in _WORD.finditer(text)]
-    if not spans or not words:  # at the end of a reply cut before its first word: all at its end
-        return _spread(text, end_s, end_s) if end_s is not None else []
+def _key(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+def _word_spans(
+    text_words: list[str], words: Sequence[WordTime], end_s: float | None
+) -> list[tuple[float, float]]:
+    """The time span of each text word that the engine's words time so far. The text's words are matched
+    to the engine's (difflib, on letters and digits): a matched word spans its engine word's start to the
+    next one's; a run the normaliser rewrote ("$5" → "five dollars") shares the span of the engine words it
+    became. A span needs the start of the engine word after it, or the audio's end (`end_s`, final)."""
     starts = [w.start_s for w in words]
-    out = _spread(text[: spans[0][0]], 0.0, starts[0]) if spans[0][0] else []
-    for i, (a, b) in enumerate(spans):
-        if i + 1 < len(starts):
-            out += _spread(text[a:b], starts[i], starts[i + 1])
-        elif i < len(starts) and end_s is not None:
-            return out + _spread(text[a:], starts[i], max(end_s, starts[i]))
-        else:
-            break
+
+    def at(j: int) -> float | None:
+        return starts[j] if j < len(starts) else end_s
+
+    spans: list[tuple[float, float]] = []
+    matcher = difflib.SequenceMatcher(
+        None, [_key(w) for w in text_words], [_key(w.word) for w in words], False
+    )
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            for k in range(i2 - i1):
+                begin, end = at(j1 + k), at(j1 + k + 1)
+                if begin is None or end is None:
+                    return spans
+                spans.append((begin, max(end, begin)))
+            continue
+        begin, end = at(j1), at(j2)
+        if begin is None or end is None or (j1 == j2 == len(starts) and end_s is None):
+            return spans
+        step = max(end - begin, 0.0) / max(i2 - i1, 1)
+        spans += [(begin + k * step, begin + (k + 1) * step) for k in range(i2 - i1)]
+    return spans
+
+
+def engine_chars(text: str, words: Sequence[WordTime], end_s: float | None) -> list[TimedChar]:
+    """The characters of `text` that the engine's word starts time so far (`_word_spans`): each text word
+    and the whitespace after it evenly over its span; whitespace before the first word from 0 to it. At the
+    end (`end_s`), text the engine never reached lies at the end of the audio."""
+    found = list(_WORD.finditer(text))
+    if not found or not words:  # at the end of a reply cut before its first word: all at its end
+        return _spread(text, end_s, end_s) if end_s is not None else []
+    spans = _word_spans([m.group().strip() for m in found], words, end_s)
+    out = _spread(text[: found[0].start()], 0.0, spans[0][0]) if spans and found[0].start() else []
+    for match, (begin, end) in zip(found, spans, strict=False):
+        out += _spread(match.group(), begin, end)
     return out
 
 

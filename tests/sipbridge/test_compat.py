@@ -38,6 +38,8 @@ from websockets.sync.client import ClientConnection, connect
 from audio import g711
 from audio.resample import make_resampler
 from audio.testsignals import espeak
+from sipbridge.engine.base import WordTime
+from sipbridge.http.compat import engine_chars
 
 from .bridge import Bridge
 
@@ -228,6 +230,24 @@ def test_elevenlabs_sdk_with_timestamps(espeak_server: Server) -> None:
     assert all(a < b for a, b in zip(starts, ends, strict=True))
     assert abs(ends[-1] - seconds) < 0.01  # the estimate, spread over the real audio length
     assert reply.normalized_alignment == align
+
+
+def test_alignment_maps_the_text_onto_the_engines_words() -> None:
+    """`alignment` covers the request's text, timed by the engine's (normalised) words: a word the normaliser
+    rewrote takes the span of what it became, the words after it keep their own engine word's start, and a
+    word is timed only once the engine word after it has begun (or the audio ended)."""
+    words = [WordTime(w, t) for w, t in (("It", 0.0), ("costs", 0.4), ("five", 0.8), ("dollars.", 1.2),
+                                          ("Okay?", 1.8))]  # fmt: skip
+    text = "It costs $5. Okay?"
+    timed = engine_chars(text, words, 2.5)
+    assert "".join(c for c, _, _ in timed) == text
+    first = {c: a for c, a, _ in timed if c in "Ic$O"}
+    assert first == {"I": 0.0, "c": 0.4, "$": 0.8, "O": 1.8}
+    assert timed[-1][2] == pytest.approx(2.5)
+    assert all(a < b for _, a, b in timed)
+    # Streaming: "Okay?" has no end yet, nor has "$5." before "Okay?" began.
+    assert "".join(c for c, _, _ in engine_chars(text, words, None)) == "It costs $5. "
+    assert "".join(c for c, _, _ in engine_chars(text, words[:3], None)) == "It costs "
 
 
 def _word_starts(chars: list[str], starts: list[float]) -> list[tuple[str, float]]:
