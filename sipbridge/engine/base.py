@@ -41,6 +41,15 @@ class SpeakParams:
     normalize: bool | None = None
 
 
+@dataclass(frozen=True)
+class WordTime:
+    """A word of the utterance being spoken, as the engine read it (after normalisation), and the time in
+    that utterance's audio (from its first sample) at which the engine began it."""
+
+    word: str
+    start_s: float
+
+
 class EngineError(Exception):
     """The engine cannot start or failed while speaking; the call using it ends cleanly."""
 
@@ -72,6 +81,12 @@ class EngineSession(Protocol):
 
     def speak(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
         """Mono float32 chunks in [-1, 1] at `sample_rate`; ends when the text is spoken or cancelled."""
+
+    def word_times(self) -> list[WordTime] | None:
+        """The words of the utterance being spoken (or the last one) that the engine has begun so far, in
+        order, each with its start in that utterance's audio; None when the engine does not report them
+        (espeak: callers estimate from the text). Dia2 knows a word ~1.4 s before its audio is out (the
+        codebook delays), so a chunk's words are known when the chunk comes."""
 
     def played(self, seconds: float) -> None:
         """Barge-in cut the reply last spoken after its first `seconds` were played: a contextual engine

@@ -15,7 +15,10 @@ adapter maps our engine interface onto it:
   (`prepare_voice`, a `dia2.engine.VoicePrompt`) and set from its codes; `health` counts encoder runs;
 * a voice or turn longer than the context allows is refused by dia2 (`ContextOverflowError`, a
   ValueError) before the row changes, and leaves here as `EngineRejected`: the session stays usable;
-* chunks come back as 1920-sample float32 tensors at 24 kHz and leave as numpy arrays.
+* chunks come back as 1920-sample float32 tensors at 24 kHz and leave as numpy arrays;
+* `word_times`: the step at which the text state machine took each word of the reply (its
+  `MachineState.transcript`, appended on the engine thread) less the reply's first frame, in 80 ms frames:
+  the text at step t and the audio frame t are aligned, so this is where the word starts in the audio.
 """
 
 from __future__ import annotations
@@ -46,6 +49,7 @@ from sipbridge.engine.base import (
     SpeakParams,
     TextSource,
     Words,
+    WordTime,
     text_pieces,
 )
 from sipbridge.text.frontend import DIA2_TAG, TextFrontend
@@ -129,6 +133,11 @@ class Dia2Session:
     last_heard: list[Any] = field(default_factory=list)  # PrefixWords of the latest caller turn
     dropped_frames: int = 0  # unheard reply frames taken out of the context after barge-ins (`played`)
     _first_chunk: Any = None  # the latest reply's first dia2 AudioChunk (its history frame and codes)
+    # The latest reply's words (word_times): its machine state, the transcript length before it, its first
+    # history frame (set by its first chunk; None until then).
+    _machine: Any = None
+    _words_from: int = 0
+    _frame0: int | None = None
     _conv: Any = None
     _chain: asyncio.Task[None] | None = None
     _closed: bool = False
@@ -269,15 +278,36 @@ class Dia2Session:
             text = " ".join([segment.strip() async for segment in text])
         source: Any = text if isinstance(text, str) else text_pieces(text)
         self._first_chunk = None
+        self._watch_words(conv)
         try:
             async for chunk in conv.speak(source, self.engine.options_for(params)):
                 if self._first_chunk is None:
                     self._first_chunk = chunk
+                    self._frame0 = chunk.frame  # a reply's frames start at its first step
                 yield chunk.pcm.numpy().astype(np.float32, copy=False)
         except EngineError:
             raise
         except Exception as exc:
             raise EngineError(f"dia2 failed while speaking: {exc}") from exc
+
+    def _watch_words(self, conv: Any) -> None:
+        """Mark where the next reply's words begin in the call's transcript. Read between replies (no step
+        of this call is running), so the length is exact; a `reset` replaces the machine state, hence
+        the reference. dia2's conversation API exposes no transcript, so its call state is read directly
+        (the engine thread only appends to the list: a copy here is consistent)."""
+        self._machine = conv._call.machine
+        self._words_from = len(self._machine.transcript)
+        self._frame0 = None
+
+    def word_times(self) -> list[WordTime] | None:
+        machine, frame0 = self._machine, self._frame0
+        if machine is None or frame0 is None:
+            return []
+        rate = float(self.engine.dia2_engine.frame_rate)
+        # A context re-warm at the reply's start re-forces the voice prefix's words: their steps lie before
+        # the reply's first frame.
+        taken = machine.transcript[self._words_from :]
+        return [WordTime(word, (step - frame0) / rate) for word, step in taken if step >= frame0]
 
     def cancel(self) -> concurrent.futures.Future[int] | None:
         if self._conv is None:

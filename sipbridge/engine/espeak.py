@@ -34,6 +34,7 @@ from sipbridge.engine.base import (
     SpeakParams,
     TextSource,
     Words,
+    WordTime,
     text_pieces,
 )
 from sipbridge.text.frontend import TextFrontend
@@ -97,6 +98,9 @@ class EspeakSession:
 
     def played(self, seconds: float) -> None:
         pass  # no context model: nothing said is remembered
+
+    def word_times(self) -> list[WordTime] | None:
+        return None  # espeak's pipe gives audio only; compat's alignment estimates from the text
 
     async def hear(self, pcm: npt.NDArray[np.float32], rate: int, words: Words) -> None:
         self.turns_heard.append(words if isinstance(words, str) else " ".join(w for w, _, _ in words))

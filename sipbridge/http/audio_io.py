@@ -144,6 +144,13 @@ class AudioFormat:
             "f32": f"audio/x-f32le; rate={self.rate}",
         }[self.codec]
 
+    def seconds(self, nbytes: int) -> float:
+        """How much audio `nbytes` of this format's body hold (MP3: at its constant bit rate)."""
+        if self.codec == "mp3":
+            return nbytes * 8 / (self.kbps * 1000) if self.kbps else 0.0
+        width = {"pcm": 2, "f32": 4}.get(self.codec, 1)  # G.711: a byte a sample
+        return nbytes / width / self.rate
+
 
 def wav_stream_header(rate: int) -> bytes:
     """A 16-bit mono WAV header whose sizes say "unknown" (0xFFFFFFFF), for a body of unknown length: what
@@ -268,3 +275,42 @@ def wav_bytes(pcm16: bytes, rate: int) -> bytes:
         w.setframerate(rate)
         w.writeframes(pcm16)
     return buf.getvalue()
+
+
+class StretchedEncoder:
+    """A `FormatEncoder` whose audio is played `speed` times faster, pitch kept (OpenAI's `speed`).
+
+    Rubber Band (through pedalboard, offline mode) stretches the whole reply once it is complete: its
+    offline mode studies the whole signal and sounds best on speech, and no well-kept Python binding offers
+    its real-time mode. So `push` and `flush` only gather the engine's audio (they give no bytes) and
+    `finish` stretches and encodes it: ~10 ms of CPU per second of audio, so the caller runs it on a worker
+    thread (compat.Generation), never on the event loop the phone calls share. Duck-types `FormatEncoder`
+    (`push`, `flush`, `rate`, `samples`)."""
+
+    def __init__(self, inner: FormatEncoder, engine_rate: int, speed: float) -> None:
+        self.inner, self.engine_rate, self.speed = inner, engine_rate, speed
+        self.format = inner.format
+        self.rate = inner.rate
+        self.samples = 0  # of the output, once stretched
+        self._chunks: list[npt.NDArray[np.float32]] = []
+
+    def push(self, chunk: npt.NDArray[np.float32]) -> list[bytes]:
+        self._chunks.append(np.array(chunk, dtype=np.float32))  # a copy: the engine may reuse its buffer
+        return []
+
+    def flush(self) -> list[bytes]:
+        return []  # everything comes from `finish`
+
+    def finish(self) -> list[bytes]:
+        """The whole reply stretched and encoded (blocking: run it on a worker thread)."""
+        from pedalboard import time_stretch  # Rubber Band, statically linked in the wheel
+
+        out: list[bytes] = []
+        if self._chunks:
+            audio = np.concatenate(self._chunks)
+            self._chunks = []
+            stretched = time_stretch(audio[None, :], float(self.engine_rate), self.speed)[0]
+            out = self.inner.push(np.ascontiguousarray(stretched, dtype=np.float32))
+        out += self.inner.flush()
+        self.samples = self.inner.samples
+        return out

@@ -22,22 +22,24 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import contextlib
+import difflib
 import hmac
 import logging
 import re
 import time
-from collections.abc import AsyncIterator, Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import anyio
+from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
 
 from sipbridge.engine import EngineError, EngineRejected, EngineSession
-from sipbridge.engine.base import SpeakParams, TextSource
-from sipbridge.http.audio_io import FormatEncoder
+from sipbridge.engine.base import SpeakParams, TextSource, WordTime
+from sipbridge.http.audio_io import FormatEncoder, StretchedEncoder
 from sipbridge.http.service import ApiError, Conversation, ConversationService, Timings, Voice
 from sipbridge.text.heard import DEFAULT_CHARS_PER_S
 
@@ -104,6 +106,19 @@ def sampling(values: Mapping[str, Any]) -> SpeakParams | None:
             raise ValueError(f"{key} must be between {low} and {high}")
         found[key] = value
     return SpeakParams(**found) if found else None
+
+
+class SamplingFields(BaseModel):
+    """Our extension on the REST bodies (ElevenLabs, OpenAI): the conversation API's sampling overrides.
+    None: the engine's configured values."""
+
+    temperature: float | None = Field(None, ge=0.0, le=2.0)
+    top_k: int | None = Field(None, ge=1, le=2048)
+    cfg_scale: float | None = Field(None, ge=1.0, le=10.0)
+
+    def params(self) -> SpeakParams | None:
+        given = (self.cfg_scale, self.temperature, self.top_k)
+        return None if given == (None, None, None) else SpeakParams(*given)
 
 
 # -------------------------------------------------------------------------------------------- leases
@@ -186,14 +201,18 @@ class Generation:
 
     lease: Lease
     text: TextSource
-    encoder: FormatEncoder
+    encoder: FormatEncoder | StretchedEncoder  # the second: OpenAI speed ≠ 1
     params: SpeakParams | None = None
     started: float = field(default_factory=time.monotonic)
     on_end: Callable[[], None] | None = None  # e.g. end the text feed the engine may be waiting on
+    # Text said before this reply (ElevenLabs' previous_text): spoken first on the same session with its
+    # audio discarded, so a contextual engine (Dia2) continues from it; see `context_text`.
+    context: str | None = None
     surface: str = "compat"  # which protocol surface speaks it (first-write hooks, bench)
     timings: Timings = field(default_factory=Timings)
     first_write_at: float | None = None  # monotonic time the surface handed its first audio to the socket
     error: ApiError | None = None
+    words: list[WordTime] | None = None  # the engine's word times of the complete reply (None: it has none)
     cancelled: bool = False
     left_at: float | None = None  # when the client was seen leaving (`abandon`)
     left_how: str | None = None  # "client disconnected" (the server saw the connection end), "send failed", …
@@ -212,7 +231,11 @@ class Generation:
             self._queue.put_nowait(frames)
 
         async def op(session: EngineSession) -> Timings:
-            return await service.generate(
+            if self.context:
+                await self._say_unheard(session, self.context)
+                if self.cancelled:  # the client left while the context was being spoken
+                    return self.timings
+            timings = await service.generate(
                 session,
                 self.text,
                 self.params,
@@ -221,6 +244,14 @@ class Generation:
                 started=self.started,
                 timings=self.timings,
             )
+            self.words = session.word_times()  # before the queue's end marker: read by whole replies
+            if isinstance(self.encoder, StretchedEncoder) and not self.cancelled:
+                stretched = await asyncio.to_thread(self.encoder.finish)  # off the calls' event loop
+                if stretched:
+                    timings.first_audio_ms = (time.monotonic() - self.started) * 1e3
+                    await sink(stretched)
+                timings.audio_ms = self.encoder.samples * 1000 / self.encoder.rate
+            return timings
 
         try:
             if lease.conv is not None:
@@ -235,6 +266,17 @@ class Generation:
             self.error = ApiError(500, f"engine failed: {exc}")
         finally:
             self._queue.put_nowait(None)
+
+    async def _say_unheard(self, session: EngineSession, text: str) -> None:
+        """`text` spoken on the session and its audio dropped: it joins the engine's context only."""
+        t0 = time.monotonic()
+        frames = 0
+        async for _ in session.speak(text, self.params):
+            frames += 1
+        log.info(
+            "compat %s: previous text (%d characters) spoken as context in %.0f ms, %d chunks not sent",
+            self.lease.tag, len(text), (time.monotonic() - t0) * 1e3, frames,
+        )  # fmt: skip
 
     async def next(self) -> Frames | None:
         return await self._queue.get()
@@ -290,20 +332,29 @@ class Generation:
 
 async def first_frames(gen: Generation) -> Frames | None:
     """The reply's first frames; None if it produced none. An error before any audio is raised (the
-    response can still carry its status)."""
-    frames = await gen.next()
-    if frames is None and gen.error is not None:
-        raise gen.error
+    response can still carry its status), and then the generation is stopped and its lease released:
+    the stream that would have released it is never made."""
+    try:
+        frames = await gen.next()
+        if frames is None and gen.error is not None:
+            raise gen.error
+    except BaseException:
+        await release(gen)
+        raise
     return frames
 
 
 async def collect(gen: Generation) -> bytes:
-    """The whole reply (non-streaming endpoints); an engine error anywhere is raised."""
+    """The whole reply (non-streaming endpoints), the lease released at its end; an engine error anywhere
+    is raised."""
     out: list[bytes] = []
-    while (frames := await gen.next()) is not None:
-        out.extend(frames)
-    if gen.error is not None:
-        raise gen.error
+    try:
+        while (frames := await gen.next()) is not None:
+            out.extend(frames)
+        if gen.error is not None:
+            raise gen.error
+    finally:
+        await release(gen)
     return b"".join(out)
 
 
@@ -466,59 +517,158 @@ class TextFeed:
 # Character weights of the alignment estimate (sipbridge/text/heard.py weighs words the same way): a
 # letter or a space one unit, punctuation the pause after it.
 _CHAR_PAUSE = {",": 3.0, ";": 3.0, ":": 3.0, ".": 5.0, "?": 5.0, "!": 5.0}
+_WORD = re.compile(r"\S+\s*")  # a word and the whitespace after it: the characters its time span covers
+
+TimedChar = tuple[str, float, float]  # a character, its start and end in the reply's audio (s)
 
 
-class CharTimeline:
-    """Estimated character timings of one utterance, for ElevenLabs' `alignment` fields.
-
-    Neither engine reports when it speaks each character, so this is an estimate, not a measurement: the
-    text is laid out at `chars_per_s` (heard.py's DEFAULT_CHARS_PER_S, both engines' rate), a character
-    weighing 1 and punctuation its pause. Each audio chunk gets the characters whose estimated start
-    falls inside it (times relative to the chunk, as ElevenLabs sends them); the last chunk of the
-    utterance's characters left after the audio ends come in one more message with empty audio, so
-    each character is sent exactly once, in order."""
-
-    def __init__(self, chars_per_s: float = DEFAULT_CHARS_PER_S) -> None:
-        self.ms_per_unit = 1000.0 / chars_per_s
-        self.sent = 0  # characters already given to a chunk
-        self.at_ms = 0.0  # audio so far
-        self._start = 0.0  # estimated start (ms) of character `sent`
-
-    def chunk(self, text: str, ms: float, *, final: bool = False) -> dict[str, list[Any]] | None:
-        begin, end = self.at_ms, self.at_ms + ms
-        self.at_ms = end
-        chars: list[str] = []
-        starts: list[int] = []
-        durations: list[int] = []
-        while self.sent < len(text) and (final or self._start < end):
-            ch = text[self.sent]
-            weight = 1.0 + _CHAR_PAUSE.get(ch, 0.0)
-            duration = weight * self.ms_per_unit
-            chars.append(ch)
-            starts.append(round(min(max(self._start - begin, 0.0), ms)))
-            durations.append(round(duration))
-            self._start = max(self._start, begin) + duration
-            self.sent += 1
-        if not chars:
-            return None
-        return {"chars": chars, "charStartTimesMs": starts, "charDurationsMs": durations}
+def estimated_chars(text: str, chars_per_s: float = DEFAULT_CHARS_PER_S) -> list[TimedChar]:
+    """The estimate for an engine without word times (espeak): `text` laid out at `chars_per_s` (heard.py's
+    rate), a character weighing 1 and punctuation its pause."""
+    out: list[TimedChar] = []
+    at = 0.0
+    for ch in text:
+        duration = (1.0 + _CHAR_PAUSE.get(ch, 0.0)) / chars_per_s
+        out.append((ch, at, at + duration))
+        at += duration
+    return out
 
 
-def spread_chars(text: str, total_s: float) -> dict[str, list[Any]]:
-    """Estimated character times over a whole reply `total_s` long (REST `/with-timestamps`): the weights
-    of CharTimeline, scaled to the real audio length. ElevenLabs' CharacterAlignmentResponseModel shape."""
-    weights = [1.0 + _CHAR_PAUSE.get(ch, 0.0) for ch in text]
-    unit = total_s / (sum(weights) or 1.0)
-    starts, ends, at = [], [], 0.0
-    for weight in weights:
-        starts.append(round(at, 3))
-        at += weight * unit
-        ends.append(round(at, 3))
+def _spread(text: str, begin: float, end: float) -> list[TimedChar]:
+    step = max(end - begin, 1e-3) / max(len(text), 1)
+    return [(ch, begin + i * step, begin + (i + 1) * step) for i, ch in enumerate(text)]
+
+
+def _key(word: str) -> str:
+    return "".join(ch for ch in word.lower() if ch.isalnum())
+
+
+def _word_spans(
+    text_words: list[str], words: Sequence[WordTime], end_s: float | None
+) -> list[tuple[float, float]]:
+    """The time span of each text word that the engine's words time so far. The text's words are matched
+    to the engine's (difflib, on letters and digits): a matched word spans its engine word's start to the
+    next one's; a run the normaliser rewrote ("$5" → "five dollars") shares the span of the engine words it
+    became. A span needs the start of the engine word after it, or the audio's end (`end_s`, final)."""
+    starts = [w.start_s for w in words]
+
+    def at(j: int) -> float | None:
+        return starts[j] if j < len(starts) else end_s
+
+    spans: list[tuple[float, float]] = []
+    matcher = difflib.SequenceMatcher(
+        None, [_key(w) for w in text_words], [_key(w.word) for w in words], False
+    )
+    for tag, i1, i2, j1, j2 in matcher.get_opcodes():
+        if tag == "equal":
+            for k in range(i2 - i1):
+                begin, end = at(j1 + k), at(j1 + k + 1)
+                if begin is None or end is None:
+                    return spans
+                spans.append((begin, max(end, begin)))
+            continue
+        begin, end = at(j1), at(j2)
+        if begin is None or end is None or (j1 == j2 == len(starts) and end_s is None):
+            return spans
+        step = max(end - begin, 0.0) / max(i2 - i1, 1)
+        spans += [(begin + k * step, begin + (k + 1) * step) for k in range(i2 - i1)]
+    return spans
+
+
+def engine_chars(text: str, words: Sequence[WordTime], end_s: float | None) -> list[TimedChar]:
+    """The characters of `text` that the engine's word starts time so far (`_word_spans`): each text word
+    and the whitespace after it evenly over its span; whitespace before the first word from 0 to it. At the
+    end (`end_s`), text the engine never reached lies at the end of the audio."""
+    found = list(_WORD.finditer(text))
+    if not found or not words:  # at the end of a reply cut before its first word: all at its end
+        return _spread(text, end_s, end_s) if end_s is not None else []
+    spans = _word_spans([m.group().strip() for m in found], words, end_s)
+    out = _spread(text[: found[0].start()], 0.0, spans[0][0]) if spans and found[0].start() else []
+    for match, (begin, end) in zip(found, spans, strict=False):
+        out += _spread(match.group(), begin, end)
+    return out
+
+
+@dataclass
+class ReplyAlignment:
+    """Character timings of one reply for ElevenLabs' alignment fields, chunk by chunk.
+
+    Measured where the engine reports word starts (`EngineSession.word_times`, Dia2: the step each word
+    was taken): `alignment` covers the request's text, `normalized` the words as the engine read them
+    (after normalisation). Otherwise (espeak) both are the letter-weight estimate of the text. Each call
+    of `chunk` gives the characters not sent yet whose start falls before the audio so far (for Dia2, of the
+    words whose next word has begun); `final` gives all the rest, so every character is sent once, in order.
+    """
+
+    session: EngineSession
+    at_s: float = 0.0  # audio so far
+    _sent: list[int] = field(default_factory=lambda: [0, 0])  # characters given out: text, normalised
+
+    def chunk(self, text: str, seconds: float, *, final: bool = False) -> tuple[list[TimedChar], ...]:
+        """(text characters, normalised characters) for the next `seconds` of audio."""
+        self.at_s += seconds
+        words = self.session.word_times()
+        if words is None:
+            timed = normalised = estimated_chars(text)
+        else:
+            end = self.at_s if final else None
+            timed = engine_chars(text, words, end)
+            normalised = engine_chars(" ".join(w.word for w in words), words, end)
+        return self._take(0, timed, final), self._take(1, normalised, final)
+
+    def _take(self, which: int, timed: list[TimedChar], final: bool) -> list[TimedChar]:
+        first = self._sent[which]
+        last = first
+        while last < len(timed) and (final or timed[last][1] < self.at_s):
+            last += 1
+        self._sent[which] = last
+        return timed[first:last]
+
+
+def ms_alignment(chars: list[TimedChar], begin_s: float, chunk_s: float) -> dict[str, list[Any]] | None:
+    """stream-input's `{"chars", "charStartTimesMs", "charDurationsMs"}`: whole ms relative to the chunk
+    that starts at `begin_s` (a start before it, a character of an earlier chunk sent late, is 0)."""
+    if not chars:
+        return None
+    limit = chunk_s * 1000
     return {
-        "characters": list(text),
-        "character_start_times_seconds": starts,
-        "character_end_times_seconds": ends,
+        "chars": [c for c, _, _ in chars],
+        "charStartTimesMs": [round(min(max((a - begin_s) * 1000, 0.0), limit)) for _, a, _ in chars],
+        "charDurationsMs": [max(1, round((b - a) * 1000)) for _, a, b in chars],
     }
+
+
+def seconds_alignment(chars: list[TimedChar]) -> dict[str, list[Any]]:
+    """REST `/with-timestamps`' CharacterAlignmentResponseModel: times in s from the reply's start."""
+    return {
+        "characters": [c for c, _, _ in chars],
+        "character_start_times_seconds": [round(a, 3) for _, a, _ in chars],
+        "character_end_times_seconds": [round(b, 3) for _, _, b in chars],
+    }
+
+
+def spread_chars(text: str, total_s: float) -> list[TimedChar]:
+    """The estimate over a whole reply `total_s` long (espeak's REST `/with-timestamps`): the weights of
+    estimated_chars, scaled to the real audio length."""
+    timed = estimated_chars(text)
+    scale = total_s / (timed[-1][2] if timed else 1.0)
+    return [(c, a * scale, b * scale) for c, a, b in timed]
+
+
+MAX_CONTEXT_CHARS = 300  # of previous_text: its speech is generated before the reply's, so it costs latency
+
+
+def context_text(service: ConversationService, lease: Lease, previous: str | None) -> str | None:
+    """What of a request's previous text to speak as context: its last MAX_CONTEXT_CHARS (from a word
+    boundary), only for an engine that keeps context (not espeak) and only on a fresh session (a
+    conversation already holds what was really said; a made-up turn would enter it for good)."""
+    if not previous or not previous.strip() or lease.conv is not None or service.engine.name == "espeak":
+        return None
+    text = previous.strip()
+    if len(text) > MAX_CONTEXT_CHARS:
+        cut = text[-MAX_CONTEXT_CHARS:]
+        text = cut[cut.find(" ") + 1 :] if " " in cut else cut
+    return text
 
 
 def streams_words(service: ConversationService) -> bool:

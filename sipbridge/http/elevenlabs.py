@@ -6,8 +6,10 @@ plugins call, answered by our engine.
 * `POST /v1/text-to-speech/{voice_id}`: the same, the whole file at once;
 * `WS /v1/text-to-speech/{voice_id}/stream-input`: `{"text": " ", ...}` first, text chunks (`flush`,
   `try_trigger_generation`), `{"text": ""}` ends; `{"audio": <base64>, "isFinal": false, "alignment",
-  "normalizedAlignment"}` per engine chunk (estimated character
-  timings, compat.CharTimeline), `{"isFinal": true}`, then the socket closes;
+  "normalizedAlignment"}` per engine chunk (character timings from the engine's word times, or estimated:
+  compat.ReplyAlignment), `{"isFinal": true}`, then the socket closes;
+* `POST /v1/text-to-speech/{voice_id}/with-timestamps` and `/stream/with-timestamps`: the audio as base64
+  with character times, whole or as newline-delimited JSON objects per chunk;
 * `GET /v1/voices`, `GET /v1/voices/{voice_id}`: our named voices.
 
 Auth is the `xi-api-key` header (a WebSocket may also send it in its first message) against
@@ -23,7 +25,10 @@ import contextlib
 import json
 import logging
 import re
+import uuid
+from collections import OrderedDict
 from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass
 from typing import Any
 
 from fastapi import APIRouter, Request, WebSocket
@@ -32,25 +37,32 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.websockets import WebSocketState
 
 from sipbridge.config import HttpConfig
-from sipbridge.engine.base import SpeakParams
+from sipbridge.engine.base import SpeakParams, WordTime
 from sipbridge.http.audio_io import AudioFormat, FormatEncoder, wav_bytes, wav_stream_header
 from sipbridge.http.compat import (
     MAX_MESSAGE_BYTES,
-    CharTimeline,
+    Frames,
     Generation,
     Lease,
     LeasedStream,
+    ReplyAlignment,
+    SamplingFields,
     TextFeed,
+    TimedChar,
     VoiceNotFound,
     collect,
+    context_text,
+    engine_chars,
     first_frames,
     key_ok,
+    ms_alignment,
     open_lease,
     protocol_errors,
     read_capped,
     release,
     resolve_voice,
     sampling,
+    seconds_alignment,
     spread_chars,
     streams_words,
     voice_names,
@@ -68,6 +80,7 @@ FORMATS = sorted(
 )
 _FORMAT = re.compile(r"^(mp3|pcm|wav|ulaw|alaw)_(\d+)(?:_(\d+))?$")
 _BODY_LIMIT = 256 * 1024
+_REMEMBERED = 1024  # replies whose text a later previous_request_ids can name (max_text_chars each)
 _ERROR_SLUGS = {409: "conversation_busy", 413: "text_too_long", 429: "too_many_requests",
                 500: "engine_error", 503: "system_busy"}  # fmt: skip
 
@@ -99,23 +112,29 @@ class VoiceSettings(BaseModel):
     speed: float | None = Field(None, ge=0.5, le=2.0)
 
 
-class SpeechBody(BaseModel):
+class SpeechBody(SamplingFields):
     model_config = ConfigDict(extra="allow")  # fields we do not act on (pronunciation dictionaries, …)
     text: str = Field(..., min_length=1)
     model_id: str | None = None
     voice_settings: VoiceSettings | None = None
-    previous_text: str | None = None
-    next_text: str | None = None
+    previous_text: str | None = None  # spoken first as context, not sent (compat.context_text)
+    next_text: str | None = None  # accepted, unused: Dia2 generates left to right
+    previous_request_ids: list[str] | None = Field(None, max_length=3)  # ids of our earlier replies
+    next_request_ids: list[str] | None = Field(None, max_length=3)  # accepted, unused (as next_text)
     seed: int | None = Field(None, ge=0, le=4294967295)
     language_code: str | None = None
-    # Our extension (the conversation API's sampling overrides); None: the engine's configured values.
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_k: int | None = Field(None, ge=1, le=2048)
-    cfg_scale: float | None = Field(None, ge=1.0, le=10.0)
 
-    def params(self) -> SpeakParams | None:
-        given = (self.cfg_scale, self.temperature, self.top_k)
-        return None if given == (None, None, None) else SpeakParams(*given)
+
+@dataclass(frozen=True)
+class _Whole:
+    """A whole reply of the REST endpoints, ready to send."""
+
+    body: SpeechBody
+    format: AudioFormat
+    audio: bytes
+    seconds: float
+    words: list[WordTime] | None  # the engine's word times (None: it reports none)
+    headers: dict[str, str]
 
 
 def error(status: int, slug: str, message: str, headers: Mapping[str, str] | None = None) -> JSONResponse:
@@ -152,6 +171,18 @@ def _voice_json(name: str, service: ConversationService) -> dict[str, Any]:
 def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
     token = http.bearer_token.get_secret_value() if http.bearer_token is not None else None
     router = APIRouter(tags=["elevenlabs"])
+    said: OrderedDict[str, str] = OrderedDict()  # the latest replies' texts by their request-id
+
+    def remember(body: SpeechBody) -> tuple[str, str | None]:
+        """This reply's `request-id` (ElevenLabs' response header) and the text said before it:
+        `previous_request_ids`' texts where we still know them (as ElevenLabs, they win over
+        `previous_text`), else `previous_text`."""
+        rid = uuid.uuid4().hex
+        known = [said[r] for r in body.previous_request_ids or () if r in said]
+        said[rid] = body.text
+        while len(said) > _REMEMBERED:
+            said.popitem(last=False)
+        return rid, " ".join(known) if known else body.previous_text
 
     def denied(request_headers: Mapping[str, str]) -> JSONResponse | None:
         if key_ok(token, request_headers.get("xi-api-key")):
@@ -187,75 +218,103 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             return api_error(exc)
         return body, fmt, lease
 
-    @router.post("/v1/text-to-speech/{voice_id}/stream", responses=protocol_errors(401, 404, 413, 422, 500))
-    async def stream(voice_id: str, request: Request) -> Response:
-        """The speech as a raw audio stream in `output_format` (query), sent as it is generated."""
+    async def begin(
+        request: Request, voice_id: str, surface: str
+    ) -> tuple[SpeechBody, AudioFormat, Generation, dict[str, str]] | Response:
+        """A reply started: its body, format, generation (previous text as context) and response headers
+        (`request-id`), or the error response."""
         prepared = await prepare(request, voice_id)
         if isinstance(prepared, Response):
             return prepared
         body, fmt, lease = prepared
-        encoder = FormatEncoder(lease.session.sample_rate, fmt)
+        rid, previous = remember(body)
         gen = Generation(
-            lease, body.text, encoder, body.params(), surface=f"elevenlabs_rest_{fmt.codec}"
-        ).start()
+            lease, body.text, FormatEncoder(lease.session.sample_rate, fmt), body.params(),
+            surface=f"{surface}_{fmt.codec}", context=context_text(service, lease, previous),
+        ).start()  # fmt: skip
+        return body, fmt, gen, {"request-id": rid}
+
+    async def start_stream(
+        request: Request, voice_id: str, surface: str
+    ) -> tuple[SpeechBody, AudioFormat, Generation, Frames | None, dict[str, str]] | Response:
+        """A streaming reply started: its body, format, generation, first frames and headers, or the error."""
+        begun = await begin(request, voice_id, surface)
+        if isinstance(begun, Response):
+            return begun
+        body, fmt, gen, headers = begun
         try:
             first = await first_frames(gen)
         except ApiError as exc:
-            await release(gen)
             return api_error(exc)
-        except BaseException:
-            await release(gen)
-            raise
-        header = wav_stream_header(fmt.rate) if fmt.wav else b""
-        return LeasedStream(gen, first, fmt.media_type, header)
+        return body, fmt, gen, first, headers
 
-    async def synthesise_whole(
-        body: Any, fmt: AudioFormat, lease: Any, surface: str
-    ) -> tuple[bytes, FormatEncoder] | Response:
-        """The whole reply's audio (a WAV header in front where the format asks) and its encoder, or the
-        protocol's error response; the engine slot is released either way."""
-        encoder = FormatEncoder(lease.session.sample_rate, fmt)
-        gen = Generation(lease, body.text, encoder, body.params(), surface=surface).start()
+    @router.post("/v1/text-to-speech/{voice_id}/stream", responses=protocol_errors(401, 404, 413, 422, 500))
+    async def stream(voice_id: str, request: Request) -> Response:
+        """The speech as a raw audio stream in `output_format` (query), sent as it is generated."""
+        started = await start_stream(request, voice_id, "elevenlabs_rest")
+        if isinstance(started, Response):
+            return started
+        _, fmt, gen, first, headers = started
+        header = wav_stream_header(fmt.rate) if fmt.wav else b""
+        return LeasedStream(gen, first, fmt.media_type, header, headers=headers)
+
+    @router.post(
+        "/v1/text-to-speech/{voice_id}/stream/with-timestamps",
+        responses=protocol_errors(401, 404, 413, 422, 500),
+    )
+    async def stream_with_timestamps(voice_id: str, request: Request) -> Response:
+        """The speech as newline-delimited JSON, one `{"audio_base64", "alignment", "normalized_alignment"}`
+        per engine chunk as it is generated (character times in s from the reply's start), and a last
+        object with empty audio for the characters timed past the audio's end."""
+        started = await start_stream(request, voice_id, "elevenlabs_rest_timestamps")
+        if isinstance(started, Response):
+            return started
+        body, fmt, gen, first, headers = started
+        lines = _TimestampLines(body.text, fmt, ReplyAlignment(gen.lease.session))
+        return LeasedStream(
+            gen, first, "application/x-ndjson", headers=headers, frame=lines.line, trailer=lines.last
+        )  # fmt: skip
+
+    async def whole(request: Request, voice_id: str, surface: str) -> _Whole | Response:
+        """The whole reply (a WAV header in front where the format asks) with the engine's word times, or
+        the protocol's error response; the engine slot is released either way."""
+        begun = await begin(request, voice_id, surface)
+        if isinstance(begun, Response):
+            return begun
+        body, fmt, gen, headers = begun
         try:
             audio = await collect(gen)
         except ApiError as exc:
             return api_error(exc)
-        finally:
-            await release(gen)
-        return (wav_bytes(audio, fmt.rate) if fmt.wav else audio), encoder
+        seconds = gen.encoder.samples / gen.encoder.rate
+        audio = wav_bytes(audio, fmt.rate) if fmt.wav else audio
+        return _Whole(body, fmt, audio, seconds, gen.words, headers)
 
     @router.post("/v1/text-to-speech/{voice_id}", responses=protocol_errors(401, 404, 413, 422, 500))
     async def convert(voice_id: str, request: Request) -> Response:
         """The whole file at once."""
-        prepared = await prepare(request, voice_id)
-        if isinstance(prepared, Response):
-            return prepared
-        body, fmt, lease = prepared
-        whole = await synthesise_whole(body, fmt, lease, "elevenlabs_convert")
-        if isinstance(whole, Response):
-            return whole
-        return Response(whole[0], media_type=fmt.media_type)
+        reply = await whole(request, voice_id, "elevenlabs_convert")
+        if isinstance(reply, Response):
+            return reply
+        return Response(reply.audio, media_type=reply.format.media_type, headers=reply.headers)
 
     @router.post(
         "/v1/text-to-speech/{voice_id}/with-timestamps", responses=protocol_errors(401, 404, 413, 422, 500)
     )
     async def convert_with_timestamps(voice_id: str, request: Request) -> Response:
-        """The whole file as base64 with estimated character times (spread_chars: neither engine reports
-        them), scaled to the real audio length."""
-        prepared = await prepare(request, voice_id)
-        if isinstance(prepared, Response):
-            return prepared
-        body, fmt, lease = prepared
-        whole = await synthesise_whole(body, fmt, lease, "elevenlabs_timestamps")
-        if isinstance(whole, Response):
-            return whole
-        audio, encoder = whole
-        align = spread_chars(body.text, encoder.samples / encoder.rate)
+        """The whole file as base64 with character times: from the engine's word starts (Dia2), else
+        estimated from the text (espeak) and scaled to the real audio length."""
+        reply = await whole(request, voice_id, "elevenlabs_timestamps")
+        if isinstance(reply, Response):
+            return reply
+        text, words, total = reply.body.text, reply.words, reply.seconds
+        timed = spread_chars(text, total) if words is None else engine_chars(text, words, total)
+        normalised = timed if words is None else engine_chars(" ".join(w.word for w in words), words, total)
         return JSONResponse({
-            "audio_base64": base64.b64encode(audio).decode(),
-            "alignment": align,
-            "normalized_alignment": align,
-        })  # fmt: skip
+            "audio_base64": base64.b64encode(reply.audio).decode(),
+            "alignment": seconds_alignment(timed),
+            "normalized_alignment": seconds_alignment(normalised),
+        }, headers=reply.headers)  # fmt: skip
 
     @router.get("/v1/voices", responses=protocol_errors(401, 422, 500))
     async def voices(request: Request) -> Response:
@@ -321,15 +380,43 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
     return router
 
 
-def _audio_message(audio: bytes, align: dict[str, list[Any]] | None) -> dict[str, Any]:
-    """One stream-input reply. The alignment is an estimate (compat.CharTimeline): neither engine reports
-    character timings; `normalizedAlignment` is the same (the engine's normalised text is not mapped back)."""
+def _audio_message(
+    audio: bytes, chars: tuple[list[TimedChar], ...], begin_s: float, ms: float
+) -> dict[str, Any]:
+    """One stream-input reply: the chunk's audio and the characters starting in it (compat.ReplyAlignment:
+    the engine's word times for Dia2, an estimate for espeak), times relative to the chunk."""
     return {
         "audio": base64.b64encode(audio).decode(),
         "isFinal": False,
-        "normalizedAlignment": align,
-        "alignment": align,
+        "normalizedAlignment": ms_alignment(chars[1], begin_s, ms / 1000),
+        "alignment": ms_alignment(chars[0], begin_s, ms / 1000),
     }
+
+
+class _TimestampLines:
+    """`/stream/with-timestamps`' body: a JSON object and a newline per chunk (the SDK reads it by lines)."""
+
+    def __init__(self, text: str, fmt: AudioFormat, align: ReplyAlignment) -> None:
+        self.text, self.format, self.align = text, fmt, align
+        self.header = wav_stream_header(fmt.rate) if fmt.wav else b""  # in the first object's audio
+
+    def _object(self, audio: bytes, chars: tuple[list[TimedChar], ...]) -> bytes:
+        found = chars[0] or chars[1]
+        message = {
+            "audio_base64": base64.b64encode(audio).decode(),
+            "alignment": seconds_alignment(chars[0]) if found else None,
+            "normalized_alignment": seconds_alignment(chars[1]) if found else None,
+        }
+        return json.dumps(message).encode() + b"\n"
+
+    def line(self, audio: bytes) -> bytes:
+        chars = self.align.chunk(self.text, self.format.seconds(len(audio)))
+        audio, self.header = self.header + audio, b""
+        return self._object(audio, chars)
+
+    def last(self) -> bytes:
+        chars = self.align.chunk(self.text, 0.0, final=True)
+        return self._object(self.header, chars) if chars[0] or chars[1] else b""
 
 
 class _StreamInput:
@@ -493,21 +580,18 @@ class _StreamInput:
                 self.params, on_end=feed.end, surface="elevenlabs_stream_input",
             ).start()  # fmt: skip
             self._gen = gen
-            timeline, samples = CharTimeline(), 0
+            align = ReplyAlignment(self.lease.session)
             while (frames := await gen.next()) is not None:
                 audio = b"".join(frames)
-                ms = (gen.encoder.samples - samples) * 1000 / gen.encoder.rate
-                samples = gen.encoder.samples
+                begin, ms = align.at_s, self.format.seconds(len(audio)) * 1000
+                chars = align.chunk(feed.text, ms / 1000)
                 if audio and self.ws.application_state == WebSocketState.CONNECTED:
-                    await self._send(_audio_message(audio, timeline.chunk(feed.text, ms)))
+                    await self._send(_audio_message(audio, chars, begin, ms))
                     gen.wrote_first()
-            rest = (
-                timeline.chunk(feed.text, 0.0, final=True)
-                if gen.error is None and not gen.cancelled
-                else None
-            )
-            if rest is not None and self.ws.application_state == WebSocketState.CONNECTED:
-                await self._send(_audio_message(b"", rest))  # text the estimate placed past the audio's end
+            if gen.error is None and not gen.cancelled:
+                rest = align.chunk(feed.text, 0.0, final=True)  # characters timed past the audio's end
+                if (rest[0] or rest[1]) and self.ws.application_state == WebSocketState.CONNECTED:
+                    await self._send(_audio_message(b"", rest, align.at_s, 0.0))
             if gen.error is not None:
                 await self._fail(gen.error.message, _ERROR_SLUGS.get(gen.error.status, "engine_error"), 1011)
                 return

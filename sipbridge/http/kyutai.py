@@ -106,6 +106,8 @@ class _TtsSocket:
             lease, aiter(self.feed), encoder, params, on_end=self.feed.end, surface="kyutai_tts_streaming"
         )
         self._text_seen = False
+        self._words_sent = 0  # of the engine's word times (`Text` messages)
+        self._audio_s = 0.0
 
     async def _send(self, message: dict[str, Any]) -> None:
         await self.ws.send_bytes(msgpack.packb(message))
@@ -122,13 +124,17 @@ class _TtsSocket:
             gen.start()
             while (frames := await gen.next()) is not None:
                 pcm = b"".join(frames)
+                self._audio_s += len(pcm) / 4 / SAMPLE_RATE
                 if not self.msgpack_out:
                     await self.ws.send_bytes(pcm)
                 else:
                     await self._send({"type": "Audio", "pcm": np.frombuffer(pcm, "<f4").tolist()})
+                    await self._send_words(final=False)
                 gen.wrote_first()
             if gen.error is not None:
                 await self._error(gen.error.message)
+            elif self.msgpack_out and not gen.cancelled:
+                await self._send_words(final=True)
             log.info("kyutai tts %s: %s", self.lease.tag, gen.timings.as_dict())
         except Exception as exc:  # the client went away while we sent
             gen.abandon("send failed")
@@ -140,6 +146,26 @@ class _TtsSocket:
             await release(gen)
             with contextlib.suppress(Exception):
                 await self.ws.close(1000)
+
+    async def _send_words(self, *, final: bool) -> None:
+        """moshi-server's `{"type": "Text", "text", "start_s", "stop_s"}` for each word the engine reports
+        (Dia2's word times; espeak none) once its audio has begun and its end is known (the next word's
+        start, or the end of the audio), after the Audio it starts in. A word whose audio never came (a
+        reply cut by the context's end) is not sent."""
+        words = self.gen.lease.session.word_times() or []
+        while self._words_sent < len(words):
+            word = words[self._words_sent]
+            following = words[self._words_sent + 1].start_s if self._words_sent + 1 < len(words) else None
+            if word.start_s >= self._audio_s:
+                return  # not in the audio sent yet (or never: a reply cut by the context's end)
+            if following is not None and following <= self._audio_s:
+                stop = following
+            elif final:
+                stop = self._audio_s if following is None else min(following, self._audio_s)
+            else:
+                return  # its end is not in the audio sent yet
+            await self._send({"type": "Text", "text": word.word, "start_s": word.start_s, "stop_s": stop})
+            self._words_sent += 1
 
     async def _receive(self) -> None:
         """Text and Eos from the client; a disconnect or a silent client stops the reply at once."""

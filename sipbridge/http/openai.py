@@ -2,8 +2,8 @@
 
 Body: `model` (any name: there is one engine), `input`, `voice` (a name, `clone:<name>`, `default`, or
 `{"id": ...}`), `response_format` (`pcm` = s16le 24 kHz, `wav`, `mp3`, and `ulaw` / `alaw` (8 kHz G.711) as
-extensions), `speed` (1.0 only: another value is refused with 422, never silently ignored),
-`instructions` (accepted, not applied),
+extensions), `speed` (0.25-4; not 1: the whole reply time-stretched by Rubber Band, pitch kept, then
+sent: audio_io.StretchedEncoder), `instructions` (accepted, not applied),
 `stream_format` (`audio`: the raw bytes, chunked as generated; `sse`: `speech.audio.delta` events), and our
 extensions `stream` (false: the whole file with its length) and `conversation_id` (speak inside a
 conversation of the conversation API, keeping Dia2's dialogue context).
@@ -33,11 +33,11 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.datastructures import UploadFile
 
 from sipbridge.config import HttpConfig
-from sipbridge.engine.base import SpeakParams
 from sipbridge.http.audio_io import (
     AudioFormat,
     AudioRejected,
     FormatEncoder,
+    StretchedEncoder,
     decode_upload,
     wav_bytes,
     wav_stream_header,
@@ -46,6 +46,7 @@ from sipbridge.http.compat import (
     CLONE_PREFIX,
     Generation,
     LeasedStream,
+    SamplingFields,
     VoiceNotFound,
     collect,
     first_frames,
@@ -53,7 +54,6 @@ from sipbridge.http.compat import (
     open_lease,
     protocol_errors,
     read_capped,
-    release,
     resolve_voice,
     voice_names,
 )
@@ -86,7 +86,7 @@ class VoiceRef(BaseModel):
     id: str = Field(..., min_length=1, max_length=200)
 
 
-class SpeechRequest(BaseModel):
+class SpeechRequest(SamplingFields):
     model_config = ConfigDict(extra="allow")  # newer SDK fields we do not act on must not break a client
     model: str = Field(..., min_length=1, max_length=200)
     input: str = Field(..., min_length=1)
@@ -97,14 +97,6 @@ class SpeechRequest(BaseModel):
     stream_format: Literal["audio", "sse"] = "audio"
     stream: bool = True  # extension: false sends the whole file with its Content-Length
     conversation_id: str | None = Field(None, max_length=200)  # extension
-    # Extension: the conversation API's sampling overrides; None: the engine's configured values.
-    temperature: float | None = Field(None, ge=0.0, le=2.0)
-    top_k: int | None = Field(None, ge=1, le=2048)
-    cfg_scale: float | None = Field(None, ge=1.0, le=10.0)
-
-    def params(self) -> SpeakParams | None:
-        given = (self.cfg_scale, self.temperature, self.top_k)
-        return None if given == (None, None, None) else SpeakParams(*given)
 
     @property
     def voice_name(self) -> str:
@@ -166,13 +158,6 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
                 422, f"response_format {req.response_format!r} is not supported{hint}; use one of"
                 f" {', '.join(FORMATS)}", param="response_format", code="unsupported_value",
             )  # fmt: skip
-        if req.speed != 1.0:
-            # Refused rather than ignored: a client asking for 1.5x must not get 1x silently. Changing the
-            # rate by resampling would shift the pitch, and no time-stretch that streams is wired in yet.
-            return error(
-                422, f"speed {req.speed:g} is not supported: this server speaks at speed 1.0 only (omit"
-                " speed or send 1.0)", param="speed", code="unsupported_value",
-            )  # fmt: skip
         return req
 
     @router.post("/v1/audio/speech", responses=protocol_errors(400, 401, 413, 422, 500))
@@ -196,25 +181,17 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
             lease = await open_lease(service, voice, req.conversation_id, f"openai-{req.voice_name[:24]}")
         except ApiError as exc:
             return api_error(exc)
-        encoder = FormatEncoder(lease.session.sample_rate, fmt)
+        plain = FormatEncoder(lease.session.sample_rate, fmt)
+        encoder = plain if req.speed == 1.0 else StretchedEncoder(plain, lease.session.sample_rate, req.speed)
         surface = f"openai_speech_{fmt.codec}" + ("_sse" if req.stream_format == "sse" else "")
         gen = Generation(lease, req.input, encoder, req.params(), surface=surface).start()
-        if not req.stream:
-            try:
-                audio = await collect(gen)
-            except ApiError as exc:
-                return api_error(exc)
-            finally:
-                await release(gen)
-            return Response(wav_bytes(audio, fmt.rate) if fmt.wav else audio, media_type=fmt.media_type)
         try:
+            if not req.stream:
+                audio = await collect(gen)
+                return Response(wav_bytes(audio, fmt.rate) if fmt.wav else audio, media_type=fmt.media_type)
             first = await first_frames(gen)
         except ApiError as exc:
-            await release(gen)
             return api_error(exc)
-        except BaseException:
-            await release(gen)
-            raise
         header = wav_stream_header(fmt.rate) if fmt.wav else b""
         if req.stream_format == "sse":
             usage = {"input_tokens": len(req.input.split()), "output_tokens": 0, "total_tokens": 0}

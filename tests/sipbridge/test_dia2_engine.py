@@ -99,3 +99,46 @@ def test_voice_prefix_without_transcript_is_transcribed_once_and_cached(
             await engine.close()
 
     asyncio.run(run())
+
+
+def test_word_times_are_the_engines_own_steps() -> None:
+    """The words' start times come from the steps at which Dia2's text state machine took each word
+    (`MachineState.transcript`), counted from the reply's first frame in 80 ms Mimi frames: whole frames,
+    in order, inside the audio, and exactly the transcript's steps. A letter-weight estimate (what espeak
+    gets) would neither fall on frame boundaries nor match the steps."""
+    config = Dia2EngineConfig.model_validate(
+        {"model": str(TINY), "device": "cpu", "dtype": "float32", "max_batch": 1, "temperature": 0.0}
+    )
+
+    async def run() -> None:
+        engine = Dia2Engine(config)
+        await engine.start()
+        try:
+            session = engine.open_session("timed")
+            assert session.word_times() == []  # nothing spoken yet
+            text = "one two three four five six"
+            samples = sum([len(c) async for c in session.speak(text)])
+            words = session.word_times()
+            assert words is not None and words, "the tiny checkpoint took no word"
+            rate = engine.dia2_engine.frame_rate
+            assert rate == 12.5  # Mimi: 24 kHz / 1920 samples a frame
+            # The same numbers the engine thread recorded: its step less the reply's first frame.
+            frame0 = session._first_chunk.frame
+            steps = session._conv._call.machine.transcript[-len(words) :]
+            assert [(w.word, w.start_s) for w in words] == [(w, (s - frame0) / rate) for w, s in steps]
+            assert [w.word for w in words] == text.split()[: len(words)]
+            frames = [w.start_s * rate for w in words]
+            assert all(abs(f - round(f)) < 1e-9 for f in frames), frames  # whole frames
+            assert all(b > a for a, b in itertools.pairwise(frames)), frames
+            assert 0 <= frames[0] and words[-1].start_s < samples / 24000
+            # A second reply on the session reports its own words, from its own first frame.
+            async for _ in session.speak("seven eight"):
+                pass
+            again = session.word_times()
+            assert again is not None and [w.word for w in again] == ["seven", "eight"][: len(again)]
+            assert again and again[0].start_s < 1.0
+            await session.close()
+        finally:
+            await engine.close()
+
+    asyncio.run(run())
