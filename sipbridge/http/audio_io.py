@@ -13,6 +13,7 @@ with the call path's low-latency FIR resampler, so streaming adds ~5 ms, not sox
 
 from __future__ import annotations
 
+import importlib.util
 import io
 import struct
 import wave
@@ -275,6 +276,12 @@ def wav_bytes(pcm16: bytes, rate: int) -> bytes:
         w.setframerate(rate)
         w.writeframes(pcm16)
     return buf.getvalue()
+
+
+def can_stretch() -> bool:
+    """Whether the optional time-stretch library is installed (`sipbridge[timestretch]`: pedalboard is
+    GPL-3.0, so it is an extra a deployment chooses, never pulled in by the Apache-2.0 package itself)."""
+    return importlib.util.find_spec("pedalboard") is not None
 
 
 class StretchedEncoder:

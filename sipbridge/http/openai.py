@@ -38,6 +38,7 @@ from sipbridge.http.audio_io import (
     AudioRejected,
     FormatEncoder,
     StretchedEncoder,
+    can_stretch,
     decode_upload,
     wav_bytes,
     wav_stream_header,
@@ -169,6 +170,12 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
         if isinstance(req, Response):
             return req
         fmt = FORMATS[req.response_format]
+        if req.speed != 1.0 and not can_stretch():
+            return error(
+                422, "speed other than 1.0 needs the optional time-stretch library on the server: "
+                "pip install 'sipbridge[timestretch]' (pedalboard, GPL-3.0: see docs/COMPAT.md)",
+                param="speed", code="unsupported_value",
+            )  # fmt: skip
         try:
             voice = resolve_voice(service, req.voice_name)
         except VoiceNotFound as exc:
