@@ -103,6 +103,9 @@ def run_mode(mode: str, turns: int, work: Path, speculative: bool | None = None)
             sipp_timeout_s=timeout_ms // 1000 + 20,
         ).values()
         health = bridge.health()
+        (call,) = bridge.calls()
+        latency = [json.loads(e["data"]) for e in bridge.events(call["id"], "latency")]
+        guesses = [json.loads(e["data"]) for e in bridge.events(call["id"], "speculative_reply")]
     finally:
         bridge.stop()
     bot = [p.t for p in voiced_packets(wire.bot)]
@@ -129,6 +132,10 @@ def run_mode(mode: str, turns: int, work: Path, speculative: bool | None = None)
         "paused_utterances": kinds.count("paused"),
         "end_of_turn": health.get("end_of_turn"),
         "gaps": gaps,
+        # The bridge's own split of each reply (ms after the turn's end was detected) and its guesses.
+        "latency": latency,
+        "speculative_used": sum(1 for g in guesses if g["used"]),
+        "speculative_discarded": sum(1 for g in guesses if not g["used"]),
     }
 
 
@@ -147,7 +154,7 @@ def main() -> None:
             run = run_mode(mode, args.turns, Path(tmp), speculative)
             run["seconds"] = round(time.time() - t0, 1)
             run["load_avg_after"] = os.getloadavg()
-        print(json.dumps({k: v for k, v in run.items() if k != "gaps"}), flush=True)
+        print(json.dumps({k: v for k, v in run.items() if k not in ("gaps", "latency")}), flush=True)
         result["runs"].append(run)
     args.out.write_text(json.dumps(result, indent=1))
 

@@ -23,7 +23,8 @@ def speculation(bridge: Bridge, call_id: str) -> list[dict[str, object]]:
 
 
 def test_a_caller_who_said_it_all_gets_the_reply_made_in_the_silence(tmp_path: Path) -> None:
-    bridge = Bridge.start(tmp_path / "bridge", {"agent": script_agent(tmp_path, MAIN_FLOW)})
+    config = {"agent": script_agent(tmp_path, MAIN_FLOW), "turn": {"speculative_reply": True}}
+    bridge = Bridge.start(tmp_path / "bridge", config)
     try:
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
         wire = bridge.sipp_call(
@@ -52,7 +53,11 @@ def test_a_caller_who_goes_on_never_hears_the_reply_made_at_the_pause(tmp_path: 
         "greeting": {"say": "Hello.", "interruptible": False},
         "turns": [{"say": "First step.", "hangup": True}, {"say": "Second step.", "hangup": True}],
     }
-    config = {"agent": script_agent(tmp_path, flow), "vad": {"stop_hangover_ms": 5000}}
+    config = {
+        "agent": script_agent(tmp_path, flow),
+        "vad": {"stop_hangover_ms": 5000},
+        "turn": {"speculative_reply": True},
+    }
     bridge = Bridge.start(tmp_path / "bridge", config)
     try:
         first = caller_audio("I need some help", lead_s=3.5, tail_s=3.5)
