@@ -127,14 +127,17 @@ def test_a_backchannel_does_not_cut_the_bot_but_a_short_no_does(tmp_path: Path) 
 def test_after_a_barge_in_dia2s_context_keeps_only_the_frames_played(tmp_path: Path) -> None:
     """The same on the tiny Dia2 checkpoint (CPU, random weights: noise, but Dia2's real context path): the
     cut greeting's unplayed frames leave the call's Dia2 conversation before the next reply is made, and
-    what stays is what the wire carried (whole 80 ms frames)."""
+    what stays is what the wire carried (whole 80 ms frames). With turn.speculative_reply the (pure) script
+    agent answers at the caller's pause, but Dia2, whose context would keep it, speaks only at the turn's
+    end."""
     tiny = Path(__file__).resolve().parents[1] / "fixtures" / "dia2-tiny"
     engine = {
         "kind": "dia2",
         "dia2": {"model": str(tiny), "device": "cpu", "dtype": "float32", "max_batch": 2},
     }
     flow = {"greeting": LONG, "turns": [{"say": "Goodbye.", "hangup": True}]}
-    bridge = Bridge.start(tmp_path / "bridge", {"engine": engine, "agent": script_agent(tmp_path, flow)})
+    config = {"engine": engine, "agent": script_agent(tmp_path, flow), "turn": {"speculative_reply": True}}
+    bridge = Bridge.start(tmp_path / "bridge", config)
     try:
         caller = caller_audio("Sorry, I need some help please.", lead_s=3.0, tail_s=7.0)
         bridge.sipp_call(
@@ -162,6 +165,8 @@ def test_after_a_barge_in_dia2s_context_keeps_only_the_frames_played(tmp_path: P
         # context is the greeting's played frames, the caller's turn, nothing unheard.
         reply = [i for i, line in enumerate(lines) if re.search(r"utterance 2 first audio", line)]
         assert reply and trims[0] < reply[0], (trims, reply)
+        guesses = [json.loads(e["data"]) for e in bridge.events(call["id"], "speculative_reply")]
+        assert guesses[-1]["used"] is True and guesses[-1]["audio_ahead"] is False, guesses
         record_result(
             "dia2_heard_after_barge_in",
             {"played_ms": heard["played_ms"], "frames_kept": kept, "frames_dropped": dropped},
