@@ -8,6 +8,7 @@ mid-sentence pause: a bot reply that *starts* inside an utterance (its first voi
 without any) is a premature cut-off.
 
     .venv/bin/python bench/turn_gap.py --out gap.json [--modes hangover words model] [--turns 12]
+        [--speculative on off]     # turn.speculative_reply per run (default: the config's default)
 
 Needs what tests/sipbridge needs (pjsua2, SIPp, espeak-ng, root for the raw socket).
 """
@@ -79,14 +80,16 @@ def utterances(sent: list[Any]) -> list[tuple[float, float]]:
     return [(a, b + 0.02) for a, b in spans]
 
 
-def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
+def run_mode(mode: str, turns: int, work: Path, speculative: bool | None = None) -> dict[str, Any]:
     flow = {"greeting": {"say": "Hello.", "interruptible": False}, "turns": []}
     flow["turns"] = [{"say": "Okay."} for _ in range(2 * turns)]  # the caller hangs up at the end
     (work / "flow.yaml").write_text(yaml.safe_dump(flow))
-    config = {
+    config: dict[str, Any] = {
         "agent": {"kind": "script", "script": {"flow": str(work / "flow.yaml")}},
         "turn": {"end_of_turn": mode},
     }
+    if speculative is not None:
+        config["turn"]["speculative_reply"] = speculative
     track, kinds = caller_track(turns)
     ulaw = work / "caller.ulaw"
     ulaw.write_bytes(bytes(g711.ulaw_encode(track)))
@@ -100,6 +103,9 @@ def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
             sipp_timeout_s=timeout_ms // 1000 + 20,
         ).values()
         health = bridge.health()
+        (call,) = bridge.calls()
+        latency = [json.loads(e["data"]) for e in bridge.events(call["id"], "latency")]
+        guesses = [json.loads(e["data"]) for e in bridge.events(call["id"], "speculative_reply")]
     finally:
         bridge.stop()
     bot = [p.t for p in voiced_packets(wire.bot)]
@@ -115,6 +121,7 @@ def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
     values = [g["gap_ms"] for g in gaps]
     return {
         "mode": mode,
+        "speculative_reply": speculative,
         "utterances": len(spans),
         "replies_measured": len(values),
         "gap_ms_p50": float(np.percentile(values, 50)) if values else None,
@@ -125,6 +132,10 @@ def run_mode(mode: str, turns: int, work: Path) -> dict[str, Any]:
         "paused_utterances": kinds.count("paused"),
         "end_of_turn": health.get("end_of_turn"),
         "gaps": gaps,
+        # The bridge's own split of each reply (ms after the turn's end was detected) and its guesses.
+        "latency": latency,
+        "speculative_used": sum(1 for g in guesses if g["used"]),
+        "speculative_discarded": sum(1 for g in guesses if not g["used"]),
     }
 
 
@@ -133,15 +144,17 @@ def main() -> None:
     ap.add_argument("--out", type=Path, required=True)
     ap.add_argument("--modes", nargs="+", default=["hangover", "words"])
     ap.add_argument("--turns", type=int, default=12)
+    ap.add_argument("--speculative", nargs="+", choices=["on", "off"], default=[])
     args = ap.parse_args()
     result: dict[str, Any] = {"cpus": os.cpu_count(), "load_avg_at_start": os.getloadavg(), "runs": []}
-    for mode in args.modes:
+    settings = [s == "on" for s in args.speculative] or [None]
+    for mode, speculative in [(m, s) for m in args.modes for s in settings]:
         with tempfile.TemporaryDirectory(prefix=f"turn-gap-{mode}-") as tmp:
             t0 = time.time()
-            run = run_mode(mode, args.turns, Path(tmp))
+            run = run_mode(mode, args.turns, Path(tmp), speculative)
             run["seconds"] = round(time.time() - t0, 1)
             run["load_avg_after"] = os.getloadavg()
-        print(json.dumps({k: v for k, v in run.items() if k != "gaps"}), flush=True)
+        print(json.dumps({k: v for k, v in run.items() if k not in ("gaps", "latency")}), flush=True)
         result["runs"].append(run)
     args.out.write_text(json.dumps(result, indent=1))
 

@@ -658,6 +658,16 @@ class TurnConfig(_Section):
     model_threshold: float = Field(
         0.9, gt=0.0, lt=1.0, description="Smart Turn probability at or above which a turn is complete."
     )
+    # Default off: on the CPU default (script agent + espeak) the reply path after the words is ~1 tick
+    # already, so the guess saved nothing measurable; the turn gap is hangover + ASR (docs/PERFORMANCE.md).
+    speculative_reply: bool = Field(
+        False,
+        description="When early ASR has the words inside the silence (vad.pause_ms), ask the agent and make"
+        " the reply's audio then, held back until the turn is over: sent at once if the caller said no more,"
+        " thrown away unheard (the agent's state too) if they went on. Only agents that declare themselves"
+        " pure (script, echo) answer ahead, and only an engine without conversation context (espeak) speaks"
+        ' ahead; others wait for the turn\'s end as before (docs/ARCHITECTURE.md, "Speculative reply").',
+    )
 
 
 # ------------------------------------------------------------------------------------------- agent

@@ -149,6 +149,12 @@ class Metrics:
             "Caller turns transcribed, by whether the early transcription was used.",
             ("early_asr",),
         )
+        self.speculative_replies = Counter(
+            r,
+            "sipbridge_speculative_replies_total",
+            "Replies made at a pause before the turn ended (turn.speculative_reply): used or discarded.",
+            ("result",),
+        )
         self.barge_ins = Counter(r, "sipbridge_barge_ins_total", "Bot speech cut by the caller.")
         self.reply_latency = Histogram(
             r,

@@ -10,6 +10,11 @@ The session drives an agent with three calls:
   stayed silent for the reply's `silence_timeout_s` (`"silence"`) -> a reply or None;
 - `on_end(call)`: the call is over (free per-call resources; results are already stored).
 
+An agent whose `on_turn` changes nothing but the `AgentCall` it is given (no request leaves, nothing is
+written) sets `pure = True`: the session may then ask it about a turn before the turn is over, on a copy of
+the call, and throw the answer away if the caller goes on (turn.speculative_reply). Webhook and LLM agents
+are not pure (the far end sees every request), so they are only asked once a turn has ended.
+
 A `Reply` carries text (a `str`, or a `TextStream` fed while the agent is still producing it, so speech can
 start before the reply is complete) and `Action`s: hang up, transfer (SIP REFER), send DTMF, set a result
 field, end the call with an outcome.

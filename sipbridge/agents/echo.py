@@ -11,6 +11,7 @@ from sipbridge.agents.base import AgentCall, Reply, Turn
 class EchoAgent:
     greeting_text: str
     name: str = "echo"
+    pure = True  # no state, no side effect: it may answer a turn ahead (turn.speculative_reply)
 
     async def greeting(self, call: AgentCall) -> Reply | None:
         return Reply(self.greeting_text)

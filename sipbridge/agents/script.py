@@ -121,6 +121,7 @@ def _words(text: str) -> set[str]:
 
 class ScriptAgent:
     name = "script"
+    pure = True  # all it changes is the AgentCall: it may answer a turn ahead (turn.speculative_reply)
 
     def __init__(
         self, flow: Flow | StateFlow, default_greeting: str, classifier: AnswerClassifier | None = None

@@ -68,6 +68,12 @@ class AgentDriver:
         assert self.call is not None
         self.call.transcript.append(("caller", words))
 
+    def adopt(self, call: AgentCall) -> None:
+        """A speculative answer is used: the copy of the call state it was made on (with the caller's turn
+        and the agent's answer) becomes the call's state (sipbridge/call/speculation.py)."""
+        assert self.call is not None
+        vars(self.call).update(vars(call))
+
     def forget_unheard(self, said: str, heard: str) -> None:
         """A reply cut by barge-in: only its heard words stay in the history (none: it was never said), so
         the agent's next turn answers what the caller heard."""

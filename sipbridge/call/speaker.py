@@ -6,6 +6,10 @@ worker plays and reports PlaybackDone. Barge-in is decided by the worker, which 
 interruptible audio when BargeIn arrives; `cut` then cancels generation and drops every pending
 interruptible reply, telling the worker which utterance ids are dead so audio still in flight is discarded
 too. While AMD listens (outbound) new utterances are *held*: made, kept here, sent or dropped on the verdict.
+A *speculative* utterance (turn.speculative_reply) is held the same way, made for words the caller may not be
+done with: `commit` sends it when the turn ends with those words, `discard` drops it unheard. Until then it is
+not one of `utterances` (barge-in, backchannels and the silence timer do not see it) and the worker never
+hears of it.
 """
 
 from __future__ import annotations
@@ -43,6 +47,7 @@ class Utterance:
     held_frames: list[bytes] = field(default_factory=list)
     generated: bool = False  # the engine finished it while it was held (EndOfUtterance is owed)
     complete: bool = False  # the engine made all of its audio (`pcm` is the whole reply)
+    speculative: bool = False  # made before its turn ended: held until `commit`, or discarded
 
 
 @dataclass(frozen=True)
@@ -85,7 +90,8 @@ class Speaker:
             if utt.cancelled:
                 continue
             self.generating = utt
-            self.last_spoken = utt.id
+            if not utt.speculative:  # a speculative one becomes the engine's latest at `commit`
+                self.last_spoken = utt.id
             try:
                 await self._generate(utt)
             except EngineError as exc:
@@ -188,6 +194,49 @@ class Speaker:
             self.ctx.send(f.CancelUtterances(self.ctx.call_id, dead))
         return dead
 
+    def prepare(self, reply: Reply) -> Utterance:
+        """Make a reply's audio ahead, held: nothing reaches the worker and no action is applied until
+        `commit` (the caller's turn ended with the words it answers)."""
+        utt = Utterance(self.next_utterance, reply, time.monotonic(), held=True, speculative=True)
+        self.next_utterance += 1
+        self.pending.put_nowait(utt)
+        return utt
+
+    def commit(self, utt: Utterance, turn_ended_at: float) -> bool:
+        """The turn ended as guessed: the audio made so far goes out at once, the rest as it is made.
+        False (nothing sent; the caller is answered afresh) when the engine failed it or a newer reply
+        was said meanwhile, which it must not overtake."""
+        if utt.cancelled or any(other > utt.id for other in self.utterances):
+            self.discard(utt)
+            return False
+        utt.speculative = False
+        self.utterances[utt.id] = utt
+        self.last_spoken = utt.id
+        self.apply_actions(utt.reply.actions)
+        utt.turn_ended_at = turn_ended_at
+        if utt.pcm:  # its first audio was made before the turn ended: the reply latency is ~0
+            utt.marks["engine_audio"] = time.monotonic()
+            utt.timing["turn_to_first_audio_ms"] = 0.0
+            self.ctx.metrics.reply_latency.observe(0.0)
+        if not self.holding:  # while AMD listens it stays held, like any reply made then
+            self.release(utt)
+        return True
+
+    def discard(self, utt: Utterance) -> None:
+        """The caller went on: the speculative reply is dropped unheard (the worker never saw it)."""
+        utt.cancelled = True
+        if self.generating is utt and self.ctx.engine_session is not None:
+            self.ctx.engine_session.cancel()
+
+    def release(self, utt: Utterance) -> None:
+        """A held utterance's audio goes to the worker, and from now on its audio as it is made."""
+        utt.held = False
+        for pcm in utt.held_frames:
+            self._play(utt, pcm)
+        utt.held_frames.clear()
+        if utt.generated:
+            self.ctx.send(f.EndOfUtterance(self.ctx.call_id, utt.id))
+
     def release_held(self, *, keep: bool) -> None:
         """AMD decided: send what was made while it listened (a person), or drop it unheard (a machine)."""
         self.holding = False
@@ -199,11 +248,7 @@ class Speaker:
                 if self.generating is utt and self.ctx.engine_session is not None:
                     self.ctx.engine_session.cancel()
                 continue
-            for pcm in utt.held_frames:
-                self._play(utt, pcm)
-            utt.held_frames.clear()
-            if utt.generated:
-                self.ctx.send(f.EndOfUtterance(self.ctx.call_id, utt.id))
+            self.release(utt)
 
     def withdraw(self) -> list[int]:
         """AMD withdrew its provisional start (the worker has stopped the audio and drops what is still on

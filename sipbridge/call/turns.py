@@ -5,7 +5,9 @@ TurnEnded that follows has the same bounds (the caller said nothing more) those 
 `turn.end_of_turn` the pause is also judged, and a complete turn is answered at the pause; the worker's
 segmenter keeps that turn open until its own TurnEnded, so what was answered is remembered (`_answered`) and
 only what the caller said after it becomes a turn (docs/ARCHITECTURE.md, "End of turn"). A short turn while
-the bot speaks is a backchannel if its words say so (the bot goes on). The silence timer
+the bot speaks is a backchannel if its words say so (the bot goes on). With `turn.speculative_reply` the
+pause's words are also answered ahead (sipbridge/call/speculation.py): the reply is made, held, and sent the
+moment the turn ends with those words, or dropped unheard if the caller goes on. The silence timer
 (`Reply.silence_timeout_s`) makes a silence turn when the caller says nothing.
 """
 
@@ -27,6 +29,7 @@ from sipbridge.call.context import CallContext, log
 from sipbridge.call.outbound import OutboundLeg
 from sipbridge.call.recording import TurnRecorder
 from sipbridge.call.speaker import Speaker
+from sipbridge.call.speculation import Guess, Speculator
 from sipbridge.engine import Engine
 from sipbridge.turn_policy import EndOfTurn, is_backchannel
 
@@ -41,6 +44,7 @@ class EarlyWords:
     start_ms: int
     end_ms: int
     task: asyncio.Task[Transcript | None]  # None: the run failed; the turn transcribes again
+    guess: asyncio.Task[Guess | None] | None = None  # the reply made ahead for these words (speculation)
 
 
 class TurnTaker:
@@ -58,6 +62,7 @@ class TurnTaker:
         # Decides at a pause whether the turn is over (turn.end_of_turn); None/"hangover": wait for TurnEnded.
         self.end_of_turn = end_of_turn
         self.speaker, self.recorder, self.driver, self.dialing = parts
+        self.speculator = Speculator(ctx, self.driver, self.speaker, self.dialing.opt_out_said)
         self.caller_turns = 0
         self.lock = asyncio.Lock()  # turns (and silence turns) are answered in the order they came
         self.caller_speaking = False  # between SpeechStarted and the end of that turn
@@ -84,10 +89,10 @@ class TurnTaker:
         elif isinstance(frame, f.TurnPaused):
             self._on_pause(self._unanswered(frame))
         elif isinstance(frame, f.TurnDropped):
-            self._early = None  # noise: nothing of it is a turn
+            self._drop_early("noise, not a turn")
             self._answered = None
         elif isinstance(frame, f.TurnResumed):
-            self._drop_early()  # the caller went on: that pause's words and judgement are not the turn's
+            self._drop_early("the caller went on")  # that pause's words and judgement are not the turn's
         elif isinstance(frame, f.SpeechStarted):
             log.debug("call %s: caller speech at %d ms", self.ctx.call_id, frame.t_ms)
 
@@ -114,10 +119,12 @@ class TurnTaker:
         a complete turn is answered now, not at TurnEnded."""
         if frame is None:  # a pause inside what was already answered
             return
-        self._drop_early()  # its run, if still queued behind others on the ASR thread, never starts
+        self._drop_early("a newer pause")  # its run, if still queued on the ASR thread, never starts
         pcm = np.frombuffer(frame.pcm, dtype=np.int16)
         task = self.ctx.spawn(self._transcribe_early(pcm), "early-asr", watched=False)
-        self._early = EarlyWords(frame.start_ms, frame.end_ms, task)
+        bounds = (frame.start_ms, frame.end_ms)
+        guess = self.speculator.start(task, bounds, busy=self.lock.locked())
+        self._early = EarlyWords(frame.start_ms, frame.end_ms, task, guess)
         if self.end_of_turn is not None and self.end_of_turn.enabled:
             self.ctx.spawn(self._judge_pause(frame, self._early, time.monotonic()), "eot")
 
@@ -175,20 +182,34 @@ class TurnTaker:
         if early is not None and (early.start_ms, early.end_ms) == (turn.start_ms, turn.end_ms):
             self._early = None
             return early
-        self._drop_early()
+        self._drop_early("the turn ended elsewhere")
         return None
 
-    def _drop_early(self) -> None:
+    def _drop_early(self, why: str) -> None:
         """Forget the pause's transcription: cancelling its task also takes its run off the ASR thread's
         queue if it has not started (under load, stale runs queued there delayed the turn's own by
-        seconds)."""
+        seconds). The reply made ahead for it is dropped unheard."""
         if self._early is not None:
             self._early.task.cancel()
+            self.speculator.drop(self._early.guess, why)
             self._early = None
 
     # ------------------------------------------------------------------------------ answering
 
     async def _on_turn(self, turn: f.TurnEnded, detected_at: float, early: EarlyWords | None = None) -> None:
+        guess = early.guess if early is not None else None
+        try:
+            await self._answer(turn, detected_at, early, guess)
+        finally:  # not answered with it (a backchannel, an opt-out, a failure): dropped unheard
+            self.speculator.drop(guess, "the turn was not answered with it")
+
+    async def _answer(
+        self,
+        turn: f.TurnEnded,
+        detected_at: float,
+        early: EarlyWords | None,
+        guess: asyncio.Task[Guess | None] | None,
+    ) -> None:
         ctx = self.ctx
         assert ctx.engine_session is not None
         async with self.lock:  # turns are answered in the order they were spoken
@@ -213,10 +234,20 @@ class TurnTaker:
             caller_turn = Turn(
                 "speech", words, start_ms=turn.start_ms, end_ms=turn.end_ms, asr_ms=(t_asr - t0) * 1000
             )
-            reply = await self.driver.on_turn(caller_turn)
+            made = await self.speculator.claim(guess, words)
+            if made is not None:
+                self.driver.adopt(made.call)  # the agent answered this very turn ahead, on a copy
+                reply = made.reply
+            else:
+                reply = await self.driver.on_turn(caller_turn)
             t_agent = time.monotonic()
+            ahead = made.utt if made is not None else None
+            sent = ahead is not None and self.speaker.commit(ahead, detected_at)
+            if made is not None:
+                self.speculator.used(made, sent)
             if reply is not None:
-                utt = self.speaker.say(reply)
+                utt = ahead if sent and ahead is not None else self.speaker.say(reply)
+                utt.timing["speculative"] = made is not None
                 utt.turn_ended_at = detected_at
                 utt.marks.update(turn_end=detected_at, asr_done=t_asr, agent_done=t_agent)
                 utt.timing.update(

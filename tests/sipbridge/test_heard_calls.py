@@ -5,6 +5,7 @@ before the cut, and the call record's bot turn says the same."""
 from __future__ import annotations
 
 import json
+import re
 from http.server import BaseHTTPRequestHandler
 from pathlib import Path
 from typing import Any
@@ -118,6 +119,57 @@ def test_a_backchannel_does_not_cut_the_bot_but_a_short_no_does(tmp_path: Path) 
                 "bot_audio_after_okay_end_ms": ms(okay_end, greeting[-1] + 0.02),
                 "short_no_end_to_cut_ms": turns[0]["end_ms"] - turns[1]["end_ms"],
             },
+        )
+    finally:
+        assert bridge.stop() == 0
+
+
+def test_after_a_barge_in_dia2s_context_keeps_only_the_frames_played(tmp_path: Path) -> None:
+    """The same on the tiny Dia2 checkpoint (CPU, random weights: noise, but Dia2's real context path): the
+    cut greeting's unplayed frames leave the call's Dia2 conversation before the next reply is made, and
+    what stays is what the wire carried (whole 80 ms frames). With turn.speculative_reply the (pure) script
+    agent answers at the caller's pause, but Dia2, whose context would keep it, speaks only at the turn's
+    end."""
+    tiny = Path(__file__).resolve().parents[1] / "fixtures" / "dia2-tiny"
+    engine = {
+        "kind": "dia2",
+        "dia2": {"model": str(tiny), "device": "cpu", "dtype": "float32", "max_batch": 2},
+    }
+    flow = {"greeting": LONG, "turns": [{"say": "Goodbye.", "hangup": True}]}
+    config = {"engine": engine, "agent": script_agent(tmp_path, flow), "turn": {"speculative_reply": True}}
+    bridge = Bridge.start(tmp_path / "bridge", config)
+    try:
+        caller = caller_audio("Sorry, I need some help please.", lead_s=3.0, tail_s=7.0)
+        bridge.sipp_call(
+            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
+            work=tmp_path / "sipp",
+            wait_s=90,
+        )
+        (call,) = bridge.calls()
+        turns = bridge.turns(call["id"])
+        assert [t["who"] for t in turns] == ["bot", "caller", "bot"], turns
+        assert turns[0]["interrupted"] == 1
+        (event,) = bridge.events(call["id"], "heard")
+        heard = json.loads(event["data"])
+        lines = list(bridge.proc.seen)
+        trims = [i for i, line in enumerate(lines) if "dia2 context keeps" in line]
+        assert len(trims) == 1, trims
+        kept, dropped = map(
+            int, re.findall(r"keeps (\d+) heard frames .* drops (\d+) unheard", lines[trims[0]])[0]
+        )
+        assert kept == int(heard["played_ms"] / 80 + 1e-6) and kept >= 1, (kept, heard)
+        assert dropped >= 1  # the unplayed rest left the context
+        if heard["whole_audio"]:  # generation finished before the cut: every made frame is accounted for
+            assert abs(kept + dropped - heard["audio_ms"] / 80) <= 1, (kept, dropped, heard)
+        # The trim ran before the next reply was made (the session's ops run in order): that reply's
+        # context is the greeting's played frames, the caller's turn, nothing unheard.
+        reply = [i for i, line in enumerate(lines) if re.search(r"utterance 2 first audio", line)]
+        assert reply and trims[0] < reply[0], (trims, reply)
+        guesses = [json.loads(e["data"]) for e in bridge.events(call["id"], "speculative_reply")]
+        assert guesses[-1]["used"] is True and guesses[-1]["audio_ahead"] is False, guesses
+        record_result(
+            "dia2_heard_after_barge_in",
+            {"played_ms": heard["played_ms"], "frames_kept": kept, "frames_dropped": dropped},
         )
     finally:
         assert bridge.stop() == 0
