@@ -98,6 +98,7 @@ class BatchedWhisper:
         self.stats = BatchStats()
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._model, self._processor = _load(model, device, dtype)
+        self._stream = _side_stream(device)
         self._dtype = next(self._model.parameters()).dtype
         self._special = set(self._processor.tokenizer.all_special_ids)
         self._eos = int(self._processor.tokenizer.eos_token_id)
@@ -162,6 +163,17 @@ class BatchedWhisper:
     def _generate(self, batch: list[_Job]) -> list[AsrResult]:
         import torch
 
+        if self._stream is None:
+            return self._generate_here(batch)
+        # Its own CUDA stream: on the default stream, which Dia2's graph replays use, every ASR kernel queued
+        # behind an engine step and every engine step behind the ASR's kernels (32 calls on an H100: turns
+        # transcribed ~18 s late, replies underran). PyTorch's side streams do not sync with the default one.
+        with torch.cuda.stream(self._stream):
+            return self._generate_here(batch)
+
+    def _generate_here(self, batch: list[_Job]) -> list[AsrResult]:
+        import torch
+
         inputs = self._processor.feature_extractor(
             [job.audio for job in batch],
             sampling_rate=_RATE,
@@ -205,6 +217,15 @@ class BatchedWhisper:
         # each kept token's DTW time; the stamp after the last one closes the last word
         tail = [times[keep[-1] + 1]] if keep[-1] + 1 < len(times) else []
         return text, group_words([tok.decode([ids[i]]) for i in keep], [times[i] for i in keep] + tail)
+
+
+def _side_stream(device: str) -> Any:
+    """A CUDA stream of the ASR's own on a CUDA device (None on the CPU)."""
+    if not device.startswith("cuda"):
+        return None
+    import torch
+
+    return torch.cuda.Stream(device=torch.device(device))
 
 
 def _load(model: str, device: str, dtype: str) -> tuple[Any, Any]:
