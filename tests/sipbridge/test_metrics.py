@@ -24,6 +24,9 @@ sipbridge_calls_ended_total{direction="inbound",outcome="completed"} 1.0
 # TYPE sipbridge_calls_rejected_total counter
 # HELP sipbridge_caller_turns_total Caller turns transcribed, by whether the early transcription was used.
 # TYPE sipbridge_caller_turns_total counter
+# HELP sipbridge_speculative_replies_total Replies made at a pause before the turn ended \
+(turn.speculative_reply): used or discarded.
+# TYPE sipbridge_speculative_replies_total counter
 # HELP sipbridge_barge_ins_total Bot speech cut by the caller.
 # TYPE sipbridge_barge_ins_total counter
 sipbridge_barge_ins_total 0.0
