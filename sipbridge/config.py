@@ -744,6 +744,15 @@ class HttpLimitsConfig(_Section):
         16, ge=1, le=1024, description="Conversations open at once over HTTP (429 above)."
     )
     max_voices: int = Field(64, ge=1, le=10_000, description="Named voices /upload_voice keeps (429 above).")
+    previous_text_chars: int = Field(
+        0,
+        ge=0,
+        le=2000,
+        description="ElevenLabs `previous_text` / `previous_request_ids`: how much of it (its last "
+        "characters, from a word boundary) Dia2 speaks silently as context before the reply. Its speech is "
+        "generated first, so it adds its generation time to the first audio: 0 (default) ignores it, as "
+        "clients that send it with every request would otherwise pay that on each one.",
+    )
 
 
 class HttpConfig(_Section):

@@ -655,18 +655,18 @@ def spread_chars(text: str, total_s: float) -> list[TimedChar]:
     return [(c, a * scale, b * scale) for c, a, b in timed]
 
 
-MAX_CONTEXT_CHARS = 300  # of previous_text: its speech is generated before the reply's, so it costs latency
-
-
 def context_text(service: ConversationService, lease: Lease, previous: str | None) -> str | None:
-    """What of a request's previous text to speak as context: its last MAX_CONTEXT_CHARS (from a word
-    boundary), only for an engine that keeps context (not espeak) and only on a fresh session (a
-    conversation already holds what was really said; a made-up turn would enter it for good)."""
-    if not previous or not previous.strip() or lease.conv is not None or service.engine.name == "espeak":
+    """What of a request's previous text to speak as context: its last `http.limits.previous_text_chars`
+    (from a word boundary; 0: none), only for an engine that keeps context (not espeak) and only on a fresh
+    session (a conversation already holds what was really said; a made-up turn would enter it for good)."""
+    most = service.limits.previous_text_chars
+    if not most or not previous or not previous.strip() or lease.conv is not None:
+        return None
+    if service.engine.name == "espeak":
         return None
     text = previous.strip()
-    if len(text) > MAX_CONTEXT_CHARS:
-        cut = text[-MAX_CONTEXT_CHARS:]
+    if len(text) > most:
+        cut = text[-most:]
         text = cut[cut.find(" ") + 1 :] if " " in cut else cut
     return text
 

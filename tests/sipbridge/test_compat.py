@@ -84,7 +84,11 @@ class Server:
 
 def _start(work: Path, engine: dict[str, Any]) -> Iterator[Server]:
     bridge = Bridge.start(
-        work, {"engine": engine, "http": {"bearer_token": TOKEN, "limits": {"max_text_chars": 1000}}}
+        work,
+        {
+            "engine": engine,
+            "http": {"bearer_token": TOKEN, "limits": {"max_text_chars": 1000, "previous_text_chars": 300}},
+        },
     )
     try:
         yield Server(engine["kind"], bridge)
