@@ -3,6 +3,7 @@ limits, several hosts. Real Kamailio, real workers, real SIPp callers over loopb
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
@@ -15,7 +16,7 @@ import threading
 import time
 import uuid
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -461,26 +462,34 @@ class SilentHost:
         return (f"SIP/2.0 {status}\r\n" + "\r\n".join(headers) + "\r\nContent-Length: 0\r\n\r\n").encode()
 
 
+@contextlib.contextmanager
+def invite_through_front(work: Path, hosts: list[SilentHost]) -> Iterator[tuple[DeployedFront, Any]]:
+    """The deployed front before `hosts`, both probed active, and one INVITE fired through it: yields the
+    front (still running) and the INVITE's shot (its final answer)."""
+    port = free_udp_port()
+    dispatch = [Destination(f"sip:127.0.0.1:{h.port}", f"h{i}", 4) for i, h in enumerate(hosts)]
+    front = DeployedFront(work, port, dispatch)
+    try:
+        until(lambda: set(front.destinations().values()) == {"active"}, 10, "both hosts probed")
+        (shot,) = fire([CALL], "front", "UDP", port)
+        shot.sock.close()
+        yield front, shot
+    finally:
+        front.stop()
+        for h in hosts:
+            h.sock.close()
+
+
 def test_a_worker_answering_an_invite_late_keeps_it(tmp_path: Path) -> None:
     """A worker that answers an INVITE 1.5 s late (a starved CPU; the probes' 800 ms would call it dead) keeps
     the call: the front waits sip.front.invite_timeout_ms (3 s) and relays its answer. Before: the INVITE was
     handed to the next worker at 800 ms, and in the soak the first worker's late 200 became a call nobody
     ACKed."""
     hosts = [SilentHost(decline_after_s=1.5), SilentHost(decline_after_s=1.5)]
-    port = free_udp_port()
-    dispatch = [Destination(f"sip:127.0.0.1:{h.port}", f"h{i}", 4) for i, h in enumerate(hosts)]
-    front = DeployedFront(tmp_path / "front", port, dispatch)
-    try:
-        until(lambda: set(front.destinations().values()) == {"active"}, 10, "both hosts probed")
-        (shot,) = fire([CALL], "front", "UDP", port)
-        shot.sock.close()
+    with invite_through_front(tmp_path / "front", hosts) as (front, shot):
         assert shot.status == 603, shot.final
         assert sorted(h.invites > 0 for h in hosts) == [False, True]  # no failover
         assert set(front.destinations().values()) == {"active"}  # nobody taken out
-    finally:
-        front.stop()
-        for h in hosts:
-            h.sock.close()
 
 
 def test_an_invite_no_worker_answers_frees_its_slot(tmp_path: Path) -> None:
@@ -488,21 +497,11 @@ def test_an_invite_no_worker_answers_frees_its_slot(tmp_path: Path) -> None:
     the call's slot is released. Before: the last destination kept it counted for 300 s
     (ds_hash_initexpire), and in the soak every new call got 503 once the slots had leaked."""
     hosts = [SilentHost(), SilentHost()]
-    port = free_udp_port()
-    dispatch = [Destination(f"sip:127.0.0.1:{h.port}", f"h{i}", 4) for i, h in enumerate(hosts)]
-    front = DeployedFront(tmp_path / "front", port, dispatch)
-    try:
-        until(lambda: set(front.destinations().values()) == {"active"}, 10, "both hosts probed")
-        (shot,) = fire([CALL], "front", "UDP", port)
-        shot.sock.close()
+    with invite_through_front(tmp_path / "front", hosts) as (front, shot):
         assert shot.status == 503, shot.final
         assert [h.invites >= 1 for h in hosts] == [True, True]  # failed over from one to the other
         loads = [d.calls for d in parse_destinations(front.rpc("dispatcher.list"))]
         assert loads == [0, 0], loads
-    finally:
-        front.stop()
-        for h in hosts:
-            h.sock.close()
 
 
 def front_rpc(rpc_sock: Path, method: str, *params: Any) -> Any:
