@@ -18,26 +18,12 @@ from audio.testsignals import espeak, speech_extent
 from audio.wav import read_wav
 
 from .bridge import Bridge
-from .peers import RATE, Ears, sipp_scenario
+from .peers import CALLER_CONTACT, RATE, Ears, sipp_response, sipp_scenario
 from .test_calls import assert_clean
 
 ROOT = Path(__file__).resolve().parents[2]
 
-REFER_THEN_BYE = """
-  <recv request="REFER"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 202 Accepted
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: sip:caller@[local_ip]:[local_port]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+REFER_THEN_BYE = '\n  <recv request="REFER"/>\n' + sipp_response("202 Accepted", CALLER_CONTACT)
 
 
 def employer(lines: list[tuple[float, str]], total_s: float, path: Path) -> Path:
