@@ -87,6 +87,10 @@ class Bridge:
         with self.db() as conn:
             return list(conn.execute("SELECT * FROM calls ORDER BY created_at"))
 
+    def calls_by_user(self) -> dict[str, sqlite3.Row]:
+        """The calls keyed by the user part of the URI each caller dialled (`sipp_scenario(user=...)`)."""
+        return {c["local_uri"].split(":")[1].split("@")[0]: c for c in self.calls()}
+
     def turns(self, call_id: str) -> list[sqlite3.Row]:
         with self.db() as conn:
             return list(conn.execute("SELECT * FROM turns WHERE call_id = ? ORDER BY idx", (call_id,)))

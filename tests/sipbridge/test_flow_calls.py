@@ -79,7 +79,7 @@ def test_verification_flow_end_to_end(tmp_path: Path) -> None:
             scenarios[name] = scenario
         bridge.sipp_calls(scenarios, work=tmp_path / "sipp", wait_s=90, sipp_timeout_s=80)
 
-        by_user = {c["local_uri"].split(":")[1].split("@")[0]: c for c in bridge.calls()}
+        by_user = bridge.calls_by_user()
         results = {name: json.loads(c["results"]) for name, c in by_user.items()}
         outcomes = {name: c["agent_outcome"] for name, c in by_user.items()}
         assert outcomes == {
