@@ -68,6 +68,17 @@ _TOKENIZER_CORPUS = [
 
 _BASE_DATA: dict[str, Any] = {**TOKEN_LAYOUT, "tokenizer_path": None}
 
+# The random Mimi codec's sizes, the same in every variant (only its quantizer count follows `channels`).
+_TINY_MIMI: dict[str, int] = {
+    "hidden_size": 16,
+    "num_filters": 4,
+    "codebook_dim": 8,
+    "num_hidden_layers": 1,
+    "num_attention_heads": 2,
+    "head_dim": 8,
+    "intermediate_size": 32,
+}
+
 # Per variant: the config minus the text vocabulary size (set from the trained tokenizer) and the BPE
 # vocabulary target. "default" mirrors the reference fixture (production token layout with 32 codebooks,
 # low-rank text table, depformer text embedding, 9 weight groups). "minimal" is the smallest layout
@@ -75,15 +86,7 @@ _BASE_DATA: dict[str, Any] = {**TOKEN_LAYOUT, "tokenizer_path": None}
 VARIANTS: dict[str, dict[str, Any]] = {
     "default": {
         "bpe_vocab_size": 441,
-        "mimi": {
-            "hidden_size": 16,
-            "num_filters": 4,
-            "codebook_dim": 8,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "head_dim": 8,
-            "intermediate_size": 32,
-        },
+        "mimi": _TINY_MIMI,
         "config": {
             "data": {"channels": 34, "delay_pattern": [16] + [18] * 31},
             "model": {
@@ -118,15 +121,7 @@ VARIANTS: dict[str, dict[str, Any]] = {
     },
     "minimal": {
         "bpe_vocab_size": 300,
-        "mimi": {
-            "hidden_size": 16,
-            "num_filters": 4,
-            "codebook_dim": 8,
-            "num_hidden_layers": 1,
-            "num_attention_heads": 2,
-            "head_dim": 8,
-            "intermediate_size": 32,
-        },
+        "mimi": _TINY_MIMI,
         "config": {
             "data": {"channels": 6, "delay_pattern": [2, 3, 3, 3]},
             "model": {

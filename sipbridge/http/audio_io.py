@@ -28,6 +28,7 @@ import soxr
 from audio import g711
 from audio.framer import Framer
 from audio.resample import FirResampler, StreamResampler, make_resampler
+from sipbridge.http.errors import ApiError
 
 OutputFormat = Literal["wav", "pcm16", "ulaw"]
 Codec = Literal["pcm", "ulaw", "alaw", "mp3", "f32"]  # every codec FormatEncoder writes
@@ -46,13 +47,9 @@ MEDIA_TYPES: dict[str, str] = {
 _CONTAINERS = {"WAV": "WAV", "WAVEX": "WAV", "RF64": "WAV", "FLAC": "FLAC", "OGG": "OGG"}
 
 
-class AudioRejected(Exception):
-    """An upload that cannot be used; `status` is the HTTP code to answer with."""
-
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.message = message
+class AudioRejected(ApiError):
+    """An upload that cannot be used; `status` is the HTTP code to answer with. An `ApiError`, so the
+    routes answer it as any other."""
 
 
 @dataclass(frozen=True)

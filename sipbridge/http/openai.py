@@ -35,7 +35,6 @@ from starlette.datastructures import UploadFile
 from sipbridge.config import HttpConfig
 from sipbridge.http.audio_io import (
     AudioFormat,
-    AudioRejected,
     FormatEncoder,
     StretchedEncoder,
     can_stretch,
@@ -257,12 +256,9 @@ def build_router(service: ConversationService, http: HttpConfig) -> APIRouter:
                 )
             if name not in service.voices and len(service.voices) >= limits.max_voices:
                 raise ApiError(429, f"{limits.max_voices} voices are stored (http.limits.max_voices)")
-            try:
-                decoded = await asyncio.to_thread(
-                    decode_upload, data, name=filename, max_seconds=limits.max_audio_s
-                )
-            except AudioRejected as exc:
-                raise ApiError(exc.status, exc.message) from exc
+            decoded = await asyncio.to_thread(
+                decode_upload, data, name=filename, max_seconds=limits.max_audio_s
+            )
             voice = await service.make_voice(decoded, data, ref_text, None, name)
         except ApiError as exc:
             return api_error(exc)

@@ -29,7 +29,6 @@ from sipbridge.http.audio_io import (
     MEDIA_TYPES,
     PCM_RATE,
     STREAM_FORMATS,
-    AudioRejected,
     DecodedAudio,
     OutputEncoder,
     decode_upload,
@@ -201,12 +200,9 @@ def build_router(
                 413,
                 f"upload is over the limit of {limits.max_upload_bytes} bytes (http.limits.max_upload_bytes)",
             )
-        try:
-            return data, await asyncio.to_thread(
-                decode_upload, data, name=file.filename or "audio", max_seconds=limits.max_audio_s
-            )
-        except AudioRejected as exc:
-            raise ApiError(exc.status, exc.message) from exc
+        return data, await asyncio.to_thread(
+            decode_upload, data, name=file.filename or "audio", max_seconds=limits.max_audio_s
+        )
 
     async def speak_whole(
         session: Any, text: str, params: SpeakParams, fmt: str, conv: Conversation | None

@@ -11,9 +11,11 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
+import numpy.typing as npt
 import yaml
 
-from .peers import SniffedCall, call_and_sniff
+from .peers import CallerAudio, SniffedCall, call_and_sniff, sipp_scenario, write_ulaw
 from .procs import LoggedProcess
 
 
@@ -85,6 +87,10 @@ class Bridge:
         with self.db() as conn:
             return list(conn.execute("SELECT * FROM calls ORDER BY created_at"))
 
+    def calls_by_user(self) -> dict[str, sqlite3.Row]:
+        """The calls keyed by the user part of the URI each caller dialled (`sipp_scenario(user=...)`)."""
+        return {c["local_uri"].split(":")[1].split("@")[0]: c for c in self.calls()}
+
     def turns(self, call_id: str) -> list[sqlite3.Row]:
         with self.db() as conn:
             return list(conn.execute("SELECT * FROM turns WHERE call_id = ? ORDER BY idx", (call_id,)))
@@ -138,6 +144,28 @@ class Bridge:
         """One SIPp caller: `sipp_calls` with one scenario (its files in `work`/caller)."""
         (call,) = self.sipp_calls({"caller": scenario}, work=work, wait_s=wait_s, recorded=recorded).values()
         return call
+
+    def caller_plays(
+        self,
+        audio: CallerAudio | npt.NDArray[np.int16],
+        *,
+        work: Path,
+        wait_s: float = 60,
+        recorded: str = "completed",
+        timeout_ms: int = 30000,
+        sipp_timeout_s: int = 40,
+    ) -> tuple[SniffedCall, sqlite3.Row]:
+        """The usual one-call test: a SIPp caller plays `audio` (8 kHz, sent as µ-law from
+        `work`/caller.ulaw), then waits up to `timeout_ms` for the bridge's BYE. Returns the call as sniffed
+        and its row, the only one in the store."""
+        work.mkdir(parents=True, exist_ok=True)
+        ulaw = write_ulaw(work / "caller.ulaw", audio.pcm if isinstance(audio, CallerAudio) else audio)
+        scenario = sipp_scenario(audio=ulaw, hangup="bridge", timeout_ms=timeout_ms)
+        (wire,) = self.sipp_calls(
+            {"caller": scenario}, work=work, wait_s=wait_s, sipp_timeout_s=sipp_timeout_s, recorded=recorded
+        ).values()
+        (row,) = self.calls()
+        return wire, row
 
     def logged(self, pattern: str, timeout: float = 30) -> None:
         """A line matching `pattern` was logged already (maybe during start) or is logged within `timeout`."""

@@ -44,14 +44,19 @@ class CallerAudio:
         return bytes(g711.ulaw_encode(self.pcm))
 
     def write_ulaw(self, path: Path) -> Path:
-        path.write_bytes(self.ulaw())
-        return path
+        return write_ulaw(path, self.pcm)
 
     def write_wav(self, path: Path) -> Path:
         from audio.wav import write_wav
 
         write_wav(path, self.pcm.astype(np.float32) / 32768.0, RATE)
         return path
+
+
+def write_ulaw(path: Path, *parts: npt.NDArray[np.int16]) -> Path:
+    """8 kHz parts one after the other as a raw µ-law file: what SIPp's `rtp_stream` plays."""
+    path.write_bytes(bytes(g711.ulaw_encode(np.concatenate(parts).astype(np.int16))))
+    return path
 
 
 def caller_audio(text: str, lead_s: float, tail_s: float, speed: int = 150) -> CallerAudio:
@@ -131,21 +136,19 @@ _BYE = _in_dialog(
     tail='  <recv response="200" crlf="true"/>\n',
 )
 
-_RECV_BYE = """
-  <recv request="BYE" timeout="{timeout_ms}"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: sip:caller@[local_ip]:[local_port]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+CALLER_CONTACT = "Contact: sip:caller@[local_ip]:[local_port]"
+
+
+def sipp_response(status: str, *headers: str, to_tag: str = "") -> str:
+    """A SIPp `<send>` answering the request just received: its Via, From, To (`to_tag` appended: a UAS
+    outside a dialog tags it), Call-ID and CSeq, then `headers`, no body."""
+    lines = [f"SIP/2.0 {status}", "[last_Via:]", "[last_From:]", f"[last_To:]{to_tag}", "[last_Call-ID:]"]
+    lines += ["[last_CSeq:]", *headers, "Content-Length: 0"]
+    body = "".join(f"      {line}\n" for line in lines)
+    return f"  <send>\n    <![CDATA[\n{body}    ]]>\n  </send>\n"
+
+
+_RECV_BYE = '\n  <recv request="BYE" timeout="{timeout_ms}"/>\n' + sipp_response("200 OK", CALLER_CONTACT)
 
 
 _PT = {"PCMU": 0, "PCMA": 8, "G722": 9}
@@ -201,8 +204,10 @@ def sipp_scenario(
 
 @dataclass
 class Sipp:
+    """One SIPp process running a scenario: a caller (`call`) or a server such as a registrar (`serve`)."""
+
     proc: subprocess.Popen[bytes]
-    media_port: int
+    media_port: int  # 0 for a server without media
     log_dir: Path
 
     @classmethod
@@ -212,22 +217,13 @@ class Sipp:
         target_port: int,
         *,
         work: Path,
-        media_port: int,
+        media_port: int | None = None,  # default: a fresh `free_media_port()`
         sip_port: int = 0,
         calls: int = 1,
         timeout_s: int = 40,
     ) -> Sipp:
-        work.mkdir(parents=True, exist_ok=True)
-        xml = work / "scenario.xml"
-        xml.write_text(scenario)
-        args = [
-            SIPP,
-            "-sf",
-            str(xml),
-            "-i",
-            "127.0.0.1",
-            "-p",
-            str(sip_port or free_udp_port()),
+        media_port = media_port or free_media_port()
+        options = [
             "-mi",
             "127.0.0.1",
             "-mp",
@@ -238,14 +234,36 @@ class Sipp:
             str(calls),
             "-r",
             "100",
-            "-nostdin",
-            "-timeout",
-            f"{timeout_s}s",
-            "-timeout_error",
-            "-trace_err",
-            "-error_file",
-            str(work / "errors.log"),
-            f"127.0.0.1:{target_port}",
+        ]
+        return cls._start(
+            scenario, work, sip_port, options, timeout_s, [f"127.0.0.1:{target_port}"], media_port
+        )
+
+    @classmethod
+    def serve(cls, scenario: str, *, work: Path, sip_port: int, timeout_s: int = 30) -> Sipp:
+        """SIPp as a server on `sip_port` (a registrar, say) for one call of `scenario`."""
+        return cls._start(scenario, work, sip_port, ["-m", "1"], timeout_s, [], 0)
+
+    @classmethod
+    def _start(
+        cls,
+        scenario: str,
+        work: Path,
+        sip_port: int,
+        options: list[str],
+        timeout_s: int,
+        target: list[str],
+        media_port: int,
+    ) -> Sipp:
+        work.mkdir(parents=True, exist_ok=True)
+        xml = work / "scenario.xml"
+        xml.write_text(scenario)
+        args = [
+            *(SIPP, "-sf", str(xml), "-i", "127.0.0.1", "-p", str(sip_port or free_udp_port())),
+            *options,
+            *("-nostdin", "-timeout", f"{timeout_s}s", "-timeout_error"),
+            *("-trace_err", "-error_file", str(work / "errors.log")),
+            *target,
         ]
         proc = subprocess.Popen(
             args, cwd=work, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE
@@ -262,9 +280,21 @@ class Sipp:
         self.stderr = err.decode(errors="replace")
         return self.proc.returncode
 
+    def kill(self) -> None:
+        """End it if it still runs (a test's `finally`: a failed test leaves no SIPp behind)."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
     def errors(self) -> str:
         path = self.log_dir / "errors.log"
         return (path.read_text(errors="replace") if path.exists() else "") + getattr(self, "stderr", "")
+
+
+def refused_call(target_port: int, code: int, *, work: Path, timeout: float = 30) -> None:
+    """A SIPp caller that must be turned away with `code` (which it ACKs); SIPp exits 0 only if it was."""
+    sipp = Sipp.call(sipp_scenario(expect=code), target_port, work=work)
+    assert sipp.wait(timeout) == 0, sipp.errors()
 
 
 def free_udp_port() -> int:

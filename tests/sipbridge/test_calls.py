@@ -28,8 +28,10 @@ from .peers import (
     Sipp,
     caller_audio,
     decode_stream,
-    free_media_port,
+    free_udp_port,
     match,
+    refused_call,
+    sipp_response,
     sipp_scenario,
     voiced_packets,
 )
@@ -88,10 +90,7 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
     try:
         baseline = bridge.health()
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
-        wire = bridge.sipp_call(
-            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-            work=tmp_path / "sipp",
-        )
+        wire, call = bridge.caller_plays(caller, work=tmp_path / "sipp")
         bot = wire.bot
 
         # RTP: our codec only, 50 packets/s, 160 samples each.
@@ -107,7 +106,6 @@ def test_call_greeting_turn_reply_then_bridge_hangs_up(tmp_path: Path, ears: Ear
         reply = ears.hear(decode_stream([p for p in bot if p.t > t_stop])[0])
         assert "recorded" in reply or "goodbye" in reply, reply
 
-        (call,) = bridge.calls()
         assert call["outcome"] == "completed" and call["codec"] == "PCMU" and call["sip_status"] == 200
         turns = bridge.turns(call["id"])
         assert [t["who"] for t in turns] == ["bot", "caller", "bot"]
@@ -164,13 +162,8 @@ def test_early_asr_kept_only_when_the_caller_said_no_more(tmp_path: Path, early_
     try:
         first = caller_audio("I need some help", lead_s=3.5, tail_s=0.35)
         second = caller_audio("with my account please", lead_s=0.0, tail_s=6.0)
-        ulaw = tmp_path / "caller.ulaw"
-        from audio import g711
-
-        ulaw.write_bytes(bytes(g711.ulaw_encode(np.concatenate([first.pcm, second.pcm]))))
-        wire = bridge.sipp_call(sipp_scenario(audio=ulaw, hangup="bridge"), work=tmp_path / "sipp")
+        wire, call = bridge.caller_plays(np.concatenate([first.pcm, second.pcm]), work=tmp_path / "sipp")
         t_stop = wire.caller_stop
-        (call,) = bridge.calls()
         turns = bridge.turns(call["id"])
         assert [t["who"] for t in turns] == ["bot", "caller", "bot"]  # one turn: the pause did not end it
         text = turns[1]["text"].lower()
@@ -239,16 +232,11 @@ def test_barge_in_cuts_interruptible_speech_but_not_a_protected_one(tmp_path: Pa
         pcm = np.concatenate([a.pcm, *gap, b.pcm])
         burst_on = (len(a.pcm) + 4.0 * 8000) / 8000
         b_on = (len(pcm) - len(b.pcm)) / 8000 + b.speech_ms[0] / 1000
-        ulaw = tmp_path / "caller.ulaw"
-        from audio import g711
-
-        ulaw.write_bytes(bytes(g711.ulaw_encode(pcm)))
-        wire = bridge.sipp_call(sipp_scenario(audio=ulaw, hangup="bridge"), work=tmp_path / "sipp")
+        wire, call = bridge.caller_plays(pcm, work=tmp_path / "sipp")
         bot, sent = wire.bot, wire.sent
         t0 = sent[0].t
         caller_on = voiced_packets(sent)
         tb = next(p.t for p in caller_on if p.t - t0 > b_on - 0.1)  # caller b's onset on the wire
-        (call,) = bridge.calls()
         turns = bridge.turns(call["id"])
         bots = [t for t in turns if t["who"] == "bot"]
         # The protected greeting played to its end although the caller spoke over it.
@@ -375,10 +363,7 @@ def test_g722_is_negotiated_when_configured_and_offered(tmp_path: Path) -> None:
 def test_unknown_source_is_rejected_403_and_dead_media_ends_a_call(tmp_path: Path) -> None:
     bridge = Bridge.start(tmp_path / "b1", {"sip": {"allowed_sources": ["10.0.0.0/8"]}})
     try:
-        sipp = Sipp.call(
-            sipp_scenario(expect=403), bridge.port, work=tmp_path / "sipp", media_port=free_media_port()
-        )
-        assert sipp.wait(30) == 0, sipp.errors()
+        refused_call(bridge.port, 403, work=tmp_path / "sipp")
         bridge.wait_log(r"refused INVITE from 127\.0\.0\.1: 403")
         bridge.wait_log(r"sip refusals recorded: INVITE 403 x1")  # the supervisor has written the row
         # Refused before any call existed: counted and aggregated (docs/RELIABILITY.md), no call row.
@@ -524,17 +509,18 @@ def test_killed_worker_records_its_call_failed_and_is_respawned(tmp_path: Path) 
         ulaw = tmp_path / "silence.ulaw"
         ulaw.write_bytes(b"\xff" * 8000 * 30)
         sipp = Sipp.call(
-            sipp_scenario(audio=ulaw, hangup="caller", talk_ms=30000), bridge.port, work=tmp_path / "s1",
-            media_port=free_media_port(), timeout_s=60,
-        )  # fmt: skip
+            sipp_scenario(audio=ulaw, hangup="caller", talk_ms=30000),
+            bridge.port,
+            work=tmp_path / "s1",
+            timeout_s=60,
+        )
         bridge.wait_log(r"media up")
         pid = bridge.health()["sip"]["workers"][0]["pid"]
         os.kill(pid, signal.SIGKILL)
         bridge.wait_log(r"SIP worker 0 \(pid \d+\) died .* 1 call\(s\) lost")
         bridge.wait_log(r"recorded: failed")
         bridge.wait_log(r"worker 0 ready")
-        sipp.proc.kill()
-        sipp.proc.wait()
+        sipp.kill()
         (call,) = bridge.calls()
         assert call["outcome"] == "failed" and "worker 0 died" in call["reason"]
         health = bridge.health()
@@ -544,9 +530,8 @@ def test_killed_worker_records_its_call_failed_and_is_respawned(tmp_path: Path) 
         )
         # The new worker answers on the same port.
         ok = Sipp.call(
-            sipp_scenario(audio=ulaw, hangup="caller", talk_ms=500), bridge.port, work=tmp_path / "s2",
-            media_port=free_media_port(),
-        )  # fmt: skip
+            sipp_scenario(audio=ulaw, hangup="caller", talk_ms=500), bridge.port, work=tmp_path / "s2"
+        )
         assert ok.wait(30) == 0, ok.errors()
         bridge.wait_log(r"recorded: completed")
     finally:
@@ -592,10 +577,7 @@ def test_dia2_engine_speaks_a_call_on_the_tiny_checkpoint(tmp_path: Path) -> Non
     bridge = Bridge.start(tmp_path / "bridge", {"engine": engine, "agent": script_agent(tmp_path, MAIN_FLOW)})
     try:
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
-        wire = bridge.sipp_call(
-            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-            work=tmp_path / "sipp", wait_s=90,
-        )  # fmt: skip
+        wire, call = bridge.caller_plays(caller, work=tmp_path / "sipp", wait_s=90)
         bot = wire.bot
         rate = wire.bot_packets_per_s
         assert 48.5 < rate < 51.5, rate
@@ -603,7 +585,6 @@ def test_dia2_engine_speaks_a_call_on_the_tiny_checkpoint(tmp_path: Path) -> Non
         greeting_delay = ms(bot[0].t, voiced_packets(bot)[0].t)
         reply = wire.reply()
         assert greeting_delay < 2000 and reply, greeting_delay
-        (call,) = bridge.calls()
         timing = bridge.latency(call["id"])
         record_result(
             "dia2_tiny_cpu",
@@ -672,17 +653,8 @@ REGISTRAR = """<?xml version="1.0" encoding="ISO-8859-1" ?>
 
 
 def test_trunk_registration_with_digest_auth_shows_in_healthz(tmp_path: Path) -> None:
-    import subprocess
-
-    from .peers import SIPP, free_udp_port
-
     port = free_udp_port()
-    (tmp_path / "reg.xml").write_text(REGISTRAR)
-    registrar = subprocess.Popen(
-        [SIPP, "-sf", str(tmp_path / "reg.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
-         "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file", str(tmp_path / "err.log")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    registrar = Sipp.serve(REGISTRAR, work=tmp_path / "registrar", sip_port=port)
     trunk = {
         "register": True,
         "registrar": f"sip:127.0.0.1:{port}",
@@ -692,62 +664,38 @@ def test_trunk_registration_with_digest_auth_shows_in_healthz(tmp_path: Path) ->
     }
     bridge = Bridge.start(tmp_path / "bridge", {"sip": {"port": 0, "trunk": trunk}})
     try:
-        assert registrar.wait(30) == 0, registrar.stderr.read() if registrar.stderr else ""
+        assert registrar.wait(30) == 0, registrar.errors()
         health = bridge.health()
         assert health["sip"]["registration"]["registered"] is True and health["status"] == "ok"
         bridge.logged(r"trunk registration: 200 OK")
         assert "s3cret" not in "\n".join(bridge.proc.seen)
     finally:
-        if registrar.poll() is None:
-            registrar.kill()
-            registrar.wait()
+        registrar.kill()
         assert bridge.stop() == 0
 
 
-_REG_OK = """
-  <recv request="REGISTER"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 200 OK
-      [last_Via:]
-      [last_From:]
-      [last_To:];tag=reg[call_number]
-      [last_Call-ID:]
-      [last_CSeq:]
-      [last_Contact:];expires=8
-      Expires: 8
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+_REG_TAG = ";tag=reg[call_number]"
+_REG_OK = '\n  <recv request="REGISTER"/>\n' + sipp_response(
+    "200 OK", "[last_Contact:];expires=8", "Expires: 8", to_tag=_REG_TAG
+)
 
 
 def test_trunk_registration_is_refreshed_before_expiry_and_a_failure_shows(tmp_path: Path) -> None:
     """The registrar grants 8 s instead of the 60 s asked for (registrars may shorten it): PJSIP must
     refresh before those run out; the third REGISTER is refused and /healthz and the log say so."""
-    import subprocess
     from datetime import datetime
-
-    from .peers import SIPP, free_udp_port
 
     port = free_udp_port()
     head, tail = REGISTRAR.split("[last_Contact:];expires=60\n      Expires: 60")
     scenario = head + "[last_Contact:];expires=8\n      Expires: 8" + tail
-    refused = _REG_OK.replace("200 OK", "403 Forbidden").replace(
-        "      [last_Contact:];expires=8\n      Expires: 8\n", ""
-    )
+    refused = '\n  <recv request="REGISTER"/>\n' + sipp_response("403 Forbidden", to_tag=_REG_TAG)
     scenario = scenario.replace("</scenario>", _REG_OK + refused + "</scenario>")
-    (tmp_path / "reg.xml").write_text(scenario)
-    registrar = subprocess.Popen(
-        [SIPP, "-sf", str(tmp_path / "reg.xml"), "-i", "127.0.0.1", "-p", str(port), "-m", "1", "-nostdin",
-         "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file", str(tmp_path / "err.log")],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
-    )  # fmt: skip
+    registrar = Sipp.serve(scenario, work=tmp_path / "registrar", sip_port=port)
     trunk = {"register": True, "registrar": f"sip:127.0.0.1:{port}", "username": "bridge",
              "password": "s3cret", "expiry_s": 60}  # fmt: skip
     bridge = Bridge.start(tmp_path / "bridge", {"sip": {"port": 0, "trunk": trunk}})
     try:
-        assert registrar.wait(30) == 0, registrar.stderr.read() if registrar.stderr else ""
+        assert registrar.wait(30) == 0, registrar.errors()
         bridge.logged(r"trunk registration: 403 Forbidden")
         oks = [line for line in bridge.proc.seen if "trunk registration: 200 OK" in line]
         assert len(oks) == 2, oks
@@ -759,9 +707,7 @@ def test_trunk_registration_is_refreshed_before_expiry_and_a_failure_shows(tmp_p
         health = bridge.health()
         assert health["sip"]["registration"]["registered"] is False and health["status"] != "ok", health
     finally:
-        if registrar.poll() is None:
-            registrar.kill()
-            registrar.wait()
+        registrar.kill()
         assert bridge.stop() == 0
 
 
@@ -783,11 +729,7 @@ def test_engine_failure_mid_call_ends_the_call_and_records_it_failed(tmp_path: P
     try:
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
         # SIPp exits 0 only if the bridge hung up (BYE) instead of leaving dead air.
-        bridge.sipp_call(
-            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-            work=tmp_path / "sipp", recorded="failed",
-        )  # fmt: skip
-        (call,) = bridge.calls()
+        _wire, call = bridge.caller_plays(caller, work=tmp_path / "sipp", recorded="failed")
         assert call["outcome"] == "failed" and "cannot open phoneme data" in call["reason"]
         assert [t["who"] for t in bridge.turns(call["id"])] == ["bot", "caller"]  # nothing heard is lost
         assert bridge.health()["engine"]["sessions"] == 0

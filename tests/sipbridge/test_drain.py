@@ -14,7 +14,7 @@ from sipbridge.config import ShutdownConfig
 from sipbridge.outcomes import call_outcome
 
 from .bridge import Bridge
-from .peers import Sipp, free_media_port, sipp_scenario
+from .peers import Sipp, refused_call, sipp_scenario
 
 SHUTDOWN = call_outcome("shutdown", None)  # a call our stop hung up (sipbridge/outcomes.py)
 
@@ -29,7 +29,7 @@ def start_bridge(work: Path, drain_timeout_s: float) -> Bridge:
 
 
 def start_call(bridge: Bridge, work: Path, **scenario: object) -> Sipp:
-    sipp = Sipp.call(sipp_scenario(**scenario), bridge.port, work=work, media_port=free_media_port())  # type: ignore[arg-type]
+    sipp = Sipp.call(sipp_scenario(**scenario), bridge.port, work=work)  # type: ignore[arg-type]
     bridge.wait_log(r"call \S+ media up")
     return sipp
 
@@ -49,8 +49,7 @@ def test_sigterm_drains_a_live_call_to_its_normal_end_and_refuses_new_ones(tmp_p
     assert bridge.health()["status"] in ("ok", "degraded")  # liveness still answers
 
     late_work = tmp_path / "late"
-    late = Sipp.call(sipp_scenario(expect=503), bridge.port, work=late_work, media_port=free_media_port())
-    assert late.wait(30) == 0, late.errors()
+    refused_call(bridge.port, 503, work=late_work)
 
     # The live call goes on until the caller's own BYE, then the process stops by itself, exit 0.
     assert live.wait(60) == 0, live.errors()

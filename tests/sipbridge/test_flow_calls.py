@@ -18,26 +18,12 @@ from audio.testsignals import espeak, speech_extent
 from audio.wav import read_wav
 
 from .bridge import Bridge
-from .peers import RATE, Ears, sipp_scenario
+from .peers import CALLER_CONTACT, RATE, Ears, sipp_response, sipp_scenario
 from .test_calls import assert_clean
 
 ROOT = Path(__file__).resolve().parents[2]
 
-REFER_THEN_BYE = """
-  <recv request="REFER"/>
-  <send>
-    <![CDATA[
-      SIP/2.0 202 Accepted
-      [last_Via:]
-      [last_From:]
-      [last_To:]
-      [last_Call-ID:]
-      [last_CSeq:]
-      Contact: sip:caller@[local_ip]:[local_port]
-      Content-Length: 0
-    ]]>
-  </send>
-"""
+REFER_THEN_BYE = '\n  <recv request="REFER"/>\n' + sipp_response("202 Accepted", CALLER_CONTACT)
 
 
 def employer(lines: list[tuple[float, str]], total_s: float, path: Path) -> Path:
@@ -93,7 +79,7 @@ def test_verification_flow_end_to_end(tmp_path: Path) -> None:
             scenarios[name] = scenario
         bridge.sipp_calls(scenarios, work=tmp_path / "sipp", wait_s=90, sipp_timeout_s=80)
 
-        by_user = {c["local_uri"].split(":")[1].split("@")[0]: c for c in bridge.calls()}
+        by_user = bridge.calls_by_user()
         results = {name: json.loads(c["results"]) for name, c in by_user.items()}
         outcomes = {name: c["agent_outcome"] for name, c in by_user.items()}
         assert outcomes == {

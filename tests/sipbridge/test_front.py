@@ -72,7 +72,7 @@ def front_bridge(work: Path, max_calls: int, **sip: Any) -> Bridge:
 def dial(bridge: Bridge | int, scenario: str, work: Path, media_port: int | None = None) -> Sipp:
     """One SIPp caller at the bridge's (front's) SIP port, or at a port given as a number."""
     port = bridge if isinstance(bridge, int) else bridge.port
-    return Sipp.call(scenario, port, work=work, media_port=media_port or free_media_port(), timeout_s=60)
+    return Sipp.call(scenario, port, work=work, media_port=media_port, timeout_s=60)
 
 
 def expect_503_with_retry_after(retry_after_s: int) -> str:
@@ -379,29 +379,21 @@ def test_trunk_registration_once_through_the_front_with_its_address(tmp_path: Pa
     scenario = scenario.replace("</scenario>", '<Reference variables="contact,via"/>\n</scenario>')
     assert scenario.count("ereg") == 2
     registrar_port = free_udp_port()
-    (tmp_path / "reg.xml").write_text(scenario)
-    err = tmp_path / "err.log"
-    registrar = subprocess.Popen(
-        ["sipp", "-sf", str(tmp_path / "reg.xml"), "-i", "127.0.0.1", "-p", str(registrar_port), "-m", "1",
-         "-nostdin", "-timeout", "30s", "-timeout_error", "-trace_err", "-error_file", str(err)],
-        cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-    )  # fmt: skip
+    registrar = Sipp.serve(scenario, work=tmp_path / "registrar", sip_port=registrar_port)
     trunk = {
         "register": True, "registrar": f"sip:127.0.0.1:{registrar_port}", "username": "bridge",
         "password": "s3cret", "expiry_s": 60,
     }  # fmt: skip
     bridge = front_bridge(tmp_path / "bridge", 8, port=front_port, trunk=trunk)
     try:
-        assert registrar.wait(30) == 0, err.read_text() if err.exists() else ""
+        assert registrar.wait(30) == 0, registrar.errors()
         bridge.logged(r"trunk registration: 200 OK")
         health = bridge.health()
         assert health["sip"]["registration"]["registered"] is True and health["status"] == "ok"
         # Only worker 0 registers: one registration per deployment.
         assert sum("trunk registration:" in line for line in bridge.proc.seen) == 1
     finally:
-        if registrar.poll() is None:
-            registrar.kill()
-            registrar.wait()
+        registrar.kill()
         assert bridge.stop() == 0
 
 

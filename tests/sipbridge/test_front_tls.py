@@ -11,7 +11,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .bridge import Bridge
-from .peers import Sipp, free_media_port, free_tcp_port, sipp_scenario
+from .peers import free_tcp_port, refused_call
 from .test_tls_srtp import make_cert, peer_call
 
 
@@ -50,10 +50,7 @@ def test_front_terminates_tls_with_mtls_and_srtp_reaches_the_worker(tmp_path: Pa
     assert row["outcome"] == "completed" and row["rtp_packets"] > 100 and row["rtp_lost"] == 0, dict(row)
 
     # Plain RTP offered over the front's UDP socket: refused, SRTP is mandatory.
-    sipp = Sipp.call(
-        sipp_scenario(expect=488), bridge.port, work=tmp_path / "plain", media_port=free_media_port()
-    )
-    assert sipp.wait(30) == 0, sipp.errors()
+    refused_call(bridge.port, 488, work=tmp_path / "plain")
     # A worker's own refusal is an answer: the front keeps it in (it once took such a worker out and 503'd).
     (worker,) = bridge.health()["front"]["destinations"]
     assert (worker["state"], worker["calls"]) == ("active", 0), worker

@@ -12,11 +12,9 @@ from typing import Any
 
 import numpy as np
 
-from audio import g711
-
 from .agent_servers import LocalServer, Request, send_json
 from .bridge import Bridge
-from .peers import caller_audio, sipp_scenario, voiced_packets
+from .peers import caller_audio, voiced_packets
 from .test_calls import ms, record_result, script_agent
 
 # 24 words, ~8 s of espeak-ng: the caller cuts in ~2-3 s after it starts (its speech starts 3 s after the
@@ -45,11 +43,7 @@ def test_after_a_barge_in_the_agent_knows_only_the_words_played(tmp_path: Path) 
         bridge = Bridge.start(tmp_path / "bridge", {"agent": agent})
         try:
             caller = caller_audio("Sorry, I need some help please.", lead_s=3.0, tail_s=7.0)
-            wire = bridge.sipp_call(
-                sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-                work=tmp_path / "sipp",
-            )
-            (call,) = bridge.calls()
+            wire, call = bridge.caller_plays(caller, work=tmp_path / "sipp")
             turns = bridge.turns(call["id"])
             greeting = turns[0]
             assert greeting["who"] == "bot" and greeting["interrupted"] == 1, turns
@@ -93,10 +87,7 @@ def test_a_backchannel_does_not_cut_the_bot_but_a_short_no_does(tmp_path: Path) 
     try:
         okay = caller_audio("Okay.", lead_s=3.0, tail_s=3.0)
         no = caller_audio("No.", lead_s=0.0, tail_s=5.0)
-        ulaw = tmp_path / "caller.ulaw"
-        ulaw.write_bytes(bytes(g711.ulaw_encode(np.concatenate([okay.pcm, no.pcm]))))
-        wire = bridge.sipp_call(sipp_scenario(audio=ulaw, hangup="bridge"), work=tmp_path / "sipp")
-        (call,) = bridge.calls()
+        wire, call = bridge.caller_plays(np.concatenate([okay.pcm, no.pcm]), work=tmp_path / "sipp")
         turns = sorted(bridge.turns(call["id"]), key=lambda t: t["start_ms"])  # bot rows land at their end
         assert [t["who"] for t in turns] == ["bot", "caller", "bot"], [dict(t) for t in turns]
         assert turns[1]["text"].lower().startswith("no"), dict(turns[1])
@@ -140,12 +131,7 @@ def test_after_a_barge_in_dia2s_context_keeps_only_the_frames_played(tmp_path: P
     bridge = Bridge.start(tmp_path / "bridge", config)
     try:
         caller = caller_audio("Sorry, I need some help please.", lead_s=3.0, tail_s=7.0)
-        bridge.sipp_call(
-            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-            work=tmp_path / "sipp",
-            wait_s=90,
-        )
-        (call,) = bridge.calls()
+        _wire, call = bridge.caller_plays(caller, work=tmp_path / "sipp", wait_s=90)
         turns = bridge.turns(call["id"])
         assert [t["who"] for t in turns] == ["bot", "caller", "bot"], turns
         assert turns[0]["interrupted"] == 1

@@ -15,7 +15,7 @@ from pathlib import Path
 
 from .agent_servers import LocalServer, Request
 from .bridge import Bridge
-from .peers import caller_audio, sipp_scenario
+from .peers import caller_audio
 from .test_calls import assert_clean, ms, record_result
 
 FIRST_TOKEN_S = 0.3  # the "model's" time to first token
@@ -80,16 +80,12 @@ def test_llm_agent_streams_words_to_the_engine_before_the_reply_is_complete(tmp_
         try:
             baseline = bridge.health()
             caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.0, tail_s=9.0)
-            wire = bridge.sipp_call(
-                sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-                work=tmp_path / "sipp",
-            )
+            wire, call = bridge.caller_plays(caller, work=tmp_path / "sipp")
             t_stop = wire.caller_stop
             first_audio = wire.reply()[0].t
             # Input streaming: the caller heard the first clause while the server still held the rest back.
             assert first_audio < llm.sent["last"] - 0.5, (first_audio, llm.sent)
 
-            (call,) = bridge.calls()
             assert call["agent_outcome"] == "helped" and call["agent"] == "llm"
             bots = [t["text"] for t in bridge.turns(call["id"]) if t["who"] == "bot"]
             assert bots == ["Hello, this is the help line.", "".join(FIRST + REST).strip()], bots

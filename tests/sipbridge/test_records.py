@@ -11,7 +11,7 @@ import wave
 from pathlib import Path
 
 from .bridge import Bridge
-from .peers import Sipp, caller_audio, free_media_port, sipp_scenario
+from .peers import Sipp, caller_audio, sipp_scenario
 from .procs import LoggedProcess
 from .rawsip import Dialog, RawSip, sdp, status, to_tag
 from .test_hostile import assert_worker_never_restarted, start
@@ -21,10 +21,8 @@ SPEECH = "Hello, I need some help with my account please."
 
 def speaking_caller(bridge: Bridge, tmp_path: Path, talk_ms: int = 30000) -> Sipp:
     audio = caller_audio(SPEECH, lead_s=1.0, tail_s=30.0).write_ulaw(tmp_path / "caller.ulaw")
-    return Sipp.call(
-        sipp_scenario(audio=audio, hangup="caller", talk_ms=talk_ms), bridge.port, work=tmp_path / "sipp",
-        media_port=free_media_port(), timeout_s=60,
-    )  # fmt: skip
+    scenario = sipp_scenario(audio=audio, hangup="caller", talk_ms=talk_ms)
+    return Sipp.call(scenario, bridge.port, work=tmp_path / "sipp", timeout_s=60)
 
 
 def wav_seconds(path: Path) -> float:
@@ -42,8 +40,7 @@ def test_killed_worker_leaves_a_readable_recording(tmp_path: Path) -> None:
         (call,) = bridge.calls()
         assert wav_seconds(Path(call["recording_path"])) > 2.0
     finally:
-        sipp.proc.kill()
-        sipp.proc.wait()
+        sipp.kill()
         assert bridge.stop() == 0
 
 
@@ -58,8 +55,7 @@ def test_killed_supervisor_its_call_hung_up_then_closed_failed_at_restart(tmp_pa
         # bridge's BYE ends it; either way SIPp does not wait out its 30 s talk.
         sipp.wait(20)
     finally:
-        if sipp.proc.poll() is None:
-            sipp.proc.kill()
+        sipp.kill()
     config = tmp_path / "bridge" / "config.yaml"
     again = LoggedProcess.start(["run", "-c", str(config)], cwd=tmp_path / "bridge")
     try:
@@ -88,8 +84,7 @@ def test_unwritable_recordings_dir_costs_no_call(tmp_path: Path) -> None:
         assert bridge.metrics()["sipbridge_recording_failures_total"] == 1
         assert_worker_never_restarted(bridge)
     finally:
-        if sipp.proc.poll() is None:
-            sipp.proc.kill()
+        sipp.kill()
         assert bridge.stop() == 0
 
 

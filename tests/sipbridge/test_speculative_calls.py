@@ -11,10 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import g711
-
 from .bridge import Bridge
-from .peers import caller_audio, sipp_scenario, voiced_packets
+from .peers import caller_audio, voiced_packets
 from .test_calls import MAIN_FLOW, script_agent
 
 
@@ -27,11 +25,7 @@ def test_a_caller_who_said_it_all_gets_the_reply_made_in_the_silence(tmp_path: P
     bridge = Bridge.start(tmp_path / "bridge", config)
     try:
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=6.0)
-        wire = bridge.sipp_call(
-            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-            work=tmp_path / "sipp",
-        )
-        (call,) = bridge.calls()
+        wire, call = bridge.caller_plays(caller, work=tmp_path / "sipp")
         turns = bridge.turns(call["id"])
         assert [t["who"] for t in turns] == ["bot", "caller", "bot"]
         assert turns[2]["text"] == MAIN_FLOW["turns"][0]["say"]  # type: ignore[index]
@@ -62,13 +56,10 @@ def test_a_caller_who_goes_on_never_hears_the_reply_made_at_the_pause(tmp_path: 
     try:
         first = caller_audio("I need some help", lead_s=3.5, tail_s=3.5)
         second = caller_audio("for a reference letter.", lead_s=0.0, tail_s=8.0)
-        ulaw = tmp_path / "caller.ulaw"
-        ulaw.write_bytes(bytes(g711.ulaw_encode(np.concatenate([first.pcm, second.pcm]))))
-        scenario = sipp_scenario(audio=ulaw, hangup="bridge", timeout_ms=60000)
-        (wire,) = bridge.sipp_calls(
-            {"caller": scenario}, work=tmp_path / "sipp", wait_s=90, sipp_timeout_s=80
-        ).values()
-        (call,) = bridge.calls()
+        wire, call = bridge.caller_plays(
+            np.concatenate([first.pcm, second.pcm]),
+            work=tmp_path / "sipp", wait_s=90, timeout_ms=60000, sipp_timeout_s=80,
+        )  # fmt: skip
         turns = bridge.turns(call["id"])
         assert [t["who"] for t in turns] == ["bot", "caller", "bot"]
         assert "need" in turns[1]["text"].lower() and "reference" in turns[1]["text"].lower()

@@ -15,7 +15,7 @@ from pathlib import Path
 import yaml
 
 from .bridge import Bridge
-from .peers import Sipp, free_media_port, free_tcp_port, sipp_scenario
+from .peers import free_tcp_port, refused_call
 from .procs import LoggedProcess
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -74,10 +74,7 @@ def test_tls_srtp_call_and_plain_rtp_refused_when_srtp_is_mandatory(tmp_path: Pa
     assert any(turn["who"] == "bot" for turn in bridge.turns(row["id"]))
 
     # A plain-RTP offer (SIPp over UDP) is refused: SRTP is mandatory.
-    sipp = Sipp.call(
-        sipp_scenario(expect=488), bridge.port, work=tmp_path / "plain", media_port=free_media_port()
-    )
-    assert sipp.wait(30) == 0, sipp.errors()
+    refused_call(bridge.port, 488, work=tmp_path / "plain")
     assert bridge.stop() == 0
     assert len(bridge.calls()) == 1
 

@@ -11,10 +11,8 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import g711
-
 from .bridge import Bridge
-from .peers import caller_audio, sipp_scenario
+from .peers import caller_audio
 from .test_calls import MAIN_FLOW, ms, script_agent
 
 HANGOVER_MS = 5000  # the most the config allows: ASR on a loaded 2-core box took ~2 s a run
@@ -37,11 +35,7 @@ def test_a_finished_sentence_is_answered_at_the_pause(tmp_path: Path) -> None:
     bridge = start(tmp_path)
     try:
         caller = caller_audio("Hello, I need some help with my account please.", lead_s=3.5, tail_s=7.0)
-        wire = bridge.sipp_call(
-            sipp_scenario(audio=caller.write_ulaw(tmp_path / "caller.ulaw"), hangup="bridge"),
-            work=tmp_path / "sipp",
-        )
-        (call,) = bridge.calls()
+        wire, call = bridge.caller_plays(caller, work=tmp_path / "sipp")
         turns = bridge.turns(call["id"])
         assert [t["who"] for t in turns] == ["bot", "caller", "bot"]
         assert "help" in turns[1]["text"].lower()
@@ -67,10 +61,7 @@ def test_a_pause_the_caller_goes_on_after_is_not_the_end(tmp_path: Path) -> None
         # "name" and "reference". "...John Smith and" alone was heard as "John Smith." half the time.
         first = caller_audio("My name is John Smith and I", lead_s=3.5, tail_s=0.6)
         second = caller_audio("need a reference letter.", lead_s=0.0, tail_s=7.0)
-        ulaw = tmp_path / "caller.ulaw"
-        ulaw.write_bytes(bytes(g711.ulaw_encode(np.concatenate([first.pcm, second.pcm]))))
-        bridge.sipp_call(sipp_scenario(audio=ulaw, hangup="bridge"), work=tmp_path / "sipp")
-        (call,) = bridge.calls()
+        _wire, call = bridge.caller_plays(np.concatenate([first.pcm, second.pcm]), work=tmp_path / "sipp")
         turns = bridge.turns(call["id"])
         assert [t["who"] for t in turns] == ["bot", "caller", "bot"]  # one caller turn: not cut at the pause
         text = turns[1]["text"].lower()
@@ -99,11 +90,10 @@ def test_a_turn_ended_too_early_leaves_only_its_rest_for_the_next_turn(tmp_path:
     try:
         first = caller_audio("I need some help", lead_s=3.5, tail_s=3.0)
         second = caller_audio("for a reference letter.", lead_s=0.0, tail_s=7.0)
-        ulaw = tmp_path / "caller.ulaw"
-        ulaw.write_bytes(bytes(g711.ulaw_encode(np.concatenate([first.pcm, second.pcm]))))
-        scenario = sipp_scenario(audio=ulaw, hangup="bridge", timeout_ms=60000)
-        bridge.sipp_calls({"caller": scenario}, work=tmp_path / "sipp", wait_s=90, sipp_timeout_s=80)
-        (call,) = bridge.calls()
+        _wire, call = bridge.caller_plays(
+            np.concatenate([first.pcm, second.pcm]),
+            work=tmp_path / "sipp", wait_s=90, timeout_ms=60000, sipp_timeout_s=80,
+        )  # fmt: skip
         caller = [t for t in bridge.turns(call["id"]) if t["who"] == "caller"]
         assert len(caller) == 2, [t["text"] for t in caller]
         # Key words tiny.en hears every time (espeak en-us, µ-law, 0-2.5 s of lead, 0.1-1 s of tail): "help"

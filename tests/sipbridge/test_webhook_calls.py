@@ -69,7 +69,7 @@ def test_webhook_agent_reply_timeout_and_500(tmp_path: Path) -> None:
                 for name in ("ok", "slow", "broken")
             }
             wires = bridge.sipp_calls(scenarios, work=tmp_path)
-            calls = {c["local_uri"].split(":")[1].split("@")[0]: c for c in bridge.calls()}
+            calls = bridge.calls_by_user()
 
             # Every request is signed with the shared secret over the exact body.
             for req in server.requests:

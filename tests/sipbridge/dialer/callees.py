@@ -14,9 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from audio import g711
-
-from ..peers import RATE, SIPP, caller_audio, free_media_port, free_udp_port
+from ..peers import RATE, SIPP, caller_audio, free_media_port, free_udp_port, write_ulaw
 
 _SDP = """v=0
 o=user1 53655765 2353687637 IN IP[local_ip_type] [local_ip]
@@ -192,9 +190,7 @@ def human_audio(work: Path, tail_s: float = 12.0) -> Path:
     """ "HR, this is Dana." then a pause (waiting for us), then silence: a person answering."""
     hello = caller_audio("HR, this is Dana.", 0.4, 3.0)
     answer = caller_audio("Yes, she works here.", 0.0, tail_s)
-    path = work / "human.ulaw"
-    path.write_bytes(bytes(g711.ulaw_encode(np.concatenate([hello.pcm, answer.pcm]))))
-    return path
+    return write_ulaw(work / "human.ulaw", hello.pcm, answer.pcm)
 
 
 def opt_out_audio(work: Path, tail_s: float = 20.0) -> Path:
@@ -202,9 +198,7 @@ def opt_out_audio(work: Path, tail_s: float = 20.0) -> Path:
     hello = caller_audio("HR, this is Dana.", 0.4, 2.5)
     # Two of the default phrases: tiny.en once heard espeak's "stop calling me" as "start calling me".
     stop = caller_audio("Stop calling me. Remove me from your list.", 0.0, tail_s)
-    path = work / "optout.ulaw"
-    path.write_bytes(bytes(g711.ulaw_encode(np.concatenate([hello.pcm, stop.pcm]))))
-    return path
+    return write_ulaw(work / "optout.ulaw", hello.pcm, stop.pcm)
 
 
 def voicemail_audio(work: Path, tail_s: float = 15.0) -> VoicemailAudio:
@@ -218,9 +212,7 @@ def voicemail_audio(work: Path, tail_s: float = 15.0) -> VoicemailAudio:
     t = np.arange(int(0.4 * RATE)) / RATE
     beep = (0.3 * 32767 * np.sin(2 * np.pi * 1000 * t)).astype(np.int16)
     tail = np.zeros(int(tail_s * RATE), np.int16)
-    pcm = np.concatenate([greeting.pcm.astype(np.int16), beep, tail])
-    path = work / "voicemail.ulaw"
-    path.write_bytes(bytes(g711.ulaw_encode(pcm)))
+    path = write_ulaw(work / "voicemail.ulaw", greeting.pcm.astype(np.int16), beep, tail)
     return VoicemailAudio(path, (len(greeting.pcm) + len(beep)) / RATE)
 
 

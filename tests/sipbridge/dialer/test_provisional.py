@@ -23,9 +23,7 @@ import numpy as np
 import soundfile as sf
 import yaml
 
-from audio import g711
-
-from ..peers import RATE, RtpSniffer, caller_audio, voiced_packets
+from ..peers import RATE, RtpSniffer, caller_audio, voiced_packets, write_ulaw
 from .callees import Callee, answer_scenario
 from .test_live import WEDNESDAY_10_NY, attempts, db, dial, write_campaign, write_config
 
@@ -50,11 +48,6 @@ def bot_voiced_ms(work: Path, call_id: str) -> np.ndarray:
     n = rate // 50
     bot = audio[: len(audio) // n * n, 1].reshape(-1, n)
     return np.nonzero(np.sqrt(np.mean(bot**2, axis=1)) > 0.01)[0] * 20
-
-
-def write_ulaw(path: Path, *parts: np.ndarray) -> Path:
-    path.write_bytes(bytes(g711.ulaw_encode(np.concatenate(parts).astype(np.int16))))
-    return path
 
 
 def test_the_bot_starts_on_a_provisional_human_and_stops_when_the_callee_goes_on(tmp_path: Path) -> None:
