@@ -427,6 +427,16 @@ class VadConfig(_Section):
         "sides' jitter buffers (until the delay is measured, the gate compares the caller's audio with the "
         "bot's loudest frame sent this long ago or later).",
     )
+    echo_canceller: Literal["none", "webrtc"] = Field(
+        "none",
+        description="Acoustic echo canceller on the caller's audio, before VAD and barge-in: 'webrtc' = "
+        "WebRTC's AEC3 (pywebrtc-audio), fed every frame the bot sent, removes the line's echo of the bot "
+        "(hybrids: -10 to -20 dB, 20-200 ms late; it finds the delay itself), so the echo neither cuts the "
+        "bot nor becomes a turn while a caller talking over it still does; ~0.2 ms of CPU per call per 20 ms "
+        "frame. The recording keeps the caller's audio as heard. 'none' (default) = no canceller: on a line "
+        "without any echo AEC3 holds back a caller talking over the bot for the first seconds of a call "
+        "(docs/PERFORMANCE.md, 'Echo').",
+    )
 
     @model_validator(mode="after")
     def _turn_bounds(self) -> VadConfig:

@@ -34,6 +34,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audio.echo import EchoCanceller
 from audio.vad import SpeechPaused, SpeechStart, TurnEnd, TurnSegmenter, TurnTooShort
 from sipbridge import frames as f
 from sipbridge.media.playback import PlaybackQueue
@@ -194,6 +195,10 @@ class Inbound:
     gated_frames: int = 0  # since the last turn ended: frames loud, but no louder than our echo could be
     echo_turns: int = 0  # turns dropped as our own echo
     loud_since: int | None = None  # ms of the first frame over our echo since the last turn, when gated
+    # Acoustic echo canceller (vad.echo_canceller): the caller's frames are cleaned of our echo before the
+    # onset detector, the echo gate and the VAD see them. Its state (AEC3's filter, delay estimate, the
+    # queue of sent frames awaiting their heard frame) is this call's, on the media thread.
+    aec: EchoCanceller | None = None
 
     def on_frame(self, pcm: bytes) -> None:
         """One clock tick of caller audio; b"" (no audio this tick) counts as silence."""
@@ -202,7 +207,9 @@ class Inbound:
         index = self.frames
         self.frames += 1
         if self.recorder is not None:
-            self._record(self.recorder.caller, pcm)
+            self._record(self.recorder.caller, pcm)  # as heard: echo and all
+        if self.aec is not None:
+            pcm = self.aec.near(pcm)
         samples = np.frombuffer(pcm, dtype=np.int16)
         sounding = self._sound(samples, index)
         for event in self.segmenter.process(samples):
@@ -296,6 +303,8 @@ class Inbound:
         """A frame the clock sent, in order with the caller's frames (the worker queues both)."""
         if self.echo is not None:
             self.echo.add_sent(pcm)
+        if self.aec is not None:
+            self.aec.far(pcm)
         if self.recorder is not None:
             self._record(self.recorder.bot, pcm)
 

@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import pytest
 import soundfile
 
 from .agent_servers import LocalServer, Request, send_json
@@ -46,10 +47,15 @@ def _bot_turn(bridge: Bridge, timeout: float = 60) -> tuple[dict[str, Any], list
     raise AssertionError("the greeting never finished")
 
 
-def test_the_bots_echo_never_cuts_it_but_the_caller_does(tmp_path: Path) -> None:
+# The echo canceller (vad.echo_canceller: webrtc, AEC3) and the level gate (vad.echo_return_db) each alone.
+ECHO_GUARDS = {"aec": {"echo_canceller": "webrtc"}, "gate": {"echo_return_db": -10.0}}
+
+
+@pytest.mark.parametrize("guard", list(ECHO_GUARDS))
+def test_the_bots_echo_never_cuts_it_but_the_caller_does(tmp_path: Path, guard: str) -> None:
     with LocalServer(lambda req, handler: _agent(handler, req)) as server:
         agent = {"kind": "webhook", "webhook": {"url": server.url + "/turn", "timeout_s": 5.0}}
-        bridge = Bridge.start(tmp_path / "bridge", {"agent": agent, "vad": {"echo_return_db": -10.0}})
+        bridge = Bridge.start(tmp_path / "bridge", {"agent": agent, "vad": ECHO_GUARDS[guard]})
         try:
             # 1. Echo only: the whole greeting plays, nothing of the echo is a turn.
             line = EchoLine(bridge.port, echo_db=-10.0, delay_frames=5)
@@ -84,7 +90,7 @@ def test_the_bots_echo_never_cuts_it_but_the_caller_does(tmp_path: Path) -> None
             lag_ms = cut["t_ms"] - speech.speech_ms[0]
             assert 0 < lag_ms <= 1000, cut
             record_result(
-                "echo_barge_in", {"echo_db": -10, "echo_delay_ms": 100, "cut_after_onset_ms": lag_ms}
+                f"echo_barge_in_{guard}", {"echo_db": -10, "echo_delay_ms": 100, "cut_after_onset_ms": lag_ms}
             )
         finally:
             assert bridge.stop() == 0
