@@ -13,7 +13,9 @@ FFI library called through protobuf requests, with protobuf and aiofiles as depe
 
 from __future__ import annotations
 
+import math
 from collections import deque
+from dataclasses import dataclass, field
 from typing import Protocol
 
 import numpy as np
@@ -24,6 +26,10 @@ CANCELLERS = ("none", "webrtc")
 # Sent frames waiting for their heard frame. The conference clock hands the worker one of each per tick, so
 # this holds 0-1; a longer queue (a stalled caller stream) would shift the reference late, so it is capped.
 _MAX_QUEUED = 10
+_TAIL = 25  # frames (500 ms): our audio's echo is back within this (line delay + both jitter buffers)
+_BOT_AUDIBLE = 1000.0  # -30 dBFS: a frame of ours whose -10..-20 dB echo would be over _LOUD
+_LOUD = 184.0  # -45 dBFS: sipbridge's onset threshold (OnsetDetector.min_rms)
+_WINDOW = 100  # frames (2 s) of the bot audible lately per echo-free decision
 
 
 class EchoCanceller(Protocol):
@@ -50,6 +56,40 @@ class _Paired:
         return np.frombuffer(pcm, np.int16)
 
 
+@dataclass
+class EchoPresence:
+    """Does this line send our audio back loud enough to matter? Decided once, from the bot's speech.
+
+    AEC3 cannot know a line is echo-free until it has heard a few seconds of our audio not come back, and
+    until then it treats a caller talking over the bot as possible echo: on an echo-free line their speech
+    came out ~10 dB down, the onset ~680 ms late (bench/echo_canceller.py). So while the bot has been
+    audible lately (`_BOT_AUDIBLE` within the last `_TAIL` frames: any echo of it would be back by now) we
+    count how often the caller's side was loud at all (the onset detector's -45 dBFS). A line whose echo
+    could trigger the VAD is loud in most such frames; after `_WINDOW` of them loud in under 5 %, the line is
+    echo-free and the canceller steps aside for the rest of the call. A caller talking over the bot in that
+    window only postpones the decision (the next window decides)."""
+
+    sent: deque[float] = field(default_factory=lambda: deque(maxlen=_TAIL))
+    audible: int = 0  # frames in this window with the bot audible lately
+    loud: int = 0  # ... of which the heard frame was loud
+    echo_free: bool = False
+
+    def observe(self, far: np.ndarray, near: np.ndarray) -> None:
+        self.sent.append(_rms(far))
+        if max(self.sent) < _BOT_AUDIBLE:
+            return
+        self.audible += 1
+        self.loud += _rms(near) > _LOUD
+        if self.audible >= _WINDOW:
+            self.echo_free = self.loud < 0.05 * self.audible
+            self.audible = self.loud = 0
+
+
+def _rms(x: np.ndarray) -> float:
+    y = x.astype(np.float32)
+    return math.sqrt(float(np.dot(y, y)) / max(1, len(y)))
+
+
 class WebRtcEchoCanceller(_Paired):
     def __init__(self, sample_rate: int) -> None:
         super().__init__()
@@ -60,10 +100,15 @@ class WebRtcEchoCanceller(_Paired):
         # at 16 kHz (FIR both ways) cost 2.5x the CPU and won nothing: during double talk AEC3's suppressor,
         # not the band, holds back a word's first fricative (bench/echo_canceller.py, docs/PERFORMANCE.md).
         self._aec = AudioProcessor(sample_rate=sample_rate, num_channels=1, echo_cancellation=True)
+        self.presence = EchoPresence()
 
     def near(self, pcm: bytes) -> bytes:
         x = np.frombuffer(pcm, np.int16)
-        return self._aec.process(x, self._take_far(len(x))).tobytes()
+        far = self._take_far(len(x))
+        if self.presence.echo_free:
+            return pcm
+        self.presence.observe(far, x)
+        return self._aec.process(x, far).tobytes()
 
 
 def make_echo_canceller(kind: str, sample_rate: int) -> EchoCanceller | None:

@@ -428,14 +428,15 @@ class VadConfig(_Section):
         "bot's loudest frame sent this long ago or later).",
     )
     echo_canceller: Literal["none", "webrtc"] = Field(
-        "none",
+        "webrtc",
         description="Acoustic echo canceller on the caller's audio, before VAD and barge-in: 'webrtc' = "
         "WebRTC's AEC3 (pywebrtc-audio), fed every frame the bot sent, removes the line's echo of the bot "
         "(hybrids: -10 to -20 dB, 20-200 ms late; it finds the delay itself), so the echo neither cuts the "
         "bot nor becomes a turn while a caller talking over it still does; ~0.2 ms of CPU per call per 20 ms "
-        "frame. The recording keeps the caller's audio as heard. 'none' (default) = no canceller: on a line "
-        "without any echo AEC3 holds back a caller talking over the bot for the first seconds of a call "
-        "(docs/PERFORMANCE.md, 'Echo').",
+        "frame. A line on which 2 s of the bot's speech came back quieter than -45 dBFS is echo-free: the "
+        "canceller then steps aside for the rest of the call (until then AEC3 holds back a caller talking "
+        "over the bot on such a line, docs/PERFORMANCE.md 'Echo'). The recording keeps the caller's audio as "
+        "heard. 'none' = no canceller.",
     )
 
     @model_validator(mode="after")

@@ -69,7 +69,7 @@ class WorkerSettings:
     playback_margin_ms: int = 80  # media.playback_margin_ms: reply audio held before an utterance starts
     echo_return_db: float | None = None  # vad.echo_return_db: the echo gate (None: off)
     echo_tail_ms: int = 800  # vad.echo_tail_ms
-    echo_canceller: str = "none"  # vad.echo_canceller
+    echo_canceller: str = "webrtc"  # vad.echo_canceller
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))

@@ -47,8 +47,12 @@ def _bot_turn(bridge: Bridge, timeout: float = 60) -> tuple[dict[str, Any], list
     raise AssertionError("the greeting never finished")
 
 
-# The echo canceller (vad.echo_canceller: webrtc, AEC3) and the level gate (vad.echo_return_db) each alone.
-ECHO_GUARDS = {"aec": {"echo_canceller": "webrtc"}, "gate": {"echo_return_db": -10.0}}
+# The echo canceller (vad.echo_canceller: webrtc, AEC3, the default) and the level gate (vad.echo_return_db)
+# each alone.
+ECHO_GUARDS = {
+    "aec": {"echo_canceller": "webrtc"},
+    "gate": {"echo_return_db": -10.0, "echo_canceller": "none"},
+}
 
 
 @pytest.mark.parametrize("guard", list(ECHO_GUARDS))
@@ -90,7 +94,13 @@ def test_the_bots_echo_never_cuts_it_but_the_caller_does(tmp_path: Path, guard: 
             lag_ms = cut["t_ms"] - speech.speech_ms[0]
             assert 0 < lag_ms <= 1000, cut
             record_result(
-                f"echo_barge_in_{guard}", {"echo_db": -10, "echo_delay_ms": 100, "cut_after_onset_ms": lag_ms}
+                f"echo_barge_in_{guard}",
+                {
+                    "echo_db": -10,
+                    "echo_delay_ms": 100,
+                    "cut_after_onset_ms": lag_ms,
+                    "detected_onset_after_onset_ms": cut["onset_ms"] - speech.speech_ms[0],
+                },
             )
         finally:
             assert bridge.stop() == 0
