@@ -1,6 +1,7 @@
 """Echo-safe barge-in (issue 17 item 3) on real calls: the caller's line sends the bot's own audio back 10 dB
-down and 100 ms late (`EchoLine`, a hybrid's echo). The echo never cuts the bot and never becomes a caller
-turn; the caller talking over the same echo still cuts it."""
+down and 100 ms late (`EchoLine`, a hybrid's echo). With the echo canceller (the default) or the level gate,
+the echo never cuts the bot and never becomes a caller turn; the caller talking over the same echo still cuts
+it."""
 
 from __future__ import annotations
 
@@ -91,8 +92,10 @@ def test_the_bots_echo_never_cuts_it_but_the_caller_does(tmp_path: Path, guard: 
             # (That offset includes the bridge's jitter buffer; without echo this reads ~220-280 ms.) The
             # gate costs time when the caller is quieter than the bot's echo allows: here the caller is
             # ~5 dB under the bot, so only their frames over the bot's quieter ones cut (docs/PERFORMANCE.md).
+            # The canceller removes the echo instead of raising a threshold over it: the caller is heard from
+            # their onset, not only over the bot's quiet frames (measured 140-260 ms; the gate 680 ms).
             lag_ms = cut["t_ms"] - speech.speech_ms[0]
-            assert 0 < lag_ms <= 1000, cut
+            assert 0 < lag_ms <= (500 if guard == "aec" else 1000), cut
             record_result(
                 f"echo_barge_in_{guard}",
                 {
