@@ -13,14 +13,17 @@ that long *and* Silero must have confirmed speech before the bot is cut; only `b
 the energy onset alone (any sound interrupts: for quiet lines and tests).
 
 Echo: a phone line's hybrid (or a speakerphone) sends the bot's own audio back, 10-20 dB down and 20-200 ms
-late (plus both jitter buffers); to the VAD that is speech. The `EchoGate` keeps the level of every frame we
-sent and raises the onset's threshold to what could be our own echo now: the frames sent around the line's
-echo delay (measured by matching the two level envelopes over the last second; until then, anything sent in
-the last `echo_tail_ms`) times the line's echo return, +3 dB. The return starts at the worst expected
-(`vad.echo_return_db`) and follows the peak the line really sends back while the caller is quiet (a line
-without echo soon gates nothing). A turn whose every loud frame was gated as echo is dropped (`TurnDropped`),
-so the bot neither cuts itself off nor answers its own words. The cost: while the bot speaks, a caller quieter
-than the echo allows is heard only between the bot's loud syllables (docs/PERFORMANCE.md, "Echo").
+late (plus both jitter buffers); to the VAD that is speech. By default an echo canceller (`aec`, WebRTC AEC3,
+audio/echo.py) subtracts it from every caller frame before anything here looks at it, fed every frame the
+clock sent; the caller talking over the echo is then heard from their onset. The optional `EchoGate` keeps the
+level of every frame we sent and raises the onset's threshold to what could be our own echo now: the frames
+sent around the line's echo delay (measured by matching the two level envelopes over the last second; until
+then, anything sent in the last `echo_tail_ms`) times the line's echo return, +3 dB. The return starts at the
+worst expected (`vad.echo_return_db`) and follows the peak the line really sends back while the caller is
+quiet (a line without echo soon gates nothing). A turn whose every loud frame was gated as echo is dropped
+(`TurnDropped`), so the bot neither cuts itself off nor answers its own words. The cost: while the bot speaks,
+a caller quieter than the echo allows is heard only between the bot's loud syllables (docs/PERFORMANCE.md,
+"Echo").
 """
 
 from __future__ import annotations
