@@ -10,6 +10,7 @@ masking, the reference table) is generic and lives in sipbridge/config_loader.py
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -438,6 +439,16 @@ class VadConfig(_Section):
         "over the bot on such a line, docs/PERFORMANCE.md 'Echo'). The recording keeps the caller's audio as "
         "heard. 'none' = no canceller.",
     )
+
+    @field_validator("echo_canceller")
+    @classmethod
+    def _canceller_installed(cls, v: str) -> str:
+        # Checked here, not at the first call: a missing library would otherwise end every call.
+        if v == "webrtc" and importlib.util.find_spec("pywebrtc_audio") is None:
+            raise ValueError(
+                "'webrtc' needs the pywebrtc-audio package (pip install pywebrtc-audio), or 'none'"
+            )
+        return v
 
     @model_validator(mode="after")
     def _turn_bounds(self) -> VadConfig:
