@@ -39,6 +39,11 @@ class EchoCanceller(Protocol):
     def near(self, pcm: bytes) -> bytes:
         """A frame we heard (int16 mono, same length); returns it with our echo removed."""
 
+    @property
+    def active(self) -> bool:
+        """The last `near` frame may hold a residue of our echo: the bot was audible within the echo's tail
+        and the line is not known to be echo-free."""
+
 
 class _Paired:
     """Pairs each heard frame with the oldest sent frame not yet used (silence when none was sent)."""
@@ -101,6 +106,11 @@ class WebRtcEchoCanceller(_Paired):
         # not the band, holds back a word's first fricative (bench/echo_canceller.py, docs/PERFORMANCE.md).
         self._aec = AudioProcessor(sample_rate=sample_rate, num_channels=1, echo_cancellation=True)
         self.presence = EchoPresence()
+
+    @property
+    def active(self) -> bool:
+        p = self.presence
+        return not p.echo_free and bool(p.sent) and max(p.sent) >= _BOT_AUDIBLE
 
     def near(self, pcm: bytes) -> bytes:
         x = np.frombuffer(pcm, np.int16)

@@ -202,6 +202,9 @@ class Inbound:
     # onset detector, the echo gate and the VAD see them. Its state (AEC3's filter, delay estimate, the
     # queue of sent frames awaiting their heard frame) is this call's, on the media thread.
     aec: EchoCanceller | None = None
+    residue_frames: int = (
+        0  # since the last turn ended: frames the canceller may have left our echo's residue in
+    )
 
     def on_frame(self, pcm: bytes) -> None:
         """One clock tick of caller audio; b"" (no audio this tick) counts as silence."""
@@ -248,17 +251,23 @@ class Inbound:
             echo.observe(frame_rms(samples), ref, self.onset.loud)
         self.loud_frames += self.onset.loud
         self.gated_frames += self.onset.gated
+        self.residue_frames += self.aec is not None and self.aec.active
         if self.gated_frames and self.onset.loud and self.loud_since is None:
             self.loud_since = index * self.frame_ms
         return sounding
 
     def _turn_over(self) -> None:
-        self.loud_frames = self.gated_frames = 0
+        self.loud_frames = self.gated_frames = self.residue_frames = 0
         self.loud_since = None
 
     def _echo_only(self) -> bool:
-        """Everything loud since the last turn was no louder than our own echo could be."""
-        return self.echo is not None and self.gated_frames > 0 and self.loud_frames == 0
+        """Everything loud since the last turn was no louder than our own echo could be; or, with the echo
+        canceller, nothing was loud at all while its output could hold our echo's residue: AEC3 leaves our
+        echo ~20 dB down, under the onset threshold but not under Silero, which is level-blind enough to
+        make a turn of it (seen on the real echo call: a silent "caller" turn in the greeting's first 3 s)."""
+        if self.loud_frames > 0:
+            return False
+        return (self.echo is not None and self.gated_frames > 0) or self.residue_frames > 0
 
     def _turn_end(self, event: TurnEnd) -> f.Frame:
         echo = self._echo_only()
