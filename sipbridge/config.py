@@ -10,6 +10,7 @@ masking, the reference table) is generic and lives in sipbridge/config_loader.py
 
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import re
@@ -427,6 +428,27 @@ class VadConfig(_Section):
         "sides' jitter buffers (until the delay is measured, the gate compares the caller's audio with the "
         "bot's loudest frame sent this long ago or later).",
     )
+    echo_canceller: Literal["none", "webrtc"] = Field(
+        "webrtc",
+        description="Acoustic echo canceller on the caller's audio, before VAD and barge-in: 'webrtc' = "
+        "WebRTC's AEC3 (pywebrtc-audio), fed every frame the bot sent, removes the line's echo of the bot "
+        "(hybrids: -10 to -20 dB, 20-200 ms late; it finds the delay itself), so the echo neither cuts the "
+        "bot nor becomes a turn while a caller talking over it still does; ~0.2 ms of CPU per call per 20 ms "
+        "frame. A line on which 2 s of the bot's speech came back quieter than -45 dBFS is echo-free: the "
+        "canceller then steps aside for the rest of the call (until then AEC3 holds back a caller talking "
+        "over the bot on such a line, docs/PERFORMANCE.md 'Echo'). The recording keeps the caller's audio as "
+        "heard. 'none' = no canceller.",
+    )
+
+    @field_validator("echo_canceller")
+    @classmethod
+    def _canceller_installed(cls, v: str) -> str:
+        # Checked here, not at the first call: a missing library would otherwise end every call.
+        if v == "webrtc" and importlib.util.find_spec("pywebrtc_audio") is None:
+            raise ValueError(
+                "'webrtc' needs the pywebrtc-audio package (pip install pywebrtc-audio), or 'none'"
+            )
+        return v
 
     @model_validator(mode="after")
     def _turn_bounds(self) -> VadConfig:

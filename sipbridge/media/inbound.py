@@ -13,14 +13,17 @@ that long *and* Silero must have confirmed speech before the bot is cut; only `b
 the energy onset alone (any sound interrupts: for quiet lines and tests).
 
 Echo: a phone line's hybrid (or a speakerphone) sends the bot's own audio back, 10-20 dB down and 20-200 ms
-late (plus both jitter buffers); to the VAD that is speech. The `EchoGate` keeps the level of every frame we
-sent and raises the onset's threshold to what could be our own echo now: the frames sent around the line's
-echo delay (measured by matching the two level envelopes over the last second; until then, anything sent in
-the last `echo_tail_ms`) times the line's echo return, +3 dB. The return starts at the worst expected
-(`vad.echo_return_db`) and follows the peak the line really sends back while the caller is quiet (a line
-without echo soon gates nothing). A turn whose every loud frame was gated as echo is dropped (`TurnDropped`),
-so the bot neither cuts itself off nor answers its own words. The cost: while the bot speaks, a caller quieter
-than the echo allows is heard only between the bot's loud syllables (docs/PERFORMANCE.md, "Echo").
+late (plus both jitter buffers); to the VAD that is speech. By default an echo canceller (`aec`, WebRTC AEC3,
+audio/echo.py) subtracts it from every caller frame before anything here looks at it, fed every frame the
+clock sent; the caller talking over the echo is then heard from their onset. The optional `EchoGate` keeps the
+level of every frame we sent and raises the onset's threshold to what could be our own echo now: the frames
+sent around the line's echo delay (measured by matching the two level envelopes over the last second; until
+then, anything sent in the last `echo_tail_ms`) times the line's echo return, +3 dB. The return starts at the
+worst expected (`vad.echo_return_db`) and follows the peak the line really sends back while the caller is
+quiet (a line without echo soon gates nothing). A turn whose every loud frame was gated as echo is dropped
+(`TurnDropped`), so the bot neither cuts itself off nor answers its own words. The cost: while the bot speaks,
+a caller quieter than the echo allows is heard only between the bot's loud syllables (docs/PERFORMANCE.md,
+"Echo").
 """
 
 from __future__ import annotations
@@ -34,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 
+from audio.echo import EchoCanceller
 from audio.vad import SpeechPaused, SpeechStart, TurnEnd, TurnSegmenter, TurnTooShort
 from sipbridge import frames as f
 from sipbridge.media.playback import PlaybackQueue
@@ -194,6 +198,13 @@ class Inbound:
     gated_frames: int = 0  # since the last turn ended: frames loud, but no louder than our echo could be
     echo_turns: int = 0  # turns dropped as our own echo
     loud_since: int | None = None  # ms of the first frame over our echo since the last turn, when gated
+    # Acoustic echo canceller (vad.echo_canceller): the caller's frames are cleaned of our echo before the
+    # onset detector, the echo gate and the VAD see them. Its state (AEC3's filter, delay estimate, the
+    # queue of sent frames awaiting their heard frame) is this call's, on the media thread.
+    aec: EchoCanceller | None = None
+    residue_frames: int = (
+        0  # since the last turn ended: frames the canceller may have left our echo's residue in
+    )
 
     def on_frame(self, pcm: bytes) -> None:
         """One clock tick of caller audio; b"" (no audio this tick) counts as silence."""
@@ -202,7 +213,9 @@ class Inbound:
         index = self.frames
         self.frames += 1
         if self.recorder is not None:
-            self._record(self.recorder.caller, pcm)
+            self._record(self.recorder.caller, pcm)  # as heard: echo and all
+        if self.aec is not None:
+            pcm = self.aec.near(pcm)
         samples = np.frombuffer(pcm, dtype=np.int16)
         sounding = self._sound(samples, index)
         for event in self.segmenter.process(samples):
@@ -238,17 +251,23 @@ class Inbound:
             echo.observe(frame_rms(samples), ref, self.onset.loud)
         self.loud_frames += self.onset.loud
         self.gated_frames += self.onset.gated
+        self.residue_frames += self.aec is not None and self.aec.active
         if self.gated_frames and self.onset.loud and self.loud_since is None:
             self.loud_since = index * self.frame_ms
         return sounding
 
     def _turn_over(self) -> None:
-        self.loud_frames = self.gated_frames = 0
+        self.loud_frames = self.gated_frames = self.residue_frames = 0
         self.loud_since = None
 
     def _echo_only(self) -> bool:
-        """Everything loud since the last turn was no louder than our own echo could be."""
-        return self.echo is not None and self.gated_frames > 0 and self.loud_frames == 0
+        """Everything loud since the last turn was no louder than our own echo could be; or, with the echo
+        canceller, nothing was loud at all while its output could hold our echo's residue: AEC3 leaves our
+        echo ~20 dB down, under the onset threshold but not under Silero, which is level-blind enough to
+        make a turn of it (seen on the real echo call: a silent "caller" turn in the greeting's first 3 s)."""
+        if self.loud_frames > 0:
+            return False
+        return (self.echo is not None and self.gated_frames > 0) or self.residue_frames > 0
 
     def _turn_end(self, event: TurnEnd) -> f.Frame:
         echo = self._echo_only()
@@ -296,6 +315,8 @@ class Inbound:
         """A frame the clock sent, in order with the caller's frames (the worker queues both)."""
         if self.echo is not None:
             self.echo.add_sent(pcm)
+        if self.aec is not None:
+            self.aec.far(pcm)
         if self.recorder is not None:
             self._record(self.recorder.bot, pcm)
 

@@ -55,8 +55,9 @@ class MediaPorts:
         slot.media_index = index
         slot.playback = PlaybackQueue(ctx.frame_bytes, -(-ctx.settings.playback_margin_ms // 20))
         # The bot's frames go to the media thread (in clock order with the caller's) for the recording and
-        # for the echo gate's reference of what may come back.
-        record = ctx.settings.recordings_dir is not None or ctx.settings.echo_return_db is not None
+        # for the echo gate's and the echo canceller's reference of what may come back.
+        s = ctx.settings
+        record = s.recordings_dir is not None or s.echo_return_db is not None or s.echo_canceller != "none"
         # Announce the call before any media event of it can be emitted (the media thread sees "open"
         # only after this send), so the supervisor always learns of a call first.
         ctx.emit(

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
+from audio.echo import make_echo_canceller
 from audio.vad import VadSettings, make_segmenter
 from audio.vad.backends import make_classifier
 from sipbridge import frames as f
@@ -114,6 +115,7 @@ class MediaThread:
             barge_in_min_ms=s.barge_in_min_ms,
             recorder=recorder,
             echo=EchoGate.of(s.echo_return_db, s.echo_tail_ms),
+            aec=make_echo_canceller(s.echo_canceller, s.clock_rate),
         )
 
     def _emit_finished(self, ib: Inbound) -> None:

@@ -69,6 +69,7 @@ class WorkerSettings:
     playback_margin_ms: int = 80  # media.playback_margin_ms: reply audio held before an utterance starts
     echo_return_db: float | None = None  # vad.echo_return_db: the echo gate (None: off)
     echo_tail_ms: int = 800  # vad.echo_tail_ms
+    echo_canceller: str = "webrtc"  # vad.echo_canceller
 
     def to_json(self) -> str:
         return json.dumps(dataclasses.asdict(self))
@@ -147,6 +148,7 @@ def worker_settings(
         barge_in_min_ms=max(config.vad.barge_in_min_ms, config.vad.backchannel_ms),
         echo_return_db=config.vad.echo_return_db,
         echo_tail_ms=config.vad.echo_tail_ms,
+        echo_canceller=config.vad.echo_canceller,
         recordings_dir=str(Path(config.storage.recordings_dir).resolve())
         if config.storage.record_calls
         else None,

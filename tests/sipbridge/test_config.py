@@ -309,3 +309,18 @@ def test_alias_bombs_cycles_and_deep_nesting_are_refused(tmp_path: Path) -> None
     # Aliases within reason are still YAML: one anchor used twice.
     shared = write(tmp_path, "sip:\n  allowed_sources: &nets [10.0.0.0/8]\nmedia: {}\nx: *nets\n")
     assert issues_of(shared) == [f"{shared}:4: x: unknown key"]
+
+
+def test_echo_canceller_is_named_when_unknown_or_not_installed(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert load_config(None, env={}).config.vad.echo_canceller == "webrtc"
+    assert load_config(None, ["vad.echo_canceller=none"], env={}).config.vad.echo_canceller == "none"
+    (issue,) = issues_of(None, ("vad.echo_canceller=speex",))
+    assert "vad.echo_canceller" in issue
+    import importlib.util
+
+    real = importlib.util.find_spec
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name: None if name == "pywebrtc_audio" else real(name)
+    )
+    (issue,) = issues_of(None, ())
+    assert "vad.echo_canceller" in issue and "pywebrtc-audio" in issue, issue

@@ -1,0 +1,130 @@
+"""Acoustic echo cancellation for a phone line: the far end sends our own audio back (a hybrid's echo,
+-10 to -20 dB, 20-200 ms late plus both jitter buffers); the canceller subtracts it from what we hear.
+
+The canceller is WebRTC's AEC3 (adaptive filter + delay estimator + residual suppressor), which finds the
+line's echo delay itself: the caller only has to hand it, every 20 ms, the frame we sent (`far`) before the
+frame we heard (`near`) in the order they happened. `far` frames are queued and paired one-to-one with the
+next `near` frames, so a tick whose two frames arrive out of order is still paired right.
+
+`webrtc`: pywebrtc-audio (Apache-2.0, ~1 MB wheel, numpy its only dependency, C++ with the GIL released).
+livekit.rtc.AudioProcessingModule wraps the same AEC3 (same ERLE and CPU, bench/echo_canceller.py) in a 28 MB
+FFI library called through protobuf requests, with protobuf and aiofiles as dependencies: not worth it here.
+"""
+
+from __future__ import annotations
+
+import math
+from collections import deque
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+
+__all__ = ["CANCELLERS", "EchoCanceller", "make_echo_canceller"]
+
+CANCELLERS = ("none", "webrtc")
+# Sent frames waiting for their heard frame. The conference clock hands the worker one of each per tick, so
+# this holds 0-1; a longer queue (a stalled caller stream) would shift the reference late, so it is capped.
+_MAX_QUEUED = 10
+_TAIL = 25  # frames (500 ms): our audio's echo is back within this (line delay + both jitter buffers)
+_BOT_AUDIBLE = 1000.0  # -30 dBFS: a frame of ours whose -10..-20 dB echo would be over _LOUD
+_LOUD = 184.0  # -45 dBFS: sipbridge's onset threshold (OnsetDetector.min_rms)
+_WINDOW = 100  # frames (2 s) of the bot audible lately per echo-free decision
+
+
+class EchoCanceller(Protocol):
+    def far(self, pcm: bytes) -> None:
+        """A frame we sent (int16 mono), in send order."""
+
+    def near(self, pcm: bytes) -> bytes:
+        """A frame we heard (int16 mono, same length); returns it with our echo removed."""
+
+    @property
+    def active(self) -> bool:
+        """The last `near` frame may hold a residue of our echo: the bot was audible within the echo's tail
+        and the line is not known to be echo-free."""
+
+
+class _Paired:
+    """Pairs each heard frame with the oldest sent frame not yet used (silence when none was sent)."""
+
+    def __init__(self) -> None:
+        self._far: deque[bytes] = deque(maxlen=_MAX_QUEUED)
+
+    def far(self, pcm: bytes) -> None:
+        self._far.append(pcm)
+
+    def _take_far(self, n: int) -> np.ndarray:
+        pcm = self._far.popleft() if self._far else b""
+        if len(pcm) != 2 * n:
+            return np.zeros(n, np.int16)
+        return np.frombuffer(pcm, np.int16)
+
+
+@dataclass
+class EchoPresence:
+    """Does this line send our audio back loud enough to matter? Decided once, from the bot's speech.
+
+    AEC3 cannot know a line is echo-free until it has heard a few seconds of our audio not come back, and
+    until then it treats a caller talking over the bot as possible echo: on an echo-free line their speech
+    came out ~10 dB down, the onset ~680 ms late (bench/echo_canceller.py). So while the bot has been
+    audible lately (`_BOT_AUDIBLE` within the last `_TAIL` frames: any echo of it would be back by now) we
+    count how often the caller's side was loud at all (the onset detector's -45 dBFS). A line whose echo
+    could trigger the VAD is loud in most such frames; after `_WINDOW` of them loud in under 5 %, the line is
+    echo-free and the canceller steps aside for the rest of the call. A caller talking over the bot in that
+    window only postpones the decision (the next window decides)."""
+
+    sent: deque[float] = field(default_factory=lambda: deque(maxlen=_TAIL))
+    audible: int = 0  # frames in this window with the bot audible lately
+    loud: int = 0  # ... of which the heard frame was loud
+    echo_free: bool = False
+
+    def observe(self, far: np.ndarray, near: np.ndarray) -> None:
+        self.sent.append(_rms(far))
+        if max(self.sent) < _BOT_AUDIBLE:
+            return
+        self.audible += 1
+        self.loud += _rms(near) > _LOUD
+        if self.audible >= _WINDOW:
+            self.echo_free = self.loud < 0.05 * self.audible
+            self.audible = self.loud = 0
+
+
+def _rms(x: np.ndarray) -> float:
+    y = x.astype(np.float32)
+    return math.sqrt(float(np.dot(y, y)) / max(1, len(y)))
+
+
+class WebRtcEchoCanceller(_Paired):
+    def __init__(self, sample_rate: int) -> None:
+        super().__init__()
+        from pywebrtc_audio import AudioProcessor
+
+        # AudioProcessor, not pywebrtc's EchoCanceller (16/32/48 kHz only): it runs AEC3 at 8 kHz too. At
+        # 8 kHz AEC3's band split passes up to ~3.2 kHz (-5.5 dB at 3.4 kHz): a phone line's band. Running it
+        # at 16 kHz (FIR both ways) cost 2.5x the CPU and won nothing: during double talk AEC3's suppressor,
+        # not the band, holds back a word's first fricative (bench/echo_canceller.py, docs/PERFORMANCE.md).
+        self._aec = AudioProcessor(sample_rate=sample_rate, num_channels=1, echo_cancellation=True)
+        self.presence = EchoPresence()
+
+    @property
+    def active(self) -> bool:
+        p = self.presence
+        return not p.echo_free and bool(p.sent) and max(p.sent) >= _BOT_AUDIBLE
+
+    def near(self, pcm: bytes) -> bytes:
+        x = np.frombuffer(pcm, np.int16)
+        far = self._take_far(len(x))
+        if self.presence.echo_free:
+            return pcm
+        self.presence.observe(far, x)
+        return self._aec.process(x, far).tobytes()
+
+
+def make_echo_canceller(kind: str, sample_rate: int) -> EchoCanceller | None:
+    """The canceller named in config (`vad.echo_canceller`); None for "none"."""
+    if kind == "none":
+        return None
+    if kind == "webrtc":
+        return WebRtcEchoCanceller(sample_rate)
+    raise ValueError(f"unknown echo canceller {kind!r} (one of {', '.join(CANCELLERS)})")
