@@ -27,7 +27,7 @@ WHEELS=(pjsua2-python==2.15.1.post1 soxr==1.1.0 soundfile==0.14.0 pydantic==2.14
         annotated-types==0.8.0 typing-inspection==0.4.5 fastapi==0.165.0 starlette==1.10.0 annotated-doc==0.0.7
         uvicorn==0.55.0 python-multipart==0.0.34 websockets==15.0.1 webrtcvad-wheels==2.0.14.post1
         silero-vad==6.2.3 phonenumbers==9.0.43 num2words==0.5.14 lameenc==1.9.0 cffi==2.1.1 pycparser==3.12
-        typing_extensions==4.16.0 opentelemetry-api==1.45.3)
+        typing_extensions==4.16.0 opentelemetry-api==1.45.3 pywebrtc-audio==0.2.0)
 PLATFORMS=(manylinux_2_35_x86_64 manylinux_2_34_x86_64 manylinux_2_31_x86_64 manylinux_2_28_x86_64
            manylinux_2_27_x86_64 manylinux_2_24_x86_64 manylinux_2_17_x86_64 manylinux2014_x86_64 manylinux1_x86_64)
 

@@ -172,8 +172,6 @@ class BatchedWhisper:
             return self._generate_here(batch)
 
     def _generate_here(self, batch: list[_Job]) -> list[AsrResult]:
-        import torch
-
         inputs = self._processor.feature_extractor(
             [job.audio for job in batch],
             sampling_rate=_RATE,
@@ -190,13 +188,23 @@ class BatchedWhisper:
         if words:
             mask = inputs.attention_mask.to(self.device)
             kwargs |= {"return_token_timestamps": True, "attention_mask": mask}
-        with torch.inference_mode():
-            out = self._model.generate(feats, return_dict_in_generate=True, **kwargs)
+        out = self.decode(feats, kwargs)
         stamps = out.get("token_timestamps") if words else None
         return [
             self._row(out["sequences"][i], None if stamps is None else stamps[i], job, caps[i])
             for i, job in enumerate(batch)
         ]
+
+    def decode(self, feats: Any, kwargs: dict[str, Any]) -> Any:
+        """generate's dict for a batch of log-mel features. The encoder runs here, not inside generate: word
+        timestamps make generate ask for attentions, and it then keeps every encoder layer's too (rows x heads
+        x 1500 x 1500 each: ~29 GB for 10 rows of large-v3-turbo, which ran Dia2 and the ASR out of memory at
+        128 calls on an 80 GB card). DTW needs only the decoder's cross-attentions; tokens are the same."""
+        import torch
+
+        with torch.inference_mode():
+            encoded = self._model.get_encoder()(feats)
+            return self._model.generate(encoder_outputs=encoded, return_dict_in_generate=True, **kwargs)
 
     def _row(self, seq: Any, stamps: Any, job: _Job, cap: int) -> AsrResult:
         """One call's text (and words): its own token cap applies, so a short turn batched with a long one

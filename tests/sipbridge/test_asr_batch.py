@@ -173,6 +173,32 @@ def test_on_cuda_the_asr_does_not_wait_behind_the_default_stream(tiny_whisper: P
         whisper.close()
 
 
+def test_word_timestamps_keep_no_encoder_attentions(tiny_whisper: Path) -> None:
+    """Word timestamps make generate return attentions; the encoder's (every layer, rows x heads x 1500 x
+    1500) ran Dia2 and the ASR out of GPU memory at 128 calls. They are not kept, and tokens and times equal
+    those of generate given the features itself."""
+    torch = pytest.importorskip("torch")
+    whisper = BatchedWhisper(
+        str(tiny_whisper), device="cpu", dtype="float32", language="en", window_ms=0, max_batch=8,
+        max_tokens_per_second=8.0,
+    )  # fmt: skip
+    try:
+        clips = [_clip(i, 1.0 + i).astype(np.float32) / 32768 for i in range(3)]
+        fe = whisper._processor.feature_extractor
+        inputs = fe(clips, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+        mask = inputs.attention_mask
+        kwargs = {"max_new_tokens": 12, "return_token_timestamps": True, "attention_mask": mask}
+        out = whisper.decode(inputs.input_features, kwargs)
+        with torch.inference_mode():
+            ref = whisper._model.generate(inputs.input_features, return_dict_in_generate=True, **kwargs)
+        assert ref.get("encoder_attentions") is not None  # what generate keeps when it runs the encoder
+        assert out.get("encoder_attentions") is None and out.get("cross_attentions") is not None
+        assert torch.equal(out["sequences"], ref["sequences"])
+        assert torch.equal(out["token_timestamps"], ref["token_timestamps"])
+    finally:
+        whisper.close()
+
+
 def test_random_weights_never_run_past_the_token_cap() -> None:
     assert token_cap(3.0, 3.0) == 11 and token_cap(0.1, 3.0) == 4
 
