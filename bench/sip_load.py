@@ -43,7 +43,7 @@ import yaml
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.sipbridge.peers import RtpSniffer, free_media_port, free_udp_port  # noqa: E402
+from tests.sipbridge.peers import RtpSniffer, free_media_ports, free_udp_port  # noqa: E402
 from tests.sipbridge.peers import sipp_scenario as caller_scenario  # noqa: E402
 from tests.sipbridge.procs import LoggedProcess  # noqa: E402
 
@@ -170,7 +170,7 @@ def run_one(calls: int, hold_s: float, work: Path, vad: str) -> dict[str, Any]:
         audio = noise_floor(work / "noise.ulaw", hold_s + 40)
         # Every caller talks through the set-up of the others (up to UP_S) and the hold.
         talk_ms = int((UP_S + hold_s + 10) * 1000)
-        media = [free_media_port() for _ in range(calls)]
+        media = free_media_ports(calls)
         with RtpSniffer(set(media)) as sniffer:
             t0 = time.monotonic()
             procs += [

@@ -51,7 +51,7 @@ sys.path.insert(0, str(ROOT))
 
 from audio import g711  # noqa: E402
 from bench.sip_load import children, cpu_s, launch, loop_lag, rtp_quality, sipp  # noqa: E402
-from tests.sipbridge.peers import RtpSniffer, caller_audio, free_media_port  # noqa: E402
+from tests.sipbridge.peers import RtpSniffer, caller_audio, free_media_ports  # noqa: E402
 from tests.sipbridge.peers import sipp_scenario as caller_scenario  # noqa: E402
 from tests.sipbridge.procs import LoggedProcess  # noqa: E402
 
@@ -209,7 +209,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         pids = {"workers": workers, "supervisor": [proc.proc.pid], "front": front}
         cpu0 = {k: sum(map(cpu_s, v)) for k, v in pids.items()}
         steps0 = health["engine"].get("steps_run", 0)
-        media = [free_media_port() for _ in range(n)]
+        media = free_media_ports(n)
         talk_ms = int((script.seconds + 2) * 1000)
         with RtpSniffer(set(media)) as sniffer:
             t0 = time.monotonic()

@@ -26,7 +26,7 @@ from sipbridge.sip.front import Destination, dispatcher_list, parse_destinations
 
 from .bridge import Bridge
 from .floods import CALL, flood_while_calling
-from .peers import RtpSniffer, Sipp, free_media_port, free_udp_port, sipp_scenario, voiced_packets
+from .peers import RtpSniffer, Sipp, free_media_ports, free_udp_port, sipp_scenario, voiced_packets
 from .sip_torture import fire
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -98,7 +98,7 @@ def test_32_calls_over_8_workers_at_one_address_then_503(tmp_path: Path) -> None
         # Long enough for the last of the 32 to be set up (and the 33rd turned away) on a busy 2-core box
         # while the first still talks.
         audio = silence(tmp_path / "silence.ulaw", 20)
-        media = [free_media_port() for _ in range(32)]
+        media = free_media_ports(32)
         t0 = time.monotonic()
         with RtpSniffer(set(media)) as sniffer:
             callers = [
