@@ -30,6 +30,11 @@ _TAIL = 25  # frames (500 ms): our audio's echo is back within this (line delay 
 _BOT_AUDIBLE = 1000.0  # -30 dBFS: a frame of ours whose -10..-20 dB echo would be over _LOUD
 _LOUD = 184.0  # -45 dBFS: sipbridge's onset threshold (OnsetDetector.min_rms)
 _WINDOW = 100  # frames (2 s) of the bot audible lately per echo-free decision
+# A hybrid's echo comes back at least 6 dB down (-10 to -20 dB on real lines): a heard frame louder than half
+# the loudest frame we sent within the echo's tail cannot be our echo alone (the Geigel test of line-echo
+# cancellers). Held for _HOLD frames, as a word's quieter syllables dip under the line.
+_DOUBLE_TALK = 0.5
+_HOLD = 15  # frames (300 ms)
 
 
 class EchoCanceller(Protocol):
@@ -90,6 +95,24 @@ class EchoPresence:
             self.audible = self.loud = 0
 
 
+@dataclass
+class DoubleTalk:
+    """Is the caller talking over us? AEC3's suppressor cannot tell a caller from echo until it has learnt
+    the line, so a caller who talks over the bot's first seconds (an answering machine's greeting over our
+    opening sentence) came out ~10 dB down and cut to pieces: turns of empty text, the message unheard. While
+    this says yes, the heard frame goes on as it came (the canceller still learns from it): the caller's
+    voice dominates it, and what echo it holds is under the caller, not a turn of its own."""
+
+    hold: int = 0
+
+    def update(self, near_rms: float, far_max: float) -> bool:
+        if near_rms > _LOUD and near_rms > _DOUBLE_TALK * far_max:
+            self.hold = _HOLD
+        elif self.hold:
+            self.hold -= 1
+        return self.hold > 0
+
+
 def _rms(x: np.ndarray) -> float:
     y = x.astype(np.float32)
     return math.sqrt(float(np.dot(y, y)) / max(1, len(y)))
@@ -106,6 +129,7 @@ class WebRtcEchoCanceller(_Paired):
         # not the band, holds back a word's first fricative (bench/echo_canceller.py, docs/PERFORMANCE.md).
         self._aec = AudioProcessor(sample_rate=sample_rate, num_channels=1, echo_cancellation=True)
         self.presence = EchoPresence()
+        self.double_talk = DoubleTalk()
 
     @property
     def active(self) -> bool:
@@ -118,7 +142,10 @@ class WebRtcEchoCanceller(_Paired):
         if self.presence.echo_free:
             return pcm
         self.presence.observe(far, x)
-        return self._aec.process(x, far).tobytes()
+        out = self._aec.process(x, far)
+        if self.double_talk.update(_rms(x), max(self.presence.sent)):
+            return pcm
+        return out.tobytes()
 
 
 def make_echo_canceller(kind: str, sample_rate: int) -> EchoCanceller | None:
