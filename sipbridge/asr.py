@@ -148,7 +148,7 @@ class Transcriber:
                 path,
                 device=self.config.device,
                 compute_type=self.config.compute_type,
-                cpu_threads=1,
+                cpu_threads=self.config.threads,
                 num_workers=self.config.workers,
             )
         except Exception as exc:  # CTranslate2/hub errors have no common base class
