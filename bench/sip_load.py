@@ -115,6 +115,14 @@ def sipp(scenario: str, port: int, work: Path, media_port: int) -> subprocess.Po
                             stderr=subprocess.DEVNULL)  # fmt: skip
 
 
+def failure(code: int, work: Path) -> dict[str, Any]:
+    """A failed caller: SIPp's exit code and the last lines of its error log (why, in SIPp's words)."""
+    log = work / "errors.log"
+    text = log.read_text(errors="replace") if log.exists() else ""
+    lines = [line for line in text.splitlines() if line.strip()]
+    return {"caller": work.name, "exit": code, "sipp_errors": [line[:200] for line in lines[-3:]]}
+
+
 def rtt_ms(work: Path) -> float | None:
     for path in work.glob("*_rtt.csv"):
         rows = [line.split(";") for line in path.read_text().splitlines()[1:] if line.strip()]
@@ -218,6 +226,7 @@ def run_one(calls: int, hold_s: float, work: Path, vad: str) -> dict[str, Any]:
         "held": held,
         "all_up_s": round(all_up_s, 2),
         "failed": sum(c != 0 for c in codes),
+        "failures": [failure(c, work / f"c{i}") for i, c in enumerate(codes) if c != 0],
         "busy_503": float(busy.group(1)) if busy else None,
         "setup_ms": {"p50": pct(setups, 50), "p95": pct(setups, 95), "max": pct(setups, 100)},
         "rtp_bot_to_caller_over_hold": {
