@@ -148,7 +148,7 @@ class Transcriber:
                 path,
                 device=self.config.device,
                 compute_type=self.config.compute_type,
-                cpu_threads=self.config.threads,
+                cpu_threads=1,
                 num_workers=self.config.workers,
             )
         except Exception as exc:  # CTranslate2/hub errors have no common base class

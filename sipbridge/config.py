@@ -625,15 +625,6 @@ class AsrConfig(_Section):
         description="Transcriptions run at once (threads; CTranslate2 workers). One per core"
         " you can spare on cpu; a few on cuda.",
     )
-    # A caller's words gate the reply (the turn gap is end of turn + this): on a box with cores to spare, two
-    # threads per transcription cut its latency where more workers only add throughput (docs/PERFORMANCE.md).
-    threads: int = Field(
-        1,
-        ge=1,
-        le=16,
-        description="CPU threads inside one transcription (faster-whisper on cpu); asr.workers x this should"
-        " not exceed the cores you can spare.",
-    )
     # Whisper decodes a segment again at temperatures 0.2 ... 1.0 when its log-probability is low or its
     # text repeats. On a phone that hits short and noisy turns, and each redo costs a whole decode: a
     # 0.5 s chunk took 913 ms instead of 172 ms, for the same words (docs/DIALER.md, "Words").
