@@ -117,8 +117,10 @@ class Speaker:
         ctx = self.ctx
         assert ctx.engine_session is not None
         session = ctx.engine_session
-        # The low-latency FIR: soxr's stream would hold back up to 74 ms of every reply (docs/AUDIO.md).
-        resampler = make_resampler(session.sample_rate, ctx.rate)
+        # The low-latency FIR: soxr's stream would hold back up to 74 ms of every reply (docs/AUDIO.md). An
+        # engine whose audio is shared between calls (espeak) resamples it once per rate for all of them.
+        speak_at = getattr(session, "speak_at", None)
+        resampler = None if speak_at is not None else make_resampler(session.sample_rate, ctx.rate)
         t0 = time.monotonic()
         first = True
 
@@ -141,10 +143,13 @@ class Speaker:
         # ready, so the worker's playback margin is not all that stands between a stall and an underrun.
         head = int(getattr(session, "start_margin_s", 0.0) * ctx.rate)
         held: list[np.ndarray] = []
-        async for chunk in session.speak(utt.reply.text):
+        source = session.speak(utt.reply.text) if speak_at is None else speak_at(utt.reply.text, ctx.rate)
+        async for chunk in source:
             if utt.cancelled:
                 break
-            out = resampler.process(np.asarray(chunk, dtype=np.float32))
+            out: np.ndarray = np.asarray(chunk, dtype=np.float32)
+            if resampler is not None:
+                out = resampler.process(out)
             if head:
                 held.append(out)
                 if sum(map(len, held)) < head:
@@ -153,7 +158,8 @@ class Speaker:
                 held.clear()
             send(out)
         if not utt.cancelled:
-            send(np.concatenate([*held, resampler.flush()]))
+            tail = [] if resampler is None else [resampler.flush()]
+            send(np.concatenate([*held, *tail, np.zeros(0, np.float32)]))
             utt.complete = True
             if utt.held:
                 utt.generated = True  # EndOfUtterance goes with the audio when AMD says "person"

@@ -9,7 +9,9 @@ sentence while it is being made, or later while it is in the cache, reads the sa
 answered together all say the same greeting; they cost one espeak-ng process, not one each (spawning it on
 the supervisor's loop, fork + exec + asyncio's watcher thread per child, was half of that loop's time in a
 32-call burst: docs/PERFORMANCE.md). A script agent's fixed prompts hit the cache all day. Finished sentences
-are kept up to `_CACHE_S` seconds of audio, least recently used out first.
+are kept up to `_CACHE_S` seconds of audio, least recently used out first. A phrase is also resampled once
+per call rate (`speak_at`), not once per call: in a 100-call burst the calls' own FIR passes over the same
+greeting were 58 % of the supervisor loop's busy time (docs/PERFORMANCE.md, "The set-up burst").
 """
 
 from __future__ import annotations
@@ -26,6 +28,7 @@ from typing import Any
 import numpy as np
 import numpy.typing as npt
 
+from audio.resample import FirResampler, StreamResampler, make_resampler
 from sipbridge.config import EspeakEngineConfig
 from sipbridge.engine.base import (
     Chunk,
@@ -53,6 +56,29 @@ _CACHE_TEXT_MAX = 600  # longer text (an LLM's paragraph) is not worth keeping: 
 
 
 @dataclass
+class _AtRate:
+    """A phrase's audio at one call rate, resampled once for every session reading it at that rate: chunk by
+    chunk as the phrase grows, the filter's tail added when it is done."""
+
+    resampler: FirResampler | StreamResampler
+    chunks: list[npt.NDArray[np.float32]] = field(default_factory=list)
+    source: int = 0  # the phrase's chunks resampled so far
+    flushed: bool = False
+
+    def catch_up(self, phrase: _Phrase) -> None:
+        while self.source < len(phrase.chunks):
+            out = self.resampler.process(phrase.chunks[self.source])
+            self.source += 1
+            if len(out):
+                self.chunks.append(np.asarray(out, np.float32))
+        if phrase.done and phrase.error is None and not self.flushed:
+            tail = self.resampler.flush()
+            self.flushed = True
+            if len(tail):
+                self.chunks.append(np.asarray(tail, np.float32))
+
+
+@dataclass
 class _Phrase:
     """One espeak-ng run's audio, shared by every session speaking that text. `grown` is set (and replaced)
     whenever a chunk arrives or the run ends; `readers` counts sessions reading it: when the last one leaves
@@ -65,6 +91,7 @@ class _Phrase:
     error: EngineError | None = None
     readers: int = 0
     task: asyncio.Task[None] | None = None
+    rates: dict[int, _AtRate] = field(default_factory=dict)  # its audio at each call rate read so far
 
     @property
     def seconds(self) -> float:
@@ -73,6 +100,16 @@ class _Phrase:
     def wake(self) -> None:
         woken, self.grown = self.grown, asyncio.Event()
         woken.set()
+
+    def at(self, rate: int | None) -> _AtRate | None:
+        """Its audio at ``rate``, caught up with what espeak has written (None: espeak's own rate)."""
+        if rate is None or rate == ESPEAK_RATE:
+            return None
+        at = self.rates.get(rate)
+        if at is None:
+            at = self.rates[rate] = _AtRate(make_resampler(ESPEAK_RATE, rate))
+        at.catch_up(self)
+        return at
 
 
 @dataclass
@@ -134,6 +171,14 @@ class EspeakSession:
         }
 
     async def speak(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
+        async for chunk in self.speak_at(text, None, params):
+            yield chunk
+
+    async def speak_at(
+        self, text: TextSource, rate: int | None, params: SpeakParams | None = None
+    ) -> AsyncIterator[Chunk]:
+        """`speak` with the audio already at ``rate`` (a call's rate), resampled once per sentence and rate
+        for every call saying it; each sentence ends with its resampler's tail. None: espeak's rate."""
         self.replies += 1
         self._cancelled = False
         # Normalised text comes in sentence segments (sipbridge/text): one espeak-ng run each.
@@ -142,19 +187,21 @@ class EspeakSession:
                 return
             if not piece.strip():
                 continue
-            async for chunk in self._speak_one(piece):
+            async for chunk in self._speak_one(piece, rate):
                 yield chunk
 
-    async def _speak_one(self, text: str) -> AsyncIterator[Chunk]:
+    async def _speak_one(self, text: str, rate: int | None) -> AsyncIterator[Chunk]:
         phrase = self.engine.phrase(text)
         self._phrase = phrase
         phrase.readers += 1
         try:
             i = 0
             while not self._cancelled and not self._closed:
-                if i < len(phrase.chunks):
+                at = phrase.at(rate)
+                chunks = phrase.chunks if at is None else at.chunks
+                if i < len(chunks):
                     i += 1
-                    yield phrase.chunks[i - 1]
+                    yield chunks[i - 1]
                 elif phrase.error is not None:
                     raise phrase.error
                 elif phrase.done:

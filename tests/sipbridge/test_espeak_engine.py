@@ -43,6 +43,34 @@ def test_a_burst_of_calls_saying_the_same_greeting_costs_one_process() -> None:
     asyncio.run(main())
 
 
+def test_a_burst_at_the_call_rate_is_resampled_once_per_sentence() -> None:
+    """16 calls at 8 kHz saying the greeting together read the very same resampled chunks (one FIR pass per
+    sentence, not one per call), equal to a FIR over each sentence's espeak audio."""
+    from audio.resample import make_resampler
+
+    async def main() -> None:
+        e = await engine()
+        sessions = [e.open_session(f"call-{i}") for i in range(16)]
+
+        async def chunks(s: EspeakSession) -> list[np.ndarray]:
+            return [c async for c in s.speak_at(GREETING, 8000)]
+
+        heard = await asyncio.gather(*(chunks(s) for s in sessions))
+        assert e.processes == 2
+        first = heard[0]
+        for other in heard[1:]:
+            assert len(other) == len(first) and all(a is b for a, b in zip(other, first, strict=True))
+        expected = []
+        for phrase in e.phrases.values():  # each sentence: its own FIR pass, tail included
+            fir = make_resampler(22050, 8000)
+            expected += [fir.process(c) for c in phrase.chunks] + [fir.flush()]
+            assert list(phrase.rates) == [8000]
+        np.testing.assert_allclose(np.concatenate(first), np.concatenate(expected), atol=1e-7)
+        await e.close()
+
+    asyncio.run(main())
+
+
 def test_a_sentence_no_call_reads_any_more_is_killed_and_not_kept() -> None:
     async def main() -> None:
         e = await engine()
