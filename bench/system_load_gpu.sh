@@ -64,9 +64,16 @@ run() {
     local out=${1:-${OUT:-$ROOT/system-load-out}}
     mkdir -p "$out"
     python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-    export PYTHONPATH=$ROOT:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1
+    # expandable segments: the ASR's batches change shape every time; without them the caching allocator's
+    # fixed blocks fragment beside Dia2's static buffers.
+    export PYTHONPATH=$ROOT:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
+        PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
     unpack_debs
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
+    # The batched ASR's own tests on the card first (its own CUDA stream; no encoder attentions kept).
+    WHISPER_TOKENIZER_JSON=$ROOT/.caller/tokenizer.json timeout 240 python3 -m pytest -q -p no:cacheprovider \
+        tests/sipbridge/test_asr_batch.py >"$out/asr-tests.log" 2>&1 || echo "ASR tests failed: $out/asr-tests.log"
+    tail -n 3 "$out/asr-tests.log"
     local whisper=/tmp/whisper-large-v3-turbo-random
     if [ ! -f "$whisper/config.json" ]; then
         python3 -c "import sys; sys.path.insert(0, '.'); from pathlib import Path; from bench.asr_batch import build; build('large-v3-turbo', Path('$whisper'), '.caller/tokenizer.json')"
