@@ -319,7 +319,8 @@ def qkv_attention(
         KSPLIT=splits,
         HEADS=heads,
         HALF=half,
-        BLOCK_HALF=triton.next_power_of_2(half),
+        # Half a head is a dot's N: tensor cores need >= 16 (the tiny checkpoint's half head is 4).
+        BLOCK_HALF=triton.next_power_of_2(half) if _interpreting() else max(16, triton.next_power_of_2(half)),
         SLOTS=slots,
         IEEE=w.dtype == torch.float32 or _interpreting(),  # see kernels.linear
         BLOCK_M=block_m,
@@ -428,9 +429,8 @@ def _head_sample_kernel(
     ticket = tl.atomic_add(cnt_ptr + pid_m, 1, sem="acq_rel", scope="gpu")
     if ticket == tl.num_programs(0) - 1:
         tl.atomic_xchg(cnt_ptr + pid_m, 0, sem="relaxed", scope="gpu")
-        calls: tl.constexpr = BLOCK_M // BRANCHES
-        for c in range(0, calls):
-            n = pid_m * calls + c
+        for c in range(0, BLOCK_M // BRANCHES):
+            n = pid_m * (BLOCK_M // BRANCHES) + c
             if n * BRANCHES < M:
                 _sample_call(
                     n,
