@@ -2,6 +2,7 @@
 
     python bench/dia2_ops.py --out ops.json                  # tiny fixture checkpoint, CPU
     python bench/dia2_ops.py --preset 2b --out ops-2b.json   # Dia2-2B shapes, random weights (CPU, slow)
+    TRITON_INTERPRET=1 python bench/dia2_ops.py --kernels --out ops-k.json   # + Triton kernels, fused stages
 
 A proxy for launches on the GPU: every top-level torch operator a phase issues, eager, once per frame, for
 the module path (``fused=False``) and the fused torch functions (``fused=True``, uncompiled here; on CUDA
@@ -15,6 +16,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sys
 from collections import Counter
 from pathlib import Path
@@ -67,9 +69,21 @@ def build(args: argparse.Namespace) -> Any:
     return rt.model, rt.ids, rt.tokenizer, rt.mimi
 
 
-def measure(parts: Any, fused: bool, calls: int) -> dict[str, Any]:
+def measure(parts: Any, fused: bool, calls: int, fusion: int | None = None) -> dict[str, Any]:
+    """``fusion``: None, the torch path (``fused``: its shared functions); else the Triton kernels (CPU:
+    Triton's interpreter) with ``stage_fusion_max_calls=fusion``, Triton launches counted beside the
+    torch operators (kernel_ops: both)."""
     model, ids, encoder, mimi = parts
-    engine = BatchEngine(model, ids, encoder, mimi, EngineOptions(capacity=calls, fused=fused, seed=0))
+    kernels = fusion is not None
+    opts = EngineOptions(
+        capacity=calls,
+        fused=fused or kernels,
+        kernels=kernels,
+        stage_fusion_max_calls=fusion or 0,
+        cuda_graphs=False,
+        seed=0,
+    )
+    engine = BatchEngine(model, ids, encoder, mimi, opts)
     greedy = SamplingParams(0.0, 1)
     for _ in range(calls):
         engine.speak(
@@ -79,15 +93,39 @@ def measure(parts: Any, fused: bool, calls: int) -> dict[str, Any]:
         engine.step()
     buf = engine.buf.view(calls)
     gen = engine.graphs.gen
-    with torch.inference_mode():
+    from dia2 import kernels as triton_kernels
+    from dia2 import kernels_fused
+    from dia2.launch_count import count_launches
+
+    with torch.inference_mode(), count_launches(triton_kernels, kernels_fused) as main_triton:
         main_all, main_k, _ = _count(lambda: main_phase(model, buf, engine.consts, gen, engine.fused))
+    with torch.inference_mode(), count_launches(triton_kernels, kernels_fused) as dep_triton:
         dep_all, dep_k, names = _count(lambda: depformer_phase(model, buf, engine.consts, gen, engine.fused))
     depth = model.depformer.depth
+    main_t, dep_t = sum(main_triton.values()), sum(dep_triton.values())
+    # Triton's interpreter copies every launch's tensors to and from the host with torch operators, so
+    # with the kernels on the CPU only the Triton launches are a launch count (the torch operators
+    # around the stage loop are the same few per frame with and without fused stages).
+    interpreted = kernels and os.environ.get("TRITON_INTERPRET") == "1"
+    main_ops = main_t if interpreted else main_k + main_t
+    dep_ops = dep_t if interpreted else dep_k + dep_t
     return {
         "fused": fused,
+        "triton_kernels": kernels,
+        "stage_fusion_max_calls": fusion or 0,
         "calls": calls,
-        "main": {"all_ops": main_all, "kernel_ops": main_k},
-        "depformer": {"all_ops": dep_all, "kernel_ops": dep_k, "kernel_ops_per_stage": dep_k / depth},
+        "kernel_ops_are": "Triton launches only (interpreter)"
+        if interpreted
+        else "torch ops + Triton launches",
+        "main": {"all_ops": main_all, "kernel_ops": main_ops, "triton_launches": main_t},
+        "depformer": {
+            "all_ops": dep_all,
+            "kernel_ops": dep_ops,
+            "kernel_ops_per_stage": dep_ops / depth,
+            "triton_launches": dep_t,
+            "triton_launches_per_stage": dep_t / depth,
+            "triton_by_kernel": dict(dep_triton),
+        },
         "depformer_top_ops": dict(names.most_common(12)),
     }
 
@@ -98,6 +136,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--preset", default=None, choices=["2b", "1b"])
     p.add_argument("--calls", type=int, default=2)
     p.add_argument("--label", default="", help="a name for this run (e.g. before / after)")
+    p.add_argument(
+        "--kernels",
+        action="store_true",
+        help="also the Triton kernel path, 22-launch and fused stages (CPU: set TRITON_INTERPRET=1)",
+    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     parts = build(args)
@@ -109,12 +152,16 @@ def main(argv: list[str] | None = None) -> int:
         "command": "python " + " ".join(sys.argv),
         "runs": [measure(parts, fused, args.calls) for fused in (False, True)],
     }
+    if args.kernels:
+        result["runs"] += [measure(parts, True, args.calls, fusion) for fusion in (0, args.calls)]
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for run in result["runs"]:
         d, m = run["depformer"], run["main"]
         print(
-            f"fused={run['fused']}: main {m['kernel_ops']} kernel ops ({m['all_ops']} all); depformer "
+            f"fused={run['fused']} triton={run.get('triton_kernels', False)} "
+            f"stage_fusion={run.get('stage_fusion_max_calls', 0)}: main {m['kernel_ops']} kernel ops "
+            f"({m['all_ops']} all); depformer "
             f"{d['kernel_ops']} ({d['kernel_ops_per_stage']:.1f} per stage; {d['all_ops']} all)"
         )
     return 0

@@ -148,49 +148,43 @@ def pick_blocks(m: int, n: int, k: int, w_rows: int | None = None) -> LinearBloc
 
 
 @triton.jit
-def _linear_kernel(
+def _prefetch_tile(
+    w_ptr, rn, N, stride_wn, up_offset, K, SWIGLU: tl.constexpr, LINE: tl.constexpr, BLOCK_L: tl.constexpr
+):
+    """Prefetch the weight rows ``rn`` (and their SwiGLU "up" rows) into L2, one request per line."""
+    rows = tl.minimum(rn, N - 1)
+    cols = tl.minimum(tl.arange(0, BLOCK_L) * LINE, K - 1)
+    _prefetch_l2(w_ptr + rows[:, None] * stride_wn + cols[None, :])
+    if SWIGLU:
+        _prefetch_l2(w_ptr + (rows + up_offset)[:, None] * stride_wn + cols[None, :])
+
+
+@triton.jit
+def _linear_tile(
     x_ptr,
     w_ptr,
-    y_ptr,
     nw_ptr,
-    res_ptr,
-    M,
-    N,
+    rm,
+    rn,
+    m_ok,
+    n_ok,
     stride_xm,
     stride_wn,
-    stride_ym,
-    stride_rm,
     up_offset,
     eps,
     K: tl.constexpr,
     HAS_NORM: tl.constexpr,
     SWIGLU: tl.constexpr,
-    HAS_RES: tl.constexpr,
     IEEE: tl.constexpr,
     BLOCK_M: tl.constexpr,
     BLOCK_N: tl.constexpr,
     BLOCK_K: tl.constexpr,
-    PDL: tl.constexpr,
-    PREFETCH: tl.constexpr,
-    LINE: tl.constexpr,
-    BLOCK_L: tl.constexpr,
 ):
-    pid_n = tl.program_id(0)
-    pid_m = tl.program_id(1)
-    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
-    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    """One ``[BLOCK_M, BLOCK_N]`` tile of ``epilogue(rms_norm(x) @ w.T)`` in float32 (values rounded to the
+    weight dtype as F.linear's output is; SwiGLU applied), before any residual. Shared by
+    :func:`linear` and the fused kernels of :mod:`dia2.kernels_fused`."""
     rk = tl.arange(0, BLOCK_K)
-    m_ok = rm < M
-    n_ok = rn < N
     wdt = w_ptr.dtype.element_ty
-    if PREFETCH:  # the weights are static: fetch this program's rows while the previous kernel runs
-        if pid_m == 0:
-            rows = tl.minimum(rn, N - 1)
-            cols = tl.minimum(tl.arange(0, BLOCK_L) * LINE, K - 1)
-            _prefetch_l2(w_ptr + rows[:, None] * stride_wn + cols[None, :])
-            if SWIGLU:
-                _prefetch_l2(w_ptr + (rows + up_offset)[:, None] * stride_wn + cols[None, :])
-    _inputs_ready(PDL)
     if HAS_NORM:
         # RMSNorm of each input row, recomputed per program: the rows are a few KB and sit in L2.
         ss = tl.zeros([BLOCK_M], dtype=tl.float32)
@@ -240,6 +234,68 @@ def _linear_kernel(
     if SWIGLU:
         up = acc_up.to(wdt).to(tl.float32)
         out = out / (1.0 + tl.exp(-out)) * up
+    return out
+
+
+@triton.jit
+def _linear_kernel(
+    x_ptr,
+    w_ptr,
+    y_ptr,
+    nw_ptr,
+    res_ptr,
+    M,
+    N,
+    stride_xm,
+    stride_wn,
+    stride_ym,
+    stride_rm,
+    up_offset,
+    eps,
+    K: tl.constexpr,
+    HAS_NORM: tl.constexpr,
+    SWIGLU: tl.constexpr,
+    HAS_RES: tl.constexpr,
+    IEEE: tl.constexpr,
+    BLOCK_M: tl.constexpr,
+    BLOCK_N: tl.constexpr,
+    BLOCK_K: tl.constexpr,
+    PDL: tl.constexpr,
+    PREFETCH: tl.constexpr,
+    LINE: tl.constexpr,
+    BLOCK_L: tl.constexpr,
+):
+    pid_n = tl.program_id(0)
+    pid_m = tl.program_id(1)
+    rm = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
+    rn = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
+    m_ok = rm < M
+    n_ok = rn < N
+    wdt = w_ptr.dtype.element_ty
+    if PREFETCH:  # the weights are static: fetch this program's rows while the previous kernel runs
+        if pid_m == 0:
+            _prefetch_tile(w_ptr, rn, N, stride_wn, up_offset, K, SWIGLU, LINE, BLOCK_L)
+    _inputs_ready(PDL)
+    out = _linear_tile(
+        x_ptr,
+        w_ptr,
+        nw_ptr,
+        rm,
+        rn,
+        m_ok,
+        n_ok,
+        stride_xm,
+        stride_wn,
+        up_offset,
+        eps,
+        K,
+        HAS_NORM,
+        SWIGLU,
+        IEEE,
+        BLOCK_M,
+        BLOCK_N,
+        BLOCK_K,
+    )
     mask = m_ok[:, None] & n_ok[None, :]
     if HAS_RES:
         res = tl.load(res_ptr + rm[:, None] * stride_rm + rn[None, :], mask=mask, other=0.0)
@@ -329,8 +385,13 @@ def _head_lanes(HALF: tl.constexpr, BLOCK_HALF: tl.constexpr):
 
 
 @triton.jit
-def _attention_kernel(
-    qkv_ptr,
+def _attend_row(
+    q1,
+    q2,
+    k1,
+    k2,
+    v1,
+    v2,
     kc_ptr,
     vc_ptr,
     qn_ptr,
@@ -338,32 +399,25 @@ def _attention_kernel(
     cos_ptr,
     sin_ptr,
     out_ptr,
+    row,
+    head,
     stage,
     eps,
-    stride_qkv,
     stride_out,
     stride_cr,
     stride_ch,
     stride_cs,
-    HEADS: tl.constexpr,
+    d,
+    dm,
     HALF: tl.constexpr,
-    BLOCK_HALF: tl.constexpr,
     SLOTS: tl.constexpr,
-    PDL: tl.constexpr,
 ):
-    """One (row, head): QK-RMSNorm, RoPE at position ``stage``, K/V into cache slot ``stage``, softmax
-    attention over slots 0..stage (scale 1.0), output into ``out[row, head]``."""
-    _inputs_ready(PDL)
-    row, head, d, dm = _head_lanes(HALF, BLOCK_HALF)
+    """One (row, head) given its projected q/k halves (float32 of ``dt`` values) and v halves (``dt``):
+    QK-RMSNorm, RoPE at position ``stage``, K/V into cache slot ``stage``, softmax attention over slots
+    0..stage (scale 1.0), output into ``out[row, head]``. Shared by :func:`attention_stage` and
+    :mod:`dia2.kernels_fused`. Rounds to the cache's dtype (the activations')."""
     dim = 2 * HALF
-    dt = qkv_ptr.dtype.element_ty
-    base = qkv_ptr + row * stride_qkv + head * dim
-    q1 = tl.load(base + d, mask=dm, other=0.0).to(tl.float32)
-    q2 = tl.load(base + HALF + d, mask=dm, other=0.0).to(tl.float32)
-    k1 = tl.load(base + HEADS * dim + d, mask=dm, other=0.0).to(tl.float32)
-    k2 = tl.load(base + HEADS * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
-    v1 = tl.load(base + 2 * HEADS * dim + d, mask=dm, other=0.0)
-    v2 = tl.load(base + 2 * HEADS * dim + HALF + d, mask=dm, other=0.0)
+    dt = kc_ptr.dtype.element_ty
     c1 = tl.load(cos_ptr + stage * dim + d, mask=dm, other=0.0).to(tl.float32)
     c2 = tl.load(cos_ptr + stage * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
     s1 = tl.load(sin_ptr + stage * dim + d, mask=dm, other=0.0).to(tl.float32)
@@ -419,6 +473,70 @@ def _attention_kernel(
     ob = out_ptr + row * stride_out + head * dim
     tl.store(ob + d, o1.to(out_ptr.dtype.element_ty), mask=dm)
     tl.store(ob + HALF + d, o2.to(out_ptr.dtype.element_ty), mask=dm)
+
+
+@triton.jit
+def _attention_kernel(
+    qkv_ptr,
+    kc_ptr,
+    vc_ptr,
+    qn_ptr,
+    kn_ptr,
+    cos_ptr,
+    sin_ptr,
+    out_ptr,
+    stage,
+    eps,
+    stride_qkv,
+    stride_out,
+    stride_cr,
+    stride_ch,
+    stride_cs,
+    HEADS: tl.constexpr,
+    HALF: tl.constexpr,
+    BLOCK_HALF: tl.constexpr,
+    SLOTS: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """One (row, head): QK-RMSNorm, RoPE at position ``stage``, K/V into cache slot ``stage``, softmax
+    attention over slots 0..stage (scale 1.0), output into ``out[row, head]``."""
+    _inputs_ready(PDL)
+    row, head, d, dm = _head_lanes(HALF, BLOCK_HALF)
+    dim = 2 * HALF
+    base = qkv_ptr + row * stride_qkv + head * dim
+    q1 = tl.load(base + d, mask=dm, other=0.0).to(tl.float32)
+    q2 = tl.load(base + HALF + d, mask=dm, other=0.0).to(tl.float32)
+    k1 = tl.load(base + HEADS * dim + d, mask=dm, other=0.0).to(tl.float32)
+    k2 = tl.load(base + HEADS * dim + HALF + d, mask=dm, other=0.0).to(tl.float32)
+    v1 = tl.load(base + 2 * HEADS * dim + d, mask=dm, other=0.0)
+    v2 = tl.load(base + 2 * HEADS * dim + HALF + d, mask=dm, other=0.0)
+    _attend_row(
+        q1,
+        q2,
+        k1,
+        k2,
+        v1,
+        v2,
+        kc_ptr,
+        vc_ptr,
+        qn_ptr,
+        kn_ptr,
+        cos_ptr,
+        sin_ptr,
+        out_ptr,
+        row,
+        head,
+        stage,
+        eps,
+        stride_out,
+        stride_cr,
+        stride_ch,
+        stride_cs,
+        d,
+        dm,
+        HALF,
+        SLOTS,
+    )
 
 
 def attention_stage(
@@ -652,7 +770,8 @@ def _kth_largest_key(key, valid, k, lo, hi, ITERS: tl.constexpr):
 
 
 @triton.jit
-def _sample_kernel(
+def _sample_call(
+    n,
     logits_ptr,
     scale_ptr,
     temp_ptr,
@@ -682,21 +801,23 @@ def _sample_kernel(
     RING: tl.constexpr,
     HAS_NEXT: tl.constexpr,
     BLOCK_D: tl.constexpr,
-    PDL: tl.constexpr,
 ):
-    """One call: CFG candidate filter, top-k sampling by exponential race, the ring write of the
+    """Call ``n``: CFG candidate filter, top-k sampling by exponential race, the ring write of the
     sampled (or known) code, and the next stage's input rows ``din + table[token]``.
 
     The k-th largest values are found by bisection over the values' bit patterns (no sort): a float's
     bits, with the non-sign bits flipped for negatives, order like the float."""
-    _inputs_ready(PDL)
-    n = tl.program_id(0)
+    # Logits are read from L2 (.cg): in kernels_fused.head_sample other programs of the grid wrote them.
     v = tl.arange(0, BLOCK_V)
     vm = v < VLIM
     ninf = float("-inf")
-    cond = tl.load(logits_ptr + (n * BRANCHES) * stride_l + v, mask=vm, other=ninf).to(tl.float32)
+    cond = tl.load(logits_ptr + (n * BRANCHES) * stride_l + v, mask=vm, other=ninf, cache_modifier=".cg").to(
+        tl.float32
+    )
     if BRANCHES > 1 and FILTER_K > 0:
-        unc = tl.load(logits_ptr + (n * BRANCHES + 1) * stride_l + v, mask=vm, other=ninf).to(tl.float32)
+        unc = tl.load(
+            logits_ptr + (n * BRANCHES + 1) * stride_l + v, mask=vm, other=ninf, cache_modifier=".cg"
+        ).to(tl.float32)
         scale = tl.load(scale_ptr + n)
         # torch.lerp(unc, cond, scale), both of its formulas.
         diff = cond - unc
@@ -751,6 +872,75 @@ def _sample_kernel(
             r = n * BRANCHES + b
             din = tl.load(din_ptr + r * stride_din + dd, mask=dmask, other=0.0).to(tl.float32)
             tl.store(x_ptr + r * stride_x + dd, (din + emb).to(x_ptr.dtype.element_ty), mask=dmask)
+
+
+@triton.jit
+def _sample_kernel(
+    logits_ptr,
+    scale_ptr,
+    temp_ptr,
+    topk_ptr,
+    noise_ptr,
+    ring_ptr,
+    step_ptr,
+    known_ptr,
+    active_ptr,
+    code_ptr,
+    din_ptr,
+    table_ptr,
+    x_ptr,
+    stride_l,
+    stride_noise,
+    stride_ring_n,
+    ring_k_offset,
+    delay,
+    stride_din,
+    stride_x,
+    dim,
+    BRANCHES: tl.constexpr,
+    VLIM: tl.constexpr,
+    BLOCK_V: tl.constexpr,
+    FILTER_K: tl.constexpr,
+    TOPK: tl.constexpr,
+    RING: tl.constexpr,
+    HAS_NEXT: tl.constexpr,
+    BLOCK_D: tl.constexpr,
+    PDL: tl.constexpr,
+):
+    """One program per call: :func:`_sample_call`."""
+    _inputs_ready(PDL)
+    _sample_call(
+        tl.program_id(0),
+        logits_ptr,
+        scale_ptr,
+        temp_ptr,
+        topk_ptr,
+        noise_ptr,
+        ring_ptr,
+        step_ptr,
+        known_ptr,
+        active_ptr,
+        code_ptr,
+        din_ptr,
+        table_ptr,
+        x_ptr,
+        stride_l,
+        stride_noise,
+        stride_ring_n,
+        ring_k_offset,
+        delay,
+        stride_din,
+        stride_x,
+        dim,
+        BRANCHES,
+        VLIM,
+        BLOCK_V,
+        FILTER_K,
+        TOPK,
+        RING,
+        HAS_NEXT,
+        BLOCK_D,
+    )
 
 
 def sample_stage(
