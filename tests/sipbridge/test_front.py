@@ -57,8 +57,8 @@ def front_view(bridge: Bridge, every: Callable[[dict[str, Any]], bool]) -> dict[
 
 
 def front_bridge(work: Path, max_calls: int, **sip: Any) -> Bridge:
-    # RTP below the kernel's ephemeral range (32768+), where SIPp's media ports (free_media_port) come from,
-    # and away from other bridges on this machine: 32 calls made such collisions likely.
+    # RTP below the kernel's ephemeral range (32768+) and away from other bridges on this machine and from
+    # SIPp's media ports (free_media_ports: 10000-19999): 32 calls made such collisions likely.
     rtp = random.randrange(20000, 30000, 1000)
     config = {
         "sip": {"max_calls": max_calls, **sip},
