@@ -29,9 +29,11 @@ last complete frame, so the next turn starts where the history is fully known.
 from __future__ import annotations
 
 import concurrent.futures
+import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -55,7 +57,7 @@ from .paged_kv import KVPoolExhaustedError
 from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
 from .replies import ReplyControl
 from .script import WordEncoder
-from .state_machine import Entry, TokenIds
+from .state_machine import Entry, MachineState, TokenIds
 from .stepper import FrameStepper
 from .wavfile import resample_linear
 
@@ -65,6 +67,7 @@ __all__ = [
     "AudioChunk",
     "BatchEngine",
     "CallState",
+    "ContextMark",
     "ContextOverflowError",
     "EngineOptions",
     "KVPoolExhaustedError",
@@ -73,6 +76,17 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContextMark:
+    """A call's context at one moment (:meth:`BatchEngine.mark`); only :meth:`BatchEngine.rewind` reads it."""
+
+    codes: torch.Tensor
+    text: tuple[tuple[int, int], ...]
+    segments: tuple[tuple[str, int, int], ...]
+    dropped_segments: int
+    machine: MachineState
 
 
 class BatchEngine:
@@ -321,6 +335,37 @@ class BatchEngine:
     ) -> int:
         """Barge-in: drop what the caller did not hear (:meth:`dia2.replies.ReplyControl.keep_played`)."""
         return self.replies.keep_played(call, start_frame, frames, first_codes)
+
+    def mark(self, call: CallState) -> ContextMark:
+        """An opaque position of the call's context (speculative reply, issue 17): :meth:`rewind` puts the
+        call back here, as if nothing after it had happened. Taken between replies."""
+        if call.turn is not None:
+            raise RuntimeError("a reply is in progress: a mark is taken between replies")
+        return ContextMark(
+            codes=call.codes.clone(),
+            text=tuple(call.text),
+            segments=tuple(call.segments),
+            dropped_segments=call.dropped_segments,
+            machine=copy.deepcopy(call.machine),
+        )
+
+    def rewind(self, call: CallState, mark: ContextMark) -> None:
+        """Discard everything since ``mark``: a reply in progress ends (no further chunk), history, text
+        inputs, segments and the text machine are the mark's again, and so is the cache: cut back to the
+        marked frames when only appends happened since (paged blocks given back), else (a re-warm moved
+        frames) prefilled again from the start."""
+        self.replies.cancel(call)
+        prefix_kept = call.dropped_segments == mark.dropped_segments
+        call.codes = mark.codes.clone()
+        call.text = list(mark.text)
+        call.segments = list(mark.segments)
+        call.dropped_segments = mark.dropped_segments
+        call.machine = copy.deepcopy(mark.machine)
+        if prefix_kept:
+            self.history.shrink(call, call.frames)
+        else:
+            self.history.shrink(call, 0)
+            self.history.prefill(call, 0, call.frames)
 
     def _finish_turn(self, call: CallState) -> None:
         self.replies.finish(call)

@@ -1,0 +1,54 @@
+"""Speculative reply (issue 17): `BatchEngine.mark` / `rewind` put a call's context back exactly where it
+was before a guessed turn, so a discarded guess leaves no trace.
+
+The oracle is a second call that never had the guess: after the rewind and the real caller turn, the
+guessed call must hold the same frames, text inputs, segments and cache, and speak the same reply.
+"""
+
+from __future__ import annotations
+
+import pytest
+
+from dia2.reference import ReferenceFixture
+from dia2.runtime import Dia2
+
+from .engine_kit import SCRIPT_A, make_engine
+from .test_heard_context import _codes, _opened, _reply, _same_history
+
+
+@pytest.mark.parametrize("guess_frames", [3, None], ids=["guess-cut", "guess-finished"])
+def test_rewind_forgets_a_guessed_turn(
+    runtime: Dia2, reference: ReferenceFixture, guess_frames: int | None
+) -> None:
+    engine = make_engine(runtime, capacity=2)
+    caller = reference.prefix_speakers()[1]
+    guessed, oracle = _opened(engine, reference), _opened(engine, reference)
+    before = (guessed.frames, list(guessed.segments))
+
+    mark = engine.mark(guessed)
+    half = caller.audio[: caller.audio.numel() // 2]
+    engine.user_spoke(guessed, half, [w for w in caller.words if w.end <= 0.5 * caller.audio.numel() / 24000])
+    guess = _reply(engine, guessed, SCRIPT_A, stop_after=guess_frames)
+    assert guess and guessed.frames > before[0]
+    engine.rewind(guessed, mark)
+    assert (guessed.frames, guessed.segments) == before
+    _same_history(engine, guessed, oracle)
+
+    engine.user_spoke(guessed, caller.audio, caller.words)
+    engine.user_spoke(oracle, caller.audio, caller.words)
+    _same_history(engine, guessed, oracle)
+    assert _codes(_reply(engine, guessed, "[S1] Okay.")).equal(_codes(_reply(engine, oracle, "[S1] Okay.")))
+
+
+def test_rewind_mid_reply_ends_it(runtime: Dia2, reference: ReferenceFixture) -> None:
+    engine = make_engine(runtime, capacity=1)
+    call = _opened(engine, reference)
+    mark = engine.mark(call)
+    got: list[object] = []
+    engine.speak(call, SCRIPT_A, got.append)
+    assert engine.step()
+    with pytest.raises(RuntimeError):
+        engine.mark(call)  # a mark is taken between replies
+    engine.rewind(call, mark)
+    assert call.turn is None and got[-1] is None  # the reply ended (its end marker went out)
+    assert not engine.step()
