@@ -29,7 +29,7 @@ from typing import Any
 
 import torch
 
-from .engine import AudioChunk, BatchEngine, CallState, SpeakOptions, VoicePrompt
+from .engine import AudioChunk, BatchEngine, CallState, ContextMark, SpeakOptions, VoicePrompt
 from .prefix import PrefixWord
 from .wavfile import resample_linear
 
@@ -168,6 +168,18 @@ class EngineConversation:
         engine, call = self._engine, self._call
         dropped: int = await self._run(engine.keep_played, call, first.frame, frames, first.codes)
         return dropped
+
+    async def mark(self) -> ContextMark:
+        """The context's position now (:meth:`BatchEngine.mark`), for a speculative turn: taken between
+        replies, owned by whoever may later :meth:`rewind` to it."""
+        mark: ContextMark = await self._run(self._engine.mark, self._call)
+        return mark
+
+    async def rewind(self, mark: ContextMark) -> None:
+        """Forget everything since ``mark`` (a guessed caller turn and the reply spoken to it): the reply
+        in progress ends, history, text state and cache are the mark's again (:meth:`BatchEngine.rewind`)."""
+        self._cancelled = self._replies  # chunks already queued on this side are dropped too
+        await self._run(self._engine.rewind, self._call, mark)
 
     async def reset(self) -> None:
         """Forget all turns (keeps and re-warms the voice)."""

@@ -7,12 +7,16 @@ guessed call must hold the same frames, text inputs, segments and cache, and spe
 
 from __future__ import annotations
 
+import asyncio
+from dataclasses import replace
+
 import pytest
 
+from dia2.conversation import EngineConversation
 from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2
 
-from .engine_kit import SCRIPT_A, make_engine
+from .engine_kit import SCRIPT_A, greedy, make_engine
 from .test_heard_context import _codes, _opened, _reply, _same_history
 
 
@@ -52,3 +56,35 @@ def test_rewind_mid_reply_ends_it(runtime: Dia2, reference: ReferenceFixture) ->
     engine.rewind(call, mark)
     assert call.turn is None and got[-1] is None  # the reply ended (its end marker went out)
     assert not engine.step()
+
+
+def test_conversation_rewind_after_a_held_guess(runtime: Dia2, reference: ReferenceFixture) -> None:
+    """The asyncio face: mark, the guessed turn and a few chunks of its reply, rewind; the real turn's
+    reply is then the one a conversation without the guess speaks."""
+    voice, caller = reference.prefix_speakers()
+    engine = make_engine(runtime, capacity=2)
+    engine.start()
+
+    async def main() -> None:
+        guessed, oracle = await EngineConversation.open(engine), await EngineConversation.open(engine)
+        for conv in (guessed, oracle):
+            await conv.set_voice(voice.audio, 24000, voice.words)
+        mark = await guessed.mark()
+        await guessed.user_spoke(caller.audio[:4800], 24000, [])
+        held = []
+        async for chunk in guessed.speak(SCRIPT_A, greedy()):
+            held.append(chunk)
+            if len(held) == 2:
+                await guessed.rewind(mark)  # the guess's iterator ends: nothing more of it comes
+        assert len(held) == 2
+        assert replace(await guessed.state(), slot=0) == replace(await oracle.state(), slot=0)
+        replies = []
+        for conv in (guessed, oracle):
+            await conv.user_spoke(caller.audio, 24000, caller.words)
+            replies.append(_codes([c async for c in conv.speak("[S1] Okay.", greedy())]))
+        assert replies[0].equal(replies[1])
+
+    try:
+        asyncio.run(main())
+    finally:
+        engine.stop()
