@@ -11,8 +11,10 @@ import asyncio
 from dataclasses import replace
 
 import pytest
+import torch
 
 from dia2.conversation import EngineConversation
+from dia2.engine import BatchEngine, CallState
 from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2
 
@@ -20,14 +22,27 @@ from .engine_kit import SCRIPT_A, greedy, make_engine
 from .test_heard_context import _codes, _opened, _reply, _same_history
 
 
+def _same(engine: BatchEngine, a: CallState, b: CallState, paged: bool) -> None:
+    """Same history; with dense KV the same cache rows too (the paged pool has no per-slot view: the
+    next reply's tokens check its cache)."""
+    if paged:
+        assert (a.segments, a.text) == (b.segments, b.text) and torch.equal(a.codes, b.codes)
+    else:
+        _same_history(engine, a, b)
+
+
+@pytest.mark.parametrize("paged", [False, True], ids=["dense", "paged"])
 @pytest.mark.parametrize("guess_frames", [3, None], ids=["guess-cut", "guess-finished"])
 def test_rewind_forgets_a_guessed_turn(
-    runtime: Dia2, reference: ReferenceFixture, guess_frames: int | None
+    runtime: Dia2, reference: ReferenceFixture, guess_frames: int | None, paged: bool
 ) -> None:
-    engine = make_engine(runtime, capacity=2)
+    kw = {"paged_kv": True, "kv_block_size": 8} if paged else {}
+    engine = make_engine(runtime, capacity=2, **kw)
     caller = reference.prefix_speakers()[1]
     guessed, oracle = _opened(engine, reference), _opened(engine, reference)
     before = (guessed.frames, list(guessed.segments))
+    pool = engine.history.pool
+    free = None if pool is None else pool.free_blocks
 
     mark = engine.mark(guessed)
     half = caller.audio[: caller.audio.numel() // 2]
@@ -36,11 +51,12 @@ def test_rewind_forgets_a_guessed_turn(
     assert guess and guessed.frames > before[0]
     engine.rewind(guessed, mark)
     assert (guessed.frames, guessed.segments) == before
-    _same_history(engine, guessed, oracle)
+    assert pool is None or pool.free_blocks == free  # the guess's blocks went back to the pool
+    _same(engine, guessed, oracle, paged)
 
     engine.user_spoke(guessed, caller.audio, caller.words)
     engine.user_spoke(oracle, caller.audio, caller.words)
-    _same_history(engine, guessed, oracle)
+    _same(engine, guessed, oracle, paged)
     assert _codes(_reply(engine, guessed, "[S1] Okay.")).equal(_codes(_reply(engine, oracle, "[S1] Okay.")))
 
 
