@@ -104,3 +104,21 @@ def test_conversation_rewind_after_a_held_guess(runtime: Dia2, reference: Refere
         asyncio.run(main())
     finally:
         engine.stop()
+
+
+def test_rewind_after_the_guess_rewarmed_the_context(runtime: Dia2, reference: ReferenceFixture) -> None:
+    """The guess needed room: the context policy dropped the oldest caller turn. Rewind brings it back
+    (history and cache prefilled again from the mark)."""
+    probe = _opened(make_engine(runtime, capacity=1), reference)
+    small = probe.frames + 30  # the opened call fits; a guessed turn plus a reply's reserve does not
+    engine = make_engine(runtime, capacity=2, max_context_steps=small)
+    caller = reference.prefix_speakers()[1]
+    guessed, oracle = _opened(engine, reference), _opened(engine, reference)
+    mark = engine.mark(guessed)
+    engine.user_spoke(guessed, caller.audio, caller.words)
+    _reply(engine, guessed, SCRIPT_A, stop_after=3)
+    assert guessed.dropped_segments > 0  # the guess did re-warm the context
+    engine.rewind(guessed, mark)
+    assert guessed.dropped_segments == 0
+    _same(engine, guessed, oracle, paged=False)
+    assert _codes(_reply(engine, guessed, "[S1] Okay.")).equal(_codes(_reply(engine, oracle, "[S1] Okay.")))
