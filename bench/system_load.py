@@ -138,7 +138,8 @@ def start_bridge(
         "http": {"port": 0},
         "media": {"rtp_port_min": 20000, "rtp_port_max": 29999},
         "agent": {"kind": args.agent if args else "script"},
-        "asr": {"backend": asr_backend, "model": asr_model, "device": args.asr_device if args else "cpu"},
+        "asr": {"backend": asr_backend, "model": asr_model, "device": args.asr_device if args else "cpu"}
+        | ({"max_tokens_per_second": args.asr_tokens_per_s} if args and args.asr_tokens_per_s else {}),
         "engine": engine_section(args) if args else {"kind": "espeak"},
         "storage": {"sqlite_path": str(work / "db.sqlite3"), "recordings_dir": str(work / "rec"),
                     "record_calls": False},
@@ -201,6 +202,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
     proc, where = start_bridge(work / "bridge", n, args.asr_backend, args.asr_model, args)
     port, http = int(where.split("|")[0]), where.split("|")[1]
     procs: list[subprocess.Popen[bytes]] = []
+    spy: subprocess.Popen[bytes] | None = None
     try:
         health = httpx.get(f"{http}/healthz", timeout=30).json()
         workers = [w["pid"] for w in health["sip"]["workers"]]
@@ -209,8 +211,10 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         pids = {"workers": workers, "supervisor": [proc.proc.pid], "front": front}
         cpu0 = {k: sum(map(cpu_s, v)) for k, v in pids.items()}
         steps0 = health["engine"].get("steps_run", 0)
+        engine0, asr0 = health["engine"], health.get("asr", {})
         media = free_media_ports(n)
         talk_ms = int((script.seconds + 2) * 1000)
+        spy = profiler(proc.proc.pid, talk_ms / 1000 + 30, args.log_dir, n)
         with RtpSniffer(set(media)) as sniffer:
             t0 = time.monotonic()
             scenario = caller_scenario(audio=script.path, talk_ms=talk_ms)
@@ -223,9 +227,12 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
             wall = time.monotonic() - t0
         cpu1 = {k: sum(map(cpu_s, v)) for k, v in pids.items()}
         metrics = httpx.get(f"{http}/metrics", timeout=30).text
-        engine = httpx.get(f"{http}/healthz", timeout=30).json()["engine"]
+        health = httpx.get(f"{http}/healthz", timeout=30).json()
+        engine = health["engine"]
         gpu = gpu_memory_mib()
     finally:
+        if spy is not None:
+            spy.wait(timeout=120)
         for p in procs:
             if p.poll() is None:
                 p.kill()
@@ -287,12 +294,61 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         },
         "asr_wait_ms_mean": round(1000 * asr_sum / asr_n, 1) if asr_sum is not None and asr_n else None,
         "asr_turns": asr_n,
+        "asr_batches": asr_batches(asr0, health.get("asr", {})),
+        "engine_thread": engine_thread(engine0.get("thread", {}), engine.get("thread", {}), wall),
         "supervisor_loop_lag": loop_lag(metrics),  # since ready: set-up burst, turns, hang-ups
         "worker_deaths": sum("SIP worker" in line and " died " in line for line in proc.seen),
         "cpu_s": spent,
         "cpu_per_call_percent_of_one_core": {k: round(100 * v / (n * wall), 2) for k, v in spent.items()},
         "wall_s": round(wall, 1),
         "box": {"cores": os.cpu_count(), "load_1m_before": round(load_before, 2)},
+    }
+
+
+def profiler(pid: int, seconds: float, log_dir: Path | None, n: int) -> subprocess.Popen[bytes] | None:
+    """py-spy (when on PATH and a log folder is given) sampling the supervisor's threads for the calls' span:
+    collapsed stacks per thread in supervisor-N.pyspy (who holds the event loop, engine and ASR threads)."""
+    exe = shutil.which("py-spy")
+    if exe is None or log_dir is None:
+        return None
+    log_dir.mkdir(parents=True, exist_ok=True)
+    out = log_dir / f"supervisor-{n}.pyspy"
+    cmd = [exe, "record", "--pid", str(pid), "--rate", "50", "--threads", "--nonblocking", "--format", "raw"]
+    cmd += ["--duration", str(int(seconds)), "--output", str(out)]
+    return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(log_dir / f"pyspy-{n}.log").open("wb"))
+
+
+def asr_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
+    """The batched (transformers) ASR over the run: batches, rows, mean rows and mean generate time."""
+    if "batch_s" not in after:
+        return None
+    batches = after["batches"] - before.get("batches", 0)
+    rows = after["rows"] - before.get("rows", 0)
+    spent = after["batch_s"] - before.get("batch_s", 0.0)
+    return {
+        "batches": batches,
+        "rows": rows,
+        "mean_rows": round(rows / batches, 2) if batches else None,
+        "mean_batch_ms": round(1000 * spent / batches, 1) if batches else None,
+        "peak_batch": after["peak_batch"],
+    }
+
+
+def engine_thread(before: dict[str, float], after: dict[str, float], wall: float) -> dict[str, Any] | None:
+    """Dia2's engine thread over the run: the share of wall time in steps and in commands (turns heard,
+    replies started), and the longest run of commands during which no call advanced."""
+    if not after:
+        return None
+    step = after["step_s"] - before.get("step_s", 0.0)
+    command = after["command_s"] - before.get("command_s", 0.0)
+    commands = after["commands"] - before.get("commands", 0)
+    return {
+        "steps_share": round(step / wall, 3),
+        "commands_share": round(command / wall, 3),
+        "commands": commands,
+        "mean_command_ms": round(1000 * command / commands, 2) if commands else None,
+        "longest_command_ms": after["longest_command_ms"],
+        "longest_drain_ms": after["longest_drain_ms"],
     }
 
 
@@ -305,6 +361,11 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--pause-s", type=float, default=7.0, help="caller silence after each answer")
     ap.add_argument("--stagger-s", type=float, default=0.5, help="between two callers' arrivals")
     ap.add_argument("--asr-device", default="cpu", help="cpu or cuda (asr.device)")
+    ap.add_argument(
+        "--asr-tokens-per-s",
+        type=float,
+        help="asr.max_tokens_per_second: random ASR weights never stop, so this is each turn's decode length",
+    )
     ap.add_argument(
         "--agent",
         default="script",

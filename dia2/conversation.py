@@ -104,9 +104,17 @@ class EngineConversation:
         """The caller's turn from precomputed codes (:func:`encode_voice`)."""
         await self._run(self._engine.user_spoke_prompt, self._call, prompt)
 
-    async def user_spoke(self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord]) -> None:
-        """The caller's turn (8/16/24 kHz mono float, words timed from the start of ``audio``)."""
-        await self._run(self._engine.user_spoke, self._call, self._to_24k(audio, sample_rate), words)
+    async def user_spoke(
+        self, audio: torch.Tensor, sample_rate: int, words: Sequence[PrefixWord], *, end_reply: bool = False
+    ) -> None:
+        """The caller's turn (8/16/24 kHz mono float, words timed from the start of ``audio``).
+        ``end_reply``: end a reply still in progress first (:meth:`BatchEngine.submit_turn`); without it
+        such a turn raises."""
+        # Its encode is batched with other calls' turns queued meanwhile (callers often stop together).
+        audio = self._to_24k(audio, sample_rate)
+        if end_reply:
+            self._cancelled = self._replies  # its chunks already queued on this side are dropped too
+        await asyncio.wrap_future(self._engine.submit_turn(self._call, audio, words, end_reply=end_reply))
 
     async def speak(
         self, text: str | AsyncIterable[str], options: SpeakOptions | None = None

@@ -89,6 +89,24 @@ class ContextMark:
     machine: MachineState
 
 
+# Padded samples per batched Mimi encode of caller turns: 100 s of audio (~0.6 GB for the encoder's first
+# layer in float32), e.g. 33 three-second turns; a longer turn goes alone.
+_ENCODE_BATCH_SAMPLES = 2_400_000
+
+
+def _encode_batches(lengths: list[int], budget: int) -> list[list[int]]:
+    """Indices grouped shortest first so that each group's rows x longest stays within ``budget`` (a row
+    longer than the budget alone): similar lengths together waste the least padding."""
+    groups: list[list[int]] = []
+    for i in sorted(range(len(lengths)), key=lengths.__getitem__):
+        group = groups[-1] if groups else None
+        if group is not None and (len(group) + 1) * lengths[i] <= budget:
+            group.append(i)
+        else:
+            groups.append([i])
+    return groups
+
+
 class BatchEngine:
     def __init__(
         self,
@@ -147,7 +165,7 @@ class BatchEngine:
         self.calls: dict[int, CallState] = {}
         self.kv_pool_ends = 0  # replies ended because the paged KV pool had no block for them
         self.mimi_encodes = 0  # Mimi encoder runs (voices, caller turns): what cached VoicePrompts save
-        self.thread = EngineThread(self.step)
+        self.thread = EngineThread(self.step, self.encode_turns)
         if st.cuda and opts.cuda_graphs:
             self.graphs.capture(self.lane_on)
             self.history.host_index = [0] * opts.capacity
@@ -282,7 +300,34 @@ class BatchEngine:
 
     def user_spoke(self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord]) -> None:
         """The caller's turn: mono 24 kHz audio and its words (speaker 2, times relative to the audio)."""
-        self.user_spoke_prompt(call, self.encode_voice(audio, int(self.mimi.sample_rate), words))
+        # encode_turns, as submit_turn does: a turn's codes are the same whether it was batched or not.
+        self.user_spoke_prompt(call, VoicePrompt(self.encode_turns([audio])[0], tuple(words)))
+
+    def submit_turn(
+        self, call: CallState, audio: torch.Tensor, words: Sequence[PrefixWord], *, end_reply: bool = False
+    ) -> concurrent.futures.Future[None]:
+        """:meth:`user_spoke` on the engine thread (thread-safe), the audio's Mimi encode batched with
+        every other turn queued before the same drain (:meth:`EngineThread.submit_encoded`).
+        ``end_reply``: a reply still in progress ends first (no further chunk) instead of the turn failing:
+        the caller spoke again before it was done, so it answers nothing any more."""
+        kept = tuple(words)
+
+        def ingest(codes: torch.Tensor) -> None:
+            if end_reply and call.turn is not None:
+                self.replies.cancel(call)
+            self.user_spoke_prompt(call, VoicePrompt(codes, kept))
+
+        return self.thread.submit_encoded(audio, ingest)
+
+    def encode_turns(self, audio: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Mimi codes (on the host) of several 24 kHz recordings, in batches of at most
+        ``_ENCODE_BATCH_SAMPLES`` padded samples (the encoder's activations grow with rows x longest)."""
+        codes: list[torch.Tensor] = [torch.empty(0)] * len(audio)
+        for batch in _encode_batches([int(a.numel()) for a in audio], _ENCODE_BATCH_SAMPLES):
+            for i, c in zip(batch, self.mimi.encode_many([audio[i] for i in batch]), strict=True):
+                codes[i] = c.cpu()
+            self.mimi_encodes += len(batch)
+        return codes
 
     def user_spoke_prompt(self, call: CallState, prompt: VoicePrompt) -> None:
         """The caller's turn from precomputed codes (:meth:`encode_voice`)."""

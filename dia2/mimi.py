@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Sequence
 
 import torch
 from transformers import MimiModel
@@ -103,6 +104,28 @@ class MimiCodec:
         codes = self.model.encode(x, num_quantizers=self.num_codebooks).audio_codes
         # MimiModel returns [batch, K, frames]; the batch is 1 here.
         return codes[0].to(torch.long)
+
+    @torch.no_grad()
+    def encode_many(self, wavs: Sequence[torch.Tensor]) -> list[torch.Tensor]:
+        """Codes of several waveforms in one batched run: caller turns that end together cost one encoder
+        pass, not one each. Each row is zero-padded to whole frames (a partial last frame is completed
+        with silence) and then to the longest row; Mimi's encoder is causal, so a row's frames never see
+        the rows' padding after them, and a row's codes do not depend on what it is batched with.
+
+        Unlike :meth:`encode`, whose convolutions pad a partial last frame with zero *latents*, the last
+        partial frame here hears zero *audio*: a turn's codes are the same alone or in any batch, and
+        equal :meth:`encode`'s for audio of whole frames.
+        """
+        if any(w.dim() != 1 or not w.is_floating_point() or w.is_complex() for w in wavs):
+            raise ValueError("encode_many expects 1-D float mono waveforms")
+        frames = [self.frames_for(int(w.numel())) for w in wavs]
+        if max(frames, default=0) == 0:
+            return [torch.zeros(self.num_codebooks, 0, dtype=torch.long, device=self.device) for _ in wavs]
+        x = torch.zeros(len(wavs), 1, max(frames) * self.frame_size, device=self.device, dtype=self.dtype)
+        for i, w in enumerate(wavs):
+            x[i, 0, : w.numel()] = w.to(device=self.device, dtype=self.dtype)
+        codes = self.model.encode(x, num_quantizers=self.num_codebooks).audio_codes.to(torch.long)
+        return [codes[i, :, :n] for i, n in enumerate(frames)]
 
     @torch.no_grad()
     def decode(self, codes: torch.Tensor) -> torch.Tensor:

@@ -272,7 +272,13 @@ class Transcriber:
             return {}
         stats = self._model.stats
         ms = round(stats.last_batch_ms, 1)
-        return {"batches": stats.batches, "peak_batch": stats.peak_batch, "last_batch_ms": ms}
+        return {
+            "batches": stats.batches,
+            "rows": stats.rows,
+            "peak_batch": stats.peak_batch,
+            "last_batch_ms": ms,
+            "batch_s": round(stats.total_batch_s, 3),
+        }
 
     def close(self) -> None:
         if self._batched:

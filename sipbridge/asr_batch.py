@@ -55,6 +55,7 @@ class BatchStats:
     rows: int = 0
     peak_batch: int = 0
     last_batch_ms: float = 0.0
+    total_batch_s: float = 0.0  # generate time summed: with `rows`, what a load run divides by
 
 
 def token_cap(seconds: float, per_second: float) -> int:
@@ -157,6 +158,7 @@ class BatchedWhisper:
         self.stats.rows += len(batch)
         self.stats.peak_batch = max(self.stats.peak_batch, len(batch))
         self.stats.last_batch_ms = (time.monotonic() - t0) * 1000
+        self.stats.total_batch_s += self.stats.last_batch_ms / 1000
         for job, result in zip(batch, results, strict=True):
             job.future.set_result(result)
 

@@ -182,7 +182,11 @@ class Dia2Session:
 
         async def op() -> None:
             conv = await self._conversation()
-            await conv.user_spoke(audio, rate, timed)
+            # A reply the engine is still making when the caller's next turn is heard answers nothing
+            # any more (the caller went on; a slow engine under load): it ends, and the turn lands in the
+            # context. Without this the turn failed and was lost from the context (128 calls on an H100:
+            # 248 turns).
+            await conv.user_spoke(audio, rate, timed, end_reply=True)
 
         task = self._then(op)
         task.add_done_callback(self._log_failure)
@@ -516,6 +520,7 @@ class Dia2Engine:
             "rows_in_use": len(engine.calls) if engine is not None else 0,
             "steps_run": engine.steps_run if engine is not None else 0,
             "mimi_encodes": engine.mimi_encodes if engine is not None else 0,  # voices and caller turns
+            "thread": engine.thread.time.as_dict() if engine is not None else {},
         }
 
     async def close(self) -> None:

@@ -7,6 +7,7 @@ Every test drives the real engine (``BatchEngine.step`` on this thread, or its t
 from __future__ import annotations
 
 import asyncio
+import threading
 from collections.abc import AsyncIterator
 
 import pytest
@@ -262,6 +263,92 @@ def test_voice_prompt_is_encoded_once(runtime: Dia2, reference: ReferenceFixture
         assert torch.equal(codes_of(reply(engine, call, "[S1] Sure, one moment.", greedy())), expected)
         engine.close_call(call)
     assert engine.mimi_encodes == encodes + 2  # no encoder run for the calls themselves
+
+
+def test_turns_queued_together_share_one_mimi_encode(runtime: Dia2, reference: ReferenceFixture) -> None:
+    """Callers who stop together: their turns' audio goes through Mimi's encoder in one batched run (the
+    engine thread's time at 128 calls was mostly one encode per turn), and each call's context and next
+    reply are exactly those of a turn encoded alone: the encoder is causal, a row never sees the zeros
+    padding it to the longest."""
+    voice, caller = reference.prefix_speakers()
+    lengths = [caller.audio.numel(), caller.audio.numel() * 2 // 3, 5000, 1]
+    clips = [caller.audio[:n] for n in lengths]
+    engine = make_engine(runtime, capacity=4)
+    alone = [engine.mimi.encode_many([clip])[0] for clip in clips]
+    together = engine.mimi.encode_many(clips)
+    assert [c.shape[1] for c in together] == [engine.mimi.frames_for(n) for n in lengths]
+    for a, b in zip(alone, together, strict=True):
+        assert torch.equal(a, b)
+    whole = clips[0][: 2 * engine.mimi.frame_size]  # whole frames: the same codes as the plain encode
+    assert torch.equal(engine.mimi.encode_many([whole, clips[1]])[0], engine.mimi.encode(whole))
+
+    expected = []
+    for clip in clips[:2]:
+        call = engine.open_call()
+        engine.set_voice(call, voice.audio, voice.words)
+        engine.user_spoke(call, clip, caller.words)
+        expected.append(codes_of(reply(engine, call, "[S1] Sure, one moment.", greedy())))
+        engine.close_call(call)
+    calls = [engine.open_call() for _ in clips[:2]]
+    for call in calls:
+        engine.set_voice(call, voice.audio, voice.words)
+    before = engine.thread.time.encode_batches
+    engine.start()
+    try:
+        # Queued while the thread is held by a command of its own: both land in one drain.
+        gate = threading.Event()
+        engine.thread.submit(gate.wait)
+        futures = [
+            engine.submit_turn(c, clip, caller.words) for c, clip in zip(calls, clips[:2], strict=True)
+        ]
+        gate.set()
+        for fut in futures:
+            fut.result(timeout=60)
+    finally:
+        engine.stop()
+    assert engine.thread.time.encode_batches == before + 1 and engine.thread.time.encoded >= 2
+    for call, want in zip(calls, expected, strict=True):
+        assert torch.equal(codes_of(reply(engine, call, "[S1] Sure, one moment.", greedy())), want)
+
+
+def test_a_turn_heard_during_a_reply_ends_it_only_when_asked(
+    runtime: Dia2, reference: ReferenceFixture
+) -> None:
+    """A slow engine may still be making a reply when the caller's next turn comes: the plain turn fails
+    (the context is not rewritten under a running reply); with ``end_reply`` the reply ends (its sink gets
+    the end) and the turn lands."""
+    voice, caller = reference.prefix_speakers()
+    engine = make_engine(runtime, capacity=2)
+    call = engine.open_call()
+    engine.set_voice(call, voice.audio, voice.words)
+    frames = call.frames
+    chunks: list[AudioChunk | None] = []
+    engine.start()
+    try:
+        for end_reply in (False, True):
+            gate = threading.Event()
+            engine.thread.submit(gate.wait)  # speak and the turn land in the same drain, before any step
+            engine.thread.submit(lambda: engine.speak(call, SCRIPT_A, chunks.append, greedy()))
+            turn = engine.submit_turn(call, caller.audio, caller.words, end_reply=end_reply)
+            gate.set()
+            if end_reply:
+                turn.result(timeout=60)
+            else:
+                with pytest.raises(RuntimeError, match="reply is in progress"):
+                    turn.result(timeout=60)
+                engine.thread.submit(lambda: engine.cancel(call)).result(timeout=60)
+    finally:
+        engine.stop()
+    assert call.turn is None and chunks[-1] is None
+    assert call.segments[-1][0] == "user" and call.frames > frames
+
+
+def test_encode_batches_keep_rows_times_longest_within_budget() -> None:
+    from dia2.engine import _encode_batches
+
+    groups = _encode_batches([30, 10, 100, 20, 250], 100)
+    assert sorted(i for g in groups for i in g) == [0, 1, 2, 3, 4]
+    assert groups == [[1, 3, 0], [2], [4]]  # 3 x 30 fits; 4 x 100 does not; 250 alone
 
 
 def test_conversation_async_api(runtime: Dia2) -> None:
