@@ -26,6 +26,7 @@ from sipbridge import frames as f
 from sipbridge.agents import Action, Reply, TextStream
 from sipbridge.call.context import CallContext, log
 from sipbridge.engine import EngineError
+from sipbridge.engine.base import HearsAhead
 from sipbridge.metrics import TURN_STAGES
 from sipbridge.text.heard import DEFAULT_CHARS_PER_S, heard_prefix
 
@@ -48,6 +49,9 @@ class Utterance:
     generated: bool = False  # the engine finished it while it was held (EndOfUtterance is owed)
     complete: bool = False  # the engine made all of its audio (`pcm` is the whole reply)
     speculative: bool = False  # made before its turn ended: held until `commit`, or discarded
+    made: asyncio.Event = field(
+        default_factory=asyncio.Event
+    )  # the engine is done with it (all, cut, failed)
 
 
 @dataclass(frozen=True)
@@ -88,6 +92,7 @@ class Speaker:
         while True:
             utt = await self.pending.get()
             if utt.cancelled:
+                utt.made.set()
                 continue
             self.generating = utt
             if not utt.speculative:  # a speculative one becomes the engine's latest at `commit`
@@ -99,6 +104,7 @@ class Speaker:
                 return
             finally:
                 self.generating = None
+                utt.made.set()
 
     def _play(self, utt: Utterance, pcm: bytes) -> None:
         self.ctx.send(f.PlayAudio(self.ctx.call_id, utt.id, utt.reply.interruptible, pcm))
@@ -143,20 +149,30 @@ class Speaker:
         # ready, so the worker's playback margin is not all that stands between a stall and an underrun.
         head = int(getattr(session, "start_margin_s", 0.0) * ctx.rate)
         held: list[np.ndarray] = []
-        source = session.speak(utt.reply.text) if speak_at is None else speak_at(utt.reply.text, ctx.rate)
-        async for chunk in source:
-            if utt.cancelled:
-                break
-            out: np.ndarray = np.asarray(chunk, dtype=np.float32)
-            if resampler is not None:
-                out = resampler.process(out)
-            if head:
-                held.append(out)
-                if sum(map(len, held)) < head:
-                    continue
-                out, head = np.concatenate(held), 0
-                held.clear()
-            send(out)
+        if utt.speculative and isinstance(session, HearsAhead):
+            source = session.speak_ahead(utt.reply.text)  # the reply to the turn it heard ahead (Dia2)
+        elif speak_at is None:
+            source = session.speak(utt.reply.text)
+        else:
+            source = speak_at(utt.reply.text, ctx.rate)
+        try:
+            async for chunk in source:
+                if utt.cancelled:
+                    break
+                out: np.ndarray = np.asarray(chunk, dtype=np.float32)
+                if resampler is not None:
+                    out = resampler.process(out)
+                if head:
+                    held.append(out)
+                    if sum(map(len, held)) < head:
+                        continue
+                    out, head = np.concatenate(held), 0
+                    held.clear()
+                send(out)
+        finally:  # a cut reply's generator ends now, not when collected (a Dia2 rewind waits for it)
+            close = getattr(source, "aclose", None)
+            if close is not None:
+                await close()
         if not utt.cancelled:
             tail = [] if resampler is None else [resampler.flush()]
             send(np.concatenate([*held, *tail, np.zeros(0, np.float32)]))

@@ -123,7 +123,7 @@ class TurnTaker:
         pcm = np.frombuffer(frame.pcm, dtype=np.int16)
         task = self.ctx.spawn(self._transcribe_early(pcm), "early-asr", watched=False)
         bounds = (frame.start_ms, frame.end_ms)
-        guess = self.speculator.start(task, bounds, busy=self.lock.locked())
+        guess = self.speculator.start(task, bounds, busy=self.lock.locked(), pcm=pcm)
         self._early = EarlyWords(frame.start_ms, frame.end_ms, task, guess)
         if self.end_of_turn is not None and self.end_of_turn.enabled:
             self.ctx.spawn(self._judge_pause(frame, self._early, time.monotonic()), "eot")
@@ -227,22 +227,25 @@ class TurnTaker:
                 self.speaker.cut()  # a short answer ("No."): the worker held it as a possible backchannel
             ctx.metrics.caller_turns.inc(early_asr="true" if early_words is not None else "false")
             ctx.metrics.asr_wait.observe(t_asr - t0)
-            ctx.engine_session.user_spoke(pcm, ctx.rate, timed if timed else words)
             self._record(turn, pcm, words)
-            if self.dialing.opt_out_said(words):
+            opted_out = self.dialing.opt_out_said(words)
+            made = None if opted_out else await self.speculator.claim(guess, words)
+            if made is not None:
+                self.driver.adopt(made.call)  # the agent answered this very turn ahead, on a copy
+            # Its audio out (and its actions applied, on the adopted state) at once.
+            sent = made is not None and self.speculator.commit(made, detected_at)
+            if not (sent and made is not None and made.heard):  # else the engine heard this turn ahead
+                # A guess the engine heard is forgotten first: the turn goes into its context once.
+                await self.speculator.settle(guess, "the turn was not answered with it")
+                ctx.engine_session.user_spoke(pcm, ctx.rate, timed if timed else words)
+            if opted_out:
                 return  # the agent never sees it: the session confirms and hangs up
             caller_turn = Turn(
                 "speech", words, start_ms=turn.start_ms, end_ms=turn.end_ms, asr_ms=(t_asr - t0) * 1000
             )
-            made = await self.speculator.claim(guess, words)
-            if made is not None:
-                self.driver.adopt(made.call)  # the agent answered this very turn ahead, on a copy
-                reply = made.reply
-            else:
-                reply = await self.driver.on_turn(caller_turn)
+            reply = made.reply if made is not None else await self.driver.on_turn(caller_turn)
             t_agent = time.monotonic()
             ahead = made.utt if made is not None else None
-            sent = ahead is not None and self.speaker.commit(ahead, detected_at)
             if made is not None:
                 self.speculator.used(made, sent)
             if reply is not None:

@@ -8,6 +8,10 @@ mid-sentence (`cancel`, barge-in) and is closed when the call ends, which frees 
 A recording used many times (the conversation API's named voices) is prepared once with
 `Engine.prepare_voice` and set with `set_prepared_voice` / `hear_prepared`: for Dia2 that skips the Mimi
 encoder on every use; espeak has nothing to prepare (its prepared voice only carries the transcript).
+
+A speculative reply (turn.speculative_reply) is spoken ahead only by a session with `speaks_ahead`: espeak,
+whose speech depends on the text alone, and a session that `HearsAhead` (Dia2), which hears the caller's turn
+so far under a mark of its context and forgets both that turn and the reply made to it on discard.
 """
 
 from __future__ import annotations
@@ -15,7 +19,7 @@ from __future__ import annotations
 import concurrent.futures
 from collections.abc import AsyncIterable, AsyncIterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 import numpy.typing as npt
@@ -74,6 +78,7 @@ class PreparedVoice:
 class EngineSession(Protocol):
     call_id: str
     sample_rate: int
+    speaks_ahead: bool  # a reply may be made ahead of its turn's end and thrown away unheard (see HearsAhead)
 
     def user_spoke(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> None:
         """The caller's turn: audio at `rate` and its transcript (possibly empty; timed when the engine has
@@ -119,6 +124,32 @@ class EngineSession(Protocol):
 
     async def close(self) -> None:
         """The call is over: cancel and free everything this session holds."""
+
+
+@runtime_checkable
+class HearsAhead(Protocol):
+    """A session whose context keeps what was said (Dia2) and can still speak ahead: the guessed turn and
+    the reply to it leave no trace when the guess is discarded. One guess at a time, between replies."""
+
+    async def hear_ahead(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> bool:
+        """The caller's turn so far, heard before it ends (as `user_spoke`), the context marked first.
+        False, nothing changed: a guess is already held, a reply is being spoken, or it failed. Cancelled
+        while it runs, the guess is forgotten."""
+        ...
+
+    def speak_ahead(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
+        """The reply to the turn heard ahead (as `speak`); nothing once the guess was forgotten."""
+        ...
+
+    def holds_ahead(self) -> bool:
+        """A guess is held: heard, neither kept nor forgotten (another reply's `speak` forgets it)."""
+        ...
+
+    def keep_ahead(self) -> None:
+        """The turn ended as heard: it and the reply to it stay in the context; it is not heard again."""
+
+    def forget_ahead(self) -> None:
+        """Discard the guess: its reply ends, then the context is the mark's again, as if it never was."""
 
 
 class Engine(Protocol):

@@ -18,7 +18,12 @@ adapter maps our engine interface onto it:
 * chunks come back as 1920-sample float32 tensors at 24 kHz and leave as numpy arrays;
 * `word_times`: the step at which the text state machine took each word of the reply (its
   `MachineState.transcript`, appended on the engine thread) less the reply's first frame, in 80 ms frames:
-  the text at step t and the audio frame t are aligned, so this is where the word starts in the audio.
+  the text at step t and the audio frame t are aligned, so this is where the word starts in the audio;
+* speaking ahead (turn.speculative_reply): `hear_ahead` marks the conversation (`EngineConversation.mark`)
+  and hears the caller's turn so far, `speak_ahead` says the reply to it; `keep_ahead` leaves both in the
+  context (the turn is not heard again), `forget_ahead` ends that reply and rewinds to the mark, so the
+  context is that of a call that never had the guess. Any other `speak` forgets a held guess first: its
+  reply must not follow a turn the caller may not have finished.
 """
 
 from __future__ import annotations
@@ -126,6 +131,16 @@ def engine_options(cfg: Dia2EngineConfig, context_steps: int) -> EngineOptions:
 
 
 @dataclass
+class _Ahead:
+    """A guess held by a session: the caller's turn heard ahead of its end and the reply spoken to it."""
+
+    reply_state: tuple[Any, Any, int, int | None]  # the session's latest-reply bookkeeping before it
+    mark: Any = None  # dia2's ContextMark, once taken (None: nothing of the guess reached the context)
+    forgotten: bool = False
+    speech: asyncio.Future[None] | None = None  # its reply being spoken; done once that reply has ended
+
+
+@dataclass
 class Dia2Session:
     call_id: str
     engine: Dia2Engine
@@ -141,6 +156,9 @@ class Dia2Session:
     _conv: Any = None
     _chain: asyncio.Task[None] | None = None
     _closed: bool = False
+    speaks_ahead: bool = True  # mark/rewind: a discarded guess leaves no trace in the context
+    _ahead: _Ahead | None = None  # the guess held now (hear_ahead .. keep_ahead / forget_ahead)
+    _speaking: int = 0  # replies being spoken now (a guess is heard between replies only)
 
     def _then(self, op: Callable[[], Awaitable[None]]) -> asyncio.Task[None]:
         previous = self._chain
@@ -269,9 +287,29 @@ class Dia2Session:
             raise EngineError(f"dia2 state failed: {exc}") from exc
 
     async def speak(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
+        if self._ahead is not None:
+            self.forget_ahead()  # not the guess's reply: it must not follow a turn the caller may not finish
+        async for chunk in self._speak(text, params, None):
+            yield chunk
+
+    async def _speak(
+        self, text: TextSource, params: SpeakParams | None, ahead: _Ahead | None
+    ) -> AsyncIterator[Chunk]:
+        self._speaking += 1
+        try:
+            async for chunk in self._speak_after_ops(text, params, ahead):
+                yield chunk
+        finally:
+            self._speaking -= 1
+
+    async def _speak_after_ops(
+        self, text: TextSource, params: SpeakParams | None, ahead: _Ahead | None
+    ) -> AsyncIterator[Chunk]:
         if self._chain is not None:
             with contextlib.suppress(Exception):  # a failed user_spoke was logged; still answer
                 await asyncio.shield(self._chain)
+        if ahead is not None and ahead.forgotten:
+            return  # discarded before it began: nothing of it may reach the context
         conv = await self._conversation()
         whole = isinstance(text, str)
         text = self.engine.text.source(text, params)  # normalised, "[S1]" once, sentence segments
@@ -284,15 +322,95 @@ class Dia2Session:
         self._first_chunk = None
         self._watch_words(conv)
         try:
-            async for chunk in conv.speak(source, self.engine.options_for(params)):
-                if self._first_chunk is None:
-                    self._first_chunk = chunk
-                    self._frame0 = chunk.frame  # a reply's frames start at its first step
-                yield chunk.pcm.numpy().astype(np.float32, copy=False)
+            # Closed here, not left to the garbage collector: a rewind waits for this reply's end.
+            async with contextlib.aclosing(conv.speak(source, self.engine.options_for(params))) as chunks:
+                async for chunk in chunks:
+                    if ahead is not None and ahead.forgotten:
+                        break
+                    if self._first_chunk is None:
+                        self._first_chunk = chunk
+                        self._frame0 = chunk.frame  # a reply's frames start at its first step
+                    yield chunk.pcm.numpy().astype(np.float32, copy=False)
         except EngineError:
             raise
         except Exception as exc:
             raise EngineError(f"dia2 failed while speaking: {exc}") from exc
+
+    # ------------------------------------------------------------------ speaking ahead (speculative reply)
+
+    async def hear_ahead(self, pcm: npt.NDArray[np.int16], rate: int, words: Words) -> bool:
+        """The caller's turn so far, heard under a mark of the context (`EngineConversation.mark`), for a
+        reply made before the turn ends. False, nothing changed: a guess is already held, a reply is being
+        spoken (a mark is taken between replies), or it failed."""
+        if self._ahead is not None or self._speaking or self._closed:
+            return False
+        import torch
+
+        audio = torch.from_numpy(pcm.astype(np.float32) / 32768.0)
+        timed = timed_words(words, len(pcm) / rate)
+        ahead = self._ahead = _Ahead(self._reply_state())
+
+        async def op() -> None:
+            conv = await self._conversation()
+            ahead.mark = await conv.mark()
+            await conv.user_spoke(audio, rate, timed)
+
+        try:
+            await asyncio.shield(self._then(op))  # in order with the other ops, whatever happens to us
+        except asyncio.CancelledError:
+            self.forget_ahead(ahead)  # queued after the op: the turn it heard goes again
+            raise
+        except Exception as exc:
+            log.warning("call %s: dia2 could not hear ahead: %r", self.call_id, exc)
+            self.forget_ahead(ahead)
+            return False
+        return self._ahead is ahead  # not forgotten meanwhile (another reply began)
+
+    async def speak_ahead(self, text: TextSource, params: SpeakParams | None = None) -> AsyncIterator[Chunk]:
+        ahead = self._ahead
+        if ahead is None or ahead.speech is not None:
+            return  # forgotten (or already answered): nothing of it may reach the context
+        ahead.speech = asyncio.get_running_loop().create_future()
+        try:
+            async for chunk in self._speak(text, params, ahead):
+                yield chunk
+        finally:
+            ahead.speech.set_result(None)
+
+    def holds_ahead(self) -> bool:
+        return self._ahead is not None
+
+    def keep_ahead(self) -> None:
+        self._ahead = None  # the mark is dropped: the turn and its reply are the context's for good
+
+    def forget_ahead(self, ahead: _Ahead | None = None) -> None:
+        """Discard the held guess (or `ahead`, if it is still the held one): its reply ends at once, and once
+        it has ended the context is rewound to the mark, in order with the other ops."""
+        ahead = self._ahead if ahead is None else ahead
+        if ahead is None or ahead is not self._ahead:
+            return
+        self._ahead = None
+        ahead.forgotten = True
+        if ahead.speech is not None and not ahead.speech.done() and self._conv is not None:
+            self._conv.cancel()  # its iterator ends at the next chunk
+
+        async def op() -> None:
+            if ahead.speech is not None:
+                await ahead.speech  # a rewind mid-reply would race the reply's own last commands
+            if ahead.mark is None:
+                return  # the mark failed: the guessed turn never went in
+            conv = await self._conversation()
+            await conv.rewind(ahead.mark)
+            self._first_chunk, self._machine, self._words_from, self._frame0 = ahead.reply_state
+            if self._machine is not None:
+                self._machine = conv._call.machine  # rewind put a copy of the marked machine state there
+
+        task = self._then(op)
+        task.add_done_callback(lambda t: self._log_failure(t, "rewind"))
+
+    def _reply_state(self) -> tuple[Any, Any, int, int | None]:
+        """What `played` and `word_times` know of the latest reply, restored when a guess is forgotten."""
+        return self._first_chunk, self._machine, self._words_from, self._frame0
 
     def _watch_words(self, conv: Any) -> None:
         """Mark where the next reply's words begin in the call's transcript. Read between replies (no step
@@ -323,6 +441,7 @@ class Dia2Session:
         if self._closed:
             return
         self._closed = True
+        self._ahead = None  # its mark dies with the conversation
         self.engine.sessions.pop(self.call_id, None)
         if self._chain is not None and not self._chain.done():
             self._chain.cancel()

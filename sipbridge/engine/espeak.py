@@ -118,8 +118,8 @@ class EspeakSession:
     engine: EspeakEngine
     sample_rate: int = ESPEAK_RATE
     # Its speech depends on the text alone (nothing said is remembered): a reply can be made ahead of the
-    # turn's end and thrown away unheard (turn.speculative_reply). Dia2's context would keep it.
-    contextless = True
+    # turn's end and thrown away unheard (turn.speculative_reply), with nothing to forget.
+    speaks_ahead = True
     _phrase: _Phrase | None = None  # the sentence being read now
     _cancelled: bool = False
     _closed: bool = False
