@@ -13,6 +13,7 @@ FFI library called through protobuf requests, with protobuf and aiofiles as depe
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,6 +36,15 @@ _WINDOW = 100  # frames (2 s) of the bot audible lately per echo-free decision
 # cancellers). Held for _HOLD frames, as a word's quieter syllables dip under the line.
 _DOUBLE_TALK = 0.5
 _HOLD = 15  # frames (300 ms)
+# The echo's delay, measured by matching the level envelopes of what we sent and what we heard (as
+# sipbridge's EchoGate does): a jitter buffer grown to its 500 ms cap, plus the line and the far end's buffer,
+# brings our audio back later than `_TAIL`, when the frames sent within the tail may be a pause.
+_DELAY_HISTORY = 50  # frames (1 s) of both sides' levels matched per measurement
+_MAX_DELAY = 60  # frames (1.2 s): the longest echo delay looked for
+_DELAY_EVERY = 25  # frames (500 ms) between measurements; two in a row must agree
+_DELAY_JITTER = 3  # frames either side of the measured delay (jitter buffers drift by 1-2 frames)
+_DELAY_MATCH = 0.85  # the least correlation of the two envelopes taken as a match
+_MIN_REF = 100.0  # -50 dBFS: a frame we sent quieter than this teaches nothing about the line's echo
 
 
 class EchoCanceller(Protocol):
@@ -113,6 +123,66 @@ class DoubleTalk:
         return self.hold > 0
 
 
+@dataclass
+class EchoDelay:
+    """The line's echo delay (frames, `None` until measured) and the loudest frame we sent that may be
+    coming back now. AEC3 estimates the delay too, but pywebrtc-audio does not expose it."""
+
+    sent: deque[float] = field(default_factory=lambda: deque(maxlen=_DELAY_HISTORY + _MAX_DELAY))
+    heard: deque[float] = field(default_factory=lambda: deque(maxlen=_DELAY_HISTORY))
+    delay: int | None = None
+    found: int | None = None  # the previous measurement
+    frames: int = 0
+
+    def observe(self, far_rms: float, near_rms: float) -> None:
+        """One tick's sent and heard (raw, before cancelling) frame levels."""
+        self.sent.append(far_rms)
+        self.heard.append(near_rms)
+        self.frames += 1
+        if self.frames % _DELAY_EVERY or len(self.heard) < _DELAY_HISTORY:
+            return
+        found = envelope_delay(np.asarray(self.sent), np.asarray(self.heard))
+        # Two measurements 500 ms apart must agree (one frame of jitter): one match can be a coincidence of
+        # two rhythms. A failed measurement (the caller talking, the bot silent) keeps the delay known.
+        if found is not None and self.found is not None and abs(found - self.found) <= 1:
+            self.delay = found
+        self.found = found
+
+    def far_max(self) -> float:
+        """The loudest frame sent within the tail (`_TAIL`, as before the delay was measured) or around the
+        measured delay. Kept for the tail too: a jitter buffer that grows under load moves the echo later
+        before a measurement follows, and within the tail the level test was already safe."""
+        n = len(self.sent)
+        loud = max(itertools.islice(self.sent, max(0, n - _TAIL), n), default=0.0)
+        if self.delay is None:
+            return loud
+        lo, hi = n - 1 - self.delay - _DELAY_JITTER, n - self.delay + _DELAY_JITTER
+        return max(loud, max(itertools.islice(self.sent, max(lo, 0), max(hi, 0)), default=0.0))
+
+
+def envelope_delay(sent: np.ndarray, heard: np.ndarray) -> int | None:
+    """The lag (frames, 1.._MAX_DELAY) at which the heard level envelope follows the sent one (both newest
+    last, `sent` the longer), when the match is clear: correlation of the log levels >= `_DELAY_MATCH` over
+    a window in which we sent sound most of the time (our silence matches any quiet line). Lag 0 is not a
+    line's echo: nothing comes back within the tick it was sent in."""
+    h = np.log1p(heard)
+    if h.std() < 1e-6:
+        return None
+    lags = np.arange(1, min(_MAX_DELAY, len(sent) - len(heard)) + 1)
+    if not len(lags):
+        return None
+    # Row i: the sent levels `lags[i]` frames before the heard ones (the windows ending lag frames back).
+    windows = np.lib.stride_tricks.sliding_window_view(sent, len(heard))[len(sent) - len(heard) - lags]
+    s = np.log1p(windows)
+    sc = s - s.mean(axis=1, keepdims=True)
+    hc = h - h.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (sc @ hc) / (np.linalg.norm(sc, axis=1) * np.linalg.norm(hc))
+    corr[(np.mean(windows > _MIN_REF, axis=1) < 0.6) | ~np.isfinite(corr)] = -1.0
+    best = int(np.argmax(corr))
+    return int(lags[best]) if corr[best] >= _DELAY_MATCH else None
+
+
 def _rms(x: np.ndarray) -> float:
     y = x.astype(np.float32)
     return math.sqrt(float(np.dot(y, y)) / max(1, len(y)))
@@ -130,6 +200,7 @@ class WebRtcEchoCanceller(_Paired):
         self._aec = AudioProcessor(sample_rate=sample_rate, num_channels=1, echo_cancellation=True)
         self.presence = EchoPresence()
         self.double_talk = DoubleTalk()
+        self.echo_delay = EchoDelay()
 
     @property
     def active(self) -> bool:
@@ -142,8 +213,10 @@ class WebRtcEchoCanceller(_Paired):
         if self.presence.echo_free:
             return pcm
         self.presence.observe(far, x)
+        near_rms = _rms(x)
+        self.echo_delay.observe(_rms(far), near_rms)
         out = self._aec.process(x, far)
-        if self.double_talk.update(_rms(x), max(self.presence.sent)):
+        if self.double_talk.update(near_rms, self.echo_delay.far_max()):
             return pcm
         return out.tobytes()
 
