@@ -4,7 +4,9 @@
 The canceller is WebRTC's AEC3 (adaptive filter + delay estimator + residual suppressor), which finds the
 line's echo delay itself: the caller only has to hand it, every 20 ms, the frame we sent (`far`) before the
 frame we heard (`near`) in the order they happened. `far` frames are queued and paired one-to-one with the
-next `near` frames, so a tick whose two frames arrive out of order is still paired right.
+next `near` frames, so a tick whose two frames arrive out of order is still paired right. AEC3's delay search
+ends near 500 ms at 8 kHz; a jitter buffer at its cap brings the echo back later, so the delay is measured
+here too (`EchoDelay`) and past that reach AEC3 is handed an older sent frame (`reference_shift`).
 
 `webrtc`: pywebrtc-audio (Apache-2.0, ~1 MB wheel, numpy its only dependency, C++ with the GIL released).
 livekit.rtc.AudioProcessingModule wraps the same AEC3 (same ERLE and CPU, bench/echo_canceller.py) in a 28 MB
@@ -45,6 +47,11 @@ _DELAY_EVERY = 25  # frames (500 ms) between measurements; two in a row must agr
 _DELAY_JITTER = 3  # frames either side of the measured delay (jitter buffers drift by 1-2 frames)
 _DELAY_MATCH = 0.85  # the least correlation of the two envelopes taken as a match
 _MIN_REF = 100.0  # -50 dBFS: a frame we sent quieter than this teaches nothing about the line's echo
+# AEC3 at 8 kHz cancels an echo up to ~500 ms late and none from ~560 ms on (its delay search ends there;
+# the stream-delay hint does not move it). Past `_AEC_REACH` the frame we hand it is an older one, so that
+# the delay left for it to find is `_AEC_LAG`.
+_AEC_REACH = 25  # frames (500 ms)
+_AEC_LAG = 10  # frames (200 ms)
 
 
 class EchoCanceller(Protocol):
@@ -183,6 +190,15 @@ def envelope_delay(sent: np.ndarray, heard: np.ndarray) -> int | None:
     return int(lags[best]) if corr[best] >= _DELAY_MATCH else None
 
 
+def reference_shift(shift: int, delay: int | None) -> int:
+    """How many ticks older than its heard frame the sent frame handed to AEC3 is: 0 while the echo is in
+    AEC3's reach, else the measured delay less `_AEC_LAG`. A shift is kept while the delay it leaves AEC3
+    stays in reach: each change makes AEC3 find the delay again (a few loud frames)."""
+    if delay is None or 2 <= delay - shift <= _AEC_REACH:
+        return shift
+    return delay - _AEC_LAG if delay > _AEC_REACH else 0
+
+
 def _rms(x: np.ndarray) -> float:
     y = x.astype(np.float32)
     return math.sqrt(float(np.dot(y, y)) / max(1, len(y)))
@@ -201,11 +217,14 @@ class WebRtcEchoCanceller(_Paired):
         self.presence = EchoPresence()
         self.double_talk = DoubleTalk()
         self.echo_delay = EchoDelay()
+        # The frames we sent, newest last, for AEC3's reference when the echo is later than its reach.
+        self._sent: deque[np.ndarray] = deque(maxlen=_MAX_DELAY + 1)
+        self.shift = 0
 
     @property
     def active(self) -> bool:
-        p = self.presence
-        return not p.echo_free and bool(p.sent) and max(p.sent) >= _BOT_AUDIBLE
+        # The bot audible within the tail or around the measured delay: a late echo's residue is ours too.
+        return not self.presence.echo_free and self.echo_delay.far_max() >= _BOT_AUDIBLE
 
     def near(self, pcm: bytes) -> bytes:
         x = np.frombuffer(pcm, np.int16)
@@ -215,7 +234,10 @@ class WebRtcEchoCanceller(_Paired):
         self.presence.observe(far, x)
         near_rms = _rms(x)
         self.echo_delay.observe(_rms(far), near_rms)
-        out = self._aec.process(x, far)
+        self._sent.append(far)
+        self.shift = reference_shift(self.shift, self.echo_delay.delay)
+        ref = self._sent[-1 - self.shift] if self.shift < len(self._sent) else np.zeros(len(x), np.int16)
+        out = self._aec.process(x, ref)
         if self.double_talk.update(near_rms, self.echo_delay.far_max()):
             return pcm
         return out.tobytes()

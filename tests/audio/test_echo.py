@@ -10,7 +10,7 @@ import numpy.typing as npt
 import pytest
 
 from audio import g711
-from audio.echo import EchoDelay, WebRtcEchoCanceller, envelope_delay, make_echo_canceller
+from audio.echo import EchoDelay, WebRtcEchoCanceller, envelope_delay, make_echo_canceller, reference_shift
 from audio.testsignals import espeak, speech_extent
 
 FRAME = 160
@@ -129,19 +129,35 @@ def test_the_echo_delay_is_measured_from_the_level_envelopes(bot: npt.NDArray[np
 
 
 @pytest.mark.parametrize("delay", [25, 35, 40, 45])
-def test_an_echo_later_than_the_tail_is_not_double_talk(bot: npt.NDArray[np.int16], delay: int) -> None:
+def test_an_echo_later_than_the_tail_is_not_double_talk_and_is_cancelled(
+    bot: npt.NDArray[np.int16], delay: int
+) -> None:
     """A jitter buffer at its 500 ms cap brings our echo back later than the double-talk test's 500 ms tail:
     after a pause in the bot's speech, the frames sent within the tail were silent, so the echo of the words
     before the pause beat half of them and went through raw (30-70 frames here; once on CI, the bot cut by
-    its own echo). With the line's echo delay measured, the frames sent at that delay are looked at too."""
+    its own echo). With the line's echo delay measured, the frames sent at that delay are looked at too.
+    AEC3 itself cancels nothing of an echo from ~560 ms on (150+ loud frames here): past 500 ms it is handed
+    the frame sent 200 ms before the echo's, not the one sent with the heard frame."""
     sent = _pause_between(bot)
     heard = _heard(sent, -10.0, np.zeros(len(sent)), delay)
     aec, out, raw = _run(sent, heard)
     assert aec.echo_delay.delay == delay
+    assert aec.shift == (0 if delay <= 25 else delay - 10)
     assert raw.sum() == 0, np.flatnonzero(raw)
-    if delay == 25:  # within AEC3's reach (~520 ms at 8 kHz): nothing of the echo is loud
-        assert (_levels(heard) > LOUD).sum() > 300
-        assert (out > LOUD).sum() == 0, np.flatnonzero(out > LOUD)
+    assert (_levels(heard) > LOUD).sum() > 300
+    # Before the delay is known (the first 2.5 s) AEC3 leaves a few frames at 700-800 ms; none after.
+    assert (out > LOUD).sum() <= 5, np.flatnonzero(out > LOUD)
+    assert (out[len(bot) // FRAME :] > LOUD).sum() == 0, np.flatnonzero(out > LOUD)
+
+
+def test_the_reference_is_shifted_only_past_aec3s_reach() -> None:
+    assert reference_shift(0, None) == 0
+    assert reference_shift(0, 5) == reference_shift(0, 25) == 0  # AEC3 finds it
+    assert reference_shift(0, 40) == 30  # AEC3 is left 200 ms to find
+    assert reference_shift(30, 41) == reference_shift(30, 52) == 30  # kept: AEC3 follows a drift
+    assert reference_shift(30, 60) == 50
+    assert reference_shift(30, 31) == 21 and reference_shift(30, 15) == 0  # the jitter buffer shrank back
+    assert reference_shift(30, None) == 30  # an unmeasured delay moves nothing
 
 
 def test_a_caller_over_a_late_echo_is_heard_whole(bot: npt.NDArray[np.int16]) -> None:
