@@ -52,6 +52,11 @@ _MIN_REF = 100.0  # -50 dBFS: a frame we sent quieter than this teaches nothing 
 # the delay left for it to find is `_AEC_LAG`.
 _AEC_REACH = 25  # frames (500 ms)
 _AEC_LAG = 10  # frames (200 ms)
+# After the reference moves, AEC3 takes up to ~1 s to find the echo again and lets it through meanwhile (on a
+# real call the bot was cut by its own echo 600-800 ms late within 100 ms of the move). For that second a
+# heard frame that is not double talk (the caller louder than half of what we sent at the echo's delay) is
+# taken to be our echo and muted.
+_SETTLE = 50  # frames (1 s)
 
 
 class EchoCanceller(Protocol):
@@ -220,6 +225,7 @@ class WebRtcEchoCanceller(_Paired):
         # The frames we sent, newest last, for AEC3's reference when the echo is later than its reach.
         self._sent: deque[np.ndarray] = deque(maxlen=_MAX_DELAY + 1)
         self.shift = 0
+        self.settling = 0
 
     @property
     def active(self) -> bool:
@@ -234,13 +240,24 @@ class WebRtcEchoCanceller(_Paired):
         self.presence.observe(far, x)
         near_rms = _rms(x)
         self.echo_delay.observe(_rms(far), near_rms)
-        self._sent.append(far)
-        self.shift = reference_shift(self.shift, self.echo_delay.delay)
-        ref = self._sent[-1 - self.shift] if self.shift < len(self._sent) else np.zeros(len(x), np.int16)
-        out = self._aec.process(x, ref)
+        out = self._aec.process(x, self._reference(far))
         if self.double_talk.update(near_rms, self.echo_delay.far_max()):
             return pcm
+        if self.settling:
+            return bytes(len(pcm))
         return out.tobytes()
+
+    def _reference(self, far: np.ndarray) -> np.ndarray:
+        """The sent frame AEC3 gets with this tick's heard frame: this tick's, or the one `shift` ticks older
+        when the echo is later than AEC3's reach."""
+        self._sent.append(far)
+        shift = reference_shift(self.shift, self.echo_delay.delay)
+        if shift != self.shift:
+            self.settling = _SETTLE
+        elif self.settling:
+            self.settling -= 1
+        self.shift = shift
+        return self._sent[-1 - shift] if shift < len(self._sent) else np.zeros(len(far), np.int16)
 
 
 def make_echo_canceller(kind: str, sample_rate: int) -> EchoCanceller | None:

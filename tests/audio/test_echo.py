@@ -118,6 +118,14 @@ def test_the_echo_delay_is_measured_from_the_level_envelopes(bot: npt.NDArray[np
                 known_at = i
         assert est.delay == delay, (delay, est.delay)
         assert known_at is not None and known_at < len(bot) // FRAME, (delay, known_at)  # in the 1st sentence
+    # A jitter buffer that grows to its cap mid-call (in the pause): the new delay is taken once measured.
+    sent = np.concatenate([sent, bot])
+    late, grown = _heard(sent, -10.0, np.zeros(len(sent)), 5), _heard(sent, -10.0, np.zeros(len(sent)), 35)
+    switch = len(bot) + 25 * FRAME
+    est = EchoDelay()
+    for s, h in zip(_levels(sent), _levels(np.concatenate([late[:switch], grown[switch:]])), strict=True):
+        est.observe(float(s), float(h))
+    assert est.delay == 35
     # No echo (line hiss), or our silence: nothing to match, no delay.
     rng = np.random.default_rng(1)
     assert envelope_delay(_levels(sent)[:110], rng.uniform(0, 30, 50)) is None
