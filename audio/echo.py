@@ -52,8 +52,8 @@ _MIN_REF = 100.0  # -50 dBFS: a frame we sent quieter than this teaches nothing 
 # the delay left for it to find is `_AEC_LAG`.
 _AEC_REACH = 25  # frames (500 ms)
 _AEC_LAG = 10  # frames (200 ms)
-# After the reference moves, AEC3 takes up to ~1 s to find the echo again and lets it through meanwhile (on a
-# real call the bot was cut by its own echo 600-800 ms late within 100 ms of the move). For that second a
+# After the reference moves, AEC3 takes a few hundred ms to find the echo again and lets it through meanwhile
+# (on real calls the bot was cut by its own echo, 600-800 ms late, 0.1-0.7 s after the move). For a second a
 # heard frame that is not double talk (the caller louder than half of what we sent at the echo's delay) is
 # taken to be our echo and muted.
 _SETTLE = 50  # frames (1 s)
