@@ -4,7 +4,9 @@
 The canceller is WebRTC's AEC3 (adaptive filter + delay estimator + residual suppressor), which finds the
 line's echo delay itself: the caller only has to hand it, every 20 ms, the frame we sent (`far`) before the
 frame we heard (`near`) in the order they happened. `far` frames are queued and paired one-to-one with the
-next `near` frames, so a tick whose two frames arrive out of order is still paired right.
+next `near` frames, so a tick whose two frames arrive out of order is still paired right. AEC3's delay search
+ends near 500 ms at 8 kHz; a jitter buffer at its cap brings the echo back later, so the delay is measured
+here too (`EchoDelay`) and past that reach AEC3 is handed an older sent frame (`reference_shift`).
 
 `webrtc`: pywebrtc-audio (Apache-2.0, ~1 MB wheel, numpy its only dependency, C++ with the GIL released).
 livekit.rtc.AudioProcessingModule wraps the same AEC3 (same ERLE and CPU, bench/echo_canceller.py) in a 28 MB
@@ -13,6 +15,7 @@ FFI library called through protobuf requests, with protobuf and aiofiles as depe
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections import deque
 from dataclasses import dataclass, field
@@ -35,6 +38,25 @@ _WINDOW = 100  # frames (2 s) of the bot audible lately per echo-free decision
 # cancellers). Held for _HOLD frames, as a word's quieter syllables dip under the line.
 _DOUBLE_TALK = 0.5
 _HOLD = 15  # frames (300 ms)
+# The echo's delay, measured by matching the level envelopes of what we sent and what we heard (as
+# sipbridge's EchoGate does): a jitter buffer grown to its 500 ms cap, plus the line and the far end's buffer,
+# brings our audio back later than `_TAIL`, when the frames sent within the tail may be a pause.
+_DELAY_HISTORY = 50  # frames (1 s) of both sides' levels matched per measurement
+_MAX_DELAY = 60  # frames (1.2 s): the longest echo delay looked for
+_DELAY_EVERY = 25  # frames (500 ms) between measurements; two in a row must agree
+_DELAY_JITTER = 3  # frames either side of the measured delay (jitter buffers drift by 1-2 frames)
+_DELAY_MATCH = 0.85  # the least correlation of the two envelopes taken as a match
+_MIN_REF = 100.0  # -50 dBFS: a frame we sent quieter than this teaches nothing about the line's echo
+# AEC3 at 8 kHz cancels an echo up to ~500 ms late and none from ~560 ms on (its delay search ends there;
+# the stream-delay hint does not move it). Past `_AEC_REACH` the frame we hand it is an older one, so that
+# the delay left for it to find is `_AEC_LAG`.
+_AEC_REACH = 25  # frames (500 ms)
+_AEC_LAG = 10  # frames (200 ms)
+# After the reference moves, AEC3 takes a few hundred ms to find the echo again and lets it through meanwhile
+# (on real calls the bot was cut by its own echo, 600-800 ms late, 0.1-0.7 s after the move). For a second a
+# heard frame that is not double talk (the caller louder than half of what we sent at the echo's delay) is
+# taken to be our echo and muted.
+_SETTLE = 50  # frames (1 s)
 
 
 class EchoCanceller(Protocol):
@@ -113,6 +135,75 @@ class DoubleTalk:
         return self.hold > 0
 
 
+@dataclass
+class EchoDelay:
+    """The line's echo delay (frames, `None` until measured) and the loudest frame we sent that may be
+    coming back now. AEC3 estimates the delay too, but pywebrtc-audio does not expose it."""
+
+    sent: deque[float] = field(default_factory=lambda: deque(maxlen=_DELAY_HISTORY + _MAX_DELAY))
+    heard: deque[float] = field(default_factory=lambda: deque(maxlen=_DELAY_HISTORY))
+    delay: int | None = None
+    found: int | None = None  # the previous measurement
+    frames: int = 0
+
+    def observe(self, far_rms: float, near_rms: float) -> None:
+        """One tick's sent and heard (raw, before cancelling) frame levels."""
+        self.sent.append(far_rms)
+        self.heard.append(near_rms)
+        self.frames += 1
+        if self.frames % _DELAY_EVERY or len(self.heard) < _DELAY_HISTORY:
+            return
+        found = envelope_delay(np.asarray(self.sent), np.asarray(self.heard))
+        # Two measurements 500 ms apart must agree (one frame of jitter): one match can be a coincidence of
+        # two rhythms. A failed measurement (the caller talking, the bot silent) keeps the delay known.
+        if found is not None and self.found is not None and abs(found - self.found) <= 1:
+            self.delay = found
+        self.found = found
+
+    def far_max(self) -> float:
+        """The loudest frame sent within the tail (`_TAIL`, as before the delay was measured) or around the
+        measured delay. Kept for the tail too: a jitter buffer that grows under load moves the echo later
+        before a measurement follows, and within the tail the level test was already safe."""
+        n = len(self.sent)
+        loud = max(itertools.islice(self.sent, max(0, n - _TAIL), n), default=0.0)
+        if self.delay is None:
+            return loud
+        lo, hi = n - 1 - self.delay - _DELAY_JITTER, n - self.delay + _DELAY_JITTER
+        return max(loud, max(itertools.islice(self.sent, max(lo, 0), max(hi, 0)), default=0.0))
+
+
+def envelope_delay(sent: np.ndarray, heard: np.ndarray) -> int | None:
+    """The lag (frames, 1.._MAX_DELAY) at which the heard level envelope follows the sent one (both newest
+    last, `sent` the longer), when the match is clear: correlation of the log levels >= `_DELAY_MATCH` over
+    a window in which we sent sound most of the time (our silence matches any quiet line). Lag 0 is not a
+    line's echo: nothing comes back within the tick it was sent in."""
+    h = np.log1p(heard)
+    if h.std() < 1e-6:
+        return None
+    lags = np.arange(1, min(_MAX_DELAY, len(sent) - len(heard)) + 1)
+    if not len(lags):
+        return None
+    # Row i: the sent levels `lags[i]` frames before the heard ones (the windows ending lag frames back).
+    windows = np.lib.stride_tricks.sliding_window_view(sent, len(heard))[len(sent) - len(heard) - lags]
+    s = np.log1p(windows)
+    sc = s - s.mean(axis=1, keepdims=True)
+    hc = h - h.mean()
+    with np.errstate(invalid="ignore", divide="ignore"):
+        corr = (sc @ hc) / (np.linalg.norm(sc, axis=1) * np.linalg.norm(hc))
+    corr[(np.mean(windows > _MIN_REF, axis=1) < 0.6) | ~np.isfinite(corr)] = -1.0
+    best = int(np.argmax(corr))
+    return int(lags[best]) if corr[best] >= _DELAY_MATCH else None
+
+
+def reference_shift(shift: int, delay: int | None) -> int:
+    """How many ticks older than its heard frame the sent frame handed to AEC3 is: 0 while the echo is in
+    AEC3's reach, else the measured delay less `_AEC_LAG`. A shift is kept while the delay it leaves AEC3
+    stays in reach: each change makes AEC3 find the delay again (a few loud frames)."""
+    if delay is None or 2 <= delay - shift <= _AEC_REACH:
+        return shift
+    return delay - _AEC_LAG if delay > _AEC_REACH else 0
+
+
 def _rms(x: np.ndarray) -> float:
     y = x.astype(np.float32)
     return math.sqrt(float(np.dot(y, y)) / max(1, len(y)))
@@ -130,11 +221,16 @@ class WebRtcEchoCanceller(_Paired):
         self._aec = AudioProcessor(sample_rate=sample_rate, num_channels=1, echo_cancellation=True)
         self.presence = EchoPresence()
         self.double_talk = DoubleTalk()
+        self.echo_delay = EchoDelay()
+        # The frames we sent, newest last, for AEC3's reference when the echo is later than its reach.
+        self._sent: deque[np.ndarray] = deque(maxlen=_MAX_DELAY + 1)
+        self.shift = 0
+        self.settling = 0
 
     @property
     def active(self) -> bool:
-        p = self.presence
-        return not p.echo_free and bool(p.sent) and max(p.sent) >= _BOT_AUDIBLE
+        # The bot audible within the tail or around the measured delay: a late echo's residue is ours too.
+        return not self.presence.echo_free and self.echo_delay.far_max() >= _BOT_AUDIBLE
 
     def near(self, pcm: bytes) -> bytes:
         x = np.frombuffer(pcm, np.int16)
@@ -142,10 +238,26 @@ class WebRtcEchoCanceller(_Paired):
         if self.presence.echo_free:
             return pcm
         self.presence.observe(far, x)
-        out = self._aec.process(x, far)
-        if self.double_talk.update(_rms(x), max(self.presence.sent)):
+        near_rms = _rms(x)
+        self.echo_delay.observe(_rms(far), near_rms)
+        out = self._aec.process(x, self._reference(far))
+        if self.double_talk.update(near_rms, self.echo_delay.far_max()):
             return pcm
+        if self.settling:
+            return bytes(len(pcm))
         return out.tobytes()
+
+    def _reference(self, far: np.ndarray) -> np.ndarray:
+        """The sent frame AEC3 gets with this tick's heard frame: this tick's, or the one `shift` ticks older
+        when the echo is later than AEC3's reach."""
+        self._sent.append(far)
+        shift = reference_shift(self.shift, self.echo_delay.delay)
+        if shift != self.shift:
+            self.settling = _SETTLE
+        elif self.settling:
+            self.settling -= 1
+        self.shift = shift
+        return self._sent[-1 - shift] if shift < len(self._sent) else np.zeros(len(far), np.int16)
 
 
 def make_echo_canceller(kind: str, sample_rate: int) -> EchoCanceller | None:

@@ -107,3 +107,25 @@ def test_the_bots_echo_never_cuts_it_but_the_caller_does(tmp_path: Path, guard: 
             )
         finally:
             assert bridge.stop() == 0
+
+
+def test_an_echo_later_than_aec3s_reach_never_cuts_the_bot(tmp_path: Path) -> None:
+    """The echo 800 ms late (plus the bridge's own jitter buffer): a jitter buffer grown to its cap. AEC3
+    cancels nothing past ~500 ms, and the double-talk test's 500 ms tail had only the bot's pauses to compare
+    it with: the bot was cut 3.4-3.8 s into its greeting. With the delay measured, AEC3 gets the frame sent
+    200 ms before the echo's and the double-talk test looks at the frames sent at the delay."""
+    with LocalServer(lambda req, handler: _agent(handler, req)) as server:
+        agent = {"kind": "webhook", "webhook": {"url": server.url + "/turn", "timeout_s": 5.0}}
+        bridge = Bridge.start(tmp_path / "bridge", {"agent": agent, "vad": ECHO_GUARDS["aec"]})
+        try:
+            line = EchoLine(bridge.port, echo_db=-10.0, delay_frames=40)
+            line.call()
+            call, turns = _bot_turn(bridge)
+            line.hang_up()
+            bridge.wait_log(rf"call {call['id']} recorded")
+            cuts = [json.loads(e["data"]) for e in bridge.events(call["id"], "barge_in")]
+            who = [t["who"] for t in bridge.turns(call["id"])]
+            assert who == ["bot"] and not cuts, (who, cuts)
+            assert turns[0]["interrupted"] == 0
+        finally:
+            assert bridge.stop() == 0
