@@ -165,7 +165,9 @@ class BatchEngine:
         self.calls: dict[int, CallState] = {}
         self.kv_pool_ends = 0  # replies ended because the paged KV pool had no block for them
         self.mimi_encodes = 0  # Mimi encoder runs (voices, caller turns): what cached VoicePrompts save
-        self.thread = EngineThread(self.step, self.encode_turns)
+        # Caller turns queued before one drain: encoded in one batch, their cache prefilled in one batch.
+        self._deferred: list[tuple[CallState, int, int]] = []
+        self.thread = EngineThread(self.step, self.encode_turns, self.flush_prefills)
         if st.cuda and opts.cuda_graphs:
             self.graphs.capture(self.lane_on)
             self.history.host_index = [0] * opts.capacity
@@ -315,7 +317,7 @@ class BatchEngine:
         def ingest(codes: torch.Tensor) -> None:
             if end_reply and call.turn is not None:
                 self.replies.cancel(call)
-            self.user_spoke_prompt(call, VoicePrompt(codes, kept))
+            self.user_spoke_prompt(call, VoicePrompt(codes, kept), defer_prefill=True)
 
         return self.thread.submit_encoded(audio, ingest)
 
@@ -329,14 +331,38 @@ class BatchEngine:
             self.mimi_encodes += len(batch)
         return codes
 
-    def user_spoke_prompt(self, call: CallState, prompt: VoicePrompt) -> None:
-        """The caller's turn from precomputed codes (:meth:`encode_voice`)."""
+    def user_spoke_prompt(self, call: CallState, prompt: VoicePrompt, *, defer_prefill: bool = False) -> None:
+        """The caller's turn from precomputed codes (:meth:`encode_voice`). ``defer_prefill``: the cache
+        is filled by the next :meth:`flush_prefills` (the engine thread's drain batches them)."""
         entries, steps = words_to_entries(prompt.words, self.encoder, "[S2]", self.frame_rate)
-        self.ingest_codes(call, prompt.codes, entries, steps)
+        self.ingest_codes(call, prompt.codes, entries, steps, defer_prefill=defer_prefill)
+
+    def flush_prefills(self) -> None:
+        """Fill the cache with every deferred turn's frames, in one batched forward. Runs on the engine
+        thread before any other command and before the next step, so nothing reads a call's cache before
+        its frames are in. A failed batch rebuilds each of its calls' cache alone (from frame 0)."""
+        spans, self._deferred = self._deferred, []
+        if not spans:
+            return
+        try:
+            self.history.prefill_many(spans)
+        except Exception:
+            logger.exception("batched prefill of %d turns failed; prefilling each call alone", len(spans))
+            for call in {id(c): c for c, _, _ in spans}.values():
+                self.history.prefill(call, 0, call.frames)
 
     def ingest_codes(
-        self, call: CallState, codes: torch.Tensor, entries: list[Entry], steps: list[int], kind: str = "user"
+        self,
+        call: CallState,
+        codes: torch.Tensor,
+        entries: list[Entry],
+        steps: list[int],
+        kind: str = "user",
+        *,
+        defer_prefill: bool = False,
     ) -> None:
+        if any(c is call for c, _, _ in self._deferred):
+            self.flush_prefills()  # its context policy below may move frames a deferred span points at
         if call.turn is not None:
             raise RuntimeError("a reply is in progress: cancel it before ingesting the caller's turn")
         n = int(codes.shape[1])
@@ -350,7 +376,9 @@ class BatchEngine:
             )
         # The turn's frames must fit whole (no half-of-the-room cap, unlike a reply's reserve).
         self.history.ensure_room(call, min(n + 1, most), keep_half=False)
-        self.history.ingest(call, kind, codes.cpu(), entries, steps)
+        span = self.history.ingest(call, kind, codes.cpu(), entries, steps, prefill=not defer_prefill)
+        if defer_prefill:
+            self._deferred.append((call, *span))
 
     # ---------------------------------------------------------------------------------------------
     # Replies (dia2/replies.py)

@@ -57,11 +57,19 @@ class ThreadTime:
 
 
 class EngineThread:
-    def __init__(self, step: Callable[[], bool], encode_many: EncodeMany | None = None) -> None:
+    def __init__(
+        self,
+        step: Callable[[], bool],
+        encode_many: EncodeMany | None = None,
+        flush: Callable[[], None] | None = None,
+    ) -> None:
         """``step`` advances the engine once; it returns False when no call is speaking (the thread then
-        sleeps until the next command). ``encode_many`` encodes a drain's queued audio in one run."""
+        sleeps until the next command). ``encode_many`` encodes a drain's queued audio in one run;
+        ``flush`` completes what encoded commands deferred (their batched prefill): it runs before any
+        other command and at the end of the drain."""
         self._step = step
         self._encode_many = encode_many
+        self._flush = flush
         self._commands: queue.SimpleQueue[tuple[_Command, concurrent.futures.Future[Any]]] = (
             queue.SimpleQueue()
         )
@@ -127,9 +135,21 @@ class EngineThread:
             if isinstance(command, _Encoded):
                 self._run_command(functools.partial(_then, command.then, next(codes)), fut)
             else:
+                self._flush_deferred()
                 self._run_command(command, fut)
+        self._flush_deferred()
         drain_ms = (time.perf_counter() - start) * 1000
         self.time.longest_drain_ms = max(self.time.longest_drain_ms, drain_ms)
+
+    def _flush_deferred(self) -> None:
+        if self._flush is None:
+            return
+        t0 = time.perf_counter()
+        try:
+            self._flush()
+        except Exception:  # the engine logged it; the thread and every other call go on
+            logger.exception("engine flush failed")
+        self.time.command_s += time.perf_counter() - t0
 
     def _take_queued(self) -> list[_Queued]:
         taken = []

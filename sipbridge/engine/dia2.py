@@ -305,12 +305,15 @@ class Dia2Session:
     async def _speak_after_ops(
         self, text: TextSource, params: SpeakParams | None, ahead: _Ahead | None
     ) -> AsyncIterator[Chunk]:
+        t0 = time.monotonic()
         if self._chain is not None:
             with contextlib.suppress(Exception):  # a failed user_spoke was logged; still answer
                 await asyncio.shield(self._chain)
         if ahead is not None and ahead.forgotten:
             return  # discarded before it began: nothing of it may reach the context
         conv = await self._conversation()
+        engine = self.engine.dia2_engine
+        waited, steps0 = time.monotonic() - t0, (engine.steps_run, engine.lane_steps)
         whole = isinstance(text, str)
         text = self.engine.text.source(text, params)  # normalised, "[S1]" once, sentence segments
         if whole and not isinstance(text, str):
@@ -330,11 +333,23 @@ class Dia2Session:
                     if self._first_chunk is None:
                         self._first_chunk = chunk
                         self._frame0 = chunk.frame  # a reply's frames start at its first step
+                        self._log_first_chunk(t0, waited, steps0)
                     yield chunk.pcm.numpy().astype(np.float32, copy=False)
         except EngineError:
             raise
         except Exception as exc:
             raise EngineError(f"dia2 failed while speaking: {exc}") from exc
+
+    def _log_first_chunk(self, t0: float, waited: float, steps0: tuple[int, int]) -> None:
+        """Where a reply's first-chunk time went (a load run's turn gap is read from these): the ops queued
+        before it (the caller's turn heard, a cut reply trimmed) and the engine steps until its first frame
+        was decoded."""
+        engine = self.engine.dia2_engine
+        log.info(
+            "call %s: dia2 first chunk %.0f ms after speak (earlier ops %.0f ms; %d full, %d lane steps)",
+            self.call_id, (time.monotonic() - t0) * 1000, waited * 1000,
+            engine.steps_run - steps0[0], engine.lane_steps - steps0[1],
+        )  # fmt: skip
 
     # ------------------------------------------------------------------ speaking ahead (speculative reply)
 

@@ -85,7 +85,8 @@ def test_incremental_turns_equal_a_full_rewarm(runtime: Dia2, reference: Referen
     caller = reference.prefix_speakers()[1]
     codes = runtime.mimi.encode(caller.audio).cpu()
     before = call.frames
-    last = engine.history.ingest(call, "user", codes, *_entries(engine, caller))
+    start, stop = engine.history.ingest(call, "user", codes, *_entries(engine, caller), prefill=False)
+    last = engine.history.prefill(call, start, stop)
     n = call.frames
     assert n == before + codes.shape[1]
     assert [s[0] for s in call.segments] == ["voice", "user", "reply", "user"]
@@ -266,10 +267,11 @@ def test_voice_prompt_is_encoded_once(runtime: Dia2, reference: ReferenceFixture
 
 
 def test_turns_queued_together_share_one_mimi_encode(runtime: Dia2, reference: ReferenceFixture) -> None:
-    """Callers who stop together: their turns' audio goes through Mimi's encoder in one batched run (the
-    engine thread's time at 128 calls was mostly one encode per turn), and each call's context and next
-    reply are exactly those of a turn encoded alone: the encoder is causal, a row never sees the zeros
-    padding it to the longest."""
+    """Callers who stop together: their turns' audio goes through Mimi's encoder in one batched run and
+    their frames through one batched prefill (the engine thread's time at 128 calls was mostly one encode
+    and one prefill per turn), and each call's context and next reply are exactly those of a turn
+    ingested alone: the encoder is causal (a row never sees the zeros padding it to the longest), and a
+    shorter turn's padding steps write only the spare cache slot."""
     voice, caller = reference.prefix_speakers()
     lengths = [caller.audio.numel(), caller.audio.numel() * 2 // 3, 5000, 1]
     clips = [caller.audio[:n] for n in lengths]
@@ -307,6 +309,7 @@ def test_turns_queued_together_share_one_mimi_encode(runtime: Dia2, reference: R
     finally:
         engine.stop()
     assert engine.thread.time.encode_batches == before + 1 and engine.thread.time.encoded >= 2
+    assert engine.history.batched_prefills == 1  # and both turns' frames went through one forward
     for call, want in zip(calls, expected, strict=True):
         assert torch.equal(codes_of(reply(engine, call, "[S1] Sure, one moment.", greedy())), want)
 
