@@ -322,10 +322,11 @@ def _dtw_loop(cost: np.ndarray) -> list[int]:
 
 def test_dtw_over_a_batch_of_diagonals_equals_the_double_loop_per_row() -> None:
     """Anti-diagonals of several matrices at once (frames differ) give each row the path the plain double
-    loop gives it alone: a shorter row's padding never reaches its path."""
+    loop gives it alone: a shorter row's padding never reaches its path, and ties go the same way."""
     rng = np.random.default_rng(0)
     costs = [rng.standard_normal((7, m)) for m in (30, 12, 1, 45)]
     costs.append(np.where(np.repeat(np.eye(7), 3, axis=1) > 0, -1.0, 1.0))  # token k: frames 3k..3k+2
+    costs += [rng.integers(-1, 2, (7, 16)).astype(np.float64) for _ in range(3)]  # ties: the rule decides
     move = dtw_moves(costs)
     for r, cost in enumerate(costs):
         assert entry_frames(move[r], *cost.shape).tolist() == _dtw_loop(cost)
