@@ -230,7 +230,8 @@ class BatchedWhisper:
         """One call's text (and words) from its decoded ids and their times: its own token cap applies, so a
         short turn batched with a long one reads exactly as it would alone (greedy rows do not depend on each
         other)."""
-        start = next((i for i, t in enumerate(ids) if t < self._eos), len(ids))  # past any leading special
+        # past any special the model says first (a language id): skipped as before, not taken for the end
+        start = next((i for i, t in enumerate(ids) if t < self._eos), len(ids))
         keep: list[int] = []
         for i in range(start, min(len(ids), start + cap)):
             if ids[i] in self._special or ids[i] >= self._eos:  # every id from end-of-text up is special
@@ -249,8 +250,10 @@ class BatchedWhisper:
 
 class _StepRecorder:
     """A logits processor that changes nothing: it keeps what the decoder was fed at the last step (the
-    prompt and every decoded token but the last; the alignment forward reruns exactly these) and how long
-    the prompt was (generate builds it: start, language and task tokens, no-timestamps)."""
+    prompt and every decoded token but the last, a finished row's end token and padding included) and how
+    long the prompt was (generate builds it: start, language and task tokens, no-timestamps). Plain generate
+    returns neither (the decoded tokens only, the end token dropped), and the alignment forward must rerun
+    exactly these steps: transformers' DTW counts every one of them, so its times need them too."""
 
     def __init__(self) -> None:
         self.fed: Any = None
