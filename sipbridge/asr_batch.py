@@ -6,10 +6,11 @@ every transcription is a `_Job` handed to one batch thread: it takes the first j
 `asr.batch_window_ms` for more (up to `asr.max_batch`), runs one `generate` over all of them, and resolves
 each job's future with its own row. Rows never mix: job i of the batch reads row i of every output tensor.
 
-Word timestamps come from transformers' cross-attention DTW (`return_token_timestamps`, which needs the
-model's `alignment_heads` in its generation config and eager attention to expose the attention weights);
-tokens are grouped into words where a token starts with a space. Early ASR needs nothing special: a partial
-turn is one more job.
+Word timestamps come from cross-attention DTW over the model's `alignment_heads` (its generation config; eager
+attention exposes the weights): generate decodes tokens only, then one decoder forward over the rows that
+want words gives those heads' weights and sipbridge/word_times.py aligns them, with the same times as
+transformers' `return_token_timestamps`, without its per-step attention bookkeeping. Tokens are grouped into
+words where a token starts with a space. Early ASR needs nothing special: a partial turn is one more job.
 
 A decoder on noise (or random weights) may not stop by itself: every batch is capped at
 `asr.max_tokens_per_second` tokens per second of its longest clip, plus a few for the prompt.
@@ -28,6 +29,8 @@ from typing import Any
 
 import numpy as np
 import numpy.typing as npt
+
+from sipbridge.word_times import alignment_weights, encoder_frames, token_times
 
 log = logging.getLogger(__name__)
 
@@ -183,50 +186,86 @@ class BatchedWhisper:
         )
         feats = inputs.input_features.to(self.device, self._dtype)
         caps = [token_cap(len(job.audio) / _RATE, self.max_tokens_per_second) for job in batch]
-        words = any(job.words for job in batch)
-        kwargs: dict[str, Any] = {"max_new_tokens": max(caps)}
-        if getattr(self._model.generation_config, "is_multilingual", False):
-            kwargs |= {"language": self.language, "task": "transcribe"}
-        if words:
-            mask = inputs.attention_mask.to(self.device)
-            kwargs |= {"return_token_timestamps": True, "attention_mask": mask}
-        out = self.decode(feats, kwargs)
-        stamps = out.get("token_timestamps") if words else None
-        return [
-            self._row(out["sequences"][i], None if stamps is None else stamps[i], job, caps[i])
-            for i, job in enumerate(batch)
-        ]
+        timed = [i for i, job in enumerate(batch) if job.words]
+        frames = encoder_frames(inputs.attention_mask.sum(-1).tolist())
+        tokens, times = self.decode(feats, max(caps), timed, [frames[i] for i in timed])
+        stamps: list[Any] = [None] * len(batch)
+        for i, row in zip(timed, times, strict=True):
+            stamps[i] = row
+        return [self._row(tokens[i], stamps[i], job, caps[i]) for i, job in enumerate(batch)]
 
-    def decode(self, feats: Any, kwargs: dict[str, Any]) -> Any:
-        """generate's dict for a batch of log-mel features. The encoder runs here, not inside generate: word
-        timestamps make generate ask for attentions, and it then keeps every encoder layer's too (rows x heads
-        x 1500 x 1500 each: ~29 GB for 10 rows of large-v3-turbo, which ran Dia2 and the ASR out of memory at
-        128 calls on an 80 GB card). DTW needs only the decoder's cross-attentions; tokens are the same."""
+    def decode(
+        self, feats: Any, max_new_tokens: int, timed: list[int], frames: list[int]
+    ) -> tuple[list[list[int]], list[npt.NDArray[np.float32]]]:
+        """Each row's decoded token ids (greedy, the prompt left out, padded with end tokens), and for the
+        rows `timed` (whose real encoder frames are `frames`) each decoded token's time in seconds.
+
+        generate is asked for tokens only: word timestamps there made it keep every decoder layer's
+        cross-attention at every step and split them per row in Python (most of the ASR thread's time at 128
+        calls), and keep every encoder layer's attention too (~29 GB for 10 rows of large-v3-turbo). One more
+        decoder forward over the timed rows' steps gives the alignment heads' weights instead
+        (sipbridge/word_times.py). The encoder runs here, once, for both."""
         import torch
 
+        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
+        if getattr(self._model.generation_config, "is_multilingual", False):
+            kwargs |= {"language": self.language, "task": "transcribe"}
+        steps = _StepRecorder()
         with torch.inference_mode():
             encoded = self._model.get_encoder()(feats)
-            return self._model.generate(encoder_outputs=encoded, return_dict_in_generate=True, **kwargs)
+            out = self._model.generate(encoder_outputs=encoded, logits_processor=[steps], **kwargs)
+            tokens: list[list[int]] = out.tolist()
+            if not timed:
+                return tokens, []
+            rows = torch.tensor(timed, device=steps.fed.device)
+            weights = alignment_weights(
+                self._model,
+                steps.fed[rows],
+                encoded.last_hidden_state[rows],
+                self._model.generation_config.alignment_heads,
+                max(frames),
+            )
+        width = int(self._model.config.median_filter_width)
+        return tokens, token_times(weights.cpu(), frames, steps.prompt, width)
 
-    def _row(self, seq: Any, stamps: Any, job: _Job, cap: int) -> AsrResult:
-        """One call's text (and words): its own token cap applies, so a short turn batched with a long one
-        reads exactly as it would alone (greedy rows do not depend on each other)."""
-        ids = [int(t) for t in seq.tolist()]
-        prompt = next((i for i, t in enumerate(ids) if t < self._eos), len(ids))  # past SOT, NO_TS, ...
+    def _row(self, ids: list[int], times: npt.NDArray[np.float32] | None, job: _Job, cap: int) -> AsrResult:
+        """One call's text (and words) from its decoded ids and their times: its own token cap applies, so a
+        short turn batched with a long one reads exactly as it would alone (greedy rows do not depend on each
+        other)."""
+        # past any special the model says first (a language id): skipped as before, not taken for the end
+        start = next((i for i, t in enumerate(ids) if t < self._eos), len(ids))
         keep: list[int] = []
-        for i in range(prompt, min(len(ids), prompt + cap)):
+        for i in range(start, min(len(ids), start + cap)):
             if ids[i] in self._special or ids[i] >= self._eos:  # every id from end-of-text up is special
                 break  # end of text (and the padding after it)
             keep.append(i)
         tok = self._processor.tokenizer
         text = tok.decode([ids[i] for i in keep]).strip()
-        if not job.words or stamps is None or not keep:
+        if not job.words or times is None or not keep:
             return text, []
         duration = len(job.audio) / _RATE
-        times = [min(float(x), duration) for x in stamps.tolist()]  # DTW may not place a word past the audio
+        stamps = [min(float(x), duration) for x in times.tolist()]  # DTW may not place a word past the audio
         # each kept token's DTW time; the stamp after the last one closes the last word
-        tail = [times[keep[-1] + 1]] if keep[-1] + 1 < len(times) else []
-        return text, group_words([tok.decode([ids[i]]) for i in keep], [times[i] for i in keep] + tail)
+        tail = [stamps[keep[-1] + 1]] if keep[-1] + 1 < len(stamps) else []
+        return text, group_words([tok.decode([ids[i]]) for i in keep], [stamps[i] for i in keep] + tail)
+
+
+class _StepRecorder:
+    """A logits processor that changes nothing: it keeps what the decoder was fed at the last step (the
+    prompt and every decoded token but the last, a finished row's end token and padding included) and how
+    long the prompt was (generate builds it: start, language and task tokens, no-timestamps). Plain generate
+    returns neither (the decoded tokens only, the end token dropped), and the alignment forward must rerun
+    exactly these steps: transformers' DTW counts every one of them, so its times need them too."""
+
+    def __init__(self) -> None:
+        self.fed: Any = None
+        self.prompt = 0
+
+    def __call__(self, input_ids: Any, scores: Any) -> Any:
+        if self.fed is None:
+            self.prompt = int(input_ids.shape[1])
+        self.fed = input_ids
+        return scores
 
 
 def _side_stream(device: str) -> Any:

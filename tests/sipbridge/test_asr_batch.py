@@ -13,9 +13,10 @@ import numpy as np
 import pytest
 from pydantic import ValidationError
 
-from sipbridge.asr import Transcriber
-from sipbridge.asr_batch import BatchedWhisper, group_words, token_cap
+from sipbridge.asr import Transcriber, _to_whisper
+from sipbridge.asr_batch import BatchedWhisper, _StepRecorder, group_words, token_cap
 from sipbridge.config import AsrConfig
+from sipbridge.word_times import alignment_weights, dtw_moves, encoder_frames, entry_frames, token_times
 
 EOT, SOT, NO_TS, TRANSCRIBE = 50256, 50257, 50362, 50358
 
@@ -173,30 +174,163 @@ def test_on_cuda_the_asr_does_not_wait_behind_the_default_stream(tiny_whisper: P
         whisper.close()
 
 
-def test_word_timestamps_keep_no_encoder_attentions(tiny_whisper: Path) -> None:
-    """Word timestamps make generate return attentions; the encoder's (every layer, rows x heads x 1500 x
-    1500) ran Dia2 and the ASR out of GPU memory at 128 calls. They are not kept, and tokens and times equal
-    those of generate given the features itself."""
-    torch = pytest.importorskip("torch")
-    whisper = BatchedWhisper(
-        str(tiny_whisper), device="cpu", dtype="float32", language="en", window_ms=0, max_batch=8,
+def _whisper(folder: Path) -> BatchedWhisper:
+    return BatchedWhisper(
+        str(folder), device="cpu", dtype="float32", language="en", window_ms=0, max_batch=8,
         max_tokens_per_second=8.0,
     )  # fmt: skip
+
+
+def _features(whisper: BatchedWhisper, clips: list[np.ndarray]) -> tuple[object, list[int], object]:
+    """Log-mel features, each row's real encoder frames and the feature mask, as the batch thread has them."""
+    fe = whisper._processor.feature_extractor
+    audio = [_to_whisper(c, 8000) for c in clips]
+    inputs = fe(audio, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
+    return (
+        inputs.input_features,
+        encoder_frames(inputs.attention_mask.sum(-1).tolist()),
+        inputs.attention_mask,
+    )
+
+
+@pytest.mark.parametrize("seconds", [(1.0, 2.5, 1.5, 4.0), (4.0, 4.0, 4.0)], ids=["lengths-differ", "same"])
+def test_word_times_equal_transformers_token_timestamps(
+    tiny_whisper: Path, seconds: tuple[float, ...]
+) -> None:
+    """Tokens decoded plainly and times from one alignment forward plus our DTW are exactly what generate
+    gives with `return_token_timestamps` on the same batch (clips of different lengths: each row cropped to
+    its own frames; of one length: transformers normalises them as one tensor)."""
+    torch = pytest.importorskip("torch")
+    whisper = _whisper(tiny_whisper)
     try:
-        clips = [_clip(i, 1.0 + i).astype(np.float32) / 32768 for i in range(3)]
-        fe = whisper._processor.feature_extractor
-        inputs = fe(clips, sampling_rate=16000, return_tensors="pt", return_attention_mask=True)
-        mask = inputs.attention_mask
-        kwargs = {"max_new_tokens": 12, "return_token_timestamps": True, "attention_mask": mask}
-        out = whisper.decode(inputs.input_features, kwargs)
+        feats, frames, mask = _features(whisper, [_clip(i, s) for i, s in enumerate(seconds)])
+        timed = list(range(len(seconds)))
+        tokens, times = whisper.decode(feats, 12, timed, frames)
         with torch.inference_mode():
-            ref = whisper._model.generate(inputs.input_features, return_dict_in_generate=True, **kwargs)
-        assert ref.get("encoder_attentions") is not None  # what generate keeps when it runs the encoder
-        assert out.get("encoder_attentions") is None and out.get("cross_attentions") is not None
-        assert torch.equal(out["sequences"], ref["sequences"])
-        assert torch.equal(out["token_timestamps"], ref["token_timestamps"])
+            ref = whisper._model.generate(
+                feats, return_dict_in_generate=True, return_token_timestamps=True, attention_mask=mask,
+                max_new_tokens=12,
+            )  # fmt: skip
+        prompt = 2  # start of transcript, no timestamps
+        for row in timed:
+            want = ref["sequences"][row, prompt:].tolist()
+            assert tokens[row] == want[: len(tokens[row])] and set(want[len(tokens[row]) :]) <= {EOT}
+            assert np.array_equal(times[row], ref["token_timestamps"][row, prompt:].numpy())
+        if len(set(seconds)) > 1:  # the random model hears only length: rows apart show a mix-up
+            assert len({tuple(t) for t in times}) == len(set(seconds))
     finally:
         whisper.close()
+
+
+class _EndAt:
+    """Ends row r at its step `ends[r]` (random weights never say the end token by themselves)."""
+
+    def __init__(self, ends: list[int]) -> None:
+        self.ends = ends
+
+    def __call__(self, input_ids: object, scores: object) -> object:
+        step = input_ids.shape[1] - 2  # type: ignore[attr-defined]
+        for row, end in enumerate(self.ends):
+            if step == end:
+                scores[row] = -float("inf")  # type: ignore[index]
+                scores[row, EOT] = 0.0  # type: ignore[index]
+        return scores
+
+
+def test_rows_that_ended_early_keep_transformers_times(tiny_whisper: Path) -> None:
+    """Rows that said the end token while others went on are fed padding for the rest of the batch's steps;
+    transformers' DTW counts those steps, and so does ours (the steps are what generate fed, which the
+    recorder keeps), so the times stay equal."""
+    torch = pytest.importorskip("torch")
+    whisper = _whisper(tiny_whisper)
+    try:
+        feats, frames, mask = _features(whisper, [_clip(i, 1.0 + 0.5 * i) for i in range(4)])
+        recorder = _StepRecorder()
+        with torch.inference_mode():
+            ref = whisper._model.generate(
+                feats, return_dict_in_generate=True, return_token_timestamps=True, attention_mask=mask,
+                max_new_tokens=12, logits_processor=[_EndAt([1, 4, 99, 6]), recorder],
+            )  # fmt: skip
+            sequences = ref["sequences"]
+            assert (sequences[0, 3:] == EOT).all() and (sequences[2, 2:] != EOT).all()
+            assert recorder.prompt == 2 and torch.equal(recorder.fed, sequences[:, :-1])
+            encoded = whisper._model.get_encoder()(feats).last_hidden_state
+            heads = whisper._model.generation_config.alignment_heads
+            weights = alignment_weights(whisper._model, recorder.fed, encoded, heads, max(frames))
+        times = token_times(weights, frames, recorder.prompt, whisper._model.config.median_filter_width)
+        for row, got in enumerate(times):
+            assert np.array_equal(got, ref["token_timestamps"][row, 2:].numpy())
+    finally:
+        whisper.close()
+
+
+def test_generate_is_asked_for_tokens_only(tiny_whisper: Path) -> None:
+    """Word times no longer make generate collect attentions at every step (their per-row split was most of
+    the ASR thread's time at 128 calls): every decoding step runs without them, the encoder once without
+    them, and one decoder forward over the timed rows' whole sequences returns the weights DTW needs."""
+    pytest.importorskip("torch")
+    whisper = _whisper(tiny_whisper)
+    decoder, encoder = [], []
+    model = whisper._model.model
+    hooks = [
+        model.decoder.register_forward_pre_hook(
+            lambda _m, _a, kw: decoder.append(
+                (bool(kw.get("output_attentions")), tuple(kw["input_ids"].shape))
+            ),
+            with_kwargs=True,
+        ),
+        model.encoder.register_forward_pre_hook(
+            lambda _m, _a, kw: encoder.append(bool(kw.get("output_attentions"))), with_kwargs=True
+        ),
+    ]
+    try:
+        feats, frames, _ = _features(whisper, [_clip(i, 1.0 + i) for i in range(3)])
+        tokens, times = whisper.decode(feats, 6, [0, 2], [frames[0], frames[2]])
+        steps = [shape for asked, shape in decoder if not asked]
+        assert encoder == [False] and len(steps) == 6 and all(shape[0] == 3 for shape in steps)
+        assert [(a, s) for a, s in decoder if a] == [(True, (2, 2 + 6 - 1))]  # timed rows, every step fed
+        assert len(times) == 2 and all(len(t) == 6 for t in times)
+        decoder.clear()
+        whisper.decode(feats, 6, [], [])
+        assert not any(asked for asked, _ in decoder)  # nobody wants words: no alignment forward at all
+        assert len(tokens) == 3
+    finally:
+        for hook in hooks:
+            hook.remove()
+        whisper.close()
+
+
+def _dtw_loop(cost: np.ndarray) -> list[int]:
+    """The textbook double loop (OpenAI's tie rule), each token's entry frame: what the vectorised one must
+    give."""
+    n, m = cost.shape
+    acc = np.full((n + 1, m + 1), np.inf, dtype=np.float32)
+    acc[0, 0] = 0
+    move = np.zeros((n + 1, m + 1), dtype=np.int8)
+    for j in range(1, m + 1):
+        for i in range(1, n + 1):
+            c0, c1, c2 = acc[i - 1, j - 1], acc[i - 1, j], acc[i, j - 1]
+            t, c = (0, c0) if c0 < c1 and c0 < c2 else (1, c1) if c1 < c0 and c1 < c2 else (2, c2)
+            acc[i, j], move[i, j] = cost[i - 1, j - 1] + c, t
+    move[0, :], move[:, 0] = 2, 1
+    first, i, j = [0] * n, n, m
+    while i > 0:
+        first[i - 1] = j - 1
+        i, j = (i - 1, j - 1) if move[i, j] == 0 else (i - 1, j) if move[i, j] == 1 else (i, j - 1)
+    return first
+
+
+def test_dtw_over_a_batch_of_diagonals_equals_the_double_loop_per_row() -> None:
+    """Anti-diagonals of several matrices at once (frames differ) give each row the path the plain double
+    loop gives it alone: a shorter row's padding never reaches its path, and ties go the same way."""
+    rng = np.random.default_rng(0)
+    costs = [rng.standard_normal((7, m)) for m in (30, 12, 1, 45)]
+    costs.append(np.where(np.repeat(np.eye(7), 3, axis=1) > 0, -1.0, 1.0))  # token k: frames 3k..3k+2
+    costs += [rng.integers(-1, 2, (7, 16)).astype(np.float64) for _ in range(3)]  # ties: the rule decides
+    move = dtw_moves(costs)
+    for r, cost in enumerate(costs):
+        assert entry_frames(move[r], *cost.shape).tolist() == _dtw_loop(cost)
+    assert entry_frames(move[4], 7, 21).tolist() == [0, 3, 6, 9, 12, 15, 18]
 
 
 def test_random_weights_never_run_past_the_token_cap() -> None:

@@ -1,0 +1,145 @@
+"""Token times for Whisper from its alignment heads' cross-attention, found after decoding, not during it.
+
+transformers' `return_token_timestamps` makes generate keep every decoder layer's cross-attention at every
+step and then split and restack them row by row in Python: on an H100 at 128 calls that post-processing was
+most of the ASR thread's time (batches of 10-30 rows took 1-3 s, sharing the GIL with the Dia2 engine). As
+OpenAI's whisper does, the tokens are decoded plainly and one more decoder forward over each row's whole
+sequence gives the cross-attention of the alignment heads only; DTW then runs here.
+
+The result is transformers' own, so times do not change with this: the same steps (the prompt and every
+decoded step, the end token and the padding after it included, as generate fed them), the same per-row crop
+to the row's real frames, z-scored over tokens, median-filtered over frames, averaged over the heads, the
+same DTW with its tie rule and float32 costs; token i is given the time where the DTW path enters its step.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+import numpy.typing as npt
+
+if TYPE_CHECKING:
+    import torch
+
+SECONDS_PER_FRAME = 0.02  # one encoder position: 30 s of audio over 1500 of them
+_FEATURES_PER_FRAME = 2  # the encoder's stride-2 convolution: two log-mel frames per position
+
+
+def alignment_weights(
+    model: Any, steps: torch.Tensor, encoded: torch.Tensor, heads: list[list[int]], frames: int
+) -> torch.Tensor:
+    """(rows, heads, steps, frames) cross-attention of the alignment heads, as float32, for the token
+    sequences `steps` (what the decoder was fed, one step per column), cut to the first `frames` positions.
+    One decoder forward over every step at once; the model must run eager attention (sdpa returns no
+    weights)."""
+    import torch
+
+    with torch.inference_mode():
+        out = model.model.decoder(
+            input_ids=steps, encoder_hidden_states=encoded, output_attentions=True, use_cache=False
+        )
+        layers = out.cross_attentions
+        picked = [layers[layer][:, head, :, :frames] for layer, head in heads]
+        return torch.stack(picked, dim=1).float()
+
+
+def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
+    """Median over a window of `width` (odd) along the last axis, its edges mirrored; a row no longer than
+    half the window is left as it is (mirroring needs more)."""
+    import torch.nn.functional as F
+
+    half = width // 2
+    if x.shape[-1] <= half:
+        return x
+    padded = F.pad(x, (half, half), mode="reflect")
+    return padded.unfold(-1, width, 1).sort(dim=-1).values[..., half]
+
+
+def cost_matrix(weights: torch.Tensor, width: int) -> npt.NDArray[np.float64]:
+    """One row's DTW cost (tokens x frames) from its (heads, tokens, frames) weights: each frame's column
+    z-scored over the tokens (which tokens look at this frame more than the rest do), smoothed over frames,
+    averaged over heads, negated (DTW looks for the cheapest path)."""
+    import torch
+
+    # std and mean apart, not std_mean: its mean comes out of another reduction, a last bit off theirs
+    std = torch.std(weights, dim=-2, keepdim=True, correction=0)
+    mean = torch.mean(weights, dim=-2, keepdim=True)
+    smooth = _median_filter((weights - mean) / std, width)
+    return -smooth.mean(dim=0).double().numpy()
+
+
+def dtw_moves(costs: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.int8]:
+    """The move into every cell on the cheapest accumulated cost, for matrices of as many tokens (not frames).
+
+    A cell (i, j) depends only on (i-1, j-1), (i-1, j) and (i, j-1): the cells of one anti-diagonal are
+    independent, so they are computed at once, for every matrix: tokens + frames numpy steps in all instead
+    of tokens x frames Python ones per row. Cells past a shorter matrix's last frame get cost 0 and are
+    never read by its own path. Moves: 0 diagonal, 1 from the token above (same frame), 2 from the frame
+    before (same token). Ties go as in OpenAI's and transformers' DTW: the diagonal only when strictly
+    cheapest, then the token above only when strictly cheapest, else the frame before. Costs are float32
+    (their sums rounded at each cell), like theirs."""
+    rows, tokens = len(costs), costs[0].shape[0]
+    frames = max(c.shape[1] for c in costs)
+    matrix = np.zeros((rows, tokens, frames), dtype=np.float64)
+    for r, c in enumerate(costs):
+        matrix[r, :, : c.shape[1]] = c
+    cost = np.full((rows, tokens + 1, frames + 1), np.inf, dtype=np.float32)
+    cost[:, 0, 0] = 0
+    move = np.full((rows, tokens + 1, frames + 1), -1, dtype=np.int8)
+    for diagonal in range(2, tokens + frames + 1):
+        i = np.arange(max(1, diagonal - frames), min(tokens, diagonal - 1) + 1)
+        j = diagonal - i
+        c0, c1, c2 = cost[:, i - 1, j - 1], cost[:, i - 1, j], cost[:, i, j - 1]
+        diag = (c0 < c1) & (c0 < c2)
+        up = ~diag & (c1 < c0) & (c1 < c2)
+        step = np.where(diag, 0, np.where(up, 1, 2)).astype(np.int8)
+        best = np.where(diag, c0, np.where(up, c1, c2))
+        cost[:, i, j] = matrix[:, i - 1, j - 1] + best  # float64 sum, rounded to float32 on the store
+        move[:, i, j] = step
+    move[:, 0, :] = 2  # on the edges the path can only run along them, back to the corner
+    move[:, :, 0] = 1
+    return move
+
+
+def entry_frames(move: npt.NDArray[np.int8], tokens: int, frames: int) -> npt.NDArray[np.int64]:
+    """The frame where the cheapest path from (tokens, frames) back to (0, 0) first reaches each token."""
+    first = np.zeros(tokens, dtype=np.int64)
+    i, j = tokens, frames
+    while i > 0:  # row 0 is reached only at (0, 0): cells (1, j) never look up at the infinite row 0
+        first[i - 1] = j - 1  # walked backwards: the last write for a token is where the path enters it
+        step = move[i, j]
+        if step == 0:
+            i, j = i - 1, j - 1
+        elif step == 1:
+            i -= 1
+        else:
+            j -= 1
+    return first
+
+
+def token_times(
+    weights: torch.Tensor, frames: list[int], prompt: int, width: int
+) -> list[npt.NDArray[np.float32]]:
+    """Per row, the time (s) of each decoded token: (rows, heads, steps, frames) alignment weights of the
+    steps (the prompt first), each row's real encoder frames, the prompt's length, the median filter width.
+    Decoded token k has the time of step prompt + k; the last decoded token, never fed back, has the time of
+    the one before it. Float32, as transformers gives them."""
+    decoded = weights.shape[2] - prompt + 1
+    if decoded <= 1:  # nothing fed back after the prompt: no attention to align
+        return [np.zeros(decoded, dtype=np.float32) for _ in frames]
+    costs = [cost_matrix(weights[r, :, prompt:, :n], width) for r, n in enumerate(frames)]
+    move = dtw_moves(costs)
+    times = []
+    for r, c in enumerate(costs):
+        first = entry_frames(move[r], c.shape[0], c.shape[1])
+        row = np.empty(decoded, dtype=np.float32)
+        row[:-1] = first * SECONDS_PER_FRAME
+        row[-1] = row[-2]
+        times.append(row)
+    return times
+
+
+def encoder_frames(feature_frames: list[int]) -> list[int]:
+    """Each row's real encoder positions from its real log-mel frames (the feature extractor's mask)."""
+    return [n // _FEATURES_PER_FRAME for n in feature_frames]
