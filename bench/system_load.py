@@ -93,6 +93,8 @@ def engine_section(args: argparse.Namespace) -> dict[str, Any]:
     # model names a folder that does not exist: with random weights the engine must never read it.
     dia2 = {"model": "/nonexistent/random-weights-benchmark", "device": args.dia2_device,
             "dtype": args.dia2_dtype, "max_batch": max(args.calls)}  # fmt: skip
+    if args.dia2_lane_capacity:
+        dia2["lane_capacity"] = args.dia2_lane_capacity
     return {"kind": "dia2", "dia2": dia2}
 
 
@@ -380,6 +382,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     )
     ap.add_argument("--dia2-device", default="cuda")
     ap.add_argument("--dia2-dtype", default="bfloat16", choices=("bfloat16", "float32"))
+    ap.add_argument("--dia2-lane-capacity", type=int, help="engine.dia2.lane_capacity")
     ap.add_argument(
         "--dia2-tiny",
         action="store_true",

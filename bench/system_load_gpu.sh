@@ -84,7 +84,7 @@ run() {
         # turn decodes to asr.max_tokens_per_second (its default) x its length: about 3 words per second.
         python3 bench/system_load.py --calls "$n" --engine dia2 --dia2-shape 2b --dia2-device cuda \
             --asr-backend transformers --asr-model "$whisper" --asr-device cuda --agent echo \
-            --asr-tokens-per-s "${ASR_TOKENS_PER_S:-4}" \
+            --asr-tokens-per-s "${ASR_TOKENS_PER_S:-4}" ${LANE_CAPACITY:+--dia2-lane-capacity "$LANE_CAPACITY"} \
             --caller "$ROOT/.caller" --stagger-s "${STAGGER_S:-0.1}" --json "$out/system-load-$n.json" --log-dir "$out" \
             >"$out/system-load-$n.log" 2>&1 || echo "N=$n: system_load failed, see $out/system-load-$n.log"
         tail -c 600 "$out/system-load-$n.log"

@@ -509,6 +509,15 @@ class Dia2EngineConfig(_Section):
         description="paged_kv: pool size as average context steps per call (max_batch x this); unset = the "
         "full context per call. A reply that finds the pool empty ends early (counted), never fails a call.",
     )
+    lane_capacity: int = Field(
+        8,
+        ge=1,
+        le=512,
+        description="Replies in their lead-in (the ~17 steps before a reply's first audio) that get cheap "
+        "main-only steps of their own between full steps; more ride the full steps only, ~80 ms a step. "
+        "When many callers stop together (a load run's 32 replies in 3 s) the ones past this wait ~1.5 s for "
+        "their first audio; a larger lane costs memory and capture time (docs/PERFORMANCE.md, issue 16).",
+    )
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
 
 

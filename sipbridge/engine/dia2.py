@@ -127,6 +127,7 @@ def engine_options(cfg: Dia2EngineConfig, context_steps: int) -> EngineOptions:
         max_reply_steps=min(1000, context_steps // 2),
         paged_kv=cfg.paged_kv,
         kv_pool_steps=cfg.kv_pool_steps,
+        lane_capacity=cfg.lane_capacity,
     )
 
 

@@ -83,3 +83,13 @@ def test_paged_kv_and_its_pool_reach_the_batch_engine() -> None:
     options = engine_options(paged.engine.dia2, 1500)
     assert (options.paged_kv, options.kv_pool_steps, options.capacity) == (True, 750, 384)
     assert (options.reply_reserve_steps, options.max_reply_steps) == (250, 750)
+
+
+def test_the_lead_in_lane_capacity_reaches_the_batch_engine() -> None:
+    """engine.dia2.lane_capacity sizes the engine's lead-in lane (8 by default, as before the key)."""
+    from sipbridge.config import Config
+    from sipbridge.engine.dia2 import engine_options
+
+    assert engine_options(Config.model_validate({}).engine.dia2, 1500).lane_capacity == 8
+    wide = Config.model_validate({"engine": {"dia2": {"lane_capacity": 32, "max_batch": 128}}})
+    assert engine_options(wide.engine.dia2, 1500).lane_capacity == 32
