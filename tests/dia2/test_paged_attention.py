@@ -23,6 +23,7 @@ from dia2 import paged_attention
 from dia2.engine import AudioChunk, BatchEngine
 from dia2.paged_attention import paged_decode
 from dia2.paged_kv import TRASH_BLOCK, BlockPool, PagedDecoderCache
+from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2
 
 from . import engine_kit
@@ -128,11 +129,17 @@ def test_kernel_never_reads_past_the_index_and_follows_views(dtype: torch.dtype)
     assert _rel(got_view, want.index_select(0, rows)) < TOL[dtype]
 
 
-def test_engine_option_needs_the_kernel_where_it_insists(runtime: Dia2) -> None:
+@pytest.fixture(scope="module")
+def here(runtime: Dia2, reference: ReferenceFixture) -> Dia2:
+    """The fixture runtime on the device the kernel runs on (CUDA when there is one)."""
+    return runtime if DEV.type == "cpu" else reference.load_runtime("cuda", "float32")
+
+
+def test_engine_option_needs_the_kernel_where_it_insists(here: Dia2) -> None:
     """None: the gather on the CPU (the kernel by default on CUDA only); True: the kernel (here under the
     interpreter); False: the gather."""
     for option, want in ((None, DEV.type == "cuda"), (True, True), (False, False)):
-        engine = engine_kit.make_engine(runtime, paged_kv=True, paged_attention_kernel=option)
+        engine = engine_kit.make_engine(here, paged_kv=True, paged_attention_kernel=option)
         assert engine.pool is not None and engine.pool.cache.in_place is want, option
 
 
@@ -149,15 +156,13 @@ def _speak_two(engine: BatchEngine) -> dict[str, list[AudioChunk]]:
     return {k: [c for c in v if c is not None] for k, v in got.items()}
 
 
-def test_paged_engine_on_the_kernel_equals_dense_engine(
-    runtime: Dia2, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_paged_engine_on_the_kernel_equals_dense_engine(here: Dia2, monkeypatch: pytest.MonkeyPatch) -> None:
     """The module path (CPU engine) with the kernel writes the dense cache's codes; lane steps included
     (their cache is a row subset limited to a kv bucket)."""
     kw = {"kv_buckets": (16, 32, 64), "lane_steps_per_full": 2}
-    dense = _speak_two(engine_kit.make_engine(runtime, **kw))
+    dense = _speak_two(engine_kit.make_engine(here, **kw))
     paged = engine_kit.make_engine(
-        runtime, paged_kv=True, kv_block_size=8, kv_pool_steps=96, paged_attention_kernel=True, **kw
+        here, paged_kv=True, kv_block_size=8, kv_pool_steps=96, paged_attention_kernel=True, **kw
     )
     assert paged.pool is not None and paged.pool.cache.in_place
     launches = 0
@@ -170,8 +175,39 @@ def test_paged_engine_on_the_kernel_equals_dense_engine(
 
     monkeypatch.setattr(paged_attention, "paged_decode", counted)
     got = _speak_two(paged)
-    layers = runtime.model.config.model.decoder.n_layer
+    layers = here.model.config.model.decoder.n_layer
     assert paged.lane_steps > 0 and launches == layers * (paged.steps_run + paged.lane_steps)
     assert all(len(v) > 5 for v in dense.values())
     for name, chunks in dense.items():
         assert [c.codes.tolist() for c in got[name]] == [c.codes.tolist() for c in chunks], name
+
+
+@pytest.mark.parametrize("kernels", [False, True])
+def test_fused_main_steps_on_the_kernel_equal_the_dense_cache(here: Dia2, kernels: bool) -> None:
+    """The engine's two fused main steps read the paged cache through the kernel too: ``FusedFrame.main``
+    (torch functions, ``kernels`` off) and ``MainKernels.run`` (Triton). Lock step against the dense
+    cache: the decoder output of every row agrees each step and the rings of codes stay identical. On the
+    torch functions through the lead-in and two frames past it; on the kernels (whose depformer is slow in
+    the interpreter) eight lead-in steps, which are main steps only."""
+    common = {"fused": True, "kernels": kernels, "cuda_graphs": False, "lead_in_lane": False, "seed": 7}
+    dense = engine_kit.make_engine(here, kernel_max_calls=None, **common)
+    paged = engine_kit.make_engine(
+        here, kernel_max_calls=None, paged_kv=True, kv_block_size=8, paged_attention_kernel=True, **common
+    )
+    assert paged.pool is not None and paged.pool.cache.in_place
+    assert paged.fused is not None and (paged.fused.main_kernels is not None) == kernels
+    engines = [dense, paged]
+    for engine in engines:
+        engine.speak(engine.open_call(), SCRIPT_A, lambda chunk: None, greedy(2.0))
+        engine.speak(engine.open_call(), SCRIPT_B, lambda chunk: None, greedy())
+
+    def more() -> bool:
+        return dense.steps_run < 8 if kernels else dense.steps_run - dense.lead_steps < 2
+
+    while more():
+        for engine in engines:
+            assert engine.step()
+        rows = 2 * dense.branches
+        assert torch.allclose(paged.buf.hidden[:rows], dense.buf.hidden[:rows], atol=1e-4), dense.steps_run
+        assert torch.equal(paged.buf.ring, dense.buf.ring), dense.steps_run
+    assert dense.lead_steps == (8 if kernels else dense.steps_run - 2)
