@@ -132,10 +132,12 @@ def paged_decode(
     out: torch.Tensor | None = None,
     *,
     warps: int = 4,
+    tile: int | None = None,
 ) -> torch.Tensor:
     """``q [B, H, Dh]`` (one query frame per row) against one layer's pool ``keys``/``values [blocks, Hkv,
     block_size, Dh]`` through ``table [B, W]`` (block ids, any row stride), slots ``<= cache_index [B]``
-    → ``out [B, H, Dh]`` (q's dtype unless given)."""
+    → ``out [B, H, Dh]`` (q's dtype unless given). ``warps``/``tile`` (slots per iteration, a power of two
+    >= 16): launch settings, untuned until bench/dia2_paged_attention.py has run on a GPU."""
     rows, heads, dim = q.shape
     _, kv_heads, block_size, _ = keys.shape
     assert keys.shape[3] == dim and keys.stride() == values.stride() and heads % kv_heads == 0
@@ -145,6 +147,7 @@ def paged_decode(
         out = torch.empty_like(q)
     assert out.shape == q.shape and out.stride(2) == 1
     group = heads // kv_heads
+    assert tile is None or (tile >= MIN_DOT and tile == triton.next_power_of_2(tile))
     _paged_decode_kernel[(rows, kv_heads)](
         q,
         keys,
@@ -166,7 +169,7 @@ def paged_decode(
         BLOCK_SIZE=block_size,
         BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group)),
         BLOCK_D=max(MIN_DOT, triton.next_power_of_2(dim)),
-        TILE=max(MIN_TILE, triton.next_power_of_2(block_size)),
+        TILE=tile or max(MIN_TILE, triton.next_power_of_2(block_size)),
         IEEE=keys.dtype == torch.float32 or _interpreting(),
         num_warps=warps,
     )
