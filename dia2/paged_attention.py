@@ -83,7 +83,7 @@ def _paged_decode_kernel(
     )
     # Visible slots: 0 .. cache_index, at most the table's width (a limited view sees all its slots, as the
     # dense mask over max_steps does for an index past it).
-    visible = tl.minimum(tl.load(index_ptr + row) + 1, width * BLOCK_SIZE)
+    visible = tl.minimum(tl.load(index_ptr + row) + 1, width * BLOCK_SIZE).to(tl.int32)
     m_i = tl.full([BLOCK_G], float("-inf"), tl.float32)
     l_i = tl.zeros([BLOCK_G], dtype=tl.float32)
     acc = tl.zeros([BLOCK_G, BLOCK_D], dtype=tl.float32)
@@ -141,10 +141,12 @@ def paged_decode(
     rows, heads, dim = q.shape
     _, kv_heads, block_size, _ = keys.shape
     assert keys.shape[3] == dim and keys.stride() == values.stride() and heads % kv_heads == 0
-    assert q.stride(2) == 1 and keys.stride(3) == 1 and table.stride(1) == 1
+    assert keys.stride(3) == 1 and table.stride(1) == 1
     assert table.shape[0] == rows and cache_index.shape == (rows,)
+    if q.stride(2) != 1:  # a compiled producer may hand over another layout; the copy is [B, H, Dh] only
+        q = q.contiguous()
     if out is None:
-        out = torch.empty_like(q)
+        out = torch.empty(q.shape, dtype=q.dtype, device=q.device)
     assert out.shape == q.shape and out.stride(2) == 1
     group = heads // kv_heads
     assert tile is None or (tile >= MIN_DOT and tile == triton.next_power_of_2(tile))
