@@ -139,7 +139,9 @@ def test_engine_option_needs_the_kernel_where_it_insists(here: Dia2) -> None:
     """None: the gather on the CPU (the kernel by default on CUDA only); True: the kernel (here under the
     interpreter); False: the gather."""
     for option, want in ((None, DEV.type == "cuda"), (True, True), (False, False)):
-        engine = engine_kit.make_engine(here, paged_kv=True, paged_attention_kernel=option)
+        engine = engine_kit.make_engine(
+            here, paged_kv=True, paged_attention_kernel=option, cuda_graphs=False, compile=False
+        )
         assert engine.pool is not None and engine.pool.cache.in_place is want, option
 
 
@@ -159,7 +161,9 @@ def _speak_two(engine: BatchEngine) -> dict[str, list[AudioChunk]]:
 def test_paged_engine_on_the_kernel_equals_dense_engine(here: Dia2, monkeypatch: pytest.MonkeyPatch) -> None:
     """The module path (CPU engine) with the kernel writes the dense cache's codes; lane steps included
     (their cache is a row subset limited to a kv bucket)."""
-    kw = {"kv_buckets": (16, 32, 64), "lane_steps_per_full": 2}
+    # No graphs and no compile on CUDA: every launch is counted (a replay calls no Python), and the
+    # compiled, captured path is tests/dia2/test_engine_gpu.py's.
+    kw = {"kv_buckets": (16, 32, 64), "lane_steps_per_full": 2, "cuda_graphs": False, "compile": False}
     dense = _speak_two(engine_kit.make_engine(here, **kw))
     paged = engine_kit.make_engine(
         here, paged_kv=True, kv_block_size=8, kv_pool_steps=96, paged_attention_kernel=True, **kw
@@ -189,7 +193,13 @@ def test_fused_main_steps_on_the_kernel_equal_the_dense_cache(here: Dia2, kernel
     cache: the decoder output of every row agrees each step and the rings of codes stay identical. On the
     torch functions through the lead-in and two frames past it; on the kernels (whose depformer is slow in
     the interpreter) eight lead-in steps, which are main steps only."""
-    common = {"fused": True, "kernels": kernels, "cuda_graphs": False, "lead_in_lane": False, "seed": 7}
+    common = {
+        "fused": True,
+        "kernels": kernels,
+        "cuda_graphs": False,
+        "compile": False,
+        "lead_in_lane": False,
+    }
     dense = engine_kit.make_engine(here, kernel_max_calls=None, **common)
     paged = engine_kit.make_engine(
         here, kernel_max_calls=None, paged_kv=True, kv_block_size=8, paged_attention_kernel=True, **common
