@@ -10,7 +10,8 @@ and p95 TTFA at 1, 8, 32, 64, 128, 192, 256, 384 concurrent calls (`--calls`), w
 (12.5 frames/s) with p95 TTFA <= 200 ms, and peak GPU memory per size. Memory: the engine's breakdown by
 component (``dia2.memory``: predicted from shapes and summed over the live engine's tensors), allocated and
 reserved after capture and per size; sizes whose predicted memory does not fit the card are skipped and
-named (``skipped``). ``--paged-kv --kv-pool-steps N`` runs the paged KV cache (docs/DIA2.md).
+named (``skipped``). ``--paged-kv --kv-pool-steps N`` runs the paged KV cache (docs/DIA2.md); its attention
+reads the blocks in place (dia2/paged_attention.py) unless ``--paged-gather``.
 Weights are random, so the words the model "says" mean nothing; every number here is a function of shapes
 only (TTFA is 18 steps by construction of the delay pattern, whatever the weights).
 """
@@ -283,6 +284,12 @@ def main(argv: list[str] | None = None) -> int:
     )
     p.add_argument("--kv-block-size", type=int, default=16, help="paged KV block size in steps")
     p.add_argument(
+        "--paged-gather",
+        action="store_true",
+        help="paged KV attention on a gathered copy of the blocks, not the in-place kernel "
+        "(EngineOptions.paged_attention_kernel=False; the kernel is the CUDA default)",
+    )
+    p.add_argument(
         "--max-context-steps",
         type=int,
         default=None,
@@ -363,6 +370,7 @@ def main(argv: list[str] | None = None) -> int:
         "paged_kv": args.paged_kv,
         "kv_pool_steps": args.kv_pool_steps,
         "kv_block_size": args.kv_block_size,
+        "paged_attention_kernel": False if args.paged_gather else None,
         "stage_fusion_max_calls": args.stage_fusion,
     }
     if args.kernel_max_calls is not None:
@@ -402,6 +410,7 @@ def main(argv: list[str] | None = None) -> int:
         "kernel_max_calls": engine.options.kernel_max_calls,
         "buckets": engine.buckets,
         "paged_kv": engine.pool is not None,
+        "paged_attention_kernel": engine.pool is not None and engine.pool.cache.in_place,
         "kv_pool_steps": engine.options.kv_pool_steps,
         "kv_buckets": engine.kv_buckets,
     }

@@ -74,8 +74,9 @@ class EngineOptions:
     # Paged KV (dia2/paged_kv.py): a call holds blocks of kv_block_size steps of its context, taken from one
     # pool as the context grows and given back when it shrinks or the call closes, instead of
     # max_context_steps slots per slot (82 GiB at 256 Dia2-2B calls; docs/DIA2.md "GPU memory at 256
-    # calls"). Off until the next GPU run measures its speed (attention reads a gathered copy of the
-    # blocks); tokens are the dense cache's exactly (tested). kv_buckets are rounded up to whole blocks.
+    # calls"). Off until the next GPU run measures its speed (on CUDA attention reads the blocks in place,
+    # paged_attention_kernel below); tokens are the dense cache's (tested). kv_buckets are rounded up to
+    # whole blocks.
     paged_kv: bool = False
     kv_block_size: int = 16
     # Pool size: capacity x this many steps per call, as an average (a call may hold up to
@@ -84,6 +85,10 @@ class EngineOptions:
     # a reply that cannot grow ends (complete frames kept), known frames that cannot fit raise
     # KVPoolExhaustedError.
     kv_pool_steps: int | None = None
+    # Paged KV: a step's attention reads the blocks in place (dia2/paged_attention.py, Triton) instead of
+    # a gathered dense copy per layer and step. None → on where it can run (CUDA + Triton); True insists
+    # (CPU: only under TRITON_INTERPRET=1); False: the gather (the reference). Prefill always gathers.
+    paged_attention_kernel: bool | None = None
     # Lead-in lane (needs skip_lead_in): calls in a reply's lead-in also get main-only steps of their own
     # rows (a small batch), between the batch's full steps, as many as the other speaking calls' real-time
     # slack allows (each keeps >= min_call_fps full steps per second). docs/DIA2.md, "Lead-in lane".

@@ -22,7 +22,7 @@ from .graphs import FrameGraphs, kernel_choice
 from .history import CallHistory
 from .mimi_rows import MimiRows
 from .model import Dia2Model
-from .paged_kv import BlockPool, blocks_for
+from .paged_kv import BlockPool, blocks_for, in_place_unsupported
 from .script import WordEncoder
 from .state_machine import StateMachine, TokenIds
 
@@ -228,4 +228,15 @@ def block_pool(model: Dia2Model, opts: EngineOptions, branches: int, max_steps: 
         blocks=opts.capacity * branches * per_row,
         device=model.device,
         dtype=model.dtype,
+        in_place=paged_kernel_choice(opts.paged_attention_kernel, model.device),
     )
+
+
+def paged_kernel_choice(option: bool | None, device: torch.device) -> bool:
+    """``EngineOptions.paged_attention_kernel``: None → where it can run (CUDA); True insists."""
+    if option is False:
+        return False
+    why = in_place_unsupported(device)
+    if why is not None and option:
+        raise ValueError(f"EngineOptions.paged_attention_kernel=True, but the kernel cannot run: {why}")
+    return why is None and bool(option or device.type == "cuda")

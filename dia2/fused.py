@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 
 from .frame import RING, FrameBuffers, FrameConstants
-from .model import DecoderStepOutput, Dia2Model, KVCache
+from .model import DecoderStepOutput, Dia2Model, StepKVCache
 from .paged_kv import PagedDecoderCache
 from .sampling import race_rows
 
@@ -336,7 +336,7 @@ class FusedFrame:
         return self.kernel_max_rows is None or rows <= self.kernel_max_rows
 
     def main(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: KVCache
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: StepKVCache
     ) -> DecoderStepOutput:
         """``MainDecoder.forward`` with the layers through the shared functions."""
         if self.main_kernels is not None and self._kernel_rows(tokens.shape[0]):
@@ -353,10 +353,8 @@ class FusedFrame:
         for i, (w_in, w_out) in enumerate(self.main_w):
             q, k, v = attn_in(x, w_in, cos, sin)
             cache.write(i, index, k, v)
-            keys, values = cache.read(i)
-            a = F.scaled_dot_product_attention(
-                q, keys, values, attn_mask=valid, scale=1.0, enable_gqa=q.shape[1] != keys.shape[1]
-            )
+            # SDPA over the cache (model.attend_slots), or a paged cache's in-place kernel.
+            a = cache.attend(i, q, cache_index, valid)
             x = attn_out(x, a, *w_out)
         return tr.output(x)
 
@@ -682,7 +680,7 @@ class MainKernels:
         self.zero_index = torch.zeros(rows, dtype=torch.long, device=dev)
 
     def run(
-        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: KVCache
+        self, tokens: torch.Tensor, positions: torch.Tensor, cache_index: torch.Tensor, cache: StepKVCache
     ) -> DecoderStepOutput:
         k, eps, pdl = self.k, self.eps, self.pdl
         tr = self.model.transformer
@@ -705,7 +703,6 @@ class MainKernels:
                     qkv, q, k_new, v_new, qn, kn, tr.rope_cos, tr.rope_sin, positions, at, eps, pdl=pdl
                 )
                 cache.write(i, into, k_new, v_new)
-                keys, values = cache.read(i)
             else:  # dense: the kernel writes straight into the layer's cache
                 keys, values = cache.read(i)
                 k.qk_rope_cache(
@@ -722,9 +719,8 @@ class MainKernels:
                     eps,
                     pdl=pdl,
                 )
-            a = F.scaled_dot_product_attention(
-                q.unsqueeze(2), keys, values, attn_mask=bias, scale=1.0, enable_gqa=self.qh != self.kvh
-            )
+            # SDPA over the cache (gathered, if paged), or a paged cache's in-place kernel.
+            a = cache.attend(i, q.unsqueeze(2), cache_index, bias)
             k.linear(a.reshape(r, self.qh * self.hd), w_o, x, residual=x, pdl=pdl)
             k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True, pdl=pdl)
             k.linear(hid, wo, x, residual=x, pdl=pdl)

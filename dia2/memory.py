@@ -130,12 +130,16 @@ def activation_estimate(
 
     ``mlp``: the gate/up projection ``[R, 2 * n_hidden]``; ``scores``: attention weights ``[R, Hq, S]`` in
     float32 (the math path; flash kernels keep less); ``paged_gather``: with the paged cache, one layer's
-    keys and values gathered into ``[R, Hkv, S, Dh]`` (the copy :meth:`PagedDecoderCache.read` makes)."""
+    keys and values gathered into ``[R, Hkv, S, Dh]`` (the copy :meth:`PagedDecoderCache.read` makes), only
+    where the step's attention gathers: ``paged_attention_kernel=False`` (None is the kernel on the GPU these
+    estimates are for; prefill still gathers, one call's rows at a time: negligible)."""
     dec = config.model.decoder
     branches = 2 if options.cfg else 1
     rows = options.capacity * branches
     steps = options.max_context_steps or config.runtime.max_context_steps
-    paged = options.paged_kv if paged_gather is None else paged_gather
+    if paged_gather is None:
+        paged_gather = options.paged_kv and options.paged_attention_kernel is False
+    paged = paged_gather
     gather = 2 * rows * dec.kv_heads * steps * dec.gqa_head_dim * dtype_bytes if paged else 0
     return {
         "mlp": rows * 2 * dec.n_hidden * dtype_bytes,

@@ -33,6 +33,15 @@ class KVCache(Protocol):
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]: ...
 
 
+class StepKVCache(KVCache, Protocol):
+    """What a one-frame step needs besides: the cache attends itself, so a paged cache can read its blocks
+    in place (``dia2/paged_attention.py``) where the dense one runs SDPA (prefill only writes and reads)."""
+
+    def attend(
+        self, layer: int, q: torch.Tensor, cache_index: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor: ...
+
+
 __all__ = [
     "DecoderCache",
     "DecoderStepOutput",
@@ -41,6 +50,8 @@ __all__ = [
     "Dia2Model",
     "KVCache",
     "MainDecoder",
+    "StepKVCache",
+    "attend_slots",
 ]
 
 
@@ -132,7 +143,9 @@ class TextEmbedding(nn.Module):
         return out_main + torch.where(keep, out_second, torch.zeros_like(out_second))
 
 
-def _attend(q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+def attend_slots(
+    q: torch.Tensor, keys: torch.Tensor, values: torch.Tensor, valid: torch.Tensor
+) -> torch.Tensor:
     """SDPA with scale 1.0: the learned QK-norm weights carry the 1/sqrt(d) factor in Dia2."""
     return F.scaled_dot_product_attention(
         q, keys, values, attn_mask=valid, scale=1.0, enable_gqa=q.shape[1] != keys.shape[1]
@@ -150,9 +163,9 @@ class DecoderCache:
 
     The slot written by a step is passed in per row (``cache_index [B]``) and attention sees slots
     ``0..cache_index[b]`` of row b, so rows can sit at different positions (batched calls later).
-    The layers reach it only through :meth:`write` / :meth:`read` (and the engine through :meth:`rows` /
-    :meth:`limit`), the interface ``dia2.paged_kv.PagedDecoderCache`` shares: a block table per row instead
-    of ``S`` slots per row.
+    The layers reach it only through :meth:`write` / :meth:`read` / :meth:`attend` (and the engine through
+    :meth:`rows` / :meth:`limit`), the interface ``dia2.paged_kv.PagedDecoderCache`` shares: a block table
+    per row instead of ``S`` slots per row.
     """
 
     keys: torch.Tensor
@@ -173,6 +186,15 @@ class DecoderCache:
     def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
         """``layer``'s keys and values ``[B, Hkv, S, Dh]`` (slot s of row b = step s of that row)."""
         return self.keys[layer], self.values[layer]
+
+    def attend(
+        self, layer: int, q: torch.Tensor, cache_index: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """One query frame ``q [B, H, 1, Dh]`` over ``layer``'s slots where ``valid [B, 1, 1, S]`` (bool, or
+        an additive mask); ``cache_index`` is what ``valid`` was built from (a paged cache's kernel reads it
+        instead). ``[B, H, 1, Dh]``."""
+        keys, values = self.read(layer)
+        return attend_slots(q, keys, values, valid)
 
     def rows(self, rows: slice | torch.Tensor) -> DecoderCache:
         """The cache of some rows: a view for a slice, a copy for an index tensor."""
@@ -241,7 +263,7 @@ class DecoderAttention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        cache: KVCache,
+        cache: StepKVCache,
         layer: int,
         cache_index: torch.Tensor,
         valid: torch.Tensor,
@@ -252,8 +274,8 @@ class DecoderAttention(nn.Module):
         v = self.v_proj(x).view(b, 1, self.kv_heads, self.head_dim).transpose(1, 2)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.write(layer, cache_index.view(-1, 1), k, v)
-        keys, values = cache.read(layer)
-        out = _attend(q, keys, values, valid)
+        # The cache attends: a paged one may read its blocks in place (dia2/paged_attention.py).
+        out = cache.attend(layer, q, cache_index, valid)
         return self.o_proj(out.transpose(1, 2).reshape(b, self.heads * self.head_dim))
 
     def forward_many(
@@ -277,7 +299,7 @@ class DecoderAttention(nn.Module):
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         cache.write(layer, cache_index, k, v)
         keys, values = cache.read(layer)
-        out = _attend(q, keys, values, valid)
+        out = attend_slots(q, keys, values, valid)
         return self.o_proj(out.transpose(1, 2).reshape(b, t, self.heads * self.head_dim))
 
 
@@ -353,7 +375,7 @@ class MainDecoder(nn.Module):
         tokens: torch.Tensor,
         positions: torch.Tensor,
         cache_index: torch.Tensor,
-        cache: KVCache,
+        cache: StepKVCache,
     ) -> DecoderStepOutput:
         """One frame for every row: ``tokens [B, C]``, rotary ``positions [B]``, ``cache_index [B]``.
 
@@ -438,7 +460,7 @@ class ScheduleAttention(nn.Module):
         values[:, :, stage : stage + 1] = v
         # Slots after `stage` still hold the previous frame's values: the mask hides them.
         valid = (torch.arange(keys.shape[2], device=x.device) <= stage).view(1, 1, 1, -1)
-        out = _attend(q, keys, values, valid)
+        out = attend_slots(q, keys, values, valid)
         return self.out_proj[group](out.transpose(1, 2).reshape(b, self.heads * self.head_dim))
 
 

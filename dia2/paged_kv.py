@@ -13,20 +13,33 @@ every unallocated table entry points at it. Writes of rows that do not own the s
 call's row in the step's bucket, a lane step's padding entries, a closed slot) land there; reads of it are
 always masked (slots past a row's cache index), so its contents never matter.
 
-Attention reads a row's blocks gathered into the dense ``[B, Hkv, W * block_size, Dh]`` layout
-(:meth:`PagedDecoderCache.read`): the same values in the same slot order as the dense cache, so the tokens
-are the dense path's exactly (tested). The gather is a copy per layer and step; a kernel that reads the
-blocks in place is what would make the paged path as fast as the dense one (not written yet).
+Attention: a step's one-frame attention (:meth:`PagedDecoderCache.attend`) reads the blocks in place with
+the Triton kernel of ``dia2/paged_attention.py`` when ``in_place`` is on (``EngineOptions.
+paged_attention_kernel``: by default on CUDA). Otherwise, and for prefill's many-frame attention, a row's
+blocks are gathered into the dense ``[B, Hkv, W * block_size, Dh]`` layout (:meth:`PagedDecoderCache.read`):
+the same values in the same slot order as the dense cache, so the tokens are the dense path's exactly
+(tested), at the price of a copy per layer and step. The gather stays the reference the kernel is tested
+against and the path of the CPU.
 """
 
 from __future__ import annotations
 
+import os
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import torch
 
-__all__ = ["TRASH_BLOCK", "BlockPool", "KVPoolExhaustedError", "PagedDecoderCache", "blocks_for"]
+from .model import attend_slots
+
+__all__ = [
+    "TRASH_BLOCK",
+    "BlockPool",
+    "KVPoolExhaustedError",
+    "PagedDecoderCache",
+    "blocks_for",
+    "in_place_unsupported",
+]
 
 TRASH_BLOCK = 0
 
@@ -40,6 +53,17 @@ def blocks_for(steps: int, block_size: int) -> int:
     return -(-steps // block_size)
 
 
+def in_place_unsupported(device: torch.device) -> str | None:
+    """Why the in-place attention kernel (dia2/paged_attention.py) cannot run here (None: it can)."""
+    if device.type != "cuda" and os.environ.get("TRITON_INTERPRET", "") != "1":
+        return "needs CUDA (or TRITON_INTERPRET=1)"
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "Triton is not installed"
+    return None
+
+
 @dataclass
 class PagedDecoderCache:
     """The decoder's KV cache as a block pool + block table; the interface of ``model.DecoderCache``."""
@@ -48,6 +72,8 @@ class PagedDecoderCache:
     values: torch.Tensor
     table: torch.Tensor  # [rows, W] long: block of slots w*block_size .. (w+1)*block_size - 1
     block_size: int
+    # One-frame attention reads the blocks in place (dia2/paged_attention.py) instead of a gathered copy.
+    in_place: bool = False
 
     @property
     def max_steps(self) -> int:
@@ -66,6 +92,19 @@ class PagedDecoderCache:
         """``[B, Hkv, W * block_size, Dh]``: each row's blocks in slot order (a gathered copy)."""
         return self._gather(self.keys[layer]), self._gather(self.values[layer])
 
+    def attend(
+        self, layer: int, q: torch.Tensor, cache_index: torch.Tensor, valid: torch.Tensor
+    ) -> torch.Tensor:
+        """One query frame ``q [B, H, 1, Dh]`` over slots ``<= cache_index [B]`` → ``[B, H, 1, Dh]``: the
+        kernel reads ``cache_index`` (``valid`` is the same mask, built for the gathered copy)."""
+        if not self.in_place:
+            keys, values = self.read(layer)
+            return attend_slots(q, keys, values, valid)
+        from .paged_attention import paged_decode
+
+        out = paged_decode(q[:, :, 0], self.keys[layer], self.values[layer], self.table, cache_index)
+        return out.unsqueeze(2)
+
     def _gather(self, pool: torch.Tensor) -> torch.Tensor:
         b, w = self.table.shape
         blocks = pool[self.table]  # [B, W, Hkv, size, Dh]
@@ -74,14 +113,14 @@ class PagedDecoderCache:
     def rows(self, rows: slice | torch.Tensor) -> PagedDecoderCache:
         """The cache of some rows: same pool, their table rows (a view for a slice)."""
         table = self.table[rows] if isinstance(rows, slice) else self.table.index_select(0, rows)
-        return PagedDecoderCache(self.keys, self.values, table, self.block_size)
+        return replace(self, table=table)
 
     def limit(self, kv_len: int) -> PagedDecoderCache:
         """Attention over the blocks that hold the first ``kv_len`` slots (rounded up to whole blocks)."""
         w = blocks_for(kv_len, self.block_size)
         if w >= self.table.shape[1]:
             return self
-        return PagedDecoderCache(self.keys, self.values, self.table[:, :w], self.block_size)
+        return replace(self, table=self.table[:, :w])
 
 
 class BlockPool:
@@ -103,6 +142,7 @@ class BlockPool:
         blocks: int,
         device: torch.device,
         dtype: torch.dtype,
+        in_place: bool = False,
     ) -> None:
         if block_size <= 0 or blocks <= 0:
             raise ValueError(f"block_size ({block_size}) and blocks ({blocks}) must be positive")
@@ -114,6 +154,7 @@ class BlockPool:
             torch.zeros(shape, device=device, dtype=dtype),
             torch.full((rows, self.width), TRASH_BLOCK, dtype=torch.long, device=device),
             block_size,
+            in_place,
         )
         self.held: list[list[int]] = [[] for _ in range(rows)]
         self._free = list(range(blocks, 0, -1))  # a stack: pop() gives the lowest id

@@ -27,13 +27,21 @@ def _reply(engine: BatchEngine, call: object, text: str, opts: SpeakOptions) -> 
     return torch.stack([c.codes for c in got if c is not None], dim=1)
 
 
-@pytest.mark.parametrize(("graphs", "paged"), [(True, False), (False, False), (True, True)])
-def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bool, paged: bool) -> None:
+@pytest.mark.parametrize(
+    ("graphs", "paged"), [(True, None), (False, None), (True, "kernel"), (True, "gather")]
+)
+def test_cuda_engine_matches_parity_loop(
+    reference: ReferenceFixture, graphs: bool, paged: str | None
+) -> None:
     """Also with the paged KV cache inside the captured graphs (a pool of 64 steps per call on average:
-    the calls' blocks are taken and given back between turns while the graphs keep their table)."""
+    the calls' blocks are taken and given back between turns while the graphs keep their table), its
+    attention on the in-place kernel (dia2/paged_attention.py, the CUDA default) and on the gather."""
     runtime = reference.load_runtime("cuda", "float32")
     torch.backends.cuda.matmul.allow_tf32 = False
-    paging = {"paged_kv": True, "kv_block_size": 8, "kv_pool_steps": 64} if paged else {}
+    paging: dict[str, object] = {}
+    if paged is not None:
+        paging = {"paged_kv": True, "kv_block_size": 8, "kv_pool_steps": 64}
+        paging["paged_attention_kernel"] = paged == "kernel"
     engine = BatchEngine(
         runtime.model,
         runtime.ids,
@@ -42,6 +50,7 @@ def test_cuda_engine_matches_parity_loop(reference: ReferenceFixture, graphs: bo
         EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, cuda_graphs=graphs, **paging),
     )
     assert bool(engine.graphs.steps) == graphs
+    assert engine.pool is None or engine.pool.cache.in_place == (paged == "kernel")
     captured = dict(engine.graphs.steps)
     for case in ("greedy", "cfg"):
         opts = reference.options(case)

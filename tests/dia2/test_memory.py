@@ -3,6 +3,8 @@ full-size figures of docs/DIA2.md ("GPU memory at 256 calls")."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 
 from dia2.call_state import EngineOptions
@@ -36,4 +38,8 @@ def test_full_size_breakdown_at_256_calls() -> None:
     transient = sum(activation_estimate(config, opts).values())
     assert paged["lane_kv"] < dense["lane_kv"] / 100
     assert paged["total"] + transient < 60 * GIB
+    # The step's attention reads the pool in place on the GPU: no full-batch gather unless turned off.
+    assert activation_estimate(config, opts)["paged_gather"] == 0
+    gather = activation_estimate(config, replace(opts, paged_attention_kernel=False))["paged_gather"]
+    assert gather == 2 * 512 * 8 * 1500 * 128 * 2  # K and V of one layer, every row, the full context
     assert engine_memory(config, EngineOptions(capacity=384))["decoder_kv"] > 120 * GIB
