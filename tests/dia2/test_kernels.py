@@ -9,14 +9,9 @@ parity loop.
 
 from __future__ import annotations
 
-import os
-
 import pytest
 import torch
 import torch.nn.functional as F
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
 
 from dia2 import kernels
 from dia2.engine import BatchEngine, EngineOptions, SpeakOptions
@@ -27,12 +22,7 @@ from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2
 from dia2.sampling import SamplingParams
 
-DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TOL = {torch.float32: 2e-6, torch.bfloat16: 2e-2}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+from .kernel_kit import DEV, TOL, rel
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -46,13 +36,13 @@ def test_linear_prologue_and_epilogues_match_torch(dtype: torch.dtype, rows: int
     res = torch.randn(rows, 2 * n, generator=gen).to(DEV, dtype)
 
     out = kernels.linear(x, w, torch.empty(rows, 2 * n, dtype=dtype, device=DEV), norm=nw, eps=1e-6)
-    assert _rel(out, F.linear(F.rms_norm(x, (k,), nw, 1e-6), w)) < TOL[dtype]
+    assert rel(out, F.linear(F.rms_norm(x, (k,), nw, 1e-6), w)) < TOL[dtype]
     inplace = res.clone()
     kernels.linear(x, w, inplace, residual=inplace)
-    assert _rel(inplace, res + F.linear(x, w)) < TOL[dtype]
+    assert rel(inplace, res + F.linear(x, w)) < TOL[dtype]
     gated = kernels.linear(x, w, torch.empty(rows, n, dtype=dtype, device=DEV), swiglu=True)
     proj = F.linear(x, w).unflatten(-1, (2, n))
-    assert _rel(gated, F.silu(proj[..., 0, :]) * proj[..., 1, :]) < TOL[dtype]
+    assert rel(gated, F.silu(proj[..., 0, :]) * proj[..., 1, :]) < TOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -89,8 +79,8 @@ def test_attention_stage_matches_sdpa_with_cache(dtype: torch.dtype) -> None:
         ref_k.append(k)
         ref_v.append(v.transpose(1, 2))
         want = F.scaled_dot_product_attention(q, torch.cat(ref_k, 2), torch.cat(ref_v, 2), scale=1.0)
-        assert _rel(out, want.transpose(1, 2).reshape(rows, -1)) < TOL[dtype], s
-        assert _rel(keys[:, :, : s + 1], torch.cat(ref_k, 2)) < TOL[dtype]
+        assert rel(out, want.transpose(1, 2).reshape(rows, -1)) < TOL[dtype], s
+        assert rel(keys[:, :, : s + 1], torch.cat(ref_k, 2)) < TOL[dtype]
         assert torch.equal(values[:, :, s], v.transpose(1, 2)[:, :, 0])
 
 
@@ -130,8 +120,8 @@ def test_qk_rope_cache_matches_the_main_layer(dtype: torch.dtype) -> None:
     for r in range(rows):
         want_k[r, :, index[r]] = k_ref[r]
         want_v[r, :, index[r]] = v_ref.view(rows, kvh, hd)[r]
-    assert _rel(q, q_ref) < TOL[dtype]
-    assert _rel(keys, want_k) < TOL[dtype]
+    assert rel(q, q_ref) < TOL[dtype]
+    assert rel(keys, want_k) < TOL[dtype]
     assert torch.equal(values, want_v)
 
 
@@ -150,7 +140,7 @@ def test_embed_sum_equals_the_chain_of_adds(dtype: torch.dtype) -> None:
     kernels.embed_sum(x, tokens, tables, 2, books)
     if dtype == torch.bfloat16 and DEV.type == "cpu":
         # The interpreter's numpy emulation of bfloat16 does not round to nearest-even like the GPU.
-        assert _rel(x, want) < TOL[dtype]
+        assert rel(x, want) < TOL[dtype]
     else:
         assert torch.equal(x, want)
 

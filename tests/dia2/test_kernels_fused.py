@@ -9,14 +9,10 @@ kernel runs the same code as ``linear`` + ``sample_stage`` and is compared exact
 
 from __future__ import annotations
 
-import os
 from typing import Any
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
 
 from dia2 import kernels, kernels_fused
 from dia2.engine import BatchEngine, EngineOptions, SpeakOptions
@@ -26,12 +22,7 @@ from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2
 from dia2.sampling import SamplingParams
 
-DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TOL = {torch.float32: 2e-6, torch.bfloat16: 2e-2}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+from .kernel_kit import DEV, TOL, rel
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -65,8 +56,8 @@ def test_qkv_attention_equals_projection_then_attention(dtype: torch.dtype, rows
         kernels_fused.qkv_attention(
             x, w, norm, keys_f, values_f, qn, kn, cos, sin, got, s, eps, partials, tickets, ksplit=ksplit
         )
-        assert _rel(got, want) < TOL[dtype], s
-        assert _rel(keys_f, keys) < TOL[dtype] and _rel(values_f, values) < TOL[dtype], s
+        assert rel(got, want) < TOL[dtype], s
+        assert rel(keys_f, keys) < TOL[dtype] and rel(values_f, values) < TOL[dtype], s
         assert int(tickets.abs().sum()) == 0
     splits = kernels_fused.split_plan(dim, ksplit)[2]
     assert splits == min(ksplit, 3)  # 40 inputs: at most 3 chunks of whole 16-wide steps

@@ -9,15 +9,11 @@ order, bfloat16 inputs (the kernel's p·V rounds p to bfloat16 on the GPU, as fl
 
 from __future__ import annotations
 
-import os
 from dataclasses import replace
 from typing import Any
 
 import pytest
 import torch
-
-if not torch.cuda.is_available():
-    os.environ["TRITON_INTERPRET"] = "1"
 
 from dia2 import paged_attention
 from dia2.engine import AudioChunk, BatchEngine
@@ -28,13 +24,7 @@ from dia2.runtime import Dia2
 
 from . import engine_kit
 from .engine_kit import SCRIPT_A, SCRIPT_B, greedy
-
-DEV = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-TOL = {torch.float32: 2e-6, torch.bfloat16: 2e-2}
-
-
-def _rel(a: torch.Tensor, b: torch.Tensor) -> float:
-    return float((a.float() - b.float()).abs().max() / b.float().abs().max())
+from .kernel_kit import DEV, TOL, rel
 
 
 def _pool(
@@ -95,7 +85,7 @@ def test_kernel_equals_gather_and_sdpa(
         want = replace(cache, in_place=False).attend(layer, q, at, valid)
         got = replace(cache, in_place=True).attend(layer, q, at, valid)
         assert got.shape == want.shape and got.dtype == dtype
-        assert _rel(got, want) < TOL[dtype], layer
+        assert rel(got, want) < TOL[dtype], layer
 
 
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
@@ -118,7 +108,7 @@ def test_kernel_never_reads_past_the_index_and_follows_views(dtype: torch.dtype)
                 pool_t[:, cache.table[r, s // 8], :, s % 8] = float("nan")
     got = paged_decode(q[:, :, 0], cache.keys[1], cache.values[1], cache.table, at)
     assert not got.isnan().any()
-    assert _rel(got.unsqueeze(2), want) < TOL[dtype]
+    assert rel(got.unsqueeze(2), want) < TOL[dtype]
     rows = torch.tensor([1, 0, 2], device=DEV)
     view = replace(cache, in_place=True).rows(rows).limit(24)  # 3 of 4 blocks: rows 1, 0, 2 fit
     assert isinstance(view, PagedDecoderCache) and view.in_place and view.table.stride(0) == 4
@@ -126,7 +116,7 @@ def test_kernel_never_reads_past_the_index_and_follows_views(dtype: torch.dtype)
     sub_at = at.index_select(0, rows)
     sub_valid = (torch.arange(24, device=DEV)[None, :] <= sub_at[:, None])[:, None, None, :]
     got_view = view.attend(1, q.index_select(0, rows), sub_at, sub_valid)
-    assert _rel(got_view, want.index_select(0, rows)) < TOL[dtype]
+    assert rel(got_view, want.index_select(0, rows)) < TOL[dtype]
 
 
 @pytest.fixture(scope="module")
