@@ -29,6 +29,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from bench.dia2_kernels import graph_us  # one graph-replay timer for the kernel benches
 from dia2.model import attend_slots
 from dia2.paged_attention import paged_decode
 from dia2.paged_kv import PagedDecoderCache
@@ -36,30 +37,6 @@ from dia2.paged_kv import PagedDecoderCache
 logger = logging.getLogger("dia2_paged_attention")
 
 HEADS, KV_HEADS, HEAD_DIM = 16, 8, 128  # Dia2-2B's main decoder
-
-
-def graph_us(fn: Any, reps: int = 20) -> float:
-    stream = torch.cuda.Stream()
-    stream.wait_stream(torch.cuda.current_stream())
-    with torch.cuda.stream(stream):
-        for _ in range(3):
-            fn()
-    torch.cuda.current_stream().wait_stream(stream)
-    graph = torch.cuda.CUDAGraph()
-    with torch.cuda.graph(graph):
-        for _ in range(reps):
-            fn()
-    graph.replay()
-    torch.cuda.synchronize()
-    start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-    best = float("inf")
-    for _ in range(5):
-        start.record()
-        graph.replay()
-        end.record()
-        end.synchronize()
-        best = min(best, 1000 * start.elapsed_time(end) / reps)
-    return best
 
 
 def paged_cache(rows: int, steps: int, block_size: int, dev: torch.device) -> PagedDecoderCache:
@@ -91,7 +68,7 @@ def case(
     result: dict[str, Any] = {"rows": rows, "steps": steps, "block_size": block_size}
 
     def timed(name: str, fn: Any) -> None:
-        us = graph_us(fn)
+        us = graph_us(fn, reps=20)
         result[name] = {"us": round(us, 2), "gb_s": round(kv_bytes / us / 1e3, 1)}
 
     timed("dense", lambda: attend_slots(q, dense_k, dense_v, bias))
@@ -103,7 +80,8 @@ def case(
         us = graph_us(
             lambda warps=warps, tile=tile: paged_decode(
                 q[:, :, 0], cache.keys[0], cache.values[0], cache.table, at, out, warps=warps, tile=tile
-            )
+            ),
+            reps=20,
         )
         kernel[f"w{warps}_t{tile}"] = {
             "us": round(us, 2),
