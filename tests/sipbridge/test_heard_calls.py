@@ -119,8 +119,9 @@ def test_after_a_barge_in_dia2s_context_keeps_only_the_frames_played(tmp_path: P
     """The same on the tiny Dia2 checkpoint (CPU, random weights: noise, but Dia2's real context path): the
     cut greeting's unplayed frames leave the call's Dia2 conversation before the next reply is made, and
     what stays is what the wire carried (whole 80 ms frames). With turn.speculative_reply the (pure) script
-    agent answers at the caller's pause, but Dia2, whose context would keep it, speaks only at the turn's
-    end."""
+    agent answers at the caller's pause and Dia2 may speak ahead on a mark of its context (rewound if the
+    guess is dropped): either way the trim lands first, since a guess is made only once the cut reply is
+    over (tests/sipbridge/test_dia2_speculation.py covers the mark itself)."""
     tiny = Path(__file__).resolve().parents[1] / "fixtures" / "dia2-tiny"
     engine = {
         "kind": "dia2",
@@ -152,7 +153,7 @@ def test_after_a_barge_in_dia2s_context_keeps_only_the_frames_played(tmp_path: P
         reply = [i for i, line in enumerate(lines) if re.search(r"utterance 2 first audio", line)]
         assert reply and trims[0] < reply[0], (trims, reply)
         guesses = [json.loads(e["data"]) for e in bridge.events(call["id"], "speculative_reply")]
-        assert guesses[-1]["used"] is True and guesses[-1]["audio_ahead"] is False, guesses
+        assert guesses[-1]["used"] is True, guesses
         record_result(
             "dia2_heard_after_barge_in",
             {"played_ms": heard["played_ms"], "frames_kept": kept, "frames_dropped": dropped},
