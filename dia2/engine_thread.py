@@ -70,9 +70,7 @@ class EngineThread:
         self._step = step
         self._encode_many = encode_many
         self._flush = flush
-        self._commands: queue.SimpleQueue[tuple[_Command, concurrent.futures.Future[Any]]] = (
-            queue.SimpleQueue()
-        )
+        self._commands: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
         self._wake = threading.Event()
         self._stop = False
         self._thread: threading.Thread | None = None
