@@ -46,6 +46,15 @@ class EngineOptions:
     initial_padding: int = 2
     max_padding: int = 6
     cuda_graphs: bool = True  # capture on CUDA; CPU always runs the same code eagerly
+    # Known frames (caller turns, re-warms) into the dense cache through captured graphs per (calls,
+    # frames) bucket (dia2/prefill_graphs.py) instead of an eager forward per drain: the eager one was
+    # ~28 ms of the engine thread per turn at Dia2-2B. None: on CUDA with cuda_graphs, dense cache only;
+    # True on the CPU runs the same bucketed inputs eagerly (tests).
+    prefill_graphs: bool | None = None
+    # Caller turns' Mimi encodes on a thread and CUDA stream of their own from the moment a turn is
+    # submitted (dia2/encode_worker.py), instead of inside the engine thread's drain, where each delayed
+    # every speaking call's next step. None: on CUDA.
+    encode_thread: bool | None = None
     # Layers/stages through dia2/fused.py's shared functions; None → on CUDA, off on CPU.
     fused: bool | None = None
     compile: bool = True  # torch.compile the fused functions (CUDA only; needs Triton)

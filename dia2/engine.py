@@ -48,12 +48,14 @@ from .call_state import (
     SpeakOptions,
     VoicePrompt,
 )
+from .encode_worker import EncodeWorker
 from .engine_state import EngineState
 from .engine_thread import EngineThread
 from .lanes import LaneScheduler
 from .mimi_rows import MIMI_PRIME_FRAMES
 from .model import Dia2Model
 from .paged_kv import KVPoolExhaustedError
+from .prefill_graphs import PrefillGraphs
 from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
 from .replies import ReplyControl
 from .script import WordEncoder
@@ -167,15 +169,39 @@ class BatchEngine:
         self.mimi_encodes = 0  # Mimi encoder runs (voices, caller turns): what cached VoicePrompts save
         # Caller turns queued before one drain: encoded in one batch, their cache prefilled in one batch.
         self._deferred: list[tuple[CallState, int, int]] = []
-        self.thread = EngineThread(self.step, self.encode_turns, self.flush_prefills)
+        worker = opts.encode_thread if opts.encode_thread is not None else st.cuda
+        encoder = EncodeWorker(self.encode_turns, cuda=st.cuda) if worker else None
+        self.thread = EngineThread(self.step, self.encode_turns, self.flush_prefills, encoder)
         if st.cuda and opts.cuda_graphs:
             self.graphs.capture(self.lane_on)
             self.history.host_index = [0] * opts.capacity
+        self._prefill_graphs(st.cuda)
+
+    def _prefill_graphs(self, cuda: bool) -> None:
+        """EngineOptions.prefill_graphs: the dense cache's prefills through bucketed graphs (captured on
+        CUDA with cuda_graphs; eager on the same bucketed inputs otherwise)."""
+        opts = self.options
+        want = opts.prefill_graphs
+        if want is None:
+            want = cuda and opts.cuda_graphs
+        if not want or self.pool is not None:
+            return
+        graphs = PrefillGraphs(
+            self.model,
+            self.buf.cache,
+            branches=self.branches,
+            codebook_channels=2 + self.num_codebooks,
+            device=self.device,
+        )
+        if cuda and opts.cuda_graphs:
+            graphs.capture()
+        self.history.graphs = graphs
 
     @property
     def graph_errors(self) -> list[str]:
         """Captures that failed (that part runs eagerly)."""
-        return self.graphs.errors
+        prefill = self.history.graphs
+        return self.graphs.errors + (prefill.errors if prefill is not None else [])
 
     # Step counters (the stepper's): full steps, lane steps, steps without the depformer, replies ended
     # on an impossible code.

@@ -23,6 +23,8 @@ from typing import Any
 
 import torch
 
+from .encode_worker import EncodeWorker
+
 logger = logging.getLogger("dia2.engine")
 
 
@@ -32,6 +34,7 @@ class _Encoded:
 
     audio: torch.Tensor
     then: Callable[[torch.Tensor], Any]
+    codes: concurrent.futures.Future[torch.Tensor] | None = None  # being encoded on the EncodeWorker
 
 
 _Command = Callable[[], Any] | _Encoded
@@ -51,6 +54,7 @@ class ThreadTime:
     longest_drain_ms: float = 0.0  # the longest run of commands between two steps: no call advanced in it
     encode_batches: int = 0  # batched Mimi encodes of queued turns (each one encoder pass)
     encoded: int = 0  # turns encoded in them
+    encode_wait_s: float = 0.0  # waiting for the EncodeWorker's codes of a turn whose command came up
 
     def as_dict(self) -> dict[str, float]:
         return {k: round(v, 3) for k, v in vars(self).items()}
@@ -62,12 +66,15 @@ class EngineThread:
         step: Callable[[], bool],
         encode_many: EncodeMany | None = None,
         flush: Callable[[], None] | None = None,
+        encoder: EncodeWorker | None = None,
     ) -> None:
         """``step`` advances the engine once; it returns False when no call is speaking (the thread then
         sleeps until the next command). ``encode_many`` encodes a drain's queued audio in one run;
         ``flush`` completes what encoded commands deferred (their batched prefill): it runs before any
-        other command and at the end of the drain."""
+        other command and at the end of the drain. With ``encoder`` the audio is encoded there instead, from
+        the moment it is submitted (dia2/encode_worker.py); its command still runs in queue order."""
         self._step = step
+        self._encoder = encoder
         self._encode_many = encode_many
         self._flush = flush
         self._commands: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
@@ -79,6 +86,8 @@ class EngineThread:
     def start(self) -> None:
         """Run the engine loop in a daemon thread (idempotent)."""
         if self._thread is None:
+            if self._encoder is not None:
+                self._encoder.start()
             self._thread = threading.Thread(target=self._run, name="dia2-engine", daemon=True)
             self._thread.start()
 
@@ -88,6 +97,8 @@ class EngineThread:
         if self._thread is not None:
             self._thread.join()
             self._thread = None
+        if self._encoder is not None:
+            self._encoder.stop()
 
     def submit(self, fn: Callable[[], Any]) -> concurrent.futures.Future[Any]:
         """Run ``fn()`` on the engine thread between two steps; thread-safe, returns a future."""
@@ -100,7 +111,10 @@ class EngineThread:
         batch with every other audio queued before the same drain; thread-safe, returns a future."""
         if self._encode_many is None:
             raise RuntimeError("this engine thread has no encoder (EngineThread(step, encode_many))")
-        return self.submit_command(_Encoded(audio, then))
+        codes = (
+            self._encoder.submit(audio) if self._encoder is not None and self._thread is not None else None
+        )
+        return self.submit_command(_Encoded(audio, then, codes))
 
     def submit_command(self, command: _Command) -> concurrent.futures.Future[Any]:
         fut: concurrent.futures.Future[Any] = concurrent.futures.Future()
@@ -128,10 +142,11 @@ class EngineThread:
         live = [(c, f) for c, f in self._take_queued() if f.set_running_or_notify_cancel()]
         if not live:
             return
-        codes = self._encode([c.audio for c, _ in live if isinstance(c, _Encoded)])
+        codes = self._encode([c.audio for c, _ in live if isinstance(c, _Encoded) and c.codes is None])
         for command, fut in live:
             if isinstance(command, _Encoded):
-                self._run_command(functools.partial(_then, command.then, next(codes)), fut)
+                got = next(codes) if command.codes is None else self._codes_of(command.codes)
+                self._run_command(functools.partial(_then, command.then, got), fut)
             else:
                 self._flush_deferred()
                 self._run_command(command, fut)
@@ -171,6 +186,15 @@ class EngineThread:
         self.time.encode_batches += 1
         self.time.encoded += len(audio)
         return iter(codes)
+
+    def _codes_of(self, codes: concurrent.futures.Future[torch.Tensor]) -> torch.Tensor | BaseException:
+        t0 = time.perf_counter()
+        try:
+            return codes.result()
+        except BaseException as exc:  # the command's future gets it
+            return exc
+        finally:
+            self.time.encode_wait_s += time.perf_counter() - t0
 
     def _run_command(self, fn: Callable[[], Any], fut: concurrent.futures.Future[Any]) -> None:
         t0 = time.perf_counter()

@@ -18,38 +18,12 @@ from .call_state import CallState
 from .frame import RING, FrameBuffers
 from .model import Dia2Model
 from .paged_kv import BlockPool, KVPoolExhaustedError
+from .prefill_graphs import PrefillGraphs, PrefillSpan, RowsOf
 from .state_machine import Entry, StateMachine, TokenIds
 
-__all__ = ["CallHistory", "RowsOf"]
+__all__ = ["CallHistory", "RowsOf"]  # RowsOf: dia2/prefill_graphs.py
 
 logger = logging.getLogger(__name__)
-
-
-class RowsOf:
-    """Some rows of the dense decoder cache, picked by an index tensor, written in place (``rows`` of a
-    cache with an index tensor returns a copy): what a prefill of several calls' rows writes into."""
-
-    def __init__(self, cache: Any, rows: torch.Tensor) -> None:
-        self.cache, self.rows = cache, rows
-
-    @property
-    def max_steps(self) -> int:
-        return int(self.cache.max_steps)
-
-    def write(self, layer: int, index: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> None:
-        """``k``/``v [B, Hkv, T, Dh]`` at slots ``index [B, T]`` of the picked rows."""
-        b, t = index.shape
-        heads = k.shape[1]
-        row = self.rows.view(b, 1, 1).expand(b, heads, t)
-        head = torch.arange(heads, device=index.device).view(1, heads, 1).expand(b, heads, t)
-        slot = index.view(b, 1, t).expand(b, heads, t)
-        keys, values = self.cache.keys[layer], self.cache.values[layer]
-        keys[row, head, slot] = k.to(keys.dtype)
-        values[row, head, slot] = v.to(values.dtype)
-
-    def read(self, layer: int) -> tuple[torch.Tensor, torch.Tensor]:
-        keys, values = self.cache.keys[layer], self.cache.values[layer]
-        return keys.index_select(0, self.rows), values.index_select(0, self.rows)
 
 
 class CallHistory:
@@ -79,6 +53,8 @@ class CallHistory:
         pin = self.device.type == "cuda"
         self.host_text = torch.zeros(capacity * branches, 2, dtype=torch.long, pin_memory=pin)
         self.batched_prefills = 0  # prefill_many forwards that carried several calls' turns
+        # Dense cache, EngineOptions.prefill_graphs: every prefill through bucketed (captured) forwards.
+        self.graphs: PrefillGraphs | None = None
 
     def load_row(self, call: CallState, *, active: bool) -> None:
         """Point the call's device rows at its history: next step = ``frames``, ring = last frames."""
@@ -159,12 +135,18 @@ class CallHistory:
                 f"{self.pool.block_size} steps; {stop} steps of known frames need more "
                 "(EngineOptions.kv_pool_steps sizes the pool)"
             )
+        if self.graphs is not None and self.pool is None:
+            self.graphs.prefill([self.span(call, start, stop)])
+            return None
         tokens = self.step_tokens(call, start, stop).to(self.device)
         br = self.branches
         pos = torch.arange(start, stop, device=self.device).view(1, -1).expand(br, -1)
         cache = self.buf.cache.rows(slice(call.slot * br, (call.slot + 1) * br))
         with torch.inference_mode():
             return self.model.transformer.prefill(tokens, pos, pos, cache)
+
+    def span(self, call: CallState, start: int, stop: int) -> PrefillSpan:
+        return PrefillSpan(self.rows_of(call), self.step_tokens(call, start, stop), start)
 
     def prefill_many(self, spans: list[tuple[CallState, int, int]]) -> None:
         """Known frames of several calls (``(call, start, stop)`` each) in one batched forward: the caller
@@ -176,6 +158,9 @@ class CallHistory:
         dropped, so each call ends exactly as its own :meth:`prefill` would leave it. The paged cache
         (whose spare slot may lie in an unallocated block) prefills call by call."""
         spans = [(c, a, b) for c, a, b in spans if b > a]
+        if self.graphs is not None and self.pool is None:
+            self.graphs.prefill([self.span(c, a, b) for c, a, b in spans])
+            return
         if self.pool is not None or len(spans) < 2:
             for call, start, stop in spans:
                 self.prefill(call, start, stop)
