@@ -170,8 +170,8 @@ class BatchEngine:
         # Caller turns queued before one drain: encoded in one batch, their cache prefilled in one batch.
         self._deferred: list[tuple[CallState, int, int]] = []
         worker = opts.encode_thread if opts.encode_thread is not None else st.cuda
-        encoder = EncodeWorker(self.encode_turns, cuda=st.cuda) if worker else None
-        self.thread = EngineThread(self.step, self.encode_turns, self.flush_prefills, encoder)
+        turn_encoder = EncodeWorker(self.encode_turns, cuda=st.cuda) if worker else None
+        self.thread = EngineThread(self.step, self.encode_turns, self.flush_prefills, turn_encoder)
         if st.cuda and opts.cuda_graphs:
             self.graphs.capture(self.lane_on)
             self.history.host_index = [0] * opts.capacity
