@@ -80,10 +80,22 @@ EXACT_TOL = TOL | {torch.float32: 1e-5}
 
 
 # Dia2-2B: 16 query heads on 8 KV heads of 128 (ratio 2); the tiny fixture 4 on 2 of 8. Ratio 1 and 4 too.
+# The last two part the explanations an H100 run left open (torch 2.11, bfloat16: (16, 8, 128, 16) and
+# (8, 2, 16, 32) failed, head width 8 passed): (4, 2, 16, 12) has a head width of 16 (the kernel's K/V loads
+# pipelined through cp.async, as at 128) over 60 slots (not a multiple of 16, unlike both failures);
+# (4, 2, 8, 16) a head width of 8 (not pipelined) with GQA over 80 slots (a multiple of 16, as both were).
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16, torch.float16])
 @pytest.mark.parametrize(
     ("heads", "kv_heads", "head_dim", "block_size"),
-    [(4, 2, 8, 4), (16, 8, 128, 16), (2, 2, 8, 16), (8, 2, 16, 32), (4, 2, 8, 12)],
+    [
+        (4, 2, 8, 4),
+        (16, 8, 128, 16),
+        (2, 2, 8, 16),
+        (8, 2, 16, 32),
+        (4, 2, 8, 12),
+        (4, 2, 16, 12),
+        (4, 2, 8, 16),
+    ],
 )
 def test_kernel_equals_gather_and_sdpa(
     dtype: torch.dtype, heads: int, kv_heads: int, head_dim: int, block_size: int
