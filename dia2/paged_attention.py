@@ -101,7 +101,7 @@ def _paged_decode_kernel(
         kv_mask = ok[:, None] & dm[None, :]
         k = tl.load(k_ptr + at[:, None] + d[None, :], mask=kv_mask, other=0.0)
         v = tl.load(v_ptr + at[:, None] + d[None, :], mask=kv_mask, other=0.0)
-        if IEEE:  # float32 inputs (or the interpreter, whose bf16 products are wrong): exact fp32 dots
+        if IEEE:  # float32 inputs (or bfloat16 in the interpreter, whose bf16 dot is wrong): exact fp32 dots
             score = tl.dot(q, tl.trans(k.to(tl.float32)), input_precision="ieee")
         else:
             score = tl.dot(q, tl.trans(k))
@@ -133,11 +133,16 @@ def paged_decode(
     *,
     warps: int = 4,
     tile: int | None = None,
+    stages: int | None = None,
 ) -> torch.Tensor:
     """``q [B, H, Dh]`` (one query frame per row) against one layer's pool ``keys``/``values [blocks, Hkv,
     block_size, Dh]`` through ``table [B, W]`` (block ids, any row stride), slots ``<= cache_index [B]``
     → ``out [B, H, Dh]`` (q's dtype unless given). ``warps``/``tile`` (slots per iteration, a power of two
-    >= 16): launch settings, untuned until bench/dia2_paged_attention.py has run on a GPU."""
+    >= 16): launch settings, untuned until bench/dia2_paged_attention.py has run on a GPU. ``stages``:
+    Triton's ``num_stages`` (None: its default). With a head width that is a multiple of 16 and strides
+    that are too, Triton pipelines the K/V loads through shared memory (cp.async, a copy ahead of the
+    loop's use); at 1 it does not, so a GPU run can tell a pipelining fault from the kernel's math (the
+    interpreter runs neither)."""
     rows, heads, dim = q.shape
     _, kv_heads, block_size, _ = keys.shape
     assert keys.shape[3] == dim and keys.stride() == values.stride() and heads % kv_heads == 0
@@ -150,6 +155,10 @@ def paged_decode(
     assert out.shape == q.shape and out.stride(2) == 1
     group = heads // kv_heads
     assert tile is None or (tile >= MIN_DOT and tile == triton.next_power_of_2(tile))
+    # Exact fp32 dots for float32, and for bfloat16 under the interpreter: its bf16 tl.dot returns garbage
+    # (Triton 3.9, off by 1e10 on a 16x32 product) while its fp16 one is right, so float16 runs the
+    # tensor-core branch's code (p rounded to the values' dtype) on the CPU too (tests/dia2/
+    # test_paged_attention.py).
     _paged_decode_kernel[(rows, kv_heads)](
         q,
         keys,
@@ -172,7 +181,8 @@ def paged_decode(
         BLOCK_G=max(MIN_DOT, triton.next_power_of_2(group)),
         BLOCK_D=max(MIN_DOT, triton.next_power_of_2(dim)),
         TILE=tile or max(MIN_TILE, triton.next_power_of_2(block_size)),
-        IEEE=keys.dtype == torch.float32 or _interpreting(),
+        IEEE=keys.dtype == torch.float32 or (keys.dtype == torch.bfloat16 and _interpreting()),
         num_warps=warps,
+        **({} if stages is None else {"num_stages": stages}),
     )
     return out
