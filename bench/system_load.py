@@ -98,6 +98,16 @@ def engine_section(args: argparse.Namespace) -> dict[str, Any]:
     return {"kind": "dia2", "dia2": dia2}
 
 
+def turn_section(args: argparse.Namespace | None) -> dict[str, Any]:
+    """turn.end_of_turn and turn.speculative_reply (issue 17's settings; the defaults unless asked)."""
+    if args is None:
+        return {}
+    turn: dict[str, Any] = {"end_of_turn": args.end_of_turn}
+    if args.speculative_reply:
+        turn["speculative_reply"] = True
+    return turn
+
+
 def bench_env(args: argparse.Namespace) -> dict[str, str]:
     """The benchmark-only switch (sipbridge/engine/dia2.py): random Dia2 weights of `--dia2-shape`."""
     if args.engine != "dia2":
@@ -143,6 +153,7 @@ def start_bridge(
         "asr": {"backend": asr_backend, "model": asr_model, "device": args.asr_device if args else "cpu"}
         | ({"max_tokens_per_second": args.asr_tokens_per_s} if args and args.asr_tokens_per_s else {}),
         "engine": engine_section(args) if args else {"kind": "espeak"},
+        "turn": turn_section(args),
         "storage": {"sqlite_path": str(work / "db.sqlite3"), "recordings_dir": str(work / "rec"),
                     "record_calls": False},
         "logging": {"level": "INFO"},
@@ -383,6 +394,13 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dia2-device", default="cuda")
     ap.add_argument("--dia2-dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--dia2-lane-capacity", type=int, help="engine.dia2.lane_capacity")
+    ap.add_argument(
+        "--end-of-turn",
+        default="hangover",
+        choices=("hangover", "words", "model", "model_and_words"),
+        help="turn.end_of_turn (model needs the pipecat-ai wheel's Smart Turn file)",
+    )
+    ap.add_argument("--speculative-reply", action="store_true", help="turn.speculative_reply: true")
     ap.add_argument(
         "--dia2-tiny",
         action="store_true",

@@ -11,7 +11,8 @@
 # Whisper at large-v3-turbo's shapes for the GPU ASR (bench/asr_batch.py), then runs bench/system_load.py with
 # Dia2 at full Dia2-2B shapes and random bf16 weights (the benchmark-only switch), the echo agent (random ASR
 # hears nonsense; echo answers every turn) and the carried caller audio (no espeak-ng there). JSON per N in
-# OUT (default $OUT or ./system-load-out). CALLS="32 64" overrides the sizes; PAUSE_S the caller's pauses.
+# OUT (default $OUT or ./system-load-out). CALLS="32 64" overrides the sizes; PAUSE_S the caller's pauses;
+# END_OF_TURN=words and SPECULATIVE=1 set turn.end_of_turn / turn.speculative_reply (issue 17 on a GPU).
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -85,6 +86,7 @@ run() {
         python3 bench/system_load.py --calls "$n" --engine dia2 --dia2-shape 2b --dia2-device cuda \
             --asr-backend transformers --asr-model "$whisper" --asr-device cuda --agent echo \
             --asr-tokens-per-s "${ASR_TOKENS_PER_S:-4}" ${LANE_CAPACITY:+--dia2-lane-capacity "$LANE_CAPACITY"} \
+            --end-of-turn "${END_OF_TURN:-hangover}" ${SPECULATIVE:+--speculative-reply} \
             --caller "$ROOT/.caller" --stagger-s "${STAGGER_S:-0.1}" --json "$out/system-load-$n.json" --log-dir "$out" \
             >"$out/system-load-$n.log" 2>&1 || echo "N=$n: system_load failed, see $out/system-load-$n.log"
         tail -c 600 "$out/system-load-$n.log"
