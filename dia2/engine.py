@@ -186,16 +186,22 @@ class BatchEngine:
             want = cuda and opts.cuda_graphs
         if not want or self.pool is not None:
             return
-        graphs = PrefillGraphs(
+        graphs = self.new_prefill_graphs()
+        if cuda and opts.cuda_graphs:
+            graphs.capture()
+        self.history.graphs = graphs
+
+    def new_prefill_graphs(self, **buckets: tuple[int, ...]) -> PrefillGraphs:
+        """Prefill buckets over this engine's dense cache (``call_buckets``/``frame_buckets`` override the
+        defaults), not yet captured nor in use."""
+        return PrefillGraphs(
             self.model,
             self.buf.cache,
             branches=self.branches,
             codebook_channels=2 + self.num_codebooks,
             device=self.device,
+            **buckets,
         )
-        if cuda and opts.cuda_graphs:
-            graphs.capture()
-        self.history.graphs = graphs
 
     @property
     def graph_errors(self) -> list[str]:

@@ -34,15 +34,7 @@ def test_rounds_cut_every_span_at_the_largest_bucket_in_order() -> None:
 
 def _small_buckets(engine: BatchEngine) -> PrefillGraphs:
     """Buckets small enough that the fixture's turns need several rounds and groups."""
-    graphs = PrefillGraphs(
-        engine.model,
-        engine.buf.cache,
-        branches=engine.branches,
-        codebook_channels=2 + engine.num_codebooks,
-        device=engine.device,
-        call_buckets=(1, 2),
-        frame_buckets=(4, 16),
-    )
+    graphs = engine.new_prefill_graphs(call_buckets=(1, 2), frame_buckets=(4, 16))
     engine.history.graphs = graphs
     return graphs
 
