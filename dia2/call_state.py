@@ -46,9 +46,9 @@ class EngineOptions:
     initial_padding: int = 2
     max_padding: int = 6
     cuda_graphs: bool = True  # capture on CUDA; CPU always runs the same code eagerly
-    # Known frames (caller turns, re-warms) into the dense cache through captured graphs per (calls,
+    # Known frames (caller turns, re-warms) into the KV cache through captured graphs per (calls,
     # frames) bucket (dia2/prefill_graphs.py) instead of an eager forward per drain: the eager one was
-    # ~28 ms of the engine thread per turn at Dia2-2B. None: on CUDA with cuda_graphs, dense cache only;
+    # ~28 ms of the engine thread per turn at Dia2-2B. None: on CUDA with cuda_graphs (dense or paged);
     # True on the CPU runs the same bucketed inputs eagerly (tests).
     prefill_graphs: bool | None = None
     # Caller turns' Mimi encodes on a thread and CUDA stream of their own from the moment a turn is

@@ -178,13 +178,13 @@ class BatchEngine:
         self._prefill_graphs(st.cuda)
 
     def _prefill_graphs(self, cuda: bool) -> None:
-        """EngineOptions.prefill_graphs: the dense cache's prefills through bucketed graphs (captured on
+        """EngineOptions.prefill_graphs: the cache's prefills through bucketed graphs (captured on
         CUDA with cuda_graphs; eager on the same bucketed inputs otherwise)."""
         opts = self.options
         want = opts.prefill_graphs
         if want is None:
             want = cuda and opts.cuda_graphs
-        if not want or self.pool is not None:
+        if not want:
             return
         graphs = self.new_prefill_graphs()
         if cuda and opts.cuda_graphs:

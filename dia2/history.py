@@ -53,7 +53,7 @@ class CallHistory:
         pin = self.device.type == "cuda"
         self.host_text = torch.zeros(capacity * branches, 2, dtype=torch.long, pin_memory=pin)
         self.batched_prefills = 0  # prefill_many forwards that carried several calls' turns
-        # Dense cache, EngineOptions.prefill_graphs: every prefill through bucketed (captured) forwards.
+        # EngineOptions.prefill_graphs: every prefill through bucketed (captured) forwards.
         self.graphs: PrefillGraphs | None = None
 
     def load_row(self, call: CallState, *, active: bool) -> None:
@@ -129,13 +129,8 @@ class CallHistory:
     def prefill(self, call: CallState, start: int, stop: int) -> Any:
         if stop <= start:
             return None
-        if self.pool is not None and self.pool.ensure([(self.rows_of(call), stop)]):
-            raise KVPoolExhaustedError(
-                f"call {call.slot}: the KV pool has {self.pool.free_blocks} free blocks of "
-                f"{self.pool.block_size} steps; {stop} steps of known frames need more "
-                "(EngineOptions.kv_pool_steps sizes the pool)"
-            )
-        if self.graphs is not None and self.pool is None:
+        self._ensure(call, stop)
+        if self.graphs is not None:
             self.graphs.prefill([self.span(call, start, stop)])
             return None
         tokens = self.step_tokens(call, start, stop).to(self.device)
@@ -144,6 +139,15 @@ class CallHistory:
         cache = self.buf.cache.rows(slice(call.slot * br, (call.slot + 1) * br))
         with torch.inference_mode():
             return self.model.transformer.prefill(tokens, pos, pos, cache)
+
+    def _ensure(self, call: CallState, stop: int) -> None:
+        """Paged KV: blocks for the call's slots below ``stop`` before a prefill writes them."""
+        if self.pool is not None and self.pool.ensure([(self.rows_of(call), stop)]):
+            raise KVPoolExhaustedError(
+                f"call {call.slot}: the KV pool has {self.pool.free_blocks} free blocks of "
+                f"{self.pool.block_size} steps; {stop} steps of known frames need more "
+                "(EngineOptions.kv_pool_steps sizes the pool)"
+            )
 
     def span(self, call: CallState, start: int, stop: int) -> PrefillSpan:
         return PrefillSpan(self.rows_of(call), self.step_tokens(call, start, stop), start)
@@ -158,7 +162,9 @@ class CallHistory:
         dropped, so each call ends exactly as its own :meth:`prefill` would leave it. The paged cache
         (whose spare slot may lie in an unallocated block) prefills call by call."""
         spans = [(c, a, b) for c, a, b in spans if b > a]
-        if self.graphs is not None and self.pool is None:
+        if self.graphs is not None:
+            for call, _, stop in spans:
+                self._ensure(call, stop)
             self.graphs.prefill([self.span(c, a, b) for c, a, b in spans])
             return
         if self.pool is not None or len(spans) < 2:

@@ -10,7 +10,8 @@ rows' tokens, their cache slots, which cache rows), captured once beside the fra
 cut into rounds of at most the largest frame bucket (round k holds chunk k of every call, so a call's
 later frames see its earlier ones in the cache) and each round into groups of at most the largest calls
 bucket. Padding never touches a real slot: a padded frame or a padded call writes its K/V into the spare
-slot ``max_steps - 1`` (never attended: every real frame's slot lies below it), and outputs are dropped.
+slot ``max_steps - 1`` (never attended: every real frame's slot lies below it; with paged KV mostly the
+trash block, where that slot's block is not allocated), and outputs are dropped.
 Without CUDA (or where a capture failed) the same bucketed inputs run eagerly, which is what the CPU tests
 check against a call prefilled alone.
 """
@@ -25,6 +26,7 @@ from typing import Any
 import torch
 
 from .model import Dia2Model
+from .paged_kv import PagedDecoderCache
 
 __all__ = ["PrefillGraphs", "PrefillSpan", "RowsOf"]
 
@@ -172,7 +174,14 @@ class PrefillGraphs:
 
     def _body(self, b: _Bucket) -> None:
         with torch.inference_mode():
-            self.model.transformer.prefill(b.tokens, b.at, b.at, RowsOf(self.cache, b.rows))
+            self.model.transformer.prefill(b.tokens, b.at, b.at, self._rows(b.rows))
+
+    def _rows(self, rows: torch.Tensor) -> Any:
+        """The picked rows, written in place: the paged cache's ``rows`` copies only the block table (its
+        writes land in the shared pool); the dense cache's would copy the K/V, hence :class:`RowsOf`."""
+        if isinstance(self.cache, PagedDecoderCache):
+            return self.cache.rows(rows)
+        return RowsOf(self.cache, rows)
 
     # --- capture (CUDA) -----------------------------------------------------------------------------
 
