@@ -95,6 +95,8 @@ def engine_section(args: argparse.Namespace) -> dict[str, Any]:
             "dtype": args.dia2_dtype, "max_batch": max(args.calls)}  # fmt: skip
     if args.dia2_lane_capacity:
         dia2["lane_capacity"] = args.dia2_lane_capacity
+    if args.dia2_no_first_chunk_first:
+        dia2["first_chunk_first"] = False
     return {"kind": "dia2", "dia2": dia2}
 
 
@@ -394,6 +396,9 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument("--dia2-device", default="cuda")
     ap.add_argument("--dia2-dtype", default="bfloat16", choices=("bfloat16", "float32"))
     ap.add_argument("--dia2-lane-capacity", type=int, help="engine.dia2.lane_capacity")
+    ap.add_argument(
+        "--dia2-no-first-chunk-first", action="store_true", help="engine.dia2.first_chunk_first: false"
+    )
     ap.add_argument(
         "--end-of-turn",
         default="hangover",

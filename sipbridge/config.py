@@ -514,9 +514,15 @@ class Dia2EngineConfig(_Section):
         ge=1,
         le=512,
         description="Replies in their lead-in (the ~17 steps before a reply's first audio) that get cheap "
-        "main-only steps of their own between full steps; more ride the full steps only, ~80 ms a step. "
-        "When many callers stop together (a load run's 32 replies in 3 s) the ones past this wait ~1.5 s for "
-        "their first audio; a larger lane costs memory and capture time (docs/PERFORMANCE.md, issue 16).",
+        "main-only steps of their own between full steps; more ride the full steps only. 32 instead of 8 "
+        "changed little at 32 and 128 calls on an H100 while caller turns still held the engine thread; a "
+        "larger lane costs memory and capture time (docs/PERFORMANCE.md, issue 16, runs D-F).",
+    )
+    first_chunk_first: bool = Field(
+        True,
+        description="A reply whose lead-in just ended gets the next full step at once (its first audio) "
+        "instead of waiting for the lane's time budget to run out. On: lowest first audio under light load; "
+        "under heavy reply churn it leaves ~1 lane step per full step (docs/PERFORMANCE.md, 'Lead-in lane').",
     )
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
 

@@ -128,6 +128,7 @@ def engine_options(cfg: Dia2EngineConfig, context_steps: int) -> EngineOptions:
         paged_kv=cfg.paged_kv,
         kv_pool_steps=cfg.kv_pool_steps,
         lane_capacity=cfg.lane_capacity,
+        first_chunk_first=cfg.first_chunk_first,
     )
 
 
