@@ -97,6 +97,8 @@ def engine_section(args: argparse.Namespace) -> dict[str, Any]:
         dia2["lane_capacity"] = args.dia2_lane_capacity
     if args.dia2_no_first_chunk_first:
         dia2["first_chunk_first"] = False
+    if args.dia2_gpu_priority:
+        dia2["gpu_priority"] = True
     return {"kind": "dia2", "dia2": dia2}
 
 
@@ -399,6 +401,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
     ap.add_argument(
         "--dia2-no-first-chunk-first", action="store_true", help="engine.dia2.first_chunk_first: false"
     )
+    ap.add_argument("--dia2-gpu-priority", action="store_true", help="engine.dia2.gpu_priority: true")
     ap.add_argument(
         "--end-of-turn",
         default="hangover",

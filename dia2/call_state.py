@@ -55,6 +55,11 @@ class EngineOptions:
     # submitted (dia2/encode_worker.py), instead of inside the engine thread's drain, where each delayed
     # every speaking call's next step. None: on CUDA.
     encode_thread: bool | None = None
+    # CUDA stream priority of the engine thread's work and of the Mimi decode stream (lower = scheduled
+    # first; the turn encoder and the ASR run at the default 0). At 128 calls on an H100 the engine thread
+    # waited on the GPU it shares with the batched ASR (py-spy, 2026-12-05); None: the default stream, off
+    # until a GPU run compares (docs/PERFORMANCE.md, next lease).
+    stream_priority: int | None = None
     # Layers/stages through dia2/fused.py's shared functions; None → on CUDA, off on CPU.
     fused: bool | None = None
     compile: bool = True  # torch.compile the fused functions (CUDA only; needs Triton)

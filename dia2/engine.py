@@ -171,7 +171,8 @@ class BatchEngine:
         self._deferred: list[tuple[CallState, int, int]] = []
         worker = opts.encode_thread if opts.encode_thread is not None else st.cuda
         turn_encoder = EncodeWorker(self.encode_turns, cuda=st.cuda) if worker else None
-        self.thread = EngineThread(self.step, self.encode_turns, self.flush_prefills, turn_encoder)
+        priority = opts.stream_priority if st.cuda else None
+        self.thread = EngineThread(self.step, self.encode_turns, self.flush_prefills, turn_encoder, priority)
         if st.cuda and opts.cuda_graphs:
             self.graphs.capture(self.lane_on)
             self.history.host_index = [0] * opts.capacity

@@ -125,6 +125,7 @@ class EngineState:
             num_codebooks,
             mimi.frame_size,
             overlap=opts.overlap_mimi,
+            priority=opts.stream_priority,
         )
         # Lead-in lane: small buffers (their KV cache is a per-step gather of the master's rows).
         lane_on = opts.lead_in_lane and opts.skip_lead_in

@@ -12,6 +12,7 @@ once (128 calls on an H100: ~3/4 of the thread's busy samples in Mimi's encoder,
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import functools
 import logging
 import queue
@@ -67,6 +68,7 @@ class EngineThread:
         encode_many: EncodeMany | None = None,
         flush: Callable[[], None] | None = None,
         encoder: EncodeWorker | None = None,
+        stream_priority: int | None = None,
     ) -> None:
         """``step`` advances the engine once; it returns False when no call is speaking (the thread then
         sleeps until the next command). ``encode_many`` encodes a drain's queued audio in one run;
@@ -75,6 +77,7 @@ class EngineThread:
         the moment it is submitted (dia2/encode_worker.py); its command still runs in queue order."""
         self._step = step
         self._encoder = encoder
+        self._priority = stream_priority  # CUDA: the thread's work on a stream of this priority
         self._encode_many = encode_many
         self._flush = flush
         self._commands: queue.SimpleQueue[_Queued] = queue.SimpleQueue()
@@ -125,7 +128,8 @@ class EngineThread:
         return fut
 
     def _run(self) -> None:
-        with torch.inference_mode():
+        stream = torch.cuda.Stream(priority=self._priority) if self._priority is not None else None
+        with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
             while not self._stop:
                 self._drain_commands()
                 t0 = time.perf_counter()

@@ -57,6 +57,7 @@ class MimiRows:
         frame_size: int,
         *,
         overlap: bool,
+        priority: int | None = None,
     ) -> None:
         from .mimi_stream import StreamingMimiDecoder
 
@@ -76,7 +77,7 @@ class MimiRows:
         # Mimi on a second stream (CUDA): its input is a copy of the step's codes, so the next step may
         # overwrite ``emitted`` while the decode still runs.
         self.inputs = torch.zeros(capacity, num_codebooks, dtype=torch.long, device=self.device)
-        self.stream: Any = torch.cuda.Stream() if cuda and overlap else None
+        self.stream: Any = torch.cuda.Stream(priority=priority or 0) if cuda and overlap else None
         self.done: Any = None  # event: the last decode (and its copy to the host) finished
         self.host_pcm = torch.zeros(capacity, frame_size, pin_memory=cuda)
         self.pending: list[Pending] = []  # chunks whose audio is still being decoded

@@ -518,6 +518,13 @@ class Dia2EngineConfig(_Section):
         "changed little at 32 and 128 calls on an H100 while caller turns still held the engine thread; a "
         "larger lane costs memory and capture time (docs/PERFORMANCE.md, issue 16, runs D-F).",
     )
+    gpu_priority: bool = Field(
+        False,
+        description="Run the engine's steps and its Mimi decode on high-priority CUDA streams, so the GPU "
+        "schedules them before the batched ASR's and the turn encoder's work. At 128 calls on an H100 the "
+        "engine waited on the GPU it shares with the ASR; off until a GPU run compares the turn gap and the "
+        "ASR's wait with it on (docs/PERFORMANCE.md).",
+    )
     first_chunk_first: bool = Field(
         True,
         description="A reply whose lead-in just ended gets the next full step at once (its first audio) "

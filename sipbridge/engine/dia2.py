@@ -129,6 +129,7 @@ def engine_options(cfg: Dia2EngineConfig, context_steps: int) -> EngineOptions:
         kv_pool_steps=cfg.kv_pool_steps,
         lane_capacity=cfg.lane_capacity,
         first_chunk_first=cfg.first_chunk_first,
+        stream_priority=-1 if cfg.gpu_priority else None,
     )
 
 

@@ -176,3 +176,33 @@ def test_cuda_rigged_sampler_specials_never_reach_mimi(
     on.fill_(False)
     assert _reply(engine, call, "[S1] Okay.", greedy).shape[0] == 32
     torch.cuda.synchronize()
+
+
+def test_cuda_engine_thread_on_a_high_priority_stream(reference: ReferenceFixture) -> None:
+    """EngineOptions.stream_priority: the engine thread's steps (and the Mimi stream) on high-priority
+    streams give the parity loop's tokens, replies started from another thread as the product does."""
+    runtime = reference.load_runtime("cuda", "float32")
+    torch.backends.cuda.matmul.allow_tf32 = False
+    opts = reference.options("greedy")
+    script = reference.inputs["cases"]["greedy"]["script"]
+    expected = runtime.generate(script, options=opts).audio_tokens.cpu()
+    engine = BatchEngine(
+        runtime.model,
+        runtime.ids,
+        runtime.tokenizer,
+        runtime.mimi,
+        EngineOptions(capacity=4, max_reply_steps=160, reply_reserve_steps=40, stream_priority=-1),
+    )
+    assert engine.mimi_rows.stream is not None and engine.mimi_rows.stream.priority < 0
+    call = engine.open_call()
+    got: list[AudioChunk | None] = []
+    engine.start()
+    try:
+        engine.submit(
+            lambda: engine.speak(call, script, got.append, SpeakOptions(opts.text, opts.audio, 0.0))
+        )
+        while not (got and got[-1] is None):
+            engine.submit(lambda: None).result(timeout=60)
+    finally:
+        engine.stop()
+    assert torch.equal(torch.stack([c.codes for c in got if c is not None], dim=1), expected)
