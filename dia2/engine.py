@@ -29,11 +29,9 @@ last complete frame, so the next turn starts where the history is fully known.
 from __future__ import annotations
 
 import concurrent.futures
-import copy
 import logging
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -51,6 +49,7 @@ from .call_state import (
 from .encode_worker import EncodeWorker
 from .engine_state import EngineState
 from .engine_thread import EngineThread
+from .history import ContextMark
 from .lanes import LaneScheduler
 from .mimi_rows import MIMI_PRIME_FRAMES
 from .model import Dia2Model
@@ -59,7 +58,7 @@ from .prefill_graphs import PrefillGraphs
 from .prefix import SPEAKER1_STEP_OFFSET, PrefixWord, words_to_entries
 from .replies import ReplyControl
 from .script import WordEncoder
-from .state_machine import Entry, MachineState, TokenIds
+from .state_machine import Entry, TokenIds
 from .stepper import FrameStepper
 from .wavfile import resample_linear
 
@@ -78,17 +77,6 @@ __all__ = [
 ]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class ContextMark:
-    """A call's context at one moment (:meth:`BatchEngine.mark`); only :meth:`BatchEngine.rewind` reads it."""
-
-    codes: torch.Tensor
-    text: tuple[tuple[int, int], ...]
-    segments: tuple[tuple[str, int, int], ...]
-    dropped_segments: int
-    machine: MachineState
 
 
 # Padded samples per batched Mimi encode of caller turns: 100 s of audio (~0.6 GB for the encoder's first
@@ -179,18 +167,13 @@ class BatchEngine:
         self._prefill_graphs(st.cuda)
 
     def _prefill_graphs(self, cuda: bool) -> None:
-        """EngineOptions.prefill_graphs: the cache's prefills through bucketed graphs (captured on
-        CUDA with cuda_graphs; eager on the same bucketed inputs otherwise)."""
-        opts = self.options
-        want = opts.prefill_graphs
-        if want is None:
-            want = cuda and opts.cuda_graphs
-        if not want:
-            return
-        graphs = self.new_prefill_graphs()
-        if cuda and opts.cuda_graphs:
-            graphs.capture()
-        self.history.graphs = graphs
+        """EngineOptions.prefill_graphs: the cache's prefills through bucketed graphs (captured on CUDA with
+        cuda_graphs; eager on the same bucketed inputs otherwise)."""
+        want = self.options.prefill_graphs
+        if want or (want is None and cuda and self.options.cuda_graphs):
+            self.history.graphs = self.new_prefill_graphs()
+            if cuda and self.options.cuda_graphs:
+                self.history.graphs.capture()
 
     def new_prefill_graphs(self, **buckets: tuple[int, ...]) -> PrefillGraphs:
         """Prefill buckets over this engine's dense cache (``call_buckets``/``frame_buckets`` override the
@@ -447,31 +430,13 @@ class BatchEngine:
         call back here, as if nothing after it had happened. Taken between replies."""
         if call.turn is not None:
             raise RuntimeError("a reply is in progress: a mark is taken between replies")
-        return ContextMark(
-            codes=call.codes.clone(),
-            text=tuple(call.text),
-            segments=tuple(call.segments),
-            dropped_segments=call.dropped_segments,
-            machine=copy.deepcopy(call.machine),
-        )
+        return self.history.mark(call)
 
     def rewind(self, call: CallState, mark: ContextMark) -> None:
-        """Discard everything since ``mark``: a reply in progress ends (no further chunk), history, text
-        inputs, segments and the text machine are the mark's again, and so is the cache: cut back to the
-        marked frames when only appends happened since (paged blocks given back), else (a re-warm moved
-        frames) prefilled again from the start."""
+        """Discard everything since ``mark``: a reply in progress ends (no further chunk), then the call's
+        context is the mark's again (:meth:`CallHistory.restore`)."""
         self.replies.cancel(call)
-        prefix_kept = call.dropped_segments == mark.dropped_segments
-        call.codes = mark.codes.clone()
-        call.text = list(mark.text)
-        call.segments = list(mark.segments)
-        call.dropped_segments = mark.dropped_segments
-        call.machine = copy.deepcopy(mark.machine)
-        if prefix_kept:
-            self.history.shrink(call, call.frames)
-        else:
-            self.history.shrink(call, 0)
-            self.history.prefill(call, 0, call.frames)
+        self.history.restore(call, mark)
 
     def _finish_turn(self, call: CallState) -> None:
         self.replies.finish(call)

@@ -9,7 +9,9 @@ the steps; this module is what a call's past looks like to them.
 
 from __future__ import annotations
 
+import copy
 import logging
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,11 +21,22 @@ from .frame import RING, FrameBuffers
 from .model import Dia2Model
 from .paged_kv import BlockPool, KVPoolExhaustedError
 from .prefill_graphs import PrefillGraphs, PrefillSpan, RowsOf
-from .state_machine import Entry, StateMachine, TokenIds
+from .state_machine import Entry, MachineState, StateMachine, TokenIds
 
-__all__ = ["CallHistory", "RowsOf"]  # RowsOf: dia2/prefill_graphs.py
+__all__ = ["CallHistory", "ContextMark", "RowsOf"]  # RowsOf: dia2/prefill_graphs.py
 
 logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ContextMark:
+    """A call's context at one moment (:meth:`BatchEngine.mark`); only :meth:`BatchEngine.rewind` reads it."""
+
+    codes: torch.Tensor
+    text: tuple[tuple[int, int], ...]
+    segments: tuple[tuple[str, int, int], ...]
+    dropped_segments: int
+    machine: MachineState
 
 
 class CallHistory:
@@ -238,6 +251,31 @@ class CallHistory:
         call.segments = [s for s in segments if s[2] > s[1]]
         self.shrink(call, lo)
         self.prefill(call, lo, call.frames)
+
+    def mark(self, call: CallState) -> ContextMark:
+        """The call's context now (its frames, text inputs, segments and text machine), to restore later."""
+        return ContextMark(
+            codes=call.codes.clone(),
+            text=tuple(call.text),
+            segments=tuple(call.segments),
+            dropped_segments=call.dropped_segments,
+            machine=copy.deepcopy(call.machine),
+        )
+
+    def restore(self, call: CallState, mark: ContextMark) -> None:
+        """The context of ``mark`` again, and its cache: cut back to the marked frames when only appends
+        happened since (paged blocks given back), else (a re-warm moved frames) prefilled from the start."""
+        prefix_kept = call.dropped_segments == mark.dropped_segments
+        call.codes = mark.codes.clone()
+        call.text = list(mark.text)
+        call.segments = list(mark.segments)
+        call.dropped_segments = mark.dropped_segments
+        call.machine = copy.deepcopy(mark.machine)
+        if prefix_kept:
+            self.shrink(call, call.frames)
+        else:
+            self.shrink(call, 0)
+            self.prefill(call, 0, call.frames)
 
     def ensure_room(self, call: CallState, need: int, *, keep_half: bool = True) -> None:
         """Context policy: keep the voice, drop the oldest turns until ``need`` more steps fit, re-warm.
