@@ -39,6 +39,7 @@ from .peers import caller_audio
 TINY = Path(__file__).resolve().parents[1] / "fixtures" / "dia2-tiny"
 RATE = 8000
 NEXT = "Is there anything else?"  # a reply after the turn: it shows the whole context, cache included
+FIRST, WHOLE = "I need some help", "I need some help with a reference letter."  # a pause after FIRST
 
 
 @pytest.fixture(scope="module")
@@ -184,15 +185,39 @@ async def assert_same_context(call: Call, oracle: Call) -> None:
     assert same_audio(ours, theirs), "the next reply differs: the contexts (or caches) are not the same"
 
 
+async def pause_for_a_guess(call: Call, said: bytes) -> tuple[Guess, int, int]:
+    """The caller says ``said`` and pauses: the guess the call made on it (heard, its reply begun), and
+    the speech's start and pause (ms)."""
+    start, paused = span(said)
+    call.send(f.SpeechStarted("guessed", start))
+    call.send(f.TurnPaused("guessed", start, paused, said, 0))
+    guess = await call.guess()
+    assert guess.heard and guess.utt is not None
+    return guess, start, paused
+
+
+async def answer_equals_a_call_without_the_guess(
+    tmp_path: Path, engine: Dia2Engine, asr: Transcriber, call: Call, start: int, whole: bytes
+) -> None:
+    """The caller's whole turn ends: what the call answers, and its context, are an oracle call's that only
+    ever heard ``whole``."""
+    _, end = span(whole)
+    call.send(f.TurnEnded("guessed", start, end, "silence", whole, 0))
+    answer = await call.played()
+    segments, _ = await call.context()
+    assert [kind for kind, _, _ in segments] == ["reply", "user", "reply"]
+    oracle, expected = await oracle_of(tmp_path, engine, asr, whole)
+    assert same_audio(answer, expected)
+    await assert_same_context(call, oracle)
+    await hang_up(call, oracle)
+
+
 def test_a_used_guess_is_heard_once_and_its_held_audio_sent(tmp_path: Path, asr: Transcriber) -> None:
     async def run(engine: Dia2Engine) -> None:
         call = await open_call(tmp_path, engine, asr, "guessed", speculative=True)
         turn = pcm_of("I need some help with my account.")
-        start, end = span(turn)
-        call.send(f.SpeechStarted("guessed", start))
-        call.send(f.TurnPaused("guessed", start, end, turn, 0))
-        guess = await call.guess()
-        assert guess.heard and guess.utt is not None
+        guess, start, end = await pause_for_a_guess(call, turn)
+        assert guess.utt is not None
         await guess.utt.made.wait()
         assert guess.utt.complete and guess.utt.held_frames, "the reply was made ahead, held"
         assert call.wire.frames.empty(), "nothing of it reached the worker before the turn ended"
@@ -214,26 +239,12 @@ def test_a_used_guess_is_heard_once_and_its_held_audio_sent(tmp_path: Path, asr:
 def test_a_discarded_guess_leaves_the_context_of_a_call_without_it(tmp_path: Path, asr: Transcriber) -> None:
     async def run(engine: Dia2Engine) -> None:
         call = await open_call(tmp_path, engine, asr, "guessed", speculative=True)
-        first = pcm_of("I need some help")
-        whole = pcm_of("I need some help with a reference letter.")
-        start, paused = span(first)
-        call.send(f.SpeechStarted("guessed", start))
-        call.send(f.TurnPaused("guessed", start, paused, first, 0))
-        guess = await call.guess()
-        assert guess.heard and guess.utt is not None
+        guess, start, paused = await pause_for_a_guess(call, pcm_of(FIRST))
+        assert guess.utt is not None
         await guess.utt.made.wait()
         assert guess.utt.complete, "the guess's reply was in the context before the caller went on"
         call.send(f.TurnResumed("guessed", start, paused + 200))
-        _, end = span(whole)
-        call.send(f.TurnEnded("guessed", start, end, "silence", whole, 0))
-        answer = await call.played()
-        segments, _ = await call.context()
-        assert [kind for kind, _, _ in segments] == ["reply", "user", "reply"]
-
-        oracle, expected = await oracle_of(tmp_path, engine, asr, whole)
-        assert same_audio(answer, expected)
-        await assert_same_context(call, oracle)
-        await hang_up(call, oracle)
+        await answer_equals_a_call_without_the_guess(tmp_path, engine, asr, call, start, pcm_of(WHOLE))
 
     asyncio.run(in_engine(tmp_path, run))
 
@@ -244,24 +255,12 @@ def test_a_guess_dropped_while_its_reply_is_made_is_forgotten(tmp_path: Path, as
 
     async def run(engine: Dia2Engine) -> None:
         call = await open_call(tmp_path, engine, asr, "guessed", speculative=True)
-        first = pcm_of("I need some help")
-        whole = pcm_of("I need some help with a reference letter.")
-        start, paused = span(first)
-        call.send(f.SpeechStarted("guessed", start))
-        call.send(f.TurnPaused("guessed", start, paused, first, 0))
-        guess = await call.guess()
-        assert guess.heard and guess.utt is not None
+        guess, start, paused = await pause_for_a_guess(call, pcm_of(FIRST))
+        assert guess.utt is not None
         call.send(f.TurnResumed("guessed", start, paused + 200))
         await guess.utt.made.wait()
         assert guess.utt.cancelled and not guess.utt.complete
-        _, end = span(whole)
-        call.send(f.TurnEnded("guessed", start, end, "silence", whole, 0))
-        answer = await call.played()
-
-        oracle, expected = await oracle_of(tmp_path, engine, asr, whole)
-        assert same_audio(answer, expected)
-        await assert_same_context(call, oracle)
-        await hang_up(call, oracle)
+        await answer_equals_a_call_without_the_guess(tmp_path, engine, asr, call, start, pcm_of(WHOLE))
 
     asyncio.run(in_engine(tmp_path, run))
 
