@@ -9,16 +9,11 @@ which ``@triton.jit`` gives no compilable kernel.
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from .kernel_kit import compile_apart
+
 pytest.importorskip("triton")
-ROOT = Path(__file__).resolve().parents[2]
 
 COMPILE = r"""
 import json, sys
@@ -43,19 +38,8 @@ print(json.dumps({"ptx": out.asm["ptx"], "cubin": len(out.asm["cubin"])}))
 
 
 def _compile(pdl: bool) -> dict[str, object]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE, "1" if pdl else "0"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    out: dict[str, object] = compile_apart(COMPILE, "1" if pdl else "0")
+    return out
 
 
 def test_linear_kernel_assembles_for_hopper_with_pdl_in_order() -> None:

@@ -9,16 +9,11 @@ Runs in a subprocess: the interpreter tests switch this process to Triton's inte
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from .kernel_kit import compile_apart
+
 pytest.importorskip("triton")
-ROOT = Path(__file__).resolve().parents[2]
 
 COMPILE = r"""
 import json, sys
@@ -45,20 +40,9 @@ print(json.dumps({"cubin": len(out.asm["cubin"]), "mma": ptx.count("mma."), "loc
 
 
 def _compile(ieee: bool) -> dict[str, int]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    env.setdefault("TRITON_DEFAULT_FP_FUSION", "1")  # Triton 3.9's default, stated (silences its warning)
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE, "1" if ieee else "0"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=300,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    return json.loads(done.stdout.strip().splitlines()[-1])
+    # Triton 3.9's default fp fusion, stated (silences its warning).
+    out: dict[str, int] = compile_apart(COMPILE, "1" if ieee else "0", TRITON_DEFAULT_FP_FUSION="1")
+    return out
 
 
 @pytest.mark.parametrize("ieee", [False, True])
