@@ -88,6 +88,21 @@ def expect_503_with_retry_after(retry_after_s: int) -> str:
     )
 
 
+def calls_up(bridge: Bridge, callers: list[Sipp]) -> None:
+    """Every caller's call has its media up; if one never comes, which SIPp callers had already ended, and
+    why (a caller that exits at once never sends its INVITE)."""
+    for n in range(len(callers)):
+        try:
+            bridge.wait_log(r"media up", timeout=60)
+        except AssertionError as exc:
+            ended = {
+                i: (c.proc.poll(), c.errors()[-300:])
+                for i, c in enumerate(callers)
+                if c.proc.poll() is not None
+            }
+            raise AssertionError(f"{n} of {len(callers)} calls up; callers that ended: {ended}") from exc
+
+
 def test_32_calls_over_8_workers_at_one_address_then_503(tmp_path: Path) -> None:
     bridge = front_bridge(tmp_path / "bridge", 32)
     try:
@@ -105,8 +120,7 @@ def test_32_calls_over_8_workers_at_one_address_then_503(tmp_path: Path) -> None
                 dial(bridge, sipp_scenario(audio=audio, talk_ms=20000), tmp_path / f"c{i}", media_port=port)
                 for i, port in enumerate(media)
             ]
-            for _ in callers:
-                bridge.wait_log(r"media up", timeout=60)
+            calls_up(bridge, callers)
             setup_s = time.monotonic() - t0
             assert bridge.health()["calls"]["active"] == 32, setup_s
             # One more than sip.max_calls: turned away at the front with Retry-After.
