@@ -28,19 +28,19 @@ def rel(a: torch.Tensor, b: torch.Tensor) -> float:
 ROOT = Path(__file__).resolve().parents[2]
 
 
-def compile_apart(script: str, arg: str, **env: str) -> Any:
+def compile_apart(script: str, *args: str, timeout: float = 300, **env: str) -> Any:
     """Run a Triton compile ``script`` (its last stdout line is JSON) in a fresh interpreter without
     ``TRITON_INTERPRET``: this process imported Triton in interpreter mode, which cannot compile."""
     child = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"} | {"PYTHONPATH": str(ROOT)}
     for key, value in env.items():
         child.setdefault(key, value)
     done = subprocess.run(
-        [sys.executable, "-c", script, arg],
+        [sys.executable, "-c", script, *args],
         capture_output=True,
         text=True,
         env=child,
         cwd=ROOT,
-        timeout=300,
+        timeout=timeout,
         check=False,
     )
     assert done.returncode == 0, done.stderr[-3000:]

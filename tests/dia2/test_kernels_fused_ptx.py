@@ -10,16 +10,11 @@ Runs in a subprocess: the kernel tests switch this process to Triton's interpret
 
 from __future__ import annotations
 
-import json
-import os
-import subprocess
-import sys
-from pathlib import Path
-
 import pytest
 
+from .kernel_kit import compile_apart
+
 pytest.importorskip("triton")
-ROOT = Path(__file__).resolve().parents[2]
 
 COMPILE = r"""
 import json, sys
@@ -59,19 +54,7 @@ print(json.dumps({"ptx": out.asm["ptx"], "cubin": len(out.asm["cubin"])}))
 
 
 def _ptx(kernel: str, pdl: bool) -> tuple[list[str], int]:
-    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
-    env["PYTHONPATH"] = str(ROOT)
-    done = subprocess.run(
-        [sys.executable, "-c", COMPILE, kernel, "1" if pdl else "0"],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=ROOT,
-        timeout=600,
-        check=False,
-    )
-    assert done.returncode == 0, done.stderr[-3000:]
-    got = json.loads(done.stdout.strip().splitlines()[-1])
+    got = compile_apart(COMPILE, kernel, "1" if pdl else "0", timeout=600)
     return [ln.strip() for ln in str(got["ptx"]).splitlines()], int(got["cubin"])
 
 
