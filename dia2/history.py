@@ -20,7 +20,7 @@ from .call_state import CallState
 from .frame import RING, FrameBuffers
 from .model import Dia2Model
 from .paged_kv import BlockPool, KVPoolExhaustedError
-from .prefill_graphs import PrefillGraphs, PrefillSpan, RowsOf
+from .prefill_graphs import PrefillGraphs, PrefillSpan, RowsOf, padded
 from .state_machine import Entry, MachineState, StateMachine, TokenIds
 
 __all__ = ["CallHistory", "ContextMark", "RowsOf"]  # RowsOf: dia2/prefill_graphs.py
@@ -184,20 +184,14 @@ class CallHistory:
             for call, start, stop in spans:
                 self.prefill(call, start, stop)
             return
-        t = max(b - a for _, a, b in spans)
-        spare, br = self.max_steps - 1, self.branches
-        tokens, index, rows = [], [], []
-        for call, start, stop in spans:
-            tok = self.step_tokens(call, start, stop)  # [br, n, C]
-            pad = t - (stop - start)
-            tokens.append(torch.cat([tok, tok[:, -1:].expand(-1, pad, -1)], dim=1) if pad else tok)
-            slots = torch.arange(start, start + t)
-            index.append(torch.where(slots < stop, slots, spare).view(1, -1).expand(br, -1))
-            rows.extend(self.rows_of(call))
-        at = torch.cat(index).to(self.device)
-        cache = RowsOf(self.buf.cache, torch.tensor(rows, device=self.device))
+        group = [self.span(c, a, b) for c, a, b in spans]
+        tokens, at, rows = padded(
+            group, len(group), max(s.frames for s in group), self.branches, self.max_steps - 1
+        )
+        at = at.to(self.device)
+        cache = RowsOf(self.buf.cache, rows.to(self.device))
         with torch.inference_mode():
-            self.model.transformer.prefill(torch.cat(tokens).to(self.device), at, at, cache)
+            self.model.transformer.prefill(tokens.to(self.device), at, at, cache)
         self.batched_prefills += 1
 
     def ingest(

@@ -28,7 +28,7 @@ import torch
 from .model import Dia2Model
 from .paged_kv import PagedDecoderCache
 
-__all__ = ["PrefillGraphs", "PrefillSpan", "RowsOf"]
+__all__ = ["PrefillGraphs", "PrefillSpan", "RowsOf", "padded"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,6 +103,25 @@ def bucket_of(n: int, sizes: tuple[int, ...]) -> int:
     return next(s for s in sizes if s >= n)
 
 
+def padded(
+    group: list[PrefillSpan], calls: int, frames: int, branches: int, spare: int
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Host inputs of one forward over ``calls`` x ``frames``: tokens, cache slots (= positions) and cache
+    rows. A span's missing frames repeat its last token at the spare slot; missing calls repeat the last
+    span's rows writing only the spare slot."""
+    tokens, at, rows = [], [], []
+    for i in range(calls):
+        span = group[min(i, len(group) - 1)]
+        tok = span.tokens
+        pad = frames - span.frames
+        tokens.append(torch.cat([tok, tok[:, -1:].expand(-1, pad, -1)], dim=1) if pad else tok)
+        slots = torch.arange(span.start, span.start + frames)
+        real = (slots < span.start + span.frames) & (i < len(group))
+        at.append(torch.where(real, slots, spare).view(1, -1).expand(branches, -1))
+        rows.extend(span.rows)
+    return torch.cat(tokens), torch.cat(at), torch.tensor(rows, dtype=torch.long)
+
+
 class PrefillGraphs:
     def __init__(
         self,
@@ -144,7 +163,7 @@ class PrefillGraphs:
         calls = bucket_of(len(group), self.call_buckets)
         frames = bucket_of(max(s.frames for s in group), self.frame_buckets)
         b = self.buckets[(calls, frames)]
-        tokens, at, rows = self._inputs(group, calls, frames)
+        tokens, at, rows = padded(group, calls, frames, self.branches, self.spare)
         b.tokens.copy_(tokens, non_blocking=True)
         b.at.copy_(at, non_blocking=True)
         b.rows.copy_(rows, non_blocking=True)
@@ -154,23 +173,6 @@ class PrefillGraphs:
         else:
             self._body(b)
             self.eager_runs += 1
-
-    def _inputs(
-        self, group: list[PrefillSpan], calls: int, frames: int
-    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Host tensors of one bucket: frames padded with the span's last token at the spare slot, calls
-        padded with the last span's rows writing only the spare slot."""
-        tokens, at, rows = [], [], []
-        for i in range(calls):
-            span = group[min(i, len(group) - 1)]
-            tok = span.tokens
-            pad = frames - span.frames
-            tokens.append(torch.cat([tok, tok[:, -1:].expand(-1, pad, -1)], dim=1) if pad else tok)
-            slots = torch.arange(span.start, span.start + frames)
-            real = (slots < span.start + span.frames) & (i < len(group))
-            at.append(torch.where(real, slots, self.spare).view(1, -1).expand(self.branches, -1))
-            rows.extend(span.rows)
-        return torch.cat(tokens), torch.cat(at), torch.tensor(rows, dtype=torch.long)
 
     def _body(self, b: _Bucket) -> None:
         with torch.inference_mode():
