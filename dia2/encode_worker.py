@@ -15,7 +15,6 @@ thread's Mimi decode.
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import logging
 import queue
 import threading
@@ -67,10 +66,7 @@ class EncodeWorker:
 
     def _run(self) -> None:
         stream = torch.cuda.Stream() if self._cuda else None
-        with (
-            torch.inference_mode(),
-            torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext(),
-        ):
+        with torch.inference_mode(), torch.cuda.stream(stream):  # None: no stream of its own (CPU)
             while True:
                 batch, stop = self._take()
                 if batch:

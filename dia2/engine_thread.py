@@ -12,7 +12,6 @@ once (128 calls on an H100: ~3/4 of the thread's busy samples in Mimi's encoder,
 from __future__ import annotations
 
 import concurrent.futures
-import contextlib
 import functools
 import logging
 import queue
@@ -24,7 +23,7 @@ from typing import Any
 
 import torch
 
-from .encode_worker import EncodeWorker
+from .encode_worker import EncodeMany, EncodeWorker
 
 logger = logging.getLogger("dia2.engine")
 
@@ -40,7 +39,6 @@ class _Encoded:
 
 _Command = Callable[[], Any] | _Encoded
 _Queued = tuple[_Command, concurrent.futures.Future[Any]]
-EncodeMany = Callable[[list[torch.Tensor]], list[torch.Tensor]]
 
 
 @dataclass
@@ -129,7 +127,7 @@ class EngineThread:
 
     def _run(self) -> None:
         stream = torch.cuda.Stream(priority=self._priority) if self._priority is not None else None
-        with torch.inference_mode(), torch.cuda.stream(stream) if stream else contextlib.nullcontext():
+        with torch.inference_mode(), torch.cuda.stream(stream):  # None: the current stream
             while not self._stop:
                 self._drain_commands()
                 t0 = time.perf_counter()
