@@ -167,6 +167,7 @@ class Transcriber:
                 window_ms=cfg.batch_window_ms,
                 max_batch=cfg.max_batch,
                 max_tokens_per_second=cfg.max_tokens_per_second,
+                static_decoder=cfg.static_decoder,
             )
         except BatchLoadError as exc:
             raise AsrError(str(exc)) from exc

