@@ -1,10 +1,8 @@
 #!/usr/bin/env bash
 # Issue 23's GPU measurements (H200 lease, docs/PERFORMANCE.md "Issue 23").
 #   OUT=results UPSTREAM=path/to/nari-labs-dia2 bash bench/dia2_h200_i23.sh [STEP ...]   (default: pdl load profile)
-# Steps: pdl load profile profile256 hybrid load384 tiles fidelity enginegpu speed1 paged paged384 fusion pagedattn pagedgather (case list below).
+# Steps: pdl load profile profile256 hybrid load384 tiles fidelity enginegpu speed1 paged paged384 pagedattn pagedgather (case list below).
 # Every step has its own time limit (T_LOAD, T_PAGED, T_TESTS override three; LOAD_CALLS/PAGED_CALLS the sizes) so that one hang leaves the others' JSON; logs go to $OUT/log.txt.
-# Fused depformer stages (issue 23 item 2; decides EngineOptions.stage_fusion_max_calls' default; < 10 min):
-#   OUT=out bash bench/dia2_h200_i23.sh fusion   # GPU tests of the fused kernels; 1 call without/with; launches per phase
 # Next lease (the engine split, paged KV and the depformer change; each line one device command, < 10 min):
 #   OUT=out bash bench/dia2_h200_i23.sh enginegpu paged          # GPU tests incl. paged KV in graphs; paged 128-256
 #   OUT=out bash bench/dia2_h200_i23.sh load speed1 profile256   # dense split engine 128-256; 1 call; per phase
@@ -36,11 +34,6 @@ for s in $steps; do
     profile256) run 240 $PY bench/dia2_profile.py --variants fused,kernels-pdl --calls 1,256 --out "$OUT/profile256.json" ;;
     hybrid) run 200 $PY bench/dia2_speed.py --load-only --calls 192,256 --kernel-max-calls 64 --out "$OUT/load-hybrid.json" ;;
     load384) run 280 $PY bench/dia2_speed.py --load-only --calls 256,320,384 --max-context-steps 1000 --out "$OUT/load384.json" ;;
-    fusion)  # worst case 120 + 150 + 150 + 170 s; the speed pair runs back to back on the same card
-      run 120 $PY -m pytest tests/dia2/test_kernels_fused.py -q -x -p no:cacheprovider
-      run 150 $PY bench/dia2_speed.py --calls 1 --out "$OUT/speed1-nofusion.json"
-      run 150 $PY bench/dia2_speed.py --calls 1 --stage-fusion 1 --out "$OUT/speed1-fusion.json"
-      run 170 $PY bench/dia2_profile.py --variants kernels-pdl,kernels-pdl-fused --calls 1 --out "$OUT/profile-fusion.json" ;;
     speed1) run 170 $PY bench/dia2_speed.py --calls 1 --out "$OUT/speed1-final.json" ;;
     enginegpu) run ${T_TESTS:-280} $PY -m pytest tests/dia2/test_engine_gpu.py tests/dia2/test_kernels.py tests/dia2/test_failure_modes.py tests/dia2/test_paged_kv.py tests/dia2/test_paged_attention.py tests/dia2/test_memory.py tests/dia2/test_fused_ops.py -q -x -p no:cacheprovider ;;
     tiles) run 150 $PY bench/dia2_kernels.py --out "$OUT/tiles.json" ;;

@@ -2,7 +2,7 @@
 
     python bench/dia2_ops.py --out ops.json                  # tiny fixture checkpoint, CPU
     python bench/dia2_ops.py --preset 2b --out ops-2b.json   # Dia2-2B shapes, random weights (CPU, slow)
-    TRITON_INTERPRET=1 python bench/dia2_ops.py --kernels --out ops-k.json   # + Triton kernels, fused stages
+    TRITON_INTERPRET=1 python bench/dia2_ops.py --kernels --out ops-k.json   # + the Triton kernels
 
 A proxy for launches on the GPU: every top-level torch operator a phase issues, eager, once per frame, for
 the module path (``fused=False``) and the fused torch functions (``fused=True``, uncompiled here; on CUDA
@@ -69,20 +69,11 @@ def build(args: argparse.Namespace) -> Any:
     return rt.model, rt.ids, rt.tokenizer, rt.mimi
 
 
-def measure(parts: Any, fused: bool, calls: int, fusion: int | None = None) -> dict[str, Any]:
-    """``fusion``: None, the torch path (``fused``: its shared functions); else the Triton kernels (CPU:
-    Triton's interpreter) with ``stage_fusion_max_calls=fusion``, Triton launches counted beside the
-    torch operators (kernel_ops: both)."""
+def measure(parts: Any, fused: bool, calls: int, kernels: bool = False) -> dict[str, Any]:
+    """``kernels`` off: the torch path (``fused``: its shared functions); on: the Triton kernels (CPU:
+    Triton's interpreter), Triton launches counted beside the torch operators (kernel_ops: both)."""
     model, ids, encoder, mimi = parts
-    kernels = fusion is not None
-    opts = EngineOptions(
-        capacity=calls,
-        fused=fused or kernels,
-        kernels=kernels,
-        stage_fusion_max_calls=fusion or 0,
-        cuda_graphs=False,
-        seed=0,
-    )
+    opts = EngineOptions(capacity=calls, fused=fused or kernels, kernels=kernels, cuda_graphs=False, seed=0)
     engine = BatchEngine(model, ids, encoder, mimi, opts)
     greedy = SamplingParams(0.0, 1)
     for _ in range(calls):
@@ -94,25 +85,23 @@ def measure(parts: Any, fused: bool, calls: int, fusion: int | None = None) -> d
     buf = engine.buf.view(calls)
     gen = engine.graphs.gen
     from dia2 import kernels as triton_kernels
-    from dia2 import kernels_fused
     from dia2.launch_count import count_launches
 
-    with torch.inference_mode(), count_launches(triton_kernels, kernels_fused) as main_triton:
+    with torch.inference_mode(), count_launches(triton_kernels) as main_triton:
         main_all, main_k, _ = _count(lambda: main_phase(model, buf, engine.consts, gen, engine.fused))
-    with torch.inference_mode(), count_launches(triton_kernels, kernels_fused) as dep_triton:
+    with torch.inference_mode(), count_launches(triton_kernels) as dep_triton:
         dep_all, dep_k, names = _count(lambda: depformer_phase(model, buf, engine.consts, gen, engine.fused))
     depth = model.depformer.depth
     main_t, dep_t = sum(main_triton.values()), sum(dep_triton.values())
     # Triton's interpreter copies every launch's tensors to and from the host with torch operators, so
     # with the kernels on the CPU only the Triton launches are a launch count (the torch operators
-    # around the stage loop are the same few per frame with and without fused stages).
+    # around the stage loop are the same few per frame).
     interpreted = kernels and os.environ.get("TRITON_INTERPRET") == "1"
     main_ops = main_t if interpreted else main_k + main_t
     dep_ops = dep_t if interpreted else dep_k + dep_t
     return {
         "fused": fused,
         "triton_kernels": kernels,
-        "stage_fusion_max_calls": fusion or 0,
         "calls": calls,
         "kernel_ops_are": "Triton launches only (interpreter)"
         if interpreted
@@ -139,7 +128,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument(
         "--kernels",
         action="store_true",
-        help="also the Triton kernel path, 22-launch and fused stages (CPU: set TRITON_INTERPRET=1)",
+        help="also the Triton kernel path (CPU: set TRITON_INTERPRET=1)",
     )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
@@ -153,15 +142,14 @@ def main(argv: list[str] | None = None) -> int:
         "runs": [measure(parts, fused, args.calls) for fused in (False, True)],
     }
     if args.kernels:
-        result["runs"] += [measure(parts, True, args.calls, fusion) for fusion in (0, args.calls)]
+        result["runs"].append(measure(parts, True, args.calls, kernels=True))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for run in result["runs"]:
         d, m = run["depformer"], run["main"]
         print(
-            f"fused={run['fused']} triton={run.get('triton_kernels', False)} "
-            f"stage_fusion={run.get('stage_fusion_max_calls', 0)}: main {m['kernel_ops']} kernel ops "
-            f"({m['all_ops']} all); depformer "
+            f"fused={run['fused']} triton={run.get('triton_kernels', False)}: main {m['kernel_ops']} "
+            f"kernel ops ({m['all_ops']} all); depformer "
             f"{d['kernel_ops']} ({d['kernel_ops_per_stage']:.1f} per stage; {d['all_ops']} all)"
         )
     return 0

@@ -90,9 +90,7 @@ def profile_variant(
 ) -> dict[str, Any]:
     """``eager``: the model's modules; ``fused``: dia2/fused.py compiled, depformer on torch;
     ``kernels``: fused + the depformer on dia2/kernels.py (the CUDA default); ``kernels-pdl``: the same
-    with programmatic dependent launch; a ``-fused`` suffix (``kernels-fused``, ``kernels-pdl-fused``):
-    the fused stages of dia2/kernels_fused.py for buckets of up to 8 calls
-    (EngineOptions.stage_fusion_max_calls)."""
+    with programmatic dependent launch."""
     fused = variant != "eager"
     from dia2_speed import start_reply, ttfa_warm
 
@@ -111,9 +109,8 @@ def profile_variant(
             fused=fused,
             compile=fused,
             kernels=variant.startswith("kernels"),
-            pdl=variant.startswith("kernels-pdl"),
+            pdl=variant == "kernels-pdl",
             kernel_max_calls=None,
-            stage_fusion_max_calls=8 if variant.endswith("-fused") else 0,
         ),
     )
     out: dict[str, Any] = {"startup_s": time.perf_counter() - t0, "graph_errors": engine.graph_errors}
@@ -160,11 +157,7 @@ def profile_variant(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--out", type=Path, required=True)
-    p.add_argument(
-        "--variants",
-        default="fused,kernels",
-        help="any of eager, fused, kernels, kernels-pdl, kernels-fused, kernels-pdl-fused",
-    )
+    p.add_argument("--variants", default="fused,kernels", help="any of eager, fused, kernels, kernels-pdl")
     p.add_argument("--calls", default="1,64")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")

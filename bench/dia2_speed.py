@@ -320,14 +320,6 @@ def main(argv: list[str] | None = None) -> int:
         "(EngineOptions.kernel_max_calls; default: the engine's; 0: kernels at every size)",
     )
     p.add_argument(
-        "--stage-fusion",
-        type=int,
-        default=0,
-        metavar="CALLS",
-        help="buckets of up to CALLS calls run the fused depformer stages "
-        "(EngineOptions.stage_fusion_max_calls, dia2/kernels_fused.py; default 0: off)",
-    )
-    p.add_argument(
         "--no-first-chunk-first",
         action="store_true",
         help="lane steps up to the rate budget even while a call waits for its first chunk",
@@ -371,7 +363,6 @@ def main(argv: list[str] | None = None) -> int:
         "kv_pool_steps": args.kv_pool_steps,
         "kv_block_size": args.kv_block_size,
         "paged_attention_kernel": False if args.paged_gather else None,
-        "stage_fusion_max_calls": args.stage_fusion,
     }
     if args.kernel_max_calls is not None:
         common["kernel_max_calls"] = args.kernel_max_calls or None
@@ -404,8 +395,6 @@ def main(argv: list[str] | None = None) -> int:
         "fused": engine.fused is not None,
         "kernels": dep is not None,
         "pdl": bool(dep and dep.pdl),
-        "stage_fusion_rows": dep.fused_rows if dep is not None else 0,
-        "stage_fusion_ksplit": dep.fuse.ksplit if dep is not None and dep.fuse is not None else None,
         "max_context_steps": engine.max_steps,
         "kernel_max_calls": engine.options.kernel_max_calls,
         "buckets": engine.buckets,

@@ -76,11 +76,6 @@ class EngineOptions:
     # the torch main step at 256 calls took 24.6 ms against the kernels' 29.7, and the engine held
     # 21.7 / 19.8 frames/s per call at 192 / 256 calls against 21.4 / 18.6 (docs/PERFORMANCE.md).
     kernel_max_calls: int | None = 64
-    # Buckets of at most this many calls run the depformer's fused stages (dia2/kernels_fused.py: 17
-    # launches a stage instead of 22; the last program of a split projection runs the attention, of the
-    # head the sampler). 0: off, until a GPU measures it (docs/PERFORMANCE.md, issue 23, "Fused depformer
-    # stages"). At most 16 rows (8 calls with CFG): the work after a projection runs serially per row there.
-    stage_fusion_max_calls: int = 0
     skip_lead_in: bool = True  # no depformer on steps whose codebook 1..K-1 codes are all known
     # Attention reads only the first L cache slots, L the smallest of these covering every row of the
     # step's bucket (one main graph per batch bucket and length); the full length is always added.

@@ -139,8 +139,6 @@ class EngineState:
             from .fused import FusedFrame
 
             kernels, pdl = kernel_choice(opts.kernels, opts.pdl, model, cuda)
-            if opts.stage_fusion_max_calls and not kernels:
-                raise ValueError("EngineOptions.stage_fusion_max_calls needs the Triton kernels (kernels)")
             fused = FusedFrame(
                 model,
                 consts,
@@ -150,7 +148,6 @@ class EngineState:
                 capacity=opts.capacity,
                 pdl=pdl,
                 kernel_max_rows=None if opts.kernel_max_calls is None else opts.kernel_max_calls * branches,
-                fused_stage_rows=opts.stage_fusion_max_calls * branches,
             )
         history = CallHistory(
             model,

@@ -224,7 +224,6 @@ class FusedFrame:
         capacity: int = 0,
         pdl: bool = False,
         kernel_max_rows: int | None = None,
-        fused_stage_rows: int = 0,
     ) -> None:
         cfg = model.config
         eps = cfg.model.normalization_layer_epsilon
@@ -325,9 +324,7 @@ class FusedFrame:
         # kernel_max_calls); decided per call from static shapes, so each captured bucket keeps one path.
         self.kernel_max_rows = kernel_max_rows
         if kernels:
-            self.kernels = DepformerKernels(
-                model, consts, branches, capacity, pdl=pdl, fused_stage_rows=fused_stage_rows
-            )
+            self.kernels = DepformerKernels(model, consts, branches, capacity, pdl=pdl)
             self.main_kernels = MainKernels(model, capacity * branches, pdl=pdl)
 
     # ---------------------------------------------------------------------------------------------
@@ -437,24 +434,12 @@ class DepformerKernels:
     """
 
     def __init__(
-        self,
-        model: Dia2Model,
-        consts: FrameConstants,
-        branches: int,
-        capacity: int,
-        *,
-        pdl: bool = False,
-        fused_stage_rows: int = 0,
+        self, model: Dia2Model, consts: FrameConstants, branches: int, capacity: int, *, pdl: bool = False
     ) -> None:
         from . import kernels
 
         self.k = kernels
         self.pdl = pdl  # programmatic dependent launch: see kernels.pdl_supported
-        # Batches of at most this many rows run the 17-launch stages of dia2/kernels_fused.py
-        # (EngineOptions.stage_fusion_max_calls); one row tile of 16 at most (its scratch is sized for it).
-        if not 0 <= fused_stage_rows <= FUSED_MAX_ROWS:
-            raise ValueError(f"fused stages serve at most {FUSED_MAX_ROWS} rows, not {fused_stage_rows}")
-        self.fused_rows = fused_stage_rows
         cfg = model.config
         dep = cfg.model.depformer
         depf = model.depformer
@@ -510,9 +495,6 @@ class DepformerKernels:
         self.keys = alloc(dep.n_layer, rows, heads, slots, hd)
         self.values = alloc(dep.n_layer, rows, heads, slots, hd)
         self.prev = torch.zeros(capacity, dtype=torch.long, device=dev)
-        self.fuse: FusedStageScratch | None = None
-        if self.fused_rows:
-            self.fuse = FusedStageScratch(self.dim, heads * hd, heads, self.fused_rows, dev)
 
     def run(self, buf: FrameBuffers, gen: torch.Generator | None) -> None:
         k, eps, br, pdl = self.k, self.eps, self.branches, self.pdl
@@ -534,85 +516,39 @@ class DepformerKernels:
             + (F.embedding(buf.code.repeat_interleave(br), self.tables[0]) + extra)
         )
         ring = buf.ring
-        fuse = self.fuse if r <= self.fused_rows else None  # static per bucket: one path per graph
         for s in range(self.depth):
             g = self.group_of[s]
             for i, (pre, w_qkv, qn, kn, w_o, post, wi, wo) in enumerate(self.layers):
-                if fuse is not None:
-                    fuse.k.qkv_attention(
-                        x,
-                        w_qkv[g],
-                        pre,
-                        keys[i],
-                        values[i],
-                        qn,
-                        kn,
-                        self.cos,
-                        self.sin,
-                        attn,
-                        s,
-                        eps,
-                        fuse.partials,
-                        fuse.qkv_tickets,
-                        ksplit=fuse.ksplit,
-                        pdl=pdl,
-                    )
-                else:
-                    k.linear(x, w_qkv[g], qkv, norm=pre, eps=eps, pdl=pdl)
-                    k.attention_stage(
-                        qkv, keys[i], values[i], qn, kn, self.cos, self.sin, attn, s, eps, pdl=pdl
-                    )
+                k.linear(x, w_qkv[g], qkv, norm=pre, eps=eps, pdl=pdl)
+                k.attention_stage(qkv, keys[i], values[i], qn, kn, self.cos, self.sin, attn, s, eps, pdl=pdl)
                 k.linear(attn, w_o[g], x, residual=x, pdl=pdl)
                 k.linear(x, wi, hid, norm=post, eps=eps, swiglu=True, pdl=pdl)
                 k.linear(hid, wo, x, residual=x, pdl=pdl)
+            k.linear(x, self.heads[s], logits, norm=self.final_norm, eps=eps, pdl=pdl)
             last = s + 1 == self.depth
             gn = self.group_of[s + 1] if not last else 0
-            sampler: dict[str, Any] = {
-                "codebook": s + 1,
-                "delay": self.delays[s + 1],
-                "branches": br,
-                "vocab_limit": self.vocab_limit,
-                "filter_k": self.filter_k,
-                "top_k_cap": self.top,
-                "next_din": None if last else din[:, gn * d : (gn + 1) * d],
-                "next_table": None if last else self.tables[s + 1],
-                "pdl": pdl,
-            }
-            calls = (buf.cfg_scale, buf.audio.temperature, buf.audio.top_k, noise[s], ring)
-            state = (buf.step, buf.known, buf.active, prev)
-            if fuse is not None:
-                head = (x, self.heads[s], self.final_norm, eps, logits, fuse.head_tickets)
-                fuse.k.head_sample(*head, *calls, *state, x_next=None if last else x, **sampler)
-            else:
-                k.linear(x, self.heads[s], logits, norm=self.final_norm, eps=eps, pdl=pdl)
-                k.sample_stage(logits, *calls, *state, x=None if last else x, **sampler)
-
-
-# One row tile of the fused stage kernels (dia2/kernels_fused.py): with CFG, 8 calls.
-FUSED_MAX_ROWS = 16
-
-
-class FusedStageScratch:
-    """Scratch of :mod:`dia2.kernels_fused` for batches of up to ``rows`` rows (one row tile): the split
-    q/k/v projection's float32 partial sums and the tickets that find each head's / tile's last
-    program (zero between launches: every launch leaves them zero)."""
-
-    def __init__(self, dim: int, attn_dim: int, heads: int, rows: int, device: torch.device) -> None:
-        from . import kernels_fused
-
-        self.k = kernels_fused
-        self.rows, self.attn_dim, self.device = rows, attn_dim, device
-        self.qkv_tickets = torch.zeros(heads, dtype=torch.int32, device=device)
-        self.head_tickets = torch.zeros(1, dtype=torch.int32, device=device)
-        self.set_ksplit(kernels_fused.pick_ksplit(dim, heads))
-
-    def set_ksplit(self, ksplit: int) -> None:
-        """Splits of K for the q/k/v projection (no EngineOptions knob: tests and tile benches set it
-        before any graph is captured)."""
-        self.ksplit = ksplit
-        self.partials = torch.zeros(
-            ksplit, self.rows, 3 * self.attn_dim, dtype=torch.float32, device=self.device
-        )
+            k.sample_stage(
+                logits,
+                buf.cfg_scale,
+                buf.audio.temperature,
+                buf.audio.top_k,
+                noise[s],
+                ring,
+                buf.step,
+                buf.known,
+                buf.active,
+                prev,
+                codebook=s + 1,
+                delay=self.delays[s + 1],
+                branches=br,
+                vocab_limit=self.vocab_limit,
+                filter_k=self.filter_k,
+                top_k_cap=self.top,
+                next_din=None if last else din[:, gn * d : (gn + 1) * d],
+                next_table=None if last else self.tables[s + 1],
+                x=None if last else x,
+                pdl=pdl,
+            )
 
 
 def stacked_rows(*params: torch.nn.Parameter) -> torch.Tensor:

@@ -181,8 +181,7 @@ def _linear_tile(
     BLOCK_K: tl.constexpr,
 ):
     """One ``[BLOCK_M, BLOCK_N]`` tile of ``epilogue(rms_norm(x) @ w.T)`` in float32 (values rounded to the
-    weight dtype as F.linear's output is; SwiGLU applied), before any residual. Shared by
-    :func:`linear` and the fused kernels of :mod:`dia2.kernels_fused`."""
+    weight dtype as F.linear's output is; SwiGLU applied), before any residual."""
     rk = tl.arange(0, BLOCK_K)
     wdt = w_ptr.dtype.element_ty
     if HAS_NORM:
@@ -414,8 +413,7 @@ def _attend_row(
 ):
     """One (row, head) given its projected q/k halves (float32 of ``dt`` values) and v halves (``dt``):
     QK-RMSNorm, RoPE at position ``stage``, K/V into cache slot ``stage``, softmax attention over slots
-    0..stage (scale 1.0), output into ``out[row, head]``. Shared by :func:`attention_stage` and
-    :mod:`dia2.kernels_fused`. Rounds to the cache's dtype (the activations')."""
+    0..stage (scale 1.0), output into ``out[row, head]``. Rounds to the cache's dtype (the activations')."""
     dim = 2 * HALF
     dt = kc_ptr.dtype.element_ty
     c1 = tl.load(cos_ptr + stage * dim + d, mask=dm, other=0.0).to(tl.float32)
@@ -807,7 +805,8 @@ def _sample_call(
 
     The k-th largest values are found by bisection over the values' bit patterns (no sort): a float's
     bits, with the non-sign bits flipped for negatives, order like the float."""
-    # Logits are read from L2 (.cg): in kernels_fused.head_sample other programs of the grid wrote them.
+    # Logits are read from L2 (.cg), as the removed fused head + sampler kernel needed (other programs of
+    # its grid wrote them); kept so that this kernel's code, measured on the H100, is unchanged.
     v = tl.arange(0, BLOCK_V)
     vm = v < VLIM
     ninf = float("-inf")

@@ -42,12 +42,12 @@ def test_dia2_imports_only_what_the_gpu_image_has() -> None:
 
     That image has torch, transformers, safetensors, numpy, tokenizers and huggingface_hub; no installs.
     It also has Triton (torch's CUDA wheels depend on it), which only the kernel modules (dia2/kernels.py,
-    dia2/kernels_fused.py, dia2/paged_attention.py: the paged KV cache's in-place attention) import at
-    module level; every other module imports them lazily, so dia2 stays importable without Triton.
+    dia2/paged_attention.py: the paged KV cache's in-place attention) import at module level; every other
+    module imports them lazily, so dia2 stays importable without Triton.
     """
     allowed = {"torch", "transformers", "safetensors", "numpy", "tokenizers", "huggingface_hub", "dia2"}
-    kernel_modules = {"dia2/kernels.py", "dia2/kernels_fused.py", "dia2/paged_attention.py"}
-    kernel_names = {"kernels", "kernels_fused", "paged_attention"}
+    kernel_modules = {"dia2/kernels.py", "dia2/paged_attention.py"}
+    kernel_names = {"kernels", "paged_attention"}
     stdlib = set(sys.stdlib_module_names)
     offenders = []
     for pattern in ("dia2/**/*.py", "bench/dia2*.py"):

@@ -17,6 +17,7 @@ from dia2 import kernels
 from dia2.engine import BatchEngine, EngineOptions, SpeakOptions
 from dia2.frame import RING
 from dia2.fused import choose_token, code_update_fn
+from dia2.launch_count import count_launches
 from dia2.model import apply_rope
 from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2
@@ -255,7 +256,8 @@ def test_engine_on_kernels_writes_the_same_codes(here: Dia2, reference: Referenc
     """Two engines in lock step, depformer on the kernels vs on the torch functions: after every step
     the rings of recent frames (every codebook the depformer wrote) are identical, for the fixture's
     CFG case (greedy) and for production sampling (same seed, so the same noise) over two calls. The
-    interpreter is slow, so: through the lead-in (no depformer) and three full frames past it."""
+    interpreter is slow, so: through the lead-in (no depformer) and three full frames past it. The last
+    step's launches are counted: one attention kernel per stage and layer, one sampler per stage."""
     opts = reference.options("cfg")
     script = reference.inputs["cases"]["cfg"]["script"]
     speak = SpeakOptions(opts.text, opts.audio, opts.cfg_scale)
@@ -269,12 +271,16 @@ def test_engine_on_kernels_writes_the_same_codes(here: Dia2, reference: Referenc
             engine.speak(engine.open_call(), script, lambda chunk: None, speak)
     depformer_steps = 0
     while depformer_steps < 3:
-        for engine in engines:
-            assert engine.step()
+        assert engines[0].step()
+        with count_launches(kernels) as launches:
+            assert engines[1].step()
         torch_ring, kernel_ring = (e.buf.ring for e in engines)
         assert torch.equal(kernel_ring, torch_ring), engines[0].steps_run
         depformer_steps = engines[0].steps_run - engines[0].lead_steps
     assert engines[1].steps_run - engines[1].lead_steps == 3
+    depth, layers = here.model.depformer.depth, len(here.model.depformer.layers)
+    assert launches["kernels._attention_kernel"] == depth * layers
+    assert launches["kernels._sample_kernel"] == depth
 
 
 def test_kernel_max_calls_routes_larger_batches_to_the_torch_functions(
