@@ -1,7 +1,7 @@
 """Batched Whisper on torch (`asr.backend: transformers`) at a call-centre turn rate: ASR latency per turn.
 
     python bench/asr_batch.py --shape large-v3-turbo --device cuda --rate 25 --turn-s 3 --seconds 30 \
-        [--window-ms 10] [--max-batch 32] [--tokens-per-s 4] [--json out.json]
+        [--window-ms 10] [--max-batch 32] [--tokens-per-s 4] [--generate] [--json out.json]
 
 No weights reach these machines, so the model is RANDOM with the real shapes of the chosen Whisper (bf16/fp16
 on a GPU), saved in transformers' folder layout and loaded through the product's own loader
@@ -89,7 +89,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
 
     whisper = BatchedWhisper(
         str(folder), device=args.device, dtype=args.dtype, language="en", window_ms=args.window_ms,
-        max_batch=args.max_batch, max_tokens_per_second=args.tokens_per_s,
+        max_batch=args.max_batch, max_tokens_per_second=args.tokens_per_s, static_decoder=not args.generate,
     )  # fmt: skip
     rng = np.random.default_rng(1)
     turn = _to_whisper((rng.standard_normal(int(8000 * args.turn_s)) * 2000).astype(np.int16), 8000)
@@ -119,6 +119,7 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "shape": args.shape, "device": args.device, "dtype": args.dtype, "rate_per_s": args.rate,
         "turn_s": args.turn_s, "turns": len(ms), "wall_s": round(wall, 1), "words": args.words,
         "window_ms": args.window_ms, "max_batch": args.max_batch, "tokens_per_s_cap": args.tokens_per_s,
+        "decoder": "generate" if args.generate else "static",
         "latency_ms": {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1),
                        "max": round(ms[-1], 1)},
         "batches": whisper.stats.batches - 3, "peak_batch": whisper.stats.peak_batch,
@@ -145,6 +146,11 @@ def main() -> None:
     ap.add_argument("--max-batch", type=int, default=32)
     ap.add_argument("--tokens-per-s", type=float, default=4.0)
     ap.add_argument("--no-words", dest="words", action="store_false", help="skip word timestamps (DTW)")
+    ap.add_argument(
+        "--generate",
+        action="store_true",
+        help="decode with transformers' generate (asr.static_decoder false) instead of the static decoder",
+    )
     ap.add_argument("--tokenizer-json", default=None)
     ap.add_argument("--model-dir", default=None, help="reuse/build the random checkpoint here")
     ap.add_argument("--json", default=None)
