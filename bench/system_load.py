@@ -99,6 +99,8 @@ def engine_section(args: argparse.Namespace) -> dict[str, Any]:
         dia2["first_chunk_first"] = False
     if args.dia2_gpu_priority:
         dia2["gpu_priority"] = True
+    if args.dia2_gil_switch_ms:
+        dia2["gil_switch_ms"] = args.dia2_gil_switch_ms
     return {"kind": "dia2", "dia2": dia2}
 
 
@@ -402,6 +404,7 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         "--dia2-no-first-chunk-first", action="store_true", help="engine.dia2.first_chunk_first: false"
     )
     ap.add_argument("--dia2-gpu-priority", action="store_true", help="engine.dia2.gpu_priority: true")
+    ap.add_argument("--dia2-gil-switch-ms", type=float, default=None, help="engine.dia2.gil_switch_ms")
     ap.add_argument(
         "--end-of-turn",
         default="hangover",

@@ -525,6 +525,17 @@ class Dia2EngineConfig(_Section):
         "engine waited on the GPU it shares with the ASR; off until a GPU run compares the turn gap and the "
         "ASR's wait with it on (docs/PERFORMANCE.md).",
     )
+    # The engine thread waits on the GPU several times a step (GIL released) and must take the GIL back
+    # after each wait; while the ASR, the turn encoder and the event loop run Python, CPython hands it over
+    # only after the switch interval (5 ms by default) per wait.
+    gil_switch_ms: float | None = Field(
+        None,
+        gt=0,
+        le=100,
+        description="Python's GIL switch interval (sys.setswitchinterval, whole process) while a dia2 engine "
+        "runs: the longest the engine thread waits for the GIL after each GPU wait when other threads run "
+        "Python. null: Python's own 5 ms. Off until a GPU run measures it (docs/PERFORMANCE.md).",
+    )
     first_chunk_first: bool = Field(
         True,
         description="A reply whose lead-in just ended gets the next full step at once (its first audio) "

@@ -36,6 +36,7 @@ import hashlib
 import json
 import logging
 import os
+import sys
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass, field
@@ -494,6 +495,8 @@ class Dia2Engine:
                 f"engine.kind is dia2 but dia2's conversation API cannot be imported: {exc}"
             ) from exc
         t0 = time.monotonic()
+        if self.config.gil_switch_ms is not None:
+            sys.setswitchinterval(self.config.gil_switch_ms / 1000)
         await asyncio.to_thread(self._load)
         await self._load_voice()
         log.info(

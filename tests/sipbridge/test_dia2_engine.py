@@ -142,3 +142,29 @@ def test_word_times_are_the_engines_own_steps() -> None:
             await engine.close()
 
     asyncio.run(run())
+
+
+def test_gil_switch_ms_sets_the_interval_the_engine_thread_waits_for_the_gil(tmp_path: Path) -> None:
+    """engine.dia2.gil_switch_ms is the process's GIL switch interval once the engine starts; unset, the
+    interval is left as Python has it."""
+    import sys
+
+    before = sys.getswitchinterval()
+    cfg = Dia2EngineConfig.model_validate(
+        {"model": str(TINY), "device": "cpu", "dtype": "float32", "max_batch": 2, "gil_switch_ms": 0.5}
+    )
+
+    async def run(config: Dia2EngineConfig) -> float:
+        engine = Dia2Engine(config, asr=None, cache_dir=tmp_path / "var")
+        await engine.start()
+        try:
+            return sys.getswitchinterval()
+        finally:
+            await engine.close()
+
+    try:
+        assert asyncio.run(run(cfg)) == pytest.approx(0.0005)
+        sys.setswitchinterval(before)
+        assert asyncio.run(run(cfg.model_copy(update={"gil_switch_ms": None}))) == before
+    finally:
+        sys.setswitchinterval(before)
