@@ -114,7 +114,11 @@ class GreedyWhisper:
         self.state = self._allocate(max_batch, int(cfg.max_source_positions))
         self._graphs: dict[int, torch.cuda.CUDAGraph] = {}
         if graphs and self.device.type == "cuda":
-            self._capture_all()
+            try:
+                self._capture_all()
+            except RuntimeError:  # a driver or capture limit: the same steps run eagerly, slower
+                log.exception("asr decoder: CUDA graph capture failed; decoding eagerly")
+                self._graphs.clear()
 
     # ------------------------------------------------------------------------------------------ state
 
