@@ -106,9 +106,8 @@ class EngineOptions:
     min_call_fps: float = 15.0  # real time (12.5) + 20 %: the rate every speaking call is kept above
     # Fixed lane steps between two full steps instead of the timed budget (deterministic tests).
     lane_steps_per_full: int | None = None
-    # A call whose lead-in just ended gets the next full step at once (its first chunk). Measured on
-    # the H100 under heavy barge-in churn this caps lane steps near one per full step (docs/PERFORMANCE.md,
-    # "Lead-in lane"); False leaves the full step to the rate budget (not yet measured on the GPU).
+    # Calls whose lead-in just ended get the next full step at once (their first chunk), when they are at
+    # least as many as the lane's calls (dia2/lanes.py says why; bench/lane_policy.py measures it).
     first_chunk_first: bool = True
     # CUDA: the streaming Mimi decode of a step's frame runs on a second stream, beside the next step's
     # main decoder; its chunks go out as soon as it is done (docs/DIA2.md, "Mimi on a second stream").

@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import logging
-import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -465,7 +464,7 @@ class BatchEngine:
         with torch.inference_mode():
             lane = self.scheduler.choose(calls)
             if lane:
-                t0 = time.perf_counter()
+                t0 = self.scheduler.clock()
                 self.stepper.lane_step(lane)
                 self.scheduler.lane_done(t0)
             else:

@@ -32,7 +32,9 @@ class LaneScheduler:
         first_chunk_first: bool,
         steps_per_full: int | None,
         in_lead_in: Callable[[CallState], bool],
+        clock: Callable[[], float] = time.perf_counter,
     ) -> None:
+        self.clock = clock  # seconds; bench/lane_policy.py replays the policy on a simulated one
         self.on, self.capacity, self.min_call_fps = on, capacity, min_call_fps
         self.first_chunk_first, self.steps_per_full = first_chunk_first, steps_per_full
         self.in_lead_in = in_lead_in
@@ -60,10 +62,13 @@ class LaneScheduler:
         step may start only while (now + its expected time) stays inside the current full-step period."""
         if len(lane) == len(calls):
             return True  # nobody else is waiting: lead-in calls alone, the cheapest step for them
-        if self.first_chunk_first and any(
-            c.turn is not None and c.turn.lead_done and c.turn.chunks == 0 for c in calls
-        ):
-            return False  # a call's lead-in is over: its first chunk is the next full step, run it now
+        if self.first_chunk_first and self.first_chunks_waiting(calls) >= len(lane):
+            # Lead-ins are over: their first chunks come with the next full step, run it now. Only while they
+            # are at least as many as the lane's calls: a forced full step costs each of those a full step's
+            # time for one step instead of a lane step's, and under reply churn (a lead-in ending at almost
+            # every full step) forcing always left the lane ~1 step per full step (bench/lane_policy.py:
+            # first audio p95 877 -> 427 ms at 128 calls, 50 ms full steps, 25 replies/s; unchanged at 32).
+            return False
         if self.steps_per_full is not None:
             allowed = self.since_full < self.steps_per_full
         elif self.full_ms is None:
@@ -72,19 +77,24 @@ class LaneScheduler:
             lane_ms = self.lane_ms if self.lane_ms is not None else self.full_ms
             deadline = self.last_full_start + 1.0 / self.min_call_fps
             # 1.25: margin for jitter (host work between steps, a slower step than the average).
-            allowed = time.perf_counter() + 1.25 * lane_ms / 1000 <= deadline
+            allowed = self.clock() + 1.25 * lane_ms / 1000 <= deadline
         if allowed:
             self.since_full += 1
         return allowed
 
+    @staticmethod
+    def first_chunks_waiting(calls: list[CallState]) -> int:
+        """Calls whose lead-in is over and whose first chunk has not come yet."""
+        return sum(1 for c in calls if c.turn is not None and c.turn.lead_done and c.turn.chunks == 0)
+
     def full_started(self) -> float:
         """A full step starts now: the lane's budget restarts. Returns the start time."""
-        t0 = self.last_full_start = time.perf_counter()
+        t0 = self.last_full_start = self.clock()
         self.since_full = 0
         return t0
 
     def full_done(self, t0: float) -> None:
-        self.full_ms = _ema(self.full_ms, 1000 * (time.perf_counter() - t0))
+        self.full_ms = _ema(self.full_ms, 1000 * (self.clock() - t0))
 
     def lane_done(self, t0: float) -> None:
-        self.lane_ms = _ema(self.lane_ms, 1000 * (time.perf_counter() - t0))
+        self.lane_ms = _ema(self.lane_ms, 1000 * (self.clock() - t0))

@@ -538,9 +538,10 @@ class Dia2EngineConfig(_Section):
     )
     first_chunk_first: bool = Field(
         True,
-        description="A reply whose lead-in just ended gets the next full step at once (its first audio) "
-        "instead of waiting for the lane's time budget to run out. On: lowest first audio under light load; "
-        "under heavy reply churn it leaves ~1 lane step per full step (docs/PERFORMANCE.md, 'Lead-in lane').",
+        description="Replies whose lead-in just ended get the next full step at once (their first audio) "
+        "instead of waiting for the lane's time budget to run out, when they are at least as many as the "
+        "lane's calls (forcing it costs each of those a full step's time). Forcing for any one reply left "
+        "~1 lane step per full step under reply churn (bench/lane_policy.py, docs/PERFORMANCE.md).",
     )
     voice: VoiceConfig = Field(default_factory=VoiceConfig)
 
