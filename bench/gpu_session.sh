@@ -8,7 +8,7 @@
 # 2. bench/asr_batch.py at large-v3-turbo shapes, 25 turns/s of 3 s, static decoder (its random Whisper is
 #    built once in /tmp, where system_load_gpu.sh finds it);
 # 3. bench/system_load_gpu.sh at CALLS (default 128) with the settings in the environment (default:
-#    SPECULATIVE=1 NO_FIRST_CHUNK_FIRST=1 GIL_SWITCH_MS=1).
+#    SPECULATIVE=1 GIL_SWITCH_MS=1; the lane policy is its new default).
 set -uo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -24,7 +24,7 @@ timeout 120 python3 bench/asr_batch.py --shape large-v3-turbo --device cuda --ra
     --tokenizer-json .caller/tokenizer.json --model-dir /tmp --json "$out/asr-batch-static.json" 2>&1 \
     | grep -E '"p50"|"p95"|"mean_batch"|peak_alloc|Error|error' | head -n 8
 echo "== system"
-export SKIP_ASR_TESTS=1 CALLS=${CALLS:-128} SPECULATIVE=${SPECULATIVE-1} NO_FIRST_CHUNK_FIRST=${NO_FIRST_CHUNK_FIRST-1} \
+export SKIP_ASR_TESTS=1 CALLS=${CALLS:-128} SPECULATIVE=${SPECULATIVE-1} NO_FIRST_CHUNK_FIRST=${NO_FIRST_CHUNK_FIRST-} \
     GIL_SWITCH_MS=${GIL_SWITCH_MS-1}
 [ -n "$SPECULATIVE" ] || unset SPECULATIVE
 [ -n "$NO_FIRST_CHUNK_FIRST" ] || unset NO_FIRST_CHUNK_FIRST
