@@ -36,6 +36,7 @@ from pydantic import BaseModel, Field
 from starlette.requests import ClientDisconnect, Request
 from starlette.responses import StreamingResponse
 from starlette.types import Receive, Scope, Send
+from starlette.websockets import WebSocketDisconnect
 
 from sipbridge.engine import EngineError, EngineRejected, EngineSession
 from sipbridge.engine.base import SpeakParams, TextSource, WordTime
@@ -122,6 +123,13 @@ class SamplingFields(BaseModel):
 
 
 # -------------------------------------------------------------------------------------------- leases
+
+
+def send_failure(exc: BaseException | None) -> str:
+    """How a client was seen to leave when a send raised: a write that fails because the peer's connection is
+    already gone (it raced the close frame the socket watcher was about to read) is the client disconnecting;
+    anything else is a failed send."""
+    return "client disconnected" if isinstance(exc, WebSocketDisconnect) else "send failed"
 
 
 @dataclass

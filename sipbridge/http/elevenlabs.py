@@ -63,6 +63,7 @@ from sipbridge.http.compat import (
     resolve_voice,
     sampling,
     seconds_alignment,
+    send_failure,
     spread_chars,
     streams_words,
     voice_names,
@@ -526,7 +527,7 @@ class _StreamInput:
             self._client_left("client disconnected")
             return False
         if self._speaker.cancelled() or self._speaker.exception() is not None:
-            self._client_left("send failed")
+            self._client_left(send_failure(None if self._speaker.cancelled() else self._speaker.exception()))
             return False
         return not self._failed
 

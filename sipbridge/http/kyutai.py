@@ -40,6 +40,7 @@ from sipbridge.http.compat import (
     release,
     resolve_voice,
     sampling,
+    send_failure,
     streams_words,
 )
 from sipbridge.http.service import ApiError, ConversationService
@@ -137,7 +138,7 @@ class _TtsSocket:
                 await self._send_words(final=True)
             log.info("kyutai tts %s: %s", self.lease.tag, gen.timings.as_dict())
         except Exception as exc:  # the client went away while we sent
-            gen.abandon("send failed")
+            gen.abandon(send_failure(exc))
             log.info("kyutai tts %s: send failed (%r)", self.lease.tag, exc)
         finally:
             receiver.cancel()

@@ -32,6 +32,7 @@ import pytest
 import soundfile as sf
 from elevenlabs.client import ElevenLabs
 from elevenlabs.core.api_error import ApiError as ElevenLabsError
+from starlette.websockets import WebSocketDisconnect
 from websockets.exceptions import ConnectionClosedOK, InvalidStatus
 from websockets.sync.client import ClientConnection, connect
 
@@ -39,7 +40,7 @@ from audio import g711
 from audio.resample import make_resampler
 from audio.testsignals import espeak
 from sipbridge.engine.base import WordTime
-from sipbridge.http.compat import engine_chars
+from sipbridge.http.compat import engine_chars, send_failure
 
 from .bridge import Bridge
 
@@ -161,9 +162,10 @@ def released(server: Server, before: tuple[int, int]) -> tuple[float, int]:
     """Wait for the log line of a dropped reply's release; the slots are back to `before` by then.
 
     The server must have seen the client leave by the connection's end ("client disconnected"), not by a
-    failed write one audio chunk later. Returns how long the engine slot took to come free after that, in
-    ms and in engine steps: Dia2's own count of the steps that ran between the cancel request (made the
-    moment the disconnect is seen) and the cancel acting on the engine thread."""
+    failed write one audio chunk later (a write that raced the close frame and failed because the connection
+    was already gone counts as the disconnect: `send_failure`). Returns how long the engine slot took to
+    come free after that, in ms and in engine steps: Dia2's own count of the steps that ran between the
+    cancel request (made the moment the disconnect is seen) and the cancel acting on the engine thread."""
     while True:  # an earlier attempt whose reply ended as the client left may have logged one line too
         line = server.bridge.wait_log(
             r"reply cut short \(.*\); engine slot released in .* engine steps later"
@@ -764,6 +766,14 @@ def test_kyutai_errors(espeak_server: Server) -> None:
 
 
 # ------------------------------------------------------------------------------- client drops
+
+
+def test_a_write_to_a_gone_peer_is_the_client_leaving() -> None:
+    """The speaker's send and the socket watcher both learn of a close frame; whichever runs first, the reply
+    ends as "client disconnected". Other send errors stay "send failed"."""
+    assert send_failure(WebSocketDisconnect(code=1006)) == "client disconnected"
+    assert send_failure(RuntimeError("Cannot call send once a close message has been sent")) == "send failed"
+    assert send_failure(None) == "send failed"  # the speaker task was cancelled
 
 
 def test_dropping_mid_stream_frees_the_engine_slot(dia2_server: Server) -> None:
