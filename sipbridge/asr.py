@@ -168,6 +168,7 @@ class Transcriber:
                 max_batch=cfg.max_batch,
                 max_tokens_per_second=cfg.max_tokens_per_second,
                 static_decoder=cfg.static_decoder,
+                encoder_graphs=cfg.encoder_graphs,
             )
         except BatchLoadError as exc:
             raise AsrError(str(exc)) from exc

@@ -34,6 +34,7 @@ import numpy.typing as npt
 from sipbridge.word_times import alignment_weights, encoder_frames, token_times
 
 if TYPE_CHECKING:
+    from sipbridge.asr_encoder import GraphedEncoder
     from sipbridge.asr_greedy import GreedyWhisper
 
 log = logging.getLogger(__name__)
@@ -63,6 +64,9 @@ class BatchStats:
     peak_batch: int = 0
     last_batch_ms: float = 0.0
     total_batch_s: float = 0.0  # generate time summed: with `rows`, what a load run divides by
+    # With BatchedWhisper.profile on (benchmarks): ms per phase summed over batches, the GPU waited for at
+    # each phase's end (features, encoder, decode, align, dtw, text).
+    phase_ms: dict[str, float] = field(default_factory=dict)
 
 
 def token_cap(seconds: float, per_second: float) -> int:
@@ -98,6 +102,7 @@ class BatchedWhisper:
         max_batch: int,
         max_tokens_per_second: float,
         static_decoder: bool = True,
+        encoder_graphs: bool = True,
     ) -> None:
         self.window_s = window_ms / 1000
         self.max_batch = max_batch
@@ -105,11 +110,14 @@ class BatchedWhisper:
         self.language = language
         self.device = device
         self.stats = BatchStats()
+        self.profile = False  # benchmarks: wait for the GPU after each phase and time it (stats.phase_ms)
+        self._lap_at = 0.0
         self._jobs: queue.Queue[_Job | None] = queue.Queue()
         self._model, self._processor = _load(model, device, dtype)
         self._stream = _side_stream(device)
         self._dtype = next(self._model.parameters()).dtype
         self._greedy = self._static_decoder(static_decoder)
+        self._encoder = self._graphed_encoder(encoder_graphs)
         self._special = set(self._processor.tokenizer.all_special_ids)
         self._eos = int(self._processor.tokenizer.eos_token_id)
         self._thread = threading.Thread(target=self._serve, name="asr-batch", daemon=True)
@@ -135,6 +143,29 @@ class BatchedWhisper:
             return GreedyWhisper(
                 self._model, prompt=self._prompt(), max_batch=self.max_batch, graphs=self._stream is not None
             )
+
+    def _graphed_encoder(self, graphs: bool) -> GraphedEncoder:
+        """sipbridge/asr_encoder.py's encoder: graph replays on a CUDA device if wanted, else eager."""
+        import torch
+
+        from sipbridge.asr_encoder import GraphedEncoder
+
+        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+            return GraphedEncoder(
+                self._model, max_batch=self.max_batch, graphs=graphs and self._stream is not None
+            )
+
+    def _lap(self, phase: str) -> None:
+        """With `profile` on: wait for the GPU and add the time since the last lap to `phase`."""
+        if not self.profile:
+            return
+
+        if self._stream is not None:
+            self._stream.synchronize()
+        now = time.perf_counter()
+        if phase:
+            self.stats.phase_ms[phase] = self.stats.phase_ms.get(phase, 0.0) + (now - self._lap_at) * 1000
+        self._lap_at = now
 
     def _prompt(self) -> list[int]:
         """The tokens generate feeds before the first decoded one (start of transcript, language and task,
@@ -228,6 +259,7 @@ class BatchedWhisper:
             return self._generate_here(batch)
 
     def _generate_here(self, batch: list[_Job]) -> list[AsrResult]:
+        self._lap("")
         inputs = self._processor.feature_extractor(
             [job.audio for job in batch],
             sampling_rate=_RATE,
@@ -239,11 +271,14 @@ class BatchedWhisper:
         caps = [token_cap(len(job.audio) / _RATE, self.max_tokens_per_second) for job in batch]
         timed = [i for i, job in enumerate(batch) if job.words]
         frames = encoder_frames(inputs.attention_mask.sum(-1).tolist())
+        self._lap("features")
         tokens, times = self.decode(feats, max(caps), timed, [frames[i] for i in timed])
         stamps: list[Any] = [None] * len(batch)
         for i, row in zip(timed, times, strict=True):
             stamps[i] = row
-        return [self._row(tokens[i], stamps[i], job, caps[i]) for i, job in enumerate(batch)]
+        rows = [self._row(tokens[i], stamps[i], job, caps[i]) for i, job in enumerate(batch)]
+        self._lap("text")
+        return rows
 
     def decode(
         self, feats: Any, max_new_tokens: int, timed: list[int], frames: list[int]
@@ -257,34 +292,40 @@ class BatchedWhisper:
         decoder forward over the timed rows' steps gives the alignment heads' weights instead
         (sipbridge/word_times.py). The encoder runs here, once, for both."""
         import torch
+        from transformers.modeling_outputs import BaseModelOutput
 
         with torch.inference_mode():
-            encoded = self._model.get_encoder()(feats)
+            encoded = self._encoder(feats)
+            self._lap("encoder")
             if self._greedy is not None:
-                out, fed = self._greedy.decode(encoded.last_hidden_state, max_new_tokens)
+                out, fed = self._greedy.decode(encoded, max_new_tokens)
                 prompt = len(self._greedy.prompt)
             else:
                 steps = _StepRecorder()
                 out = self._model.generate(
-                    encoder_outputs=encoded,
+                    encoder_outputs=BaseModelOutput(last_hidden_state=encoded),
                     logits_processor=[steps],
                     max_new_tokens=max_new_tokens,
                     **self._language(),
                 )
                 fed, prompt = steps.fed, steps.prompt
             tokens: list[list[int]] = out.tolist()
+            self._lap("decode")
             if not timed:
                 return tokens, []
             rows = torch.tensor(timed, device=fed.device)
             weights = alignment_weights(
                 self._model,
                 fed[rows],
-                encoded.last_hidden_state[rows],
+                encoded[rows],
                 self._model.generation_config.alignment_heads,
                 max(frames),
-            )
+            ).cpu()
+            self._lap("align")
         width = int(self._model.config.median_filter_width)
-        return tokens, token_times(weights.cpu(), frames, prompt, width)
+        times = token_times(weights, frames, prompt, width)
+        self._lap("dtw")
+        return tokens, times
 
     def _row(self, ids: list[int], times: npt.NDArray[np.float32] | None, job: _Job, cap: int) -> AsrResult:
         """One call's text (and words) from its decoded ids and their times: its own token cap applies, so a

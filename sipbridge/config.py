@@ -685,6 +685,14 @@ class AsrConfig(_Section):
         " asr.language always uses generate (it detects each turn's language). It holds K/V for"
         " asr.max_batch rows: ~1.3 GB for large-v3-turbo at 32 rows in float16, ~10 GB for large-v3.",
     )
+    # transformers: the encoder's shapes never change (30 s of log-mel); eager it is ~400 launches from Python
+    # per batch, each one a chance to wait for the GIL beside the Dia2 engine (sipbridge/asr_encoder.py).
+    encoder_graphs: bool = Field(
+        True,
+        description="transformers: run the encoder as one CUDA graph per batch size on a GPU (false: eager)."
+        " The graphs hold the largest batch's activations and every size's output: ~1.5 GB for"
+        " large-v3-turbo or large-v3 at asr.max_batch 32 in float16.",
+    )
     max_tokens_per_second: float = Field(
         8.0,
         gt=0,

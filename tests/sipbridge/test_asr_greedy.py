@@ -219,3 +219,42 @@ def test_on_cuda_graph_replays_equal_eager_steps(english: Path) -> None:
         assert agree > 0.9, f"graphs vs generate agree on {agree:.0%} of tokens"
     finally:
         whisper.close()
+
+
+def test_on_the_cpu_the_encoder_runs_eagerly_and_equals_the_models_own(english: Path) -> None:
+    """No graphs off a GPU: sipbridge/asr_encoder.py hands the features to the model's encoder as they are."""
+    whisper = _whisper(english)
+    try:
+        assert whisper._encoder._graphs == {} and whisper._encoder._input is None
+        feats = torch.randn(3, *whisper._encoder.shape, generator=torch.Generator().manual_seed(2))
+        with torch.inference_mode():
+            want = whisper._model.get_encoder()(feats).last_hidden_state
+        assert torch.equal(whisper._encoder(feats), want)
+    finally:
+        whisper.close()
+
+
+def test_on_cuda_encoder_graph_replays_equal_the_eager_encoder(english: Path) -> None:
+    """Each bucket's graph encodes what the eager encoder does, for a batch smaller than its bucket whose
+    spare rows hold an earlier, larger batch's features (float32 on the card); turned off, no graphs."""
+    if not torch.cuda.is_available():
+        pytest.skip("needs CUDA")
+    whisper = _whisper(english, device="cuda")
+    encoder = whisper._encoder
+    gen = torch.Generator().manual_seed(3)
+    try:
+        assert sorted(encoder._graphs) == [1, 2, 4, 8]
+        for rows in (8, 3, 1, 5):
+            feats = torch.randn(rows, *encoder.shape, generator=gen).to("cuda")
+            with torch.inference_mode():
+                want = encoder._eager(feats)
+                got = encoder(feats).clone()
+            assert got.shape == want.shape
+            torch.testing.assert_close(got, want, rtol=1e-3, atol=1e-3)  # TF32 convolutions per size
+    finally:
+        whisper.close()
+    off = _whisper(english, device="cuda", encoder_graphs=False)
+    try:
+        assert off._encoder._graphs == {}
+    finally:
+        off.close()
