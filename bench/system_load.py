@@ -45,6 +45,7 @@ from typing import Any
 
 import httpx
 import numpy as np
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -164,9 +165,23 @@ def start_bridge(
                     "record_calls": False},
         "logging": {"level": "INFO"},
     }  # fmt: skip
+    for item in (args.set if args else None) or []:
+        apply_setting(config, item)
     env = {"OMP_NUM_THREADS": "1", **(bench_env(args) if args else {})}
     proc, port, http = launch(work, config, env, cwd=ROOT, ready_s=120)
     return proc, f"{port}|{http}"
+
+
+def apply_setting(config: dict[str, Any], item: str) -> None:
+    """`--set asr.encoder_graphs=false`: one config key by its dotted path, the value read as YAML."""
+    key, sep, value = item.partition("=")
+    if not sep or not key:
+        raise SystemExit(f"--set {item!r}: expected KEY=VALUE (a dotted config key)")
+    *parents, leaf = key.split(".")
+    node = config
+    for name in parents:
+        node = node.setdefault(name, {})
+    node[leaf] = yaml.safe_load(value)
 
 
 def turn_gaps(sniffer: RtpSniffer, media: int, script: Script) -> tuple[list[float], int]:
@@ -279,6 +294,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         else None,
         "gpu_memory": gpu,
         "asr": f"{args.asr_backend}:{args.asr_model}",
+        "settings": args.set or [],
         "workers": len(workers),
         "failed": sum(c != 0 for c in codes),
         "failures": [failure(i, c, work / f"c{i}") for i, c in enumerate(codes) if c != 0],
@@ -412,6 +428,12 @@ def parse(argv: list[str] | None = None) -> argparse.Namespace:
         help="turn.end_of_turn (model needs the pipecat-ai wheel's Smart Turn file)",
     )
     ap.add_argument("--speculative-reply", action="store_true", help="turn.speculative_reply: true")
+    ap.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help="any config key by its dotted path, the value as YAML (repeatable): asr.encoder_graphs=false",
+    )
     ap.add_argument(
         "--dia2-tiny",
         action="store_true",

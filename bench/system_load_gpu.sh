@@ -14,7 +14,7 @@
 # OUT (default $OUT or ./system-load-out). CALLS="32 64" overrides the sizes; PAUSE_S the caller's pauses;
 # END_OF_TURN=words and SPECULATIVE=1 set turn.end_of_turn / turn.speculative_reply (issue 17 on a GPU);
 # LANE_CAPACITY=N and NO_FIRST_CHUNK_FIRST=1 the lead-in lane's engine.dia2 keys; GPU_PRIORITY=1 its gpu_priority;
-# GIL_SWITCH_MS=1 its gil_switch_ms.
+# GIL_SWITCH_MS=1 its gil_switch_ms. SET="asr.encoder_graphs=false engine.dia2.x=y" sets any config keys.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
@@ -91,6 +91,7 @@ run() {
             --end-of-turn "${END_OF_TURN:-hangover}" ${SPECULATIVE:+--speculative-reply} \
             ${NO_FIRST_CHUNK_FIRST:+--dia2-no-first-chunk-first} ${GPU_PRIORITY:+--dia2-gpu-priority} \
             ${GIL_SWITCH_MS:+--dia2-gil-switch-ms "$GIL_SWITCH_MS"} \
+            $(for kv in ${SET:-}; do printf -- '--set %s ' "$kv"; done) \
             --caller "$ROOT/.caller" --stagger-s "${STAGGER_S:-0.1}" --json "$out/system-load-$n.json" --log-dir "$out" \
             >"$out/system-load-$n.log" 2>&1 || echo "N=$n: system_load failed, see $out/system-load-$n.log"
         tail -c 600 "$out/system-load-$n.log"
