@@ -104,7 +104,7 @@ def main() -> None:
         with torch.inference_mode():
             model.generate(encoder_outputs=encoded, logits_processor=[steps], max_new_tokens=new_tokens)
             t1 = time.perf_counter()
-            weights = alignment_weights(model, steps.fed, encoded.last_hidden_state, heads, max(frames)).cpu()
+            weights = alignment_weights(model, steps.fed, encoded.last_hidden_state, heads, max(frames))
         t2 = time.perf_counter()
         times = token_times(weights, frames, steps.prompt, width)
         split.append((t1 - t0, t2 - t1, time.perf_counter() - t2))

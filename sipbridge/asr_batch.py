@@ -118,6 +118,9 @@ class BatchedWhisper:
         self._dtype = next(self._model.parameters()).dtype
         self._greedy = self._static_decoder(static_decoder)
         self._encoder = self._graphed_encoder(encoder_graphs)
+        from sipbridge.asr_features import LogMel  # torch: only the transformers backend needs it
+
+        self._log_mel = LogMel(self._processor.feature_extractor, device)
         self._special = set(self._processor.tokenizer.all_special_ids)
         self._eos = int(self._processor.tokenizer.eos_token_id)
         self._thread = threading.Thread(target=self._serve, name="asr-batch", daemon=True)
@@ -260,17 +263,12 @@ class BatchedWhisper:
 
     def _generate_here(self, batch: list[_Job]) -> list[AsrResult]:
         self._lap("")
-        inputs = self._processor.feature_extractor(
-            [job.audio for job in batch],
-            sampling_rate=_RATE,
-            return_tensors="pt",
-            return_attention_mask=True,  # each row's real frames: DTW crops its own row to them
-            device=self.device,
-        )
-        feats = inputs.input_features.to(self.device, self._dtype)
+        # each row's real frames too: DTW crops its own row to them
+        features, real = self._log_mel([job.audio for job in batch])
+        feats = features.to(self._dtype)
         caps = [token_cap(len(job.audio) / _RATE, self.max_tokens_per_second) for job in batch]
         timed = [i for i, job in enumerate(batch) if job.words]
-        frames = encoder_frames(inputs.attention_mask.sum(-1).tolist())
+        frames = encoder_frames(real)
         self._lap("features")
         tokens, times = self.decode(feats, max(caps), timed, [frames[i] for i in timed])
         stamps: list[Any] = [None] * len(batch)
@@ -320,10 +318,10 @@ class BatchedWhisper:
                 encoded[rows],
                 self._model.generation_config.alignment_heads,
                 max(frames),
-            ).cpu()
+            )
             self._lap("align")
-        width = int(self._model.config.median_filter_width)
-        times = token_times(weights, frames, prompt, width)
+            # the cost matrices are made on the device too: one small transfer, not a dozen ops per row
+            times = token_times(weights, frames, prompt, int(self._model.config.median_filter_width))
         self._lap("dtw")
         return tokens, times
 

@@ -49,33 +49,46 @@ def alignment_weights(
     return torch.stack(picked, dim=1).float()
 
 
-def _median_filter(x: torch.Tensor, width: int) -> torch.Tensor:
-    """Median over a window of `width` (odd) along the last axis, its edges mirrored; a row no longer than
-    half the window is left as it is (mirroring needs more)."""
-    import torch.nn.functional as F
+def _median_filter(x: torch.Tensor, frames: list[int], width: int) -> torch.Tensor:
+    """Median over a window of `width` (odd) along the last axis of [rows, ...] values, each row's edges
+    mirrored at its own real frames (`frames`), as a row cropped to them and padded by reflection would be;
+    a row no longer than half the window is left as it is (mirroring needs more). Past a row's frames the
+    values are meaningless."""
+    import torch
 
-    half = width // 2
-    if x.shape[-1] <= half:
-        return x
-    padded = F.pad(x, (half, half), mode="reflect")
-    return padded.unfold(-1, width, 1).sort(dim=-1).values[..., half]
+    half, last = width // 2, x.shape[-1] - 1
+    n = torch.tensor(frames, device=x.device).view(-1, 1) - 1  # each row's last real frame
+    at = torch.arange(-half, last + 1 + half, device=x.device).view(1, -1).abs()  # mirrored at frame 0
+    at = torch.where(at > n, 2 * n - at, at).clamp(0, last)  # and at the row's last frame
+    index = at.view(at.shape[0], *[1] * (x.dim() - 2), at.shape[1]).expand(*x.shape[:-1], at.shape[1])
+    windows = torch.gather(x, -1, index).unfold(-1, width, 1)
+    median = windows.sort(dim=-1).values[..., half]
+    short = (n + 1 <= half).view(-1, *[1] * (x.dim() - 1))
+    return torch.where(short, x, median)
 
 
-def cost_matrix(weights: torch.Tensor, width: int) -> npt.NDArray[np.float64]:
-    """One row's DTW cost (tokens x frames) from its (heads, tokens, frames) weights: each frame's column
+def cost_matrices(weights: torch.Tensor, frames: list[int], width: int) -> npt.NDArray[np.float64]:
+    """Every row's DTW cost [rows, tokens, frames] from its [rows, heads, tokens, frames] weights, computed
+    where the weights are (one transfer to the host, not a dozen small ops per row): each frame's column
     z-scored over the tokens (which tokens look at this frame more than the rest do), smoothed over frames,
-    averaged over heads, negated (DTW looks for the cheapest path)."""
+    averaged over heads, negated (DTW looks for the cheapest path). Zero past each row's own frames (what
+    dtw_moves expects there)."""
     import torch
 
     # std and mean apart, not std_mean: its mean comes out of another reduction, a last bit off theirs
     std = torch.std(weights, dim=-2, keepdim=True, correction=0)
     mean = torch.mean(weights, dim=-2, keepdim=True)
-    smooth = _median_filter((weights - mean) / std, width)
-    return -smooth.mean(dim=0).double().numpy()
+    cost = -_median_filter((weights - mean) / std, frames, width).mean(dim=1)
+    real = torch.arange(cost.shape[-1], device=cost.device) < torch.tensor(frames, device=cost.device).view(
+        -1, 1
+    )
+    cost = torch.where(real.unsqueeze(1), cost, torch.zeros((), dtype=cost.dtype, device=cost.device))
+    return cost.double().cpu().numpy()
 
 
-def dtw_moves(costs: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.int8]:
-    """The move into every cell on the cheapest accumulated cost, for matrices of as many tokens (not frames).
+def dtw_moves(costs: list[npt.NDArray[np.float64]] | npt.NDArray[np.float64]) -> npt.NDArray[np.int8]:
+    """The move into every cell on the cheapest accumulated cost, for matrices of as many tokens (not frames):
+    a list of [tokens, frames] ones, or one [rows, tokens, frames] array already zero past each row's frames.
 
     A cell (i, j) depends only on (i-1, j-1), (i-1, j) and (i, j-1): the cells of one anti-diagonal are
     independent, so they are computed at once, for every matrix: tokens + frames numpy steps in all instead
@@ -84,11 +97,13 @@ def dtw_moves(costs: list[npt.NDArray[np.float64]]) -> npt.NDArray[np.int8]:
     before (same token). Ties go as in OpenAI's and transformers' DTW: the diagonal only when strictly
     cheapest, then the token above only when strictly cheapest, else the frame before. Costs are float32
     (their sums rounded at each cell), like theirs."""
-    rows, tokens = len(costs), costs[0].shape[0]
-    frames = max(c.shape[1] for c in costs)
-    matrix = np.zeros((rows, tokens, frames), dtype=np.float64)
-    for r, c in enumerate(costs):
-        matrix[r, :, : c.shape[1]] = c
+    if isinstance(costs, np.ndarray):
+        matrix = costs
+    else:
+        matrix = np.zeros((len(costs), costs[0].shape[0], max(c.shape[1] for c in costs)), dtype=np.float64)
+        for r, c in enumerate(costs):
+            matrix[r, :, : c.shape[1]] = c
+    rows, tokens, frames = matrix.shape
     cost = np.full((rows, tokens + 1, frames + 1), np.inf, dtype=np.float32)
     cost[:, 0, 0] = 0
     move = np.full((rows, tokens + 1, frames + 1), -1, dtype=np.int8)
@@ -133,11 +148,11 @@ def token_times(
     decoded = weights.shape[2] - prompt + 1
     if decoded <= 1:  # nothing fed back after the prompt: no attention to align
         return [np.zeros(decoded, dtype=np.float32) for _ in frames]
-    costs = [cost_matrix(weights[r, :, prompt:, :n], width) for r, n in enumerate(frames)]
+    costs = cost_matrices(weights[:, :, prompt:, : max(frames)], frames, width)
     move = dtw_moves(costs)
     times = []
-    for r, c in enumerate(costs):
-        first = entry_frames(move[r], c.shape[0], c.shape[1])
+    for r, n in enumerate(frames):
+        first = entry_frames(move[r], costs.shape[1], n)
         row = np.empty(decoded, dtype=np.float32)
         row[:-1] = first * SECONDS_PER_FRAME
         row[-1] = row[-2]

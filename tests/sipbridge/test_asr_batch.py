@@ -329,3 +329,43 @@ def test_a_missing_model_folder_is_a_clear_load_error(tmp_path: Path) -> None:
             asyncio.run(asr.start())
     finally:
         asr.close()
+
+
+def test_features_on_the_device_equal_the_extractors(tiny_whisper: Path) -> None:
+    """sipbridge/asr_features.py's log-mel equals transformers' feature extractor (the reference the model
+    was trained on) for clips of different lengths in one batch, one over 30 s (cut), one a single sample;
+    and each row's real frames equal the extractor's attention mask."""
+    from transformers import WhisperFeatureExtractor
+
+    from sipbridge.asr_features import LogMel
+
+    extractor = WhisperFeatureExtractor.from_pretrained(tiny_whisper)
+    rng = np.random.default_rng(5)
+    clips = [
+        (rng.standard_normal(n) * 0.1).astype(np.float32) for n in (16000 * 3 + 77, 16000 * 31, 1, 16000)
+    ]
+    want = extractor(clips, sampling_rate=16000, return_tensors="np", return_attention_mask=True)
+    got, real = LogMel(extractor, "cpu")(clips)
+    np.testing.assert_allclose(got.numpy(), want.input_features, rtol=0, atol=1e-5)
+    assert real == want.attention_mask.sum(-1).tolist() == [301, 3000, 1, 100]
+
+
+def test_the_batched_median_filter_mirrors_each_row_at_its_own_end() -> None:
+    """All rows are filtered at once, each mirrored at its own last real frame: every row equals the row
+    cropped to its frames and filtered alone (reflect padding, as transformers does), rows too short to
+    mirror (<= half the window) are left as they are."""
+    import torch
+    import torch.nn.functional as F
+
+    from sipbridge.word_times import _median_filter
+
+    width, half = 7, 3
+    frames = [40, 1, 3, 4, 17, 29]
+    x = torch.randn(len(frames), 2, 5, 40, generator=torch.Generator().manual_seed(4))
+    got = _median_filter(x, frames, width)
+    for row, n in enumerate(frames):
+        alone = x[row, ..., :n]
+        if n > half:
+            padded = F.pad(alone, (half, half), mode="reflect")
+            alone = padded.unfold(-1, width, 1).sort(dim=-1).values[..., half]
+        assert torch.equal(got[row, ..., :n], alone), f"row of {n} frames"
