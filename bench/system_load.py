@@ -384,6 +384,8 @@ def engine_thread(before: dict[str, float], after: dict[str, float], wall: float
         "mean_command_ms": round(1000 * command / commands, 2) if commands else None,
         "longest_command_ms": after["longest_command_ms"],
         "longest_drain_ms": after["longest_drain_ms"],
+        # waiting for a turn's Mimi codes (the encode worker) when its command came up: neither of the above
+        "encode_wait_share": round((after.get("encode_wait_s", 0.0) - before.get("encode_wait_s", 0.0)) / wall, 3),
     }
 
 
