@@ -385,7 +385,9 @@ def engine_thread(before: dict[str, float], after: dict[str, float], wall: float
         "longest_command_ms": after["longest_command_ms"],
         "longest_drain_ms": after["longest_drain_ms"],
         # waiting for a turn's Mimi codes (the encode worker) when its command came up: neither of the above
-        "encode_wait_share": round((after.get("encode_wait_s", 0) - before.get("encode_wait_s", 0)) / wall, 3),
+        "encode_wait_share": round(
+            (after.get("encode_wait_s", 0) - before.get("encode_wait_s", 0)) / wall, 3
+        ),
     }
 
 
