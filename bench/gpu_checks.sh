@@ -14,8 +14,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 out=${OUT:-$ROOT/gpu-checks-out}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=$ROOT:/tmp/site HF_HUB_OFFLINE=1 WHISPER_TOKENIZER_JSON=$ROOT/.caller/tokenizer.json
+. "$ROOT/bench/gpu_env.sh"
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
 pt() { python3 -m pytest -q -p no:cacheprovider "$@"; }
 echo "== paged attention"; timeout 150 pt tests/dia2/test_paged_attention.py --tb=line 2>&1 | tail -n 15

@@ -15,8 +15,7 @@ ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
 out=${OUT:-$ROOT/gpu-session-out}
 mkdir -p "$out"
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
-export PYTHONPATH=$ROOT:/tmp/site HF_HUB_OFFLINE=1 WHISPER_TOKENIZER_JSON=$ROOT/.caller/tokenizer.json
+. "$ROOT/bench/gpu_env.sh"
 echo "== ASR tests"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/sipbridge/test_asr_greedy.py tests/sipbridge/test_asr_batch.py \
     --tb=short 2>&1 | grep -v "^\[transformers\]" | tail -n 20

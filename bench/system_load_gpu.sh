@@ -67,15 +67,14 @@ unpack_debs() {
 run() {
     local out=${1:-${OUT:-$ROOT/system-load-out}}
     mkdir -p "$out"
-    python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl
+    . "$ROOT/bench/gpu_env.sh"
     # expandable segments: the ASR's batches change shape every time; without them the caching allocator's
     # fixed blocks fragment beside Dia2's static buffers.
-    export PATH=/tmp/site/bin:$PATH PYTHONPATH=$ROOT:/tmp/site PYTHONUNBUFFERED=1 HF_HUB_OFFLINE=1 \
-        PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
+    export PYTORCH_CUDA_ALLOC_CONF=${PYTORCH_CUDA_ALLOC_CONF:-expandable_segments:True}
     unpack_debs
     nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader | tee "$out/card.txt"
     # The batched ASR's own tests on the card first (its own CUDA stream; no encoder attentions kept).
-    [ -n "${SKIP_ASR_TESTS:-}" ] || WHISPER_TOKENIZER_JSON=$ROOT/.caller/tokenizer.json timeout 240 python3 -m pytest -q -p no:cacheprovider \
+    [ -n "${SKIP_ASR_TESTS:-}" ] || timeout 240 python3 -m pytest -q -p no:cacheprovider \
         tests/sipbridge/test_asr_batch.py >"$out/asr-tests.log" 2>&1 || echo "ASR tests failed: $out/asr-tests.log"
     [ -n "${SKIP_ASR_TESTS:-}" ] || tail -n 3 "$out/asr-tests.log"
     local whisper=/tmp/whisper-large-v3-turbo-random
