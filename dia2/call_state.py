@@ -55,10 +55,14 @@ class EngineOptions:
     # submitted (dia2/encode_worker.py), instead of inside the engine thread's drain, where each delayed
     # every speaking call's next step. None: on CUDA.
     encode_thread: bool | None = None
-    # CUDA stream priority of the engine thread's work and of the Mimi decode stream (lower = scheduled
-    # first; the turn encoder and the ASR run at the default 0). At 128 calls on an H100 the engine thread
-    # waited on the GPU it shares with the batched ASR (py-spy, 2026-12-05); None: the default stream, off
-    # until a GPU run compares (docs/PERFORMANCE.md, next lease).
+    # Those encodes replayed from CUDA graphs per (turns, frames) bucket (dia2/encode_graphs.py): eager,
+    # the encode thread's ~1 000 launches a batch held the GIL beside the engine thread (128 calls on an
+    # H100: the engine waited for turn codes 19 % of its time). None: on CUDA with cuda_graphs.
+    encode_graphs: bool | None = None
+    # CUDA stream priority of the engine thread's work, the Mimi decode stream and the turn encoder's
+    # (lower = scheduled first; the ASR runs at the default 0; the engine waits for a turn's codes). At 128
+    # calls on an H100 the engine thread waited on the GPU it shares with the batched ASR (py-spy,
+    # 2026-12-05); None: the default stream (docs/PERFORMANCE.md, eighth session).
     stream_priority: int | None = None
     # Layers/stages through dia2/fused.py's shared functions; None → on CUDA, off on CPU.
     fused: bool | None = None

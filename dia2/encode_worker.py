@@ -38,9 +38,10 @@ class EncodeStats:
 
 
 class EncodeWorker:
-    def __init__(self, encode_many: EncodeMany, *, cuda: bool) -> None:
+    def __init__(self, encode_many: EncodeMany, *, cuda: bool, priority: int | None = None) -> None:
         self._encode_many = encode_many
         self._cuda = cuda
+        self._priority = priority  # CUDA stream priority (EngineOptions.stream_priority): None, the default
         self._queue: queue.SimpleQueue[_Item] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self.stats = EncodeStats()
@@ -65,7 +66,7 @@ class EncodeWorker:
         return fut
 
     def _run(self) -> None:
-        stream = torch.cuda.Stream() if self._cuda else None
+        stream = torch.cuda.Stream(priority=self._priority or 0) if self._cuda else None
         with torch.inference_mode(), torch.cuda.stream(stream):  # None: no stream of its own (CPU)
             while True:
                 batch, stop = self._take()

@@ -45,6 +45,7 @@ from .call_state import (
     SpeakOptions,
     VoicePrompt,
 )
+from .encode_graphs import EncodeGraphs
 from .encode_worker import EncodeWorker
 from .engine_state import EngineState
 from .engine_thread import EngineThread
@@ -157,13 +158,18 @@ class BatchEngine:
         # Caller turns queued before one drain: encoded in one batch, their cache prefilled in one batch.
         self._deferred: list[tuple[CallState, int, int]] = []
         worker = opts.encode_thread if opts.encode_thread is not None else st.cuda
-        turn_encoder = EncodeWorker(self.encode_turns, cuda=st.cuda) if worker else None
         priority = opts.stream_priority if st.cuda else None
+        turn_encoder = EncodeWorker(self.encode_turns, cuda=st.cuda, priority=priority) if worker else None
         self.thread = EngineThread(self.step, self.encode_turns, self.flush_prefills, turn_encoder, priority)
         if st.cuda and opts.cuda_graphs:
             self.graphs.capture(self.lane_on)
             self.history.host_index = [0] * opts.capacity
         self._prefill_graphs(st.cuda)
+        self.encode_graphs: EncodeGraphs | None = None
+        want = opts.encode_graphs
+        if want or (want is None and st.cuda and opts.cuda_graphs):
+            self.encode_graphs = EncodeGraphs(self.mimi)
+            self.encode_graphs.capture()
 
     def _prefill_graphs(self, cuda: bool) -> None:
         """EngineOptions.prefill_graphs: the cache's prefills through bucketed graphs (captured on CUDA with
@@ -189,8 +195,12 @@ class BatchEngine:
     @property
     def graph_errors(self) -> list[str]:
         """Captures that failed (that part runs eagerly)."""
-        prefill = self.history.graphs
-        return self.graphs.errors + (prefill.errors if prefill is not None else [])
+        prefill, encode = self.history.graphs, self.encode_graphs
+        return (
+            self.graphs.errors
+            + (prefill.errors if prefill is not None else [])
+            + (encode.errors if encode is not None else [])
+        )
 
     # Step counters (the stepper's): full steps, lane steps, steps without the depformer, replies ended
     # on an impossible code.
@@ -341,7 +351,8 @@ class BatchEngine:
         ``_ENCODE_BATCH_SAMPLES`` padded samples (the encoder's activations grow with rows x longest)."""
         codes: list[torch.Tensor] = [torch.empty(0)] * len(audio)
         for batch in _encode_batches([int(a.numel()) for a in audio], _ENCODE_BATCH_SAMPLES):
-            for i, c in zip(batch, self.mimi.encode_many([audio[i] for i in batch]), strict=True):
+            encoder = self.encode_graphs or self.mimi
+            for i, c in zip(batch, encoder.encode_many([audio[i] for i in batch]), strict=True):
                 codes[i] = c.cpu()
             self.mimi_encodes += len(batch)
         return codes
