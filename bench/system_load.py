@@ -350,6 +350,8 @@ def profiler(pid: int, seconds: float, log_dir: Path | None, n: int) -> subproce
     out = log_dir / f"supervisor-{n}.pyspy"
     cmd = [exe, "record", "--pid", str(pid), "--rate", "50", "--threads", "--nonblocking", "--format", "raw"]
     cmd += ["--duration", str(int(seconds)), "--output", str(out)]
+    if os.environ.get("PYSPY_GIL"):  # only the thread holding the GIL: who keeps the others waiting for it
+        cmd.append("--gil")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(log_dir / f"pyspy-{n}.log").open("wb"))
 
 

@@ -14,7 +14,8 @@
 # OUT (default $OUT or ./system-load-out). CALLS="32 64" overrides the sizes; PAUSE_S the caller's pauses;
 # END_OF_TURN=words and SPECULATIVE=1 set turn.end_of_turn / turn.speculative_reply (issue 17 on a GPU);
 # LANE_CAPACITY=N and NO_FIRST_CHUNK_FIRST=1 the lead-in lane's engine.dia2 keys; GPU_PRIORITY=1 its gpu_priority;
-# GIL_SWITCH_MS=1 its gil_switch_ms. SET="asr.encoder_graphs=false engine.dia2.x=y" sets any config keys.
+# GIL_SWITCH_MS=1 its gil_switch_ms. SET="asr.encoder_graphs=false engine.dia2.x=y" sets any config keys;
+# PYSPY_GIL=1 profiles only the thread holding the GIL.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 cd "$ROOT"
