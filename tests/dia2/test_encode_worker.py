@@ -10,6 +10,7 @@ import torch
 
 from dia2.encode_worker import EncodeWorker
 from dia2.engine import BatchEngine
+from dia2.engine_thread import EngineThread
 from dia2.reference import ReferenceFixture
 from dia2.runtime import Dia2
 
@@ -88,3 +89,45 @@ def test_a_failed_encode_fails_only_its_turns() -> None:
     finally:
         worker.stop()
     assert worker.stats.encoded == 1 and calls == [1, 1]
+
+
+def test_the_engine_steps_on_while_a_turns_codes_are_being_made() -> None:
+    """A turn whose encode is slow holds back only itself and the commands queued after it (order kept):
+    the engine thread goes on stepping the speaking calls meanwhile instead of waiting in its drain; the
+    codes' arrival runs them, even once nothing is left to step (the thread sleeps until then)."""
+    release = threading.Event()
+
+    def encode_many(audio: list[torch.Tensor]) -> list[torch.Tensor]:
+        release.wait(timeout=30)
+        return [a[:2].long() for a in audio]
+
+    speaking = threading.Event()
+    speaking.set()
+    steps: list[int] = []
+    ran: list[str] = []
+    stepped_while_held = threading.Event()
+
+    def step() -> bool:
+        if not speaking.is_set():
+            return False
+        steps.append(1)
+        if thread._held and len(steps) > 50:
+            stepped_while_held.set()
+        return True
+
+    thread = EngineThread(step, encode_many, None, EncodeWorker(encode_many, cuda=False))
+    thread.start()
+    try:
+        turn = thread.submit_encoded(torch.arange(4.0), lambda codes: ran.append(f"turn {codes.tolist()}"))
+        after = thread.submit(lambda: ran.append("reply"))
+        assert stepped_while_held.wait(timeout=30), "the engine thread did not step while the codes were made"
+        assert ran == [] and not turn.done() and not after.done()
+        speaking.clear()  # nothing left to step: the thread sleeps; the codes must wake it
+        release.set()
+        turn.result(timeout=30)
+        after.result(timeout=30)
+    finally:
+        release.set()
+        thread.stop()
+    assert ran == ["turn [0, 1]", "reply"]
+    assert thread.time.holds >= 1 and thread.time.encode_wait_s < 1.0
