@@ -4,7 +4,8 @@
 #
 #     OUT=out bash bench/gpu_session.sh            # carry .whl .deb .caller (bench/system_load_gpu.sh prepare)
 #
-# 1. tests/sipbridge/test_asr_greedy.py + test_asr_batch.py on CUDA (graphs equal eager, own stream);
+# 1. tests/dia2/test_encode_graphs.py, tests/sipbridge/test_asr_greedy.py + test_asr_batch.py on CUDA (graphs
+#    equal eager, own stream);
 # 2. bench/asr_batch.py at large-v3-turbo shapes, 25 turns/s of 3 s, static decoder, encoder graphs, then
 #    time per phase for batches of 1, 4 and 16; the same with the eager encoder (its random Whisper is built
 #    once in /tmp, where system_load_gpu.sh finds it);
@@ -17,7 +18,8 @@ out=${OUT:-$ROOT/gpu-session-out}
 mkdir -p "$out"
 . "$ROOT/bench/gpu_env.sh"
 echo "== ASR tests"
-timeout 150 python3 -m pytest -q -p no:cacheprovider tests/sipbridge/test_asr_greedy.py tests/sipbridge/test_asr_batch.py \
+timeout 150 python3 -m pytest -q -p no:cacheprovider tests/dia2/test_encode_graphs.py tests/sipbridge/test_asr_greedy.py \
+    tests/sipbridge/test_asr_batch.py \
     --tb=short 2>&1 | grep -v "^\[transformers\]" | tail -n 20
 for encoder in graphs eager; do
     echo "== asr_batch static decoder, $encoder encoder"
