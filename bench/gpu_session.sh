@@ -17,7 +17,7 @@ cd "$ROOT"
 out=${OUT:-$ROOT/gpu-session-out}
 mkdir -p "$out"
 . "$ROOT/bench/gpu_env.sh"
-echo "== ASR tests"
+echo "== GPU tests"
 timeout 150 python3 -m pytest -q -p no:cacheprovider tests/dia2/test_encode_graphs.py tests/sipbridge/test_asr_greedy.py \
     tests/sipbridge/test_asr_batch.py \
     --tb=short 2>&1 | grep -v "^\[transformers\]" | tail -n 20
