@@ -14,6 +14,7 @@ same DTW with its tie rule and float32 costs; token i is given the time where th
 
 from __future__ import annotations
 
+import itertools
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -104,22 +105,38 @@ def dtw_moves(costs: list[npt.NDArray[np.float64]] | npt.NDArray[np.float64]) ->
         for r, c in enumerate(costs):
             matrix[r, :, : c.shape[1]] = c
     rows, tokens, frames = matrix.shape
-    cost = np.full((rows, tokens + 1, frames + 1), np.inf, dtype=np.float32)
-    cost[:, 0, 0] = 0
-    move = np.full((rows, tokens + 1, frames + 1), -1, dtype=np.int8)
-    for diagonal in range(2, tokens + frames + 1):
-        i = np.arange(max(1, diagonal - frames), min(tokens, diagonal - 1) + 1)
-        j = diagonal - i
-        c0, c1, c2 = cost[:, i - 1, j - 1], cost[:, i - 1, j], cost[:, i, j - 1]
-        diag = (c0 < c1) & (c0 < c2)
-        up = ~diag & (c1 < c0) & (c1 < c2)
-        step = np.where(diag, 0, np.where(up, 1, 2)).astype(np.int8)
-        best = np.where(diag, c0, np.where(up, c1, c2))
-        cost[:, i, j] = matrix[:, i - 1, j - 1] + best  # float64 sum, rounded to float32 on the store
-        move[:, i, j] = step
+    width = frames + 1
+    cost = np.full((rows, (tokens + 1) * width), np.inf, dtype=np.float32)  # the (tokens+1, frames+1) grid
+    cost[:, 0] = 0
+    move = np.full((rows, (tokens + 1) * width), -1, dtype=np.int8)
+    flat = matrix.reshape(rows, -1)
+    cells, before, neighbours, bounds = _diagonals(tokens, frames)
+    for a, b in itertools.pairwise(bounds):  # one anti-diagonal per numpy step
+        cand = cost[:, neighbours[:, a:b]]  # [rows, 3, n]: (i-1, j-1), (i-1, j), (i, j-1)
+        c0, c1, c2 = cand[:, 0], cand[:, 1], cand[:, 2]
+        # strictly cheapest wins (diagonal, then the token above), else the frame before
+        diag, up = c0 < np.minimum(c1, c2), c1 < np.minimum(c0, c2)
+        # a float64 sum, rounded to float32 on the store
+        cost[:, cells[a:b]] = flat[:, before[a:b]] + np.where(diag, c0, np.where(up, c1, c2))
+        move[:, cells[a:b]] = np.where(diag, 0, np.where(up, 1, 2))
+    move = move.reshape(rows, tokens + 1, width)
     move[:, 0, :] = 2  # on the edges the path can only run along them, back to the corner
     move[:, :, 0] = 1
     return move
+
+
+def _diagonals(tokens: int, frames: int) -> tuple[npt.NDArray[np.int64], ...]:
+    """The grid's cells (i >= 1, j >= 1) in anti-diagonal order, as flat indices of the (tokens+1,
+    frames+1) grid; each one's cost-matrix index (i-1, j-1); its three neighbours' flat indices [3, cells];
+    and where each anti-diagonal starts and ends in that order."""
+    width = frames + 1
+    i, j = np.meshgrid(np.arange(1, tokens + 1), np.arange(1, frames + 1), indexing="ij")
+    order = np.argsort((i + j).ravel(), kind="stable")
+    i, j = i.ravel()[order], j.ravel()[order]
+    cells = i * width + j
+    neighbours = np.stack([cells - width - 1, cells - width, cells - 1])
+    bounds = np.concatenate([[0], np.cumsum(np.bincount(i + j)[2:])])
+    return cells, (i - 1) * frames + (j - 1), neighbours, bounds
 
 
 def entry_frames(move: npt.NDArray[np.int8], tokens: int, frames: int) -> npt.NDArray[np.int64]:
