@@ -16,6 +16,7 @@ eagerly, as is everything off CUDA or when capture failed (logged, in ``errors``
 from __future__ import annotations
 
 import logging
+import threading
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -53,6 +54,9 @@ class EncodeGraphs:
     ) -> None:
         self.mimi = mimi
         self.errors: list[str] = []
+        # The static buffers are one batch's: the encode worker and a direct BatchEngine.user_spoke on the
+        # engine thread may both encode (uncontended in the product, where only the worker does).
+        self._lock = threading.Lock()
         size = mimi.frame_size
         self.buckets = {
             (r, f): _Bucket(r, f, torch.zeros(r, 1, f * size, device=mimi.device, dtype=mimi.dtype))
@@ -101,8 +105,13 @@ class EncodeGraphs:
         b = self.bucket(len(wavs), max(frames, default=0))
         if b is None or b.graph is None or b.codes is None or max(frames, default=0) == 0:
             return self.mimi.encode_many(wavs)
-        b.audio.zero_()
-        for i, w in enumerate(wavs):
-            b.audio[i, 0, : w.numel()].copy_(w.to(dtype=self.mimi.dtype).view(-1), non_blocking=True)
-        b.graph.replay()
-        return [b.codes[i, :, :n].clone() for i, n in enumerate(frames)]
+        with self._lock:
+            b.audio.zero_()
+            for i, w in enumerate(wavs):
+                b.audio[i, 0, : w.numel()].copy_(w.to(dtype=self.mimi.dtype).view(-1), non_blocking=True)
+            b.graph.replay()
+            codes = [b.codes[i, :, :n].clone() for i, n in enumerate(frames)]
+            # done before another thread's stream may overwrite the buffers (the caller copies them to the
+            # host next anyway)
+            torch.cuda.current_stream(self.mimi.device).synchronize()
+            return codes
