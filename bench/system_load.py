@@ -51,6 +51,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from audio import g711  # noqa: E402
+from bench.pyspy_summary import summarise  # noqa: E402
 from bench.sip_load import children, cpu_s, launch, loop_lag, rtp_quality, sipp  # noqa: E402
 from tests.sipbridge.peers import RtpSniffer, caller_audio, free_media_ports  # noqa: E402
 from tests.sipbridge.peers import sipp_scenario as caller_scenario  # noqa: E402
@@ -295,6 +296,7 @@ def run_one(n: int, args: argparse.Namespace, work: Path) -> dict[str, Any]:
         "gpu_memory": gpu,
         "asr": f"{args.asr_backend}:{args.asr_model}",
         "settings": args.set or [],
+        "profile": profile_of(args.log_dir, n),
         "workers": len(workers),
         "failed": sum(c != 0 for c in codes),
         "failures": [failure(i, c, work / f"c{i}") for i, c in enumerate(codes) if c != 0],
@@ -353,6 +355,14 @@ def profiler(pid: int, seconds: float, log_dir: Path | None, n: int) -> subproce
     if os.environ.get("PYSPY_GIL"):  # only the thread holding the GIL: who keeps the others waiting for it
         cmd.append("--gil")
     return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=(log_dir / f"pyspy-{n}.log").open("wb"))
+
+
+def profile_of(log_dir: Path | None, n: int) -> dict[str, Any] | None:
+    """The supervisor's py-spy samples per thread and their top places (bench/pyspy_summary.py), if taken."""
+    path = log_dir / f"supervisor-{n}.pyspy" if log_dir else None
+    if path is None or not path.exists():
+        return None
+    return summarise(path.read_text(encoding="utf-8", errors="replace").splitlines(), top=6)
 
 
 def asr_batches(before: dict[str, Any], after: dict[str, Any]) -> dict[str, Any] | None:
