@@ -102,8 +102,9 @@ class EncodeGraphs:
         """``MimiCodec.encode_many``'s codes (on the device), from a bucket's graph where one holds the batch
         and was captured; eagerly otherwise."""
         frames = [self.mimi.frames_for(int(w.numel())) for w in wavs]
-        b = self.bucket(len(wavs), max(frames, default=0))
-        if b is None or b.graph is None or b.codes is None or max(frames, default=0) == 0:
+        longest = max(frames, default=0)
+        b = self.bucket(len(wavs), longest) if longest else None
+        if b is None or b.graph is None or b.codes is None:
             return self.mimi.encode_many(wavs)
         with self._lock:
             b.audio.zero_()

@@ -350,8 +350,10 @@ class BatchEngine:
         """Mimi codes (on the host) of several 24 kHz recordings, in batches of at most
         ``_ENCODE_BATCH_SAMPLES`` padded samples (the encoder's activations grow with rows x longest)."""
         codes: list[torch.Tensor] = [torch.empty(0)] * len(audio)
+        encoder = (
+            self.encode_graphs or self.mimi
+        )  # the graphs fall back to the codec where none holds a batch
         for batch in _encode_batches([int(a.numel()) for a in audio], _ENCODE_BATCH_SAMPLES):
-            encoder = self.encode_graphs or self.mimi
             for i, c in zip(batch, encoder.encode_many([audio[i] for i in batch]), strict=True):
                 codes[i] = c.cpu()
             self.mimi_encodes += len(batch)

@@ -140,20 +140,16 @@ class BatchedWhisper:
         if why is not None:
             log.warning("asr: transformers' generate decodes (%s)", why)
             return None
-        import torch
-
-        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+        with self._own_stream():
             return GreedyWhisper(
                 self._model, prompt=self._prompt(), max_batch=self.max_batch, graphs=self._stream is not None
             )
 
     def _graphed_encoder(self, graphs: bool) -> GraphedEncoder:
         """sipbridge/asr_encoder.py's encoder: graph replays on a CUDA device if wanted, else eager."""
-        import torch
-
         from sipbridge.asr_encoder import GraphedEncoder
 
-        with torch.cuda.stream(self._stream) if self._stream is not None else contextlib.nullcontext():
+        with self._own_stream():
             return GraphedEncoder(
                 self._model, max_batch=self.max_batch, graphs=graphs and self._stream is not None
             )
@@ -162,7 +158,6 @@ class BatchedWhisper:
         """With `profile` on: wait for the GPU and add the time since the last lap to `phase`."""
         if not self.profile:
             return
-
         if self._stream is not None:
             self._stream.synchronize()
         now = time.perf_counter()
@@ -251,15 +246,20 @@ class BatchedWhisper:
             job.future.set_result(result)
 
     def _generate(self, batch: list[_Job]) -> list[AsrResult]:
+        with self._own_stream():
+            return self._generate_here(batch)
+
+    def _own_stream(self) -> contextlib.AbstractContextManager[Any]:
+        """The ASR's own CUDA stream as the current one (nothing on the CPU). On the default stream, which
+        Dia2's graph replays use, every ASR kernel queued behind an engine step and every engine step behind
+        the ASR's kernels (32 calls on an H100: turns transcribed ~18 s late, replies underran). PyTorch's
+        side streams do not sync with the default one. The decoder's and encoder's graphs are captured from
+        it too."""
+        if self._stream is None:
+            return contextlib.nullcontext()
         import torch
 
-        if self._stream is None:
-            return self._generate_here(batch)
-        # Its own CUDA stream: on the default stream, which Dia2's graph replays use, every ASR kernel queued
-        # behind an engine step and every engine step behind the ASR's kernels (32 calls on an H100: turns
-        # transcribed ~18 s late, replies underran). PyTorch's side streams do not sync with the default one.
-        with torch.cuda.stream(self._stream):
-            return self._generate_here(batch)
+        return torch.cuda.stream(self._stream)
 
     def _generate_here(self, batch: list[_Job]) -> list[AsrResult]:
         self._lap("")

@@ -80,10 +80,9 @@ def cost_matrices(weights: torch.Tensor, frames: list[int], width: int) -> npt.N
     std = torch.std(weights, dim=-2, keepdim=True, correction=0)
     mean = torch.mean(weights, dim=-2, keepdim=True)
     cost = -_median_filter((weights - mean) / std, frames, width).mean(dim=1)
-    real = torch.arange(cost.shape[-1], device=cost.device) < torch.tensor(frames, device=cost.device).view(
-        -1, 1
-    )
-    cost = torch.where(real.unsqueeze(1), cost, torch.zeros((), dtype=cost.dtype, device=cost.device))
+    ends = torch.tensor(frames, device=cost.device).view(-1, 1, 1)
+    real = torch.arange(cost.shape[-1], device=cost.device) < ends
+    cost = torch.where(real, cost, torch.zeros((), dtype=cost.dtype, device=cost.device))
     return cost.double().cpu().numpy()
 
 
